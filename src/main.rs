@@ -1,1 +1,34 @@
-fn main() {}
+//! The `ferrovisor` command line.
+
+mod disk;
+
+use clap::{Parser, Subcommand};
+
+/// Ferrovisor: a pure-software x86 PC emulator.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Disk image tools (VMDK and raw).
+    Disk(disk::DiskArgs),
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Disk(a) => disk::run(a),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("ferrovisor: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
