@@ -6,6 +6,7 @@
 //! [`CpuBus`], which the machine implements.
 
 pub mod bus;
+pub mod cpuid;
 pub mod engine;
 pub mod exception;
 pub mod flags;

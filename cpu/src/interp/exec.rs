@@ -1,0 +1,1463 @@
+//! Instruction execution: operand access and the per-mnemonic semantics.
+
+use super::alu::{self, ShiftOp};
+use super::system::IntKind;
+use super::{Cx, Stop};
+use crate::exception::Exception;
+use crate::flags::{size_mask, FlagOp};
+use crate::state::rflags::{self as rf, AF, CF, DF, OF, PF, SF, ZF};
+use crate::state::{cr, CpuMode, SegReg};
+use base::{AccessSize, PortAddr};
+use iced_x86::{Code, ConditionCode, Instruction, Mnemonic, OpKind, Register};
+
+type R<T> = Result<T, Stop>;
+
+/// A resolved operand location.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Loc {
+    /// A general-purpose register (any width).
+    Reg(Register),
+    /// Memory at segment:offset.
+    Mem(SegReg, u64),
+}
+
+/// (GPR index, width in bits, is AH/CH/DH/BH).
+#[inline]
+fn reg_info(r: Register) -> (usize, u32, bool) {
+    let n = r as u32;
+    let al = Register::AL as u32;
+    let ax = Register::AX as u32;
+    let eax = Register::EAX as u32;
+    let rax = Register::RAX as u32;
+    if n >= rax && n < rax + 16 {
+        ((n - rax) as usize, 64, false)
+    } else if n >= eax && n < eax + 16 {
+        ((n - eax) as usize, 32, false)
+    } else if n >= ax && n < ax + 16 {
+        ((n - ax) as usize, 16, false)
+    } else if n >= al && n < al + 4 {
+        ((n - al) as usize, 8, false)
+    } else if n >= al + 4 && n < al + 8 {
+        ((n - al - 4) as usize, 8, true)
+    } else if n >= al + 8 && n < al + 20 {
+        ((n - al - 4) as usize, 8, false)
+    } else {
+        (0, 0, false)
+    }
+}
+
+/// Reads a general-purpose register of any width.
+#[inline]
+pub(crate) fn get_reg(cpu: &crate::state::CpuState, r: Register) -> u64 {
+    let (i, bits, high) = reg_info(r);
+    let v = cpu.gpr[i];
+    match (bits, high) {
+        (8, true) => (v >> 8) & 0xFF,
+        (0, _) => 0,
+        _ => v & size_mask(bits),
+    }
+}
+
+/// Writes a general-purpose register; 32-bit writes zero-extend, 8/16-bit writes merge.
+#[inline]
+pub(crate) fn set_reg(cpu: &mut crate::state::CpuState, r: Register, v: u64) {
+    let (i, bits, high) = reg_info(r);
+    let g = &mut cpu.gpr[i];
+    match (bits, high) {
+        (64, _) => *g = v,
+        (32, _) => *g = v & 0xFFFF_FFFF,
+        (16, _) => *g = (*g & !0xFFFF) | (v & 0xFFFF),
+        (8, false) => *g = (*g & !0xFF) | (v & 0xFF),
+        (8, true) => *g = (*g & !0xFF00) | ((v & 0xFF) << 8),
+        _ => {}
+    }
+}
+
+fn sreg_of(r: Register) -> SegReg {
+    match r {
+        Register::ES => SegReg::Es,
+        Register::CS => SegReg::Cs,
+        Register::SS => SegReg::Ss,
+        Register::FS => SegReg::Fs,
+        Register::GS => SegReg::Gs,
+        _ => SegReg::Ds,
+    }
+}
+
+fn cond(f: u64, cc: ConditionCode) -> bool {
+    let c = f & CF != 0;
+    let z = f & ZF != 0;
+    let s = f & SF != 0;
+    let o = f & OF != 0;
+    let p = f & PF != 0;
+    match cc {
+        ConditionCode::o => o,
+        ConditionCode::no => !o,
+        ConditionCode::b => c,
+        ConditionCode::ae => !c,
+        ConditionCode::e => z,
+        ConditionCode::ne => !z,
+        ConditionCode::be => c || z,
+        ConditionCode::a => !c && !z,
+        ConditionCode::s => s,
+        ConditionCode::ns => !s,
+        ConditionCode::p => p,
+        ConditionCode::np => !p,
+        ConditionCode::l => s != o,
+        ConditionCode::ge => s == o,
+        ConditionCode::le => z || s != o,
+        ConditionCode::g => !z && s == o,
+        _ => true,
+    }
+}
+
+fn sext(v: u64, bits: u32) -> u64 {
+    let sh = 64 - bits;
+    (((v << sh) as i64) >> sh) as u64
+}
+
+/// Address width in bits of a string instruction, from its memory operand kinds.
+fn string_addr_bits(i: &Instruction) -> u32 {
+    for n in 0..i.op_count() {
+        match i.op_kind(n) {
+            OpKind::MemorySegSI | OpKind::MemoryESDI | OpKind::MemorySegDI => return 16,
+            OpKind::MemorySegESI | OpKind::MemoryESEDI | OpKind::MemorySegEDI => return 32,
+            OpKind::MemorySegRSI | OpKind::MemoryESRDI | OpKind::MemorySegRDI => return 64,
+            _ => {}
+        }
+    }
+    64
+}
+
+impl Cx<'_> {
+    /// Effective address (offset within the segment) of the memory operand.
+    #[inline]
+    pub(crate) fn ea(&self, i: &Instruction) -> u64 {
+        let base = i.memory_base();
+        let index = i.memory_index();
+        let mut a = i.memory_displacement64();
+        let mut bits = match i.memory_displ_size() {
+            2 => 16,
+            4 if self.mode != CpuMode::Long64 => 32,
+            _ => 64,
+        };
+        if base != Register::None {
+            if base == Register::RIP {
+                return a;
+            }
+            if base == Register::EIP {
+                return a & 0xFFFF_FFFF;
+            }
+            let (_, b, _) = reg_info(base);
+            bits = b;
+            a = a.wrapping_add(get_reg(self.cpu, base));
+        }
+        if index != Register::None {
+            let (_, b, _) = reg_info(index);
+            bits = b;
+            a = a.wrapping_add(get_reg(self.cpu, index).wrapping_mul(u64::from(i.memory_index_scale())));
+        }
+        a & size_mask(bits)
+    }
+
+    /// The location of operand `n` (a register or the memory operand).
+    #[inline]
+    pub(crate) fn loc(&self, i: &Instruction, n: u32) -> Loc {
+        match i.op_kind(n) {
+            OpKind::Register => Loc::Reg(i.op_register(n)),
+            _ => Loc::Mem(sreg_of(i.memory_segment()), self.ea(i)),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn get(&mut self, loc: Loc, bits: u32) -> Result<u64, Exception> {
+        match loc {
+            Loc::Reg(r) => Ok(get_reg(self.cpu, r)),
+            Loc::Mem(s, off) => self.read_mem(s, off, bits),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn set(&mut self, loc: Loc, bits: u32, v: u64) -> Result<(), Exception> {
+        match loc {
+            Loc::Reg(r) => {
+                set_reg(self.cpu, r, v);
+                Ok(())
+            }
+            Loc::Mem(s, off) => self.write_mem(s, off, bits, v & size_mask(bits)),
+        }
+    }
+
+    /// Width in bits of operand `n` (register or memory).
+    #[inline]
+    fn op_bits(&self, i: &Instruction, n: u32) -> u32 {
+        match i.op_kind(n) {
+            OpKind::Register => reg_info(i.op_register(n)).1,
+            _ => (i.memory_size().size() * 8) as u32,
+        }
+    }
+
+    /// Value of operand `n`, immediates sign-extended/truncated to `bits`.
+    #[inline]
+    fn val(&mut self, i: &Instruction, n: u32, bits: u32) -> Result<u64, Exception> {
+        match i.op_kind(n) {
+            OpKind::Register => Ok(get_reg(self.cpu, i.op_register(n))),
+            OpKind::Immediate8
+            | OpKind::Immediate16
+            | OpKind::Immediate32
+            | OpKind::Immediate64
+            | OpKind::Immediate8to16
+            | OpKind::Immediate8to32
+            | OpKind::Immediate8to64
+            | OpKind::Immediate32to64
+            | OpKind::Immediate8_2nd => Ok(i.immediate(n) & size_mask(bits)),
+            _ => {
+                let l = self.loc(i, n);
+                self.get(l, bits)
+            }
+        }
+    }
+
+    fn flags(&self) -> u64 {
+        self.cpu.rflags()
+    }
+
+    /// Replaces the six status flags with `f` (other bits kept).
+    fn set_status(&mut self, f: u64) {
+        let cur = self.cpu.rflags();
+        self.cpu.set_rflags((cur & !rf::STATUS) | (f & rf::STATUS));
+    }
+
+    /// Replaces the status flags in `mask` only.
+    fn set_status_masked(&mut self, f: u64, mask: u64) {
+        let cur = self.cpu.rflags();
+        self.cpu.set_rflags((cur & !mask) | (f & mask));
+    }
+
+    fn set_flag(&mut self, bit: u64, on: bool) {
+        let cur = self.cpu.rflags();
+        self.cpu.set_rflags(if on { cur | bit } else { cur & !bit });
+    }
+
+    fn next(&mut self, i: &Instruction) {
+        self.cpu.rip = i.next_ip();
+    }
+
+    fn opsize_from_sp(i: &Instruction) -> u32 {
+        (i.stack_pointer_increment().unsigned_abs() * 8) as u32
+    }
+
+    fn require_cpl0(&self) -> Result<(), Exception> {
+        if self.cpu.cpl != 0 && self.mode != CpuMode::Real {
+            Err(Exception::GeneralProtection(0))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn io_allowed(&self) -> Result<(), Exception> {
+        if self.mode == CpuMode::Real {
+            return Ok(());
+        }
+        let iopl = ((self.cpu.rflags & rf::IOPL) >> 12) as u8;
+        if self.cpu.cpl > iopl || self.cpu.rflags & rf::VM != 0 {
+            // The TSS I/O permission bitmap is not consulted yet.
+            return Err(Exception::GeneralProtection(0));
+        }
+        Ok(())
+    }
+
+    /// Executes one decoded instruction.
+    pub(crate) fn exec(&mut self, i: &Instruction) -> R<()> {
+        use Mnemonic as M;
+        match i.mnemonic() {
+            M::Add | M::Adc | M::Sub | M::Sbb | M::Cmp | M::And | M::Or | M::Xor | M::Test => {
+                let bits = self.op_bits(i, 0);
+                let dst = self.loc(i, 0);
+                let a = self.get(dst, bits)?;
+                let b = self.val(i, 1, bits)?;
+                let m = size_mask(bits);
+                let carry = u64::from(self.cpu.rflags() & CF != 0);
+                let (op, res) = match i.mnemonic() {
+                    M::Add => (FlagOp::Add, a.wrapping_add(b)),
+                    M::Adc => (FlagOp::Add, a.wrapping_add(b).wrapping_add(carry)),
+                    M::Sub | M::Cmp => (FlagOp::Sub, a.wrapping_sub(b)),
+                    M::Sbb => (FlagOp::Sub, a.wrapping_sub(b).wrapping_sub(carry)),
+                    M::And | M::Test => (FlagOp::Logic, a & b),
+                    M::Or => (FlagOp::Logic, a | b),
+                    _ => (FlagOp::Logic, a ^ b),
+                };
+                let res = res & m;
+                if !matches!(i.mnemonic(), M::Cmp | M::Test) {
+                    self.set(dst, bits, res)?;
+                }
+                self.cpu.lazy.set(op, bits, a, b, res);
+                self.next(i);
+            }
+            M::Inc | M::Dec | M::Neg => {
+                let bits = self.op_bits(i, 0);
+                let dst = self.loc(i, 0);
+                let a = self.get(dst, bits)?;
+                let m = size_mask(bits);
+                // INC/DEC keep CF: materialize it first.
+                let cf = self.cpu.rflags() & CF;
+                let (op, x, y, res) = match i.mnemonic() {
+                    M::Inc => (FlagOp::Add, a, 1, a.wrapping_add(1) & m),
+                    M::Dec => (FlagOp::Sub, a, 1, a.wrapping_sub(1) & m),
+                    _ => (FlagOp::Sub, 0, a, a.wrapping_neg() & m),
+                };
+                self.set(dst, bits, res)?;
+                if i.mnemonic() == M::Neg {
+                    self.cpu.lazy.set(op, bits, x, y, res);
+                } else {
+                    self.cpu.rflags = (self.cpu.rflags & !CF) | cf;
+                    self.cpu.lazy.set(op, bits, x, y, res);
+                    self.cpu.lazy.mask = rf::STATUS & !CF;
+                }
+                self.next(i);
+            }
+            M::Not => {
+                let bits = self.op_bits(i, 0);
+                let dst = self.loc(i, 0);
+                let a = self.get(dst, bits)?;
+                self.set(dst, bits, !a)?;
+                self.next(i);
+            }
+            M::Mov => self.exec_mov(i)?,
+            M::Movzx | M::Movsx | M::Movsxd => {
+                let dbits = self.op_bits(i, 0);
+                let sbits = self.op_bits(i, 1);
+                let v = self.val(i, 1, sbits)?;
+                let v = if i.mnemonic() == M::Movzx { v } else { sext(v, sbits) };
+                set_reg(self.cpu, i.op0_register(), v & size_mask(dbits));
+                self.next(i);
+            }
+            M::Lea => {
+                let bits = self.op_bits(i, 0);
+                let a = self.ea(i);
+                set_reg(self.cpu, i.op0_register(), a & size_mask(bits));
+                self.next(i);
+            }
+            M::Xchg => {
+                let bits = self.op_bits(i, 0);
+                let l0 = self.loc(i, 0);
+                let l1 = self.loc(i, 1);
+                let a = self.get(l0, bits)?;
+                let b = self.get(l1, bits)?;
+                // Memory first, so a fault leaves registers unchanged.
+                if let Loc::Mem(..) = l1 {
+                    self.set(l1, bits, a)?;
+                    self.set(l0, bits, b)?;
+                } else {
+                    self.set(l0, bits, b)?;
+                    self.set(l1, bits, a)?;
+                }
+                self.next(i);
+            }
+            M::Nop | M::Pause | M::Endbr32 | M::Endbr64 | M::Lfence | M::Mfence | M::Sfence | M::Prefetchnta
+            | M::Prefetcht0 | M::Prefetcht1 | M::Prefetcht2 | M::Prefetchw | M::Clflush | M::Clflushopt => {
+                self.next(i);
+            }
+            M::Shl | M::Sal | M::Shr | M::Sar | M::Rol | M::Ror | M::Rcl | M::Rcr => {
+                let op = match i.mnemonic() {
+                    M::Shl | M::Sal => ShiftOp::Shl,
+                    M::Shr => ShiftOp::Shr,
+                    M::Sar => ShiftOp::Sar,
+                    M::Rol => ShiftOp::Rol,
+                    M::Ror => ShiftOp::Ror,
+                    M::Rcl => ShiftOp::Rcl,
+                    _ => ShiftOp::Rcr,
+                };
+                let bits = self.op_bits(i, 0);
+                let dst = self.loc(i, 0);
+                let a = self.get(dst, bits)?;
+                let count = if i.op_count() > 1 { self.val(i, 1, 8)? } else { 1 };
+                if let Some((res, f)) = alu::shift(op, bits, a, count, self.flags()) {
+                    self.set(dst, bits, res)?;
+                    self.set_status(f);
+                } else if let Loc::Reg(r) = dst {
+                    // A count of 0 still writes a 32-bit register (zero-extending it).
+                    set_reg(self.cpu, r, a);
+                }
+                self.next(i);
+            }
+            M::Shld | M::Shrd => {
+                let bits = self.op_bits(i, 0);
+                let dst = self.loc(i, 0);
+                let a = self.get(dst, bits)?;
+                let b = get_reg(self.cpu, i.op1_register());
+                let count = self.val(i, 2, 8)?;
+                if let Some((res, f)) = alu::double_shift(i.mnemonic() == M::Shld, bits, a, b, count, self.flags()) {
+                    self.set(dst, bits, res)?;
+                    self.set_status(f);
+                } else if let Loc::Reg(r) = dst {
+                    set_reg(self.cpu, r, a);
+                }
+                self.next(i);
+            }
+            M::Mul | M::Imul if i.op_count() == 1 => {
+                let bits = self.op_bits(i, 0);
+                let b = self.val(i, 0, bits)?;
+                let a = self.cpu.gpr[0] & size_mask(bits);
+                let (lo, hi, f) = if i.mnemonic() == M::Mul { alu::mul(bits, a, b) } else { alu::imul(bits, a, b) };
+                if bits == 8 {
+                    set_reg(self.cpu, Register::AX, lo | (hi << 8));
+                } else {
+                    let (rl, rh) = match bits {
+                        16 => (Register::AX, Register::DX),
+                        32 => (Register::EAX, Register::EDX),
+                        _ => (Register::RAX, Register::RDX),
+                    };
+                    set_reg(self.cpu, rl, lo);
+                    set_reg(self.cpu, rh, hi);
+                }
+                self.set_status(f);
+                self.next(i);
+            }
+            M::Imul => {
+                let bits = self.op_bits(i, 0);
+                let (a, b) = if i.op_count() == 2 {
+                    (get_reg(self.cpu, i.op0_register()), self.val(i, 1, bits)?)
+                } else {
+                    (self.val(i, 1, bits)?, self.val(i, 2, bits)?)
+                };
+                let (lo, _, f) = alu::imul(bits, a, b);
+                set_reg(self.cpu, i.op0_register(), lo);
+                self.set_status(f);
+                self.next(i);
+            }
+            M::Div | M::Idiv => {
+                let bits = self.op_bits(i, 0);
+                let d = self.val(i, 0, bits)?;
+                let (hi, lo) = if bits == 8 {
+                    ((self.cpu.gpr[0] >> 8) & 0xFF, self.cpu.gpr[0] & 0xFF)
+                } else {
+                    (self.cpu.gpr[2] & size_mask(bits), self.cpu.gpr[0] & size_mask(bits))
+                };
+                let r = if i.mnemonic() == M::Div { alu::div(bits, hi, lo, d) } else { alu::idiv(bits, hi, lo, d) };
+                let (q, rem) = r.ok_or(Exception::DivideError)?;
+                if bits == 8 {
+                    set_reg(self.cpu, Register::AX, q | (rem << 8));
+                } else {
+                    let (rl, rh) = match bits {
+                        16 => (Register::AX, Register::DX),
+                        32 => (Register::EAX, Register::EDX),
+                        _ => (Register::RAX, Register::RDX),
+                    };
+                    set_reg(self.cpu, rl, q);
+                    set_reg(self.cpu, rh, rem);
+                }
+                self.next(i);
+            }
+            M::Bt | M::Bts | M::Btr | M::Btc => {
+                let bits = self.op_bits(i, 0);
+                let mut dst = self.loc(i, 0);
+                let off = self.val(i, 1, bits)?;
+                let bit = if i.op_kind(1) == OpKind::Register {
+                    if let Loc::Mem(s, ea) = dst {
+                        // A register bit offset addresses memory beyond the operand (signed).
+                        let soff = sext(off, bits) as i64;
+                        let unit = i64::from(bits);
+                        let disp = soff.div_euclid(unit) * (unit / 8);
+                        let amask = match (self.mode, i.memory_base(), i.memory_index()) {
+                            (CpuMode::Long64, _, _) => u64::MAX,
+                            _ => 0xFFFF_FFFF,
+                        };
+                        dst = Loc::Mem(s, ea.wrapping_add(disp as u64) & amask);
+                        soff.rem_euclid(unit) as u32
+                    } else {
+                        (off % u64::from(bits)) as u32
+                    }
+                } else {
+                    (off % u64::from(bits)) as u32
+                };
+                let a = self.get(dst, bits)?;
+                let cf = (a >> bit) & 1 != 0;
+                let res = match i.mnemonic() {
+                    M::Bts => Some(a | (1 << bit)),
+                    M::Btr => Some(a & !(1 << bit)),
+                    M::Btc => Some(a ^ (1 << bit)),
+                    _ => None,
+                };
+                if let Some(res) = res {
+                    self.set(dst, bits, res)?;
+                }
+                self.set_flag(CF, cf);
+                self.next(i);
+            }
+            M::Bsf | M::Bsr => {
+                let bits = self.op_bits(i, 0);
+                let v = self.val(i, 1, bits)? & size_mask(bits);
+                if v == 0 {
+                    self.set_status_masked(ZF, ZF);
+                    if bits == 32 {
+                        // Destination unchanged, but a 32-bit destination... is left as is.
+                    }
+                } else {
+                    let idx = if i.mnemonic() == M::Bsf { v.trailing_zeros() } else { 63 - v.leading_zeros() };
+                    set_reg(self.cpu, i.op0_register(), u64::from(idx));
+                    self.set_status_masked(0, ZF);
+                }
+                self.next(i);
+            }
+            M::Lzcnt | M::Tzcnt | M::Popcnt => {
+                let bits = self.op_bits(i, 0);
+                let v = self.val(i, 1, bits)? & size_mask(bits);
+                let res = match i.mnemonic() {
+                    M::Lzcnt => u64::from(v.leading_zeros() - (64 - bits)),
+                    M::Tzcnt => u64::from(v.trailing_zeros().min(bits)),
+                    _ => u64::from(v.count_ones()),
+                };
+                set_reg(self.cpu, i.op0_register(), res);
+                let f = if i.mnemonic() == M::Popcnt {
+                    if v == 0 { ZF } else { 0 }
+                } else {
+                    (if v == 0 { CF } else { 0 }) | (if res == 0 { ZF } else { 0 })
+                };
+                let mask = if i.mnemonic() == M::Popcnt { rf::STATUS } else { CF | ZF };
+                self.set_status_masked(f, mask);
+                self.next(i);
+            }
+            M::Bswap => {
+                let r = i.op0_register();
+                let (_, bits, _) = reg_info(r);
+                let v = get_reg(self.cpu, r);
+                let res = match bits {
+                    64 => v.swap_bytes(),
+                    32 => u64::from((v as u32).swap_bytes()),
+                    _ => 0, // BSWAP r16 is undefined; Intel and AMD produce zero
+                };
+                set_reg(self.cpu, r, res);
+                self.next(i);
+            }
+            M::Cbw => {
+                let v = sext(self.cpu.gpr[0] & 0xFF, 8);
+                set_reg(self.cpu, Register::AX, v);
+                self.next(i);
+            }
+            M::Cwde => {
+                let v = sext(self.cpu.gpr[0] & 0xFFFF, 16);
+                set_reg(self.cpu, Register::EAX, v);
+                self.next(i);
+            }
+            M::Cdqe => {
+                self.cpu.gpr[0] = sext(self.cpu.gpr[0] & 0xFFFF_FFFF, 32);
+                self.next(i);
+            }
+            M::Cwd => {
+                let v = if self.cpu.gpr[0] & 0x8000 != 0 { 0xFFFF } else { 0 };
+                set_reg(self.cpu, Register::DX, v);
+                self.next(i);
+            }
+            M::Cdq => {
+                let v = if self.cpu.gpr[0] & 0x8000_0000 != 0 { 0xFFFF_FFFF } else { 0 };
+                set_reg(self.cpu, Register::EDX, v);
+                self.next(i);
+            }
+            M::Cqo => {
+                self.cpu.gpr[2] = if self.cpu.gpr[0] & (1 << 63) != 0 { u64::MAX } else { 0 };
+                self.next(i);
+            }
+            M::Lahf => {
+                let f = self.flags() & 0xFF;
+                set_reg(self.cpu, Register::AH, f | 2);
+                self.next(i);
+            }
+            M::Sahf => {
+                let ah = (self.cpu.gpr[0] >> 8) & 0xFF;
+                self.set_status_masked(ah, SF | ZF | AF | PF | CF);
+                self.next(i);
+            }
+            M::Clc => {
+                self.set_flag(CF, false);
+                self.next(i);
+            }
+            M::Stc => {
+                self.set_flag(CF, true);
+                self.next(i);
+            }
+            M::Cmc => {
+                let c = self.flags() & CF == 0;
+                self.set_flag(CF, c);
+                self.next(i);
+            }
+            M::Cld => {
+                self.cpu.rflags &= !DF;
+                self.next(i);
+            }
+            M::Std => {
+                self.cpu.rflags |= DF;
+                self.next(i);
+            }
+            M::Cli | M::Sti => {
+                if self.mode != CpuMode::Real {
+                    let iopl = ((self.cpu.rflags & rf::IOPL) >> 12) as u8;
+                    if self.cpu.cpl > iopl {
+                        return Err(Exception::GeneralProtection(0).into());
+                    }
+                }
+                if i.mnemonic() == M::Sti {
+                    if self.cpu.rflags & rf::IF == 0 {
+                        self.cpu.interrupt_shadow = true;
+                    }
+                    self.cpu.rflags |= rf::IF;
+                } else {
+                    self.cpu.rflags &= !rf::IF;
+                }
+                self.next(i);
+            }
+            M::Cmpxchg => {
+                let bits = self.op_bits(i, 0);
+                let dst = self.loc(i, 0);
+                let d = self.get(dst, bits)?;
+                let acc = self.cpu.gpr[0] & size_mask(bits);
+                let src = get_reg(self.cpu, i.op1_register());
+                let res = acc.wrapping_sub(d) & size_mask(bits);
+                if acc == d {
+                    self.set(dst, bits, src)?;
+                } else {
+                    if let Loc::Mem(..) = dst {
+                        // The processor always writes the destination of a locked cycle.
+                        self.set(dst, bits, d)?;
+                    }
+                    let r = match bits {
+                        8 => Register::AL,
+                        16 => Register::AX,
+                        32 => Register::EAX,
+                        _ => Register::RAX,
+                    };
+                    set_reg(self.cpu, r, d);
+                }
+                self.cpu.lazy.set(FlagOp::Sub, bits, acc, d, res);
+                self.next(i);
+            }
+            M::Cmpxchg8b | M::Cmpxchg16b => {
+                let Loc::Mem(s, ea) = self.loc(i, 0) else {
+                    return Err(Exception::InvalidOpcode.into());
+                };
+                let wide = i.mnemonic() == M::Cmpxchg16b;
+                let half = if wide { 64 } else { 32 };
+                if wide && ea % 16 != 0 {
+                    return Err(Exception::GeneralProtection(0).into());
+                }
+                let step = u64::from(half / 8);
+                let lo = self.read_mem(s, ea, half)?;
+                let hi = self.read_mem(s, ea.wrapping_add(step), half)?;
+                let m = size_mask(half);
+                let (ax, dx) = (self.cpu.gpr[0] & m, self.cpu.gpr[2] & m);
+                if lo == ax && hi == dx {
+                    let lin = self.linear(s, ea, step * 2)?;
+                    self.probe_write(lin, (step * 2) as usize)?;
+                    self.write_mem(s, ea, half, self.cpu.gpr[3] & m)?;
+                    self.write_mem(s, ea.wrapping_add(step), half, self.cpu.gpr[1] & m)?;
+                    self.set_flag(ZF, true);
+                } else {
+                    let lin = self.linear(s, ea, step * 2)?;
+                    self.probe_write(lin, (step * 2) as usize)?;
+                    self.write_mem(s, ea, half, lo)?;
+                    self.write_mem(s, ea.wrapping_add(step), half, hi)?;
+                    if wide {
+                        self.cpu.gpr[0] = lo;
+                        self.cpu.gpr[2] = hi;
+                    } else {
+                        set_reg(self.cpu, Register::EAX, lo);
+                        set_reg(self.cpu, Register::EDX, hi);
+                    }
+                    self.set_flag(ZF, false);
+                }
+                self.next(i);
+            }
+            M::Xadd => {
+                let bits = self.op_bits(i, 0);
+                let dst = self.loc(i, 0);
+                let d = self.get(dst, bits)?;
+                let sreg = i.op1_register();
+                let s = get_reg(self.cpu, sreg);
+                let res = d.wrapping_add(s) & size_mask(bits);
+                if let Loc::Mem(..) = dst {
+                    self.set(dst, bits, res)?;
+                    set_reg(self.cpu, sreg, d);
+                } else {
+                    set_reg(self.cpu, sreg, d);
+                    self.set(dst, bits, res)?;
+                }
+                self.cpu.lazy.set(FlagOp::Add, bits, d, s, res);
+                self.next(i);
+            }
+            M::Push => {
+                let bits = Self::opsize_from_sp(i);
+                let v = match i.op_kind(0) {
+                    OpKind::Register => {
+                        let r = i.op0_register();
+                        if r.is_segment_register() {
+                            u64::from(self.cpu.seg[sreg_of(r) as usize].selector)
+                        } else {
+                            get_reg(self.cpu, r)
+                        }
+                    }
+                    OpKind::Memory => {
+                        let l = self.loc(i, 0);
+                        self.get(l, bits)?
+                    }
+                    _ => i.immediate(0) & size_mask(bits),
+                };
+                self.push(bits, v)?;
+                self.next(i);
+            }
+            M::Pop => {
+                let bits = Self::opsize_from_sp(i);
+                let sp = self.cpu.gpr[4];
+                let v = self.stack_read(sp, bits)?;
+                match i.op_kind(0) {
+                    OpKind::Register if i.op0_register().is_segment_register() => {
+                        let sr = sreg_of(i.op0_register());
+                        self.load_seg(sr, v as u16)?;
+                        self.set_sp(sp.wrapping_add(u64::from(bits / 8)));
+                    }
+                    OpKind::Register => {
+                        self.set_sp(sp.wrapping_add(u64::from(bits / 8)));
+                        set_reg(self.cpu, i.op0_register(), v);
+                    }
+                    _ => {
+                        // The address is computed with the incremented stack pointer.
+                        self.set_sp(sp.wrapping_add(u64::from(bits / 8)));
+                        let l = self.loc(i, 0);
+                        self.set(l, bits, v)?;
+                    }
+                }
+                self.next(i);
+            }
+            M::Pusha | M::Pushad => {
+                let bits = if i.mnemonic() == M::Pusha { 16 } else { 32 };
+                let sp0 = self.cpu.gpr[4];
+                let n = u64::from(bits / 8);
+                let lin = self.linear(SegReg::Ss, sp0.wrapping_sub(8 * n) & self.cpu.stack_mask(), 8 * n)?;
+                self.probe_write(lin, (8 * n) as usize)?;
+                for r in 0..8 {
+                    let v = if r == 4 { sp0 } else { self.cpu.gpr[r] };
+                    self.push(bits, v)?;
+                }
+                self.next(i);
+            }
+            M::Popa | M::Popad => {
+                let bits = if i.mnemonic() == M::Popa { 16 } else { 32 };
+                let sp = self.cpu.gpr[4];
+                let n = u64::from(bits / 8);
+                let mut vals = [0u64; 8];
+                for (k, v) in vals.iter_mut().enumerate() {
+                    *v = self.stack_read(sp.wrapping_add(n * k as u64), bits)?;
+                }
+                for r in 0..8 {
+                    if r != 4 {
+                        let reg = if bits == 16 { Register::AX } else { Register::EAX };
+                        let reg: Register = gpr_of_width(reg, r);
+                        set_reg(self.cpu, reg, vals[7 - r]);
+                    }
+                }
+                self.set_sp(sp.wrapping_add(8 * n));
+                self.next(i);
+            }
+            M::Pushf | M::Pushfd | M::Pushfq => {
+                if self.cpu.rflags & rf::VM != 0 && ((self.cpu.rflags & rf::IOPL) >> 12) < 3 {
+                    return Err(Exception::GeneralProtection(0).into());
+                }
+                let bits = Self::opsize_from_sp(i);
+                let f = self.flags() & !(rf::VM | rf::RF);
+                self.push(bits, f)?;
+                self.next(i);
+            }
+            M::Popf | M::Popfd | M::Popfq => {
+                if self.cpu.rflags & rf::VM != 0 && ((self.cpu.rflags & rf::IOPL) >> 12) < 3 {
+                    return Err(Exception::GeneralProtection(0).into());
+                }
+                let bits = Self::opsize_from_sp(i);
+                let v = self.pop(bits)?;
+                self.write_flags(v, bits, false);
+                self.next(i);
+            }
+            M::Enter => {
+                let bits = Self::opsize_from_sp(i);
+                let size = i.immediate16();
+                let level = u32::from(i.immediate8_2nd() & 31);
+                let n = u64::from(bits / 8);
+                let bp_reg = match bits {
+                    16 => Register::BP,
+                    32 => Register::EBP,
+                    _ => Register::RBP,
+                };
+                let bp = get_reg(self.cpu, bp_reg);
+                self.push(bits, bp)?;
+                let frame = self.cpu.gpr[4] & self.cpu.stack_mask();
+                let mut bpv = bp;
+                if level > 0 {
+                    for _ in 1..level {
+                        bpv = bpv.wrapping_sub(n);
+                        let v = self.stack_read(bpv, bits)?;
+                        self.push(bits, v)?;
+                    }
+                    self.push(bits, frame)?;
+                }
+                let new_sp = self.cpu.gpr[4].wrapping_sub(u64::from(size));
+                let lin = self.linear(SegReg::Ss, new_sp & self.cpu.stack_mask(), 1)?;
+                self.probe_write(lin, 1)?;
+                set_reg(self.cpu, bp_reg, frame);
+                self.set_sp(new_sp);
+                self.next(i);
+            }
+            M::Leave => {
+                let bits = Self::opsize_from_sp(i);
+                let m = self.cpu.stack_mask();
+                let bp = self.cpu.gpr[5] & m;
+                let v = self.stack_read(bp, bits)?;
+                self.set_sp(bp.wrapping_add(u64::from(bits / 8)));
+                let bp_reg = match bits {
+                    16 => Register::BP,
+                    32 => Register::EBP,
+                    _ => Register::RBP,
+                };
+                set_reg(self.cpu, bp_reg, v);
+                self.next(i);
+            }
+            M::Xlatb => {
+                let seg = sreg_of(i.memory_segment());
+                let bx = match i.memory_base() {
+                    Register::BX => self.cpu.gpr[3] & 0xFFFF,
+                    Register::EBX => self.cpu.gpr[3] & 0xFFFF_FFFF,
+                    _ => self.cpu.gpr[3],
+                };
+                let m = match i.memory_base() {
+                    Register::BX => 0xFFFF,
+                    Register::EBX => 0xFFFF_FFFF,
+                    _ => u64::MAX,
+                };
+                let off = bx.wrapping_add(self.cpu.gpr[0] & 0xFF) & m;
+                let v = self.read_mem(seg, off, 8)?;
+                set_reg(self.cpu, Register::AL, v);
+                self.next(i);
+            }
+            M::Daa | M::Das => {
+                let al = self.cpu.gpr[0] as u8;
+                let (r, f) = if i.mnemonic() == M::Daa { alu::daa(al, self.flags()) } else { alu::das(al, self.flags()) };
+                set_reg(self.cpu, Register::AL, u64::from(r));
+                self.set_status(f);
+                self.next(i);
+            }
+            M::Aaa | M::Aas => {
+                let ax = self.cpu.gpr[0] as u16;
+                let (r, f) = alu::aaa_aas(i.mnemonic() == M::Aaa, ax, self.flags());
+                set_reg(self.cpu, Register::AX, u64::from(r));
+                self.set_status(f);
+                self.next(i);
+            }
+            M::Aam => {
+                let (r, f) = alu::aam(self.cpu.gpr[0] as u8, i.immediate8()).ok_or(Exception::DivideError)?;
+                set_reg(self.cpu, Register::AX, u64::from(r));
+                self.set_status(f);
+                self.next(i);
+            }
+            M::Aad => {
+                let (r, f) = alu::aad(self.cpu.gpr[0] as u16, i.immediate8());
+                set_reg(self.cpu, Register::AX, u64::from(r));
+                self.set_status(f);
+                self.next(i);
+            }
+            M::Salc => {
+                let v = if self.flags() & CF != 0 { 0xFF } else { 0 };
+                set_reg(self.cpu, Register::AL, v);
+                self.next(i);
+            }
+            M::Jmp => self.exec_jmp(i)?,
+            M::Call => self.exec_call(i)?,
+            M::Ret => {
+                let imm = if i.op_count() > 0 { u64::from(i.immediate16()) } else { 0 };
+                let bits = (Self::opsize_from_sp(i) as u64 - imm * 8) as u32;
+                let sp = self.cpu.gpr[4];
+                let target = self.stack_read(sp, bits)?;
+                self.check_near_target(target)?;
+                self.set_sp(sp.wrapping_add(u64::from(bits / 8) + imm));
+                self.cpu.rip = target;
+            }
+            M::Retf => {
+                let imm = if i.op_count() > 0 { u64::from(i.immediate16()) } else { 0 };
+                let bits = match i.code() {
+                    Code::Retfw | Code::Retfw_imm16 => 16,
+                    Code::Retfq | Code::Retfq_imm16 => 64,
+                    _ => 32,
+                };
+                self.far_return(bits, imm)?;
+            }
+            M::Iret | M::Iretd | M::Iretq => {
+                let bits = match i.mnemonic() {
+                    M::Iret => 16,
+                    M::Iretd => 32,
+                    _ => 64,
+                };
+                self.iret(bits)?;
+            }
+            M::Loop | M::Loope | M::Loopne | M::Jcxz | M::Jecxz | M::Jrcxz => {
+                let creg = match (i.mnemonic(), i.code()) {
+                    (M::Jcxz, _) => Register::CX,
+                    (M::Jecxz, _) => Register::ECX,
+                    (M::Jrcxz, _) => Register::RCX,
+                    (_, Code::Loop_rel8_16_CX | Code::Loop_rel8_32_CX | Code::Loope_rel8_16_CX | Code::Loope_rel8_32_CX | Code::Loopne_rel8_16_CX | Code::Loopne_rel8_32_CX) => Register::CX,
+                    (_, Code::Loop_rel8_16_RCX | Code::Loop_rel8_64_RCX | Code::Loope_rel8_16_RCX | Code::Loope_rel8_64_RCX | Code::Loopne_rel8_16_RCX | Code::Loopne_rel8_64_RCX) => Register::RCX,
+                    _ => Register::ECX,
+                };
+                let taken = match i.mnemonic() {
+                    M::Jcxz | M::Jecxz | M::Jrcxz => get_reg(self.cpu, creg) == 0,
+                    m => {
+                        let c = get_reg(self.cpu, creg).wrapping_sub(1);
+                        let z = self.flags() & ZF != 0;
+                        let ok = c & size_mask(reg_info(creg).1) != 0;
+                        let t = match m {
+                            M::Loope => ok && z,
+                            M::Loopne => ok && !z,
+                            _ => ok,
+                        };
+                        let target = i.near_branch_target();
+                        if t {
+                            self.check_near_target(target)?;
+                        }
+                        set_reg(self.cpu, creg, c);
+                        t
+                    }
+                };
+                if taken {
+                    let target = i.near_branch_target();
+                    self.check_near_target(target)?;
+                    self.cpu.rip = target;
+                } else {
+                    self.next(i);
+                }
+            }
+            M::Movsb | M::Movsw | M::Movsd | M::Movsq | M::Stosb | M::Stosw | M::Stosd | M::Stosq | M::Lodsb | M::Lodsw
+            | M::Lodsd | M::Lodsq | M::Cmpsb | M::Cmpsw | M::Cmpsd | M::Cmpsq | M::Scasb | M::Scasw | M::Scasd | M::Scasq
+            | M::Insb | M::Insw | M::Insd | M::Outsb | M::Outsw | M::Outsd
+                if i.op_count() == 0 || matches!(i.op_kind(0), OpKind::MemoryESDI | OpKind::MemoryESEDI | OpKind::MemoryESRDI | OpKind::MemorySegSI | OpKind::MemorySegESI | OpKind::MemorySegRSI | OpKind::Register | OpKind::MemorySegDI | OpKind::MemorySegEDI | OpKind::MemorySegRDI) =>
+            {
+                self.exec_string(i)?
+            }
+            M::Int => {
+                let v = i.immediate8();
+                if self.cpu.rflags & rf::VM != 0 && ((self.cpu.rflags & rf::IOPL) >> 12) < 3 {
+                    return Err(Exception::GeneralProtection(0).into());
+                }
+                let next = i.next_ip();
+                self.deliver(v, IntKind::Software, next, None)?;
+            }
+            M::Int3 => {
+                let next = i.next_ip();
+                self.deliver(3, IntKind::Software, next, None)?;
+            }
+            M::Int1 => {
+                let next = i.next_ip();
+                self.deliver(1, IntKind::Exception, next, None)?;
+            }
+            M::Into => {
+                if self.flags() & OF != 0 {
+                    let next = i.next_ip();
+                    self.deliver(4, IntKind::Software, next, None)?;
+                } else {
+                    self.next(i);
+                }
+            }
+            M::Bound => {
+                let bits = self.op_bits(i, 0);
+                let Loc::Mem(s, ea) = self.loc(i, 1) else {
+                    return Err(Exception::InvalidOpcode.into());
+                };
+                let idx = sext(get_reg(self.cpu, i.op0_register()), bits) as i64;
+                let lo = sext(self.read_mem(s, ea, bits)?, bits) as i64;
+                let hi = sext(self.read_mem(s, ea.wrapping_add(u64::from(bits / 8)), bits)?, bits) as i64;
+                if idx < lo || idx > hi {
+                    return Err(Exception::BoundRange.into());
+                }
+                self.next(i);
+            }
+            M::Hlt => {
+                self.require_cpl0()?;
+                self.cpu.halted = true;
+                self.next(i);
+            }
+            M::In | M::Out => {
+                self.io_allowed()?;
+                let is_in = i.mnemonic() == M::In;
+                let (data_op, port_op) = if is_in { (0, 1) } else { (1, 0) };
+                let bits = reg_info(i.op_register(data_op)).1;
+                let port = match i.op_kind(port_op) {
+                    OpKind::Register => (self.cpu.gpr[2] & 0xFFFF) as u16,
+                    _ => u16::from(i.immediate8()),
+                };
+                let size = AccessSize::from_bytes((bits / 8) as usize).unwrap_or(AccessSize::Byte);
+                if is_in {
+                    let v = self.bus.port_read(PortAddr(port), size);
+                    set_reg(self.cpu, i.op0_register(), u64::from(v));
+                } else {
+                    let v = get_reg(self.cpu, i.op1_register()) as u32;
+                    self.bus.port_write(PortAddr(port), size, v);
+                    self.io_written = true;
+                }
+                self.next(i);
+            }
+            M::Cpuid => {
+                let (a, b, c, d) = crate::cpuid::cpuid(self.cpu.gpr[0] as u32, self.cpu.gpr[1] as u32);
+                self.cpu.gpr[0] = u64::from(a);
+                self.cpu.gpr[3] = u64::from(b);
+                self.cpu.gpr[1] = u64::from(c);
+                self.cpu.gpr[2] = u64::from(d);
+                self.next(i);
+            }
+            M::Rdtsc | M::Rdtscp => {
+                if self.cpu.cr4 & (1 << 2) != 0 && self.cpu.cpl != 0 {
+                    return Err(Exception::GeneralProtection(0).into());
+                }
+                let t = self.cpu.icount.wrapping_add(self.cpu.msr.tsc_offset);
+                self.cpu.gpr[0] = t & 0xFFFF_FFFF;
+                self.cpu.gpr[2] = t >> 32;
+                if i.mnemonic() == M::Rdtscp {
+                    self.cpu.gpr[1] = self.cpu.msr.tsc_aux & 0xFFFF_FFFF;
+                }
+                self.next(i);
+            }
+            M::Ud0 | M::Ud1 | M::Ud2 => return Err(Exception::InvalidOpcode.into()),
+            _ => {
+                if i.is_jcc_short_or_near() {
+                    if cond(self.flags(), i.condition_code()) {
+                        let t = i.near_branch_target();
+                        self.check_near_target(t)?;
+                        self.cpu.rip = t;
+                    } else {
+                        self.next(i);
+                    }
+                } else if is_setcc(i.mnemonic()) {
+                    let v = u64::from(cond(self.flags(), i.condition_code()));
+                    let l = self.loc(i, 0);
+                    self.set(l, 8, v)?;
+                    self.next(i);
+                } else if is_cmovcc(i.mnemonic()) {
+                    let bits = self.op_bits(i, 0);
+                    let v = self.val(i, 1, bits)?;
+                    let r = i.op0_register();
+                    if cond(self.flags(), i.condition_code()) {
+                        set_reg(self.cpu, r, v);
+                    } else {
+                        // Not taken: a 32-bit destination is still zero-extended.
+                        let cur = get_reg(self.cpu, r);
+                        set_reg(self.cpu, r, cur);
+                    }
+                    self.next(i);
+                } else {
+                    return self.exec_system(i);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// In non-64-bit modes a near target beyond the CS limit raises #GP(0); in 64-bit mode a
+    /// non-canonical target does.
+    fn check_near_target(&self, t: u64) -> Result<(), Exception> {
+        if self.mode == CpuMode::Long64 {
+            if ((t << 16) as i64 >> 16) as u64 != t {
+                return Err(Exception::GeneralProtection(0));
+            }
+        } else if t > u64::from(self.cpu.seg[SegReg::Cs as usize].limit) {
+            return Err(Exception::GeneralProtection(0));
+        }
+        Ok(())
+    }
+
+    fn near_opsize(&self, i: &Instruction) -> u32 {
+        match i.op_kind(0) {
+            OpKind::NearBranch16 => 16,
+            OpKind::NearBranch32 => 32,
+            OpKind::NearBranch64 => 64,
+            OpKind::Register => reg_info(i.op0_register()).1,
+            _ => (i.memory_size().size() * 8) as u32,
+        }
+    }
+
+    fn exec_jmp(&mut self, i: &Instruction) -> R<()> {
+        match i.op_kind(0) {
+            OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64 => {
+                let t = i.near_branch_target();
+                self.check_near_target(t)?;
+                self.cpu.rip = t;
+            }
+            OpKind::FarBranch16 | OpKind::FarBranch32 => {
+                let off = if i.op_kind(0) == OpKind::FarBranch16 { u64::from(i.far_branch16()) } else { u64::from(i.far_branch32()) };
+                self.far_jump(i.far_branch_selector(), off)?;
+            }
+            OpKind::Memory if i.is_jmp_far_indirect() => {
+                let (sel, off) = self.far_pointer(i)?;
+                self.far_jump(sel, off)?;
+            }
+            _ => {
+                let bits = self.near_opsize(i);
+                let t = self.val(i, 0, bits)?;
+                self.check_near_target(t)?;
+                self.cpu.rip = t;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads an m16:16, m16:32 or m16:64 far pointer: (selector, offset).
+    fn far_pointer(&mut self, i: &Instruction) -> Result<(u16, u64), Exception> {
+        let Loc::Mem(s, ea) = self.loc(i, 0) else {
+            return Err(Exception::InvalidOpcode);
+        };
+        let total = i.memory_size().size() as u32 * 8;
+        let obits = total - 16;
+        let off = self.read_mem(s, ea, obits)?;
+        let sel = self.read_mem(s, ea.wrapping_add(u64::from(obits / 8)), 16)? as u16;
+        Ok((sel, off))
+    }
+
+    fn exec_call(&mut self, i: &Instruction) -> R<()> {
+        let next = i.next_ip();
+        match i.op_kind(0) {
+            OpKind::FarBranch16 | OpKind::FarBranch32 => {
+                let bits = if i.op_kind(0) == OpKind::FarBranch16 { 16 } else { 32 };
+                let off = if bits == 16 { u64::from(i.far_branch16()) } else { u64::from(i.far_branch32()) };
+                self.far_call(bits, i.far_branch_selector(), off, next)?;
+            }
+            OpKind::Memory if i.is_call_far_indirect() => {
+                let bits = i.memory_size().size() as u32 * 8 - 16;
+                let (sel, off) = self.far_pointer(i)?;
+                self.far_call(bits, sel, off, next)?;
+            }
+            _ => {
+                let bits = Self::opsize_from_sp(i);
+                let t = match i.op_kind(0) {
+                    OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64 => i.near_branch_target(),
+                    _ => self.val(i, 0, bits)?,
+                };
+                self.check_near_target(t)?;
+                self.push(bits, next)?;
+                self.cpu.rip = t;
+            }
+        }
+        Ok(())
+    }
+
+    fn far_call(&mut self, bits: u32, sel: u16, off: u64, next: u64) -> Result<(), Exception> {
+        let old_cs = u64::from(self.cpu.seg[SegReg::Cs as usize].selector);
+        let saved_cs = self.cpu.seg[SegReg::Cs as usize];
+        let saved_cpl = self.cpu.cpl;
+        let saved_mode = self.mode;
+        let sp = self.cpu.gpr[4];
+        // Check the pushes against the current stack first.
+        let n = u64::from(bits / 8);
+        let lin = self.linear(SegReg::Ss, sp.wrapping_sub(2 * n) & self.cpu.stack_mask(), 2 * n)?;
+        self.probe_write(lin, (2 * n) as usize)?;
+        self.far_jump(sel, off)?;
+        let r = self.push(bits, old_cs).and_then(|_| self.push(bits, next));
+        if r.is_err() {
+            self.cpu.seg[SegReg::Cs as usize] = saved_cs;
+            self.cpu.cpl = saved_cpl;
+            self.mode = saved_mode;
+        }
+        r
+    }
+
+    fn exec_string(&mut self, i: &Instruction) -> R<()> {
+        use Mnemonic as M;
+        let m = i.mnemonic();
+        let (bits, kind) = match m {
+            M::Movsb => (8, 0),
+            M::Movsw => (16, 0),
+            M::Movsd => (32, 0),
+            M::Movsq => (64, 0),
+            M::Stosb => (8, 1),
+            M::Stosw => (16, 1),
+            M::Stosd => (32, 1),
+            M::Stosq => (64, 1),
+            M::Lodsb => (8, 2),
+            M::Lodsw => (16, 2),
+            M::Lodsd => (32, 2),
+            M::Lodsq => (64, 2),
+            M::Cmpsb => (8, 3),
+            M::Cmpsw => (16, 3),
+            M::Cmpsd => (32, 3),
+            M::Cmpsq => (64, 3),
+            M::Scasb => (8, 4),
+            M::Scasw => (16, 4),
+            M::Scasd => (32, 4),
+            M::Scasq => (64, 4),
+            M::Insb => (8, 5),
+            M::Insw => (16, 5),
+            M::Insd => (32, 5),
+            M::Outsb => (8, 6),
+            M::Outsw => (16, 6),
+            _ => (32, 6),
+        };
+        if kind >= 5 {
+            self.io_allowed()?;
+        }
+        let abits = string_addr_bits(i);
+        let amask = size_mask(abits);
+        let creg = match abits {
+            16 => Register::CX,
+            32 => Register::ECX,
+            _ => Register::RCX,
+        };
+        let rep = i.has_rep_prefix() || i.has_repne_prefix();
+        let src_seg = sreg_of(i.memory_segment());
+        let n = u64::from(bits / 8);
+        let step = if self.cpu.rflags & DF != 0 { n.wrapping_neg() } else { n };
+        let (si_r, di_r) = match abits {
+            16 => (Register::SI, Register::DI),
+            32 => (Register::ESI, Register::EDI),
+            _ => (Register::RSI, Register::RDI),
+        };
+        let acc = match bits {
+            8 => Register::AL,
+            16 => Register::AX,
+            32 => Register::EAX,
+            _ => Register::RAX,
+        };
+        let port = (self.cpu.gpr[2] & 0xFFFF) as u16;
+        let size = AccessSize::from_bytes(n as usize).unwrap_or(AccessSize::Byte);
+        let mut first = true;
+        loop {
+            if rep {
+                if get_reg(self.cpu, creg) == 0 {
+                    break;
+                }
+                if !first {
+                    // Each further iteration counts as an instruction, so a huge count is
+                    // interruptible and bounded by the run budget.
+                    if self.cpu.icount + 1 >= self.budget_end {
+                        return Ok(()); // RIP still at this instruction: resume later.
+                    }
+                    self.cpu.icount += 1;
+                }
+            }
+            first = false;
+            let si = get_reg(self.cpu, si_r) & amask;
+            let di = get_reg(self.cpu, di_r) & amask;
+            match kind {
+                0 => {
+                    let v = self.read_mem(src_seg, si, bits)?;
+                    self.write_mem(SegReg::Es, di, bits, v)?;
+                    set_reg(self.cpu, si_r, si.wrapping_add(step));
+                    set_reg(self.cpu, di_r, di.wrapping_add(step));
+                }
+                1 => {
+                    let v = get_reg(self.cpu, acc);
+                    self.write_mem(SegReg::Es, di, bits, v)?;
+                    set_reg(self.cpu, di_r, di.wrapping_add(step));
+                }
+                2 => {
+                    let v = self.read_mem(src_seg, si, bits)?;
+                    set_reg(self.cpu, acc, v);
+                    set_reg(self.cpu, si_r, si.wrapping_add(step));
+                }
+                3 | 4 => {
+                    let (a, b) = if kind == 3 {
+                        (self.read_mem(src_seg, si, bits)?, self.read_mem(SegReg::Es, di, bits)?)
+                    } else {
+                        (get_reg(self.cpu, acc), self.read_mem(SegReg::Es, di, bits)?)
+                    };
+                    let res = a.wrapping_sub(b) & size_mask(bits);
+                    self.cpu.lazy.set(FlagOp::Sub, bits, a, b, res);
+                    if kind == 3 {
+                        set_reg(self.cpu, si_r, si.wrapping_add(step));
+                    }
+                    set_reg(self.cpu, di_r, di.wrapping_add(step));
+                }
+                5 => {
+                    let lin = self.linear(SegReg::Es, di, n)?;
+                    self.probe_write(lin, n as usize)?;
+                    let v = self.bus.port_read(PortAddr(port), size);
+                    self.write_mem(SegReg::Es, di, bits, u64::from(v))?;
+                    set_reg(self.cpu, di_r, di.wrapping_add(step));
+                }
+                _ => {
+                    let v = self.read_mem(src_seg, si, bits)?;
+                    self.bus.port_write(PortAddr(port), size, v as u32);
+                    self.io_written = true;
+                    set_reg(self.cpu, si_r, si.wrapping_add(step));
+                }
+            }
+            if !rep {
+                break;
+            }
+            let c = get_reg(self.cpu, creg).wrapping_sub(1);
+            set_reg(self.cpu, creg, c);
+            if kind == 3 || kind == 4 {
+                let z = self.cpu.lazy.res == 0;
+                if (i.has_repe_prefix() && !z) || (i.has_repne_prefix() && z) {
+                    break;
+                }
+            }
+        }
+        self.next(i);
+        Ok(())
+    }
+
+    fn exec_mov(&mut self, i: &Instruction) -> R<()> {
+        let k0 = i.op_kind(0);
+        let k1 = i.op_kind(1);
+        if k0 == OpKind::Register {
+            let r = i.op0_register();
+            if r.is_segment_register() {
+                let sel = self.val(i, 1, 16)? as u16;
+                if r == Register::CS {
+                    return Err(Exception::InvalidOpcode.into());
+                }
+                self.load_seg(sreg_of(r), sel)?;
+                self.next(i);
+                return Ok(());
+            }
+            if r.is_cr() || r.is_dr() {
+                return self.write_control(i);
+            }
+        }
+        if k1 == OpKind::Register {
+            let r = i.op1_register();
+            if r.is_segment_register() {
+                let sel = u64::from(self.cpu.seg[sreg_of(r) as usize].selector);
+                let l = self.loc(i, 0);
+                // To a register, the selector is zero-extended to the operand size.
+                let bits = if let Loc::Reg(_) = l { self.op_bits(i, 0) } else { 16 };
+                self.set(l, bits, sel)?;
+                self.next(i);
+                return Ok(());
+            }
+            if r.is_cr() || r.is_dr() {
+                return self.read_control(i);
+            }
+        }
+        let bits = self.op_bits(i, 0);
+        let v = self.val(i, 1, bits)?;
+        let l = self.loc(i, 0);
+        self.set(l, bits, v)?;
+        self.next(i);
+        Ok(())
+    }
+
+    fn read_control(&mut self, i: &Instruction) -> R<()> {
+        self.require_cpl0()?;
+        let r = i.op1_register();
+        let v = match r {
+            Register::CR0 => self.cpu.cr0,
+            Register::CR2 => self.cpu.cr2,
+            Register::CR3 => self.cpu.cr3,
+            Register::CR4 => self.cpu.cr4,
+            Register::CR8 => self.cpu.cr8,
+            Register::DR0 | Register::DR1 | Register::DR2 | Register::DR3 => self.cpu.dr[(r as usize) - (Register::DR0 as usize)],
+            Register::DR6 | Register::DR4 => self.cpu.dr[6],
+            Register::DR7 | Register::DR5 => self.cpu.dr[7],
+            _ => return Err(Exception::InvalidOpcode.into()),
+        };
+        let bits = if self.mode == CpuMode::Long64 { 64 } else { 32 };
+        set_reg(self.cpu, i.op0_register(), v & size_mask(bits));
+        self.next(i);
+        Ok(())
+    }
+
+    fn write_control(&mut self, i: &Instruction) -> R<()> {
+        self.require_cpl0()?;
+        let r = i.op0_register();
+        let v = get_reg(self.cpu, i.op1_register());
+        match r {
+            Register::CR0 => self.set_cr0(v)?,
+            Register::CR2 => self.cpu.cr2 = v,
+            Register::CR3 => {
+                self.cpu.cr3 = v;
+                if self.cpu.cr4 & cr::CR4_PGE != 0 {
+                    self.cpu.tlb.flush_non_global();
+                } else {
+                    self.cpu.tlb.flush_all();
+                }
+            }
+            Register::CR4 => {
+                const KNOWN: u64 = 0x1 | 0x2 | 0x4 | 0x8 | 0x10 | 0x20 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400;
+                if v & !KNOWN != 0 {
+                    return Err(Exception::GeneralProtection(0).into());
+                }
+                if self.cpu.efer & cr::EFER_LMA != 0 && v & cr::CR4_PAE == 0 {
+                    return Err(Exception::GeneralProtection(0).into());
+                }
+                self.cpu.cr4 = v;
+                self.cpu.tlb.flush_all();
+                self.mode_changed = true;
+            }
+            Register::CR8 => self.cpu.cr8 = v & 0xF,
+            Register::DR0 | Register::DR1 | Register::DR2 | Register::DR3 => self.cpu.dr[(r as usize) - (Register::DR0 as usize)] = v,
+            Register::DR6 | Register::DR4 => self.cpu.dr[6] = v | 0xFFFF_0FF0,
+            Register::DR7 | Register::DR5 => self.cpu.dr[7] = v | 0x400,
+            _ => return Err(Exception::InvalidOpcode.into()),
+        }
+        self.next(i);
+        Ok(())
+    }
+
+    pub(crate) fn set_cr0(&mut self, v: u64) -> Result<(), Exception> {
+        let v = (v | cr::CR0_ET) & 0xFFFF_FFFF;
+        if v & cr::CR0_PG != 0 && v & cr::CR0_PE == 0 {
+            return Err(Exception::GeneralProtection(0));
+        }
+        if v & cr::CR0_NW != 0 && v & cr::CR0_CD == 0 {
+            return Err(Exception::GeneralProtection(0));
+        }
+        let old = self.cpu.cr0;
+        if v & cr::CR0_PG != 0 && old & cr::CR0_PG == 0 && self.cpu.efer & cr::EFER_LME != 0 {
+            if self.cpu.cr4 & cr::CR4_PAE == 0 {
+                return Err(Exception::GeneralProtection(0));
+            }
+            self.cpu.efer |= cr::EFER_LMA;
+        }
+        if v & cr::CR0_PG == 0 && old & cr::CR0_PG != 0 {
+            if self.mode == CpuMode::Long64 {
+                return Err(Exception::GeneralProtection(0));
+            }
+            self.cpu.efer &= !cr::EFER_LMA;
+        }
+        self.cpu.cr0 = v;
+        if (old ^ v) & (cr::CR0_PG | cr::CR0_WP | cr::CR0_PE) != 0 {
+            self.cpu.tlb.flush_all();
+        }
+        self.mode_changed = true;
+        if v & cr::CR0_PE == 0 {
+            self.cpu.cpl = 0;
+        }
+        Ok(())
+    }
+}
+
+fn is_setcc(m: Mnemonic) -> bool {
+    use Mnemonic as M;
+    matches!(m, M::Seto | M::Setno | M::Setb | M::Setae | M::Sete | M::Setne | M::Setbe | M::Seta | M::Sets | M::Setns | M::Setp | M::Setnp | M::Setl | M::Setge | M::Setle | M::Setg)
+}
+
+fn is_cmovcc(m: Mnemonic) -> bool {
+    use Mnemonic as M;
+    matches!(m, M::Cmovo | M::Cmovno | M::Cmovb | M::Cmovae | M::Cmove | M::Cmovne | M::Cmovbe | M::Cmova | M::Cmovs | M::Cmovns | M::Cmovp | M::Cmovnp | M::Cmovl | M::Cmovge | M::Cmovle | M::Cmovg)
+}
+
+/// The `r`-th register of the AX.. or EAX.. family (encoding order).
+fn gpr_of_width(base: Register, r: usize) -> Register {
+    const W: [Register; 8] = [Register::AX, Register::CX, Register::DX, Register::BX, Register::SP, Register::BP, Register::SI, Register::DI];
+    const D: [Register; 8] = [Register::EAX, Register::ECX, Register::EDX, Register::EBX, Register::ESP, Register::EBP, Register::ESI, Register::EDI];
+    if base == Register::AX { W[r] } else { D[r] }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_reg_info_layout() {
+        assert_eq!(reg_info(Register::AL), (0, 8, false));
+        assert_eq!(reg_info(Register::BH), (3, 8, true));
+        assert_eq!(reg_info(Register::SPL), (4, 8, false));
+        assert_eq!(reg_info(Register::R15L), (15, 8, false));
+        assert_eq!(reg_info(Register::R8W), (8, 16, false));
+        assert_eq!(reg_info(Register::EDI), (7, 32, false));
+        assert_eq!(reg_info(Register::R15), (15, 64, false));
+        assert_eq!(reg_info(Register::RIP).1, 0);
+    }
+}

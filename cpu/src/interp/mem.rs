@@ -1,0 +1,266 @@
+//! Memory access for the interpreter: segmentation, the soft-TLB fast path and the slow path
+//! (page walks, MMIO, ROM, unmapped space, self-modifying code).
+
+use super::Cx;
+use crate::exception::Exception;
+use crate::state::{CpuMode, SegReg};
+use base::{AccessSize, GuestPhysAddr};
+use mmu::{RegionKind, TlbAccess, TlbEntry, WalkAccess, WalkRegs, PAGE_MASK, TLB_SLOW};
+
+impl Cx<'_> {
+    /// Linear address of `size` bytes at `seg:off`, with the limit (or canonical) check.
+    #[inline]
+    pub(crate) fn linear(&self, seg: SegReg, off: u64, size: u64) -> Result<u64, Exception> {
+        let s = &self.cpu.seg[seg as usize];
+        if self.mode == CpuMode::Long64 {
+            let lin = match seg {
+                SegReg::Fs | SegReg::Gs => off.wrapping_add(s.base),
+                _ => off,
+            };
+            let canon = ((lin << 16) as i64 >> 16) as u64 == lin;
+            if !canon {
+                return Err(if seg == SegReg::Ss { Exception::StackFault(0) } else { Exception::GeneralProtection(0) });
+            }
+            return Ok(lin);
+        }
+        if off.wrapping_add(size - 1) > u64::from(s.limit) || off.wrapping_add(size - 1) < off {
+            return Err(if seg == SegReg::Ss { Exception::StackFault(0) } else { Exception::GeneralProtection(0) });
+        }
+        if self.mode == CpuMode::Real {
+            Ok((s.base + off) & 0x1F_FFFF)
+        } else {
+            Ok(s.base.wrapping_add(off) & 0xFFFF_FFFF)
+        }
+    }
+
+    fn walk_regs(&self) -> WalkRegs {
+        WalkRegs { cr0: self.cpu.cr0, cr3: self.cpu.cr3, cr4: self.cpu.cr4, efer: self.cpu.efer }
+    }
+
+    /// Walks the page tables for `lin` and installs a TLB entry for its page.
+    pub(crate) fn tlb_fill(&mut self, lin: u64, access: TlbAccess, user: bool) -> Result<TlbEntry, Exception> {
+        let regs = self.walk_regs();
+        let walk = WalkAccess { write: access == TlbAccess::Write, user, fetch: access == TlbAccess::Exec };
+        let mem = self.bus.memory();
+        let t = mmu::translate(&regs, lin & PAGE_MASK | (lin & 0xFFF), walk, mem)
+            .map_err(|pf| Exception::PageFault { addr: pf.addr, code: pf.code })?;
+        self.cpu.tlb.stats.misses += 1;
+        let page = lin & PAGE_MASK;
+        let phys_page = t.phys & PAGE_MASK;
+        let slow = page | TLB_SLOW;
+        let mut e = TlbEntry { read_tag: slow, write_tag: slow, exec_tag: slow, addend: 0, phys_page, global: t.global };
+        if let Some(r) = mem.lookup(GuestPhysAddr(phys_page)) {
+            match r.kind {
+                RegionKind::Ram { backing } | RegionKind::Rom { backing } => {
+                    let bpage = backing + (phys_page - r.start);
+                    e.addend = bpage.wrapping_sub(page);
+                    e.read_tag = page;
+                    if t.executable {
+                        e.exec_tag = page;
+                    }
+                    let ram = matches!(r.kind, RegionKind::Ram { .. });
+                    if ram && t.writable && t.dirty && !mem.is_code_page(bpage >> 12) {
+                        e.write_tag = page;
+                    }
+                }
+                RegionKind::Mmio { .. } => {}
+            }
+        }
+        self.cpu.tlb.fill(user, lin, e);
+        Ok(e)
+    }
+
+    #[inline]
+    fn user(&self) -> bool {
+        self.cpu.cpl == 3 && !self.sys_access
+    }
+
+    /// Reads `size` (1..=8) bytes at a linear address.
+    #[inline]
+    pub(crate) fn read_lin(&mut self, lin: u64, size: usize) -> Result<u64, Exception> {
+        let user = self.user();
+        if let Some(b) = self.cpu.tlb.lookup(user, TlbAccess::Read, lin, size as u64) {
+            let m = self.bus.memory().backing();
+            let b = b as usize;
+            if let Some(s) = m.get(b..b + size) {
+                let mut buf = [0u8; 8];
+                buf[..size].copy_from_slice(s);
+                return Ok(u64::from_le_bytes(buf));
+            }
+        }
+        self.read_lin_slow(lin, size, user)
+    }
+
+    fn read_lin_slow(&mut self, lin: u64, size: usize, user: bool) -> Result<u64, Exception> {
+        if (lin & 0xFFF) as usize + size > 0x1000 {
+            // Crosses a page: assemble from bytes (each byte checks its own page).
+            let mut v = 0u64;
+            for i in 0..size {
+                v |= self.read_lin(lin.wrapping_add(i as u64), 1)? << (8 * i);
+            }
+            return Ok(v);
+        }
+        let e = self.tlb_fill(lin, TlbAccess::Read, user)?;
+        let phys = e.phys_page | (lin & 0xFFF);
+        if e.read_tag & TLB_SLOW == 0 {
+            let b = lin.wrapping_add(e.addend) as usize;
+            let m = self.bus.memory().backing();
+            let mut buf = [0u8; 8];
+            if let Some(s) = m.get(b..b + size) {
+                buf[..size].copy_from_slice(s);
+            }
+            return Ok(u64::from_le_bytes(buf));
+        }
+        self.phys_read_device(phys, size)
+    }
+
+    fn phys_read_device(&mut self, phys: u64, size: usize) -> Result<u64, Exception> {
+        let region = self.bus.memory().lookup(GuestPhysAddr(phys)).copied();
+        let width = AccessSize::from_bytes(size).unwrap_or(AccessSize::Byte);
+        match region.map(|r| r.kind) {
+            Some(RegionKind::Mmio { id }) => Ok(self.bus.mmio_read(id, GuestPhysAddr(phys), width) & width.mask()),
+            _ => {
+                log::debug!("read of unmapped physical address {phys:#x} ({size} bytes): open bus");
+                Ok(width.mask())
+            }
+        }
+    }
+
+    /// Writes `size` (1..=8) bytes at a linear address.
+    #[inline]
+    pub(crate) fn write_lin(&mut self, lin: u64, size: usize, val: u64) -> Result<(), Exception> {
+        let user = self.user();
+        if let Some(b) = self.cpu.tlb.lookup(user, TlbAccess::Write, lin, size as u64) {
+            let m = self.bus.memory().backing_mut();
+            let b = b as usize;
+            if let Some(s) = m.get_mut(b..b + size) {
+                s.copy_from_slice(&val.to_le_bytes()[..size]);
+                return Ok(());
+            }
+        }
+        self.write_lin_slow(lin, size, val, user)
+    }
+
+    fn write_lin_slow(&mut self, lin: u64, size: usize, val: u64, user: bool) -> Result<(), Exception> {
+        if (lin & 0xFFF) as usize + size > 0x1000 {
+            // Check both pages before writing anything, so a fault leaves memory unchanged.
+            self.tlb_fill(lin, TlbAccess::Write, user)?;
+            self.tlb_fill(lin.wrapping_add(size as u64 - 1), TlbAccess::Write, user)?;
+            for i in 0..size {
+                self.write_lin(lin.wrapping_add(i as u64), 1, val >> (8 * i))?;
+            }
+            return Ok(());
+        }
+        let e = self.tlb_fill(lin, TlbAccess::Write, user)?;
+        let phys = e.phys_page | (lin & 0xFFF);
+        let region = self.bus.memory().lookup(GuestPhysAddr(phys)).copied();
+        match region.map(|r| r.kind) {
+            Some(RegionKind::Ram { backing }) => {
+                let bpage = backing + (e.phys_page - region.map_or(0, |r| r.start));
+                if self.bus.memory().clear_code_page(bpage >> 12) {
+                    self.cache.invalidate_page(bpage);
+                    self.code_written = true;
+                }
+                let b = (bpage | (lin & 0xFFF)) as usize;
+                if let Some(s) = self.bus.memory().backing_mut().get_mut(b..b + size) {
+                    s.copy_from_slice(&val.to_le_bytes()[..size]);
+                }
+                // The page is dirty and holds no cached code now: let later writes go fast.
+                let mut e2 = e;
+                e2.write_tag = lin & PAGE_MASK;
+                self.cpu.tlb.fill(user, lin, e2);
+                Ok(())
+            }
+            Some(RegionKind::Rom { .. }) => {
+                log::debug!("write to ROM at {phys:#x} dropped");
+                Ok(())
+            }
+            Some(RegionKind::Mmio { id }) => {
+                let width = AccessSize::from_bytes(size).unwrap_or(AccessSize::Byte);
+                self.bus.mmio_write(id, GuestPhysAddr(phys), width, val & width.mask());
+                self.io_written = true;
+                Ok(())
+            }
+            None => {
+                log::debug!("write to unmapped physical address {phys:#x} dropped");
+                Ok(())
+            }
+        }
+    }
+
+    /// Checks that `size` bytes at `lin` are writable without writing (for multi-part stores).
+    pub(crate) fn probe_write(&mut self, lin: u64, size: usize) -> Result<(), Exception> {
+        let user = self.user();
+        if self.cpu.tlb.lookup(user, TlbAccess::Write, lin, size as u64).is_some() {
+            return Ok(());
+        }
+        self.tlb_fill(lin, TlbAccess::Write, user)?;
+        if (lin & 0xFFF) as usize + size > 0x1000 {
+            self.tlb_fill(lin.wrapping_add(size as u64 - 1), TlbAccess::Write, user)?;
+        }
+        Ok(())
+    }
+
+    /// Reads `bits` at `seg:off`.
+    #[inline]
+    pub(crate) fn read_mem(&mut self, seg: SegReg, off: u64, bits: u32) -> Result<u64, Exception> {
+        let n = (bits / 8) as usize;
+        let lin = self.linear(seg, off, n as u64)?;
+        self.read_lin(lin, n)
+    }
+
+    /// Writes `bits` at `seg:off`.
+    #[inline]
+    pub(crate) fn write_mem(&mut self, seg: SegReg, off: u64, bits: u32, val: u64) -> Result<(), Exception> {
+        let n = (bits / 8) as usize;
+        let lin = self.linear(seg, off, n as u64)?;
+        self.write_lin(lin, n, val)
+    }
+
+    /// Reads a system structure (descriptor tables, TSS) with supervisor rights.
+    pub(crate) fn read_sys(&mut self, lin: u64, size: usize) -> Result<u64, Exception> {
+        let old = std::mem::replace(&mut self.sys_access, true);
+        let r = self.read_lin(lin, size);
+        self.sys_access = old;
+        r
+    }
+
+    /// Writes a system structure with supervisor rights.
+    pub(crate) fn write_sys(&mut self, lin: u64, size: usize, val: u64) -> Result<(), Exception> {
+        let old = std::mem::replace(&mut self.sys_access, true);
+        let r = self.write_lin(lin, size, val);
+        self.sys_access = old;
+        r
+    }
+
+    /// Fetches up to 15 instruction bytes at linear `lin`; returns the bytes available and the
+    /// fault that stopped the fetch early, if any.
+    pub(crate) fn fetch_bytes(&mut self, lin: u64, out: &mut [u8; 15]) -> (usize, Option<Exception>) {
+        let user = self.user();
+        for (i, slot) in out.iter_mut().enumerate() {
+            let a = lin.wrapping_add(i as u64);
+            let a = if self.mode == CpuMode::Long64 { a } else { a & 0xFFFF_FFFF };
+            let b = match self.cpu.tlb.lookup(user, TlbAccess::Exec, a, 1) {
+                Some(b) => Some(b),
+                None => match self.tlb_fill(a, TlbAccess::Exec, user) {
+                    Ok(e) if e.exec_tag & TLB_SLOW == 0 => Some(a.wrapping_add(e.addend)),
+                    Ok(e) => {
+                        // Executing from MMIO or unmapped space.
+                        match self.phys_read_device(e.phys_page | (a & 0xFFF), 1) {
+                            Ok(v) => {
+                                *slot = v as u8;
+                                continue;
+                            }
+                            Err(x) => return (i, Some(x)),
+                        }
+                    }
+                    Err(x) => return (i, Some(x)),
+                },
+            };
+            if let Some(b) = b {
+                *slot = self.bus.memory().backing().get(b as usize).copied().unwrap_or(0xFF);
+            }
+        }
+        (15, None)
+    }
+}

@@ -1,0 +1,352 @@
+//! The interpreter: fetch through the soft TLB, decode with iced-x86 (cached by physical
+//! address), execute, deliver exceptions and interrupts.
+
+mod alu;
+mod exec;
+mod mem;
+mod sysinsn;
+mod system;
+
+pub use alu::{ShiftOp, shift, double_shift};
+
+use crate::bus::CpuBus;
+use crate::engine::{ExecutionEngine, RunExit};
+use crate::exception::Exception;
+use crate::state::{rflags, CpuMode, CpuState, SegReg};
+use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction};
+use mmu::{TlbAccess, PAGE_MASK};
+
+const CACHE_ENTRIES: usize = 1 << 16;
+const KEY_VALID: u64 = 1 << 63;
+
+#[derive(Clone, Copy)]
+struct CachedInsn {
+    key: u64,
+    rip: u64,
+    instr: Instruction,
+}
+
+/// Decoded instructions keyed by backing offset (physical), bitness and RIP; a write to a page
+/// drops that page's entries.
+pub(crate) struct DecodeCache {
+    entries: Vec<CachedInsn>,
+    pub(crate) hits: u64,
+    pub(crate) misses: u64,
+}
+
+impl std::fmt::Debug for DecodeCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecodeCache").field("hits", &self.hits).field("misses", &self.misses).finish()
+    }
+}
+
+impl DecodeCache {
+    fn new() -> Self {
+        DecodeCache {
+            entries: vec![CachedInsn { key: 0, rip: 0, instr: Instruction::default() }; CACHE_ENTRIES],
+            hits: 0,
+            misses: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn slot(backing: u64) -> usize {
+        (backing as usize) & (CACHE_ENTRIES - 1)
+    }
+
+    /// Drops every entry decoded from the backing page at `page_addr`.
+    pub(crate) fn invalidate_page(&mut self, page_addr: u64) {
+        let page = page_addr & PAGE_MASK;
+        for off in 0..0x1000u64 {
+            let e = &mut self.entries[Self::slot(page + off)];
+            if e.key & KEY_VALID != 0 && (e.key & 0x00FF_FFFF_FFFF_FFFF) & PAGE_MASK == page {
+                e.key = 0;
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        for e in &mut self.entries {
+            e.key = 0;
+        }
+    }
+}
+
+/// The per-instruction execution context.
+pub(crate) struct Cx<'a> {
+    pub(crate) cpu: &'a mut CpuState,
+    pub(crate) bus: &'a mut dyn CpuBus,
+    pub(crate) cache: &'a mut DecodeCache,
+    pub(crate) mode: CpuMode,
+    /// Accesses are implicit supervisor accesses (descriptor tables, TSS, IDT).
+    pub(crate) sys_access: bool,
+    /// A port or MMIO write happened: the run loop asks the bus whether to stop.
+    pub(crate) io_written: bool,
+    /// Cached code was overwritten.
+    pub(crate) code_written: bool,
+    /// The instruction changed the mode, paging or CS: refresh `mode`.
+    pub(crate) mode_changed: bool,
+    /// REP iterations count as instructions and stop at this instruction count.
+    pub(crate) budget_end: u64,
+}
+
+/// The interpreter engine. Holds only caches; all architectural state is in [`CpuState`].
+#[derive(Debug)]
+pub struct Interpreter {
+    cache: DecodeCache,
+    /// Log each instruction (`--trace`).
+    pub trace: bool,
+}
+
+impl Default for Interpreter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Why executing one instruction did not simply complete.
+pub(crate) enum Stop {
+    /// An exception to deliver (faults leave RIP at the instruction).
+    Exc(Exception),
+}
+
+impl From<Exception> for Stop {
+    fn from(e: Exception) -> Self {
+        Stop::Exc(e)
+    }
+}
+
+impl Interpreter {
+    /// A new interpreter with empty caches.
+    pub fn new() -> Self {
+        Interpreter { cache: DecodeCache::new(), trace: false }
+    }
+
+    /// Decode-cache hits and misses so far.
+    pub fn decode_stats(&self) -> (u64, u64) {
+        (self.cache.hits, self.cache.misses)
+    }
+
+    /// Executes exactly one instruction. An exception is returned, not delivered; RIP and RSP
+    /// are left as they were before the instruction.
+    pub fn step(&mut self, cpu: &mut CpuState, bus: &mut dyn CpuBus) -> Result<(), Exception> {
+        let mode = cpu.mode();
+        let mut cx = Cx {
+            cpu,
+            bus,
+            cache: &mut self.cache,
+            mode,
+            sys_access: false,
+            io_written: false,
+            code_written: false,
+            mode_changed: false,
+            budget_end: u64::MAX,
+        };
+        let r = cx.step_one(false);
+        match r {
+            Ok(()) => Ok(()),
+            Err(Stop::Exc(e)) => Err(e),
+        }
+    }
+}
+
+impl Cx<'_> {
+    /// Fetches and decodes the instruction at CS:RIP.
+    #[inline]
+    fn fetch(&mut self) -> Result<Instruction, Exception> {
+        let rip = self.cpu.rip;
+        let cs = self.cpu.seg[SegReg::Cs as usize];
+        let lin = match self.mode {
+            CpuMode::Long64 => rip,
+            CpuMode::Real => (cs.base + rip) & 0x1F_FFFF,
+            _ => {
+                if rip > u64::from(cs.limit) {
+                    return Err(Exception::GeneralProtection(0));
+                }
+                cs.base.wrapping_add(rip) & 0xFFFF_FFFF
+            }
+        };
+        let bitness = self.mode.bitness();
+        let user = self.cpu.cpl == 3;
+        if let Some(b) = self.cpu.tlb.lookup(user, TlbAccess::Exec, lin, 1) {
+            let key = b | (u64::from(bitness) << 56) | KEY_VALID;
+            let slot = DecodeCache::slot(b);
+            let e = &self.cache.entries[slot];
+            if e.key == key && e.rip == rip {
+                self.cache.hits += 1;
+                return Ok(e.instr);
+            }
+            if (lin & 0xFFF) <= 0x1000 - 15 {
+                let mem = self.bus.memory();
+                let bytes = mem.backing().get(b as usize..b as usize + 15);
+                if let Some(bytes) = bytes {
+                    let mut instr = Instruction::default();
+                    let mut dec = Decoder::with_ip(bitness, bytes, rip, DecoderOptions::NONE);
+                    dec.decode_out(&mut instr);
+                    self.cache.misses += 1;
+                    if instr.is_invalid() {
+                        log::debug!("invalid opcode at {:#x}: {:02x?}", rip, &bytes[..bytes.len().min(15)]);
+                        return Err(Exception::InvalidOpcode);
+                    }
+                    if mem.mark_code_page(b >> 12) {
+                        self.cpu.tlb.protect_backing_page(b & PAGE_MASK);
+                    }
+                    self.cache.entries[slot] = CachedInsn { key, rip, instr };
+                    return Ok(instr);
+                }
+            }
+        }
+        // Slow path: near a page end, or the TLB has no entry yet.
+        let mut bytes = [0u8; 15];
+        let (n, fault) = self.fetch_bytes(lin, &mut bytes);
+        let mut instr = Instruction::default();
+        let mut dec = Decoder::with_ip(bitness, &bytes[..n], rip, DecoderOptions::NONE);
+        dec.decode_out(&mut instr);
+        if instr.is_invalid() {
+            if dec.last_error() == DecoderError::NoMoreBytes {
+                if let Some(f) = fault {
+                    return Err(f);
+                }
+            }
+            log::debug!("invalid opcode at {:#x}: {:02x?}", rip, &bytes[..n]);
+            return Err(Exception::InvalidOpcode);
+        }
+        Ok(instr)
+    }
+
+    /// Fetches and executes one instruction. On an exception, RIP and RSP are restored.
+    pub(crate) fn step_one(&mut self, trace: bool) -> Result<(), Stop> {
+        let rip = self.cpu.rip;
+        let rsp = self.cpu.gpr[4];
+        let r = self.fetch().map_err(Stop::from).and_then(|instr| {
+            if trace {
+                trace_instr(self.cpu, &instr);
+            }
+            self.exec(&instr)
+        });
+        if r.is_err() {
+            self.cpu.rip = rip;
+            self.cpu.gpr[4] = rsp;
+        }
+        if self.mode_changed {
+            self.mode_changed = false;
+            self.mode = self.cpu.mode();
+        }
+        r
+    }
+
+    /// Delivers an exception, escalating to #DF and reporting a triple fault (SDM 6.15).
+    fn raise(&mut self, first: Exception) -> Result<(), ()> {
+        let mut exc = first;
+        let mut prev: Option<Exception> = None;
+        for _ in 0..3 {
+            if let Exception::PageFault { addr, .. } = exc {
+                self.cpu.cr2 = addr;
+            }
+            let r = self.deliver(exc.vector(), system::IntKind::Exception, self.cpu.rip, exc.error_code());
+            self.mode = self.cpu.mode();
+            match r {
+                Ok(()) => return Ok(()),
+                Err(next) => {
+                    if exc == Exception::DoubleFault {
+                        return Err(());
+                    }
+                    let benign_prev = prev.is_none();
+                    let _ = benign_prev;
+                    let is_pf = |e: &Exception| matches!(e, Exception::PageFault { .. });
+                    let df = (exc.is_contributory() && next.is_contributory())
+                        || (is_pf(&exc) && (is_pf(&next) || next.is_contributory()));
+                    prev = Some(exc);
+                    exc = if df { Exception::DoubleFault } else { next };
+                }
+            }
+        }
+        Err(())
+    }
+}
+
+fn trace_instr(cpu: &CpuState, instr: &Instruction) {
+    use iced_x86::{Formatter, IntelFormatter};
+    let mut f = IntelFormatter::new();
+    let mut s = String::new();
+    f.format(instr, &mut s);
+    let cs = cpu.seg[SegReg::Cs as usize].selector;
+    eprintln!(
+        "{:>10} {:04x}:{:016x} {:<40} rax={:x} rbx={:x} rcx={:x} rdx={:x} rsp={:x} fl={:x}",
+        cpu.icount,
+        cs,
+        cpu.rip,
+        s,
+        cpu.gpr[0],
+        cpu.gpr[3],
+        cpu.gpr[1],
+        cpu.gpr[2],
+        cpu.gpr[4],
+        cpu.rflags()
+    );
+}
+
+impl ExecutionEngine for Interpreter {
+    fn run(&mut self, cpu: &mut CpuState, bus: &mut dyn CpuBus, budget: base::InstrCount) -> RunExit {
+        let end = cpu.icount.saturating_add(budget);
+        let trace = self.trace;
+        let mode = cpu.mode();
+        let mut cx = Cx {
+            cpu,
+            bus,
+            cache: &mut self.cache,
+            mode,
+            sys_access: false,
+            io_written: false,
+            code_written: false,
+            mode_changed: false,
+            budget_end: end,
+        };
+        while cx.cpu.icount < end {
+            // External interrupts are taken between instructions.
+            if cx.cpu.rflags & rflags::IF != 0 && !cx.cpu.interrupt_shadow && cx.bus.interrupt_pending() {
+                if let Some(v) = cx.bus.acknowledge_interrupt() {
+                    cx.cpu.halted = false;
+                    let rip = cx.cpu.rip;
+                    if let Err(e) = cx.deliver(v, system::IntKind::External, rip, None) {
+                        if cx.raise(e).is_err() {
+                            return RunExit::TripleFault;
+                        }
+                    }
+                    cx.mode = cx.cpu.mode();
+                }
+            }
+            cx.cpu.interrupt_shadow = false;
+            if cx.cpu.halted {
+                return RunExit::Halted;
+            }
+            match cx.step_one(trace) {
+                Ok(()) => {}
+                Err(Stop::Exc(e)) => {
+                    if cx.raise(e).is_err() {
+                        cx.cpu.icount += 1;
+                        return RunExit::TripleFault;
+                    }
+                }
+            }
+            cx.cpu.icount += 1;
+            if cx.io_written {
+                cx.io_written = false;
+                if cx.bus.stop_requested() {
+                    return RunExit::Stopped;
+                }
+            }
+        }
+        RunExit::BudgetExhausted
+    }
+
+    fn invalidate_phys(&mut self, start: u64, len: u64) {
+        // Backing offsets equal physical addresses only for low RAM; drop everything to be safe.
+        let _ = (start, len);
+        self.cache.clear();
+    }
+
+    fn flush_for_mode_change(&mut self, cpu: &mut CpuState) {
+        cpu.tlb.flush_all();
+    }
+}

@@ -1,0 +1,128 @@
+//! Small end-to-end checks of the interpreter on hand-assembled code.
+
+use base::{AccessSize, GuestPhysAddr, PortAddr};
+use cpu::{CpuBus, CpuState, ExecutionEngine, Interpreter, RunExit};
+use iced_x86::code_asm::*;
+use mmu::PhysMemory;
+
+struct Bus {
+    mem: PhysMemory,
+    out: Vec<u8>,
+}
+
+impl CpuBus for Bus {
+    fn memory(&mut self) -> &mut PhysMemory {
+        &mut self.mem
+    }
+    fn mmio_read(&mut self, _: u32, _: GuestPhysAddr, s: AccessSize) -> u64 {
+        s.mask()
+    }
+    fn mmio_write(&mut self, _: u32, _: GuestPhysAddr, _: AccessSize, _: u64) {}
+    fn port_read(&mut self, _: PortAddr, s: AccessSize) -> u32 {
+        s.mask() as u32
+    }
+    fn port_write(&mut self, p: PortAddr, _: AccessSize, v: u32) {
+        if p.0 == 0xE9 {
+            self.out.push(v as u8);
+        }
+    }
+    fn interrupt_pending(&mut self) -> bool {
+        false
+    }
+    fn acknowledge_interrupt(&mut self) -> Option<u8> {
+        None
+    }
+    fn stop_requested(&mut self) -> bool {
+        false
+    }
+}
+
+fn bus_with(code: &[u8], at: u64) -> Bus {
+    let mut mem = PhysMemory::new(1 << 20).unwrap();
+    mem.map_ram(0, 1 << 20).unwrap();
+    mem.load(GuestPhysAddr(at), code).unwrap();
+    Bus { mem, out: Vec::new() }
+}
+
+#[test]
+fn test_interp_64bit_sum_loop() {
+    let mut a = CodeAssembler::new(64).unwrap();
+    let mut top = a.create_label();
+    a.xor(eax, eax).unwrap();
+    a.mov(ecx, 1000).unwrap();
+    a.set_label(&mut top).unwrap();
+    a.add(rax, rcx).unwrap();
+    a.dec(ecx).unwrap();
+    a.jnz(top).unwrap();
+    a.mov(rbx, rax).unwrap();
+    a.mov(dx, 0xE9).unwrap();
+    a.mov(al, b'!' as u32).unwrap();
+    a.out(dx, al).unwrap();
+    a.hlt().unwrap();
+    let code = a.assemble(0x1000).unwrap();
+    let mut bus = bus_with(&code, 0x1000);
+    let mut cpu = CpuState::new_flat64();
+    cpu.rip = 0x1000;
+    let mut it = Interpreter::new();
+    let exit = it.run(&mut cpu, &mut bus, 1_000_000);
+    assert_eq!(exit, RunExit::Halted);
+    assert_eq!(bus.out, b"!");
+    assert_eq!(cpu.gpr[3], 500_500);
+    assert_eq!(cpu.icount, 2 + 3 * 1000 + 5);
+}
+
+#[test]
+fn test_interp_real_mode_divide_error_through_ivt() {
+    let mut a = CodeAssembler::new(16).unwrap();
+    a.xor(ax, ax).unwrap();
+    a.mov(ds, ax).unwrap();
+    a.mov(ss, ax).unwrap();
+    a.mov(sp, 0x7000).unwrap();
+    a.mov(word_ptr(0), 0x2000).unwrap(); // vector 0 -> 0000:2000
+    a.mov(word_ptr(2), 0).unwrap();
+    a.xor(bl, bl).unwrap();
+    a.mov(ax, 5).unwrap();
+    a.div(bl).unwrap();
+    a.hlt().unwrap();
+    let code = a.assemble(0x1000).unwrap();
+    let mut h = CodeAssembler::new(16).unwrap();
+    h.mov(cx, 0x1234).unwrap();
+    h.mov(bp, sp).unwrap();
+    h.add(word_ptr(bp), 2).unwrap(); // skip the 2-byte DIV BL
+    h.iret().unwrap();
+    let hcode = h.assemble(0x2000).unwrap();
+    let mut bus = bus_with(&code, 0x1000);
+    bus.mem.load(GuestPhysAddr(0x2000), &hcode).unwrap();
+    let mut cpu = CpuState::new();
+    cpu.seg[1] = cpu::Segment::real(0);
+    cpu.rip = 0x1000;
+    let mut it = Interpreter::new();
+    assert_eq!(it.run(&mut cpu, &mut bus, 10_000), RunExit::Halted);
+    assert_eq!(cpu.gpr[1] & 0xFFFF, 0x1234, "handler ran");
+    assert_eq!(cpu.gpr[4] & 0xFFFF, 0x7000, "IRET restored SP");
+}
+
+#[test]
+fn test_interp_self_modifying_code_is_seen() {
+    // 0x2000 holds HLT and is executed (so it is in the decode cache); then guest code
+    // overwrites it with "inc eax; hlt" and jumps there: the new bytes must run.
+    let mut b = CodeAssembler::new(64).unwrap();
+    b.mov(byte_ptr(0x2000u64), 0xFF).unwrap(); // FF C0 = inc eax
+    b.mov(byte_ptr(0x2001u64), 0xC0).unwrap();
+    b.mov(byte_ptr(0x2002u64), 0xF4).unwrap(); // hlt
+    b.jmp(0x2000u64).unwrap();
+    let code = b.assemble(0x3000).unwrap();
+    let mut bus = bus_with(&code, 0x3000);
+    bus.mem.load(GuestPhysAddr(0x2000), &[0xF4, 0x90, 0x90]).unwrap();
+    let mut cpu = CpuState::new_flat64();
+    let mut it = Interpreter::new();
+    cpu.rip = 0x2000;
+    assert_eq!(it.run(&mut cpu, &mut bus, 10), RunExit::Halted);
+    assert_eq!(cpu.rip, 0x2001);
+    cpu.rip = 0x3000;
+    cpu.halted = false;
+    cpu.gpr[0] = 0;
+    assert_eq!(it.run(&mut cpu, &mut bus, 100), RunExit::Halted);
+    assert_eq!(cpu.gpr[0], 1, "the rewritten instruction ran, not the cached HLT");
+    assert_eq!(cpu.rip, 0x2003);
+}
