@@ -83,6 +83,45 @@ impl LazyFlags {
         self.mask = STATUS;
     }
 
+    /// Computes only the lazy flags in `want` (cheaper than [`Self::eval`] for one flag).
+    #[inline]
+    pub fn eval_bits(&self, want: u64) -> u64 {
+        let want = want & self.mask;
+        if want == 0 {
+            return 0;
+        }
+        let bits = self.bits;
+        let top = bits - 1;
+        let (a, b, r) = (self.dst, self.src, self.res);
+        let mut f = 0;
+        if want & ZF != 0 && r & size_mask(bits) == 0 {
+            f |= ZF;
+        }
+        if want & SF != 0 && (r >> top) & 1 != 0 {
+            f |= SF;
+        }
+        if want & PF != 0 {
+            f |= parity(r);
+        }
+        if want & (CF | OF | AF) != 0 {
+            let (c, o) = match self.op {
+                FlagOp::Add => (((a & b) | ((a | b) & !r)) >> top & 1, ((a ^ r) & (b ^ r)) >> top & 1),
+                FlagOp::Sub => (((!a & b) | ((!a | b) & r)) >> top & 1, ((a ^ b) & (a ^ r)) >> top & 1),
+                _ => (0, 0),
+            };
+            if c != 0 {
+                f |= CF;
+            }
+            if o != 0 {
+                f |= OF;
+            }
+            if matches!(self.op, FlagOp::Add | FlagOp::Sub) {
+                f |= (a ^ b ^ r) & AF;
+            }
+        }
+        f & want
+    }
+
     /// Computes the lazy flags (only the bits in `mask` are meaningful).
     #[inline]
     pub fn eval(&self) -> u64 {
@@ -122,6 +161,30 @@ impl LazyFlags {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_flags_eval_bits_matches_eval() {
+        let mut l = LazyFlags::default();
+        let vals = [0u64, 1, 0x7F, 0x80, 0xFF, 0x7FFF_FFFF, 0x8000_0000, u64::MAX, 0x1234_5678_9ABC_DEF0];
+        for op in [FlagOp::Add, FlagOp::Sub, FlagOp::Logic] {
+            for bits in [8u32, 16, 32, 64] {
+                for &a in &vals {
+                    for &b in &vals {
+                        let m = size_mask(bits);
+                        let r = match op {
+                            FlagOp::Add => a.wrapping_add(b),
+                            FlagOp::Sub => a.wrapping_sub(b),
+                            _ => a & b,
+                        } & m;
+                        l.set(op, bits, a & m, b & m, r);
+                        for want in [CF, PF, AF, ZF, SF, OF, CF | ZF, STATUS] {
+                            assert_eq!(l.eval_bits(want), l.eval() & want, "{op:?} {bits} {a:#x} {b:#x} {want:#x}");
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn test_flags_add_sub_examples() {

@@ -401,6 +401,12 @@ impl CpuState {
         (self.rflags & !self.lazy.mask) | self.lazy.eval() | rflags::FIXED1
     }
 
+    /// The RFLAGS bits in `want`, evaluating only those that are lazy.
+    #[inline]
+    pub fn flag_bits(&self, want: u64) -> u64 {
+        (self.rflags & !self.lazy.mask & want) | self.lazy.eval_bits(want)
+    }
+
     /// Replaces RFLAGS (all bits, no lazy state left).
     #[inline]
     pub fn set_rflags(&mut self, v: u64) {

@@ -84,6 +84,26 @@ fn sreg_of(r: Register) -> SegReg {
     }
 }
 
+/// The flags a condition reads.
+fn cond_mask(cc: ConditionCode) -> u64 {
+    match cc {
+        ConditionCode::o | ConditionCode::no => OF,
+        ConditionCode::b | ConditionCode::ae => CF,
+        ConditionCode::e | ConditionCode::ne => ZF,
+        ConditionCode::be | ConditionCode::a => CF | ZF,
+        ConditionCode::s | ConditionCode::ns => SF,
+        ConditionCode::p | ConditionCode::np => PF,
+        ConditionCode::l | ConditionCode::ge => SF | OF,
+        _ => ZF | SF | OF,
+    }
+}
+
+/// Evaluates a condition code, computing only the flags it needs.
+#[inline]
+fn test_cc(cpu: &crate::state::CpuState, cc: ConditionCode) -> bool {
+    cond(cpu.flag_bits(cond_mask(cc)), cc)
+}
+
 fn cond(f: u64, cc: ConditionCode) -> bool {
     let c = f & CF != 0;
     let z = f & ZF != 0;
@@ -222,10 +242,11 @@ impl Cx<'_> {
         self.cpu.rflags()
     }
 
-    /// Replaces the six status flags with `f` (other bits kept).
+    /// Replaces the six status flags with `f` (other bits kept; nothing lazy is evaluated).
+    #[inline]
     fn set_status(&mut self, f: u64) {
-        let cur = self.cpu.rflags();
-        self.cpu.set_rflags((cur & !rf::STATUS) | (f & rf::STATUS));
+        self.cpu.rflags = (self.cpu.rflags & !rf::STATUS) | (f & rf::STATUS);
+        self.cpu.lazy.mask = 0;
     }
 
     /// Replaces the status flags in `mask` only.
@@ -277,12 +298,11 @@ impl Cx<'_> {
                 let a = self.get(dst, bits)?;
                 let b = self.val(i, 1, bits)?;
                 let m = size_mask(bits);
-                let carry = u64::from(self.cpu.rflags() & CF != 0);
                 let (op, res) = match i.mnemonic() {
                     M::Add => (FlagOp::Add, a.wrapping_add(b)),
-                    M::Adc => (FlagOp::Add, a.wrapping_add(b).wrapping_add(carry)),
+                    M::Adc => (FlagOp::Add, a.wrapping_add(b).wrapping_add(self.cpu.flag_bits(CF))),
                     M::Sub | M::Cmp => (FlagOp::Sub, a.wrapping_sub(b)),
-                    M::Sbb => (FlagOp::Sub, a.wrapping_sub(b).wrapping_sub(carry)),
+                    M::Sbb => (FlagOp::Sub, a.wrapping_sub(b).wrapping_sub(self.cpu.flag_bits(CF))),
                     M::And | M::Test => (FlagOp::Logic, a & b),
                     M::Or => (FlagOp::Logic, a | b),
                     _ => (FlagOp::Logic, a ^ b),
@@ -300,7 +320,7 @@ impl Cx<'_> {
                 let a = self.get(dst, bits)?;
                 let m = size_mask(bits);
                 // INC/DEC keep CF: materialize it first.
-                let cf = self.cpu.rflags() & CF;
+                let cf = self.cpu.flag_bits(CF);
                 let (op, x, y, res) = match i.mnemonic() {
                     M::Inc => (FlagOp::Add, a, 1, a.wrapping_add(1) & m),
                     M::Dec => (FlagOp::Sub, a, 1, a.wrapping_sub(1) & m),
@@ -372,7 +392,9 @@ impl Cx<'_> {
                 let dst = self.loc(i, 0);
                 let a = self.get(dst, bits)?;
                 let count = if i.op_count() > 1 { self.val(i, 1, 8)? } else { 1 };
-                if let Some((res, f)) = alu::shift(op, bits, a, count, self.flags()) {
+                // Plain shifts replace every status flag; rotates keep some.
+                let fin = if matches!(op, ShiftOp::Shl | ShiftOp::Shr | ShiftOp::Sar) { 0 } else { self.flags() };
+                if let Some((res, f)) = alu::shift(op, bits, a, count, fin) {
                     self.set(dst, bits, res)?;
                     self.set_status(f);
                 } else if let Loc::Reg(r) = dst {
@@ -907,7 +929,7 @@ impl Cx<'_> {
                     M::Jcxz | M::Jecxz | M::Jrcxz => get_reg(self.cpu, creg) == 0,
                     m => {
                         let c = get_reg(self.cpu, creg).wrapping_sub(1);
-                        let z = self.flags() & ZF != 0;
+                        let z = self.cpu.flag_bits(ZF) != 0;
                         let ok = c & size_mask(reg_info(creg).1) != 0;
                         let t = match m {
                             M::Loope => ok && z,
@@ -933,7 +955,7 @@ impl Cx<'_> {
             M::Movsb | M::Movsw | M::Movsd | M::Movsq | M::Stosb | M::Stosw | M::Stosd | M::Stosq | M::Lodsb | M::Lodsw
             | M::Lodsd | M::Lodsq | M::Cmpsb | M::Cmpsw | M::Cmpsd | M::Cmpsq | M::Scasb | M::Scasw | M::Scasd | M::Scasq
             | M::Insb | M::Insw | M::Insd | M::Outsb | M::Outsw | M::Outsd
-                if i.op_count() == 0 || matches!(i.op_kind(0), OpKind::MemoryESDI | OpKind::MemoryESEDI | OpKind::MemoryESRDI | OpKind::MemorySegSI | OpKind::MemorySegESI | OpKind::MemorySegRSI | OpKind::Register | OpKind::MemorySegDI | OpKind::MemorySegEDI | OpKind::MemorySegRDI) =>
+                if !matches!(i.mnemonic(), M::Movsd | M::Cmpsd) || matches!(i.code(), Code::Movsd_m32_m32 | Code::Cmpsd_m32_m32) =>
             {
                 self.exec_string(i)?
             }
@@ -1022,7 +1044,7 @@ impl Cx<'_> {
             M::Ud0 | M::Ud1 | M::Ud2 => return Err(Exception::InvalidOpcode.into()),
             _ => {
                 if i.is_jcc_short_or_near() {
-                    if cond(self.flags(), i.condition_code()) {
+                    if test_cc(self.cpu, i.condition_code()) {
                         let t = i.near_branch_target();
                         self.check_near_target(t)?;
                         self.cpu.rip = t;
@@ -1030,7 +1052,7 @@ impl Cx<'_> {
                         self.next(i);
                     }
                 } else if is_setcc(i.mnemonic()) {
-                    let v = u64::from(cond(self.flags(), i.condition_code()));
+                    let v = u64::from(test_cc(self.cpu, i.condition_code()));
                     let l = self.loc(i, 0);
                     self.set(l, 8, v)?;
                     self.next(i);
@@ -1038,7 +1060,7 @@ impl Cx<'_> {
                     let bits = self.op_bits(i, 0);
                     let v = self.val(i, 1, bits)?;
                     let r = i.op0_register();
-                    if cond(self.flags(), i.condition_code()) {
+                    if test_cc(self.cpu, i.condition_code()) {
                         set_reg(self.cpu, r, v);
                     } else {
                         // Not taken: a 32-bit destination is still zero-extended.

@@ -153,7 +153,7 @@ impl Interpreter {
 impl Cx<'_> {
     /// Fetches and decodes the instruction at CS:RIP.
     #[inline]
-    fn fetch(&mut self) -> Result<Instruction, Exception> {
+    fn fetch(&mut self, out: &mut Instruction) -> Result<(), Exception> {
         let rip = self.cpu.rip;
         let cs = self.cpu.seg[SegReg::Cs as usize];
         let lin = match self.mode {
@@ -174,7 +174,8 @@ impl Cx<'_> {
             let e = &self.cache.entries[slot];
             if e.key == key && e.rip == rip {
                 self.cache.hits += 1;
-                return Ok(e.instr);
+                *out = e.instr;
+                return Ok(());
             }
             if (lin & 0xFFF) <= 0x1000 - 15 {
                 let mem = self.bus.memory();
@@ -192,7 +193,8 @@ impl Cx<'_> {
                         self.cpu.tlb.protect_backing_page(b & PAGE_MASK);
                     }
                     self.cache.entries[slot] = CachedInsn { key, rip, instr };
-                    return Ok(instr);
+                    *out = instr;
+                    return Ok(());
                 }
             }
         }
@@ -211,19 +213,24 @@ impl Cx<'_> {
             log::debug!("invalid opcode at {:#x}: {:02x?}", rip, &bytes[..n]);
             return Err(Exception::InvalidOpcode);
         }
-        Ok(instr)
+        *out = instr;
+        Ok(())
     }
 
     /// Fetches and executes one instruction. On an exception, RIP and RSP are restored.
     pub(crate) fn step_one(&mut self, trace: bool) -> Result<(), Stop> {
         let rip = self.cpu.rip;
         let rsp = self.cpu.gpr[4];
-        let r = self.fetch().map_err(Stop::from).and_then(|instr| {
-            if trace {
-                trace_instr(self.cpu, &instr);
+        let mut instr = Instruction::default();
+        let r = match self.fetch(&mut instr) {
+            Ok(()) => {
+                if trace {
+                    trace_instr(self.cpu, &instr);
+                }
+                self.exec(&instr)
             }
-            self.exec(&instr)
-        });
+            Err(e) => Err(Stop::Exc(e)),
+        };
         if r.is_err() {
             self.cpu.rip = rip;
             self.cpu.gpr[4] = rsp;
@@ -238,7 +245,6 @@ impl Cx<'_> {
     /// Delivers an exception, escalating to #DF and reporting a triple fault (SDM 6.15).
     fn raise(&mut self, first: Exception) -> Result<(), ()> {
         let mut exc = first;
-        let mut prev: Option<Exception> = None;
         for _ in 0..3 {
             if let Exception::PageFault { addr, .. } = exc {
                 self.cpu.cr2 = addr;
@@ -251,12 +257,9 @@ impl Cx<'_> {
                     if exc == Exception::DoubleFault {
                         return Err(());
                     }
-                    let benign_prev = prev.is_none();
-                    let _ = benign_prev;
                     let is_pf = |e: &Exception| matches!(e, Exception::PageFault { .. });
                     let df = (exc.is_contributory() && next.is_contributory())
                         || (is_pf(&exc) && (is_pf(&next) || next.is_contributory()));
-                    prev = Some(exc);
                     exc = if df { Exception::DoubleFault } else { next };
                 }
             }
