@@ -403,6 +403,112 @@ impl Cx<'_> {
                 }
                 self.next(i);
             }
+            M::Imul => {
+                let bits = self.op_bits(i, 0);
+                let (a, b) = if i.op_count() == 2 {
+                    (get_reg(self.cpu, i.op0_register()), self.val(i, 1, bits)?)
+                } else {
+                    (self.val(i, 1, bits)?, self.val(i, 2, bits)?)
+                };
+                let (lo, _, f) = alu::imul(bits, a, b);
+                set_reg(self.cpu, i.op0_register(), lo);
+                self.set_status(f);
+                self.next(i);
+            }
+            M::Push => {
+                let bits = Self::opsize_from_sp(i);
+                let v = match i.op_kind(0) {
+                    OpKind::Register => {
+                        let r = i.op0_register();
+                        if r.is_segment_register() {
+                            u64::from(self.cpu.seg[sreg_of(r) as usize].selector)
+                        } else {
+                            get_reg(self.cpu, r)
+                        }
+                    }
+                    OpKind::Memory => {
+                        let l = self.loc(i, 0);
+                        self.get(l, bits)?
+                    }
+                    _ => i.immediate(0) & size_mask(bits),
+                };
+                self.push(bits, v)?;
+                self.next(i);
+            }
+            M::Pop => {
+                let bits = Self::opsize_from_sp(i);
+                let sp = self.cpu.gpr[4];
+                let v = self.stack_read(sp, bits)?;
+                match i.op_kind(0) {
+                    OpKind::Register if i.op0_register().is_segment_register() => {
+                        let sr = sreg_of(i.op0_register());
+                        self.load_seg(sr, v as u16)?;
+                        self.set_sp(sp.wrapping_add(u64::from(bits / 8)));
+                    }
+                    OpKind::Register => {
+                        self.set_sp(sp.wrapping_add(u64::from(bits / 8)));
+                        set_reg(self.cpu, i.op0_register(), v);
+                    }
+                    _ => {
+                        // The address is computed with the incremented stack pointer.
+                        self.set_sp(sp.wrapping_add(u64::from(bits / 8)));
+                        let l = self.loc(i, 0);
+                        self.set(l, bits, v)?;
+                    }
+                }
+                self.next(i);
+            }
+            M::Jmp => self.exec_jmp(i)?,
+            M::Call => self.exec_call(i)?,
+            M::Ret => {
+                let imm = if i.op_count() > 0 { u64::from(i.immediate16()) } else { 0 };
+                let bits = (Self::opsize_from_sp(i) as u64 - imm * 8) as u32;
+                let sp = self.cpu.gpr[4];
+                let target = self.stack_read(sp, bits)?;
+                self.check_near_target(target)?;
+                self.set_sp(sp.wrapping_add(u64::from(bits / 8) + imm));
+                self.cpu.rip = target;
+            }
+            _ => {
+                if i.is_jcc_short_or_near() {
+                    if test_cc(self.cpu, i.condition_code()) {
+                        let t = i.near_branch_target();
+                        self.check_near_target(t)?;
+                        self.cpu.rip = t;
+                    } else {
+                        self.next(i);
+                    }
+                } else if is_setcc(i.mnemonic()) {
+                    let v = u64::from(test_cc(self.cpu, i.condition_code()));
+                    let l = self.loc(i, 0);
+                    self.set(l, 8, v)?;
+                    self.next(i);
+                } else if is_cmovcc(i.mnemonic()) {
+                    let bits = self.op_bits(i, 0);
+                    let v = self.val(i, 1, bits)?;
+                    let r = i.op0_register();
+                    if test_cc(self.cpu, i.condition_code()) {
+                        set_reg(self.cpu, r, v);
+                    } else {
+                        // Not taken: a 32-bit destination is still zero-extended.
+                        let cur = get_reg(self.cpu, r);
+                        set_reg(self.cpu, r, cur);
+                    }
+                    self.next(i);
+                } else {
+                    return self.exec_cold(i);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The less frequent instructions, kept out of [`Self::exec`] so the hot dispatch has a
+    /// small stack frame.
+    #[inline(never)]
+    fn exec_cold(&mut self, i: &Instruction) -> R<()> {
+        use Mnemonic as M;
+        match i.mnemonic() {
             M::Shld | M::Shrd => {
                 let bits = self.op_bits(i, 0);
                 let dst = self.loc(i, 0);
@@ -433,18 +539,6 @@ impl Cx<'_> {
                     set_reg(self.cpu, rl, lo);
                     set_reg(self.cpu, rh, hi);
                 }
-                self.set_status(f);
-                self.next(i);
-            }
-            M::Imul => {
-                let bits = self.op_bits(i, 0);
-                let (a, b) = if i.op_count() == 2 {
-                    (get_reg(self.cpu, i.op0_register()), self.val(i, 1, bits)?)
-                } else {
-                    (self.val(i, 1, bits)?, self.val(i, 2, bits)?)
-                };
-                let (lo, _, f) = alu::imul(bits, a, b);
-                set_reg(self.cpu, i.op0_register(), lo);
                 self.set_status(f);
                 self.next(i);
             }
@@ -706,49 +800,6 @@ impl Cx<'_> {
                 self.cpu.lazy.set(FlagOp::Add, bits, d, s, res);
                 self.next(i);
             }
-            M::Push => {
-                let bits = Self::opsize_from_sp(i);
-                let v = match i.op_kind(0) {
-                    OpKind::Register => {
-                        let r = i.op0_register();
-                        if r.is_segment_register() {
-                            u64::from(self.cpu.seg[sreg_of(r) as usize].selector)
-                        } else {
-                            get_reg(self.cpu, r)
-                        }
-                    }
-                    OpKind::Memory => {
-                        let l = self.loc(i, 0);
-                        self.get(l, bits)?
-                    }
-                    _ => i.immediate(0) & size_mask(bits),
-                };
-                self.push(bits, v)?;
-                self.next(i);
-            }
-            M::Pop => {
-                let bits = Self::opsize_from_sp(i);
-                let sp = self.cpu.gpr[4];
-                let v = self.stack_read(sp, bits)?;
-                match i.op_kind(0) {
-                    OpKind::Register if i.op0_register().is_segment_register() => {
-                        let sr = sreg_of(i.op0_register());
-                        self.load_seg(sr, v as u16)?;
-                        self.set_sp(sp.wrapping_add(u64::from(bits / 8)));
-                    }
-                    OpKind::Register => {
-                        self.set_sp(sp.wrapping_add(u64::from(bits / 8)));
-                        set_reg(self.cpu, i.op0_register(), v);
-                    }
-                    _ => {
-                        // The address is computed with the incremented stack pointer.
-                        self.set_sp(sp.wrapping_add(u64::from(bits / 8)));
-                        let l = self.loc(i, 0);
-                        self.set(l, bits, v)?;
-                    }
-                }
-                self.next(i);
-            }
             M::Pusha | M::Pushad => {
                 let bits = if i.mnemonic() == M::Pusha { 16 } else { 32 };
                 let sp0 = self.cpu.gpr[4];
@@ -887,17 +938,6 @@ impl Cx<'_> {
                 let v = if self.flags() & CF != 0 { 0xFF } else { 0 };
                 set_reg(self.cpu, Register::AL, v);
                 self.next(i);
-            }
-            M::Jmp => self.exec_jmp(i)?,
-            M::Call => self.exec_call(i)?,
-            M::Ret => {
-                let imm = if i.op_count() > 0 { u64::from(i.immediate16()) } else { 0 };
-                let bits = (Self::opsize_from_sp(i) as u64 - imm * 8) as u32;
-                let sp = self.cpu.gpr[4];
-                let target = self.stack_read(sp, bits)?;
-                self.check_near_target(target)?;
-                self.set_sp(sp.wrapping_add(u64::from(bits / 8) + imm));
-                self.cpu.rip = target;
             }
             M::Retf => {
                 let imm = if i.op_count() > 0 { u64::from(i.immediate16()) } else { 0 };
@@ -1042,36 +1082,7 @@ impl Cx<'_> {
                 self.next(i);
             }
             M::Ud0 | M::Ud1 | M::Ud2 => return Err(Exception::InvalidOpcode.into()),
-            _ => {
-                if i.is_jcc_short_or_near() {
-                    if test_cc(self.cpu, i.condition_code()) {
-                        let t = i.near_branch_target();
-                        self.check_near_target(t)?;
-                        self.cpu.rip = t;
-                    } else {
-                        self.next(i);
-                    }
-                } else if is_setcc(i.mnemonic()) {
-                    let v = u64::from(test_cc(self.cpu, i.condition_code()));
-                    let l = self.loc(i, 0);
-                    self.set(l, 8, v)?;
-                    self.next(i);
-                } else if is_cmovcc(i.mnemonic()) {
-                    let bits = self.op_bits(i, 0);
-                    let v = self.val(i, 1, bits)?;
-                    let r = i.op0_register();
-                    if test_cc(self.cpu, i.condition_code()) {
-                        set_reg(self.cpu, r, v);
-                    } else {
-                        // Not taken: a 32-bit destination is still zero-extended.
-                        let cur = get_reg(self.cpu, r);
-                        set_reg(self.cpu, r, cur);
-                    }
-                    self.next(i);
-                } else {
-                    return self.exec_system(i);
-                }
-            }
+            _ => return self.exec_system(i),
         }
         Ok(())
     }

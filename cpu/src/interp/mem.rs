@@ -7,6 +7,34 @@ use crate::state::{CpuMode, SegReg};
 use base::{AccessSize, GuestPhysAddr};
 use mmu::{RegionKind, TlbAccess, TlbEntry, WalkAccess, WalkRegs, PAGE_MASK, TLB_SLOW};
 
+/// Little-endian load of `size` bytes (1, 2, 4 or 8) without a memcpy call.
+#[inline(always)]
+fn load_le(m: &[u8], at: usize, size: usize) -> Option<u64> {
+    Some(match size {
+        1 => u64::from(*m.get(at)?),
+        2 => u64::from(u16::from_le_bytes(m.get(at..at + 2)?.try_into().ok()?)),
+        4 => u64::from(u32::from_le_bytes(m.get(at..at + 4)?.try_into().ok()?)),
+        8 => u64::from_le_bytes(m.get(at..at + 8)?.try_into().ok()?),
+        _ => {
+            let mut buf = [0u8; 8];
+            buf[..size].copy_from_slice(m.get(at..at + size)?);
+            u64::from_le_bytes(buf)
+        }
+    })
+}
+
+/// Little-endian store of `size` bytes (1, 2, 4 or 8); false if out of range.
+#[inline(always)]
+fn store_le(m: &mut [u8], at: usize, size: usize, v: u64) -> bool {
+    match size {
+        1 => m.get_mut(at).map(|b| *b = v as u8).is_some(),
+        2 => m.get_mut(at..at + 2).map(|s| s.copy_from_slice(&(v as u16).to_le_bytes())).is_some(),
+        4 => m.get_mut(at..at + 4).map(|s| s.copy_from_slice(&(v as u32).to_le_bytes())).is_some(),
+        8 => m.get_mut(at..at + 8).map(|s| s.copy_from_slice(&v.to_le_bytes())).is_some(),
+        _ => m.get_mut(at..at + size).map(|s| s.copy_from_slice(&v.to_le_bytes()[..size])).is_some(),
+    }
+}
+
 impl Cx<'_> {
     /// Linear address of `size` bytes at `seg:off`, with the limit (or canonical) check.
     #[inline]
@@ -80,12 +108,8 @@ impl Cx<'_> {
     pub(crate) fn read_lin(&mut self, lin: u64, size: usize) -> Result<u64, Exception> {
         let user = self.user();
         if let Some(b) = self.cpu.tlb.lookup(user, TlbAccess::Read, lin, size as u64) {
-            let m = self.bus.memory().backing();
-            let b = b as usize;
-            if let Some(s) = m.get(b..b + size) {
-                let mut buf = [0u8; 8];
-                buf[..size].copy_from_slice(s);
-                return Ok(u64::from_le_bytes(buf));
+            if let Some(v) = load_le(self.bus.memory().backing(), b as usize, size) {
+                return Ok(v);
             }
         }
         self.read_lin_slow(lin, size, user)
@@ -131,10 +155,7 @@ impl Cx<'_> {
     pub(crate) fn write_lin(&mut self, lin: u64, size: usize, val: u64) -> Result<(), Exception> {
         let user = self.user();
         if let Some(b) = self.cpu.tlb.lookup(user, TlbAccess::Write, lin, size as u64) {
-            let m = self.bus.memory().backing_mut();
-            let b = b as usize;
-            if let Some(s) = m.get_mut(b..b + size) {
-                s.copy_from_slice(&val.to_le_bytes()[..size]);
+            if store_le(self.bus.memory().backing_mut(), b as usize, size, val) {
                 return Ok(());
             }
         }
