@@ -23,10 +23,11 @@ pub fn cpuid(eax: u32, ecx: u32) -> (u32, u32, u32, u32) {
         0x8000_0002..=0x8000_0004 => {
             let name = *b"Ferrovisor virtual CPU\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
             let off = ((eax - 0x8000_0002) * 16) as usize;
-            let w = |k: usize| u32::from_le_bytes([name[off + k], name[off + k + 1], name[off + k + 2], name[off + k + 3]]);
+            let w =
+                |k: usize| u32::from_le_bytes([name[off + k], name[off + k + 1], name[off + k + 2], name[off + k + 3]]);
             (w(0), w(4), w(8), w(12))
         }
-        0x8000_0008 => (u32::from(mmu::MAX_PHYS_BITS) | (48 << 8), 0, 0, 0),
+        0x8000_0008 => (mmu::MAX_PHYS_BITS | (48 << 8), 0, 0, 0),
         _ => (0, 0, 0, 0),
     }
 }

@@ -46,7 +46,7 @@ pub struct LazyFlags {
 /// PF: set when the low byte of the result has an even number of 1 bits.
 #[inline(always)]
 pub fn parity(v: u64) -> u64 {
-    if (v as u8).count_ones() % 2 == 0 {
+    if (v as u8).count_ones().is_multiple_of(2) {
         PF
     } else {
         0

@@ -17,4 +17,4 @@ pub use bus::CpuBus;
 pub use engine::{ExecutionEngine, RunExit};
 pub use exception::Exception;
 pub use interp::Interpreter;
-pub use state::{CpuMode, CpuState, DescriptorTable, Segment, SegReg};
+pub use state::{CpuMode, CpuState, DescriptorTable, SegReg, Segment};

@@ -363,7 +363,8 @@ impl CpuState {
         s.efer = cr::EFER_LME | cr::EFER_LMA;
         let data = Segment { selector: 0x10, attr: 0x93 | seg_attr::DB | seg_attr::G, limit: u32::MAX, base: 0 };
         s.seg = [data; 6];
-        s.seg[SegReg::Cs as usize] = Segment { selector: 0x08, attr: 0x9B | seg_attr::L | seg_attr::G, limit: u32::MAX, base: 0 };
+        s.seg[SegReg::Cs as usize] =
+            Segment { selector: 0x08, attr: 0x9B | seg_attr::L | seg_attr::G, limit: u32::MAX, base: 0 };
         s.rip = 0;
         s
     }
@@ -374,7 +375,8 @@ impl CpuState {
         s.cr0 |= cr::CR0_PE;
         let data = Segment { selector: 0x10, attr: 0x93 | seg_attr::DB | seg_attr::G, limit: u32::MAX, base: 0 };
         s.seg = [data; 6];
-        s.seg[SegReg::Cs as usize] = Segment { selector: 0x08, attr: 0x9B | seg_attr::DB | seg_attr::G, limit: u32::MAX, base: 0 };
+        s.seg[SegReg::Cs as usize] =
+            Segment { selector: 0x08, attr: 0x9B | seg_attr::DB | seg_attr::G, limit: u32::MAX, base: 0 };
         s.rip = 0;
         s
     }

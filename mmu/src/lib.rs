@@ -6,7 +6,10 @@ pub mod phys;
 pub mod ram;
 pub mod tlb;
 
-pub use paging::{translate, PageFault, PagingMode, Translation, WalkAccess, WalkRegs, MAX_PHYS_BITS, PF_FETCH, PF_PRESENT, PF_RSVD, PF_USER, PF_WRITE};
+pub use paging::{
+    translate, PageFault, PagingMode, Translation, WalkAccess, WalkRegs, MAX_PHYS_BITS, PF_FETCH, PF_PRESENT, PF_RSVD,
+    PF_USER, PF_WRITE,
+};
 pub use phys::{PhysMemory, PhysMemoryError, Region, RegionKind};
 pub use ram::{GuestRam, GuestRamError};
 pub use tlb::{SoftTlb, TlbAccess, TlbEntry, TlbStats, TLB_ENTRIES, TLB_INVALID, TLB_SLOW};

@@ -142,10 +142,21 @@ fn set_bits(mem: &mut PhysMemory, addr: u64, wide: bool, old: u64, bits: u64) {
 }
 
 /// Translates `linear` for `access`, setting accessed and dirty bits as the SDM specifies.
-pub fn translate(regs: &WalkRegs, linear: u64, access: WalkAccess, mem: &mut PhysMemory) -> Result<Translation, PageFault> {
+pub fn translate(
+    regs: &WalkRegs,
+    linear: u64,
+    access: WalkAccess,
+    mem: &mut PhysMemory,
+) -> Result<Translation, PageFault> {
     let mode = regs.mode();
     if mode == PagingMode::Off {
-        return Ok(Translation { phys: linear & 0xFFFF_FFFF, writable: true, executable: true, global: false, dirty: true });
+        return Ok(Translation {
+            phys: linear & 0xFFFF_FFFF,
+            writable: true,
+            executable: true,
+            global: false,
+            dirty: true,
+        });
     }
     let nxe = regs.efer & EFER_NXE != 0 && mode != PagingMode::TwoLevel;
     let base_code = (if access.write { PF_WRITE } else { 0 })
@@ -266,7 +277,7 @@ mod tests {
     fn test_paging_two_level_4k_and_faults() {
         let mut m = mem();
         // PD at 0x1000, PT at 0x2000; map linear 0x40_3000 -> 0x8000, supervisor read-only.
-        put32(&mut m, 0x1000 + 1 * 4, 0x2000 | 0x7);
+        put32(&mut m, 0x1000 + 4, 0x2000 | 0x7);
         put32(&mut m, 0x2000 + 3 * 4, 0x8000 | 0x1);
         let regs = WalkRegs { cr0: CR0_PG | 1, cr3: 0x1000, cr4: 0, efer: 0 };
         let t = translate(&regs, 0x40_3123, WalkAccess::default(), &mut m).unwrap();
@@ -287,7 +298,8 @@ mod tests {
         let f = translate(&regs, 0x40_3004, WalkAccess { user: true, ..Default::default() }, &mut m).unwrap_err();
         assert_eq!(f.code, PF_PRESENT | PF_USER);
         // Not present.
-        let f = translate(&regs, 0x80_0000, WalkAccess { user: true, write: true, ..Default::default() }, &mut m).unwrap_err();
+        let f = translate(&regs, 0x80_0000, WalkAccess { user: true, write: true, ..Default::default() }, &mut m)
+            .unwrap_err();
         assert_eq!(f.code, PF_USER | PF_WRITE);
     }
 

@@ -88,10 +88,7 @@ impl PhysMemory {
     /// Creates an empty map over a backing store of `backing_bytes` bytes (rounded up to pages).
     pub fn new(backing_bytes: u64) -> Result<Self, PhysMemoryError> {
         let bytes = backing_bytes.div_ceil(PAGE_SIZE) * PAGE_SIZE;
-        let size = usize::try_from(bytes).map_err(|_| PhysMemoryError::BadRegion {
-            start: 0,
-            len: backing_bytes,
-        })?;
+        let size = usize::try_from(bytes).map_err(|_| PhysMemoryError::BadRegion { start: 0, len: backing_bytes })?;
         let backing = GuestRam::new(size)?;
         let pages = bytes / PAGE_SIZE;
         Ok(PhysMemory {

@@ -32,10 +32,8 @@ impl GuestRam {
         if size == 0 {
             return Err(GuestRamError::Empty);
         }
-        let map = memmap2::MmapOptions::new()
-            .len(size)
-            .map_anon()
-            .map_err(|source| GuestRamError::Map { size, source })?;
+        let map =
+            memmap2::MmapOptions::new().len(size).map_anon().map_err(|source| GuestRamError::Map { size, source })?;
         Ok(GuestRam { map })
     }
 

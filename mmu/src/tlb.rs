@@ -175,14 +175,18 @@ mod tests {
     fn test_tlb_fast_path_and_page_cross() {
         let mut t = SoftTlb::default();
         let lin = 0x7000_1000u64;
-        t.fill(false, lin, TlbEntry {
-            read_tag: lin,
-            write_tag: lin | TLB_SLOW,
-            exec_tag: lin,
-            addend: 0x5000u64.wrapping_sub(lin),
-            phys_page: 0x5000,
-            global: false,
-        });
+        t.fill(
+            false,
+            lin,
+            TlbEntry {
+                read_tag: lin,
+                write_tag: lin | TLB_SLOW,
+                exec_tag: lin,
+                addend: 0x5000u64.wrapping_sub(lin),
+                phys_page: 0x5000,
+                global: false,
+            },
+        );
         assert_eq!(t.lookup(false, TlbAccess::Read, lin + 0x10, 4), Some(0x5010));
         assert_eq!(t.lookup(false, TlbAccess::Read, lin + 0xFFC, 4), Some(0x5FFC));
         assert_eq!(t.lookup(false, TlbAccess::Read, lin + 0xFFD, 4), None, "crosses the page");
@@ -196,14 +200,18 @@ mod tests {
     fn test_tlb_protect_backing_page() {
         let mut t = SoftTlb::default();
         let lin = 0x40_0000u64;
-        t.fill(false, lin, TlbEntry {
-            read_tag: lin,
-            write_tag: lin,
-            exec_tag: lin,
-            addend: 0x9000u64.wrapping_sub(lin),
-            phys_page: 0x9000,
-            global: true,
-        });
+        t.fill(
+            false,
+            lin,
+            TlbEntry {
+                read_tag: lin,
+                write_tag: lin,
+                exec_tag: lin,
+                addend: 0x9000u64.wrapping_sub(lin),
+                phys_page: 0x9000,
+                global: true,
+            },
+        );
         assert!(t.lookup(false, TlbAccess::Write, lin, 8).is_some());
         t.protect_backing_page(0x9000);
         assert!(t.lookup(false, TlbAccess::Write, lin, 8).is_none());

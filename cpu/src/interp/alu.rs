@@ -60,7 +60,7 @@ pub fn shift(op: ShiftOp, bits: u32, a: u64, count: u64, flags_in: u64) -> Optio
         }
         ShiftOp::Shr => {
             let res = if cnt >= 64 { 0 } else { a >> cnt };
-            let cf = if cnt - 1 >= 64 { 0 } else { (a >> (cnt - 1)) & 1 };
+            let cf = if cnt > 64 { 0 } else { (a >> (cnt - 1)) & 1 };
             let mut f = szp(res, bits) | if cf != 0 { CF } else { 0 };
             if msb(a, bits) != 0 {
                 f |= OF;
@@ -324,7 +324,10 @@ mod tests {
         assert_eq!(div(8, 0x00, 0x10, 0), None);
         assert_eq!(div(16, 0, 100, 7), Some((14, 2)));
         assert_eq!(idiv(8, 0xFF, 0x80, 0xFF), None, "-128 / -1 overflows");
-        assert_eq!(idiv(32, 0xFFFF_FFFF, (-7i32) as u32 as u64, 2), Some(((-3i32) as u32 as u64, (-1i32) as u32 as u64)));
+        assert_eq!(
+            idiv(32, 0xFFFF_FFFF, (-7i32) as u32 as u64, 2),
+            Some(((-3i32) as u32 as u64, (-1i32) as u32 as u64))
+        );
     }
 
     #[test]

@@ -265,7 +265,7 @@ impl Cx<'_> {
     }
 
     fn opsize_from_sp(i: &Instruction) -> u32 {
-        (i.stack_pointer_increment().unsigned_abs() * 8) as u32
+        i.stack_pointer_increment().unsigned_abs() * 8
     }
 
     fn require_cpl0(&self) -> Result<(), Exception> {
@@ -374,8 +374,20 @@ impl Cx<'_> {
                 }
                 self.next(i);
             }
-            M::Nop | M::Pause | M::Endbr32 | M::Endbr64 | M::Lfence | M::Mfence | M::Sfence | M::Prefetchnta
-            | M::Prefetcht0 | M::Prefetcht1 | M::Prefetcht2 | M::Prefetchw | M::Clflush | M::Clflushopt => {
+            M::Nop
+            | M::Pause
+            | M::Endbr32
+            | M::Endbr64
+            | M::Lfence
+            | M::Mfence
+            | M::Sfence
+            | M::Prefetchnta
+            | M::Prefetcht0
+            | M::Prefetcht1
+            | M::Prefetcht2
+            | M::Prefetchw
+            | M::Clflush
+            | M::Clflushopt => {
                 self.next(i);
             }
             M::Shl | M::Sal | M::Shr | M::Sar | M::Rol | M::Ror | M::Rcl | M::Rcr => {
@@ -626,7 +638,11 @@ impl Cx<'_> {
                 };
                 set_reg(self.cpu, i.op0_register(), res);
                 let f = if i.mnemonic() == M::Popcnt {
-                    if v == 0 { ZF } else { 0 }
+                    if v == 0 {
+                        ZF
+                    } else {
+                        0
+                    }
                 } else {
                     (if v == 0 { CF } else { 0 }) | (if res == 0 { ZF } else { 0 })
                 };
@@ -910,7 +926,8 @@ impl Cx<'_> {
             }
             M::Daa | M::Das => {
                 let al = self.cpu.gpr[0] as u8;
-                let (r, f) = if i.mnemonic() == M::Daa { alu::daa(al, self.flags()) } else { alu::das(al, self.flags()) };
+                let (r, f) =
+                    if i.mnemonic() == M::Daa { alu::daa(al, self.flags()) } else { alu::das(al, self.flags()) };
                 set_reg(self.cpu, Register::AL, u64::from(r));
                 self.set_status(f);
                 self.next(i);
@@ -961,8 +978,24 @@ impl Cx<'_> {
                     (M::Jcxz, _) => Register::CX,
                     (M::Jecxz, _) => Register::ECX,
                     (M::Jrcxz, _) => Register::RCX,
-                    (_, Code::Loop_rel8_16_CX | Code::Loop_rel8_32_CX | Code::Loope_rel8_16_CX | Code::Loope_rel8_32_CX | Code::Loopne_rel8_16_CX | Code::Loopne_rel8_32_CX) => Register::CX,
-                    (_, Code::Loop_rel8_16_RCX | Code::Loop_rel8_64_RCX | Code::Loope_rel8_16_RCX | Code::Loope_rel8_64_RCX | Code::Loopne_rel8_16_RCX | Code::Loopne_rel8_64_RCX) => Register::RCX,
+                    (
+                        _,
+                        Code::Loop_rel8_16_CX
+                        | Code::Loop_rel8_32_CX
+                        | Code::Loope_rel8_16_CX
+                        | Code::Loope_rel8_32_CX
+                        | Code::Loopne_rel8_16_CX
+                        | Code::Loopne_rel8_32_CX,
+                    ) => Register::CX,
+                    (
+                        _,
+                        Code::Loop_rel8_16_RCX
+                        | Code::Loop_rel8_64_RCX
+                        | Code::Loope_rel8_16_RCX
+                        | Code::Loope_rel8_64_RCX
+                        | Code::Loopne_rel8_16_RCX
+                        | Code::Loopne_rel8_64_RCX,
+                    ) => Register::RCX,
                     _ => Register::ECX,
                 };
                 let taken = match i.mnemonic() {
@@ -992,10 +1025,34 @@ impl Cx<'_> {
                     self.next(i);
                 }
             }
-            M::Movsb | M::Movsw | M::Movsd | M::Movsq | M::Stosb | M::Stosw | M::Stosd | M::Stosq | M::Lodsb | M::Lodsw
-            | M::Lodsd | M::Lodsq | M::Cmpsb | M::Cmpsw | M::Cmpsd | M::Cmpsq | M::Scasb | M::Scasw | M::Scasd | M::Scasq
-            | M::Insb | M::Insw | M::Insd | M::Outsb | M::Outsw | M::Outsd
-                if !matches!(i.mnemonic(), M::Movsd | M::Cmpsd) || matches!(i.code(), Code::Movsd_m32_m32 | Code::Cmpsd_m32_m32) =>
+            M::Movsb
+            | M::Movsw
+            | M::Movsd
+            | M::Movsq
+            | M::Stosb
+            | M::Stosw
+            | M::Stosd
+            | M::Stosq
+            | M::Lodsb
+            | M::Lodsw
+            | M::Lodsd
+            | M::Lodsq
+            | M::Cmpsb
+            | M::Cmpsw
+            | M::Cmpsd
+            | M::Cmpsq
+            | M::Scasb
+            | M::Scasw
+            | M::Scasd
+            | M::Scasq
+            | M::Insb
+            | M::Insw
+            | M::Insd
+            | M::Outsb
+            | M::Outsw
+            | M::Outsd
+                if !matches!(i.mnemonic(), M::Movsd | M::Cmpsd)
+                    || matches!(i.code(), Code::Movsd_m32_m32 | Code::Cmpsd_m32_m32) =>
             {
                 self.exec_string(i)?
             }
@@ -1118,7 +1175,11 @@ impl Cx<'_> {
                 self.cpu.rip = t;
             }
             OpKind::FarBranch16 | OpKind::FarBranch32 => {
-                let off = if i.op_kind(0) == OpKind::FarBranch16 { u64::from(i.far_branch16()) } else { u64::from(i.far_branch32()) };
+                let off = if i.op_kind(0) == OpKind::FarBranch16 {
+                    u64::from(i.far_branch16())
+                } else {
+                    u64::from(i.far_branch32())
+                };
                 self.far_jump(i.far_branch_selector(), off)?;
             }
             OpKind::Memory if i.is_jmp_far_indirect() => {
@@ -1380,7 +1441,9 @@ impl Cx<'_> {
             Register::CR3 => self.cpu.cr3,
             Register::CR4 => self.cpu.cr4,
             Register::CR8 => self.cpu.cr8,
-            Register::DR0 | Register::DR1 | Register::DR2 | Register::DR3 => self.cpu.dr[(r as usize) - (Register::DR0 as usize)],
+            Register::DR0 | Register::DR1 | Register::DR2 | Register::DR3 => {
+                self.cpu.dr[(r as usize) - (Register::DR0 as usize)]
+            }
             Register::DR6 | Register::DR4 => self.cpu.dr[6],
             Register::DR7 | Register::DR5 => self.cpu.dr[7],
             _ => return Err(Exception::InvalidOpcode.into()),
@@ -1419,7 +1482,9 @@ impl Cx<'_> {
                 self.mode_changed = true;
             }
             Register::CR8 => self.cpu.cr8 = v & 0xF,
-            Register::DR0 | Register::DR1 | Register::DR2 | Register::DR3 => self.cpu.dr[(r as usize) - (Register::DR0 as usize)] = v,
+            Register::DR0 | Register::DR1 | Register::DR2 | Register::DR3 => {
+                self.cpu.dr[(r as usize) - (Register::DR0 as usize)] = v
+            }
             Register::DR6 | Register::DR4 => self.cpu.dr[6] = v | 0xFFFF_0FF0,
             Register::DR7 | Register::DR5 => self.cpu.dr[7] = v | 0x400,
             _ => return Err(Exception::InvalidOpcode.into()),
@@ -1463,19 +1528,77 @@ impl Cx<'_> {
 
 fn is_setcc(m: Mnemonic) -> bool {
     use Mnemonic as M;
-    matches!(m, M::Seto | M::Setno | M::Setb | M::Setae | M::Sete | M::Setne | M::Setbe | M::Seta | M::Sets | M::Setns | M::Setp | M::Setnp | M::Setl | M::Setge | M::Setle | M::Setg)
+    matches!(
+        m,
+        M::Seto
+            | M::Setno
+            | M::Setb
+            | M::Setae
+            | M::Sete
+            | M::Setne
+            | M::Setbe
+            | M::Seta
+            | M::Sets
+            | M::Setns
+            | M::Setp
+            | M::Setnp
+            | M::Setl
+            | M::Setge
+            | M::Setle
+            | M::Setg
+    )
 }
 
 fn is_cmovcc(m: Mnemonic) -> bool {
     use Mnemonic as M;
-    matches!(m, M::Cmovo | M::Cmovno | M::Cmovb | M::Cmovae | M::Cmove | M::Cmovne | M::Cmovbe | M::Cmova | M::Cmovs | M::Cmovns | M::Cmovp | M::Cmovnp | M::Cmovl | M::Cmovge | M::Cmovle | M::Cmovg)
+    matches!(
+        m,
+        M::Cmovo
+            | M::Cmovno
+            | M::Cmovb
+            | M::Cmovae
+            | M::Cmove
+            | M::Cmovne
+            | M::Cmovbe
+            | M::Cmova
+            | M::Cmovs
+            | M::Cmovns
+            | M::Cmovp
+            | M::Cmovnp
+            | M::Cmovl
+            | M::Cmovge
+            | M::Cmovle
+            | M::Cmovg
+    )
 }
 
 /// The `r`-th register of the AX.. or EAX.. family (encoding order).
 fn gpr_of_width(base: Register, r: usize) -> Register {
-    const W: [Register; 8] = [Register::AX, Register::CX, Register::DX, Register::BX, Register::SP, Register::BP, Register::SI, Register::DI];
-    const D: [Register; 8] = [Register::EAX, Register::ECX, Register::EDX, Register::EBX, Register::ESP, Register::EBP, Register::ESI, Register::EDI];
-    if base == Register::AX { W[r] } else { D[r] }
+    const W: [Register; 8] = [
+        Register::AX,
+        Register::CX,
+        Register::DX,
+        Register::BX,
+        Register::SP,
+        Register::BP,
+        Register::SI,
+        Register::DI,
+    ];
+    const D: [Register; 8] = [
+        Register::EAX,
+        Register::ECX,
+        Register::EDX,
+        Register::EBX,
+        Register::ESP,
+        Register::EBP,
+        Register::ESI,
+        Register::EDI,
+    ];
+    if base == Register::AX {
+        W[r]
+    } else {
+        D[r]
+    }
 }
 
 #[cfg(test)]

@@ -76,7 +76,8 @@ impl Cx<'_> {
         let page = lin & PAGE_MASK;
         let phys_page = t.phys & PAGE_MASK;
         let slow = page | TLB_SLOW;
-        let mut e = TlbEntry { read_tag: slow, write_tag: slow, exec_tag: slow, addend: 0, phys_page, global: t.global };
+        let mut e =
+            TlbEntry { read_tag: slow, write_tag: slow, exec_tag: slow, addend: 0, phys_page, global: t.global };
         if let Some(r) = mem.lookup(GuestPhysAddr(phys_page)) {
             match r.kind {
                 RegionKind::Ram { backing } | RegionKind::Rom { backing } => {

@@ -7,7 +7,7 @@ mod mem;
 mod sysinsn;
 mod system;
 
-pub use alu::{ShiftOp, shift, double_shift};
+pub use alu::{double_shift, shift, ShiftOp};
 
 use crate::bus::CpuBus;
 use crate::engine::{ExecutionEngine, RunExit};

@@ -5,7 +5,7 @@ use super::exec::{get_reg, set_reg, Loc};
 use super::{Cx, Stop};
 use crate::exception::Exception;
 use crate::state::rflags as rf;
-use crate::state::{cr, seg_attr, CpuMode, Segment, SegReg};
+use crate::state::{cr, seg_attr, CpuMode, SegReg, Segment};
 use iced_x86::{Instruction, Mnemonic, Register};
 
 /// MSR numbers.
@@ -149,7 +149,11 @@ impl Cx<'_> {
                 } else {
                     let b = self.read_mem(s, ea + 2, 32)?;
                     // A 16-bit operand size loads a 24-bit base.
-                    if i.code() == iced_x86::Code::Lgdt_m1632_16 || i.code() == iced_x86::Code::Lidt_m1632_16 { b & 0xFF_FFFF } else { b }
+                    if i.code() == iced_x86::Code::Lgdt_m1632_16 || i.code() == iced_x86::Code::Lidt_m1632_16 {
+                        b & 0xFF_FFFF
+                    } else {
+                        b
+                    }
                 };
                 let t = crate::state::DescriptorTable { base, limit };
                 if i.mnemonic() == M::Lgdt {
@@ -314,8 +318,10 @@ impl Cx<'_> {
                 let fl = self.cpu.rflags();
                 self.cpu.gpr[11] = fl & !rf::RF;
                 self.cpu.set_rflags(fl & !self.cpu.msr.sfmask & !rf::RF);
-                self.cpu.seg[SegReg::Cs as usize] = Segment { selector: sel, attr: 0x9B | seg_attr::L | seg_attr::G, limit: u32::MAX, base: 0 };
-                self.cpu.seg[SegReg::Ss as usize] = Segment { selector: sel + 8, attr: 0x93 | seg_attr::DB | seg_attr::G, limit: u32::MAX, base: 0 };
+                self.cpu.seg[SegReg::Cs as usize] =
+                    Segment { selector: sel, attr: 0x9B | seg_attr::L | seg_attr::G, limit: u32::MAX, base: 0 };
+                self.cpu.seg[SegReg::Ss as usize] =
+                    Segment { selector: sel + 8, attr: 0x93 | seg_attr::DB | seg_attr::G, limit: u32::MAX, base: 0 };
                 self.cpu.cpl = 0;
                 self.cpu.rip = if long { self.cpu.msr.lstar } else { self.cpu.msr.cstar };
                 self.mode_changed = true;
@@ -328,7 +334,11 @@ impl Cx<'_> {
                 self.cpl0()?;
                 let to64 = i.code() == iced_x86::Code::Sysretq;
                 let base = ((self.cpu.msr.star >> 48) & 0xFFFF) as u16;
-                let (cs_sel, attr) = if to64 { (base + 16, 0xFB | seg_attr::L | seg_attr::G) } else { (base, 0xFB | seg_attr::DB | seg_attr::G) };
+                let (cs_sel, attr) = if to64 {
+                    (base + 16, 0xFB | seg_attr::L | seg_attr::G)
+                } else {
+                    (base, 0xFB | seg_attr::DB | seg_attr::G)
+                };
                 let rip = if to64 { self.cpu.gpr[1] } else { self.cpu.gpr[1] & 0xFFFF_FFFF };
                 if to64 && ((rip << 16) as i64 >> 16) as u64 != rip {
                     return Err(Exception::GeneralProtection(0).into());
@@ -336,7 +346,12 @@ impl Cx<'_> {
                 let fl = self.cpu.gpr[11];
                 self.cpu.set_rflags((fl & 0x3C_7FD7) | 2);
                 self.cpu.seg[SegReg::Cs as usize] = Segment { selector: cs_sel | 3, attr, limit: u32::MAX, base: 0 };
-                self.cpu.seg[SegReg::Ss as usize] = Segment { selector: (base + 8) | 3, attr: 0xF3 | seg_attr::DB | seg_attr::G, limit: u32::MAX, base: 0 };
+                self.cpu.seg[SegReg::Ss as usize] = Segment {
+                    selector: (base + 8) | 3,
+                    attr: 0xF3 | seg_attr::DB | seg_attr::G,
+                    limit: u32::MAX,
+                    base: 0,
+                };
                 self.cpu.cpl = 3;
                 self.cpu.rip = rip;
                 self.mode_changed = true;
@@ -352,7 +367,8 @@ impl Cx<'_> {
                 self.cpu.set_rflags(fl & !(rf::VM | rf::IF | rf::RF));
                 let cattr = if lma { 0x9B | seg_attr::L | seg_attr::G } else { 0x9B | seg_attr::DB | seg_attr::G };
                 self.cpu.seg[SegReg::Cs as usize] = Segment { selector: cs, attr: cattr, limit: u32::MAX, base: 0 };
-                self.cpu.seg[SegReg::Ss as usize] = Segment { selector: cs + 8, attr: 0x93 | seg_attr::DB | seg_attr::G, limit: u32::MAX, base: 0 };
+                self.cpu.seg[SegReg::Ss as usize] =
+                    Segment { selector: cs + 8, attr: 0x93 | seg_attr::DB | seg_attr::G, limit: u32::MAX, base: 0 };
                 self.cpu.cpl = 0;
                 let m = if lma { u64::MAX } else { 0xFFFF_FFFF };
                 self.cpu.gpr[4] = self.cpu.msr.sysenter_esp & m;
@@ -367,9 +383,18 @@ impl Cx<'_> {
                 }
                 self.cpl0()?;
                 let to64 = i.code() == iced_x86::Code::Sysexitq;
-                let (csel, attr) = if to64 { (cs + 32, 0xFB | seg_attr::L | seg_attr::G) } else { (cs + 16, 0xFB | seg_attr::DB | seg_attr::G) };
+                let (csel, attr) = if to64 {
+                    (cs + 32, 0xFB | seg_attr::L | seg_attr::G)
+                } else {
+                    (cs + 16, 0xFB | seg_attr::DB | seg_attr::G)
+                };
                 self.cpu.seg[SegReg::Cs as usize] = Segment { selector: csel | 3, attr, limit: u32::MAX, base: 0 };
-                self.cpu.seg[SegReg::Ss as usize] = Segment { selector: (csel + 8) | 3, attr: 0xF3 | seg_attr::DB | seg_attr::G, limit: u32::MAX, base: 0 };
+                self.cpu.seg[SegReg::Ss as usize] = Segment {
+                    selector: (csel + 8) | 3,
+                    attr: 0xF3 | seg_attr::DB | seg_attr::G,
+                    limit: u32::MAX,
+                    base: 0,
+                };
                 self.cpu.cpl = 3;
                 let m = if to64 { u64::MAX } else { 0xFFFF_FFFF };
                 self.cpu.gpr[4] = self.cpu.gpr[1] & m;
@@ -378,7 +403,12 @@ impl Cx<'_> {
                 return Ok(());
             }
             _ => {
-                log::debug!("unimplemented instruction {:?} ({:?}) at {:#x}: #UD", i.mnemonic(), i.code(), self.cpu.rip);
+                log::debug!(
+                    "unimplemented instruction {:?} ({:?}) at {:#x}: #UD",
+                    i.mnemonic(),
+                    i.code(),
+                    self.cpu.rip
+                );
                 return Err(Exception::InvalidOpcode.into());
             }
         }

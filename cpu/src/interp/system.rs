@@ -8,7 +8,7 @@
 
 use super::Cx;
 use crate::exception::Exception;
-use crate::state::{rflags, seg_attr, CpuMode, Segment, SegReg};
+use crate::state::{rflags, seg_attr, CpuMode, SegReg, Segment};
 
 /// What kind of event is being delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +68,12 @@ impl Cx<'_> {
                 return Err(Exception::GeneralProtection(0));
             }
             let s = &mut self.cpu.seg[sreg as usize];
-            *s = Segment { selector: sel, attr: 0, limit: 0, base: if matches!(sreg, SegReg::Fs | SegReg::Gs) { 0 } else { s.base } };
+            *s = Segment {
+                selector: sel,
+                attr: 0,
+                limit: 0,
+                base: if matches!(sreg, SegReg::Fs | SegReg::Gs) { 0 } else { s.base },
+            };
             if sreg == SegReg::Ss {
                 s.attr = seg_attr::S | seg_attr::RW | seg_attr::P | (u16::from(cpl) << 5) | seg_attr::DB;
                 self.cpu.interrupt_shadow = true;
@@ -182,7 +187,8 @@ impl Cx<'_> {
         let d = Segment::from_descriptor(sel, raw);
         let cpl = self.cpu.cpl;
         let rpl = (sel & 3) as u8;
-        if rpl < cpl || (d.attr & seg_attr::DC != 0 && d.dpl() > rpl) || (d.attr & seg_attr::DC == 0 && d.dpl() != rpl) {
+        if rpl < cpl || (d.attr & seg_attr::DC != 0 && d.dpl() > rpl) || (d.attr & seg_attr::DC == 0 && d.dpl() != rpl)
+        {
             return Err(Exception::GeneralProtection(sel_err(sel)));
         }
         if d.attr & seg_attr::P == 0 {
@@ -282,7 +288,10 @@ impl Cx<'_> {
             self.write_flags(fl, bits, true);
             return Ok(());
         }
-        if self.cpu.rflags & rflags::NT != 0 && self.mode != CpuMode::Long64 && self.cpu.efer & crate::state::cr::EFER_LMA == 0 {
+        if self.cpu.rflags & rflags::NT != 0
+            && self.mode != CpuMode::Long64
+            && self.cpu.efer & crate::state::cr::EFER_LMA == 0
+        {
             log::debug!("IRET with NT set (task return) not supported");
             return Err(Exception::GeneralProtection(0));
         }
@@ -294,7 +303,8 @@ impl Cx<'_> {
         let d = Segment::from_descriptor(sel, raw);
         let cpl = self.cpu.cpl;
         let rpl = (sel & 3) as u8;
-        if rpl < cpl || (d.attr & seg_attr::DC != 0 && d.dpl() > rpl) || (d.attr & seg_attr::DC == 0 && d.dpl() != rpl) {
+        if rpl < cpl || (d.attr & seg_attr::DC != 0 && d.dpl() > rpl) || (d.attr & seg_attr::DC == 0 && d.dpl() != rpl)
+        {
             return Err(Exception::GeneralProtection(sel_err(sel)));
         }
         if d.attr & seg_attr::P == 0 {
@@ -335,7 +345,13 @@ impl Cx<'_> {
 
     /// Delivers interrupt `vector`. `ret_rip` is the RIP pushed (the faulting instruction for
     /// faults, the next one for traps and software interrupts).
-    pub(crate) fn deliver(&mut self, vector: u8, kind: IntKind, ret_rip: u64, err: Option<u32>) -> Result<(), Exception> {
+    pub(crate) fn deliver(
+        &mut self,
+        vector: u8,
+        kind: IntKind,
+        ret_rip: u64,
+        err: Option<u32>,
+    ) -> Result<(), Exception> {
         self.cpu.halted = false;
         if self.mode == CpuMode::Real {
             return self.deliver_real(vector, ret_rip);
@@ -373,7 +389,13 @@ impl Cx<'_> {
         Ok(())
     }
 
-    fn deliver_protected(&mut self, vector: u8, kind: IntKind, ret_rip: u64, err: Option<u32>) -> Result<(), Exception> {
+    fn deliver_protected(
+        &mut self,
+        vector: u8,
+        kind: IntKind,
+        ret_rip: u64,
+        err: Option<u32>,
+    ) -> Result<(), Exception> {
         let long = self.cpu.efer & crate::state::cr::EFER_LMA != 0;
         let ext = u16::from(kind != IntKind::Software);
         let idt_err = u16::from(vector) * 8 + 2 + ext;
@@ -425,7 +447,13 @@ impl Cx<'_> {
         let old_sp = self.cpu.gpr[4];
         let fl = self.cpu.rflags();
         let old_cs = self.cpu.seg[SegReg::Cs as usize].selector;
-        let gate_bits: u32 = if long { 64 } else if gtype & 8 != 0 { 32 } else { 16 };
+        let gate_bits: u32 = if long {
+            64
+        } else if gtype & 8 != 0 {
+            32
+        } else {
+            16
+        };
         let tss = self.cpu.tr;
         if long {
             let switch = new_cpl < old_cpl;
@@ -439,7 +467,12 @@ impl Cx<'_> {
             }
             if switch {
                 let s = &mut self.cpu.seg[SegReg::Ss as usize];
-                *s = Segment { selector: u16::from(new_cpl), attr: seg_attr::S | seg_attr::RW | seg_attr::P | (u16::from(new_cpl) << 5), limit: 0, base: 0 };
+                *s = Segment {
+                    selector: u16::from(new_cpl),
+                    attr: seg_attr::S | seg_attr::RW | seg_attr::P | (u16::from(new_cpl) << 5),
+                    limit: 0,
+                    base: 0,
+                };
             }
             self.cpu.gpr[4] &= !0xF;
             self.set_cs(sel, raw, new_cpl);
