@@ -1,1 +1,17 @@
+//! Chipset devices of the virtual PC, written as pure register state machines.
+//!
+//! Every device here is driven by offsets and bytes (the rust-vmm vm-superio style): it never
+//! sees a thread, a file descriptor, the host clock or the CPU. Interrupts leave through an
+//! [`IrqLine`] and guest-visible time enters as a [`base::VirtualInstant`] carried by each
+//! [`Access`] or passed to [`Timed::advance_to`]. Nothing a guest does may panic: accesses at a
+//! bad offset or with a bad width read as all ones and are logged at debug level.
+//!
+//! The crate depends only on `base`; the `machine` crate composes these devices into a PC.
 
+pub mod bus;
+pub mod debugcon;
+pub mod exit;
+
+pub use bus::{Access, Bus, BusError, IrqLine, MmioDevice, NoIrq, PioDevice, RecordingIrq, Timed};
+pub use debugcon::{DebugCon, DEBUGCON_PORT};
+pub use exit::{exit_status, ExitDevice, EXIT_PORT};
