@@ -74,7 +74,7 @@ mod tests {
         for &b in b"hi\n" {
             con.write(a, &[b]);
         }
-        con.write(a, &[b'!', b'?']);
+        con.write(a, b"!?");
         let mut d = [0u8; 1];
         con.read(a, &mut d);
         assert_eq!(d, [0xE9]);

@@ -11,7 +11,9 @@
 pub mod bus;
 pub mod debugcon;
 pub mod exit;
+pub mod uart;
 
 pub use bus::{Access, Bus, BusError, IrqLine, MmioDevice, NoIrq, PioDevice, RecordingIrq, Timed};
 pub use debugcon::{DebugCon, DEBUGCON_PORT};
 pub use exit::{exit_status, ExitDevice, EXIT_PORT};
+pub use uart::{Uart16550, Uart16550State};
