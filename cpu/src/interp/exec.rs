@@ -276,18 +276,6 @@ impl Cx<'_> {
         }
     }
 
-    fn io_allowed(&self) -> Result<(), Exception> {
-        if self.mode == CpuMode::Real {
-            return Ok(());
-        }
-        let iopl = ((self.cpu.rflags & rf::IOPL) >> 12) as u8;
-        if self.cpu.cpl > iopl || self.cpu.rflags & rf::VM != 0 {
-            // The TSS I/O permission bitmap is not consulted yet.
-            return Err(Exception::GeneralProtection(0));
-        }
-        Ok(())
-    }
-
     /// Executes one decoded instruction.
     pub(crate) fn exec(&mut self, i: &Instruction) -> R<()> {
         use Mnemonic as M;
@@ -1099,7 +1087,6 @@ impl Cx<'_> {
                 self.next(i);
             }
             M::In | M::Out => {
-                self.io_allowed()?;
                 let is_in = i.mnemonic() == M::In;
                 let (data_op, port_op) = if is_in { (0, 1) } else { (1, 0) };
                 let bits = reg_info(i.op_register(data_op)).1;
@@ -1107,6 +1094,7 @@ impl Cx<'_> {
                     OpKind::Register => (self.cpu.gpr[2] & 0xFFFF) as u16,
                     _ => u16::from(i.immediate8()),
                 };
+                self.io_permitted(port, (bits / 8) as usize)?;
                 let size = AccessSize::from_bytes((bits / 8) as usize).unwrap_or(AccessSize::Byte);
                 if is_in {
                     let v = self.bus.port_read(PortAddr(port), size);
@@ -1235,26 +1223,6 @@ impl Cx<'_> {
         Ok(())
     }
 
-    fn far_call(&mut self, bits: u32, sel: u16, off: u64, next: u64) -> Result<(), Exception> {
-        let old_cs = u64::from(self.cpu.seg[SegReg::Cs as usize].selector);
-        let saved_cs = self.cpu.seg[SegReg::Cs as usize];
-        let saved_cpl = self.cpu.cpl;
-        let saved_mode = self.mode;
-        let sp = self.cpu.gpr[4];
-        // Check the pushes against the current stack first.
-        let n = u64::from(bits / 8);
-        let lin = self.linear(SegReg::Ss, sp.wrapping_sub(2 * n) & self.cpu.stack_mask(), 2 * n)?;
-        self.probe_write(lin, (2 * n) as usize)?;
-        self.far_jump(sel, off)?;
-        let r = self.push(bits, old_cs).and_then(|_| self.push(bits, next));
-        if r.is_err() {
-            self.cpu.seg[SegReg::Cs as usize] = saved_cs;
-            self.cpu.cpl = saved_cpl;
-            self.mode = saved_mode;
-        }
-        r
-    }
-
     fn exec_string(&mut self, i: &Instruction) -> R<()> {
         use Mnemonic as M;
         let m = i.mnemonic();
@@ -1287,7 +1255,7 @@ impl Cx<'_> {
             _ => (32, 6),
         };
         if kind >= 5 {
-            self.io_allowed()?;
+            self.io_permitted((self.cpu.gpr[2] & 0xFFFF) as u16, (bits / 8) as usize)?;
         }
         let abits = string_addr_bits(i);
         let amask = size_mask(abits);

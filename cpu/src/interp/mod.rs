@@ -6,6 +6,7 @@ mod exec;
 mod mem;
 mod sysinsn;
 mod system;
+mod task;
 
 pub use alu::{double_shift, shift, ShiftOp};
 
@@ -88,6 +89,8 @@ pub(crate) struct Cx<'a> {
     pub(crate) mode_changed: bool,
     /// REP iterations count as instructions and stop at this instruction count.
     pub(crate) budget_end: u64,
+    /// RIP of the instruction after the one executing (saved by task switches).
+    pub(crate) next_rip: u64,
 }
 
 /// The interpreter engine. Holds only caches; all architectural state is in [`CpuState`].
@@ -141,6 +144,7 @@ impl Interpreter {
             code_written: false,
             mode_changed: false,
             budget_end: u64::MAX,
+            next_rip: 0,
         };
         let r = cx.step_one(false);
         match r {
@@ -227,6 +231,7 @@ impl Cx<'_> {
                 if trace {
                     trace_instr(self.cpu, &instr);
                 }
+                self.next_rip = instr.next_ip();
                 self.exec(&instr)
             }
             Err(e) => Err(Stop::Exc(e)),
@@ -304,6 +309,7 @@ impl ExecutionEngine for Interpreter {
             code_written: false,
             mode_changed: false,
             budget_end: end,
+            next_rip: 0,
         };
         while cx.cpu.icount < end {
             // External interrupts are taken between instructions.

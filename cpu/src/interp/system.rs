@@ -6,6 +6,7 @@
 //! with RSP0 and IST; far JMP/CALL/RET and IRET within a privilege level and returns to an outer
 //! level. Task gates, call gates and task switches raise #GP for now.
 
+use super::task::{FarKind, SwitchReason};
 use super::Cx;
 use crate::exception::Exception;
 use crate::state::{rflags, seg_attr, CpuMode, SegReg, Segment};
@@ -113,9 +114,9 @@ impl Cx<'_> {
         Ok(())
     }
 
-    /// Loads CS for a far JMP/CALL/RET to `sel` at privilege `new_cpl` (descriptor checks done
-    /// by the caller through [`Self::code_descriptor`]).
-    fn set_cs(&mut self, sel: u16, raw: u64, new_cpl: u8) {
+    /// Loads CS for a far transfer to `sel` at privilege `new_cpl` (descriptor checks done by
+    /// the caller).
+    pub(crate) fn set_cs(&mut self, sel: u16, raw: u64, new_cpl: u8) {
         let mut d = Segment::from_descriptor((sel & !3) | u16::from(new_cpl), raw);
         d.attr |= seg_attr::ACCESSED;
         self.cpu.seg[SegReg::Cs as usize] = d;
@@ -142,7 +143,7 @@ impl Cx<'_> {
         Ok(raw)
     }
 
-    /// Far JMP or CALL (the caller pushes the return address for CALL after this succeeds).
+    /// Far JMP.
     pub(crate) fn far_jump(&mut self, sel: u16, off: u64) -> Result<(), Exception> {
         if self.mode == CpuMode::Real || self.cpu.rflags & rflags::VM != 0 {
             let cs = &mut self.cpu.seg[SegReg::Cs as usize];
@@ -152,7 +153,56 @@ impl Cx<'_> {
             self.mode_changed = true;
             return Ok(());
         }
-        let raw = self.code_descriptor(sel)?;
+        if sel & 0xFFFC == 0 {
+            return Err(Exception::GeneralProtection(0));
+        }
+        let raw = self.read_descriptor(sel)?;
+        if raw & (1 << 44) == 0 {
+            return self.far_system(sel, raw, FarKind::Jmp);
+        }
+        self.far_to_code(sel, raw, off)
+    }
+
+    /// Far CALL: jumps like [`Self::far_jump`], then pushes CS and the return offset.
+    pub(crate) fn far_call(&mut self, bits: u32, sel: u16, off: u64, next: u64) -> Result<(), Exception> {
+        let protected = self.mode != CpuMode::Real && self.cpu.rflags & rflags::VM == 0;
+        let mut raw = 0;
+        if protected {
+            if sel & 0xFFFC == 0 {
+                return Err(Exception::GeneralProtection(0));
+            }
+            raw = self.read_descriptor(sel)?;
+            if raw & (1 << 44) == 0 {
+                return self.far_system(sel, raw, FarKind::Call { bits, next });
+            }
+        }
+        let old_cs = u64::from(self.cpu.seg[SegReg::Cs as usize].selector);
+        let saved = (self.cpu.seg[SegReg::Cs as usize], self.cpu.cpl, self.mode, self.cpu.rip);
+        let sp = self.cpu.gpr[4];
+        // Check the pushes against the current stack first.
+        let n = u64::from(bits / 8);
+        let lin = self.linear(SegReg::Ss, sp.wrapping_sub(2 * n) & self.cpu.stack_mask(), 2 * n)?;
+        self.probe_write(lin, (2 * n) as usize)?;
+        if protected {
+            self.far_to_code(sel, raw, off)?;
+        } else {
+            self.far_jump(sel, off)?;
+        }
+        let r = self.push(bits, old_cs).and_then(|_| self.push(bits, next));
+        if r.is_err() {
+            self.cpu.seg[SegReg::Cs as usize] = saved.0;
+            self.cpu.cpl = saved.1;
+            self.mode = saved.2;
+            self.cpu.rip = saved.3;
+        }
+        r
+    }
+
+    /// A far JMP/CALL straight to a code segment at the same privilege level.
+    fn far_to_code(&mut self, sel: u16, raw: u64, off: u64) -> Result<(), Exception> {
+        if raw & (1 << 43) == 0 {
+            return Err(Exception::GeneralProtection(sel_err(sel)));
+        }
         let d = Segment::from_descriptor(sel, raw);
         let cpl = self.cpu.cpl;
         let rpl = (sel & 3) as u8;
@@ -288,12 +338,8 @@ impl Cx<'_> {
             self.write_flags(fl, bits, true);
             return Ok(());
         }
-        if self.cpu.rflags & rflags::NT != 0
-            && self.mode != CpuMode::Long64
-            && self.cpu.efer & crate::state::cr::EFER_LMA == 0
-        {
-            log::debug!("IRET with NT set (task return) not supported");
-            return Err(Exception::GeneralProtection(0));
+        if self.cpu.rflags & rflags::NT != 0 && self.cpu.efer & crate::state::cr::EFER_LMA == 0 {
+            return self.iret_task();
         }
         if fl & rflags::VM != 0 && self.cpu.cpl == 0 && bits == 32 {
             log::debug!("IRET to virtual-8086 mode not supported");
@@ -410,7 +456,7 @@ impl Cx<'_> {
         let gtype = ((lo >> 40) & 0xF) as u8;
         let gdpl = ((lo >> 45) & 3) as u8;
         let present = lo & (1 << 47) != 0;
-        let valid = if long { matches!(gtype, 0xE | 0xF) } else { matches!(gtype, 0x6 | 0x7 | 0xE | 0xF) };
+        let valid = if long { matches!(gtype, 0xE | 0xF) } else { matches!(gtype, 0x5 | 0x6 | 0x7 | 0xE | 0xF) };
         if !valid {
             log::debug!("IDT vector {vector}: gate type {gtype:#x} not supported");
             return Err(Exception::GeneralProtection(idt_err));
@@ -422,6 +468,19 @@ impl Cx<'_> {
             return Err(Exception::SegmentNotPresent(idt_err));
         }
         let sel = ((lo >> 16) & 0xFFFF) as u16;
+        if gtype == 0x5 {
+            // Task gate: switch tasks, then push the error code on the new task's stack.
+            if sel & 4 != 0 {
+                return Err(Exception::InvalidTss(sel_err(sel)));
+            }
+            let raw = self.read_descriptor(sel).map_err(|_| Exception::InvalidTss(sel_err(sel)))?;
+            self.task_switch(sel, raw, SwitchReason::Int, ret_rip)?;
+            if let Some(e) = err {
+                let bits = if self.cpu.seg[SegReg::Ss as usize].attr & seg_attr::DB != 0 { 32 } else { 16 };
+                self.push(bits, u64::from(e))?;
+            }
+            return Ok(());
+        }
         let mut target = (lo & 0xFFFF) | ((lo >> 32) & 0xFFFF_0000);
         if long {
             target |= (hi & 0xFFFF_FFFF) << 32;
