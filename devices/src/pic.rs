@@ -542,7 +542,7 @@ mod tests {
     #[test]
     fn test_pic_masks() {
         let mut p = pic();
-        p.write_port(0x21, 0xFF & !0x04);
+        p.write_port(0x21, 0xFB);
         p.set_irq(6, true);
         assert!(!p.has_interrupt());
         assert_eq!(p.read_port(0x21), 0xFB);
