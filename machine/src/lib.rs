@@ -19,6 +19,8 @@ pub use loader::{KernelImage, LoadError};
 
 /// Port of the Bochs/QEMU debug console.
 pub const DEBUGCON_PORT: u16 = 0xE9;
+/// Port SeaBIOS writes its debug log to (QEMU's `-debugcon` with iobase 0x402).
+pub const FIRMWARE_LOG_PORT: u16 = 0x402;
 /// Port of the QEMU isa-debug-exit device.
 pub const EXIT_PORT: u16 = 0xF4;
 /// Base port of COM1.
@@ -49,6 +51,9 @@ pub enum MachineError {
     /// An entry point that real mode cannot reach.
     #[error("entry point {0:#x} is above 1 MiB; flat images start in real mode")]
     BadEntry(u64),
+    /// A firmware image of an unusable size.
+    #[error("firmware image of {0} bytes: must be a non-zero multiple of 64 KiB, at most 4 MiB")]
+    BadFirmware(u64),
     /// Device wiring failed (overlapping port ranges: a programming error).
     #[error("device wiring: {0}")]
     Wiring(String),
@@ -217,6 +222,13 @@ pub struct Machine {
     ram_bytes: u64,
 }
 
+/// End of conventional memory (the VGA window starts here).
+const LOW_RAM_END: u64 = 0xA_0000;
+/// Start of the option-ROM and BIOS shadow area.
+const SHADOW_START: u64 = 0xC_0000;
+/// Largest firmware image accepted.
+const MAX_FIRMWARE: u64 = 4 << 20;
+
 /// Instructions per run slice: the granularity at which devices get time.
 const SLICE: u64 = 1 << 20;
 
@@ -227,13 +239,20 @@ impl Machine {
             return Err(MachineError::BadMemorySize(config.ram_bytes));
         }
         let ram = config.ram_bytes.div_ceil(mmu::PAGE_SIZE) * mmu::PAGE_SIZE;
-        let mut mem = PhysMemory::new(ram)?;
-        mem.map_ram(0, ram)?;
+        // The PC layout: low RAM, the VGA window (unclaimed), the option-ROM/BIOS shadow area
+        // (RAM), extended RAM; room in the backing store for a firmware image of up to 4 MiB.
+        let mut mem = PhysMemory::new(ram + MAX_FIRMWARE)?;
+        mem.map_ram(0, LOW_RAM_END)?;
+        mem.map_ram(SHADOW_START, 0x10_0000 - SHADOW_START)?;
+        if ram > 0x10_0000 {
+            mem.map_ram(0x10_0000, ram - 0x10_0000)?;
+        }
         let capture = config.capture_serial.then(|| Rc::new(RefCell::new(Vec::new())));
         let sink = ConsoleSink { stdout: config.serial_stdout, capture: capture.clone() };
         let mut ports = Bus::new();
         let wire = |e: devices::BusError| MachineError::Wiring(e.to_string());
         ports.insert(u64::from(DEBUGCON_PORT), 1, PortDev::DebugCon(DebugCon::new(sink.clone()))).map_err(wire)?;
+        ports.insert(u64::from(FIRMWARE_LOG_PORT), 1, PortDev::DebugCon(DebugCon::new(sink.clone()))).map_err(wire)?;
         ports.insert(u64::from(EXIT_PORT), 4, PortDev::Exit(ExitDevice::new())).map_err(wire)?;
         ports.insert(u64::from(COM1_PORT), 8, PortDev::Com1(Uart16550::new(NoIrq, sink))).map_err(wire)?;
         let mut engine = Interpreter::new();
@@ -271,6 +290,22 @@ impl Machine {
         cpu.rip = ip;
         cpu.gpr[2] = 0;
         *self.cpu = cpu;
+        self.engine.flush_for_mode_change(&mut self.cpu);
+        Ok(())
+    }
+
+    /// Loads a BIOS image (e.g. SeaBIOS `bios.bin`): mapped read-only just below 4 GiB, its
+    /// last 128 KiB also copied to 0xE0000, and the CPU reset to F000:FFF0.
+    pub fn load_bios(&mut self, image: &[u8]) -> Result<(), MachineError> {
+        let len = image.len() as u64;
+        if len == 0 || len % 0x1_0000 != 0 || len > MAX_FIRMWARE {
+            return Err(MachineError::BadFirmware(len));
+        }
+        self.board.mem.map_rom((1u64 << 32) - len, image)?;
+        let low = &image[image.len() - (image.len().min(0x2_0000))..];
+        self.board.mem.load(GuestPhysAddr(0x10_0000 - low.len() as u64), low)?;
+        *self.cpu = CpuState::new();
+        self.engine.invalidate_phys(0, u64::MAX);
         self.engine.flush_for_mode_change(&mut self.cpu);
         Ok(())
     }

@@ -55,7 +55,7 @@ impl Cx<'_> {
             return Err(if seg == SegReg::Ss { Exception::StackFault(0) } else { Exception::GeneralProtection(0) });
         }
         if self.mode == CpuMode::Real {
-            Ok((s.base + off) & 0x1F_FFFF)
+            Ok(s.base.wrapping_add(off) & 0xFFFF_FFFF)
         } else {
             Ok(s.base.wrapping_add(off) & 0xFFFF_FFFF)
         }

@@ -162,7 +162,7 @@ impl Cx<'_> {
         let cs = self.cpu.seg[SegReg::Cs as usize];
         let lin = match self.mode {
             CpuMode::Long64 => rip,
-            CpuMode::Real => (cs.base + rip) & 0x1F_FFFF,
+            CpuMode::Real => cs.base.wrapping_add(rip) & 0xFFFF_FFFF,
             _ => {
                 if rip > u64::from(cs.limit) {
                     return Err(Exception::GeneralProtection(0));
