@@ -13,6 +13,7 @@ pub mod debugcon;
 pub mod exit;
 pub mod pic;
 pub mod pit;
+pub mod rtc;
 pub mod uart;
 
 pub use bus::{Access, Bus, BusError, IrqLine, MmioDevice, NoIrq, PioDevice, RecordingIrq, Timed};
@@ -20,4 +21,5 @@ pub use debugcon::{DebugCon, DEBUGCON_PORT};
 pub use exit::{exit_status, ExitDevice, EXIT_PORT};
 pub use pic::{I8259Pic, I8259PicState};
 pub use pit::{I8254Pit, I8254PitState};
+pub use rtc::{Mc146818Rtc, Mc146818RtcState};
 pub use uart::{Uart16550, Uart16550State};
