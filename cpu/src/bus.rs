@@ -19,6 +19,12 @@ pub trait CpuBus {
     fn interrupt_pending(&mut self) -> bool;
     /// Acknowledges the pending interrupt (INTA cycle) and returns its vector.
     fn acknowledge_interrupt(&mut self) -> Option<u8>;
-    /// Whether a device asked the run to stop (the exit device, a reset request).
+    /// Whether a device asked the run to stop (the exit device, a reset request, or a timer
+    /// was reprogrammed and the run slice must be rescheduled).
     fn stop_requested(&mut self) -> bool;
+    /// Called with the instruction count before every port or MMIO access, so devices can see
+    /// the exact virtual time of the access. Buses without timed devices need not care.
+    fn advance_clock(&mut self, icount: u64) {
+        let _ = icount;
+    }
 }

@@ -11,8 +11,10 @@
 pub mod bus;
 pub mod debugcon;
 pub mod exit;
+pub mod i8042;
 pub mod pic;
 pub mod pit;
+pub mod port92;
 pub mod rtc;
 pub mod uart;
 
@@ -23,3 +25,5 @@ pub use pic::{I8259Pic, I8259PicState};
 pub use pit::{I8254Pit, I8254PitState};
 pub use rtc::{Mc146818Rtc, Mc146818RtcState};
 pub use uart::{Uart16550, Uart16550State};
+pub use i8042::{I8042State, I8042};
+pub use port92::{Port92, Port92State};

@@ -1097,11 +1097,11 @@ impl Cx<'_> {
                 self.io_permitted(port, (bits / 8) as usize)?;
                 let size = AccessSize::from_bytes((bits / 8) as usize).unwrap_or(AccessSize::Byte);
                 if is_in {
-                    let v = self.bus.port_read(PortAddr(port), size);
+                    let v = self.io_bus().port_read(PortAddr(port), size);
                     set_reg(self.cpu, i.op0_register(), u64::from(v));
                 } else {
                     let v = get_reg(self.cpu, i.op1_register()) as u32;
-                    self.bus.port_write(PortAddr(port), size, v);
+                    self.io_bus().port_write(PortAddr(port), size, v);
                     self.io_written = true;
                 }
                 self.next(i);
@@ -1332,13 +1332,13 @@ impl Cx<'_> {
                 5 => {
                     let lin = self.linear(SegReg::Es, di, n)?;
                     self.probe_write(lin, n as usize)?;
-                    let v = self.bus.port_read(PortAddr(port), size);
+                    let v = self.io_bus().port_read(PortAddr(port), size);
                     self.write_mem(SegReg::Es, di, bits, u64::from(v))?;
                     set_reg(self.cpu, di_r, di.wrapping_add(step));
                 }
                 _ => {
                     let v = self.read_mem(src_seg, si, bits)?;
-                    self.bus.port_write(PortAddr(port), size, v as u32);
+                    self.io_bus().port_write(PortAddr(port), size, v as u32);
                     self.io_written = true;
                     set_reg(self.cpu, si_r, si.wrapping_add(step));
                 }

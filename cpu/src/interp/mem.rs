@@ -143,7 +143,7 @@ impl Cx<'_> {
         let region = self.bus.memory().lookup(GuestPhysAddr(phys)).copied();
         let width = AccessSize::from_bytes(size).unwrap_or(AccessSize::Byte);
         match region.map(|r| r.kind) {
-            Some(RegionKind::Mmio { id }) => Ok(self.bus.mmio_read(id, GuestPhysAddr(phys), width) & width.mask()),
+            Some(RegionKind::Mmio { id }) => Ok(self.io_bus().mmio_read(id, GuestPhysAddr(phys), width) & width.mask()),
             _ => {
                 log::debug!("read of unmapped physical address {phys:#x} ({size} bytes): open bus");
                 Ok(width.mask())
@@ -199,7 +199,7 @@ impl Cx<'_> {
             }
             Some(RegionKind::Mmio { id }) => {
                 let width = AccessSize::from_bytes(size).unwrap_or(AccessSize::Byte);
-                self.bus.mmio_write(id, GuestPhysAddr(phys), width, val & width.mask());
+                self.io_bus().mmio_write(id, GuestPhysAddr(phys), width, val & width.mask());
                 self.io_written = true;
                 Ok(())
             }

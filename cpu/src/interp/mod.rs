@@ -155,6 +155,13 @@ impl Interpreter {
 }
 
 impl Cx<'_> {
+    /// The bus for a port or MMIO access, with its clock brought to the current instruction.
+    #[inline]
+    pub(crate) fn io_bus(&mut self) -> &mut dyn CpuBus {
+        self.bus.advance_clock(self.cpu.icount);
+        &mut *self.bus
+    }
+
     /// Fetches and decodes the instruction at CS:RIP.
     #[inline]
     fn fetch(&mut self, out: &mut Instruction) -> Result<(), Exception> {
