@@ -12,6 +12,7 @@ pub mod bus;
 pub mod debugcon;
 pub mod exit;
 pub mod i8042;
+pub mod pci;
 pub mod pic;
 pub mod pit;
 pub mod port92;
@@ -21,9 +22,13 @@ pub mod uart;
 pub use bus::{Access, Bus, BusError, IrqLine, MmioDevice, NoIrq, PioDevice, RecordingIrq, Timed};
 pub use debugcon::{DebugCon, DEBUGCON_PORT};
 pub use exit::{exit_status, ExitDevice, EXIT_PORT};
+pub use i8042::{I8042State, I8042};
+pub use pci::{
+    parse_config_address, I440fxHost, PamRegion, PciAddress, PciBarKind, PciBus, PciConfig, PciConfigIo,
+    PciConfigIoState, PciFunction, PciRoot, Piix3Isa, Piix4Pm,
+};
 pub use pic::{I8259Pic, I8259PicState};
 pub use pit::{I8254Pit, I8254PitState};
+pub use port92::{Port92, Port92State};
 pub use rtc::{Mc146818Rtc, Mc146818RtcState};
 pub use uart::{Uart16550, Uart16550State};
-pub use i8042::{I8042State, I8042};
-pub use port92::{Port92, Port92State};
