@@ -1,6 +1,7 @@
 //! The `ferrovisor` command line.
 
 mod disk;
+mod run;
 
 use clap::{Parser, Subcommand};
 
@@ -14,6 +15,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Boot a guest (with no options: the embedded demo guest).
+    Run(run::RunArgs),
     /// Disk image tools (VMDK and raw).
     Disk(disk::DiskArgs),
 }
@@ -22,6 +25,7 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(a) => run::run(a),
         Command::Disk(a) => disk::run(a),
     };
     match result {

@@ -18,13 +18,13 @@ const ALLOWED: &[(&str, &[&str])] = &[
 
 fn member_dirs(root: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
-    let v: toml::Value = text.parse().unwrap();
+    let v: toml::Table = text.parse().unwrap();
     v["workspace"]["members"].as_array().unwrap().iter().map(|m| m.as_str().unwrap().to_string()).collect()
 }
 
 fn internal_deps(manifest: &Path, internal: &BTreeSet<String>) -> (String, BTreeSet<String>) {
     let text = std::fs::read_to_string(manifest).unwrap();
-    let v: toml::Value = text.parse().unwrap();
+    let v: toml::Table = text.parse().unwrap();
     let name = v["package"]["name"].as_str().unwrap().to_string();
     let mut deps = BTreeSet::new();
     for table in ["dependencies", "dev-dependencies", "build-dependencies"] {
@@ -48,7 +48,7 @@ fn test_workspace_dependency_direction() {
     let internal: BTreeSet<String> = manifests
         .iter()
         .map(|m| {
-            let v: toml::Value = std::fs::read_to_string(m).unwrap().parse().unwrap();
+            let v: toml::Table = std::fs::read_to_string(m).unwrap().parse().unwrap();
             v["package"]["name"].as_str().unwrap().to_string()
         })
         .collect();

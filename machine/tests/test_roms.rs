@@ -1,0 +1,64 @@
+//! Every test ROM on the whole machine. The self-checking ROMs compare against values derived
+//! from the Intel SDM and report through the exit port; the demo's output is compared with the
+//! same computation done natively on the host.
+
+use machine::{Exit, Machine, MachineConfig};
+use test_roms::{Rom, FAIL, PASS};
+
+fn run(rom: &Rom, limit: u64) -> (Exit, String, Machine) {
+    let mut m = Machine::new(MachineConfig { ram_bytes: 32 << 20, capture_serial: true, ..Default::default() })
+        .expect("machine");
+    m.load_flat(&rom.image, rom.load_addr, rom.entry).expect("load");
+    let exit = m.run(Some(limit));
+    let out = String::from_utf8_lossy(&m.serial_output()).into_owned();
+    (exit, out, m)
+}
+
+fn expect_pass(name: &str, rom: Rom) {
+    let (exit, out, mut m) = run(&rom, 1_000_000);
+    let mut vars = [0u8; 16];
+    m.memory().read(base::GuestPhysAddr(0x600), &mut vars).expect("scratch variables");
+    let out = format!("{out:?}; scratch at 0x600: {vars:02x?}");
+    match exit {
+        Exit::ExitDevice(v) if v == u32::from(PASS) => {}
+        Exit::ExitDevice(v) if v & u32::from(FAIL) != 0 => {
+            panic!("{name}: check {} failed; rip {:#x}; output {out}", v & 0x7F, m.cpu().rip)
+        }
+        other => panic!("{name}: ended with {other:?} at rip {:#x}; output {out}", m.cpu().rip),
+    }
+}
+
+#[test]
+fn test_rom_real_mode_arith() {
+    expect_pass("real_mode_arith", test_roms::real_mode_arith());
+}
+
+#[test]
+fn test_rom_long_mode_switch() {
+    expect_pass("long_mode_switch", test_roms::long_mode_switch());
+}
+
+#[test]
+fn test_rom_string_ops() {
+    expect_pass("string_ops", test_roms::string_ops());
+}
+
+#[test]
+fn test_rom_exceptions_real() {
+    expect_pass("exceptions_real", test_roms::exceptions_real());
+}
+
+#[test]
+fn test_rom_exceptions_protected() {
+    expect_pass("exceptions_protected", test_roms::exceptions_protected());
+}
+
+#[test]
+fn test_rom_demo_output_matches_host_computation() {
+    let (exit, out, m) = run(&test_roms::demo(), 100_000_000);
+    assert_eq!(exit, Exit::Halted, "rip {:#x}; output:\n{out}", m.cpu().rip);
+    assert!(out.starts_with(test_roms::DEMO_BANNER), "output:\n{out}");
+    assert!(out.contains(&test_roms::mandelbrot_reference()), "Mandelbrot differs from the host's:\n{out}");
+    assert!(out.contains(&test_roms::primes_reference()), "primes differ from the host's:\n{out}");
+    assert!(out.contains("CPU vendor: "), "output:\n{out}");
+}

@@ -1,0 +1,127 @@
+//! `ferrovisor run`: boot a guest.
+
+use anyhow::{bail, Context};
+use clap::Args;
+use machine::{Exit, Machine, MachineConfig};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Arguments of `ferrovisor run`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+With no image option, boots the embedded demo guest (real -> protected -> long mode, then an
+ASCII Mandelbrot and a prime table on the serial console).
+
+Exit status:
+  0            the guest powered off (HLT with interrupts disabled)
+  (v << 1) | 1 the guest wrote v to the exit port 0xF4 (QEMU's isa-debug-exit convention)
+  1            an error (bad file, bad option)
+  2            the guest triple-faulted
+  3            the --max-insns limit was reached")]
+pub struct RunArgs {
+    /// Load a flat binary image (started in real mode; see --load and --entry).
+    #[arg(long, value_name = "FILE", conflicts_with = "multiboot")]
+    flat: Option<PathBuf>,
+    /// Physical load address of the --flat image.
+    #[arg(long, value_name = "ADDR", value_parser = parse_u64, default_value = "0x7c00", requires = "flat")]
+    load: u64,
+    /// Entry point of the --flat image (default: the load address); below 64 KiB the CPU starts
+    /// at 0000:ADDR, else at (ADDR>>4):(ADDR&15).
+    #[arg(long, value_name = "ADDR", value_parser = parse_u64, requires = "flat")]
+    entry: Option<u64>,
+    /// Boot a Multiboot v1 kernel (ELF32 or a.out-kludge), as QEMU's -kernel does.
+    #[arg(long, value_name = "ELF")]
+    multiboot: Option<PathBuf>,
+    /// Kernel command line passed to a --multiboot kernel.
+    #[arg(long, value_name = "CMDLINE", default_value = "", requires = "multiboot")]
+    append: String,
+    /// Guest RAM size: a number of MiB, or with a K/M/G suffix (QEMU's -m).
+    #[arg(short = 'm', long = "memory", value_name = "SIZE", value_parser = parse_size, default_value = "128")]
+    memory: u64,
+    /// Stop after this many guest instructions.
+    #[arg(long, value_name = "N")]
+    max_insns: Option<u64>,
+    /// Print every executed instruction to standard error.
+    #[arg(long)]
+    trace: bool,
+    /// Do not print the instruction count and MIPS summary at exit.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+fn parse_u64(s: &str) -> Result<u64, String> {
+    let t = s.trim().replace('_', "");
+    let r = if let Some(h) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        u64::from_str_radix(h, 16)
+    } else {
+        t.parse()
+    };
+    r.map_err(|_| format!("'{s}' is not a number (use decimal or 0x hex)"))
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.chars().last() {
+        Some('k' | 'K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('m' | 'M') => (&t[..t.len() - 1], 1 << 20),
+        Some('g' | 'G') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1 << 20),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("'{s}' is not a size (e.g. 128, 512M, 1G)"))?;
+    n.checked_mul(mult).ok_or_else(|| format!("size '{s}' is too large"))
+}
+
+/// Runs a guest; returns the process exit status.
+pub fn run(a: RunArgs) -> anyhow::Result<i32> {
+    let config = MachineConfig { ram_bytes: a.memory, capture_serial: false, serial_stdout: true, trace: a.trace };
+    let mut m = Machine::new(config)?;
+    if let Some(path) = &a.flat {
+        let image = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        m.load_flat(&image, a.load, a.entry.unwrap_or(a.load))
+            .with_context(|| format!("cannot load {}", path.display()))?;
+    } else if let Some(path) = &a.multiboot {
+        let image = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        m.load_multiboot(&image, &a.append).with_context(|| format!("cannot load {}", path.display()))?;
+    } else {
+        let demo = test_roms::demo();
+        m.load_flat(&demo.image, demo.load_addr, demo.entry)?;
+    }
+    if a.max_insns == Some(0) {
+        bail!("--max-insns must be at least 1");
+    }
+    let start = Instant::now();
+    let exit = m.run(a.max_insns);
+    let secs = start.elapsed().as_secs_f64();
+    let n = m.instructions();
+    if !a.quiet {
+        eprintln!("ferrovisor: {n} guest instructions in {:.3} s ({:.1} MIPS)", secs, n as f64 / secs.max(1e-9) / 1e6);
+    }
+    Ok(match exit {
+        Exit::Halted => 0,
+        Exit::ExitDevice(v) => ((v << 1) | 1) as i32,
+        Exit::TripleFault => {
+            eprintln!("ferrovisor: the guest triple-faulted (a real PC would reset)");
+            2
+        }
+        Exit::InstructionLimit => {
+            eprintln!("ferrovisor: stopped at the instruction limit");
+            3
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_cli_parse_numbers() {
+        assert_eq!(parse_u64("0x7C00"), Ok(0x7C00));
+        assert_eq!(parse_u64("4096"), Ok(4096));
+        assert!(parse_u64("zz").is_err());
+        assert_eq!(parse_size("128"), Ok(128 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("640k"), Ok(640 << 10));
+        assert!(parse_size("lots").is_err());
+    }
+}

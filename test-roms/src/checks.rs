@@ -1,0 +1,571 @@
+//! Self-checking programs. Each expected value below is derived by hand from the Intel SDM's
+//! definition of the instruction (the comments show the derivation), so a run is checked against
+//! the architecture, not against the emulator's own arithmetic.
+
+use crate::layout::{asm, build, build_with, fail_unless_eq, fail_unless_zf, report, Mode, PAYLOAD, SEL_CODE32};
+use crate::{Rom, PASS};
+use iced_x86::code_asm::*;
+use iced_x86::IcedError;
+
+/// RFLAGS bits.
+const CF: i32 = 0x001;
+const PF: i32 = 0x004;
+const AF: i32 = 0x010;
+const ZF: i32 = 0x040;
+const SF: i32 = 0x080;
+const IF: i32 = 0x200;
+const OF: i32 = 0x800;
+/// The six arithmetic flags.
+const OSZAPC: i32 = OF | SF | ZF | AF | PF | CF;
+
+/// Where the flag checks park FLAGS.
+const VAR_FLAGS: u64 = 0x6F0;
+
+/// Emits a check that `FLAGS & mask == expected` (16-bit code; preserves the registers).
+fn expect_flags16(a: &mut CodeAssembler, n: u8, mask: i32, expected: i32) -> Result<(), IcedError> {
+    a.pushf()?;
+    a.pop(word_ptr(VAR_FLAGS))?;
+    a.push(ax)?;
+    a.mov(ax, word_ptr(VAR_FLAGS))?;
+    a.and(ax, mask)?;
+    a.cmp(ax, expected)?;
+    a.pop(ax)?;
+    fail_unless_zf(a, n)
+}
+
+/// Emits a check that `EFLAGS & mask == expected` (32-bit code; preserves the registers).
+fn expect_flags32(a: &mut CodeAssembler, n: u8, mask: i32, expected: i32) -> Result<(), IcedError> {
+    a.pushfd()?;
+    a.pop(dword_ptr(VAR_FLAGS))?;
+    a.push(eax)?;
+    a.mov(eax, dword_ptr(VAR_FLAGS))?;
+    a.and(eax, mask)?;
+    a.cmp(eax, expected)?;
+    a.pop(eax)?;
+    fail_unless_zf(a, n)
+}
+
+fn assembled(r: Result<Rom, IcedError>) -> Rom {
+    r.expect("test ROM assembles")
+}
+
+/// Real-mode integer arithmetic and flags.
+pub fn real_mode_arith() -> Rom {
+    assembled(build(Mode::Real, |a| {
+        // 1. 0xFF + 1 = 0x00: carry out (CF), carry out of bit 3 (AF), zero, even parity.
+        a.mov(al, 0xFF)?;
+        a.add(al, 1)?;
+        expect_flags16(a, 1, OSZAPC, CF | AF | ZF | PF)?;
+        // 2. 0x7F + 1 = 0x80: signed overflow, sign, AF; 0x80 has one bit set (odd parity).
+        a.mov(al, 0x7F)?;
+        a.add(al, 1)?;
+        expect_flags16(a, 2, OSZAPC, OF | SF | AF)?;
+        // 3. 0 - 1 = 0xFFFF: borrow (CF), borrow from bit 4 (AF), sign; low byte 0xFF: even parity.
+        a.xor(ax, ax)?;
+        a.sub(ax, 1)?;
+        expect_flags16(a, 3, OSZAPC, CF | AF | SF | PF)?;
+        // 4. 0x8000 - 1 = 0x7FFF: negative minus positive gives positive: OF; AF; even parity.
+        a.mov(ax, 0x8000u32)?;
+        a.sub(ax, 1)?;
+        expect_flags16(a, 4, OSZAPC, OF | AF | PF)?;
+        // 5. ADC with CF=1: 0x10 + 0x0F + 1 = 0x20; low nibbles 0 + F + 1 carry out of bit 3.
+        a.stc()?;
+        a.mov(al, 0x10)?;
+        a.adc(al, 0x0F)?;
+        expect_flags16(a, 5, OSZAPC, AF)?;
+        fail_unless_eq(a, 5, al, 0x20)?;
+        // 6. SHL 0x81 by 1 = 0x02: CF = old bit 7 = 1; OF = MSB(result) xor CF = 1; AF undefined.
+        a.mov(al, 0x81)?;
+        a.shl(al, 1)?;
+        expect_flags16(a, 6, OSZAPC & !AF, OF | CF)?;
+        // 7. MUL 0x1234 * 0x100 = 0x12_3400: DX = 0x0012, AX = 0x3400, CF = OF = 1 (DX != 0).
+        a.mov(ax, 0x1234u32)?;
+        a.mov(bx, 0x100u32)?;
+        a.mul(bx)?;
+        expect_flags16(a, 7, OF | CF, OF | CF)?;
+        fail_unless_eq(a, 7, ax, 0x3400)?;
+        fail_unless_eq(a, 7, dx, 0x0012)?;
+        // 8. DIV 1000 / 7 = 142 remainder 6.
+        a.xor(dx, dx)?;
+        a.mov(ax, 1000u32)?;
+        a.mov(bx, 7u32)?;
+        a.div(bx)?;
+        fail_unless_eq(a, 8, ax, 142)?;
+        fail_unless_eq(a, 8, dx, 6)?;
+        // 9. IMUL -3 * 5 = -15 = 0xFFF1; fits in AL sign-extended, so CF = OF = 0.
+        a.mov(al, 0xFD)?;
+        a.mov(bl, 5)?;
+        a.imul(bl)?;
+        expect_flags16(a, 9, OF | CF, 0)?;
+        fail_unless_eq(a, 9, ax, 0xFFF1)?;
+        // 10. BCD 79 + 35 = 114: ADD gives 0xAE, DAA adds 6 (nibble > 9) then 0x60 (> 0x99): 0x14, CF.
+        a.mov(al, 0x79)?;
+        a.add(al, 0x35)?;
+        a.daa()?;
+        expect_flags16(a, 10, CF, CF)?;
+        fail_unless_eq(a, 10, al, 0x14)?;
+        // 11. SAR 0x80 by 7 = 0xFF: CF = bit 6 of the source = 0; OF undefined for counts > 1.
+        a.mov(al, 0x80)?;
+        a.sar(al, 7)?;
+        expect_flags16(a, 11, SF | ZF | PF | CF, SF | PF)?;
+        fail_unless_eq(a, 11, al, 0xFF)?;
+        // 12. BSF/BSR of 0x00F0: lowest set bit 4, highest 7, ZF = 0.
+        a.mov(ax, 0x00F0u32)?;
+        a.bsf(cx, ax)?;
+        expect_flags16(a, 12, ZF, 0)?;
+        fail_unless_eq(a, 12, cx, 4)?;
+        a.bsr(cx, ax)?;
+        fail_unless_eq(a, 12, cx, 7)?;
+        // 13. NEG 5 = 0xFB: CF = (source != 0); AF: borrow from bit 4; 0xFB has 7 bits (odd).
+        a.mov(al, 5)?;
+        a.neg(al)?;
+        expect_flags16(a, 13, OSZAPC, CF | AF | SF)?;
+        // 14. CBW of 0x80 = 0xFF80; CWD of 0x8000 gives DX = 0xFFFF.
+        a.mov(al, 0x80)?;
+        a.cbw()?;
+        fail_unless_eq(a, 14, ax, 0xFF80)?;
+        a.mov(ax, 0x8000u32)?;
+        a.cwd()?;
+        fail_unless_eq(a, 14, dx, 0xFFFF)?;
+        // 15. INC leaves CF alone: with CF = 1, 0xFF + 1 = 0 sets ZF, AF, PF and keeps CF.
+        a.stc()?;
+        a.mov(al, 0xFF)?;
+        a.inc(al)?;
+        expect_flags16(a, 15, OSZAPC, CF | AF | ZF | PF)?;
+        // 16. RCL 0x80 by 1 with CF = 0: result 0x00, CF = 1, OF = MSB(result) xor CF = 1.
+        a.clc()?;
+        a.mov(al, 0x80)?;
+        a.rcl(al, 1)?;
+        expect_flags16(a, 16, OF | CF, OF | CF)?;
+        fail_unless_eq(a, 16, al, 0)?;
+        // 17. AAM of 47: AH = 4, AL = 7.
+        a.mov(ax, 47u32)?;
+        a.aam(10)?;
+        fail_unless_eq(a, 17, ax, 0x0407)?;
+        // 18. LOOP: 5 + 4 + 3 + 2 + 1 = 15.
+        a.mov(cx, 5u32)?;
+        a.xor(ax, ax)?;
+        let mut top = a.create_label();
+        a.set_label(&mut top)?;
+        a.add(ax, cx)?;
+        a.loop_(top)?;
+        fail_unless_eq(a, 18, ax, 15)?;
+        fail_unless_eq(a, 18, cx, 0)?;
+        // 19. A 32-bit operand in real mode: 0x12345678 / 0x10000 = 0x1234 remainder 0x5678.
+        a.xor(edx, edx)?;
+        a.mov(eax, 0x1234_5678u32)?;
+        a.mov(ebx, 0x1_0000u32)?;
+        a.div(ebx)?;
+        fail_unless_eq(a, 19, eax, 0x1234)?;
+        fail_unless_eq(a, 19, edx, 0x5678)?;
+        // 20. XCHG and SUB to zero: ZF and even parity, no carry.
+        a.mov(ax, 0x1111u32)?;
+        a.mov(bx, 0x2222u32)?;
+        a.xchg(ax, bx)?;
+        a.sub(ax, 0x2222)?;
+        expect_flags16(a, 20, OSZAPC, ZF | PF)?;
+        fail_unless_eq(a, 20, bx, 0x1111)?;
+        report(a, PASS)
+    }))
+}
+
+/// Real mode to protected mode to long mode; checks EFER.LMA, 64-bit arithmetic and the
+/// extended registers there.
+pub fn long_mode_switch() -> Rom {
+    assembled(build(Mode::Long64, |a| {
+        // 1. EFER.LMA (bit 10) is set once paging is enabled with EFER.LME.
+        a.mov(ecx, 0xC000_0080u32)?;
+        a.rdmsr()?;
+        a.and(eax, 0x400)?;
+        fail_unless_eq(a, 1, eax, 0x400)?;
+        // 2. 64-bit arithmetic: 0xFFFF_FFFF + 1 carries into bit 32 instead of wrapping.
+        a.mov(eax, 0xFFFF_FFFFu32)?;
+        a.add(rax, 1)?;
+        a.shr(rax, 32)?;
+        fail_unless_eq(a, 2, rax, 1)?;
+        // 3. A 32-bit write zero-extends into the full 64-bit register.
+        a.mov(rbx, -1i64)?;
+        a.mov(ebx, 5u32)?;
+        a.shr(rbx, 32)?;
+        fail_unless_eq(a, 3, rbx, 0)?;
+        // 4. R8-R15 exist: 10 * 3 via R9 and R10.
+        a.mov(r9, 10u64)?;
+        a.mov(r10, 3u64)?;
+        a.imul_2(r9, r10)?;
+        fail_unless_eq(a, 4, r9, 30)?;
+        // 5. Memory above 1 MiB is reachable through the identity map: store and reload.
+        a.mov(rdi, 0x30_0000u64)?;
+        a.mov(rax, 0x0123_4567_89AB_CDEFu64)?;
+        a.mov(qword_ptr(rdi), rax)?;
+        a.mov(rdx, qword_ptr(rdi))?;
+        a.cmp(rdx, rax)?;
+        fail_unless_zf(a, 5)?;
+        // 6. CS is the 64-bit selector.
+        a.mov(ax, cs)?;
+        fail_unless_eq(a, 6, ax, 0x18)?;
+        report(a, PASS)
+    }))
+}
+
+/// Fixed addresses of the pieces the checks refer to by address.
+const TEXT: u64 = PAYLOAD + 0x1000;
+const H_DE: u64 = PAYLOAD + 0x1100;
+const H_UD: u64 = PAYLOAD + 0x1200;
+const H_GP: u64 = PAYLOAD + 0x1300;
+const H_INT: u64 = PAYLOAD + 0x1400;
+
+/// String instructions with REP prefixes, both directions, 16- and 32-bit addressing.
+pub fn string_ops() -> Rom {
+    const SRC: u64 = 0x3000;
+    const DST: u64 = 0x3100;
+    let text = (TEXT, b"hello".to_vec());
+    assembled(build_with(
+        Mode::Real,
+        |a| {
+            // 1. REP MOVSB copies "hello" (CX = 5) and leaves DI past the end, CX = 0.
+            a.mov(si, TEXT as u32)?;
+            a.mov(di, DST as u32)?;
+            a.mov(cx, 5u32)?;
+            a.rep().movsb()?;
+            fail_unless_eq(a, 1, cx, 0)?;
+            fail_unless_eq(a, 1, di, (DST + 5) as i32)?;
+            fail_unless_eq(a, 1, si, (TEXT + 5) as i32)?;
+            // 2. REPE CMPSB over equal strings runs to CX = 0 with ZF = 1.
+            a.mov(si, TEXT as u32)?;
+            a.mov(di, DST as u32)?;
+            a.mov(cx, 5u32)?;
+            a.repe().cmpsb()?;
+            fail_unless_zf(a, 2)?;
+            fail_unless_eq(a, 2, cx, 0)?;
+            // 3. REPNE SCASB for 'l' in "hello": stops after the third byte: CX = 2, DI = DST + 3.
+            a.mov(di, DST as u32)?;
+            a.mov(cx, 5u32)?;
+            a.mov(al, u32::from(b'l'))?;
+            a.repne().scasb()?;
+            fail_unless_zf(a, 3)?;
+            fail_unless_eq(a, 3, cx, 2)?;
+            fail_unless_eq(a, 3, di, (DST + 3) as i32)?;
+            // 4. REP STOSW fills 4 words with 0xABCD; LODSW reads the last one back.
+            a.mov(di, SRC as u32)?;
+            a.mov(ax, 0xABCDu32)?;
+            a.mov(cx, 4u32)?;
+            a.rep().stosw()?;
+            a.mov(si, (SRC + 6) as u32)?;
+            a.xor(ax, ax)?;
+            a.lodsw()?;
+            fail_unless_eq(a, 4, ax, 0xABCD)?;
+            fail_unless_eq(a, 4, si, (SRC + 8) as i32)?;
+            // 5. With DF = 1, REP MOVSB runs backwards from the last byte; the copy is the same.
+            a.std()?;
+            a.mov(si, (TEXT + 4) as u32)?;
+            a.mov(di, (SRC + 4) as u32)?;
+            a.mov(cx, 5u32)?;
+            a.rep().movsb()?;
+            a.cld()?;
+            fail_unless_eq(a, 5, di, (SRC - 1) as i32)?;
+            fail_unless_eq(a, 5, si, (TEXT - 1) as i32)?;
+            a.mov(al, byte_ptr(SRC))?;
+            fail_unless_eq(a, 5, al, i32::from(b'h'))?;
+            a.mov(al, byte_ptr(SRC + 4))?;
+            fail_unless_eq(a, 5, al, i32::from(b'o'))?;
+            // 6. 32-bit addressing in real mode (address-size prefix): REP STOSD with EDI, ECX.
+            a.mov(edi, (SRC + 0x80) as u32)?;
+            a.mov(eax, 0x1122_3344u32)?;
+            a.mov(ecx, 2u32)?;
+            a.db(&[0x67])?;
+            a.rep().stosd()?;
+            fail_unless_eq(a, 6, edi, (SRC + 0x88) as i32)?;
+            fail_unless_eq(a, 6, ecx, 0)?;
+            a.mov(eax, dword_ptr(SRC + 0x84))?;
+            fail_unless_eq(a, 6, eax, 0x1122_3344)?;
+            // 7. REP with CX = 0 does nothing.
+            a.mov(di, DST as u32)?;
+            a.xor(cx, cx)?;
+            a.rep().stosb()?;
+            fail_unless_eq(a, 7, di, DST as i32)?;
+            // 8. REPE CMPSB stops at the first difference: "hello" vs "helpo" at byte 3 (CX = 1).
+            a.mov(byte_ptr(DST + 3), u32::from(b'p'))?;
+            a.mov(si, TEXT as u32)?;
+            a.mov(di, DST as u32)?;
+            a.mov(cx, 5u32)?;
+            a.repe().cmpsb()?;
+            a.pushf()?;
+            a.pop(ax)?;
+            a.and(ax, ZF)?;
+            fail_unless_eq(a, 8, ax, 0)?;
+            fail_unless_eq(a, 8, cx, 1)?;
+            // 9. 16-bit addressing wraps SI at 64 KiB: MOVSB from SI = 0xFFFF leaves SI = 0.
+            a.mov(si, 0xFFFFu32)?;
+            a.mov(di, DST as u32)?;
+            a.movsb()?;
+            fail_unless_eq(a, 9, si, 0)?;
+            report(a, PASS)
+        },
+        vec![text],
+    ))
+}
+
+/// Scratch variables of the exception checks.
+const VAR_COUNT_DE: u64 = 0x600;
+const VAR_COUNT_UD: u64 = 0x602;
+const VAR_COUNT_INT: u64 = 0x604;
+const VAR_BAD: u64 = 0x610;
+const VAR_ERRCODE: u64 = 0x608;
+const VAR_COUNT_GP: u64 = 0x60C;
+
+/// Exceptions through the real-mode IVT: #DE and #UD push the address of the faulting
+/// instruction, INT n the address of the next one; the handlers see IF = 0 and IRET restores it.
+pub fn exceptions_real() -> Rom {
+    // Handler prologue: BP -> the frame (IP, CS, FLAGS), after `pushes` saved words. Checks
+    // IF = 0 inside, saved IF = 1 and saved CS = 0; loads the saved IP into SI.
+    fn frame16(a: &mut CodeAssembler, pushes: i32, bad: u32) -> Result<(), IcedError> {
+        let mut ok = a.create_label();
+        let mut wrong = a.create_label();
+        a.mov(bp, sp)?;
+        a.add(bp, 2 * pushes)?;
+        a.pushf()?;
+        a.pop(ax)?;
+        a.test(ax, IF)?;
+        a.jnz(wrong)?;
+        a.test(word_ptr(bp + 4), IF)?;
+        a.jz(wrong)?;
+        a.cmp(word_ptr(bp + 2), 0)?;
+        a.jne(wrong)?;
+        a.jmp(ok)?;
+        a.set_label(&mut wrong)?;
+        a.or(word_ptr(VAR_BAD), bad)?;
+        a.set_label(&mut ok)?;
+        a.mov(si, word_ptr(bp))?;
+        Ok(())
+    }
+    // Checks `word [SI + disp] == value` (else sets `bad` in VAR_BAD), adds `skip` to the saved
+    // IP, counts, restores AX and BP and returns.
+    fn finish16(
+        a: &mut CodeAssembler,
+        disp: i32,
+        value: i32,
+        bad: u32,
+        skip: i32,
+        count: u64,
+    ) -> Result<(), IcedError> {
+        let mut ok = a.create_label();
+        a.cmp(word_ptr(si + disp), value)?;
+        a.je(ok)?;
+        a.or(word_ptr(VAR_BAD), bad)?;
+        a.set_label(&mut ok)?;
+        a.add(word_ptr(bp), skip)?;
+        a.inc(word_ptr(count))?;
+        a.pop(ax)?;
+        a.pop(bp)?;
+        a.iret()
+    }
+    let handlers = || -> Result<Vec<(u64, Vec<u8>)>, IcedError> {
+        Ok(vec![
+            // #DE: saved IP at DIV r/m8 (F6 F3: 2 bytes).
+            asm(16, H_DE, |a| {
+                a.push(bp)?;
+                a.push(ax)?;
+                frame16(a, 2, 1)?;
+                finish16(a, 0, 0xF3F6, 0x10, 2, VAR_COUNT_DE)
+            })?,
+            // #UD: saved IP at UD2 (0F 0B).
+            asm(16, H_UD, |a| {
+                a.push(bp)?;
+                a.push(ax)?;
+                frame16(a, 2, 2)?;
+                finish16(a, 0, 0x0B0F, 0x20, 2, VAR_COUNT_UD)
+            })?,
+            // INT 0x80: saved IP after CD 80; the caller's AX (saved at BP - 4) is 0x1234.
+            asm(16, H_INT, |a| {
+                a.push(bp)?;
+                a.push(ax)?;
+                frame16(a, 2, 4)?;
+                let mut ok = a.create_label();
+                a.cmp(word_ptr(bp - 4), 0x1234)?;
+                a.je(ok)?;
+                a.or(word_ptr(VAR_BAD), 0x80u32)?;
+                a.set_label(&mut ok)?;
+                finish16(a, -2, 0x80CD, 0x40, 0, VAR_COUNT_INT)
+            })?,
+        ])
+    };
+    let extras = handlers().expect("handlers assemble");
+    assembled(build_with(
+        Mode::Real,
+        |a| {
+            for (vec, h) in [(0u64, H_DE), (6, H_UD), (0x80, H_INT)] {
+                a.mov(word_ptr(vec * 4), h as u32)?;
+                a.mov(word_ptr(vec * 4 + 2), 0u32)?;
+            }
+            for v in [VAR_COUNT_DE, VAR_COUNT_UD, VAR_COUNT_INT, VAR_BAD] {
+                a.mov(word_ptr(v), 0u32)?;
+            }
+            a.sti()?;
+            // 1. DIV by zero raises #DE once; execution resumes after the DIV.
+            a.mov(ax, 1u32)?;
+            a.mov(bl, 0)?;
+            a.div(bl)?;
+            a.mov(ax, word_ptr(VAR_COUNT_DE))?;
+            fail_unless_eq(a, 1, ax, 1)?;
+            // 2. A quotient too large for AL also raises #DE: 0x1000 / 2 = 0x800 > 0xFF.
+            a.mov(ax, 0x1000u32)?;
+            a.mov(bl, 2)?;
+            a.div(bl)?;
+            a.mov(ax, word_ptr(VAR_COUNT_DE))?;
+            fail_unless_eq(a, 2, ax, 2)?;
+            // 3. UD2 raises #UD.
+            a.ud2()?;
+            a.mov(ax, word_ptr(VAR_COUNT_UD))?;
+            fail_unless_eq(a, 3, ax, 1)?;
+            // 4. INT 0x80 calls the handler with AX = 0x1234 and returns after the INT.
+            a.mov(ax, 0x1234u32)?;
+            a.int(0x80)?;
+            fail_unless_eq(a, 4, ax, 0x1234)?;
+            a.mov(ax, word_ptr(VAR_COUNT_INT))?;
+            fail_unless_eq(a, 4, ax, 1)?;
+            // 5. No handler saw a wrong frame, and IRET restored IF = 1.
+            a.mov(ax, word_ptr(VAR_BAD))?;
+            fail_unless_eq(a, 5, ax, 0)?;
+            expect_flags16(a, 5, IF, IF)?;
+            report(a, PASS)
+        },
+        extras,
+    ))
+}
+
+/// Exceptions through a 32-bit protected-mode IDT: #DE, #UD and INT n without an error code,
+/// #GP with the selector error code the SDM specifies for a selector beyond the GDT limit.
+pub fn exceptions_protected() -> Rom {
+    const IDT: u64 = 0x1000;
+    const IDTR: u64 = 0x0680;
+    // Handler body: EBP -> the frame (EIP, CS, EFLAGS) above the saved EBP and EAX. Checks IF = 0
+    // inside, saved IF = 1 and CS = the code selector; then `dword [saved EIP + disp] & mask ==
+    // value`, adds `skip` to the saved EIP, counts, and returns.
+    #[allow(clippy::too_many_arguments)]
+    fn handler32(
+        a: &mut CodeAssembler,
+        bad: u32,
+        disp: i32,
+        mask: u32,
+        value: i32,
+        skip: i32,
+        count: u64,
+    ) -> Result<(), IcedError> {
+        let mut ok = a.create_label();
+        let mut wrong = a.create_label();
+        let mut ok2 = a.create_label();
+        a.push(ebp)?;
+        a.push(eax)?;
+        a.push(esi)?;
+        a.lea(ebp, dword_ptr(esp + 12))?;
+        a.pushfd()?;
+        a.pop(eax)?;
+        a.test(eax, IF)?;
+        a.jnz(wrong)?;
+        a.test(dword_ptr(ebp + 8), IF)?;
+        a.jz(wrong)?;
+        a.cmp(dword_ptr(ebp + 4), i32::from(SEL_CODE32))?;
+        a.jne(wrong)?;
+        a.jmp(ok)?;
+        a.set_label(&mut wrong)?;
+        a.or(dword_ptr(VAR_BAD), bad)?;
+        a.set_label(&mut ok)?;
+        a.mov(esi, dword_ptr(ebp))?;
+        a.mov(eax, dword_ptr(esi + disp))?;
+        a.and(eax, mask)?;
+        a.cmp(eax, value)?;
+        a.je(ok2)?;
+        a.or(dword_ptr(VAR_BAD), bad << 4)?;
+        a.set_label(&mut ok2)?;
+        a.add(dword_ptr(ebp), skip)?;
+        a.inc(word_ptr(count))?;
+        a.pop(esi)?;
+        a.pop(eax)?;
+        a.pop(ebp)?;
+        a.iretd()
+    }
+    let handlers = || -> Result<Vec<(u64, Vec<u8>)>, IcedError> {
+        Ok(vec![
+            // #DE: saved EIP at DIV/IDIV r/m32 (F7 /6 or /7 with a register: 2 bytes).
+            asm(32, H_DE, |a| handler32(a, 1, 0, 0xFF, 0xF7, 2, VAR_COUNT_DE))?,
+            // #UD: saved EIP at UD2 (0F 0B).
+            asm(32, H_UD, |a| handler32(a, 2, 0, 0xFFFF, 0x0B0F, 2, VAR_COUNT_UD))?,
+            // #GP: the error code is popped first; saved EIP at MOV DS, AX (8E D8).
+            asm(32, H_GP, |a| {
+                a.pop(dword_ptr(VAR_ERRCODE))?;
+                handler32(a, 4, 0, 0xFFFF, 0xD88E, 2, VAR_COUNT_GP)
+            })?,
+            // INT 0x80: saved EIP after CD 80.
+            asm(32, H_INT, |a| handler32(a, 8, -2, 0xFFFF, 0x80CD, 0, VAR_COUNT_INT))?,
+        ])
+    };
+    let extras = handlers().expect("handlers assemble");
+    assembled(build_with(
+        Mode::Protected32,
+        |a| {
+            // Zero the IDT (256 gates), then install 32-bit interrupt gates (type 0xE, P, DPL 0).
+            a.mov(edi, IDT as u32)?;
+            a.xor(eax, eax)?;
+            a.mov(ecx, 512u32)?;
+            a.rep().stosd()?;
+            for (vec, h) in [(0u64, H_DE), (6, H_UD), (13, H_GP), (0x80, H_INT)] {
+                a.mov(word_ptr(IDT + vec * 8), (h & 0xFFFF) as u32)?;
+                a.mov(word_ptr(IDT + vec * 8 + 2), u32::from(SEL_CODE32))?;
+                a.mov(word_ptr(IDT + vec * 8 + 4), 0x8E00u32)?;
+                a.mov(word_ptr(IDT + vec * 8 + 6), (h >> 16) as u32)?;
+            }
+            a.mov(word_ptr(IDTR), (256 * 8 - 1) as u32)?;
+            a.mov(dword_ptr(IDTR + 2), IDT as u32)?;
+            a.lidt(ptr(IDTR))?;
+            for v in [VAR_COUNT_DE, VAR_COUNT_UD, VAR_COUNT_INT, VAR_COUNT_GP] {
+                a.mov(word_ptr(v), 0u32)?;
+            }
+            a.mov(dword_ptr(VAR_BAD), 0u32)?;
+            a.sti()?;
+            // 1. 32-bit DIV by zero: #DE.
+            a.mov(eax, 7u32)?;
+            a.xor(edx, edx)?;
+            a.xor(ecx, ecx)?;
+            a.div(ecx)?;
+            a.movzx(eax, word_ptr(VAR_COUNT_DE))?;
+            fail_unless_eq(a, 1, eax, 1)?;
+            // 2. IDIV overflow: -2^31 / -1 does not fit: #DE.
+            a.mov(eax, 0x8000_0000u32)?;
+            a.cdq()?;
+            a.mov(ecx, 0xFFFF_FFFFu32)?;
+            a.idiv(ecx)?;
+            a.movzx(eax, word_ptr(VAR_COUNT_DE))?;
+            fail_unless_eq(a, 2, eax, 2)?;
+            // 3. UD2: #UD.
+            a.ud2()?;
+            a.movzx(eax, word_ptr(VAR_COUNT_UD))?;
+            fail_unless_eq(a, 3, eax, 1)?;
+            // 4. Loading DS with selector 0x0100 (index 32, beyond the GDT limit): #GP(0x0100).
+            a.mov(eax, 0x0100u32)?;
+            a.mov(ds, eax)?; // 8E D8 (no operand-size prefix)
+            a.movzx(eax, word_ptr(VAR_COUNT_GP))?;
+            fail_unless_eq(a, 4, eax, 1)?;
+            a.mov(eax, dword_ptr(VAR_ERRCODE))?;
+            fail_unless_eq(a, 4, eax, 0x0100)?;
+            // 5. The null selector loads into DS without a fault (it faults only on use).
+            a.xor(eax, eax)?;
+            a.mov(ds, eax)?;
+            a.mov(eax, 0x10u32)?;
+            a.mov(ds, eax)?;
+            a.movzx(eax, word_ptr(VAR_COUNT_GP))?;
+            fail_unless_eq(a, 5, eax, 1)?;
+            // 6. INT 0x80 returns after the INT with registers intact.
+            a.mov(eax, 0xCAFEu32)?;
+            a.int(0x80)?;
+            fail_unless_eq(a, 6, eax, 0xCAFE)?;
+            a.movzx(eax, word_ptr(VAR_COUNT_INT))?;
+            fail_unless_eq(a, 6, eax, 1)?;
+            // 7. Frames were as specified, and IF is back on.
+            a.mov(eax, dword_ptr(VAR_BAD))?;
+            fail_unless_eq(a, 7, eax, 0)?;
+            expect_flags32(a, 7, IF, IF)?;
+            report(a, PASS)
+        },
+        extras,
+    ))
+}
