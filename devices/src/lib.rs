@@ -8,10 +8,12 @@
 //!
 //! The crate depends only on `base`; the `machine` crate composes these devices into a PC.
 
+pub mod block;
 pub mod bus;
 pub mod debugcon;
 pub mod exit;
 pub mod i8042;
+pub mod ide;
 pub mod pci;
 pub mod pic;
 pub mod pit;
@@ -19,10 +21,12 @@ pub mod port92;
 pub mod rtc;
 pub mod uart;
 
+pub use block::{BlockBackend, MemBackend, RawFileBackend};
 pub use bus::{Access, Bus, BusError, IrqLine, MmioDevice, NoIrq, PioDevice, RecordingIrq, Timed};
 pub use debugcon::{DebugCon, DEBUGCON_PORT};
 pub use exit::{exit_status, ExitDevice, EXIT_PORT};
 pub use i8042::{I8042State, I8042};
+pub use ide::{AtaDiskConfig, AtaDriveState, Chs, IdeChannel, IdeChannelState, IdeError, PiixIde, PiixIdeState};
 pub use pci::{
     parse_config_address, I440fxHost, PamRegion, PciAddress, PciBarKind, PciBus, PciConfig, PciConfigIo,
     PciConfigIoState, PciFunction, PciRoot, Piix3Isa, Piix4Pm,
