@@ -12,6 +12,7 @@ pub mod block;
 pub mod bus;
 pub mod debugcon;
 pub mod exit;
+pub mod fw_cfg;
 pub mod i8042;
 pub mod ide;
 pub mod pci;
@@ -25,6 +26,7 @@ pub use block::{BlockBackend, MemBackend, RawFileBackend};
 pub use bus::{Access, Bus, BusError, IrqLine, MmioDevice, NoIrq, PioDevice, RecordingIrq, Timed};
 pub use debugcon::{DebugCon, DEBUGCON_PORT};
 pub use exit::{exit_status, ExitDevice, EXIT_PORT};
+pub use fw_cfg::{E820Entry, FwCfg, FwCfgBuilder, FwCfgError, FwCfgState};
 pub use i8042::{I8042State, I8042};
 pub use ide::{AtaDiskConfig, AtaDriveState, Chs, IdeChannel, IdeChannelState, IdeError, PiixIde, PiixIdeState};
 pub use pci::{
