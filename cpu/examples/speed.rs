@@ -1,7 +1,7 @@
 //! Small end-to-end checks of the interpreter on hand-assembled code.
 
 use base::{AccessSize, GuestPhysAddr, PortAddr};
-use cpu::{CpuBus, CpuState, ExecutionEngine, Interpreter, RunExit};
+use cpu::{CpuBus, CpuState, ExecutionEngine, Interpreter};
 use iced_x86::code_asm::*;
 use mmu::PhysMemory;
 

@@ -403,7 +403,7 @@ impl Cx<'_> {
                 }
                 self.next(i);
             }
-            M::Imul => {
+            M::Imul if i.op_count() > 1 => {
                 let bits = self.op_bits(i, 0);
                 let (a, b) = if i.op_count() == 2 {
                     (get_reg(self.cpu, i.op0_register()), self.val(i, 1, bits)?)

@@ -54,11 +54,7 @@ impl Cx<'_> {
         if off.wrapping_add(size - 1) > u64::from(s.limit) || off.wrapping_add(size - 1) < off {
             return Err(if seg == SegReg::Ss { Exception::StackFault(0) } else { Exception::GeneralProtection(0) });
         }
-        if self.mode == CpuMode::Real {
-            Ok(s.base.wrapping_add(off) & 0xFFFF_FFFF)
-        } else {
-            Ok(s.base.wrapping_add(off) & 0xFFFF_FFFF)
-        }
+        Ok(s.base.wrapping_add(off) & 0xFFFF_FFFF)
     }
 
     fn walk_regs(&self) -> WalkRegs {

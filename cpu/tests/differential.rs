@@ -1,0 +1,1446 @@
+//! Differential tests against the host CPU.
+//!
+//! Random register, flag and memory states and random operand forms of every general-purpose
+//! integer instruction the interpreter implements are executed twice: natively on the host (a
+//! small thunk in an executable page loads the GPRs and RFLAGS from a context block, runs the
+//! instruction and stores them back) and in the interpreter. Every GPR except RSP, the status
+//! flags, DF and the scratch memory must agree. Host faults (#DE as SIGFPE, #UD as SIGILL, #GP as
+//! SIGSEGV) are caught by a signal handler that resumes the thunk's epilogue, and the interpreter
+//! must raise the same exception. The only thing masked is what the Intel SDM calls undefined,
+//! from ONE table: [`host::undefined`].
+//!
+//! The scratch memory lives at the same address in the host process (a fixed mapping below
+//! 4 GiB, so 32-bit addressing works) and in guest physical memory, so memory operands use the
+//! same register values on both sides. Each case is 1 to 4 instructions run one at a time, so the
+//! interpreter's lazy flags flow from one instruction into the next.
+//!
+//! Environment: `FERRO_DIFF_SEED` (replay a run), `FERRO_DIFF_CASES` (default 100000),
+//! `FERRO_DIFF_CASE` (run only that case of the seed).
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+#[test]
+fn test_differential_against_host() {
+    println!("differential tests skipped: they need an x86_64 Linux host");
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[test]
+fn test_differential_against_host() {
+    host::run_all();
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod host {
+    use base::{AccessSize, GuestPhysAddr, PortAddr};
+    use cpu::state::rflags::{AF, CF, DF, OF, PF, SF, STATUS, ZF};
+    use cpu::{CpuBus, CpuState, Exception, ExecutionEngine, Interpreter};
+    use iced_x86::{
+        Code, Decoder, DecoderOptions, Encoder, EncodingKind, Formatter, Instruction, IntelFormatter, Mnemonic,
+        OpCodeOperandKind as K, OpKind, Register, RepPrefixKind,
+    };
+    use mmu::PhysMemory;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Once;
+
+    const SCRATCH_LEN: usize = 0x4000;
+    const THUNK_LEN: usize = 0x1000;
+    const INSN_OFF: usize = 0x100;
+    const EPI_OFF: usize = 0x200;
+    const CTX_OFF: usize = 0x800;
+    /// Flags compared: the status flags and DF.
+    const CMP_FLAGS: u64 = STATUS | DF;
+    const GUEST_CODE: u64 = 0x1000;
+    const GUEST_CODE_SLOTS: u64 = 0xF000;
+
+    // ------------------------------------------------------------------------------------------
+    // The ONE table of undefined results.
+    // ------------------------------------------------------------------------------------------
+
+    /// What the Intel SDM (vol. 2, "Flags Affected" of each instruction) leaves undefined:
+    /// (undefined status flags, destination undefined). `count` is the masked shift/rotate count,
+    /// `src_zero` whether a bit-scan source is zero.
+    pub(super) fn undefined(m: Mnemonic, bits: u32, count: u32, src_zero: bool) -> (u64, bool) {
+        use Mnemonic as M;
+        match m {
+            M::And | M::Or | M::Xor | M::Test => (AF, false),
+            M::Shl | M::Sal | M::Shr | M::Sar => {
+                if count == 0 {
+                    (0, false)
+                } else {
+                    let of = if count != 1 { OF } else { 0 };
+                    let cf = if count >= bits && m != M::Sar { CF } else { 0 };
+                    (AF | of | cf, false)
+                }
+            }
+            M::Rol | M::Ror | M::Rcl | M::Rcr => (if count > 1 { OF } else { 0 }, false),
+            M::Shld | M::Shrd => {
+                if count == 0 {
+                    (0, false)
+                } else if count > bits {
+                    (STATUS, true)
+                } else {
+                    (AF | if count != 1 { OF } else { 0 }, false)
+                }
+            }
+            M::Mul | M::Imul => (SF | ZF | AF | PF, false),
+            M::Div | M::Idiv => (STATUS, false),
+            M::Bt | M::Bts | M::Btr | M::Btc => (OF | SF | AF | PF, false),
+            M::Bsf | M::Bsr => (CF | OF | SF | AF | PF, src_zero),
+            M::Lzcnt | M::Tzcnt => (OF | SF | PF | AF, false),
+            _ => (0, false),
+        }
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // PRNG
+    // ------------------------------------------------------------------------------------------
+
+    pub(super) struct Rng(u64);
+
+    impl Rng {
+        pub(super) fn new(seed: u64) -> Self {
+            Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
+        }
+        /// splitmix64.
+        pub(super) fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+        pub(super) fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+        pub(super) fn chance(&mut self, percent: u64) -> bool {
+            self.below(100) < percent
+        }
+        /// A value biased towards the boundaries of 8/16/32/64-bit arithmetic.
+        pub(super) fn value(&mut self) -> u64 {
+            const SPECIAL: [u64; 16] = [
+                0,
+                1,
+                2,
+                0x7F,
+                0x80,
+                0xFF,
+                0x7FFF,
+                0x8000,
+                0xFFFF,
+                0x7FFF_FFFF,
+                0x8000_0000,
+                0xFFFF_FFFF,
+                0x7FFF_FFFF_FFFF_FFFF,
+                0x8000_0000_0000_0000,
+                u64::MAX,
+                u64::MAX - 1,
+            ];
+            match self.below(10) {
+                0 | 1 => SPECIAL[self.below(16) as usize],
+                2 => {
+                    // A special value in the low bits, random above.
+                    let s = SPECIAL[self.below(16) as usize];
+                    let w = [8u32, 16, 32][self.below(3) as usize];
+                    (self.next() & !((1u64 << w) - 1)) | (s & ((1u64 << w) - 1))
+                }
+                3 => self.below(64),
+                4 => (self.below(64) as i64 - 32) as u64,
+                5 => 1u64 << self.below(64),
+                _ => self.next(),
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // The host side: thunk page, scratch memory, fault handler.
+    // ------------------------------------------------------------------------------------------
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Default, Debug)]
+    struct Ctx {
+        gpr: [u64; 16],
+        rflags: u64,
+        /// Signal number of a fault inside the instruction (0: none).
+        sig: u64,
+    }
+
+    /// Thunk pages currently registered with the fault handler.
+    static REGIONS: [AtomicU64; 64] = [const { AtomicU64::new(0) }; 64];
+
+    extern "C" fn on_fault(sig: libc::c_int, _info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+        // SAFETY: for an SA_SIGINFO handler the kernel passes a valid, exclusive ucontext_t.
+        let uc = unsafe { &mut *(uc as *mut libc::ucontext_t) };
+        let rip = uc.uc_mcontext.gregs[libc::REG_RIP as usize] as u64;
+        for r in &REGIONS {
+            let base = r.load(Ordering::Relaxed);
+            if base != 0 && rip >= base + INSN_OFF as u64 && rip < base + EPI_OFF as u64 {
+                let ctx = (base + CTX_OFF as u64) as *mut Ctx;
+                // SAFETY: `base` is a live thunk page registered by `Host::new`; its context block
+                // is not being accessed by Rust code while the thunk runs.
+                unsafe { (*ctx).sig = sig as u64 };
+                // Resume at the epilogue: it stores the registers as they were at the fault.
+                uc.uc_mcontext.gregs[libc::REG_RIP as usize] = (base + EPI_OFF as u64) as i64;
+                return;
+            }
+        }
+        // Not a fault of a test instruction: take the default action on return.
+        // SAFETY: resetting a signal disposition is async-signal-safe.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
+
+    fn install_handler() {
+        static ONCE: Once = Once::new();
+        ONCE.call_once(|| {
+            for sig in [libc::SIGFPE, libc::SIGILL, libc::SIGSEGV, libc::SIGBUS] {
+                // SAFETY: a zeroed sigaction is a valid starting point; the handler has the
+                // SA_SIGINFO signature and only touches registered thunk pages.
+                unsafe {
+                    let mut sa: libc::sigaction = std::mem::zeroed();
+                    sa.sa_sigaction = on_fault as *const () as usize;
+                    sa.sa_flags = libc::SA_SIGINFO;
+                    libc::sigemptyset(&mut sa.sa_mask);
+                    assert_eq!(libc::sigaction(sig, &sa, std::ptr::null_mut()), 0);
+                }
+            }
+        });
+    }
+
+    pub(super) struct Host {
+        thunk: *mut u8,
+        scratch: *mut u8,
+        region: usize,
+    }
+
+    fn map_fixed(addr: u64, len: usize, prot: libc::c_int) -> Option<*mut u8> {
+        // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping; the result is checked.
+        let p = unsafe {
+            libc::mmap(
+                addr as *mut libc::c_void,
+                len,
+                prot,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return None;
+        }
+        if p as u64 != addr {
+            // SAFETY: unmapping what this call just mapped.
+            unsafe { libc::munmap(p, len) };
+            return None;
+        }
+        Some(p as *mut u8)
+    }
+
+    impl Host {
+        pub(super) fn new() -> Host {
+            install_handler();
+            for slot in 0..256u64 {
+                let base = 0x3000_0000 + slot * 0x10_0000;
+                let Some(thunk) = map_fixed(base, THUNK_LEN, libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC)
+                else {
+                    continue;
+                };
+                let Some(scratch) = map_fixed(base + 0x8_0000, SCRATCH_LEN, libc::PROT_READ | libc::PROT_WRITE) else {
+                    // SAFETY: unmapping the page mapped just above.
+                    unsafe { libc::munmap(thunk as *mut libc::c_void, THUNK_LEN) };
+                    continue;
+                };
+                let region = REGIONS
+                    .iter()
+                    .position(|r| r.compare_exchange(0, base, Ordering::SeqCst, Ordering::SeqCst).is_ok())
+                    .expect("too many hosts");
+                let mut h = Host { thunk, scratch, region };
+                h.write_thunk();
+                return h;
+            }
+            panic!("no free fixed address range below 4 GiB for the differential test");
+        }
+
+        fn base(&self) -> u64 {
+            self.thunk as u64
+        }
+
+        pub(super) fn scratch_addr(&self) -> u64 {
+            self.scratch as u64
+        }
+
+        pub(super) fn scratch(&mut self) -> &mut [u8] {
+            // SAFETY: `scratch` is a private RW mapping of SCRATCH_LEN bytes owned by `self`.
+            unsafe { std::slice::from_raw_parts_mut(self.scratch, SCRATCH_LEN) }
+        }
+
+        fn ctx(&mut self) -> &mut Ctx {
+            // SAFETY: the context block lies inside the thunk page owned by `self`, is aligned,
+            // and only the thunk (not running now) or the fault handler write it.
+            unsafe { &mut *(self.thunk.add(CTX_OFF) as *mut Ctx) }
+        }
+
+        fn write_thunk(&mut self) {
+            use iced_x86::code_asm::*;
+            let base = self.base();
+            let ctx = base + CTX_OFF as u64;
+            let regs = [rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15];
+            let mut a = CodeAssembler::new(64).unwrap();
+            for r in [rbx, rbp, r12, r13, r14, r15] {
+                a.push(r).unwrap();
+            }
+            a.mov(rax, ctx).unwrap();
+            a.push(qword_ptr(rax + 128)).unwrap();
+            a.popfq().unwrap();
+            for (k, r) in regs.iter().enumerate() {
+                if k + 1 != 4 {
+                    a.mov(*r, qword_ptr(rax + 8 * (k as i32 + 1))).unwrap();
+                }
+            }
+            a.mov(rax, qword_ptr(rax)).unwrap();
+            a.jmp(base + INSN_OFF as u64).unwrap();
+            let pro = a.assemble(base).unwrap();
+            let mut e = CodeAssembler::new(64).unwrap();
+            e.push(rax).unwrap();
+            e.mov(rax, ctx).unwrap();
+            e.pop(qword_ptr(rax)).unwrap();
+            for (k, r) in regs.iter().enumerate() {
+                if k + 1 != 4 {
+                    e.mov(qword_ptr(rax + 8 * (k as i32 + 1)), *r).unwrap();
+                }
+            }
+            e.pushfq().unwrap();
+            e.pop(qword_ptr(rax + 128)).unwrap();
+            e.cld().unwrap();
+            for r in [r15, r14, r13, r12, rbp, rbx] {
+                e.pop(r).unwrap();
+            }
+            e.ret().unwrap();
+            let epi = e.assemble(base + EPI_OFF as u64).unwrap();
+            assert!(pro.len() <= INSN_OFF && epi.len() <= CTX_OFF - EPI_OFF);
+            // SAFETY: both ranges lie inside the RWX thunk page owned by `self`.
+            unsafe {
+                std::ptr::copy_nonoverlapping(pro.as_ptr(), self.thunk, pro.len());
+                std::ptr::copy_nonoverlapping(epi.as_ptr(), self.thunk.add(EPI_OFF), epi.len());
+            }
+        }
+
+        /// Runs `bytes` (one instruction) natively on `state`; returns the signal it raised.
+        pub(super) fn run(&mut self, bytes: &[u8], state: &mut State) -> u64 {
+            assert!(bytes.len() <= 15);
+            let mut code = [0x90u8; 20];
+            code[..bytes.len()].copy_from_slice(bytes);
+            // jmp rel32 to the epilogue.
+            let after = INSN_OFF + bytes.len() + 5;
+            code[bytes.len()] = 0xE9;
+            code[bytes.len() + 1..bytes.len() + 5].copy_from_slice(&((EPI_OFF as i32) - after as i32).to_le_bytes());
+            // SAFETY: the instruction slot lies inside the RWX thunk page owned by `self`.
+            unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), self.thunk.add(INSN_OFF), bytes.len() + 5) };
+            let c = self.ctx();
+            c.gpr = state.gpr;
+            c.rflags = (state.rflags & CMP_FLAGS) | 2;
+            c.sig = 0;
+            // SAFETY: the thunk is complete code with the C ABI: it saves and restores the
+            // callee-saved registers, never touches RSP's value beyond its own pushes, and
+            // clears DF before returning. The test instruction only accesses the scratch
+            // mapping (the generator guarantees it) or faults into the registered handler.
+            unsafe {
+                let f: extern "C" fn() = std::mem::transmute(self.thunk);
+                f();
+            }
+            let c = *self.ctx();
+            for (k, g) in c.gpr.iter().enumerate() {
+                if k != 4 {
+                    state.gpr[k] = *g;
+                }
+            }
+            state.rflags = c.rflags & CMP_FLAGS;
+            c.sig
+        }
+    }
+
+    impl Drop for Host {
+        fn drop(&mut self) {
+            REGIONS[self.region].store(0, Ordering::SeqCst);
+            // SAFETY: unmapping the two mappings created in `new`, no longer referenced.
+            unsafe {
+                libc::munmap(self.thunk as *mut libc::c_void, THUNK_LEN);
+                libc::munmap(self.scratch as *mut libc::c_void, SCRATCH_LEN);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // The guest side.
+    // ------------------------------------------------------------------------------------------
+
+    pub(super) struct Bus {
+        pub(super) mem: PhysMemory,
+    }
+
+    impl CpuBus for Bus {
+        fn memory(&mut self) -> &mut PhysMemory {
+            &mut self.mem
+        }
+        fn mmio_read(&mut self, _: u32, _: GuestPhysAddr, s: AccessSize) -> u64 {
+            s.mask()
+        }
+        fn mmio_write(&mut self, _: u32, _: GuestPhysAddr, _: AccessSize, _: u64) {}
+        fn port_read(&mut self, _: PortAddr, s: AccessSize) -> u32 {
+            s.mask() as u32
+        }
+        fn port_write(&mut self, _: PortAddr, _: AccessSize, _: u32) {}
+        fn interrupt_pending(&mut self) -> bool {
+            false
+        }
+        fn acknowledge_interrupt(&mut self) -> Option<u8> {
+            None
+        }
+        fn stop_requested(&mut self) -> bool {
+            false
+        }
+    }
+
+    struct Guest {
+        it: Interpreter,
+        cpu: CpuState,
+        bus: Bus,
+        scratch_backing: usize,
+        slot: u64,
+    }
+
+    impl Guest {
+        fn new(scratch_addr: u64) -> Guest {
+            let mut mem = PhysMemory::new(0x10_0000 + SCRATCH_LEN as u64).unwrap();
+            mem.map_ram(0, 0x10_0000).unwrap();
+            let scratch_backing = mem.map_ram(scratch_addr, SCRATCH_LEN as u64).unwrap() as usize;
+            Guest { it: Interpreter::new(), cpu: CpuState::new_flat64(), bus: Bus { mem }, scratch_backing, slot: 0 }
+        }
+
+        fn scratch(&mut self) -> &mut [u8] {
+            let b = self.scratch_backing;
+            &mut self.bus.mem.backing_mut()[b..b + SCRATCH_LEN]
+        }
+
+        fn state(&self) -> State {
+            State { gpr: self.cpu.gpr, rflags: self.cpu.rflags() & CMP_FLAGS }
+        }
+
+        /// Makes the interpreter's registers and flags equal to `s` (RSP excepted). Flags are
+        /// only touched when they differ, so lazily held flags survive.
+        fn sync_to(&mut self, s: &State) {
+            for k in 0..16 {
+                if k != 4 {
+                    self.cpu.gpr[k] = s.gpr[k];
+                }
+            }
+            let cur = self.cpu.rflags();
+            if cur & CMP_FLAGS != s.rflags & CMP_FLAGS {
+                self.cpu.set_rflags((cur & !CMP_FLAGS) | (s.rflags & CMP_FLAGS));
+            }
+        }
+
+        /// Executes one instruction; each runs from a fresh address so the decode cache never
+        /// returns stale bytes.
+        fn run(&mut self, bytes: &[u8]) -> Result<(), Exception> {
+            if self.slot == GUEST_CODE_SLOTS {
+                self.slot = 0;
+                self.it.invalidate_phys(0, 0x10_0000);
+            }
+            let rip = GUEST_CODE + self.slot * 16;
+            self.slot += 1;
+            let mut code = [0xCCu8; 16];
+            code[..bytes.len()].copy_from_slice(bytes);
+            self.bus.mem.load(GuestPhysAddr(rip), &code).unwrap();
+            self.cpu.rip = rip;
+            let r = self.it.step(&mut self.cpu, &mut self.bus);
+            let expect = rip + bytes.len() as u64;
+            if r.is_ok() && self.cpu.rip != expect {
+                panic!("interpreter RIP {:#x} after {:02x?}, expected {:#x}", self.cpu.rip, bytes, expect);
+            }
+            if r.is_err() && self.cpu.rip != rip {
+                panic!("interpreter moved RIP on a fault");
+            }
+            r
+        }
+    }
+
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    pub(super) struct State {
+        gpr: [u64; 16],
+        rflags: u64,
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // Instruction generation.
+    // ------------------------------------------------------------------------------------------
+
+    #[derive(Clone, Copy, Debug)]
+    enum Entry {
+        Code(Code),
+        /// (kind, element bytes): 0 MOVS, 1 STOS, 2 LODS, 3 CMPS, 4 SCAS.
+        Str(u8, u32),
+    }
+
+    fn mnemonic_set() -> Vec<Mnemonic> {
+        use Mnemonic as M;
+        let mut v = vec![
+            M::Mov,
+            M::Movzx,
+            M::Movsx,
+            M::Movsxd,
+            M::Lea,
+            M::Xchg,
+            M::Add,
+            M::Adc,
+            M::Sub,
+            M::Sbb,
+            M::Cmp,
+            M::Inc,
+            M::Dec,
+            M::Neg,
+            M::And,
+            M::Or,
+            M::Xor,
+            M::Not,
+            M::Test,
+            M::Shl,
+            M::Sal,
+            M::Shr,
+            M::Sar,
+            M::Rol,
+            M::Ror,
+            M::Rcl,
+            M::Rcr,
+            M::Shld,
+            M::Shrd,
+            M::Mul,
+            M::Imul,
+            M::Div,
+            M::Idiv,
+            M::Bt,
+            M::Bts,
+            M::Btr,
+            M::Btc,
+            M::Bsf,
+            M::Bsr,
+            M::Bswap,
+            M::Cbw,
+            M::Cwde,
+            M::Cdqe,
+            M::Cwd,
+            M::Cdq,
+            M::Cqo,
+            M::Cmpxchg,
+            M::Cmpxchg8b,
+            M::Cmpxchg16b,
+            M::Xadd,
+            M::Lahf,
+            M::Sahf,
+            M::Clc,
+            M::Stc,
+            M::Cmc,
+            M::Cld,
+            M::Std,
+            M::Nop,
+            M::Xlatb,
+            M::Seto,
+            M::Setno,
+            M::Setb,
+            M::Setae,
+            M::Sete,
+            M::Setne,
+            M::Setbe,
+            M::Seta,
+            M::Sets,
+            M::Setns,
+            M::Setp,
+            M::Setnp,
+            M::Setl,
+            M::Setge,
+            M::Setle,
+            M::Setg,
+            M::Cmovo,
+            M::Cmovno,
+            M::Cmovb,
+            M::Cmovae,
+            M::Cmove,
+            M::Cmovne,
+            M::Cmovbe,
+            M::Cmova,
+            M::Cmovs,
+            M::Cmovns,
+            M::Cmovp,
+            M::Cmovnp,
+            M::Cmovl,
+            M::Cmovge,
+            M::Cmovle,
+            M::Cmovg,
+        ];
+        if std::arch::is_x86_feature_detected!("lzcnt") {
+            v.push(M::Lzcnt);
+        } else {
+            println!("differential: host has no LZCNT, not testing it");
+        }
+        if std::arch::is_x86_feature_detected!("bmi1") {
+            v.push(M::Tzcnt);
+        } else {
+            println!("differential: host has no BMI1, not testing TZCNT");
+        }
+        if std::arch::is_x86_feature_detected!("popcnt") {
+            v.push(M::Popcnt);
+        } else {
+            println!("differential: host has no POPCNT, not testing it");
+        }
+        if let Ok(extra) = std::env::var("FERRO_DIFF_EXTRA") {
+            // Probe mnemonics that are not in the default set, e.g. FERRO_DIFF_EXTRA=Movbe,Adcx.
+            for name in extra.split(',') {
+                if let Some(m) = Mnemonic::values().find(|m| format!("{m:?}").eq_ignore_ascii_case(name.trim())) {
+                    v.push(m);
+                }
+            }
+        }
+        v
+    }
+
+    fn handled_kind(k: K) -> bool {
+        matches!(
+            k,
+            K::r8_or_mem
+                | K::r16_or_mem
+                | K::r32_or_mem
+                | K::r64_or_mem
+                | K::r8_reg
+                | K::r8_opcode
+                | K::r16_reg
+                | K::r16_opcode
+                | K::r16_rm
+                | K::r32_reg
+                | K::r32_opcode
+                | K::r32_rm
+                | K::r32_vvvv
+                | K::r64_reg
+                | K::r64_opcode
+                | K::r64_rm
+                | K::r64_vvvv
+                | K::mem
+                | K::mem_offs
+                | K::al
+                | K::cl
+                | K::ax
+                | K::eax
+                | K::rax
+                | K::imm8
+                | K::imm8_const_1
+                | K::imm8sex16
+                | K::imm8sex32
+                | K::imm8sex64
+                | K::imm16
+                | K::imm32
+                | K::imm32sex64
+                | K::imm64
+                | K::seg_rBX_al
+        )
+    }
+
+    fn build_table() -> Vec<Entry> {
+        let set = mnemonic_set();
+        let mut t = Vec::new();
+        for code in Code::values() {
+            let m = code.mnemonic();
+            if !set.contains(&m) {
+                continue;
+            }
+            let oc = code.op_code();
+            if !oc.mode64() || !matches!(oc.encoding(), EncodingKind::Legacy | EncodingKind::VEX) {
+                continue;
+            }
+            if !oc.op_kinds().iter().all(|&k| handled_kind(k)) {
+                continue;
+            }
+            // BSWAP r16 is undefined.
+            if code == Code::Bswap_r16 {
+                continue;
+            }
+            t.push(Entry::Code(code));
+        }
+        for kind in 0..5u8 {
+            for size in [1u32, 2, 4, 8] {
+                t.push(Entry::Str(kind, size));
+            }
+        }
+        t
+    }
+
+    fn gpr_reg(bits: u32, idx: usize) -> Register {
+        match bits {
+            64 => Register::RAX + idx as u32,
+            32 => Register::EAX + idx as u32,
+            16 => Register::AX + idx as u32,
+            _ => {
+                if idx < 4 {
+                    Register::AL + idx as u32
+                } else {
+                    Register::SPL + (idx - 4) as u32
+                }
+            }
+        }
+    }
+
+    /// (GPR index, is a high-byte register) of a general-purpose register.
+    fn gpr_index(r: Register) -> (usize, bool) {
+        let n = r as u32;
+        if r.is_gpr64() {
+            ((n - Register::RAX as u32) as usize, false)
+        } else if r.is_gpr32() {
+            ((n - Register::EAX as u32) as usize, false)
+        } else if r.is_gpr16() {
+            ((n - Register::AX as u32) as usize, false)
+        } else if (Register::AH as u32..=Register::BH as u32).contains(&n) {
+            ((n - Register::AH as u32) as usize, true)
+        } else if n < Register::AH as u32 {
+            ((n - Register::AL as u32) as usize, false)
+        } else {
+            ((n - Register::SPL as u32 + 4) as usize, false)
+        }
+    }
+
+    /// A random GPR index other than RSP.
+    fn rand_gpr(rng: &mut Rng) -> usize {
+        loop {
+            let r = rng.below(16) as usize;
+            if r != 4 {
+                return r;
+            }
+        }
+    }
+
+    fn rand_reg(rng: &mut Rng, bits: u32) -> Register {
+        if bits == 8 && rng.chance(20) {
+            // AH, CH, DH, BH.
+            return Register::AH + rng.below(4) as u32;
+        }
+        gpr_reg(bits, rand_gpr(rng))
+    }
+
+    /// A generated instruction plus the register and memory adjustments that make its memory
+    /// operands land in the scratch area (applied to both sides before it runs).
+    struct Gen {
+        ins: Instruction,
+        fix_regs: Vec<(usize, u64)>,
+        fix_mem: Vec<(u64, u64, usize)>,
+        /// Has a memory operand (compare the scratch area afterwards).
+        touches_mem: bool,
+        /// Memory target address of the memory operand, if any.
+        mem_addr: Option<u64>,
+    }
+
+    fn set_reg_val(fix: &mut Vec<(usize, u64)>, idx: usize, v: u64) {
+        fix.retain(|(i, _)| *i != idx);
+        fix.push((idx, v));
+    }
+
+    /// Builds memory operand `n` of `ins` pointing at `target`.
+    fn gen_mem(rng: &mut Rng, ins: &mut Instruction, n: u32, target: u64, offs: bool, fix: &mut Vec<(usize, u64)>) {
+        ins.set_op_kind(n, OpKind::Memory);
+        ins.set_segment_prefix(Register::None);
+        if offs {
+            ins.set_memory_base(Register::None);
+            ins.set_memory_index(Register::None);
+            ins.set_memory_index_scale(1);
+            let a32 = rng.chance(30);
+            ins.set_memory_displ_size(if a32 { 4 } else { 8 });
+            ins.set_memory_displacement64(target);
+            return;
+        }
+        let a32 = rng.chance(25);
+        let abits = if a32 { 32 } else { 64 };
+        let garbage = |rng: &mut Rng| if a32 { rng.next() << 32 } else { 0 };
+        let has_base = rng.chance(85);
+        let has_index = rng.chance(45) || !has_base && rng.chance(50);
+        let scale = [1u64, 2, 4, 8][rng.below(4) as usize];
+        let disp: i64 = match rng.below(4) {
+            0 => 0,
+            1 => rng.below(256) as i64 - 128,
+            2 => rng.below(0x1000) as i64 - 0x800,
+            _ => rng.below(16) as i64 - 8,
+        };
+        let base = if has_base { rand_gpr(rng) } else { 99 };
+        let index = if has_index { rand_gpr(rng) } else { 99 };
+        let mut disp = disp;
+        if has_base && has_index && base == index {
+            // v * (1 + scale) + disp = target.
+            let k = 1 + scale as i64;
+            let rem = (target as i64 - disp).rem_euclid(k);
+            disp += rem;
+            let v = (target as i64 - disp) / k;
+            set_reg_val(fix, base, (v as u64 & 0xFFFF_FFFF) | garbage(rng));
+        } else {
+            let iv: i64 = if has_index { rng.below(512) as i64 - 256 } else { 0 };
+            if has_index {
+                set_reg_val(fix, index, (iv as u64 & if a32 { 0xFFFF_FFFF } else { u64::MAX }) | garbage(rng));
+            }
+            if has_base {
+                let bv = (target as i64).wrapping_sub(iv * scale as i64).wrapping_sub(disp);
+                set_reg_val(fix, base, (bv as u64 & if a32 { 0xFFFF_FFFF } else { u64::MAX }) | garbage(rng));
+            } else {
+                disp = (target as i64).wrapping_sub(iv * scale as i64);
+            }
+        }
+        ins.set_memory_base(if has_base { gpr_reg(abits, base) } else { Register::None });
+        ins.set_memory_index(if has_index { gpr_reg(abits, index) } else { Register::None });
+        ins.set_memory_index_scale(if has_index { scale as u32 } else { 1 });
+        if !has_base && !has_index {
+            ins.set_memory_displ_size(if a32 { 4 } else { 8 });
+        } else {
+            ins.set_memory_displ_size(if disp == 0 && rng.chance(70) { 0 } else { 1 });
+        }
+        let d = if a32 { disp as i32 as u32 as u64 } else { disp as u64 };
+        ins.set_memory_displacement64(d);
+    }
+
+    fn imm_for(rng: &mut Rng, ins: &mut Instruction, n: u32, k: K, count_op: bool) {
+        let v = if count_op {
+            // Shift counts: mostly small and at the boundaries.
+            match rng.below(4) {
+                0 => rng.below(3),
+                1 => [7u64, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65][rng.below(12) as usize],
+                2 => rng.below(256),
+                _ => rng.below(66),
+            }
+        } else {
+            rng.value()
+        };
+        match k {
+            K::imm8 => {
+                ins.set_op_kind(n, OpKind::Immediate8);
+                ins.set_immediate8(v as u8);
+            }
+            K::imm8_const_1 => {
+                ins.set_op_kind(n, OpKind::Immediate8);
+                ins.set_immediate8(1);
+            }
+            K::imm8sex16 => {
+                ins.set_op_kind(n, OpKind::Immediate8to16);
+                ins.set_immediate8to16(v as i8 as i16);
+            }
+            K::imm8sex32 => {
+                ins.set_op_kind(n, OpKind::Immediate8to32);
+                ins.set_immediate8to32(v as i8 as i32);
+            }
+            K::imm8sex64 => {
+                ins.set_op_kind(n, OpKind::Immediate8to64);
+                ins.set_immediate8to64(v as i8 as i64);
+            }
+            K::imm16 => {
+                ins.set_op_kind(n, OpKind::Immediate16);
+                ins.set_immediate16(v as u16);
+            }
+            K::imm32 => {
+                ins.set_op_kind(n, OpKind::Immediate32);
+                ins.set_immediate32(v as u32);
+            }
+            K::imm32sex64 => {
+                ins.set_op_kind(n, OpKind::Immediate32to64);
+                ins.set_immediate32to64(v as i32 as i64);
+            }
+            _ => {
+                ins.set_op_kind(n, OpKind::Immediate64);
+                ins.set_immediate64(v);
+            }
+        }
+    }
+
+    fn kind_bits(k: K) -> u32 {
+        match k {
+            K::r8_or_mem | K::r8_reg | K::r8_opcode | K::al | K::cl => 8,
+            K::r16_or_mem | K::r16_reg | K::r16_opcode | K::r16_rm | K::ax => 16,
+            K::r32_or_mem | K::r32_reg | K::r32_opcode | K::r32_rm | K::r32_vvvv | K::eax => 32,
+            _ => 64,
+        }
+    }
+
+    fn pick_target(rng: &mut Rng, scratch: u64, align: u64) -> u64 {
+        let t = scratch + 0x1000 + rng.below(0x2000);
+        if align > 1 && rng.chance(90) {
+            t & !(align - 1)
+        } else {
+            t
+        }
+    }
+
+    /// Reads the current value of a register operand from `s`.
+    fn reg_value(s: &State, r: Register) -> u64 {
+        let (i, high) = gpr_index(r);
+        let v = s.gpr[i];
+        if high {
+            (v >> 8) & 0xFF
+        } else {
+            v & mask(r.size() as u32 * 8)
+        }
+    }
+
+    fn mask(bits: u32) -> u64 {
+        if bits >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << bits) - 1
+        }
+    }
+
+    fn generate(rng: &mut Rng, table: &[Entry], scratch: u64, s: &State, mem: &[u8]) -> Option<Gen> {
+        let e = table[rng.below(table.len() as u64) as usize];
+        let mut g = Gen {
+            ins: Instruction::default(),
+            fix_regs: Vec::new(),
+            fix_mem: Vec::new(),
+            touches_mem: false,
+            mem_addr: None,
+        };
+        match e {
+            Entry::Str(kind, size) => {
+                let a32 = rng.chance(30);
+                let asz = if a32 { 32 } else { 64 };
+                let cmp = kind == 3 || kind == 4;
+                let rep = match rng.below(3) {
+                    0 => RepPrefixKind::None,
+                    1 => RepPrefixKind::Repe,
+                    _ if cmp => RepPrefixKind::Repne,
+                    _ => RepPrefixKind::Repe,
+                };
+                let seg = Register::None;
+                let ins = match (kind, size) {
+                    (0, 1) => Instruction::with_movsb(asz, seg, rep),
+                    (0, 2) => Instruction::with_movsw(asz, seg, rep),
+                    (0, 4) => Instruction::with_movsd(asz, seg, rep),
+                    (0, _) => Instruction::with_movsq(asz, seg, rep),
+                    (1, 1) => Instruction::with_stosb(asz, rep),
+                    (1, 2) => Instruction::with_stosw(asz, rep),
+                    (1, 4) => Instruction::with_stosd(asz, rep),
+                    (1, _) => Instruction::with_stosq(asz, rep),
+                    (2, 1) => Instruction::with_lodsb(asz, seg, rep),
+                    (2, 2) => Instruction::with_lodsw(asz, seg, rep),
+                    (2, 4) => Instruction::with_lodsd(asz, seg, rep),
+                    (2, _) => Instruction::with_lodsq(asz, seg, rep),
+                    (3, 1) => Instruction::with_cmpsb(asz, seg, rep),
+                    (3, 2) => Instruction::with_cmpsw(asz, seg, rep),
+                    (3, 4) => Instruction::with_cmpsd(asz, seg, rep),
+                    (3, _) => Instruction::with_cmpsq(asz, seg, rep),
+                    (_, 1) => Instruction::with_scasb(asz, rep),
+                    (_, 2) => Instruction::with_scasw(asz, rep),
+                    (_, 4) => Instruction::with_scasd(asz, rep),
+                    (_, _) => Instruction::with_scasq(asz, rep),
+                }
+                .ok()?;
+                g.ins = ins;
+                let garbage = |rng: &mut Rng| if a32 { rng.next() << 32 } else { 0 };
+                let si = scratch + 0x1800 + rng.below(0x1000);
+                let di = if rng.chance(20) { si + rng.below(32) - 16 } else { scratch + 0x1800 + rng.below(0x1000) };
+                let count = if rng.chance(10) { 0 } else { rng.below(20) };
+                let g1 = garbage(rng);
+                let g2 = garbage(rng);
+                let g3 = garbage(rng);
+                set_reg_val(&mut g.fix_regs, 6, si | g1);
+                set_reg_val(&mut g.fix_regs, 7, di | g2);
+                set_reg_val(&mut g.fix_regs, 1, count | g3);
+                if cmp && rng.chance(50) {
+                    // Make some elements equal so REPE/REPNE stop at interesting places.
+                    let n = rng.below(20) as usize * size as usize;
+                    for k in 0..n {
+                        let b = mem[(si - scratch) as usize + k];
+                        g.fix_mem.push((di + k as u64, u64::from(b), 1));
+                    }
+                    if kind == 4 {
+                        let v = s.gpr[0];
+                        let pat = mem[(di - scratch) as usize..][..size as usize].to_vec();
+                        let mut x = 0u64;
+                        for (k, b) in pat.iter().enumerate() {
+                            x |= u64::from(*b) << (8 * k);
+                        }
+                        set_reg_val(&mut g.fix_regs, 0, (v & !mask(size * 8)) | x);
+                    }
+                }
+                g.touches_mem = true;
+                Some(g)
+            }
+            Entry::Code(code) => {
+                let oc = code.op_code();
+                let mut ins = Instruction::with(code);
+                let m = code.mnemonic();
+                let is_shift = matches!(
+                    m,
+                    Mnemonic::Shl
+                        | Mnemonic::Sal
+                        | Mnemonic::Shr
+                        | Mnemonic::Sar
+                        | Mnemonic::Rol
+                        | Mnemonic::Ror
+                        | Mnemonic::Rcl
+                        | Mnemonic::Rcr
+                        | Mnemonic::Shld
+                        | Mnemonic::Shrd
+                );
+                let align = if m == Mnemonic::Cmpxchg16b { 16 } else { 1 };
+                let target = pick_target(rng, scratch, align);
+                let mut mem_op = None;
+                for n in 0..oc.op_count() {
+                    let k = oc.op_kind(n);
+                    match k {
+                        K::r8_or_mem | K::r16_or_mem | K::r32_or_mem | K::r64_or_mem => {
+                            if rng.chance(45) {
+                                gen_mem(rng, &mut ins, n, target, false, &mut g.fix_regs);
+                                mem_op = Some(n);
+                            } else {
+                                ins.set_op_kind(n, OpKind::Register);
+                                ins.set_op_register(n, rand_reg(rng, kind_bits(k)));
+                            }
+                        }
+                        K::mem => {
+                            gen_mem(rng, &mut ins, n, target, false, &mut g.fix_regs);
+                            mem_op = Some(n);
+                        }
+                        K::mem_offs => {
+                            gen_mem(rng, &mut ins, n, target, true, &mut g.fix_regs);
+                            mem_op = Some(n);
+                        }
+                        K::seg_rBX_al => {
+                            // XLAT: [rBX + AL].
+                            let a32 = rng.chance(30);
+                            ins.set_op_kind(n, OpKind::Memory);
+                            ins.set_memory_base(if a32 { Register::EBX } else { Register::RBX });
+                            ins.set_memory_index(Register::AL);
+                            ins.set_memory_displ_size(0);
+                            ins.set_memory_index_scale(1);
+                            ins.set_segment_prefix(Register::None);
+                            let al = s.gpr[0] & 0xFF;
+                            let hi = if a32 { rng.next() << 32 } else { 0 };
+                            set_reg_val(&mut g.fix_regs, 3, (target - al) | hi);
+                            mem_op = Some(n);
+                        }
+                        K::r8_reg | K::r8_opcode => {
+                            ins.set_op_kind(n, OpKind::Register);
+                            ins.set_op_register(n, rand_reg(rng, 8));
+                        }
+                        K::r16_reg | K::r16_opcode | K::r16_rm => {
+                            ins.set_op_kind(n, OpKind::Register);
+                            ins.set_op_register(n, rand_reg(rng, 16));
+                        }
+                        K::r32_reg | K::r32_opcode | K::r32_rm | K::r32_vvvv => {
+                            ins.set_op_kind(n, OpKind::Register);
+                            ins.set_op_register(n, rand_reg(rng, 32));
+                        }
+                        K::r64_reg | K::r64_opcode | K::r64_rm | K::r64_vvvv => {
+                            ins.set_op_kind(n, OpKind::Register);
+                            ins.set_op_register(n, rand_reg(rng, 64));
+                        }
+                        K::al | K::cl | K::ax | K::eax | K::rax => {
+                            let r = match k {
+                                K::al => Register::AL,
+                                K::cl => Register::CL,
+                                K::ax => Register::AX,
+                                K::eax => Register::EAX,
+                                _ => Register::RAX,
+                            };
+                            ins.set_op_kind(n, OpKind::Register);
+                            ins.set_op_register(n, r);
+                        }
+                        _ => imm_for(rng, &mut ins, n, k, is_shift && n == oc.op_count() - 1),
+                    }
+                }
+                if oc.can_use_lock_prefix() && (mem_op == Some(0) && rng.chance(25) || rng.chance(2)) {
+                    ins.set_has_lock_prefix(true);
+                }
+                g.touches_mem = mem_op.is_some();
+                g.mem_addr = mem_op.map(|_| target);
+                // Per-instruction value adjustments; they must not move an address register.
+                let addr_regs: Vec<usize> = g.fix_regs.iter().map(|(r, _)| *r).collect();
+                let implicit: &[usize] = match m {
+                    Mnemonic::Div | Mnemonic::Idiv | Mnemonic::Cmpxchg8b | Mnemonic::Cmpxchg16b => &[0, 2],
+                    Mnemonic::Cmpxchg => &[0],
+                    _ if is_shift => &[1],
+                    _ => &[],
+                };
+                if implicit.iter().any(|r| addr_regs.contains(r)) {
+                    return None;
+                }
+                let bits = if oc.op_count() > 0 { kind_bits(oc.op_kind(0)) } else { 64 };
+                let msize = (ins.memory_size().size() as u64).max(1);
+                match m {
+                    Mnemonic::Div | Mnemonic::Idiv => {
+                        let d = if rng.chance(5) { 0 } else { rng.value() & mask(bits) };
+                        let d = if d == 0 && rng.chance(80) { 3 } else { d };
+                        if mem_op.is_some() {
+                            g.fix_mem.push((target, d, (bits / 8) as usize));
+                        } else {
+                            let (i, high) = gpr_index(ins.op0_register());
+                            let cur = s.gpr[i];
+                            let v = if high {
+                                (cur & !0xFF00) | ((d & 0xFF) << 8)
+                            } else if bits == 32 {
+                                d | (rng.next() << 32)
+                            } else {
+                                (cur & !mask(bits)) | d
+                            };
+                            set_reg_val(&mut g.fix_regs, i, v);
+                        }
+                        if rng.chance(75) && d != 0 {
+                            let lo = rng.value() & mask(bits);
+                            let hi = if m == Mnemonic::Div {
+                                rng.next() % d
+                            } else if lo >> (bits - 1) & 1 != 0 {
+                                mask(bits)
+                            } else {
+                                0
+                            };
+                            if bits == 8 {
+                                let v = (s.gpr[0] & !0xFFFF) | (hi << 8) | lo;
+                                set_reg_val(&mut g.fix_regs, 0, v);
+                            } else {
+                                let keep = !mask(bits);
+                                set_reg_val(&mut g.fix_regs, 0, (s.gpr[0] & keep) | lo);
+                                set_reg_val(&mut g.fix_regs, 2, (s.gpr[2] & keep) | hi);
+                            }
+                        }
+                    }
+                    Mnemonic::Cmpxchg if rng.chance(50) => {
+                        let v = if mem_op.is_some() {
+                            let off = (target - scratch) as usize;
+                            let mut x = 0u64;
+                            for k in 0..(bits / 8) as usize {
+                                x |= u64::from(mem[off + k]) << (8 * k);
+                            }
+                            x
+                        } else {
+                            reg_value(s, ins.op0_register())
+                        };
+                        set_reg_val(&mut g.fix_regs, 0, (s.gpr[0] & !mask(bits)) | v);
+                    }
+                    Mnemonic::Cmpxchg8b | Mnemonic::Cmpxchg16b if rng.chance(50) => {
+                        let half = (msize / 2) as usize;
+                        let off = (target - scratch) as usize;
+                        let rd = |o: usize| {
+                            let mut x = 0u64;
+                            for k in 0..half {
+                                x |= u64::from(mem[o + k]) << (8 * k);
+                            }
+                            x
+                        };
+                        let (lo, hi) = (rd(off), rd(off + half));
+                        set_reg_val(&mut g.fix_regs, 0, lo | if half == 4 { rng.next() << 32 } else { 0 });
+                        set_reg_val(&mut g.fix_regs, 2, hi | if half == 4 { rng.next() << 32 } else { 0 });
+                    }
+                    Mnemonic::Bt | Mnemonic::Bts | Mnemonic::Btr | Mnemonic::Btc
+                        if mem_op == Some(0) && ins.op_kind(1) == OpKind::Register =>
+                    {
+                        // The bit offset register addresses beyond the operand: keep it small.
+                        let (i, _) = gpr_index(ins.op1_register());
+                        if g.fix_regs.iter().any(|(r, _)| *r == i) {
+                            return None;
+                        }
+                        let off = (rng.below(0x4000) as i64 - 0x2000) as u64;
+                        let v = (s.gpr[i] & !mask(bits)) | (off & mask(bits));
+                        set_reg_val(&mut g.fix_regs, i, v);
+                    }
+                    _ => {}
+                }
+                if is_shift && oc.op_kind(oc.op_count() - 1) == K::cl && rng.chance(70) {
+                    let c = match rng.below(3) {
+                        0 => rng.below(3),
+                        1 => [7u64, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65][rng.below(12) as usize],
+                        _ => rng.below(70),
+                    };
+                    let cur = g.fix_regs.iter().find(|(r, _)| *r == 1).map_or(s.gpr[1], |x| x.1);
+                    set_reg_val(&mut g.fix_regs, 1, (cur & !0xFF) | c);
+                }
+                if mem_op.is_some()
+                    && rng.chance(20)
+                    && !matches!(
+                        m,
+                        Mnemonic::Div | Mnemonic::Idiv | Mnemonic::Cmpxchg | Mnemonic::Cmpxchg8b | Mnemonic::Cmpxchg16b
+                    )
+                {
+                    let v = rng.value();
+                    let n = msize.min(8) as usize;
+                    g.fix_mem.push((target, v, n));
+                }
+                g.ins = ins;
+                Some(g)
+            }
+        }
+    }
+
+    fn disasm(bytes: &[u8]) -> String {
+        let mut d = Decoder::with_ip(64, bytes, 0, DecoderOptions::NONE);
+        let i = d.decode();
+        let mut s = String::new();
+        IntelFormatter::new().format(&i, &mut s);
+        s
+    }
+
+    fn fmt_state(s: &State) -> String {
+        let names = [
+            "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13", "r14",
+            "r15",
+        ];
+        let mut out = String::new();
+        for (k, n) in names.iter().enumerate() {
+            if k == 4 {
+                continue;
+            }
+            out.push_str(&format!("{n}={:016x} ", s.gpr[k]));
+            if k % 4 == 3 {
+                out.push('\n');
+            }
+        }
+        out.push_str(&format!("flags={:#x} [{}]", s.rflags, flag_names(s.rflags)));
+        out
+    }
+
+    fn flag_names(f: u64) -> String {
+        let mut s = String::new();
+        for (b, n) in [(CF, "CF"), (PF, "PF"), (AF, "AF"), (ZF, "ZF"), (SF, "SF"), (OF, "OF"), (DF, "DF")] {
+            if f & b != 0 {
+                s.push_str(n);
+                s.push(' ');
+            }
+        }
+        s.trim_end().to_string()
+    }
+
+    fn sig_name(sig: u64) -> &'static str {
+        match sig as i32 {
+            0 => "none",
+            libc::SIGFPE => "SIGFPE (#DE)",
+            libc::SIGILL => "SIGILL (#UD)",
+            libc::SIGSEGV => "SIGSEGV (#GP/#PF)",
+            libc::SIGBUS => "SIGBUS",
+            _ => "other",
+        }
+    }
+
+    fn exc_matches(sig: u64, r: &Result<(), Exception>) -> bool {
+        matches!(
+            (sig as i32, r),
+            (0, Ok(()))
+                | (libc::SIGFPE, Err(Exception::DivideError))
+                | (libc::SIGILL, Err(Exception::InvalidOpcode))
+                | (libc::SIGSEGV | libc::SIGBUS, Err(Exception::GeneralProtection(_) | Exception::StackFault(_)))
+        )
+    }
+
+    fn env_u64(name: &str) -> Option<u64> {
+        let v = std::env::var(name).ok()?;
+        let v = v.trim();
+        if let Some(h) = v.strip_prefix("0x") {
+            u64::from_str_radix(h, 16).ok()
+        } else {
+            v.parse().ok()
+        }
+    }
+
+    pub(super) fn run_all() {
+        let seed = env_u64("FERRO_DIFF_SEED").unwrap_or_else(|| {
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+            t.as_nanos() as u64 ^ u64::from(std::process::id())
+        });
+        let cases = env_u64("FERRO_DIFF_CASES").unwrap_or(100_000);
+        let only = env_u64("FERRO_DIFF_CASE");
+        println!("differential: seed {seed:#x} ({cases} cases); replay with FERRO_DIFF_SEED={seed:#x}");
+        let table = build_table();
+        let mut host = Host::new();
+        let scratch = host.scratch_addr();
+        let mut guest = Guest::new(scratch);
+        let mut enc = Encoder::new(64);
+        let mut mismatches = 0u64;
+        let mut insns = 0u64;
+        let mut faults = 0u64;
+        let mut by_mnemonic: std::collections::BTreeMap<String, u64> = Default::default();
+        let mut coverage: std::collections::BTreeMap<String, u64> = Default::default();
+        let mut sigs: std::collections::BTreeMap<&str, u64> = Default::default();
+        let t0 = std::time::Instant::now();
+        {
+            let mut init = Rng::new(seed ^ 0x5CA7C4);
+            for b in host.scratch().iter_mut() {
+                *b = init.next() as u8;
+            }
+            let copy = host.scratch().to_vec();
+            guest.scratch().copy_from_slice(&copy);
+        }
+        for case in 0..cases {
+            if only.is_some_and(|o| o != case) {
+                continue;
+            }
+            let mut rng = Rng::new(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ case.wrapping_mul(0x9E37_79B9));
+            // Fresh random scratch contents now and then, and a random state.
+            if rng.chance(5) {
+                let off = rng.below((SCRATCH_LEN - 0x100) as u64) as usize;
+                for k in 0..0x100 {
+                    let b = rng.next() as u8;
+                    host.scratch()[off + k] = b;
+                    guest.scratch()[off + k] = b;
+                }
+            }
+            let mut st = State { gpr: [0; 16], rflags: 0 };
+            for k in 0..16 {
+                st.gpr[k] = rng.value();
+            }
+            st.gpr[4] = scratch;
+            st.rflags = rng.next() & STATUS | if rng.chance(20) { DF } else { 0 };
+            guest.cpu.set_rflags(st.rflags);
+            guest.sync_to(&st);
+            let n = 1 + rng.below(4);
+            for step in 0..n {
+                let g = loop {
+                    let mem_now = host.scratch().to_vec();
+                    if let Some(g) = generate(&mut rng, &table, scratch, &st, &mem_now) {
+                        break g;
+                    }
+                };
+                let r = enc.encode(&g.ins, 0);
+                let bytes = enc.take_buffer();
+                if r.is_err() {
+                    continue; // e.g. AH with a REX prefix
+                }
+                // Apply the adjustments to both sides.
+                for &(r, v) in &g.fix_regs {
+                    st.gpr[r] = v;
+                }
+                for &(addr, v, len) in &g.fix_mem {
+                    let off = (addr - scratch) as usize;
+                    for k in 0..len {
+                        host.scratch()[off + k] = (v >> (8 * k)) as u8;
+                        guest.scratch()[off + k] = (v >> (8 * k)) as u8;
+                    }
+                }
+                guest.sync_to(&st);
+                let pre = st;
+                let pre_mem: Option<Vec<u8>> = if g.touches_mem { Some(host.scratch().to_vec()) } else { None };
+                // Dynamic inputs of the undefined-flag table.
+                let ins = &g.ins;
+                let m = ins.mnemonic();
+                let bits = match ins.op_kind(0) {
+                    OpKind::Register => ins.op0_register().size() as u32 * 8,
+                    _ => (ins.memory_size().size() * 8) as u32,
+                };
+                let count = if ins.op_count() >= 2 {
+                    let last = ins.op_count() - 1;
+                    let raw = match ins.op_kind(last) {
+                        OpKind::Register if ins.op_register(last) == Register::CL => pre.gpr[1] & 0xFF,
+                        OpKind::Immediate8 => u64::from(ins.immediate8()),
+                        _ => 0,
+                    };
+                    (raw & if bits == 64 { 63 } else { 31 }) as u32
+                } else {
+                    1
+                };
+                let src_zero = matches!(m, Mnemonic::Bsf | Mnemonic::Bsr) && {
+                    match ins.op_kind(1) {
+                        OpKind::Register => reg_value(&pre, ins.op1_register()) == 0,
+                        _ => {
+                            let off = (g.mem_addr.unwrap() - scratch) as usize;
+                            host.scratch()[off..off + (bits / 8) as usize].iter().all(|b| *b == 0)
+                        }
+                    }
+                };
+                let (undef_flags, undef_dest) = undefined(m, bits, count, src_zero);
+                // Run both.
+                let sig = host.run(&bytes, &mut st);
+                let gr = guest.run(&bytes);
+                insns += 1;
+                *coverage.entry(format!("{m:?}")).or_default() += 1;
+                if sig != 0 {
+                    *sigs.entry(sig_name(sig)).or_default() += 1;
+                }
+                if sig != 0 {
+                    faults += 1;
+                }
+                let gs = guest.state();
+                let mut problems = Vec::new();
+                if !exc_matches(sig, &gr) {
+                    problems.push(format!("exception: host {} vs interpreter {:?}", sig_name(sig), gr));
+                }
+                let dest = if undef_dest && ins.op_kind(0) == OpKind::Register {
+                    Some(gpr_index(ins.op0_register()).0)
+                } else {
+                    None
+                };
+                for k in 0..16 {
+                    if k != 4 && Some(k) != dest && st.gpr[k] != gs.gpr[k] {
+                        problems.push(format!(
+                            "gpr[{k}]: host {:#018x} interpreter {:#018x} (was {:#018x})",
+                            st.gpr[k], gs.gpr[k], pre.gpr[k]
+                        ));
+                    }
+                }
+                let fmask = CMP_FLAGS & !undef_flags;
+                if (st.rflags ^ gs.rflags) & fmask != 0 {
+                    problems.push(format!(
+                        "flags: host [{}] interpreter [{}] (compared {}; was [{}])",
+                        flag_names(st.rflags & fmask),
+                        flag_names(gs.rflags & fmask),
+                        flag_names(fmask),
+                        flag_names(pre.rflags)
+                    ));
+                }
+                let mem_undef = undef_dest && ins.op_kind(0) != OpKind::Register;
+                if g.touches_mem {
+                    let h = host.scratch().to_vec();
+                    let gm = guest.scratch().to_vec();
+                    if h != gm {
+                        if !mem_undef {
+                            let first = h.iter().zip(&gm).position(|(a, b)| a != b).unwrap();
+                            let a = (first & !7).saturating_sub(8);
+                            let pm = pre_mem.as_ref().unwrap();
+                            problems.push(format!(
+                                "memory at {:#x}: host {:02x?} interpreter {:02x?} (was {:02x?})",
+                                scratch + a as u64,
+                                &h[a..(a + 24).min(SCRATCH_LEN)],
+                                &gm[a..(a + 24).min(SCRATCH_LEN)],
+                                &pm[a..(a + 24).min(SCRATCH_LEN)]
+                            ));
+                        }
+                        guest.scratch().copy_from_slice(&h);
+                    }
+                }
+                if !problems.is_empty() {
+                    mismatches += 1;
+                    *by_mnemonic.entry(format!("{m:?}")).or_default() += 1;
+                    if mismatches <= 25 {
+                        println!(
+                            "\nMISMATCH seed {seed:#x} case {case} step {step}: {:02x?}  {}\n\
+                             replay: FERRO_DIFF_SEED={seed:#x} FERRO_DIFF_CASE={case}\n\
+                             before:\n{}\nhost after (signal {}):\n{}\ninterpreter after ({:?}):\n{}\n  {}",
+                            bytes,
+                            disasm(&bytes),
+                            fmt_state(&pre),
+                            sig_name(sig),
+                            fmt_state(&st),
+                            gr,
+                            fmt_state(&gs),
+                            problems.join("\n  ")
+                        );
+                    }
+                }
+                // Continue the case from the host's state (undefined results included).
+                guest.sync_to(&st);
+            }
+        }
+        let el = t0.elapsed();
+        println!(
+            "differential: {cases} cases, {insns} instructions ({faults} faulted natively), {mismatches} mismatches \
+             in {:.2}s; seed {seed:#x}",
+            el.as_secs_f64()
+        );
+        println!("native faults: {sigs:?}");
+        if std::env::var("FERRO_DIFF_VERBOSE").is_ok() {
+            println!("instructions by mnemonic: {coverage:?}");
+        }
+        let untested: Vec<String> =
+            mnemonic_set().iter().map(|m| format!("{m:?}")).filter(|m| !coverage.contains_key(m)).collect();
+        if only.is_none() && cases >= 10_000 {
+            assert!(untested.is_empty(), "mnemonics never generated: {untested:?}");
+        }
+        if !by_mnemonic.is_empty() {
+            println!("mismatches by mnemonic: {by_mnemonic:?}");
+        }
+        assert_eq!(mismatches, 0, "interpreter differs from the host CPU (seed {seed:#x})");
+    }
+}
