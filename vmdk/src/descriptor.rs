@@ -152,10 +152,8 @@ fn parse_extent(s: &str, line: usize) -> Result<ExtentLine> {
         "NOACCESS" => Access::NoAccess,
         other => return Err(bad(line, format!("unknown extent access {other:?}"))),
     };
-    let sectors: u64 = f
-        .get(1)
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| bad(line, "extent size is missing or not a number"))?;
+    let sectors: u64 =
+        f.get(1).and_then(|v| v.parse().ok()).ok_or_else(|| bad(line, "extent size is missing or not a number"))?;
     let kind = match f.get(2).map(String::as_str) {
         Some("FLAT") => ExtentKind::Flat,
         Some("SPARSE") => ExtentKind::Sparse,

@@ -135,7 +135,9 @@ impl SparseHeader {
         if self.grain_size == 0 || !self.grain_size.is_power_of_two() || self.grain_size > MAX_GRAIN_SECTORS {
             return Err(format!("invalid grain size {} sectors", self.grain_size));
         }
-        if self.num_gtes_per_gt == 0 || !self.num_gtes_per_gt.is_power_of_two() || self.num_gtes_per_gt > MAX_GTES_PER_GT
+        if self.num_gtes_per_gt == 0
+            || !self.num_gtes_per_gt.is_power_of_two()
+            || self.num_gtes_per_gt > MAX_GTES_PER_GT
         {
             return Err(format!("invalid numGTEsPerGT {}", self.num_gtes_per_gt));
         }

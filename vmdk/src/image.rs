@@ -184,10 +184,9 @@ pub fn read_descriptor(path: &Path) -> Result<Descriptor> {
             path: path.into(),
             reason: "ESX COWD (vmfsSparse) extents are not supported".into(),
         }),
-        Probe::Other => Err(Error::NotVmdk {
-            path: path.into(),
-            reason: "no KDMV magic and no text descriptor".into(),
-        }),
+        Probe::Other => {
+            Err(Error::NotVmdk { path: path.into(), reason: "no KDMV magic and no text descriptor".into() })
+        }
     }
 }
 
@@ -195,7 +194,11 @@ fn with_path(e: Error, path: &Path) -> Error {
     match e {
         Error::BadDescriptor { line, reason } => Error::NotVmdk {
             path: path.into(),
-            reason: if line > 0 { format!("descriptor line {line}: {reason}") } else { format!("descriptor: {reason}") },
+            reason: if line > 0 {
+                format!("descriptor line {line}: {reason}")
+            } else {
+                format!("descriptor: {reason}")
+            },
         },
         Error::Unsupported { reason, .. } => Error::Unsupported { path: path.into(), reason },
         e => e,
@@ -215,7 +218,10 @@ pub fn write_descriptor(path: &Path, d: &Descriptor) -> Result<()> {
             if h.desc_offset == 0 || text.len() > room {
                 return Err(Error::Unsupported {
                     path: path.into(),
-                    reason: format!("the descriptor ({} bytes) does not fit the embedded area ({room} bytes)", text.len()),
+                    reason: format!(
+                        "the descriptor ({} bytes) does not fit the embedded area ({room} bytes)",
+                        text.len()
+                    ),
                 });
             }
             let mut t = text.into_bytes();
@@ -297,11 +303,12 @@ impl Image {
                 if !pp.exists() {
                     return Err(Error::ParentNotFound { path: pp, hint: hint.clone() });
                 }
-                let parent =
-                    Image::open_chain(&pp, OpenOptions { writable: false, no_parent: false }, seen).map_err(|e| match e {
+                let parent = Image::open_chain(&pp, OpenOptions { writable: false, no_parent: false }, seen).map_err(
+                    |e| match e {
                         e @ (Error::ParentLoop { .. } | Error::ChainTooDeep(_) | Error::CidMismatch { .. }) => e,
                         e => Error::Parent { child: canon.clone(), source: Box::new(e) },
-                    })?;
+                    },
+                )?;
                 let pcid = parent.cid();
                 if desc.parent_cid != pcid {
                     return Err(Error::CidMismatch {
@@ -692,7 +699,9 @@ impl Inner {
                 continue;
             }
             match &mut e.data {
-                ExtentData::Zero => push_merge(&mut out, MapRange { start: voff, len: n, kind: MapKind::Zero { depth: 0 } }),
+                ExtentData::Zero => {
+                    push_merge(&mut out, MapRange { start: voff, len: n, kind: MapKind::Zero { depth: 0 } })
+                }
                 ExtentData::Flat { .. } => {
                     push_merge(&mut out, MapRange { start: voff, len: n, kind: MapKind::Data { depth: 0 } })
                 }

@@ -125,7 +125,9 @@ fn new_descriptor(path: &Path, o: &CreateOptions) -> Result<Descriptor> {
         return Err(Error::InvalidArgument("zeroed grains need a hosted sparse subformat".into()));
     }
     if o.parent.is_some() && (o.subformat.is_flat() || o.subformat == Subformat::StreamOptimized) {
-        return Err(Error::InvalidArgument("a delta link needs a sparse subformat (not flat or streamOptimized)".into()));
+        return Err(Error::InvalidArgument(
+            "a delta link needs a sparse subformat (not flat or streamOptimized)".into(),
+        ));
     }
     if o.subformat == Subformat::MonolithicSparse && sectors > u64::from(u32::MAX) - 1_000_000 {
         return Err(Error::InvalidArgument(
@@ -199,7 +201,8 @@ fn create_from_descriptor(path: &Path, d: &Descriptor, zeroed_grain: bool) -> Re
                     let f = std::fs::OpenOptions::new().write(true).create_new(true).open(&p).map_err(io(&p))?;
                     f.set_len(e.sectors * SECTOR).map_err(io(&p))?;
                 } else {
-                    let l = SparseLayout { capacity: e.sectors, grain_size: GRAIN_SECTORS, zeroed_grain, desc_sectors: 0 };
+                    let l =
+                        SparseLayout { capacity: e.sectors, grain_size: GRAIN_SECTORS, zeroed_grain, desc_sectors: 0 };
                     create_sparse(&p, l, None)?;
                 }
             }

@@ -93,7 +93,8 @@ impl SparseExtent {
         let min_meta = if hdr0.desc_offset != 0 { (hdr0.desc_offset + hdr0.desc_size).max(1) } else { 1 };
         let n = usize::try_from(hdr.gd_entries()).map_err(|_| corrupt("GD too large".into()))?;
         let gd = read_u32s(&file, path, hdr.gd_offset, n)?;
-        let rgd = if hdr.has_rgd() && !hdr.compressed() { Some(read_u32s(&file, path, hdr.rgd_offset, n)?) } else { None };
+        let rgd =
+            if hdr.has_rgd() && !hdr.compressed() { Some(read_u32s(&file, path, hdr.rgd_offset, n)?) } else { None };
         let next_sector = file_len.div_ceil(SECTOR).max(hdr.overhead);
         Ok(SparseExtent {
             path: path.to_path_buf(),
@@ -205,10 +206,8 @@ impl SparseExtent {
             self.file.read_exact_at(&mut m, pos).map_err(io(&self.path))?;
             let size = u32::from_le_bytes([m[8], m[9], m[10], m[11]]) as usize;
             if size == 0 || size > max_compressed(gb) || size as u64 + 12 > avail {
-                return Err(self.corrupt(format!(
-                    "compressed grain for sector {} has bad size {size}",
-                    g * self.hdr.grain_size
-                )));
+                return Err(self
+                    .corrupt(format!("compressed grain for sector {} has bad size {size}", g * self.hdr.grain_size)));
             }
             (pos + 12, size)
         } else {
@@ -355,7 +354,9 @@ impl SparseExtent {
         }
         if self.gd_dirty {
             let gdb = (self.hdr.gd_sectors() * SECTOR) as usize;
-            self.file.write_all_at(&u32s_to_bytes(&self.gd, gdb), self.hdr.gd_offset * SECTOR).map_err(io(&self.path))?;
+            self.file
+                .write_all_at(&u32s_to_bytes(&self.gd, gdb), self.hdr.gd_offset * SECTOR)
+                .map_err(io(&self.path))?;
             if let Some(r) = &self.rgd {
                 self.file.write_all_at(&u32s_to_bytes(r, gdb), self.hdr.rgd_offset * SECTOR).map_err(io(&self.path))?;
             }
@@ -405,11 +406,14 @@ impl SparseExtent {
                     red = Some(read_u32s(&self.file, &self.path, rp, per)?);
                     used.push((rp, rp + gts, format!("redundant grain table {idx}")));
                 } else if rp != 0 {
-                    rep.corruptions.push(format!("{name}: redundant GD entry {idx} points to sector {rp}, outside the file"));
+                    rep.corruptions
+                        .push(format!("{name}: redundant GD entry {idx} points to sector {rp}, outside the file"));
                 }
                 if (p != 0) != (rp != 0) {
                     // An interrupted directory update (one copy written, the other not yet).
-                    rep.leaks.push(format!("{name}: GD entry {idx} is {p} but redundant GD entry is {rp} (interrupted update)"));
+                    rep.leaks.push(format!(
+                        "{name}: GD entry {idx} is {p} but redundant GD entry is {rp} (interrupted update)"
+                    ));
                 }
             }
             // Primary missing or broken but redundant good: adopt the redundant table.
@@ -431,7 +435,8 @@ impl SparseExtent {
                         continue;
                     }
                     let stale = t[i] != 0 && rt[i] == 0 || t[i] == 0 && rt[i] != 0;
-                    let msg = format!("{name}: grain table {idx} entry {i}: GT has {} but redundant GT has {}", t[i], rt[i]);
+                    let msg =
+                        format!("{name}: grain table {idx} entry {i}: GT has {} but redundant GT has {}", t[i], rt[i]);
                     let valid = |e: u32| e == 0 || e == 1 && self.hdr.zeroed_grain() || u64::from(e) < fs;
                     if stale {
                         // An interrupted table update: one copy was written, the other not yet.

@@ -60,12 +60,7 @@ impl StreamWriter {
         h.rgd_offset = 0;
         h.gd_offset = GD_AT_END;
         h.overhead = (1 + h.desc_size).div_ceil(h.grain_size) * h.grain_size;
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
-            .map_err(io(path))?;
+        let f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(path).map_err(io(path))?;
         let mut w = StreamWriter {
             file: BufWriter::with_capacity(1 << 20, f),
             path: path.to_path_buf(),
@@ -196,11 +191,8 @@ pub fn write_stream(
             _ => runs.push((a, b)),
         }
     }
-    let threads = if opts.threads == 0 {
-        std::thread::available_parallelism().map_or(2, |n| n.get())
-    } else {
-        opts.threads
-    };
+    let threads =
+        if opts.threads == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { opts.threads };
     let level = opts.level.min(9);
     const BATCH: u64 = 16;
     let (job_tx, job_rx) = crossbeam::channel::bounded::<(u64, Batch)>(threads * 4);

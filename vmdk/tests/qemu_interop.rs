@@ -55,7 +55,8 @@ fn test_writes_every_subformat_for_qemu() {
     }
     let d = Scratch::new("qwrite");
     for sf in Subformat::ALL {
-        let size = if matches!(sf, Subformat::TwoGbMaxExtentSparse | Subformat::TwoGbMaxExtentFlat) { SPLIT } else { SMALL };
+        let size =
+            if matches!(sf, Subformat::TwoGbMaxExtentSparse | Subformat::TwoGbMaxExtentFlat) { SPLIT } else { SMALL };
         let src = d.path(&format!("{}.raw", sf.as_str()));
         mixed_raw(&src, size, &offsets(size), 11);
         let dst = d.path(&format!("{}.vmdk", sf.as_str()));
