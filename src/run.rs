@@ -16,12 +16,26 @@ Exit status:
   0            the guest powered off (HLT with interrupts disabled)
   (v << 1) | 1 the guest wrote v to the exit port 0xF4 (QEMU's isa-debug-exit convention)
   1            an error (bad file, bad option)
-  2            the guest triple-faulted
-  3            the --max-insns limit was reached")]
+  2            the guest triple-faulted (with --no-reboot, or with no firmware to reboot)
+  3            the --max-insns limit was reached
+  4            the guest halted with interrupts enabled and every interrupt source masked
+  0            the guest asked for a reset (with --no-reboot, or with no firmware to reboot)
+
+Examples:
+  ferrovisor run                                    the demo guest
+  ferrovisor run --bios bios.bin --disk disk.img    a PC: SeaBIOS boots the IDE disk
+  ferrovisor run --flat boot.bin --load 0x7c00      a flat real-mode image")]
 pub struct RunArgs {
     /// Load a flat binary image (started in real mode; see --load and --entry).
-    #[arg(long, value_name = "FILE", conflicts_with = "multiboot")]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["multiboot", "bios"])]
     flat: Option<PathBuf>,
+    /// Boot PC firmware (e.g. SeaBIOS's bios.bin), mapped below 4 GiB; the CPU starts at the
+    /// reset vector. Without --disk the firmware finds nothing to boot.
+    #[arg(long, value_name = "FILE", conflicts_with = "multiboot")]
+    bios: Option<PathBuf>,
+    /// A guest reset or triple fault ends the run with a message instead of rebooting.
+    #[arg(long)]
+    no_reboot: bool,
     /// Physical load address of the --flat image.
     #[arg(long, value_name = "ADDR", value_parser = parse_u64, default_value = "0x7c00", requires = "flat")]
     load: u64,
@@ -73,9 +87,22 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 /// Runs a guest; returns the process exit status.
 pub fn run(a: RunArgs) -> anyhow::Result<i32> {
-    let config = MachineConfig { ram_bytes: a.memory, capture_serial: false, serial_stdout: true, trace: a.trace };
+    // The host clock enters the guest here, once, as the RTC's starting time.
+    let host_time =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let config = MachineConfig {
+        ram_bytes: a.memory,
+        capture_serial: false,
+        serial_stdout: true,
+        trace: a.trace,
+        no_reboot: a.no_reboot,
+        rtc_unix_seconds: host_time,
+    };
     let mut m = Machine::new(config)?;
-    if let Some(path) = &a.flat {
+    if let Some(path) = &a.bios {
+        let image = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        m.load_bios(&image).with_context(|| format!("cannot load {}", path.display()))?;
+    } else if let Some(path) = &a.flat {
         let image = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         m.load_flat(&image, a.load, a.entry.unwrap_or(a.load))
             .with_context(|| format!("cannot load {}", path.display()))?;
@@ -106,6 +133,14 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
         Exit::InstructionLimit => {
             eprintln!("ferrovisor: stopped at the instruction limit");
             3
+        }
+        Exit::Reset => {
+            eprintln!("ferrovisor: the guest requested a reset");
+            0
+        }
+        Exit::IdleForever => {
+            eprintln!("ferrovisor: the guest halted with every interrupt source masked; nothing can wake it");
+            4
         }
     })
 }

@@ -3,28 +3,21 @@
 //!
 //! Only the CLI (and later the management API) depends on this crate.
 
+mod board;
 pub mod loader;
 
-use base::{AccessSize, GuestPhysAddr, PortAddr, VirtualInstant};
+use base::{GuestPhysAddr, VirtualInstant};
+use board::{Board, ConsoleSink};
 use cpu::state::{cr, rflags, seg_attr};
-use cpu::{CpuBus, CpuState, ExecutionEngine, Interpreter, RunExit, Segment};
-use devices::{Access, Bus, DebugCon, ExitDevice, NoIrq, PioDevice, Uart16550};
+use cpu::{CpuState, ExecutionEngine, Interpreter, RunExit, Segment};
 use mmu::{PhysMemory, PhysMemoryError};
 use std::cell::RefCell;
-use std::io::Write;
 use std::rc::Rc;
 use thiserror::Error;
 
 pub use loader::{KernelImage, LoadError};
 
-/// Port of the Bochs/QEMU debug console.
-pub const DEBUGCON_PORT: u16 = 0xE9;
-/// Port SeaBIOS writes its debug log to (QEMU's `-debugcon` with iobase 0x402).
-pub const FIRMWARE_LOG_PORT: u16 = 0x402;
-/// Port of the QEMU isa-debug-exit device.
-pub const EXIT_PORT: u16 = 0xF4;
-/// Base port of COM1.
-pub const COM1_PORT: u16 = 0x3F8;
+pub use board::{COM1_PORT, DEBUGCON_PORT, EXIT_PORT, FIRMWARE_LOG_PORT};
 
 /// Errors from building a machine or loading an image.
 #[derive(Debug, Error)]
@@ -70,11 +63,25 @@ pub struct MachineConfig {
     pub serial_stdout: bool,
     /// Print each executed instruction to standard error.
     pub trace: bool,
+    /// A guest reset (keyboard controller, port 0x92, triple fault) ends the run with
+    /// [`Exit::Reset`] or [`Exit::TripleFault`] instead of rebooting (QEMU's `-no-reboot`).
+    pub no_reboot: bool,
+    /// Unix time the RTC shows when the guest starts. Host time is an input of the machine,
+    /// never read inside a device; the CLI passes the host clock, tests a fixed value.
+    pub rtc_unix_seconds: i64,
 }
 
 impl Default for MachineConfig {
     fn default() -> Self {
-        MachineConfig { ram_bytes: 128 << 20, capture_serial: false, serial_stdout: false, trace: false }
+        MachineConfig {
+            ram_bytes: 128 << 20,
+            capture_serial: false,
+            serial_stdout: false,
+            trace: false,
+            no_reboot: false,
+            // 2026-01-01T00:00:00Z: a fixed, reproducible default.
+            rtc_unix_seconds: 1_767_225_600,
+        }
     }
 }
 
@@ -87,129 +94,13 @@ pub enum Exit {
     Halted,
     /// The instruction limit was reached.
     InstructionLimit,
-    /// A triple fault (a real PC would reset).
+    /// A triple fault with `no_reboot`, or with no firmware to reboot into.
     TripleFault,
-}
-
-/// Where console output goes: the host terminal, a capture buffer, or both.
-#[derive(Debug, Clone)]
-struct ConsoleSink {
-    stdout: bool,
-    capture: Option<Rc<RefCell<Vec<u8>>>>,
-}
-
-impl Write for ConsoleSink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.stdout {
-            let mut o = std::io::stdout().lock();
-            o.write_all(buf)?;
-            o.flush()?;
-        }
-        if let Some(c) = &self.capture {
-            c.borrow_mut().extend_from_slice(buf);
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// The port-mapped devices of the board.
-#[derive(Debug)]
-enum PortDev {
-    DebugCon(DebugCon<ConsoleSink>),
-    Exit(ExitDevice),
-    Com1(Uart16550<NoIrq, ConsoleSink>),
-}
-
-impl PortDev {
-    fn dev(&mut self) -> &mut dyn PioDevice {
-        match self {
-            PortDev::DebugCon(d) => d,
-            PortDev::Exit(d) => d,
-            PortDev::Com1(d) => d,
-        }
-    }
-}
-
-/// Everything the CPU reaches through [`CpuBus`].
-#[derive(Debug)]
-struct Board {
-    mem: PhysMemory,
-    ports: Bus<PortDev>,
-    exit_value: Option<u32>,
-    now: VirtualInstant,
-}
-
-impl Board {
-    fn access(&self, addr: u64, offset: u64) -> Access {
-        Access { offset, addr, now: self.now }
-    }
-}
-
-impl CpuBus for Board {
-    fn memory(&mut self) -> &mut PhysMemory {
-        &mut self.mem
-    }
-
-    fn mmio_read(&mut self, id: u32, addr: GuestPhysAddr, size: AccessSize) -> u64 {
-        log::debug!("MMIO read of unclaimed region {id} at {:#x} ({} bytes): open bus", addr.0, size.bytes());
-        size.mask()
-    }
-
-    fn mmio_write(&mut self, id: u32, addr: GuestPhysAddr, size: AccessSize, value: u64) {
-        log::debug!(
-            "MMIO write of unclaimed region {id} at {:#x} ({} bytes) = {value:#x} dropped",
-            addr.0,
-            size.bytes()
-        );
-    }
-
-    fn port_read(&mut self, port: PortAddr, size: AccessSize) -> u32 {
-        let n = size.bytes();
-        let now = self.now;
-        match self.ports.lookup_mut(u64::from(port.0), n as u64) {
-            Some((dev, offset)) => {
-                let mut buf = [0u8; 4];
-                dev.dev().read(Access { offset, addr: u64::from(port.0), now }, &mut buf[..n]);
-                u32::from_le_bytes(buf)
-            }
-            None => {
-                log::debug!("IN from unclaimed port {:#x} ({n} bytes): open bus", port.0);
-                size.mask() as u32
-            }
-        }
-    }
-
-    fn port_write(&mut self, port: PortAddr, size: AccessSize, value: u32) {
-        let n = size.bytes();
-        let access = self.access(u64::from(port.0), 0);
-        match self.ports.lookup_mut(u64::from(port.0), n as u64) {
-            Some((dev, offset)) => {
-                let d = dev.dev();
-                d.write(Access { offset, ..access }, &value.to_le_bytes()[..n]);
-                if let PortDev::Exit(e) = dev {
-                    if let Some(v) = e.take_exit() {
-                        self.exit_value = Some(v);
-                    }
-                }
-            }
-            None => log::debug!("OUT to unclaimed port {:#x} ({n} bytes) = {value:#x} dropped", port.0),
-        }
-    }
-
-    fn interrupt_pending(&mut self) -> bool {
-        false
-    }
-
-    fn acknowledge_interrupt(&mut self) -> Option<u8> {
-        None
-    }
-
-    fn stop_requested(&mut self) -> bool {
-        self.exit_value.is_some()
-    }
+    /// The guest asked for a reset (keyboard controller or port 0x92) with `no_reboot`, or with no
+    /// firmware to reboot into.
+    Reset,
+    /// The guest halted with interrupts enabled and nothing will ever interrupt it.
+    IdleForever,
 }
 
 /// A virtual PC.
@@ -220,6 +111,9 @@ pub struct Machine {
     board: Board,
     capture: Option<Rc<RefCell<Vec<u8>>>>,
     ram_bytes: u64,
+    no_reboot: bool,
+    /// The firmware image, kept to restore the BIOS shadow area on a reset.
+    bios: Option<Vec<u8>>,
 }
 
 /// End of conventional memory (the VGA window starts here).
@@ -229,8 +123,11 @@ const SHADOW_START: u64 = 0xC_0000;
 /// Largest firmware image accepted.
 const MAX_FIRMWARE: u64 = 4 << 20;
 
-/// Instructions per run slice: the granularity at which devices get time.
+/// Instructions per run slice at most: the granularity at which the run loop checks its limits.
 const SLICE: u64 = 1 << 20;
+/// A halted CPU with interrupts enabled whose timers fire this long (virtual nanoseconds) without
+/// waking it is idle forever (every interrupt source masked).
+const IDLE_FOREVER_NS: u64 = 3_600 * 1_000_000_000;
 
 impl Machine {
     /// Builds a machine with RAM from physical 0 and the legacy devices wired.
@@ -249,20 +146,18 @@ impl Machine {
         }
         let capture = config.capture_serial.then(|| Rc::new(RefCell::new(Vec::new())));
         let sink = ConsoleSink { stdout: config.serial_stdout, capture: capture.clone() };
-        let mut ports = Bus::new();
-        let wire = |e: devices::BusError| MachineError::Wiring(e.to_string());
-        ports.insert(u64::from(DEBUGCON_PORT), 1, PortDev::DebugCon(DebugCon::new(sink.clone()))).map_err(wire)?;
-        ports.insert(u64::from(FIRMWARE_LOG_PORT), 1, PortDev::DebugCon(DebugCon::new(sink.clone()))).map_err(wire)?;
-        ports.insert(u64::from(EXIT_PORT), 4, PortDev::Exit(ExitDevice::new())).map_err(wire)?;
-        ports.insert(u64::from(COM1_PORT), 8, PortDev::Com1(Uart16550::new(NoIrq, sink))).map_err(wire)?;
+        let board =
+            Board::new(mem, sink, config.rtc_unix_seconds, ram).map_err(|e| MachineError::Wiring(e.to_string()))?;
         let mut engine = Interpreter::new();
         engine.trace = config.trace;
         Ok(Machine {
             cpu: Box::new(CpuState::new()),
             engine,
-            board: Board { mem, ports, exit_value: None, now: VirtualInstant(0) },
+            board,
             capture,
             ram_bytes: ram,
+            no_reboot: config.no_reboot,
+            bios: None,
         })
     }
 
@@ -298,18 +193,45 @@ impl Machine {
     /// last 128 KiB also copied to 0xE0000, and the CPU reset to F000:FFF0.
     pub fn load_bios(&mut self, image: &[u8]) -> Result<(), MachineError> {
         let len = image.len() as u64;
-        if len == 0 || len % 0x1_0000 != 0 || len > MAX_FIRMWARE {
+        if len == 0 || !len.is_multiple_of(0x1_0000) || len > MAX_FIRMWARE {
             return Err(MachineError::BadFirmware(len));
         }
         self.board.mem.map_rom((1u64 << 32) - len, image)?;
-        let low = &image[image.len() - (image.len().min(0x2_0000))..];
-        self.board.mem.load(GuestPhysAddr(0x10_0000 - low.len() as u64), low)?;
+        self.bios = Some(image.to_vec());
+        self.reset_cpu_to_firmware()
+    }
+
+    /// Copies the top of the firmware into the BIOS shadow area and puts the CPU at the reset
+    /// vector (power-on and every reset).
+    fn reset_cpu_to_firmware(&mut self) -> Result<(), MachineError> {
+        if let Some(image) = &self.bios {
+            let low = &image[image.len() - (image.len().min(0x2_0000))..];
+            self.board.mem.load(GuestPhysAddr(0x10_0000 - low.len() as u64), low)?;
+        }
         *self.cpu = CpuState::new();
         self.engine.invalidate_phys(0, u64::MAX);
         self.engine.flush_for_mode_change(&mut self.cpu);
         Ok(())
     }
 
+    /// A machine reset: chips to their power-on state, the CPU to the reset vector. Returns
+    /// false when there is no firmware to reboot into.
+    fn reboot(&mut self) -> bool {
+        if self.bios.is_none() {
+            return false;
+        }
+        log::info!("machine reset at instruction {}", self.cpu.icount);
+        self.board.reset_chips();
+        let icount = self.cpu.icount;
+        let tsc = self.cpu.msr.tsc_offset;
+        if self.reset_cpu_to_firmware().is_err() {
+            return false;
+        }
+        // Virtual time runs on across a reset.
+        self.cpu.icount = icount;
+        self.cpu.msr.tsc_offset = tsc;
+        true
+    }
     /// Loads a Multiboot v1 kernel and prepares the CPU as a Multiboot loader leaves it.
     pub fn load_multiboot(&mut self, file: &[u8], cmdline: &str) -> Result<(), MachineError> {
         let k = loader::parse_multiboot(file)?;
@@ -359,13 +281,30 @@ impl Machine {
         Ok(())
     }
 
+    /// The current virtual time: retired instructions plus time skipped while halted.
+    fn now(&self) -> VirtualInstant {
+        VirtualInstant(self.cpu.icount.wrapping_add(self.board.idle_time))
+    }
+
     /// Runs until the guest exits, halts for good, faults fatally or reaches `max_insns`.
+    ///
+    /// Devices are advanced by deadline: a run slice ends at the next timer deadline, and a CPU
+    /// halted with interrupts enabled skips virtual time ahead to it instead of spinning.
     pub fn run(&mut self, max_insns: Option<u64>) -> Exit {
         let limit = max_insns.map(|m| self.cpu.icount.saturating_add(m));
+        let mut idle_since: Option<VirtualInstant> = None;
         loop {
             if let Some(v) = self.board.exit_value.take() {
                 return Exit::ExitDevice(v);
             }
+            if self.board.reset_requested {
+                self.board.reset_requested = false;
+                if self.no_reboot || !self.reboot() {
+                    return Exit::Reset;
+                }
+            }
+            let now = self.now();
+            self.board.advance_timers(now);
             let mut budget = SLICE;
             if let Some(l) = limit {
                 if self.cpu.icount >= l {
@@ -373,15 +312,39 @@ impl Machine {
                 }
                 budget = budget.min(l - self.cpu.icount);
             }
-            self.board.now = VirtualInstant(self.cpu.icount);
+            if let Some(d) = self.board.next_deadline() {
+                budget = budget.min(d.0.saturating_sub(now.0).max(1));
+            }
+            let before = self.cpu.icount;
             match self.engine.run(&mut self.cpu, &mut self.board, budget) {
                 RunExit::BudgetExhausted | RunExit::Stopped => {}
-                RunExit::TripleFault => return Exit::TripleFault,
+                RunExit::TripleFault => {
+                    if self.no_reboot || !self.reboot() {
+                        return Exit::TripleFault;
+                    }
+                }
                 RunExit::Halted => {
-                    // No interrupt sources are wired yet, so a halted CPU never wakes.
-                    if self.board.exit_value.is_none() {
+                    if self.board.exit_value.is_some() || self.board.reset_requested {
+                        continue;
+                    }
+                    if self.cpu.rflags() & rflags::IF == 0 {
                         return Exit::Halted;
                     }
+                    // Idle: skip virtual time to the next timer deadline (the TSC moves too).
+                    let now = self.now();
+                    let Some(deadline) = self.board.next_deadline() else {
+                        return Exit::IdleForever;
+                    };
+                    if self.cpu.icount != before {
+                        idle_since = None;
+                    }
+                    let since = *idle_since.get_or_insert(now);
+                    if now.0.saturating_sub(since.0) > IDLE_FOREVER_NS {
+                        return Exit::IdleForever;
+                    }
+                    let skip = deadline.0.saturating_sub(now.0).max(1);
+                    self.board.idle_time = self.board.idle_time.wrapping_add(skip);
+                    self.cpu.msr.tsc_offset = self.cpu.msr.tsc_offset.wrapping_add(skip);
                 }
             }
         }

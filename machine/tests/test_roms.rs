@@ -62,3 +62,12 @@ fn test_rom_demo_output_matches_host_computation() {
     assert!(out.contains(&test_roms::primes_reference()), "primes differ from the host's:\n{out}");
     assert!(out.contains("CPU vendor: "), "output:\n{out}");
 }
+
+#[test]
+fn test_rom_pit_interrupts_and_idle_skip() {
+    let rom = test_roms::pit_interrupts();
+    let (exit, out, m) = run(&rom, 1_000_000);
+    assert_eq!(exit, Exit::ExitDevice(u32::from(PASS)), "output {out}; rip {:#x}; eax {}", m.cpu().rip, m.cpu().gpr[0]);
+    // 100 ms of guest time passed in HLT: the CPU skipped ahead instead of spinning.
+    assert!(m.instructions() < 10_000, "{} instructions", m.instructions());
+}

@@ -28,7 +28,9 @@ mod checks;
 mod demo;
 mod layout;
 
-pub use checks::{exceptions_protected, exceptions_real, long_mode_switch, real_mode_arith, string_ops};
+pub use checks::{
+    exceptions_protected, exceptions_real, long_mode_switch, pit_interrupts, real_mode_arith, string_ops,
+};
 pub use demo::{demo, mandelbrot_reference, primes_reference, DEMO_BANNER};
 pub use layout::{Mode, ENTRY, PAYLOAD};
 

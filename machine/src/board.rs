@@ -1,0 +1,352 @@
+//! The board: guest memory plus the chipset, glued to the CPU through [`CpuBus`].
+//!
+//! Interrupt lines of the ISA devices do not call into the PIC directly (the device that drives a
+//! line is itself borrowed at that moment); each line records level changes in a shared queue
+//! that the board drains into the PIC after every device access and timer advance. The queue is
+//! in order, so edges are seen exactly as the devices produced them.
+
+use base::{AccessSize, GuestPhysAddr, PortAddr, VirtualInstant};
+use cpu::CpuBus;
+use devices::{
+    Access, Bus, DebugCon, ExitDevice, I8254Pit, I8259Pic, IrqLine, Mc146818Rtc, PioDevice, Port92, Timed, Uart16550,
+    I8042,
+};
+use mmu::PhysMemory;
+use std::cell::RefCell;
+use std::io::Write;
+use std::rc::Rc;
+
+/// Port of the Bochs/QEMU debug console.
+pub const DEBUGCON_PORT: u16 = 0xE9;
+/// Port SeaBIOS writes its debug log to (QEMU's `-debugcon` with iobase 0x402).
+pub const FIRMWARE_LOG_PORT: u16 = 0x402;
+/// Port of the QEMU isa-debug-exit device.
+pub const EXIT_PORT: u16 = 0xF4;
+/// Base port of COM1.
+pub const COM1_PORT: u16 = 0x3F8;
+/// ISA IRQ of COM1.
+const COM1_IRQ: u8 = 4;
+/// ISA IRQ of the PIT's channel 0.
+const PIT_IRQ: u8 = 0;
+/// ISA IRQ of the keyboard.
+const KBD_IRQ: u8 = 1;
+/// ISA IRQ of the PS/2 mouse.
+const AUX_IRQ: u8 = 12;
+/// ISA IRQ of the RTC.
+const RTC_IRQ: u8 = 8;
+
+/// Where console output goes: the host terminal, a capture buffer, or both.
+#[derive(Debug, Clone)]
+pub(crate) struct ConsoleSink {
+    pub(crate) stdout: bool,
+    pub(crate) capture: Option<Rc<RefCell<Vec<u8>>>>,
+}
+
+impl Write for ConsoleSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.stdout {
+            let mut o = std::io::stdout().lock();
+            o.write_all(buf)?;
+            o.flush()?;
+        }
+        if let Some(c) = &self.capture {
+            c.borrow_mut().extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Level changes of ISA interrupt lines, in the order the devices made them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct IrqQueue(Rc<RefCell<Vec<(u8, bool)>>>);
+
+/// One ISA interrupt line feeding an [`IrqQueue`].
+#[derive(Debug, Clone)]
+pub(crate) struct IsaIrq {
+    line: u8,
+    queue: IrqQueue,
+}
+
+impl IrqLine for IsaIrq {
+    fn set_level(&self, high: bool) {
+        self.queue.0.borrow_mut().push((self.line, high));
+    }
+}
+
+impl IrqQueue {
+    fn line(&self, line: u8) -> IsaIrq {
+        IsaIrq { line, queue: self.clone() }
+    }
+}
+
+/// The devices on the port bus. The bus maps port ranges to these tags; the board owns the
+/// devices, so one chip can answer at several ranges (the PIT at 0x40 and port B at 0x61).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Port {
+    DebugCon,
+    FirmwareLog,
+    Exit,
+    Com1,
+    Pic,
+    Pit,
+    PortB,
+    Rtc,
+    Kbc,
+    Port92,
+}
+
+/// The chips of the board, rebuilt on a machine reset.
+#[derive(Debug)]
+struct Chips {
+    debugcon: DebugCon<ConsoleSink>,
+    fwlog: DebugCon<ConsoleSink>,
+    exit: ExitDevice,
+    com1: Uart16550<IsaIrq, ConsoleSink>,
+    pic: I8259Pic,
+    pit: I8254Pit<IsaIrq>,
+    rtc: Mc146818Rtc<IsaIrq>,
+    kbc: I8042<IsaIrq>,
+    port92: Port92,
+}
+
+/// Everything the CPU reaches through [`CpuBus`].
+#[derive(Debug)]
+pub(crate) struct Board {
+    pub(crate) mem: PhysMemory,
+    ports: Bus<Port>,
+    chips: Chips,
+    irqs: IrqQueue,
+    irq_pending: bool,
+    sink: ConsoleSink,
+    /// Unix time the RTC shows at virtual time 0 (a host input, recorded in the config).
+    rtc_base: i64,
+    ram_bytes: u64,
+    /// The guest wrote this to the exit port.
+    pub(crate) exit_value: Option<u32>,
+    /// The guest asked for a reset (keyboard controller, port 0x92).
+    pub(crate) reset_requested: bool,
+    /// A timer was reprogrammed: the run slice must end so the deadline is recomputed.
+    timers_dirty: bool,
+    /// Virtual time of the current instruction.
+    pub(crate) now: VirtualInstant,
+    /// Virtual time that passed without instructions (HLT skipped ahead to a deadline).
+    pub(crate) idle_time: u64,
+}
+
+impl Board {
+    pub(crate) fn new(
+        mem: PhysMemory,
+        sink: ConsoleSink,
+        rtc_base: i64,
+        ram_bytes: u64,
+    ) -> Result<Self, devices::BusError> {
+        let irqs = IrqQueue::default();
+        let chips = Self::chips(&irqs, &sink, rtc_base, ram_bytes);
+        let mut ports = Bus::new();
+        for (base, len, tag) in [
+            (u64::from(DEBUGCON_PORT), 1, Port::DebugCon),
+            (u64::from(FIRMWARE_LOG_PORT), 1, Port::FirmwareLog),
+            (u64::from(EXIT_PORT), 4, Port::Exit),
+            (u64::from(COM1_PORT), 8, Port::Com1),
+            (0x20, 2, Port::Pic),
+            (0xA0, 2, Port::Pic),
+            (0x4D0, 2, Port::Pic),
+            (0x40, 4, Port::Pit),
+            (0x61, 1, Port::PortB),
+            (0x70, 2, Port::Rtc),
+            (0x60, 1, Port::Kbc),
+            (0x64, 1, Port::Kbc),
+            (0x92, 1, Port::Port92),
+        ] {
+            ports.insert(base, len, tag)?;
+        }
+        Ok(Board {
+            mem,
+            ports,
+            chips,
+            irqs,
+            irq_pending: false,
+            sink,
+            rtc_base,
+            ram_bytes,
+            exit_value: None,
+            reset_requested: false,
+            timers_dirty: false,
+            now: VirtualInstant(0),
+            idle_time: 0,
+        })
+    }
+
+    fn chips(irqs: &IrqQueue, sink: &ConsoleSink, rtc_base: i64, ram_bytes: u64) -> Chips {
+        let mut rtc = Mc146818Rtc::new(irqs.line(RTC_IRQ), rtc_base);
+        setup_cmos(&mut rtc, ram_bytes);
+        Chips {
+            debugcon: DebugCon::new(sink.clone()),
+            fwlog: DebugCon::new(sink.clone()),
+            exit: ExitDevice::new(),
+            com1: Uart16550::new(irqs.line(COM1_IRQ), sink.clone()),
+            pic: I8259Pic::new(),
+            pit: I8254Pit::new(irqs.line(PIT_IRQ)),
+            rtc,
+            kbc: I8042::new(irqs.line(KBD_IRQ), irqs.line(AUX_IRQ)),
+            port92: Port92::new(),
+        }
+    }
+
+    /// Puts every chip back in its power-on state (a machine reset; memory is kept). The RTC
+    /// keeps running: it is battery-backed.
+    pub(crate) fn reset_chips(&mut self) {
+        let elapsed = self.chips.rtc.unix_time(self.now);
+        self.irqs.0.borrow_mut().clear();
+        self.chips = Self::chips(&self.irqs, &self.sink, self.rtc_base, self.ram_bytes);
+        self.chips.rtc.set_time(elapsed, self.now);
+        self.irq_pending = false;
+        self.reset_requested = false;
+        self.exit_value = None;
+    }
+
+    /// The earliest virtual instant at which a timer changes an interrupt line.
+    pub(crate) fn next_deadline(&self) -> Option<VirtualInstant> {
+        [self.chips.pit.next_deadline(), self.chips.rtc.next_deadline()].into_iter().flatten().min()
+    }
+
+    /// Brings every timer to `now` and delivers the resulting interrupt-line changes.
+    pub(crate) fn advance_timers(&mut self, now: VirtualInstant) {
+        self.now = now;
+        self.chips.pit.advance_to(now);
+        self.chips.rtc.advance_to(now);
+        self.sync_irqs();
+    }
+
+    /// Drains the interrupt-line queue into the PIC and recomputes the CPU's INTR input.
+    fn sync_irqs(&mut self) {
+        let changes = std::mem::take(&mut *self.irqs.0.borrow_mut());
+        for (line, level) in changes {
+            self.chips.pic.set_irq(line, level);
+        }
+        self.irq_pending = self.chips.pic.has_interrupt();
+    }
+
+    /// The device behind a tag; `None` for port B, which is a side door of the PIT.
+    fn device(&mut self, tag: Port) -> Option<&mut dyn PioDevice> {
+        let c = &mut self.chips;
+        Some(match tag {
+            Port::DebugCon => &mut c.debugcon,
+            Port::FirmwareLog => &mut c.fwlog,
+            Port::Exit => &mut c.exit,
+            Port::Com1 => &mut c.com1,
+            Port::Pic => &mut c.pic,
+            Port::Pit => &mut c.pit,
+            Port::Rtc => &mut c.rtc,
+            Port::Kbc => &mut c.kbc,
+            Port::Port92 => &mut c.port92,
+            Port::PortB => return None,
+        })
+    }
+
+    /// After a write: collect exit and reset requests and note reprogrammed timers.
+    fn after_write(&mut self, tag: Port) {
+        match tag {
+            Port::Exit => {
+                if let Some(v) = self.chips.exit.take_exit() {
+                    self.exit_value = Some(v);
+                }
+            }
+            Port::Kbc if self.chips.kbc.take_reset_request() => self.reset_requested = true,
+            Port::Port92 if self.chips.port92.take_reset_request() => self.reset_requested = true,
+            Port::Pit | Port::PortB | Port::Rtc => self.timers_dirty = true,
+            _ => {}
+        }
+    }
+}
+
+/// The CMOS bytes a PC BIOS reads for the memory size (as QEMU's `pc_cmos_init` sets them).
+fn setup_cmos<I: IrqLine>(rtc: &mut Mc146818Rtc<I>, ram_bytes: u64) {
+    let kib_above_1m = (ram_bytes.saturating_sub(1 << 20) >> 10).min(0xFFFF) as u16;
+    let above_16m = (ram_bytes.saturating_sub(16 << 20) >> 16).min(0xFFFF) as u16;
+    let [b0, b1] = 640u16.to_le_bytes();
+    rtc.set_cmos(0x15, b0);
+    rtc.set_cmos(0x16, b1);
+    let [e0, e1] = kib_above_1m.to_le_bytes();
+    for (lo, hi) in [(0x17, 0x18), (0x30, 0x31)] {
+        rtc.set_cmos(lo, e0);
+        rtc.set_cmos(hi, e1);
+    }
+    let [h0, h1] = above_16m.to_le_bytes();
+    rtc.set_cmos(0x34, h0);
+    rtc.set_cmos(0x35, h1);
+    // Boot order: hard disk first (QEMU's encoding: 2 = disk), then nothing.
+    rtc.set_cmos(0x3D, 0x02);
+    rtc.set_cmos(0x38, 0x00);
+}
+
+impl CpuBus for Board {
+    fn memory(&mut self) -> &mut PhysMemory {
+        &mut self.mem
+    }
+
+    fn mmio_read(&mut self, id: u32, addr: GuestPhysAddr, size: AccessSize) -> u64 {
+        log::debug!("MMIO read of unclaimed region {id} at {:#x} ({} bytes): open bus", addr.0, size.bytes());
+        size.mask()
+    }
+
+    fn mmio_write(&mut self, id: u32, addr: GuestPhysAddr, size: AccessSize, value: u64) {
+        log::debug!(
+            "MMIO write of unclaimed region {id} at {:#x} ({} bytes) = {value:#x} dropped",
+            addr.0,
+            size.bytes()
+        );
+    }
+
+    fn port_read(&mut self, port: PortAddr, size: AccessSize) -> u32 {
+        let n = size.bytes();
+        let now = self.now;
+        let Some((&tag, offset)) = self.ports.lookup(u64::from(port.0), n as u64) else {
+            log::debug!("IN from unclaimed port {:#x} ({n} bytes): open bus", port.0);
+            return size.mask() as u32;
+        };
+        let mut buf = [0xFFu8; 4];
+        match self.device(tag) {
+            Some(d) => d.read(Access { offset, addr: u64::from(port.0), now }, &mut buf[..n]),
+            None => buf[0] = self.chips.pit.read_port_b(now),
+        }
+        self.sync_irqs();
+        u32::from_le_bytes(buf) & size.mask() as u32
+    }
+
+    fn port_write(&mut self, port: PortAddr, size: AccessSize, value: u32) {
+        let n = size.bytes();
+        let now = self.now;
+        let Some((&tag, offset)) = self.ports.lookup(u64::from(port.0), n as u64) else {
+            log::debug!("OUT to unclaimed port {:#x} ({n} bytes) = {value:#x} dropped", port.0);
+            return;
+        };
+        match self.device(tag) {
+            Some(d) => d.write(Access { offset, addr: u64::from(port.0), now }, &value.to_le_bytes()[..n]),
+            None => self.chips.pit.write_port_b(value as u8, now),
+        }
+        self.after_write(tag);
+        self.sync_irqs();
+    }
+
+    fn interrupt_pending(&mut self) -> bool {
+        self.irq_pending
+    }
+
+    fn acknowledge_interrupt(&mut self) -> Option<u8> {
+        let v = self.chips.pic.acknowledge();
+        self.irq_pending = self.chips.pic.has_interrupt();
+        v
+    }
+
+    fn stop_requested(&mut self) -> bool {
+        self.exit_value.is_some() || self.reset_requested || std::mem::take(&mut self.timers_dirty)
+    }
+
+    fn advance_clock(&mut self, icount: u64) {
+        self.now = VirtualInstant(icount.wrapping_add(self.idle_time));
+    }
+}
