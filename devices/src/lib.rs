@@ -15,6 +15,8 @@ pub mod exit;
 pub mod fw_cfg;
 pub mod i8042;
 pub mod ide;
+pub mod ioapic;
+pub mod lapic;
 pub mod pci;
 pub mod pic;
 pub mod pit;
@@ -29,6 +31,8 @@ pub use exit::{exit_status, ExitDevice, EXIT_PORT};
 pub use fw_cfg::{E820Entry, FwCfg, FwCfgBuilder, FwCfgError, FwCfgState};
 pub use i8042::{I8042State, I8042};
 pub use ide::{AtaDiskConfig, AtaDriveState, Chs, IdeChannel, IdeChannelState, IdeError, PiixIde, PiixIdeState};
+pub use ioapic::{IoApic, IoApicState};
+pub use lapic::{ApicMessage, Ipi, LocalApic, LocalApicState};
 pub use pci::{
     parse_config_address, I440fxHost, PamRegion, PciAddress, PciBarKind, PciBus, PciConfig, PciConfigIo,
     PciConfigIoState, PciFunction, PciRoot, Piix3Isa, Piix4Pm,
