@@ -853,7 +853,12 @@ impl Cx<'_> {
                 self.next(i);
             }
             M::Enter => {
-                let bits = Self::opsize_from_sp(i);
+                // Not from the stack pointer increment: for ENTER that includes the frame size.
+                let bits = match i.code() {
+                    Code::Enterw_imm16_imm8 => 16,
+                    Code::Enterq_imm16_imm8 => 64,
+                    _ => 32,
+                };
                 let size = i.immediate16();
                 let level = u32::from(i.immediate8_2nd() & 31);
                 let n = u64::from(bits / 8);
@@ -882,7 +887,11 @@ impl Cx<'_> {
                 self.next(i);
             }
             M::Leave => {
-                let bits = Self::opsize_from_sp(i);
+                let bits = match i.code() {
+                    Code::Leavew => 16,
+                    Code::Leaveq => 64,
+                    _ => 32,
+                };
                 let m = self.cpu.stack_mask();
                 let bp = self.cpu.gpr[5] & m;
                 let v = self.stack_read(bp, bits)?;

@@ -403,17 +403,31 @@ impl Cx<'_> {
                 return Ok(());
             }
             _ => {
-                log::debug!(
-                    "unimplemented instruction {:?} ({:?}) at {:#x}: #UD",
-                    i.mnemonic(),
-                    i.code(),
-                    self.cpu.rip
-                );
+                if log::log_enabled!(log::Level::Debug) {
+                    let bytes = self.code_bytes(i.len());
+                    log::debug!(
+                        "unimplemented instruction {:?} ({:?}) at {:#x}: {:02x?}: #UD",
+                        i.mnemonic(),
+                        i.code(),
+                        self.cpu.rip,
+                        bytes
+                    );
+                }
                 return Err(Exception::InvalidOpcode.into());
             }
         }
         self.next_ip(i);
         Ok(())
+    }
+
+    /// The `len` bytes at CS:RIP, for diagnostics (as many as can be fetched).
+    fn code_bytes(&mut self, len: usize) -> Vec<u8> {
+        let cs = self.cpu.seg[SegReg::Cs as usize];
+        let lin =
+            if self.mode == CpuMode::Long64 { self.cpu.rip } else { cs.base.wrapping_add(self.cpu.rip) & 0xFFFF_FFFF };
+        let mut buf = [0u8; 15];
+        let (n, _) = self.fetch_bytes(lin, &mut buf);
+        buf[..n.min(len)].to_vec()
     }
 
     fn next_ip(&mut self, i: &Instruction) {
