@@ -33,9 +33,19 @@ pub struct RunArgs {
     /// reset vector. Without --disk the firmware finds nothing to boot.
     #[arg(long, value_name = "FILE", conflicts_with = "multiboot")]
     bios: Option<PathBuf>,
+    /// A disk image for the IDE controller (VMDK of any subformat, or raw; detected). Repeat for
+    /// up to four disks: primary master, primary slave, secondary master, secondary slave.
+    #[arg(long, value_name = "FILE")]
+    disk: Vec<PathBuf>,
+    /// Open the disks read-only: guest writes fail with an ATA error instead of changing them.
+    #[arg(long)]
+    read_only: bool,
     /// A guest reset or triple fault ends the run with a message instead of rebooting.
     #[arg(long)]
     no_reboot: bool,
+    /// Copy the firmware's debug log (port 0x402, SeaBIOS's log) to standard error.
+    #[arg(long)]
+    firmware_log: bool,
     /// Physical load address of the --flat image.
     #[arg(long, value_name = "ADDR", value_parser = parse_u64, default_value = "0x7c00", requires = "flat")]
     load: u64,
@@ -95,10 +105,14 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
         capture_serial: false,
         serial_stdout: true,
         trace: a.trace,
+        firmware_log_stderr: a.firmware_log,
         no_reboot: a.no_reboot,
         rtc_unix_seconds: host_time,
     };
     let mut m = Machine::new(config)?;
+    for (i, path) in a.disk.iter().enumerate() {
+        m.attach_disk_file(i, path, a.read_only)?;
+    }
     if let Some(path) = &a.bios {
         let image = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         m.load_bios(&image).with_context(|| format!("cannot load {}", path.display()))?;

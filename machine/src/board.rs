@@ -7,8 +7,10 @@
 
 use base::{AccessSize, GuestPhysAddr, PortAddr, VirtualInstant};
 use cpu::CpuBus;
+use devices::fw_cfg::{E820Entry, FwCfg, FwCfgBuilder, E820_RAM};
 use devices::{
-    Access, Bus, DebugCon, ExitDevice, I8254Pit, I8259Pic, IrqLine, Mc146818Rtc, PioDevice, Port92, Timed, Uart16550,
+    Access, AtaDiskConfig, BlockBackend, Bus, DebugCon, ExitDevice, I440fxHost, I8254Pit, I8259Pic, IrqLine,
+    Mc146818Rtc, PciAddress, PciConfigIo, PciFunction, PciRoot, Piix3Isa, PiixIde, PioDevice, Port92, Timed, Uart16550,
     I8042,
 };
 use mmu::PhysMemory;
@@ -34,11 +36,15 @@ const KBD_IRQ: u8 = 1;
 const AUX_IRQ: u8 = 12;
 /// ISA IRQ of the RTC.
 const RTC_IRQ: u8 = 8;
+/// ISA IRQs of the primary and secondary IDE channels.
+const IDE_IRQS: [u8; 2] = [14, 15];
 
-/// Where console output goes: the host terminal, a capture buffer, or both.
-#[derive(Debug, Clone)]
+/// Where console output goes: the host's standard output or error, a capture buffer, or
+/// several of these.
+#[derive(Debug, Clone, Default)]
 pub(crate) struct ConsoleSink {
     pub(crate) stdout: bool,
+    pub(crate) stderr: bool,
     pub(crate) capture: Option<Rc<RefCell<Vec<u8>>>>,
 }
 
@@ -48,6 +54,9 @@ impl Write for ConsoleSink {
             let mut o = std::io::stdout().lock();
             o.write_all(buf)?;
             o.flush()?;
+        }
+        if self.stderr {
+            std::io::stderr().lock().write_all(buf)?;
         }
         if let Some(c) = &self.capture {
             c.borrow_mut().extend_from_slice(buf);
@@ -96,6 +105,30 @@ enum Port {
     Rtc,
     Kbc,
     Port92,
+    PciConfig,
+    Ide,
+    FwCfg,
+}
+
+/// PCI bus 0 of the PC: the i440FX host bridge at 00:00.0, the PIIX3 ISA bridge at 00:01.0 and
+/// its IDE function at 00:01.1. The IDE controller is also on the port bus, so the root owns
+/// the functions by name rather than in a boxed slot table.
+#[derive(Debug)]
+struct PcPci {
+    host: I440fxHost,
+    isa: Piix3Isa,
+    ide: PiixIde<IsaIrq>,
+}
+
+impl PciRoot for PcPci {
+    fn function_mut(&mut self, addr: PciAddress) -> Option<&mut dyn PciFunction> {
+        match (addr.bus, addr.dev, addr.func) {
+            (0, 0, 0) => Some(&mut self.host),
+            (0, 1, 0) => Some(&mut self.isa),
+            (0, 1, 1) => Some(&mut self.ide),
+            _ => None,
+        }
+    }
 }
 
 /// The chips of the board, rebuilt on a machine reset.
@@ -110,6 +143,8 @@ struct Chips {
     rtc: Mc146818Rtc<IsaIrq>,
     kbc: I8042<IsaIrq>,
     port92: Port92,
+    pci: PciConfigIo<PcPci>,
+    fw_cfg: FwCfg,
 }
 
 /// Everything the CPU reaches through [`CpuBus`].
@@ -121,6 +156,7 @@ pub(crate) struct Board {
     irqs: IrqQueue,
     irq_pending: bool,
     sink: ConsoleSink,
+    fwlog_sink: ConsoleSink,
     /// Unix time the RTC shows at virtual time 0 (a host input, recorded in the config).
     rtc_base: i64,
     ram_bytes: u64,
@@ -137,14 +173,17 @@ pub(crate) struct Board {
 }
 
 impl Board {
+    /// A board whose serial console and debug console write to `sink` and whose firmware log
+    /// (port 0x402) writes to `fwlog_sink`.
     pub(crate) fn new(
         mem: PhysMemory,
         sink: ConsoleSink,
+        fwlog_sink: ConsoleSink,
         rtc_base: i64,
         ram_bytes: u64,
     ) -> Result<Self, devices::BusError> {
         let irqs = IrqQueue::default();
-        let chips = Self::chips(&irqs, &sink, rtc_base, ram_bytes);
+        let chips = Self::chips(&irqs, &sink, &fwlog_sink, rtc_base, ram_bytes);
         let mut ports = Bus::new();
         for (base, len, tag) in [
             (u64::from(DEBUGCON_PORT), 1, Port::DebugCon),
@@ -160,6 +199,12 @@ impl Board {
             (0x60, 1, Port::Kbc),
             (0x64, 1, Port::Kbc),
             (0x92, 1, Port::Port92),
+            (0xCF8, 8, Port::PciConfig),
+            (0x1F0, 8, Port::Ide),
+            (0x3F6, 1, Port::Ide),
+            (0x170, 8, Port::Ide),
+            (0x376, 1, Port::Ide),
+            (u64::from(devices::fw_cfg::FW_CFG_SELECTOR_PORT), 2, Port::FwCfg),
         ] {
             ports.insert(base, len, tag)?;
         }
@@ -170,6 +215,7 @@ impl Board {
             irqs,
             irq_pending: false,
             sink,
+            fwlog_sink,
             rtc_base,
             ram_bytes,
             exit_value: None,
@@ -180,12 +226,12 @@ impl Board {
         })
     }
 
-    fn chips(irqs: &IrqQueue, sink: &ConsoleSink, rtc_base: i64, ram_bytes: u64) -> Chips {
+    fn chips(irqs: &IrqQueue, sink: &ConsoleSink, fwlog_sink: &ConsoleSink, rtc_base: i64, ram_bytes: u64) -> Chips {
         let mut rtc = Mc146818Rtc::new(irqs.line(RTC_IRQ), rtc_base);
         setup_cmos(&mut rtc, ram_bytes);
         Chips {
             debugcon: DebugCon::new(sink.clone()),
-            fwlog: DebugCon::new(sink.clone()),
+            fwlog: DebugCon::new(fwlog_sink.clone()),
             exit: ExitDevice::new(),
             com1: Uart16550::new(irqs.line(COM1_IRQ), sink.clone()),
             pic: I8259Pic::new(),
@@ -193,7 +239,23 @@ impl Board {
             rtc,
             kbc: I8042::new(irqs.line(KBD_IRQ), irqs.line(AUX_IRQ)),
             port92: Port92::new(),
+            pci: PciConfigIo::new(PcPci {
+                host: I440fxHost::new(),
+                isa: Piix3Isa::new(),
+                ide: PiixIde::new(irqs.line(IDE_IRQS[0]), irqs.line(IDE_IRQS[1])),
+            }),
+            fw_cfg: fw_cfg(ram_bytes),
         }
+    }
+
+    /// Attaches a disk to the IDE controller (`channel` 0 or 1, master or slave).
+    pub(crate) fn attach_disk(
+        &mut self,
+        channel: usize,
+        slave: bool,
+        backend: Box<dyn BlockBackend>,
+    ) -> Result<(), devices::IdeError> {
+        self.chips.pci.root_mut().ide.attach(channel, slave, backend, AtaDiskConfig::default())
     }
 
     /// Puts every chip back in its power-on state (a machine reset; memory is kept). The RTC
@@ -201,8 +263,24 @@ impl Board {
     pub(crate) fn reset_chips(&mut self) {
         let elapsed = self.chips.rtc.unix_time(self.now);
         self.irqs.0.borrow_mut().clear();
-        self.chips = Self::chips(&self.irqs, &self.sink, self.rtc_base, self.ram_bytes);
+        let old = std::mem::replace(
+            &mut self.chips,
+            Self::chips(&self.irqs, &self.sink, &self.fwlog_sink, self.rtc_base, self.ram_bytes),
+        );
         self.chips.rtc.set_time(elapsed, self.now);
+        // The disks move over to the fresh controller.
+        let mut old_pci = old.pci;
+        for channel in 0..2 {
+            for slave in [false, true] {
+                let disk = old_pci.root_mut().ide.channel_mut(channel).and_then(|c| c.detach(slave));
+                if let Some(backend) = disk {
+                    if let Err(e) = self.attach_disk(channel, slave, backend) {
+                        log::error!("reattaching IDE disk {channel}/{slave} after reset: {e}");
+                    }
+                }
+            }
+        }
+        self.irqs.0.borrow_mut().clear();
         self.irq_pending = false;
         self.reset_requested = false;
         self.exit_value = None;
@@ -243,8 +321,21 @@ impl Board {
             Port::Rtc => &mut c.rtc,
             Port::Kbc => &mut c.kbc,
             Port::Port92 => &mut c.port92,
+            Port::PciConfig => &mut c.pci,
+            Port::Ide => &mut c.pci.root_mut().ide,
+            Port::FwCfg => &mut c.fw_cfg,
             Port::PortB => return None,
         })
+    }
+
+    /// The device at a port: the fixed map, then the IDE bus-master block wherever BAR4 puts it.
+    fn lookup_port(&self, port: PortAddr, n: usize) -> Option<(Port, u64)> {
+        if let Some((&tag, offset)) = self.ports.lookup(u64::from(port.0), n as u64) {
+            return Some((tag, offset));
+        }
+        let base = self.chips.pci.root().ide.bus_master_base()?;
+        let off = port.0.checked_sub(base)?;
+        (usize::from(off) + n <= 16).then_some((Port::Ide, u64::from(off)))
     }
 
     /// After a write: collect exit and reset requests and note reprogrammed timers.
@@ -257,8 +348,27 @@ impl Board {
             }
             Port::Kbc if self.chips.kbc.take_reset_request() => self.reset_requested = true,
             Port::Port92 if self.chips.port92.take_reset_request() => self.reset_requested = true,
+            Port::PciConfig if self.chips.pci.take_reset_request().is_some() => self.reset_requested = true,
             Port::Pit | Port::PortB | Port::Rtc => self.timers_dirty = true,
             _ => {}
+        }
+    }
+}
+
+/// The firmware configuration SeaBIOS reads: RAM size and map, one CPU, its console mirrored
+/// to COM1, the first IDE disk first in the boot order.
+fn fw_cfg(ram_bytes: u64) -> FwCfg {
+    let builder = FwCfgBuilder::new()
+        .ram_size(ram_bytes)
+        .e820(&[E820Entry { addr: 0, len: ram_bytes, kind: E820_RAM }])
+        .sercon_port(COM1_PORT)
+        .bootorder(&["/pci@i0cf8/ide@1,1/drive@0/disk@0"]);
+    match builder.build() {
+        Ok(f) => f,
+        Err(e) => {
+            // The items above are fixed and valid; an error here is a programming error.
+            log::error!("fw_cfg: {e}");
+            FwCfgBuilder::new().build().unwrap_or_else(|_| unreachable!("an empty fw_cfg always builds"))
         }
     }
 }
@@ -304,7 +414,7 @@ impl CpuBus for Board {
     fn port_read(&mut self, port: PortAddr, size: AccessSize) -> u32 {
         let n = size.bytes();
         let now = self.now;
-        let Some((&tag, offset)) = self.ports.lookup(u64::from(port.0), n as u64) else {
+        let Some((tag, offset)) = self.lookup_port(port, n) else {
             log::debug!("IN from unclaimed port {:#x} ({n} bytes): open bus", port.0);
             return size.mask() as u32;
         };
@@ -320,7 +430,7 @@ impl CpuBus for Board {
     fn port_write(&mut self, port: PortAddr, size: AccessSize, value: u32) {
         let n = size.bytes();
         let now = self.now;
-        let Some((&tag, offset)) = self.ports.lookup(u64::from(port.0), n as u64) else {
+        let Some((tag, offset)) = self.lookup_port(port, n) else {
             log::debug!("OUT to unclaimed port {:#x} ({n} bytes) = {value:#x} dropped", port.0);
             return;
         };

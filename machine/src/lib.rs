@@ -4,6 +4,7 @@
 //! Only the CLI (and later the management API) depends on this crate.
 
 mod board;
+pub mod disk;
 pub mod loader;
 
 use base::{GuestPhysAddr, VirtualInstant};
@@ -47,6 +48,17 @@ pub enum MachineError {
     /// A firmware image of an unusable size.
     #[error("firmware image of {0} bytes: must be a non-zero multiple of 64 KiB, at most 4 MiB")]
     BadFirmware(u64),
+    /// A disk image could not be opened or attached.
+    #[error("disk {path}: {reason}")]
+    Disk {
+        /// The image path.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// More disks than the IDE controller has places for.
+    #[error("at most 4 IDE disks (primary/secondary, master/slave)")]
+    TooManyDisks,
     /// Device wiring failed (overlapping port ranges: a programming error).
     #[error("device wiring: {0}")]
     Wiring(String),
@@ -57,12 +69,15 @@ pub enum MachineError {
 pub struct MachineConfig {
     /// Guest RAM in bytes.
     pub ram_bytes: u64,
-    /// Keep a copy of everything written to COM1 and the debug console ([`Machine::serial_output`]).
+    /// Keep a copy of everything written to COM1 and the debug console ([`Machine::serial_output`])
+    /// and of the firmware log ([`Machine::firmware_log`]).
     pub capture_serial: bool,
     /// Also write the serial console and debug console to the host's standard output.
     pub serial_stdout: bool,
     /// Print each executed instruction to standard error.
     pub trace: bool,
+    /// Copy the firmware log (port 0x402, where SeaBIOS writes its debug output) to standard error.
+    pub firmware_log_stderr: bool,
     /// A guest reset (keyboard controller, port 0x92, triple fault) ends the run with
     /// [`Exit::Reset`] or [`Exit::TripleFault`] instead of rebooting (QEMU's `-no-reboot`).
     pub no_reboot: bool,
@@ -78,6 +93,7 @@ impl Default for MachineConfig {
             capture_serial: false,
             serial_stdout: false,
             trace: false,
+            firmware_log_stderr: false,
             no_reboot: false,
             // 2026-01-01T00:00:00Z: a fixed, reproducible default.
             rtc_unix_seconds: 1_767_225_600,
@@ -110,6 +126,7 @@ pub struct Machine {
     engine: Interpreter,
     board: Board,
     capture: Option<Rc<RefCell<Vec<u8>>>>,
+    fwlog_capture: Option<Rc<RefCell<Vec<u8>>>>,
     ram_bytes: u64,
     no_reboot: bool,
     /// The firmware image, kept to restore the BIOS shadow area on a reset.
@@ -145,9 +162,12 @@ impl Machine {
             mem.map_ram(0x10_0000, ram - 0x10_0000)?;
         }
         let capture = config.capture_serial.then(|| Rc::new(RefCell::new(Vec::new())));
-        let sink = ConsoleSink { stdout: config.serial_stdout, capture: capture.clone() };
-        let board =
-            Board::new(mem, sink, config.rtc_unix_seconds, ram).map_err(|e| MachineError::Wiring(e.to_string()))?;
+        let fwlog_capture = config.capture_serial.then(|| Rc::new(RefCell::new(Vec::new())));
+        let sink = ConsoleSink { stdout: config.serial_stdout, stderr: false, capture: capture.clone() };
+        let fwlog_sink =
+            ConsoleSink { stdout: false, stderr: config.firmware_log_stderr, capture: fwlog_capture.clone() };
+        let board = Board::new(mem, sink, fwlog_sink, config.rtc_unix_seconds, ram)
+            .map_err(|e| MachineError::Wiring(e.to_string()))?;
         let mut engine = Interpreter::new();
         engine.trace = config.trace;
         Ok(Machine {
@@ -155,6 +175,7 @@ impl Machine {
             engine,
             board,
             capture,
+            fwlog_capture,
             ram_bytes: ram,
             no_reboot: config.no_reboot,
             bios: None,
@@ -212,6 +233,33 @@ impl Machine {
         self.engine.invalidate_phys(0, u64::MAX);
         self.engine.flush_for_mode_change(&mut self.cpu);
         Ok(())
+    }
+
+    /// Attaches a block device as IDE disk `index` (0 primary master, 1 primary slave,
+    /// 2 secondary master, 3 secondary slave).
+    pub fn attach_disk(&mut self, index: usize, backend: Box<dyn devices::BlockBackend>) -> Result<(), MachineError> {
+        if index >= 4 {
+            return Err(MachineError::TooManyDisks);
+        }
+        self.board
+            .attach_disk(index / 2, index % 2 == 1, backend)
+            .map_err(|e| MachineError::Disk { path: format!("#{index}"), reason: e.to_string() })
+    }
+
+    /// Opens a disk image (any VMDK subformat or raw, detected) and attaches it as IDE disk
+    /// `index`.
+    pub fn attach_disk_file(
+        &mut self,
+        index: usize,
+        path: &std::path::Path,
+        read_only: bool,
+    ) -> Result<(), MachineError> {
+        let disk_err = |reason: String| MachineError::Disk { path: path.display().to_string(), reason };
+        let backend = disk::ImageBackend::open(path, read_only).map_err(|e| disk_err(e.to_string()))?;
+        self.attach_disk(index, Box::new(backend)).map_err(|e| match e {
+            MachineError::Disk { reason, .. } => disk_err(reason),
+            other => other,
+        })
     }
 
     /// A machine reset: chips to their power-on state, the CPU to the reset vector. Returns
@@ -353,6 +401,11 @@ impl Machine {
     /// Everything written to COM1 and the debug console so far (with `capture_serial`).
     pub fn serial_output(&self) -> Vec<u8> {
         self.capture.as_ref().map(|c| c.borrow().clone()).unwrap_or_default()
+    }
+
+    /// Everything the firmware wrote to its log port 0x402 so far (with `capture_serial`).
+    pub fn firmware_log(&self) -> Vec<u8> {
+        self.fwlog_capture.as_ref().map(|c| c.borrow().clone()).unwrap_or_default()
     }
 
     /// Instructions retired so far.
