@@ -473,9 +473,20 @@ impl SparseExtent {
                     continue;
                 }
                 let len = if compressed {
+                    // Every compressed grain must decompress, and its marker must name its own sector.
+                    if let Err(err) = self.decompress((idx * per + i) as u64, e) {
+                        rep.corruptions.push(format!("{name}: {err}"));
+                        continue;
+                    }
                     if self.hdr.markers() {
                         let mut m = [0u8; 12];
                         self.file.read_exact_at(&mut m, e * SECTOR).map_err(io(&self.path))?;
+                        let lba = u64::from_le_bytes([m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7]]);
+                        if lba != sector {
+                            rep.corruptions.push(format!(
+                                "{name}: grain marker at sector {e} says LBA {lba} but the table maps it to sector {sector}"
+                            ));
+                        }
                         (12 + u64::from(u32::from_le_bytes([m[8], m[9], m[10], m[11]]))).div_ceil(SECTOR)
                     } else {
                         1

@@ -45,6 +45,8 @@ fn test_reads_every_qemu_subformat() {
         let i = Image::open(&img).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_same_as_raw(&i, &back);
         assert_same_as_raw(&i, &src);
+        let rep = vmdk::check(&img, false).unwrap();
+        assert_eq!(rep.exit_code(), 0, "{name}: our check of qemu's image: {rep:?}");
     }
 }
 
