@@ -1,0 +1,122 @@
+//! Interpreter throughput on CPU-bound guest loops (integer arithmetic, memory loads and stores,
+//! branches). Criterion reports throughput in elements = guest instructions, so "Melem/s" is
+//! guest MIPS.
+
+use base::{AccessSize, GuestPhysAddr, PortAddr};
+use cpu::{CpuBus, CpuState, ExecutionEngine, Interpreter, RunExit};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use iced_x86::code_asm::*;
+use mmu::PhysMemory;
+use std::hint::black_box;
+
+struct Bus {
+    mem: PhysMemory,
+}
+
+impl CpuBus for Bus {
+    fn memory(&mut self) -> &mut PhysMemory {
+        &mut self.mem
+    }
+    fn mmio_read(&mut self, _: u32, _: GuestPhysAddr, s: AccessSize) -> u64 {
+        s.mask()
+    }
+    fn mmio_write(&mut self, _: u32, _: GuestPhysAddr, _: AccessSize, _: u64) {}
+    fn port_read(&mut self, _: PortAddr, s: AccessSize) -> u32 {
+        s.mask() as u32
+    }
+    fn port_write(&mut self, _: PortAddr, _: AccessSize, _: u32) {}
+    fn interrupt_pending(&mut self) -> bool {
+        false
+    }
+    fn acknowledge_interrupt(&mut self) -> Option<u8> {
+        None
+    }
+    fn stop_requested(&mut self) -> bool {
+        false
+    }
+}
+
+const ITERS: u32 = 100_000;
+const CODE: u64 = 0x1000;
+
+/// 64-bit: add, store, load-xor, shift, LEA, compare and a data-dependent branch per iteration.
+fn loop64() -> Vec<u8> {
+    let mut a = CodeAssembler::new(64).unwrap();
+    let mut top = a.create_label();
+    let mut skip = a.create_label();
+    a.xor(eax, eax).unwrap();
+    a.xor(edx, edx).unwrap();
+    a.mov(ecx, ITERS).unwrap();
+    a.mov(rsi, 0x8000u64).unwrap();
+    a.set_label(&mut top).unwrap();
+    a.add(rax, rcx).unwrap();
+    a.mov(qword_ptr(rsi), rax).unwrap();
+    a.xor(rdx, qword_ptr(rsi)).unwrap();
+    a.shl(rdx, 1).unwrap();
+    a.lea(rbx, qword_ptr(rax + rdx * 2)).unwrap();
+    a.cmp(rbx, rax).unwrap();
+    a.jb(skip).unwrap();
+    a.inc(r8).unwrap();
+    a.set_label(&mut skip).unwrap();
+    a.dec(ecx).unwrap();
+    a.jnz(top).unwrap();
+    a.hlt().unwrap();
+    a.assemble(CODE).unwrap()
+}
+
+/// 32-bit protected mode: an array sum with indexed loads, a store and a loop counter.
+fn loop32() -> Vec<u8> {
+    let mut a = CodeAssembler::new(32).unwrap();
+    let mut top = a.create_label();
+    a.xor(eax, eax).unwrap();
+    a.xor(edi, edi).unwrap();
+    a.mov(ecx, ITERS).unwrap();
+    a.mov(esi, 0x8000u32).unwrap();
+    a.set_label(&mut top).unwrap();
+    a.mov(edx, ecx).unwrap();
+    a.and(edx, 0xFF).unwrap();
+    a.add(eax, dword_ptr(esi + edx * 4)).unwrap();
+    a.mov(dword_ptr(esi + edx * 4), eax).unwrap();
+    a.adc(edi, 0).unwrap();
+    a.sub(ecx, 1).unwrap();
+    a.jnz(top).unwrap();
+    a.hlt().unwrap();
+    a.assemble(CODE).unwrap()
+}
+
+fn machine(code: &[u8]) -> Bus {
+    let mut mem = PhysMemory::new(1 << 20).unwrap();
+    mem.map_ram(0, 1 << 20).unwrap();
+    mem.load(GuestPhysAddr(CODE), code).unwrap();
+    Bus { mem }
+}
+
+fn run_once(it: &mut Interpreter, bus: &mut Bus, fresh: &CpuState) -> u64 {
+    let mut cpu = fresh.clone();
+    cpu.rip = CODE;
+    let exit = it.run(&mut cpu, bus, u64::MAX);
+    assert_eq!(exit, RunExit::Halted);
+    cpu.icount
+}
+
+fn bench_loop(c: &mut Criterion, name: &str, code: Vec<u8>, fresh: CpuState) {
+    let mut bus = machine(&code);
+    let mut it = Interpreter::new();
+    let insns = run_once(&mut it, &mut bus, &fresh);
+    let mut g = c.benchmark_group("interp");
+    g.throughput(Throughput::Elements(insns));
+    g.bench_function(name, |b| b.iter(|| black_box(run_once(&mut it, &mut bus, &fresh))));
+    g.finish();
+}
+
+fn benches(c: &mut Criterion) {
+    bench_loop(c, "loop64_alu_mem_branch", loop64(), CpuState::new_flat64());
+    bench_loop(c, "loop32_array_sum", loop32(), CpuState::new_flat32());
+}
+
+criterion_group! {
+    name = interp;
+    config = Criterion::default().sample_size(20);
+    targets = benches
+}
+criterion_main!(interp);
