@@ -13,13 +13,22 @@
 //! SEEK, EXECUTE DEVICE DIAGNOSTIC, software reset (SRST) leaving the ATA signature, nIEN, the
 //! HOB read-back of the 48-bit registers, ABRT for everything else (including the ATAPI
 //! commands). A channel without drives floats (reads 0xFF); an absent device 1 behind a
-//! present device 0 reads 0. The bus-master registers exist, but DMA commands abort and
-//! IDENTIFY does not advertise DMA.
+//! present device 0 reads 0.
+//!
+//! Bus-master DMA (READ/WRITE DMA and their EXT forms, PRD tables): a DMA command waits until
+//! the bus-master start bit is set; the transfer itself needs guest memory, which a port
+//! access does not carry, so the machine calls [`PiixIde::run_dma`] with a [`DmaMemory`]
+//! whenever [`PiixIde::dma_pending`] says so (simplest: after every write to the IDE ports).
+//! The whole transfer then happens at once and completes with an interrupt. IDENTIFY
+//! advertises DMA (MWDMA 0–2, UDMA 0–5) only after [`PiixIde::set_dma_advertised`], so that
+//! guests which check (Linux) keep to PIO until the machine has wired `run_dma`; firmware that
+//! uses the bus master without checking (SeaBIOS built with CONFIG_ATA_DMA) still works.
 
 use crate::block::BlockBackend;
 use crate::bus::{Access, IrqLine, PioDevice};
 use crate::pci::{
-    PciBarKind, PciConfig, PciFunction, PCI_COMMAND, PCI_COMMAND_IO, PCI_DEVICE_ID_INTEL_82371SB_1, PCI_VENDOR_ID_INTEL,
+    PciBarKind, PciConfig, PciFunction, PCI_COMMAND, PCI_COMMAND_IO, PCI_COMMAND_MASTER, PCI_DEVICE_ID_INTEL_82371SB_1,
+    PCI_SUBDEVICE_ID_QEMU, PCI_SUBVENDOR_ID_REDHAT_QUMRANET, PCI_VENDOR_ID_INTEL,
 };
 use serde::{Deserialize, Serialize};
 
@@ -184,6 +193,30 @@ const LBA28_MAX_SECTORS: u64 = 0x0FFF_FFFF;
 /// Largest capacity expressible in the default CHS translation (16383 × 16 × 63).
 const CHS_MAX_SECTORS: u64 = 16383 * 16 * 63;
 
+/// ATA_CMD_READ_DMA without retries (obsolete).
+pub const ATA_CMD_READ_DMA_NORETRY: u8 = 0xC9;
+/// ATA_CMD_WRITE_DMA without retries (obsolete).
+pub const ATA_CMD_WRITE_DMA_NORETRY: u8 = 0xCB;
+/// PRD entry: end of table.
+pub const PRD_EOT: u32 = 0x8000_0000;
+/// Largest number of PRD entries walked per transfer (a 64 KiB table).
+const PRD_MAX_ENTRIES: u64 = 8192;
+
+/// Guest physical memory as a bus-master DMA engine sees it.
+pub trait DmaMemory {
+    /// Fills `buf` from guest physical `addr`; `Err` if any byte is not backed by RAM.
+    fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), DmaFault>;
+    /// Writes `buf` at guest physical `addr`; `Err` if any byte is not backed by RAM.
+    fn write(&mut self, addr: u64, buf: &[u8]) -> Result<(), DmaFault>;
+}
+
+/// A DMA access outside guest RAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, displaydoc::Display)]
+pub struct DmaFault {
+    /// guest physical {addr:#x} is not RAM
+    pub addr: u64,
+}
+
 /// Bus-master IDE command register (per channel, offset 0).
 pub const BM_REG_COMMAND: u64 = 0;
 /// Bus-master IDE status register (per channel, offset 2).
@@ -279,6 +312,9 @@ pub struct AtaDriveState {
     pub current: Chs,
     /// Write cache enabled.
     pub write_cache: bool,
+    /// Transfer mode selected by SET FEATURES (0: PIO default).
+    #[serde(default)]
+    pub xfer_mode: u8,
 }
 
 /// The PIO data transfer in progress on a channel.
@@ -292,6 +328,11 @@ pub enum Transfer {
     Read,
     /// Host to device: sectors to the disk.
     Write,
+    /// DMA command waiting for (or ready for) the bus master.
+    Dma {
+        /// Memory to disk.
+        to_disk: bool,
+    },
 }
 
 /// The state of one IDE channel, for snapshots.
@@ -396,6 +437,7 @@ pub struct IdeChannel<I: IrqLine> {
     disks: [Option<Disk>; 2],
     irq: I,
     irq_level: bool,
+    dma_advertised: bool,
 }
 
 /// Writes `text` into IDENTIFY words `[start, start + len / 2)`, space padded, each word
@@ -411,7 +453,7 @@ fn ata_string(words: &mut [u16; 256], start: usize, len: usize, text: &str) {
 impl<I: IrqLine> IdeChannel<I> {
     /// A channel with no disks.
     pub fn new(irq: I) -> Self {
-        IdeChannel { s: IdeChannelState::new(), disks: [None, None], irq, irq_level: false }
+        IdeChannel { s: IdeChannelState::new(), disks: [None, None], irq, irq_level: false, dma_advertised: false }
     }
 
     /// Attaches `backend` as device 0 (`slave == false`) or device 1, replacing any disk there.
@@ -434,6 +476,7 @@ impl<I: IrqLine> IdeChannel<I> {
             multiple: 0,
             current: default_chs,
             write_cache: true,
+            xfer_mode: 0,
         });
         Ok(())
     }
@@ -719,6 +762,129 @@ impl<I: IrqLine> IdeChannel<I> {
         }
     }
 
+    fn start_dma(&mut self, d: usize, ext: bool, to_disk: bool) {
+        if let Some((lba, count)) = self.sector_range(d, ext) {
+            self.s.transfer = Transfer::Dma { to_disk };
+            self.s.active = d as u8;
+            self.s.lba = lba;
+            self.s.remaining = count;
+            self.s.ext = ext;
+            // The device requests data (DMARQ) until the bus master moves it.
+            self.set_status(d, ATA_SR_DRDY | ATA_SR_DSC | ATA_SR_DRQ, 0);
+        }
+    }
+
+    /// Whether a DMA command waits and the bus master is started.
+    pub fn dma_pending(&self) -> bool {
+        matches!(self.s.transfer, Transfer::Dma { .. }) && self.s.bm_command & BM_CMD_START != 0
+    }
+
+    /// Ends a DMA transfer: bus-master interrupt bit, active cleared unless the PRD table was
+    /// longer than the transfer, device status and interrupt.
+    fn finish_dma(&mut self, d: usize, error: Option<u8>, bm_error: bool, prd_left: bool) {
+        self.s.bm_status &= !BM_STATUS_ACTIVE;
+        if prd_left && error.is_none() {
+            self.s.bm_status |= BM_STATUS_ACTIVE;
+        }
+        if bm_error {
+            self.s.bm_status |= BM_STATUS_ERROR;
+        }
+        match error {
+            Some(e) => {
+                let lba = self.s.lba;
+                let ext = self.s.ext;
+                self.set_address(d, lba, ext);
+                self.fail(d, e);
+            }
+            None => self.complete(d),
+        }
+    }
+
+    /// Runs a pending DMA transfer to completion against `mem`.
+    pub fn run_dma(&mut self, mem: &mut dyn DmaMemory) {
+        if !self.dma_pending() {
+            return;
+        }
+        let Transfer::Dma { to_disk } = self.s.transfer else {
+            return;
+        };
+        let d = usize::from(self.s.active);
+        let mut left = self.s.remaining * SECTOR_SIZE as u64;
+        let mut disk_off = self.s.lba * SECTOR_SIZE as u64;
+        let mut prd = u64::from(self.s.bm_prdt);
+        let mut chunk = Vec::new();
+        for _ in 0..PRD_MAX_ENTRIES {
+            if left == 0 {
+                // The transfer ended before the table did (no EOT seen yet).
+                self.finish_dma(d, None, false, true);
+                return;
+            }
+            let mut entry = [0u8; 8];
+            if mem.read(prd, &mut entry).is_err() {
+                log::debug!("ide: PRD table at {prd:#x} is not in RAM");
+                self.finish_dma(d, Some(ATA_ER_ABRT), true, false);
+                return;
+            }
+            let addr = u64::from(u32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]) & !1);
+            let flags = u32::from_le_bytes([entry[4], entry[5], entry[6], entry[7]]);
+            let len = match flags & 0xFFFF {
+                0 => 0x1_0000,
+                n => u64::from(n & !1),
+            };
+            let n = len.min(left);
+            chunk.resize(n as usize, 0);
+            let res = if to_disk {
+                match mem.read(addr, &mut chunk) {
+                    Ok(()) => self.disks[d].as_mut().map(|k| k.backend.write_at(disk_off, &chunk)),
+                    Err(f) => {
+                        log::debug!("ide: DMA source {f}");
+                        self.finish_dma(d, Some(ATA_ER_ABRT), true, false);
+                        return;
+                    }
+                }
+            } else {
+                let r = self.disks[d].as_ref().map(|k| k.backend.read_at(disk_off, &mut chunk));
+                if matches!(r, Some(Ok(()))) {
+                    if let Err(f) = mem.write(addr, &chunk) {
+                        log::debug!("ide: DMA destination {f}");
+                        self.finish_dma(d, Some(ATA_ER_ABRT), true, false);
+                        return;
+                    }
+                }
+                r
+            };
+            match res {
+                Some(Ok(())) => {}
+                other => {
+                    if let Some(Err(e)) = other {
+                        log::debug!("ide: DMA disk access at {disk_off:#x} failed: {e}");
+                    }
+                    self.s.lba = disk_off / SECTOR_SIZE as u64;
+                    self.finish_dma(d, Some(if to_disk { ATA_ER_ABRT } else { ATA_ER_UNC }), false, false);
+                    return;
+                }
+            }
+            left -= n;
+            disk_off += n;
+            let eot = flags & PRD_EOT != 0;
+            if eot || left == 0 {
+                if left == 0 {
+                    self.s.remaining = 0;
+                    self.finish_dma(d, None, false, !(eot && n == len));
+                } else {
+                    // The table ended before the transfer: the device still wants data.
+                    log::debug!("ide: PRD table too short, {left} bytes left");
+                    self.s.lba = disk_off / SECTOR_SIZE as u64;
+                    self.finish_dma(d, Some(ATA_ER_ABRT), true, false);
+                }
+                return;
+            }
+            prd += 8;
+        }
+        log::debug!("ide: PRD table without EOT");
+        self.finish_dma(d, Some(ATA_ER_ABRT), true, false);
+    }
+
     /// IDENTIFY DEVICE data for device `d`.
     pub fn identify_data(&self, d: usize) -> Option<[u16; 256]> {
         let disk = self.disks.get(d)?.as_ref()?;
@@ -738,9 +904,12 @@ impl<I: IrqLine> IdeChannel<I> {
         ata_string(&mut w, 27, 40, &disk.config.model);
         w[47] = 0x8000 | u16::from(MAX_MULTIPLE_SECTORS);
         w[49] = 1 << 11 | 1 << 9; // IORDY supported, LBA supported
+        if self.dma_advertised {
+            w[49] |= 1 << 8; // DMA supported
+        }
         w[50] = 0x4000;
         w[51] = 0x0200; // PIO timing mode 2 (obsolete)
-        w[53] = 0x0003; // words 54-58 and 64-70 valid
+        w[53] = if self.dma_advertised { 0x0007 } else { 0x0003 }; // words 54-58, 64-70 (, 88) valid
         let cur_cap = cur.capacity().min(disk.sectors);
         w[54] = cur.cylinders;
         w[55] = u16::from(cur.heads);
@@ -753,6 +922,14 @@ impl<I: IrqLine> IdeChannel<I> {
         let lba28 = disk.sectors.min(LBA28_MAX_SECTORS);
         w[60] = lba28 as u16;
         w[61] = (lba28 >> 16) as u16;
+        if self.dma_advertised {
+            let sel = |base: u8, n: u8| match dr.xfer_mode {
+                m if (base..base + n).contains(&m) => 1u16 << (8 + m - base),
+                _ => 0,
+            };
+            w[63] = 0x0007 | sel(0x20, 3); // multiword DMA 0-2
+            w[88] = 0x003F | sel(0x40, 6); // Ultra DMA 0-5
+        }
         w[64] = 0x0003; // PIO modes 3 and 4
         w[65] = 120;
         w[66] = 120;
@@ -784,8 +961,19 @@ impl<I: IrqLine> IdeChannel<I> {
                 }
                 true
             }
-            // PIO default, PIO default without IORDY, PIO flow control modes 0-4.
-            SETFEATURES_XFER => matches!(self.s.nsect[0], 0x00 | 0x01 | 0x08..=0x0C),
+            // PIO default, PIO default without IORDY, PIO flow control modes 0-4, and when
+            // DMA is advertised multiword DMA 0-2 and Ultra DMA 0-5.
+            SETFEATURES_XFER => {
+                let m = self.s.nsect[0];
+                let ok = matches!(m, 0x00 | 0x01 | 0x08..=0x0C)
+                    || (self.dma_advertised && matches!(m, 0x20..=0x22 | 0x40..=0x45));
+                if ok {
+                    if let Some(dr) = self.drive_mut(d) {
+                        dr.xfer_mode = m;
+                    }
+                }
+                ok
+            }
             SETFEATURES_RA_OFF | SETFEATURES_RA_ON | SETFEATURES_REVERT_OFF | SETFEATURES_REVERT_ON => true,
             _ => false,
         };
@@ -877,6 +1065,10 @@ impl<I: IrqLine> IdeChannel<I> {
                 }
             }
             ATA_CMD_SET_FEATURES => self.set_features(d),
+            ATA_CMD_READ_DMA | ATA_CMD_READ_DMA_NORETRY => self.start_dma(d, false, false),
+            ATA_CMD_READ_DMA_EXT => self.start_dma(d, true, false),
+            ATA_CMD_WRITE_DMA | ATA_CMD_WRITE_DMA_NORETRY => self.start_dma(d, false, true),
+            ATA_CMD_WRITE_DMA_EXT => self.start_dma(d, true, true),
             ATA_CMD_FLUSH_CACHE | ATA_CMD_FLUSH_CACHE_EXT => {
                 let res = self.disks[d].as_mut().map(|k| k.backend.flush());
                 match res {
@@ -1072,9 +1264,12 @@ impl<I: IrqLine> IdeChannel<I> {
         for (i, &v) in data.iter().enumerate() {
             match offset + i as u64 {
                 BM_REG_COMMAND => {
+                    let was = self.s.bm_command & BM_CMD_START != 0;
                     self.s.bm_command = v & (BM_CMD_START | BM_CMD_READ);
-                    if v & BM_CMD_START != 0 {
-                        log::debug!("ide: bus-master DMA started; DMA is not implemented");
+                    match (was, v & BM_CMD_START != 0) {
+                        (false, true) => self.s.bm_status |= BM_STATUS_ACTIVE,
+                        (true, false) => self.s.bm_status &= !BM_STATUS_ACTIVE,
+                        _ => {}
                     }
                 }
                 BM_REG_STATUS => {
@@ -1113,6 +1308,7 @@ impl<I: IrqLine> PiixIde<I> {
     /// The controller with no disks; `primary_irq` is ISA IRQ 14, `secondary_irq` IRQ 15.
     pub fn new(primary_irq: I, secondary_irq: I) -> Self {
         let mut config = PciConfig::new(PCI_VENDOR_ID_INTEL, PCI_DEVICE_ID_INTEL_82371SB_1, 0x00, 0x01_01_80, 0);
+        config.set_subsystem(PCI_SUBVENDOR_ID_REDHAT_QUMRANET, PCI_SUBDEVICE_ID_QEMU);
         config.add_bar(4, PciBarKind::Io, 16);
         config.set_writable_range(PIIX_IDETIM, PIIX_IDETIM + 5);
         PiixIde { config, channels: [IdeChannel::new(primary_irq), IdeChannel::new(secondary_irq)] }
@@ -1142,6 +1338,32 @@ impl<I: IrqLine> PiixIde<I> {
     /// The PCI configuration space.
     pub fn config(&self) -> &PciConfig {
         &self.config
+    }
+
+    /// Makes IDENTIFY advertise DMA modes (call once [`PiixIde::run_dma`] is wired).
+    pub fn set_dma_advertised(&mut self, on: bool) {
+        for c in &mut self.channels {
+            c.dma_advertised = on;
+        }
+    }
+
+    /// Whether a channel has a DMA transfer ready for [`PiixIde::run_dma`].
+    pub fn dma_pending(&self) -> bool {
+        self.channels.iter().any(IdeChannel::dma_pending)
+    }
+
+    /// Runs the ready DMA transfers against guest memory (only while bus mastering is
+    /// enabled in the PCI command register).
+    pub fn run_dma(&mut self, mem: &mut dyn DmaMemory) {
+        if self.config.command() & PCI_COMMAND_MASTER == 0 {
+            if self.dma_pending() {
+                log::debug!("ide: DMA waits for PCI bus mastering to be enabled");
+            }
+            return;
+        }
+        for c in &mut self.channels {
+            c.run_dma(mem);
+        }
     }
 
     /// The I/O base of the 16-byte bus-master block (BAR4) while I/O decoding is enabled.

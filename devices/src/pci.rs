@@ -106,6 +106,11 @@ pub const PCI_BASE_ADDRESS_MEM_TYPE_64: u32 = 0x04;
 /// BAR: prefetchable memory.
 pub const PCI_BASE_ADDRESS_MEM_PREFETCH: u32 = 0x08;
 
+/// Subsystem vendor QEMU gives its devices (Red Hat / Qumranet); SeaBIOS checks it on the
+/// host bridge to know it runs on QEMU-compatible hardware.
+pub const PCI_SUBVENDOR_ID_REDHAT_QUMRANET: u16 = 0x1AF4;
+/// Subsystem ID QEMU gives its devices.
+pub const PCI_SUBDEVICE_ID_QEMU: u16 = 0x1100;
 /// Intel's vendor ID.
 pub const PCI_VENDOR_ID_INTEL: u16 = 0x8086;
 /// 82441FX (i440FX) PCI and memory controller.
@@ -261,6 +266,12 @@ impl PciConfig {
         if let Some(s) = self.writable.get_mut(start..end.min(PCI_CONFIG_SPACE_SIZE)) {
             s.fill(0xFF);
         }
+    }
+
+    /// Sets the subsystem vendor and device IDs (read-only to the guest).
+    pub fn set_subsystem(&mut self, vendor: u16, device: u16) {
+        self.set_u16(PCI_SUBSYSTEM_VENDOR_ID, vendor);
+        self.set_u16(PCI_SUBSYSTEM_ID, device);
     }
 
     /// ORs `bits` into the status register (device side).
@@ -558,6 +569,7 @@ impl I440fxHost {
     pub fn new() -> Self {
         let mut c = PciConfig::new(PCI_VENDOR_ID_INTEL, PCI_DEVICE_ID_INTEL_82441, 0x02, 0x06_00_00, 0);
         // The host bridge always responds to memory and I/O cycles and masters the bus.
+        c.set_subsystem(PCI_SUBVENDOR_ID_REDHAT_QUMRANET, PCI_SUBDEVICE_ID_QEMU);
         c.set_u16(PCI_COMMAND, PCI_COMMAND_IO | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER);
         c.set_writable_u16(PCI_COMMAND, PCI_COMMAND_SERR | PCI_COMMAND_PARITY);
         // PMCCFG, DETURBO, DBC, AXC, DRAMR, DRAMC, DRAMT (0x50-0x58) and DRB0-7 (0x60-0x67)
@@ -686,6 +698,7 @@ impl Piix3Isa {
             0x06_01_00,
             PCI_HEADER_TYPE_MULTI_FUNCTION,
         );
+        c.set_subsystem(PCI_SUBVENDOR_ID_REDHAT_QUMRANET, PCI_SUBDEVICE_ID_QEMU);
         c.set_u16(PCI_COMMAND, PCI_COMMAND_IO | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER);
         // The ISA bridge's function registers (0x4C IORT, 0x4E XBCS, 0x60 PIRQRC, 0x69 TOM,
         // 0x6A MSTAT, 0x70 MBIRQ, 0x76 MBDMA, 0x80 APICBASE, 0x82 DLC, 0xA0 SMI...) are
@@ -766,6 +779,7 @@ impl Piix4Pm {
     /// The PM function at power-on (interrupt pin INTA#, revision 3 as on QEMU's PC).
     pub fn new() -> Self {
         let mut c = PciConfig::new(PCI_VENDOR_ID_INTEL, PCI_DEVICE_ID_INTEL_82371AB_3, 0x03, 0x06_80_00, 0);
+        c.set_subsystem(PCI_SUBVENDOR_ID_REDHAT_QUMRANET, PCI_SUBDEVICE_ID_QEMU);
         c.bytes[PCI_INTERRUPT_PIN] = 1;
         // PMBA: I/O space indicator hardwired, 64-byte block.
         c.set_u32(PIIX4_PMBA, 1);
@@ -861,6 +875,10 @@ mod tests {
         assert_eq!(cfg_read(&mut io, 1, 0, PCI_HEADER_TYPE as u8, 1), 0x80, "multi-function");
         assert_eq!(cfg_read(&mut io, 0, 0, 0x0A, 2), 0x0600, "host bridge class");
         assert_eq!(cfg_read(&mut io, 1, 3, 0, 4), 0x7113_8086);
+        // QEMU's subsystem IDs, which SeaBIOS's qemu_detect() checks on 00:00.0.
+        assert_eq!(cfg_read(&mut io, 0, 0, PCI_SUBSYSTEM_VENDOR_ID as u8, 4), 0x1100_1AF4);
+        cfg_write(&mut io, 0, 0, PCI_SUBSYSTEM_VENDOR_ID as u8, 4, 0);
+        assert_eq!(cfg_read(&mut io, 0, 0, PCI_SUBSYSTEM_VENDOR_ID as u8, 4), 0x1100_1AF4, "read-only");
         // Word access at CFE reads the upper half of the dword.
         io.write(at(0xCF8), &addr(1, 0, 0).to_le_bytes());
         let mut w = [0u8; 2];

@@ -2,7 +2,9 @@
 
 use base::VirtualInstant;
 use devices::ide::*;
-use devices::{AtaDiskConfig, BlockBackend, MemBackend, PciFunction, PiixIde, PioDevice, RecordingIrq};
+use devices::{
+    AtaDiskConfig, BlockBackend, DmaFault, DmaMemory, MemBackend, PciFunction, PiixIde, PioDevice, RecordingIrq,
+};
 use std::io;
 use std::sync::{Arc, Mutex};
 
@@ -380,7 +382,7 @@ fn test_ide_errors_and_aborts() {
     r.cmd28(ATA_CMD_READ_VERIFY, 98, 2);
     assert_eq!(r.inb(P + 7), ATA_SR_DRDY | ATA_SR_DSC);
     r.irq14.clear();
-    for cmd in [0x00, ATA_CMD_IDENTIFY_PACKET_DEVICE, ATA_CMD_PACKET, ATA_CMD_DEVICE_RESET, ATA_CMD_READ_DMA, 0xFF] {
+    for cmd in [0x00, ATA_CMD_IDENTIFY_PACKET_DEVICE, ATA_CMD_PACKET, ATA_CMD_DEVICE_RESET, 0xF8, 0xFF] {
         r.outb(P + 7, cmd);
         assert_eq!(r.irq14.take_edges(), 1, "{cmd:#x}");
         assert_eq!(r.inb(P + 7), ATA_SR_DRDY | ATA_SR_DSC | ATA_SR_ERR, "{cmd:#x}");
@@ -541,7 +543,9 @@ fn test_ide_random_accesses_never_panic() {
     let mut r = Rig::with_disk(sector_disk(300));
     r.ide.attach(1, true, Box::new(sector_disk(40)), AtaDiskConfig::default()).unwrap();
     r.ide.write_config(0x20, &0xC001u32.to_le_bytes());
-    r.ide.write_config(4, &[0x01, 0]);
+    r.ide.write_config(4, &[0x05, 0]);
+    r.ide.set_dma_advertised(true);
+    let mut ram = Ram(vec![0; 1 << 16]);
     let ports: Vec<u16> =
         (0x1F0..=0x1F7).chain(0x170..=0x177).chain([0x3F6, 0x376, 0x3F7]).chain(0xBFF8..0xC018).collect();
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
@@ -561,8 +565,160 @@ fn test_ide_random_accesses_never_panic() {
         } else {
             r.ide.read(acc(port), &mut buf[..width]);
         }
+        if r.ide.dma_pending() {
+            r.ide.run_dma(&mut ram);
+        }
     }
     let mut d = [0u8; 2];
     r.ide.read_config(0, &mut d);
     assert_eq!(u16::from_le_bytes(d), 0x8086);
+}
+
+/// Guest RAM for DMA tests: 1 MiB at physical 0.
+struct Ram(Vec<u8>);
+
+impl DmaMemory for Ram {
+    fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), DmaFault> {
+        let a = usize::try_from(addr).map_err(|_| DmaFault { addr })?;
+        let src = self.0.get(a..a + buf.len()).ok_or(DmaFault { addr })?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+    fn write(&mut self, addr: u64, buf: &[u8]) -> Result<(), DmaFault> {
+        let a = usize::try_from(addr).map_err(|_| DmaFault { addr })?;
+        self.0.get_mut(a..a + buf.len()).ok_or(DmaFault { addr })?.copy_from_slice(buf);
+        Ok(())
+    }
+}
+
+impl Ram {
+    fn prd(&mut self, at: usize, entries: &[(u32, u32)]) {
+        for (i, &(addr, flags)) in entries.iter().enumerate() {
+            self.0[at + 8 * i..at + 8 * i + 4].copy_from_slice(&addr.to_le_bytes());
+            self.0[at + 8 * i + 4..at + 8 * i + 8].copy_from_slice(&flags.to_le_bytes());
+        }
+    }
+}
+
+const BM: u16 = 0xC000;
+
+fn dma_rig(disk: Shared) -> (Rig, Ram) {
+    let mut r = Rig::with_disk(disk);
+    r.ide.write_config(0x20, &u32::from(BM | 1).to_le_bytes());
+    r.ide.write_config(4, &[0x05, 0]); // I/O + bus master
+    (r, Ram(vec![0; 1 << 20]))
+}
+
+#[test]
+fn test_ide_dma_read_with_prd_table() {
+    let (mut r, mut ram) = dma_rig(sector_disk(64));
+    ram.prd(0x1000, &[(0x2000, 512), (0x3000, PRD_EOT | 1024)]);
+    r.ide.write(acc(BM + 4), &0x1000u32.to_le_bytes());
+    r.outb(BM, BM_CMD_READ);
+    r.outb(BM + 2, BM_STATUS_INT | BM_STATUS_ERROR);
+    r.cmd28(ATA_CMD_READ_DMA, 4, 3);
+    assert!(!r.ide.dma_pending(), "bus master not started");
+    assert_eq!(r.irq14.take_edges(), 0);
+    r.outb(BM, BM_CMD_READ | BM_CMD_START);
+    assert_eq!(r.inb(BM + 2) & BM_STATUS_ACTIVE, BM_STATUS_ACTIVE);
+    assert!(r.ide.dma_pending());
+    r.ide.run_dma(&mut ram);
+    assert!(!r.ide.dma_pending());
+    assert_eq!((ram.0[0x2001], ram.0[0x21FF]), (4, 4));
+    assert_eq!((ram.0[0x3001], ram.0[0x3201], ram.0[0x33FF]), (5, 6, 6));
+    assert_eq!(ram.0[0x3400], 0, "nothing past the last PRD");
+    assert_eq!(r.inb(BM + 2) & (BM_STATUS_INT | BM_STATUS_ACTIVE | BM_STATUS_ERROR), BM_STATUS_INT);
+    assert_eq!(r.irq14.take_edges(), 1);
+    assert_eq!(r.inb(P + 7), ATA_SR_DRDY | ATA_SR_DSC);
+    r.outb(BM, BM_CMD_READ);
+    // SeaBIOS-style ordering (command first, start after) and Linux-style (start first) both work.
+    r.outb(BM, BM_CMD_READ | BM_CMD_START);
+    ram.prd(0x1000, &[(0x4000, PRD_EOT | 512)]);
+    r.cmd28(ATA_CMD_READ_DMA, 9, 1);
+    r.ide.run_dma(&mut ram);
+    assert_eq!(ram.0[0x4001], 9);
+}
+
+#[test]
+fn test_ide_dma_write_ext_and_prd_sizes() {
+    let disk = sector_disk(64);
+    let (mut r, mut ram) = dma_rig(disk.clone());
+    ram.0[0x8000..0x8400].fill(0xC3);
+    // The table is larger than the transfer: done, but the bus master stays active.
+    ram.prd(0x1000, &[(0x8000, PRD_EOT | 0x2000)]);
+    r.ide.write(acc(BM + 4), &0x1000u32.to_le_bytes());
+    r.outb(P + 2, 0);
+    r.outb(P + 2, 2);
+    for reg in 3..=5 {
+        r.outb(P + reg, 0);
+        r.outb(P + reg, if reg == 3 { 30 } else { 0 });
+    }
+    r.outb(P + 6, ATA_DEV_LBA);
+    r.outb(P + 7, ATA_CMD_WRITE_DMA_EXT);
+    r.outb(BM, BM_CMD_START);
+    r.ide.run_dma(&mut ram);
+    assert!(disk.0.lock().unwrap().data()[30 * 512..32 * 512].iter().all(|&b| b == 0xC3));
+    assert_eq!(disk.0.lock().unwrap().data()[32 * 512 + 1], 32);
+    assert_eq!(r.inb(BM + 2) & (BM_STATUS_INT | BM_STATUS_ACTIVE), BM_STATUS_INT | BM_STATUS_ACTIVE);
+    assert_eq!(r.inb(P + 7), ATA_SR_DRDY | ATA_SR_DSC);
+    r.outb(BM, 0);
+    assert_eq!(r.inb(BM + 2) & BM_STATUS_ACTIVE, 0, "stopping the engine clears active");
+    // A table shorter than the transfer is an error.
+    r.outb(BM + 2, BM_STATUS_INT);
+    ram.prd(0x1000, &[(0x8000, PRD_EOT | 512)]);
+    r.cmd28(ATA_CMD_READ_DMA, 0, 2);
+    r.outb(BM, BM_CMD_READ | BM_CMD_START);
+    r.ide.run_dma(&mut ram);
+    assert_eq!(r.inb(BM + 2) & (BM_STATUS_ERROR | BM_STATUS_ACTIVE), BM_STATUS_ERROR);
+    assert_eq!(r.inb(P + 7) & ATA_SR_ERR, ATA_SR_ERR);
+    // A table outside RAM is an error too.
+    r.outb(BM, 0);
+    r.outb(BM + 2, BM_STATUS_INT | BM_STATUS_ERROR);
+    r.ide.write(acc(BM + 4), &0xFFF0_0000u32.to_le_bytes());
+    r.cmd28(ATA_CMD_READ_DMA, 0, 1);
+    r.outb(BM, BM_CMD_READ | BM_CMD_START);
+    r.ide.run_dma(&mut ram);
+    assert_eq!(r.inb(BM + 2) & BM_STATUS_ERROR, BM_STATUS_ERROR);
+    assert_eq!(r.inb(P + 1), ATA_ER_ABRT);
+}
+
+#[test]
+fn test_ide_dma_needs_pci_bus_master_and_advertising() {
+    let (mut r, mut ram) = dma_rig(sector_disk(8));
+    r.ide.write_config(4, &[0x01, 0]); // I/O only
+    ram.prd(0x1000, &[(0x2000, PRD_EOT | 512)]);
+    r.ide.write(acc(BM + 4), &0x1000u32.to_le_bytes());
+    r.cmd28(ATA_CMD_READ_DMA, 1, 1);
+    r.outb(BM, BM_CMD_READ | BM_CMD_START);
+    r.ide.run_dma(&mut ram);
+    assert!(r.ide.dma_pending(), "waits for PCI bus mastering");
+    r.ide.write_config(4, &[0x05, 0]);
+    r.ide.run_dma(&mut ram);
+    assert!(!r.ide.dma_pending());
+    assert_eq!(ram.0[0x2001], 1);
+    // IDENTIFY: DMA modes only once advertised.
+    let identify = |r: &mut Rig| {
+        r.outb(P + 7, ATA_CMD_IDENTIFY_DEVICE);
+        let b = r.read_block(512);
+        move |i: usize| u16::from_le_bytes([b[2 * i], b[2 * i + 1]])
+    };
+    let w = identify(&mut r);
+    assert_eq!((w(49) & (1 << 8), w(63), w(88)), (0, 0, 0));
+    r.outb(P + 1, SETFEATURES_XFER);
+    r.outb(P + 2, 0x45);
+    r.outb(P + 7, ATA_CMD_SET_FEATURES);
+    assert_eq!(r.inb(P + 1), ATA_ER_ABRT, "UDMA refused while not advertised");
+    r.ide.set_dma_advertised(true);
+    let w = identify(&mut r);
+    assert_eq!((w(49) & (1 << 8), w(53) & 4, w(63), w(88)), (1 << 8, 4, 0x0007, 0x003F));
+    r.outb(P + 1, SETFEATURES_XFER);
+    r.outb(P + 2, 0x45);
+    r.outb(P + 7, ATA_CMD_SET_FEATURES);
+    assert_eq!(r.inb(P + 7), ATA_SR_DRDY | ATA_SR_DSC);
+    let w = identify(&mut r);
+    assert_eq!((w(63), w(88)), (0x0007, 0x203F), "UDMA 5 selected");
+    r.outb(P + 2, 0x22);
+    r.outb(P + 7, ATA_CMD_SET_FEATURES);
+    let w = identify(&mut r);
+    assert_eq!((w(63), w(88)), (0x0407, 0x003F), "MWDMA 2 selected");
 }
