@@ -460,3 +460,72 @@ impl CpuBus for Board {
         self.now = VirtualInstant(icount.wrapping_add(self.idle_time));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn board() -> Board {
+        let mut mem = PhysMemory::new(2 << 20).unwrap();
+        mem.map_ram(0, 2 << 20).unwrap();
+        let mut b = Board::new(mem, ConsoleSink::default(), ConsoleSink::default(), 0, 2 << 20).unwrap();
+        b.attach_disk(0, false, Box::new(devices::MemBackend::zeroed(1 << 20))).unwrap();
+        b
+    }
+
+    /// A small deterministic PRNG (xorshift64*).
+    fn rng(state: &mut u64) -> u64 {
+        *state ^= *state >> 12;
+        *state ^= *state << 25;
+        *state ^= *state >> 27;
+        state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    #[test]
+    fn test_board_random_writes_to_every_port_never_panic() {
+        let mut b = board();
+        let mut s = 0x9E37_79B9_7F4A_7C15u64;
+        for round in 0..3 {
+            for port in 0..=0xFFFFu16 {
+                for size in [AccessSize::Byte, AccessSize::Word, AccessSize::Dword] {
+                    b.advance_clock(u64::from(port) * 10 + round);
+                    let v = rng(&mut s) as u32;
+                    b.port_write(PortAddr(port), size, v);
+                    let r = b.port_read(PortAddr(port), size);
+                    assert_eq!(u64::from(r) & !size.mask(), 0, "port {port:#x} returned bits beyond its width");
+                }
+            }
+            let now = VirtualInstant(1 << 30);
+            b.advance_timers(now);
+            let _ = b.acknowledge_interrupt();
+            let _ = b.stop_requested();
+        }
+    }
+
+    #[test]
+    fn test_board_unclaimed_ports_and_mmio_read_all_ones() {
+        let mut b = board();
+        for port in [0x0100u16, 0x2F8, 0x5000, 0xFFFF] {
+            assert_eq!(b.port_read(PortAddr(port), AccessSize::Byte), 0xFF);
+            assert_eq!(b.port_read(PortAddr(port), AccessSize::Word), 0xFFFF);
+            assert_eq!(b.port_read(PortAddr(port), AccessSize::Dword), 0xFFFF_FFFF);
+        }
+        assert_eq!(b.mmio_read(7, GuestPhysAddr(0xFEE0_0000), AccessSize::Qword), u64::MAX);
+        // PCI configuration reads of an absent device return all ones (device 5 of bus 0).
+        b.port_write(PortAddr(0xCF8), AccessSize::Dword, 0x8000_2800);
+        assert_eq!(b.port_read(PortAddr(0xCFC), AccessSize::Dword), 0xFFFF_FFFF);
+        // ... and of the host bridge its IDs: Intel 82441FX.
+        b.port_write(PortAddr(0xCF8), AccessSize::Dword, 0x8000_0000);
+        assert_eq!(b.port_read(PortAddr(0xCFC), AccessSize::Dword), 0x1237_8086);
+    }
+
+    #[test]
+    fn test_board_reset_requests_from_kbc_port92_and_cf9() {
+        for (port, value) in [(0x64u16, 0xFEu32), (0x92, 0x01), (0xCF9, 0x06)] {
+            let mut b = board();
+            b.port_write(PortAddr(port), AccessSize::Byte, value);
+            assert!(b.reset_requested, "port {port:#x} = {value:#x} should request a reset");
+            assert!(b.stop_requested());
+        }
+    }
+}
