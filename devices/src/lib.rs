@@ -19,6 +19,7 @@ pub mod ioapic;
 pub mod lapic;
 pub mod pci;
 pub mod pic;
+pub mod piix4_pm;
 pub mod pit;
 pub mod port92;
 pub mod rtc;
@@ -38,9 +39,10 @@ pub use ioapic::{IoApic, IoApicState};
 pub use lapic::{ApicMessage, Ipi, LocalApic, LocalApicState};
 pub use pci::{
     parse_config_address, I440fxHost, PamRegion, PciAddress, PciBarKind, PciBus, PciConfig, PciConfigIo,
-    PciConfigIoState, PciFunction, PciRoot, Piix3Isa, Piix4Pm,
+    PciConfigIoState, PciFunction, PciRoot, Piix3Isa,
 };
 pub use pic::{I8259Pic, I8259PicState};
+pub use piix4_pm::{Piix4Pm, Piix4PmState};
 pub use pit::{I8254Pit, I8254PitState};
 pub use port92::{Port92, Port92State};
 pub use rtc::{Mc146818Rtc, Mc146818RtcState};

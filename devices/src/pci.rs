@@ -12,7 +12,7 @@
 //! enforced in one place and BAR sizing (write all ones, read back the size mask) falls out of
 //! the mask. A machine can use the generic slot table [`PciBus`], or implement [`PciRoot`] over
 //! its own struct holding the concrete functions ([`I440fxHost`], [`Piix3Isa`],
-//! [`crate::ide::PiixIde`], [`Piix4Pm`]) so it can still reach them by type.
+//! [`crate::ide::PiixIde`], [`crate::piix4_pm::Piix4Pm`]) so it can still reach them by type.
 
 use crate::bus::{Access, PioDevice};
 use serde::{Deserialize, Serialize};
@@ -752,74 +752,6 @@ impl PciFunction for Piix3Isa {
     }
 }
 
-/// PIIX4 PM: PMBA (power management I/O base, bits 15:6).
-pub const PIIX4_PMBA: usize = 0x40;
-/// PIIX4 PM: PMREGMISC bit 0 enables the PM I/O space.
-pub const PIIX4_PMREGMISC: usize = 0x80;
-/// PIIX4 PM: SMBBA (SMBus I/O base).
-pub const PIIX4_SMBBA: usize = 0x90;
-/// PIIX4 PM: SMBHSTCFG.
-pub const PIIX4_SMBHSTCFG: usize = 0xD2;
-
-/// The PIIX4 power management function (82371AB function 3) at 00:01.3: configuration space
-/// only (PMBA, PMREGMISC, SMBus base are storage; the ACPI PM I/O block itself is not
-/// modelled).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Piix4Pm {
-    config: PciConfig,
-}
-
-impl Default for Piix4Pm {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Piix4Pm {
-    /// The PM function at power-on (interrupt pin INTA#, revision 3 as on QEMU's PC).
-    pub fn new() -> Self {
-        let mut c = PciConfig::new(PCI_VENDOR_ID_INTEL, PCI_DEVICE_ID_INTEL_82371AB_3, 0x03, 0x06_80_00, 0);
-        c.set_subsystem(PCI_SUBVENDOR_ID_REDHAT_QUMRANET, PCI_SUBDEVICE_ID_QEMU);
-        c.bytes[PCI_INTERRUPT_PIN] = 1;
-        // PMBA: I/O space indicator hardwired, 64-byte block.
-        c.set_u32(PIIX4_PMBA, 1);
-        c.writable[PIIX4_PMBA] = 0xC0;
-        c.writable[PIIX4_PMBA + 1] = 0xFF;
-        c.writable[PIIX4_PMREGMISC] = 0x01;
-        c.set_u32(PIIX4_SMBBA, 1);
-        c.writable[PIIX4_SMBBA] = 0xF0;
-        c.writable[PIIX4_SMBBA + 1] = 0xFF;
-        c.writable[PIIX4_SMBHSTCFG] = 0x0F;
-        c.set_writable_range(0x58, 0x80); // DEVACTA/B, DEVRESA-J
-        Piix4Pm { config: c }
-    }
-
-    /// Rebuilds from a snapshot.
-    pub fn from_state(state: PciConfig) -> Self {
-        Piix4Pm { config: PciConfig::from_state(state) }
-    }
-
-    /// A snapshot.
-    pub fn state(&self) -> PciConfig {
-        self.config.clone()
-    }
-
-    /// The PM I/O base if PMREGMISC enables it.
-    pub fn pm_io_base(&self) -> Option<u16> {
-        (self.config.bytes[PIIX4_PMREGMISC] & 1 != 0).then(|| (self.config.u32_at(PIIX4_PMBA) & 0xFFC0) as u16)
-    }
-}
-
-impl PciFunction for Piix4Pm {
-    fn read_config(&mut self, offset: u8, data: &mut [u8]) {
-        self.config.read(usize::from(offset), data);
-    }
-
-    fn write_config(&mut self, offset: u8, data: &[u8]) {
-        self.config.write(usize::from(offset), data);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -837,7 +769,7 @@ mod tests {
         let mut bus = PciBus::new();
         bus.insert(0, 0, Box::new(I440fxHost::new()));
         bus.insert(1, 0, Box::new(Piix3Isa::new()));
-        bus.insert(1, 3, Box::new(Piix4Pm::new()));
+        bus.insert(1, 3, Box::new(crate::piix4_pm::Piix4Pm::new(crate::bus::NoIrq)));
         PciConfigIo::new(bus)
     }
 
@@ -1017,18 +949,6 @@ mod tests {
         let mut d = [0u8; 4];
         isa.read_config(0x60, &mut d);
         assert_eq!(d, [0x0A, 0x0A, 0x80, 0x02]);
-    }
-
-    #[test]
-    fn test_piix4_pm_base() {
-        let mut pm = Piix4Pm::new();
-        assert_eq!(pm.pm_io_base(), None);
-        pm.write_config(0x40, &0xB001u32.to_le_bytes());
-        pm.write_config(0x80, &[1]);
-        assert_eq!(pm.pm_io_base(), Some(0xB000));
-        let mut d = [0u8; 4];
-        pm.read_config(0x40, &mut d);
-        assert_eq!(u32::from_le_bytes(d), 0xB001);
     }
 
     #[test]
