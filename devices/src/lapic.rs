@@ -339,9 +339,10 @@ impl LocalApic {
     }
 
     /// The vector the CPU would take now (when its IF allows): the highest IRR vector whose
-    /// class is above the processor priority class.
+    /// class is above the processor priority class. `None` while the APIC is disabled (globally
+    /// or by software); requests stay in IRR meanwhile.
     pub fn pending_vector(&self) -> Option<u8> {
-        if !self.hw_enabled() {
+        if !self.hw_enabled() || !self.sw_enabled() {
             return None;
         }
         let v = highest(&self.s.irr)?;
@@ -684,6 +685,10 @@ mod tests {
         assert_eq!(a.base_msr(), 0xFEE0_0900);
         assert!(a.accepts_pic_interrupt());
         assert!(!LocalApic::new(1, false).accepts_pic_interrupt());
+        a.accept_interrupt(0x40, false);
+        assert_eq!(a.pending_vector(), None, "software-disabled: held in IRR");
+        a.write_register(APIC_SPIV, APIC_SPIV_APIC_ENABLED, T0);
+        assert_eq!(a.pending_vector(), Some(0x40));
         let mut ap = LocalApic::new(1, false);
         ap.set_base_msr(0xFEE0_0000);
         assert!(ap.accepts_pic_interrupt(), "globally disabled APIC: the INTR pin is direct");
