@@ -10,7 +10,7 @@ use crate::state::{cr, CpuMode, SegReg};
 use base::{AccessSize, PortAddr};
 use iced_x86::{Code, ConditionCode, Instruction, Mnemonic, OpKind, Register};
 
-type R<T> = Result<T, Stop>;
+pub(crate) type R<T> = Result<T, Stop>;
 
 /// A resolved operand location.
 #[derive(Debug, Clone, Copy)]
@@ -21,29 +21,40 @@ pub(crate) enum Loc {
     Mem(SegReg, u64),
 }
 
-/// (GPR index, width in bits, is AH/CH/DH/BH).
-#[inline]
-fn reg_info(r: Register) -> (usize, u32, bool) {
-    let n = r as u32;
-    let al = Register::AL as u32;
-    let ax = Register::AX as u32;
-    let eax = Register::EAX as u32;
-    let rax = Register::RAX as u32;
-    if n >= rax && n < rax + 16 {
-        ((n - rax) as usize, 64, false)
-    } else if n >= eax && n < eax + 16 {
-        ((n - eax) as usize, 32, false)
-    } else if n >= ax && n < ax + 16 {
-        ((n - ax) as usize, 16, false)
-    } else if n >= al && n < al + 4 {
-        ((n - al) as usize, 8, false)
-    } else if n >= al + 4 && n < al + 8 {
-        ((n - al - 4) as usize, 8, true)
-    } else if n >= al + 8 && n < al + 20 {
-        ((n - al - 4) as usize, 8, false)
-    } else {
-        (0, 0, false)
+/// (GPR index, width in bits, is AH/CH/DH/BH) by `Register` number, computed at compile time.
+const REG_INFO: [(u8, u8, bool); 256] = {
+    let mut t = [(0u8, 0u8, false); 256];
+    let al = Register::AL as usize;
+    let ax = Register::AX as usize;
+    let eax = Register::EAX as usize;
+    let rax = Register::RAX as usize;
+    let mut n = 0;
+    while n < 256 {
+        t[n] = if n >= rax && n < rax + 16 {
+            ((n - rax) as u8, 64, false)
+        } else if n >= eax && n < eax + 16 {
+            ((n - eax) as u8, 32, false)
+        } else if n >= ax && n < ax + 16 {
+            ((n - ax) as u8, 16, false)
+        } else if n >= al && n < al + 4 {
+            ((n - al) as u8, 8, false)
+        } else if n >= al + 4 && n < al + 8 {
+            ((n - al - 4) as u8, 8, true)
+        } else if n >= al + 8 && n < al + 20 {
+            ((n - al - 4) as u8, 8, false)
+        } else {
+            (0, 0, false)
+        };
+        n += 1;
     }
+    t
+};
+
+/// (GPR index, width in bits, is AH/CH/DH/BH).
+#[inline(always)]
+fn reg_info(r: Register) -> (usize, u32, bool) {
+    let (i, b, h) = REG_INFO[r as usize & 0xFF];
+    (i as usize, b as u32, h)
 }
 
 /// Reads a general-purpose register of any width.
@@ -73,7 +84,7 @@ pub(crate) fn set_reg(cpu: &mut crate::state::CpuState, r: Register, v: u64) {
     }
 }
 
-fn sreg_of(r: Register) -> SegReg {
+pub(crate) fn sreg_of(r: Register) -> SegReg {
     match r {
         Register::ES => SegReg::Es,
         Register::CS => SegReg::Cs,
@@ -100,7 +111,7 @@ fn cond_mask(cc: ConditionCode) -> u64 {
 
 /// Evaluates a condition code, computing only the flags it needs.
 #[inline]
-fn test_cc(cpu: &crate::state::CpuState, cc: ConditionCode) -> bool {
+pub(crate) fn test_cc(cpu: &crate::state::CpuState, cc: ConditionCode) -> bool {
     cond(cpu.flag_bits(cond_mask(cc)), cc)
 }
 
@@ -1143,7 +1154,7 @@ impl Cx<'_> {
 
     /// In non-64-bit modes a near target beyond the CS limit raises #GP(0); in 64-bit mode a
     /// non-canonical target does.
-    fn check_near_target(&self, t: u64) -> Result<(), Exception> {
+    pub(crate) fn check_near_target(&self, t: u64) -> Result<(), Exception> {
         if self.mode == CpuMode::Long64 {
             if ((t << 16) as i64 >> 16) as u64 != t {
                 return Err(Exception::GeneralProtection(0));

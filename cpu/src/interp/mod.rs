@@ -3,6 +3,7 @@
 
 mod alu;
 mod exec;
+mod fast;
 mod mem;
 mod sysinsn;
 mod system;
@@ -14,26 +15,42 @@ use crate::bus::CpuBus;
 use crate::engine::{ExecutionEngine, RunExit};
 use crate::exception::Exception;
 use crate::state::{rflags, CpuMode, CpuState, SegReg};
+use fast::Fast;
 use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction};
 use mmu::{TlbAccess, PAGE_MASK};
 
 const CACHE_ENTRIES: usize = 1 << 16;
 const KEY_VALID: u64 = 1 << 63;
 
+/// An instruction as the decode cache holds it: iced-x86's decoding and the hot-path form.
 #[derive(Clone, Copy)]
-struct CachedInsn {
-    key: u64,
-    rip: u64,
+pub(crate) struct Decoded {
     instr: Instruction,
+    fast: Fast,
 }
 
 /// Decoded instructions keyed by backing offset (physical), bitness and RIP; a write to a page
 /// drops that page's entries.
+///
+/// The tags and the decoded instructions live in separate arrays: invalidation only ever
+/// touches the tags, so the executing instruction can be borrowed straight from the cache (no
+/// copy of the 40-byte `Instruction` per step). The instruction array is reached only through
+/// `instrs`, a pointer to a heap buffer this cache owns; slot `CACHE_ENTRIES` is scratch space
+/// for instructions decoded without being cached.
 pub(crate) struct DecodeCache {
-    entries: Vec<CachedInsn>,
+    /// (key, rip) per slot.
+    tags: Vec<(u64, u64)>,
+    /// Owner of the instruction buffer (never touched after `new` except by drop).
+    _instr_buf: Vec<Decoded>,
+    /// `CACHE_ENTRIES + 1` decoded instructions.
+    instrs: *mut Decoded,
     pub(crate) hits: u64,
     pub(crate) misses: u64,
 }
+
+// SAFETY: `instrs` points into `_instr_buf`, which this value owns exclusively (like a `Vec`);
+// nothing else holds the pointer, so moving the cache to another thread is sound.
+unsafe impl Send for DecodeCache {}
 
 impl std::fmt::Debug for DecodeCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -43,11 +60,9 @@ impl std::fmt::Debug for DecodeCache {
 
 impl DecodeCache {
     fn new() -> Self {
-        DecodeCache {
-            entries: vec![CachedInsn { key: 0, rip: 0, instr: Instruction::default() }; CACHE_ENTRIES],
-            hits: 0,
-            misses: 0,
-        }
+        let mut buf = vec![Decoded { instr: Instruction::default(), fast: Fast::default() }; CACHE_ENTRIES + 1];
+        let instrs = buf.as_mut_ptr();
+        DecodeCache { tags: vec![(0, 0); CACHE_ENTRIES], _instr_buf: buf, instrs, hits: 0, misses: 0 }
     }
 
     #[inline(always)]
@@ -55,20 +70,34 @@ impl DecodeCache {
         (backing as usize) & (CACHE_ENTRIES - 1)
     }
 
+    /// Stores `instr` in `slot` (or the scratch slot `CACHE_ENTRIES`) and returns a pointer to it.
+    #[inline]
+    fn put(&mut self, slot: usize, instr: &Instruction) -> *const Decoded {
+        debug_assert!(slot <= CACHE_ENTRIES);
+        // SAFETY: `slot <= CACHE_ENTRIES` is inside the buffer of CACHE_ENTRIES + 1 elements;
+        // `&mut self` guarantees no instruction borrowed from the cache is alive (callers only
+        // borrow one between `fetch` and the end of its execution, which never calls `put`).
+        unsafe {
+            let p = self.instrs.add(slot);
+            *p = Decoded { instr: *instr, fast: fast::predecode(instr) };
+            p
+        }
+    }
+
     /// Drops every entry decoded from the backing page at `page_addr`.
     pub(crate) fn invalidate_page(&mut self, page_addr: u64) {
         let page = page_addr & PAGE_MASK;
         for off in 0..0x1000u64 {
-            let e = &mut self.entries[Self::slot(page + off)];
-            if e.key & KEY_VALID != 0 && (e.key & 0x00FF_FFFF_FFFF_FFFF) & PAGE_MASK == page {
-                e.key = 0;
+            let e = &mut self.tags[Self::slot(page + off)];
+            if e.0 & KEY_VALID != 0 && (e.0 & 0x00FF_FFFF_FFFF_FFFF) & PAGE_MASK == page {
+                e.0 = 0;
             }
         }
     }
 
     fn clear(&mut self) {
-        for e in &mut self.entries {
-            e.key = 0;
+        for e in &mut self.tags {
+            e.0 = 0;
         }
     }
 }
@@ -164,7 +193,7 @@ impl Cx<'_> {
 
     /// Fetches and decodes the instruction at CS:RIP.
     #[inline]
-    fn fetch(&mut self, out: &mut Instruction) -> Result<(), Exception> {
+    fn fetch(&mut self) -> Result<*const Decoded, Exception> {
         let rip = self.cpu.rip;
         let cs = self.cpu.seg[SegReg::Cs as usize];
         let lin = match self.mode {
@@ -182,11 +211,11 @@ impl Cx<'_> {
         if let Some(b) = self.cpu.tlb.lookup(user, TlbAccess::Exec, lin, 1) {
             let key = b | (u64::from(bitness) << 56) | KEY_VALID;
             let slot = DecodeCache::slot(b);
-            let e = &self.cache.entries[slot];
-            if e.key == key && e.rip == rip {
+            let e = self.cache.tags[slot];
+            if e.0 == key && e.1 == rip {
                 self.cache.hits += 1;
-                *out = e.instr;
-                return Ok(());
+                // SAFETY: `slot < CACHE_ENTRIES`, inside the cache's instruction buffer.
+                return Ok(unsafe { self.cache.instrs.add(slot) });
             }
             if (lin & 0xFFF) <= 0x1000 - 15 {
                 let mem = self.bus.memory();
@@ -203,9 +232,8 @@ impl Cx<'_> {
                     if mem.mark_code_page(b >> 12) {
                         self.cpu.tlb.protect_backing_page(b & PAGE_MASK);
                     }
-                    self.cache.entries[slot] = CachedInsn { key, rip, instr };
-                    *out = instr;
-                    return Ok(());
+                    self.cache.tags[slot] = (key, rip);
+                    return Ok(self.cache.put(slot, &instr));
                 }
             }
         }
@@ -224,22 +252,25 @@ impl Cx<'_> {
             log::debug!("invalid opcode at {:#x}: {:02x?}", rip, &bytes[..n]);
             return Err(Exception::InvalidOpcode);
         }
-        *out = instr;
-        Ok(())
+        Ok(self.cache.put(CACHE_ENTRIES, &instr))
     }
 
     /// Fetches and executes one instruction. On an exception, RIP and RSP are restored.
     pub(crate) fn step_one(&mut self, trace: bool) -> Result<(), Stop> {
         let rip = self.cpu.rip;
         let rsp = self.cpu.gpr[4];
-        let mut instr = Instruction::default();
-        let r = match self.fetch(&mut instr) {
-            Ok(()) => {
+        let r = match self.fetch() {
+            Ok(p) => {
+                // SAFETY: `p` points into the decode cache's instruction buffer, which lives as
+                // long as `self.cache`. Only `DecodeCache::put` (called from `fetch` alone) writes
+                // that buffer, and nothing executed below fetches, so the instruction stays
+                // unchanged while it executes; invalidation only touches the tags.
+                let d: &Decoded = unsafe { &*p };
                 if trace {
-                    trace_instr(self.cpu, &instr);
+                    trace_instr(self.cpu, &d.instr);
                 }
-                self.next_rip = instr.next_ip();
-                self.exec(&instr)
+                self.next_rip = d.instr.next_ip();
+                self.exec_fast(&d.instr, &d.fast)
             }
             Err(e) => Err(Stop::Exc(e)),
         };

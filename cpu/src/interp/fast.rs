@@ -1,0 +1,415 @@
+//! The hot path: the most frequent instruction forms, pre-decoded once per decode-cache entry
+//! into a [`Fast`] record (operation, operand size, GPR indices, immediate) and executed without
+//! going back through iced-x86's operand accessors or the mnemonic dispatch. Everything else
+//! (and every form with an operand this path does not model, such as AH..BH) is
+//! [`FastKind::Slow`] and goes to [`Cx::exec`]. The differential test runs every instruction
+//! through this dispatch, so both paths are checked against the host CPU.
+
+use super::alu::{self, ShiftOp};
+use super::exec::{sreg_of, test_cc, R};
+use super::Cx;
+use crate::flags::{size_mask, FlagOp};
+use crate::state::rflags::{CF, STATUS};
+use iced_x86::{ConditionCode, Instruction, Mnemonic, OpKind, Register};
+
+/// The pre-decoded form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub(crate) enum FastKind {
+    /// Not handled here: use the generic executor.
+    #[default]
+    Slow,
+    /// ALU op reg, reg.
+    AluRR,
+    /// ALU op reg, imm.
+    AluRI,
+    /// ALU op reg, mem.
+    AluRM,
+    /// ALU op mem, reg.
+    AluMR,
+    /// ALU op mem, imm.
+    AluMI,
+    /// MOV reg, reg.
+    MovRR,
+    /// MOV reg, imm.
+    MovRI,
+    /// MOV reg, mem.
+    MovRM,
+    /// MOV mem, reg.
+    MovMR,
+    /// MOV mem, imm.
+    MovMI,
+    /// INC reg.
+    IncR,
+    /// DEC reg.
+    DecR,
+    /// LEA reg, mem.
+    Lea,
+    /// SHL/SHR/SAR reg, imm (op = 0/1/2).
+    ShiftRI,
+    /// Jcc rel.
+    Jcc,
+    /// JMP rel.
+    Jmp,
+}
+
+/// ALU operations (`Fast::op` for the Alu* kinds).
+const ADD: u8 = 0;
+const ADC: u8 = 1;
+const SUB: u8 = 2;
+const SBB: u8 = 3;
+const CMP: u8 = 4;
+const AND: u8 = 5;
+const OR: u8 = 6;
+const XOR: u8 = 7;
+const TEST: u8 = 8;
+
+/// A pre-decoded instruction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Fast {
+    pub(crate) kind: FastKind,
+    /// ALU operation or shift kind.
+    op: u8,
+    /// Operand size in bits.
+    bits: u8,
+    /// Destination GPR index.
+    d: u8,
+    /// Source GPR index.
+    s: u8,
+    /// Segment of the memory operand (`SegReg` as u8).
+    seg: u8,
+    /// Condition of a Jcc.
+    cc: ConditionCode,
+    /// Immediate (already truncated to the operand size) or branch target.
+    imm: u64,
+}
+
+impl Default for Fast {
+    fn default() -> Self {
+        Fast { kind: FastKind::Slow, op: 0, bits: 0, d: 0, s: 0, seg: 0, cc: ConditionCode::None, imm: 0 }
+    }
+}
+
+/// A GPR operand this path can model: (index, bits); not AH..BH, not other register classes.
+fn gpr(r: Register) -> Option<(u8, u8)> {
+    let n = r as u32;
+    let (base, bits) = if r.is_gpr64() {
+        (Register::RAX as u32, 64)
+    } else if r.is_gpr32() {
+        (Register::EAX as u32, 32)
+    } else if r.is_gpr16() {
+        (Register::AX as u32, 16)
+    } else if r.is_gpr8() {
+        if (Register::AH as u32..=Register::BH as u32).contains(&n) {
+            return None;
+        }
+        if n < Register::AH as u32 {
+            return Some(((n - Register::AL as u32) as u8, 8));
+        }
+        return Some(((n - Register::SPL as u32 + 4) as u8, 8));
+    } else {
+        return None;
+    };
+    Some(((n - base) as u8, bits))
+}
+
+fn is_imm(k: OpKind) -> bool {
+    matches!(
+        k,
+        OpKind::Immediate8
+            | OpKind::Immediate16
+            | OpKind::Immediate32
+            | OpKind::Immediate64
+            | OpKind::Immediate8to16
+            | OpKind::Immediate8to32
+            | OpKind::Immediate8to64
+            | OpKind::Immediate32to64
+    )
+}
+
+/// Pre-decodes `i` (once, when it enters the decode cache).
+pub(crate) fn predecode(i: &Instruction) -> Fast {
+    let mut f = Fast::default();
+    if i.has_lock_prefix() {
+        return f;
+    }
+    let alu = match i.mnemonic() {
+        Mnemonic::Add => Some(ADD),
+        Mnemonic::Adc => Some(ADC),
+        Mnemonic::Sub => Some(SUB),
+        Mnemonic::Sbb => Some(SBB),
+        Mnemonic::Cmp => Some(CMP),
+        Mnemonic::And => Some(AND),
+        Mnemonic::Or => Some(OR),
+        Mnemonic::Xor => Some(XOR),
+        Mnemonic::Test => Some(TEST),
+        _ => None,
+    };
+    let mem_bits = || (i.memory_size().size() * 8) as u8;
+    let k0 = if i.op_count() > 0 { i.op_kind(0) } else { OpKind::Register };
+    let k1 = if i.op_count() > 1 { i.op_kind(1) } else { OpKind::Register };
+    if i.op_count() > 0 && k0 == OpKind::Memory || i.op_count() > 1 && k1 == OpKind::Memory {
+        f.seg = sreg_of(i.memory_segment()) as u8;
+    }
+    let m = i.mnemonic();
+    if let Some(op) = alu {
+        f.op = op;
+        match (k0, k1) {
+            (OpKind::Register, OpKind::Register) => {
+                let (Some((d, b)), Some((s, b2))) = (gpr(i.op0_register()), gpr(i.op1_register())) else {
+                    return f;
+                };
+                if b != b2 {
+                    return f;
+                }
+                (f.kind, f.d, f.s, f.bits) = (FastKind::AluRR, d, s, b);
+            }
+            (OpKind::Register, k) if is_imm(k) => {
+                let Some((d, b)) = gpr(i.op0_register()) else { return f };
+                (f.kind, f.d, f.bits) = (FastKind::AluRI, d, b);
+                f.imm = i.immediate(1) & size_mask(u32::from(b));
+            }
+            (OpKind::Register, OpKind::Memory) => {
+                let Some((d, b)) = gpr(i.op0_register()) else { return f };
+                (f.kind, f.d, f.bits) = (FastKind::AluRM, d, b);
+            }
+            (OpKind::Memory, OpKind::Register) => {
+                let Some((s, b)) = gpr(i.op1_register()) else { return f };
+                (f.kind, f.s, f.bits) = (FastKind::AluMR, s, b);
+            }
+            (OpKind::Memory, k) if is_imm(k) => {
+                let b = mem_bits();
+                (f.kind, f.bits) = (FastKind::AluMI, b);
+                f.imm = i.immediate(1) & size_mask(u32::from(b));
+            }
+            _ => {}
+        }
+        return f;
+    }
+    match m {
+        Mnemonic::Mov => match (k0, k1) {
+            (OpKind::Register, OpKind::Register) => {
+                let (Some((d, b)), Some((s, b2))) = (gpr(i.op0_register()), gpr(i.op1_register())) else {
+                    return f;
+                };
+                if b == b2 {
+                    (f.kind, f.d, f.s, f.bits) = (FastKind::MovRR, d, s, b);
+                }
+            }
+            (OpKind::Register, k) if is_imm(k) => {
+                let Some((d, b)) = gpr(i.op0_register()) else { return f };
+                (f.kind, f.d, f.bits) = (FastKind::MovRI, d, b);
+                f.imm = i.immediate(1) & size_mask(u32::from(b));
+            }
+            (OpKind::Register, OpKind::Memory) => {
+                let Some((d, b)) = gpr(i.op0_register()) else { return f };
+                (f.kind, f.d, f.bits) = (FastKind::MovRM, d, b);
+            }
+            (OpKind::Memory, OpKind::Register) => {
+                let Some((s, b)) = gpr(i.op1_register()) else { return f };
+                (f.kind, f.s, f.bits) = (FastKind::MovMR, s, b);
+            }
+            (OpKind::Memory, k) if is_imm(k) => {
+                let b = mem_bits();
+                (f.kind, f.bits) = (FastKind::MovMI, b);
+                f.imm = i.immediate(1) & size_mask(u32::from(b));
+            }
+            _ => {}
+        },
+        Mnemonic::Inc | Mnemonic::Dec if k0 == OpKind::Register => {
+            if let Some((d, b)) = gpr(i.op0_register()) {
+                f.kind = if m == Mnemonic::Inc { FastKind::IncR } else { FastKind::DecR };
+                (f.d, f.bits) = (d, b);
+            }
+        }
+        Mnemonic::Lea => {
+            if let Some((d, b)) = gpr(i.op0_register()) {
+                (f.kind, f.d, f.bits) = (FastKind::Lea, d, b);
+            }
+        }
+        Mnemonic::Shl | Mnemonic::Sal | Mnemonic::Shr | Mnemonic::Sar
+            if k0 == OpKind::Register && k1 == OpKind::Immediate8 =>
+        {
+            if let Some((d, b)) = gpr(i.op0_register()) {
+                f.op = match m {
+                    Mnemonic::Shr => 1,
+                    Mnemonic::Sar => 2,
+                    _ => 0,
+                };
+                (f.kind, f.d, f.bits) = (FastKind::ShiftRI, d, b);
+                f.imm = u64::from(i.immediate8());
+            }
+        }
+        Mnemonic::Jmp if matches!(k0, OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64) => {
+            f.kind = FastKind::Jmp;
+            f.imm = i.near_branch_target();
+        }
+        _ if i.is_jcc_short_or_near() => {
+            f.kind = FastKind::Jcc;
+            f.cc = i.condition_code();
+            f.imm = i.near_branch_target();
+        }
+        _ => {}
+    }
+    f
+}
+
+#[inline(always)]
+fn alu_res(op: u8, a: u64, b: u64, cf: u64) -> (FlagOp, u64) {
+    match op {
+        ADD => (FlagOp::Add, a.wrapping_add(b)),
+        ADC => (FlagOp::Add, a.wrapping_add(b).wrapping_add(cf)),
+        SUB | CMP => (FlagOp::Sub, a.wrapping_sub(b)),
+        SBB => (FlagOp::Sub, a.wrapping_sub(b).wrapping_sub(cf)),
+        AND | TEST => (FlagOp::Logic, a & b),
+        OR => (FlagOp::Logic, a | b),
+        _ => (FlagOp::Logic, a ^ b),
+    }
+}
+
+impl Cx<'_> {
+    /// Writes GPR `idx` with `bits` semantics: 32-bit writes zero-extend, 8/16-bit ones merge.
+    #[inline(always)]
+    fn wreg(&mut self, idx: u8, bits: u32, v: u64) {
+        let g = &mut self.cpu.gpr[idx as usize & 15];
+        *g = match bits {
+            64 => v,
+            32 => v & 0xFFFF_FFFF,
+            16 => (*g & !0xFFFF) | (v & 0xFFFF),
+            _ => (*g & !0xFF) | (v & 0xFF),
+        };
+    }
+
+    #[inline(always)]
+    fn rreg(&self, idx: u8, bits: u32) -> u64 {
+        self.cpu.gpr[idx as usize & 15] & size_mask(bits)
+    }
+
+    #[inline(always)]
+    fn carry_in(&self, op: u8) -> u64 {
+        if op == ADC || op == SBB {
+            self.cpu.flag_bits(CF)
+        } else {
+            0
+        }
+    }
+
+    #[inline(always)]
+    fn mem_seg(f: &Fast) -> crate::state::SegReg {
+        use crate::state::SegReg;
+        match f.seg {
+            0 => SegReg::Es,
+            1 => SegReg::Cs,
+            2 => SegReg::Ss,
+            4 => SegReg::Fs,
+            5 => SegReg::Gs,
+            _ => SegReg::Ds,
+        }
+    }
+
+    /// Executes a pre-decoded instruction, or hands it to the generic executor.
+    #[inline(always)]
+    pub(crate) fn exec_fast(&mut self, i: &Instruction, f: &Fast) -> R<()> {
+        let bits = u32::from(f.bits);
+        let m = size_mask(bits);
+        match f.kind {
+            FastKind::Slow => return self.exec(i),
+            FastKind::AluRR | FastKind::AluRI | FastKind::AluRM => {
+                let a = self.rreg(f.d, bits);
+                let b = match f.kind {
+                    FastKind::AluRR => self.rreg(f.s, bits),
+                    FastKind::AluRI => f.imm,
+                    _ => {
+                        let ea = self.ea(i);
+                        self.read_mem(Self::mem_seg(f), ea, bits)?
+                    }
+                };
+                let (op, res) = alu_res(f.op, a, b, self.carry_in(f.op));
+                let res = res & m;
+                if f.op != CMP && f.op != TEST {
+                    self.wreg(f.d, bits, res);
+                }
+                self.cpu.lazy.set(op, bits, a, b, res);
+            }
+            FastKind::AluMR | FastKind::AluMI => {
+                let seg = Self::mem_seg(f);
+                let ea = self.ea(i);
+                let a = self.read_mem(seg, ea, bits)?;
+                let b = if f.kind == FastKind::AluMR { self.rreg(f.s, bits) } else { f.imm };
+                let (op, res) = alu_res(f.op, a, b, self.carry_in(f.op));
+                let res = res & m;
+                if f.op != CMP && f.op != TEST {
+                    self.write_mem(seg, ea, bits, res)?;
+                }
+                self.cpu.lazy.set(op, bits, a, b, res);
+            }
+            FastKind::MovRR => {
+                let v = self.rreg(f.s, bits);
+                self.wreg(f.d, bits, v);
+            }
+            FastKind::MovRI => self.wreg(f.d, bits, f.imm),
+            FastKind::MovRM => {
+                let ea = self.ea(i);
+                let v = self.read_mem(Self::mem_seg(f), ea, bits)?;
+                self.wreg(f.d, bits, v);
+            }
+            FastKind::MovMR => {
+                let ea = self.ea(i);
+                let v = self.rreg(f.s, bits);
+                self.write_mem(Self::mem_seg(f), ea, bits, v)?;
+            }
+            FastKind::MovMI => {
+                let ea = self.ea(i);
+                self.write_mem(Self::mem_seg(f), ea, bits, f.imm)?;
+            }
+            FastKind::IncR | FastKind::DecR => {
+                let a = self.rreg(f.d, bits);
+                // INC/DEC keep CF: materialize it first.
+                let cf = self.cpu.flag_bits(CF);
+                let (op, res) = if f.kind == FastKind::IncR {
+                    (FlagOp::Add, a.wrapping_add(1) & m)
+                } else {
+                    (FlagOp::Sub, a.wrapping_sub(1) & m)
+                };
+                self.wreg(f.d, bits, res);
+                self.cpu.rflags = (self.cpu.rflags & !CF) | cf;
+                self.cpu.lazy.set(op, bits, a, 1, res);
+                self.cpu.lazy.mask = STATUS & !CF;
+            }
+            FastKind::Lea => {
+                let a = self.ea(i);
+                self.wreg(f.d, bits, a & m);
+            }
+            FastKind::ShiftRI => {
+                let op = match f.op {
+                    0 => ShiftOp::Shl,
+                    1 => ShiftOp::Shr,
+                    _ => ShiftOp::Sar,
+                };
+                let a = self.rreg(f.d, bits);
+                if let Some((res, fl)) = alu::shift(op, bits, a, f.imm, 0) {
+                    self.wreg(f.d, bits, res);
+                    self.cpu.rflags = (self.cpu.rflags & !STATUS) | (fl & STATUS);
+                    self.cpu.lazy.mask = 0;
+                } else if bits == 32 {
+                    // A count of 0 still writes a 32-bit register (zero-extending it).
+                    self.wreg(f.d, 32, a);
+                }
+            }
+            FastKind::Jcc => {
+                if test_cc(self.cpu, f.cc) {
+                    self.check_near_target(f.imm)?;
+                    self.cpu.rip = f.imm;
+                    return Ok(());
+                }
+            }
+            FastKind::Jmp => {
+                self.check_near_target(f.imm)?;
+                self.cpu.rip = f.imm;
+                return Ok(());
+            }
+        }
+        self.cpu.rip = i.next_ip();
+        Ok(())
+    }
+}
