@@ -131,6 +131,12 @@ struct ConvertArgs {
     /// Use zeroed-grain entries in a sparse output.
     #[arg(long)]
     zeroed_grain: bool,
+    /// zlib level 0-9 of streamOptimized grains (qemu-img uses 6).
+    #[arg(long, default_value_t = vmdk::stream::DEFAULT_LEVEL, value_parser = clap::value_parser!(u32).range(0..=9))]
+    compression_level: u32,
+    /// Compression threads for streamOptimized output (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
     /// No progress bar.
     #[arg(long, short = 'q')]
     quiet: bool,
@@ -503,6 +509,8 @@ fn convert(a: ConvertArgs) -> anyhow::Result<i32> {
                 .filter(|x| vmdk::ops::ADAPTERS.contains(&x.as_str()))
                 .unwrap_or_else(|| "ide".into());
             o.zeroed_grain = a.zeroed_grain;
+            o.compression_level = a.compression_level;
+            o.threads = a.threads;
             Target::Vmdk(o)
         }
     };

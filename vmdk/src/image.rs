@@ -793,6 +793,44 @@ impl RawImage {
     }
 }
 
+impl RawImage {
+    /// Byte ranges holding data according to the file system (SEEK_DATA/SEEK_HOLE); holes read as
+    /// zeros and need not be copied. Falls back to the whole file where the call is unsupported.
+    pub fn data_ranges(&self) -> Vec<(u64, u64)> {
+        use std::os::fd::AsRawFd;
+        let fd = self.file.as_raw_fd();
+        let mut out = Vec::new();
+        let mut pos = 0u64;
+        while pos < self.size {
+            let Ok(p) = libc::off_t::try_from(pos) else { break };
+            // SAFETY: lseek on a file descriptor we own; it only moves the file offset, which this
+            // type never uses (all I/O is positional pread/pwrite).
+            let data = unsafe { libc::lseek(fd, p, libc::SEEK_DATA) };
+            if data < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::ENXIO) {
+                    break; // no more data after pos
+                }
+                return vec![(0, self.size)];
+            }
+            // SAFETY: as above.
+            let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+            if hole < 0 {
+                return vec![(0, self.size)];
+            }
+            let (d, h) = (data as u64, (hole as u64).min(self.size));
+            if h > d {
+                out.push((d, h - d));
+            }
+            if h <= pos {
+                return vec![(0, self.size)];
+            }
+            pos = h;
+        }
+        out
+    }
+}
+
 impl BlockDevice for RawImage {
     fn len(&self) -> u64 {
         self.size

@@ -87,6 +87,10 @@ pub struct CreateOptions {
     pub zeroed_grain: bool,
     /// Parent image for a delta link (sparse only).
     pub parent: Option<PathBuf>,
+    /// zlib level (0..=9) of streamOptimized grains.
+    pub compression_level: u32,
+    /// Compression threads for streamOptimized output (0 = one per core).
+    pub threads: usize,
 }
 
 impl CreateOptions {
@@ -99,6 +103,8 @@ impl CreateOptions {
             hw_version: "4".into(),
             zeroed_grain: false,
             parent: None,
+            compression_level: crate::stream::DEFAULT_LEVEL,
+            threads: 0,
         }
     }
 }
@@ -271,7 +277,7 @@ impl AnyImage {
                 .filter(|r| matches!(r.kind, MapKind::Data { .. } | MapKind::NoAccess))
                 .map(|r| (r.start, r.len))
                 .collect()),
-            AnyImage::Raw(r) => Ok(if r.len() > 0 { vec![(0, r.len())] } else { vec![] }),
+            AnyImage::Raw(r) => Ok(r.data_ranges()),
         }
     }
 }
@@ -288,48 +294,78 @@ pub enum Target {
 const CHUNK: usize = 1 << 20;
 const BLOCK: usize = 64 << 10;
 
+/// Runs of non-zero 64 KiB blocks (aligned in the virtual disk) in `b`, which starts at `off`.
+fn nonzero_runs(b: &[u8], off: u64) -> Vec<(usize, usize)> {
+    let n = b.len();
+    let mut runs = Vec::new();
+    let mut i = 0usize;
+    while i < n {
+        let bend = (((off + i as u64) / BLOCK as u64 + 1) * BLOCK as u64 - off) as usize;
+        let j0 = bend.min(n);
+        if b[i..j0].iter().all(|&x| x == 0) {
+            i = j0;
+            continue;
+        }
+        let mut j = j0;
+        while j < n {
+            let k = (j + BLOCK).min(n);
+            if b[j..k].iter().all(|&x| x == 0) {
+                break;
+            }
+            j = k;
+        }
+        runs.push((i, j));
+        i = j;
+    }
+    runs
+}
+
+type Chunk = (u64, Vec<u8>, Vec<(usize, usize)>);
+
 /// Copies the non-zero 64 KiB blocks of `ranges` from `src` to `dst` (which reads as zeros).
+/// Reading (and decompressing) runs on its own thread, overlapped with writing.
 pub fn copy_data(
     src: &dyn BlockDevice,
     dst: &dyn BlockDevice,
     ranges: &[(u64, u64)],
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<()> {
-    let mut buf = vec![0u8; CHUNK];
-    for &(start, len) in ranges {
-        let mut p = 0u64;
-        while p < len {
-            let off = start + p;
-            // Keep chunks aligned to 1 MiB so runs line up with grains.
-            let n = ((CHUNK as u64 - off % CHUNK as u64).min(len - p)) as usize;
-            let b = &mut buf[..n];
-            src.read_at(b, off)?;
-            let mut i = 0usize;
-            while i < n {
-                // Blocks aligned to BLOCK in the virtual disk.
-                let bend = (((off + i as u64) / BLOCK as u64 + 1) * BLOCK as u64 - off) as usize;
-                let j0 = bend.min(n);
-                if b[i..j0].iter().all(|&x| x == 0) {
-                    i = j0;
-                    continue;
-                }
-                // Extend the run over following non-zero blocks.
-                let mut j = j0;
-                while j < n {
-                    let k = (j + BLOCK).min(n);
-                    if b[j..k].iter().all(|&x| x == 0) {
-                        break;
+    let (tx, rx) = crossbeam::channel::bounded::<Result<Chunk>>(4);
+    let (free_tx, free_rx) = crossbeam::channel::bounded::<Vec<u8>>(8);
+    std::thread::scope(|sc| -> Result<()> {
+        sc.spawn(move || {
+            for &(start, len) in ranges {
+                let mut p = 0u64;
+                while p < len {
+                    let off = start + p;
+                    // Chunks aligned to 1 MiB so runs line up with grains.
+                    let n = ((CHUNK as u64 - off % CHUNK as u64).min(len - p)) as usize;
+                    let mut buf = free_rx.try_recv().unwrap_or_else(|_| vec![0u8; CHUNK]);
+                    buf.resize(n, 0);
+                    if let Err(e) = src.read_at(&mut buf, off) {
+                        let _ = tx.send(Err(e));
+                        return;
                     }
-                    j = k;
+                    let runs = nonzero_runs(&buf, off);
+                    if tx.send(Ok((off, buf, runs))).is_err() {
+                        return;
+                    }
+                    p += n as u64;
                 }
-                dst.write_at(&b[i..j], off + i as u64)?;
-                i = j;
             }
-            progress(n as u64);
-            p += n as u64;
+        });
+        // Owned here so that an early error return disconnects the reader instead of blocking it.
+        let rx = rx;
+        for item in rx.iter() {
+            let (off, buf, runs) = item?;
+            for (i, j) in runs {
+                dst.write_at(&buf[i..j], off + i as u64)?;
+            }
+            progress(buf.len() as u64);
+            let _ = free_tx.try_send(buf);
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Converts `src` into a new image `dst`. `progress(done, total)` is called as bytes are processed.
@@ -351,7 +387,8 @@ pub fn convert(src: &AnyImage, dst: &Path, target: &Target, progress: &(dyn Fn(u
                 if dst.exists() {
                     return Err(Error::InvalidArgument(format!("{} already exists", dst.display())));
                 }
-                write_stream(src.dev(), &ranges, dst, &d.to_text(), StreamOptions::default(), progress)
+                let so = StreamOptions { threads: o.threads, level: o.compression_level };
+                write_stream(src.dev(), &ranges, dst, &d.to_text(), so, progress)
             } else {
                 create(dst, &o)?;
                 let out = Image::open_rw(dst)?;

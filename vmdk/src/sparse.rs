@@ -39,6 +39,8 @@ pub(crate) struct SparseExtent {
     /// First sector after the header and the embedded descriptor.
     min_meta: u64,
     cache: Option<(u64, Vec<u8>)>,
+    zbuf: Vec<u8>,
+    inflater: flate2::Decompress,
 }
 
 /// Largest compressed grain we read: deflate's worst case for a 32 MiB grain plus slack.
@@ -110,6 +112,8 @@ impl SparseExtent {
             file_len,
             min_meta,
             cache: None,
+            zbuf: Vec::new(),
+            inflater: flate2::Decompress::new(true),
         })
     }
 
@@ -183,8 +187,7 @@ impl SparseExtent {
             }
             Grain::Compressed(s) => {
                 if self.cache.as_ref().is_none_or(|(cg, _)| *cg != g) {
-                    let data = self.decompress(g, s)?;
-                    self.cache = Some((g, data));
+                    self.decompress(g, s)?;
                 }
                 let (_, data) = self.cache.as_ref().expect("cache filled above");
                 buf.copy_from_slice(&data[off..off + buf.len()]);
@@ -197,7 +200,8 @@ impl SparseExtent {
         }
     }
 
-    fn decompress(&self, g: u64, s: u64) -> Result<Vec<u8>> {
+    /// Decompresses grain `g` (marker at sector `s`) into the one-grain cache.
+    fn decompress(&mut self, g: u64, s: u64) -> Result<()> {
         let gb = self.grain_bytes();
         let pos = s * SECTOR;
         let avail = self.file_len.saturating_sub(pos);
@@ -213,24 +217,25 @@ impl SparseExtent {
         } else {
             (pos, avail.min(max_compressed(gb) as u64) as usize)
         };
-        let mut c = vec![0u8; len];
+        let mut c = std::mem::take(&mut self.zbuf);
+        c.resize(len, 0);
         let n = read_full(&self.file, &mut c, start).map_err(io(&self.path))?;
-        c.truncate(n);
-        let mut out = vec![0u8; gb];
-        let mut d = flate2::Decompress::new(true);
-        let st = d.decompress(&c, &mut out, flate2::FlushDecompress::Finish);
+        let (_, mut out) = self.cache.take().unwrap_or((u64::MAX, Vec::new()));
+        out.resize(gb, 0);
+        self.inflater.reset(true);
+        let st = self.inflater.decompress(&c[..n], &mut out, flate2::FlushDecompress::Finish);
+        self.zbuf = c;
+        let total = self.inflater.total_out() as usize;
+        let at = g * self.hdr.grain_size;
         match st {
-            Ok(flate2::Status::StreamEnd) | Ok(flate2::Status::Ok) | Ok(flate2::Status::BufError)
-                if d.total_out() > 0 || d.total_in() > 0 =>
-            {
-                // A short last grain decompresses to less than a grain: the rest is zero.
-                let n = d.total_out() as usize;
-                out[n..].fill(0);
-                Ok(out)
-            }
-            Ok(_) => Err(self.corrupt(format!("empty compressed grain for sector {}", g * self.hdr.grain_size))),
-            Err(e) => Err(self.corrupt(format!("bad compressed grain for sector {}: {e}", g * self.hdr.grain_size))),
+            // A short last grain decompresses to less than a grain: the rest is zero.
+            Ok(flate2::Status::StreamEnd) => out[total..].fill(0),
+            Ok(_) if total == gb => {}
+            Ok(_) => return Err(self.corrupt(format!("truncated compressed grain for sector {at}"))),
+            Err(e) => return Err(self.corrupt(format!("bad compressed grain for sector {at}: {e}"))),
         }
+        self.cache = Some((g, out));
+        Ok(())
     }
 
     fn alloc(&mut self, sectors: u64) -> Result<u64> {

@@ -150,6 +150,9 @@ impl StreamWriter {
     }
 }
 
+/// Default zlib level: close to qemu's output size (level 6) at a fraction of the CPU time.
+pub const DEFAULT_LEVEL: u32 = 3;
+
 /// Tuning of the parallel stream writer.
 #[derive(Debug, Clone, Copy)]
 pub struct StreamOptions {
@@ -161,7 +164,7 @@ pub struct StreamOptions {
 
 impl Default for StreamOptions {
     fn default() -> Self {
-        StreamOptions { threads: 0, level: 1 }
+        StreamOptions { threads: 0, level: DEFAULT_LEVEL }
     }
 }
 
