@@ -71,3 +71,8 @@ fn test_rom_pit_interrupts_and_idle_skip() {
     // 100 ms of guest time passed in HLT: the CPU skipped ahead instead of spinning.
     assert!(m.instructions() < 10_000, "{} instructions", m.instructions());
 }
+
+#[test]
+fn test_rom_system_protected() {
+    expect_pass("system_protected", test_roms::system_protected());
+}

@@ -41,18 +41,26 @@ pub enum Mode {
     Long64,
 }
 
-/// Bytes of a flat image starting at [`ENTRY`], written piecewise at absolute addresses.
+/// Pieces of a flat image at absolute addresses; the image starts at the lowest piece.
 struct Image {
-    bytes: Vec<u8>,
+    pieces: Vec<(u64, Vec<u8>)>,
 }
 
 impl Image {
     fn put(&mut self, addr: u64, data: &[u8]) {
-        let off = (addr - ENTRY) as usize;
-        if self.bytes.len() < off + data.len() {
-            self.bytes.resize(off + data.len(), 0);
+        self.pieces.push((addr, data.to_vec()));
+    }
+
+    /// The image bytes and their load address.
+    fn finish(self) -> (Vec<u8>, u64) {
+        let base = self.pieces.iter().map(|p| p.0).min().unwrap_or(ENTRY);
+        let end = self.pieces.iter().map(|p| p.0 + p.1.len() as u64).max().unwrap_or(ENTRY);
+        let mut bytes = vec![0u8; (end - base) as usize];
+        for (addr, data) in self.pieces {
+            let off = (addr - base) as usize;
+            bytes[off..off + data.len()].copy_from_slice(&data);
         }
-        self.bytes[off..off + data.len()].copy_from_slice(data);
+        (bytes, base)
     }
 }
 
@@ -72,14 +80,15 @@ pub(crate) fn build(
     build_with(mode, payload, Vec::new())
 }
 
-/// [`build`] plus extra pieces (`(address, bytes)`, e.g. from [`asm`]) placed at fixed
-/// addresses between [`PAYLOAD`] + 0x1000 and 0x20000, so code can refer to them by address.
+/// [`build`] plus extra pieces (`(address, bytes)`, e.g. from [`asm`] or prebuilt tables)
+/// placed at fixed addresses, so code can refer to them by address. Pieces below [`ENTRY`] move
+/// the image's load address down.
 pub(crate) fn build_with(
     mode: Mode,
     payload: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
     extras: Vec<(u64, Vec<u8>)>,
 ) -> Result<Rom, IcedError> {
-    let mut img = Image { bytes: Vec::new() };
+    let mut img = Image { pieces: Vec::new() };
     for (addr, bytes) in extras {
         img.put(addr, &bytes);
     }
@@ -182,7 +191,8 @@ pub(crate) fn build_with(
     }
     payload(&mut a)?;
     img.put(PAYLOAD, &a.assemble(PAYLOAD)?);
-    Ok(Rom { image: img.bytes, load_addr: ENTRY, entry: ENTRY })
+    let (image, load_addr) = img.finish();
+    Ok(Rom { image, load_addr, entry: ENTRY })
 }
 
 /// Assembles a separate piece of code of `bits` bits for address `addr`.

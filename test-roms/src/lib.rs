@@ -28,6 +28,7 @@ mod boot;
 mod checks;
 mod demo;
 mod layout;
+mod system;
 
 pub use boot::{boot_disk, boot_sector, BOOT_MESSAGE_DONE, BOOT_MESSAGE_INT10, BOOT_MESSAGE_SERIAL};
 pub use checks::{
@@ -35,6 +36,7 @@ pub use checks::{
 };
 pub use demo::{demo, mandelbrot_reference, primes_reference, DEMO_BANNER};
 pub use layout::{Mode, ENTRY, PAYLOAD};
+pub use system::system_protected;
 
 /// QEMU isa-debug-exit port the self-checking programs report through.
 pub const EXIT_PORT: u16 = 0xF4;
