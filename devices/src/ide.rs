@@ -504,6 +504,7 @@ impl<I: IrqLine> IdeChannel<I> {
             }
         }
         s.pos = s.pos.min(s.buffer.len());
+        s.active &= 1;
         self.s = s;
         self.irq_level = !self.irq_out();
         self.update_irq();

@@ -490,7 +490,9 @@ impl LocalApic {
     }
 
     fn timer_period_ns(&self) -> u64 {
-        u64::from(self.s.initial_count) * u64::from(self.s.timer_divisor) * 1_000_000_000 / LAPIC_BUS_HZ
+        let ns = u128::from(self.s.initial_count) * u128::from(self.s.timer_divisor) * 1_000_000_000
+            / u128::from(LAPIC_BUS_HZ);
+        u64::try_from(ns).unwrap_or(u64::MAX)
     }
 
     /// The timer's current count at `now`.
@@ -500,11 +502,16 @@ impl LocalApic {
         };
         let period = self.timer_period_ns().max(1);
         let elapsed = now.0.saturating_sub(self.s.timer_start);
-        if now.0 >= deadline {
-            return 0; // expired one-shot not yet processed, or periodic at the reload instant
-        }
-        let ticks = elapsed.min(period) * LAPIC_BUS_HZ / 1_000_000_000 / u64::from(self.s.timer_divisor);
-        self.s.initial_count.saturating_sub(ticks as u32)
+        let into = if self.timer_mode() == APIC_LVT_TIMER_PERIODIC {
+            // Reloads happen whether or not the machine advanced the timer yet.
+            elapsed % period
+        } else if now.0 >= deadline {
+            return 0;
+        } else {
+            elapsed
+        };
+        let ticks = u128::from(into) * u128::from(LAPIC_BUS_HZ) / 1_000_000_000 / u128::from(self.s.timer_divisor);
+        self.s.initial_count.saturating_sub(u32::try_from(ticks).unwrap_or(u32::MAX))
     }
 
     fn timer_mode(&self) -> u32 {
@@ -813,6 +820,11 @@ mod tests {
         assert_eq!(a.next_deadline(), Some(VirtualInstant(110)));
         a.advance_to(VirtualInstant(200));
         assert_eq!(rd(&mut a, APIC_IRR + 0x20), 0);
+        // The longest count (2^32 - 1 ticks divided by 128) does not overflow.
+        a.write_register(APIC_TDCR, 0xA, T0);
+        a.write_register(APIC_TMICT, u32::MAX, VirtualInstant(1));
+        assert_eq!(a.next_deadline(), Some(VirtualInstant(1 + u64::from(u32::MAX) * 128)));
+        assert_eq!(a.read_register(APIC_TMCCT, VirtualInstant(1 + 128 * 1000)), u32::MAX - 1000);
         // Initial count 0 stops the timer.
         a.write_register(APIC_TMICT, 0, VirtualInstant(300));
         assert_eq!(a.next_deadline(), None);
@@ -830,6 +842,7 @@ mod tests {
         a.write_register(APIC_EOI, 0, T0);
         assert_eq!(a.next_deadline(), Some(VirtualInstant(200)));
         assert_eq!(a.read_register(APIC_TMCCT, VirtualInstant(150)), 25, "reloaded at 100");
+        assert_eq!(a.read_register(APIC_TMCCT, VirtualInstant(260)), 20, "reloads before advance_to runs");
         // Skipping several periods fires once and keeps the phase.
         a.advance_to(VirtualInstant(1050));
         assert_eq!(a.acknowledge(), Some(0xEF));

@@ -310,12 +310,8 @@ impl PciConfig {
             return None;
         }
         let off = PCI_BASE_ADDRESS_0 + 4 * index;
-        let mask = u32::from_le_bytes([
-            self.writable[off],
-            self.writable[off + 1],
-            self.writable[off + 2],
-            self.writable[off + 3],
-        ]);
+        let m = self.writable.get(off..off + 4)?;
+        let mask = u32::from_le_bytes([m[0], m[1], m[2], m[3]]);
         (mask != 0).then(|| self.u32_at(off) & mask)
     }
 
@@ -331,11 +327,12 @@ impl PciConfig {
     pub fn write(&mut self, offset: usize, data: &[u8]) {
         for (i, &v) in data.iter().enumerate() {
             let o = offset + i;
-            if o >= PCI_CONFIG_SPACE_SIZE {
+            let (Some(&wm), Some(&cm)) = (self.writable.get(o), self.w1c.get(o)) else {
                 break;
+            };
+            if let Some(b) = self.bytes.get_mut(o) {
+                *b = ((*b & !wm) | (v & wm)) & !(v & cm);
             }
-            let (wm, cm) = (self.writable[o], self.w1c[o]);
-            self.bytes[o] = ((self.bytes[o] & !wm) | (v & wm)) & !(v & cm);
         }
     }
 }
@@ -610,6 +607,13 @@ impl I440fxHost {
     /// The SMRAM control register.
     pub fn smram(&self) -> u8 {
         self.config.bytes[I440FX_SMRAM]
+    }
+
+    /// Whether SMRAM (0xA0000–0xBFFFF DRAM) is visible to non-SMM accesses: G_SMRAME and
+    /// D_OPEN both set. Otherwise that window goes to the PCI bus (VGA).
+    pub fn smram_open(&self) -> bool {
+        let v = self.smram();
+        v & SMRAM_G_SMRAME != 0 && v & SMRAM_D_OPEN != 0
     }
 
     /// The 13 PAM segments in address order: 0xC0000–0xEFFFF in 16 KiB pieces (PAM1–PAM6,
@@ -925,8 +929,10 @@ mod tests {
     fn test_i440fx_smram_lock() {
         let mut host = I440fxHost::new();
         assert_eq!(host.smram(), 0x02);
+        assert!(!host.smram_open());
         host.write_config(0x72, &[0x4A]);
         assert_eq!(host.smram(), 0x4A, "D_OPEN | G_SMRAME, base segment hardwired");
+        assert!(host.smram_open());
         host.write_config(0x72, &[0x00]);
         assert_eq!(host.smram(), 0x02, "C_BASE_SEG cannot be cleared");
         host.write_config(0x72, &[0x58]);
