@@ -151,6 +151,9 @@ struct SnapshotArgs {
     /// Sparse subformat of the child: monolithicSparse or twoGbMaxExtentSparse.
     #[arg(long, short = 's', default_value = "monolithicSparse")]
     subformat: String,
+    /// Use zeroed-grain entries in the child (zero writes take no space and hide the parent).
+    #[arg(long)]
+    zeroed_grain: bool,
     /// The image to snapshot (becomes the read-only parent; do not write to it afterwards or the
     /// child's parentCID no longer matches).
     parent: PathBuf,
@@ -210,7 +213,7 @@ pub fn run(args: DiskArgs) -> anyhow::Result<i32> {
         DiskCmd::Convert(a) => convert(a),
         DiskCmd::Snapshot(a) => {
             let sf: Subformat = a.subformat.parse()?;
-            vmdk::snapshot(&a.parent, &a.child, sf)
+            vmdk::snapshot(&a.parent, &a.child, sf, a.zeroed_grain)
                 .with_context(|| format!("cannot create snapshot {}", a.child.display()))?;
             println!("Created delta {} on top of {}", a.child.display(), a.parent.display());
             Ok(0)

@@ -1,10 +1,8 @@
 //! `ferrovisor disk` end to end: verbs, exit codes, and the malformed corpus through the CLI.
 
 #[path = "../vmdk/tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 #[path = "../vmdk/tests/corpus/mod.rs"]
-#[allow(dead_code)]
 mod corpus;
 
 use common::{have_qemu, qemu_img, s, Scratch};
@@ -94,7 +92,7 @@ fn test_verbs_end_to_end() {
     // snapshot, map, commit
     let base = d.path("monolithicSparse.vmdk");
     let child = d.path("child.vmdk");
-    let (rc, _, err) = fv(&["snapshot", s(&base), s(&child)]);
+    let (rc, _, err) = fv(&["snapshot", "--zeroed-grain", s(&base), s(&child)]);
     assert_eq!(rc, 0, "{err}");
     {
         let c = vmdk::Image::open_rw(&child).unwrap();
@@ -130,7 +128,7 @@ fn test_check_leaks_and_repair() {
         i.write_at(&[7; 200_000], 0).unwrap();
     }
     // A leaked grain at the tail (as after a crash between grain write and table update).
-    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&p).unwrap();
     let len = f.metadata().unwrap().len();
     f.write_all_at(&[9; 65536], len).unwrap();
     let (rc, out, _) = fv(&["check", s(&p)]);

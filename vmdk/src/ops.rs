@@ -220,8 +220,9 @@ fn create_from_descriptor(path: &Path, d: &Descriptor, zeroed_grain: bool) -> Re
     }
 }
 
-/// Creates a delta child of `parent` at `child` (monolithicSparse unless `subformat` says otherwise).
-pub fn snapshot(parent: &Path, child: &Path, subformat: Subformat) -> Result<()> {
+/// Creates a delta child of `parent` at `child` (a sparse `subformat`), optionally with zeroed-grain
+/// entries (then zero writes in the child take no space and hide the parent's data).
+pub fn snapshot(parent: &Path, child: &Path, subformat: Subformat, zeroed_grain: bool) -> Result<()> {
     let p = Image::open(parent)?;
     let mut o = CreateOptions::new(subformat, p.size());
     if let Some(a) = p.descriptor().ddb_get("ddb.adapterType") {
@@ -230,6 +231,7 @@ pub fn snapshot(parent: &Path, child: &Path, subformat: Subformat) -> Result<()>
         }
     }
     o.parent = Some(parent.to_path_buf());
+    o.zeroed_grain = zeroed_grain;
     create(child, &o)
 }
 

@@ -124,7 +124,7 @@ fn test_our_delta_chain_for_qemu() {
         b.flush().unwrap();
     }
     let child = d.path("child.vmdk");
-    vmdk::snapshot(&base, &child, Subformat::MonolithicSparse).unwrap();
+    vmdk::snapshot(&base, &child, Subformat::MonolithicSparse, false).unwrap();
     {
         let c = Image::open_rw(&child).unwrap();
         c.write_at(&[0xC3; 7000], (2 << 20) - 3000).unwrap();
