@@ -64,6 +64,23 @@ fn loop64() -> Vec<u8> {
     a.assemble(CODE).unwrap()
 }
 
+/// 64-bit register-only integer loop: add, xor, sub, compare-and-branch.
+fn loop64_reg() -> Vec<u8> {
+    let mut a = CodeAssembler::new(64).unwrap();
+    let mut top = a.create_label();
+    a.xor(eax, eax).unwrap();
+    a.mov(ecx, ITERS).unwrap();
+    a.mov(edx, 7).unwrap();
+    a.set_label(&mut top).unwrap();
+    a.add(rax, rcx).unwrap();
+    a.xor(rdx, rax).unwrap();
+    a.sub(rdx, 3).unwrap();
+    a.dec(ecx).unwrap();
+    a.jnz(top).unwrap();
+    a.hlt().unwrap();
+    a.assemble(CODE).unwrap()
+}
+
 /// 32-bit protected mode: an array sum with indexed loads, a store and a loop counter.
 fn loop32() -> Vec<u8> {
     let mut a = CodeAssembler::new(32).unwrap();
@@ -110,6 +127,7 @@ fn bench_loop(c: &mut Criterion, name: &str, code: Vec<u8>, fresh: CpuState) {
 }
 
 fn benches(c: &mut Criterion) {
+    bench_loop(c, "loop64_reg_alu_branch", loop64_reg(), CpuState::new_flat64());
     bench_loop(c, "loop64_alu_mem_branch", loop64(), CpuState::new_flat64());
     bench_loop(c, "loop32_array_sum", loop32(), CpuState::new_flat32());
 }

@@ -120,6 +120,10 @@ pub(crate) struct Cx<'a> {
     pub(crate) budget_end: u64,
     /// RIP of the instruction after the one executing (saved by task switches).
     pub(crate) next_rip: u64,
+    /// Linear page of the last instruction fetch through the TLB (`u64::MAX`: none) and its
+    /// backing page, reused while only hot-path instructions execute.
+    pub(crate) fetch_lin_page: u64,
+    pub(crate) fetch_backing_page: u64,
 }
 
 /// The interpreter engine. Holds only caches; all architectural state is in [`CpuState`].
@@ -174,6 +178,8 @@ impl Interpreter {
             mode_changed: false,
             budget_end: u64::MAX,
             next_rip: 0,
+            fetch_lin_page: u64::MAX,
+            fetch_backing_page: 0,
         };
         let r = cx.step_one(false);
         match r {
@@ -208,7 +214,19 @@ impl Cx<'_> {
         };
         let bitness = self.mode.bitness();
         let user = self.cpu.cpl == 3;
-        if let Some(b) = self.cpu.tlb.lookup(user, TlbAccess::Exec, lin, 1) {
+        // The page of the previous fetch needs no TLB lookup: only slow-path instructions
+        // (which reset `fetch_lin_page`) can change the mapping, the mode or the CPL.
+        let hit = if lin & PAGE_MASK == self.fetch_lin_page {
+            Some(self.fetch_backing_page | (lin & 0xFFF))
+        } else {
+            let r = self.cpu.tlb.lookup(user, TlbAccess::Exec, lin, 1);
+            if let Some(b) = r {
+                self.fetch_lin_page = lin & PAGE_MASK;
+                self.fetch_backing_page = b & PAGE_MASK;
+            }
+            r
+        };
+        if let Some(b) = hit {
             let key = b | (u64::from(bitness) << 56) | KEY_VALID;
             let slot = DecodeCache::slot(b);
             let e = self.cache.tags[slot];
@@ -256,6 +274,7 @@ impl Cx<'_> {
     }
 
     /// Fetches and executes one instruction. On an exception, RIP and RSP are restored.
+    #[inline(always)]
     pub(crate) fn step_one(&mut self, trace: bool) -> Result<(), Stop> {
         let rip = self.cpu.rip;
         let rsp = self.cpu.gpr[4];
@@ -270,11 +289,15 @@ impl Cx<'_> {
                     trace_instr(self.cpu, &d.instr);
                 }
                 self.next_rip = d.instr.next_ip();
+                if d.fast.kind == fast::FastKind::Slow {
+                    self.fetch_lin_page = u64::MAX;
+                }
                 self.exec_fast(&d.instr, &d.fast)
             }
             Err(e) => Err(Stop::Exc(e)),
         };
         if r.is_err() {
+            self.fetch_lin_page = u64::MAX;
             self.cpu.rip = rip;
             self.cpu.gpr[4] = rsp;
         }
@@ -348,12 +371,15 @@ impl ExecutionEngine for Interpreter {
             mode_changed: false,
             budget_end: end,
             next_rip: 0,
+            fetch_lin_page: u64::MAX,
+            fetch_backing_page: 0,
         };
         while cx.cpu.icount < end {
             // External interrupts are taken between instructions.
             if cx.cpu.rflags & rflags::IF != 0 && !cx.cpu.interrupt_shadow && cx.bus.interrupt_pending() {
                 if let Some(v) = cx.bus.acknowledge_interrupt() {
                     cx.cpu.halted = false;
+                    cx.fetch_lin_page = u64::MAX;
                     let rip = cx.cpu.rip;
                     if let Err(e) = cx.deliver(v, system::IntKind::External, rip, None) {
                         if cx.raise(e).is_err() {

@@ -327,7 +327,7 @@ impl Cx<'_> {
                 self.mode_changed = true;
                 return Ok(());
             }
-            M::Sysret => {
+            M::Sysret | M::Sysretq => {
                 if self.cpu.efer & cr::EFER_SCE == 0 || !long {
                     return Err(Exception::InvalidOpcode.into());
                 }
@@ -376,7 +376,7 @@ impl Cx<'_> {
                 self.mode_changed = true;
                 return Ok(());
             }
-            M::Sysexit => {
+            M::Sysexit | M::Sysexitq => {
                 let cs = (self.cpu.msr.sysenter_cs & 0xFFFC) as u16;
                 if self.mode == CpuMode::Real || cs == 0 {
                     return Err(Exception::GeneralProtection(0).into());
