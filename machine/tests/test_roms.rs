@@ -76,3 +76,8 @@ fn test_rom_pit_interrupts_and_idle_skip() {
 fn test_rom_system_protected() {
     expect_pass("system_protected", test_roms::system_protected());
 }
+
+#[test]
+fn test_rom_system_long() {
+    expect_pass("system_long", test_roms::system_long());
+}

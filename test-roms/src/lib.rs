@@ -36,7 +36,7 @@ pub use checks::{
 };
 pub use demo::{demo, mandelbrot_reference, primes_reference, DEMO_BANNER};
 pub use layout::{Mode, ENTRY, PAYLOAD};
-pub use system::system_protected;
+pub use system::{system_long, system_protected};
 
 /// QEMU isa-debug-exit port the self-checking programs report through.
 pub const EXIT_PORT: u16 = 0xF4;

@@ -540,3 +540,325 @@ pub fn system_protected() -> Rom {
     )
     .expect("system ROM assembles")
 }
+
+/// Long-mode pieces: 64-bit IDT, TSS with RSP0, stubs, common handler, INT 0x81 return,
+/// SYSCALL entry, and 4-level tables with 4 KiB pages in the first 2 MiB.
+mod long {
+    use super::*;
+
+    pub(super) const IDT64: u64 = 0x1000;
+    pub(super) const TSS64: u64 = 0x2800;
+    pub(super) const PML4: u64 = 0x4_0000;
+    const PDPT: u64 = 0x4_1000;
+    const PD: u64 = 0x4_2000;
+    const PT: u64 = 0x4_3000;
+    pub(super) const SYSCALL_ENTRY: u64 = 0xC500;
+    pub(super) const CODE64: u16 = 0x18;
+    pub(super) const SYSCALL_SS: u16 = 0x20;
+    pub(super) const SYSRET_BASE: u16 = 0x28;
+    pub(super) const DATA_R3: u16 = 0x30;
+    pub(super) const CODE64_R3: u16 = 0x38;
+    pub(super) const RSP0: u64 = 0x7_0000;
+    pub(super) const RSP3: u64 = 0x6_0000;
+    /// What the SYSCALL entry saw: RCX, R11, CS, SS.
+    pub(super) const SYS_RCX: u64 = 0x660;
+    pub(super) const SYS_R11: u64 = 0x668;
+    pub(super) const SYS_CS: u64 = 0x670;
+    pub(super) const SYS_SS: u64 = 0x674;
+    pub(super) const SYS_FLAGS: u64 = 0x678;
+
+    pub(super) fn idt64() -> Vec<u8> {
+        let gate = |off: u64, dpl: u8| {
+            let o = off.to_le_bytes();
+            let s = CODE64.to_le_bytes();
+            [o[0], o[1], s[0], s[1], 0, 0x8E | (dpl << 5), o[2], o[3], o[4], o[5], o[6], o[7], 0, 0, 0, 0]
+        };
+        let mut t = vec![0u8; 256 * 16];
+        for v in 0..32u64 {
+            t[(v * 16) as usize..][..16].copy_from_slice(&gate(STUBS + v * 16, 0));
+        }
+        t[0x81 * 16..][..16].copy_from_slice(&gate(RET81, 3));
+        t
+    }
+
+    pub(super) fn tss64() -> Vec<u8> {
+        let mut t = vec![0u8; 0x68];
+        t[4..12].copy_from_slice(&RSP0.to_le_bytes());
+        t[0x66..0x68].copy_from_slice(&0x68u16.to_le_bytes());
+        t
+    }
+
+    pub(super) fn tables() -> Vec<u8> {
+        let mut t = vec![0u8; 0x4000];
+        let put = |t: &mut Vec<u8>, off: usize, v: u64| t[off..off + 8].copy_from_slice(&v.to_le_bytes());
+        put(&mut t, 0, PDPT | 7);
+        put(&mut t, 0x1000, PD | 7);
+        put(&mut t, 0x2000, PT | 7);
+        for i in 1..512u64 {
+            put(&mut t, 0x2000 + i as usize * 8, (i << 21) | 0x87);
+        }
+        for i in 0..512u64 {
+            let page = i << 12;
+            let pte = match page as u32 {
+                PAGE_NP => 0,
+                PAGE_SUPER => page | 3,
+                PAGE_NX => page | 7 | (1 << 63),
+                _ => page | 7,
+            };
+            put(&mut t, 0x3000 + i as usize * 8, pte);
+        }
+        t
+    }
+
+    pub(super) fn stub64(v: u8) -> Result<(u64, Vec<u8>), IcedError> {
+        asm(64, STUBS + u64::from(v) * 16, |a| {
+            if !has_error_code(v) {
+                a.push(0i32)?;
+            }
+            a.push(i32::from(v))?;
+            a.jmp(COMMON)
+        })
+    }
+
+    pub(super) fn common64() -> Result<(u64, Vec<u8>), IcedError> {
+        asm(64, COMMON, |a| {
+            a.push(rax)?;
+            a.mov(rax, qword_ptr(rsp + 8))?;
+            a.mov(dword_ptr(VEC), eax)?;
+            a.mov(rax, qword_ptr(rsp + 16))?;
+            a.mov(dword_ptr(ERR), eax)?;
+            a.mov(rax, cr2)?;
+            a.mov(qword_ptr(CR2), rax)?;
+            a.inc(dword_ptr(COUNT))?;
+            a.mov(rax, qword_ptr(RESUME))?;
+            a.mov(qword_ptr(rsp + 24), rax)?;
+            a.pop(rax)?;
+            a.add(rsp, 16)?;
+            a.iretq()
+        })
+    }
+
+    pub(super) fn ret81_64() -> Result<(u64, Vec<u8>), IcedError> {
+        asm(64, RET81, |a| {
+            a.mov(rax, qword_ptr(rsp + 8))?;
+            a.mov(dword_ptr(R3_CS), eax)?;
+            a.mov(rax, qword_ptr(rsp + 32))?;
+            a.mov(dword_ptr(R3_SS), eax)?;
+            a.mov(qword_ptr(R3_SP), rsp)?;
+            a.mov(rsp, qword_ptr(SAVED_SP))?;
+            a.jmp(qword_ptr(CONT))
+        })
+    }
+
+    /// The SYSCALL entry: records RCX, R11, CS, SS and RFLAGS, sets RAX and returns with SYSRETQ.
+    pub(super) fn syscall_entry() -> Result<(u64, Vec<u8>), IcedError> {
+        asm(64, SYSCALL_ENTRY, |a| {
+            a.mov(qword_ptr(SYS_RCX), rcx)?;
+            a.mov(qword_ptr(SYS_R11), r11)?;
+            a.mov(ax, cs)?;
+            a.mov(word_ptr(SYS_CS), ax)?;
+            a.mov(ax, ss)?;
+            a.mov(word_ptr(SYS_SS), ax)?;
+            a.pushfq()?;
+            a.pop(rax)?;
+            a.mov(qword_ptr(SYS_FLAGS), rax)?;
+            a.mov(eax, 0x5CA11u32)?;
+            a.db(&[0x48, 0x0F, 0x07]) // sysretq
+        })
+    }
+
+    /// [`super::expect_fault`] for 64-bit code.
+    pub(super) fn expect_fault64(
+        a: &mut CodeAssembler,
+        ring: Ring,
+        n: u8,
+        vector: u32,
+        error: u32,
+        cr2_value: Option<u64>,
+        body: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
+    ) -> Result<(), IcedError> {
+        let mut setup = a.create_label();
+        let mut after = a.create_label();
+        a.mov(dword_ptr(VEC), 0xFFFF_FFFFu32)?;
+        a.call(setup)?;
+        a.jmp(after)?;
+        a.set_label(&mut setup)?;
+        a.pop(qword_ptr(RESUME))?;
+        body(a)?;
+        fail(a, ring, n)?;
+        a.set_label(&mut after)?;
+        a.cmp(dword_ptr(VEC), vector as i32)?;
+        fail_unless_zf_in(a, ring, n)?;
+        a.cmp(dword_ptr(ERR), error as i32)?;
+        fail_unless_zf_in(a, ring, n)?;
+        if let Some(c) = cr2_value {
+            a.mov(rax, c)?;
+            a.cmp(qword_ptr(CR2), rax)?;
+            fail_unless_zf_in(a, ring, n)?;
+        }
+        Ok(())
+    }
+
+    /// [`super::in_ring3`] for long mode: IRETQ to CPL 3, back through INT 0x81.
+    pub(super) fn in_ring3_64(
+        a: &mut CodeAssembler,
+        body: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
+    ) -> Result<(), IcedError> {
+        let mut setup = a.create_label();
+        let mut go3 = a.create_label();
+        let mut done = a.create_label();
+        a.call(setup)?;
+        a.jmp(done)?;
+        a.set_label(&mut setup)?;
+        a.pop(qword_ptr(CONT))?;
+        a.mov(qword_ptr(SAVED_SP), rsp)?;
+        a.call(go3)?;
+        body(a)?;
+        a.int(0x81)?;
+        a.set_label(&mut go3)?;
+        a.pop(rax)?;
+        a.push(i32::from(DATA_R3 | 3))?;
+        a.push(RSP3 as i32)?;
+        a.push(0x202i32)?;
+        a.push(i32::from(CODE64_R3 | 3))?;
+        a.push(rax)?;
+        a.iretq()?;
+        a.set_label(&mut done)?;
+        let mut ok = a.create_label();
+        a.cmp(dword_ptr(R3_FAIL), 0)?;
+        a.je(ok)?;
+        a.mov(eax, dword_ptr(R3_FAIL))?;
+        a.or(al, crate::FAIL as u32)?;
+        a.out(u32::from(crate::EXIT_PORT), al)?;
+        a.cli()?;
+        a.hlt()?;
+        a.set_label(&mut ok)
+    }
+}
+
+/// The long-mode system checks: the 64-bit TSS stack switch, SYSCALL/SYSRET, and 4-level
+/// paging with 4 KiB pages (#PF codes and CR2, U/S, execute-disable).
+pub fn system_long() -> Rom {
+    use long::*;
+    let pieces = || -> Result<Vec<(u64, Vec<u8>)>, IcedError> {
+        let mut v = vec![(GDT, gdt()), (TSS64, tss64()), (IDT64, idt64()), (PML4, tables())];
+        v.push((u64::from(PAGE_NX), vec![0xC3]));
+        for vec in 0..32 {
+            v.push(stub64(vec)?);
+        }
+        v.extend([common64()?, ret81_64()?, syscall_entry()?]);
+        Ok(v)
+    };
+    let extras = pieces().expect("long-mode pieces assemble");
+    build_with(
+        Mode::Long64,
+        |a| {
+            a.mov(word_ptr(GDTR), (gdt().len() - 1) as u32)?;
+            a.mov(qword_ptr(GDTR + 2), GDT as i32)?;
+            a.lgdt(ptr(GDTR))?;
+            a.mov(word_ptr(IDTR), (256 * 16 - 1) as u32)?;
+            a.mov(qword_ptr(IDTR + 2), IDT64 as i32)?;
+            a.lidt(ptr(IDTR))?;
+            a.mov(eax, u32::from(TSS1_SEL))?;
+            a.ltr(ax)?;
+            a.mov(eax, u32::from(DATA))?;
+            a.mov(ds, eax)?;
+            a.mov(ss, eax)?;
+            a.mov(dword_ptr(COUNT), 0u32)?;
+            a.mov(dword_ptr(R3_FAIL), 0u32)?;
+            a.mov(rax, PML4)?;
+            a.mov(cr3, rax)?;
+            a.mov(ecx, 0xC000_0080u32)?;
+            a.rdmsr()?;
+            a.or(eax, 0x801)?; // EFER.NXE, EFER.SCE
+            a.wrmsr()?;
+
+            // 1. 4-level paging: a read of a not-present page is #PF 0 with CR2.
+            a.mov(ebx, PAGE_NP + 0x30)?;
+            long::expect_fault64(a, Ring::Zero, 1, 14, 0, Some(u64::from(PAGE_NP + 0x30)), |a| {
+                a.mov(eax, dword_ptr(rbx))
+            })?;
+            // 2. A write to it is #PF 2.
+            long::expect_fault64(a, Ring::Zero, 2, 14, 2, Some(u64::from(PAGE_NP + 0x30)), |a| {
+                a.mov(dword_ptr(rbx), eax)
+            })?;
+            // 3. A fetch from an execute-disable page is #PF 0x11.
+            a.mov(ebx, PAGE_NX)?;
+            long::expect_fault64(a, Ring::Zero, 3, 14, 0x11, Some(u64::from(PAGE_NX)), |a| a.call(rbx))?;
+            // 4. A non-canonical address is #GP(0).
+            a.mov(rbx, 0x8000_0000_0000_0000u64)?;
+            long::expect_fault64(a, Ring::Zero, 4, 13, 0, None, |a| a.mov(eax, dword_ptr(rbx)))?;
+
+            // 5. Ring 3 and back: INT 0x81 switches to RSP0 from the 64-bit TSS and pushes
+            //    SS:RSP, RFLAGS, CS:RIP (40 bytes).
+            in_ring3_64(a, |_| Ok(()))?;
+            a.cmp(dword_ptr(R3_CS), i32::from(CODE64_R3 | 3))?;
+            fail_unless_zf(a, 5)?;
+            a.cmp(dword_ptr(R3_SS), i32::from(DATA_R3 | 3))?;
+            fail_unless_zf(a, 5)?;
+            a.mov(rax, RSP0 - 40)?;
+            a.cmp(qword_ptr(R3_SP), rax)?;
+            fail_unless_zf(a, 5)?;
+
+            // 6. SYSCALL from ring 3 and SYSRETQ back. STAR: SYSCALL CS = 0x18 (SS 0x20);
+            //    SYSRET base 0x28 (SS 0x30|3, CS 0x38|3). LSTAR the entry; SFMASK clears IF and DF.
+            a.mov(ecx, 0xC000_0081u32)?;
+            a.xor(eax, eax)?;
+            a.mov(edx, (u32::from(SYSRET_BASE) << 16) | u32::from(CODE64))?;
+            a.wrmsr()?;
+            a.mov(ecx, 0xC000_0082u32)?;
+            a.mov(eax, SYSCALL_ENTRY as u32)?;
+            a.xor(edx, edx)?;
+            a.wrmsr()?;
+            a.mov(ecx, 0xC000_0084u32)?;
+            a.mov(eax, 0x600u32)?;
+            a.wrmsr()?;
+            in_ring3_64(a, |a| {
+                let mut back = a.create_label();
+                a.std()?;
+                a.pushfq()?;
+                a.pop(r13)?;
+                a.lea(r14, ptr(back))?;
+                a.xor(eax, eax)?;
+                a.pushfq()?;
+                a.pop(r13)?;
+                a.syscall()?;
+                a.set_label(&mut back)?;
+                a.cld()?;
+                // RAX from the kernel; RCX = the return RIP, R11 = the RFLAGS before SYSCALL.
+                a.cmp(eax, 0x5CA11)?;
+                fail_unless_zf_in(a, Ring::Three, 6)?;
+                a.cmp(rcx, r14)?;
+                fail_unless_zf_in(a, Ring::Three, 6)?;
+                a.cmp(r11, r13)?;
+                fail_unless_zf_in(a, Ring::Three, 6)?;
+                a.mov(ax, cs)?;
+                a.cmp(ax, i32::from(CODE64_R3 | 3))?;
+                fail_unless_zf_in(a, Ring::Three, 6)?;
+                a.mov(ax, ss)?;
+                a.cmp(ax, i32::from(DATA_R3 | 3))?;
+                fail_unless_zf_in(a, Ring::Three, 6)?;
+                // 7. From ring 3: a supervisor page is #PF 5; a privileged instruction #GP(0).
+                a.mov(ebx, PAGE_SUPER)?;
+                long::expect_fault64(a, Ring::Three, 7, 14, 5, Some(u64::from(PAGE_SUPER)), |a| {
+                    a.mov(eax, dword_ptr(rbx))
+                })?;
+                long::expect_fault64(a, Ring::Three, 7, 13, 0, None, |a| a.hlt())
+            })?;
+            // What the SYSCALL entry saw: CS 0x18, SS 0x20, IF and DF masked.
+            a.cmp(word_ptr(SYS_CS), i32::from(CODE64))?;
+            fail_unless_zf(a, 6)?;
+            a.cmp(word_ptr(SYS_SS), i32::from(SYSCALL_SS))?;
+            fail_unless_zf(a, 6)?;
+            a.mov(rax, qword_ptr(SYS_FLAGS))?;
+            a.and(eax, 0x600)?;
+            fail_unless_eq(a, 6, eax, 0)?;
+            a.mov(rax, qword_ptr(SYS_R11))?;
+            a.and(eax, 0x600)?;
+            fail_unless_eq(a, 6, eax, 0x600)?;
+            report(a, PASS)
+        },
+        extras,
+    )
+    .expect("long-mode system ROM assembles")
+}
