@@ -4,8 +4,14 @@
 //! A 16-bit selector at port 0x510 picks an item and resets the read offset; each byte read
 //! from the data port 0x511 returns the next byte of the item (zero past its end, and for
 //! unknown items). Writes to the data port are ignored (the write interface is gone from QEMU
-//! too) and the DMA interface is not offered: the ID item reports only the traditional
-//! interface (bit 0).
+//! too). By default the ID item reports only the traditional interface (bit 0).
+//!
+//! The DMA interface is opt-in ([`FwCfgBuilder::dma`], ID bit 1): the guest writes the
+//! big-endian address of a `FWCfgDmaAccess` (BE32 control, BE32 length, BE64 address) to
+//! 0x514 (high half) and 0x518 (low half, which starts the transfer); reading 0x514–0x51B
+//! returns "QEMU CFG". The transfer needs guest memory, so the write only records it and the
+//! machine calls [`FwCfg::run_dma`] when [`FwCfg::dma_pending`] says so (map 0x510 with length
+//! 12 then). Select, read and skip are supported; write requests fail with the error bit.
 //!
 //! Items are numbered keys. Named files live at keys from 0x20 up, listed by the directory at
 //! key 0x19: a big-endian 32-bit count, then per file a big-endian 32-bit size, big-endian
@@ -14,8 +20,26 @@
 //! are little-endian.
 
 use crate::bus::{Access, PioDevice};
+use crate::dma::DmaMemory;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// DMA address, high half (32-bit big-endian writes).
+pub const FW_CFG_DMA_PORT_HIGH: u16 = 0x514;
+/// DMA address, low half (a 32-bit big-endian write starts the transfer).
+pub const FW_CFG_DMA_PORT_LOW: u16 = 0x518;
+/// What the DMA address register reads as.
+pub const FW_CFG_DMA_SIGNATURE: [u8; 8] = *b"QEMU CFG";
+/// DMA control: error.
+pub const FW_CFG_DMA_CTL_ERROR: u32 = 0x01;
+/// DMA control: read.
+pub const FW_CFG_DMA_CTL_READ: u32 = 0x02;
+/// DMA control: skip.
+pub const FW_CFG_DMA_CTL_SKIP: u32 = 0x04;
+/// DMA control: select the item in bits 31:16 first.
+pub const FW_CFG_DMA_CTL_SELECT: u32 = 0x08;
+/// DMA control: write (not supported).
+pub const FW_CFG_DMA_CTL_WRITE: u32 = 0x10;
 
 /// Selector port (16-bit writes).
 pub const FW_CFG_SELECTOR_PORT: u16 = 0x510;
@@ -118,6 +142,12 @@ pub struct FwCfgState {
     pub selector: u16,
     /// Next byte of the item to read.
     pub offset: u32,
+    /// DMA address register.
+    #[serde(default)]
+    pub dma_addr: u64,
+    /// A DMA transfer was started and not yet run.
+    #[serde(default)]
+    pub dma_pending: bool,
 }
 
 /// Builds an [`FwCfg`].
@@ -125,6 +155,7 @@ pub struct FwCfgState {
 pub struct FwCfgBuilder {
     items: BTreeMap<u16, Vec<u8>>,
     files: BTreeMap<String, Vec<u8>>,
+    dma: bool,
 }
 
 impl FwCfgBuilder {
@@ -145,6 +176,14 @@ impl FwCfgBuilder {
         }
         self.items.insert(key, data);
         Ok(self)
+    }
+
+    /// Offers the DMA interface (ID bit 1; the machine must call [`FwCfg::run_dma`]).
+    pub fn dma(mut self, on: bool) -> Self {
+        self.dma = on;
+        let id = if on { FW_CFG_VERSION | FW_CFG_VERSION_DMA } else { FW_CFG_VERSION };
+        self.items.insert(FW_CFG_ID, id.to_le_bytes().to_vec());
+        self
     }
 
     /// RAM size in bytes (key 0x03).
@@ -224,7 +263,7 @@ impl FwCfgBuilder {
             items.insert(key, data);
         }
         items.insert(FW_CFG_FILE_DIR, dir);
-        Ok(FwCfg { items, s: FwCfgState::default() })
+        Ok(FwCfg { items, dma: self.dma, s: FwCfgState::default() })
     }
 }
 
@@ -232,6 +271,7 @@ impl FwCfgBuilder {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FwCfg {
     items: BTreeMap<u16, Vec<u8>>,
+    dma: bool,
     s: FwCfgState,
 }
 
@@ -267,6 +307,65 @@ impl FwCfg {
         self.s.offset = 0;
     }
 
+    /// Whether a DMA transfer waits for [`FwCfg::run_dma`].
+    pub fn dma_pending(&self) -> bool {
+        self.s.dma_pending
+    }
+
+    /// Runs the pending DMA transfer: reads the access descriptor, performs select/read/skip,
+    /// and writes the control word back (0, or the error bit).
+    pub fn run_dma(&mut self, mem: &mut dyn DmaMemory) {
+        if !std::mem::take(&mut self.s.dma_pending) {
+            return;
+        }
+        let desc_addr = std::mem::take(&mut self.s.dma_addr);
+        let mut d = [0u8; 16];
+        if let Err(e) = mem.read(desc_addr, &mut d) {
+            log::debug!("fw_cfg: DMA descriptor: {e}");
+            return;
+        }
+        let control = u32::from_be_bytes([d[0], d[1], d[2], d[3]]);
+        let length = u32::from_be_bytes([d[4], d[5], d[6], d[7]]);
+        let addr = u64::from_be_bytes([d[8], d[9], d[10], d[11], d[12], d[13], d[14], d[15]]);
+        if control & FW_CFG_DMA_CTL_SELECT != 0 {
+            self.select((control >> 16) as u16);
+        }
+        let mut error = false;
+        let read = control & FW_CFG_DMA_CTL_READ != 0;
+        let skip = control & FW_CFG_DMA_CTL_SKIP != 0;
+        if !read && control & FW_CFG_DMA_CTL_WRITE != 0 {
+            log::debug!("fw_cfg: DMA write to item {:#x} refused", self.s.selector);
+            error = true;
+        } else if read || skip {
+            let item = self.items.get(&self.s.selector).map(Vec::as_slice).unwrap_or(&[]);
+            let start = (self.s.offset as usize).min(item.len());
+            let n = (length as usize).min(item.len() - start);
+            if read {
+                // The item's bytes, then zeros past its end, in bounded pieces: the guest
+                // chooses the length.
+                let mut res = mem.write(addr, &item[start..start + n]);
+                let zeros = [0u8; 4096];
+                let mut at = addr.saturating_add(n as u64);
+                let mut left = u64::from(length) - n as u64;
+                while res.is_ok() && left > 0 {
+                    let k = left.min(zeros.len() as u64);
+                    res = mem.write(at, &zeros[..k as usize]);
+                    at = at.saturating_add(k);
+                    left -= k;
+                }
+                if let Err(e) = res {
+                    log::debug!("fw_cfg: DMA read into {e}");
+                    error = true;
+                }
+            }
+            self.s.offset += n as u32;
+        }
+        let status = if error { FW_CFG_DMA_CTL_ERROR } else { 0 };
+        if let Err(e) = mem.write(desc_addr, &status.to_be_bytes()) {
+            log::debug!("fw_cfg: DMA status write: {e}");
+        }
+    }
+
     /// The next data byte (0 past the end or for an absent item).
     pub fn read_byte(&mut self) -> u8 {
         match self.items.get(&self.s.selector).and_then(|d| d.get(self.s.offset as usize)) {
@@ -283,6 +382,10 @@ impl PioDevice for FwCfg {
     fn read(&mut self, access: Access, data: &mut [u8]) {
         match (access.offset, data.len()) {
             (1, 1) => data[0] = self.read_byte(),
+            (off @ 4..=11, n) if self.dma && off as usize + n <= 12 => {
+                let o = off as usize - 4;
+                data.copy_from_slice(&FW_CFG_DMA_SIGNATURE[o..o + n]);
+            }
             _ => {
                 log::debug!("fw_cfg: {}-byte read at {:#x}", data.len(), access.addr);
                 data.fill(0xFF);
@@ -293,6 +396,15 @@ impl PioDevice for FwCfg {
     fn write(&mut self, access: Access, data: &[u8]) {
         match (access.offset, data) {
             (0, &[lo, hi]) => self.select(u16::from_le_bytes([lo, hi])),
+            (4, &[a, b, c, d]) if self.dma => {
+                let hi = u64::from(u32::from_be_bytes([a, b, c, d]));
+                self.s.dma_addr = (self.s.dma_addr & 0xFFFF_FFFF) | hi << 32;
+            }
+            (8, &[a, b, c, d]) if self.dma => {
+                let lo = u64::from(u32::from_be_bytes([a, b, c, d]));
+                self.s.dma_addr = (self.s.dma_addr & !0xFFFF_FFFF) | lo;
+                self.s.dma_pending = true;
+            }
             _ => log::debug!("fw_cfg: {}-byte write at {:#x} dropped", data.len(), access.addr),
         }
     }
@@ -301,6 +413,7 @@ impl PioDevice for FwCfg {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dma::DmaFault;
     use base::VirtualInstant;
 
     fn sel(f: &mut FwCfg, key: u16) {
@@ -411,6 +524,69 @@ mod tests {
         assert_eq!(f.file_key("nope"), None);
     }
 
+    struct Ram(Vec<u8>);
+
+    impl DmaMemory for Ram {
+        fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), DmaFault> {
+            let a = addr as usize;
+            buf.copy_from_slice(self.0.get(a..a + buf.len()).ok_or(DmaFault { addr })?);
+            Ok(())
+        }
+        fn write(&mut self, addr: u64, buf: &[u8]) -> Result<(), DmaFault> {
+            let a = addr as usize;
+            self.0.get_mut(a..a + buf.len()).ok_or(DmaFault { addr })?.copy_from_slice(buf);
+            Ok(())
+        }
+    }
+
+    /// Starts a DMA the way SeaBIOS does (`outl(cpu_to_be32(addr), 0x518)`) and runs it.
+    fn dma(f: &mut FwCfg, ram: &mut Ram, control: u32, len: u32, dest: u64) -> u32 {
+        let mut desc = Vec::new();
+        desc.extend_from_slice(&control.to_be_bytes());
+        desc.extend_from_slice(&len.to_be_bytes());
+        desc.extend_from_slice(&dest.to_be_bytes());
+        ram.0[0x100..0x110].copy_from_slice(&desc);
+        f.write(Access::at(8, VirtualInstant(0)), &0x100u32.to_be_bytes());
+        assert!(f.dma_pending());
+        f.run_dma(ram);
+        assert!(!f.dma_pending());
+        u32::from_be_bytes(ram.0[0x100..0x104].try_into().unwrap())
+    }
+
+    #[test]
+    fn test_fw_cfg_dma_interface() {
+        let mut plain = pc();
+        let mut sig = [0u8; 4];
+        plain.read(Access::at(4, VirtualInstant(0)), &mut sig);
+        assert_eq!(sig, [0xFF; 4], "no DMA register unless offered");
+        let mut f = FwCfgBuilder::new().dma(true).ram_size(1 << 30).build().unwrap();
+        sel(&mut f, FW_CFG_ID);
+        assert_eq!(read(&mut f, 4), [3, 0, 0, 0], "traditional + DMA");
+        let mut s8 = [0u8; 4];
+        f.read(Access::at(4, VirtualInstant(0)), &mut s8);
+        assert_eq!(&s8, b"QEMU");
+        f.read(Access::at(8, VirtualInstant(0)), &mut s8);
+        assert_eq!(&s8, b" CFG");
+        let mut ram = Ram(vec![0xEE; 0x1000]);
+        // Select + read past the end: zero filled.
+        let ctl = u32::from(FW_CFG_SIGNATURE) << 16 | FW_CFG_DMA_CTL_SELECT | FW_CFG_DMA_CTL_READ;
+        assert_eq!(dma(&mut f, &mut ram, ctl, 6, 0x200), 0);
+        assert_eq!(&ram.0[0x200..0x207], b"QEMU\0\0\xEE");
+        // Skip then read continues at the cursor, shared with the port interface.
+        let ctl = u32::from(FW_CFG_RAM_SIZE) << 16 | FW_CFG_DMA_CTL_SELECT | FW_CFG_DMA_CTL_SKIP;
+        assert_eq!(dma(&mut f, &mut ram, ctl, 3, 0), 0);
+        assert_eq!(dma(&mut f, &mut ram, FW_CFG_DMA_CTL_READ, 2, 0x300), 0);
+        assert_eq!(ram.0[0x300..0x302], [0x40, 0], "bytes 3-4 of 1 GiB LE");
+        assert_eq!(read(&mut f, 1), [0]);
+        // Writes are refused; a destination outside RAM reports an error.
+        assert_eq!(dma(&mut f, &mut ram, FW_CFG_DMA_CTL_WRITE, 1, 0x300), FW_CFG_DMA_CTL_ERROR);
+        let ctl = u32::from(FW_CFG_SIGNATURE) << 16 | FW_CFG_DMA_CTL_SELECT | FW_CFG_DMA_CTL_READ;
+        assert_eq!(dma(&mut f, &mut ram, ctl, 4, 0xFFFF_0000), FW_CFG_DMA_CTL_ERROR);
+        // The high half moves the descriptor.
+        f.write(Access::at(4, VirtualInstant(0)), &1u32.to_be_bytes());
+        assert_eq!(f.state().dma_addr, 1 << 32);
+    }
+
     #[test]
     fn test_fw_cfg_builder_errors() {
         assert!(matches!(FwCfgBuilder::new().file("", vec![]), Err(FwCfgError::BadFileName(_))));
@@ -431,6 +607,24 @@ mod tests {
         g.restore(st);
         assert_eq!(read(&mut g, 2), b"MU");
         let mut x = 0x1234_5678_9ABC_DEF1u64;
+        let mut d = FwCfgBuilder::new().dma(true).file("big", vec![7; 70_000]).unwrap().build().unwrap();
+        let mut ram = Ram(vec![0; 0x2_0000]);
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut buf = (x >> 16).to_le_bytes();
+            let a = Access::at(x % 14, VirtualInstant(0));
+            let width = [1usize, 2, 4, 8][(x >> 10) as usize % 4];
+            if x & (1 << 41) != 0 {
+                // Descriptors land in RAM (or not) at random.
+                ram.0[(x >> 8) as usize % 0x1_FFF0..][..8].copy_from_slice(&x.to_be_bytes());
+                d.write(a, &buf[..width]);
+            } else {
+                d.read(a, &mut buf[..width]);
+            }
+            d.run_dma(&mut ram);
+        }
         for _ in 0..20_000 {
             x ^= x << 13;
             x ^= x >> 7;

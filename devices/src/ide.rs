@@ -26,6 +26,7 @@
 
 use crate::block::BlockBackend;
 use crate::bus::{Access, IrqLine, PioDevice};
+pub use crate::dma::{DmaFault, DmaMemory};
 use crate::pci::{
     PciBarKind, PciConfig, PciFunction, PCI_COMMAND, PCI_COMMAND_IO, PCI_COMMAND_MASTER, PCI_DEVICE_ID_INTEL_82371SB_1,
     PCI_SUBDEVICE_ID_QEMU, PCI_SUBVENDOR_ID_REDHAT_QUMRANET, PCI_VENDOR_ID_INTEL,
@@ -201,21 +202,6 @@ pub const ATA_CMD_WRITE_DMA_NORETRY: u8 = 0xCB;
 pub const PRD_EOT: u32 = 0x8000_0000;
 /// Largest number of PRD entries walked per transfer (a 64 KiB table).
 const PRD_MAX_ENTRIES: u64 = 8192;
-
-/// Guest physical memory as a bus-master DMA engine sees it.
-pub trait DmaMemory {
-    /// Fills `buf` from guest physical `addr`; `Err` if any byte is not backed by RAM.
-    fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), DmaFault>;
-    /// Writes `buf` at guest physical `addr`; `Err` if any byte is not backed by RAM.
-    fn write(&mut self, addr: u64, buf: &[u8]) -> Result<(), DmaFault>;
-}
-
-/// A DMA access outside guest RAM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, displaydoc::Display)]
-pub struct DmaFault {
-    /// guest physical {addr:#x} is not RAM
-    pub addr: u64,
-}
 
 /// Bus-master IDE command register (per channel, offset 0).
 pub const BM_REG_COMMAND: u64 = 0;

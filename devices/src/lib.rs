@@ -11,6 +11,7 @@
 pub mod block;
 pub mod bus;
 pub mod debugcon;
+pub mod dma;
 pub mod exit;
 pub mod fw_cfg;
 pub mod i8042;
@@ -28,13 +29,11 @@ pub mod uart;
 pub use block::{BlockBackend, MemBackend, RawFileBackend};
 pub use bus::{Access, Bus, BusError, IrqLine, MmioDevice, NoIrq, PioDevice, RecordingIrq, Timed};
 pub use debugcon::{DebugCon, DEBUGCON_PORT};
+pub use dma::{DmaFault, DmaMemory};
 pub use exit::{exit_status, ExitDevice, EXIT_PORT};
 pub use fw_cfg::{E820Entry, FwCfg, FwCfgBuilder, FwCfgError, FwCfgState};
 pub use i8042::{I8042State, I8042};
-pub use ide::{
-    AtaDiskConfig, AtaDriveState, Chs, DmaFault, DmaMemory, IdeChannel, IdeChannelState, IdeError, PiixIde,
-    PiixIdeState,
-};
+pub use ide::{AtaDiskConfig, AtaDriveState, Chs, IdeChannel, IdeChannelState, IdeError, PiixIde, PiixIdeState};
 pub use ioapic::{IoApic, IoApicState};
 pub use lapic::{ApicMessage, Ipi, LocalApic, LocalApicState};
 pub use pci::{
