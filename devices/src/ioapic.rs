@@ -57,6 +57,8 @@ pub const IOAPIC_RTE_TRIGGER_LEVEL: u64 = 1 << 15;
 pub const IOAPIC_RTE_MASKED: u64 = 1 << 16;
 /// Redirection entry: destination field shift.
 pub const IOAPIC_RTE_DEST_SHIFT: u32 = 56;
+/// Messages kept before newer ones are dropped (the machine drains them every step).
+const MAX_QUEUED_MESSAGES: usize = 256;
 /// Bits software may write.
 const IOAPIC_RTE_WRITABLE: u64 = 0xFF00_0000_0001_AFFF;
 
@@ -116,6 +118,10 @@ impl IoApic {
         let level = e & IOAPIC_RTE_TRIGGER_LEVEL != 0;
         if level {
             self.s.redtbl[pin] |= IOAPIC_RTE_REMOTE_IRR;
+        }
+        if self.s.messages.len() >= MAX_QUEUED_MESSAGES {
+            log::debug!("ioapic: message queue full, pin {pin} dropped");
+            return;
         }
         self.s.messages.push(ApicMessage {
             vector: (e & IOAPIC_RTE_VECTOR) as u8,
@@ -317,6 +323,11 @@ mod tests {
         assert!(!io.has_messages());
         w(&mut io, 0x10 + 2 * 4, 0x34);
         assert!(!io.has_messages(), "unmasking does not replay an edge");
+        for _ in 0..1000 {
+            io.set_irq(4, false);
+            io.set_irq(4, true);
+        }
+        assert_eq!(io.take_messages().len(), MAX_QUEUED_MESSAGES, "bounded when not drained");
     }
 
     #[test]

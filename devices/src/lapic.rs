@@ -141,6 +141,9 @@ pub const MSR_APIC_BASE_BSP: u64 = 0x100;
 /// IA32_APIC_BASE: APIC global enable.
 pub const MSR_APIC_BASE_ENABLE: u64 = 0x800;
 
+/// IPIs kept for the machine before newer ones are dropped (a guest cannot grow host memory).
+const MAX_QUEUED_IPIS: usize = 64;
+
 /// Indices into the LVT array.
 const LVT_TIMER: usize = 0;
 const LVT_LINT0: usize = 3;
@@ -443,7 +446,8 @@ impl LocalApic {
     fn eoi(&mut self) {
         if let Some(v) = highest(&self.s.isr) {
             bit_clear(&mut self.s.isr, v);
-            if bit_test(&self.s.tmr, v) {
+            // One entry per vector is enough: the I/O APIC's EOI handling is idempotent.
+            if bit_test(&self.s.tmr, v) && !self.s.eoi_broadcasts.contains(&v) {
                 self.s.eoi_broadcasts.push(v);
             }
         }
@@ -476,7 +480,11 @@ impl LocalApic {
             }
         }
         if to_others {
-            self.s.ipis.push(Ipi { icr_low: lo, icr_high: self.s.icr_high });
+            if self.s.ipis.len() < MAX_QUEUED_IPIS {
+                self.s.ipis.push(Ipi { icr_low: lo, icr_high: self.s.icr_high });
+            } else {
+                log::debug!("lapic: IPI queue full, {lo:#x} dropped");
+            }
         }
     }
 
@@ -779,6 +787,11 @@ mod tests {
         let ipis = a.take_ipis();
         assert_eq!(ipis.len(), 2);
         assert_eq!(ipis[1].icr_low & 0xFFF, 0x69A);
+        // A guest cannot grow the queue without bound.
+        for _ in 0..1000 {
+            a.write_register(APIC_ICR, APIC_DEST_ALLBUT | 0x40, T0);
+        }
+        assert_eq!(a.take_ipis().len(), MAX_QUEUED_IPIS);
         // NMI to self.
         a.write_register(APIC_ICR, APIC_DEST_SELF | 0x400, T0);
         assert!(a.take_nmi());
