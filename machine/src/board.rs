@@ -9,9 +9,9 @@ use base::{AccessSize, GuestPhysAddr, PortAddr, VirtualInstant};
 use cpu::CpuBus;
 use devices::fw_cfg::{E820Entry, FwCfg, FwCfgBuilder, E820_RAM};
 use devices::{
-    Access, AtaDiskConfig, BlockBackend, Bus, DebugCon, ExitDevice, I440fxHost, I8254Pit, I8259Pic, IrqLine,
-    Mc146818Rtc, PciAddress, PciConfigIo, PciFunction, PciRoot, Piix3Isa, PiixIde, PioDevice, Port92, Timed, Uart16550,
-    I8042,
+    Access, AtaDiskConfig, BlockBackend, Bus, DebugCon, ExitDevice, I440fxHost, I8254Pit, I8259Pic, IoApic, IrqLine,
+    LocalApic, Mc146818Rtc, MmioDevice, PciAddress, PciConfigIo, PciFunction, PciRoot, Piix3Isa, PiixIde, PioDevice,
+    Port92, Timed, Uart16550, I8042,
 };
 use mmu::PhysMemory;
 use std::cell::RefCell;
@@ -36,6 +36,23 @@ const KBD_IRQ: u8 = 1;
 const AUX_IRQ: u8 = 12;
 /// ISA IRQ of the RTC.
 const RTC_IRQ: u8 = 8;
+/// MMIO region ids of the board.
+const MMIO_IOAPIC: u32 = 1;
+const MMIO_LAPIC: u32 = 2;
+/// I/O APIC ID (after the one CPU's local APIC ID 0, as SeaBIOS's MP table expects).
+const IOAPIC_ID: u8 = 1;
+
+/// The I/O APIC input an ISA IRQ reaches: the PIT's IRQ 0 is wired to pin 2 (the interrupt
+/// source override that SeaBIOS's and QEMU's tables declare); the others to the pin of their
+/// number.
+fn ioapic_pin(isa_irq: u8) -> usize {
+    if isa_irq == 0 {
+        2
+    } else {
+        usize::from(isa_irq)
+    }
+}
+
 /// ISA IRQs of the primary and secondary IDE channels.
 const IDE_IRQS: [u8; 2] = [14, 15];
 
@@ -145,6 +162,8 @@ struct Chips {
     port92: Port92,
     pci: PciConfigIo<PcPci>,
     fw_cfg: FwCfg,
+    lapic: LocalApic,
+    ioapic: IoApic,
 }
 
 /// Everything the CPU reaches through [`CpuBus`].
@@ -181,9 +200,12 @@ impl Board {
         fwlog_sink: ConsoleSink,
         rtc_base: i64,
         ram_bytes: u64,
-    ) -> Result<Self, devices::BusError> {
+    ) -> Result<Self, crate::MachineError> {
         let irqs = IrqQueue::default();
         let chips = Self::chips(&irqs, &sink, &fwlog_sink, rtc_base, ram_bytes);
+        let mut mem = mem;
+        mem.map_mmio(devices::ioapic::IOAPIC_DEFAULT_BASE, 0x1000, MMIO_IOAPIC)?;
+        mem.map_mmio(devices::lapic::LAPIC_DEFAULT_BASE, devices::lapic::LAPIC_MMIO_SIZE, MMIO_LAPIC)?;
         let mut ports = Bus::new();
         for (base, len, tag) in [
             (u64::from(DEBUGCON_PORT), 1, Port::DebugCon),
@@ -206,7 +228,7 @@ impl Board {
             (0x376, 1, Port::Ide),
             (u64::from(devices::fw_cfg::FW_CFG_SELECTOR_PORT), 2, Port::FwCfg),
         ] {
-            ports.insert(base, len, tag)?;
+            ports.insert(base, len, tag).map_err(|e| crate::MachineError::Wiring(e.to_string()))?;
         }
         Ok(Board {
             mem,
@@ -245,6 +267,8 @@ impl Board {
                 ide: PiixIde::new(irqs.line(IDE_IRQS[0]), irqs.line(IDE_IRQS[1])),
             }),
             fw_cfg: fw_cfg(ram_bytes),
+            lapic: LocalApic::new(0, true),
+            ioapic: IoApic::new(IOAPIC_ID),
         }
     }
 
@@ -288,7 +312,8 @@ impl Board {
 
     /// The earliest virtual instant at which a timer changes an interrupt line.
     pub(crate) fn next_deadline(&self) -> Option<VirtualInstant> {
-        [self.chips.pit.next_deadline(), self.chips.rtc.next_deadline()].into_iter().flatten().min()
+        let c = &self.chips;
+        [c.pit.next_deadline(), c.rtc.next_deadline(), c.lapic.next_deadline()].into_iter().flatten().min()
     }
 
     /// Brings every timer to `now` and delivers the resulting interrupt-line changes.
@@ -296,16 +321,32 @@ impl Board {
         self.now = now;
         self.chips.pit.advance_to(now);
         self.chips.rtc.advance_to(now);
+        self.chips.lapic.advance_to(now);
         self.sync_irqs();
     }
 
-    /// Drains the interrupt-line queue into the PIC and recomputes the CPU's INTR input.
+    /// Drains the interrupt-line queue into the PIC and the I/O APIC, hands the I/O APIC's
+    /// messages and the local APIC's EOI broadcasts on, and recomputes the CPU's interrupt input:
+    /// a deliverable local-APIC vector, or the 8259's INTR where LINT0 passes it (virtual wire).
     fn sync_irqs(&mut self) {
+        let c = &mut self.chips;
         let changes = std::mem::take(&mut *self.irqs.0.borrow_mut());
         for (line, level) in changes {
-            self.chips.pic.set_irq(line, level);
+            c.pic.set_irq(line, level);
+            c.ioapic.set_irq(ioapic_pin(line), level);
         }
-        self.irq_pending = self.chips.pic.has_interrupt();
+        for vector in c.lapic.take_eoi_broadcasts() {
+            c.ioapic.end_of_interrupt(vector);
+        }
+        c.ioapic.deliver_to(&mut c.lapic);
+        for ipi in c.lapic.take_ipis() {
+            log::debug!("IPI to another processor dropped (one CPU): {ipi:?}");
+        }
+        if c.lapic.take_nmi() {
+            log::debug!("NMI delivered to the local APIC dropped (no NMI input modelled)");
+        }
+        self.irq_pending =
+            c.lapic.pending_vector().is_some() || (c.pic.has_interrupt() && c.lapic.accepts_pic_interrupt());
     }
 
     /// The device behind a tag; `None` for port B, which is a side door of the PIT.
@@ -326,6 +367,15 @@ impl Board {
             Port::FwCfg => &mut c.fw_cfg,
             Port::PortB => return None,
         })
+    }
+
+    /// The MMIO device of region `id` and the region's base.
+    fn mmio_device(&mut self, id: u32) -> Option<(&mut dyn MmioDevice, u64)> {
+        match id {
+            MMIO_IOAPIC => Some((&mut self.chips.ioapic, devices::ioapic::IOAPIC_DEFAULT_BASE)),
+            MMIO_LAPIC => Some((&mut self.chips.lapic, devices::lapic::LAPIC_DEFAULT_BASE)),
+            _ => None,
+        }
     }
 
     /// The device at a port: the fixed map, then the IDE bus-master block wherever BAR4 puts it.
@@ -399,16 +449,35 @@ impl CpuBus for Board {
     }
 
     fn mmio_read(&mut self, id: u32, addr: GuestPhysAddr, size: AccessSize) -> u64 {
-        log::debug!("MMIO read of unclaimed region {id} at {:#x} ({} bytes): open bus", addr.0, size.bytes());
-        size.mask()
+        let now = self.now;
+        let Some((dev, base)) = self.mmio_device(id) else {
+            log::debug!("MMIO read of unclaimed region {id} at {:#x} ({} bytes): open bus", addr.0, size.bytes());
+            return size.mask();
+        };
+        let mut buf = [0xFFu8; 8];
+        let n = size.bytes();
+        dev.read(Access { offset: addr.0.wrapping_sub(base), addr: addr.0, now }, &mut buf[..n]);
+        self.sync_irqs();
+        u64::from_le_bytes(buf) & size.mask()
     }
 
     fn mmio_write(&mut self, id: u32, addr: GuestPhysAddr, size: AccessSize, value: u64) {
-        log::debug!(
-            "MMIO write of unclaimed region {id} at {:#x} ({} bytes) = {value:#x} dropped",
-            addr.0,
-            size.bytes()
-        );
+        let now = self.now;
+        let Some((dev, base)) = self.mmio_device(id) else {
+            log::debug!(
+                "MMIO write of unclaimed region {id} at {:#x} ({} bytes) = {value:#x} dropped",
+                addr.0,
+                size.bytes()
+            );
+            return;
+        };
+        let n = size.bytes();
+        dev.write(Access { offset: addr.0.wrapping_sub(base), addr: addr.0, now }, &value.to_le_bytes()[..n]);
+        if id == MMIO_LAPIC {
+            // The timer may have been reprogrammed.
+            self.timers_dirty = true;
+        }
+        self.sync_irqs();
     }
 
     fn port_read(&mut self, port: PortAddr, size: AccessSize) -> u32 {
@@ -447,8 +516,13 @@ impl CpuBus for Board {
     }
 
     fn acknowledge_interrupt(&mut self) -> Option<u8> {
-        let v = self.chips.pic.acknowledge();
-        self.irq_pending = self.chips.pic.has_interrupt();
+        let c = &mut self.chips;
+        let v = match c.lapic.acknowledge() {
+            Some(v) => Some(v),
+            None if c.lapic.accepts_pic_interrupt() => c.pic.acknowledge(),
+            None => None,
+        };
+        self.sync_irqs();
         v
     }
 

@@ -166,8 +166,7 @@ impl Machine {
         let sink = ConsoleSink { stdout: config.serial_stdout, stderr: false, capture: capture.clone() };
         let fwlog_sink =
             ConsoleSink { stdout: false, stderr: config.firmware_log_stderr, capture: fwlog_capture.clone() };
-        let board = Board::new(mem, sink, fwlog_sink, config.rtc_unix_seconds, ram)
-            .map_err(|e| MachineError::Wiring(e.to_string()))?;
+        let board = Board::new(mem, sink, fwlog_sink, config.rtc_unix_seconds, ram)?;
         let mut engine = Interpreter::new();
         engine.trace = config.trace;
         Ok(Machine {

@@ -81,3 +81,8 @@ fn test_rom_system_protected() {
 fn test_rom_system_long() {
     expect_pass("system_long", test_roms::system_long());
 }
+
+#[test]
+fn test_rom_apic_timer_ipi_and_ioapic() {
+    expect_pass("apic", test_roms::apic());
+}

@@ -646,3 +646,140 @@ pub fn pit_interrupts() -> Rom {
         .expect("handler assembles")],
     ))
 }
+
+/// The local APIC and the I/O APIC: the LAPIC timer in periodic mode (1 GHz bus clock, divide by
+/// 1, count 1,000,000: one interrupt per virtual millisecond), a self IPI held back by the task
+/// priority and released by lowering it, the I/O APIC version register, and the PIT's IRQ 0
+/// reaching the CPU through I/O APIC pin 2 while the 8259s are masked.
+pub fn apic() -> Rom {
+    const IDT: u64 = 0x1000;
+    const IDTR: u64 = 0x0680;
+    const LAPIC: u64 = 0xFEE0_0000;
+    const IOAPIC: u64 = 0xFEC0_0000;
+    const TICKS: u64 = 0x600;
+    const IPIS: u64 = 0x604;
+    const PITS: u64 = 0x608;
+    const TSC0: u64 = 0x620;
+    let eoi_iret = |a: &mut CodeAssembler, counter: u64| -> Result<(), IcedError> {
+        a.inc(dword_ptr(counter))?;
+        a.mov(dword_ptr(LAPIC + 0xB0), 0u32)?;
+        a.iretd()
+    };
+    let handlers = || -> Result<Vec<(u64, Vec<u8>)>, IcedError> {
+        Ok(vec![
+            asm(32, H_INT, |a| eoi_iret(a, TICKS))?,
+            asm(32, H_UD, |a| eoi_iret(a, IPIS))?,
+            asm(32, H_GP, |a| eoi_iret(a, PITS))?,
+            asm(32, H_DE, |a| a.iretd())?, // spurious vector: no EOI
+        ])
+    };
+    let extras = handlers().expect("handlers assemble");
+    assembled(build_with(
+        Mode::Protected32,
+        |a| {
+            a.mov(edi, IDT as u32)?;
+            a.xor(eax, eax)?;
+            a.mov(ecx, 512u32)?;
+            a.rep().stosd()?;
+            for (vec, h) in [(0x40u64, H_INT), (0x41, H_UD), (0x42, H_GP), (0xFF, H_DE)] {
+                a.mov(word_ptr(IDT + vec * 8), (h & 0xFFFF) as u32)?;
+                a.mov(word_ptr(IDT + vec * 8 + 2), u32::from(SEL_CODE32))?;
+                a.mov(word_ptr(IDT + vec * 8 + 4), 0x8E00u32)?;
+                a.mov(word_ptr(IDT + vec * 8 + 6), (h >> 16) as u32)?;
+            }
+            a.mov(word_ptr(IDTR), (256 * 8 - 1) as u32)?;
+            a.mov(dword_ptr(IDTR + 2), IDT as u32)?;
+            a.lidt(ptr(IDTR))?;
+            for v in [TICKS, IPIS, PITS] {
+                a.mov(dword_ptr(v), 0u32)?;
+            }
+            // The 8259s initialised (vectors 0x20/0x28) and fully masked.
+            for (port, bytes) in [(0x20u32, [0x11u32, 0x20, 0x04, 0x01]), (0xA0, [0x11, 0x28, 0x02, 0x01])] {
+                a.mov(al, bytes[0])?;
+                a.out(port, al)?;
+                for &b in &bytes[1..] {
+                    a.mov(al, b)?;
+                    a.out(port + 1, al)?;
+                }
+                a.mov(al, 0xFFu32)?;
+                a.out(port + 1, al)?;
+            }
+            // 1. LAPIC timer: SVR enables the APIC (spurious vector 0xFF); periodic, vector 0x40.
+            a.mov(dword_ptr(LAPIC + 0xF0), 0x1FFu32)?;
+            a.mov(dword_ptr(LAPIC + 0x3E0), 0xBu32)?;
+            a.mov(dword_ptr(LAPIC + 0x320), 0x2_0040u32)?;
+            a.mov(dword_ptr(LAPIC + 0x380), 1_000_000u32)?;
+            a.sti()?;
+            let mut first = a.create_label();
+            a.set_label(&mut first)?;
+            a.hlt()?;
+            a.cmp(dword_ptr(TICKS), 0)?;
+            a.je(first)?;
+            a.rdtsc()?;
+            a.mov(dword_ptr(TSC0), eax)?;
+            let mut sleep = a.create_label();
+            a.set_label(&mut sleep)?;
+            a.hlt()?;
+            a.cmp(dword_ptr(TICKS), 11)?;
+            a.jb(sleep)?;
+            a.rdtsc()?;
+            a.sub(eax, dword_ptr(TSC0))?;
+            // 10 periods of 1 ms, within 1%.
+            let mut bad_timer = a.create_label();
+            let mut timer_ok = a.create_label();
+            a.cmp(eax, 9_900_000)?;
+            a.jb(bad_timer)?;
+            a.cmp(eax, 10_100_000)?;
+            a.jbe(timer_ok)?;
+            a.set_label(&mut bad_timer)?;
+            report(a, crate::FAIL | 1)?;
+            a.set_label(&mut timer_ok)?;
+            // Stop the timer (mask its LVT).
+            a.mov(dword_ptr(LAPIC + 0x320), 0x1_0040u32)?;
+            // 2. A self IPI (ICR: vector 0x41, fixed, assert, shorthand self) arrives at once.
+            a.mov(dword_ptr(LAPIC + 0x300), 0x4_4041u32)?;
+            a.nop()?;
+            a.cmp(dword_ptr(IPIS), 1)?;
+            fail_unless_zf(a, 2)?;
+            // 3. With TPR class 5, vector 0x41 (class 4) waits in IRR; TPR 0 releases it.
+            a.mov(dword_ptr(LAPIC + 0x80), 0x50u32)?;
+            a.mov(dword_ptr(LAPIC + 0x300), 0x4_4041u32)?;
+            a.nop()?;
+            a.cmp(dword_ptr(IPIS), 1)?;
+            fail_unless_zf(a, 3)?;
+            a.mov(eax, dword_ptr(LAPIC + 0x200 + 0x20))?; // IRR bits 32-63: vector 0x41 is bit 1
+            a.and(eax, 2)?;
+            fail_unless_eq(a, 3, eax, 2)?;
+            a.mov(dword_ptr(LAPIC + 0x80), 0u32)?;
+            a.nop()?;
+            a.cmp(dword_ptr(IPIS), 2)?;
+            fail_unless_zf(a, 3)?;
+            // 4. The I/O APIC version register: 24 redirection entries, version 0x11.
+            a.mov(dword_ptr(IOAPIC), 1u32)?;
+            a.mov(eax, dword_ptr(IOAPIC + 0x10))?;
+            fail_unless_eq(a, 4, eax, 0x0017_0011)?;
+            // 5. PIT channel 0 at 1 kHz reaches the CPU through I/O APIC pin 2 as vector 0x42
+            //    (edge, physical destination APIC 0) while the 8259s are masked.
+            a.mov(dword_ptr(IOAPIC), 0x10 + 2 * 2 + 1)?;
+            a.mov(dword_ptr(IOAPIC + 0x10), 0u32)?;
+            a.mov(dword_ptr(IOAPIC), 0x10 + 2 * 2)?;
+            a.mov(dword_ptr(IOAPIC + 0x10), 0x42u32)?;
+            a.mov(al, 0x34u32)?;
+            a.out(0x43, al)?;
+            a.mov(al, 0xA9u32)?;
+            a.out(0x40, al)?;
+            a.mov(al, 0x04u32)?;
+            a.out(0x40, al)?;
+            let mut wait_pit = a.create_label();
+            a.set_label(&mut wait_pit)?;
+            a.hlt()?;
+            a.cmp(dword_ptr(PITS), 5)?;
+            a.jb(wait_pit)?;
+            // No timer tick arrived after the LVT was masked.
+            a.cmp(dword_ptr(TICKS), 11)?;
+            fail_unless_zf(a, 5)?;
+            report(a, PASS)
+        },
+        extras,
+    ))
+}
