@@ -3,7 +3,10 @@
 //! Two channels in legacy (compatibility) mode: primary at 0x1F0–0x1F7 plus 0x3F6 on IRQ 14,
 //! secondary at 0x170–0x177 plus 0x376 on IRQ 15. [`PiixIde`] decodes the absolute port
 //! (`Access::addr`), so the machine maps all four ranges (and the 16-byte bus-master block at
-//! BAR4, see [`PiixIde::bus_master_base`]) to the same device.
+//! BAR4, see [`PiixIde::bus_master_base`]) to the same device. As in QEMU, the legacy ports
+//! decode whatever the PCI command register and the IDETIM decode-enable bits say (those
+//! registers are stored; SeaBIOS sets IDETIM bit 15 for both channels, as Linux's ata_piix
+//! expects).
 //!
 //! Implemented (ATA/ATAPI-6 command protocols, all completing instantly, so BSY is only seen
 //! during a software reset): IDENTIFY DEVICE, READ/WRITE SECTOR(S) and their EXT forms,
