@@ -214,6 +214,13 @@ impl FwCfgBuilder {
         self
     }
 
+    /// The x86 IRQ0-override flag (key 0x8002, u32): when set, SeaBIOS's MADT routes ISA IRQ 0
+    /// (the PIT) to I/O APIC pin 2, so the machine must wire the PIT there too.
+    pub fn irq0_override(mut self, on: bool) -> Self {
+        self.items.insert(FW_CFG_IRQ0_OVERRIDE, u32::from(on).to_le_bytes().to_vec());
+        self
+    }
+
     /// "etc/e820": the memory map.
     pub fn e820(mut self, entries: &[E820Entry]) -> Self {
         self.files.insert("etc/e820".into(), entries.iter().flat_map(|e| e.to_bytes()).collect());
@@ -594,6 +601,8 @@ mod tests {
         assert!(FwCfgBuilder::new().file(&"x".repeat(55), vec![]).is_ok());
         assert_eq!(FwCfgBuilder::new().item(0x20, vec![]).unwrap_err(), FwCfgError::ReservedKey(0x20));
         assert!(FwCfgBuilder::new().item(FW_CFG_E820_TABLE, vec![0; 4]).is_ok());
+        let f = FwCfgBuilder::new().irq0_override(true).build().unwrap();
+        assert_eq!(f.item(FW_CFG_IRQ0_OVERRIDE), Some(&[1u8, 0, 0, 0][..]));
         assert!(!FwCfgError::ReservedKey(0x19).to_string().is_empty());
     }
 
