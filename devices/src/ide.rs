@@ -286,6 +286,8 @@ pub enum IdeError {
     NoSuchChannel(usize),
     /// a disk of {0} bytes holds no whole sector
     DiskTooSmall(u64),
+    /// geometry {0:?} needs 1-16 heads and non-zero cylinders and sectors per track
+    BadGeometry(Chs),
 }
 
 /// Guest-changeable state of one ATA device.
@@ -457,6 +459,9 @@ impl<I: IrqLine> IdeChannel<I> {
             return Err(IdeError::DiskTooSmall(backend.len()));
         }
         let default_chs = config.geometry.unwrap_or_else(|| Chs::for_sectors(sectors));
+        if default_chs.cylinders == 0 || !(1..=16).contains(&default_chs.heads) || default_chs.sectors == 0 {
+            return Err(IdeError::BadGeometry(default_chs));
+        }
         let i = usize::from(slave);
         self.disks[i] = Some(Disk { backend, config, sectors, default_chs });
         self.s.drives[i] = Some(AtaDriveState {
@@ -630,7 +635,8 @@ impl<I: IrqLine> IdeChannel<I> {
             self.s.lbam[0] = (lba >> 8) as u8;
             self.s.lbah[0] = (lba >> 16) as u8;
             self.s.device = (self.s.device & !ATA_DEV_HEAD) | ((lba >> 24) as u8 & ATA_DEV_HEAD);
-        } else if let Some(g) = self.s.drives[d].as_ref().map(|dr| dr.current) {
+        } else if let Some(g) = self.s.drives[d].as_ref().map(|dr| dr.current).filter(|g| g.heads > 0 && g.sectors > 0)
+        {
             let (h, s) = (u64::from(g.heads), u64::from(g.sectors));
             let cyl = lba / (h * s);
             self.s.lbal[0] = (lba % s + 1) as u8;

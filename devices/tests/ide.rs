@@ -478,6 +478,17 @@ fn test_ide_absent_devices() {
     // Device 0 kept the values written while device 1 was selected (shared task file).
     r.outb(P + 6, 0xA0);
     assert_eq!((r.inb(P + 2), r.inb(P + 3)), (0x55, 0xAA));
+    // Impossible geometries are refused.
+    let bad = AtaDiskConfig { geometry: Some(Chs { cylinders: 10, heads: 0, sectors: 63 }), ..Default::default() };
+    assert!(matches!(r.ide.attach(1, true, Box::new(sector_disk(10)), bad), Err(IdeError::BadGeometry(_))));
+    assert!(matches!(
+        r.ide.attach(2, false, Box::new(sector_disk(10)), AtaDiskConfig::default()),
+        Err(IdeError::NoSuchChannel(2))
+    ));
+    assert!(matches!(
+        r.ide.attach(1, false, Box::new(MemBackend::zeroed(100)), AtaDiskConfig::default()),
+        Err(IdeError::DiskTooSmall(100))
+    ));
     // A device 1 alone answers as itself.
     let mut r2 = Rig::new();
     r2.ide.attach(0, true, Box::new(sector_disk(10)), AtaDiskConfig::default()).unwrap();
