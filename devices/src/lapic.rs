@@ -288,7 +288,8 @@ impl LocalApic {
     }
 
     /// Rebuilds from a snapshot.
-    pub fn from_state(state: LocalApicState) -> Self {
+    pub fn from_state(mut state: LocalApicState) -> Self {
+        state.timer_divisor = state.timer_divisor.max(1);
         LocalApic { s: state }
     }
 
