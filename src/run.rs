@@ -43,6 +43,9 @@ pub struct RunArgs {
     /// A guest reset or triple fault ends the run with a message instead of rebooting.
     #[arg(long)]
     no_reboot: bool,
+    /// Where COM1 and the debug console (port 0xE9) go: the terminal (stdio) or nowhere (none).
+    #[arg(long, value_enum, value_name = "WHERE", default_value = "stdio")]
+    serial: Serial,
     /// Copy the firmware's debug log (port 0x402, SeaBIOS's log) to standard error.
     #[arg(long)]
     firmware_log: bool,
@@ -71,6 +74,15 @@ pub struct RunArgs {
     /// Do not print the instruction count and MIPS summary at exit.
     #[arg(short, long)]
     quiet: bool,
+}
+
+/// Destinations of the serial console.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Serial {
+    /// The host's standard output.
+    Stdio,
+    /// Discarded.
+    None,
 }
 
 fn parse_u64(s: &str) -> Result<u64, String> {
@@ -103,7 +115,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
     let config = MachineConfig {
         ram_bytes: a.memory,
         capture_serial: false,
-        serial_stdout: true,
+        serial_stdout: a.serial == Serial::Stdio,
         trace: a.trace,
         firmware_log_stderr: a.firmware_log,
         no_reboot: a.no_reboot,
