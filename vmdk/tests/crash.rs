@@ -11,7 +11,7 @@ use vmdk::{CreateOptions, Image, Subformat};
 
 const SLOT: u64 = 100_000;
 const PER_ROUND: u64 = 24;
-const ROUNDS: u64 = 40;
+const ROUNDS: u64 = 100;
 const SIZE: u64 = SLOT * PER_ROUND * ROUNDS + (1 << 20);
 
 /// The write for slot `i`: (offset, data), then an optional zeroed sub-range.

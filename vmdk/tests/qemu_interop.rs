@@ -183,3 +183,38 @@ fn test_rdonly_noaccess_zero_extents() {
     let map = i.map().unwrap();
     assert_eq!(map.last().unwrap().kind, vmdk::MapKind::NoAccess);
 }
+
+#[test]
+fn test_vmware_stream_with_empty_grain_tables() {
+    if !have_qemu("test_vmware_stream_with_empty_grain_tables") {
+        return;
+    }
+    // 300 MiB with data in only a few places: most grain tables are empty (GD entry 0), one GT is
+    // full, and the last grain is partial.
+    let d = Scratch::new("stream-gaps");
+    let size = (300 << 20) + 1536;
+    let src = d.path("gaps.raw");
+    mixed_raw(&src, size, &[0, 100 << 20, (100 << 20) + 400_000, 250 << 20, size - 300_000], 3);
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
+        let full: Vec<u8> = (0..(32u32 << 20)).map(|i| (i % 253) as u8).collect();
+        f.write_all_at(&full, 160 << 20).unwrap();
+    }
+    let dst = d.path("gaps.vmdk");
+    let o = CreateOptions::new(Subformat::StreamOptimized, 0);
+    vmdk::convert(&AnyImage::open(&src, false).unwrap(), &dst, &Target::Vmdk(o), &|_| {}).unwrap();
+    assert_eq!(qemu_img(&["check", s(&dst)]).0, 0);
+    let (rc, out) = qemu_img(&["compare", "-f", "raw", "-F", "vmdk", s(&src), s(&dst)]);
+    assert_eq!(rc, 0, "{out}");
+    let img = Image::open(&dst).unwrap();
+    assert_same_as_raw(&img, &src);
+    // Stream -> other subformats straight from the stream.
+    for sf in [Subformat::MonolithicSparse, Subformat::MonolithicFlat] {
+        let p = d.path(&format!("from-stream-{}.vmdk", sf.as_str()));
+        vmdk::convert(&AnyImage::open(&dst, false).unwrap(), &p, &Target::Vmdk(CreateOptions::new(sf, 0)), &|_| {})
+            .unwrap();
+        let (rc, out) = qemu_img(&["compare", "-f", "raw", "-F", "vmdk", s(&src), s(&p)]);
+        assert_eq!(rc, 0, "{out}");
+    }
+}
