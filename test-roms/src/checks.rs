@@ -570,6 +570,35 @@ pub fn exceptions_protected() -> Rom {
     ))
 }
 
+/// Emits the initialisation of the 8259A pair: ICW1 (edge, cascade, ICW4), ICW2 (vector base:
+/// `master_base` and 0x70), ICW3 (slave on IRQ 2), ICW4 (8086 mode); then the masks (the slave
+/// fully masked).
+fn init_pics(a: &mut CodeAssembler, master_base: u32, master_mask: u32) -> Result<(), IcedError> {
+    for (port, bytes, mask) in
+        [(0x20u32, [0x11u32, master_base, 0x04, 0x01], master_mask), (0xA0, [0x11, 0x70, 0x02, 0x01], 0xFF)]
+    {
+        a.mov(al, bytes[0])?;
+        a.out(port, al)?;
+        for &b in &bytes[1..] {
+            a.mov(al, b)?;
+            a.out(port + 1, al)?;
+        }
+        a.mov(al, mask)?;
+        a.out(port + 1, al)?;
+    }
+    Ok(())
+}
+
+/// Emits the programming of 8254 channel 0: lobyte/hibyte, mode 2 (rate generator), count 1193
+/// (1.193182 MHz / 1193 = 1000.15 Hz).
+fn pit_1khz(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    for (port, v) in [(0x43u32, 0x34u32), (0x40, 0xA9), (0x40, 0x04)] {
+        a.mov(al, v)?;
+        a.out(port, al)?;
+    }
+    Ok(())
+}
+
 /// Timer interrupts: programs the 8259A pair (IRQ0 at vector 8, only IRQ0 unmasked) and the 8254
 /// channel 0 in mode 2 with a count of 1193 (1.193182 MHz / 1193 = 1000.15 Hz), then sleeps in
 /// `sti; hlt` through 100 interrupt periods. The TSC (which counts virtual nanoseconds here) must
@@ -583,26 +612,8 @@ pub fn pit_interrupts() -> Rom {
             a.mov(word_ptr(8 * 4), H_INT as u32)?;
             a.mov(word_ptr(8 * 4 + 2), 0u32)?;
             a.mov(word_ptr(TICKS), 0u32)?;
-            // ICW1 (edge, cascade, ICW4), ICW2 (vector base), ICW3 (cascade wiring), ICW4 (8086).
-            for (port, bytes) in [(0x20u32, [0x11u32, 0x08, 0x04, 0x01]), (0xA0, [0x11, 0x70, 0x02, 0x01])] {
-                a.mov(al, bytes[0])?;
-                a.out(port, al)?;
-                for &b in &bytes[1..] {
-                    a.mov(al, b)?;
-                    a.out(port + 1, al)?;
-                }
-            }
-            a.mov(al, 0xFEu32)?;
-            a.out(0x21, al)?;
-            a.mov(al, 0xFFu32)?;
-            a.out(0xA1, al)?;
-            // Channel 0, lobyte/hibyte, mode 2 (rate generator), count 1193.
-            a.mov(al, 0x34u32)?;
-            a.out(0x43, al)?;
-            a.mov(al, 0xA9u32)?;
-            a.out(0x40, al)?;
-            a.mov(al, 0x04u32)?;
-            a.out(0x40, al)?;
+            init_pics(a, 0x08, 0xFE)?;
+            pit_1khz(a)?;
             // Measure from the first interrupt (the output's state before programming is
             // undefined, so an edge right at the control-word write is legitimate) to the 101st.
             a.sti()?;
@@ -693,17 +704,8 @@ pub fn apic() -> Rom {
             for v in [TICKS, IPIS, PITS] {
                 a.mov(dword_ptr(v), 0u32)?;
             }
-            // The 8259s initialised (vectors 0x20/0x28) and fully masked.
-            for (port, bytes) in [(0x20u32, [0x11u32, 0x20, 0x04, 0x01]), (0xA0, [0x11, 0x28, 0x02, 0x01])] {
-                a.mov(al, bytes[0])?;
-                a.out(port, al)?;
-                for &b in &bytes[1..] {
-                    a.mov(al, b)?;
-                    a.out(port + 1, al)?;
-                }
-                a.mov(al, 0xFFu32)?;
-                a.out(port + 1, al)?;
-            }
+            // The 8259s initialised and fully masked.
+            init_pics(a, 0x20, 0xFF)?;
             // 1. LAPIC timer: SVR enables the APIC (spurious vector 0xFF); periodic, vector 0x40.
             a.mov(dword_ptr(LAPIC + 0xF0), 0x1FFu32)?;
             a.mov(dword_ptr(LAPIC + 0x3E0), 0xBu32)?;
@@ -764,12 +766,7 @@ pub fn apic() -> Rom {
             a.mov(dword_ptr(IOAPIC + 0x10), 0u32)?;
             a.mov(dword_ptr(IOAPIC), 0x10 + 2 * 2)?;
             a.mov(dword_ptr(IOAPIC + 0x10), 0x42u32)?;
-            a.mov(al, 0x34u32)?;
-            a.out(0x43, al)?;
-            a.mov(al, 0xA9u32)?;
-            a.out(0x40, al)?;
-            a.mov(al, 0x04u32)?;
-            a.out(0x40, al)?;
+            pit_1khz(a)?;
             let mut wait_pit = a.create_label();
             a.set_label(&mut wait_pit)?;
             a.hlt()?;

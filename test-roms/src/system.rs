@@ -277,22 +277,28 @@ fn fail_unless_zf_in(a: &mut CodeAssembler, ring: Ring, n: u8) -> Result<(), Ice
 
 /// Emits `body`, which must fault; the stub records the fault and execution resumes after it.
 /// Then checks the vector, the error code and (when given) CR2; check number `n` on failure.
+/// Works in 32- and 64-bit code (RESUME and CR2 are stored at the code's width).
 fn expect_fault(
     a: &mut CodeAssembler,
     ring: Ring,
     n: u8,
     vector: u32,
     error: u32,
-    cr2_value: Option<u32>,
+    cr2_value: Option<u64>,
     body: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
 ) -> Result<(), IcedError> {
+    let long = a.bitness() == 64;
     let mut setup = a.create_label();
     let mut after = a.create_label();
     a.mov(dword_ptr(VEC), 0xFFFF_FFFFu32)?;
     a.call(setup)?;
     a.jmp(after)?;
     a.set_label(&mut setup)?;
-    a.pop(dword_ptr(RESUME))?;
+    if long {
+        a.pop(qword_ptr(RESUME))?;
+    } else {
+        a.pop(dword_ptr(RESUME))?;
+    }
     body(a)?;
     // The body did not fault.
     fail(a, ring, n)?;
@@ -302,10 +308,28 @@ fn expect_fault(
     a.cmp(dword_ptr(ERR), error as i32)?;
     fail_unless_zf_in(a, ring, n)?;
     if let Some(c) = cr2_value {
-        a.cmp(dword_ptr(CR2), c as i32)?;
+        if long {
+            a.mov(rax, c)?;
+            a.cmp(qword_ptr(CR2), rax)?;
+        } else {
+            a.cmp(dword_ptr(CR2), c as i32)?;
+        }
         fail_unless_zf_in(a, ring, n)?;
     }
     Ok(())
+}
+
+/// Back in ring 0 after [`in_ring3`]: reports a failure ring 3 recorded in R3_FAIL.
+fn report_ring3_failure(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    let mut ok = a.create_label();
+    a.cmp(dword_ptr(R3_FAIL), 0)?;
+    a.je(ok)?;
+    a.mov(eax, dword_ptr(R3_FAIL))?;
+    a.or(al, crate::FAIL as u32)?;
+    a.out(u32::from(crate::EXIT_PORT), al)?;
+    a.cli()?;
+    a.hlt()?;
+    a.set_label(&mut ok)
 }
 
 /// Emits a trip to ring 3 through IRET, running `body` there; `body` must end by reaching
@@ -342,15 +366,7 @@ fn in_ring3(
     a.mov(eax, u32::from(DATA))?;
     a.mov(ds, eax)?;
     a.mov(es, eax)?;
-    let mut ok = a.create_label();
-    a.cmp(dword_ptr(R3_FAIL), 0)?;
-    a.je(ok)?;
-    a.mov(eax, dword_ptr(R3_FAIL))?;
-    a.or(al, crate::FAIL as u32)?;
-    a.out(u32::from(crate::EXIT_PORT), al)?;
-    a.cli()?;
-    a.hlt()?;
-    a.set_label(&mut ok)
+    report_ring3_failure(a)
 }
 
 /// The protected-mode system checks.
@@ -468,10 +484,10 @@ pub fn system_protected() -> Rom {
             a.mov(cr0, eax)?;
             // 11. Read of a not-present page: #PF, error 0 (read, supervisor, not present).
             a.mov(ebx, PAGE_NP + 0x10)?;
-            expect_fault(a, Ring::Zero, 11, 14, 0, Some(PAGE_NP + 0x10), |a| a.mov(eax, dword_ptr(ebx)))?;
+            expect_fault(a, Ring::Zero, 11, 14, 0, Some(u64::from(PAGE_NP + 0x10)), |a| a.mov(eax, dword_ptr(ebx)))?;
             // 12. Write to a read-only page with CR0.WP: #PF, error 3 (present, write).
             a.mov(ebx, PAGE_RO + 8)?;
-            expect_fault(a, Ring::Zero, 12, 14, 3, Some(PAGE_RO + 8), |a| a.mov(dword_ptr(ebx), eax))?;
+            expect_fault(a, Ring::Zero, 12, 14, 3, Some(u64::from(PAGE_RO + 8)), |a| a.mov(dword_ptr(ebx), eax))?;
             // 13. Accessed and dirty bits: a read sets A in the PTE and the PDE, a write sets D.
             let pte_ad = PT0 + u64::from(PAGE_AD >> 12) * 4;
             a.mov(eax, dword_ptr(u64::from(PAGE_AD)))?;
@@ -494,9 +510,9 @@ pub fn system_protected() -> Rom {
             //     write is #PF 7 (present, write, user).
             in_ring3(a, |a| {
                 a.mov(ebx, PAGE_SUPER)?;
-                expect_fault(a, Ring::Three, 15, 14, 5, Some(PAGE_SUPER), |a| a.mov(eax, dword_ptr(ebx)))?;
+                expect_fault(a, Ring::Three, 15, 14, 5, Some(u64::from(PAGE_SUPER)), |a| a.mov(eax, dword_ptr(ebx)))?;
                 a.mov(ebx, PAGE_RO)?;
-                expect_fault(a, Ring::Three, 15, 14, 7, Some(PAGE_RO), |a| a.mov(dword_ptr(ebx), eax))
+                expect_fault(a, Ring::Three, 15, 14, 7, Some(u64::from(PAGE_RO)), |a| a.mov(dword_ptr(ebx), eax))
             })?;
             // 16. Without CR0.WP a supervisor write to the read-only page succeeds.
             a.mov(eax, cr0)?;
@@ -524,10 +540,10 @@ pub fn system_protected() -> Rom {
             a.mov(cr0, eax)?;
             // 17. A read of the not-present page: #PF 0 with CR2.
             a.mov(ebx, PAGE_NP + 0x20)?;
-            expect_fault(a, Ring::Zero, 17, 14, 0, Some(PAGE_NP + 0x20), |a| a.mov(eax, dword_ptr(ebx)))?;
+            expect_fault(a, Ring::Zero, 17, 14, 0, Some(u64::from(PAGE_NP + 0x20)), |a| a.mov(eax, dword_ptr(ebx)))?;
             // 18. A fetch from the execute-disable page: #PF 0x11 (instruction fetch, present).
             a.mov(ebx, PAGE_NX)?;
-            expect_fault(a, Ring::Zero, 18, 14, 0x11, Some(PAGE_NX), |a| a.call(ebx))?;
+            expect_fault(a, Ring::Zero, 18, 14, 0x11, Some(u64::from(PAGE_NX)), |a| a.call(ebx))?;
             // 19. Reads of the same page are allowed, and 2 MiB pages map.
             a.movzx(eax, byte_ptr(u64::from(PAGE_NX)))?;
             fail_unless_eq(a, 19, eax, 0xC3)?;
@@ -667,38 +683,6 @@ mod long {
         })
     }
 
-    /// [`super::expect_fault`] for 64-bit code.
-    pub(super) fn expect_fault64(
-        a: &mut CodeAssembler,
-        ring: Ring,
-        n: u8,
-        vector: u32,
-        error: u32,
-        cr2_value: Option<u64>,
-        body: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
-    ) -> Result<(), IcedError> {
-        let mut setup = a.create_label();
-        let mut after = a.create_label();
-        a.mov(dword_ptr(VEC), 0xFFFF_FFFFu32)?;
-        a.call(setup)?;
-        a.jmp(after)?;
-        a.set_label(&mut setup)?;
-        a.pop(qword_ptr(RESUME))?;
-        body(a)?;
-        fail(a, ring, n)?;
-        a.set_label(&mut after)?;
-        a.cmp(dword_ptr(VEC), vector as i32)?;
-        fail_unless_zf_in(a, ring, n)?;
-        a.cmp(dword_ptr(ERR), error as i32)?;
-        fail_unless_zf_in(a, ring, n)?;
-        if let Some(c) = cr2_value {
-            a.mov(rax, c)?;
-            a.cmp(qword_ptr(CR2), rax)?;
-            fail_unless_zf_in(a, ring, n)?;
-        }
-        Ok(())
-    }
-
     /// [`super::in_ring3`] for long mode: IRETQ to CPL 3, back through INT 0x81.
     pub(super) fn in_ring3_64(
         a: &mut CodeAssembler,
@@ -724,15 +708,7 @@ mod long {
         a.push(rax)?;
         a.iretq()?;
         a.set_label(&mut done)?;
-        let mut ok = a.create_label();
-        a.cmp(dword_ptr(R3_FAIL), 0)?;
-        a.je(ok)?;
-        a.mov(eax, dword_ptr(R3_FAIL))?;
-        a.or(al, crate::FAIL as u32)?;
-        a.out(u32::from(crate::EXIT_PORT), al)?;
-        a.cli()?;
-        a.hlt()?;
-        a.set_label(&mut ok)
+        report_ring3_failure(a)
     }
 }
 
@@ -775,19 +751,15 @@ pub fn system_long() -> Rom {
 
             // 1. 4-level paging: a read of a not-present page is #PF 0 with CR2.
             a.mov(ebx, PAGE_NP + 0x30)?;
-            long::expect_fault64(a, Ring::Zero, 1, 14, 0, Some(u64::from(PAGE_NP + 0x30)), |a| {
-                a.mov(eax, dword_ptr(rbx))
-            })?;
+            expect_fault(a, Ring::Zero, 1, 14, 0, Some(u64::from(PAGE_NP + 0x30)), |a| a.mov(eax, dword_ptr(rbx)))?;
             // 2. A write to it is #PF 2.
-            long::expect_fault64(a, Ring::Zero, 2, 14, 2, Some(u64::from(PAGE_NP + 0x30)), |a| {
-                a.mov(dword_ptr(rbx), eax)
-            })?;
+            expect_fault(a, Ring::Zero, 2, 14, 2, Some(u64::from(PAGE_NP + 0x30)), |a| a.mov(dword_ptr(rbx), eax))?;
             // 3. A fetch from an execute-disable page is #PF 0x11.
             a.mov(ebx, PAGE_NX)?;
-            long::expect_fault64(a, Ring::Zero, 3, 14, 0x11, Some(u64::from(PAGE_NX)), |a| a.call(rbx))?;
+            expect_fault(a, Ring::Zero, 3, 14, 0x11, Some(u64::from(PAGE_NX)), |a| a.call(rbx))?;
             // 4. A non-canonical address is #GP(0).
             a.mov(rbx, 0x8000_0000_0000_0000u64)?;
-            long::expect_fault64(a, Ring::Zero, 4, 13, 0, None, |a| a.mov(eax, dword_ptr(rbx)))?;
+            expect_fault(a, Ring::Zero, 4, 13, 0, None, |a| a.mov(eax, dword_ptr(rbx)))?;
 
             // 5. Ring 3 and back: INT 0x81 switches to RSP0 from the 64-bit TSS and pushes
             //    SS:RSP, RFLAGS, CS:RIP (40 bytes).
@@ -840,10 +812,8 @@ pub fn system_long() -> Rom {
                 fail_unless_zf_in(a, Ring::Three, 6)?;
                 // 7. From ring 3: a supervisor page is #PF 5; a privileged instruction #GP(0).
                 a.mov(ebx, PAGE_SUPER)?;
-                long::expect_fault64(a, Ring::Three, 7, 14, 5, Some(u64::from(PAGE_SUPER)), |a| {
-                    a.mov(eax, dword_ptr(rbx))
-                })?;
-                long::expect_fault64(a, Ring::Three, 7, 13, 0, None, |a| a.hlt())
+                expect_fault(a, Ring::Three, 7, 14, 5, Some(u64::from(PAGE_SUPER)), |a| a.mov(eax, dword_ptr(rbx)))?;
+                expect_fault(a, Ring::Three, 7, 13, 0, None, |a| a.hlt())
             })?;
             // What the SYSCALL entry saw: CS 0x18, SS 0x20, IF and DF masked.
             a.cmp(word_ptr(SYS_CS), i32::from(CODE64))?;
