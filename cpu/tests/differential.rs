@@ -32,7 +32,7 @@ fn test_differential_against_host() {
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod host {
     use base::{AccessSize, GuestPhysAddr, PortAddr};
-    use cpu::state::rflags::{AF, CF, DF, OF, PF, SF, STATUS, ZF};
+    use cpu::state::rflags::{AF, CF, DF, IF, OF, PF, SF, STATUS, ZF};
     use cpu::{CpuBus, CpuState, Exception, ExecutionEngine, Interpreter};
     use iced_x86::{
         Code, Decoder, DecoderOptions, Encoder, EncodingKind, Formatter, Instruction, IntelFormatter, Mnemonic,
@@ -47,6 +47,16 @@ mod host {
     const INSN_OFF: usize = 0x100;
     const EPI_OFF: usize = 0x200;
     const CTX_OFF: usize = 0x800;
+    /// Compatibility-mode (32-bit) path: 64-bit prologue, 32-bit instruction slot, 32-bit stub
+    /// for faults, 64-bit epilogue.
+    const PRO32_OFF: usize = 0x900;
+    const INSN32_OFF: usize = 0xA00;
+    const STUB32_OFF: usize = 0xA40;
+    const EPI32_OFF: usize = 0xA80;
+    /// Linux's 32-bit and 64-bit user code selectors.
+    const USER32_CS: u64 = 0x23;
+    const USER64_CS: u64 = 0x33;
+    const USER_DS: u32 = 0x2B;
     /// Flags compared: the status flags and DF.
     const CMP_FLAGS: u64 = STATUS | DF;
     const GUEST_CODE: u64 = 0x1000;
@@ -87,6 +97,9 @@ mod host {
             M::Bt | M::Bts | M::Btr | M::Btc => (OF | SF | AF | PF, false),
             M::Bsf | M::Bsr => (CF | OF | SF | AF | PF, src_zero),
             M::Lzcnt | M::Tzcnt => (OF | SF | PF | AF, false),
+            M::Daa | M::Das => (OF, false),
+            M::Aaa | M::Aas => (OF | SF | ZF | PF, false),
+            M::Aam | M::Aad => (OF | AF | CF, false),
             _ => (0, false),
         }
     }
@@ -95,16 +108,21 @@ mod host {
     // PRNG
     // ------------------------------------------------------------------------------------------
 
-    pub(super) struct Rng(u64);
+    /// The case generator's random source; `m32` says the case runs in 32-bit (compatibility)
+    /// mode, which changes the registers and address sizes the generator may use.
+    pub(super) struct Rng {
+        state: u64,
+        m32: bool,
+    }
 
     impl Rng {
         pub(super) fn new(seed: u64) -> Self {
-            Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
+            Rng { state: seed ^ 0x9E37_79B9_7F4A_7C15, m32: false }
         }
         /// splitmix64.
         pub(super) fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
+            self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.state;
             z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
             z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             z ^ (z >> 31)
@@ -162,6 +180,10 @@ mod host {
         rflags: u64,
         /// Signal number of a fault inside the instruction (0: none).
         sig: u64,
+        /// The host RSP while a 32-bit instruction runs with the guest's ESP.
+        host_rsp: u64,
+        /// m16:32 far pointer to the 32-bit instruction slot.
+        far32: u64,
     }
 
     /// Thunk pages currently registered with the fault handler.
@@ -182,6 +204,14 @@ mod host {
                 uc.uc_mcontext.gregs[libc::REG_RIP as usize] = (base + EPI_OFF as u64) as i64;
                 return;
             }
+            if base != 0 && rip >= base + INSN32_OFF as u64 && rip < base + STUB32_OFF as u64 {
+                let ctx = (base + CTX_OFF as u64) as *mut Ctx;
+                // SAFETY: as above.
+                unsafe { (*ctx).sig = sig as u64 };
+                // Still in compatibility mode: the 32-bit stub jumps back to the 64-bit epilogue.
+                uc.uc_mcontext.gregs[libc::REG_RIP as usize] = (base + STUB32_OFF as u64) as i64;
+                return;
+            }
         }
         // Not a fault of a test instruction: take the default action on return.
         // SAFETY: resetting a signal disposition is async-signal-safe.
@@ -197,7 +227,7 @@ mod host {
                 unsafe {
                     let mut sa: libc::sigaction = std::mem::zeroed();
                     sa.sa_sigaction = on_fault as *const () as usize;
-                    sa.sa_flags = libc::SA_SIGINFO;
+                    sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
                     libc::sigemptyset(&mut sa.sa_mask);
                     assert_eq!(libc::sigaction(sig, &sa, std::ptr::null_mut()), 0);
                 }
@@ -209,6 +239,8 @@ mod host {
         thunk: *mut u8,
         scratch: *mut u8,
         region: usize,
+        /// Alternate signal stack: 32-bit tests run with the guest's ESP.
+        _altstack: Vec<u8>,
     }
 
     fn map_fixed(addr: u64, len: usize, prot: libc::c_int) -> Option<*mut u8> {
@@ -252,7 +284,16 @@ mod host {
                     .iter()
                     .position(|r| r.compare_exchange(0, base, Ordering::SeqCst, Ordering::SeqCst).is_ok())
                     .expect("too many hosts");
-                let mut h = Host { thunk, scratch, region };
+                let mut altstack = vec![0u8; 0x10000];
+                let ss = libc::stack_t {
+                    ss_sp: altstack.as_mut_ptr() as *mut libc::c_void,
+                    ss_flags: 0,
+                    ss_size: altstack.len(),
+                };
+                // SAFETY: the alternate stack is owned by the Host, which lives as long as the
+                // thunks run on this thread; `ss` is a valid stack_t.
+                assert_eq!(unsafe { libc::sigaltstack(&ss, std::ptr::null_mut()) }, 0);
+                let mut h = Host { thunk, scratch, region, _altstack: altstack };
                 h.write_thunk();
                 return h;
             }
@@ -316,11 +357,95 @@ mod host {
             e.ret().unwrap();
             let epi = e.assemble(base + EPI_OFF as u64).unwrap();
             assert!(pro.len() <= INSN_OFF && epi.len() <= CTX_OFF - EPI_OFF);
+            // The 32-bit path: load EAX..EDI (ESP too), far-jump to the 32-bit slot.
+            let regs32 = [rcx, rdx, rbx, rsp, rbp, rsi, rdi];
+            let mut p = CodeAssembler::new(64).unwrap();
+            for r in [rbx, rbp, r12, r13, r14, r15] {
+                p.push(r).unwrap();
+            }
+            p.mov(rax, ctx).unwrap();
+            p.mov(qword_ptr(rax + 8 * 16 + 16), rsp).unwrap();
+            // 64-bit Linux runs with null DS/ES, which faults in compatibility mode.
+            p.mov(ecx, USER_DS).unwrap();
+            p.mov(ds, cx).unwrap();
+            p.mov(es, cx).unwrap();
+            p.push(qword_ptr(rax + 128)).unwrap();
+            p.popfq().unwrap();
+            for (k, r) in regs32.iter().enumerate() {
+                p.mov(*r, qword_ptr(rax + 8 * (k as i32 + 1))).unwrap();
+            }
+            p.mov(rax, qword_ptr(rax)).unwrap();
+            p.jmp(fword_ptr(ctx + 8 * 16 + 24)).unwrap();
+            let pro32 = p.assemble(base + PRO32_OFF as u64).unwrap();
+            // The 32-bit epilogue: back in 64-bit mode, store EAX and ESP, restore the host RSP.
+            let mut e = CodeAssembler::new(64).unwrap();
+            e.mov(qword_ptr(ctx), rax).unwrap();
+            e.mov(qword_ptr(ctx + 32), rsp).unwrap();
+            e.mov(rsp, qword_ptr(ctx + 8 * 16 + 16)).unwrap();
+            e.mov(rax, ctx).unwrap();
+            for (k, r) in regs32.iter().enumerate() {
+                if k + 1 != 4 {
+                    e.mov(qword_ptr(rax + 8 * (k as i32 + 1)), *r).unwrap();
+                }
+            }
+            e.pushfq().unwrap();
+            e.pop(qword_ptr(rax + 128)).unwrap();
+            e.cld().unwrap();
+            e.mov(ecx, 0).unwrap();
+            e.mov(ds, cx).unwrap();
+            e.mov(es, cx).unwrap();
+            for r in [r15, r14, r13, r12, rbp, rbx] {
+                e.pop(r).unwrap();
+            }
+            e.ret().unwrap();
+            let epi32 = e.assemble(base + EPI32_OFF as u64).unwrap();
+            assert!(pro32.len() <= INSN32_OFF - PRO32_OFF && epi32.len() <= THUNK_LEN - EPI32_OFF);
+            let stub = far_jmp_back(base);
+            // SAFETY: all ranges lie inside the RWX thunk page owned by `self`.
+            unsafe {
+                std::ptr::copy_nonoverlapping(pro32.as_ptr(), self.thunk.add(PRO32_OFF), pro32.len());
+                std::ptr::copy_nonoverlapping(epi32.as_ptr(), self.thunk.add(EPI32_OFF), epi32.len());
+                std::ptr::copy_nonoverlapping(stub.as_ptr(), self.thunk.add(STUB32_OFF), stub.len());
+            }
+            self.ctx().far32 = (base + INSN32_OFF as u64) | (USER32_CS << 32);
             // SAFETY: both ranges lie inside the RWX thunk page owned by `self`.
             unsafe {
                 std::ptr::copy_nonoverlapping(pro.as_ptr(), self.thunk, pro.len());
                 std::ptr::copy_nonoverlapping(epi.as_ptr(), self.thunk.add(EPI_OFF), epi.len());
             }
+        }
+
+        /// Runs `bytes` (one 32-bit instruction) natively in compatibility mode on `state`
+        /// (EAX..EDI, ESP included); returns the signal it raised.
+        pub(super) fn run32(&mut self, bytes: &[u8], state: &mut State) -> u64 {
+            assert!(bytes.len() <= 15);
+            let mut code = [0x90u8; 24];
+            code[..bytes.len()].copy_from_slice(bytes);
+            let back = far_jmp_back(self.base());
+            code[bytes.len()..bytes.len() + back.len()].copy_from_slice(&back);
+            // SAFETY: the 32-bit slot lies inside the RWX thunk page owned by `self`.
+            unsafe {
+                std::ptr::copy_nonoverlapping(code.as_ptr(), self.thunk.add(INSN32_OFF), bytes.len() + back.len())
+            };
+            let c = self.ctx();
+            for k in 0..8 {
+                c.gpr[k] = state.gpr[k] & 0xFFFF_FFFF;
+            }
+            c.rflags = (state.rflags & CMP_FLAGS) | 2;
+            c.sig = 0;
+            // SAFETY: as for `run`; in addition the 32-bit instruction runs with the guest's ESP
+            // (pointing into the scratch mapping), signals are delivered on the alternate
+            // stack, and the epilogue restores the host RSP saved by the prologue.
+            unsafe {
+                let f: extern "C" fn() = std::mem::transmute(self.thunk.add(PRO32_OFF));
+                f();
+            }
+            let c = *self.ctx();
+            for k in 0..8 {
+                state.gpr[k] = c.gpr[k] & 0xFFFF_FFFF;
+            }
+            state.rflags = c.rflags & CMP_FLAGS;
+            c.sig
         }
 
         /// Runs `bytes` (one instruction) natively on `state`; returns the signal it raised.
@@ -357,9 +482,20 @@ mod host {
         }
     }
 
+    /// `jmp far 0x33:EPI32` in 32-bit code.
+    fn far_jmp_back(base: u64) -> [u8; 7] {
+        let mut b = [0xEAu8, 0, 0, 0, 0, 0, 0];
+        b[1..5].copy_from_slice(&((base + EPI32_OFF as u64) as u32).to_le_bytes());
+        b[5..7].copy_from_slice(&(USER64_CS as u16).to_le_bytes());
+        b
+    }
+
     impl Drop for Host {
         fn drop(&mut self) {
             REGIONS[self.region].store(0, Ordering::SeqCst);
+            let ss = libc::stack_t { ss_sp: std::ptr::null_mut(), ss_flags: libc::SS_DISABLE, ss_size: 0 };
+            // SAFETY: disabling this thread's alternate stack before it is freed.
+            unsafe { libc::sigaltstack(&ss, std::ptr::null_mut()) };
             // SAFETY: unmapping the two mappings created in `new`, no longer referenced.
             unsafe {
                 libc::munmap(self.thunk as *mut libc::c_void, THUNK_LEN);
@@ -401,7 +537,11 @@ mod host {
 
     struct Guest {
         it: Interpreter,
+        /// The CPU of the current case: 64-bit mode or 32-bit protected mode.
         cpu: CpuState,
+        /// The CPU of the other mode, swapped in by `set_mode`.
+        other: CpuState,
+        m32: bool,
         bus: Bus,
         scratch_backing: usize,
         slot: u64,
@@ -412,7 +552,22 @@ mod host {
             let mut mem = PhysMemory::new(0x10_0000 + SCRATCH_LEN as u64).unwrap();
             mem.map_ram(0, 0x10_0000).unwrap();
             let scratch_backing = mem.map_ram(scratch_addr, SCRATCH_LEN as u64).unwrap() as usize;
-            Guest { it: Interpreter::new(), cpu: CpuState::new_flat64(), bus: Bus { mem }, scratch_backing, slot: 0 }
+            // The host runs at CPL 3 with IF set and IOPL 0: PUSHF must see IF, POPF must not
+            // change it.
+            let mut cpu = CpuState::new_flat64();
+            cpu.rflags |= IF;
+            cpu.cpl = 3;
+            let mut other = CpuState::new_flat32();
+            other.rflags |= IF;
+            other.cpl = 3;
+            Guest { it: Interpreter::new(), cpu, other, m32: false, bus: Bus { mem }, scratch_backing, slot: 0 }
+        }
+
+        fn set_mode(&mut self, m32: bool) {
+            if m32 != self.m32 {
+                std::mem::swap(&mut self.cpu, &mut self.other);
+                self.m32 = m32;
+            }
         }
 
         fn scratch(&mut self) -> &mut [u8] {
@@ -421,14 +576,23 @@ mod host {
         }
 
         fn state(&self) -> State {
-            State { gpr: self.cpu.gpr, rflags: self.cpu.rflags() & CMP_FLAGS }
+            let mut gpr = self.cpu.gpr;
+            if self.m32 {
+                for g in gpr.iter_mut().take(8) {
+                    *g &= 0xFFFF_FFFF;
+                }
+                for g in gpr.iter_mut().skip(8) {
+                    *g = 0;
+                }
+            }
+            State { gpr, rflags: self.cpu.rflags() & CMP_FLAGS }
         }
 
         /// Makes the interpreter's registers and flags equal to `s` (RSP excepted). Flags are
         /// only touched when they differ, so lazily held flags survive.
         fn sync_to(&mut self, s: &State) {
             for k in 0..16 {
-                if k != 4 {
+                if k != 4 || self.m32 {
                     self.cpu.gpr[k] = s.gpr[k];
                 }
             }
@@ -641,8 +805,32 @@ mod host {
         )
     }
 
-    fn build_table() -> Vec<Entry> {
-        let set = mnemonic_set();
+    fn build_table(m32: bool) -> Vec<Entry> {
+        let mut set = mnemonic_set();
+        if m32 {
+            use Mnemonic as M;
+            set.extend([
+                M::Daa,
+                M::Das,
+                M::Aaa,
+                M::Aas,
+                M::Aam,
+                M::Aad,
+                M::Push,
+                M::Pop,
+                M::Pusha,
+                M::Pushad,
+                M::Popa,
+                M::Popad,
+                M::Pushf,
+                M::Pushfd,
+                M::Popf,
+                M::Popfd,
+                M::Enter,
+                M::Leave,
+                M::Bound,
+            ]);
+        }
         let mut t = Vec::new();
         for code in Code::values() {
             let m = code.mnemonic();
@@ -650,7 +838,8 @@ mod host {
                 continue;
             }
             let oc = code.op_code();
-            if !oc.mode64() || !matches!(oc.encoding(), EncodingKind::Legacy | EncodingKind::VEX) {
+            let in_mode = if m32 { oc.mode32() } else { oc.mode64() };
+            if !in_mode || !matches!(oc.encoding(), EncodingKind::Legacy | EncodingKind::VEX) {
                 continue;
             }
             if !oc.op_kinds().iter().all(|&k| handled_kind(k)) {
@@ -705,8 +894,9 @@ mod host {
 
     /// A random GPR index other than RSP.
     fn rand_gpr(rng: &mut Rng) -> usize {
+        let n = if rng.m32 { 8 } else { 16 };
         loop {
-            let r = rng.below(16) as usize;
+            let r = rng.below(n) as usize;
             if r != 4 {
                 return r;
             }
@@ -714,6 +904,10 @@ mod host {
     }
 
     fn rand_reg(rng: &mut Rng, bits: u32) -> Register {
+        if bits == 8 && rng.m32 {
+            // AL, CL, DL, BL, AH, CH, DH, BH.
+            return Register::AL + rng.below(8) as u32;
+        }
         if bits == 8 && rng.chance(20) {
             // AH, CH, DH, BH.
             return Register::AH + rng.below(4) as u32;
@@ -746,14 +940,14 @@ mod host {
             ins.set_memory_base(Register::None);
             ins.set_memory_index(Register::None);
             ins.set_memory_index_scale(1);
-            let a32 = rng.chance(30);
+            let a32 = rng.m32 || rng.chance(30);
             ins.set_memory_displ_size(if a32 { 4 } else { 8 });
             ins.set_memory_displacement64(target);
             return;
         }
-        let a32 = rng.chance(25);
+        let a32 = rng.m32 || rng.chance(25);
         let abits = if a32 { 32 } else { 64 };
-        let garbage = |rng: &mut Rng| if a32 { rng.next() << 32 } else { 0 };
+        let garbage = |rng: &mut Rng| if a32 && !rng.m32 { rng.next() << 32 } else { 0 };
         let has_base = rng.chance(85);
         let has_index = rng.chance(45) || !has_base && rng.chance(50);
         let scale = [1u64, 2, 4, 8][rng.below(4) as usize];
@@ -897,7 +1091,7 @@ mod host {
         };
         match e {
             Entry::Str(kind, size) => {
-                let a32 = rng.chance(30);
+                let a32 = rng.m32 || rng.chance(30);
                 let asz = if a32 { 32 } else { 64 };
                 let cmp = kind == 3 || kind == 4;
                 let rep = match rng.below(3) {
@@ -931,7 +1125,7 @@ mod host {
                 }
                 .ok()?;
                 g.ins = ins;
-                let garbage = |rng: &mut Rng| if a32 { rng.next() << 32 } else { 0 };
+                let garbage = |rng: &mut Rng| if a32 && !rng.m32 { rng.next() << 32 } else { 0 };
                 let si = scratch + 0x1800 + rng.below(0x1000);
                 let di = if rng.chance(20) { si + rng.below(32) - 16 } else { scratch + 0x1800 + rng.below(0x1000) };
                 let count = if rng.chance(10) { 0 } else { rng.below(20) };
@@ -1003,7 +1197,7 @@ mod host {
                         }
                         K::seg_rBX_al => {
                             // XLAT: [rBX + AL].
-                            let a32 = rng.chance(30);
+                            let a32 = rng.m32 || rng.chance(30);
                             ins.set_op_kind(n, OpKind::Memory);
                             ins.set_memory_base(if a32 { Register::EBX } else { Register::RBX });
                             ins.set_memory_index(Register::AL);
@@ -1011,7 +1205,7 @@ mod host {
                             ins.set_memory_index_scale(1);
                             ins.set_segment_prefix(Register::None);
                             let al = s.gpr[0] & 0xFF;
-                            let hi = if a32 { rng.next() << 32 } else { 0 };
+                            let hi = if a32 && !rng.m32 { rng.next() << 32 } else { 0 };
                             set_reg_val(&mut g.fix_regs, 3, (target - al) | hi);
                             mem_op = Some(n);
                         }
@@ -1141,6 +1335,27 @@ mod host {
                     }
                     _ => {}
                 }
+                match m {
+                    Mnemonic::Enter => {
+                        ins.set_op_kind(0, OpKind::Immediate16);
+                        ins.set_immediate16(rng.below(0x200) as u16);
+                        ins.set_op_kind(1, OpKind::Immediate8_2nd);
+                        ins.set_immediate8_2nd(if rng.chance(80) { rng.below(5) } else { rng.below(256) } as u8);
+                        let bp = (scratch + 0x2000 + rng.below(0x400)) & !3;
+                        set_reg_val(&mut g.fix_regs, 5, bp);
+                    }
+                    Mnemonic::Leave => {
+                        let bp = (scratch + 0x1800 + rng.below(0x800)) & !3;
+                        set_reg_val(&mut g.fix_regs, 5, bp);
+                    }
+                    Mnemonic::Popf | Mnemonic::Popfd | Mnemonic::Popfq => {
+                        // No TF (a trap), AC (alignment checks), NT, VIF, VIP, ID (the host resets them).
+                        let v = rng.value() & !(0x100 | 0x4000 | 0x4_0000 | 0x8_0000 | 0x10_0000 | 0x20_0000);
+                        let n = if m == Mnemonic::Popf { 2 } else { 4 };
+                        g.fix_mem.push((s.gpr[4] & 0xFFFF_FFFF, v, n));
+                    }
+                    _ => {}
+                }
                 if is_shift && oc.op_kind(oc.op_count() - 1) == K::cl && rng.chance(70) {
                     let c = match rng.below(3) {
                         0 => rng.below(3),
@@ -1167,8 +1382,8 @@ mod host {
         }
     }
 
-    fn disasm(bytes: &[u8]) -> String {
-        let mut d = Decoder::with_ip(64, bytes, 0, DecoderOptions::NONE);
+    fn disasm(bytes: &[u8], m32: bool) -> String {
+        let mut d = Decoder::with_ip(if m32 { 32 } else { 64 }, bytes, 0, DecoderOptions::NONE);
         let i = d.decode();
         let mut s = String::new();
         IntelFormatter::new().format(&i, &mut s);
@@ -1222,7 +1437,10 @@ mod host {
             (0, Ok(()))
                 | (libc::SIGFPE, Err(Exception::DivideError))
                 | (libc::SIGILL, Err(Exception::InvalidOpcode))
-                | (libc::SIGSEGV | libc::SIGBUS, Err(Exception::GeneralProtection(_) | Exception::StackFault(_)))
+                | (
+                    libc::SIGSEGV | libc::SIGBUS,
+                    Err(Exception::GeneralProtection(_) | Exception::StackFault(_) | Exception::BoundRange)
+                )
         )
     }
 
@@ -1244,11 +1462,13 @@ mod host {
         let cases = env_u64("FERRO_DIFF_CASES").unwrap_or(100_000);
         let only = env_u64("FERRO_DIFF_CASE");
         println!("differential: seed {seed:#x} ({cases} cases); replay with FERRO_DIFF_SEED={seed:#x}");
-        let table = build_table();
+        let table64 = build_table(false);
+        let table32 = build_table(true);
         let mut host = Host::new();
         let scratch = host.scratch_addr();
         let mut guest = Guest::new(scratch);
-        let mut enc = Encoder::new(64);
+        let mut enc64 = Encoder::new(64);
+        let mut enc32 = Encoder::new(32);
         let mut mismatches = 0u64;
         let mut insns = 0u64;
         let mut faults = 0u64;
@@ -1278,19 +1498,34 @@ mod host {
                     guest.scratch()[off + k] = b;
                 }
             }
+            // About a third of the cases run in 32-bit compatibility mode.
+            let m32 = rng.chance(35);
+            rng.m32 = m32;
+            guest.set_mode(m32);
+            let (table, enc) = if m32 { (&table32, &mut enc32) } else { (&table64, &mut enc64) };
             let mut st = State { gpr: [0; 16], rflags: 0 };
             for k in 0..16 {
                 st.gpr[k] = rng.value();
             }
             st.gpr[4] = scratch;
+            if m32 {
+                for g in st.gpr.iter_mut() {
+                    *g &= 0xFFFF_FFFF;
+                }
+                for g in st.gpr.iter_mut().skip(8) {
+                    *g = 0;
+                }
+                // ESP in the scratch area (usually aligned): PUSH, POP, PUSHA... work on it.
+                let esp = scratch + 0x2000 + rng.below(0x800);
+                st.gpr[4] = if rng.chance(90) { esp & !3 } else { esp };
+            }
             st.rflags = rng.next() & STATUS | if rng.chance(20) { DF } else { 0 };
-            guest.cpu.set_rflags(st.rflags);
             guest.sync_to(&st);
             let n = 1 + rng.below(4);
             for step in 0..n {
                 let g = loop {
                     let mem_now = host.scratch().to_vec();
-                    if let Some(g) = generate(&mut rng, &table, scratch, &st, &mem_now) {
+                    if let Some(g) = generate(&mut rng, table, scratch, &st, &mem_now) {
                         break g;
                     }
                 };
@@ -1312,7 +1547,9 @@ mod host {
                 }
                 guest.sync_to(&st);
                 let pre = st;
-                let pre_mem: Option<Vec<u8>> = if g.touches_mem { Some(host.scratch().to_vec()) } else { None };
+                // 32-bit cases may use the stack: always compare memory there.
+                let touches_mem = g.touches_mem || m32;
+                let pre_mem: Option<Vec<u8>> = if touches_mem { Some(host.scratch().to_vec()) } else { None };
                 // Dynamic inputs of the undefined-flag table.
                 let ins = &g.ins;
                 let m = ins.mnemonic();
@@ -1342,7 +1579,7 @@ mod host {
                 };
                 let (undef_flags, undef_dest) = undefined(m, bits, count, src_zero);
                 // Run both.
-                let sig = host.run(&bytes, &mut st);
+                let sig = if m32 { host.run32(&bytes, &mut st) } else { host.run(&bytes, &mut st) };
                 let gr = guest.run(&bytes);
                 insns += 1;
                 *coverage.entry(format!("{m:?}")).or_default() += 1;
@@ -1363,7 +1600,7 @@ mod host {
                     None
                 };
                 for k in 0..16 {
-                    if k != 4 && Some(k) != dest && st.gpr[k] != gs.gpr[k] {
+                    if (k != 4 || m32) && Some(k) != dest && st.gpr[k] != gs.gpr[k] {
                         problems.push(format!(
                             "gpr[{k}]: host {:#018x} interpreter {:#018x} (was {:#018x})",
                             st.gpr[k], gs.gpr[k], pre.gpr[k]
@@ -1381,7 +1618,7 @@ mod host {
                     ));
                 }
                 let mem_undef = undef_dest && ins.op_kind(0) != OpKind::Register;
-                if g.touches_mem {
+                if touches_mem {
                     let h = host.scratch().to_vec();
                     let gm = guest.scratch().to_vec();
                     if h != gm {
@@ -1405,11 +1642,12 @@ mod host {
                     *by_mnemonic.entry(format!("{m:?}")).or_default() += 1;
                     if mismatches <= 25 {
                         println!(
-                            "\nMISMATCH seed {seed:#x} case {case} step {step}: {:02x?}  {}\n\
+                            "\nMISMATCH seed {seed:#x} case {case} step {step} ({}-bit): {:02x?}  {}\n\
                              replay: FERRO_DIFF_SEED={seed:#x} FERRO_DIFF_CASE={case}\n\
                              before:\n{}\nhost after (signal {}):\n{}\ninterpreter after ({:?}):\n{}\n  {}",
+                            if m32 { 32 } else { 64 },
                             bytes,
-                            disasm(&bytes),
+                            disasm(&bytes, m32),
                             fmt_state(&pre),
                             sig_name(sig),
                             fmt_state(&st),

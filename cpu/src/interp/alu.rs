@@ -273,9 +273,8 @@ pub fn aaa_aas(add: bool, ax: u16, flags_in: u64) -> (u16, u64) {
     let keep = flags_in & (OF | SF | ZF | PF);
     if al & 0x0F > 9 || flags_in & AF != 0 {
         let ax = if add {
-            let al2 = al.wrapping_add(6);
-            let ah = ((ax >> 8) as u8).wrapping_add(1);
-            (u16::from(ah) << 8) | u16::from(al2 & 0x0F)
+            // AX += 0x106: the carry out of AL + 6 propagates into AH (as on current CPUs).
+            ax.wrapping_add(0x106) & 0xFF0F
         } else {
             let ax2 = ax.wrapping_sub(6);
             let ah = ((ax2 >> 8) as u8).wrapping_sub(1);
@@ -338,5 +337,6 @@ mod tests {
         assert_eq!(aam(63, 10), Some((0x0603, PF)), "AL = 3 has even parity");
         assert_eq!(aad(0x0603, 10).0, 63);
         assert_eq!(aaa_aas(true, 0x000B, 0).0, 0x0101);
+        assert_eq!(aaa_aas(true, 0xFFFF, 0).0, 0x0105, "AL + 6 carries into AH");
     }
 }

@@ -881,7 +881,9 @@ impl Cx<'_> {
                 let bp = get_reg(self.cpu, bp_reg);
                 self.push(bits, bp)?;
                 let frame = self.cpu.gpr[4] & self.cpu.stack_mask();
-                let mut bpv = bp;
+                // The outer frame pointers are read through (E/R)BP of the stack's address size,
+                // whatever the operand size.
+                let mut bpv = self.cpu.gpr[5] & self.cpu.stack_mask();
                 if level > 0 {
                     for _ in 1..level {
                         bpv = bpv.wrapping_sub(n);
