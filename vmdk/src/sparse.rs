@@ -349,6 +349,11 @@ impl SparseExtent {
 
     /// Writes dirty grain tables (primary and redundant) and directories, then syncs.
     pub(crate) fn flush(&mut self) -> Result<()> {
+        if !self.dirty_gts.is_empty() || self.gd_dirty {
+            // Grains reach the disk before the table entries that point to them, also across a
+            // power loss (not only a process kill).
+            self.file.sync_data().map_err(io(&self.path))?;
+        }
         let gt_bytes = (self.hdr.gt_sectors() * SECTOR) as usize;
         for idx in std::mem::take(&mut self.dirty_gts) {
             let b = u32s_to_bytes(&self.gts[&idx], gt_bytes);
