@@ -59,6 +59,18 @@ fn test_kill_writer_at_random_points() {
     let mut o = CreateOptions::new(Subformat::MonolithicSparse, SIZE);
     o.zeroed_grain = true;
     vmdk::create(&p, &o).unwrap();
+    {
+        // No preallocated grain tables: the writer also allocates tables and updates both
+        // directories, so kills land between those writes too.
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(&p).unwrap();
+        let mut b = [0u8; 512];
+        f.read_exact_at(&mut b, 0).unwrap();
+        let h = vmdk::header::SparseHeader::parse(&b).unwrap();
+        let zeros = vec![0u8; (h.gd_sectors() * 512) as usize];
+        f.write_all_at(&zeros, h.gd_offset * 512).unwrap();
+        f.write_all_at(&zeros, h.rgd_offset * 512).unwrap();
+    }
     let exe = std::env::current_exe().unwrap();
     let qemu = have_qemu("crash test: qemu-img check");
     let mut rng = Rng(0xC0FFEE);

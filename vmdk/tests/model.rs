@@ -169,3 +169,26 @@ fn test_concurrent_writers() {
     img.flush().unwrap();
     assert_eq!(vmdk::check(&p, false).unwrap().exit_code(), 0);
 }
+
+#[test]
+fn test_model_tables_allocated_on_demand() {
+    // Grain directories with empty entries (no preallocated grain tables, as other writers make
+    // them): writes must allocate GT and redundant GT on demand.
+    use std::os::unix::fs::FileExt;
+    let d = Scratch::new("model-nogt");
+    let p = d.path("n.vmdk");
+    let size = 100 * MIB;
+    vmdk::create(&p, &CreateOptions::new(Subformat::MonolithicSparse, size)).unwrap();
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    let mut b = [0u8; 512];
+    f.read_exact_at(&mut b, 0).unwrap();
+    let h = vmdk::header::SparseHeader::parse(&b).unwrap();
+    let zeros = vec![0u8; (h.gd_sectors() * 512) as usize];
+    f.write_all_at(&zeros, h.gd_offset * 512).unwrap();
+    f.write_all_at(&zeros, h.rgd_offset * 512).unwrap();
+    drop(f);
+    let mut model = vec![0u8; size as usize];
+    run_model(&p, &mut model, 4242, 1500);
+    assert_eq!(vmdk::check(&p, false).unwrap().exit_code(), 0);
+    qemu_agrees(&d, &p, &model);
+}
