@@ -1,21 +1,26 @@
 //! Differential tests against the host CPU.
 //!
 //! Random register, flag and memory states and random operand forms of every general-purpose
-//! integer instruction the interpreter implements are executed twice: natively on the host (a
-//! small thunk in an executable page loads the GPRs and RFLAGS from a context block, runs the
-//! instruction and stores them back) and in the interpreter. Every GPR except RSP, the status
-//! flags, DF and the scratch memory must agree. Host faults (#DE as SIGFPE, #UD as SIGILL, #GP as
-//! SIGSEGV) are caught by a signal handler that resumes the thunk's epilogue, and the interpreter
-//! must raise the same exception. The only thing masked is what the Intel SDM calls undefined,
-//! from ONE table: [`host::undefined`].
+//! integer instruction the interpreter implements are executed twice: natively on the host and
+//! in the interpreter. A thunk in an executable region loads the GPRs (the stack pointer too)
+//! and RFLAGS from a context block, runs the instruction in a code slot and stores them back;
+//! 32-bit cases run in compatibility mode (a far jump to Linux's 32-bit code selector). Every
+//! GPR, the status flags, DF, RIP afterwards (branches land on a "taken" pad) and the scratch
+//! memory must agree. Host faults (#DE as SIGFPE, #UD as SIGILL, #GP/#BR as SIGSEGV) are caught
+//! by a signal handler (on an alternate stack) that resumes the thunk's epilogue, and the
+//! interpreter must raise the same exception. The only thing masked is what the Intel SDM calls
+//! undefined, from ONE table: [`host::undefined`].
 //!
-//! The scratch memory lives at the same address in the host process (a fixed mapping below
-//! 4 GiB, so 32-bit addressing works) and in guest physical memory, so memory operands use the
-//! same register values on both sides. Each case is 1 to 4 instructions run one at a time, so the
-//! interpreter's lazy flags flow from one instruction into the next.
+//! The scratch memory and the code slots live at the same addresses in the host process (fixed
+//! mappings below 4 GiB, so 32-bit code and addressing work) and in guest physical memory, so
+//! memory operands, return addresses and branch targets are the same on both sides. Each case
+//! is 1 to 4 instructions run one at a time, so the interpreter's lazy flags flow from one
+//! instruction into the next.
 //!
 //! Environment: `FERRO_DIFF_SEED` (replay a run), `FERRO_DIFF_CASES` (default 100000),
-//! `FERRO_DIFF_CASE` (run only that case of the seed).
+//! `FERRO_DIFF_CASE` (run only that case of the seed), `FERRO_DIFF_TRACE` (print each
+//! instruction before it runs), `FERRO_DIFF_VERBOSE` (instruction counts by mnemonic),
+//! `FERRO_DIFF_EXTRA` (comma-separated mnemonics to add, e.g. `Movbe,Adcx`).
 
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 #[test]
@@ -43,24 +48,28 @@ mod host {
     use std::sync::Once;
 
     const SCRATCH_LEN: usize = 0x4000;
-    const THUNK_LEN: usize = 0x1000;
-    const INSN_OFF: usize = 0x100;
-    const EPI_OFF: usize = 0x200;
+    /// The thunk region: page 0 holds the prologues, epilogues and the context block; the rest
+    /// is instruction slots. The guest maps the same region at the same address, so return
+    /// addresses and branch targets agree.
+    const THUNK_LEN: usize = 0x10000;
+    const PRO64_OFF: usize = 0x000;
+    const EPI64_OFF: usize = 0x200;
+    const PRO32_OFF: usize = 0x400;
+    const EPI32_OFF: usize = 0x600;
+    const STUB32_OFF: usize = 0x7C0;
     const CTX_OFF: usize = 0x800;
-    /// Compatibility-mode (32-bit) path: 64-bit prologue, 32-bit instruction slot, 32-bit stub
-    /// for faults, 64-bit epilogue.
-    const PRO32_OFF: usize = 0x900;
-    const INSN32_OFF: usize = 0xA00;
-    const STUB32_OFF: usize = 0xA40;
-    const EPI32_OFF: usize = 0xA80;
-    /// Linux's 32-bit and 64-bit user code selectors.
+    const SLOTS_OFF: usize = 0x1000;
+    /// Each slot: the instruction and an exit jump, then at `TAKEN_OFF` the landing pad of a
+    /// taken branch (it records that it ran, then exits too).
+    const SLOT_LEN: usize = 64;
+    const TAKEN_OFF: usize = 32;
+    const SLOTS: usize = (THUNK_LEN - SLOTS_OFF) / SLOT_LEN;
+    /// Linux's 32-bit and 64-bit user code selectors and its data selector.
     const USER32_CS: u64 = 0x23;
     const USER64_CS: u64 = 0x33;
     const USER_DS: u32 = 0x2B;
     /// Flags compared: the status flags and DF.
     const CMP_FLAGS: u64 = STATUS | DF;
-    const GUEST_CODE: u64 = 0x1000;
-    const GUEST_CODE_SLOTS: u64 = 0xF000;
 
     // ------------------------------------------------------------------------------------------
     // The ONE table of undefined results.
@@ -180,13 +189,24 @@ mod host {
         rflags: u64,
         /// Signal number of a fault inside the instruction (0: none).
         sig: u64,
-        /// The host RSP while a 32-bit instruction runs with the guest's ESP.
+        /// The host RSP while the instruction runs with the guest's stack pointer.
         host_rsp: u64,
-        /// m16:32 far pointer to the 32-bit instruction slot.
+        /// m16:32 far pointer to the slot (32-bit runs).
         far32: u64,
+        /// Address of the slot (64-bit runs).
+        target64: u64,
+        /// Set by a slot's taken-branch landing pad.
+        taken: u64,
+        /// The run is 32-bit (the fault handler resumes through the 32-bit stub).
+        m32: u64,
     }
 
-    /// Thunk pages currently registered with the fault handler.
+    const CTX_HOST_RSP: u64 = 8 * 16 + 16;
+    const CTX_FAR32: u64 = 8 * 16 + 24;
+    const CTX_TARGET64: u64 = 8 * 16 + 32;
+    const CTX_TAKEN: u64 = 8 * 16 + 40;
+
+    /// Thunk regions currently registered with the fault handler.
     static REGIONS: [AtomicU64; 64] = [const { AtomicU64::new(0) }; 64];
 
     extern "C" fn on_fault(sig: libc::c_int, _info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
@@ -195,21 +215,18 @@ mod host {
         let rip = uc.uc_mcontext.gregs[libc::REG_RIP as usize] as u64;
         for r in &REGIONS {
             let base = r.load(Ordering::Relaxed);
-            if base != 0 && rip >= base + INSN_OFF as u64 && rip < base + EPI_OFF as u64 {
+            if base != 0 && rip >= base + SLOTS_OFF as u64 && rip < base + THUNK_LEN as u64 {
                 let ctx = (base + CTX_OFF as u64) as *mut Ctx;
-                // SAFETY: `base` is a live thunk page registered by `Host::new`; its context block
-                // is not being accessed by Rust code while the thunk runs.
-                unsafe { (*ctx).sig = sig as u64 };
-                // Resume at the epilogue: it stores the registers as they were at the fault.
-                uc.uc_mcontext.gregs[libc::REG_RIP as usize] = (base + EPI_OFF as u64) as i64;
-                return;
-            }
-            if base != 0 && rip >= base + INSN32_OFF as u64 && rip < base + STUB32_OFF as u64 {
-                let ctx = (base + CTX_OFF as u64) as *mut Ctx;
-                // SAFETY: as above.
-                unsafe { (*ctx).sig = sig as u64 };
-                // Still in compatibility mode: the 32-bit stub jumps back to the 64-bit epilogue.
-                uc.uc_mcontext.gregs[libc::REG_RIP as usize] = (base + STUB32_OFF as u64) as i64;
+                // SAFETY: `base` is a live thunk region registered by `Host::new`; its context
+                // block is not accessed by Rust code while the thunk runs.
+                let m32 = unsafe {
+                    (*ctx).sig = sig as u64;
+                    (*ctx).m32 != 0
+                };
+                // Resume at the epilogue (through the 32-bit stub in compatibility mode): it
+                // stores the registers as they were at the fault.
+                let resume = if m32 { STUB32_OFF } else { EPI64_OFF };
+                uc.uc_mcontext.gregs[libc::REG_RIP as usize] = (base + resume as u64) as i64;
                 return;
             }
         }
@@ -223,7 +240,7 @@ mod host {
         ONCE.call_once(|| {
             for sig in [libc::SIGFPE, libc::SIGILL, libc::SIGSEGV, libc::SIGBUS] {
                 // SAFETY: a zeroed sigaction is a valid starting point; the handler has the
-                // SA_SIGINFO signature and only touches registered thunk pages.
+                // SA_SIGINFO signature and only touches registered thunk regions.
                 unsafe {
                     let mut sa: libc::sigaction = std::mem::zeroed();
                     sa.sa_sigaction = on_fault as *const () as usize;
@@ -239,8 +256,9 @@ mod host {
         thunk: *mut u8,
         scratch: *mut u8,
         region: usize,
-        /// Alternate signal stack: 32-bit tests run with the guest's ESP.
+        /// Alternate signal stack: instructions run with the guest's stack pointer.
         _altstack: Vec<u8>,
+        next_slot: usize,
     }
 
     fn map_fixed(addr: u64, len: usize, prot: libc::c_int) -> Option<*mut u8> {
@@ -266,6 +284,14 @@ mod host {
         Some(p as *mut u8)
     }
 
+    /// `jmp far 0x33:EPI32` in 32-bit code.
+    fn far_jmp_back(base: u64) -> [u8; 7] {
+        let mut b = [0xEAu8, 0, 0, 0, 0, 0, 0];
+        b[1..5].copy_from_slice(&((base + EPI32_OFF as u64) as u32).to_le_bytes());
+        b[5..7].copy_from_slice(&(USER64_CS as u16).to_le_bytes());
+        b
+    }
+
     impl Host {
         pub(super) fn new() -> Host {
             install_handler();
@@ -276,7 +302,7 @@ mod host {
                     continue;
                 };
                 let Some(scratch) = map_fixed(base + 0x8_0000, SCRATCH_LEN, libc::PROT_READ | libc::PROT_WRITE) else {
-                    // SAFETY: unmapping the page mapped just above.
+                    // SAFETY: unmapping the region mapped just above.
                     unsafe { libc::munmap(thunk as *mut libc::c_void, THUNK_LEN) };
                     continue;
                 };
@@ -293,14 +319,14 @@ mod host {
                 // SAFETY: the alternate stack is owned by the Host, which lives as long as the
                 // thunks run on this thread; `ss` is a valid stack_t.
                 assert_eq!(unsafe { libc::sigaltstack(&ss, std::ptr::null_mut()) }, 0);
-                let mut h = Host { thunk, scratch, region, _altstack: altstack };
+                let mut h = Host { thunk, scratch, region, _altstack: altstack, next_slot: 0 };
                 h.write_thunk();
                 return h;
             }
             panic!("no free fixed address range below 4 GiB for the differential test");
         }
 
-        fn base(&self) -> u64 {
+        pub(super) fn base(&self) -> u64 {
             self.thunk as u64
         }
 
@@ -313,9 +339,20 @@ mod host {
             unsafe { std::slice::from_raw_parts_mut(self.scratch, SCRATCH_LEN) }
         }
 
+        /// The address of the slot the next instruction will use.
+        pub(super) fn slot_addr(&self) -> u64 {
+            self.base() + (SLOTS_OFF + self.next_slot * SLOT_LEN) as u64
+        }
+
+        /// Moves to the next slot; true when the slots wrapped around.
+        pub(super) fn advance(&mut self) -> bool {
+            self.next_slot = (self.next_slot + 1) % SLOTS;
+            self.next_slot == 0
+        }
+
         fn ctx(&mut self) -> &mut Ctx {
-            // SAFETY: the context block lies inside the thunk page owned by `self`, is aligned,
-            // and only the thunk (not running now) or the fault handler write it.
+            // SAFETY: the context block lies inside the thunk region owned by `self`, is
+            // aligned, and only the thunk (not running now) or the fault handler write it.
             unsafe { &mut *(self.thunk.add(CTX_OFF) as *mut Ctx) }
         }
 
@@ -323,26 +360,28 @@ mod host {
             use iced_x86::code_asm::*;
             let base = self.base();
             let ctx = base + CTX_OFF as u64;
+            // 64-bit: load all GPRs (RSP too) and RFLAGS, jump to the slot.
             let regs = [rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15];
             let mut a = CodeAssembler::new(64).unwrap();
             for r in [rbx, rbp, r12, r13, r14, r15] {
                 a.push(r).unwrap();
             }
             a.mov(rax, ctx).unwrap();
+            a.mov(qword_ptr(rax + CTX_HOST_RSP as i32), rsp).unwrap();
             a.push(qword_ptr(rax + 128)).unwrap();
             a.popfq().unwrap();
             for (k, r) in regs.iter().enumerate() {
-                if k + 1 != 4 {
-                    a.mov(*r, qword_ptr(rax + 8 * (k as i32 + 1))).unwrap();
-                }
+                a.mov(*r, qword_ptr(rax + 8 * (k as i32 + 1))).unwrap();
             }
             a.mov(rax, qword_ptr(rax)).unwrap();
-            a.jmp(base + INSN_OFF as u64).unwrap();
-            let pro = a.assemble(base).unwrap();
+            a.jmp(qword_ptr(ctx + CTX_TARGET64)).unwrap();
+            let pro64 = a.assemble(base + PRO64_OFF as u64).unwrap();
+            // 64-bit epilogue: store RAX and RSP, restore the host RSP, store the rest.
             let mut e = CodeAssembler::new(64).unwrap();
-            e.push(rax).unwrap();
+            e.mov(qword_ptr(ctx), rax).unwrap();
+            e.mov(qword_ptr(ctx + 32), rsp).unwrap();
+            e.mov(rsp, qword_ptr(ctx + CTX_HOST_RSP)).unwrap();
             e.mov(rax, ctx).unwrap();
-            e.pop(qword_ptr(rax)).unwrap();
             for (k, r) in regs.iter().enumerate() {
                 if k + 1 != 4 {
                     e.mov(qword_ptr(rax + 8 * (k as i32 + 1)), *r).unwrap();
@@ -355,17 +394,17 @@ mod host {
                 e.pop(r).unwrap();
             }
             e.ret().unwrap();
-            let epi = e.assemble(base + EPI_OFF as u64).unwrap();
-            assert!(pro.len() <= INSN_OFF && epi.len() <= CTX_OFF - EPI_OFF);
-            // The 32-bit path: load EAX..EDI (ESP too), far-jump to the 32-bit slot.
+            let epi64 = e.assemble(base + EPI64_OFF as u64).unwrap();
+            // 32-bit: load EAX..EDI (ESP too) and EFLAGS, far-jump to the slot in compatibility
+            // mode.
             let regs32 = [rcx, rdx, rbx, rsp, rbp, rsi, rdi];
             let mut p = CodeAssembler::new(64).unwrap();
             for r in [rbx, rbp, r12, r13, r14, r15] {
                 p.push(r).unwrap();
             }
             p.mov(rax, ctx).unwrap();
-            p.mov(qword_ptr(rax + 8 * 16 + 16), rsp).unwrap();
-            // 64-bit Linux runs with null DS/ES, which faults in compatibility mode.
+            p.mov(qword_ptr(rax + CTX_HOST_RSP as i32), rsp).unwrap();
+            // 64-bit Linux runs with null DS/ES, which fault in compatibility mode.
             p.mov(ecx, USER_DS).unwrap();
             p.mov(ds, cx).unwrap();
             p.mov(es, cx).unwrap();
@@ -375,13 +414,13 @@ mod host {
                 p.mov(*r, qword_ptr(rax + 8 * (k as i32 + 1))).unwrap();
             }
             p.mov(rax, qword_ptr(rax)).unwrap();
-            p.jmp(fword_ptr(ctx + 8 * 16 + 24)).unwrap();
+            p.jmp(fword_ptr(ctx + CTX_FAR32)).unwrap();
             let pro32 = p.assemble(base + PRO32_OFF as u64).unwrap();
             // The 32-bit epilogue: back in 64-bit mode, store EAX and ESP, restore the host RSP.
             let mut e = CodeAssembler::new(64).unwrap();
             e.mov(qword_ptr(ctx), rax).unwrap();
             e.mov(qword_ptr(ctx + 32), rsp).unwrap();
-            e.mov(rsp, qword_ptr(ctx + 8 * 16 + 16)).unwrap();
+            e.mov(rsp, qword_ptr(ctx + CTX_HOST_RSP)).unwrap();
             e.mov(rax, ctx).unwrap();
             for (k, r) in regs32.iter().enumerate() {
                 if k + 1 != 4 {
@@ -399,105 +438,101 @@ mod host {
             }
             e.ret().unwrap();
             let epi32 = e.assemble(base + EPI32_OFF as u64).unwrap();
-            assert!(pro32.len() <= INSN32_OFF - PRO32_OFF && epi32.len() <= THUNK_LEN - EPI32_OFF);
+            assert!(pro64.len() <= EPI64_OFF - PRO64_OFF && epi64.len() <= PRO32_OFF - EPI64_OFF);
+            assert!(pro32.len() <= EPI32_OFF - PRO32_OFF && epi32.len() <= STUB32_OFF - EPI32_OFF);
             let stub = far_jmp_back(base);
-            // SAFETY: all ranges lie inside the RWX thunk page owned by `self`.
+            // SAFETY: all ranges lie inside the RWX thunk region owned by `self`.
             unsafe {
+                std::ptr::copy_nonoverlapping(pro64.as_ptr(), self.thunk.add(PRO64_OFF), pro64.len());
+                std::ptr::copy_nonoverlapping(epi64.as_ptr(), self.thunk.add(EPI64_OFF), epi64.len());
                 std::ptr::copy_nonoverlapping(pro32.as_ptr(), self.thunk.add(PRO32_OFF), pro32.len());
                 std::ptr::copy_nonoverlapping(epi32.as_ptr(), self.thunk.add(EPI32_OFF), epi32.len());
                 std::ptr::copy_nonoverlapping(stub.as_ptr(), self.thunk.add(STUB32_OFF), stub.len());
             }
-            self.ctx().far32 = (base + INSN32_OFF as u64) | (USER32_CS << 32);
-            // SAFETY: both ranges lie inside the RWX thunk page owned by `self`.
-            unsafe {
-                std::ptr::copy_nonoverlapping(pro.as_ptr(), self.thunk, pro.len());
-                std::ptr::copy_nonoverlapping(epi.as_ptr(), self.thunk.add(EPI_OFF), epi.len());
-            }
         }
 
-        /// Runs `bytes` (one 32-bit instruction) natively in compatibility mode on `state`
-        /// (EAX..EDI, ESP included); returns the signal it raised.
-        pub(super) fn run32(&mut self, bytes: &[u8], state: &mut State) -> u64 {
+        /// The slot image for `bytes`: the instruction, an exit, and the taken-branch pad.
+        pub(super) fn slot_image(&self, bytes: &[u8], m32: bool) -> [u8; SLOT_LEN] {
             assert!(bytes.len() <= 15);
-            let mut code = [0x90u8; 24];
+            let base = self.base();
+            let slot = self.slot_addr();
+            let mut code = [0xCCu8; SLOT_LEN];
             code[..bytes.len()].copy_from_slice(bytes);
-            let back = far_jmp_back(self.base());
-            code[bytes.len()..bytes.len() + back.len()].copy_from_slice(&back);
-            // SAFETY: the 32-bit slot lies inside the RWX thunk page owned by `self`.
-            unsafe {
-                std::ptr::copy_nonoverlapping(code.as_ptr(), self.thunk.add(INSN32_OFF), bytes.len() + back.len())
-            };
-            let c = self.ctx();
-            for k in 0..8 {
-                c.gpr[k] = state.gpr[k] & 0xFFFF_FFFF;
-            }
-            c.rflags = (state.rflags & CMP_FLAGS) | 2;
-            c.sig = 0;
-            // SAFETY: as for `run`; in addition the 32-bit instruction runs with the guest's ESP
-            // (pointing into the scratch mapping), signals are delivered on the alternate
-            // stack, and the epilogue restores the host RSP saved by the prologue.
-            unsafe {
-                let f: extern "C" fn() = std::mem::transmute(self.thunk.add(PRO32_OFF));
-                f();
-            }
-            let c = *self.ctx();
-            for k in 0..8 {
-                state.gpr[k] = c.gpr[k] & 0xFFFF_FFFF;
-            }
-            state.rflags = c.rflags & CMP_FLAGS;
-            c.sig
-        }
-
-        /// Runs `bytes` (one instruction) natively on `state`; returns the signal it raised.
-        pub(super) fn run(&mut self, bytes: &[u8], state: &mut State) -> u64 {
-            assert!(bytes.len() <= 15);
-            let mut code = [0x90u8; 20];
-            code[..bytes.len()].copy_from_slice(bytes);
-            // jmp rel32 to the epilogue.
-            let after = INSN_OFF + bytes.len() + 5;
-            code[bytes.len()] = 0xE9;
-            code[bytes.len() + 1..bytes.len() + 5].copy_from_slice(&((EPI_OFF as i32) - after as i32).to_le_bytes());
-            // SAFETY: the instruction slot lies inside the RWX thunk page owned by `self`.
-            unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), self.thunk.add(INSN_OFF), bytes.len() + 5) };
-            let c = self.ctx();
-            c.gpr = state.gpr;
-            c.rflags = (state.rflags & CMP_FLAGS) | 2;
-            c.sig = 0;
-            // SAFETY: the thunk is complete code with the C ABI: it saves and restores the
-            // callee-saved registers, never touches RSP's value beyond its own pushes, and
-            // clears DF before returning. The test instruction only accesses the scratch
-            // mapping (the generator guarantees it) or faults into the registered handler.
-            unsafe {
-                let f: extern "C" fn() = std::mem::transmute(self.thunk);
-                f();
-            }
-            let c = *self.ctx();
-            for (k, g) in c.gpr.iter().enumerate() {
-                if k != 4 {
-                    state.gpr[k] = *g;
+            let exit = |code: &mut [u8], at: usize| {
+                if m32 {
+                    code[at..at + 7].copy_from_slice(&far_jmp_back(base));
+                } else {
+                    let after = slot + at as u64 + 5;
+                    code[at] = 0xE9;
+                    let rel = (base + EPI64_OFF as u64).wrapping_sub(after) as i32;
+                    code[at + 1..at + 5].copy_from_slice(&rel.to_le_bytes());
                 }
+            };
+            exit(&mut code, bytes.len());
+            // Taken pad: mov byte [abs32 ctx.taken], 1 (no flags touched), then exit.
+            let taken = (base + CTX_OFF as u64 + CTX_TAKEN) as u32;
+            let pad: Vec<u8> = if m32 {
+                let mut v = vec![0xC6, 0x05];
+                v.extend_from_slice(&taken.to_le_bytes());
+                v.push(1);
+                v
+            } else {
+                let mut v = vec![0xC6, 0x04, 0x25];
+                v.extend_from_slice(&taken.to_le_bytes());
+                v.push(1);
+                v
+            };
+            code[TAKEN_OFF..TAKEN_OFF + pad.len()].copy_from_slice(&pad);
+            exit(&mut code, TAKEN_OFF + pad.len());
+            code
+        }
+
+        /// Runs the slot image (one instruction) natively on `state` in the current slot; 32-bit
+        /// runs use EAX..EDI and ESP in compatibility mode. Returns (signal, branch taken).
+        pub(super) fn run(&mut self, code: &[u8; SLOT_LEN], state: &mut State, m32: bool) -> (u64, bool) {
+            let slot = self.slot_addr();
+            // SAFETY: the slot lies inside the RWX thunk region owned by `self`.
+            unsafe {
+                std::ptr::copy_nonoverlapping(code.as_ptr(), self.thunk.add((slot - self.base()) as usize), SLOT_LEN)
+            };
+            let n = if m32 { 8 } else { 16 };
+            let c = self.ctx();
+            for k in 0..16 {
+                c.gpr[k] = if k < n { state.gpr[k] } else { 0 };
+            }
+            c.rflags = (state.rflags & CMP_FLAGS) | 2;
+            c.sig = 0;
+            c.taken = 0;
+            c.m32 = u64::from(m32);
+            c.far32 = slot | (USER32_CS << 32);
+            c.target64 = slot;
+            let entry = if m32 { PRO32_OFF } else { PRO64_OFF };
+            // SAFETY: the thunk is complete code with the C ABI: it saves the callee-saved
+            // registers and the host RSP, runs the instruction with the guest's registers (the
+            // generator keeps every memory access, the stack included, inside the scratch
+            // mapping; faults go to the registered handler, on the alternate signal stack),
+            // then restores the host RSP and the callee-saved registers and clears DF.
+            unsafe {
+                let f: extern "C" fn() = std::mem::transmute(self.thunk.add(entry));
+                f();
+            }
+            let c = *self.ctx();
+            for k in 0..n {
+                state.gpr[k] = if m32 { c.gpr[k] & 0xFFFF_FFFF } else { c.gpr[k] };
             }
             state.rflags = c.rflags & CMP_FLAGS;
-            c.sig
+            (c.sig, c.taken != 0)
         }
-    }
-
-    /// `jmp far 0x33:EPI32` in 32-bit code.
-    fn far_jmp_back(base: u64) -> [u8; 7] {
-        let mut b = [0xEAu8, 0, 0, 0, 0, 0, 0];
-        b[1..5].copy_from_slice(&((base + EPI32_OFF as u64) as u32).to_le_bytes());
-        b[5..7].copy_from_slice(&(USER64_CS as u16).to_le_bytes());
-        b
     }
 
     impl Drop for Host {
         fn drop(&mut self) {
             REGIONS[self.region].store(0, Ordering::SeqCst);
             let ss = libc::stack_t { ss_sp: std::ptr::null_mut(), ss_flags: libc::SS_DISABLE, ss_size: 0 };
-            // SAFETY: disabling this thread's alternate stack before it is freed.
-            unsafe { libc::sigaltstack(&ss, std::ptr::null_mut()) };
-            // SAFETY: unmapping the two mappings created in `new`, no longer referenced.
+            // SAFETY: disabling this thread's alternate stack before it is freed; unmapping the
+            // two mappings created in `new`, no longer referenced.
             unsafe {
+                libc::sigaltstack(&ss, std::ptr::null_mut());
                 libc::munmap(self.thunk as *mut libc::c_void, THUNK_LEN);
                 libc::munmap(self.scratch as *mut libc::c_void, SCRATCH_LEN);
             }
@@ -544,13 +579,12 @@ mod host {
         m32: bool,
         bus: Bus,
         scratch_backing: usize,
-        slot: u64,
     }
 
     impl Guest {
-        fn new(scratch_addr: u64) -> Guest {
-            let mut mem = PhysMemory::new(0x10_0000 + SCRATCH_LEN as u64).unwrap();
-            mem.map_ram(0, 0x10_0000).unwrap();
+        fn new(thunk_addr: u64, scratch_addr: u64) -> Guest {
+            let mut mem = PhysMemory::new((THUNK_LEN + SCRATCH_LEN) as u64).unwrap();
+            mem.map_ram(thunk_addr, THUNK_LEN as u64).unwrap();
             let scratch_backing = mem.map_ram(scratch_addr, SCRATCH_LEN as u64).unwrap() as usize;
             // The host runs at CPL 3 with IF set and IOPL 0: PUSHF must see IF, POPF must not
             // change it.
@@ -560,7 +594,7 @@ mod host {
             let mut other = CpuState::new_flat32();
             other.rflags |= IF;
             other.cpl = 3;
-            Guest { it: Interpreter::new(), cpu, other, m32: false, bus: Bus { mem }, scratch_backing, slot: 0 }
+            Guest { it: Interpreter::new(), cpu, other, m32: false, bus: Bus { mem }, scratch_backing }
         }
 
         fn set_mode(&mut self, m32: bool) {
@@ -588,42 +622,29 @@ mod host {
             State { gpr, rflags: self.cpu.rflags() & CMP_FLAGS }
         }
 
-        /// Makes the interpreter's registers and flags equal to `s` (RSP excepted). Flags are
-        /// only touched when they differ, so lazily held flags survive.
+        /// Makes the interpreter's registers and flags equal to `s`. Flags are only touched
+        /// when they differ, so lazily held flags survive.
         fn sync_to(&mut self, s: &State) {
-            for k in 0..16 {
-                if k != 4 || self.m32 {
-                    self.cpu.gpr[k] = s.gpr[k];
-                }
-            }
+            self.cpu.gpr = s.gpr;
             let cur = self.cpu.rflags();
             if cur & CMP_FLAGS != s.rflags & CMP_FLAGS {
                 self.cpu.set_rflags((cur & !CMP_FLAGS) | (s.rflags & CMP_FLAGS));
             }
         }
 
-        /// Executes one instruction; each runs from a fresh address so the decode cache never
-        /// returns stale bytes.
-        fn run(&mut self, bytes: &[u8]) -> Result<(), Exception> {
-            if self.slot == GUEST_CODE_SLOTS {
-                self.slot = 0;
-                self.it.invalidate_phys(0, 0x10_0000);
+        /// Executes the slot image `code` at `rip` (the host's slot address); returns the
+        /// result and the RIP after it. `wrapped`: slots are being reused, drop decoded code.
+        fn run(&mut self, code: &[u8], rip: u64, wrapped: bool) -> (Result<(), Exception>, u64) {
+            if wrapped {
+                self.it.invalidate_phys(0, u64::MAX);
             }
-            let rip = GUEST_CODE + self.slot * 16;
-            self.slot += 1;
-            let mut code = [0xCCu8; 16];
-            code[..bytes.len()].copy_from_slice(bytes);
-            self.bus.mem.load(GuestPhysAddr(rip), &code).unwrap();
+            self.bus.mem.load(GuestPhysAddr(rip), code).unwrap();
             self.cpu.rip = rip;
             let r = self.it.step(&mut self.cpu, &mut self.bus);
-            let expect = rip + bytes.len() as u64;
-            if r.is_ok() && self.cpu.rip != expect {
-                panic!("interpreter RIP {:#x} after {:02x?}, expected {:#x}", self.cpu.rip, bytes, expect);
-            }
             if r.is_err() && self.cpu.rip != rip {
                 panic!("interpreter moved RIP on a fault");
             }
-            r
+            (r, self.cpu.rip)
         }
     }
 
@@ -765,6 +786,75 @@ mod host {
         v
     }
 
+    fn branch_and_stack_set() -> Vec<Mnemonic> {
+        use Mnemonic as M;
+        vec![
+            M::Jo,
+            M::Jno,
+            M::Jb,
+            M::Jae,
+            M::Je,
+            M::Jne,
+            M::Jbe,
+            M::Ja,
+            M::Js,
+            M::Jns,
+            M::Jp,
+            M::Jnp,
+            M::Jl,
+            M::Jge,
+            M::Jle,
+            M::Jg,
+            M::Jmp,
+            M::Call,
+            M::Ret,
+            M::Loop,
+            M::Loope,
+            M::Loopne,
+            M::Jcxz,
+            M::Jecxz,
+            M::Jrcxz,
+            M::Push,
+            M::Pop,
+            M::Pushfq,
+            M::Popfq,
+            M::Enter,
+            M::Leave,
+        ]
+    }
+
+    fn is_branch(m: Mnemonic) -> bool {
+        use Mnemonic as M;
+        matches!(
+            m,
+            M::Jo
+                | M::Jno
+                | M::Jb
+                | M::Jae
+                | M::Je
+                | M::Jne
+                | M::Jbe
+                | M::Ja
+                | M::Js
+                | M::Jns
+                | M::Jp
+                | M::Jnp
+                | M::Jl
+                | M::Jge
+                | M::Jle
+                | M::Jg
+                | M::Jmp
+                | M::Call
+                | M::Ret
+                | M::Loop
+                | M::Loope
+                | M::Loopne
+                | M::Jcxz
+                | M::Jecxz
+                | M::Jrcxz
+        )
+    }
+
     fn handled_kind(k: K) -> bool {
         matches!(
             k,
@@ -802,11 +892,16 @@ mod host {
                 | K::imm32sex64
                 | K::imm64
                 | K::seg_rBX_al
+                | K::br32_1
+                | K::br64_1
+                | K::br32_4
+                | K::br64_4
         )
     }
 
     fn build_table(m32: bool) -> Vec<Entry> {
         let mut set = mnemonic_set();
+        set.extend(branch_and_stack_set());
         if m32 {
             use Mnemonic as M;
             set.extend([
@@ -843,6 +938,15 @@ mod host {
                 continue;
             }
             if !oc.op_kinds().iter().all(|&k| handled_kind(k)) {
+                continue;
+            }
+            // Near branches with a 16-bit operand size truncate the target to 16 bits: it would
+            // leave the slot (and the host's address space).
+            if is_branch(m) && oc.operand_size() == 16 {
+                continue;
+            }
+            // Far JMP/CALL through memory: no far targets here.
+            if matches!(m, Mnemonic::Jmp | Mnemonic::Call) && oc.op_kinds().contains(&K::mem) {
                 continue;
             }
             // BSWAP r16 is undefined.
@@ -1080,7 +1184,7 @@ mod host {
         }
     }
 
-    fn generate(rng: &mut Rng, table: &[Entry], scratch: u64, s: &State, mem: &[u8]) -> Option<Gen> {
+    fn generate(rng: &mut Rng, table: &[Entry], scratch: u64, slot: u64, s: &State, mem: &[u8]) -> Option<Gen> {
         let e = table[rng.below(table.len() as u64) as usize];
         let mut g = Gen {
             ins: Instruction::default(),
@@ -1194,6 +1298,14 @@ mod host {
                         K::mem_offs => {
                             gen_mem(rng, &mut ins, n, target, true, &mut g.fix_regs);
                             mem_op = Some(n);
+                        }
+                        K::br32_1 | K::br32_4 => {
+                            ins.set_op_kind(n, OpKind::NearBranch32);
+                            ins.set_near_branch32((slot + TAKEN_OFF as u64) as u32);
+                        }
+                        K::br64_1 | K::br64_4 => {
+                            ins.set_op_kind(n, OpKind::NearBranch64);
+                            ins.set_near_branch64(slot + TAKEN_OFF as u64);
                         }
                         K::seg_rBX_al => {
                             // XLAT: [rBX + AL].
@@ -1335,7 +1447,31 @@ mod host {
                     }
                     _ => {}
                 }
+                let sp = s.gpr[4];
+                let taken_addr = slot + TAKEN_OFF as u64;
                 match m {
+                    Mnemonic::Jmp | Mnemonic::Call
+                        if !matches!(ins.op_kind(0), OpKind::NearBranch32 | OpKind::NearBranch64) =>
+                    {
+                        // Indirect: the register or memory operand holds the target.
+                        if let Some(n) = mem_op {
+                            let _ = n;
+                            g.fix_mem.push((target, taken_addr, if rng.m32 { 4 } else { 8 }));
+                        } else {
+                            let (i, _) = gpr_index(ins.op0_register());
+                            if g.fix_regs.iter().any(|(r, _)| *r == i) {
+                                return None;
+                            }
+                            set_reg_val(&mut g.fix_regs, i, taken_addr);
+                        }
+                    }
+                    Mnemonic::Ret => {
+                        if ins.op_count() > 0 {
+                            ins.set_op_kind(0, OpKind::Immediate16);
+                            ins.set_immediate16(rng.below(0x100) as u16);
+                        }
+                        g.fix_mem.push((sp, taken_addr, if rng.m32 { 4 } else { 8 }));
+                    }
                     Mnemonic::Enter => {
                         ins.set_op_kind(0, OpKind::Immediate16);
                         ins.set_immediate16(rng.below(0x200) as u16);
@@ -1350,9 +1486,14 @@ mod host {
                     }
                     Mnemonic::Popf | Mnemonic::Popfd | Mnemonic::Popfq => {
                         // No TF (a trap), AC (alignment checks), NT, VIF, VIP, ID (the host resets them).
-                        let v = rng.value() & !(0x100 | 0x4000 | 0x4_0000 | 0x8_0000 | 0x10_0000 | 0x20_0000);
-                        let n = if m == Mnemonic::Popf { 2 } else { 4 };
-                        g.fix_mem.push((s.gpr[4] & 0xFFFF_FFFF, v, n));
+                        let v =
+                            rng.value() & 0x3F_FFFF & !(0x100 | 0x4000 | 0x4_0000 | 0x8_0000 | 0x10_0000 | 0x20_0000);
+                        let n = match m {
+                            Mnemonic::Popf => 2,
+                            Mnemonic::Popfd => 4,
+                            _ => 8,
+                        };
+                        g.fix_mem.push((sp, v, n));
                     }
                     _ => {}
                 }
@@ -1369,7 +1510,13 @@ mod host {
                     && rng.chance(20)
                     && !matches!(
                         m,
-                        Mnemonic::Div | Mnemonic::Idiv | Mnemonic::Cmpxchg | Mnemonic::Cmpxchg8b | Mnemonic::Cmpxchg16b
+                        Mnemonic::Div
+                            | Mnemonic::Idiv
+                            | Mnemonic::Cmpxchg
+                            | Mnemonic::Cmpxchg8b
+                            | Mnemonic::Cmpxchg16b
+                            | Mnemonic::Jmp
+                            | Mnemonic::Call
                     )
                 {
                     let v = rng.value();
@@ -1461,12 +1608,14 @@ mod host {
         });
         let cases = env_u64("FERRO_DIFF_CASES").unwrap_or(100_000);
         let only = env_u64("FERRO_DIFF_CASE");
+        let trace = std::env::var("FERRO_DIFF_TRACE").is_ok();
         println!("differential: seed {seed:#x} ({cases} cases); replay with FERRO_DIFF_SEED={seed:#x}");
         let table64 = build_table(false);
         let table32 = build_table(true);
         let mut host = Host::new();
         let scratch = host.scratch_addr();
-        let mut guest = Guest::new(scratch);
+        let mut guest = Guest::new(host.base(), scratch);
+        let mut wrapped = false;
         let mut enc64 = Encoder::new(64);
         let mut enc32 = Encoder::new(32);
         let mut mismatches = 0u64;
@@ -1507,7 +1656,10 @@ mod host {
             for k in 0..16 {
                 st.gpr[k] = rng.value();
             }
-            st.gpr[4] = scratch;
+            // The stack pointer in the scratch area (usually aligned): PUSH, POP, CALL, RET...
+            // work on it.
+            let sp = scratch + 0x2000 + rng.below(0x800);
+            st.gpr[4] = if rng.chance(90) { sp & !7 } else { sp };
             if m32 {
                 for g in st.gpr.iter_mut() {
                     *g &= 0xFFFF_FFFF;
@@ -1515,9 +1667,6 @@ mod host {
                 for g in st.gpr.iter_mut().skip(8) {
                     *g = 0;
                 }
-                // ESP in the scratch area (usually aligned): PUSH, POP, PUSHA... work on it.
-                let esp = scratch + 0x2000 + rng.below(0x800);
-                st.gpr[4] = if rng.chance(90) { esp & !3 } else { esp };
             }
             st.rflags = rng.next() & STATUS | if rng.chance(20) { DF } else { 0 };
             guest.sync_to(&st);
@@ -1525,11 +1674,12 @@ mod host {
             for step in 0..n {
                 let g = loop {
                     let mem_now = host.scratch().to_vec();
-                    if let Some(g) = generate(&mut rng, table, scratch, &st, &mem_now) {
+                    if let Some(g) = generate(&mut rng, table, scratch, host.slot_addr(), &st, &mem_now) {
                         break g;
                     }
                 };
-                let r = enc.encode(&g.ins, 0);
+                let slot = host.slot_addr();
+                let r = enc.encode(&g.ins, slot);
                 let bytes = enc.take_buffer();
                 if r.is_err() {
                     continue; // e.g. AH with a REX prefix
@@ -1579,8 +1729,18 @@ mod host {
                 };
                 let (undef_flags, undef_dest) = undefined(m, bits, count, src_zero);
                 // Run both.
-                let sig = if m32 { host.run32(&bytes, &mut st) } else { host.run(&bytes, &mut st) };
-                let gr = guest.run(&bytes);
+                if trace {
+                    eprintln!(
+                        "case {case} step {step} ({}-bit) {:02x?} {}",
+                        if m32 { 32 } else { 64 },
+                        bytes,
+                        disasm(&bytes, m32)
+                    );
+                }
+                let image = host.slot_image(&bytes, m32);
+                let (sig, taken) = host.run(&image, &mut st, m32);
+                let (gr, grip) = guest.run(&image, slot, wrapped);
+                wrapped = host.advance();
                 insns += 1;
                 *coverage.entry(format!("{m:?}")).or_default() += 1;
                 if sig != 0 {
@@ -1594,13 +1754,27 @@ mod host {
                 if !exc_matches(sig, &gr) {
                     problems.push(format!("exception: host {} vs interpreter {:?}", sig_name(sig), gr));
                 }
+                let expect_rip = if sig != 0 {
+                    slot
+                } else if taken {
+                    slot + TAKEN_OFF as u64
+                } else {
+                    slot + bytes.len() as u64
+                };
+                if grip != expect_rip {
+                    problems.push(format!(
+                        "rip: host {:#x} ({}) interpreter {grip:#x}",
+                        expect_rip,
+                        if taken { "taken" } else { "not taken" }
+                    ));
+                }
                 let dest = if undef_dest && ins.op_kind(0) == OpKind::Register {
                     Some(gpr_index(ins.op0_register()).0)
                 } else {
                     None
                 };
                 for k in 0..16 {
-                    if (k != 4 || m32) && Some(k) != dest && st.gpr[k] != gs.gpr[k] {
+                    if Some(k) != dest && st.gpr[k] != gs.gpr[k] {
                         problems.push(format!(
                             "gpr[{k}]: host {:#018x} interpreter {:#018x} (was {:#018x})",
                             st.gpr[k], gs.gpr[k], pre.gpr[k]
