@@ -4,7 +4,9 @@
 //! integer instruction the interpreter implements are executed twice: natively on the host and
 //! in the interpreter. A thunk in an executable region loads the GPRs (the stack pointer too)
 //! and RFLAGS from a context block, runs the instruction in a code slot and stores them back;
-//! 32-bit cases run in compatibility mode (a far jump to Linux's 32-bit code selector). Every
+//! 32-bit cases run in compatibility mode (a far jump to Linux's 32-bit code selector), 16-bit
+//! cases in a 16-bit code segment installed with modify_ldt (with 16-bit data and stack
+//! segments based at the scratch area, so 16-bit addressing, SP and segment limits are real). Every
 //! GPR, the status flags, DF, RIP afterwards (branches land on a "taken" pad) and the scratch
 //! memory must agree. Host faults (#DE as SIGFPE, #UD as SIGILL, #GP/#BR as SIGSEGV) are caught
 //! by a signal handler (on an alternate stack) that resumes the thunk's epilogue, and the
@@ -38,7 +40,7 @@ fn test_differential_against_host() {
 mod host {
     use base::{AccessSize, GuestPhysAddr, PortAddr};
     use cpu::state::rflags::{AF, CF, DF, IF, OF, PF, SF, STATUS, ZF};
-    use cpu::{CpuBus, CpuState, Exception, ExecutionEngine, Interpreter};
+    use cpu::{CpuBus, CpuState, Exception, ExecutionEngine, Interpreter, SegReg, Segment};
     use iced_x86::{
         Code, Decoder, DecoderOptions, Encoder, EncodingKind, Formatter, Instruction, IntelFormatter, Mnemonic,
         OpCodeOperandKind as K, OpKind, Register, RepPrefixKind,
@@ -58,7 +60,15 @@ mod host {
     const EPI32_OFF: usize = 0x600;
     const STUB32_OFF: usize = 0x7C0;
     const CTX_OFF: usize = 0x800;
+    /// 16-bit path: 64-bit prologue, 64-bit "taken" epilogue entry, 16-bit stub for faults.
+    const PRO16_OFF: usize = 0x900;
+    const EPI32T_OFF: usize = 0xB00;
+    const STUB16_OFF: usize = 0xB40;
     const SLOTS_OFF: usize = 0x1000;
+    /// LDT selectors (RPL 3) of the 16-bit code segment (base = thunk region) and the 16-bit
+    /// data segment (base = scratch, limit = scratch size).
+    const CODE16_SEL: u64 = 0x07;
+    const DATA16_SEL: u32 = 0x0F;
     /// Each slot: the instruction and an exit jump, then at `TAKEN_OFF` the landing pad of a
     /// taken branch (it records that it ran, then exits too).
     const SLOT_LEN: usize = 64;
@@ -121,12 +131,17 @@ mod host {
     /// mode, which changes the registers and address sizes the generator may use.
     pub(super) struct Rng {
         state: u64,
+        /// Not 64-bit code: only EAX..EDI (and AH..BH), no REX.
         m32: bool,
+        /// 16-bit code: offsets are relative to `data_base` (DS, ES, SS) and `code_base` (CS).
+        m16: bool,
+        data_base: u64,
+        code_base: u64,
     }
 
     impl Rng {
         pub(super) fn new(seed: u64) -> Self {
-            Rng { state: seed ^ 0x9E37_79B9_7F4A_7C15, m32: false }
+            Rng { state: seed ^ 0x9E37_79B9_7F4A_7C15, m32: false, m16: false, data_base: 0, code_base: 0 }
         }
         /// splitmix64.
         pub(super) fn next(&mut self) -> u64 {
@@ -197,8 +212,8 @@ mod host {
         target64: u64,
         /// Set by a slot's taken-branch landing pad.
         taken: u64,
-        /// The run is 32-bit (the fault handler resumes through the 32-bit stub).
-        m32: u64,
+        /// Code size of the run: 16, 32 or 64 (the fault handler resumes accordingly).
+        bits: u64,
     }
 
     const CTX_HOST_RSP: u64 = 8 * 16 + 16;
@@ -213,20 +228,30 @@ mod host {
         // SAFETY: for an SA_SIGINFO handler the kernel passes a valid, exclusive ucontext_t.
         let uc = unsafe { &mut *(uc as *mut libc::ucontext_t) };
         let rip = uc.uc_mcontext.gregs[libc::REG_RIP as usize] as u64;
+        let cs = uc.uc_mcontext.gregs[libc::REG_CSGSFS as usize] as u64 & 0xFFFF;
         for r in &REGIONS {
             let base = r.load(Ordering::Relaxed);
-            if base != 0 && rip >= base + SLOTS_OFF as u64 && rip < base + THUNK_LEN as u64 {
+            if base == 0 {
+                continue;
+            }
+            // 16-bit code: RIP is the offset in the code segment based at the region.
+            let in16 = cs == CODE16_SEL && rip >= SLOTS_OFF as u64 && rip < THUNK_LEN as u64;
+            if in16 || rip >= base + SLOTS_OFF as u64 && rip < base + THUNK_LEN as u64 {
                 let ctx = (base + CTX_OFF as u64) as *mut Ctx;
                 // SAFETY: `base` is a live thunk region registered by `Host::new`; its context
                 // block is not accessed by Rust code while the thunk runs.
-                let m32 = unsafe {
+                let bits = unsafe {
                     (*ctx).sig = sig as u64;
-                    (*ctx).m32 != 0
+                    (*ctx).bits
                 };
-                // Resume at the epilogue (through the 32-bit stub in compatibility mode): it
+                // Resume at the epilogue (through a stub in compatibility or 16-bit mode): it
                 // stores the registers as they were at the fault.
-                let resume = if m32 { STUB32_OFF } else { EPI64_OFF };
-                uc.uc_mcontext.gregs[libc::REG_RIP as usize] = (base + resume as u64) as i64;
+                let resume = match bits {
+                    16 => STUB16_OFF as u64,
+                    32 => base + STUB32_OFF as u64,
+                    _ => base + EPI64_OFF as u64,
+                };
+                uc.uc_mcontext.gregs[libc::REG_RIP as usize] = resume as i64;
                 return;
             }
         }
@@ -259,6 +284,8 @@ mod host {
         /// Alternate signal stack: instructions run with the guest's stack pointer.
         _altstack: Vec<u8>,
         next_slot: usize,
+        /// The 16-bit segments are installed (16-bit cases can run).
+        pub(super) has16: bool,
     }
 
     fn map_fixed(addr: u64, len: usize, prot: libc::c_int) -> Option<*mut u8> {
@@ -282,6 +309,40 @@ mod host {
             return None;
         }
         Some(p as *mut u8)
+    }
+
+    /// `jmp far 0x33:target` with a 32-bit offset, in 16-bit code (66 EA ptr16:32).
+    fn far_jmp_back16(target: u64) -> [u8; 8] {
+        let mut b = [0x66u8, 0xEA, 0, 0, 0, 0, 0, 0];
+        b[2..6].copy_from_slice(&(target as u32).to_le_bytes());
+        b[6..8].copy_from_slice(&(USER64_CS as u16).to_le_bytes());
+        b
+    }
+
+    /// Installs the 16-bit code and data segments in this process's LDT; false if the kernel
+    /// does not allow it.
+    fn setup_ldt(code_base: u64, data_base: u64) -> bool {
+        #[repr(C)]
+        struct UserDesc {
+            entry_number: u32,
+            base_addr: u32,
+            limit: u32,
+            flags: u32,
+        }
+        // flags: seg_32bit (bit 0) = 0, contents (bits 1-2): 2 = code, 0 = data; useable (bit 6).
+        let code = UserDesc { entry_number: 0, base_addr: code_base as u32, limit: 0xFFFF, flags: (2 << 1) | (1 << 6) };
+        let data =
+            UserDesc { entry_number: 1, base_addr: data_base as u32, limit: SCRATCH_LEN as u32 - 1, flags: 1 << 6 };
+        for d in [&code, &data] {
+            // SAFETY: modify_ldt(1, desc, size) reads one user_desc from the pointer.
+            let r = unsafe {
+                libc::syscall(libc::SYS_modify_ldt, 1, d as *const UserDesc, std::mem::size_of::<UserDesc>())
+            };
+            if r != 0 {
+                return false;
+            }
+        }
+        true
     }
 
     /// `jmp far 0x33:EPI32` in 32-bit code.
@@ -319,7 +380,11 @@ mod host {
                 // SAFETY: the alternate stack is owned by the Host, which lives as long as the
                 // thunks run on this thread; `ss` is a valid stack_t.
                 assert_eq!(unsafe { libc::sigaltstack(&ss, std::ptr::null_mut()) }, 0);
-                let mut h = Host { thunk, scratch, region, _altstack: altstack, next_slot: 0 };
+                let has16 = setup_ldt(base, base + 0x8_0000);
+                if !has16 {
+                    println!("differential: modify_ldt refused 16-bit segments; no 16-bit cases");
+                }
+                let mut h = Host { thunk, scratch, region, _altstack: altstack, next_slot: 0, has16 };
                 h.write_thunk();
                 return h;
             }
@@ -433,6 +498,8 @@ mod host {
             e.mov(ecx, 0).unwrap();
             e.mov(ds, cx).unwrap();
             e.mov(es, cx).unwrap();
+            e.mov(ecx, USER_DS).unwrap();
+            e.mov(ss, cx).unwrap();
             for r in [r15, r14, r13, r12, rbp, rbx] {
                 e.pop(r).unwrap();
             }
@@ -440,6 +507,37 @@ mod host {
             let epi32 = e.assemble(base + EPI32_OFF as u64).unwrap();
             assert!(pro64.len() <= EPI64_OFF - PRO64_OFF && epi64.len() <= PRO32_OFF - EPI64_OFF);
             assert!(pro32.len() <= EPI32_OFF - PRO32_OFF && epi32.len() <= STUB32_OFF - EPI32_OFF);
+            // The 16-bit path: like the 32-bit one, with the 16-bit segments in DS, ES and SS.
+            let mut p = CodeAssembler::new(64).unwrap();
+            for r in [rbx, rbp, r12, r13, r14, r15] {
+                p.push(r).unwrap();
+            }
+            p.mov(rax, ctx).unwrap();
+            p.mov(qword_ptr(rax + CTX_HOST_RSP as i32), rsp).unwrap();
+            p.mov(ecx, DATA16_SEL).unwrap();
+            p.mov(ds, cx).unwrap();
+            p.mov(es, cx).unwrap();
+            p.mov(ss, cx).unwrap();
+            p.push(qword_ptr(rax + 128)).unwrap();
+            p.popfq().unwrap();
+            for (k, r) in regs32.iter().enumerate() {
+                p.mov(*r, qword_ptr(rax + 8 * (k as i32 + 1))).unwrap();
+            }
+            p.mov(rax, qword_ptr(rax)).unwrap();
+            p.jmp(fword_ptr(ctx + CTX_FAR32)).unwrap();
+            let pro16 = p.assemble(base + PRO16_OFF as u64).unwrap();
+            let mut t = CodeAssembler::new(64).unwrap();
+            t.mov(byte_ptr(ctx + CTX_TAKEN), 1).unwrap();
+            t.jmp(base + EPI32_OFF as u64).unwrap();
+            let epi32t = t.assemble(base + EPI32T_OFF as u64).unwrap();
+            assert!(pro16.len() <= EPI32T_OFF - PRO16_OFF && epi32t.len() <= STUB16_OFF - EPI32T_OFF);
+            let stub16 = far_jmp_back16(base + EPI32_OFF as u64);
+            // SAFETY: the ranges lie inside the RWX thunk region owned by `self`.
+            unsafe {
+                std::ptr::copy_nonoverlapping(pro16.as_ptr(), self.thunk.add(PRO16_OFF), pro16.len());
+                std::ptr::copy_nonoverlapping(epi32t.as_ptr(), self.thunk.add(EPI32T_OFF), epi32t.len());
+                std::ptr::copy_nonoverlapping(stub16.as_ptr(), self.thunk.add(STUB16_OFF), stub16.len());
+            }
             let stub = far_jmp_back(base);
             // SAFETY: all ranges lie inside the RWX thunk region owned by `self`.
             unsafe {
@@ -452,12 +550,20 @@ mod host {
         }
 
         /// The slot image for `bytes`: the instruction, an exit, and the taken-branch pad.
-        pub(super) fn slot_image(&self, bytes: &[u8], m32: bool) -> [u8; SLOT_LEN] {
+        pub(super) fn slot_image(&self, bytes: &[u8], bits: u32) -> [u8; SLOT_LEN] {
             assert!(bytes.len() <= 15);
             let base = self.base();
             let slot = self.slot_addr();
             let mut code = [0xCCu8; SLOT_LEN];
             code[..bytes.len()].copy_from_slice(bytes);
+            if bits == 16 {
+                // 16-bit code cannot address the context block: the exits go to the plain and
+                // the "taken" 64-bit epilogue entries.
+                code[bytes.len()..bytes.len() + 8].copy_from_slice(&far_jmp_back16(base + EPI32_OFF as u64));
+                code[TAKEN_OFF..TAKEN_OFF + 8].copy_from_slice(&far_jmp_back16(base + EPI32T_OFF as u64));
+                return code;
+            }
+            let m32 = bits == 32;
             let exit = |code: &mut [u8], at: usize| {
                 if m32 {
                     code[at..at + 7].copy_from_slice(&far_jmp_back(base));
@@ -489,13 +595,15 @@ mod host {
 
         /// Runs the slot image (one instruction) natively on `state` in the current slot; 32-bit
         /// runs use EAX..EDI and ESP in compatibility mode. Returns (signal, branch taken).
-        pub(super) fn run(&mut self, code: &[u8; SLOT_LEN], state: &mut State, m32: bool) -> (u64, bool) {
+        pub(super) fn run(&mut self, code: &[u8; SLOT_LEN], state: &mut State, bits: u32) -> (u64, bool) {
             let slot = self.slot_addr();
+            let m32 = bits != 64;
             // SAFETY: the slot lies inside the RWX thunk region owned by `self`.
             unsafe {
                 std::ptr::copy_nonoverlapping(code.as_ptr(), self.thunk.add((slot - self.base()) as usize), SLOT_LEN)
             };
             let n = if m32 { 8 } else { 16 };
+            let base = self.base();
             let c = self.ctx();
             for k in 0..16 {
                 c.gpr[k] = if k < n { state.gpr[k] } else { 0 };
@@ -503,10 +611,14 @@ mod host {
             c.rflags = (state.rflags & CMP_FLAGS) | 2;
             c.sig = 0;
             c.taken = 0;
-            c.m32 = u64::from(m32);
-            c.far32 = slot | (USER32_CS << 32);
+            c.bits = u64::from(bits);
+            c.far32 = if bits == 16 { (slot - base) | (CODE16_SEL << 32) } else { slot | (USER32_CS << 32) };
             c.target64 = slot;
-            let entry = if m32 { PRO32_OFF } else { PRO64_OFF };
+            let entry = match bits {
+                16 => PRO16_OFF,
+                32 => PRO32_OFF,
+                _ => PRO64_OFF,
+            };
             // SAFETY: the thunk is complete code with the C ABI: it saves the callee-saved
             // registers and the host RSP, runs the instruction with the guest's registers (the
             // generator keeps every memory access, the stack included, inside the scratch
@@ -572,10 +684,11 @@ mod host {
 
     struct Guest {
         it: Interpreter,
-        /// The CPU of the current case: 64-bit mode or 32-bit protected mode.
+        /// The CPU of the current case: 64-bit mode, 32-bit or 16-bit protected mode.
         cpu: CpuState,
-        /// The CPU of the other mode, swapped in by `set_mode`.
-        other: CpuState,
+        /// The CPUs of the other modes, swapped in by `set_mode`.
+        parked: [Option<CpuState>; 3],
+        cur: usize,
         m32: bool,
         bus: Bus,
         scratch_backing: usize,
@@ -591,16 +704,40 @@ mod host {
             let mut cpu = CpuState::new_flat64();
             cpu.rflags |= IF;
             cpu.cpl = 3;
-            let mut other = CpuState::new_flat32();
-            other.rflags |= IF;
-            other.cpl = 3;
-            Guest { it: Interpreter::new(), cpu, other, m32: false, bus: Bus { mem }, scratch_backing }
+            let mut c32 = CpuState::new_flat32();
+            c32.rflags |= IF;
+            c32.cpl = 3;
+            // 16-bit: the LDT segments the host uses (code based at the thunk region, data and
+            // stack at the scratch area with its size as the limit), DPL 3.
+            let mut c16 = c32.clone();
+            let data =
+                Segment { selector: DATA16_SEL as u16, attr: 0xF3, limit: SCRATCH_LEN as u32 - 1, base: scratch_addr };
+            c16.seg = [data; 6];
+            c16.seg[SegReg::Cs as usize] =
+                Segment { selector: CODE16_SEL as u16, attr: 0xFB, limit: 0xFFFF, base: thunk_addr };
+            Guest {
+                it: Interpreter::new(),
+                cpu,
+                parked: [None, Some(c32), Some(c16)],
+                cur: 0,
+                m32: false,
+                bus: Bus { mem },
+                scratch_backing,
+            }
         }
 
-        fn set_mode(&mut self, m32: bool) {
-            if m32 != self.m32 {
-                std::mem::swap(&mut self.cpu, &mut self.other);
-                self.m32 = m32;
+        fn set_mode(&mut self, bits: u32) {
+            let idx = match bits {
+                64 => 0,
+                32 => 1,
+                _ => 2,
+            };
+            if idx != self.cur {
+                let new = self.parked[idx].take().unwrap();
+                let old = std::mem::replace(&mut self.cpu, new);
+                self.parked[self.cur] = Some(old);
+                self.cur = idx;
+                self.m32 = bits != 64;
             }
         }
 
@@ -639,12 +776,14 @@ mod host {
                 self.it.invalidate_phys(0, u64::MAX);
             }
             self.bus.mem.load(GuestPhysAddr(rip), code).unwrap();
-            self.cpu.rip = rip;
+            let cs_base = self.cpu.seg[SegReg::Cs as usize].base;
+            self.cpu.rip = rip - cs_base;
             let r = self.it.step(&mut self.cpu, &mut self.bus);
-            if r.is_err() && self.cpu.rip != rip {
+            let after = self.cpu.seg[SegReg::Cs as usize].base + self.cpu.rip;
+            if r.is_err() && after != rip {
                 panic!("interpreter moved RIP on a fault");
             }
-            (r, self.cpu.rip)
+            (r, after)
         }
     }
 
@@ -892,6 +1031,8 @@ mod host {
                 | K::imm32sex64
                 | K::imm64
                 | K::seg_rBX_al
+                | K::br16_1
+                | K::br16_2
                 | K::br32_1
                 | K::br64_1
                 | K::br32_4
@@ -899,7 +1040,8 @@ mod host {
         )
     }
 
-    fn build_table(m32: bool) -> Vec<Entry> {
+    fn build_table(bits: u32) -> Vec<Entry> {
+        let m32 = bits != 64;
         let mut set = mnemonic_set();
         set.extend(branch_and_stack_set());
         if m32 {
@@ -933,7 +1075,11 @@ mod host {
                 continue;
             }
             let oc = code.op_code();
-            let in_mode = if m32 { oc.mode32() } else { oc.mode64() };
+            let in_mode = match bits {
+                16 => oc.mode16(),
+                32 => oc.mode32(),
+                _ => oc.mode64(),
+            };
             if !in_mode || !matches!(oc.encoding(), EncodingKind::Legacy | EncodingKind::VEX) {
                 continue;
             }
@@ -942,7 +1088,7 @@ mod host {
             }
             // Near branches with a 16-bit operand size truncate the target to 16 bits: it would
             // leave the slot (and the host's address space).
-            if is_branch(m) && oc.operand_size() == 16 {
+            if is_branch(m) && oc.operand_size() == 16 && bits != 16 {
                 continue;
             }
             // Far JMP/CALL through memory: no far targets here.
@@ -1040,13 +1186,60 @@ mod host {
     fn gen_mem(rng: &mut Rng, ins: &mut Instruction, n: u32, target: u64, offs: bool, fix: &mut Vec<(usize, u64)>) {
         ins.set_op_kind(n, OpKind::Memory);
         ins.set_segment_prefix(Register::None);
+        let target = target - rng.data_base;
+        let a16 = rng.m16 && rng.chance(70);
         if offs {
             ins.set_memory_base(Register::None);
             ins.set_memory_index(Register::None);
             ins.set_memory_index_scale(1);
             let a32 = rng.m32 || rng.chance(30);
-            ins.set_memory_displ_size(if a32 { 4 } else { 8 });
+            ins.set_memory_displ_size(if a16 {
+                2
+            } else if a32 {
+                4
+            } else {
+                8
+            });
             ins.set_memory_displacement64(target);
+            return;
+        }
+        if a16 {
+            // [BX+SI], [BX+DI], [BP+SI], [BP+DI], [SI], [DI], [BP], [BX] or [disp16]; the
+            // registers' upper halves are garbage the 16-bit address must ignore.
+            const COMBOS: [(usize, usize); 9] =
+                [(3, 6), (3, 7), (5, 6), (5, 7), (6, 99), (7, 99), (5, 99), (3, 99), (99, 99)];
+            let (b, i) = COMBOS[rng.below(9) as usize];
+            let disp: i64 = match rng.below(3) {
+                0 => 0,
+                1 => rng.below(256) as i64 - 128,
+                _ => rng.below(0x10000) as i64 - 0x8000,
+            };
+            let up = |rng: &mut Rng| rng.next() & 0xFFFF_0000;
+            let reg16 = |r: usize| if r == 99 { Register::None } else { Register::AX + r as u32 };
+            if b == 99 {
+                ins.set_memory_base(Register::None);
+                ins.set_memory_index(Register::None);
+                ins.set_memory_index_scale(1);
+                ins.set_memory_displ_size(2);
+                ins.set_memory_displacement64(target & 0xFFFF);
+                return;
+            }
+            let rest = (target as i64).wrapping_sub(disp) as u64;
+            if i == 99 {
+                let v = up(rng) | (rest & 0xFFFF);
+                set_reg_val(fix, b, v);
+            } else {
+                let bv = rng.below(0x10000);
+                let v = up(rng) | bv;
+                set_reg_val(fix, b, v);
+                let v = up(rng) | (rest.wrapping_sub(bv) & 0xFFFF);
+                set_reg_val(fix, i, v);
+            }
+            ins.set_memory_base(reg16(b));
+            ins.set_memory_index(reg16(i));
+            ins.set_memory_index_scale(1);
+            ins.set_memory_displ_size(if disp == 0 && rng.chance(70) { 0 } else { 1 });
+            ins.set_memory_displacement64(disp as u16 as u64);
             return;
         }
         let a32 = rng.m32 || rng.chance(25);
@@ -1157,6 +1350,10 @@ mod host {
     }
 
     fn pick_target(rng: &mut Rng, scratch: u64, align: u64) -> u64 {
+        if rng.m16 && rng.chance(4) {
+            // Straddling the 16-bit data segment's limit: #GP (or #SS) on both sides.
+            return scratch + SCRATCH_LEN as u64 - 16 + rng.below(15);
+        }
         let t = scratch + 0x1000 + rng.below(0x2000);
         if align > 1 && rng.chance(90) {
             t & !(align - 1)
@@ -1195,8 +1392,15 @@ mod host {
         };
         match e {
             Entry::Str(kind, size) => {
-                let a32 = rng.m32 || rng.chance(30);
-                let asz = if a32 { 32 } else { 64 };
+                let a16 = rng.m16 && rng.chance(70);
+                let a32 = !a16 && (rng.m32 || rng.chance(30));
+                let asz = if a16 {
+                    16
+                } else if a32 {
+                    32
+                } else {
+                    64
+                };
                 let cmp = kind == 3 || kind == 4;
                 let rep = match rng.below(3) {
                     0 => RepPrefixKind::None,
@@ -1229,15 +1433,23 @@ mod host {
                 }
                 .ok()?;
                 g.ins = ins;
-                let garbage = |rng: &mut Rng| if a32 && !rng.m32 { rng.next() << 32 } else { 0 };
+                let garbage = |rng: &mut Rng| {
+                    if a16 {
+                        rng.next() & 0xFFFF_0000
+                    } else if a32 && !rng.m32 {
+                        rng.next() << 32
+                    } else {
+                        0
+                    }
+                };
                 let si = scratch + 0x1800 + rng.below(0x1000);
                 let di = if rng.chance(20) { si + rng.below(32) - 16 } else { scratch + 0x1800 + rng.below(0x1000) };
                 let count = if rng.chance(10) { 0 } else { rng.below(20) };
                 let g1 = garbage(rng);
                 let g2 = garbage(rng);
                 let g3 = garbage(rng);
-                set_reg_val(&mut g.fix_regs, 6, si | g1);
-                set_reg_val(&mut g.fix_regs, 7, di | g2);
+                set_reg_val(&mut g.fix_regs, 6, (si - rng.data_base) | g1);
+                set_reg_val(&mut g.fix_regs, 7, (di - rng.data_base) | g2);
                 set_reg_val(&mut g.fix_regs, 1, count | g3);
                 if cmp && rng.chance(50) {
                     // Make some elements equal so REPE/REPNE stop at interesting places.
@@ -1299,9 +1511,13 @@ mod host {
                             gen_mem(rng, &mut ins, n, target, true, &mut g.fix_regs);
                             mem_op = Some(n);
                         }
+                        K::br16_1 | K::br16_2 => {
+                            ins.set_op_kind(n, OpKind::NearBranch16);
+                            ins.set_near_branch16((slot + TAKEN_OFF as u64 - rng.code_base) as u16);
+                        }
                         K::br32_1 | K::br32_4 => {
                             ins.set_op_kind(n, OpKind::NearBranch32);
-                            ins.set_near_branch32((slot + TAKEN_OFF as u64) as u32);
+                            ins.set_near_branch32((slot + TAKEN_OFF as u64 - rng.code_base) as u32);
                         }
                         K::br64_1 | K::br64_4 => {
                             ins.set_op_kind(n, OpKind::NearBranch64);
@@ -1309,16 +1525,30 @@ mod host {
                         }
                         K::seg_rBX_al => {
                             // XLAT: [rBX + AL].
-                            let a32 = rng.m32 || rng.chance(30);
+                            let a16 = rng.m16 && rng.chance(70);
+                            let a32 = !a16 && (rng.m32 || rng.chance(30));
                             ins.set_op_kind(n, OpKind::Memory);
-                            ins.set_memory_base(if a32 { Register::EBX } else { Register::RBX });
+                            ins.set_memory_base(if a16 {
+                                Register::BX
+                            } else if a32 {
+                                Register::EBX
+                            } else {
+                                Register::RBX
+                            });
                             ins.set_memory_index(Register::AL);
                             ins.set_memory_displ_size(0);
                             ins.set_memory_index_scale(1);
                             ins.set_segment_prefix(Register::None);
                             let al = s.gpr[0] & 0xFF;
-                            let hi = if a32 && !rng.m32 { rng.next() << 32 } else { 0 };
-                            set_reg_val(&mut g.fix_regs, 3, (target - al) | hi);
+                            let hi = if a16 {
+                                rng.next() & 0xFFFF_0000
+                            } else if a32 && !rng.m32 {
+                                rng.next() << 32
+                            } else {
+                                0
+                            };
+                            let bx = (target - rng.data_base - al) & if a16 { 0xFFFF } else { u64::MAX };
+                            set_reg_val(&mut g.fix_regs, 3, bx | hi);
                             mem_op = Some(n);
                         }
                         K::r8_reg | K::r8_opcode => {
@@ -1411,7 +1641,7 @@ mod host {
                             let off = (target - scratch) as usize;
                             let mut x = 0u64;
                             for k in 0..(bits / 8) as usize {
-                                x |= u64::from(mem[off + k]) << (8 * k);
+                                x |= u64::from(mem.get(off + k).copied().unwrap_or(0)) << (8 * k);
                             }
                             x
                         } else {
@@ -1425,7 +1655,7 @@ mod host {
                         let rd = |o: usize| {
                             let mut x = 0u64;
                             for k in 0..half {
-                                x |= u64::from(mem[o + k]) << (8 * k);
+                                x |= u64::from(mem.get(o + k).copied().unwrap_or(0)) << (8 * k);
                             }
                             x
                         };
@@ -1447,16 +1677,26 @@ mod host {
                     }
                     _ => {}
                 }
-                let sp = s.gpr[4];
-                let taken_addr = slot + TAKEN_OFF as u64;
+                // The stack top as an address, the taken target as an offset in CS.
+                let sp = if rng.m16 { rng.data_base + (s.gpr[4] & 0xFFFF) } else { s.gpr[4] };
+                let taken_addr = slot + TAKEN_OFF as u64 - rng.code_base;
+                let osize = match oc.operand_size() {
+                    0 if rng.m16 => 2,
+                    0 if rng.m32 => 4,
+                    0 => 8,
+                    n => (n / 8) as usize,
+                };
                 match m {
                     Mnemonic::Jmp | Mnemonic::Call
-                        if !matches!(ins.op_kind(0), OpKind::NearBranch32 | OpKind::NearBranch64) =>
+                        if !matches!(
+                            ins.op_kind(0),
+                            OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64
+                        ) =>
                     {
                         // Indirect: the register or memory operand holds the target.
                         if let Some(n) = mem_op {
                             let _ = n;
-                            g.fix_mem.push((target, taken_addr, if rng.m32 { 4 } else { 8 }));
+                            g.fix_mem.push((target, taken_addr, ins.memory_size().size()));
                         } else {
                             let (i, _) = gpr_index(ins.op0_register());
                             if g.fix_regs.iter().any(|(r, _)| *r == i) {
@@ -1470,7 +1710,7 @@ mod host {
                             ins.set_op_kind(0, OpKind::Immediate16);
                             ins.set_immediate16(rng.below(0x100) as u16);
                         }
-                        g.fix_mem.push((sp, taken_addr, if rng.m32 { 4 } else { 8 }));
+                        g.fix_mem.push((sp, taken_addr, osize));
                     }
                     Mnemonic::Enter => {
                         ins.set_op_kind(0, OpKind::Immediate16);
@@ -1478,11 +1718,11 @@ mod host {
                         ins.set_op_kind(1, OpKind::Immediate8_2nd);
                         ins.set_immediate8_2nd(if rng.chance(80) { rng.below(5) } else { rng.below(256) } as u8);
                         let bp = (scratch + 0x2000 + rng.below(0x400)) & !3;
-                        set_reg_val(&mut g.fix_regs, 5, bp);
+                        set_reg_val(&mut g.fix_regs, 5, bp - rng.data_base);
                     }
                     Mnemonic::Leave => {
                         let bp = (scratch + 0x1800 + rng.below(0x800)) & !3;
-                        set_reg_val(&mut g.fix_regs, 5, bp);
+                        set_reg_val(&mut g.fix_regs, 5, bp - rng.data_base);
                     }
                     Mnemonic::Popf | Mnemonic::Popfd | Mnemonic::Popfq => {
                         // No TF (a trap), AC (alignment checks), NT, VIF, VIP, ID (the host resets them).
@@ -1529,8 +1769,8 @@ mod host {
         }
     }
 
-    fn disasm(bytes: &[u8], m32: bool) -> String {
-        let mut d = Decoder::with_ip(if m32 { 32 } else { 64 }, bytes, 0, DecoderOptions::NONE);
+    fn disasm(bytes: &[u8], bits: u32) -> String {
+        let mut d = Decoder::with_ip(bits, bytes, 0, DecoderOptions::NONE);
         let i = d.decode();
         let mut s = String::new();
         IntelFormatter::new().format(&i, &mut s);
@@ -1610,14 +1850,16 @@ mod host {
         let only = env_u64("FERRO_DIFF_CASE");
         let trace = std::env::var("FERRO_DIFF_TRACE").is_ok();
         println!("differential: seed {seed:#x} ({cases} cases); replay with FERRO_DIFF_SEED={seed:#x}");
-        let table64 = build_table(false);
-        let table32 = build_table(true);
+        let table64 = build_table(64);
+        let table32 = build_table(32);
+        let table16 = build_table(16);
         let mut host = Host::new();
         let scratch = host.scratch_addr();
         let mut guest = Guest::new(host.base(), scratch);
         let mut wrapped = false;
         let mut enc64 = Encoder::new(64);
         let mut enc32 = Encoder::new(32);
+        let mut enc16 = Encoder::new(16);
         let mut mismatches = 0u64;
         let mut insns = 0u64;
         let mut faults = 0u64;
@@ -1647,11 +1889,24 @@ mod host {
                     guest.scratch()[off + k] = b;
                 }
             }
-            // About a third of the cases run in 32-bit compatibility mode.
-            let m32 = rng.chance(35);
+            // About a quarter of the cases run in 32-bit compatibility mode and a quarter in
+            // 16-bit code (if the kernel lets us install 16-bit segments).
+            let cbits: u32 = match rng.below(4) {
+                0 => 32,
+                1 if host.has16 => 16,
+                _ => 64,
+            };
+            let m32 = cbits != 64;
             rng.m32 = m32;
-            guest.set_mode(m32);
-            let (table, enc) = if m32 { (&table32, &mut enc32) } else { (&table64, &mut enc64) };
+            rng.m16 = cbits == 16;
+            rng.data_base = if cbits == 16 { scratch } else { 0 };
+            rng.code_base = if cbits == 16 { host.base() } else { 0 };
+            guest.set_mode(cbits);
+            let (table, enc) = match cbits {
+                16 => (&table16, &mut enc16),
+                32 => (&table32, &mut enc32),
+                _ => (&table64, &mut enc64),
+            };
             let mut st = State { gpr: [0; 16], rflags: 0 };
             for k in 0..16 {
                 st.gpr[k] = rng.value();
@@ -1668,6 +1923,11 @@ mod host {
                     *g = 0;
                 }
             }
+            if cbits == 16 {
+                // SP is an offset in the 16-bit stack segment; ESP's upper half is left alone.
+                let hi = if rng.chance(50) { rng.next() & 0xFFFF_0000 } else { 0 };
+                st.gpr[4] = (st.gpr[4] - scratch) | hi;
+            }
             st.rflags = rng.next() & STATUS | if rng.chance(20) { DF } else { 0 };
             guest.sync_to(&st);
             let n = 1 + rng.below(4);
@@ -1679,7 +1939,7 @@ mod host {
                     }
                 };
                 let slot = host.slot_addr();
-                let r = enc.encode(&g.ins, slot);
+                let r = enc.encode(&g.ins, slot - rng.code_base);
                 let bytes = enc.take_buffer();
                 if r.is_err() {
                     continue; // e.g. AH with a REX prefix
@@ -1690,7 +1950,8 @@ mod host {
                 }
                 for &(addr, v, len) in &g.fix_mem {
                     let off = (addr - scratch) as usize;
-                    for k in 0..len {
+                    // (Bytes past the end belong to an access that faults anyway.)
+                    for k in (0..len).filter(|k| off + k < SCRATCH_LEN) {
                         host.scratch()[off + k] = (v >> (8 * k)) as u8;
                         guest.scratch()[off + k] = (v >> (8 * k)) as u8;
                     }
@@ -1723,22 +1984,17 @@ mod host {
                         OpKind::Register => reg_value(&pre, ins.op1_register()) == 0,
                         _ => {
                             let off = (g.mem_addr.unwrap() - scratch) as usize;
-                            host.scratch()[off..off + (bits / 8) as usize].iter().all(|b| *b == 0)
+                            host.scratch().iter().skip(off).take((bits / 8) as usize).all(|b| *b == 0)
                         }
                     }
                 };
                 let (undef_flags, undef_dest) = undefined(m, bits, count, src_zero);
                 // Run both.
                 if trace {
-                    eprintln!(
-                        "case {case} step {step} ({}-bit) {:02x?} {}",
-                        if m32 { 32 } else { 64 },
-                        bytes,
-                        disasm(&bytes, m32)
-                    );
+                    eprintln!("case {case} step {step} ({}-bit) {:02x?} {}", cbits, bytes, disasm(&bytes, cbits));
                 }
-                let image = host.slot_image(&bytes, m32);
-                let (sig, taken) = host.run(&image, &mut st, m32);
+                let image = host.slot_image(&bytes, cbits);
+                let (sig, taken) = host.run(&image, &mut st, cbits);
                 let (gr, grip) = guest.run(&image, slot, wrapped);
                 wrapped = host.advance();
                 insns += 1;
@@ -1819,9 +2075,9 @@ mod host {
                             "\nMISMATCH seed {seed:#x} case {case} step {step} ({}-bit): {:02x?}  {}\n\
                              replay: FERRO_DIFF_SEED={seed:#x} FERRO_DIFF_CASE={case}\n\
                              before:\n{}\nhost after (signal {}):\n{}\ninterpreter after ({:?}):\n{}\n  {}",
-                            if m32 { 32 } else { 64 },
+                            cbits,
                             bytes,
-                            disasm(&bytes, m32),
+                            disasm(&bytes, cbits),
                             fmt_state(&pre),
                             sig_name(sig),
                             fmt_state(&st),

@@ -880,7 +880,9 @@ impl Cx<'_> {
                 };
                 let bp = get_reg(self.cpu, bp_reg);
                 self.push(bits, bp)?;
-                let frame = self.cpu.gpr[4] & self.cpu.stack_mask();
+                // FrameTemp is (E/R)SP of the operand size (a 32-bit ENTER on a 16-bit stack
+                // keeps ESP's upper half in EBP).
+                let frame = self.cpu.gpr[4] & size_mask(bits);
                 // The outer frame pointers are read through (E/R)BP of the stack's address size,
                 // whatever the operand size.
                 let mut bpv = self.cpu.gpr[5] & self.cpu.stack_mask();
