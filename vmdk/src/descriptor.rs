@@ -137,6 +137,9 @@ fn split_fields(s: &str) -> Option<Vec<String>> {
             rest = r[end + 1..].trim_start();
         } else {
             let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+            if rest[..end].contains('"') {
+                return None; // a quote inside an unquoted field
+            }
             out.push(rest[..end].to_string());
             rest = rest[end..].trim_start();
         }
@@ -145,7 +148,7 @@ fn split_fields(s: &str) -> Option<Vec<String>> {
 }
 
 fn parse_extent(s: &str, line: usize) -> Result<ExtentLine> {
-    let f = split_fields(s).ok_or_else(|| bad(line, "unterminated quote in extent line"))?;
+    let f = split_fields(s).ok_or_else(|| bad(line, "misplaced or unterminated quote in extent line"))?;
     let access = match f[0].as_str() {
         "RW" => Access::Rw,
         "RDONLY" => Access::RdOnly,
@@ -411,6 +414,7 @@ mod tests {
             b"version=1\ncreateType=\"x\"\nRW 10 FLAT \"a\n",
             b"version=1\ncreateType=\"x\"\nRW 10 SPARSE \"a\" 7\n",
             b"\xff\xfe",
+            b"version=1\ncreateType=\"x\"\nRW 10 FLAT FF\"a\" 0\n",
         ] {
             assert!(Descriptor::parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
