@@ -48,7 +48,9 @@ fn main() {
     let mut a = CodeAssembler::new(64).unwrap();
     let mut top = a.create_label();
     a.xor(eax, eax).unwrap();
-    a.mov(ecx, 30_000_000).unwrap();
+    // Loop iterations (6 guest instructions each); FERRO_SPEED_ITERS overrides.
+    let iters: u32 = std::env::var("FERRO_SPEED_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(30_000_000);
+    a.mov(ecx, iters).unwrap();
     a.mov(rsi, 0x8000u64).unwrap();
     a.set_label(&mut top).unwrap();
     a.add(rax, rcx).unwrap();

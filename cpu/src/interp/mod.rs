@@ -39,7 +39,7 @@ pub(crate) struct Decoded {
 /// for instructions decoded without being cached.
 pub(crate) struct DecodeCache {
     /// (key, rip) per slot.
-    tags: Vec<(u64, u64)>,
+    tags: Box<[(u64, u64); CACHE_ENTRIES]>,
     /// Owner of the instruction buffer (never touched after `new` except by drop).
     _instr_buf: Vec<Decoded>,
     /// `CACHE_ENTRIES + 1` decoded instructions.
@@ -62,7 +62,9 @@ impl DecodeCache {
     fn new() -> Self {
         let mut buf = vec![Decoded { instr: Instruction::default(), fast: Fast::default() }; CACHE_ENTRIES + 1];
         let instrs = buf.as_mut_ptr();
-        DecodeCache { tags: vec![(0, 0); CACHE_ENTRIES], _instr_buf: buf, instrs, hits: 0, misses: 0 }
+        let tags: Box<[(u64, u64); CACHE_ENTRIES]> =
+            vec![(0, 0); CACHE_ENTRIES].into_boxed_slice().try_into().expect("CACHE_ENTRIES tags");
+        DecodeCache { tags, _instr_buf: buf, instrs, hits: 0, misses: 0 }
     }
 
     #[inline(always)]
@@ -96,7 +98,7 @@ impl DecodeCache {
     }
 
     fn clear(&mut self) {
-        for e in &mut self.tags {
+        for e in self.tags.iter_mut() {
             e.0 = 0;
         }
     }
@@ -199,7 +201,36 @@ impl Cx<'_> {
 
     /// Fetches and decodes the instruction at CS:RIP.
     #[inline]
+    #[inline(always)]
     fn fetch(&mut self) -> Result<*const Decoded, Exception> {
+        // Hot path: same code page as the previous hot-path instruction, decoded already.
+        let rip = self.cpu.rip;
+        let lin = if self.mode == CpuMode::Long64 {
+            rip
+        } else {
+            let cs = &self.cpu.seg[SegReg::Cs as usize];
+            if rip > u64::from(cs.limit) {
+                return self.fetch_slow();
+            }
+            cs.base.wrapping_add(rip) & 0xFFFF_FFFF
+        };
+        if lin & PAGE_MASK == self.fetch_lin_page {
+            let b = self.fetch_backing_page | (lin & 0xFFF);
+            let key = b | (u64::from(self.mode.bitness()) << 56) | KEY_VALID;
+            let slot = DecodeCache::slot(b);
+            let e = self.cache.tags[slot];
+            if e.0 == key && e.1 == rip {
+                self.cache.hits += 1;
+                // SAFETY: `slot < CACHE_ENTRIES`, inside the cache's instruction buffer.
+                return Ok(unsafe { self.cache.instrs.add(slot) });
+            }
+        }
+        self.fetch_slow()
+    }
+
+    /// Fetch through segmentation and the TLB, decoding on a miss.
+    #[inline(never)]
+    fn fetch_slow(&mut self) -> Result<*const Decoded, Exception> {
         let rip = self.cpu.rip;
         let cs = self.cpu.seg[SegReg::Cs as usize];
         let lin = match self.mode {
