@@ -322,18 +322,21 @@ fn info(a: InfoArgs) -> anyhow::Result<i32> {
     };
     let d = img.descriptor();
     let ext = img.extent_info();
+    // Space actually used on the host (allocated blocks), as qemu-img's "disk size".
     let disk_size: u64 = {
+        use std::os::unix::fs::MetadataExt;
+        let used = |p: &Path| std::fs::metadata(p).map(|m| m.blocks() * 512).unwrap_or(0);
         let mut seen = std::collections::HashSet::new();
         let mut t = 0;
         for e in &ext {
             if let Some(p) = &e.path {
                 if seen.insert(p.clone()) {
-                    t += e.file_size;
+                    t += used(p);
                 }
             }
         }
         if vmdk::image::probe(&a.file)? == vmdk::Probe::Descriptor {
-            t += std::fs::metadata(&a.file).map(|m| m.len()).unwrap_or(0);
+            t += used(&a.file);
         }
         t
     };

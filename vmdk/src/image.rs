@@ -711,8 +711,9 @@ impl Inner {
                     while p < n {
                         let o = eoff + p;
                         let g = o / gb;
-                        let k = (gb - o % gb).min(n - p);
-                        let kind = match s.lookup(g)? {
+                        let (st, run) = s.lookup_run(g, (eoff + n).div_ceil(gb) - g)?;
+                        let k = (run * gb - o % gb).min(n - p);
+                        let kind = match st {
                             Grain::Unallocated => MapKind::Unallocated,
                             Grain::Zero => MapKind::Zero { depth: 0 },
                             _ => MapKind::Data { depth: 0 },

@@ -177,6 +177,26 @@ impl SparseExtent {
         })
     }
 
+    /// Status of grain `g` and how many grains from `g` on (at most `max`, within `g`'s grain table)
+    /// share its kind (for maps; an empty GD entry is answered without reading anything).
+    pub(crate) fn lookup_run(&mut self, g: u64, max: u64) -> Result<(Grain, u64)> {
+        let per = u64::from(self.hdr.num_gtes_per_gt);
+        let idx = (g / per) as usize;
+        let limit = (g + max.max(1)).min((g / per + 1) * per);
+        if idx >= self.gd.len() || self.gd[idx] == 0 {
+            return Ok((Grain::Unallocated, limit - g));
+        }
+        let first = self.lookup(g)?;
+        let mut n = 1;
+        while g + n < limit {
+            if std::mem::discriminant(&self.lookup(g + n)?) != std::mem::discriminant(&first) {
+                break;
+            }
+            n += 1;
+        }
+        Ok((first, n))
+    }
+
     /// Reads bytes `[off, off+buf.len())` of grain `g` whose status is Data or Compressed.
     pub(crate) fn read_grain(&mut self, g: u64, st: Grain, off: usize, buf: &mut [u8]) -> Result<()> {
         match st {
