@@ -200,7 +200,6 @@ impl Cx<'_> {
     }
 
     /// Fetches and decodes the instruction at CS:RIP.
-    #[inline]
     #[inline(always)]
     fn fetch(&mut self) -> Result<*const Decoded, Exception> {
         // Hot path: same code page as the previous hot-path instruction, decoded already.
