@@ -129,8 +129,16 @@ impl SparseExtent {
         self.file_len.div_ceil(SECTOR)
     }
 
+    /// Whether a grain table may live at `sector`: past the header and descriptor, inside the
+    /// file, and not on top of a grain directory (so writing it cannot clobber metadata).
     fn gt_ptr_ok(&self, sector: u64) -> bool {
-        sector >= self.min_meta && sector + self.hdr.gt_sectors() <= self.file_sectors()
+        let end = sector + self.hdr.gt_sectors();
+        let gds = self.hdr.gd_sectors();
+        let clear = |dir: u64| end <= dir || sector >= dir + gds;
+        sector >= self.min_meta
+            && end <= self.file_sectors()
+            && clear(self.hdr.gd_offset)
+            && (self.rgd.is_none() || clear(self.hdr.rgd_offset))
     }
 
     /// Loads (or returns the cached) primary grain table `idx`; None when the GD entry is 0.
@@ -378,8 +386,20 @@ impl SparseExtent {
         for idx in std::mem::take(&mut self.dirty_gts) {
             let b = u32s_to_bytes(&self.gts[&idx], gt_bytes);
             self.file.write_all_at(&b, u64::from(self.gd[idx]) * SECTOR).map_err(io(&self.path))?;
-            if let Some(r) = &self.rgd {
-                self.file.write_all_at(&b, u64::from(r[idx]) * SECTOR).map_err(io(&self.path))?;
+            if let Some(r) = self.rgd.as_ref().map(|r| u64::from(r[idx])) {
+                // A missing or unusable redundant table (an interrupted directory update, or damage)
+                // gets a fresh place at the end of the file instead of being written over metadata.
+                let r = if self.gt_ptr_ok(r) {
+                    r
+                } else {
+                    let n = self.hdr.gt_sectors();
+                    let s = self.alloc(n)?;
+                    self.file_len = self.file_len.max((s + n) * SECTOR);
+                    self.rgd.as_mut().expect("checked above")[idx] = s as u32;
+                    self.gd_dirty = true;
+                    s
+                };
+                self.file.write_all_at(&b, r * SECTOR).map_err(io(&self.path))?;
             }
         }
         if self.gd_dirty {

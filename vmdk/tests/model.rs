@@ -192,3 +192,39 @@ fn test_model_tables_allocated_on_demand() {
     assert_eq!(vmdk::check(&p, false).unwrap().exit_code(), 0);
     qemu_agrees(&d, &p, &model);
 }
+
+#[test]
+fn test_damaged_redundant_directory_is_never_written_over_metadata() {
+    use std::os::unix::fs::FileExt;
+    let d = Scratch::new("rgd-damage");
+    for (case, bad) in [("stale", 0u32), ("points-at-gd", u32::MAX), ("points-at-header", 1)] {
+        let p = d.path(&format!("{case}.vmdk"));
+        vmdk::create(&p, &CreateOptions::new(Subformat::MonolithicSparse, 64 * MIB)).unwrap();
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(&p).unwrap();
+        let mut b = [0u8; 512];
+        f.read_exact_at(&mut b, 0).unwrap();
+        let h = vmdk::header::SparseHeader::parse(&b).unwrap();
+        let bad = if bad == u32::MAX { h.gd_offset as u32 } else { bad };
+        // An interrupted or damaged update: the redundant GD entry 1 is 0 or points at metadata.
+        f.write_all_at(&bad.to_le_bytes(), h.rgd_offset * 512 + 4).unwrap();
+        let rep = vmdk::check(&p, false).unwrap();
+        assert_ne!(rep.exit_code(), 0, "{case}: damage detected");
+        {
+            let img = Image::open_rw(&p).unwrap();
+            img.write_at(&[0xAB; 100_000], 32 * MIB + 5).unwrap();
+            img.flush().unwrap();
+        }
+        let mut h2 = [0u8; 512];
+        f.read_exact_at(&mut h2, 0).unwrap();
+        assert_eq!(b, h2, "{case}: header untouched");
+        let img = Image::open(&p).unwrap();
+        let mut r = vec![0u8; 100_000];
+        img.read_at(&mut r, 32 * MIB + 5).unwrap();
+        assert!(r.iter().all(|&x| x == 0xAB), "{case}");
+        let rep = vmdk::check(&p, false).unwrap();
+        assert_eq!(rep.exit_code(), 0, "{case}: the write relocated the redundant table: {rep:?}");
+        if have_qemu("rgd damage") {
+            assert_eq!(qemu_img(&["check", s(&p)]).0, 0, "{case}");
+        }
+    }
+}
