@@ -8,8 +8,9 @@
 use super::alu::{self, ShiftOp};
 use super::exec::{sreg_of, test_cc, R};
 use super::Cx;
-use crate::flags::{size_mask, FlagOp};
-use crate::state::rflags::{CF, STATUS};
+use crate::flags::{size_mask, szp, FlagOp};
+use crate::state::rflags::{CF, OF, STATUS};
+use crate::state::SegReg;
 use iced_x86::{ConditionCode, Instruction, Mnemonic, OpKind, Register};
 
 /// The pre-decoded form.
@@ -76,8 +77,10 @@ pub(crate) struct Fast {
     d: u8,
     /// Source GPR index.
     s: u8,
-    /// Segment of the memory operand (`SegReg` as u8).
-    seg: u8,
+    /// Segment of the memory operand.
+    seg: SegReg,
+    /// All-ones mask of the operand size.
+    mask: u64,
     /// Condition of a Jcc.
     cc: ConditionCode,
     /// Immediate (already truncated to the operand size) or branch target.
@@ -86,7 +89,17 @@ pub(crate) struct Fast {
 
 impl Default for Fast {
     fn default() -> Self {
-        Fast { kind: FastKind::Slow, op: 0, bits: 0, d: 0, s: 0, seg: 0, cc: ConditionCode::None, imm: 0 }
+        Fast {
+            kind: FastKind::Slow,
+            op: 0,
+            bits: 0,
+            d: 0,
+            s: 0,
+            seg: SegReg::Ds,
+            mask: 0,
+            cc: ConditionCode::None,
+            imm: 0,
+        }
     }
 }
 
@@ -129,6 +142,12 @@ fn is_imm(k: OpKind) -> bool {
 
 /// Pre-decodes `i` (once, when it enters the decode cache).
 pub(crate) fn predecode(i: &Instruction) -> Fast {
+    let mut f = predecode_inner(i);
+    f.mask = if f.bits == 0 { 0 } else { size_mask(u32::from(f.bits)) };
+    f
+}
+
+fn predecode_inner(i: &Instruction) -> Fast {
     let mut f = Fast::default();
     if i.has_lock_prefix() {
         return f;
@@ -149,7 +168,7 @@ pub(crate) fn predecode(i: &Instruction) -> Fast {
     let k0 = if i.op_count() > 0 { i.op_kind(0) } else { OpKind::Register };
     let k1 = if i.op_count() > 1 { i.op_kind(1) } else { OpKind::Register };
     if i.op_count() > 0 && k0 == OpKind::Memory || i.op_count() > 1 && k1 == OpKind::Memory {
-        f.seg = sreg_of(i.memory_segment()) as u8;
+        f.seg = sreg_of(i.memory_segment());
     }
     let m = i.mnemonic();
     if let Some(op) = alu {
@@ -268,21 +287,17 @@ fn alu_res(op: u8, a: u64, b: u64, cf: u64) -> (FlagOp, u64) {
 }
 
 impl Cx<'_> {
-    /// Writes GPR `idx` with `bits` semantics: 32-bit writes zero-extend, 8/16-bit ones merge.
+    /// Writes GPR `idx` with operand-size `mask`: 32/64-bit writes replace the register
+    /// (zero-extending), 8/16-bit ones merge.
     #[inline(always)]
-    fn wreg(&mut self, idx: u8, bits: u32, v: u64) {
+    fn wreg(&mut self, idx: u8, mask: u64, v: u64) {
         let g = &mut self.cpu.gpr[idx as usize & 15];
-        *g = match bits {
-            64 => v,
-            32 => v & 0xFFFF_FFFF,
-            16 => (*g & !0xFFFF) | (v & 0xFFFF),
-            _ => (*g & !0xFF) | (v & 0xFF),
-        };
+        *g = if mask >= 0xFFFF_FFFF { v & mask } else { (*g & !mask) | (v & mask) };
     }
 
     #[inline(always)]
-    fn rreg(&self, idx: u8, bits: u32) -> u64 {
-        self.cpu.gpr[idx as usize & 15] & size_mask(bits)
+    fn rreg(&self, idx: u8, mask: u64) -> u64 {
+        self.cpu.gpr[idx as usize & 15] & mask
     }
 
     #[inline(always)]
@@ -295,29 +310,21 @@ impl Cx<'_> {
     }
 
     #[inline(always)]
-    fn mem_seg(f: &Fast) -> crate::state::SegReg {
-        use crate::state::SegReg;
-        match f.seg {
-            0 => SegReg::Es,
-            1 => SegReg::Cs,
-            2 => SegReg::Ss,
-            4 => SegReg::Fs,
-            5 => SegReg::Gs,
-            _ => SegReg::Ds,
-        }
+    fn mem_seg(f: &Fast) -> SegReg {
+        f.seg
     }
 
     /// Executes a pre-decoded instruction, or hands it to the generic executor.
     #[inline(always)]
     pub(crate) fn exec_fast(&mut self, i: &Instruction, f: &Fast) -> R<()> {
         let bits = u32::from(f.bits);
-        let m = size_mask(bits);
+        let m = f.mask;
         match f.kind {
             FastKind::Slow => return self.exec(i),
             FastKind::AluRR | FastKind::AluRI | FastKind::AluRM => {
-                let a = self.rreg(f.d, bits);
+                let a = self.rreg(f.d, m);
                 let b = match f.kind {
-                    FastKind::AluRR => self.rreg(f.s, bits),
+                    FastKind::AluRR => self.rreg(f.s, m),
                     FastKind::AluRI => f.imm,
                     _ => {
                         let ea = self.ea(i);
@@ -327,7 +334,7 @@ impl Cx<'_> {
                 let (op, res) = alu_res(f.op, a, b, self.carry_in(f.op));
                 let res = res & m;
                 if f.op != CMP && f.op != TEST {
-                    self.wreg(f.d, bits, res);
+                    self.wreg(f.d, m, res);
                 }
                 self.cpu.lazy.set(op, bits, a, b, res);
             }
@@ -335,7 +342,7 @@ impl Cx<'_> {
                 let seg = Self::mem_seg(f);
                 let ea = self.ea(i);
                 let a = self.read_mem(seg, ea, bits)?;
-                let b = if f.kind == FastKind::AluMR { self.rreg(f.s, bits) } else { f.imm };
+                let b = if f.kind == FastKind::AluMR { self.rreg(f.s, m) } else { f.imm };
                 let (op, res) = alu_res(f.op, a, b, self.carry_in(f.op));
                 let res = res & m;
                 if f.op != CMP && f.op != TEST {
@@ -344,18 +351,18 @@ impl Cx<'_> {
                 self.cpu.lazy.set(op, bits, a, b, res);
             }
             FastKind::MovRR => {
-                let v = self.rreg(f.s, bits);
-                self.wreg(f.d, bits, v);
+                let v = self.rreg(f.s, m);
+                self.wreg(f.d, m, v);
             }
-            FastKind::MovRI => self.wreg(f.d, bits, f.imm),
+            FastKind::MovRI => self.wreg(f.d, m, f.imm),
             FastKind::MovRM => {
                 let ea = self.ea(i);
                 let v = self.read_mem(Self::mem_seg(f), ea, bits)?;
-                self.wreg(f.d, bits, v);
+                self.wreg(f.d, m, v);
             }
             FastKind::MovMR => {
                 let ea = self.ea(i);
-                let v = self.rreg(f.s, bits);
+                let v = self.rreg(f.s, m);
                 self.write_mem(Self::mem_seg(f), ea, bits, v)?;
             }
             FastKind::MovMI => {
@@ -363,7 +370,7 @@ impl Cx<'_> {
                 self.write_mem(Self::mem_seg(f), ea, bits, f.imm)?;
             }
             FastKind::IncR | FastKind::DecR => {
-                let a = self.rreg(f.d, bits);
+                let a = self.rreg(f.d, m);
                 // INC/DEC keep CF: materialize it first.
                 let cf = self.cpu.flag_bits(CF);
                 let (op, res) = if f.kind == FastKind::IncR {
@@ -371,29 +378,52 @@ impl Cx<'_> {
                 } else {
                     (FlagOp::Sub, a.wrapping_sub(1) & m)
                 };
-                self.wreg(f.d, bits, res);
+                self.wreg(f.d, m, res);
                 self.cpu.rflags = (self.cpu.rflags & !CF) | cf;
                 self.cpu.lazy.set(op, bits, a, 1, res);
                 self.cpu.lazy.mask = STATUS & !CF;
             }
             FastKind::Lea => {
                 let a = self.ea(i);
-                self.wreg(f.d, bits, a & m);
+                self.wreg(f.d, m, a & m);
             }
             FastKind::ShiftRI => {
+                let a = self.rreg(f.d, m);
+                let cnt = f.imm & if bits == 64 { 63 } else { 31 };
+                if cnt != 0 && cnt < u64::from(bits) {
+                    // The common case inline, with exactly the flags `alu::shift` produces.
+                    let (res, cf, of) = match f.op {
+                        0 => {
+                            let res = (a << cnt) & m;
+                            let cf = (a >> (u64::from(bits) - cnt)) & 1;
+                            (res, cf, ((res >> (bits - 1)) & 1) ^ cf)
+                        }
+                        1 => (a >> cnt, (a >> (cnt - 1)) & 1, (a >> (bits - 1)) & 1),
+                        _ => {
+                            let sh = 64 - bits;
+                            let s = ((a << sh) as i64) >> sh;
+                            (((s >> cnt) as u64) & m, ((s >> (cnt - 1)) & 1) as u64, 0)
+                        }
+                    };
+                    self.wreg(f.d, m, res);
+                    let fl = szp(res, bits) | if cf != 0 { CF } else { 0 } | if of != 0 { OF } else { 0 };
+                    self.cpu.rflags = (self.cpu.rflags & !STATUS) | fl;
+                    self.cpu.lazy.mask = 0;
+                    self.cpu.rip = i.next_ip();
+                    return Ok(());
+                }
                 let op = match f.op {
                     0 => ShiftOp::Shl,
                     1 => ShiftOp::Shr,
                     _ => ShiftOp::Sar,
                 };
-                let a = self.rreg(f.d, bits);
                 if let Some((res, fl)) = alu::shift(op, bits, a, f.imm, 0) {
-                    self.wreg(f.d, bits, res);
+                    self.wreg(f.d, m, res);
                     self.cpu.rflags = (self.cpu.rflags & !STATUS) | (fl & STATUS);
                     self.cpu.lazy.mask = 0;
                 } else if bits == 32 {
                     // A count of 0 still writes a 32-bit register (zero-extending it).
-                    self.wreg(f.d, 32, a);
+                    self.wreg(f.d, 0xFFFF_FFFF, a);
                 }
             }
             FastKind::Jcc => {
