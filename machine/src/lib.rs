@@ -407,6 +407,11 @@ impl Machine {
         self.fwlog_capture.as_ref().map(|c| c.borrow().clone()).unwrap_or_default()
     }
 
+    /// Virtual time (nanoseconds): instructions retired plus time skipped while halted.
+    pub fn virtual_time(&self) -> VirtualInstant {
+        self.now()
+    }
+
     /// Instructions retired so far.
     pub fn instructions(&self) -> u64 {
         self.cpu.icount

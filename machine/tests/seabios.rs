@@ -66,3 +66,26 @@ fn test_seabios_boots_ide_disk() {
     let int10 = &test_roms::BOOT_MESSAGE_INT10[..test_roms::BOOT_MESSAGE_INT10.len() - 4];
     assert!(out.contains(int10), "INT 10h output did not reach the serial console:\n{out}");
 }
+
+#[test]
+fn test_seabios_no_disk_waits_then_reboots_idle() {
+    let Some(path) = seabios() else { return };
+    let image = std::fs::read(&path).expect("read bios.bin");
+    let mut m = Machine::new(MachineConfig {
+        ram_bytes: 64 << 20,
+        capture_serial: true,
+        no_reboot: true,
+        ..Default::default()
+    })
+    .expect("machine");
+    m.load_bios(&image).expect("load bios");
+    let exit = m.run(Some(200_000_000));
+    let log = String::from_utf8_lossy(&m.firmware_log()).into_owned();
+    assert_eq!(exit, Exit::Reset, "log:\n{log}");
+    assert!(log.contains("No bootable device.  Retrying in 60 seconds."), "log:\n{log}");
+    // SeaBIOS slept 60 seconds of guest time in HLT; the machine skipped ahead instead of
+    // executing them: far fewer instructions than nanoseconds passed.
+    let t = m.virtual_time().0;
+    assert!(t >= 60_000_000_000, "virtual time {t} ns");
+    assert!(m.instructions() < t / 100, "{} instructions for {t} ns", m.instructions());
+}
