@@ -329,6 +329,19 @@ impl SparseExtent {
         }
         match self.lookup(g)? {
             Grain::Data(s) => {
+                // Never write through a damaged pointer into the header, descriptor or tables.
+                let end = s + self.hdr.grain_size;
+                let gds = self.hdr.gd_sectors();
+                let hits = |dir: u64| end > dir && s < dir + gds;
+                if s < self.hdr.overhead.min(self.file_sectors())
+                    || hits(self.hdr.gd_offset)
+                    || self.rgd.is_some() && hits(self.hdr.rgd_offset)
+                {
+                    return Err(self.corrupt(format!(
+                        "grain for sector {} points to sector {s}, inside the metadata area; refusing to write (run check)",
+                        g * self.hdr.grain_size
+                    )));
+                }
                 self.file.write_all_at(data, s * SECTOR + off as u64).map_err(io(&self.path))?;
                 let end = s * SECTOR + (off + data.len()) as u64;
                 self.file_len = self.file_len.max(end);

@@ -228,3 +228,34 @@ fn test_damaged_redundant_directory_is_never_written_over_metadata() {
         }
     }
 }
+
+#[test]
+fn test_write_through_damaged_grain_pointer_is_refused() {
+    use std::os::unix::fs::FileExt;
+    let d = Scratch::new("gte-damage");
+    let p = d.path("g.vmdk");
+    vmdk::create(&p, &CreateOptions::new(Subformat::MonolithicSparse, 8 * MIB)).unwrap();
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    let mut b = [0u8; 512];
+    f.read_exact_at(&mut b, 0).unwrap();
+    let h = vmdk::header::SparseHeader::parse(&b).unwrap();
+    let mut e = [0u8; 4];
+    f.read_exact_at(&mut e, h.gd_offset * 512).unwrap();
+    let gt = u64::from(u32::from_le_bytes(e));
+    // GTE 2 points at the grain directory.
+    f.write_all_at(&(h.gd_offset as u32).to_le_bytes(), gt * 512 + 8).unwrap();
+    let mut before = vec![0u8; 64 * 512];
+    f.read_exact_at(&mut before, 0).unwrap();
+    let img = Image::open_rw(&p).unwrap();
+    let err = img.write_at(&[1; 4096], 2 * 65536).unwrap_err();
+    assert!(err.to_string().contains("refusing to write"), "{err}");
+    drop(img);
+    let mut after = vec![0u8; 64 * 512];
+    f.read_exact_at(&mut after, 0).unwrap();
+    // Only the CID in the descriptor may differ (renewed before the refused write).
+    let (desc_start, desc_end) = (h.desc_offset as usize * 512, (h.desc_offset + h.desc_size) as usize * 512);
+    assert!(
+        before[..desc_start] == after[..desc_start] && before[desc_end..] == after[desc_end..],
+        "metadata untouched"
+    );
+}
