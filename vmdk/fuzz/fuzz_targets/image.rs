@@ -1,4 +1,5 @@
-//! Fuzzes a whole monolithic image: the bytes become a file that is opened, read, mapped and checked.
+//! Fuzzes a whole monolithic image: the bytes become a file that is opened, read, mapped, checked,
+//! then written to, flushed and checked again. Errors are fine; panics are not.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -20,6 +21,21 @@ fuzz_target!(|data: &[u8]| {
         }
         let _ = img.map();
         let _ = vmdk::check(&path, false);
+    }
+    if let Ok(img) = vmdk::Image::open_rw(&path) {
+        let size = img.size();
+        if size > 0 {
+            let seed = data.iter().fold(0u64, |a, &b| a.wrapping_mul(31).wrapping_add(u64::from(b)));
+            for i in 0..4u64 {
+                let off = seed.wrapping_add(i.wrapping_mul(0x9E37_79B9)) % size;
+                let len = (size - off).min(5000 + i * 30000);
+                let _ = img.write_at(&vec![i as u8 + 1; len as usize], off);
+                let _ = img.write_zeroes(off / 2, len.min(size - off / 2));
+            }
+            let _ = img.flush();
+        }
+        drop(img);
+        let _ = vmdk::check(&path, true);
     }
     let _ = std::fs::remove_file(&path);
 });
