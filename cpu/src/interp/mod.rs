@@ -126,6 +126,8 @@ pub(crate) struct Cx<'a> {
     /// backing page, reused while only hot-path instructions execute.
     pub(crate) fetch_lin_page: u64,
     pub(crate) fetch_backing_page: u64,
+    /// The decode-cache key bits (bitness, valid) that went with `fetch_lin_page`.
+    pub(crate) fetch_key_hi: u64,
 }
 
 /// The interpreter engine. Holds only caches; all architectural state is in [`CpuState`].
@@ -182,6 +184,7 @@ impl Interpreter {
             next_rip: 0,
             fetch_lin_page: u64::MAX,
             fetch_backing_page: 0,
+            fetch_key_hi: 0,
         };
         let r = cx.step_one(false);
         match r {
@@ -215,7 +218,7 @@ impl Cx<'_> {
         };
         if lin & PAGE_MASK == self.fetch_lin_page {
             let b = self.fetch_backing_page | (lin & 0xFFF);
-            let key = b | (u64::from(self.mode.bitness()) << 56) | KEY_VALID;
+            let key = b | self.fetch_key_hi;
             let slot = DecodeCache::slot(b);
             let e = self.cache.tags[slot];
             if e.0 == key && e.1 == rip {
@@ -253,6 +256,7 @@ impl Cx<'_> {
             if let Some(b) = r {
                 self.fetch_lin_page = lin & PAGE_MASK;
                 self.fetch_backing_page = b & PAGE_MASK;
+                self.fetch_key_hi = (u64::from(bitness) << 56) | KEY_VALID;
             }
             r
         };
@@ -364,6 +368,50 @@ impl Cx<'_> {
     }
 }
 
+impl Cx<'_> {
+    /// The run loop, specialized on tracing so the untraced loop carries no trace checks.
+    fn run_loop<const TRACE: bool>(&mut self, end: u64) -> RunExit {
+        let cx = self;
+        while cx.cpu.icount < end {
+            // External interrupts are taken between instructions.
+            if cx.cpu.rflags & rflags::IF != 0 && !cx.cpu.interrupt_shadow && cx.bus.interrupt_pending() {
+                if let Some(v) = cx.bus.acknowledge_interrupt() {
+                    cx.cpu.halted = false;
+                    cx.fetch_lin_page = u64::MAX;
+                    let rip = cx.cpu.rip;
+                    if let Err(e) = cx.deliver(v, system::IntKind::External, rip, None) {
+                        if cx.raise(e).is_err() {
+                            return RunExit::TripleFault;
+                        }
+                    }
+                    cx.mode = cx.cpu.mode();
+                }
+            }
+            cx.cpu.interrupt_shadow = false;
+            if cx.cpu.halted {
+                return RunExit::Halted;
+            }
+            match cx.step_one(TRACE) {
+                Ok(()) => {}
+                Err(Stop::Exc(e)) => {
+                    if cx.raise(e).is_err() {
+                        cx.cpu.icount += 1;
+                        return RunExit::TripleFault;
+                    }
+                }
+            }
+            cx.cpu.icount += 1;
+            if cx.io_written {
+                cx.io_written = false;
+                if cx.bus.stop_requested() {
+                    return RunExit::Stopped;
+                }
+            }
+        }
+        RunExit::BudgetExhausted
+    }
+}
+
 fn trace_instr(cpu: &CpuState, instr: &Instruction) {
     use iced_x86::{Formatter, IntelFormatter};
     let mut f = IntelFormatter::new();
@@ -403,44 +451,13 @@ impl ExecutionEngine for Interpreter {
             next_rip: 0,
             fetch_lin_page: u64::MAX,
             fetch_backing_page: 0,
+            fetch_key_hi: 0,
         };
-        while cx.cpu.icount < end {
-            // External interrupts are taken between instructions.
-            if cx.cpu.rflags & rflags::IF != 0 && !cx.cpu.interrupt_shadow && cx.bus.interrupt_pending() {
-                if let Some(v) = cx.bus.acknowledge_interrupt() {
-                    cx.cpu.halted = false;
-                    cx.fetch_lin_page = u64::MAX;
-                    let rip = cx.cpu.rip;
-                    if let Err(e) = cx.deliver(v, system::IntKind::External, rip, None) {
-                        if cx.raise(e).is_err() {
-                            return RunExit::TripleFault;
-                        }
-                    }
-                    cx.mode = cx.cpu.mode();
-                }
-            }
-            cx.cpu.interrupt_shadow = false;
-            if cx.cpu.halted {
-                return RunExit::Halted;
-            }
-            match cx.step_one(trace) {
-                Ok(()) => {}
-                Err(Stop::Exc(e)) => {
-                    if cx.raise(e).is_err() {
-                        cx.cpu.icount += 1;
-                        return RunExit::TripleFault;
-                    }
-                }
-            }
-            cx.cpu.icount += 1;
-            if cx.io_written {
-                cx.io_written = false;
-                if cx.bus.stop_requested() {
-                    return RunExit::Stopped;
-                }
-            }
+        if trace {
+            cx.run_loop::<true>(end)
+        } else {
+            cx.run_loop::<false>(end)
         }
-        RunExit::BudgetExhausted
     }
 
     fn invalidate_phys(&mut self, start: u64, len: u64) {
