@@ -126,3 +126,9 @@ fn test_interp_self_modifying_code_is_seen() {
     assert_eq!(cpu.gpr[0], 1, "the rewritten instruction ran, not the cached HLT");
     assert_eq!(cpu.rip, 0x2003);
 }
+
+#[test]
+fn test_interp_engine_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Interpreter>();
+}

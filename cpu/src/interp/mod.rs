@@ -52,6 +52,11 @@ pub(crate) struct DecodeCache {
 // nothing else holds the pointer, so moving the cache to another thread is sound.
 unsafe impl Send for DecodeCache {}
 
+// SAFETY: the buffer behind `instrs` is only read or written through `&mut self` methods (and
+// the reference `step_one` derives while it holds `&mut self`), so sharing `&DecodeCache`
+// between threads gives no access to it.
+unsafe impl Sync for DecodeCache {}
+
 impl std::fmt::Debug for DecodeCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DecodeCache").field("hits", &self.hits).field("misses", &self.misses).finish()
