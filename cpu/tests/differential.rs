@@ -1473,7 +1473,8 @@ mod host {
             }
             Entry::Code(code) => {
                 let oc = code.op_code();
-                let mut ins = Instruction::with(code);
+                let mut ins = Instruction::default();
+                ins.set_code(code);
                 let m = code.mnemonic();
                 let is_shift = matches!(
                     m,
