@@ -62,6 +62,7 @@ pub(crate) struct Inner {
     pub(crate) desc: Descriptor,
     pub(crate) extents: Vec<Extent>,
     pub(crate) parent: Option<Box<Image>>,
+    /// The CID was renewed in this session (also set when there is no stored descriptor).
     cid_renewed: bool,
 }
 
@@ -141,6 +142,12 @@ pub fn probe(path: &Path) -> Result<Probe> {
 
 /// Reads the descriptor of the image at `path` (embedded or a text file) without opening extents.
 pub fn read_descriptor(path: &Path) -> Result<Descriptor> {
+    read_descriptor_ex(path).map(|(d, _)| d)
+}
+
+/// Like [`read_descriptor`]; also says whether the descriptor is stored (false for a bare sparse
+/// extent without an embedded descriptor, whose descriptor is synthesised).
+fn read_descriptor_ex(path: &Path) -> Result<(Descriptor, bool)> {
     let file = File::open(path).map_err(io(path))?;
     match probe(path)? {
         Probe::Sparse => {
@@ -166,11 +173,11 @@ pub fn read_descriptor(path: &Path) -> Result<Descriptor> {
                     file: Some(name),
                     offset: 0,
                 });
-                return Ok(d);
+                return Ok((d, false));
             }
             let mut t = vec![0u8; (h.desc_size * SECTOR) as usize];
             file.read_exact_at(&mut t, h.desc_offset * SECTOR).map_err(io(path))?;
-            Descriptor::parse(&t).map_err(|e| with_path(e, path))
+            Descriptor::parse(&t).map(|d| (d, true)).map_err(|e| with_path(e, path))
         }
         Probe::Descriptor => {
             let len = file.metadata().map_err(io(path))?.len();
@@ -178,7 +185,7 @@ pub fn read_descriptor(path: &Path) -> Result<Descriptor> {
                 return Err(Error::NotVmdk { path: path.into(), reason: format!("descriptor file of {len} bytes") });
             }
             let t = std::fs::read(path).map_err(io(path))?;
-            Descriptor::parse(&t).map_err(|e| with_path(e, path))
+            Descriptor::parse(&t).map(|d| (d, true)).map_err(|e| with_path(e, path))
         }
         Probe::Cowd => Err(Error::Unsupported {
             path: path.into(),
@@ -214,8 +221,10 @@ pub fn write_descriptor(path: &Path, d: &Descriptor) -> Result<()> {
             let mut b = [0u8; 512];
             file.read_exact_at(&mut b, 0).map_err(io(path))?;
             let h = SparseHeader::parse(&b).map_err(|reason| Error::BadHeader { path: path.into(), reason })?;
-            let room = (h.desc_size * SECTOR) as usize;
-            if h.desc_offset == 0 || text.len() > room {
+            let len = file.metadata().map_err(io(path))?.len();
+            h.validate_layout(len).map_err(|reason| Error::BadHeader { path: path.into(), reason })?;
+            let room = if h.desc_offset == 0 { 0 } else { (h.desc_size * SECTOR) as usize };
+            if room == 0 || text.len() > room {
                 return Err(Error::Unsupported {
                     path: path.into(),
                     reason: format!(
@@ -265,7 +274,7 @@ impl Image {
             return Err(Error::ChainTooDeep(MAX_CHAIN_DEPTH));
         }
         seen.push(canon.clone());
-        let desc = read_descriptor(path)?;
+        let (desc, desc_stored) = read_descriptor_ex(path)?;
         let dir = canon.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut extents = Vec::with_capacity(desc.extents.len());
         let mut start = 0u64;
@@ -329,7 +338,7 @@ impl Image {
             path: path.to_path_buf(),
             size: start * SECTOR,
             writable: opts.writable,
-            inner: Mutex::new(Inner { desc, extents, parent, cid_renewed: false }),
+            inner: Mutex::new(Inner { desc, extents, parent, cid_renewed: !desc_stored }),
         })
     }
 

@@ -92,6 +92,10 @@ impl SparseExtent {
             }
         }
         hdr.validate_layout(file_len).map_err(corrupt)?;
+        if hdr0.gd_offset == GD_AT_END {
+            // The sector-0 header's descriptor fields are used too.
+            hdr0.validate_layout(file_len).map_err(corrupt)?;
+        }
         let min_meta = if hdr0.desc_offset != 0 { (hdr0.desc_offset + hdr0.desc_size).max(1) } else { 1 };
         let n = usize::try_from(hdr.gd_entries()).map_err(|_| corrupt("GD too large".into()))?;
         let gd = read_u32s(&file, path, hdr.gd_offset, n)?;
@@ -268,7 +272,7 @@ impl SparseExtent {
 
     fn alloc(&mut self, sectors: u64) -> Result<u64> {
         let s = self.next_sector;
-        if s + sectors > u64::from(u32::MAX) {
+        if s.saturating_add(sectors) > u64::from(u32::MAX) {
             return Err(self.corrupt("sparse extent full (grain offsets are limited to 2 TiB)".into()));
         }
         self.next_sector += sectors;
@@ -284,7 +288,7 @@ impl SparseExtent {
         self.gd[idx] = s as u32;
         if let Some(r) = self.rgd.as_mut() {
             let rs = self.next_sector;
-            if rs + n > u64::from(u32::MAX) {
+            if rs.saturating_add(n) > u64::from(u32::MAX) {
                 return Err(Error::Corrupt { path: self.path.clone(), reason: "sparse extent full".into() });
             }
             self.next_sector += n;

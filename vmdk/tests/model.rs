@@ -259,3 +259,25 @@ fn test_write_through_damaged_grain_pointer_is_refused() {
         "metadata untouched"
     );
 }
+
+#[test]
+fn test_bare_sparse_extent_without_descriptor() {
+    // A sparse extent with no embedded descriptor (descriptorOffset 0, a garbage descriptorSize)
+    // opens as a monolithic disk and takes writes; there is no stored CID to renew.
+    use std::os::unix::fs::FileExt;
+    let d = Scratch::new("bare");
+    let p = d.path("bare.vmdk");
+    vmdk::create(&p, &CreateOptions::new(Subformat::MonolithicSparse, 4 * MIB)).unwrap();
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    f.write_all_at(&0u64.to_le_bytes(), 0x1C).unwrap();
+    f.write_all_at(&(1u64 << 62).to_le_bytes(), 0x24).unwrap();
+    {
+        let img = Image::open_rw(&p).unwrap();
+        img.write_at(&[3; 70_000], 1000).unwrap();
+    }
+    let img = Image::open(&p).unwrap();
+    let mut b = vec![0u8; 70_000];
+    img.read_at(&mut b, 1000).unwrap();
+    assert!(b.iter().all(|&x| x == 3));
+    assert_eq!(vmdk::check(&p, false).unwrap().exit_code(), 0);
+}

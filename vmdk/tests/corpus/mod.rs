@@ -208,6 +208,10 @@ pub fn build(dir: &Path) -> Vec<(String, PathBuf)> {
     good_stream(dir, &sp);
     patch(&sp, 128 * 512 + 8, &le32(0x7FFF_FFFF));
     v.push(("stream-grain-size-absurd".into(), sp));
+    let sp = dir.join("stream-header-descriptor-absurd.vmdk");
+    good_stream(dir, &sp);
+    patch(&sp, 0x24, &le64(1 << 60));
+    v.push(("stream-header-descriptor-absurd".into(), sp));
     v
 }
 
