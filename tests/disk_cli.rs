@@ -158,3 +158,27 @@ fn test_check_leaks_and_repair() {
         assert_eq!(qemu_img(&["check", s(&p)]).0, 0);
     }
 }
+
+#[test]
+fn test_info_honours_rdonly_noaccess_zero_extents() {
+    let d = Scratch::new("cli-access");
+    std::fs::File::create(d.path("a-flat.vmdk")).unwrap().set_len(8 << 20).unwrap();
+    assert_eq!(fv(&["create", s(&d.path("b.vmdk")), "8M"]).0, 0);
+    let desc = "# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n\n\
+                RW 16384 FLAT \"a-flat.vmdk\" 0\nRDONLY 16384 SPARSE \"b.vmdk\"\nRW 2048 ZERO\nNOACCESS 2048 ZERO\n";
+    let p = d.path("mixed.vmdk");
+    std::fs::write(&p, desc).unwrap();
+    let (rc, out, err) = fv(&["info", "--output", "json", s(&p)]);
+    assert_eq!(rc, 0, "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["virtual-size"], (16384 + 16384 + 2048 + 2048) * 512);
+    let acc: Vec<&str> = j["extents"].as_array().unwrap().iter().map(|e| e["access"].as_str().unwrap()).collect();
+    assert_eq!(acc, ["RW", "RDONLY", "RW", "NOACCESS"]);
+    let (rc, out, _) = fv(&["map", s(&p)]);
+    assert_eq!(rc, 0);
+    assert!(out.contains("noaccess") && out.contains("zero"), "{out}");
+    // Reading the NOACCESS extent fails clearly (convert cannot silently drop it, unlike qemu-img).
+    let (rc, _, err) = fv(&["convert", "-q", "-O", "raw", s(&p), s(&d.path("out.raw"))]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("NOACCESS"), "{err}");
+}
