@@ -85,6 +85,10 @@ pub(crate) struct Fast {
     cc: ConditionCode,
     /// Immediate (already truncated to the operand size) or branch target.
     imm: u64,
+    /// Executing this instruction cannot change the code mapping, the mode or the CPL, so the
+    /// next fetch may reuse the previous fetch's page translation (always true for the hot
+    /// kinds; for [`FastKind::Slow`] only for a whitelist of plain integer instructions).
+    pub(crate) keeps_fetch_page: bool,
 }
 
 impl Default for Fast {
@@ -99,6 +103,7 @@ impl Default for Fast {
             mask: 0,
             cc: ConditionCode::None,
             imm: 0,
+            keeps_fetch_page: false,
         }
     }
 }
@@ -144,7 +149,135 @@ fn is_imm(k: OpKind) -> bool {
 pub(crate) fn predecode(i: &Instruction) -> Fast {
     let mut f = predecode_inner(i);
     f.mask = if f.bits == 0 { 0 } else { size_mask(u32::from(f.bits)) };
+    f.keeps_fetch_page = f.kind != FastKind::Slow || keeps_fetch_page(i);
     f
+}
+
+/// Plain integer instructions executed by the generic path that cannot change the code
+/// mapping, the mode, CS or the CPL (faults reset the fetch page anyway).
+fn keeps_fetch_page(i: &Instruction) -> bool {
+    use Mnemonic as M;
+    // No segment, control or debug registers, no far transfers.
+    for n in 0..i.op_count() {
+        match i.op_kind(n) {
+            OpKind::Register => {
+                let r = i.op_register(n);
+                if r.is_segment_register() || r.is_cr() || r.is_dr() {
+                    return false;
+                }
+            }
+            OpKind::FarBranch16 | OpKind::FarBranch32 => return false,
+            _ => {}
+        }
+    }
+    if i.is_call_far_indirect() || i.is_jmp_far_indirect() {
+        return false;
+    }
+    matches!(
+        i.mnemonic(),
+        M::Add
+            | M::Adc
+            | M::Sub
+            | M::Sbb
+            | M::Cmp
+            | M::And
+            | M::Or
+            | M::Xor
+            | M::Test
+            | M::Inc
+            | M::Dec
+            | M::Neg
+            | M::Not
+            | M::Mov
+            | M::Movzx
+            | M::Movsx
+            | M::Movsxd
+            | M::Lea
+            | M::Xchg
+            | M::Shl
+            | M::Sal
+            | M::Shr
+            | M::Sar
+            | M::Rol
+            | M::Ror
+            | M::Rcl
+            | M::Rcr
+            | M::Shld
+            | M::Shrd
+            | M::Mul
+            | M::Imul
+            | M::Div
+            | M::Idiv
+            | M::Bt
+            | M::Bts
+            | M::Btr
+            | M::Btc
+            | M::Bsf
+            | M::Bsr
+            | M::Lzcnt
+            | M::Tzcnt
+            | M::Popcnt
+            | M::Bswap
+            | M::Cbw
+            | M::Cwde
+            | M::Cdqe
+            | M::Cwd
+            | M::Cdq
+            | M::Cqo
+            | M::Cmpxchg
+            | M::Xadd
+            | M::Lahf
+            | M::Sahf
+            | M::Clc
+            | M::Stc
+            | M::Cmc
+            | M::Cld
+            | M::Std
+            | M::Nop
+            | M::Push
+            | M::Pop
+            | M::Call
+            | M::Ret
+            | M::Jmp
+            | M::Loop
+            | M::Loope
+            | M::Loopne
+            | M::Jcxz
+            | M::Jecxz
+            | M::Jrcxz
+            | M::Enter
+            | M::Leave
+            | M::Movsb
+            | M::Movsw
+            | M::Movsd
+            | M::Movsq
+            | M::Stosb
+            | M::Stosw
+            | M::Stosd
+            | M::Stosq
+            | M::Lodsb
+            | M::Lodsw
+            | M::Lodsd
+            | M::Lodsq
+            | M::Cmpsb
+            | M::Cmpsw
+            | M::Cmpsd
+            | M::Cmpsq
+            | M::Scasb
+            | M::Scasw
+            | M::Scasd
+            | M::Scasq
+            | M::Xlatb
+    ) || is_cc_insn(i)
+}
+
+/// SETcc and CMOVcc.
+fn is_cc_insn(i: &Instruction) -> bool {
+    i.condition_code() != ConditionCode::None
+        && !i.is_jcc_short_or_near()
+        && !i.is_loop()
+        && !i.is_loopcc()
+        && !i.is_jcx_short()
 }
 
 fn predecode_inner(i: &Instruction) -> Fast {

@@ -252,8 +252,8 @@ impl Cx<'_> {
         };
         let bitness = self.mode.bitness();
         let user = self.cpu.cpl == 3;
-        // The page of the previous fetch needs no TLB lookup: only slow-path instructions
-        // (which reset `fetch_lin_page`) can change the mapping, the mode or the CPL.
+        // The page of the previous fetch needs no TLB lookup: only instructions that do not
+        // keep it (they reset `fetch_lin_page`) can change the mapping, the mode or the CPL.
         let hit = if lin & PAGE_MASK == self.fetch_lin_page {
             Some(self.fetch_backing_page | (lin & 0xFFF))
         } else {
@@ -328,7 +328,7 @@ impl Cx<'_> {
                     trace_instr(self.cpu, &d.instr);
                 }
                 self.next_rip = d.instr.next_ip();
-                if d.fast.kind == fast::FastKind::Slow {
+                if !d.fast.keeps_fetch_page {
                     self.fetch_lin_page = u64::MAX;
                 }
                 self.exec_fast(&d.instr, &d.fast)
