@@ -408,6 +408,8 @@ impl Cx<'_> {
             cx.cpu.icount += 1;
             if cx.io_written {
                 cx.io_written = false;
+                // A device may have remapped memory (ROM shadowing, A20): translate again.
+                cx.fetch_lin_page = u64::MAX;
                 if cx.bus.stop_requested() {
                     return RunExit::Stopped;
                 }
