@@ -44,6 +44,13 @@ const STUBS: u64 = 0xC000;
 const COMMON: u64 = 0xC200;
 const RET81: u64 = 0xC300;
 const TASK2: u64 = 0xC400;
+const SYSENTER_ENTRY: u64 = 0xC600;
+/// What the SYSENTER entry saw: CS, SS, ESP.
+const SYSE_CS: u64 = 0x650;
+const SYSE_SS: u64 = 0x654;
+const SYSE_ESP: u64 = 0x658;
+/// IA32_SYSENTER_ESP.
+const SYSENTER_STACK: u32 = 0x6_C000;
 /// Stacks.
 const ESP0: u32 = 0x7_0000;
 const ESP3: u32 = 0x6_0000;
@@ -275,6 +282,18 @@ fn fail_unless_zf_in(a: &mut CodeAssembler, ring: Ring, n: u8) -> Result<(), Ice
     a.set_label(&mut ok)
 }
 
+/// The SYSENTER entry: records CS, SS and ESP, then SYSEXIT back (EDX = EIP, ECX = ESP).
+fn sysenter_entry() -> Result<(u64, Vec<u8>), IcedError> {
+    asm(32, SYSENTER_ENTRY, |a| {
+        a.mov(ax, cs)?;
+        a.mov(word_ptr(SYSE_CS), ax)?;
+        a.mov(ax, ss)?;
+        a.mov(word_ptr(SYSE_SS), ax)?;
+        a.mov(dword_ptr(SYSE_ESP), esp)?;
+        a.sysexit()
+    })
+}
+
 /// Emits `body`, which must fault; the stub records the fault and execution resumes after it.
 /// Then checks the vector, the error code and (when given) CR2; check number `n` on failure.
 /// Works in 32- and 64-bit code (RESUME and CR2 are stored at the code's width).
@@ -378,7 +397,7 @@ pub fn system_protected() -> Rom {
         for vec in 0..32 {
             v.push(stub(vec)?);
         }
-        v.extend([common()?, ret81()?, task2()?]);
+        v.extend([common()?, ret81()?, task2()?, sysenter_entry()?]);
         Ok(v)
     };
     let extras = pieces().expect("system pieces assemble");
@@ -454,6 +473,42 @@ pub fn system_protected() -> Rom {
                 expect_fault(a, Ring::Three, 9, 13, 0x80 * 8 + 2, None, |a| a.int(0x80))?;
                 expect_fault(a, Ring::Three, 9, 13, 0, None, |a| a.in_(al, 0x80))
             })?;
+
+            // 20. SYSENTER from ring 3 to CS = IA32_SYSENTER_CS (SS = CS + 8, ESP and EIP from
+            //     their MSRs) and SYSEXIT back to CS = SYSENTER_CS + 16 | 3, SS = + 24 | 3.
+            for (msr_index, value) in
+                [(0x174u32, u32::from(CODE32)), (0x175, SYSENTER_STACK), (0x176, SYSENTER_ENTRY as u32)]
+            {
+                a.mov(ecx, msr_index)?;
+                a.mov(eax, value)?;
+                a.xor(edx, edx)?;
+                a.wrmsr()?;
+            }
+            in_ring3(a, |a| {
+                let mut enter = a.create_label();
+                let mut back = a.create_label();
+                a.call(enter)?;
+                a.jmp(back)?;
+                a.set_label(&mut enter)?;
+                a.pop(edx)?;
+                a.mov(ecx, esp)?;
+                a.sysenter()?;
+                a.set_label(&mut back)?;
+                a.mov(ax, cs)?;
+                a.cmp(ax, i32::from(CODE32 + 16) | 3)?;
+                fail_unless_zf_in(a, Ring::Three, 20)?;
+                a.mov(ax, ss)?;
+                a.cmp(ax, i32::from(CODE32 + 24) | 3)?;
+                fail_unless_zf_in(a, Ring::Three, 20)?;
+                a.cmp(esp, ESP3 as i32)?;
+                fail_unless_zf_in(a, Ring::Three, 20)
+            })?;
+            a.cmp(word_ptr(SYSE_CS), i32::from(CODE32))?;
+            fail_unless_zf(a, 20)?;
+            a.cmp(word_ptr(SYSE_SS), i32::from(CODE32 + 8))?;
+            fail_unless_zf(a, 20)?;
+            a.cmp(dword_ptr(SYSE_ESP), SYSENTER_STACK as i32)?;
+            fail_unless_zf(a, 20)?;
 
             // 10. A 32-bit task switch by JMP to a TSS and back: task 2 starts with the
             //     registers of its TSS, task 1 resumes after its JMP with its own registers.
