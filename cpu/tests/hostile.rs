@@ -404,3 +404,77 @@ fn test_hostile_protected32_ring3() {
 fn test_hostile_long64_ring3() {
     run_mode(Mode::Long64Ring3);
 }
+
+/// The observable outcome of a run: exit and architectural state (memory is compared apart).
+fn outcome(exit: RunExit, cpu: &CpuState) -> String {
+    format!(
+        "{exit:?} icount={} rip={:#x} gpr={:x?} rflags={:#x} seg={:x?} cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x} cpl={} \
+         halted={}",
+        cpu.icount,
+        cpu.rip,
+        cpu.gpr,
+        cpu.rflags(),
+        cpu.seg.map(|s| (s.selector, s.base, s.limit, s.attr)),
+        cpu.cr0,
+        cpu.cr3,
+        cpu.cr4,
+        cpu.efer,
+        cpu.cpl,
+        cpu.halted
+    )
+}
+
+/// Self-consistency: the same stream run in one go and in slices of 1..64 instructions (each
+/// slice a new `run` call, so every run-loop cache is rebuilt and REP instructions resume
+/// mid-way) must end in the same state. Device noise is replayed identically.
+const SLICED_RAM: u64 = 1 << 20;
+
+fn sliced_mode(mode: Mode) {
+    let seed = env_u64("FERRO_HOSTILE_SEED").unwrap_or(0x005E_ED0F_FE44) ^ 0x511CE;
+    let streams = env_u64("FERRO_HOSTILE_STREAMS").unwrap_or(1000) / 4;
+    let budget = 5_000u64;
+    let mut it = Interpreter::new();
+    for stream in 0..streams {
+        let mut results = Vec::new();
+        for sliced in [false, true] {
+            // 1 MiB of RAM keeps the memory comparison cheap (the rest is open bus).
+            let mut mem = PhysMemory::new(SLICED_RAM).unwrap();
+            mem.map_ram(0, SLICED_RAM).unwrap();
+            mem.map_mmio(MMIO_BASE, 0x1000, 1).unwrap();
+            let mut bus = Bus { mem, noise: seed ^ stream };
+            let mut rng = Rng(seed ^ (stream.wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ (mode as u64) << 56);
+            let mut cpu = setup(mode, &mut bus.mem, &mut rng);
+            it.invalidate_phys(0, RAM);
+            let exit = if sliced {
+                let mut slicer = Rng(stream);
+                loop {
+                    let left = budget - cpu.icount;
+                    let slice = (1 + slicer.next() % 64).min(left);
+                    let e = it.run(&mut cpu, &mut bus, slice);
+                    if e != RunExit::BudgetExhausted || cpu.icount >= budget {
+                        break e;
+                    }
+                }
+            } else {
+                it.run(&mut cpu, &mut bus, budget)
+            };
+            results.push((outcome(exit, &cpu), bus.mem.backing()[..SLICED_RAM as usize].to_vec()));
+        }
+        assert_eq!(
+            results[0].0, results[1].0,
+            "{mode:?} stream {stream} (seed {seed:#x}): sliced run differs from one-shot run"
+        );
+        assert!(
+            results[0].1 == results[1].1,
+            "{mode:?} stream {stream} (seed {seed:#x}): sliced run left different memory"
+        );
+    }
+    println!("hostile sliced {mode:?}: {streams} streams consistent");
+}
+
+#[test]
+fn test_hostile_sliced_runs_match_one_shot() {
+    for mode in [Mode::Real, Mode::Prot16, Mode::Prot32, Mode::Long64, Mode::Prot32Ring3, Mode::Long64Ring3] {
+        sliced_mode(mode);
+    }
+}
