@@ -420,6 +420,17 @@ impl Image {
         g.zero(offset, len)
     }
 
+    /// Gives the image its new CID now (as the first write would) and returns it. Lets a caller
+    /// point a child at the new CID before changing any data (see [`crate::ops::commit`]).
+    pub fn renew_cid(&self) -> Result<u32> {
+        if !self.writable {
+            return Err(Error::ReadOnlyImage);
+        }
+        let mut g = self.lock();
+        g.renew_cid(&self.path)?;
+        Ok(g.desc.cid)
+    }
+
     /// Writes all metadata and syncs the files.
     pub fn flush(&self) -> Result<()> {
         if !self.writable {

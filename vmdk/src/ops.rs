@@ -453,6 +453,9 @@ pub fn commit(child: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<CommitSta
     let layer = c.layer_map()?;
     let parent = Image::open_rw(&parent_path)?;
     let mut stats = CommitStats { data_bytes: 0, zero_bytes: 0, parent_cid: parent.cid() };
+    if layer.iter().all(|r| !matches!(r.kind, MapKind::Data { .. } | MapKind::Zero { .. })) {
+        return Ok(stats); // nothing to commit; the parent keeps its CID
+    }
     for r in &layer {
         let end = r.start + r.len;
         match r.kind {
@@ -467,6 +470,13 @@ pub fn commit(child: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<CommitSta
             _ => {}
         }
     }
+    // Renew the parent's CID and point the child at it before any data moves. An interrupted
+    // commit then leaves both usable: the parent's changed ranges are exactly the child's own
+    // ranges, so the child's view is the same whatever part of the copy happened.
+    stats.parent_cid = parent.renew_cid()?;
+    let mut d = read_descriptor(child)?;
+    d.parent_cid = stats.parent_cid;
+    write_descriptor(child, &d)?;
     for r in layer {
         match r.kind {
             MapKind::Data { .. } => {
@@ -492,13 +502,6 @@ pub fn commit(child: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<CommitSta
         }
     }
     parent.flush()?;
-    stats.parent_cid = parent.cid();
-    drop(parent);
-    drop(c);
-    let mut d = read_descriptor(child)?;
-    if d.parent_cid != stats.parent_cid {
-        d.parent_cid = stats.parent_cid;
-        write_descriptor(child, &d)?;
-    }
+    debug_assert_eq!(parent.cid(), stats.parent_cid);
     Ok(stats)
 }
