@@ -108,6 +108,18 @@ fn test_qemu_backing_chain_and_zero_writes() {
     let map = img.map().unwrap();
     assert!(map.iter().any(|r| r.kind == vmdk::MapKind::Zero { depth: 1 }), "{map:?}");
     assert!(map.iter().any(|r| r.kind == vmdk::MapKind::Data { depth: 2 }), "{map:?}");
+    // qemu also makes split-sparse and streamOptimized children of a VMDK.
+    for sf in ["twoGbMaxExtentSparse", "streamOptimized"] {
+        let c = d.path(&format!("c-{sf}.vmdk"));
+        qemu_ok(&["create", "-f", "vmdk", "-o", &format!("subformat={sf}"), "-b", "mid.vmdk", "-F", "vmdk", s(&c)]);
+        io(&c, "write -P 0x55 1M 128k");
+        io(&c, "write -P 0x66 6M 64k");
+        let back = d.path(&format!("c-{sf}.raw"));
+        qemu_ok(&["convert", "-f", "vmdk", "-O", "raw", s(&c), s(&back)]);
+        let img = Image::open(&c).unwrap();
+        assert_eq!(img.chain_depth(), 2, "{sf}");
+        assert_same_as_raw(&img, &back);
+    }
 }
 
 #[test]
