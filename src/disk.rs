@@ -35,7 +35,7 @@ enum DiskCmd {
     Snapshot(SnapshotArgs),
     /// Merge a delta child's own data into its parent (the child stays valid).
     Commit(CommitArgs),
-    /// Compare the guest-visible content of two images; exit 0 identical, 1 different, 2 error.
+    /// Compare the guest-visible content of two images; exit 0 identical, 1 different, 2 open error, 4 read error.
     Compare(CompareArgs),
     /// Show which ranges are data, zeroed, read through to a parent, or unallocated.
     Map(MapArgs),
@@ -175,8 +175,8 @@ struct CommitArgs {
 
 #[derive(Debug, Args)]
 #[command(after_help = "Like qemu-img compare: a size difference is allowed when the longer image's tail is \
-                        zero. Exit status 0 identical, 1 content mismatch, 2 an image could not be opened \
-                        or read.")]
+                        zero. Exit status 0 identical, 1 content mismatch, 2 an image could not be opened, \
+                        4 an error while reading.")]
 struct CompareArgs {
     /// Format of the first image (default: detected).
     #[arg(short = 'f', value_enum)]
@@ -206,6 +206,13 @@ struct MapArgs {
 
 /// Runs a disk subcommand; returns the process exit status.
 pub fn run(args: DiskArgs) -> anyhow::Result<i32> {
+    // Like other Unix tools, end quietly when the reader of our output goes away (`| head`)
+    // instead of failing a print.
+    // SAFETY: restores the default disposition of SIGPIPE before any thread is started here; no
+    // handler code runs, the process simply ends on a write to a closed pipe.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     match args.cmd {
         DiskCmd::Create(a) => create(a),
         DiskCmd::Info(a) => info(a),
@@ -305,7 +312,21 @@ fn human(n: u64) -> String {
 }
 
 fn info(a: InfoArgs) -> anyhow::Result<i32> {
-    let img = match AnyImage::open(&a.file, false)? {
+    // A broken backing chain should not hide the image itself: show it, and say what is wrong.
+    let opened = match AnyImage::open(&a.file, false) {
+        Err(
+            e @ (vmdk::Error::ParentNotFound { .. }
+            | vmdk::Error::CidMismatch { .. }
+            | vmdk::Error::ParentLoop { .. }
+            | vmdk::Error::ChainTooDeep(_)
+            | vmdk::Error::Parent { .. }),
+        ) => {
+            eprintln!("ferrovisor: warning: backing chain unusable: {e}");
+            AnyImage::Vmdk(Image::open_with(&a.file, vmdk::OpenOptions { writable: false, no_parent: true })?)
+        }
+        r => r?,
+    };
+    let img = match opened {
         AnyImage::Raw(r) => {
             let size = vmdk::BlockDevice::len(&r);
             if a.output == Output::Json {
@@ -556,8 +577,9 @@ fn compare(a: CompareArgs) -> anyhow::Result<i32> {
             Ok(1)
         }
         Err(e) => {
+            // qemu-img compare: 4 = error while reading.
             eprintln!("ferrovisor: error while comparing: {e}");
-            Ok(2)
+            Ok(4)
         }
     }
 }
