@@ -5,7 +5,7 @@
 #
 #   benches/vmdk-convert.sh [WORKDIR]      (default: a fresh directory under /tmp)
 #
-# Needs qemu-img (qemu-utils) and python3. Builds ferrovisor in release mode first.
+# Needs qemu-img (qemu-utils), python3 and bc. Builds ferrovisor in release mode first.
 # Each conversion runs REPS times (default 3, env REPS); the best time counts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
