@@ -212,8 +212,14 @@ fn with_path(e: Error, path: &Path) -> Error {
     }
 }
 
-/// Rewrites the descriptor of the image at `path` in place (embedded area or text file).
+/// Rewrites the descriptor of the image at `path` in place (embedded area or text file) and syncs.
 pub fn write_descriptor(path: &Path, d: &Descriptor) -> Result<()> {
+    write_descriptor_opt(path, d, true)
+}
+
+/// [`write_descriptor`]; `sync = false` leaves syncing to the caller (the write itself is still
+/// all-or-nothing for a text descriptor, which is replaced by rename).
+pub fn write_descriptor_opt(path: &Path, d: &Descriptor, sync: bool) -> Result<()> {
     let text = d.to_text();
     match probe(path)? {
         Probe::Sparse => {
@@ -236,13 +242,18 @@ pub fn write_descriptor(path: &Path, d: &Descriptor) -> Result<()> {
             let mut t = text.into_bytes();
             t.resize(room, 0);
             file.write_all_at(&t, h.desc_offset * SECTOR).map_err(io(path))?;
-            file.sync_data().map_err(io(path))
+            if sync {
+                file.sync_data().map_err(io(path))?;
+            }
+            Ok(())
         }
         _ => {
             // Write a sibling file and rename it over the old one: the descriptor is never half-written.
             let tmp = path.with_extension("vmdk-new");
             std::fs::write(&tmp, text).map_err(io(&tmp))?;
-            File::open(&tmp).and_then(|f| f.sync_all()).map_err(io(&tmp))?;
+            if sync {
+                File::open(&tmp).and_then(|f| f.sync_all()).map_err(io(&tmp))?;
+            }
             std::fs::rename(&tmp, path).map_err(io(path))
         }
     }
@@ -404,7 +415,7 @@ impl Image {
         }
         let mut g = self.lock();
         g.check_writable(offset, buf.len() as u64, false)?;
-        g.renew_cid(&self.path)?;
+        g.renew_cid(&self.path, true)?;
         g.write(buf, offset)
     }
 
@@ -416,18 +427,20 @@ impl Image {
         }
         let mut g = self.lock();
         g.check_writable(offset, len, true)?;
-        g.renew_cid(&self.path)?;
+        g.renew_cid(&self.path, true)?;
         g.zero(offset, len)
     }
 
     /// Gives the image its new CID now (as the first write would) and returns it. Lets a caller
     /// point a child at the new CID before changing any data (see [`crate::ops::commit`]).
+    /// The new descriptor is written but not synced: `flush` syncs it (so a caller can update
+    /// another file right after with no fsync in between).
     pub fn renew_cid(&self) -> Result<u32> {
         if !self.writable {
             return Err(Error::ReadOnlyImage);
         }
         let mut g = self.lock();
-        g.renew_cid(&self.path)?;
+        g.renew_cid(&self.path, false)?;
         Ok(g.desc.cid)
     }
 
@@ -630,13 +643,13 @@ impl Inner {
 
     /// Renews the CID on the first write after open (before any data changes, so a child never sees
     /// changed data under the old CID).
-    fn renew_cid(&mut self, path: &Path) -> Result<()> {
+    fn renew_cid(&mut self, path: &Path, sync: bool) -> Result<()> {
         if self.cid_renewed {
             return Ok(());
         }
         let mut d = self.desc.clone();
         d.cid = descriptor::new_cid();
-        write_descriptor(path, &d)?;
+        write_descriptor_opt(path, &d, sync)?;
         self.desc = d;
         self.cid_renewed = true;
         Ok(())

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use crate::descriptor::{Access, Descriptor, ExtentKind, ExtentLine, MAX_DISK_SECTORS};
 use crate::error::{io, Error, Result};
 use crate::header::SECTOR;
-use crate::image::{probe, read_descriptor, write_descriptor, BlockDevice, Image, MapKind, Probe, RawImage};
+use crate::image::{probe, read_descriptor, write_descriptor_opt, BlockDevice, Image, MapKind, Probe, RawImage};
 use crate::sparse::{create_sparse, SparseLayout};
 use crate::stream::{write_stream, StreamOptions};
 
@@ -473,10 +473,14 @@ pub fn commit(child: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<CommitSta
     // Renew the parent's CID and point the child at it before any data moves. An interrupted
     // commit then leaves both usable: the parent's changed ranges are exactly the child's own
     // ranges, so the child's view is the same whatever part of the copy happened.
-    stats.parent_cid = parent.renew_cid()?;
+    // The two descriptor writes follow each other with no fsync in between (a process killed
+    // between them is the only way to get a CID mismatch); both are synced before data moves.
     let mut d = read_descriptor(child)?;
+    stats.parent_cid = parent.renew_cid()?;
     d.parent_cid = stats.parent_cid;
-    write_descriptor(child, &d)?;
+    write_descriptor_opt(child, &d, false)?;
+    parent.flush()?;
+    std::fs::File::open(child).and_then(|f| f.sync_all()).map_err(io(child))?;
     for r in layer {
         match r.kind {
             MapKind::Data { .. } => {
