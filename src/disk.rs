@@ -243,9 +243,16 @@ pub fn run(args: DiskArgs) -> anyhow::Result<i32> {
     }
 }
 
-/// Parses 10G, 512M, 4096, 1.5G.
+/// Parses 10G, 10GiB, 10GB (all powers of 1024), 512M, 4096, 1.5G.
 fn parse_size(s: &str) -> anyhow::Result<u64> {
     let s = s.trim();
+    let s = s.strip_suffix("iB").or_else(|| s.strip_suffix("ib")).unwrap_or(s);
+    let s = match s.len() {
+        2.. if s.ends_with(['B', 'b']) && s[..s.len() - 1].ends_with(|c: char| "KMGTkmgt".contains(c)) => {
+            &s[..s.len() - 1]
+        }
+        _ => s,
+    };
     let (num, mul) = match s.chars().last().map(|c| c.to_ascii_uppercase()) {
         Some('K') => (&s[..s.len() - 1], 1u64 << 10),
         Some('M') => (&s[..s.len() - 1], 1 << 20),
@@ -623,6 +630,9 @@ mod tests {
         assert_eq!(parse_size("512m").unwrap(), 512 << 20);
         assert_eq!(parse_size("4096").unwrap(), 4096);
         assert_eq!(parse_size("1.5K").unwrap(), 1536);
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_size("3MB").unwrap(), 3 << 20);
+        assert_eq!(parse_size("100b").unwrap(), 100);
         assert!(parse_size("x").is_err());
         assert!(parse_size("-1G").is_err());
         assert!(parse_size("99999999T").is_err());
