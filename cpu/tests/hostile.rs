@@ -44,6 +44,8 @@ impl Rng {
 struct Bus {
     mem: PhysMemory,
     noise: u64,
+    /// Raise random external interrupts.
+    irqs: bool,
 }
 
 impl Bus {
@@ -66,7 +68,7 @@ impl CpuBus for Bus {
     }
     fn port_write(&mut self, _: PortAddr, _: AccessSize, _: u32) {}
     fn interrupt_pending(&mut self) -> bool {
-        self.noise().is_multiple_of(64)
+        self.irqs && self.noise().is_multiple_of(64)
     }
     fn acknowledge_interrupt(&mut self) -> Option<u8> {
         Some(0x20 + (self.noise() % 16) as u8)
@@ -307,7 +309,7 @@ fn run_mode(mode: Mode) {
     let mut mem = PhysMemory::new(RAM).unwrap();
     mem.map_ram(0, RAM).unwrap();
     mem.map_mmio(MMIO_BASE, 0x1000, 1).unwrap();
-    let mut bus = Bus { mem, noise: seed };
+    let mut bus = Bus { mem, noise: seed, irqs: true };
     // A watchdog: a stream that takes longer than this is a host hang.
     let progress = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
@@ -435,27 +437,35 @@ fn sliced_mode(mode: Mode) {
     let budget = 5_000u64;
     let mut it = Interpreter::new();
     for stream in 0..streams {
+        if env_u64("FERRO_HOSTILE_ONLY").is_some_and(|o| o != stream) {
+            continue;
+        }
         let mut results = Vec::new();
         for sliced in [false, true] {
             // 1 MiB of RAM keeps the memory comparison cheap (the rest is open bus).
             let mut mem = PhysMemory::new(SLICED_RAM).unwrap();
             mem.map_ram(0, SLICED_RAM).unwrap();
             mem.map_mmio(MMIO_BASE, 0x1000, 1).unwrap();
-            let mut bus = Bus { mem, noise: seed ^ stream };
+            // No external interrupts: where they are taken inside a REP string instruction
+            // legitimately depends on the slicing.
+            let mut bus = Bus { mem, noise: seed ^ stream, irqs: false };
             let mut rng = Rng(seed ^ (stream.wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ (mode as u64) << 56);
             let mut cpu = setup(mode, &mut bus.mem, &mut rng);
             it.invalidate_phys(0, RAM);
             let exit = if sliced {
                 let mut slicer = Rng(stream);
+                let max_slice = env_u64("FERRO_HOSTILE_SLICE").unwrap_or(64);
+                it.trace = std::env::var("FERRO_HOSTILE_TRACE").is_ok();
                 loop {
                     let left = budget - cpu.icount;
-                    let slice = (1 + slicer.next() % 64).min(left);
+                    let slice = (1 + slicer.next() % max_slice).min(left);
                     let e = it.run(&mut cpu, &mut bus, slice);
                     if e != RunExit::BudgetExhausted || cpu.icount >= budget {
                         break e;
                     }
                 }
             } else {
+                it.trace = std::env::var("FERRO_HOSTILE_TRACE").is_ok();
                 it.run(&mut cpu, &mut bus, budget)
             };
             results.push((outcome(exit, &cpu), bus.mem.backing()[..SLICED_RAM as usize].to_vec()));

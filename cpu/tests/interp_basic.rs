@@ -132,3 +132,36 @@ fn test_interp_engine_is_send_and_sync() {
     fn check<T: Send + Sync>() {}
     check::<Interpreter>();
 }
+
+/// A real-mode CPU with CS = `sel`, IP = `ip`.
+fn real_mode_at(sel: u16, ip: u64) -> CpuState {
+    let mut cpu = CpuState::new();
+    let mut seg = cpu::Segment::real(sel);
+    seg.attr |= cpu::state::seg_attr::CODE;
+    cpu.seg[1] = seg;
+    cpu.rip = ip;
+    cpu
+}
+
+#[test]
+fn test_interp_real_mode_ip_wraps_at_64k() {
+    // INC AX as the last byte of the segment: execution continues at IP 0.
+    let mut bus = bus_with(&[0x40], 0x1FFFF);
+    bus.mem.load(GuestPhysAddr(0x10000), &[0x43]).unwrap(); // INC BX at 1000:0000
+    let mut cpu = real_mode_at(0x1000, 0xFFFF);
+    let mut it = Interpreter::new();
+    it.step(&mut cpu, &mut bus).unwrap();
+    assert_eq!(cpu.rip, 0, "IP wrapped");
+    it.step(&mut cpu, &mut bus).unwrap();
+    assert_eq!(cpu.gpr[3] & 0xFFFF, 1, "the instruction at 1000:0000 ran");
+}
+
+#[test]
+fn test_interp_real_mode_instruction_crossing_64k_is_gp() {
+    // MOV AX, BX (2 bytes) starting at IP 0xFFFF runs past the segment limit.
+    let mut bus = bus_with(&[0x89, 0xD8], 0x1FFFF);
+    let mut cpu = real_mode_at(0x1000, 0xFFFF);
+    let mut it = Interpreter::new();
+    assert_eq!(it.step(&mut cpu, &mut bus), Err(cpu::Exception::GeneralProtection(0)));
+    assert_eq!(cpu.rip, 0xFFFF);
+}

@@ -1306,6 +1306,7 @@ impl Cx<'_> {
         let port = (self.cpu.gpr[2] & 0xFFFF) as u16;
         let size = AccessSize::from_bytes(n as usize).unwrap_or(AccessSize::Byte);
         let mut first = true;
+        self.code_written = false;
         loop {
             if rep {
                 if get_reg(self.cpu, creg) == 0 {
@@ -1377,6 +1378,13 @@ impl Cx<'_> {
                 if (i.has_repe_prefix() && !z) || (i.has_repne_prefix() && z) {
                     break;
                 }
+            }
+            if self.code_written && get_reg(self.cpu, creg) != 0 {
+                // The string wrote over decoded code (perhaps its own bytes): stop here, as an
+                // interrupt would, so the rest runs from a fresh fetch. This also makes the
+                // outcome independent of where run budgets happen to split the instruction.
+                self.code_written = false;
+                return Ok(());
             }
         }
         self.next(i);

@@ -286,6 +286,7 @@ impl Cx<'_> {
                         log::debug!("invalid opcode at {:#x}: {:02x?}", rip, &bytes[..bytes.len().min(15)]);
                         return Err(Exception::InvalidOpcode);
                     }
+                    wrap_next_ip(&mut instr, bitness);
                     if mem.mark_code_page(b >> 12) {
                         self.cpu.tlb.protect_backing_page(b & PAGE_MASK);
                     }
@@ -309,6 +310,7 @@ impl Cx<'_> {
             log::debug!("invalid opcode at {:#x}: {:02x?}", rip, &bytes[..n]);
             return Err(Exception::InvalidOpcode);
         }
+        wrap_next_ip(&mut instr, bitness);
         Ok(self.cache.put(CACHE_ENTRIES, &instr))
     }
 
@@ -324,14 +326,22 @@ impl Cx<'_> {
                 // that buffer, and nothing executed below fetches, so the instruction stays
                 // unchanged while it executes; invalidation only touches the tags.
                 let d: &Decoded = unsafe { &*p };
-                if trace {
-                    trace_instr(self.cpu, &d.instr);
+                // Every byte of the instruction must lie within the CS limit (real mode
+                // included: IP 0xFFFF plus a 2-byte instruction is #GP, not IP 0x10001).
+                if self.mode != CpuMode::Long64
+                    && rip + d.instr.len() as u64 - 1 > u64::from(self.cpu.seg[SegReg::Cs as usize].limit)
+                {
+                    Err(Stop::Exc(Exception::GeneralProtection(0)))
+                } else {
+                    if trace {
+                        trace_instr(self.cpu, &d.instr);
+                    }
+                    self.next_rip = d.instr.next_ip();
+                    if !d.fast.keeps_fetch_page {
+                        self.fetch_lin_page = u64::MAX;
+                    }
+                    self.exec_fast(&d.instr, &d.fast)
                 }
-                self.next_rip = d.instr.next_ip();
-                if !d.fast.keeps_fetch_page {
-                    self.fetch_lin_page = u64::MAX;
-                }
-                self.exec_fast(&d.instr, &d.fast)
             }
             Err(e) => Err(Stop::Exc(e)),
         };
@@ -416,6 +426,16 @@ impl Cx<'_> {
             }
         }
         RunExit::BudgetExhausted
+    }
+}
+
+/// The IP after an instruction wraps at the code size: 16-bit code continues at IP 0 after an
+/// instruction that ends at 0xFFFF, 32-bit code at EIP 0 after 0xFFFF_FFFF.
+fn wrap_next_ip(instr: &mut Instruction, bitness: u32) {
+    match bitness {
+        16 => instr.set_next_ip(instr.next_ip() & 0xFFFF),
+        32 => instr.set_next_ip(instr.next_ip() & 0xFFFF_FFFF),
+        _ => {}
     }
 }
 
