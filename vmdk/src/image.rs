@@ -599,16 +599,42 @@ impl Inner {
                 }
                 ExtentData::Sparse(s) => {
                     let gb = s.grain_bytes() as u64;
+                    let gs = s.hdr.grain_size;
                     let mut p = 0usize;
                     while p < out.len() {
                         let o = eoff + p as u64;
                         let g = o / gb;
                         let go = (o % gb) as usize;
-                        let k = (gb as usize - go).min(out.len() - p);
+                        let st = s.lookup(g)?;
+                        // One I/O for a run of grains that are adjacent in the file (or all
+                        // unallocated, or all zero); compressed grains go one by one.
+                        let mut k = (gb as usize - go).min(out.len() - p);
+                        let mut last = st;
+                        let mut n = 1;
+                        while p + k < out.len() && !matches!(st, Grain::Compressed(_)) {
+                            let next = s.lookup(g + n)?;
+                            let adjacent = match (last, next) {
+                                (Grain::Data(a), Grain::Data(b)) => b == a + gs,
+                                (Grain::Unallocated, Grain::Unallocated) | (Grain::Zero, Grain::Zero) => true,
+                                _ => false,
+                            };
+                            if !adjacent {
+                                break;
+                            }
+                            last = next;
+                            k += (gb as usize).min(out.len() - p - k);
+                            n += 1;
+                        }
                         let chunk = &mut out[p..p + k];
-                        match s.lookup(g)? {
+                        match st {
                             Grain::Unallocated => read_parent(parent.as_deref(), chunk, voff + p as u64)?,
-                            st => s.read_grain(g, st, go, chunk)?,
+                            Grain::Zero => chunk.fill(0),
+                            Grain::Data(sec) => {
+                                let r = read_full(&s.file, chunk, sec * SECTOR + go as u64);
+                                let r = r.map_err(io(&s.path))?;
+                                chunk[r..].fill(0);
+                            }
+                            Grain::Compressed(_) => s.read_grain(g, st, go, chunk)?,
                         }
                         p += k;
                     }
@@ -673,6 +699,14 @@ impl Inner {
                         let o = eoff + p as u64;
                         let g = o / gb;
                         let go = (o % gb) as usize;
+                        let whole = (data.len() - p) / gb as usize;
+                        if go == 0 && whole >= 2 {
+                            let n = s.write_new_grains(g, &data[p..p + whole * gb as usize])?;
+                            if n > 0 {
+                                p += (n * gb) as usize;
+                                continue;
+                            }
+                        }
                         let k = (gb as usize - go).min(data.len() - p);
                         let gvirt = voff + p as u64 - go as u64;
                         let par = parent.as_deref();

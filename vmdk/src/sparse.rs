@@ -24,7 +24,7 @@ pub enum Grain {
 
 pub(crate) struct SparseExtent {
     pub(crate) path: PathBuf,
-    file: File,
+    pub(crate) file: File,
     /// Effective header (the footer's copy for GD_AT_END streams).
     pub(crate) hdr: SparseHeader,
     /// Header as found in sector 0.
@@ -374,6 +374,41 @@ impl SparseExtent {
                 self.set_gte(g, s as u32)
             }
         }
+    }
+
+    /// Writes whole grains `g, g+1, ...` from `data` (a multiple of the grain size) as one run of
+    /// newly allocated, adjacent grains, as long as they are unallocated or zeroed. Returns how many
+    /// grains were written (0 if grain `g` is already allocated; the caller then writes it in place).
+    pub(crate) fn write_new_grains(&mut self, g: u64, data: &[u8]) -> Result<u64> {
+        if self.hdr.compressed() {
+            return Err(Error::StreamReadOnly { path: self.path.clone() });
+        }
+        let gb = self.grain_bytes();
+        let per = u64::from(self.hdr.num_gtes_per_gt);
+        let max = (data.len() / gb) as u64;
+        let mut n = 0;
+        while n < max && matches!(self.lookup(g + n)?, Grain::Unallocated | Grain::Zero) {
+            n += 1;
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        // Tables first, so the grains that follow are adjacent in the file.
+        for idx in g / per..=(g + n - 1) / per {
+            if idx as usize >= self.gd.len() {
+                return Err(self.corrupt(format!("grain {} beyond the grain directory", idx * per)));
+            }
+            self.ensure_gt(idx as usize)?;
+        }
+        let s = self.alloc(n * self.hdr.grain_size)?;
+        // The grains go to disk before their table entries (written at flush).
+        let bytes = &data[..n as usize * gb];
+        self.file.write_all_at(bytes, s * SECTOR).map_err(io(&self.path))?;
+        self.file_len = self.file_len.max(s * SECTOR + bytes.len() as u64);
+        for i in 0..n {
+            self.set_gte(g + i, (s + i * self.hdr.grain_size) as u32)?;
+        }
+        Ok(n)
     }
 
     /// Makes grain `g` read as zeros. `has_parent` says whether an unallocated grain would show parent data.
