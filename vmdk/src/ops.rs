@@ -91,6 +91,8 @@ pub struct CreateOptions {
     pub compression_level: u32,
     /// Compression threads for streamOptimized output (0 = one per core).
     pub threads: usize,
+    /// Grain size in sectors of hosted sparse extents (a power of two, 8..=65536; default 128).
+    pub grain_sectors: u64,
 }
 
 impl CreateOptions {
@@ -105,6 +107,7 @@ impl CreateOptions {
             parent: None,
             compression_level: crate::stream::DEFAULT_LEVEL,
             threads: 0,
+            grain_sectors: GRAIN_SECTORS,
         }
     }
 }
@@ -129,6 +132,13 @@ fn new_descriptor(path: &Path, o: &CreateOptions) -> Result<Descriptor> {
     }
     if o.zeroed_grain && (o.subformat.is_flat() || o.subformat == Subformat::StreamOptimized) {
         return Err(Error::InvalidArgument("zeroed grains need a hosted sparse subformat".into()));
+    }
+    if !o.grain_sectors.is_power_of_two() || !(8..=crate::header::MAX_GRAIN_SECTORS).contains(&o.grain_sectors) {
+        return Err(Error::InvalidArgument(format!(
+            "grain size {} sectors: must be a power of two from 8 to {}",
+            o.grain_sectors,
+            crate::header::MAX_GRAIN_SECTORS
+        )));
     }
     if o.parent.is_some() && (o.subformat.is_flat() || o.subformat == Subformat::StreamOptimized) {
         return Err(Error::InvalidArgument(
@@ -178,17 +188,17 @@ fn new_descriptor(path: &Path, o: &CreateOptions) -> Result<Descriptor> {
 /// Creates an empty image. Fails if any of its files exists.
 pub fn create(path: &Path, o: &CreateOptions) -> Result<()> {
     let d = new_descriptor(path, o)?;
-    create_from_descriptor(path, &d, o.zeroed_grain)
+    create_from_descriptor(path, &d, o.zeroed_grain, o.grain_sectors)
 }
 
-fn create_from_descriptor(path: &Path, d: &Descriptor, zeroed_grain: bool) -> Result<()> {
+fn create_from_descriptor(path: &Path, d: &Descriptor, zeroed_grain: bool, grain_size: u64) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new(""));
     let text = d.to_text();
     match d.create_type.as_str() {
         "monolithicSparse" => {
             let l = SparseLayout {
                 capacity: d.extents[0].sectors,
-                grain_size: GRAIN_SECTORS,
+                grain_size,
                 zeroed_grain,
                 desc_sectors: EMBEDDED_DESC_SECTORS,
             };
@@ -207,8 +217,7 @@ fn create_from_descriptor(path: &Path, d: &Descriptor, zeroed_grain: bool) -> Re
                     let f = std::fs::OpenOptions::new().write(true).create_new(true).open(&p).map_err(io(&p))?;
                     f.set_len(e.sectors * SECTOR).map_err(io(&p))?;
                 } else {
-                    let l =
-                        SparseLayout { capacity: e.sectors, grain_size: GRAIN_SECTORS, zeroed_grain, desc_sectors: 0 };
+                    let l = SparseLayout { capacity: e.sectors, grain_size, zeroed_grain, desc_sectors: 0 };
                     create_sparse(&p, l, None)?;
                 }
             }

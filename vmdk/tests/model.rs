@@ -24,8 +24,9 @@ fn run_model(path: &Path, model: &mut [u8], seed: u64, ops: usize) {
             _ => 64 * 1024 * (1 + rng.below(4)),
         }
         .min(size);
-        let off = if rng.below(5) == 0 {
-            let gt = 32 * MIB * (1 + rng.below(size / (32 * MIB)).min(size / (32 * MIB)));
+        let gts = size / (32 * MIB);
+        let off = if gts > 0 && rng.below(5) == 0 {
+            let gt = 32 * MIB * (1 + rng.below(gts));
             gt.saturating_sub(len / 2).min(size - len)
         } else if rng.below(4) == 0 {
             (rng.below(size - len + 1) / 65536 * 65536).min(size - len)
@@ -280,4 +281,21 @@ fn test_bare_sparse_extent_without_descriptor() {
     img.read_at(&mut b, 1000).unwrap();
     assert!(b.iter().all(|&x| x == 3));
     assert_eq!(vmdk::check(&p, false).unwrap().exit_code(), 0);
+}
+
+#[test]
+fn test_model_other_grain_sizes() {
+    // 8 KiB grains (a GT covers 4 MiB, so writes cross many tables) and 1 MiB grains.
+    for (grain, size) in [(16u64, 21 * MIB + 512), (2048, 40 * MIB)] {
+        let d = Scratch::new(&format!("model-grain{grain}"));
+        let p = d.path("g.vmdk");
+        let mut o = CreateOptions::new(Subformat::MonolithicSparse, size);
+        o.grain_sectors = grain;
+        o.zeroed_grain = grain == 16;
+        vmdk::create(&p, &o).unwrap();
+        let mut model = vec![0u8; size as usize];
+        run_model(&p, &mut model, grain, 1500);
+        assert_eq!(vmdk::check(&p, false).unwrap().exit_code(), 0, "grain {grain}");
+        qemu_agrees(&d, &p, &model);
+    }
 }
