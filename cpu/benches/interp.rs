@@ -81,6 +81,31 @@ fn loop64_reg() -> Vec<u8> {
     a.assemble(CODE).unwrap()
 }
 
+/// 64-bit calls: a small function with PUSH/POP of a callee-saved register, CALL and RET.
+fn loop64_calls() -> Vec<u8> {
+    let mut a = CodeAssembler::new(64).unwrap();
+    let mut top = a.create_label();
+    let mut func = a.create_label();
+    let mut done = a.create_label();
+    a.xor(eax, eax).unwrap();
+    a.mov(ecx, ITERS).unwrap();
+    a.mov(rsp, 0x9000u64).unwrap();
+    a.set_label(&mut top).unwrap();
+    a.call(func).unwrap();
+    a.dec(ecx).unwrap();
+    a.jnz(top).unwrap();
+    a.jmp(done).unwrap();
+    a.set_label(&mut func).unwrap();
+    a.push(rbx).unwrap();
+    a.lea(rbx, qword_ptr(rcx + rcx * 2)).unwrap();
+    a.add(rax, rbx).unwrap();
+    a.pop(rbx).unwrap();
+    a.ret().unwrap();
+    a.set_label(&mut done).unwrap();
+    a.hlt().unwrap();
+    a.assemble(CODE).unwrap()
+}
+
 /// 32-bit protected mode: an array sum with indexed loads, a store and a loop counter.
 fn loop32() -> Vec<u8> {
     let mut a = CodeAssembler::new(32).unwrap();
@@ -130,6 +155,7 @@ fn benches(c: &mut Criterion) {
     bench_loop(c, "loop64_reg_alu_branch", loop64_reg(), CpuState::new_flat64());
     bench_loop(c, "loop64_alu_mem_branch", loop64(), CpuState::new_flat64());
     bench_loop(c, "loop32_array_sum", loop32(), CpuState::new_flat32());
+    bench_loop(c, "loop64_call_push_pop", loop64_calls(), CpuState::new_flat64());
 }
 
 criterion_group! {

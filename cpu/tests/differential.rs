@@ -1959,8 +1959,8 @@ mod host {
                 }
                 guest.sync_to(&st);
                 let pre = st;
-                // 32-bit cases may use the stack: always compare memory there.
-                let touches_mem = g.touches_mem || m32;
+                // Stack instructions touch memory implicitly: always compare the scratch area.
+                let touches_mem = true;
                 let pre_mem: Option<Vec<u8>> = if touches_mem { Some(host.scratch().to_vec()) } else { None };
                 // Dynamic inputs of the undefined-flag table.
                 let ins = &g.ins;

@@ -52,6 +52,14 @@ pub(crate) enum FastKind {
     Jcc,
     /// JMP rel.
     Jmp,
+    /// PUSH reg (`bits` = operand size).
+    PushR,
+    /// POP reg.
+    PopR,
+    /// CALL rel (`bits` = operand size of the pushed return address).
+    CallRel,
+    /// RET (near, no immediate).
+    Ret,
 }
 
 /// ALU operations (`Fast::op` for the Alu* kinds).
@@ -392,6 +400,21 @@ fn predecode_inner(i: &Instruction) -> Fast {
                 f.imm = u64::from(i.immediate8());
             }
         }
+        Mnemonic::Push | Mnemonic::Pop if i.op_count() == 1 && k0 == OpKind::Register => {
+            if let Some((d, b)) = gpr(i.op0_register()) {
+                f.kind = if m == Mnemonic::Push { FastKind::PushR } else { FastKind::PopR };
+                (f.d, f.bits) = (d, b);
+            }
+        }
+        Mnemonic::Call if matches!(k0, OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64) => {
+            f.kind = FastKind::CallRel;
+            f.bits = (i.stack_pointer_increment().unsigned_abs() * 8) as u8;
+            f.imm = i.near_branch_target();
+        }
+        Mnemonic::Ret if i.op_count() == 0 => {
+            f.kind = FastKind::Ret;
+            f.bits = (i.stack_pointer_increment().unsigned_abs() * 8) as u8;
+        }
         Mnemonic::Jmp if matches!(k0, OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64) => {
             f.kind = FastKind::Jmp;
             f.imm = i.near_branch_target();
@@ -569,6 +592,31 @@ impl Cx<'_> {
             FastKind::Jmp => {
                 self.check_near_target(f.imm)?;
                 self.cpu.rip = f.imm;
+                return Ok(());
+            }
+            FastKind::PushR => {
+                let v = self.rreg(f.d, m);
+                self.push(bits, v)?;
+            }
+            FastKind::PopR => {
+                let sp = self.cpu.gpr[4];
+                let v = self.stack_read(sp, bits)?;
+                // The stack pointer moves first: POP (E/R)SP loads the popped value.
+                self.set_sp(sp.wrapping_add(u64::from(bits / 8)));
+                self.wreg(f.d, m, v);
+            }
+            FastKind::CallRel => {
+                self.check_near_target(f.imm)?;
+                self.push(bits, i.next_ip())?;
+                self.cpu.rip = f.imm;
+                return Ok(());
+            }
+            FastKind::Ret => {
+                let sp = self.cpu.gpr[4];
+                let target = self.stack_read(sp, bits)?;
+                self.check_near_target(target)?;
+                self.set_sp(sp.wrapping_add(u64::from(bits / 8)));
+                self.cpu.rip = target;
                 return Ok(());
             }
         }
