@@ -236,6 +236,12 @@ pub struct Msrs {
     pub tsc_offset: u64,
     /// IA32_TSC_AUX.
     pub tsc_aux: u64,
+    /// IA32_MTRR_DEF_TYPE (read back as written; memory types do not affect emulation).
+    pub mtrr_def_type: u64,
+    /// IA32_MTRR_PHYSBASE0..7 / PHYSMASK0..7 (MSRs 0x200-0x20F).
+    pub mtrr_var: [u64; 16],
+    /// The fixed-range MTRRs: 0x250, 0x258, 0x259, 0x268-0x26F.
+    pub mtrr_fixed: [u64; 11],
 }
 
 /// x87/SSE register file (room reserved; the integer interpreter does not use it yet).

@@ -165,3 +165,52 @@ fn test_interp_real_mode_instruction_crossing_64k_is_gp() {
     assert_eq!(it.step(&mut cpu, &mut bus), Err(cpu::Exception::GeneralProtection(0)));
     assert_eq!(cpu.rip, 0xFFFF);
 }
+
+#[test]
+fn test_interp_mtrrs_read_back_and_reserved_bits_fault() {
+    // WRMSR then RDMSR of a variable-range base, a fixed-range MTRR and MTRR_DEF_TYPE (as a
+    // BIOS programs them); then a reserved bit in MTRR_DEF_TYPE must raise #GP(0).
+    let mut a = CodeAssembler::new(64).unwrap();
+    for (i, (index, lo, hi)) in [
+        (0x200u32, 0x0000_0006u32, 0u32),
+        (0x20Fu32, 0xF800_0800, 0xF),
+        (0x26F, 0x0505_0505, 0x0606_0606),
+        (0x2FF, 0xC06, 0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        a.mov(ecx, index).unwrap();
+        a.mov(eax, lo).unwrap();
+        a.mov(edx, hi).unwrap();
+        a.wrmsr().unwrap();
+        a.xor(eax, eax).unwrap();
+        a.xor(edx, edx).unwrap();
+        a.rdmsr().unwrap();
+        a.shl(rdx, 32).unwrap();
+        a.or(rax, rdx).unwrap();
+        a.mov(qword_ptr(0x2000 + 8 * i as u64), rax).unwrap();
+    }
+    a.mov(ecx, 0x2FFu32).unwrap();
+    a.mov(eax, 0x1000u32).unwrap(); // bit 12: reserved
+    a.xor(edx, edx).unwrap();
+    a.wrmsr().unwrap();
+    a.hlt().unwrap();
+    let code = a.assemble(0x1000).unwrap();
+    let mut bus = bus_with(&code, 0x1000);
+    let mut cpu = CpuState::new_flat64();
+    cpu.rip = 0x1000;
+    let mut it = Interpreter::new();
+    let last_wrmsr = loop {
+        let rip = cpu.rip;
+        match it.step(&mut cpu, &mut bus) {
+            Ok(()) => {}
+            Err(e) => break (rip, e),
+        }
+    };
+    assert_eq!(last_wrmsr.1, cpu::Exception::GeneralProtection(0));
+    let mut got = [0u8; 32];
+    bus.mem.read(GuestPhysAddr(0x2000), &mut got).unwrap();
+    let v: Vec<u64> = got.chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
+    assert_eq!(v, [0x6, 0xF_F800_0800, 0x0606_0606_0505_0505, 0xC06]);
+}

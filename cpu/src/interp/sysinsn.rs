@@ -48,6 +48,16 @@ pub mod msr {
     pub const TSC_AUX: u32 = 0xC000_0103;
 }
 
+/// The slot of a fixed-range MTRR (0x250, 0x258, 0x259, 0x268-0x26F) in `Msrs::mtrr_fixed`.
+fn mtrr_fixed_index(n: u32) -> usize {
+    match n {
+        0x250 => 0,
+        0x258 => 1,
+        0x259 => 2,
+        _ => (n.saturating_sub(0x268) as usize + 3).min(10),
+    }
+}
+
 impl Cx<'_> {
     fn cpl0(&self) -> Result<(), Exception> {
         if self.cpu.cpl != 0 && self.mode != CpuMode::Real {
@@ -75,8 +85,9 @@ impl Cx<'_> {
             msr::MISC_ENABLE => m.misc_enable,
             msr::PAT => m.pat,
             msr::MTRRCAP => 0x508, // 8 variable ranges, fixed ranges, write-combining
-            msr::MTRR_DEF_TYPE => 0xC06,
-            0x200..=0x20F | 0x250 | 0x258 | 0x259 | 0x268..=0x26F => 0,
+            msr::MTRR_DEF_TYPE => m.mtrr_def_type,
+            0x200..=0x20F => m.mtrr_var[(n - 0x200) as usize],
+            0x250 | 0x258 | 0x259 | 0x268..=0x26F => m.mtrr_fixed[mtrr_fixed_index(n)],
             msr::EFER => self.cpu.efer,
             msr::STAR => m.star,
             msr::LSTAR => m.lstar,
@@ -103,7 +114,11 @@ impl Cx<'_> {
             msr::SYSENTER_EIP => self.cpu.msr.sysenter_eip = v,
             msr::MISC_ENABLE => self.cpu.msr.misc_enable = v,
             msr::PAT => self.cpu.msr.pat = v,
-            msr::MTRR_DEF_TYPE | 0x200..=0x20F | 0x250 | 0x258 | 0x259 | 0x268..=0x26F => {}
+            // IA32_MTRR_DEF_TYPE: type (bits 0-7), FE (10), E (11); the rest is reserved.
+            msr::MTRR_DEF_TYPE if v & !0xCFF != 0 => return Err(Exception::GeneralProtection(0)),
+            msr::MTRR_DEF_TYPE => self.cpu.msr.mtrr_def_type = v,
+            0x200..=0x20F => self.cpu.msr.mtrr_var[(n - 0x200) as usize] = v,
+            0x250 | 0x258 | 0x259 | 0x268..=0x26F => self.cpu.msr.mtrr_fixed[mtrr_fixed_index(n)] = v,
             msr::EFER => {
                 // SCE, LME, NXE are writable; LMA is read-only.
                 const W: u64 = cr::EFER_SCE | cr::EFER_LME | cr::EFER_NXE;
