@@ -835,6 +835,8 @@ pub struct RawImage {
     path: PathBuf,
     size: u64,
     writable: bool,
+    /// Bytes written since write-back was last started (see [`RawImage::write_at`]).
+    unsynced: std::sync::atomic::AtomicU64,
 }
 
 impl RawImage {
@@ -843,7 +845,7 @@ impl RawImage {
         let path = path.as_ref();
         let file = std::fs::OpenOptions::new().read(true).write(writable).open(path).map_err(io(path))?;
         let size = file.metadata().map_err(io(path))?.len();
-        Ok(RawImage { file, path: path.to_path_buf(), size, writable })
+        Ok(RawImage { file, path: path.to_path_buf(), size, writable, unsynced: Default::default() })
     }
 
     /// Creates (or truncates) a raw file of `size` bytes.
@@ -857,7 +859,7 @@ impl RawImage {
             .open(path)
             .map_err(io(path))?;
         file.set_len(size).map_err(io(path))?;
-        Ok(RawImage { file, path: path.to_path_buf(), size, writable: true })
+        Ok(RawImage { file, path: path.to_path_buf(), size, writable: true, unsynced: Default::default() })
     }
 }
 
@@ -918,7 +920,21 @@ impl BlockDevice for RawImage {
         if offset.checked_add(buf.len() as u64).is_none_or(|e| e > self.size) {
             return Err(Error::OutOfRange { offset, len: buf.len() as u64, size: self.size });
         }
-        self.file.write_all_at(buf, offset).map_err(io(&self.path))
+        self.file.write_all_at(buf, offset).map_err(io(&self.path))?;
+        // Start write-back every 32 MiB so that a bulk copy overlaps with the disk and the final
+        // flush has little left to do.
+        use std::sync::atomic::Ordering;
+        let n = self.unsynced.fetch_add(buf.len() as u64, Ordering::Relaxed) + buf.len() as u64;
+        if n >= 32 << 20 {
+            self.unsynced.store(0, Ordering::Relaxed);
+            use std::os::fd::AsRawFd;
+            // SAFETY: sync_file_range only starts write-back of this file's dirty pages; it does
+            // not touch memory we own. Failure is harmless (flush still syncs), so it is ignored.
+            unsafe {
+                libc::sync_file_range(self.file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+            }
+        }
+        Ok(())
     }
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
         let z = vec![0u8; len.min(1 << 20) as usize];

@@ -41,6 +41,8 @@ pub(crate) struct SparseExtent {
     cache: Option<(u64, Vec<u8>)>,
     zbuf: Vec<u8>,
     inflater: flate2::Decompress,
+    /// Bytes written since write-back was last started.
+    unsynced: u64,
 }
 
 /// Largest compressed grain we read: deflate's worst case for a 32 MiB grain plus slack.
@@ -118,6 +120,7 @@ impl SparseExtent {
             cache: None,
             zbuf: Vec::new(),
             inflater: flate2::Decompress::new(true),
+            unsynced: 0,
         })
     }
 
@@ -270,6 +273,21 @@ impl SparseExtent {
         Ok(())
     }
 
+    /// Counts written bytes; every 32 MiB starts write-back so bulk writes overlap with the disk
+    /// and `flush` has little left to do.
+    fn wrote(&mut self, n: usize) {
+        self.unsynced += n as u64;
+        if self.unsynced >= 32 << 20 {
+            self.unsynced = 0;
+            use std::os::fd::AsRawFd;
+            // SAFETY: sync_file_range only starts write-back of this file's dirty pages; it does
+            // not touch memory we own. Failure is harmless (flush still syncs), so it is ignored.
+            unsafe {
+                libc::sync_file_range(self.file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+            }
+        }
+    }
+
     fn alloc(&mut self, sectors: u64) -> Result<u64> {
         let s = self.next_sector;
         if s.saturating_add(sectors) > u64::from(u32::MAX) {
@@ -347,6 +365,7 @@ impl SparseExtent {
                     )));
                 }
                 self.file.write_all_at(data, s * SECTOR + off as u64).map_err(io(&self.path))?;
+                self.wrote(data.len());
                 let end = s * SECTOR + (off + data.len()) as u64;
                 self.file_len = self.file_len.max(end);
                 Ok(())
@@ -370,6 +389,7 @@ impl SparseExtent {
                 let s = self.alloc(self.hdr.grain_size)?;
                 // The grain goes to disk before its table entry (the entry is written at flush).
                 self.file.write_all_at(buf, s * SECTOR).map_err(io(&self.path))?;
+                self.wrote(buf.len());
                 self.file_len = self.file_len.max((s + self.hdr.grain_size) * SECTOR);
                 self.set_gte(g, s as u32)
             }
@@ -404,6 +424,7 @@ impl SparseExtent {
         // The grains go to disk before their table entries (written at flush).
         let bytes = &data[..n as usize * gb];
         self.file.write_all_at(bytes, s * SECTOR).map_err(io(&self.path))?;
+        self.wrote(bytes.len());
         self.file_len = self.file_len.max(s * SECTOR + bytes.len() as u64);
         for i in 0..n {
             self.set_gte(g + i, (s + i * self.hdr.grain_size) as u32)?;
