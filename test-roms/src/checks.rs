@@ -503,20 +503,7 @@ pub fn exceptions_protected() -> Rom {
     assembled(build_with(
         Mode::Protected32,
         |a| {
-            // Zero the IDT (256 gates), then install 32-bit interrupt gates (type 0xE, P, DPL 0).
-            a.mov(edi, IDT as u32)?;
-            a.xor(eax, eax)?;
-            a.mov(ecx, 512u32)?;
-            a.rep().stosd()?;
-            for (vec, h) in [(0u64, H_DE), (6, H_UD), (13, H_GP), (0x80, H_INT)] {
-                a.mov(word_ptr(IDT + vec * 8), (h & 0xFFFF) as u32)?;
-                a.mov(word_ptr(IDT + vec * 8 + 2), u32::from(SEL_CODE32))?;
-                a.mov(word_ptr(IDT + vec * 8 + 4), 0x8E00u32)?;
-                a.mov(word_ptr(IDT + vec * 8 + 6), (h >> 16) as u32)?;
-            }
-            a.mov(word_ptr(IDTR), (256 * 8 - 1) as u32)?;
-            a.mov(dword_ptr(IDTR + 2), IDT as u32)?;
-            a.lidt(ptr(IDTR))?;
+            install_idt32(a, IDT, IDTR, &[(0, H_DE), (6, H_UD), (13, H_GP), (0x80, H_INT)])?;
             for v in [VAR_COUNT_DE, VAR_COUNT_UD, VAR_COUNT_INT, VAR_COUNT_GP] {
                 a.mov(word_ptr(v), 0u32)?;
             }
@@ -568,6 +555,25 @@ pub fn exceptions_protected() -> Rom {
         },
         extras,
     ))
+}
+
+/// Emits code that zeroes a 256-gate IDT at `idt`, installs 32-bit interrupt gates (type 0xE,
+/// present, DPL 0, the flat code selector) for `(vector, handler)` pairs and loads it through a
+/// pseudo-descriptor at `idtr`.
+fn install_idt32(a: &mut CodeAssembler, idt: u64, idtr: u64, gates: &[(u64, u64)]) -> Result<(), IcedError> {
+    a.mov(edi, idt as u32)?;
+    a.xor(eax, eax)?;
+    a.mov(ecx, 512u32)?;
+    a.rep().stosd()?;
+    for &(vec, h) in gates {
+        a.mov(word_ptr(idt + vec * 8), (h & 0xFFFF) as u32)?;
+        a.mov(word_ptr(idt + vec * 8 + 2), u32::from(SEL_CODE32))?;
+        a.mov(word_ptr(idt + vec * 8 + 4), 0x8E00u32)?;
+        a.mov(word_ptr(idt + vec * 8 + 6), (h >> 16) as u32)?;
+    }
+    a.mov(word_ptr(idtr), (256 * 8 - 1) as u32)?;
+    a.mov(dword_ptr(idtr + 2), idt as u32)?;
+    a.lidt(ptr(idtr))
 }
 
 /// Emits the initialisation of the 8259A pair: ICW1 (edge, cascade, ICW4), ICW2 (vector base:
@@ -688,19 +694,7 @@ pub fn apic() -> Rom {
     assembled(build_with(
         Mode::Protected32,
         |a| {
-            a.mov(edi, IDT as u32)?;
-            a.xor(eax, eax)?;
-            a.mov(ecx, 512u32)?;
-            a.rep().stosd()?;
-            for (vec, h) in [(0x40u64, H_INT), (0x41, H_UD), (0x42, H_GP), (0xFF, H_DE)] {
-                a.mov(word_ptr(IDT + vec * 8), (h & 0xFFFF) as u32)?;
-                a.mov(word_ptr(IDT + vec * 8 + 2), u32::from(SEL_CODE32))?;
-                a.mov(word_ptr(IDT + vec * 8 + 4), 0x8E00u32)?;
-                a.mov(word_ptr(IDT + vec * 8 + 6), (h >> 16) as u32)?;
-            }
-            a.mov(word_ptr(IDTR), (256 * 8 - 1) as u32)?;
-            a.mov(dword_ptr(IDTR + 2), IDT as u32)?;
-            a.lidt(ptr(IDTR))?;
+            install_idt32(a, IDT, IDTR, &[(0x40, H_INT), (0x41, H_UD), (0x42, H_GP), (0xFF, H_DE)])?;
             for v in [TICKS, IPIS, PITS] {
                 a.mov(dword_ptr(v), 0u32)?;
             }
