@@ -2,39 +2,10 @@
 //! branches). Criterion reports throughput in elements = guest instructions, so "Melem/s" is
 //! guest MIPS.
 
-use base::{AccessSize, GuestPhysAddr, PortAddr};
-use cpu::{CpuBus, CpuState, ExecutionEngine, Interpreter, RunExit};
+use cpu::{CpuState, ExecutionEngine, Interpreter, RamBus, RunExit};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use iced_x86::code_asm::*;
-use mmu::PhysMemory;
 use std::hint::black_box;
-
-struct Bus {
-    mem: PhysMemory,
-}
-
-impl CpuBus for Bus {
-    fn memory(&mut self) -> &mut PhysMemory {
-        &mut self.mem
-    }
-    fn mmio_read(&mut self, _: u32, _: GuestPhysAddr, s: AccessSize) -> u64 {
-        s.mask()
-    }
-    fn mmio_write(&mut self, _: u32, _: GuestPhysAddr, _: AccessSize, _: u64) {}
-    fn port_read(&mut self, _: PortAddr, s: AccessSize) -> u32 {
-        s.mask() as u32
-    }
-    fn port_write(&mut self, _: PortAddr, _: AccessSize, _: u32) {}
-    fn interrupt_pending(&mut self) -> bool {
-        false
-    }
-    fn acknowledge_interrupt(&mut self) -> Option<u8> {
-        None
-    }
-    fn stop_requested(&mut self) -> bool {
-        false
-    }
-}
 
 const ITERS: u32 = 100_000;
 const CODE: u64 = 0x1000;
@@ -126,14 +97,11 @@ fn loop32() -> Vec<u8> {
     a.assemble(CODE).unwrap()
 }
 
-fn machine(code: &[u8]) -> Bus {
-    let mut mem = PhysMemory::new(1 << 20).unwrap();
-    mem.map_ram(0, 1 << 20).unwrap();
-    mem.load(GuestPhysAddr(CODE), code).unwrap();
-    Bus { mem }
+fn machine(code: &[u8]) -> RamBus {
+    RamBus::with_code(1 << 20, code, CODE).unwrap()
 }
 
-fn run_once(it: &mut Interpreter, bus: &mut Bus, fresh: &CpuState) -> u64 {
+fn run_once(it: &mut Interpreter, bus: &mut RamBus, fresh: &CpuState) -> u64 {
     let mut cpu = fresh.clone();
     cpu.rip = CODE;
     let exit = it.run(&mut cpu, bus, u64::MAX);

@@ -28,3 +28,56 @@ pub trait CpuBus {
         let _ = icount;
     }
 }
+
+/// A bus with guest memory and nothing else, for tests, benches and tools that run bare code:
+/// ports and MMIO read as open bus, bytes written to the debug-console port 0xE9 are kept in
+/// [`RamBus::debug_out`], no interrupt is ever requested.
+#[derive(Debug)]
+pub struct RamBus {
+    /// Guest physical memory.
+    pub mem: PhysMemory,
+    /// Bytes the guest wrote to port 0xE9.
+    pub debug_out: Vec<u8>,
+}
+
+impl RamBus {
+    /// A bus over `mem`.
+    pub fn new(mem: PhysMemory) -> Self {
+        RamBus { mem, debug_out: Vec::new() }
+    }
+
+    /// A bus with `ram_bytes` of RAM from address 0 and `code` loaded at `at`.
+    pub fn with_code(ram_bytes: u64, code: &[u8], at: u64) -> Result<Self, mmu::PhysMemoryError> {
+        let mut mem = PhysMemory::new(ram_bytes)?;
+        mem.map_ram(0, ram_bytes)?;
+        mem.load(GuestPhysAddr(at), code)?;
+        Ok(Self::new(mem))
+    }
+}
+
+impl CpuBus for RamBus {
+    fn memory(&mut self) -> &mut PhysMemory {
+        &mut self.mem
+    }
+    fn mmio_read(&mut self, _: u32, _: GuestPhysAddr, size: AccessSize) -> u64 {
+        size.mask()
+    }
+    fn mmio_write(&mut self, _: u32, _: GuestPhysAddr, _: AccessSize, _: u64) {}
+    fn port_read(&mut self, _: PortAddr, size: AccessSize) -> u32 {
+        size.mask() as u32
+    }
+    fn port_write(&mut self, port: PortAddr, _: AccessSize, value: u32) {
+        if port.0 == 0xE9 {
+            self.debug_out.push(value as u8);
+        }
+    }
+    fn interrupt_pending(&mut self) -> bool {
+        false
+    }
+    fn acknowledge_interrupt(&mut self) -> Option<u8> {
+        None
+    }
+    fn stop_requested(&mut self) -> bool {
+        false
+    }
+}

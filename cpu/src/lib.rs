@@ -13,7 +13,7 @@ pub mod flags;
 pub mod interp;
 pub mod state;
 
-pub use bus::CpuBus;
+pub use bus::{CpuBus, RamBus};
 pub use engine::{ExecutionEngine, RunExit};
 pub use exception::Exception;
 pub use interp::Interpreter;

@@ -38,9 +38,9 @@ fn test_differential_against_host() {
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod host {
-    use base::{AccessSize, GuestPhysAddr, PortAddr};
+    use base::GuestPhysAddr;
     use cpu::state::rflags::{AF, CF, DF, IF, OF, PF, SF, STATUS, ZF};
-    use cpu::{CpuBus, CpuState, Exception, ExecutionEngine, Interpreter, SegReg, Segment};
+    use cpu::{CpuState, Exception, ExecutionEngine, Interpreter, RamBus, SegReg, Segment};
     use iced_x86::{
         Code, Decoder, DecoderOptions, Encoder, EncodingKind, Formatter, Instruction, IntelFormatter, Mnemonic,
         OpCodeOperandKind as K, OpKind, Register, RepPrefixKind,
@@ -655,33 +655,6 @@ mod host {
     // The guest side.
     // ------------------------------------------------------------------------------------------
 
-    pub(super) struct Bus {
-        pub(super) mem: PhysMemory,
-    }
-
-    impl CpuBus for Bus {
-        fn memory(&mut self) -> &mut PhysMemory {
-            &mut self.mem
-        }
-        fn mmio_read(&mut self, _: u32, _: GuestPhysAddr, s: AccessSize) -> u64 {
-            s.mask()
-        }
-        fn mmio_write(&mut self, _: u32, _: GuestPhysAddr, _: AccessSize, _: u64) {}
-        fn port_read(&mut self, _: PortAddr, s: AccessSize) -> u32 {
-            s.mask() as u32
-        }
-        fn port_write(&mut self, _: PortAddr, _: AccessSize, _: u32) {}
-        fn interrupt_pending(&mut self) -> bool {
-            false
-        }
-        fn acknowledge_interrupt(&mut self) -> Option<u8> {
-            None
-        }
-        fn stop_requested(&mut self) -> bool {
-            false
-        }
-    }
-
     struct Guest {
         it: Interpreter,
         /// The CPU of the current case: 64-bit mode, 32-bit or 16-bit protected mode.
@@ -690,7 +663,7 @@ mod host {
         parked: [Option<CpuState>; 3],
         cur: usize,
         m32: bool,
-        bus: Bus,
+        bus: RamBus,
         scratch_backing: usize,
     }
 
@@ -721,7 +694,7 @@ mod host {
                 parked: [None, Some(c32), Some(c16)],
                 cur: 0,
                 m32: false,
-                bus: Bus { mem },
+                bus: RamBus::new(mem),
                 scratch_backing,
             }
         }

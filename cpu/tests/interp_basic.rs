@@ -1,47 +1,11 @@
 //! Small end-to-end checks of the interpreter on hand-assembled code.
 
-use base::{AccessSize, GuestPhysAddr, PortAddr};
-use cpu::{CpuBus, CpuState, ExecutionEngine, Interpreter, RunExit};
+use base::GuestPhysAddr;
+use cpu::{CpuState, ExecutionEngine, Interpreter, RamBus, RunExit};
 use iced_x86::code_asm::*;
-use mmu::PhysMemory;
 
-struct Bus {
-    mem: PhysMemory,
-    out: Vec<u8>,
-}
-
-impl CpuBus for Bus {
-    fn memory(&mut self) -> &mut PhysMemory {
-        &mut self.mem
-    }
-    fn mmio_read(&mut self, _: u32, _: GuestPhysAddr, s: AccessSize) -> u64 {
-        s.mask()
-    }
-    fn mmio_write(&mut self, _: u32, _: GuestPhysAddr, _: AccessSize, _: u64) {}
-    fn port_read(&mut self, _: PortAddr, s: AccessSize) -> u32 {
-        s.mask() as u32
-    }
-    fn port_write(&mut self, p: PortAddr, _: AccessSize, v: u32) {
-        if p.0 == 0xE9 {
-            self.out.push(v as u8);
-        }
-    }
-    fn interrupt_pending(&mut self) -> bool {
-        false
-    }
-    fn acknowledge_interrupt(&mut self) -> Option<u8> {
-        None
-    }
-    fn stop_requested(&mut self) -> bool {
-        false
-    }
-}
-
-fn bus_with(code: &[u8], at: u64) -> Bus {
-    let mut mem = PhysMemory::new(1 << 20).unwrap();
-    mem.map_ram(0, 1 << 20).unwrap();
-    mem.load(GuestPhysAddr(at), code).unwrap();
-    Bus { mem, out: Vec::new() }
+fn bus_with(code: &[u8], at: u64) -> RamBus {
+    RamBus::with_code(1 << 20, code, at).unwrap()
 }
 
 #[test]
@@ -66,7 +30,7 @@ fn test_interp_64bit_sum_loop() {
     let mut it = Interpreter::new();
     let exit = it.run(&mut cpu, &mut bus, 1_000_000);
     assert_eq!(exit, RunExit::Halted);
-    assert_eq!(bus.out, b"!");
+    assert_eq!(bus.debug_out, b"!");
     assert_eq!(cpu.gpr[3], 500_500);
     assert_eq!(cpu.icount, 2 + 3 * 1000 + 5);
 }
