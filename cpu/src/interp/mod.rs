@@ -175,22 +175,7 @@ impl Interpreter {
     /// Executes exactly one instruction. An exception is returned, not delivered; RIP and RSP
     /// are left as they were before the instruction.
     pub fn step(&mut self, cpu: &mut CpuState, bus: &mut dyn CpuBus) -> Result<(), Exception> {
-        let mode = cpu.mode();
-        let mut cx = Cx {
-            cpu,
-            bus,
-            cache: &mut self.cache,
-            mode,
-            sys_access: false,
-            io_written: false,
-            code_written: false,
-            mode_changed: false,
-            budget_end: u64::MAX,
-            next_rip: 0,
-            fetch_lin_page: u64::MAX,
-            fetch_backing_page: 0,
-            fetch_key_hi: 0,
-        };
+        let mut cx = Cx::new(cpu, bus, &mut self.cache, u64::MAX);
         let r = cx.step_one(false);
         match r {
             Ok(()) => Ok(()),
@@ -199,7 +184,27 @@ impl Interpreter {
     }
 }
 
-impl Cx<'_> {
+impl<'a> Cx<'a> {
+    /// The context for running `cpu` on `bus` until the instruction count reaches `budget_end`.
+    fn new(cpu: &'a mut CpuState, bus: &'a mut dyn CpuBus, cache: &'a mut DecodeCache, budget_end: u64) -> Self {
+        let mode = cpu.mode();
+        Cx {
+            cpu,
+            bus,
+            cache,
+            mode,
+            sys_access: false,
+            io_written: false,
+            code_written: false,
+            mode_changed: false,
+            budget_end,
+            next_rip: 0,
+            fetch_lin_page: u64::MAX,
+            fetch_backing_page: 0,
+            fetch_key_hi: 0,
+        }
+    }
+
     /// The bus for a port or MMIO access, with its clock brought to the current instruction.
     #[inline]
     pub(crate) fn io_bus(&mut self) -> &mut dyn CpuBus {
@@ -464,22 +469,7 @@ impl ExecutionEngine for Interpreter {
     fn run(&mut self, cpu: &mut CpuState, bus: &mut dyn CpuBus, budget: base::InstrCount) -> RunExit {
         let end = cpu.icount.saturating_add(budget);
         let trace = self.trace;
-        let mode = cpu.mode();
-        let mut cx = Cx {
-            cpu,
-            bus,
-            cache: &mut self.cache,
-            mode,
-            sys_access: false,
-            io_written: false,
-            code_written: false,
-            mode_changed: false,
-            budget_end: end,
-            next_rip: 0,
-            fetch_lin_page: u64::MAX,
-            fetch_backing_page: 0,
-            fetch_key_hi: 0,
-        };
+        let mut cx = Cx::new(cpu, bus, &mut self.cache, end);
         if trace {
             cx.run_loop::<true>(end)
         } else {
