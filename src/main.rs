@@ -2,10 +2,12 @@
 
 mod disk;
 mod run;
+mod units;
 
 use clap::{Parser, Subcommand};
 
-/// Ferrovisor: a pure-software x86 PC emulator.
+/// Ferrovisor: a pure-software x86 PC emulator (an interpreter today; a binary translator is being
+/// built).
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
@@ -24,15 +26,17 @@ enum Command {
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Run(a) => run::run(a),
-        Command::Disk(a) => disk::run(a),
+    // Each command has its own error status: `run` keeps odd statuses for the guest's
+    // isa-debug-exit values; `disk` follows qemu-img (1).
+    let (result, error_status) = match cli.command {
+        Command::Run(a) => (run::run(a), run::status::ERROR),
+        Command::Disk(a) => (disk::run(a), 1),
     };
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("ferrovisor: {e:#}");
-            std::process::exit(1);
+            std::process::exit(error_status);
         }
     }
 }

@@ -12,14 +12,15 @@ use std::time::Instant;
 With no image option, boots the embedded demo guest (real -> protected -> long mode, then an
 ASCII Mandelbrot and a prime table on the serial console).
 
-Exit status:
-  0            the guest powered off (HLT with interrupts disabled)
-  (v << 1) | 1 the guest wrote v to the exit port 0xF4 (QEMU's isa-debug-exit convention)
-  1            an error (bad file, bad option)
-  2            the guest triple-faulted (with --no-reboot, or with no firmware to reboot)
-  3            the --max-insns limit was reached
-  4            the guest halted with interrupts enabled and every interrupt source masked
-  0            the guest asked for a reset (with --no-reboot, or with no firmware to reboot)
+Exit status (the guest's isa-debug-exit values are odd, Ferrovisor's own outcomes even):
+  0             the guest powered off (HLT with interrupts disabled)
+  (v << 1) | 1  the guest wrote v to the exit port 0xF4 (QEMU's isa-debug-exit convention)
+  2             bad command line (usage error)
+  4             error: a file could not be read or loaded, a disk could not be opened, ...
+  6             the guest triple-faulted (with --no-reboot, or with no firmware to reboot)
+  8             the guest asked for a reset (with --no-reboot, or with no firmware to reboot)
+  10            the --max-insns or --max-time limit was reached
+  12            the guest halted with interrupts enabled and nothing can ever wake it
 
 Examples:
   ferrovisor run                                    the demo guest
@@ -38,7 +39,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     disk: Vec<PathBuf>,
     /// Open the disks read-only: guest writes fail with an ATA error instead of changing them.
-    #[arg(long)]
+    #[arg(long, requires = "disk")]
     read_only: bool,
     /// A guest reset or triple fault ends the run with a message instead of rebooting.
     #[arg(long)]
@@ -62,12 +63,17 @@ pub struct RunArgs {
     /// Kernel command line passed to a --multiboot kernel.
     #[arg(long, value_name = "CMDLINE", default_value = "", requires = "multiboot")]
     append: String,
-    /// Guest RAM size: a number of MiB, or with a K/M/G suffix (QEMU's -m).
+    /// Guest RAM size, 1 MiB to 3 GiB: a number of MiB, or with a unit (K, M, G, T; KiB..TiB
+    /// and KB..TB are the same binary units), as QEMU's -m.
     #[arg(short = 'm', long = "memory", value_name = "SIZE", value_parser = parse_size, default_value = "128")]
     memory: u64,
     /// Stop after this many guest instructions.
     #[arg(long, value_name = "N")]
     max_insns: Option<u64>,
+    /// Stop after this many seconds of virtual time (executed instructions at 1 ns each, plus
+    /// time the guest spent halted): a bound on any run, idle guests included.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    max_time: Option<u64>,
     /// Print every executed instruction to standard error.
     #[arg(long)]
     trace: bool,
@@ -96,15 +102,34 @@ fn parse_u64(s: &str) -> Result<u64, String> {
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
+    crate::units::parse_size(s, 1 << 20)
+}
+
+/// Seconds, fractional allowed, as whole nanoseconds.
+fn parse_seconds(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let (num, mult) = match t.chars().last() {
-        Some('k' | 'K') => (&t[..t.len() - 1], 1u64 << 10),
-        Some('m' | 'M') => (&t[..t.len() - 1], 1 << 20),
-        Some('g' | 'G') => (&t[..t.len() - 1], 1 << 30),
-        _ => (t, 1 << 20),
-    };
-    let n: u64 = num.parse().map_err(|_| format!("'{s}' is not a size (e.g. 128, 512M, 1G)"))?;
-    n.checked_mul(mult).ok_or_else(|| format!("size '{s}' is too large"))
+    let t = t.strip_suffix('s').unwrap_or(t);
+    match t.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v < 1.0e9 => Ok((v * 1e9).round().max(1.0) as u64),
+        _ => Err(format!("'{s}' is not a positive number of seconds")),
+    }
+}
+
+/// Exit statuses of `ferrovisor run` that are Ferrovisor's own outcomes (all even, so they
+/// never collide with a guest's isa-debug-exit value `(v << 1) | 1`).
+pub mod status {
+    /// The guest powered off.
+    pub const POWER_OFF: i32 = 0;
+    /// An error: a file could not be read or loaded, a disk could not be opened.
+    pub const ERROR: i32 = 4;
+    /// The guest triple-faulted.
+    pub const TRIPLE_FAULT: i32 = 6;
+    /// The guest asked for a reset.
+    pub const RESET: i32 = 8;
+    /// The instruction or virtual-time limit was reached.
+    pub const LIMIT: i32 = 10;
+    /// The guest halted and nothing can wake it.
+    pub const IDLE_FOREVER: i32 = 12;
 }
 
 /// Runs a guest; returns the process exit status.
@@ -121,6 +146,21 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
         no_reboot: a.no_reboot,
         rtc_unix_seconds: host_time,
     };
+    if a.max_insns == Some(0) {
+        bail!("--max-insns must be at least 1");
+    }
+    let booted_image = a.bios.is_some() || a.flat.is_some() || a.multiboot.is_some();
+    if !a.disk.is_empty() && !booted_image {
+        bail!(
+            "--disk needs a guest that uses it: add --bios FILE (firmware that boots the disk), --flat or --multiboot"
+        );
+    }
+    if !a.disk.is_empty() && a.bios.is_none() {
+        eprintln!(
+            "ferrovisor: warning: --disk without --bios: no firmware boots the disk; the guest reaches it only \
+             through the IDE ports"
+        );
+    }
     let mut m = Machine::new(config)?;
     for (i, path) in a.disk.iter().enumerate() {
         m.attach_disk_file(i, path, a.read_only)?;
@@ -134,39 +174,42 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
             .with_context(|| format!("cannot load {}", path.display()))?;
     } else if let Some(path) = &a.multiboot {
         let image = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        m.load_multiboot(&image, &a.append).with_context(|| format!("cannot load {}", path.display()))?;
+        // As QEMU's -kernel: the command line is "<kernel path> <append>".
+        let cmdline = format!("{} {}", path.display(), a.append);
+        m.load_multiboot(&image, &cmdline).with_context(|| format!("cannot load {}", path.display()))?;
     } else {
         let demo = test_roms::demo();
         m.load_flat(&demo.image, demo.load_addr, demo.entry)?;
     }
-    if a.max_insns == Some(0) {
-        bail!("--max-insns must be at least 1");
-    }
     let start = Instant::now();
-    let exit = m.run(a.max_insns);
+    let exit = m.run_limited(a.max_insns, a.max_time);
     let secs = start.elapsed().as_secs_f64();
     let n = m.instructions();
     if !a.quiet {
         eprintln!("ferrovisor: {n} guest instructions in {:.3} s ({:.1} MIPS)", secs, n as f64 / secs.max(1e-9) / 1e6);
     }
     Ok(match exit {
-        Exit::Halted => 0,
+        Exit::Halted => status::POWER_OFF,
         Exit::ExitDevice(v) => ((v << 1) | 1) as i32,
         Exit::TripleFault => {
             eprintln!("ferrovisor: the guest triple-faulted (a real PC would reset)");
-            2
+            status::TRIPLE_FAULT
         }
         Exit::InstructionLimit => {
             eprintln!("ferrovisor: stopped at the instruction limit");
-            3
+            status::LIMIT
+        }
+        Exit::TimeLimit => {
+            eprintln!("ferrovisor: stopped at the virtual-time limit");
+            status::LIMIT
         }
         Exit::Reset => {
             eprintln!("ferrovisor: the guest requested a reset");
-            0
+            status::RESET
         }
         Exit::IdleForever => {
             eprintln!("ferrovisor: the guest halted with every interrupt source masked; nothing can wake it");
-            4
+            status::IDLE_FOREVER
         }
     })
 }
@@ -184,5 +227,9 @@ mod tests {
         assert_eq!(parse_size("1G"), Ok(1 << 30));
         assert_eq!(parse_size("640k"), Ok(640 << 10));
         assert!(parse_size("lots").is_err());
+        assert_eq!(parse_size("1T"), Ok(1 << 40));
+        assert_eq!(parse_seconds("1.5"), Ok(1_500_000_000));
+        assert_eq!(parse_seconds("2s"), Ok(2_000_000_000));
+        assert!(parse_seconds("-1").is_err());
     }
 }

@@ -166,6 +166,9 @@ struct Chips {
     ioapic: IoApic,
 }
 
+/// The number of timer sources [`Board::timer_deadlines`] reports.
+pub(crate) const TIMERS: usize = 3;
+
 /// Everything the CPU reaches through [`CpuBus`].
 #[derive(Debug)]
 pub(crate) struct Board {
@@ -312,8 +315,18 @@ impl Board {
 
     /// The earliest virtual instant at which a timer changes an interrupt line.
     pub(crate) fn next_deadline(&self) -> Option<VirtualInstant> {
+        self.timer_deadlines().into_iter().flatten().min()
+    }
+
+    /// Each timer's next deadline: PIT channel 0, RTC, local APIC timer (in that order).
+    pub(crate) fn timer_deadlines(&self) -> [Option<VirtualInstant>; TIMERS] {
         let c = &self.chips;
-        [c.pit.next_deadline(), c.rtc.next_deadline(), c.lapic.next_deadline()].into_iter().flatten().min()
+        [c.pit.next_deadline(), c.rtc.next_deadline(), c.lapic.next_deadline()]
+    }
+
+    /// Whether an interrupt can be delivered to the CPU now (as `CpuBus::interrupt_pending`).
+    pub(crate) fn irq_pending(&self) -> bool {
+        self.irq_pending
     }
 
     /// Brings every timer to `now` and delivers the resulting interrupt-line changes.

@@ -24,7 +24,7 @@ pub use board::{COM1_PORT, DEBUGCON_PORT, EXIT_PORT, FIRMWARE_LOG_PORT};
 #[derive(Debug, Error)]
 pub enum MachineError {
     /// Guest memory could not be set up.
-    #[error("guest memory: {0}")]
+    #[error("guest memory")]
     Memory(#[from] PhysMemoryError),
     /// A kernel image is malformed.
     #[error(transparent)]
@@ -42,6 +42,20 @@ pub enum MachineError {
         /// RAM size.
         ram: u64,
     },
+    /// An image overlaps the VGA window, which is not RAM.
+    #[error(
+        "image at {addr:#x}+{len:#x} overlaps the VGA window 0xa0000-0xbffff, which is not RAM; \
+         load it below 0xa0000 or at 0xc0000 and above"
+    )]
+    OverlapsVgaWindow {
+        /// Load address.
+        addr: u64,
+        /// Length.
+        len: u64,
+    },
+    /// An empty image.
+    #[error("the image is empty")]
+    EmptyImage,
     /// An entry point that real mode cannot reach.
     #[error("entry point {0:#x} is above 1 MiB; flat images start in real mode")]
     BadEntry(u64),
@@ -117,6 +131,8 @@ pub enum Exit {
     Reset,
     /// The guest halted with interrupts enabled and nothing will ever interrupt it.
     IdleForever,
+    /// The virtual-time limit of [`Machine::run_limited`] was reached.
+    TimeLimit,
 }
 
 /// A virtual PC.
@@ -131,12 +147,16 @@ pub struct Machine {
     no_reboot: bool,
     /// The firmware image, kept to restore the BIOS shadow area on a reset.
     bios: Option<Vec<u8>>,
+    /// How many times a halted CPU skipped virtual time ahead (host work spent idle).
+    idle_skips: u64,
 }
 
 /// End of conventional memory (the VGA window starts here).
 const LOW_RAM_END: u64 = 0xA_0000;
 /// Start of the option-ROM and BIOS shadow area.
 const SHADOW_START: u64 = 0xC_0000;
+/// Longest Multiboot command line passed (with its terminating NUL).
+const MULTIBOOT_CMDLINE_MAX: usize = 4096;
 /// Largest firmware image accepted.
 const MAX_FIRMWARE: u64 = 4 << 20;
 
@@ -178,6 +198,7 @@ impl Machine {
             ram_bytes: ram,
             no_reboot: config.no_reboot,
             bios: None,
+            idle_skips: 0,
         })
     }
 
@@ -185,12 +206,18 @@ impl Machine {
         if addr.checked_add(len).is_none_or(|e| e > self.ram_bytes) {
             return Err(MachineError::ImageOutOfRange { addr, len, ram: self.ram_bytes });
         }
+        if addr < SHADOW_START && addr + len > LOW_RAM_END {
+            return Err(MachineError::OverlapsVgaWindow { addr, len });
+        }
         Ok(())
     }
 
     /// Loads a flat binary at `load` and prepares the CPU to start in real mode at `entry`
     /// (CS = 0 and IP = entry below 64 KiB; otherwise CS = entry >> 4, IP = entry & 0xF).
     pub fn load_flat(&mut self, image: &[u8], load: u64, entry: u64) -> Result<(), MachineError> {
+        if image.is_empty() {
+            return Err(MachineError::EmptyImage);
+        }
         self.check_fits(load, image.len() as u64)?;
         if entry >= 0x10_0000 {
             return Err(MachineError::BadEntry(entry));
@@ -280,6 +307,10 @@ impl Machine {
         true
     }
     /// Loads a Multiboot v1 kernel and prepares the CPU as a Multiboot loader leaves it.
+    ///
+    /// `cmdline` is passed as it is; QEMU's `-kernel` passes `"<kernel path> <append>"`, and so
+    /// does `ferrovisor run --multiboot`. The information structure, memory map and command line
+    /// are placed where they overlap nothing the kernel occupies.
     pub fn load_multiboot(&mut self, file: &[u8], cmdline: &str) -> Result<(), MachineError> {
         let k = loader::parse_multiboot(file)?;
         for s in &k.segments {
@@ -288,13 +319,31 @@ impl Machine {
             let zeros = vec![0u8; s.zero_fill as usize];
             self.board.mem.load(GuestPhysAddr(s.addr + s.data.len() as u64), &zeros)?;
         }
-        // Multiboot information at 0x9000, command line at 0x9800, memory map at 0x9400.
-        let info = 0x9000u64;
-        let mmap_addr = 0x9400u64;
-        let cmd_addr = 0x9800u64;
+        // The Multiboot information, memory map and command line go in one area that overlaps
+        // nothing the kernel occupies: the first page-aligned place after the kernel, or else
+        // below it, in RAM and outside the VGA window (as QEMU places them after the image).
         let mut cmd = cmdline.as_bytes().to_vec();
-        cmd.truncate(0x7FF);
+        cmd.truncate(MULTIBOOT_CMDLINE_MAX - 1);
         cmd.push(0);
+        let area_len = 0x1000 + cmd.len() as u64;
+        let spans: Vec<(u64, u64)> =
+            k.segments.iter().map(|s| (s.addr, s.addr + s.data.len() as u64 + s.zero_fill)).collect();
+        let kernel_end = spans.iter().map(|s| s.1).max().unwrap_or(0);
+        let free = |at: u64| {
+            let end = at + area_len;
+            at >= 0x1000
+                && end <= self.ram_bytes
+                && !(at < SHADOW_START && end > LOW_RAM_END)
+                && spans.iter().all(|&(a, b)| end <= a || at >= b)
+        };
+        let candidates = [kernel_end.next_multiple_of(0x1000), 0x1000, 0x1_0000, 0x10_0000];
+        let info = candidates
+            .into_iter()
+            .chain(spans.iter().map(|s| s.1.next_multiple_of(0x1000)))
+            .find(|&at| free(at))
+            .ok_or(MachineError::ImageOutOfRange { addr: kernel_end, len: area_len, ram: self.ram_bytes })?;
+        let mmap_addr = info + 0x400;
+        let cmd_addr = info + 0x1000;
         self.board.mem.load(GuestPhysAddr(cmd_addr), &cmd)?;
         let mut mmap = Vec::new();
         for (base, len, ty) in [(0u64, 0x9_FC00u64, 1u32), (0x10_0000, self.ram_bytes - 0x10_0000, 1)] {
@@ -338,8 +387,24 @@ impl Machine {
     /// Devices are advanced by deadline: a run slice ends at the next timer deadline, and a CPU
     /// halted with interrupts enabled skips virtual time ahead to it instead of spinning.
     pub fn run(&mut self, max_insns: Option<u64>) -> Exit {
+        self.run_limited(max_insns, None)
+    }
+
+    /// [`Machine::run`] with a second bound: `max_time_ns` nanoseconds of virtual time (executed
+    /// instructions plus time skipped while halted), after which the run ends with
+    /// [`Exit::TimeLimit`].
+    ///
+    /// A halted CPU costs O(1) host work per timer, not per timer period: a timer whose firing
+    /// left no interrupt deliverable is "quiet" for the rest of that halt, because its later
+    /// firings only set request bits that are already set (8259 IRR, I/O APIC remote IRR, local
+    /// APIC IRR) while nothing runs that could unmask them. The skip then goes straight to the
+    /// next deadline of a timer that may still wake the CPU, and the quiet timers catch up in
+    /// one step (their `advance_to` handles any number of periods).
+    pub fn run_limited(&mut self, max_insns: Option<u64>, max_time_ns: Option<u64>) -> Exit {
         let limit = max_insns.map(|m| self.cpu.icount.saturating_add(m));
+        let time_limit = max_time_ns.map(|t| self.now().0.saturating_add(t));
         let mut idle_since: Option<VirtualInstant> = None;
+        let mut quiet = [false; board::TIMERS];
         loop {
             if let Some(v) = self.board.exit_value.take() {
                 return Exit::ExitDevice(v);
@@ -359,6 +424,12 @@ impl Machine {
                 }
                 budget = budget.min(l - self.cpu.icount);
             }
+            if let Some(t) = time_limit {
+                if now.0 >= t {
+                    return Exit::TimeLimit;
+                }
+                budget = budget.min(t - now.0);
+            }
             if let Some(d) = self.board.next_deadline() {
                 budget = budget.min(d.0.saturating_sub(now.0).max(1));
             }
@@ -377,21 +448,41 @@ impl Machine {
                     if self.cpu.rflags() & rflags::IF == 0 {
                         return Exit::Halted;
                     }
-                    // Idle: skip virtual time to the next timer deadline (the TSC moves too).
-                    let now = self.now();
-                    let Some(deadline) = self.board.next_deadline() else {
-                        return Exit::IdleForever;
-                    };
                     if self.cpu.icount != before {
                         idle_since = None;
+                        quiet = [false; board::TIMERS];
                     }
-                    let since = *idle_since.get_or_insert(now);
-                    if now.0.saturating_sub(since.0) > IDLE_FOREVER_NS {
+                    // Idle: skip virtual time to the next deadline of a timer that may still
+                    // wake the CPU (the TSC moves too).
+                    let now = self.now();
+                    let deadlines = self.board.timer_deadlines();
+                    if deadlines.iter().all(Option::is_none) {
                         return Exit::IdleForever;
                     }
-                    let skip = deadline.0.saturating_sub(now.0).max(1);
+                    let since = *idle_since.get_or_insert(now);
+                    let forever = since.0.saturating_add(IDLE_FOREVER_NS);
+                    let waking = deadlines.iter().zip(quiet).filter(|(_, q)| !q).filter_map(|(d, _)| *d).min();
+                    let mut target = waking.map_or(forever, |d| d.0.min(forever));
+                    if let Some(t) = time_limit {
+                        target = target.min(t);
+                    }
+                    let skip = target.saturating_sub(now.0).max(1);
+                    self.idle_skips += 1;
                     self.board.idle_time = self.board.idle_time.wrapping_add(skip);
                     self.cpu.msr.tsc_offset = self.cpu.msr.tsc_offset.wrapping_add(skip);
+                    let now = self.now();
+                    self.board.advance_timers(now);
+                    if self.board.irq_pending() {
+                        continue;
+                    }
+                    if now.0 >= forever {
+                        return Exit::IdleForever;
+                    }
+                    for (q, d) in quiet.iter_mut().zip(deadlines) {
+                        if d.is_some_and(|d| d <= now) {
+                            *q = true;
+                        }
+                    }
                 }
             }
         }
@@ -410,6 +501,12 @@ impl Machine {
     /// Virtual time (nanoseconds): instructions retired plus time skipped while halted.
     pub fn virtual_time(&self) -> VirtualInstant {
         self.now()
+    }
+
+    /// How many times a halted CPU skipped virtual time ahead to a timer deadline: the host
+    /// work an idle guest cost.
+    pub fn idle_skips(&self) -> u64 {
+        self.idle_skips
     }
 
     /// Instructions retired so far.

@@ -19,7 +19,9 @@ fn seabios() -> Option<PathBuf> {
             if std::env::var_os("CI").is_some() {
                 panic!("cannot fetch Debian's seabios package (required in CI)");
             }
-            eprintln!("skipped: cannot fetch Debian's seabios package (apt-get download seabios failed)");
+            report_skip(
+                "machine/tests/seabios.rs: cannot fetch Debian's seabios package (apt-get download seabios failed)",
+            );
             return None;
         }
     }
@@ -88,4 +90,16 @@ fn test_seabios_no_disk_waits_then_reboots_idle() {
     let t = m.virtual_time().0;
     assert!(t >= 60_000_000_000, "virtual time {t} ns");
     assert!(m.instructions() < t / 100, "{} instructions for {t} ns", m.instructions());
+}
+
+/// Reports a skipped test where the user sees it: standard error, and the run's skip log
+/// (`FERRO_SKIP_LOG`, set by `scripts/test`, which prints a summary of it at the end).
+fn report_skip(what: &str) {
+    eprintln!("skipped: {what}");
+    if let Some(log) = std::env::var_os("FERRO_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+            let _ = writeln!(f, "{what}");
+        }
+    }
 }
