@@ -168,6 +168,9 @@ struct Chips {
 
 /// The number of timer sources [`Board::timer_deadlines`] reports.
 pub(crate) const TIMERS: usize = 3;
+/// Per timer source: after this many consecutive firings that woke nothing, a halted CPU's
+/// skip-ahead ignores it (see `Machine::run_limited`); the RTC never.
+pub(crate) const TIMER_QUIET_AFTER: [u8; TIMERS] = [2, u8::MAX, 2];
 
 /// Everything the CPU reaches through [`CpuBus`].
 #[derive(Debug)]

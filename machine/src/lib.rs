@@ -394,17 +394,22 @@ impl Machine {
     /// instructions plus time skipped while halted), after which the run ends with
     /// [`Exit::TimeLimit`].
     ///
-    /// A halted CPU costs O(1) host work per timer, not per timer period: a timer whose firing
-    /// left no interrupt deliverable is "quiet" for the rest of that halt, because its later
-    /// firings only set request bits that are already set (8259 IRR, I/O APIC remote IRR, local
+    /// A halted CPU costs O(1) host work per timer, not per timer period: a periodic timer
+    /// (PIT channel 0, local APIC timer) whose last two firings left no interrupt deliverable
+    /// is "quiet" for the rest of that halt. Two, because a square wave's falling edge wakes
+    /// nothing even when its rising edge would; after a rising edge that woke nothing, later
+    /// ones only set request bits that are already set (8259 IRR, I/O APIC remote IRR, local
     /// APIC IRR) while nothing runs that could unmask them. The skip then goes straight to the
     /// next deadline of a timer that may still wake the CPU, and the quiet timers catch up in
-    /// one step (their `advance_to` handles any number of periods).
+    /// one step (their `advance_to` handles any number of periods). The RTC is never quiet: its
+    /// alarm can match at a later second, and it has at most one deadline per second (or none
+    /// while its interrupt flag is set).
     pub fn run_limited(&mut self, max_insns: Option<u64>, max_time_ns: Option<u64>) -> Exit {
         let limit = max_insns.map(|m| self.cpu.icount.saturating_add(m));
         let time_limit = max_time_ns.map(|t| self.now().0.saturating_add(t));
         let mut idle_since: Option<VirtualInstant> = None;
-        let mut quiet = [false; board::TIMERS];
+        // Consecutive firings per timer that woke nothing during this halt.
+        let mut idle_fires = [0u8; board::TIMERS];
         loop {
             if let Some(v) = self.board.exit_value.take() {
                 return Exit::ExitDevice(v);
@@ -450,7 +455,7 @@ impl Machine {
                     }
                     if self.cpu.icount != before {
                         idle_since = None;
-                        quiet = [false; board::TIMERS];
+                        idle_fires = [0; board::TIMERS];
                     }
                     // Idle: skip virtual time to the next deadline of a timer that may still
                     // wake the CPU (the TSC moves too).
@@ -461,7 +466,12 @@ impl Machine {
                     }
                     let since = *idle_since.get_or_insert(now);
                     let forever = since.0.saturating_add(IDLE_FOREVER_NS);
-                    let waking = deadlines.iter().zip(quiet).filter(|(_, q)| !q).filter_map(|(d, _)| *d).min();
+                    let waking = deadlines
+                        .iter()
+                        .zip(idle_fires.iter().zip(board::TIMER_QUIET_AFTER))
+                        .filter(|(_, (&n, quiet_after))| n < *quiet_after)
+                        .filter_map(|(d, _)| *d)
+                        .min();
                     let mut target = waking.map_or(forever, |d| d.0.min(forever));
                     if let Some(t) = time_limit {
                         target = target.min(t);
@@ -478,9 +488,9 @@ impl Machine {
                     if now.0 >= forever {
                         return Exit::IdleForever;
                     }
-                    for (q, d) in quiet.iter_mut().zip(deadlines) {
+                    for (n, d) in idle_fires.iter_mut().zip(deadlines) {
                         if d.is_some_and(|d| d <= now) {
-                            *q = true;
+                            *n = n.saturating_add(1);
                         }
                     }
                 }

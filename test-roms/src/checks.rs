@@ -576,6 +576,39 @@ fn install_idt32(a: &mut CodeAssembler, idt: u64, idtr: u64, gates: &[(u64, u64)
     a.lidt(ptr(idtr))
 }
 
+/// Emits code that points all 256 IDT gates at `handler` (32-bit interrupt gates) and loads the
+/// IDT.
+pub(crate) fn install_idt32_all(a: &mut CodeAssembler, idt: u64, idtr: u64, handler: u64) -> Result<(), IcedError> {
+    a.mov(edi, idt as u32)?;
+    a.mov(ecx, 256u32)?;
+    let mut fill = a.create_label();
+    a.set_label(&mut fill)?;
+    a.mov(word_ptr(edi), (handler & 0xFFFF) as u32)?;
+    a.mov(word_ptr(edi + 2), u32::from(SEL_CODE32))?;
+    a.mov(word_ptr(edi + 4), 0x8E00u32)?;
+    a.mov(word_ptr(edi + 6), (handler >> 16) as u32)?;
+    a.add(edi, 8)?;
+    a.dec(ecx)?;
+    a.jnz(fill)?;
+    a.mov(word_ptr(idtr), (256 * 8 - 1) as u32)?;
+    a.mov(dword_ptr(idtr + 2), idt as u32)?;
+    a.lidt(ptr(idtr))
+}
+
+/// Emits code that points all 256 real-mode IVT entries at `0000:handler`.
+pub(crate) fn install_ivt_all(a: &mut CodeAssembler, handler: u64) -> Result<(), IcedError> {
+    a.xor(di, di)?;
+    a.mov(cx, 256u32)?;
+    let mut fill = a.create_label();
+    a.set_label(&mut fill)?;
+    a.mov(word_ptr(di), handler as u32)?;
+    a.mov(word_ptr(di + 2), 0u32)?;
+    a.add(di, 4)?;
+    a.dec(cx)?;
+    a.jnz(fill)?;
+    Ok(())
+}
+
 /// Emits the initialisation of the 8259A pair: ICW1 (edge, cascade, ICW4), ICW2 (vector base:
 /// `master_base` and 0x70), ICW3 (slave on IRQ 2), ICW4 (8086 mode); then the masks (the slave
 /// fully masked).

@@ -27,6 +27,7 @@
 mod boot;
 mod checks;
 mod demo;
+mod fuzz;
 mod layout;
 mod system;
 
@@ -36,6 +37,7 @@ pub use checks::{
     string_ops, FastTimer,
 };
 pub use demo::{demo, mandelbrot_reference, primes_reference, DEMO_BANNER};
+pub use fuzz::{random_timer_guest, SplitMix};
 pub use layout::{Mode, ENTRY, PAYLOAD};
 pub use system::{system_long, system_protected};
 
