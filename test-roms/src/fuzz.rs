@@ -146,8 +146,9 @@ fn build_random(seed: u64, mode: Mode) -> Result<Rom, IcedError> {
             // The local APIC timer (reachable from flat 32-bit code).
             if mode == Mode::Protected32 {
                 let svr = if next() % 4 == 0 { 0xFF } else { 0x1FF };
-                let lvt =
-                    ((next() % 3) as u32) << 17 | u32::from(next() % 4 == 0) << 16 | 0x20 + (next() % 0x20) as u32;
+                let lvt = (((next() % 3) as u32) << 17)
+                    | (u32::from(next() % 4 == 0) << 16)
+                    | (0x20 + (next() % 0x20) as u32);
                 a.mov(dword_ptr(LAPIC + 0xF0), svr)?;
                 a.mov(dword_ptr(LAPIC + 0x3E0), (next() & 0xB) as u32)?;
                 a.mov(dword_ptr(LAPIC + 0x320), lvt)?;
