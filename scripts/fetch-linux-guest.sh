@@ -9,6 +9,8 @@
 #                             runs the command given by `ferro.run=` on the kernel command line
 #                             (a script in /ferro), and powers off
 #   OUTDIR/busybox            the same busybox binary, for native comparisons
+#   OUTDIR/work.sh            the workloads (/ferro/work in the guest; `ferro.run=work`), which
+#                             print "W-..." result lines; natively: BB=OUTDIR/busybox sh work.sh
 #   OUTDIR/versions.txt       the package versions used
 # Only apt-get download, dpkg-deb, xz, gzip and python3 are used. Outputs that exist are kept;
 # the initramfs is rebuilt when this script changes.
@@ -78,6 +80,21 @@ if [ ! -s "$OUT/initramfs.cpio.gz" ] || [ "$(cat "$WORK/stamp" 2>/dev/null)" != 
   python3 - "$OUT/busybox" "$OUT/initramfs.cpio.gz" <<'PY'
 import gzip, subprocess, sys
 busybox, out = sys.argv[1], sys.argv[2]
+WORK = r'''#!/bin/sh
+# Deterministic workloads; every result line starts with W-. BB is the busybox binary.
+BB=${BB:-/bin/busybox}
+T=${TMPDIR:-/tmp}
+$BB seq 1 300000 > $T/ferro.dat
+echo "W-SEQ $($BB wc -c < $T/ferro.dat)"
+echo "W-SHA256 $($BB sha256sum < $T/ferro.dat | $BB cut -c1-64)"
+echo "W-GZIP $($BB gzip -c < $T/ferro.dat | $BB sha256sum | $BB cut -c1-64)"
+echo "W-AWK $($BB awk '{ s = (s * 31 + $1 * $1) % 1000003 } END { print s }' $T/ferro.dat)"
+echo "W-SORT $($BB sort -r $T/ferro.dat | $BB sha256sum | $BB cut -c1-64)"
+i=0
+while [ $i -lt 500 ]; do $BB true; i=$((i + 1)); done
+echo "W-FORKEXEC $i"
+$BB rm -f $T/ferro.dat
+'''
 INIT = r'''#!/bin/sh
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
@@ -103,6 +120,8 @@ for a in sorted(set(applets)):
     depth = a.count("/")
     entries.append((a, 0o120777, ("../" * depth + "bin/busybox").encode(), 0, 0))
 entries.append(("init", 0o100755, INIT.encode(), 0, 0))
+entries.append(("ferro/work", 0o100755, WORK.encode(), 0, 0))
+open(out.rsplit("/", 1)[0] + "/work.sh", "w").write(WORK)
 entries.append(("etc/passwd", 0o100644, b"root:x:0:0:root:/root:/bin/sh\n", 0, 0))
 entries.append(("dev/console", 0o020600, b"", 5, 1))
 entries.append(("dev/null", 0o020666, b"", 1, 3))
