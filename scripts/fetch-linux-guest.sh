@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# fetch-linux-guest.sh OUTDIR
+# fetch-linux-guest.sh OUTDIR [amd64|i386]
 #
-# Builds the Linux test guest from Debian 12 packages, without root:
+# Builds the Linux test guest from Debian 12 packages (amd64: linux-image-amd64; i386:
+# linux-image-686-pae and an i386 busybox, which needs `dpkg --add-architecture i386`, done here
+# when run as root), without root otherwise:
 #   OUTDIR/vmlinuz            Debian's stock kernel (the linux-image-*-amd64 that linux-image-amd64
 #                             depends on; override with KERNEL_PKG=...)
 #   OUTDIR/vmlinux            the uncompressed ELF inside it (boots through its PVH note)
@@ -16,7 +18,16 @@
 # the initramfs is rebuilt when this script changes.
 set -euo pipefail
 export LC_ALL=C
-OUT=${1:?usage: fetch-linux-guest.sh OUTDIR}
+OUT=${1:?usage: fetch-linux-guest.sh OUTDIR [amd64|i386]}
+ARCH=${2:-amd64}
+case $ARCH in
+  amd64) META=linux-image-amd64; SUFFIX= ;;
+  i386) META=linux-image-686-pae:i386; SUFFIX=:i386
+    if ! dpkg --print-foreign-architectures | grep -qx i386; then
+      dpkg --add-architecture i386 && apt-get update -qq >&2 || { echo "fetch-linux-guest: cannot enable i386 packages (run as root once)" >&2; exit 1; }
+    fi ;;
+  *) echo "fetch-linux-guest: unknown architecture $ARCH" >&2; exit 2 ;;
+esac
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 WORK=$OUT/.work
@@ -26,13 +37,13 @@ log() { echo "fetch-linux-guest: $*" >&2; }
 updated=0
 download() { # PKG -> path of the .deb in $WORK
   local f
-  f=$(ls "$WORK/$1"_*.deb 2>/dev/null | head -n1 || true)
+  f=$(ls "$WORK/${1%%:*}"_*.deb 2>/dev/null | head -n1 || true)
   if [ -z "$f" ]; then
     if ! (cd "$WORK" && apt-get download -q -o APT::Sandbox::User=root "$1" >&2); then
       [ $updated = 1 ] || { apt-get update -qq >&2 || true; updated=1; }
       (cd "$WORK" && apt-get download -q -o APT::Sandbox::User=root "$1" >&2)
     fi
-    f=$(ls "$WORK/$1"_*.deb | head -n1)
+    f=$(ls "$WORK/${1%%:*}"_*.deb | head -n1)
   fi
   echo "$f"
 }
@@ -40,15 +51,16 @@ download() { # PKG -> path of the .deb in $WORK
 if [ ! -s "$OUT/vmlinuz" ]; then
   pkg=${KERNEL_PKG:-}
   if [ -z "$pkg" ]; then
-    pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}' || true)
+    pkg=$(apt-cache depends "$META" 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}' || true)
     if [ -z "$pkg" ]; then
       apt-get update -qq >&2 || true; updated=1
-      pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+      pkg=$(apt-cache depends "$META" | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
     fi
   fi
   [ -n "$pkg" ] || { log "cannot resolve Debian's kernel package"; exit 1; }
+  pkg=${pkg%%:*}
   log "kernel package $pkg"
-  deb=$(download "$pkg")
+  deb=$(download "$pkg$SUFFIX")
   kver=${pkg#linux-image-}
   dpkg-deb --fsys-tarfile "$deb" | tar -x -O "./boot/vmlinuz-$kver" > "$OUT/vmlinuz.tmp"
   mv "$OUT/vmlinuz.tmp" "$OUT/vmlinuz"
@@ -65,7 +77,7 @@ if [ ! -s "$OUT/vmlinux" ]; then
 fi
 
 if [ ! -x "$OUT/busybox" ]; then
-  deb=$(download busybox-static)
+  deb=$(download "busybox-static$SUFFIX")
   mkdir -p "$WORK/bb"
   dpkg-deb -x "$deb" "$WORK/bb"
   cp "$WORK/bb/bin/busybox" "$OUT/busybox"
