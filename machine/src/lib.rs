@@ -3,6 +3,7 @@
 //!
 //! Only the CLI (and later the management API) depends on this crate.
 
+pub mod acpi;
 mod board;
 pub mod disk;
 pub mod loader;
