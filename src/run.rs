@@ -189,7 +189,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
         eprintln!("ferrovisor: {n} guest instructions in {:.3} s ({:.1} MIPS)", secs, n as f64 / secs.max(1e-9) / 1e6);
     }
     Ok(match exit {
-        Exit::Halted => status::POWER_OFF,
+        Exit::Halted | Exit::PowerOff => status::POWER_OFF,
         Exit::ExitDevice(v) => ((v << 1) | 1) as i32,
         Exit::TripleFault => {
             eprintln!("ferrovisor: the guest triple-faulted (a real PC would reset)");

@@ -45,7 +45,7 @@ pub struct AcpiConfig {
 impl Default for AcpiConfig {
     fn default() -> Self {
         AcpiConfig {
-            pm_io_base: 0xB000,
+            pm_io_base: 0x600,
             gpe0_port: devices::piix4_pm::PIIX4_GPE0_PORT,
             sci_irq: devices::piix4_pm::PIIX4_SCI_IRQ,
             lapic_addr: devices::lapic::LAPIC_DEFAULT_BASE as u32,
@@ -153,6 +153,46 @@ fn gas_io(port: u16, bit_width: u8, access_size: u8) -> [u8; 12] {
     g[3] = access_size;
     g[4..12].copy_from_slice(&u64::from(port).to_le_bytes());
     g
+}
+
+/// Where a direct kernel boot may put the RSDP: the start of the BIOS area that OSes scan
+/// (0xE0000-0xFFFFF), which the machine maps as RAM.
+pub const DIRECT_BOOT_RSDP: u32 = 0xE_0000;
+/// Where a direct kernel boot may put the tables (64-byte aligned, after the RSDP; about 3 KiB).
+pub const DIRECT_BOOT_TABLES: u32 = 0xE_0040;
+
+impl crate::Machine {
+    /// Puts the board's ACPI tables in guest memory for a direct kernel boot (no firmware runs):
+    /// the tables at `tables_addr` (64-byte aligned), the RSDP at `rsdp_addr` (16-byte
+    /// aligned; in 0xE0000-0xFFFFF for an OS that scans for it), and programs the PIIX4 PM
+    /// block where the FADT says it is, as SeaBIOS would. The caller reserves the range in the
+    /// e820 map and may pass `rsdp_addr` in `boot_params.acpi_rsdp_addr`. Returns the end of
+    /// the tables.
+    pub fn install_acpi(&mut self, tables_addr: u32, rsdp_addr: u32) -> Result<u64, crate::MachineError> {
+        let t = crate::board::acpi_tables(self.ram_bytes);
+        let (tables, rsdp) = t.place(tables_addr.next_multiple_of(TABLES_ALIGN));
+        let tables_addr = u64::from(tables_addr.next_multiple_of(TABLES_ALIGN));
+        let rsdp_addr = u64::from(rsdp_addr.next_multiple_of(RSDP_ALIGN));
+        let overlap = rsdp_addr < tables_addr + tables.len() as u64 && tables_addr < rsdp_addr + rsdp.len() as u64;
+        if overlap {
+            return Err(crate::MachineError::ImageOutOfRange {
+                addr: rsdp_addr,
+                len: rsdp.len() as u64,
+                ram: self.ram_bytes,
+            });
+        }
+        self.board.mem.load(base::GuestPhysAddr(tables_addr), &tables)?;
+        self.board.mem.load(base::GuestPhysAddr(rsdp_addr), &rsdp)?;
+        cpu::ExecutionEngine::invalidate_phys(&mut self.engine, 0, u64::MAX);
+        self.board.enable_pm_io();
+        Ok(tables_addr + tables.len() as u64)
+    }
+
+    /// Presses the ACPI power button: an OS that handles it shuts down (and ends the run with
+    /// [`crate::Exit::PowerOff`]).
+    pub fn press_power_button(&mut self) {
+        self.board.press_power_button();
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

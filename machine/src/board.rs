@@ -10,8 +10,8 @@ use cpu::CpuBus;
 use devices::fw_cfg::{E820Entry, FwCfg, FwCfgBuilder, E820_RAM};
 use devices::{
     Access, AtaDiskConfig, BlockBackend, Bus, DebugCon, ExitDevice, I440fxHost, I8254Pit, I8259Pic, IoApic, IrqLine,
-    LocalApic, Mc146818Rtc, MmioDevice, PciAddress, PciConfigIo, PciFunction, PciRoot, Piix3Isa, PiixIde, PioDevice,
-    Port92, Timed, Uart16550, I8042,
+    LocalApic, Mc146818Rtc, MmioDevice, PciAddress, PciConfigIo, PciFunction, PciRoot, Piix3Isa, Piix4Pm, PiixIde,
+    PioDevice, Port92, Timed, Uart16550, I8042,
 };
 use mmu::PhysMemory;
 use std::cell::RefCell;
@@ -52,6 +52,10 @@ fn ioapic_pin(isa_irq: u8) -> usize {
         usize::from(isa_irq)
     }
 }
+
+/// Where the PIIX4 PM I/O block is (SeaBIOS's choice, programmed by the board itself for a
+/// direct kernel boot) and what the ACPI tables say.
+pub const PM_IO_BASE: u16 = 0x600;
 
 /// ISA IRQs of the primary and secondary IDE channels.
 const IDE_IRQS: [u8; 2] = [14, 15];
@@ -125,16 +129,19 @@ enum Port {
     PciConfig,
     Ide,
     FwCfg,
+    Pm,
 }
 
-/// PCI bus 0 of the PC: the i440FX host bridge at 00:00.0, the PIIX3 ISA bridge at 00:01.0 and
-/// its IDE function at 00:01.1. The IDE controller is also on the port bus, so the root owns
+/// PCI bus 0 of the PC: the i440FX host bridge at 00:00.0, the PIIX3 ISA bridge at 00:01.0,
+/// its IDE function at 00:01.1 and the PIIX4 power management function at 00:01.3 (as on
+/// QEMU's `pc` machine). The IDE and PM functions are also on the port bus, so the root owns
 /// the functions by name rather than in a boxed slot table.
 #[derive(Debug)]
 struct PcPci {
     host: I440fxHost,
     isa: Piix3Isa,
     ide: PiixIde<IsaIrq>,
+    pm: Piix4Pm<IsaIrq>,
 }
 
 impl PciRoot for PcPci {
@@ -143,6 +150,7 @@ impl PciRoot for PcPci {
             (0, 0, 0) => Some(&mut self.host),
             (0, 1, 0) => Some(&mut self.isa),
             (0, 1, 1) => Some(&mut self.ide),
+            (0, 1, 3) => Some(&mut self.pm),
             _ => None,
         }
     }
@@ -167,10 +175,11 @@ struct Chips {
 }
 
 /// The number of timer sources [`Board::timer_deadlines`] reports.
-pub(crate) const TIMERS: usize = 3;
+pub(crate) const TIMERS: usize = 4;
 /// Per timer source: after this many consecutive firings that woke nothing, a halted CPU's
-/// skip-ahead ignores it (see `Machine::run_limited`); the RTC never.
-pub(crate) const TIMER_QUIET_AFTER: [u8; TIMERS] = [2, u8::MAX, 2];
+/// skip-ahead ignores it (see `Machine::run_limited`); the RTC and the PM timer never (the PM
+/// timer's carry has no deadline while its status bit is set).
+pub(crate) const TIMER_QUIET_AFTER: [u8; TIMERS] = [2, u8::MAX, 2, u8::MAX];
 
 /// Everything the CPU reaches through [`CpuBus`].
 #[derive(Debug)]
@@ -189,6 +198,11 @@ pub(crate) struct Board {
     pub(crate) exit_value: Option<u32>,
     /// The guest asked for a reset (keyboard controller, port 0x92).
     pub(crate) reset_requested: bool,
+    /// The guest entered S5 (soft-off) through the PIIX4 PM control register.
+    pub(crate) power_off: bool,
+    /// A device wrote guest memory by DMA over code the CPU has decoded: the engine must drop
+    /// its decoded code before running on.
+    pub(crate) code_written: bool,
     /// A timer was reprogrammed: the run slice must end so the deadline is recomputed.
     timers_dirty: bool,
     /// Virtual time of the current instruction.
@@ -233,6 +247,8 @@ impl Board {
             (0x170, 8, Port::Ide),
             (0x376, 1, Port::Ide),
             (u64::from(devices::fw_cfg::FW_CFG_SELECTOR_PORT), 2, Port::FwCfg),
+            (u64::from(devices::piix4_pm::PIIX4_GPE0_PORT), u64::from(devices::piix4_pm::PIIX4_GPE0_LEN), Port::Pm),
+            (u64::from(devices::piix4_pm::APM_CNT_PORT), 2, Port::Pm),
         ] {
             ports.insert(base, len, tag).map_err(|e| crate::MachineError::Wiring(e.to_string()))?;
         }
@@ -248,6 +264,8 @@ impl Board {
             ram_bytes,
             exit_value: None,
             reset_requested: false,
+            power_off: false,
+            code_written: false,
             timers_dirty: false,
             now: VirtualInstant(0),
             idle_time: 0,
@@ -270,7 +288,13 @@ impl Board {
             pci: PciConfigIo::new(PcPci {
                 host: I440fxHost::new(),
                 isa: Piix3Isa::new(),
-                ide: PiixIde::new(irqs.line(IDE_IRQS[0]), irqs.line(IDE_IRQS[1])),
+                ide: {
+                    let mut ide = PiixIde::new(irqs.line(IDE_IRQS[0]), irqs.line(IDE_IRQS[1]));
+                    // The board runs the bus master (`after_write`), so IDENTIFY may say so.
+                    ide.set_dma_advertised(true);
+                    ide
+                },
+                pm: Piix4Pm::new(irqs.line(devices::piix4_pm::PIIX4_SCI_IRQ)),
             }),
             fw_cfg: fw_cfg(ram_bytes),
             lapic: LocalApic::new(0, true),
@@ -313,7 +337,19 @@ impl Board {
         self.irqs.0.borrow_mut().clear();
         self.irq_pending = false;
         self.reset_requested = false;
+        self.power_off = false;
         self.exit_value = None;
+    }
+
+    /// Programs the PM I/O block at [`PM_IO_BASE`] as firmware would (direct kernel boot).
+    pub(crate) fn enable_pm_io(&mut self) {
+        self.chips.pci.root_mut().pm.enable_pm_io(PM_IO_BASE);
+    }
+
+    /// Presses the ACPI power button (PWRBTN_STS; an OS that enabled the event gets an SCI).
+    pub(crate) fn press_power_button(&mut self) {
+        self.chips.pci.root_mut().pm.press_power_button();
+        self.sync_irqs();
     }
 
     /// The earliest virtual instant at which a timer changes an interrupt line.
@@ -321,10 +357,11 @@ impl Board {
         self.timer_deadlines().into_iter().flatten().min()
     }
 
-    /// Each timer's next deadline: PIT channel 0, RTC, local APIC timer (in that order).
+    /// Each timer's next deadline: PIT channel 0, RTC, local APIC timer, PM timer carry (in
+    /// that order).
     pub(crate) fn timer_deadlines(&self) -> [Option<VirtualInstant>; TIMERS] {
         let c = &self.chips;
-        [c.pit.next_deadline(), c.rtc.next_deadline(), c.lapic.next_deadline()]
+        [c.pit.next_deadline(), c.rtc.next_deadline(), c.lapic.next_deadline(), c.pci.root().pm.next_deadline()]
     }
 
     /// Whether an interrupt can be delivered to the CPU now (as `CpuBus::interrupt_pending`).
@@ -338,6 +375,7 @@ impl Board {
         self.chips.pit.advance_to(now);
         self.chips.rtc.advance_to(now);
         self.chips.lapic.advance_to(now);
+        self.chips.pci.root_mut().pm.advance_to(now);
         self.sync_irqs();
     }
 
@@ -381,6 +419,7 @@ impl Board {
             Port::PciConfig => &mut c.pci,
             Port::Ide => &mut c.pci.root_mut().ide,
             Port::FwCfg => &mut c.fw_cfg,
+            Port::Pm => &mut c.pci.root_mut().pm,
             Port::PortB => return None,
         })
     }
@@ -399,7 +438,11 @@ impl Board {
         if let Some((&tag, offset)) = self.ports.lookup(u64::from(port.0), n as u64) {
             return Some((tag, offset));
         }
-        let base = self.chips.pci.root().ide.bus_master_base()?;
+        let root = self.chips.pci.root();
+        if root.pm.claims(port.0, n) {
+            return Some((Port::Pm, 0));
+        }
+        let base = root.ide.bus_master_base()?;
         let off = port.0.checked_sub(base)?;
         (usize::from(off) + n <= 16).then_some((Port::Ide, u64::from(off)))
     }
@@ -416,19 +459,109 @@ impl Board {
             Port::Port92 if self.chips.port92.take_reset_request() => self.reset_requested = true,
             Port::PciConfig if self.chips.pci.take_reset_request().is_some() => self.reset_requested = true,
             Port::Pit | Port::PortB | Port::Rtc => self.timers_dirty = true,
+            Port::Ide if self.chips.pci.root().ide.dma_pending() => {
+                let Board { mem, chips, code_written, .. } = self;
+                let mut dma = BoardDma { mem, code_written };
+                chips.pci.root_mut().ide.run_dma(&mut dma);
+            }
+            Port::Pm => {
+                // PM1 enable may have armed the timer carry.
+                self.timers_dirty = true;
+                match self.chips.pci.root_mut().pm.take_sleep_request() {
+                    Some(0) => self.power_off = true,
+                    Some(t) => log::info!("ACPI sleep type {t} requested: not supported, ignored"),
+                    None => {}
+                }
+            }
             _ => {}
         }
     }
 }
 
+/// Guest RAM as bus-master devices see it. Writes over pages holding decoded code set
+/// `code_written` (the machine then drops the engine's decoded code, as a CPU store would).
+struct BoardDma<'a> {
+    mem: &'a mut PhysMemory,
+    code_written: &'a mut bool,
+}
+
+impl BoardDma<'_> {
+    /// The backing range of each RAM piece of `[addr, addr + len)`.
+    fn pieces(&self, addr: u64, len: usize) -> Result<Vec<(usize, usize)>, devices::DmaFault> {
+        let mut out = Vec::new();
+        let mut done = 0usize;
+        while done < len {
+            let a = addr.wrapping_add(done as u64);
+            let region = self.mem.lookup(GuestPhysAddr(a)).copied().ok_or(devices::DmaFault { addr: a })?;
+            let mmu::RegionKind::Ram { backing } = region.kind else {
+                return Err(devices::DmaFault { addr: a });
+            };
+            let n = ((region.end() - a) as usize).min(len - done);
+            out.push(((backing + a - region.start) as usize, n));
+            done += n;
+        }
+        Ok(out)
+    }
+}
+
+impl devices::DmaMemory for BoardDma<'_> {
+    fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), devices::DmaFault> {
+        let mut done = 0;
+        for (off, n) in self.pieces(addr, buf.len())? {
+            let src = self.mem.backing().get(off..off + n).ok_or(devices::DmaFault { addr })?;
+            buf[done..done + n].copy_from_slice(src);
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, addr: u64, buf: &[u8]) -> Result<(), devices::DmaFault> {
+        let mut done = 0;
+        for (off, n) in self.pieces(addr, buf.len())? {
+            if n == 0 {
+                continue;
+            }
+            for page in off as u64 / mmu::PAGE_SIZE..=(off + n - 1) as u64 / mmu::PAGE_SIZE {
+                if self.mem.clear_code_page(page) {
+                    *self.code_written = true;
+                }
+            }
+            let dst = self.mem.backing_mut().get_mut(off..off + n).ok_or(devices::DmaFault { addr })?;
+            dst.copy_from_slice(&buf[done..done + n]);
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+/// The ACPI tables of this board with `ram_bytes` of RAM.
+pub(crate) fn acpi_tables(ram_bytes: u64) -> crate::acpi::AcpiTables {
+    crate::acpi::build_tables(&crate::acpi::AcpiConfig {
+        pm_io_base: PM_IO_BASE,
+        ioapic_id: IOAPIC_ID,
+        pci_hole_start: u32::try_from(ram_bytes).unwrap_or(u32::MAX).max(0x10_0000),
+        ..Default::default()
+    })
+}
+
 /// The firmware configuration SeaBIOS reads: RAM size and map, one CPU, its console mirrored
-/// to COM1, the first IDE disk first in the boot order.
+/// to COM1, the first IDE disk first in the boot order, the ACPI tables with their loader
+/// script (QEMU's `etc/acpi/tables`, `etc/acpi/rsdp`, `etc/table-loader`).
 fn fw_cfg(ram_bytes: u64) -> FwCfg {
-    let builder = FwCfgBuilder::new()
+    let mut builder = FwCfgBuilder::new()
         .ram_size(ram_bytes)
         .e820(&[E820Entry { addr: 0, len: ram_bytes, kind: E820_RAM }])
         .sercon_port(COM1_PORT)
         .bootorder(&["/pci@i0cf8/ide@1,1/drive@0/disk@0"]);
+    for (name, data) in acpi_tables(ram_bytes).fw_cfg_files() {
+        builder = match builder.clone().file(name, data) {
+            Ok(b) => b,
+            Err(e) => {
+                log::error!("fw_cfg: {e}");
+                builder
+            }
+        };
+    }
     match builder.build() {
         Ok(f) => f,
         Err(e) => {
@@ -543,7 +676,11 @@ impl CpuBus for Board {
     }
 
     fn stop_requested(&mut self) -> bool {
-        self.exit_value.is_some() || self.reset_requested || std::mem::take(&mut self.timers_dirty)
+        self.exit_value.is_some()
+            || self.reset_requested
+            || self.power_off
+            || self.code_written
+            || std::mem::take(&mut self.timers_dirty)
     }
 
     fn advance_clock(&mut self, icount: u64) {

@@ -134,6 +134,8 @@ pub enum Exit {
     IdleForever,
     /// The virtual-time limit of [`Machine::run_limited`] was reached.
     TimeLimit,
+    /// The guest entered ACPI S5 (soft-off) through the PIIX4 PM control register.
+    PowerOff,
 }
 
 /// A virtual PC.
@@ -415,6 +417,13 @@ impl Machine {
             if let Some(v) = self.board.exit_value.take() {
                 return Exit::ExitDevice(v);
             }
+            if std::mem::take(&mut self.board.power_off) {
+                return Exit::PowerOff;
+            }
+            if std::mem::take(&mut self.board.code_written) {
+                // Device DMA overwrote decoded code.
+                self.engine.invalidate_phys(0, u64::MAX);
+            }
             if self.board.reset_requested {
                 self.board.reset_requested = false;
                 if self.no_reboot || !self.reboot() {
@@ -448,7 +457,7 @@ impl Machine {
                     }
                 }
                 RunExit::Halted => {
-                    if self.board.exit_value.is_some() || self.board.reset_requested {
+                    if self.board.exit_value.is_some() || self.board.reset_requested || self.board.power_off {
                         continue;
                     }
                     if self.cpu.rflags() & rflags::IF == 0 {
