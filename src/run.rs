@@ -41,6 +41,10 @@ pub struct RunArgs {
     /// Open the disks read-only: guest writes fail with an ATA error instead of changing them.
     #[arg(long, requires = "disk")]
     read_only: bool,
+    /// A disk image (VMDK or raw, detected) for the virtio-blk controller at PCI 00:03.0, as
+    /// Linux's virtio_blk drives it (`/dev/vda`). Honours --read-only.
+    #[arg(long, value_name = "FILE")]
+    virtio_disk: Option<PathBuf>,
     /// A guest reset or triple fault ends the run with a message instead of rebooting.
     #[arg(long)]
     no_reboot: bool,
@@ -164,6 +168,9 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
     let mut m = Machine::new(config)?;
     for (i, path) in a.disk.iter().enumerate() {
         m.attach_disk_file(i, path, a.read_only)?;
+    }
+    if let Some(path) = &a.virtio_disk {
+        m.attach_virtio_disk_file(path, a.read_only)?;
     }
     if let Some(path) = &a.bios {
         let image = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;

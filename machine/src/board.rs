@@ -11,7 +11,7 @@ use devices::fw_cfg::{E820Entry, FwCfg, FwCfgBuilder, E820_RAM};
 use devices::{
     Access, AtaDiskConfig, BlockBackend, Bus, DebugCon, ExitDevice, I440fxHost, I8254Pit, I8259Pic, IoApic, IrqLine,
     LocalApic, Mc146818Rtc, MmioDevice, PciAddress, PciConfigIo, PciFunction, PciRoot, Piix3Isa, Piix4Pm, PiixIde,
-    PioDevice, Port92, Timed, Uart16550, I8042,
+    PioDevice, Port92, Timed, Uart16550, VirtioBlk, I8042,
 };
 use mmu::PhysMemory;
 use std::cell::RefCell;
@@ -130,6 +130,7 @@ enum Port {
     Ide,
     FwCfg,
     Pm,
+    Virtio,
 }
 
 /// PCI bus 0 of the PC: the i440FX host bridge at 00:00.0, the PIIX3 ISA bridge at 00:01.0,
@@ -142,7 +143,15 @@ struct PcPci {
     isa: Piix3Isa,
     ide: PiixIde<IsaIrq>,
     pm: Piix4Pm<IsaIrq>,
+    /// A virtio-blk disk at 00:03.0, if attached.
+    virtio: Option<VirtioBlk<IsaIrq>>,
 }
+
+/// PCI slot of the virtio-blk function.
+pub const VIRTIO_BLK_SLOT: u8 = 3;
+/// Interrupt-queue line numbers from 16 up are PCI PIRQ lines A-D: the board raises I/O APIC
+/// pin 16 + n (the GSI the DSDT's `_PRT` names) and the ISA IRQ the PIIX3 routes PIRQ n to.
+const PIRQ_LINE_BASE: u8 = 16;
 
 impl PciRoot for PcPci {
     fn function_mut(&mut self, addr: PciAddress) -> Option<&mut dyn PciFunction> {
@@ -151,6 +160,7 @@ impl PciRoot for PcPci {
             (0, 1, 0) => Some(&mut self.isa),
             (0, 1, 1) => Some(&mut self.ide),
             (0, 1, 3) => Some(&mut self.pm),
+            (0, VIRTIO_BLK_SLOT, 0) => self.virtio.as_mut().map(|v| v as &mut dyn PciFunction),
             _ => None,
         }
     }
@@ -295,6 +305,7 @@ impl Board {
                     ide
                 },
                 pm: Piix4Pm::new(irqs.line(devices::piix4_pm::PIIX4_SCI_IRQ)),
+                virtio: None,
             }),
             fw_cfg: fw_cfg(ram_bytes),
             lapic: LocalApic::new(0, true),
@@ -312,6 +323,17 @@ impl Board {
         self.chips.pci.root_mut().ide.attach(channel, slave, backend, AtaDiskConfig::default())
     }
 
+    /// Attaches a virtio-blk disk at 00:03.0 (one only).
+    pub(crate) fn attach_virtio_disk(&mut self, backend: Box<dyn BlockBackend>) -> Result<(), crate::MachineError> {
+        let root = self.chips.pci.root_mut();
+        if root.virtio.is_some() {
+            return Err(crate::MachineError::TooManyDisks);
+        }
+        let pirq = crate::acpi::pci_pirq(VIRTIO_BLK_SLOT, 0);
+        root.virtio = Some(VirtioBlk::new(self.irqs.line(PIRQ_LINE_BASE + pirq), backend));
+        Ok(())
+    }
+
     /// Puts every chip back in its power-on state (a machine reset; memory is kept). The RTC
     /// keeps running: it is battery-backed.
     pub(crate) fn reset_chips(&mut self) {
@@ -322,8 +344,13 @@ impl Board {
             Self::chips(&self.irqs, &self.sink, &self.fwlog_sink, self.rtc_base, self.ram_bytes),
         );
         self.chips.rtc.set_time(elapsed, self.now);
-        // The disks move over to the fresh controller.
+        // The disks move over to the fresh controllers.
         let mut old_pci = old.pci;
+        if let Some(v) = old_pci.root_mut().virtio.take() {
+            if let Err(e) = self.attach_virtio_disk(v.into_disk()) {
+                log::error!("reattaching the virtio disk after reset: {e}");
+            }
+        }
         for channel in 0..2 {
             for slave in [false, true] {
                 let disk = old_pci.root_mut().ide.channel_mut(channel).and_then(|c| c.detach(slave));
@@ -386,6 +413,15 @@ impl Board {
         let c = &mut self.chips;
         let changes = std::mem::take(&mut *self.irqs.0.borrow_mut());
         for (line, level) in changes {
+            if line >= PIRQ_LINE_BASE {
+                // A PCI interrupt: the I/O APIC pin the _PRT names, and the 8259 input the PIIX3
+                // routes the PIRQ to (if the firmware set a route).
+                if let Some(irq) = c.pci.root().isa.pirq_route(usize::from(line - PIRQ_LINE_BASE)) {
+                    c.pic.set_irq(irq, level);
+                }
+                c.ioapic.set_irq(usize::from(line), level);
+                continue;
+            }
             c.pic.set_irq(line, level);
             c.ioapic.set_irq(ioapic_pin(line), level);
         }
@@ -420,6 +456,7 @@ impl Board {
             Port::Ide => &mut c.pci.root_mut().ide,
             Port::FwCfg => &mut c.fw_cfg,
             Port::Pm => &mut c.pci.root_mut().pm,
+            Port::Virtio => return c.pci.root_mut().virtio.as_mut().map(|v| v as &mut dyn PioDevice),
             Port::PortB => return None,
         })
     }
@@ -442,6 +479,13 @@ impl Board {
         if root.pm.claims(port.0, n) {
             return Some((Port::Pm, 0));
         }
+        if let Some(base) = root.virtio.as_ref().and_then(|v| v.io_base()) {
+            if let Some(off) = port.0.checked_sub(base) {
+                if u32::from(off) + n as u32 <= u32::from(devices::virtio_blk::VIRTIO_BAR_SIZE) {
+                    return Some((Port::Virtio, u64::from(off)));
+                }
+            }
+        }
         let base = root.ide.bus_master_base()?;
         let off = port.0.checked_sub(base)?;
         (usize::from(off) + n <= 16).then_some((Port::Ide, u64::from(off)))
@@ -463,6 +507,12 @@ impl Board {
                 let Board { mem, chips, code_written, .. } = self;
                 let mut dma = BoardDma { mem, code_written };
                 chips.pci.root_mut().ide.run_dma(&mut dma);
+            }
+            Port::Virtio => {
+                let Board { mem, chips, code_written, .. } = self;
+                if let Some(v) = chips.pci.root_mut().virtio.as_mut().filter(|v| v.pending()) {
+                    v.run(&mut BoardDma { mem, code_written });
+                }
             }
             Port::Pm => {
                 // PM1 enable may have armed the timer carry.

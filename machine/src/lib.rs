@@ -291,6 +291,19 @@ impl Machine {
         })
     }
 
+    /// Attaches a block device as the virtio-blk disk (PCI 00:03.0; one at most).
+    pub fn attach_virtio_disk(&mut self, backend: Box<dyn devices::BlockBackend>) -> Result<(), MachineError> {
+        self.board.attach_virtio_disk(backend)
+    }
+
+    /// Opens a disk image (any VMDK subformat or raw, detected) and attaches it as the
+    /// virtio-blk disk.
+    pub fn attach_virtio_disk_file(&mut self, path: &std::path::Path, read_only: bool) -> Result<(), MachineError> {
+        let backend = disk::ImageBackend::open(path, read_only)
+            .map_err(|e| MachineError::Disk { path: path.display().to_string(), reason: e.to_string() })?;
+        self.attach_virtio_disk(Box::new(backend))
+    }
+
     /// A machine reset: chips to their power-on state, the CPU to the reset vector. Returns
     /// false when there is no firmware to reboot into.
     fn reboot(&mut self) -> bool {

@@ -91,3 +91,22 @@ fn test_seabios_installs_acpi_tables() {
     }
     assert_eq!(sigs, ["FACP", "APIC"]);
 }
+
+/// SeaBIOS's own virtio-blk driver (virtio 1.x over the I/O BAR capabilities) finds the disk
+/// at 00:03.0 and boots its MBR, which runs to its end.
+#[test]
+fn test_seabios_boots_virtio_disk() {
+    let Some(path) = seabios() else { return };
+    let image = std::fs::read(&path).expect("read bios.bin");
+    let mut m = Machine::new(MachineConfig { ram_bytes: 128 << 20, capture_serial: true, ..Default::default() })
+        .expect("machine");
+    m.load_bios(&image).expect("load bios");
+    let disk = test_roms::boot_disk(4 << 20);
+    m.attach_virtio_disk(Box::new(devices::MemBackend::new(disk))).expect("attach disk");
+    let exit = m.run(Some(1_000_000_000));
+    let log = String::from_utf8_lossy(&m.firmware_log()).into_owned();
+    let out = String::from_utf8_lossy(&m.serial_output()).into_owned();
+    assert!(log.contains("found virtio-blk at 00:03.0"), "SeaBIOS did not find the disk; exit {exit:?}; log:\n{log}");
+    assert!(out.contains(test_roms::BOOT_MESSAGE_SERIAL), "boot sector did not run; exit {exit:?}; log:\n{log}");
+    assert_eq!(exit, Exit::ExitDevice(u32::from(test_roms::PASS)), "output:\n{out}\nlog:\n{log}");
+}
