@@ -796,6 +796,43 @@ mod tests {
         assert_eq!(b.port_read(PortAddr(0xCFC), AccessSize::Dword), 0x1237_8086);
     }
 
+    /// IDE bus-master DMA as ata_piix programs it: BAR4, a PRD table, READ DMA, start; the data
+    /// lands in RAM, the bus master reports the interrupt, IRQ 14 rises, and a DMA write over
+    /// decoded code asks the machine to drop it.
+    #[test]
+    fn test_board_ide_bus_master_dma_read() {
+        let mut mem = PhysMemory::new(2 << 20).unwrap();
+        mem.map_ram(0, 2 << 20).unwrap();
+        let mut b = Board::new(mem, ConsoleSink::default(), ConsoleSink::default(), 0, 2 << 20).unwrap();
+        let disk: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7 + (i >> 9)) as u8).collect();
+        b.attach_disk(0, false, Box::new(devices::MemBackend::new(disk.clone()))).unwrap();
+        let out = |b: &mut Board, port: u16, size: AccessSize, v: u32| b.port_write(PortAddr(port), size, v);
+        // 00:01.1 BAR4 = 0xC000, I/O and bus master on.
+        out(&mut b, 0xCF8, AccessSize::Dword, 0x8000_0920);
+        out(&mut b, 0xCFC, AccessSize::Dword, 0xC001);
+        out(&mut b, 0xCF8, AccessSize::Dword, 0x8000_0904);
+        out(&mut b, 0xCFC, AccessSize::Word, 0x0005);
+        // PRD table at 0x1000: 1 KiB at 0x20000 (end of table), and the page marked as code.
+        b.mem.load(GuestPhysAddr(0x1000), &[0x00, 0x00, 0x02, 0x00, 0x00, 0x04, 0x00, 0x80]).unwrap();
+        b.mem.mark_code_page(0x20);
+        out(&mut b, 0xC004, AccessSize::Dword, 0x1000);
+        // READ DMA of LBA 5, 2 sectors; then start the bus master towards memory.
+        for (port, v) in [(0x1F6u16, 0xE0u32), (0x1F2, 2), (0x1F3, 5), (0x1F4, 0), (0x1F5, 0), (0x1F7, 0xC8)] {
+            out(&mut b, port, AccessSize::Byte, v);
+        }
+        assert!(!b.code_written);
+        out(&mut b, 0xC000, AccessSize::Byte, 0x09);
+        let mut got = vec![0u8; 1024];
+        b.mem.read(GuestPhysAddr(0x20000), &mut got).unwrap();
+        assert_eq!(got, disk[5 * 512..7 * 512]);
+        assert!(b.code_written, "DMA over decoded code must invalidate it");
+        assert!(!b.mem.is_code_page(0x20));
+        let bm_status = b.port_read(PortAddr(0xC002), AccessSize::Byte);
+        assert_eq!(bm_status & 0x05, 0x04, "interrupt set, no longer active: {bm_status:#x}");
+        assert!(b.chips.pic.has_interrupt() || b.irq_pending(), "IRQ 14");
+        assert_eq!(b.port_read(PortAddr(0x1F7), AccessSize::Byte) & 0x89, 0, "not busy, no DRQ, no error");
+    }
+
     #[test]
     fn test_board_reset_requests_from_kbc_port92_and_cf9() {
         for (port, value) in [(0x64u16, 0xFEu32), (0x92, 0x01), (0xCF9, 0x06)] {
