@@ -325,27 +325,9 @@ impl<I: IrqLine> VirtioBlk<I> {
             0x1A => u64::from(NO_VECTOR),
             0x1C => u64::from(sel_ok && q.enabled),
             0x1E => 0, // queue_notify_off
-            0x20 => {
-                if sel_ok {
-                    q.desc
-                } else {
-                    0
-                }
-            }
-            0x28 => {
-                if sel_ok {
-                    q.avail
-                } else {
-                    0
-                }
-            }
-            0x30 => {
-                if sel_ok {
-                    q.used
-                } else {
-                    0
-                }
-            }
+            0x20 if sel_ok => q.desc,
+            0x28 if sel_ok => q.avail,
+            0x30 if sel_ok => q.used,
             _ => 0,
         }
     }
@@ -636,7 +618,7 @@ impl<I: IrqLine> VirtioBlk<I> {
     /// the disk.
     fn disk_range(&self, sector: u64, len: u64) -> Option<u64> {
         let off = sector.checked_mul(SECTOR)?;
-        (len % SECTOR == 0 && off.checked_add(len)? <= self.disk.len() && len <= MAX_REQUEST_BYTES).then_some(off)
+        (len.is_multiple_of(SECTOR) && off.checked_add(len)? <= self.disk.len() && len <= MAX_REQUEST_BYTES).then_some(off)
     }
 }
 
