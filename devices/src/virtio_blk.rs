@@ -618,7 +618,8 @@ impl<I: IrqLine> VirtioBlk<I> {
     /// the disk.
     fn disk_range(&self, sector: u64, len: u64) -> Option<u64> {
         let off = sector.checked_mul(SECTOR)?;
-        (len.is_multiple_of(SECTOR) && off.checked_add(len)? <= self.disk.len() && len <= MAX_REQUEST_BYTES).then_some(off)
+        (len.is_multiple_of(SECTOR) && off.checked_add(len)? <= self.disk.len() && len <= MAX_REQUEST_BYTES)
+            .then_some(off)
     }
 }
 
