@@ -172,6 +172,23 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
     if let Some(path) = &a.virtio_disk {
         m.attach_virtio_disk_file(path, a.read_only)?;
     }
+    if a.serial == Serial::Stdio {
+        // Standard input feeds COM1. The thread only enqueues; the machine takes the input at
+        // run-slice boundaries and stamps it with virtual time (the terminal stays in its
+        // usual line mode).
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 256];
+            let mut stdin = std::io::stdin().lock();
+            while let Ok(n @ 1..) = stdin.read(&mut buf) {
+                if tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        m.connect_serial_input(rx);
+    }
     if let Some(path) = &a.bios {
         let image = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         m.load_bios(&image).with_context(|| format!("cannot load {}", path.display()))?;

@@ -185,11 +185,11 @@ struct Chips {
 }
 
 /// The number of timer sources [`Board::timer_deadlines`] reports.
-pub(crate) const TIMERS: usize = 4;
+pub(crate) const TIMERS: usize = 5;
 /// Per timer source: after this many consecutive firings that woke nothing, a halted CPU's
 /// skip-ahead ignores it (see `Machine::run_limited`); the RTC and the PM timer never (the PM
-/// timer's carry has no deadline while its status bit is set).
-pub(crate) const TIMER_QUIET_AFTER: [u8; TIMERS] = [2, u8::MAX, 2, u8::MAX];
+/// timer's carry has no deadline while its status bit is set) and serial input never.
+pub(crate) const TIMER_QUIET_AFTER: [u8; TIMERS] = [2, u8::MAX, 2, u8::MAX, u8::MAX];
 
 /// Everything the CPU reaches through [`CpuBus`].
 #[derive(Debug)]
@@ -210,6 +210,8 @@ pub(crate) struct Board {
     pub(crate) reset_requested: bool,
     /// The guest entered S5 (soft-off) through the PIIX4 PM control register.
     pub(crate) power_off: bool,
+    /// Host input waiting for COM1.
+    pub(crate) serial_in: crate::serial_input::SerialInput,
     /// A device wrote guest memory by DMA over code the CPU has decoded: the engine must drop
     /// its decoded code before running on.
     pub(crate) code_written: bool,
@@ -275,6 +277,7 @@ impl Board {
             exit_value: None,
             reset_requested: false,
             power_off: false,
+            serial_in: Default::default(),
             code_written: false,
             timers_dirty: false,
             now: VirtualInstant(0),
@@ -384,11 +387,17 @@ impl Board {
         self.timer_deadlines().into_iter().flatten().min()
     }
 
-    /// Each timer's next deadline: PIT channel 0, RTC, local APIC timer, PM timer carry (in
-    /// that order).
+    /// Each timer's next deadline: PIT channel 0, RTC, local APIC timer, PM timer carry, the
+    /// next serial input (in that order).
     pub(crate) fn timer_deadlines(&self) -> [Option<VirtualInstant>; TIMERS] {
         let c = &self.chips;
-        [c.pit.next_deadline(), c.rtc.next_deadline(), c.lapic.next_deadline(), c.pci.root().pm.next_deadline()]
+        [
+            c.pit.next_deadline(),
+            c.rtc.next_deadline(),
+            c.lapic.next_deadline(),
+            c.pci.root().pm.next_deadline(),
+            self.serial_in.next_deadline(),
+        ]
     }
 
     /// Whether an interrupt can be delivered to the CPU now (as `CpuBus::interrupt_pending`).
@@ -403,6 +412,8 @@ impl Board {
         self.chips.rtc.advance_to(now);
         self.chips.lapic.advance_to(now);
         self.chips.pci.root_mut().pm.advance_to(now);
+        self.serial_in.poll_source(now);
+        self.serial_in.deliver(now, &mut self.chips.com1);
         self.sync_irqs();
     }
 
@@ -690,6 +701,10 @@ impl CpuBus for Board {
         match self.device(tag) {
             Some(d) => d.read(Access { offset, addr: u64::from(port.0), now }, &mut buf[..n]),
             None => buf[0] = self.chips.pit.read_port_b(now),
+        }
+        if tag == Port::Com1 {
+            // A read may have freed FIFO space for input that is already due.
+            self.serial_in.deliver(now, &mut self.chips.com1);
         }
         self.sync_irqs();
         u32::from_le_bytes(buf) & size.mask() as u32

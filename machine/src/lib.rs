@@ -7,6 +7,7 @@ pub mod acpi;
 mod board;
 pub mod disk;
 pub mod loader;
+mod serial_input;
 
 use base::{GuestPhysAddr, VirtualInstant};
 use board::{Board, ConsoleSink};
