@@ -28,11 +28,11 @@ Examples:
   ferrovisor run --flat boot.bin --load 0x7c00      a flat real-mode image")]
 pub struct RunArgs {
     /// Load a flat binary image (started in real mode; see --load and --entry).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["multiboot", "bios"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "bios"])]
     flat: Option<PathBuf>,
     /// Boot PC firmware (e.g. SeaBIOS's bios.bin), mapped below 4 GiB; the CPU starts at the
     /// reset vector. Without --disk the firmware finds nothing to boot.
-    #[arg(long, value_name = "FILE", conflicts_with = "multiboot")]
+    #[arg(long, value_name = "FILE", conflicts_with = "kernel")]
     bios: Option<PathBuf>,
     /// A disk image for the IDE controller (VMDK of any subformat, or raw; detected). Repeat for
     /// up to four disks: primary master, primary slave, secondary master, secondary slave.
@@ -61,11 +61,17 @@ pub struct RunArgs {
     /// at 0000:ADDR, else at (ADDR>>4):(ADDR&15).
     #[arg(long, value_name = "ADDR", value_parser = parse_u64, requires = "flat")]
     entry: Option<u64>,
-    /// Boot a Multiboot v1 kernel (ELF32 or a.out-kludge), as QEMU's -kernel does.
-    #[arg(long, value_name = "ELF")]
-    multiboot: Option<PathBuf>,
-    /// Kernel command line passed to a --multiboot kernel.
-    #[arg(long, value_name = "CMDLINE", default_value = "", requires = "multiboot")]
+    /// Boot a kernel directly, as QEMU's -kernel does: a Linux bzImage (Linux x86 boot
+    /// protocol, 64-bit entry), an ELF vmlinux with a PVH note, or a Multiboot v1 kernel (ELF32
+    /// or a.out kludge; --multiboot is an alias).
+    #[arg(long, value_name = "FILE", visible_alias = "multiboot")]
+    kernel: Option<PathBuf>,
+    /// An initial RAM disk for a --kernel (Linux bzImage or PVH vmlinux).
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line for --kernel (a Multiboot kernel gets "<FILE> <CMDLINE>", as QEMU
+    /// passes it).
+    #[arg(long, value_name = "CMDLINE", default_value = "", requires = "kernel")]
     append: String,
     /// Guest RAM size, 1 MiB to 3 GiB: a number of MiB, or with a unit (K, M, G, T; KiB..TiB
     /// and KB..TB are the same binary units), as QEMU's -m.
@@ -153,11 +159,9 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
     if a.max_insns == Some(0) {
         bail!("--max-insns must be at least 1");
     }
-    let booted_image = a.bios.is_some() || a.flat.is_some() || a.multiboot.is_some();
+    let booted_image = a.bios.is_some() || a.flat.is_some() || a.kernel.is_some();
     if !a.disk.is_empty() && !booted_image {
-        bail!(
-            "--disk needs a guest that uses it: add --bios FILE (firmware that boots the disk), --flat or --multiboot"
-        );
+        bail!("--disk needs a guest that uses it: add --bios FILE (firmware that boots the disk), --flat or --kernel");
     }
     if !a.disk.is_empty() && a.bios.is_none() {
         eprintln!(
@@ -196,11 +200,14 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
         let image = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         m.load_flat(&image, a.load, a.entry.unwrap_or(a.load))
             .with_context(|| format!("cannot load {}", path.display()))?;
-    } else if let Some(path) = &a.multiboot {
+    } else if let Some(path) = &a.kernel {
         let image = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        // As QEMU's -kernel: the command line is "<kernel path> <append>".
-        let cmdline = format!("{} {}", path.display(), a.append);
-        m.load_multiboot(&image, &cmdline).with_context(|| format!("cannot load {}", path.display()))?;
+        let initrd = match &a.initrd {
+            Some(p) => Some(std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?),
+            None => None,
+        };
+        m.load_kernel(&image, initrd.as_deref(), &a.append, &path.display().to_string())
+            .with_context(|| format!("cannot load {}", path.display()))?;
     } else {
         let demo = test_roms::demo();
         m.load_flat(&demo.image, demo.load_addr, demo.entry)?;

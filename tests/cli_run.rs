@@ -103,7 +103,7 @@ fn test_issue_11_ignored_options_and_bad_images_are_refused() {
         (vec!["run", "--flat", big.to_str().unwrap(), "--load", "0x10000"], 4, "VGA window"),
         (vec!["run", "--disk", disk.to_str().unwrap()], 4, "--disk needs"),
         (vec!["run", "--read-only"], 2, "--disk"),
-        (vec!["run", "--append", "x"], 2, "--multiboot"),
+        (vec!["run", "--append", "x"], 2, "--kernel"),
         (vec!["run", "-m", "1T"], 4, "out of range"),
         (vec!["run", "-m", "lots"], 2, "not a size"),
     ] {

@@ -6,6 +6,7 @@
 pub mod acpi;
 mod board;
 pub mod disk;
+pub mod linux;
 pub mod loader;
 mod serial_input;
 
@@ -31,6 +32,9 @@ pub enum MachineError {
     /// A kernel image is malformed.
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// A Linux kernel cannot be booted directly.
+    #[error(transparent)]
+    Linux(#[from] linux::LinuxError),
     /// The requested memory size is unusable.
     #[error("memory size {0} bytes is out of range (1 MiB to 3 GiB)")]
     BadMemorySize(u64),
@@ -137,6 +141,19 @@ pub enum Exit {
     TimeLimit,
     /// The guest entered ACPI S5 (soft-off) through the PIIX4 PM control register.
     PowerOff,
+}
+
+/// The kind of kernel [`Machine::load_kernel`] booted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelKind {
+    /// A bzImage entered at its 64-bit entry point.
+    Linux64,
+    /// A bzImage entered at its 32-bit entry point.
+    Linux32,
+    /// An ELF vmlinux entered through its PVH note.
+    Pvh,
+    /// A Multiboot v1 kernel.
+    Multiboot,
 }
 
 /// A virtual PC.
@@ -323,6 +340,95 @@ impl Machine {
         self.cpu.msr.tsc_offset = tsc;
         true
     }
+    /// The memory map reported to a directly booted kernel (E820 / PVH memmap).
+    fn e820(&self) -> Vec<linux::E820> {
+        vec![
+            linux::E820 { addr: 0, size: 0x9_FC00, kind: 1 },
+            linux::E820 { addr: 0x9_FC00, size: 0x400, kind: 2 },
+            linux::E820 { addr: 0xF_0000, size: 0x1_0000, kind: 2 },
+            linux::E820 { addr: 0x10_0000, size: self.ram_bytes - 0x10_0000, kind: 1 },
+        ]
+    }
+
+    /// Boots a kernel directly, as QEMU's `-kernel`: a Linux bzImage (64-bit entry when the
+    /// kernel has one, else 32-bit), an ELF `vmlinux` with a PVH note, or a Multiboot v1 kernel
+    /// (whose command line is `"<name> <append>"`, as QEMU passes it). Returns which it was.
+    pub fn load_kernel(
+        &mut self,
+        file: &[u8],
+        initrd: Option<&[u8]>,
+        append: &str,
+        name: &str,
+    ) -> Result<KernelKind, MachineError> {
+        let plan = if linux::is_bzimage(file) {
+            linux::plan_bzimage(file, initrd, append, &self.e820(), self.ram_bytes, None)?
+        } else if linux::pvh_entry(file).is_some() {
+            linux::plan_pvh(file, initrd, append, &self.e820(), self.ram_bytes, None)?
+        } else if loader::parse_multiboot(file).is_ok() {
+            if initrd.is_some() {
+                return Err(MachineError::Linux(linux::LinuxError::UnknownFormat));
+            }
+            self.load_multiboot(file, &format!("{name} {append}"))?;
+            return Ok(KernelKind::Multiboot);
+        } else {
+            return Err(linux::LinuxError::UnknownFormat.into());
+        };
+        for (addr, data) in &plan.writes {
+            self.check_fits(*addr, data.len() as u64)?;
+            self.board.mem.load(GuestPhysAddr(*addr), data)?;
+        }
+        for &(addr, len) in &plan.zeros {
+            self.check_fits(addr, len)?;
+            let zeros = vec![0u8; len as usize];
+            self.board.mem.load(GuestPhysAddr(addr), &zeros)?;
+        }
+        self.engine.invalidate_phys(0, self.ram_bytes);
+        let data =
+            Segment { selector: linux::BOOT_DS, attr: 0x93 | seg_attr::DB | seg_attr::G, limit: u32::MAX, base: 0 };
+        let mut cpu = CpuState::new();
+        cpu.gpr = [0; 16];
+        cpu.seg = [data; 6];
+        cpu.gdtr = cpu::DescriptorTable { base: linux::BOOT_GDT, limit: 31 };
+        cpu.set_rflags(rflags::FIXED1);
+        let kind = match plan.entry {
+            linux::EntryMode::Long64 { rip, rsi } => {
+                cpu.cr0 = cr::CR0_PE | cr::CR0_ET | cr::CR0_PG;
+                cpu.cr4 = cr::CR4_PAE;
+                cpu.cr3 = linux::BOOT_PML4;
+                cpu.efer = cr::EFER_LME | cr::EFER_LMA;
+                cpu.seg[1] = Segment {
+                    selector: linux::BOOT_CS,
+                    attr: 0x9B | seg_attr::L | seg_attr::G,
+                    limit: u32::MAX,
+                    base: 0,
+                };
+                cpu.rip = rip;
+                cpu.gpr[6] = rsi;
+                KernelKind::Linux64
+            }
+            linux::EntryMode::Protected32 { eip, esi, ebx } => {
+                cpu.cr0 = cr::CR0_PE | cr::CR0_ET;
+                cpu.seg[1] = Segment {
+                    selector: linux::BOOT_CS,
+                    attr: 0x9B | seg_attr::DB | seg_attr::G,
+                    limit: u32::MAX,
+                    base: 0,
+                };
+                cpu.rip = u64::from(eip);
+                cpu.gpr[6] = u64::from(esi);
+                cpu.gpr[3] = u64::from(ebx);
+                if ebx != 0 {
+                    KernelKind::Pvh
+                } else {
+                    KernelKind::Linux32
+                }
+            }
+        };
+        *self.cpu = cpu;
+        self.engine.flush_for_mode_change(&mut self.cpu);
+        Ok(kind)
+    }
+
     /// Loads a Multiboot v1 kernel and prepares the CPU as a Multiboot loader leaves it.
     ///
     /// `cmdline` is passed as it is; QEMU's `-kernel` passes `"<kernel path> <append>"`, and so
