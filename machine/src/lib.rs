@@ -345,7 +345,8 @@ impl Machine {
         vec![
             linux::E820 { addr: 0, size: 0x9_FC00, kind: 1 },
             linux::E820 { addr: 0x9_FC00, size: 0x400, kind: 2 },
-            linux::E820 { addr: 0xF_0000, size: 0x1_0000, kind: 2 },
+            // The BIOS area: the ACPI tables of a direct boot live here (acpi::DIRECT_BOOT_*).
+            linux::E820 { addr: 0xE_0000, size: 0x2_0000, kind: 2 },
             linux::E820 { addr: 0x10_0000, size: self.ram_bytes - 0x10_0000, kind: 1 },
         ]
     }
@@ -360,10 +361,17 @@ impl Machine {
         append: &str,
         name: &str,
     ) -> Result<KernelKind, MachineError> {
+        let linux_kernel = linux::is_bzimage(file) || linux::pvh_entry(file).is_some();
+        let rsdp = if linux_kernel {
+            self.install_acpi(acpi::DIRECT_BOOT_TABLES, acpi::DIRECT_BOOT_RSDP)?;
+            Some(u64::from(acpi::DIRECT_BOOT_RSDP))
+        } else {
+            None
+        };
         let plan = if linux::is_bzimage(file) {
-            linux::plan_bzimage(file, initrd, append, &self.e820(), self.ram_bytes, None)?
+            linux::plan_bzimage(file, initrd, append, &self.e820(), self.ram_bytes, rsdp)?
         } else if linux::pvh_entry(file).is_some() {
-            linux::plan_pvh(file, initrd, append, &self.e820(), self.ram_bytes, None)?
+            linux::plan_pvh(file, initrd, append, &self.e820(), self.ram_bytes, rsdp)?
         } else if loader::parse_multiboot(file).is_ok() {
             if initrd.is_some() {
                 return Err(MachineError::Linux(linux::LinuxError::UnknownFormat));
