@@ -27,6 +27,11 @@ pub trait CpuBus {
     fn advance_clock(&mut self, icount: u64) {
         let _ = icount;
     }
+    /// The guest wrote IA32_APIC_BASE (the CPU keeps the MSR value for RDMSR; a board with a
+    /// local APIC moves or disables it). Buses without one need not care.
+    fn apic_base_written(&mut self, value: u64) {
+        let _ = value;
+    }
 }
 
 /// A bus with guest memory and nothing else, for tests, benches and tools that run bare code:

@@ -210,6 +210,9 @@ pub(crate) struct Board {
     pub(crate) reset_requested: bool,
     /// The guest entered S5 (soft-off) through the PIIX4 PM control register.
     pub(crate) power_off: bool,
+    /// Guest-physical pages mapped for the local APIC (its default base, and each base the
+    /// guest moved it to).
+    lapic_windows: Vec<u64>,
     /// Host input waiting for COM1.
     pub(crate) serial_in: crate::serial_input::SerialInput,
     /// A device wrote guest memory by DMA over code the CPU has decoded: the engine must drop
@@ -278,6 +281,7 @@ impl Board {
             reset_requested: false,
             power_off: false,
             serial_in: Default::default(),
+            lapic_windows: vec![devices::lapic::LAPIC_DEFAULT_BASE],
             code_written: false,
             timers_dirty: false,
             now: VirtualInstant(0),
@@ -472,11 +476,21 @@ impl Board {
         })
     }
 
-    /// The MMIO device of region `id` and the region's base.
-    fn mmio_device(&mut self, id: u32) -> Option<(&mut dyn MmioDevice, u64)> {
+    /// Where IA32_APIC_BASE puts the local APIC's registers.
+    fn lapic_base(&self) -> u64 {
+        self.chips.lapic.base_msr() & 0x000F_FFFF_FFFF_F000
+    }
+
+    /// The MMIO device of region `id` at `addr` and the region's base. The local APIC answers
+    /// only in the page IA32_APIC_BASE names, and not at all while globally disabled.
+    fn mmio_device(&mut self, id: u32, addr: u64) -> Option<(&mut dyn MmioDevice, u64)> {
         match id {
             MMIO_IOAPIC => Some((&mut self.chips.ioapic, devices::ioapic::IOAPIC_DEFAULT_BASE)),
-            MMIO_LAPIC => Some((&mut self.chips.lapic, devices::lapic::LAPIC_DEFAULT_BASE)),
+            MMIO_LAPIC => {
+                let base = self.lapic_base();
+                let here = addr & !(devices::lapic::LAPIC_MMIO_SIZE - 1) == base;
+                (here && self.chips.lapic.hw_enabled()).then_some((&mut self.chips.lapic as &mut dyn MmioDevice, base))
+            }
             _ => None,
         }
     }
@@ -660,7 +674,7 @@ impl CpuBus for Board {
 
     fn mmio_read(&mut self, id: u32, addr: GuestPhysAddr, size: AccessSize) -> u64 {
         let now = self.now;
-        let Some((dev, base)) = self.mmio_device(id) else {
+        let Some((dev, base)) = self.mmio_device(id, addr.0) else {
             log::debug!("MMIO read of unclaimed region {id} at {:#x} ({} bytes): open bus", addr.0, size.bytes());
             return size.mask();
         };
@@ -673,7 +687,7 @@ impl CpuBus for Board {
 
     fn mmio_write(&mut self, id: u32, addr: GuestPhysAddr, size: AccessSize, value: u64) {
         let now = self.now;
-        let Some((dev, base)) = self.mmio_device(id) else {
+        let Some((dev, base)) = self.mmio_device(id, addr.0) else {
             log::debug!(
                 "MMIO write of unclaimed region {id} at {:#x} ({} bytes) = {value:#x} dropped",
                 addr.0,
@@ -750,6 +764,22 @@ impl CpuBus for Board {
 
     fn advance_clock(&mut self, icount: u64) {
         self.now = VirtualInstant(icount.wrapping_add(self.idle_time));
+    }
+
+    /// IA32_APIC_BASE: the local APIC answers at the new base (mapped on first use; the old
+    /// window then reads as open bus), or nowhere while globally disabled, when the 8259's
+    /// INTR goes straight to the CPU.
+    fn apic_base_written(&mut self, value: u64) {
+        self.chips.lapic.set_base_msr(value);
+        let base = self.lapic_base();
+        if !self.lapic_windows.contains(&base) {
+            match self.mem.map_mmio(base, devices::lapic::LAPIC_MMIO_SIZE, MMIO_LAPIC) {
+                Ok(()) => self.lapic_windows.push(base),
+                Err(e) => log::debug!("local APIC moved to {base:#x}, which cannot be mapped: {e}"),
+            }
+        }
+        self.timers_dirty = true;
+        self.sync_irqs();
     }
 }
 
@@ -846,6 +876,29 @@ mod tests {
         assert_eq!(bm_status & 0x05, 0x04, "interrupt set, no longer active: {bm_status:#x}");
         assert!(b.chips.pic.has_interrupt() || b.irq_pending(), "IRQ 14");
         assert_eq!(b.port_read(PortAddr(0x1F7), AccessSize::Byte) & 0x89, 0, "not busy, no DRQ, no error");
+    }
+
+    /// IA32_APIC_BASE (SDM vol. 3, 11.4.4/11.4.5): clearing the global enable makes the
+    /// registers vanish and hands INTR back to the 8259; a new base moves the window.
+    #[test]
+    fn test_board_apic_base_msr_disable_and_relocation() {
+        let mut b = board();
+        let rd = |b: &mut Board, a: u64| b.mmio_read(MMIO_LAPIC, GuestPhysAddr(a), AccessSize::Dword);
+        let version = rd(&mut b, 0xFEE0_0030);
+        assert_ne!(version, 0xFFFF_FFFF);
+        b.apic_base_written(0xFEE0_0000 | 0x100);
+        assert_eq!(rd(&mut b, 0xFEE0_0030), 0xFFFF_FFFF, "globally disabled");
+        assert!(b.chips.lapic.accepts_pic_interrupt(), "INTR goes straight to the CPU");
+        b.apic_base_written(0xFED0_0000 | 0x900);
+        assert!(matches!(
+            b.mem.lookup(GuestPhysAddr(0xFED0_0030)).map(|r| r.kind),
+            Some(mmu::RegionKind::Mmio { id: MMIO_LAPIC })
+        ));
+        assert_eq!(rd(&mut b, 0xFED0_0030), version, "registers at the new base");
+        assert_eq!(rd(&mut b, 0xFEE0_0030), 0xFFFF_FFFF, "old window is open bus");
+        b.apic_base_written(0xFEE0_0900);
+        assert_eq!(rd(&mut b, 0xFEE0_0030), version);
+        assert_eq!(rd(&mut b, 0xFED0_0030), 0xFFFF_FFFF);
     }
 
     #[test]

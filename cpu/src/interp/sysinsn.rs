@@ -108,7 +108,10 @@ impl Cx<'_> {
         let canon = |v: u64| ((v << 16) as i64 >> 16) as u64 == v;
         match n {
             msr::TSC => self.cpu.msr.tsc_offset = v.wrapping_sub(self.cpu.icount),
-            msr::APIC_BASE => self.cpu.msr.apic_base = v,
+            msr::APIC_BASE => {
+                self.cpu.msr.apic_base = v;
+                self.io_bus().apic_base_written(v);
+            }
             msr::SYSENTER_CS => self.cpu.msr.sysenter_cs = v & 0xFFFF,
             msr::SYSENTER_ESP => self.cpu.msr.sysenter_esp = v,
             msr::SYSENTER_EIP => self.cpu.msr.sysenter_eip = v,
