@@ -12,7 +12,7 @@
 //!   PIIX4 PM function sets SCI_EN on those), the PM1a event (4 bytes) and control (2 bytes)
 //!   blocks and the 24-bit PM timer in the PIIX4 PM block, GPE0 (4 bytes), a fixed-feature
 //!   power button, no sleep button, the reset register (I/O 0xCF9, value 6), CENTURY at CMOS
-//!   0x32 and IAPC_BOOT_ARCH "legacy devices + 8042".
+//!   0x32 and IAPC_BOOT_ARCH "legacy devices + 8042, no VGA".
 //! - MADT: one local APIC (ID 0), the I/O APIC (ID 1, GSI base 0), the interrupt source
 //!   overrides ISA IRQ 0 -> GSI 2 and IRQ 9 (the SCI) -> GSI 9 level/active-high, and the
 //!   LINT1 NMI of all processors.
@@ -439,6 +439,8 @@ const FADT_RESET_REG_SUP: u32 = 1 << 10;
 /// IAPC_BOOT_ARCH: legacy devices, 8042.
 const IAPC_LEGACY_DEVICES: u16 = 1 << 0;
 const IAPC_8042: u16 = 1 << 1;
+/// IAPC_BOOT_ARCH: no VGA (the machine has no display adapter; Linux then leaves vgacon off).
+const IAPC_VGA_NOT_PRESENT: u16 = 1 << 2;
 /// FADT length for revision 3.
 const FADT_LEN: usize = 244;
 /// FADT field offsets used for pointers.
@@ -468,7 +470,7 @@ fn fadt(cfg: &AcpiConfig) -> Vec<u8> {
     put16(&mut t, 96, 0x0FFF); // P_LVL2_LAT: C2 not supported
     put16(&mut t, 98, 0x0FFF); // P_LVL3_LAT: C3 not supported
     t[108] = 0x32; // CENTURY
-    put16(&mut t, 109, IAPC_LEGACY_DEVICES | IAPC_8042);
+    put16(&mut t, 109, IAPC_LEGACY_DEVICES | IAPC_8042 | IAPC_VGA_NOT_PRESENT);
     put32(&mut t, 112, FADT_WBINVD | FADT_PROC_C1 | FADT_SLP_BUTTON | FADT_RESET_REG_SUP);
     t[116..128].copy_from_slice(&gas_io(devices::pci::PIIX_RCR_PORT, 8, 1));
     t[128] = devices::pci::RCR_SYS_RST | devices::pci::RCR_RST_CPU; // RESET_VALUE 6

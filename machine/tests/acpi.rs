@@ -68,13 +68,16 @@ fn test_acpi_tables_parse_with_iasl() {
                 for s in [
                     "SCI Interrupt : 0009",
                     "SMI Command Port : 000000B2",
-                    "PM1A Event Block Address : 0000B000",
-                    "PM1A Control Block Address : 0000B004",
-                    "PM Timer Block Address : 0000B008",
+                    "PM1A Event Block Address : 00000600",
+                    "PM1A Control Block Address : 00000604",
+                    "PM Timer Block Address : 00000608",
                     "GPE0 Block Address : 0000AFE0",
                     "Value to cause reset : 06",
                     "Control Method Power Button (V1) : 0",
                     "Reset Register Supported (V2) : 1",
+                    "8042 Present on ports 60/64 (V2) : 1",
+                    "VGA Not Present (V4) : 1",
+                    "Century Index : 32",
                 ] {
                     assert!(fields(&dsl).contains(s), "FADT lacks {s}:\n{dsl}");
                 }
