@@ -901,6 +901,50 @@ mod tests {
         assert_eq!(rd(&mut b, 0xFED0_0030), 0xFFFF_FFFF);
     }
 
+    /// The PIIX4 PM function on the board: its PM block where firmware (or install_acpi) puts
+    /// it, the power button's SCI on ISA IRQ 9 / I/O APIC pin 9 (as the MADT and FADT say),
+    /// and a virtio-blk INTx on the I/O APIC pin its _PRT entry names and on the 8259 input
+    /// the PIIX3 routes its PIRQ to.
+    #[test]
+    fn test_board_sci_and_pci_interrupt_routing() {
+        let mut b = board();
+        b.enable_pm_io();
+        let pm1_en = PM_IO_BASE + 2;
+        b.port_write(PortAddr(pm1_en), AccessSize::Word, u32::from(devices::piix4_pm::ACPI_PWRBTN));
+        assert_eq!(b.chips.ioapic.state().levels & (1 << 9), 0);
+        b.press_power_button();
+        assert_ne!(b.chips.ioapic.state().levels & (1 << 9), 0, "SCI on GSI 9");
+        assert_ne!(b.chips.pic.state().slave.irr & (1 << 1), 0, "SCI on ISA IRQ 9");
+        b.port_write(PortAddr(PM_IO_BASE), AccessSize::Word, u32::from(devices::piix4_pm::ACPI_PWRBTN));
+        assert_eq!(b.chips.ioapic.state().levels & (1 << 9), 0, "PWRBTN_STS cleared");
+
+        // virtio-blk at 00:03.0: PIRQC (QEMU's swizzle), GSI 18; the firmware routes PIRQC to 11.
+        b.attach_virtio_disk(Box::new(devices::MemBackend::zeroed(1 << 20))).unwrap();
+        let cfg = |b: &mut Board, reg: u32, size: AccessSize, v: u32| {
+            b.port_write(PortAddr(0xCF8), AccessSize::Dword, 0x8000_0000 | (3 << 11) | reg);
+            b.port_write(PortAddr(0xCFC + (reg & 3) as u16), size, v);
+        };
+        cfg(&mut b, 0x10, AccessSize::Dword, 0xC101);
+        cfg(&mut b, 0x04, AccessSize::Word, 0x0005);
+        b.port_write(PortAddr(0xCF8), AccessSize::Dword, 0x8000_0860);
+        b.port_write(PortAddr(0xCFE), AccessSize::Byte, 11);
+        // Make the device interrupt without a real ring: rings outside RAM make it report
+        // DEVICE_NEEDS_RESET with a configuration interrupt.
+        b.port_write(PortAddr(0xC114), AccessSize::Byte, 0x0B);
+        b.port_write(PortAddr(0xC100 + 0x08), AccessSize::Dword, 1);
+        b.port_write(PortAddr(0xC100 + 0x0C), AccessSize::Dword, 1);
+        b.port_write(PortAddr(0xC114), AccessSize::Byte, 0x0B);
+        b.port_write(PortAddr(0xC130), AccessSize::Dword, 0xFFFF_F000); // used ring outside RAM
+        b.port_write(PortAddr(0xC128), AccessSize::Dword, 0xFFFF_E000); // avail ring outside RAM
+        b.port_write(PortAddr(0xC11C), AccessSize::Word, 1);
+        b.port_write(PortAddr(0xC114), AccessSize::Byte, 0x0F);
+        b.port_write(PortAddr(0xC1C0), AccessSize::Word, 0);
+        assert_ne!(b.chips.ioapic.state().levels & (1 << 18), 0, "INTA of slot 3 on GSI 18");
+        assert_ne!(b.chips.pic.state().slave.irr & (1 << 3), 0, "PIRQC routed to IRQ 11");
+        assert_eq!(b.port_read(PortAddr(0xC140), AccessSize::Byte), 2, "ISR: configuration change");
+        assert_eq!(b.chips.ioapic.state().levels & (1 << 18), 0, "reading the ISR deasserts");
+    }
+
     #[test]
     fn test_board_reset_requests_from_kbc_port92_and_cf9() {
         for (port, value) in [(0x64u16, 0xFEu32), (0x92, 0x01), (0xCF9, 0x06)] {
