@@ -113,3 +113,55 @@ impl crate::Machine {
         self.board.serial_in.log()
     }
 }
+
+/// Writes an input log as text: one line per chunk, the virtual instant in nanoseconds and the
+/// bytes in hex (`1048576 68690a`).
+pub fn format_input_log(log: &[(VirtualInstant, Vec<u8>)]) -> String {
+    let mut s = String::new();
+    for (t, bytes) in log {
+        s.push_str(&t.0.to_string());
+        s.push(' ');
+        for b in bytes {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// Reads what [`format_input_log`] wrote; blank lines and lines starting with `#` are skipped.
+pub fn parse_input_log(text: &str) -> Result<Vec<(VirtualInstant, Vec<u8>)>, String> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = |what: &str| format!("line {}: {what}: {line:?}", n + 1);
+        let (t, hex) = line.split_once(' ').ok_or_else(|| bad("expected `<nanoseconds> <hex bytes>`"))?;
+        let t: u64 = t.parse().map_err(|_| bad("bad virtual time"))?;
+        let hex = hex.trim();
+        if hex.len() % 2 != 0 || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err(bad("bad hex bytes"));
+        }
+        let bytes = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap_or(0)).collect();
+        out.push((VirtualInstant(t), bytes));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_serial_input_log_roundtrip_and_errors() {
+        let log = vec![(VirtualInstant(1 << 20), b"hi\n".to_vec()), (VirtualInstant(5_000_000), vec![0, 0xFF])];
+        let text = format_input_log(&log);
+        assert_eq!(text, "1048576 68690a\n5000000 00ff\n");
+        assert_eq!(parse_input_log(&format!("# recorded\n\n{text}")).unwrap(), log);
+        for bad in ["12", "x 00", "5 0g", "5 123"] {
+            assert!(parse_input_log(bad).is_err(), "{bad}");
+        }
+    }
+}
