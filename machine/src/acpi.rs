@@ -421,9 +421,11 @@ fn dsdt_aml(cfg: &AcpiConfig) -> Vec<u8> {
     pci0.extend(aml_name_decl("_UID", &aml_int(0)));
     pci0.extend(aml_name_decl("_CRS", &crs));
     pci0.extend(aml_name_decl("_PRT", &aml_package(&prt)));
-    let mut body = aml_scope("\\_SB", &aml_device("PCI0", &pci0));
+    // Names at the root without the '\' prefix: the definition block's scope is the root, and
+    // this is how iasl encodes them, so the tests can compare bytes with its compilation.
+    let mut body = aml_scope("_SB", &aml_device("PCI0", &pci0));
     // \_S5: SLP_TYPa, SLP_TYPb (and two reserved).
-    body.extend(aml_name_decl("\\_S5", &aml_package(&[aml_int(0), aml_int(0), aml_int(0), aml_int(0)])));
+    body.extend(aml_name_decl("_S5", &aml_package(&[aml_int(0), aml_int(0), aml_int(0), aml_int(0)])));
     body
 }
 

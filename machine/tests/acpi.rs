@@ -99,5 +99,19 @@ fn test_acpi_tables_parse_with_iasl() {
             _ => {}
         }
     }
+    // The strongest check of the AML encoding: iasl compiles its own disassembly back to the
+    // same bytes (everything after the header, whose creator fields name the compiler).
+    let (off, len) = t.layout.iter().find(|(s, _, _)| s == b"DSDT").map(|&(_, o, l)| (o, l)).unwrap();
+    let ours = &tables[off as usize..(off + len) as usize];
+    let out = Command::new("iasl").current_dir(&dir).args(["-p", "recompiled", "dsdt.dsl"]).output().expect("run iasl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let back = std::fs::read(dir.join("recompiled.aml")).unwrap();
+    let first_diff = back[36..].iter().zip(&ours[36..]).position(|(a, b)| a != b);
+    assert_eq!(
+        back.len(),
+        ours.len(),
+        "AML length differs from iasl's compilation; first difference at {first_diff:?}"
+    );
+    assert_eq!(first_diff, None, "AML differs from iasl's compilation of its disassembly");
     let _ = std::fs::remove_dir_all(&dir);
 }
