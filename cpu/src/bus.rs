@@ -32,6 +32,15 @@ pub trait CpuBus {
     fn apic_base_written(&mut self, value: u64) {
         let _ = value;
     }
+    /// WRMSR IA32_TSC_DEADLINE: `value` in TSC ticks, `tsc_now` the TSC at the write (the
+    /// board's local APIC converts to virtual time). Buses without a local APIC ignore it.
+    fn write_tsc_deadline(&mut self, value: u64, tsc_now: u64) {
+        let _ = (value, tsc_now);
+    }
+    /// RDMSR IA32_TSC_DEADLINE (0 without a local APIC or when disarmed).
+    fn read_tsc_deadline(&mut self) -> u64 {
+        0
+    }
 }
 
 /// A bus with guest memory and nothing else, for tests, benches and tools that run bare code:

@@ -766,6 +766,22 @@ impl CpuBus for Board {
         self.now = VirtualInstant(icount.wrapping_add(self.idle_time));
     }
 
+    /// IA32_TSC_DEADLINE: the TSC and virtual time run in step (both advance one per
+    /// instruction and by the same amount when a halt skips ahead), so the deadline's virtual
+    /// instant is `now + (value - tsc_now)`.
+    fn write_tsc_deadline(&mut self, value: u64, tsc_now: u64) {
+        let now = self.now;
+        let at = VirtualInstant(now.0.saturating_add(value.saturating_sub(tsc_now)));
+        self.chips.lapic.write_tsc_deadline(value, at, now);
+        self.chips.lapic.advance_to(now);
+        self.timers_dirty = true;
+        self.sync_irqs();
+    }
+
+    fn read_tsc_deadline(&mut self) -> u64 {
+        self.chips.lapic.tsc_deadline()
+    }
+
     /// IA32_APIC_BASE: the local APIC answers at the new base (mapped on first use; the old
     /// window then reads as open bus), or nowhere while globally disabled, when the 8259's
     /// INTR goes straight to the CPU.
@@ -979,6 +995,33 @@ mod tests {
         assert_ne!(b.chips.pic.state().slave.irr & (1 << 3), 0, "PIRQC routed to IRQ 11");
         assert_eq!(b.port_read(PortAddr(0xC140), AccessSize::Byte), 2, "ISR: configuration change");
         assert_eq!(b.chips.ioapic.state().levels & (1 << 18), 0, "reading the ISR deasserts");
+    }
+
+    /// IA32_TSC_DEADLINE through the bus hooks the CPU's WRMSR/RDMSR use: the deadline in TSC
+    /// ticks becomes the virtual instant the TSC reaches it, whatever the TSC's offset.
+    #[test]
+    fn test_board_tsc_deadline_timer() {
+        let mut b = board();
+        let lapic = |b: &mut Board, off: u64, v: u64| {
+            b.mmio_write(MMIO_LAPIC, GuestPhysAddr(0xFEE0_0000 + off), AccessSize::Dword, v)
+        };
+        lapic(&mut b, 0xF0, 0x1FF); // software enable
+        lapic(&mut b, 0x320, 0x4_00E0); // LVT timer: TSC-deadline, vector 0xE0
+        b.advance_clock(1000);
+        let tsc_now = 7_000_000_000u64; // any offset between the TSC and virtual time
+        b.write_tsc_deadline(tsc_now + 5000, tsc_now);
+        assert_eq!(b.read_tsc_deadline(), tsc_now + 5000);
+        assert_eq!(b.timer_deadlines()[2], Some(VirtualInstant(6000)));
+        b.advance_timers(VirtualInstant(5999));
+        assert!(!b.irq_pending());
+        b.advance_timers(VirtualInstant(6000));
+        assert!(b.irq_pending());
+        assert_eq!(b.acknowledge_interrupt(), Some(0xE0));
+        assert_eq!(b.read_tsc_deadline(), 0, "disarmed after firing");
+        lapic(&mut b, 0xB0, 0); // EOI
+        // A deadline in the past fires at once.
+        b.write_tsc_deadline(1, tsc_now);
+        assert!(b.irq_pending());
     }
 
     #[test]
