@@ -1018,8 +1018,8 @@ mod tests {
         assert!(b.irq_pending());
         assert_eq!(b.acknowledge_interrupt(), Some(0xE0));
         assert_eq!(b.read_tsc_deadline(), 0, "disarmed after firing");
-        lapic(&mut b, 0xB0, 0); // EOI
-        // A deadline in the past fires at once.
+        // EOI; then a deadline in the past fires at once.
+        lapic(&mut b, 0xB0, 0);
         b.write_tsc_deadline(1, tsc_now);
         assert!(b.irq_pending());
     }
