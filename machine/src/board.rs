@@ -334,7 +334,7 @@ impl Board {
     pub(crate) fn attach_virtio_disk(&mut self, backend: Box<dyn BlockBackend>) -> Result<(), crate::MachineError> {
         let root = self.chips.pci.root_mut();
         if root.virtio.is_some() {
-            return Err(crate::MachineError::TooManyDisks);
+            return Err(crate::MachineError::TooManyVirtioDisks);
         }
         let pirq = crate::acpi::pci_pirq(VIRTIO_BLK_SLOT, 0);
         root.virtio = Some(VirtioBlk::new(self.irqs.line(PIRQ_LINE_BASE + pirq), backend));

@@ -80,6 +80,9 @@ pub enum MachineError {
     /// More disks than the IDE controller has places for.
     #[error("at most 4 IDE disks (primary/secondary, master/slave)")]
     TooManyDisks,
+    /// A second virtio-blk disk.
+    #[error("at most one virtio-blk disk")]
+    TooManyVirtioDisks,
     /// Device wiring failed (overlapping port ranges: a programming error).
     #[error("device wiring: {0}")]
     Wiring(String),
