@@ -41,6 +41,17 @@ pub struct RunArgs {
     /// Open the disks read-only: guest writes fail with an ATA error instead of changing them.
     #[arg(long, requires = "disk")]
     read_only: bool,
+    /// A disk image (VMDK or raw, detected) for the virtio-blk controller at PCI 00:03.0, as
+    /// Linux's virtio_blk drives it (`/dev/vda`). Honours --read-only.
+    #[arg(long, value_name = "FILE")]
+    virtio_disk: Option<PathBuf>,
+    /// Write the serial input the guest received (from standard input), with the virtual time
+    /// of each chunk, to FILE when the run ends; --serial-replay FILE repeats the run exactly.
+    #[arg(long, value_name = "FILE")]
+    serial_record: Option<PathBuf>,
+    /// Feed COM1 from a file written by --serial-record instead of standard input.
+    #[arg(long, value_name = "FILE")]
+    serial_replay: Option<PathBuf>,
     /// A guest reset or triple fault ends the run with a message instead of rebooting.
     #[arg(long)]
     no_reboot: bool,
@@ -169,6 +180,32 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
     for (i, path) in a.disk.iter().enumerate() {
         m.attach_disk_file(i, path, a.read_only)?;
     }
+    if let Some(path) = &a.virtio_disk {
+        m.attach_virtio_disk_file(path, a.read_only)?;
+    }
+    if let Some(path) = &a.serial_replay {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let log = machine::parse_input_log(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        for (t, bytes) in log {
+            m.queue_serial_input(t, &bytes);
+        }
+    } else if a.serial == Serial::Stdio {
+        // Standard input feeds COM1. The thread only enqueues; the machine takes the input at
+        // run-slice boundaries and stamps it with virtual time (the terminal stays in its
+        // usual line mode).
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 256];
+            let mut stdin = std::io::stdin().lock();
+            while let Ok(n @ 1..) = stdin.read(&mut buf) {
+                if tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        m.connect_serial_input(rx);
+    }
     if let Some(path) = &a.bios {
         let image = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         m.load_bios(&image).with_context(|| format!("cannot load {}", path.display()))?;
@@ -191,12 +228,16 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
     let start = Instant::now();
     let exit = m.run_limited(a.max_insns, a.max_time);
     let secs = start.elapsed().as_secs_f64();
+    if let Some(path) = &a.serial_record {
+        std::fs::write(path, machine::format_input_log(m.serial_input_log()))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
     let n = m.instructions();
     if !a.quiet {
         eprintln!("ferrovisor: {n} guest instructions in {:.3} s ({:.1} MIPS)", secs, n as f64 / secs.max(1e-9) / 1e6);
     }
     Ok(match exit {
-        Exit::Halted => status::POWER_OFF,
+        Exit::Halted | Exit::PowerOff => status::POWER_OFF,
         Exit::ExitDevice(v) => ((v << 1) | 1) as i32,
         Exit::TripleFault => {
             eprintln!("ferrovisor: the guest triple-faulted (a real PC would reset)");

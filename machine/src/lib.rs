@@ -3,10 +3,13 @@
 //!
 //! Only the CLI (and later the management API) depends on this crate.
 
+pub mod acpi;
 mod board;
 pub mod disk;
 pub mod linux;
 pub mod loader;
+mod serial_input;
+pub use serial_input::{format_input_log, parse_input_log};
 
 use base::{GuestPhysAddr, VirtualInstant};
 use board::{Board, ConsoleSink};
@@ -77,6 +80,9 @@ pub enum MachineError {
     /// More disks than the IDE controller has places for.
     #[error("at most 4 IDE disks (primary/secondary, master/slave)")]
     TooManyDisks,
+    /// A second virtio-blk disk.
+    #[error("at most one virtio-blk disk")]
+    TooManyVirtioDisks,
     /// Device wiring failed (overlapping port ranges: a programming error).
     #[error("device wiring: {0}")]
     Wiring(String),
@@ -137,6 +143,8 @@ pub enum Exit {
     IdleForever,
     /// The virtual-time limit of [`Machine::run_limited`] was reached.
     TimeLimit,
+    /// The guest entered ACPI S5 (soft-off) through the PIIX4 PM control register.
+    PowerOff,
 }
 
 /// The kind of kernel [`Machine::load_kernel`] booted.
@@ -305,6 +313,19 @@ impl Machine {
         })
     }
 
+    /// Attaches a block device as the virtio-blk disk (PCI 00:03.0; one at most).
+    pub fn attach_virtio_disk(&mut self, backend: Box<dyn devices::BlockBackend>) -> Result<(), MachineError> {
+        self.board.attach_virtio_disk(backend)
+    }
+
+    /// Opens a disk image (any VMDK subformat or raw, detected) and attaches it as the
+    /// virtio-blk disk.
+    pub fn attach_virtio_disk_file(&mut self, path: &std::path::Path, read_only: bool) -> Result<(), MachineError> {
+        let backend = disk::ImageBackend::open(path, read_only)
+            .map_err(|e| MachineError::Disk { path: path.display().to_string(), reason: e.to_string() })?;
+        self.attach_virtio_disk(Box::new(backend))
+    }
+
     /// A machine reset: chips to their power-on state, the CPU to the reset vector. Returns
     /// false when there is no firmware to reboot into.
     fn reboot(&mut self) -> bool {
@@ -328,7 +349,8 @@ impl Machine {
         vec![
             linux::E820 { addr: 0, size: 0x9_FC00, kind: 1 },
             linux::E820 { addr: 0x9_FC00, size: 0x400, kind: 2 },
-            linux::E820 { addr: 0xF_0000, size: 0x1_0000, kind: 2 },
+            // The BIOS area: the ACPI tables of a direct boot live here (acpi::DIRECT_BOOT_*).
+            linux::E820 { addr: 0xE_0000, size: 0x2_0000, kind: 2 },
             linux::E820 { addr: 0x10_0000, size: self.ram_bytes - 0x10_0000, kind: 1 },
         ]
     }
@@ -343,10 +365,17 @@ impl Machine {
         append: &str,
         name: &str,
     ) -> Result<KernelKind, MachineError> {
+        let linux_kernel = linux::is_bzimage(file) || linux::pvh_entry(file).is_some();
+        let rsdp = if linux_kernel {
+            self.install_acpi(acpi::DIRECT_BOOT_TABLES, acpi::DIRECT_BOOT_RSDP)?;
+            Some(u64::from(acpi::DIRECT_BOOT_RSDP))
+        } else {
+            None
+        };
         let plan = if linux::is_bzimage(file) {
-            linux::plan_bzimage(file, initrd, append, &self.e820(), self.ram_bytes, None)?
+            linux::plan_bzimage(file, initrd, append, &self.e820(), self.ram_bytes, rsdp)?
         } else if linux::pvh_entry(file).is_some() {
-            linux::plan_pvh(file, initrd, append, &self.e820(), self.ram_bytes, None)?
+            linux::plan_pvh(file, initrd, append, &self.e820(), self.ram_bytes, rsdp)?
         } else if loader::parse_multiboot(file).is_ok() {
             if initrd.is_some() {
                 return Err(MachineError::Linux(linux::LinuxError::UnknownFormat));
@@ -520,6 +549,13 @@ impl Machine {
             if let Some(v) = self.board.exit_value.take() {
                 return Exit::ExitDevice(v);
             }
+            if std::mem::take(&mut self.board.power_off) {
+                return Exit::PowerOff;
+            }
+            if std::mem::take(&mut self.board.code_written) {
+                // Device DMA overwrote decoded code.
+                self.engine.invalidate_phys(0, u64::MAX);
+            }
             if self.board.reset_requested {
                 self.board.reset_requested = false;
                 if self.no_reboot || !self.reboot() {
@@ -553,7 +589,7 @@ impl Machine {
                     }
                 }
                 RunExit::Halted => {
-                    if self.board.exit_value.is_some() || self.board.reset_requested {
+                    if self.board.exit_value.is_some() || self.board.reset_requested || self.board.power_off {
                         continue;
                     }
                     if self.cpu.rflags() & rflags::IF == 0 {

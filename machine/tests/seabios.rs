@@ -39,7 +39,10 @@ fn test_seabios_post_banner() {
     let log = String::from_utf8_lossy(&m.firmware_log()).into_owned();
     assert!(log.contains("SeaBIOS (version"), "no SeaBIOS banner; exit {exit:?}; log:\n{log}");
     assert!(log.contains("Found QEMU fw_cfg"), "fw_cfg not found; log:\n{log}");
-    assert!(log.contains("Found 3 PCI devices"), "PCI devices not found; log:\n{log}");
+    assert!(
+        log.contains("Found 4 PCI devices"),
+        "PCI devices not found (i440FX, PIIX3 ISA, IDE, PIIX4 PM); log:\n{log}"
+    );
     assert_ne!(exit, Exit::TripleFault, "log:\n{log}");
     // The firmware's console reaches the serial port (fw_cfg etc/sercon-port).
     let out = String::from_utf8_lossy(&m.serial_output()).into_owned();
