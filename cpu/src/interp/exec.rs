@@ -453,8 +453,15 @@ impl Cx<'_> {
                 match i.op_kind(0) {
                     OpKind::Register if i.op0_register().is_segment_register() => {
                         let sr = sreg_of(i.op0_register());
+                        // The increment follows the stack the selector was popped from (its B
+                        // bit), not the one POP SS loads (SDM POP: "stack-address size").
+                        let m = self.cpu.stack_mask();
+                        let new_sp = (sp & !m) | (sp.wrapping_add(u64::from(bits / 8)) & m);
                         self.load_seg(sr, v as u16)?;
-                        self.set_sp(sp.wrapping_add(u64::from(bits / 8)));
+                        self.cpu.gpr[4] = new_sp;
+                        if sr == SegReg::Ss {
+                            self.dbg_ss_loaded = true;
+                        }
                     }
                     OpKind::Register => {
                         self.set_sp(sp.wrapping_add(u64::from(bits / 8)));
@@ -819,8 +826,26 @@ impl Cx<'_> {
                 let bits = if i.mnemonic() == M::Pusha { 16 } else { 32 };
                 let sp0 = self.cpu.gpr[4];
                 let n = u64::from(bits / 8);
-                let lin = self.linear(SegReg::Ss, sp0.wrapping_sub(8 * n) & self.cpu.stack_mask(), 8 * n)?;
-                self.probe_write(lin, (8 * n) as usize)?;
+                if self.mode == CpuMode::Real || self.cpu.rflags & rf::VM != 0 {
+                    // Real and virtual-8086 mode: each push wraps SP within the 64 KiB stack
+                    // (SDM PUSHA: "SP = SP - 2" per register); only a word or dword straddling
+                    // offset 0xFFFF/0x10000 is a fault, #GP(0) for real mode (SDM PUSHA real-address
+                    // mode exceptions: SP = 7, 9, 11, 13 or 15).
+                    let mut lins = [0u64; 8];
+                    for (k, l) in lins.iter_mut().enumerate() {
+                        let off = sp0.wrapping_sub(n * (k as u64 + 1)) & 0xFFFF;
+                        if off + n - 1 > 0xFFFF {
+                            return Err(Exception::GeneralProtection(0).into());
+                        }
+                        *l = self.linear(SegReg::Ss, off, n)?;
+                    }
+                    for l in lins {
+                        self.probe_write(l, n as usize)?;
+                    }
+                } else {
+                    let lin = self.linear(SegReg::Ss, sp0.wrapping_sub(8 * n) & self.cpu.stack_mask(), 8 * n)?;
+                    self.probe_write(lin, (8 * n) as usize)?;
+                }
                 for r in 0..8 {
                     let v = if r == 4 { sp0 } else { self.cpu.gpr[r] };
                     self.push(bits, v)?;
@@ -1355,6 +1380,7 @@ impl Cx<'_> {
                     set_reg(self.cpu, di_r, di.wrapping_add(step));
                 }
                 5 => {
+                    self.check_writable(SegReg::Es)?;
                     let lin = self.linear(SegReg::Es, di, n)?;
                     self.probe_write(lin, n as usize)?;
                     let v = self.io_bus().port_read(PortAddr(port), size);
@@ -1402,6 +1428,9 @@ impl Cx<'_> {
                     return Err(Exception::InvalidOpcode.into());
                 }
                 self.load_seg(sreg_of(r), sel)?;
+                if r == Register::SS {
+                    self.dbg_ss_loaded = true;
+                }
                 self.next(i);
                 return Ok(());
             }

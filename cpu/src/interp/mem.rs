@@ -3,7 +3,7 @@
 
 use super::Cx;
 use crate::exception::Exception;
-use crate::state::{CpuMode, SegReg};
+use crate::state::{seg_attr, CpuMode, SegReg};
 use base::{AccessSize, GuestPhysAddr};
 use mmu::{RegionKind, TlbAccess, TlbEntry, WalkAccess, WalkRegs, PAGE_MASK, TLB_SLOW};
 
@@ -227,9 +227,25 @@ impl Cx<'_> {
         self.read_lin(lin, n)
     }
 
+    /// In protected mode outside 64-bit mode, a write needs a writable data segment: a code
+    /// segment, a read-only data segment or a null selector is #GP(0), #SS(0) for SS (SDM 5.4,
+    /// 3.4.5.1 "Code- and Data-Segment Descriptor Types"). Real and virtual-8086 mode do not check
+    /// (virtual-8086 segments are loaded as writable data).
+    #[inline]
+    pub(crate) fn check_writable(&self, seg: SegReg) -> Result<(), Exception> {
+        if self.mode != CpuMode::Long64 {
+            let a = self.cpu.seg[seg as usize].attr;
+            if a & (seg_attr::CODE | seg_attr::RW) != seg_attr::RW && self.mode != CpuMode::Real {
+                return Err(if seg == SegReg::Ss { Exception::StackFault(0) } else { Exception::GeneralProtection(0) });
+            }
+        }
+        Ok(())
+    }
+
     /// Writes `bits` at `seg:off`.
     #[inline]
     pub(crate) fn write_mem(&mut self, seg: SegReg, off: u64, bits: u32, val: u64) -> Result<(), Exception> {
+        self.check_writable(seg)?;
         let n = (bits / 8) as usize;
         let lin = self.linear(seg, off, n as u64)?;
         self.write_lin(lin, n, val)

@@ -2,12 +2,15 @@
 //! address), execute, deliver exceptions and interrupts.
 
 mod alu;
+mod debug;
+mod descriptor_insn;
 mod exec;
 mod fast;
 mod mem;
 mod sysinsn;
 mod system;
 mod task;
+mod v86;
 
 pub use alu::{double_shift, shift, ShiftOp};
 

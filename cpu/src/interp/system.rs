@@ -341,9 +341,9 @@ impl Cx<'_> {
         if self.cpu.rflags & rflags::NT != 0 && self.cpu.efer & crate::state::cr::EFER_LMA == 0 {
             return self.iret_task();
         }
-        if fl & rflags::VM != 0 && self.cpu.cpl == 0 && bits == 32 {
-            log::debug!("IRET to virtual-8086 mode not supported");
-            return Err(Exception::GeneralProtection(0));
+        // IA-32e mode ignores the popped VM bit (SDM IRET: "IF EFLAGS.VM = 1 ... not in IA-32e").
+        if fl & rflags::VM != 0 && self.cpu.cpl == 0 && bits == 32 && self.cpu.efer & crate::state::cr::EFER_LMA == 0 {
+            return self.iret_to_v86(sp);
         }
         let raw = self.code_descriptor(sel)?;
         let d = Segment::from_descriptor(sel, raw);
