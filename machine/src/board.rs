@@ -174,6 +174,8 @@ pub(crate) struct Board {
     chips: Chips,
     irqs: IrqQueue,
     irq_pending: bool,
+    /// The local APIC accepted an NMI the CPU has not taken yet.
+    nmi_pending: bool,
     sink: ConsoleSink,
     fwlog_sink: ConsoleSink,
     /// Unix time the RTC shows at virtual time 0 (a host input, recorded in the config).
@@ -236,6 +238,7 @@ impl Board {
             chips,
             irqs,
             irq_pending: false,
+            nmi_pending: false,
             sink,
             fwlog_sink,
             rtc_base,
@@ -306,6 +309,7 @@ impl Board {
         }
         self.irqs.0.borrow_mut().clear();
         self.irq_pending = false;
+        self.nmi_pending = false;
         self.reset_requested = false;
         self.exit_value = None;
     }
@@ -343,7 +347,8 @@ impl Board {
             log::debug!("IPI to another processor dropped (one CPU): {ipi:?}");
         }
         if c.lapic.take_nmi() {
-            log::debug!("NMI delivered to the local APIC dropped (no NMI input modelled)");
+            // Handed to the CPU through `CpuBus::take_nmi` (vector 2, not masked by IF).
+            self.nmi_pending = true;
         }
         self.irq_pending =
             c.lapic.pending_vector().is_some() || (c.pic.has_interrupt() && c.lapic.accepts_pic_interrupt());
@@ -524,6 +529,10 @@ impl CpuBus for Board {
         };
         self.sync_irqs();
         v
+    }
+
+    fn take_nmi(&mut self) -> bool {
+        std::mem::take(&mut self.nmi_pending)
     }
 
     fn stop_requested(&mut self) -> bool {

@@ -728,6 +728,11 @@ impl Cx<'_> {
                 self.next(i);
             }
             M::Cli | M::Sti => {
+                if self.v86_vif_path() || self.pvi_path() {
+                    self.v86_cli_sti(i.mnemonic() == M::Sti)?;
+                    self.next(i);
+                    return Ok(());
+                }
                 if self.mode != CpuMode::Real {
                     let iopl = ((self.cpu.rflags & rf::IOPL) >> 12) as u8;
                     if self.cpu.cpl > iopl {
@@ -871,19 +876,23 @@ impl Cx<'_> {
                 self.next(i);
             }
             M::Pushf | M::Pushfd | M::Pushfq => {
-                if self.cpu.rflags & rf::VM != 0 && ((self.cpu.rflags & rf::IOPL) >> 12) < 3 {
-                    return Err(Exception::GeneralProtection(0).into());
-                }
                 let bits = Self::opsize_from_sp(i);
+                if self.cpu.rflags & rf::VM != 0 && ((self.cpu.rflags & rf::IOPL) >> 12) < 3 {
+                    self.v86_pushf(bits)?;
+                    self.next(i);
+                    return Ok(());
+                }
                 let f = self.flags() & !(rf::VM | rf::RF);
                 self.push(bits, f)?;
                 self.next(i);
             }
             M::Popf | M::Popfd | M::Popfq => {
-                if self.cpu.rflags & rf::VM != 0 && ((self.cpu.rflags & rf::IOPL) >> 12) < 3 {
-                    return Err(Exception::GeneralProtection(0).into());
-                }
                 let bits = Self::opsize_from_sp(i);
+                if self.cpu.rflags & rf::VM != 0 && ((self.cpu.rflags & rf::IOPL) >> 12) < 3 {
+                    self.v86_popf(bits)?;
+                    self.next(i);
+                    return Ok(());
+                }
                 let v = self.pop(bits)?;
                 self.write_flags(v, bits, false);
                 self.next(i);
@@ -1009,6 +1018,8 @@ impl Cx<'_> {
                     _ => 64,
                 };
                 self.iret(bits)?;
+                // IRET ends NMI blocking (SDM 6.7.1).
+                self.cpu.nmi_blocked = false;
             }
             M::Loop | M::Loope | M::Loopne | M::Jcxz | M::Jecxz | M::Jrcxz => {
                 let creg = match (i.mnemonic(), i.code()) {
@@ -1095,15 +1106,18 @@ impl Cx<'_> {
             }
             M::Int => {
                 let v = i.immediate8();
-                if self.cpu.rflags & rf::VM != 0 && ((self.cpu.rflags & rf::IOPL) >> 12) < 3 {
-                    return Err(Exception::GeneralProtection(0).into());
-                }
                 let next = i.next_ip();
-                self.deliver(v, IntKind::Software, next, None)?;
+                if self.cpu.rflags & rf::VM != 0 {
+                    self.v86_int(v, next)?;
+                } else {
+                    self.deliver(v, IntKind::Software, next, None)?;
+                }
+                self.dbg_soft_int = true;
             }
             M::Int3 => {
                 let next = i.next_ip();
                 self.deliver(3, IntKind::Software, next, None)?;
+                self.dbg_soft_int = true;
             }
             M::Int1 => {
                 let next = i.next_ip();
@@ -1113,6 +1127,7 @@ impl Cx<'_> {
                 if self.flags() & OF != 0 {
                     let next = i.next_ip();
                     self.deliver(4, IntKind::Software, next, None)?;
+                    self.dbg_soft_int = true;
                 } else {
                     self.next(i);
                 }
@@ -1470,11 +1485,9 @@ impl Cx<'_> {
             Register::CR3 => self.cpu.cr3,
             Register::CR4 => self.cpu.cr4,
             Register::CR8 => self.cpu.cr8,
-            Register::DR0 | Register::DR1 | Register::DR2 | Register::DR3 => {
-                self.cpu.dr[(r as usize) - (Register::DR0 as usize)]
+            _ if r.is_dr() && (r as usize) - (Register::DR0 as usize) < 8 => {
+                self.read_dr((r as usize) - (Register::DR0 as usize))?
             }
-            Register::DR6 | Register::DR4 => self.cpu.dr[6],
-            Register::DR7 | Register::DR5 => self.cpu.dr[7],
             _ => return Err(Exception::InvalidOpcode.into()),
         };
         let bits = if self.mode == CpuMode::Long64 { 64 } else { 32 };
@@ -1511,11 +1524,9 @@ impl Cx<'_> {
                 self.mode_changed = true;
             }
             Register::CR8 => self.cpu.cr8 = v & 0xF,
-            Register::DR0 | Register::DR1 | Register::DR2 | Register::DR3 => {
-                self.cpu.dr[(r as usize) - (Register::DR0 as usize)] = v
+            _ if r.is_dr() && (r as usize) - (Register::DR0 as usize) < 8 => {
+                self.write_dr((r as usize) - (Register::DR0 as usize), v)?
             }
-            Register::DR6 | Register::DR4 => self.cpu.dr[6] = v | 0xFFFF_0FF0,
-            Register::DR7 | Register::DR5 => self.cpu.dr[7] = v | 0x400,
             _ => return Err(Exception::InvalidOpcode.into()),
         }
         self.next(i);

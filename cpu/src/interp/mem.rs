@@ -91,7 +91,16 @@ impl Cx<'_> {
                 RegionKind::Mmio { .. } => {}
             }
         }
-        self.cpu.tlb.fill(user, lin, e);
+        if self.page_watched(page) {
+            // A data breakpoint lies on this page: reads and writes must reach the slow path
+            // (and its breakpoint check) every time; the caller still gets the real entry.
+            let mut watched = e;
+            watched.read_tag |= TLB_SLOW;
+            watched.write_tag |= TLB_SLOW;
+            self.cpu.tlb.fill(user, lin, watched);
+        } else {
+            self.cpu.tlb.fill(user, lin, e);
+        }
         Ok(e)
     }
 
@@ -120,6 +129,9 @@ impl Cx<'_> {
                 v |= self.read_lin(lin.wrapping_add(i as u64), 1)? << (8 * i);
             }
             return Ok(v);
+        }
+        if self.cpu.dr[7] & 0xFF != 0 {
+            self.data_breakpoint_check(lin, size, false);
         }
         let e = self.tlb_fill(lin, TlbAccess::Read, user)?;
         let phys = e.phys_page | (lin & 0xFFF);
@@ -169,6 +181,9 @@ impl Cx<'_> {
             }
             return Ok(());
         }
+        if self.cpu.dr[7] & 0xFF != 0 {
+            self.data_breakpoint_check(lin, size, true);
+        }
         let e = self.tlb_fill(lin, TlbAccess::Write, user)?;
         let phys = e.phys_page | (lin & 0xFFF);
         let region = self.bus.memory().lookup(GuestPhysAddr(phys)).copied();
@@ -184,9 +199,11 @@ impl Cx<'_> {
                     s.copy_from_slice(&val.to_le_bytes()[..size]);
                 }
                 // The page is dirty and holds no cached code now: let later writes go fast.
-                let mut e2 = e;
-                e2.write_tag = lin & PAGE_MASK;
-                self.cpu.tlb.fill(user, lin, e2);
+                if !self.page_watched(lin & PAGE_MASK) {
+                    let mut e2 = e;
+                    e2.write_tag = lin & PAGE_MASK;
+                    self.cpu.tlb.fill(user, lin, e2);
+                }
                 Ok(())
             }
             Some(RegionKind::Rom { .. }) => {

@@ -136,6 +136,14 @@ pub(crate) struct Cx<'a> {
     pub(crate) fetch_backing_page: u64,
     /// The decode-cache key bits (bitness, valid) that went with `fetch_lin_page`.
     pub(crate) fetch_key_hi: u64,
+    /// The instruction was MOV SS or POP SS: debug traps wait one instruction (SDM 6.8.3).
+    pub(crate) dbg_ss_loaded: bool,
+    /// The instruction raised a software interrupt (INT n, INT3, INTO): no single-step trap.
+    pub(crate) dbg_soft_int: bool,
+    /// DR6 B0-B3 bits of data and I/O breakpoints hit by the executing instruction.
+    pub(crate) dbg_hits: u64,
+    /// DR6 bits of debug traps held back by a MOV SS/POP SS.
+    pub(crate) dbg_deferred: u64,
 }
 
 /// The interpreter engine. Holds only caches; all architectural state is in [`CpuState`].
@@ -205,6 +213,10 @@ impl<'a> Cx<'a> {
             fetch_lin_page: u64::MAX,
             fetch_backing_page: 0,
             fetch_key_hi: 0,
+            dbg_ss_loaded: false,
+            dbg_soft_int: false,
+            dbg_hits: 0,
+            dbg_deferred: 0,
         }
     }
 
@@ -372,6 +384,13 @@ impl<'a> Cx<'a> {
             if let Exception::PageFault { addr, .. } = exc {
                 self.cpu.cr2 = addr;
             }
+            // Fault-class exceptions push RF = 1 so the IRET does not hit an instruction
+            // breakpoint again; a #DB pushes RF as it is (SDM 17.3.1.1). The exceptions raised
+            // here are faults (traps are delivered by the instructions themselves), except
+            // #DB, whose general-detect fault sets RF itself.
+            if exc != Exception::Debug && exc != Exception::DoubleFault {
+                self.cpu.rflags |= rflags::RF;
+            }
             let r = self.deliver(exc.vector(), system::IntKind::Exception, self.cpu.rip, exc.error_code());
             self.mode = self.cpu.mode();
             match r {
@@ -392,11 +411,32 @@ impl<'a> Cx<'a> {
 }
 
 impl Cx<'_> {
+    /// Latches an NMI the bus has raised.
+    fn poll_nmi(&mut self) {
+        if self.bus.take_nmi() {
+            self.cpu.nmi_pending = true;
+        }
+    }
+
     /// The run loop, specialized on tracing so the untraced loop carries no trace checks.
     fn run_loop<const TRACE: bool>(&mut self, end: u64) -> RunExit {
         let cx = self;
+        cx.poll_nmi();
         while cx.cpu.icount < end {
-            // External interrupts are taken between instructions.
+            // NMIs, then external interrupts, are taken between instructions.
+            if cx.cpu.nmi_pending && !cx.cpu.nmi_blocked && !cx.cpu.interrupt_shadow {
+                cx.cpu.nmi_pending = false;
+                cx.cpu.nmi_blocked = true;
+                cx.cpu.halted = false;
+                cx.fetch_lin_page = u64::MAX;
+                let rip = cx.cpu.rip;
+                if let Err(e) = cx.deliver(2, system::IntKind::External, rip, None) {
+                    if cx.raise(e).is_err() {
+                        return RunExit::TripleFault;
+                    }
+                }
+                cx.mode = cx.cpu.mode();
+            }
             if cx.cpu.rflags & rflags::IF != 0 && !cx.cpu.interrupt_shadow && cx.bus.interrupt_pending() {
                 if let Some(v) = cx.bus.acknowledge_interrupt() {
                     cx.cpu.halted = false;
@@ -414,7 +454,14 @@ impl Cx<'_> {
             if cx.cpu.halted {
                 return RunExit::Halted;
             }
-            match cx.step_one(TRACE) {
+            // One test for every debug feature: TF, RF, an enabled DR7 breakpoint, or a trap held
+            // back by MOV SS. Otherwise the plain step.
+            let r = if (cx.cpu.rflags & (rflags::TF | rflags::RF)) | (cx.cpu.dr[7] & 0xFF) | cx.dbg_deferred != 0 {
+                cx.step_debug(TRACE)
+            } else {
+                cx.step_one(TRACE)
+            };
+            match r {
                 Ok(()) => {}
                 Err(Stop::Exc(e)) => {
                     if cx.raise(e).is_err() {
@@ -428,6 +475,7 @@ impl Cx<'_> {
                 cx.io_written = false;
                 // A device may have remapped memory (ROM shadowing, A20): translate again.
                 cx.fetch_lin_page = u64::MAX;
+                cx.poll_nmi();
                 if cx.bus.stop_requested() {
                     return RunExit::Stopped;
                 }
