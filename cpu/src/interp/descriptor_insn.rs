@@ -101,9 +101,10 @@ impl Cx<'_> {
                     let upper_ok = !(system && long) || self.upper_half_ok(sel)?;
                     if type_ok && upper_ok && visible {
                         result = Some(if m == Mnemonic::Lar {
-                            // The access-rights bytes of the high dword: bits 8..23 with the
-                            // limit 19:16 field (bits 16..19) masked: "AND 00FxFF00H".
-                            (raw >> 32) & 0x00F0_FF00
+                            // The high dword AND 00FxFF00H: type, S, DPL, P, AVL, L, D/B, G.
+                            // Bits 19:16 ("x") are undefined; like hardware, they carry the
+                            // limit nibble.
+                            (raw >> 32) & 0x00FF_FF00
                         } else {
                             let mut limit = (raw & 0xFFFF) | ((raw >> 32) & 0xF_0000);
                             if raw & (1 << 55) != 0 {

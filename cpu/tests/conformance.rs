@@ -1,0 +1,458 @@
+//! Issue 11 (items 7 and 10): CPU conformance gaps found by outside tests. Each test states the
+//! behaviour the Intel SDM specifies (vol. 2 instruction pages, vol. 3 chapters named in the
+//! comments) and checks the interpreter against those values.
+
+use base::GuestPhysAddr;
+use cpu::{CpuState, Exception, ExecutionEngine, Interpreter, RamBus, RunExit, SegReg, Segment};
+use iced_x86::code_asm::*;
+use mmu::PhysMemory;
+
+const GDT: u64 = 0x800;
+const IDT: u64 = 0x1000;
+const TSS: u64 = 0x2000;
+/// Exception/interrupt stubs: vector v at `STUBS + 16 * v` is a single HLT.
+const STUBS: u64 = 0x4000;
+const CODE: u64 = 0x1_0000;
+const STACK0: u64 = 0x9000;
+
+/// GDT selectors.
+const CODE32: u16 = 0x08;
+const DATA32: u16 = 0x10;
+const CODE16: u16 = 0x18;
+const DATA16: u16 = 0x20;
+const RO_DATA: u16 = 0x28;
+const CODE64: u16 = 0x30;
+const TSS_SEL: u16 = 0x38;
+const CODE32_R3: u16 = 0x40;
+const DATA32_R3: u16 = 0x48;
+const LDT_SEL: u16 = 0x50;
+const CALL_GATE: u16 = 0x58;
+const CONFORMING: u16 = 0x60;
+const EXEC_ONLY: u16 = 0x68;
+const DATA_DPL1: u16 = 0x70;
+const TASK_GATE: u16 = 0x78;
+const TSS16_SEL: u16 = 0x80;
+/// 16 bytes: a 64-bit TSS descriptor (two slots).
+const TSS64_SEL: u16 = 0x88;
+const GDT_ENTRIES: u64 = 20;
+
+/// An 8-byte segment descriptor.
+fn desc(base: u32, limit: u32, access: u8, flags: u8) -> u64 {
+    let (b, l) = (u64::from(base), u64::from(limit));
+    (l & 0xFFFF)
+        | ((b & 0xFF_FFFF) << 16)
+        | (u64::from(access) << 40)
+        | (((l >> 16) & 0xF) << 48)
+        | (u64::from(flags & 0xF) << 52)
+        | ((b >> 24) << 56)
+}
+
+/// A 32-bit interrupt gate to `CODE32:off` with DPL `dpl`.
+fn gate32(off: u32, dpl: u8) -> u64 {
+    let o = u64::from(off);
+    (o & 0xFFFF) | (u64::from(CODE32) << 16) | ((0x8E | u64::from(dpl) << 5) << 40) | ((o >> 16) << 48)
+}
+
+struct Env {
+    bus: RamBus,
+    cpu: CpuState,
+    it: Interpreter,
+}
+
+impl Env {
+    /// 32-bit flat protected mode at CPL 0 with the GDT above, an IDT whose every vector is a
+    /// HLT stub, and a 32-bit TSS (ESP0 = STACK0, SS0 = DATA32).
+    fn pm32() -> Env {
+        let mut bus = RamBus::new({
+            let mut m = PhysMemory::new(4 << 20).unwrap();
+            m.map_ram(0, 4 << 20).unwrap();
+            m
+        });
+        let gdt = [
+            0,
+            desc(0, 0xF_FFFF, 0x9B, 0xC),
+            desc(0, 0xF_FFFF, 0x93, 0xC),
+            desc(0, 0xFFFF, 0x9B, 0x0),
+            desc(0, 0xFFFF, 0x93, 0x0),
+            desc(0, 0xF_FFFF, 0x91, 0xC),
+            desc(0, 0xF_FFFF, 0x9B, 0xA),
+            desc(TSS as u32, 0x2067, 0x89, 0x0),
+            desc(0, 0xF_FFFF, 0xFB, 0xC),
+            desc(0, 0xF_FFFF, 0xF3, 0xC),
+            desc(0x3000, 0x7, 0x82, 0x0),
+            // A 32-bit call gate, DPL 3, to CODE32:0x1234.
+            0x1234 | (u64::from(CODE32) << 16) | (0xEC << 40),
+            desc(0, 0xF_FFFF, 0x9F, 0xC),
+            desc(0, 0xF_FFFF, 0x99, 0xC),
+            desc(0, 0xF_FFFF, 0xB3, 0xC),
+            // A task gate, DPL 0.
+            (u64::from(TSS_SEL) << 16) | (0x85 << 40),
+            desc(0x2800, 0x2B, 0x81, 0x0),
+            desc(0x5000, 0x67, 0x89, 0x0),
+            0,
+            0,
+        ];
+        for (k, d) in gdt.iter().enumerate() {
+            bus.mem.load(GuestPhysAddr(GDT + 8 * k as u64), &d.to_le_bytes()).unwrap();
+        }
+        for v in 0..256u64 {
+            bus.mem.load(GuestPhysAddr(IDT + 8 * v), &gate32((STUBS + 16 * v) as u32, 0).to_le_bytes()).unwrap();
+            bus.mem.load(GuestPhysAddr(STUBS + 16 * v), &[0xF4]).unwrap();
+        }
+        // TSS: ESP0, SS0, I/O map base beyond the limit (no bitmap).
+        bus.mem.load(GuestPhysAddr(TSS + 4), &(STACK0 as u32).to_le_bytes()).unwrap();
+        bus.mem.load(GuestPhysAddr(TSS + 8), &u32::from(DATA32).to_le_bytes()).unwrap();
+        bus.mem.load(GuestPhysAddr(TSS + 0x66), &0x2068u16.to_le_bytes()).unwrap();
+        let mut cpu = CpuState::new_flat32();
+        cpu.gdtr = cpu::DescriptorTable { base: GDT, limit: (GDT_ENTRIES * 8 - 1) as u16 };
+        cpu.idtr = cpu::DescriptorTable { base: IDT, limit: 0x7FF };
+        cpu.tr = Segment::from_descriptor(TSS_SEL, desc(TSS as u32, 0x2067, 0x8B, 0));
+        cpu.gpr[4] = STACK0;
+        cpu.rip = CODE;
+        Env { bus, cpu, it: Interpreter::new() }
+    }
+
+    fn load(&mut self, at: u64, bytes: &[u8]) {
+        self.bus.mem.load(GuestPhysAddr(at), bytes).unwrap();
+    }
+
+    fn code(&mut self, bitness: u32, f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) {
+        let mut a = CodeAssembler::new(bitness).unwrap();
+        f(&mut a).unwrap();
+        let bytes = a.assemble(CODE).unwrap();
+        self.load(CODE, &bytes);
+        // Written behind the interpreter's back: drop decoded instructions.
+        self.it.invalidate_phys(CODE, bytes.len() as u64);
+        self.cpu.rip = CODE;
+    }
+
+    fn read(&self, at: u64, n: usize) -> u64 {
+        let mut b = [0u8; 8];
+        self.bus.mem.read(GuestPhysAddr(at), &mut b[..n]).unwrap();
+        u64::from_le_bytes(b)
+    }
+
+    fn step(&mut self) -> Result<(), Exception> {
+        self.it.step(&mut self.cpu, &mut self.bus)
+    }
+
+    fn run(&mut self, n: u64) -> RunExit {
+        self.it.run(&mut self.cpu, &mut self.bus, n)
+    }
+
+    /// The vector whose HLT stub stopped the run.
+    fn stub_vector(&self) -> u64 {
+        assert!(self.cpu.rip > STUBS && self.cpu.rip <= STUBS + 16 * 256, "not in a stub: {:#x}", self.cpu.rip);
+        (self.cpu.rip - 1 - STUBS) / 16
+    }
+
+    /// Switches to 64-bit mode (CS = CODE64, paging is not needed by the interpreter's tests).
+    fn to_long(&mut self) {
+        self.cpu.efer |= 0x500;
+        self.cpu.cr4 |= 0x20;
+        let raw = desc(0, 0xF_FFFF, 0x9B, 0xA);
+        self.cpu.seg[SegReg::Cs as usize] = Segment::from_descriptor(CODE64, raw);
+    }
+}
+
+fn seg(sel: u16, raw: u64) -> Segment {
+    Segment::from_descriptor(sel, raw)
+}
+
+// ---------------------------------------------------------------------------------------------
+// POP SS and PUSHA stack-pointer arithmetic.
+
+/// SDM POP: the stack pointer is incremented by the operand size using the stack-address size
+/// of the stack the value is popped from (SS.B of the old SS). `o32 pop ss` on a 16-bit stack
+/// with ESP = 0x2FFFC pops the dword at SP = 0xFFFC and wraps SP to 0: ESP = 0x20000 (the upper
+/// half of ESP is untouched by 16-bit stack arithmetic), even though the new SS is a 32-bit stack.
+#[test]
+fn test_issue_11_o32_pop_ss_follows_old_stack_size() {
+    let mut e = Env::pm32();
+    e.cpu.seg[SegReg::Ss as usize] = seg(DATA16, desc(0, 0xFFFF, 0x93, 0));
+    e.cpu.gpr[4] = 0x2_FFFC;
+    e.load(0xFFFC, &u32::from(DATA32).to_le_bytes());
+    e.code(32, |a| a.pop(ss));
+    e.step().unwrap();
+    assert_eq!(e.cpu.seg[SegReg::Ss as usize].selector, DATA32);
+    assert_eq!(e.cpu.gpr[4], 0x2_0000);
+}
+
+/// SDM PUSHA (real-address mode): each of the eight pushes decrements SP by 2 and wraps within
+/// the 64 KiB segment; only SP = 7, 9, 11, 13, 15 (a word straddling offset 0xFFFF) is #GP(0).
+/// With SP = 8: AX at 6, CX at 4, DX at 2, BX at 0, the original SP at 0xFFFE, BP at 0xFFFC,
+/// SI at 0xFFFA, DI at 0xFFF8; SP ends at 0xFFF8.
+#[test]
+fn test_issue_11_pusha_real_mode_wraps_sp() {
+    let mut bus = RamBus::with_code(1 << 20, &[0x60], 0x1000).unwrap(); // pusha
+    let mut cpu = CpuState::new();
+    cpu.seg[SegReg::Cs as usize] = Segment::real(0);
+    cpu.seg[SegReg::Ss as usize] = Segment::real(0x2000);
+    cpu.rip = 0x1000;
+    for (r, v) in [(0usize, 0xA0A0u64), (1, 0xC1C1), (2, 0xD2D2), (3, 0xB3B3), (5, 0xB5B5), (6, 0x5656), (7, 0xD7D7)] {
+        cpu.gpr[r] = v;
+    }
+    cpu.gpr[4] = 8;
+    let mut it = Interpreter::new();
+    it.step(&mut cpu, &mut bus).unwrap();
+    assert_eq!(cpu.gpr[4], 0xFFF8);
+    let rd = |bus: &RamBus, off: u64| {
+        let mut b = [0u8; 2];
+        bus.mem.read(GuestPhysAddr(0x2_0000 + off), &mut b).unwrap();
+        u16::from_le_bytes(b)
+    };
+    let want = [(6, 0xA0A0), (4, 0xC1C1), (2, 0xD2D2), (0, 0xB3B3), (0xFFFE, 8), (0xFFFC, 0xB5B5), (0xFFFA, 0x5656)];
+    for (off, v) in want {
+        assert_eq!(rd(&bus, off), v, "word at SS:{off:#x}");
+    }
+    assert_eq!(rd(&bus, 0xFFF8), 0xD7D7);
+    for start in [7u64, 9, 11, 13, 15, 1] {
+        cpu.rip = 0x1000;
+        cpu.gpr[4] = start;
+        assert_eq!(it.step(&mut cpu, &mut bus), Err(Exception::GeneralProtection(0)), "SP = {start}");
+        assert_eq!(cpu.gpr[4], start, "a faulting PUSHA leaves SP alone");
+    }
+    // SP = 16 and SP = 0 need no straddling word: fine.
+    for start in [16u64, 0] {
+        cpu.rip = 0x1000;
+        cpu.gpr[4] = start;
+        it.step(&mut cpu, &mut bus).unwrap();
+        assert_eq!(cpu.gpr[4], start.wrapping_sub(16) & 0xFFFF);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// IRET in IA-32e mode.
+
+/// SDM IRET: in IA-32e mode the VM bit of the popped EFLAGS is ignored (the "RETURN-TO-VIRTUAL-
+/// 8086-MODE" path exists only outside IA-32e mode). A 32-bit IRETD at CPL 0 in 64-bit mode with
+/// VM = 1 in the image returns normally, to 64-bit code, with VM clear.
+#[test]
+fn test_issue_11_iretd_in_64bit_mode_ignores_vm() {
+    let mut e = Env::pm32();
+    e.to_long();
+    let top = 0x8000u64;
+    e.cpu.gpr[4] = top;
+    let target = 0x1_2000u32;
+    let frame = [target, u32::from(CODE64), (1 << 17) | 0x2 | 0x1, 0x7000, u32::from(DATA32)];
+    for (k, v) in frame.iter().enumerate() {
+        e.load(top + 4 * k as u64, &v.to_le_bytes());
+    }
+    e.code(64, |a| a.iretd());
+    e.step().unwrap();
+    assert_eq!(e.cpu.rip, u64::from(target));
+    assert_eq!(e.cpu.rflags() & (1 << 17), 0, "VM is not set in IA-32e mode");
+    assert_eq!(e.cpu.rflags() & 1, 1, "CF came from the image");
+    assert_eq!(e.cpu.gpr[4], 0x7000);
+    assert_eq!(e.cpu.mode(), cpu::CpuMode::Long64);
+}
+
+// ---------------------------------------------------------------------------------------------
+// MSRs.
+
+/// IA32_BIOS_SIGN_ID (0x8B): WRMSR is accepted (software writes 0 before CPUID), RDMSR returns
+/// the microcode signature in EDX (0: none loaded) (SDM vol. 3A 9.11.7.1). IA32_MCG_CAP (0x179)
+/// and IA32_MCG_STATUS (0x17A) read 0: no banks, no machine check in progress (SDM 16.3.1).
+/// MCG_CAP is read-only: WRMSR is #GP(0).
+#[test]
+fn test_issue_11_msr_bios_sign_id_and_mcg() {
+    let mut e = Env::pm32();
+    e.code(32, |a| {
+        a.mov(ecx, 0x8B)?;
+        a.xor(eax, eax)?;
+        a.xor(edx, edx)?;
+        a.wrmsr()?;
+        a.mov(eax, 0xFFFF_FFFFu32)?;
+        a.mov(edx, 0xFFFF_FFFFu32)?;
+        a.rdmsr()?;
+        a.mov(ebx, eax)?;
+        a.mov(esi, edx)?;
+        a.mov(ecx, 0x179)?;
+        a.rdmsr()?;
+        a.or(ebx, eax)?;
+        a.or(esi, edx)?;
+        a.mov(ecx, 0x17A)?;
+        a.rdmsr()?;
+        a.or(ebx, eax)?;
+        a.or(esi, edx)?;
+        a.mov(ecx, 0x179)?;
+        a.wrmsr()
+    });
+    for _ in 0..18 {
+        e.step().unwrap();
+    }
+    assert_eq!((e.cpu.gpr[3], e.cpu.gpr[6]), (0, 0));
+    assert_eq!(e.step(), Err(Exception::GeneralProtection(0)), "MCG_CAP is read-only");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Segment checks.
+
+/// SDM 3.4.5.1 / 5.4: a write through a read-only data segment or a code segment is #GP(0) in
+/// protected mode; reads are fine. Real mode does not check (CS-relative writes work there).
+#[test]
+fn test_issue_11_write_through_read_only_segment_faults() {
+    let mut e = Env::pm32();
+    e.cpu.seg[SegReg::Ds as usize] = seg(RO_DATA, desc(0, 0xF_FFFF, 0x91, 0xC));
+    e.cpu.seg[SegReg::Es as usize] = seg(RO_DATA, desc(0, 0xF_FFFF, 0x91, 0xC));
+    e.load(0x5000, &0x1234_5678u32.to_le_bytes());
+    let cases: Vec<Box<dyn Fn(&mut CodeAssembler) -> Result<(), IcedError>>> = vec![
+        Box::new(|a| a.mov(dword_ptr(0x5000), eax)),
+        Box::new(|a| a.add(dword_ptr(0x5000), 1)),
+        Box::new(|a| a.stosb()),
+        Box::new(|a| a.mov(dword_ptr(0x5000).cs(), eax)),
+        Box::new(|a| a.inc(dword_ptr(0x5000))),
+    ];
+    for (k, c) in cases.iter().enumerate() {
+        e.code(32, c);
+        e.cpu.gpr[7] = 0x5000;
+        assert_eq!(e.step(), Err(Exception::GeneralProtection(0)), "case {k}");
+        assert_eq!(e.read(0x5000, 4), 0x1234_5678, "case {k}: memory unchanged");
+    }
+    e.code(32, |a| a.mov(eax, dword_ptr(0x5000)));
+    e.step().unwrap();
+    assert_eq!(e.cpu.gpr[0], 0x1234_5678);
+    // Real mode: a CS-override write goes through.
+    let mut bus = RamBus::with_code(1 << 20, &[0x2E, 0xA3, 0x00, 0x50], 0x1000).unwrap(); // mov cs:[0x5000], ax
+    let mut cpu = CpuState::new();
+    cpu.seg[SegReg::Cs as usize] = Segment::real(0);
+    cpu.rip = 0x1000;
+    cpu.gpr[0] = 0xBEEF;
+    Interpreter::new().step(&mut cpu, &mut bus).unwrap();
+    let mut b = [0u8; 2];
+    bus.mem.read(GuestPhysAddr(0x5000), &mut b).unwrap();
+    assert_eq!(u16::from_le_bytes(b), 0xBEEF);
+}
+
+/// SDM LGDT/LIDT (64-bit mode exceptions): a non-canonical base is #GP(0). LLDT/LTR: a
+/// descriptor whose 64-bit base is non-canonical is #GP(selector).
+#[test]
+fn test_issue_11_64bit_descriptor_table_bases_must_be_canonical() {
+    let mut e = Env::pm32();
+    e.to_long();
+    let gdtr_before = e.cpu.gdtr;
+    // Pseudo-descriptor at 0x6000: limit 0xFFF, base 0x0000_8000_0000_0000.
+    e.load(0x6000, &0xFFFu16.to_le_bytes());
+    e.load(0x6002, &0x0000_8000_0000_0000u64.to_le_bytes());
+    e.code(64, |a| a.lgdt(ptr(0x6000u64)));
+    assert_eq!(e.step(), Err(Exception::GeneralProtection(0)));
+    assert_eq!(e.cpu.gdtr, gdtr_before);
+    e.code(64, |a| a.lidt(ptr(0x6000u64)));
+    assert_eq!(e.step(), Err(Exception::GeneralProtection(0)));
+    // Canonical: 0xFFFF_8000_0000_0000 loads.
+    e.load(0x6002, &0xFFFF_8000_0000_0000u64.to_le_bytes());
+    e.code(64, |a| a.lidt(ptr(0x6000u64)));
+    e.step().unwrap();
+    assert_eq!(e.cpu.idtr.base, 0xFFFF_8000_0000_0000);
+    // A 64-bit TSS descriptor with base[63:32] = 0x0000_8000: non-canonical.
+    let lo = desc(0x5000, 0x67, 0x89, 0);
+    e.load(GDT + u64::from(TSS64_SEL), &lo.to_le_bytes());
+    e.load(GDT + u64::from(TSS64_SEL) + 8, &0x8000u64.to_le_bytes());
+    e.code(64, |a| {
+        a.mov(ax, TSS64_SEL as u32)?;
+        a.ltr(ax)
+    });
+    e.step().unwrap();
+    assert_eq!(e.step(), Err(Exception::GeneralProtection(TSS64_SEL)));
+    // Canonical upper half: loads.
+    e.load(GDT + u64::from(TSS64_SEL) + 8, &0u64.to_le_bytes());
+    e.cpu.rip = CODE;
+    e.step().unwrap();
+    e.step().unwrap();
+    assert_eq!(e.cpu.tr.selector, TSS64_SEL);
+}
+
+// ---------------------------------------------------------------------------------------------
+// LAR, LSL, VERR, VERW.
+
+/// Runs `op sel` (LAR/LSL: `op eax, bx` with EAX preset to 0xDEAD_BEEF) and returns
+/// (ZF, EAX).
+fn probe(e: &mut Env, bits: u32, which: &str, sel: u16) -> (bool, u64) {
+    let w = which.to_string();
+    e.code(bits, |a| match w.as_str() {
+        "lar" => a.lar(eax, ebx),
+        "lsl" => a.lsl(eax, ebx),
+        "verr" => a.verr(bx),
+        _ => a.verw(bx),
+    });
+    e.cpu.gpr[3] = u64::from(sel);
+    e.cpu.gpr[0] = 0xDEAD_BEEF;
+    e.step().unwrap();
+    let zf = e.cpu.rflags() & 0x40 != 0;
+    // LAR bits 19:16 (the limit nibble) are undefined ("00FxFF00H"): not compared.
+    let v = if which == "lar" && zf { e.cpu.gpr[0] & !0xF_0000 } else { e.cpu.gpr[0] };
+    (zf, v)
+}
+
+/// SDM LAR/LSL/VERR/VERW. LAR loads the high descriptor dword AND 0x00FxFF00; LSL the limit
+/// with G applied; both set ZF only for the accepted types and when DPL >= CPL and DPL >= RPL
+/// (conforming code is exempt); otherwise ZF = 0 and the destination is unchanged. VERR
+/// accepts data and readable code; VERW writable data only. Null and out-of-table selectors
+/// give ZF = 0 without a fault.
+#[test]
+fn test_issue_11_lar_lsl_verr_verw() {
+    let mut e = Env::pm32();
+    // CPL 0, legacy mode.
+    assert_eq!(probe(&mut e, 32, "lar", CODE32), (true, 0x00C0_9B00));
+    assert_eq!(probe(&mut e, 32, "lar", DATA16), (true, 0x0000_9300));
+    assert_eq!(probe(&mut e, 32, "lar", CALL_GATE), (true, 0x0000_EC00), "call gates are accepted");
+    assert_eq!(probe(&mut e, 32, "lar", TASK_GATE), (true, 0x0000_8500));
+    assert_eq!(probe(&mut e, 32, "lar", LDT_SEL), (true, 0x0000_8200));
+    assert_eq!(probe(&mut e, 32, "lar", TSS_SEL), (true, 0x0000_8900));
+    assert_eq!(probe(&mut e, 32, "lar", 0), (false, 0xDEAD_BEEF), "null selector");
+    assert_eq!(probe(&mut e, 32, "lar", 0x400), (false, 0xDEAD_BEEF), "beyond the GDT limit");
+    assert_eq!(probe(&mut e, 32, "lar", 0x0C), (false, 0xDEAD_BEEF), "LDT selector, no LDT loaded");
+    assert_eq!(probe(&mut e, 32, "lsl", CODE32), (true, 0xFFFF_FFFF), "G = 1: 4 KiB units");
+    assert_eq!(probe(&mut e, 32, "lsl", DATA16), (true, 0xFFFF));
+    assert_eq!(probe(&mut e, 32, "lsl", TSS_SEL), (true, 0x2067));
+    assert_eq!(probe(&mut e, 32, "lsl", TSS16_SEL), (true, 0x2B));
+    assert_eq!(probe(&mut e, 32, "lsl", CALL_GATE), (false, 0xDEAD_BEEF), "gates have no limit");
+    assert_eq!(probe(&mut e, 32, "lsl", TASK_GATE), (false, 0xDEAD_BEEF));
+    assert!(probe(&mut e, 32, "verr", DATA32).0);
+    assert!(probe(&mut e, 32, "verr", CODE32).0, "readable code");
+    assert!(!probe(&mut e, 32, "verr", EXEC_ONLY).0, "execute-only code");
+    assert!(!probe(&mut e, 32, "verr", TSS_SEL).0, "system descriptor");
+    assert!(probe(&mut e, 32, "verw", DATA32).0);
+    assert!(!probe(&mut e, 32, "verw", RO_DATA).0, "read-only data");
+    assert!(!probe(&mut e, 32, "verw", CODE32).0, "code is never writable");
+    // RPL 3 against a DPL 1 segment: invisible; RPL 1: visible at CPL 0.
+    assert!(!probe(&mut e, 32, "verr", DATA_DPL1 | 3).0);
+    assert!(probe(&mut e, 32, "verr", DATA_DPL1 | 1).0);
+    // 16-bit operand: LAR keeps only the access byte (AND 0xFF00), upper EAX bits unchanged.
+    e.code(32, |a| a.lar(ax, bx));
+    e.cpu.gpr[3] = u64::from(CODE32);
+    e.cpu.gpr[0] = 0xDEAD_BEEF;
+    e.step().unwrap();
+    assert_eq!(e.cpu.gpr[0], 0xDEAD_9B00);
+
+    // CPL 3: DPL 0 segments are invisible, conforming code is not.
+    e.cpu.cpl = 3;
+    e.cpu.seg[SegReg::Cs as usize] = seg(CODE32_R3 | 3, desc(0, 0xF_FFFF, 0xFB, 0xC));
+    e.cpu.seg[SegReg::Ss as usize] = seg(DATA32_R3 | 3, desc(0, 0xF_FFFF, 0xF3, 0xC));
+    assert_eq!(probe(&mut e, 32, "lar", CODE32), (false, 0xDEAD_BEEF));
+    assert_eq!(probe(&mut e, 32, "lar", CONFORMING), (true, 0x00C0_9F00));
+    assert!(probe(&mut e, 32, "verr", CONFORMING).0);
+    assert!(probe(&mut e, 32, "verw", DATA32_R3 | 3).0);
+    assert!(!probe(&mut e, 32, "verw", DATA32).0);
+
+    // 64-bit mode: 16-bit TSS and task gates are no longer valid for LAR; the 64-bit TSS needs
+    // an upper half whose type field is 0.
+    let mut e = Env::pm32();
+    e.to_long();
+    let lo = desc(0x5000, 0x67, 0x89, 0);
+    e.load(GDT + u64::from(TSS64_SEL), &lo.to_le_bytes());
+    e.load(GDT + u64::from(TSS64_SEL) + 8, &0u64.to_le_bytes());
+    assert_eq!(probe(&mut e, 64, "lar", TSS64_SEL), (true, 0x0000_8900));
+    assert_eq!(probe(&mut e, 64, "lsl", TSS64_SEL), (true, 0x67));
+    assert_eq!(probe(&mut e, 64, "lar", TSS16_SEL), (false, 0xDEAD_BEEF));
+    assert_eq!(probe(&mut e, 64, "lar", TASK_GATE), (false, 0xDEAD_BEEF));
+    assert_eq!(probe(&mut e, 64, "lar", CODE64), (true, 0x00A0_9B00));
+    e.load(GDT + u64::from(TSS64_SEL) + 8, &(0x1u64 << 40).to_le_bytes());
+    assert_eq!(probe(&mut e, 64, "lar", TSS64_SEL), (false, 0xDEAD_BEEF));
+    // Real mode: #UD.
+    let mut bus = RamBus::with_code(1 << 20, &[0x0F, 0x00, 0xE3], 0x1000).unwrap(); // verr bx
+    let mut cpu = CpuState::new();
+    cpu.seg[SegReg::Cs as usize] = Segment::real(0);
+    cpu.rip = 0x1000;
+    assert_eq!(Interpreter::new().step(&mut cpu, &mut bus), Err(Exception::InvalidOpcode));
+}
