@@ -3,7 +3,7 @@
 //! comments) and checks the interpreter against those values.
 
 use base::GuestPhysAddr;
-use cpu::{CpuState, Exception, ExecutionEngine, Interpreter, RamBus, RunExit, SegReg, Segment};
+use cpu::{CpuBus, CpuState, Exception, ExecutionEngine, Interpreter, RamBus, RunExit, SegReg, Segment};
 use iced_x86::code_asm::*;
 use mmu::PhysMemory;
 
@@ -18,7 +18,6 @@ const STACK0: u64 = 0x9000;
 /// GDT selectors.
 const CODE32: u16 = 0x08;
 const DATA32: u16 = 0x10;
-const CODE16: u16 = 0x18;
 const DATA16: u16 = 0x20;
 const RO_DATA: u16 = 0x28;
 const CODE64: u16 = 0x30;
@@ -455,4 +454,292 @@ fn test_issue_11_lar_lsl_verr_verw() {
     cpu.seg[SegReg::Cs as usize] = Segment::real(0);
     cpu.rip = 0x1000;
     assert_eq!(Interpreter::new().step(&mut cpu, &mut bus), Err(Exception::InvalidOpcode));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Debug registers and #DB (SDM vol. 3B chapter 17).
+
+/// Assembles `f` at `at` and returns its length.
+fn asm_at(e: &mut Env, at: u64, bits: u32, f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> u64 {
+    let mut a = CodeAssembler::new(bits).unwrap();
+    f(&mut a).unwrap();
+    let bytes = a.assemble(at).unwrap();
+    e.load(at, &bytes);
+    e.it.invalidate_phys(at, bytes.len() as u64);
+    bytes.len() as u64
+}
+
+const TF: u64 = 1 << 8;
+const RF: u64 = 1 << 16;
+const DR6_BS: u64 = 1 << 14;
+const DR6_BD: u64 = 1 << 13;
+
+impl Env {
+    /// The dword at SS:ESP + `k` * 4 (the handler's stack).
+    fn frame(&self, k: u64) -> u64 {
+        self.read(self.cpu.gpr[4] + 4 * k, 4)
+    }
+}
+
+/// Single step (SDM 17.3.1.4): with TF = 1 at the start of an instruction, #DB (a trap) follows
+/// it: the pushed EIP is the next instruction, DR6.BS = 1. POPF that sets TF is not itself
+/// trapped (TF was 0 when it started); the instruction after it is.
+#[test]
+fn test_issue_11_single_step_trap() {
+    let mut e = Env::pm32();
+    let head = asm_at(&mut e, CODE, 32, |a| {
+        a.pushfd()?;
+        a.or(dword_ptr(esp), TF as i32)?;
+        a.popfd()?;
+        a.inc(eax)
+    });
+    asm_at(&mut e, CODE + head, 32, |a| {
+        a.inc(ebx)?;
+        a.hlt()
+    });
+    e.cpu.rip = CODE;
+    assert_eq!(e.run(100), RunExit::Halted);
+    assert_eq!(e.stub_vector(), 1);
+    assert_eq!(e.frame(0), CODE + head, "trap: EIP of the next instruction");
+    assert_eq!(e.frame(2) & (TF | RF), TF, "pushed EFLAGS: TF set, RF clear");
+    assert_eq!((e.cpu.gpr[0], e.cpu.gpr[3]), (1, 0));
+    assert_ne!(e.cpu.dr[6] & DR6_BS, 0);
+    assert_eq!(e.cpu.rflags() & TF, 0, "the handler runs with TF clear");
+}
+
+/// MOV SS / POP SS (SDM 6.8.3): debug exceptions are inhibited until the next instruction
+/// completes, so the single-step trap comes after the instruction that follows MOV SS.
+#[test]
+fn test_issue_11_mov_ss_delays_single_step() {
+    let mut e = Env::pm32();
+    let head = asm_at(&mut e, CODE, 32, |a| {
+        a.mov(ss, ax)?;
+        a.inc(ebx)
+    });
+    asm_at(&mut e, CODE + head, 32, |a| {
+        a.nop()?;
+        a.hlt()
+    });
+    e.cpu.gpr[0] = u64::from(DATA32);
+    e.cpu.set_rflags(e.cpu.rflags() | TF);
+    e.cpu.rip = CODE;
+    assert_eq!(e.run(100), RunExit::Halted);
+    assert_eq!(e.stub_vector(), 1);
+    assert_eq!(e.frame(0), CODE + head, "one trap, after the instruction following MOV SS");
+    assert_eq!(e.cpu.gpr[3], 1);
+}
+
+/// Instruction breakpoint (SDM 17.3.1.1, 17.2.4): a fault before the instruction at DR0, DR6.B0
+/// set. The pushed RF is the current RF (0): the handler sets RF in the image so that the
+/// IRET resumes without breaking again. Other faults push RF = 1.
+#[test]
+fn test_issue_11_instruction_breakpoint_fault_and_rf() {
+    let mut e = Env::pm32();
+    let head = asm_at(&mut e, CODE, 32, |a| a.inc(eax));
+    asm_at(&mut e, CODE + head, 32, |a| {
+        a.inc(ebx)?;
+        a.inc(ecx)?;
+        a.ud2()
+    });
+    e.cpu.dr[0] = CODE + head;
+    e.cpu.dr[7] = 0x401; // L0, R/W0 = 00 (execute), LEN0 = 00
+    e.cpu.rip = CODE;
+    assert_eq!(e.run(100), RunExit::Halted);
+    assert_eq!(e.stub_vector(), 1);
+    assert_eq!(e.frame(0), CODE + head, "fault: EIP of the breakpoint instruction");
+    assert_eq!(e.frame(2) & RF, 0, "instruction-breakpoint #DB pushes RF as it was");
+    assert_eq!(e.cpu.dr[6] & 0xF, 1, "DR6.B0");
+    assert_eq!((e.cpu.gpr[0], e.cpu.gpr[3]), (1, 0));
+
+    // Again, with a handler that counts, sets RF in the image and returns.
+    let mut e2 = Env::pm32();
+    asm_at(&mut e2, CODE, 32, |a| a.inc(eax));
+    asm_at(&mut e2, CODE + head, 32, |a| {
+        a.inc(ebx)?;
+        a.inc(ecx)?;
+        a.ud2()
+    });
+    asm_at(&mut e2, STUBS + 16, 32, |a| {
+        a.inc(esi)?;
+        a.or(dword_ptr(esp + 8), RF as i32)?;
+        a.iretd()
+    });
+    e2.cpu.dr[0] = CODE + head;
+    e2.cpu.dr[7] = 0x401;
+    e2.cpu.rip = CODE;
+    assert_eq!(e2.run(100), RunExit::Halted);
+    assert_eq!(e2.stub_vector(), 6, "ran on to the UD2");
+    assert_eq!(e2.cpu.gpr[6], 1, "one breakpoint hit: RF suppressed the second");
+    assert_eq!((e2.cpu.gpr[3], e2.cpu.gpr[1]), (1, 1));
+    assert_ne!(e2.frame(2) & RF, 0, "#UD is a fault: the pushed RF is 1");
+}
+
+/// Data breakpoint (SDM 17.3.1.2): a trap after the access; R/W = 01 breaks on writes only;
+/// any overlap with the LEN-aligned range counts. DR6.B1.
+#[test]
+fn test_issue_11_data_breakpoint_trap() {
+    let mut e = Env::pm32();
+    let head = asm_at(&mut e, CODE, 32, |a| {
+        a.mov(eax, dword_ptr(0x6000))?; // a read: no break for R/W = 01
+        a.mov(byte_ptr(0x6007), bl)?; // outside the range
+        a.mov(byte_ptr(0x6002), bl)
+    });
+    asm_at(&mut e, CODE + head, 32, |a| {
+        a.nop()?;
+        a.hlt()
+    });
+    e.cpu.gpr[3] = 0x5A;
+    e.cpu.dr[1] = 0x6001; // aligned down to 0x6000 by LEN = 4
+    e.cpu.dr[7] = 0x400 | (1 << 2) | (0b01 << 20) | (0b11 << 22);
+    e.cpu.rip = CODE;
+    assert_eq!(e.run(100), RunExit::Halted);
+    assert_eq!(e.stub_vector(), 1);
+    assert_eq!(e.frame(0), CODE + head, "trap after the write");
+    assert_eq!(e.read(0x6002, 1), 0x5A, "the write happened");
+    assert_eq!(e.cpu.dr[6] & 0xF, 0b10, "DR6.B1");
+    assert_eq!(e.cpu.dr[6] & DR6_BS, 0);
+
+    // R/W = 11 breaks on reads too.
+    let mut e = Env::pm32();
+    let head = asm_at(&mut e, CODE, 32, |a| a.mov(eax, dword_ptr(0x6004)));
+    asm_at(&mut e, CODE + head, 32, |a| a.hlt());
+    e.cpu.dr[3] = 0x6006;
+    e.cpu.dr[7] = 0x400 | (1 << 7) | (0b11 << 28) | (0b01 << 30); // G3, read/write, 2 bytes
+    e.cpu.rip = CODE;
+    e.run(100);
+    assert_eq!(e.stub_vector(), 1);
+    assert_eq!(e.cpu.dr[6] & 0xF, 0b1000, "DR6.B3");
+}
+
+/// I/O breakpoint (SDM 17.2.4/17.2.5): with CR4.DE = 1 and R/W = 10, IN/OUT on the port is a
+/// trap; with CR4.DE = 0 the condition is undefined and nothing is reported here.
+#[test]
+fn test_issue_11_io_breakpoint() {
+    for de in [true, false] {
+        let mut e = Env::pm32();
+        let head = asm_at(&mut e, CODE, 32, |a| {
+            a.out(0x81, al)?;
+            a.out(0x80, al)
+        });
+        asm_at(&mut e, CODE + head, 32, |a| {
+            a.nop()?;
+            a.hlt()
+        });
+        e.cpu.cr4 |= if de { 8 } else { 0 };
+        e.cpu.dr[2] = 0x80;
+        e.cpu.dr[7] = 0x400 | (1 << 4) | (0b10 << 24);
+        e.cpu.rip = CODE;
+        assert_eq!(e.run(100), RunExit::Halted);
+        if de {
+            assert_eq!(e.stub_vector(), 1);
+            assert_eq!(e.frame(0), CODE + head);
+            assert_eq!(e.cpu.dr[6] & 0xF, 0b100, "DR6.B2");
+        } else {
+            assert_eq!(e.cpu.rip, CODE + head + 2, "no break without CR4.DE");
+        }
+    }
+}
+
+/// General detect (SDM 17.2.4): with DR7.GD = 1 a MOV to or from a debug register is a #DB
+/// fault with DR6.BD = 1 and GD cleared; a fault, so the pushed RF is 1.
+/// DR4/DR5: #UD with CR4.DE = 1, aliases of DR6/DR7 with CR4.DE = 0 (SDM 17.2.2).
+#[test]
+fn test_issue_11_general_detect_and_dr4_dr5() {
+    let mut e = Env::pm32();
+    asm_at(&mut e, CODE, 32, |a| a.mov(eax, dr0));
+    e.cpu.dr[7] = 0x400 | (1 << 13);
+    e.cpu.rip = CODE;
+    assert_eq!(e.run(100), RunExit::Halted);
+    assert_eq!(e.stub_vector(), 1);
+    assert_eq!(e.frame(0), CODE);
+    assert_ne!(e.cpu.dr[6] & DR6_BD, 0);
+    assert_eq!(e.cpu.dr[7] & (1 << 13), 0, "GD cleared");
+    assert_ne!(e.frame(2) & RF, 0);
+
+    let mut e = Env::pm32();
+    e.code(32, |a| a.mov(eax, dr4));
+    e.cpu.cr4 |= 8;
+    assert_eq!(e.step(), Err(Exception::InvalidOpcode));
+    e.cpu.cr4 &= !8;
+    e.cpu.dr[6] = 0xFFFF_4FF1;
+    e.step().unwrap();
+    assert_eq!(e.cpu.gpr[0], 0xFFFF_4FF1, "DR4 reads DR6");
+    e.code(32, |a| a.mov(dr5, eax));
+    e.cpu.gpr[0] = 0x3;
+    e.step().unwrap();
+    assert_eq!(e.cpu.dr[7], 0x403, "DR5 writes DR7 (bit 10 reads as 1)");
+}
+
+// ---------------------------------------------------------------------------------------------
+// NMI.
+
+/// A RAM bus that raises an NMI at the start and once more on the first OUT to port 0x99.
+struct NmiBus {
+    ram: RamBus,
+    nmi: bool,
+    outs: u32,
+}
+
+impl CpuBus for NmiBus {
+    fn memory(&mut self) -> &mut PhysMemory {
+        &mut self.ram.mem
+    }
+    fn mmio_read(&mut self, id: u32, a: GuestPhysAddr, s: base::AccessSize) -> u64 {
+        self.ram.mmio_read(id, a, s)
+    }
+    fn mmio_write(&mut self, id: u32, a: GuestPhysAddr, s: base::AccessSize, v: u64) {
+        self.ram.mmio_write(id, a, s, v)
+    }
+    fn port_read(&mut self, p: base::PortAddr, s: base::AccessSize) -> u32 {
+        self.ram.port_read(p, s)
+    }
+    fn port_write(&mut self, p: base::PortAddr, _: base::AccessSize, _: u32) {
+        if p.0 == 0x99 {
+            self.outs += 1;
+            if self.outs == 1 {
+                self.nmi = true;
+            }
+        }
+    }
+    fn interrupt_pending(&mut self) -> bool {
+        false
+    }
+    fn acknowledge_interrupt(&mut self) -> Option<u8> {
+        None
+    }
+    fn stop_requested(&mut self) -> bool {
+        false
+    }
+    fn take_nmi(&mut self) -> bool {
+        std::mem::take(&mut self.nmi)
+    }
+}
+
+/// SDM 6.7.1: an NMI is delivered through vector 2 whatever EFLAGS.IF says, and further NMIs
+/// are blocked until the next IRET. The handler computes EDX = EDX * 10 + ECX after raising a
+/// second NMI: unnested, the two runs give 1 then 12; a nested second NMI would give 22.
+#[test]
+fn test_issue_11_nmi_vector_2_not_masked_and_blocked_until_iret() {
+    let mut e = Env::pm32();
+    e.code(32, |a| {
+        a.cli()?;
+        a.inc(eax)?;
+        a.hlt()
+    });
+    asm_at(&mut e, STUBS + 32, 32, |a| {
+        a.inc(ecx)?;
+        a.out(0x99, al)?;
+        a.imul_3(edx, edx, 10)?;
+        a.add(edx, ecx)?;
+        a.iretd()
+    });
+    let Env { bus, mut cpu, mut it } = e;
+    let mut bus = NmiBus { ram: bus, nmi: true, outs: 0 };
+    cpu.set_rflags(0x2);
+    cpu.gpr[2] = 0;
+    assert_eq!(it.run(&mut cpu, &mut bus, 100), RunExit::Halted);
+    assert_eq!(cpu.gpr[1], 2, "two NMIs");
+    assert_eq!(cpu.gpr[2], 12, "the second NMI waited for the first handler's IRET");
+    assert_eq!(cpu.gpr[0], 1, "then the interrupted code ran on");
+    assert!(!cpu.nmi_blocked);
 }
