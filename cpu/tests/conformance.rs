@@ -743,3 +743,188 @@ fn test_issue_11_nmi_vector_2_not_masked_and_blocked_until_iret() {
     assert_eq!(cpu.gpr[0], 1, "then the interrupted code ran on");
     assert!(!cpu.nmi_blocked);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Virtual-8086 mode (SDM vol. 3B chapter 20).
+
+const VM: u64 = 1 << 17;
+const IOPL3: u64 = 3 << 12;
+const VIF: u64 = 1 << 19;
+/// The virtual-8086 program's code segment (linear 0x20000) and stack segment.
+const V86_CS: u64 = 0x2000;
+const V86_SS: u64 = 0x3000;
+
+/// Enters virtual-8086 mode from CPL 0 with IRETD (frame: EIP, CS, EFLAGS, ESP, SS, ES, DS, FS,
+/// GS) with the given EFLAGS, at V86_CS:0 with SS:SP = V86_SS:0xFFFE.
+fn enter_v86(e: &mut Env, eflags: u64, v86: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) {
+    asm_at(e, V86_CS << 4, 16, v86);
+    e.code(32, |a| {
+        for v in [0x4444u32, 0x3333, 0x2222, 0x1111, V86_SS as u32, 0xFFFE] {
+            a.push(v)?;
+        }
+        a.push((eflags | 2) as u32)?;
+        a.push(V86_CS as u32)?;
+        a.push(0u32)?;
+        a.iretd()
+    });
+}
+
+/// Entry by IRET, 8086-style addressing, an IOPL-sensitive CLI (IOPL = 0, no VME) raising
+/// #GP(0) to the CPL 0 monitor (which skips it and returns with IRETD), then a #UD to look at
+/// the frame: the handler runs at CPL 0 on the TSS stack, the frame holds GS, FS, DS, ES, SS,
+/// ESP, EFLAGS (VM = 1), CS, EIP, and DS/ES/FS/GS are null in the handler (SDM 20.3.1.1).
+#[test]
+fn test_issue_11_v86_enter_gp_to_monitor_and_return() {
+    let mut e = Env::pm32();
+    // The #GP monitor: count, skip the 1-byte instruction, drop the error code, return.
+    asm_at(&mut e, STUBS + 13 * 16, 32, |a| {
+        a.inc(esi)?;
+        a.add(dword_ptr(esp + 4), 1)?;
+        a.add(esp, 4)?;
+        a.iretd()
+    });
+    enter_v86(&mut e, VM, |a| {
+        a.mov(ax, 0x1234)?;
+        a.mov(ds, ax)?;
+        a.mov(word_ptr(0x10), ax)?; // linear 0x12350
+        a.push(ax)?; // SS:SP = 0x3000:0xFFFC
+        a.cli()?; // #GP(0): IOPL < 3
+        a.inc(bx)?;
+        a.ud2()
+    });
+    e.cpu.gpr[3] = 0;
+    e.cpu.gpr[6] = 0;
+    assert_eq!(e.run(200), RunExit::Halted);
+    assert_eq!(e.stub_vector(), 6, "#UD after the monitor returned");
+    assert_eq!(e.cpu.gpr[6], 1, "the monitor ran once");
+    assert_eq!(e.cpu.gpr[3], 1, "execution resumed after CLI");
+    assert_eq!(e.read(0x12350, 2), 0x1234, "DS base = selector * 16");
+    assert_eq!(e.read((V86_SS << 4) + 0xFFFC, 2), 0x1234, "the push went to SS * 16 + SP");
+    assert_eq!(e.cpu.cpl, 0);
+    assert_eq!(e.cpu.rflags() & VM, 0);
+    assert_eq!(e.cpu.gpr[4], STACK0 - 36, "nine dwords on the ring-0 stack from the TSS");
+    let frame: Vec<u64> = (0..9).map(|k| e.frame(k)).collect();
+    assert_eq!(frame[1], V86_CS);
+    assert_ne!(frame[2] & VM, 0, "pushed EFLAGS has VM");
+    assert_eq!((frame[3], frame[4]), (0xFFFC, V86_SS));
+    assert_eq!((frame[5], frame[6], frame[7], frame[8]), (0x1111, 0x1234, 0x3333, 0x4444), "ES DS FS GS");
+    for s in [SegReg::Es, SegReg::Ds, SegReg::Fs, SegReg::Gs] {
+        assert_eq!(e.cpu.seg[s as usize].selector, 0, "{s:?} is null in the handler");
+    }
+}
+
+/// IOPL = 3: CLI, STI, PUSHF, POPF work directly; PUSHF/POPF cannot change IOPL... but at
+/// IOPL 3 nothing faults. INT n goes to the protected-mode handler (no VME: method 1).
+#[test]
+fn test_issue_11_v86_iopl3_and_int_to_protected_handler() {
+    let mut e = Env::pm32();
+    // INT 0x30 from CPL 3 needs a DPL 3 gate.
+    e.load(IDT + 0x30 * 8, &gate32((STUBS + 0x30 * 16) as u32, 3).to_le_bytes());
+    enter_v86(&mut e, VM | IOPL3, |a| {
+        a.cli()?;
+        a.pushf()?;
+        a.pop(cx)?;
+        a.sti()?;
+        a.int(0x30)
+    });
+    assert_eq!(e.run(200), RunExit::Halted);
+    assert_eq!(e.stub_vector(), 0x30);
+    assert_eq!(e.cpu.gpr[1] & 0x3200, 0x3000, "PUSHF image: IOPL 3, IF 0 after CLI");
+    assert_eq!(e.frame(0), 6, "EIP after INT 0x30 (5 one-byte instructions, then CD 30)");
+    assert_ne!(e.frame(2) & 0x200, 0, "IF set again by STI");
+}
+
+/// CR4.VME with IOPL < 3 (SDM 20.4.1, table 20-2): CLI/STI/PUSHF/POPF use VIF instead of
+/// faulting (the PUSHF image carries IF = VIF and IOPL = 3), and INT n whose bit in the TSS
+/// interrupt-redirection bitmap is clear goes through the 8086 vector table at linear 0
+/// (method 6), pushing FLAGS (IF = VIF, IOPL = 3), CS and IP on the virtual-8086 stack; a set
+/// bit is #GP(0) (method 4). The I/O permission bitmap decides IN/OUT at any IOPL.
+#[test]
+fn test_issue_11_v86_vme_vif_redirection_and_io_bitmap() {
+    let mut e = Env::pm32();
+    e.cpu.cr4 |= 1; // VME
+    // TSS: redirection bitmap at 0x68..0x88 (bit 0x31 set), I/O bitmap from 0x88: port 0x61 denied.
+    let mut tss_tail = vec![0u8; 0x20 + 0x2000 / 8 + 1];
+    tss_tail[0x31 / 8] |= 1 << (0x31 % 8);
+    tss_tail[0x20 + 0x61 / 8] |= 1 << (0x61 % 8);
+    tss_tail[0x20 + 0x2000 / 8] = 0xFF;
+    e.load(TSS + 0x68, &tss_tail);
+    e.load(TSS + 0x66, &0x88u16.to_le_bytes());
+    e.cpu.tr = Segment::from_descriptor(TSS_SEL, desc(TSS as u32, 0x88 + 0x2000 / 8, 0x8B, 0));
+    // 8086 vector 0x21 -> 0x1800:0x0010: "mov di, 0x77; iret".
+    e.load(0x21 * 4, &0x1800_0010u32.to_le_bytes());
+    asm_at(&mut e, 0x1_8010, 16, |a| {
+        a.mov(di, 0x77)?;
+        a.iret()
+    });
+    enter_v86(&mut e, VM | VIF, |a| {
+        a.cli()?; // VIF = 0
+        a.pushf()?;
+        a.pop(cx)?; // IF image = VIF = 0, IOPL image = 3
+        a.sti()?; // VIF = 1
+        a.pushf()?;
+        a.pop(dx)?; // IF image 1
+        a.in_(al, 0x60)?; // allowed by the bitmap
+        a.int(0x21)?; // redirected through the IVT
+        a.in_(al, 0x61) // denied: #GP
+    });
+    e.cpu.gpr[7] = 0;
+    e.it.trace = std::env::var("TRACE_V86").is_ok();
+    assert_eq!(e.run(200), RunExit::Halted);
+    assert_eq!(e.stub_vector(), 13);
+    assert_eq!(e.frame(1), 10, "#GP(0) at IN AL, 0x61 (six 1-byte, two 2-byte instructions before it)");
+    assert_eq!(e.frame(0), 0, "error code 0");
+    assert_eq!(e.cpu.gpr[1] & 0xFFFF & 0x3200, 0x3000, "PUSHF after CLI: IF = VIF = 0, IOPL 3");
+    assert_eq!(e.cpu.gpr[2] & 0xFFFF & 0x3200, 0x3200, "PUSHF after STI: IF = VIF = 1");
+    assert_eq!(e.cpu.gpr[7], 0x77, "INT 0x21 ran the 8086 handler and IRET came back");
+    assert_ne!(e.frame(3) & VIF, 0, "VIF set, as STI left it");
+    assert_eq!(e.frame(3) & IOPL3, 0, "IOPL still 0");
+
+    // Bit 0x31 set in the redirection bitmap and IOPL < 3: INT 0x31 is #GP(0).
+    let mut e2 = Env::pm32();
+    e2.cpu.cr4 |= 1;
+    e2.load(TSS + 0x68, &tss_tail);
+    e2.load(TSS + 0x66, &0x88u16.to_le_bytes());
+    e2.cpu.tr = e.cpu.tr;
+    enter_v86(&mut e2, VM, |a| a.int(0x31));
+    e2.run(100);
+    assert_eq!(e2.stub_vector(), 13);
+    assert_eq!(e2.frame(1), 0, "faulting INT: EIP of the INT");
+}
+
+/// A task switch to a TSS whose EFLAGS image has VM = 1 enters virtual-8086 mode with the
+/// TSS's selectors loaded 8086-style (SDM 20.2.5).
+#[test]
+fn test_issue_11_v86_entry_by_task_switch() {
+    let mut e = Env::pm32();
+    let tss2: u64 = 0x2_8000;
+    // TSS2: EIP 0, EFLAGS VM, ESP 0xFFF0, ES CS SS DS FS GS.
+    let fields: [(u64, u32); 11] = [
+        (0x04, STACK0 as u32),
+        (0x08, u32::from(DATA32)),
+        (0x20, 0),
+        (0x24, (VM | 2) as u32),
+        (0x38, 0xFFF0),
+        (0x48, 0x5000),
+        (0x4C, V86_CS as u32),
+        (0x50, V86_SS as u32),
+        (0x54, 0x6000),
+        (0x58, 0x7000),
+        (0x5C, 0x8000),
+    ];
+    for (off, v) in fields {
+        e.load(tss2 + off, &v.to_le_bytes());
+    }
+    e.load(GDT + 0x88, &desc(tss2 as u32, 0x67, 0x89, 0).to_le_bytes());
+    asm_at(&mut e, V86_CS << 4, 16, |a| {
+        a.mov(word_ptr(0), 0xABCD)?; // DS = 0x6000: linear 0x60000
+        a.ud2()
+    });
+    e.code(32, |a| a.jmp_far(0x88, 0));
+    assert_eq!(e.run(100), RunExit::Halted);
+    assert_eq!(e.stub_vector(), 6);
+    assert_eq!(e.read(0x6_0000, 2), 0xABCD);
+    assert_ne!(e.frame(2) & VM, 0);
+    assert_eq!(e.frame(3), 0xFFF0);
+    assert_eq!((e.frame(5), e.frame(6), e.frame(7), e.frame(8)), (0x5000, 0x6000, 0x7000, 0x8000));
+}
