@@ -59,7 +59,6 @@ fn enabled(dr7: u64, n: usize) -> bool {
 impl Cx<'_> {
     /// One instruction with the debug features on: the instruction-breakpoint check, RF, and
     /// the single-step, data- and I/O-breakpoint traps after it.
-    #[inline(never)]
     pub(crate) fn step_debug(&mut self, trace: bool) -> Result<(), Stop> {
         let start = self.cpu.rflags;
         let deferred = std::mem::take(&mut self.dbg_deferred);
@@ -85,8 +84,10 @@ impl Cx<'_> {
         if self.dbg_ss_loaded {
             // MOV SS / POP SS: these traps come after the next instruction.
             self.dbg_deferred = bits;
+            self.dbg_mask = u64::MAX;
             return Ok(());
         }
+        self.rearm_debug();
         if bits == 0 {
             return Ok(());
         }
@@ -95,6 +96,25 @@ impl Cx<'_> {
         self.cpu.dr[6] = (self.cpu.dr[6] & !DR6_B) | b | (bits & (DR6_BS | DR6_BD)) | DR6_FIXED1;
         // A trap: RIP already points at the next instruction.
         Err(Stop::Exc(Exception::Debug))
+    }
+
+    /// [`Self::step_debug`] and the delivery of what it raised; `Err` on a triple fault. Kept
+    /// out of line so the run loop's plain path stays as it was.
+    #[inline(never)]
+    pub(crate) fn step_debug_and_raise(&mut self, trace: bool) -> Result<(), ()> {
+        match self.step_debug(trace) {
+            Ok(()) => Ok(()),
+            Err(Stop::Exc(e)) => self.raise(e),
+        }
+    }
+
+    /// Recomputes [`Cx::dbg_mask`] after DR7 or the deferred traps changed.
+    pub(crate) fn rearm_debug(&mut self) {
+        self.dbg_mask = if self.cpu.dr[7] & 0xFF != 0 || self.dbg_deferred != 0 {
+            u64::MAX
+        } else {
+            super::DBG_MASK_IDLE
+        };
     }
 
     /// DR6 B bits of enabled execute breakpoints at the linear address of CS:RIP.
@@ -194,6 +214,7 @@ impl Cx<'_> {
                 }
             }
         }
+        self.rearm_debug();
         // Watched pages change: drop translations that may have fast read/write tags.
         self.cpu.tlb.flush_all();
         self.fetch_lin_page = u64::MAX;

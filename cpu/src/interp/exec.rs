@@ -1018,8 +1018,9 @@ impl Cx<'_> {
                     _ => 64,
                 };
                 self.iret(bits)?;
-                // IRET ends NMI blocking (SDM 6.7.1).
+                // IRET ends NMI blocking (SDM 6.7.1); a waiting NMI is taken after it.
                 self.cpu.nmi_blocked = false;
+                self.io_written |= self.cpu.nmi_pending;
             }
             M::Loop | M::Loope | M::Loopne | M::Jcxz | M::Jecxz | M::Jrcxz => {
                 let creg = match (i.mnemonic(), i.code()) {

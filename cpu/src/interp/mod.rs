@@ -120,7 +120,8 @@ pub(crate) struct Cx<'a> {
     pub(crate) mode: CpuMode,
     /// Accesses are implicit supervisor accesses (descriptor tables, TSS, IDT).
     pub(crate) sys_access: bool,
-    /// A port or MMIO write happened: the run loop asks the bus whether to stop.
+    /// A port or MMIO write happened, or an event needs a look (a waiting NMI after IRET): the
+    /// run loop services NMIs and asks the bus whether to stop.
     pub(crate) io_written: bool,
     /// Cached code was overwritten.
     pub(crate) code_written: bool,
@@ -144,7 +145,14 @@ pub(crate) struct Cx<'a> {
     pub(crate) dbg_hits: u64,
     /// DR6 bits of debug traps held back by a MOV SS/POP SS.
     pub(crate) dbg_deferred: u64,
+    /// The RFLAGS bits that send an instruction to [`Cx::step_debug`]: TF | RF, or all bits
+    /// (RFLAGS bit 1 is always set) while a DR7 enable bit is set or a trap is deferred. One
+    /// test per instruction covers every debug feature.
+    pub(crate) dbg_mask: u64,
 }
+
+/// [`Cx::dbg_mask`] when no breakpoint is enabled and no trap deferred.
+pub(crate) const DBG_MASK_IDLE: u64 = rflags::TF | rflags::RF;
 
 /// The interpreter engine. Holds only caches; all architectural state is in [`CpuState`].
 #[derive(Debug)]
@@ -199,6 +207,7 @@ impl<'a> Cx<'a> {
     /// The context for running `cpu` on `bus` until the instruction count reaches `budget_end`.
     fn new(cpu: &'a mut CpuState, bus: &'a mut dyn CpuBus, cache: &'a mut DecodeCache, budget_end: u64) -> Self {
         let mode = cpu.mode();
+        let dbg_mask = if cpu.dr[7] & 0xFF != 0 { u64::MAX } else { DBG_MASK_IDLE };
         Cx {
             cpu,
             bus,
@@ -217,6 +226,7 @@ impl<'a> Cx<'a> {
             dbg_soft_int: false,
             dbg_hits: 0,
             dbg_deferred: 0,
+            dbg_mask,
         }
     }
 
@@ -378,7 +388,7 @@ impl<'a> Cx<'a> {
     }
 
     /// Delivers an exception, escalating to #DF and reporting a triple fault (SDM 6.15).
-    fn raise(&mut self, first: Exception) -> Result<(), ()> {
+    pub(crate) fn raise(&mut self, first: Exception) -> Result<(), ()> {
         let mut exc = first;
         for _ in 0..3 {
             if let Exception::PageFault { addr, .. } = exc {
@@ -411,32 +421,42 @@ impl<'a> Cx<'a> {
 }
 
 impl Cx<'_> {
-    /// Latches an NMI the bus has raised.
-    fn poll_nmi(&mut self) {
+    /// Latches an NMI the bus has raised and delivers a pending one unless NMIs are blocked
+    /// (an NMI handler has not executed IRET yet) or the instruction just executed was MOV SS.
+    /// NMIs are not masked by IF (SDM 6.7.1). Called at the start of a run and after any
+    /// instruction that touched a device or executed IRET, so the hot loop carries no test.
+    fn service_nmi(&mut self) -> Result<(), ()> {
         if self.bus.take_nmi() {
             self.cpu.nmi_pending = true;
         }
+        if !self.cpu.nmi_pending || self.cpu.nmi_blocked {
+            return Ok(());
+        }
+        if self.cpu.interrupt_shadow {
+            // After MOV SS: look again after the next instruction.
+            self.io_written = true;
+            return Ok(());
+        }
+        self.cpu.nmi_pending = false;
+        self.cpu.nmi_blocked = true;
+        self.cpu.halted = false;
+        self.fetch_lin_page = u64::MAX;
+        let rip = self.cpu.rip;
+        if let Err(e) = self.deliver(2, system::IntKind::External, rip, None) {
+            self.raise(e)?;
+        }
+        self.mode = self.cpu.mode();
+        Ok(())
     }
 
     /// The run loop, specialized on tracing so the untraced loop carries no trace checks.
     fn run_loop<const TRACE: bool>(&mut self, end: u64) -> RunExit {
         let cx = self;
-        cx.poll_nmi();
+        if cx.service_nmi().is_err() {
+            return RunExit::TripleFault;
+        }
         while cx.cpu.icount < end {
-            // NMIs, then external interrupts, are taken between instructions.
-            if cx.cpu.nmi_pending && !cx.cpu.nmi_blocked && !cx.cpu.interrupt_shadow {
-                cx.cpu.nmi_pending = false;
-                cx.cpu.nmi_blocked = true;
-                cx.cpu.halted = false;
-                cx.fetch_lin_page = u64::MAX;
-                let rip = cx.cpu.rip;
-                if let Err(e) = cx.deliver(2, system::IntKind::External, rip, None) {
-                    if cx.raise(e).is_err() {
-                        return RunExit::TripleFault;
-                    }
-                }
-                cx.mode = cx.cpu.mode();
-            }
+            // External interrupts are taken between instructions (NMIs: see `service_nmi`).
             if cx.cpu.rflags & rflags::IF != 0 && !cx.cpu.interrupt_shadow && cx.bus.interrupt_pending() {
                 if let Some(v) = cx.bus.acknowledge_interrupt() {
                     cx.cpu.halted = false;
@@ -456,17 +476,19 @@ impl Cx<'_> {
             }
             // One test for every debug feature: TF, RF, an enabled DR7 breakpoint, or a trap held
             // back by MOV SS. Otherwise the plain step.
-            let r = if (cx.cpu.rflags & (rflags::TF | rflags::RF)) | (cx.cpu.dr[7] & 0xFF) | cx.dbg_deferred != 0 {
-                cx.step_debug(TRACE)
+            if cx.cpu.rflags & cx.dbg_mask != 0 {
+                if cx.step_debug_and_raise(TRACE).is_err() {
+                    cx.cpu.icount += 1;
+                    return RunExit::TripleFault;
+                }
             } else {
-                cx.step_one(TRACE)
-            };
-            match r {
-                Ok(()) => {}
-                Err(Stop::Exc(e)) => {
-                    if cx.raise(e).is_err() {
-                        cx.cpu.icount += 1;
-                        return RunExit::TripleFault;
+                match cx.step_one(TRACE) {
+                    Ok(()) => {}
+                    Err(Stop::Exc(e)) => {
+                        if cx.raise(e).is_err() {
+                            cx.cpu.icount += 1;
+                            return RunExit::TripleFault;
+                        }
                     }
                 }
             }
@@ -475,7 +497,9 @@ impl Cx<'_> {
                 cx.io_written = false;
                 // A device may have remapped memory (ROM shadowing, A20): translate again.
                 cx.fetch_lin_page = u64::MAX;
-                cx.poll_nmi();
+                if cx.service_nmi().is_err() {
+                    return RunExit::TripleFault;
+                }
                 if cx.bus.stop_requested() {
                     return RunExit::Stopped;
                 }
