@@ -26,6 +26,7 @@
 
 mod boot;
 mod checks;
+mod conformance;
 mod demo;
 mod layout;
 mod system;
@@ -34,6 +35,7 @@ pub use boot::{boot_disk, boot_sector, BOOT_MESSAGE_DONE, BOOT_MESSAGE_INT10, BO
 pub use checks::{
     apic, exceptions_protected, exceptions_real, long_mode_switch, pit_interrupts, real_mode_arith, string_ops,
 };
+pub use conformance::{nmi_ipi, v86_monitor};
 pub use demo::{demo, mandelbrot_reference, primes_reference, DEMO_BANNER};
 pub use layout::{Mode, ENTRY, PAYLOAD};
 pub use system::{system_long, system_protected};
