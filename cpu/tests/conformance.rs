@@ -146,13 +146,16 @@ impl Env {
     }
 
     /// Switches to 64-bit mode (CS = CODE64, paging is not needed by the interpreter's tests).
-    fn to_long(&mut self) {
+    fn enter_long_mode(&mut self) {
         self.cpu.efer |= 0x500;
         self.cpu.cr4 |= 0x20;
         let raw = desc(0, 0xF_FFFF, 0x9B, 0xA);
         self.cpu.seg[SegReg::Cs as usize] = Segment::from_descriptor(CODE64, raw);
     }
 }
+
+/// A piece of code to assemble.
+type AsmFn = dyn Fn(&mut CodeAssembler) -> Result<(), IcedError>;
 
 fn seg(sel: u16, raw: u64) -> Segment {
     Segment::from_descriptor(sel, raw)
@@ -229,7 +232,7 @@ fn test_issue_11_pusha_real_mode_wraps_sp() {
 #[test]
 fn test_issue_11_iretd_in_64bit_mode_ignores_vm() {
     let mut e = Env::pm32();
-    e.to_long();
+    e.enter_long_mode();
     let top = 0x8000u64;
     e.cpu.gpr[4] = top;
     let target = 0x1_2000u32;
@@ -295,7 +298,7 @@ fn test_issue_11_write_through_read_only_segment_faults() {
     e.cpu.seg[SegReg::Ds as usize] = seg(RO_DATA, desc(0, 0xF_FFFF, 0x91, 0xC));
     e.cpu.seg[SegReg::Es as usize] = seg(RO_DATA, desc(0, 0xF_FFFF, 0x91, 0xC));
     e.load(0x5000, &0x1234_5678u32.to_le_bytes());
-    let cases: Vec<Box<dyn Fn(&mut CodeAssembler) -> Result<(), IcedError>>> = vec![
+    let cases: Vec<Box<AsmFn>> = vec![
         Box::new(|a| a.mov(dword_ptr(0x5000), eax)),
         Box::new(|a| a.add(dword_ptr(0x5000), 1)),
         Box::new(|a| a.stosb()),
@@ -328,7 +331,7 @@ fn test_issue_11_write_through_read_only_segment_faults() {
 #[test]
 fn test_issue_11_64bit_descriptor_table_bases_must_be_canonical() {
     let mut e = Env::pm32();
-    e.to_long();
+    e.enter_long_mode();
     let gdtr_before = e.cpu.gdtr;
     // Pseudo-descriptor at 0x6000: limit 0xFFF, base 0x0000_8000_0000_0000.
     e.load(0x6000, &0xFFFu16.to_le_bytes());
@@ -437,7 +440,7 @@ fn test_issue_11_lar_lsl_verr_verw() {
     // 64-bit mode: 16-bit TSS and task gates are no longer valid for LAR; the 64-bit TSS needs
     // an upper half whose type field is 0.
     let mut e = Env::pm32();
-    e.to_long();
+    e.enter_long_mode();
     let lo = desc(0x5000, 0x67, 0x89, 0);
     e.load(GDT + u64::from(TSS64_SEL), &lo.to_le_bytes());
     e.load(GDT + u64::from(TSS64_SEL) + 8, &0u64.to_le_bytes());
@@ -843,7 +846,7 @@ fn test_issue_11_v86_iopl3_and_int_to_protected_handler() {
 fn test_issue_11_v86_vme_vif_redirection_and_io_bitmap() {
     let mut e = Env::pm32();
     e.cpu.cr4 |= 1; // VME
-    // TSS: redirection bitmap at 0x68..0x88 (bit 0x31 set), I/O bitmap from 0x88: port 0x61 denied.
+                    // TSS: redirection bitmap at 0x68..0x88 (bit 0x31 set), I/O bitmap from 0x88: port 0x61 denied.
     let mut tss_tail = vec![0u8; 0x20 + 0x2000 / 8 + 1];
     tss_tail[0x31 / 8] |= 1 << (0x31 % 8);
     tss_tail[0x20 + 0x61 / 8] |= 1 << (0x61 % 8);

@@ -177,8 +177,7 @@ pub fn translate(
     let fault = |extra: u32| PageFault { addr: linear, code: base_code | extra };
     // Physical-address bits 51..MAXPHYADDR are reserved in 64-bit entries.
     // PAE entries also reserve bits 62:52 (SDM tables 4-8 to 4-10); 4-level paging ignores them.
-    let rsvd_hi: u64 =
-        if mode == PagingMode::Pae { RESERVED_PHYS_BITS | (0x7FF << 52) } else { RESERVED_PHYS_BITS };
+    let rsvd_hi: u64 = if mode == PagingMode::Pae { RESERVED_PHYS_BITS | (0x7FF << 52) } else { RESERVED_PHYS_BITS };
     let nx_rsvd = if nxe { 0 } else { PTE_NX };
 
     let (levels, wide, mut table): (u32, bool, u64) = match mode {

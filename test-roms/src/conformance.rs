@@ -76,10 +76,14 @@ fn gdt_and_tss() -> Vec<(u64, Vec<u8>)> {
 /// stack with GS, FS, DS, ES of the virtual-8086 task pushed above SS:ESP and those four
 /// registers null (SDM 20.3.1.1). The monitor emulates CLI by stepping over it and returns
 /// with IRETD; the program goes on. HLT (also #GP at CPL 3) makes the monitor leave
-/// virtual-8086 mode and check:
-/// 1. the monitor saw CLI once; 2. the store went to linear 0x31010; 3. the value computed
-/// after the return (0x55AB) survived in BX; 4. the #GP frame has VM = 1, CS = 0x3000 and the
-/// virtual-8086 DS = 0x3100; 5. DS was null on entry to the monitor; 6. the error code was 0.
+/// virtual-8086 mode. Checks:
+///
+/// 1. the monitor saw CLI once;
+/// 2. the store went to linear 0x31010;
+/// 3. the value computed after the return (0x55AB) survived in BX;
+/// 4. the #GP frame has VM = 1, CS = 0x3000 and the virtual-8086 DS = 0x3100;
+/// 5. DS was null on entry to the monitor;
+/// 7. (in the monitor) the error code was 0 and the faulting instruction CLI or HLT.
 pub fn v86_monitor() -> Rom {
     let mut extras = gdt_and_tss();
     let v86 = asm(16, V86_CS << 4, |a| {
@@ -183,7 +187,8 @@ pub fn v86_monitor() -> Rom {
 /// The NMI handler sends a second NMI IPI and only then logs its entry: NMIs are blocked until
 /// the handler's IRET, so the second NMI comes after the first handler finished (the log reads
 /// 1 then 2: LOG = LOG * 16 + count = 0x12), not nested inside it (0x22... would show 2 first).
-/// 1. two NMIs arrived; 2. they did not nest.
+///
+/// Checks: 1. two NMIs arrived; 2. they did not nest.
 pub fn nmi_ipi() -> Rom {
     const LAPIC: u64 = 0xFEE0_0000;
     let handler = asm(32, H_NMI, |a| {

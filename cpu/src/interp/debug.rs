@@ -110,11 +110,8 @@ impl Cx<'_> {
 
     /// Recomputes [`Cx::dbg_mask`] after DR7 or the deferred traps changed.
     pub(crate) fn rearm_debug(&mut self) {
-        self.dbg_mask = if self.cpu.dr[7] & 0xFF != 0 || self.dbg_deferred != 0 {
-            u64::MAX
-        } else {
-            super::DBG_MASK_IDLE
-        };
+        self.dbg_mask =
+            if self.cpu.dr[7] & 0xFF != 0 || self.dbg_deferred != 0 { u64::MAX } else { super::DBG_MASK_IDLE };
     }
 
     /// DR6 B bits of enabled execute breakpoints at the linear address of CS:RIP.

@@ -325,7 +325,8 @@ impl Cx<'_> {
                 set_reg(self.cpu, i.op0_register(), off);
             }
             M::Arpl => {
-                if self.mode == CpuMode::Real {
+                // Not recognized in real-address or virtual-8086 mode (SDM ARPL).
+                if self.mode == CpuMode::Real || self.cpu.rflags & rf::VM != 0 {
                     return Err(Exception::InvalidOpcode.into());
                 }
                 let l = self.loc(i, 0);

@@ -323,7 +323,12 @@ impl Cx<'_> {
         if reason != SwitchReason::Iret {
             self.set_tss_busy(sel, true)?;
         }
-        // Commit: TR, CR3, registers, flags.
+        // Commit: TR, CR3, registers, flags. A task switch clears the local breakpoint enables
+        // L0-L3 and LE of DR7 (SDM 17.2.4).
+        if self.cpu.dr[7] & 0x155 != 0 {
+            self.cpu.dr[7] &= !0x155;
+            self.rearm_debug();
+        }
         let mut tr = new;
         tr.attr |= 2;
         self.cpu.tr = tr;
