@@ -931,3 +931,39 @@ fn test_issue_11_v86_entry_by_task_switch() {
     assert_eq!(e.frame(3), 0xFFF0);
     assert_eq!((e.frame(5), e.frame(6), e.frame(7), e.frame(8)), (0x5000, 0x6000, 0x7000, 0x8000));
 }
+
+/// Single-stepping a REP string instruction (SDM 17.3.1.4 with 17.3.1.1): the trap comes after
+/// each iteration; for every iteration but the last the pushed EIP is the REP instruction itself
+/// and the pushed RF is 1.
+#[test]
+fn test_issue_11_single_step_rep_string_per_iteration() {
+    let mut e = Env::pm32();
+    let rep_len = asm_at(&mut e, CODE, 32, |a| a.rep().stosb());
+    asm_at(&mut e, CODE + rep_len, 32, |a| {
+        a.nop()?;
+        a.ud2()
+    });
+    // #DB handler: count, OR the pushed EFLAGS.RF into EBP, log the pushed EIPs from 0x7000.
+    asm_at(&mut e, STUBS + 16, 32, |a| {
+        a.mov(eax, dword_ptr(esp))?;
+        a.mov(dword_ptr(esi * 4 + 0x7000), eax)?;
+        a.inc(esi)?;
+        a.mov(eax, dword_ptr(esp + 8))?;
+        a.and(eax, RF as u32)?;
+        a.or(ebp, eax)?;
+        a.iretd()
+    });
+    e.cpu.gpr[1] = 3;
+    e.cpu.gpr[7] = 0x6000;
+    e.cpu.gpr[5] = 0;
+    e.cpu.gpr[6] = 0;
+    e.cpu.set_rflags(e.cpu.rflags() | TF);
+    e.cpu.rip = CODE;
+    assert_eq!(e.run(200), RunExit::Halted);
+    assert_eq!(e.stub_vector(), 6);
+    assert_eq!(e.cpu.gpr[6], 4, "three iterations and the NOP each trapped once");
+    let eips: Vec<u64> = (0..4).map(|k| e.read(0x7000 + 4 * k, 4)).collect();
+    assert_eq!(eips, [CODE, CODE, CODE + rep_len, CODE + rep_len + 1]);
+    assert_eq!(e.cpu.gpr[5], RF, "RF = 1 was pushed for the unfinished iterations");
+    assert_eq!(e.cpu.gpr[1], 0);
+}

@@ -76,7 +76,15 @@ impl Cx<'_> {
         self.dbg_hits = 0;
         self.dbg_ss_loaded = false;
         self.dbg_soft_int = false;
-        self.step_one(trace)?;
+        // Single-stepping a REP string instruction traps after each iteration: the budget ends
+        // after one, leaving RIP at the instruction (and RF = 1) until the last.
+        let budget_end = self.budget_end;
+        if start & rflags::TF != 0 {
+            self.budget_end = budget_end.min(self.cpu.icount + 1);
+        }
+        let r = self.step_one(trace);
+        self.budget_end = budget_end;
+        r?;
         let mut bits = deferred | self.dbg_hits;
         if start & rflags::TF != 0 && !self.dbg_soft_int {
             bits |= DR6_BS;

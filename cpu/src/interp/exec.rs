@@ -1357,7 +1357,11 @@ impl Cx<'_> {
                     // Each further iteration counts as an instruction, so a huge count is
                     // interruptible and bounded by the run budget.
                     if self.cpu.icount + 1 >= self.budget_end {
-                        return Ok(()); // RIP still at this instruction: resume later.
+                        // RIP still at this instruction: resume later. An event taken before
+                        // the next iteration pushes RF = 1 (SDM 17.3.1.1), so an instruction
+                        // breakpoint on this instruction does not hit again.
+                        self.cpu.rflags |= rf::RF;
+                        return Ok(());
                     }
                     self.cpu.icount += 1;
                 }
