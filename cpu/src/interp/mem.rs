@@ -39,6 +39,13 @@ impl Cx<'_> {
     /// Linear address of `size` bytes at `seg:off`, with the limit (or canonical) check.
     #[inline]
     pub(crate) fn linear(&self, seg: SegReg, off: u64, size: u64) -> Result<u64, Exception> {
+        self.linear_for::<false>(seg, off, size)
+    }
+
+    /// [`Self::linear`] for a write: outside 64-bit mode the segment must also be writable
+    /// (see [`Self::check_writable`]); 64-bit mode pays nothing for the check.
+    #[inline(always)]
+    fn linear_for<const WRITE: bool>(&self, seg: SegReg, off: u64, size: u64) -> Result<u64, Exception> {
         let s = &self.cpu.seg[seg as usize];
         if self.mode == CpuMode::Long64 {
             let lin = match seg {
@@ -50,6 +57,9 @@ impl Cx<'_> {
                 return Err(if seg == SegReg::Ss { Exception::StackFault(0) } else { Exception::GeneralProtection(0) });
             }
             return Ok(lin);
+        }
+        if WRITE {
+            self.check_writable(seg)?;
         }
         if off.wrapping_add(size - 1) > u64::from(s.limit) || off.wrapping_add(size - 1) < off {
             return Err(if seg == SegReg::Ss { Exception::StackFault(0) } else { Exception::GeneralProtection(0) });
@@ -262,9 +272,8 @@ impl Cx<'_> {
     /// Writes `bits` at `seg:off`.
     #[inline]
     pub(crate) fn write_mem(&mut self, seg: SegReg, off: u64, bits: u32, val: u64) -> Result<(), Exception> {
-        self.check_writable(seg)?;
         let n = (bits / 8) as usize;
-        let lin = self.linear(seg, off, n as u64)?;
+        let lin = self.linear_for::<true>(seg, off, n as u64)?;
         self.write_lin(lin, n, val)
     }
 

@@ -425,6 +425,8 @@ impl Cx<'_> {
     /// (an NMI handler has not executed IRET yet) or the instruction just executed was MOV SS.
     /// NMIs are not masked by IF (SDM 6.7.1). Called at the start of a run and after any
     /// instruction that touched a device or executed IRET, so the hot loop carries no test.
+    #[cold]
+    #[inline(never)]
     fn service_nmi(&mut self) -> Result<(), ()> {
         if self.bus.take_nmi() {
             self.cpu.nmi_pending = true;
@@ -450,6 +452,8 @@ impl Cx<'_> {
     }
 
     /// The run loop, specialized on tracing so the untraced loop carries no trace checks.
+    /// Inlined into [`Interpreter::run`] so the context's fields can live in registers.
+    #[inline(always)]
     fn run_loop<const TRACE: bool>(&mut self, end: u64) -> RunExit {
         let cx = self;
         if cx.service_nmi().is_err() {
