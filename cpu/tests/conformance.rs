@@ -711,7 +711,7 @@ impl CpuBus for NmiBus {
         None
     }
     fn stop_requested(&mut self) -> bool {
-        false
+        self.nmi
     }
     fn take_nmi(&mut self) -> bool {
         std::mem::take(&mut self.nmi)
@@ -740,7 +740,15 @@ fn test_issue_11_nmi_vector_2_not_masked_and_blocked_until_iret() {
     let mut bus = NmiBus { ram: bus, nmi: true, outs: 0 };
     cpu.set_rflags(0x2);
     cpu.gpr[2] = 0;
-    assert_eq!(it.run(&mut cpu, &mut bus, 100), RunExit::Halted);
+    // A raised NMI ends the run (`stop_requested`); the next run delivers it.
+    let mut exit = RunExit::Stopped;
+    for _ in 0..10 {
+        exit = it.run(&mut cpu, &mut bus, 100);
+        if exit != RunExit::Stopped {
+            break;
+        }
+    }
+    assert_eq!(exit, RunExit::Halted);
     assert_eq!(cpu.gpr[1], 2, "two NMIs");
     assert_eq!(cpu.gpr[2], 12, "the second NMI waited for the first handler's IRET");
     assert_eq!(cpu.gpr[0], 1, "then the interrupted code ran on");

@@ -536,7 +536,8 @@ impl CpuBus for Board {
     }
 
     fn stop_requested(&mut self) -> bool {
-        self.exit_value.is_some() || self.reset_requested || std::mem::take(&mut self.timers_dirty)
+        // A latched NMI ends the run: the next one delivers it (see `CpuBus::take_nmi`).
+        self.exit_value.is_some() || self.reset_requested || std::mem::take(&mut self.timers_dirty) || self.nmi_pending
     }
 
     fn advance_clock(&mut self, icount: u64) {

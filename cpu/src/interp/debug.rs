@@ -12,12 +12,15 @@
 //! - DR7.GD makes any MOV to or from a debug register a #DB fault with DR6.BD, clearing GD.
 //! - With CR4.DE = 1, DR4 and DR5 are #UD; with CR4.DE = 0 they alias DR6 and DR7.
 //!
-//! Cost: the run loop enters [`Cx::step_debug`] only when TF, RF, an enable bit of DR7 or a
-//! deferred trap is set (one test per instruction). Data breakpoints cost nothing on the memory
-//! fast path: TLB entries of a watched page are filled with slow read/write tags, so only
-//! accesses to that page reach the check in the slow path.
+//! Cost: nothing on the hot path. While TF, RF, an enable bit of DR7 or a deferred trap is set,
+//! every fetch takes the slow path (the instructions that can set them do not keep the fetch
+//! page, and each debug-checked instruction drops it), where [`Cx::debug_before`] runs; it
+//! flags the instruction so that `step_one`'s existing post-instruction check calls
+//! [`Cx::debug_after`]. Data breakpoints cost nothing on the memory fast path either: TLB
+//! entries of a watched page are filled with slow read/write tags, so only accesses to that
+//! page reach the check in the slow path.
 
-use super::{Cx, Stop};
+use super::Cx;
 use crate::exception::Exception;
 use crate::state::{cr, rflags, CpuMode, SegReg};
 
@@ -57,69 +60,80 @@ fn enabled(dr7: u64, n: usize) -> bool {
 }
 
 impl Cx<'_> {
-    /// One instruction with the debug features on: the instruction-breakpoint check, RF, and
-    /// the single-step, data- and I/O-breakpoint traps after it.
-    pub(crate) fn step_debug(&mut self, trace: bool) -> Result<(), Stop> {
+    /// Whether the next instruction must go through [`Self::debug_before`]: TF or RF set, a
+    /// DR7 enable bit set, or a trap deferred by MOV SS.
+    #[inline]
+    pub(crate) fn debug_wanted(&self) -> bool {
+        self.dbg_enabled
+            && (self.cpu.rflags & (rflags::TF | rflags::RF) != 0
+                || self.cpu.dr[7] & 0xFF != 0
+                || self.dbg_deferred != 0)
+    }
+
+    /// Called from the slow fetch at the start of an instruction when [`Self::debug_wanted`]:
+    /// the instruction-breakpoint check (a fault), then RF is cleared and the state for the
+    /// traps after the instruction is set up; [`Self::debug_after`] finishes it.
+    #[cold]
+    pub(crate) fn debug_before(&mut self) -> Result<(), Exception> {
         let start = self.cpu.rflags;
-        let deferred = std::mem::take(&mut self.dbg_deferred);
         let dr7 = self.cpu.dr[7];
         // Instruction breakpoints: not with RF set, and not right after MOV SS (its traps are
         // still pending then, and the SDM lets the breakpoint be missed).
-        if start & rflags::RF == 0 && deferred == 0 && dr7 & 0xFF != 0 {
+        if start & rflags::RF == 0 && self.dbg_deferred == 0 && dr7 & 0xFF != 0 {
             let hits = self.exec_breakpoint_hits(dr7);
             if hits != 0 {
                 self.cpu.dr[6] = (self.cpu.dr[6] & !DR6_B) | hits | DR6_FIXED1;
-                return Err(Stop::Exc(Exception::Debug));
+                return Err(Exception::Debug);
             }
         }
         self.cpu.rflags &= !rflags::RF;
         self.dbg_hits = 0;
         self.dbg_ss_loaded = false;
         self.dbg_soft_int = false;
+        self.dbg_step = start & rflags::TF != 0;
+        self.dbg_live = true;
         // Single-stepping a REP string instruction traps after each iteration: the budget ends
         // after one, leaving RIP at the instruction (and RF = 1) until the last.
-        let budget_end = self.budget_end;
-        if start & rflags::TF != 0 {
-            self.budget_end = budget_end.min(self.cpu.icount + 1);
+        self.dbg_budget_end = self.budget_end;
+        if self.dbg_step {
+            self.budget_end = self.budget_end.min(self.cpu.icount + 1);
         }
-        let r = self.step_one(trace);
-        self.budget_end = budget_end;
-        r?;
-        let mut bits = deferred | self.dbg_hits;
-        if start & rflags::TF != 0 && !self.dbg_soft_int {
+        // Makes `step_one` call `debug_after` once the instruction is done.
+        self.mode_changed = true;
+        Ok(())
+    }
+
+    /// After an instruction that [`Self::debug_before`] started (`completed`: it did not
+    /// fault): the single-step, data- and I/O-breakpoint traps (a #DB to deliver, with RIP at
+    /// the next instruction), or their deferral by MOV SS/POP SS. The next instruction's fetch
+    /// takes the slow path again.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn debug_after(&mut self, completed: bool) -> Option<Exception> {
+        self.dbg_live = false;
+        self.budget_end = self.dbg_budget_end;
+        self.fetch_lin_page = u64::MAX;
+        if !completed {
+            // The instruction faulted: its breakpoint hits and single step do not count.
+            return None;
+        }
+        let mut bits = std::mem::take(&mut self.dbg_deferred) | self.dbg_hits;
+        if self.dbg_step && !self.dbg_soft_int {
             bits |= DR6_BS;
         }
         if self.dbg_ss_loaded {
             // MOV SS / POP SS: these traps come after the next instruction.
             self.dbg_deferred = bits;
-            self.dbg_mask = u64::MAX;
-            return Ok(());
+            return None;
         }
-        self.rearm_debug();
         if bits == 0 {
-            return Ok(());
+            return None;
         }
         // B0-B3 report this event's breakpoints; BS and BD accumulate (SDM 17.2.3).
         let b = if bits & DR6_B != 0 { bits & DR6_B } else { self.cpu.dr[6] & DR6_B };
         self.cpu.dr[6] = (self.cpu.dr[6] & !DR6_B) | b | (bits & (DR6_BS | DR6_BD)) | DR6_FIXED1;
         // A trap: RIP already points at the next instruction.
-        Err(Stop::Exc(Exception::Debug))
-    }
-
-    /// [`Self::step_debug`] and the delivery of what it raised; `Err` on a triple fault. Kept
-    /// out of line so the run loop's plain path stays as it was.
-    #[inline(never)]
-    pub(crate) fn step_debug_and_raise(&mut self, trace: bool) -> Result<(), ()> {
-        match self.step_debug(trace) {
-            Ok(()) => Ok(()),
-            Err(Stop::Exc(e)) => self.raise(e),
-        }
-    }
-
-    /// Recomputes [`Cx::dbg_mask`] after DR7 or the deferred traps changed.
-    pub(crate) fn rearm_debug(&mut self) {
-        self.dbg_mask =
-            if self.cpu.dr[7] & 0xFF != 0 || self.dbg_deferred != 0 { u64::MAX } else { super::DBG_MASK_IDLE };
+        Some(Exception::Debug)
     }
 
     /// DR6 B bits of enabled execute breakpoints at the linear address of CS:RIP.
@@ -219,7 +233,6 @@ impl Cx<'_> {
                 }
             }
         }
-        self.rearm_debug();
         // Watched pages change: drop translations that may have fast read/write tags.
         self.cpu.tlb.flush_all();
         self.fetch_lin_page = u64::MAX;

@@ -1018,9 +1018,12 @@ impl Cx<'_> {
                     _ => 64,
                 };
                 self.iret(bits)?;
-                // IRET ends NMI blocking (SDM 6.7.1); a waiting NMI is taken after it.
-                self.cpu.nmi_blocked = false;
-                self.io_written |= self.cpu.nmi_pending;
+                // IRET ends NMI blocking (SDM 6.7.1). The run stops if the bus holds another
+                // NMI (its stop request), and the next run delivers it.
+                if self.cpu.nmi_blocked {
+                    self.cpu.nmi_blocked = false;
+                    self.io_written = true;
+                }
             }
             M::Loop | M::Loope | M::Loopne | M::Jcxz | M::Jecxz | M::Jrcxz => {
                 let creg = match (i.mnemonic(), i.code()) {
@@ -1361,6 +1364,7 @@ impl Cx<'_> {
                         // the next iteration pushes RF = 1 (SDM 17.3.1.1), so an instruction
                         // breakpoint on this instruction does not hit again.
                         self.cpu.rflags |= rf::RF;
+                        self.fetch_lin_page = u64::MAX;
                         return Ok(());
                     }
                     self.cpu.icount += 1;

@@ -145,14 +145,15 @@ pub(crate) struct Cx<'a> {
     pub(crate) dbg_hits: u64,
     /// DR6 bits of debug traps held back by a MOV SS/POP SS.
     pub(crate) dbg_deferred: u64,
-    /// The RFLAGS bits that send an instruction to [`Cx::step_debug`]: TF | RF, or all bits
-    /// (RFLAGS bit 1 is always set) while a DR7 enable bit is set or a trap is deferred. One
-    /// test per instruction covers every debug feature.
-    pub(crate) dbg_mask: u64,
+    /// Debug features apply (a run; not the single-instruction `Interpreter::step`).
+    pub(crate) dbg_enabled: bool,
+    /// The executing instruction was started by `Cx::debug_before`.
+    pub(crate) dbg_live: bool,
+    /// TF was set when it started.
+    pub(crate) dbg_step: bool,
+    /// The run's instruction budget, while single-stepping clamps it to one REP iteration.
+    pub(crate) dbg_budget_end: u64,
 }
-
-/// [`Cx::dbg_mask`] when no breakpoint is enabled and no trap deferred.
-pub(crate) const DBG_MASK_IDLE: u64 = rflags::TF | rflags::RF;
 
 /// The interpreter engine. Holds only caches; all architectural state is in [`CpuState`].
 #[derive(Debug)]
@@ -194,7 +195,7 @@ impl Interpreter {
     /// Executes exactly one instruction. An exception is returned, not delivered; RIP and RSP
     /// are left as they were before the instruction.
     pub fn step(&mut self, cpu: &mut CpuState, bus: &mut dyn CpuBus) -> Result<(), Exception> {
-        let mut cx = Cx::new(cpu, bus, &mut self.cache, u64::MAX);
+        let mut cx = Cx::new(cpu, bus, &mut self.cache, u64::MAX, false);
         let r = cx.step_one(false);
         match r {
             Ok(()) => Ok(()),
@@ -205,9 +206,15 @@ impl Interpreter {
 
 impl<'a> Cx<'a> {
     /// The context for running `cpu` on `bus` until the instruction count reaches `budget_end`.
-    fn new(cpu: &'a mut CpuState, bus: &'a mut dyn CpuBus, cache: &'a mut DecodeCache, budget_end: u64) -> Self {
+    /// With `debug`, the debug registers, TF and RF take effect (runs, not `Interpreter::step`).
+    fn new(
+        cpu: &'a mut CpuState,
+        bus: &'a mut dyn CpuBus,
+        cache: &'a mut DecodeCache,
+        budget_end: u64,
+        debug: bool,
+    ) -> Self {
         let mode = cpu.mode();
-        let dbg_mask = if cpu.dr[7] & 0xFF != 0 { u64::MAX } else { DBG_MASK_IDLE };
         Cx {
             cpu,
             bus,
@@ -226,7 +233,10 @@ impl<'a> Cx<'a> {
             dbg_soft_int: false,
             dbg_hits: 0,
             dbg_deferred: 0,
-            dbg_mask,
+            dbg_enabled: debug,
+            dbg_live: false,
+            dbg_step: false,
+            dbg_budget_end: budget_end,
         }
     }
 
@@ -268,6 +278,9 @@ impl<'a> Cx<'a> {
     /// Fetch through segmentation and the TLB, decoding on a miss.
     #[inline(never)]
     fn fetch_slow(&mut self) -> Result<*const Decoded, Exception> {
+        if self.debug_wanted() {
+            self.debug_before()?;
+        }
         let rip = self.cpu.rip;
         let cs = self.cpu.seg[SegReg::Cs as usize];
         let lin = match self.mode {
@@ -383,6 +396,13 @@ impl<'a> Cx<'a> {
         if self.mode_changed {
             self.mode_changed = false;
             self.mode = self.cpu.mode();
+            // Only a flag goes in and an exception comes out: passing `r` itself would make it
+            // a 16-byte memory copy on the hot path (a failed store-to-load forward per step).
+            if self.dbg_live {
+                if let Some(e) = self.debug_after(r.is_ok()) {
+                    return Err(Stop::Exc(e));
+                }
+            }
         }
         r
     }
@@ -421,23 +441,26 @@ impl<'a> Cx<'a> {
 }
 
 impl Cx<'_> {
-    /// Latches an NMI the bus has raised and delivers a pending one unless NMIs are blocked
-    /// (an NMI handler has not executed IRET yet) or the instruction just executed was MOV SS.
-    /// NMIs are not masked by IF (SDM 6.7.1). Called at the start of a run and after any
-    /// instruction that touched a device or executed IRET, so the hot loop carries no test.
+    /// At the start of a run: takes an NMI from the bus and delivers it as vector 2, whatever
+    /// EFLAGS.IF says (SDM 6.7.1). While NMIs are blocked (an NMI handler has not executed IRET
+    /// yet) the NMI stays latched in the bus, whose stop request ends runs after device
+    /// accesses; the handler's IRET ends the run too (`io_written`), and the next run delivers
+    /// it. `Ok(true)`: an NMI waits behind MOV SS/POP SS, so the run executes one instruction
+    /// only. Nothing of this is on the per-instruction path.
     #[cold]
     #[inline(never)]
-    fn service_nmi(&mut self) -> Result<(), ()> {
+    fn service_nmi(&mut self) -> Result<bool, ()> {
+        if self.cpu.nmi_blocked {
+            return Ok(false);
+        }
         if self.bus.take_nmi() {
             self.cpu.nmi_pending = true;
         }
-        if !self.cpu.nmi_pending || self.cpu.nmi_blocked {
-            return Ok(());
+        if !self.cpu.nmi_pending {
+            return Ok(false);
         }
         if self.cpu.interrupt_shadow {
-            // After MOV SS: look again after the next instruction.
-            self.io_written = true;
-            return Ok(());
+            return Ok(true);
         }
         self.cpu.nmi_pending = false;
         self.cpu.nmi_blocked = true;
@@ -448,7 +471,7 @@ impl Cx<'_> {
             self.raise(e)?;
         }
         self.mode = self.cpu.mode();
-        Ok(())
+        Ok(false)
     }
 
     /// The run loop, specialized on tracing so the untraced loop carries no trace checks.
@@ -456,9 +479,11 @@ impl Cx<'_> {
     #[inline(always)]
     fn run_loop<const TRACE: bool>(&mut self, end: u64) -> RunExit {
         let cx = self;
-        if cx.service_nmi().is_err() {
-            return RunExit::TripleFault;
-        }
+        let end = match cx.service_nmi() {
+            Err(()) => return RunExit::TripleFault,
+            Ok(true) => end.min(cx.cpu.icount + 1),
+            Ok(false) => end,
+        };
         while cx.cpu.icount < end {
             // External interrupts are taken between instructions (NMIs: see `service_nmi`).
             if cx.cpu.rflags & rflags::IF != 0 && !cx.cpu.interrupt_shadow && cx.bus.interrupt_pending() {
@@ -478,21 +503,12 @@ impl Cx<'_> {
             if cx.cpu.halted {
                 return RunExit::Halted;
             }
-            // One test for every debug feature: TF, RF, an enabled DR7 breakpoint, or a trap held
-            // back by MOV SS. Otherwise the plain step.
-            if cx.cpu.rflags & cx.dbg_mask != 0 {
-                if cx.step_debug_and_raise(TRACE).is_err() {
-                    cx.cpu.icount += 1;
-                    return RunExit::TripleFault;
-                }
-            } else {
-                match cx.step_one(TRACE) {
-                    Ok(()) => {}
-                    Err(Stop::Exc(e)) => {
-                        if cx.raise(e).is_err() {
-                            cx.cpu.icount += 1;
-                            return RunExit::TripleFault;
-                        }
+            match cx.step_one(TRACE) {
+                Ok(()) => {}
+                Err(Stop::Exc(e)) => {
+                    if cx.raise(e).is_err() {
+                        cx.cpu.icount += 1;
+                        return RunExit::TripleFault;
                     }
                 }
             }
@@ -501,9 +517,6 @@ impl Cx<'_> {
                 cx.io_written = false;
                 // A device may have remapped memory (ROM shadowing, A20): translate again.
                 cx.fetch_lin_page = u64::MAX;
-                if cx.service_nmi().is_err() {
-                    return RunExit::TripleFault;
-                }
                 if cx.bus.stop_requested() {
                     return RunExit::Stopped;
                 }
@@ -548,7 +561,7 @@ impl ExecutionEngine for Interpreter {
     fn run(&mut self, cpu: &mut CpuState, bus: &mut dyn CpuBus, budget: base::InstrCount) -> RunExit {
         let end = cpu.icount.saturating_add(budget);
         let trace = self.trace;
-        let mut cx = Cx::new(cpu, bus, &mut self.cache, end);
+        let mut cx = Cx::new(cpu, bus, &mut self.cache, end, true);
         if trace {
             cx.run_loop::<true>(end)
         } else {

@@ -325,10 +325,7 @@ impl Cx<'_> {
         }
         // Commit: TR, CR3, registers, flags. A task switch clears the local breakpoint enables
         // L0-L3 and LE of DR7 (SDM 17.2.4).
-        if self.cpu.dr[7] & 0x155 != 0 {
-            self.cpu.dr[7] &= !0x155;
-            self.rearm_debug();
-        }
+        self.cpu.dr[7] &= !0x155;
         let mut tr = new;
         tr.attr |= 2;
         self.cpu.tr = tr;
