@@ -975,3 +975,30 @@ fn test_issue_11_single_step_rep_string_per_iteration() {
     assert_eq!(e.cpu.gpr[5], RF, "RF = 1 was pushed for the unfinished iterations");
     assert_eq!(e.cpu.gpr[1], 0);
 }
+
+/// Without CR4.VME and with IOPL < 3, each IOPL-sensitive instruction of virtual-8086 mode
+/// (CLI, STI, PUSHF, POPF, INT n, IRET) is #GP(0) with EIP at the instruction (SDM 20.2.7);
+/// ARPL, LAR and the other protected-mode-only instructions are #UD there (SDM ARPL, LAR).
+#[test]
+fn test_issue_11_v86_iopl_sensitive_and_protected_only_instructions() {
+    type Case = (&'static str, Box<AsmFn>, u64);
+    let cases: Vec<Case> = vec![
+        ("cli", Box::new(|a| a.cli()), 13),
+        ("sti", Box::new(|a| a.sti()), 13),
+        ("pushf", Box::new(|a| a.pushf()), 13),
+        ("popf", Box::new(|a| a.popf()), 13),
+        ("int 0x21", Box::new(|a| a.int(0x21)), 13),
+        ("iret", Box::new(|a| a.iret()), 13),
+        ("arpl", Box::new(|a| a.arpl(ax, bx)), 6),
+        ("lar", Box::new(|a| a.lar(ax, bx)), 6),
+        ("mov eax, cr0", Box::new(|a| a.mov(eax, cr0)), 13),
+    ];
+    for (name, f, vector) in cases {
+        let mut e = Env::pm32();
+        enter_v86(&mut e, VM, |a| f(a));
+        assert_eq!(e.run(100), RunExit::Halted, "{name}");
+        assert_eq!(e.stub_vector(), vector, "{name}");
+        let eip = if vector == 13 { e.frame(1) } else { e.frame(0) };
+        assert_eq!(eip, 0, "{name}: a fault, EIP at the instruction");
+    }
+}
