@@ -475,15 +475,8 @@ impl Cx<'_> {
     }
 
     /// The run loop, specialized on tracing so the untraced loop carries no trace checks.
-    /// Inlined into [`Interpreter::run`] so the context's fields can live in registers.
-    #[inline(always)]
     fn run_loop<const TRACE: bool>(&mut self, end: u64) -> RunExit {
         let cx = self;
-        let end = match cx.service_nmi() {
-            Err(()) => return RunExit::TripleFault,
-            Ok(true) => end.min(cx.cpu.icount + 1),
-            Ok(false) => end,
-        };
         while cx.cpu.icount < end {
             // External interrupts are taken between instructions (NMIs: see `service_nmi`).
             if cx.cpu.rflags & rflags::IF != 0 && !cx.cpu.interrupt_shadow && cx.bus.interrupt_pending() {
@@ -562,6 +555,11 @@ impl ExecutionEngine for Interpreter {
         let end = cpu.icount.saturating_add(budget);
         let trace = self.trace;
         let mut cx = Cx::new(cpu, bus, &mut self.cache, end, true);
+        let end = match cx.service_nmi() {
+            Err(()) => return RunExit::TripleFault,
+            Ok(true) => end.min(cx.cpu.icount + 1),
+            Ok(false) => end,
+        };
         if trace {
             cx.run_loop::<true>(end)
         } else {
