@@ -1002,3 +1002,71 @@ fn test_issue_11_v86_iopl_sensitive_and_protected_only_instructions() {
         assert_eq!(eip, 0, "{name}: a fault, EIP at the instruction");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Alignment check.
+
+/// #AC(0) (SDM 6.15, interrupt 17): with CR0.AM = 1, EFLAGS.AC = 1 and CPL 3, a data access of
+/// a word at an odd address, a doubleword not 4-aligned or a quadword not 8-aligned faults
+/// (stack pushes included); aligned accesses, byte accesses, CPL 0 or AC = 0 do not.
+#[test]
+fn test_issue_11_alignment_check_at_cpl3() {
+    const AM: u64 = 1 << 18;
+    const AC: u64 = 1 << 18;
+    let user = |e: &mut Env| {
+        e.cpu.cpl = 3;
+        e.cpu.seg[SegReg::Cs as usize] = seg(CODE32_R3 | 3, desc(0, 0xF_FFFF, 0xFB, 0xC));
+        for s in [SegReg::Ss, SegReg::Ds, SegReg::Es] {
+            e.cpu.seg[s as usize] = seg(DATA32_R3 | 3, desc(0, 0xF_FFFF, 0xF3, 0xC));
+        }
+        e.cpu.cr0 |= AM;
+        e.cpu.set_rflags(e.cpu.rflags() | AC);
+    };
+    let cases: Vec<(&str, Box<AsmFn>, bool)> = vec![
+        ("dword at +1", Box::new(|a| a.mov(eax, dword_ptr(0x6001))), true),
+        ("dword at +4", Box::new(|a| a.mov(eax, dword_ptr(0x6004))), false),
+        ("word at +3", Box::new(|a| a.mov(word_ptr(0x6003), ax)), true),
+        ("word at +2", Box::new(|a| a.mov(word_ptr(0x6002), ax)), false),
+        ("byte at +3", Box::new(|a| a.mov(byte_ptr(0x6003), al)), false),
+        ("push to ESP 0x8002", Box::new(|a| a.push(eax)), true),
+    ];
+    for (name, f, faults) in cases {
+        let mut e = Env::pm32();
+        user(&mut e);
+        e.cpu.gpr[4] = 0x8002;
+        e.code(32, &f);
+        let want = if faults { Err(Exception::AlignmentCheck) } else { Ok(()) };
+        assert_eq!(e.step(), want, "{name}");
+        // The same access with AC = 0, or at CPL 0, does not fault.
+        let mut e = Env::pm32();
+        user(&mut e);
+        e.cpu.set_rflags(e.cpu.rflags() & !AC);
+        e.cpu.gpr[4] = 0x8002;
+        e.code(32, &f);
+        assert_eq!(e.step(), Ok(()), "{name} with AC = 0");
+        let mut e = Env::pm32();
+        e.cpu.cr0 |= AM;
+        e.cpu.set_rflags(e.cpu.rflags() | AC);
+        e.cpu.gpr[4] = 0x8002;
+        e.code(32, &f);
+        assert_eq!(e.step(), Ok(()), "{name} at CPL 0");
+    }
+    // Through the IDT: vector 17 with error code 0, and a run keeps checking after a POPF
+    // turned AC on (the TLB entries filled before were fast).
+    let mut e = Env::pm32();
+    user(&mut e);
+    e.cpu.set_rflags(e.cpu.rflags() & !AC);
+    e.load(IDT + 17 * 8, &gate32((STUBS + 17 * 16) as u32, 0).to_le_bytes());
+    e.code(32, |a| {
+        a.mov(eax, dword_ptr(0x6001))?; // AC = 0: fine, fills the TLB
+        a.pushfd()?;
+        a.or(dword_ptr(esp), AC as i32)?;
+        a.popfd()?;
+        a.mov(eax, dword_ptr(0x6001))?; // #AC
+        a.hlt()
+    });
+    e.cpu.gpr[4] = 0x8000;
+    assert_eq!(e.run(100), RunExit::Halted);
+    assert_eq!(e.stub_vector(), 17);
+    assert_eq!(e.frame(0), 0, "error code 0");
+}

@@ -35,7 +35,34 @@ fn store_le(m: &mut [u8], at: usize, size: usize, v: u64) -> bool {
     }
 }
 
+/// #AC(0) for a misaligned 2-, 4- or 8-byte data access (SDM 6.15, interrupt 17: a word at an
+/// odd address, a doubleword not at a multiple of 4, a quadword not at a multiple of 8).
+fn check_alignment(lin: u64, size: usize) -> Result<(), Exception> {
+    if matches!(size, 2 | 4 | 8) && lin & (size as u64 - 1) != 0 {
+        return Err(Exception::AlignmentCheck);
+    }
+    Ok(())
+}
+
 impl Cx<'_> {
+    /// Alignment checking is on: CR0.AM, EFLAGS.AC and CPL 3 (SDM 2.5, 6.15 interrupt 17).
+    pub(crate) fn alignment_checking(&self) -> bool {
+        self.cpu.cr0 & crate::state::cr::CR0_AM != 0
+            && self.cpu.rflags & crate::state::rflags::AC != 0
+            && self.cpu.cpl == 3
+    }
+
+    /// Called from the slow fetch: when alignment checking turns on or off, the TLB is flushed
+    /// so that user entries are refilled with slow (checked) or fast tags. Every instruction that
+    /// can change CR0, EFLAGS.AC or the CPL ends its fetch page, so the next fetch comes here.
+    pub(crate) fn update_alignment_checking(&mut self) {
+        let on = self.alignment_checking();
+        if on != self.ac_active {
+            self.ac_active = on;
+            self.cpu.tlb.flush_all();
+        }
+    }
+
     /// Linear address of `size` bytes at `seg:off`, with the limit (or canonical) check.
     #[inline]
     pub(crate) fn linear(&self, seg: SegReg, off: u64, size: u64) -> Result<u64, Exception> {
@@ -101,9 +128,10 @@ impl Cx<'_> {
                 RegionKind::Mmio { .. } => {}
             }
         }
-        if self.page_watched(page) {
-            // A data breakpoint lies on this page: reads and writes must reach the slow path
-            // (and its breakpoint check) every time; the caller still gets the real entry.
+        if self.page_watched(page) || (self.ac_active && user) {
+            // A data breakpoint lies on this page, or user accesses are alignment-checked:
+            // reads and writes must reach the slow path (and its checks) every time; the
+            // caller still gets the real entry.
             let mut watched = e;
             watched.read_tag |= TLB_SLOW;
             watched.write_tag |= TLB_SLOW;
@@ -132,6 +160,9 @@ impl Cx<'_> {
     }
 
     fn read_lin_slow(&mut self, lin: u64, size: usize, user: bool) -> Result<u64, Exception> {
+        if self.ac_active && user {
+            check_alignment(lin, size)?;
+        }
         if (lin & 0xFFF) as usize + size > 0x1000 {
             // Crosses a page: assemble from bytes (each byte checks its own page).
             let mut v = 0u64;
@@ -182,6 +213,9 @@ impl Cx<'_> {
     }
 
     fn write_lin_slow(&mut self, lin: u64, size: usize, val: u64, user: bool) -> Result<(), Exception> {
+        if self.ac_active && user {
+            check_alignment(lin, size)?;
+        }
         if (lin & 0xFFF) as usize + size > 0x1000 {
             // Check both pages before writing anything, so a fault leaves memory unchanged.
             self.tlb_fill(lin, TlbAccess::Write, user)?;
@@ -209,7 +243,7 @@ impl Cx<'_> {
                     s.copy_from_slice(&val.to_le_bytes()[..size]);
                 }
                 // The page is dirty and holds no cached code now: let later writes go fast.
-                if !self.page_watched(lin & PAGE_MASK) {
+                if !self.page_watched(lin & PAGE_MASK) && !(self.ac_active && user) {
                     let mut e2 = e;
                     e2.write_tag = lin & PAGE_MASK;
                     self.cpu.tlb.fill(user, lin, e2);

@@ -153,6 +153,9 @@ pub(crate) struct Cx<'a> {
     pub(crate) dbg_step: bool,
     /// The run's instruction budget, while single-stepping clamps it to one REP iteration.
     pub(crate) dbg_budget_end: u64,
+    /// User data accesses are alignment-checked (CR0.AM, EFLAGS.AC, CPL 3): the user TLB
+    /// entries have slow tags and the slow paths raise #AC.
+    pub(crate) ac_active: bool,
 }
 
 /// The interpreter engine. Holds only caches; all architectural state is in [`CpuState`].
@@ -237,6 +240,7 @@ impl<'a> Cx<'a> {
             dbg_live: false,
             dbg_step: false,
             dbg_budget_end: budget_end,
+            ac_active: false,
         }
     }
 
@@ -280,6 +284,9 @@ impl<'a> Cx<'a> {
     fn fetch_slow(&mut self) -> Result<*const Decoded, Exception> {
         if self.debug_wanted() {
             self.debug_before()?;
+        }
+        if self.ac_active || self.cpu.cr0 & crate::state::cr::CR0_AM != 0 {
+            self.update_alignment_checking();
         }
         let rip = self.cpu.rip;
         let cs = self.cpu.seg[SegReg::Cs as usize];
