@@ -243,7 +243,7 @@ impl Cx<'_> {
                     s.copy_from_slice(&val.to_le_bytes()[..size]);
                 }
                 // The page is dirty and holds no cached code now: let later writes go fast.
-                if !self.page_watched(lin & PAGE_MASK) && !(self.ac_active && user) {
+                if !(self.page_watched(lin & PAGE_MASK) || self.ac_active && user) {
                     let mut e2 = e;
                     e2.write_tag = lin & PAGE_MASK;
                     self.cpu.tlb.fill(user, lin, e2);
