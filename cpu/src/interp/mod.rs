@@ -279,14 +279,23 @@ impl<'a> Cx<'a> {
         self.fetch_slow()
     }
 
-    /// Fetch through segmentation and the TLB, decoding on a miss.
+    /// The debug and alignment-check work at the start of an instruction (rare: kept out of
+    /// the fetch path).
+    #[cold]
     #[inline(never)]
-    fn fetch_slow(&mut self) -> Result<*const Decoded, Exception> {
+    fn fetch_hooks(&mut self) -> Result<(), Exception> {
         if self.debug_wanted() {
             self.debug_before()?;
         }
-        if self.ac_active || self.cpu.cr0 & crate::state::cr::CR0_AM != 0 {
-            self.update_alignment_checking();
+        self.update_alignment_checking();
+        Ok(())
+    }
+
+    /// Fetch through segmentation and the TLB, decoding on a miss.
+    #[inline(never)]
+    fn fetch_slow(&mut self) -> Result<*const Decoded, Exception> {
+        if self.debug_wanted() || self.ac_active || self.cpu.cr0 & crate::state::cr::CR0_AM != 0 {
+            self.fetch_hooks()?;
         }
         let rip = self.cpu.rip;
         let cs = self.cpu.seg[SegReg::Cs as usize];
