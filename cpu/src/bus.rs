@@ -19,6 +19,14 @@ pub trait CpuBus {
     fn interrupt_pending(&mut self) -> bool;
     /// Acknowledges the pending interrupt (INTA cycle) and returns its vector.
     fn acknowledge_interrupt(&mut self) -> Option<u8>;
+    /// Returns and clears a non-maskable interrupt raised since the last call (an NMI IPI through
+    /// the local APIC ICR, an LVT entry with delivery mode NMI). Polled at the start of a run: a
+    /// bus that raises an NMI during a run must also make [`CpuBus::stop_requested`] return true,
+    /// so the run ends after the instruction and the next run delivers it. Buses without an NMI
+    /// source need not care.
+    fn take_nmi(&mut self) -> bool {
+        false
+    }
     /// Whether a device asked the run to stop (the exit device, a reset request, or a timer
     /// was reprogrammed and the run slice must be rescheduled).
     fn stop_requested(&mut self) -> bool;

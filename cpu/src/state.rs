@@ -73,6 +73,12 @@ pub mod cr {
     pub const CR4_PSE: u64 = 1 << 4;
     /// CR4: physical address extension.
     pub const CR4_PAE: u64 = 1 << 5;
+    /// CR4: virtual-8086 mode extensions.
+    pub const CR4_VME: u64 = 1 << 0;
+    /// CR4: protected-mode virtual interrupts.
+    pub const CR4_PVI: u64 = 1 << 1;
+    /// CR4: debugging extensions (I/O breakpoints; DR4/DR5 are not aliases).
+    pub const CR4_DE: u64 = 1 << 3;
     /// CR4: page global enable.
     pub const CR4_PGE: u64 = 1 << 7;
     /// CR4: OS supports FXSAVE.
@@ -312,6 +318,10 @@ pub struct CpuState {
     pub halted: bool,
     /// Interrupts are inhibited for one instruction (after STI or a load of SS).
     pub interrupt_shadow: bool,
+    /// An NMI was accepted from the bus and waits for delivery.
+    pub nmi_pending: bool,
+    /// NMIs are blocked: an NMI handler runs and has not executed IRET yet (SDM 6.7.1).
+    pub nmi_blocked: bool,
     /// Instructions retired since reset (virtual time).
     pub icount: u64,
     /// x87/SSE.
@@ -353,6 +363,8 @@ impl CpuState {
             cpl: 0,
             halted: false,
             interrupt_shadow: false,
+            nmi_pending: false,
+            nmi_blocked: false,
             icount: 0,
             fpu: FpuState::default(),
             tlb: SoftTlb::default(),

@@ -199,6 +199,8 @@ pub(crate) struct Board {
     chips: Chips,
     irqs: IrqQueue,
     irq_pending: bool,
+    /// The local APIC accepted an NMI the CPU has not taken yet.
+    nmi_pending: bool,
     sink: ConsoleSink,
     fwlog_sink: ConsoleSink,
     /// Unix time the RTC shows at virtual time 0 (a host input, recorded in the config).
@@ -273,6 +275,7 @@ impl Board {
             chips,
             irqs,
             irq_pending: false,
+            nmi_pending: false,
             sink,
             fwlog_sink,
             rtc_base,
@@ -370,6 +373,7 @@ impl Board {
         }
         self.irqs.0.borrow_mut().clear();
         self.irq_pending = false;
+        self.nmi_pending = false;
         self.reset_requested = false;
         self.power_off = false;
         self.exit_value = None;
@@ -448,7 +452,8 @@ impl Board {
             log::debug!("IPI to another processor dropped (one CPU): {ipi:?}");
         }
         if c.lapic.take_nmi() {
-            log::debug!("NMI delivered to the local APIC dropped (no NMI input modelled)");
+            // Handed to the CPU through `CpuBus::take_nmi` (vector 2, not masked by IF).
+            self.nmi_pending = true;
         }
         self.irq_pending =
             c.lapic.pending_vector().is_some() || (c.pic.has_interrupt() && c.lapic.accepts_pic_interrupt());
@@ -754,12 +759,18 @@ impl CpuBus for Board {
         v
     }
 
+    fn take_nmi(&mut self) -> bool {
+        std::mem::take(&mut self.nmi_pending)
+    }
+
     fn stop_requested(&mut self) -> bool {
+        // A latched NMI ends the run: the next one delivers it (see `CpuBus::take_nmi`).
         self.exit_value.is_some()
             || self.reset_requested
             || self.power_off
             || self.code_written
             || std::mem::take(&mut self.timers_dirty)
+            || self.nmi_pending
     }
 
     fn advance_clock(&mut self, icount: u64) {

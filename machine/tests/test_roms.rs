@@ -122,3 +122,17 @@ fn test_issue_11_time_limit_counts_halted_time() {
     assert_eq!(m.run_limited(None, Some(5_000_000)), Exit::TimeLimit);
     assert_eq!(m.virtual_time().0, 5_000_000, "the run stops exactly at the bound");
 }
+
+/// Issue 11: virtual-8086 mode entered by IRETD, real-mode-style addressing, CLI trapping to a
+/// CPL 0 monitor through #GP and the monitor returning with IRETD (SDM vol. 3B chapter 20).
+#[test]
+fn test_issue_11_rom_v86_monitor() {
+    expect_pass("v86_monitor", test_roms::v86_monitor());
+}
+
+/// Issue 11: an NMI IPI to self through the local APIC ICR is delivered as vector 2 with
+/// EFLAGS.IF = 0, and a second one waits for the handler's IRET (SDM 6.7.1, 10.6.1).
+#[test]
+fn test_issue_11_rom_nmi_through_icr() {
+    expect_pass("nmi_ipi", test_roms::nmi_ipi());
+}

@@ -37,6 +37,18 @@ const EFER_NXE: u64 = 1 << 11;
 pub const MAX_PHYS_BITS: u32 = 40;
 const RESERVED_PHYS_BITS: u64 = ((1u64 << 52) - 1) & !((1u64 << MAX_PHYS_BITS) - 1);
 
+/// Reserved bits of a large-page (PS = 1) directory entry besides the MAXPHYADDR ones (SDM
+/// tables 4-4 and 4-18): a 2-MByte PAE/4-level page keeps bits 20:13 reserved (bit 12 is PAT);
+/// a 4-MByte 32-bit page uses bits 20:13 for physical-address bits 39:32 (PSE-36 with
+/// MAXPHYADDR 40), leaving bit 21 reserved.
+fn large_page_reserved(wide: bool) -> u64 {
+    if wide {
+        0x1F_E000
+    } else {
+        1 << 21
+    }
+}
+
 /// Which paging structure format is in force.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PagingMode {
@@ -164,7 +176,8 @@ pub fn translate(
         | (if access.fetch && nxe { PF_FETCH } else { 0 });
     let fault = |extra: u32| PageFault { addr: linear, code: base_code | extra };
     // Physical-address bits 51..MAXPHYADDR are reserved in 64-bit entries.
-    let rsvd_hi: u64 = RESERVED_PHYS_BITS;
+    // PAE entries also reserve bits 62:52 (SDM tables 4-8 to 4-10); 4-level paging ignores them.
+    let rsvd_hi: u64 = if mode == PagingMode::Pae { RESERVED_PHYS_BITS | (0x7FF << 52) } else { RESERVED_PHYS_BITS };
     let nx_rsvd = if nxe { 0 } else { PTE_NX };
 
     let (levels, wide, mut table): (u32, bool, u64) = match mode {
@@ -198,12 +211,17 @@ pub fn translate(
             return Err(fault(0));
         }
         let large = level > 1 && entry & PTE_PS != 0;
+        // 1-GByte pages are not supported (CPUID 0x8000_0001 EDX.Page1GB = 0), so PS in a
+        // PDPTE is reserved, as it is in a PML4E (SDM 4.5, table 4-15).
         let large_allowed = match (mode, level) {
             (PagingMode::TwoLevel, 2) => regs.cr4 & CR4_PSE != 0,
-            (PagingMode::Pae, 2) | (PagingMode::FourLevel, 2) | (PagingMode::FourLevel, 3) => true,
+            (PagingMode::Pae, 2) | (PagingMode::FourLevel, 2) => true,
             _ => false,
         };
         if wide && (entry & (rsvd_hi | nx_rsvd) != 0 || (large && !large_allowed && mode == PagingMode::FourLevel)) {
+            return Err(fault(PF_PRESENT | PF_RSVD));
+        }
+        if large && large_allowed && entry & large_page_reserved(wide) != 0 {
             return Err(fault(PF_PRESENT | PF_RSVD));
         }
         user_ok &= entry & PTE_US != 0;
@@ -335,5 +353,79 @@ mod tests {
         let nonx = WalkRegs { efer: EFER_LMA, ..regs };
         let f = translate(&nonx, 0x1_2345, WalkAccess::default(), &mut m).unwrap_err();
         assert_eq!(f.code, PF_PRESENT | PF_RSVD);
+    }
+
+    /// Issue 11 item 10: reserved bits in paging-structure entries fault with PFEC = P | RSVD
+    /// (bits 0 and 3), plus W/U/I for the access (SDM 4.7, "Page-Fault Exceptions").
+    #[test]
+    fn test_issue_11_reserved_bits_fault_with_rsvd() {
+        let rsvd = PF_PRESENT | PF_RSVD;
+        // 4-level: PML4 0x1000, PDPT 0x2000, PD 0x3000, PT 0x4000; 0x0 -> 4 KiB page at 0x8000,
+        // 0x20_0000 -> 2 MiB page at 0x20_0000.
+        let four = |m: &mut PhysMemory| {
+            put64(m, 0x1000, 0x2000 | 7);
+            put64(m, 0x2000, 0x3000 | 7);
+            put64(m, 0x3000, 0x4000 | 7);
+            put64(m, 0x3008, 0x20_0000 | 0x87);
+            put64(m, 0x4000, 0x8000 | 7);
+        };
+        let regs = WalkRegs { cr0: CR0_PG | 1, cr3: 0x1000, cr4: CR4_PAE, efer: EFER_LMA | EFER_NXE };
+        let read = WalkAccess::default();
+        let uw = WalkAccess { user: true, write: true, fetch: false };
+        let mut m = mem();
+        four(&mut m);
+        assert_eq!(translate(&regs, 0x123, read, &mut m).unwrap().phys, 0x8123);
+        assert_eq!(translate(&regs, 0x20_0123, read, &mut m).unwrap().phys, 0x20_0123);
+        // A PTE address bit at MAXPHYADDR (bit 40) is reserved.
+        put64(&mut m, 0x4000, 0x8000 | 7 | (1 << MAX_PHYS_BITS));
+        assert_eq!(translate(&regs, 0x123, uw, &mut m).unwrap_err().code, rsvd | PF_USER | PF_WRITE);
+        // The same bit in the PML4E.
+        four(&mut m);
+        put64(&mut m, 0x1000, 0x2000 | 7 | (1 << 51));
+        assert_eq!(translate(&regs, 0x123, read, &mut m).unwrap_err().code, rsvd);
+        // PS in a PML4E is reserved; PS in a PDPTE too (no 1-GByte pages in CPUID).
+        four(&mut m);
+        put64(&mut m, 0x1000, 0x2000 | 0x87);
+        assert_eq!(translate(&regs, 0x123, read, &mut m).unwrap_err().code, rsvd);
+        four(&mut m);
+        put64(&mut m, 0x2000, 0x87);
+        assert_eq!(translate(&regs, 0x123, read, &mut m).unwrap_err().code, rsvd);
+        // A 2-MByte PDE with bit 13 set (bits 20:13 reserved).
+        four(&mut m);
+        put64(&mut m, 0x3008, 0x20_0000 | 0x87 | (1 << 13));
+        assert_eq!(translate(&regs, 0x20_0000, read, &mut m).unwrap_err().code, rsvd);
+        // NX (bit 63) is reserved when EFER.NXE = 0; the fetch bit is then not reported.
+        four(&mut m);
+        put64(&mut m, 0x4000, 0x8000 | 7 | (1 << 63));
+        let nonxe = WalkRegs { efer: EFER_LMA, ..regs };
+        let fetch = WalkAccess { fetch: true, ..Default::default() };
+        assert_eq!(translate(&nonxe, 0x123, fetch, &mut m).unwrap_err().code, rsvd);
+        // With NXE it is the execute-disable bit: a fetch is a protection fault, not RSVD.
+        assert_eq!(translate(&regs, 0x123, fetch, &mut m).unwrap_err().code, PF_PRESENT | PF_FETCH);
+        // A not-present entry with reserved bits is a plain not-present fault (P = 0, no RSVD).
+        put64(&mut m, 0x4000, 0x8000 | (1 << 45));
+        assert_eq!(translate(&regs, 0x123, read, &mut m).unwrap_err().code, 0);
+
+        // PAE: PDPTE reserved bits (bit 1, bit 63 NX) and PDE/PTE bits 62:52.
+        let pae = WalkRegs { cr0: CR0_PG | 1, cr3: 0x1000, cr4: CR4_PAE, efer: 0 };
+        let pae_tables = |m: &mut PhysMemory| {
+            put64(m, 0x1000, 0x3000 | 1);
+            put64(m, 0x3000, 0x4000 | 7);
+            put64(m, 0x4000, 0x8000 | 7);
+        };
+        let mut m = mem();
+        pae_tables(&mut m);
+        assert_eq!(translate(&pae, 0x123, read, &mut m).unwrap().phys, 0x8123);
+        put64(&mut m, 0x1000, 0x3000 | 1 | 2);
+        assert_eq!(translate(&pae, 0x123, read, &mut m).unwrap_err().code, rsvd);
+        pae_tables(&mut m);
+        put64(&mut m, 0x4000, 0x8000 | 7 | (1 << 55));
+        assert_eq!(translate(&pae, 0x123, read, &mut m).unwrap_err().code, rsvd);
+
+        // 32-bit paging, 4-MByte page: bit 21 is reserved (bits 20:13 hold address bits 39:32).
+        let two = WalkRegs { cr0: CR0_PG | 1, cr3: 0x1000, cr4: CR4_PSE, efer: 0 };
+        let mut m = mem();
+        put32(&mut m, 0x1000, 0x83 | (1 << 21));
+        assert_eq!(translate(&two, 0x123, read, &mut m).unwrap_err().code, rsvd);
     }
 }

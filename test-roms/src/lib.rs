@@ -26,6 +26,7 @@
 
 mod boot;
 mod checks;
+mod conformance;
 mod demo;
 mod fuzz;
 mod layout;
@@ -36,6 +37,7 @@ pub use checks::{
     apic, exceptions_protected, exceptions_real, fast_timer_halt, long_mode_switch, pit_interrupts, real_mode_arith,
     string_ops, FastTimer,
 };
+pub use conformance::{nmi_ipi, v86_monitor};
 pub use demo::{demo, mandelbrot_reference, primes_reference, DEMO_BANNER};
 pub use fuzz::{random_timer_guest, SplitMix};
 pub use layout::{Mode, ENTRY, PAYLOAD};

@@ -453,8 +453,15 @@ impl Cx<'_> {
                 match i.op_kind(0) {
                     OpKind::Register if i.op0_register().is_segment_register() => {
                         let sr = sreg_of(i.op0_register());
+                        // The increment follows the stack the selector was popped from (its B
+                        // bit), not the one POP SS loads (SDM POP: "stack-address size").
+                        let m = self.cpu.stack_mask();
+                        let new_sp = (sp & !m) | (sp.wrapping_add(u64::from(bits / 8)) & m);
                         self.load_seg(sr, v as u16)?;
-                        self.set_sp(sp.wrapping_add(u64::from(bits / 8)));
+                        self.cpu.gpr[4] = new_sp;
+                        if sr == SegReg::Ss {
+                            self.dbg_ss_loaded = true;
+                        }
                     }
                     OpKind::Register => {
                         self.set_sp(sp.wrapping_add(u64::from(bits / 8)));
@@ -721,6 +728,11 @@ impl Cx<'_> {
                 self.next(i);
             }
             M::Cli | M::Sti => {
+                if self.v86_vif_path() || self.pvi_path() {
+                    self.v86_cli_sti(i.mnemonic() == M::Sti)?;
+                    self.next(i);
+                    return Ok(());
+                }
                 if self.mode != CpuMode::Real {
                     let iopl = ((self.cpu.rflags & rf::IOPL) >> 12) as u8;
                     if self.cpu.cpl > iopl {
@@ -819,8 +831,26 @@ impl Cx<'_> {
                 let bits = if i.mnemonic() == M::Pusha { 16 } else { 32 };
                 let sp0 = self.cpu.gpr[4];
                 let n = u64::from(bits / 8);
-                let lin = self.linear(SegReg::Ss, sp0.wrapping_sub(8 * n) & self.cpu.stack_mask(), 8 * n)?;
-                self.probe_write(lin, (8 * n) as usize)?;
+                if self.mode == CpuMode::Real || self.cpu.rflags & rf::VM != 0 {
+                    // Real and virtual-8086 mode: each push wraps SP within the 64 KiB stack
+                    // (SDM PUSHA: "SP = SP - 2" per register); only a word or dword straddling
+                    // offset 0xFFFF/0x10000 is a fault, #GP(0) for real mode (SDM PUSHA real-address
+                    // mode exceptions: SP = 7, 9, 11, 13 or 15).
+                    let mut lins = [0u64; 8];
+                    for (k, l) in lins.iter_mut().enumerate() {
+                        let off = sp0.wrapping_sub(n * (k as u64 + 1)) & 0xFFFF;
+                        if off + n - 1 > 0xFFFF {
+                            return Err(Exception::GeneralProtection(0).into());
+                        }
+                        *l = self.linear(SegReg::Ss, off, n)?;
+                    }
+                    for l in lins {
+                        self.probe_write(l, n as usize)?;
+                    }
+                } else {
+                    let lin = self.linear(SegReg::Ss, sp0.wrapping_sub(8 * n) & self.cpu.stack_mask(), 8 * n)?;
+                    self.probe_write(lin, (8 * n) as usize)?;
+                }
                 for r in 0..8 {
                     let v = if r == 4 { sp0 } else { self.cpu.gpr[r] };
                     self.push(bits, v)?;
@@ -846,19 +876,23 @@ impl Cx<'_> {
                 self.next(i);
             }
             M::Pushf | M::Pushfd | M::Pushfq => {
-                if self.cpu.rflags & rf::VM != 0 && ((self.cpu.rflags & rf::IOPL) >> 12) < 3 {
-                    return Err(Exception::GeneralProtection(0).into());
-                }
                 let bits = Self::opsize_from_sp(i);
+                if self.cpu.rflags & rf::VM != 0 && ((self.cpu.rflags & rf::IOPL) >> 12) < 3 {
+                    self.v86_pushf(bits)?;
+                    self.next(i);
+                    return Ok(());
+                }
                 let f = self.flags() & !(rf::VM | rf::RF);
                 self.push(bits, f)?;
                 self.next(i);
             }
             M::Popf | M::Popfd | M::Popfq => {
-                if self.cpu.rflags & rf::VM != 0 && ((self.cpu.rflags & rf::IOPL) >> 12) < 3 {
-                    return Err(Exception::GeneralProtection(0).into());
-                }
                 let bits = Self::opsize_from_sp(i);
+                if self.cpu.rflags & rf::VM != 0 && ((self.cpu.rflags & rf::IOPL) >> 12) < 3 {
+                    self.v86_popf(bits)?;
+                    self.next(i);
+                    return Ok(());
+                }
                 let v = self.pop(bits)?;
                 self.write_flags(v, bits, false);
                 self.next(i);
@@ -984,6 +1018,12 @@ impl Cx<'_> {
                     _ => 64,
                 };
                 self.iret(bits)?;
+                // IRET ends NMI blocking (SDM 6.7.1). The run stops if the bus holds another
+                // NMI (its stop request), and the next run delivers it.
+                if self.cpu.nmi_blocked {
+                    self.cpu.nmi_blocked = false;
+                    self.io_written = true;
+                }
             }
             M::Loop | M::Loope | M::Loopne | M::Jcxz | M::Jecxz | M::Jrcxz => {
                 let creg = match (i.mnemonic(), i.code()) {
@@ -1070,15 +1110,18 @@ impl Cx<'_> {
             }
             M::Int => {
                 let v = i.immediate8();
-                if self.cpu.rflags & rf::VM != 0 && ((self.cpu.rflags & rf::IOPL) >> 12) < 3 {
-                    return Err(Exception::GeneralProtection(0).into());
-                }
                 let next = i.next_ip();
-                self.deliver(v, IntKind::Software, next, None)?;
+                if self.cpu.rflags & rf::VM != 0 {
+                    self.v86_int(v, next)?;
+                } else {
+                    self.deliver(v, IntKind::Software, next, None)?;
+                }
+                self.dbg_soft_int = true;
             }
             M::Int3 => {
                 let next = i.next_ip();
                 self.deliver(3, IntKind::Software, next, None)?;
+                self.dbg_soft_int = true;
             }
             M::Int1 => {
                 let next = i.next_ip();
@@ -1088,6 +1131,7 @@ impl Cx<'_> {
                 if self.flags() & OF != 0 {
                     let next = i.next_ip();
                     self.deliver(4, IntKind::Software, next, None)?;
+                    self.dbg_soft_int = true;
                 } else {
                     self.next(i);
                 }
@@ -1333,7 +1377,12 @@ impl Cx<'_> {
                     // Each further iteration counts as an instruction, so a huge count is
                     // interruptible and bounded by the run budget.
                     if self.cpu.icount + 1 >= self.budget_end {
-                        return Ok(()); // RIP still at this instruction: resume later.
+                        // RIP still at this instruction: resume later. An event taken before
+                        // the next iteration pushes RF = 1 (SDM 17.3.1.1), so an instruction
+                        // breakpoint on this instruction does not hit again.
+                        self.cpu.rflags |= rf::RF;
+                        self.fetch_lin_page = u64::MAX;
+                        return Ok(());
                     }
                     self.cpu.icount += 1;
                 }
@@ -1372,6 +1421,7 @@ impl Cx<'_> {
                     set_reg(self.cpu, di_r, di.wrapping_add(step));
                 }
                 5 => {
+                    self.check_writable(SegReg::Es)?;
                     let lin = self.linear(SegReg::Es, di, n)?;
                     self.probe_write(lin, n as usize)?;
                     let v = self.io_bus().port_read(PortAddr(port), size);
@@ -1419,6 +1469,9 @@ impl Cx<'_> {
                     return Err(Exception::InvalidOpcode.into());
                 }
                 self.load_seg(sreg_of(r), sel)?;
+                if r == Register::SS {
+                    self.dbg_ss_loaded = true;
+                }
                 self.next(i);
                 return Ok(());
             }
@@ -1458,11 +1511,9 @@ impl Cx<'_> {
             Register::CR3 => self.cpu.cr3,
             Register::CR4 => self.cpu.cr4,
             Register::CR8 => self.cpu.cr8,
-            Register::DR0 | Register::DR1 | Register::DR2 | Register::DR3 => {
-                self.cpu.dr[(r as usize) - (Register::DR0 as usize)]
+            _ if r.is_dr() && (r as usize) - (Register::DR0 as usize) < 8 => {
+                self.read_dr((r as usize) - (Register::DR0 as usize))?
             }
-            Register::DR6 | Register::DR4 => self.cpu.dr[6],
-            Register::DR7 | Register::DR5 => self.cpu.dr[7],
             _ => return Err(Exception::InvalidOpcode.into()),
         };
         let bits = if self.mode == CpuMode::Long64 { 64 } else { 32 };
@@ -1499,11 +1550,9 @@ impl Cx<'_> {
                 self.mode_changed = true;
             }
             Register::CR8 => self.cpu.cr8 = v & 0xF,
-            Register::DR0 | Register::DR1 | Register::DR2 | Register::DR3 => {
-                self.cpu.dr[(r as usize) - (Register::DR0 as usize)] = v
+            _ if r.is_dr() && (r as usize) - (Register::DR0 as usize) < 8 => {
+                self.write_dr((r as usize) - (Register::DR0 as usize), v)?
             }
-            Register::DR6 | Register::DR4 => self.cpu.dr[6] = v | 0xFFFF_0FF0,
-            Register::DR7 | Register::DR5 => self.cpu.dr[7] = v | 0x400,
             _ => return Err(Exception::InvalidOpcode.into()),
         }
         self.next(i);

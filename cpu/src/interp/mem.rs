@@ -3,7 +3,7 @@
 
 use super::Cx;
 use crate::exception::Exception;
-use crate::state::{CpuMode, SegReg};
+use crate::state::{seg_attr, CpuMode, SegReg};
 use base::{AccessSize, GuestPhysAddr};
 use mmu::{RegionKind, TlbAccess, TlbEntry, WalkAccess, WalkRegs, PAGE_MASK, TLB_SLOW};
 
@@ -35,10 +35,44 @@ fn store_le(m: &mut [u8], at: usize, size: usize, v: u64) -> bool {
     }
 }
 
+/// #AC(0) for a misaligned 2-, 4- or 8-byte data access (SDM 6.15, interrupt 17: a word at an
+/// odd address, a doubleword not at a multiple of 4, a quadword not at a multiple of 8).
+fn check_alignment(lin: u64, size: usize) -> Result<(), Exception> {
+    if matches!(size, 2 | 4 | 8) && lin & (size as u64 - 1) != 0 {
+        return Err(Exception::AlignmentCheck);
+    }
+    Ok(())
+}
+
 impl Cx<'_> {
+    /// Alignment checking is on: CR0.AM, EFLAGS.AC and CPL 3 (SDM 2.5, 6.15 interrupt 17).
+    pub(crate) fn alignment_checking(&self) -> bool {
+        self.cpu.cr0 & crate::state::cr::CR0_AM != 0
+            && self.cpu.rflags & crate::state::rflags::AC != 0
+            && self.cpu.cpl == 3
+    }
+
+    /// Called from the slow fetch: when alignment checking turns on or off, the TLB is flushed
+    /// so that user entries are refilled with slow (checked) or fast tags. Every instruction that
+    /// can change CR0, EFLAGS.AC or the CPL ends its fetch page, so the next fetch comes here.
+    pub(crate) fn update_alignment_checking(&mut self) {
+        let on = self.alignment_checking();
+        if on != self.ac_active {
+            self.ac_active = on;
+            self.cpu.tlb.flush_all();
+        }
+    }
+
     /// Linear address of `size` bytes at `seg:off`, with the limit (or canonical) check.
     #[inline]
     pub(crate) fn linear(&self, seg: SegReg, off: u64, size: u64) -> Result<u64, Exception> {
+        self.linear_for::<false>(seg, off, size)
+    }
+
+    /// [`Self::linear`] for a write: outside 64-bit mode the segment must also be writable
+    /// (see [`Self::check_writable`]); 64-bit mode pays nothing for the check.
+    #[inline(always)]
+    fn linear_for<const WRITE: bool>(&self, seg: SegReg, off: u64, size: u64) -> Result<u64, Exception> {
         let s = &self.cpu.seg[seg as usize];
         if self.mode == CpuMode::Long64 {
             let lin = match seg {
@@ -50,6 +84,9 @@ impl Cx<'_> {
                 return Err(if seg == SegReg::Ss { Exception::StackFault(0) } else { Exception::GeneralProtection(0) });
             }
             return Ok(lin);
+        }
+        if WRITE {
+            self.check_writable(seg)?;
         }
         if off.wrapping_add(size - 1) > u64::from(s.limit) || off.wrapping_add(size - 1) < off {
             return Err(if seg == SegReg::Ss { Exception::StackFault(0) } else { Exception::GeneralProtection(0) });
@@ -91,7 +128,17 @@ impl Cx<'_> {
                 RegionKind::Mmio { .. } => {}
             }
         }
-        self.cpu.tlb.fill(user, lin, e);
+        if self.page_watched(page) || (self.ac_active && user) {
+            // A data breakpoint lies on this page, or user accesses are alignment-checked:
+            // reads and writes must reach the slow path (and its checks) every time; the
+            // caller still gets the real entry.
+            let mut watched = e;
+            watched.read_tag |= TLB_SLOW;
+            watched.write_tag |= TLB_SLOW;
+            self.cpu.tlb.fill(user, lin, watched);
+        } else {
+            self.cpu.tlb.fill(user, lin, e);
+        }
         Ok(e)
     }
 
@@ -113,6 +160,9 @@ impl Cx<'_> {
     }
 
     fn read_lin_slow(&mut self, lin: u64, size: usize, user: bool) -> Result<u64, Exception> {
+        if self.ac_active && user {
+            check_alignment(lin, size)?;
+        }
         if (lin & 0xFFF) as usize + size > 0x1000 {
             // Crosses a page: assemble from bytes (each byte checks its own page).
             let mut v = 0u64;
@@ -120,6 +170,9 @@ impl Cx<'_> {
                 v |= self.read_lin(lin.wrapping_add(i as u64), 1)? << (8 * i);
             }
             return Ok(v);
+        }
+        if self.cpu.dr[7] & 0xFF != 0 {
+            self.data_breakpoint_check(lin, size, false);
         }
         let e = self.tlb_fill(lin, TlbAccess::Read, user)?;
         let phys = e.phys_page | (lin & 0xFFF);
@@ -160,6 +213,9 @@ impl Cx<'_> {
     }
 
     fn write_lin_slow(&mut self, lin: u64, size: usize, val: u64, user: bool) -> Result<(), Exception> {
+        if self.ac_active && user {
+            check_alignment(lin, size)?;
+        }
         if (lin & 0xFFF) as usize + size > 0x1000 {
             // Check both pages before writing anything, so a fault leaves memory unchanged.
             self.tlb_fill(lin, TlbAccess::Write, user)?;
@@ -168,6 +224,9 @@ impl Cx<'_> {
                 self.write_lin(lin.wrapping_add(i as u64), 1, val >> (8 * i))?;
             }
             return Ok(());
+        }
+        if self.cpu.dr[7] & 0xFF != 0 {
+            self.data_breakpoint_check(lin, size, true);
         }
         let e = self.tlb_fill(lin, TlbAccess::Write, user)?;
         let phys = e.phys_page | (lin & 0xFFF);
@@ -186,9 +245,11 @@ impl Cx<'_> {
                     s.copy_from_slice(&val.to_le_bytes()[..size]);
                 }
                 // The page is dirty and holds no cached code now: let later writes go fast.
-                let mut e2 = e;
-                e2.write_tag = lin & PAGE_MASK;
-                self.cpu.tlb.fill(user, lin, e2);
+                if !(self.page_watched(lin & PAGE_MASK) || self.ac_active && user) {
+                    let mut e2 = e;
+                    e2.write_tag = lin & PAGE_MASK;
+                    self.cpu.tlb.fill(user, lin, e2);
+                }
                 Ok(())
             }
             Some(RegionKind::Rom { .. }) => {
@@ -229,11 +290,26 @@ impl Cx<'_> {
         self.read_lin(lin, n)
     }
 
+    /// In protected mode outside 64-bit mode, a write needs a writable data segment: a code
+    /// segment, a read-only data segment or a null selector is #GP(0), #SS(0) for SS (SDM 5.4,
+    /// 3.4.5.1 "Code- and Data-Segment Descriptor Types"). Real and virtual-8086 mode do not check
+    /// (virtual-8086 segments are loaded as writable data).
+    #[inline]
+    pub(crate) fn check_writable(&self, seg: SegReg) -> Result<(), Exception> {
+        if self.mode != CpuMode::Long64 {
+            let a = self.cpu.seg[seg as usize].attr;
+            if a & (seg_attr::CODE | seg_attr::RW) != seg_attr::RW && self.mode != CpuMode::Real {
+                return Err(if seg == SegReg::Ss { Exception::StackFault(0) } else { Exception::GeneralProtection(0) });
+            }
+        }
+        Ok(())
+    }
+
     /// Writes `bits` at `seg:off`.
     #[inline]
     pub(crate) fn write_mem(&mut self, seg: SegReg, off: u64, bits: u32, val: u64) -> Result<(), Exception> {
         let n = (bits / 8) as usize;
-        let lin = self.linear(seg, off, n as u64)?;
+        let lin = self.linear_for::<true>(seg, off, n as u64)?;
         self.write_lin(lin, n, val)
     }
 

@@ -2,12 +2,15 @@
 //! address), execute, deliver exceptions and interrupts.
 
 mod alu;
+mod debug;
+mod descriptor_insn;
 mod exec;
 mod fast;
 mod mem;
 mod sysinsn;
 mod system;
 mod task;
+mod v86;
 
 pub use alu::{double_shift, shift, ShiftOp};
 
@@ -143,7 +146,8 @@ pub(crate) struct Cx<'a> {
     pub(crate) mode: CpuMode,
     /// Accesses are implicit supervisor accesses (descriptor tables, TSS, IDT).
     pub(crate) sys_access: bool,
-    /// A port or MMIO write happened: the run loop asks the bus whether to stop.
+    /// A port or MMIO write happened, or an event needs a look (a waiting NMI after IRET): the
+    /// run loop services NMIs and asks the bus whether to stop.
     pub(crate) io_written: bool,
     /// Cached code was overwritten.
     pub(crate) code_written: bool,
@@ -160,6 +164,25 @@ pub(crate) struct Cx<'a> {
     /// The decode-cache key bits (bitness, valid, bank generation) that went with
     /// `fetch_lin_page`; invalidating a page resets `fetch_lin_page`.
     pub(crate) fetch_key_hi: u64,
+    /// The instruction was MOV SS or POP SS: debug traps wait one instruction (SDM 6.8.3).
+    pub(crate) dbg_ss_loaded: bool,
+    /// The instruction raised a software interrupt (INT n, INT3, INTO): no single-step trap.
+    pub(crate) dbg_soft_int: bool,
+    /// DR6 B0-B3 bits of data and I/O breakpoints hit by the executing instruction.
+    pub(crate) dbg_hits: u64,
+    /// DR6 bits of debug traps held back by a MOV SS/POP SS.
+    pub(crate) dbg_deferred: u64,
+    /// Debug features apply (a run; not the single-instruction `Interpreter::step`).
+    pub(crate) dbg_enabled: bool,
+    /// The executing instruction was started by `Cx::debug_before`.
+    pub(crate) dbg_live: bool,
+    /// TF was set when it started.
+    pub(crate) dbg_step: bool,
+    /// The run's instruction budget, while single-stepping clamps it to one REP iteration.
+    pub(crate) dbg_budget_end: u64,
+    /// User data accesses are alignment-checked (CR0.AM, EFLAGS.AC, CPL 3): the user TLB
+    /// entries have slow tags and the slow paths raise #AC.
+    pub(crate) ac_active: bool,
 }
 
 /// The interpreter engine. Holds only caches; all architectural state is in [`CpuState`].
@@ -202,7 +225,7 @@ impl Interpreter {
     /// Executes exactly one instruction. An exception is returned, not delivered; RIP and RSP
     /// are left as they were before the instruction.
     pub fn step(&mut self, cpu: &mut CpuState, bus: &mut dyn CpuBus) -> Result<(), Exception> {
-        let mut cx = Cx::new(cpu, bus, &mut self.cache, u64::MAX);
+        let mut cx = Cx::new(cpu, bus, &mut self.cache, u64::MAX, false);
         let r = cx.step_one(false);
         match r {
             Ok(()) => Ok(()),
@@ -213,7 +236,14 @@ impl Interpreter {
 
 impl<'a> Cx<'a> {
     /// The context for running `cpu` on `bus` until the instruction count reaches `budget_end`.
-    fn new(cpu: &'a mut CpuState, bus: &'a mut dyn CpuBus, cache: &'a mut DecodeCache, budget_end: u64) -> Self {
+    /// With `debug`, the debug registers, TF and RF take effect (runs, not `Interpreter::step`).
+    fn new(
+        cpu: &'a mut CpuState,
+        bus: &'a mut dyn CpuBus,
+        cache: &'a mut DecodeCache,
+        budget_end: u64,
+        debug: bool,
+    ) -> Self {
         let mode = cpu.mode();
         Cx {
             cpu,
@@ -229,6 +259,15 @@ impl<'a> Cx<'a> {
             fetch_lin_page: u64::MAX,
             fetch_backing_page: 0,
             fetch_key_hi: 0,
+            dbg_ss_loaded: false,
+            dbg_soft_int: false,
+            dbg_hits: 0,
+            dbg_deferred: 0,
+            dbg_enabled: debug,
+            dbg_live: false,
+            dbg_step: false,
+            dbg_budget_end: budget_end,
+            ac_active: false,
         }
     }
 
@@ -267,9 +306,24 @@ impl<'a> Cx<'a> {
         self.fetch_slow()
     }
 
+    /// The debug and alignment-check work at the start of an instruction (rare: kept out of
+    /// the fetch path).
+    #[cold]
+    #[inline(never)]
+    fn fetch_hooks(&mut self) -> Result<(), Exception> {
+        if self.debug_wanted() {
+            self.debug_before()?;
+        }
+        self.update_alignment_checking();
+        Ok(())
+    }
+
     /// Fetch through segmentation and the TLB, decoding on a miss.
     #[inline(never)]
     fn fetch_slow(&mut self) -> Result<*const Decoded, Exception> {
+        if self.debug_wanted() || self.ac_active || self.cpu.cr0 & crate::state::cr::CR0_AM != 0 {
+            self.fetch_hooks()?;
+        }
         let rip = self.cpu.rip;
         let cs = self.cpu.seg[SegReg::Cs as usize];
         let lin = match self.mode {
@@ -385,16 +439,30 @@ impl<'a> Cx<'a> {
         if self.mode_changed {
             self.mode_changed = false;
             self.mode = self.cpu.mode();
+            // Only a flag goes in and an exception comes out: passing `r` itself would make it
+            // a 16-byte memory copy on the hot path (a failed store-to-load forward per step).
+            if self.dbg_live {
+                if let Some(e) = self.debug_after(r.is_ok()) {
+                    return Err(Stop::Exc(e));
+                }
+            }
         }
         r
     }
 
     /// Delivers an exception, escalating to #DF and reporting a triple fault (SDM 6.15).
-    fn raise(&mut self, first: Exception) -> Result<(), ()> {
+    pub(crate) fn raise(&mut self, first: Exception) -> Result<(), ()> {
         let mut exc = first;
         for _ in 0..3 {
             if let Exception::PageFault { addr, .. } = exc {
                 self.cpu.cr2 = addr;
+            }
+            // Fault-class exceptions push RF = 1 so the IRET does not hit an instruction
+            // breakpoint again; a #DB pushes RF as it is (SDM 17.3.1.1). The exceptions raised
+            // here are faults (traps are delivered by the instructions themselves), except
+            // #DB, whose general-detect fault sets RF itself.
+            if exc != Exception::Debug && exc != Exception::DoubleFault {
+                self.cpu.rflags |= rflags::RF;
             }
             let r = self.deliver(exc.vector(), system::IntKind::Exception, self.cpu.rip, exc.error_code());
             self.mode = self.cpu.mode();
@@ -416,11 +484,44 @@ impl<'a> Cx<'a> {
 }
 
 impl Cx<'_> {
+    /// At the start of a run: takes an NMI from the bus and delivers it as vector 2, whatever
+    /// EFLAGS.IF says (SDM 6.7.1). While NMIs are blocked (an NMI handler has not executed IRET
+    /// yet) the NMI stays latched in the bus, whose stop request ends runs after device
+    /// accesses; the handler's IRET ends the run too (`io_written`), and the next run delivers
+    /// it. `Ok(true)`: an NMI waits behind MOV SS/POP SS, so the run executes one instruction
+    /// only. Nothing of this is on the per-instruction path.
+    #[cold]
+    #[inline(never)]
+    fn service_nmi(&mut self) -> Result<bool, ()> {
+        if self.cpu.nmi_blocked {
+            return Ok(false);
+        }
+        if self.bus.take_nmi() {
+            self.cpu.nmi_pending = true;
+        }
+        if !self.cpu.nmi_pending {
+            return Ok(false);
+        }
+        if self.cpu.interrupt_shadow {
+            return Ok(true);
+        }
+        self.cpu.nmi_pending = false;
+        self.cpu.nmi_blocked = true;
+        self.cpu.halted = false;
+        self.fetch_lin_page = u64::MAX;
+        let rip = self.cpu.rip;
+        if let Err(e) = self.deliver(2, system::IntKind::External, rip, None) {
+            self.raise(e)?;
+        }
+        self.mode = self.cpu.mode();
+        Ok(false)
+    }
+
     /// The run loop, specialized on tracing so the untraced loop carries no trace checks.
     fn run_loop<const TRACE: bool>(&mut self, end: u64) -> RunExit {
         let cx = self;
         while cx.cpu.icount < end {
-            // External interrupts are taken between instructions.
+            // External interrupts are taken between instructions (NMIs: see `service_nmi`).
             if cx.cpu.rflags & rflags::IF != 0 && !cx.cpu.interrupt_shadow && cx.bus.interrupt_pending() {
                 if let Some(v) = cx.bus.acknowledge_interrupt() {
                     cx.cpu.halted = false;
@@ -496,7 +597,12 @@ impl ExecutionEngine for Interpreter {
     fn run(&mut self, cpu: &mut CpuState, bus: &mut dyn CpuBus, budget: base::InstrCount) -> RunExit {
         let end = cpu.icount.saturating_add(budget);
         let trace = self.trace;
-        let mut cx = Cx::new(cpu, bus, &mut self.cache, end);
+        let mut cx = Cx::new(cpu, bus, &mut self.cache, end, true);
+        let end = match cx.service_nmi() {
+            Err(()) => return RunExit::TripleFault,
+            Ok(true) => end.min(cx.cpu.icount + 1),
+            Ok(false) => end,
+        };
         if trace {
             cx.run_loop::<true>(end)
         } else {

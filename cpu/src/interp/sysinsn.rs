@@ -22,6 +22,12 @@ pub mod msr {
     pub const SYSENTER_ESP: u32 = 0x175;
     /// IA32_SYSENTER_EIP.
     pub const SYSENTER_EIP: u32 = 0x176;
+    /// IA32_BIOS_SIGN_ID (microcode update signature).
+    pub const BIOS_SIGN_ID: u32 = 0x8B;
+    /// IA32_MCG_CAP (machine-check global capabilities).
+    pub const MCG_CAP: u32 = 0x179;
+    /// IA32_MCG_STATUS.
+    pub const MCG_STATUS: u32 = 0x17A;
     /// IA32_MISC_ENABLE.
     pub const MISC_ENABLE: u32 = 0x1A0;
     /// IA32_PAT.
@@ -85,6 +91,11 @@ impl Cx<'_> {
             msr::SYSENTER_ESP => m.sysenter_esp,
             msr::SYSENTER_EIP => m.sysenter_eip,
             msr::MISC_ENABLE => m.misc_enable,
+            // No microcode is ever loaded: the signature (high dword) reads as 0 (SDM 9.11.7.1).
+            msr::BIOS_SIGN_ID => 0,
+            // MCG_CAP: no banks, no MCG_CTL, no extended state; MCG_STATUS: no machine check
+            // in progress (SDM 16.3.1).
+            msr::MCG_CAP | msr::MCG_STATUS => 0,
             msr::PAT => m.pat,
             msr::MTRRCAP => 0x508, // 8 variable ranges, fixed ranges, write-combining
             msr::MTRR_DEF_TYPE => m.mtrr_def_type,
@@ -122,6 +133,11 @@ impl Cx<'_> {
             msr::SYSENTER_ESP => self.cpu.msr.sysenter_esp = v,
             msr::SYSENTER_EIP => self.cpu.msr.sysenter_eip = v,
             msr::MISC_ENABLE => self.cpu.msr.misc_enable = v,
+            // Software writes 0 here before CPUID to read back the microcode signature; the write
+            // is accepted and the register keeps reading 0.
+            msr::BIOS_SIGN_ID => {}
+            // MCG_STATUS is writable with 0 only (SDM 16.3.1.2: writing 1s to it causes #GP).
+            msr::MCG_STATUS if v == 0 => {}
             msr::PAT => self.cpu.msr.pat = v,
             // IA32_MTRR_DEF_TYPE: type (bits 0-7), FE (10), E (11); the rest is reserved.
             msr::MTRR_DEF_TYPE if v & !0xCFF != 0 => return Err(Exception::GeneralProtection(0)),
@@ -179,6 +195,10 @@ impl Cx<'_> {
                         b
                     }
                 };
+                // 64-bit mode: a non-canonical base is #GP(0) (SDM LGDT/LIDT 64-bit mode exceptions).
+                if long && !canonical(base) {
+                    return Err(Exception::GeneralProtection(0).into());
+                }
                 let t = crate::state::DescriptorTable { base, limit };
                 if i.mnemonic() == M::Lgdt {
                     self.cpu.gdtr = t;
@@ -228,8 +248,13 @@ impl Cx<'_> {
                 }
                 let mut d = Segment::from_descriptor(sel, raw);
                 if long {
-                    let hi = self.read_sys(self.cpu.gdtr.base.wrapping_add(u64::from(sel & 0xFFF8) + 8), 4)?;
-                    d.base |= hi << 32;
+                    let hi = self.read_sys(self.cpu.gdtr.base.wrapping_add(u64::from(sel & 0xFFF8) + 8), 8)?;
+                    d.base |= (hi & 0xFFFF_FFFF) << 32;
+                    // The upper half's type field must be 0 and the base canonical, else
+                    // #GP(selector) (SDM LLDT/LTR 64-bit mode exceptions).
+                    if (hi >> 40) & 0x1F != 0 || !canonical(d.base) {
+                        return Err(Exception::GeneralProtection(sel & 0xFFFC).into());
+                    }
                 }
                 if is_ldt {
                     self.cpu.ldtr = d;
@@ -310,7 +335,8 @@ impl Cx<'_> {
                 set_reg(self.cpu, i.op0_register(), off);
             }
             M::Arpl => {
-                if self.mode == CpuMode::Real {
+                // Not recognized in real-address or virtual-8086 mode (SDM ARPL).
+                if self.mode == CpuMode::Real || self.cpu.rflags & rf::VM != 0 {
                     return Err(Exception::InvalidOpcode.into());
                 }
                 let l = self.loc(i, 0);
@@ -325,6 +351,7 @@ impl Cx<'_> {
                     self.cpu.set_rflags(f);
                 }
             }
+            M::Lar | M::Lsl | M::Verr | M::Verw => return self.exec_descriptor_insn(i),
             M::Swapgs => {
                 if !long {
                     return Err(Exception::InvalidOpcode.into());
@@ -458,6 +485,11 @@ impl Cx<'_> {
     fn next_ip(&mut self, i: &Instruction) {
         self.cpu.rip = i.next_ip();
     }
+}
+
+/// Whether `v` is a canonical 48-bit linear address.
+pub(crate) fn canonical(v: u64) -> bool {
+    ((v << 16) as i64 >> 16) as u64 == v
 }
 
 fn reg_bits(r: Register) -> u32 {

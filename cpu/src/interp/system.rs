@@ -338,12 +338,15 @@ impl Cx<'_> {
             self.write_flags(fl, bits, true);
             return Ok(());
         }
+        if self.cpu.rflags & rflags::VM != 0 {
+            return self.v86_iret(bits);
+        }
         if self.cpu.rflags & rflags::NT != 0 && self.cpu.efer & crate::state::cr::EFER_LMA == 0 {
             return self.iret_task();
         }
-        if fl & rflags::VM != 0 && self.cpu.cpl == 0 && bits == 32 {
-            log::debug!("IRET to virtual-8086 mode not supported");
-            return Err(Exception::GeneralProtection(0));
+        // IA-32e mode ignores the popped VM bit (SDM IRET: "IF EFLAGS.VM = 1 ... not in IA-32e").
+        if fl & rflags::VM != 0 && self.cpu.cpl == 0 && bits == 32 && self.cpu.efer & crate::state::cr::EFER_LMA == 0 {
+            return self.iret_to_v86(sp);
         }
         let raw = self.code_descriptor(sel)?;
         let d = Segment::from_descriptor(sel, raw);
@@ -502,9 +505,23 @@ impl Cx<'_> {
         }
         let old_cpl = self.cpu.cpl;
         let new_cpl = if d.attr & seg_attr::DC != 0 { old_cpl } else { d.dpl() };
+        // From virtual-8086 mode only a CPL 0 handler (non-conforming code) can be entered, and
+        // only through a 32-bit gate (SDM 20.3.1.1).
+        let fl = self.cpu.rflags();
+        let from_v86 = self.cpu.rflags & rflags::VM != 0;
+        if from_v86 {
+            if new_cpl != 0 {
+                return Err(Exception::GeneralProtection(sel_err(sel) | ext));
+            }
+            if gtype & 8 == 0 {
+                return Err(Exception::GeneralProtection(idt_err));
+            }
+            // Segment loads below are protected-mode loads.
+            self.cpu.rflags &= !rflags::VM;
+        }
+        let v86_segs = [SegReg::Gs, SegReg::Fs, SegReg::Ds, SegReg::Es].map(|s| self.cpu.seg[s as usize].selector);
         let old_ss = self.cpu.seg[SegReg::Ss as usize].selector;
         let old_sp = self.cpu.gpr[4];
-        let fl = self.cpu.rflags();
         let old_cs = self.cpu.seg[SegReg::Cs as usize].selector;
         let gate_bits: u32 = if long {
             64
@@ -555,6 +572,14 @@ impl Cx<'_> {
                 self.load_seg(SegReg::Ss, nss).map_err(|_| Exception::InvalidTss(sel_err(nss)))?;
                 self.cpu.gpr[4] = nsp;
                 self.set_cs(sel, raw, new_cpl);
+                if from_v86 {
+                    for s in v86_segs {
+                        self.push(32, u64::from(s))?;
+                    }
+                    for s in [SegReg::Gs, SegReg::Fs, SegReg::Ds, SegReg::Es] {
+                        self.cpu.seg[s as usize] = Segment::default();
+                    }
+                }
                 self.push(gate_bits, u64::from(old_ss))?;
                 self.push(gate_bits, old_sp)?;
             } else {

@@ -323,7 +323,9 @@ impl Cx<'_> {
         if reason != SwitchReason::Iret {
             self.set_tss_busy(sel, true)?;
         }
-        // Commit: TR, CR3, registers, flags.
+        // Commit: TR, CR3, registers, flags. A task switch clears the local breakpoint enables
+        // L0-L3 and LE of DR7 (SDM 17.2.4).
+        self.cpu.dr[7] &= !0x155;
         let mut tr = new;
         tr.attr |= 2;
         self.cpu.tr = tr;
@@ -349,8 +351,11 @@ impl Cx<'_> {
             self.cpu.ldtr = Segment::from_descriptor(n_ldt, raw);
         }
         if n_eflags & rflags::VM != 0 {
-            log::debug!("task switch into virtual-8086 mode not supported");
-            return Err(Exception::InvalidTss(sel_err(sel)));
+            // A virtual-8086 task: segments are loaded 8086-style, CPL 3 (SDM 20.2.5).
+            let v = |k: usize| n_seg[k];
+            self.enter_v86_segments([v(0), v(1), v(2), v(3), v(4), v(5)]);
+            self.cpu.interrupt_shadow = false;
+            return Ok(());
         }
         let cs_sel = n_seg[1];
         let new_cpl = (cs_sel & 3) as u8;
@@ -395,6 +400,7 @@ impl Cx<'_> {
 
     /// I/O permission: CPL <= IOPL, or the TSS I/O bitmap clears every bit of the access.
     pub(crate) fn io_permitted(&mut self, port: u16, size: usize) -> Result<(), Exception> {
+        self.io_breakpoint_check(port, size);
         if self.mode == CpuMode::Real {
             return Ok(());
         }
