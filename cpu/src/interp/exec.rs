@@ -1131,7 +1131,12 @@ impl Cx<'_> {
                 self.next(i);
             }
             M::Cpuid => {
-                let (a, b, c, d) = crate::cpuid::cpuid(self.cpu.gpr[0] as u32, self.cpu.gpr[1] as u32);
+                let (a, b, c, d) = crate::cpuid::cpuid_with(
+                    self.cpu.gpr[0] as u32,
+                    self.cpu.gpr[1] as u32,
+                    self.cpu.cr4,
+                    self.cpu.fpu.xcr0,
+                );
                 self.cpu.gpr[0] = u64::from(a);
                 self.cpu.gpr[3] = u64::from(b);
                 self.cpu.gpr[1] = u64::from(c);
@@ -1151,7 +1156,13 @@ impl Cx<'_> {
                 self.next(i);
             }
             M::Ud0 | M::Ud1 | M::Ud2 => return Err(Exception::InvalidOpcode.into()),
-            _ => return self.exec_system(i),
+            _ => {
+                // x87, MMX, SSE*, FXSAVE and XSAVE live in crate::fpu and crate::simd.
+                if let Some(r) = self.exec_fpu_simd(i) {
+                    return r;
+                }
+                return self.exec_system(i);
+            }
         }
         Ok(())
     }

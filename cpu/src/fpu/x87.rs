@@ -1,0 +1,903 @@
+//! x87 instructions.
+
+use super::soft::{self, Cmp, Env, Fmt, Op, Packed, Val, X80, F32, F64, F80};
+use super::{check_available, fsw, Class, R};
+use crate::exception::Exception;
+use crate::interp::Cx;
+use crate::state::rflags::{AF, CF, OF, PF, SF, ZF};
+use crate::state::{CpuMode, FpuState, SegReg};
+use iced_x86::{ConditionCode, Instruction, MemorySize, Mnemonic, OpKind, Register};
+
+const C0: u16 = fsw::C0;
+const C1: u16 = fsw::C1;
+const C2: u16 = fsw::C2;
+const C3: u16 = fsw::C3;
+
+impl FpuState {
+    /// TOP.
+    pub fn top(&self) -> usize {
+        usize::from((self.fsw >> 11) & 7)
+    }
+    fn set_top(&mut self, t: usize) {
+        self.fsw = (self.fsw & !fsw::TOP) | (((t & 7) as u16) << 11);
+    }
+    fn phys(&self, i: usize) -> usize {
+        (self.top() + i) & 7
+    }
+    /// Whether ST(i) is empty.
+    pub fn st_empty(&self, i: usize) -> bool {
+        self.ftw & (1 << self.phys(i)) == 0
+    }
+    /// ST(i) (whatever the tag says).
+    pub fn st_get(&self, i: usize) -> X80 {
+        X80::from_bytes(&self.st[self.phys(i)][..10])
+    }
+    /// Writes ST(i) and tags it valid.
+    pub fn st_set(&mut self, i: usize, v: X80) {
+        let p = self.phys(i);
+        self.st[p][..10].copy_from_slice(&v.to_bytes());
+        self.st[p][10..].fill(0);
+        self.ftw |= 1 << p;
+    }
+    fn push_raw(&mut self, v: X80) {
+        let t = (self.top() + 7) & 7;
+        self.set_top(t);
+        self.st_set(0, v);
+    }
+    fn pop(&mut self) {
+        let p = self.phys(0);
+        self.ftw &= !(1 << p);
+        self.set_top(self.top() + 1);
+    }
+    fn env(&self) -> Env {
+        Env { rc: ((self.fcw >> 10) & 3) as u8, daz: false, ftz: false }
+    }
+    /// Precision control in bits.
+    fn prec(&self) -> u32 {
+        match (self.fcw >> 8) & 3 {
+            0 => 24,
+            2 => 53,
+            _ => 64,
+        }
+    }
+}
+
+fn st_index(r: Register) -> usize {
+    (r as usize).wrapping_sub(Register::ST0 as usize) & 7
+}
+
+/// The memory format of an x87 memory operand.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum MemFmt {
+    F(Fmt),
+    I(u32),
+    Bcd,
+}
+
+fn mem_fmt(ms: MemorySize) -> Option<MemFmt> {
+    Some(match ms {
+        MemorySize::Float32 => MemFmt::F(F32),
+        MemorySize::Float64 => MemFmt::F(F64),
+        MemorySize::Float80 => MemFmt::F(F80),
+        MemorySize::Int16 => MemFmt::I(16),
+        MemorySize::Int32 => MemFmt::I(32),
+        MemorySize::Int64 => MemFmt::I(64),
+        MemorySize::Bcd => MemFmt::Bcd,
+        _ => return None,
+    })
+}
+
+fn bits_of(f: MemFmt) -> u32 {
+    match f {
+        MemFmt::F(f) if f == F32 => 32,
+        MemFmt::F(f) if f == F64 => 64,
+        MemFmt::F(_) | MemFmt::Bcd => 80,
+        MemFmt::I(b) => b,
+    }
+}
+
+/// Constants (exact 80-bit values as the x87 rounds them with round-to-nearest; the x87
+/// adjusts the last bit of the irrational ones for the other rounding modes).
+fn constant(m: Mnemonic, rc: u8) -> X80 {
+    // (significand, exponent, rounded-to-nearest went up)
+    let (sig, se, up) = match m {
+        Mnemonic::Fld1 => (1u64 << 63, 0x3FFFu16, false),
+        Mnemonic::Fldz => (0, 0, false),
+        Mnemonic::Fldl2t => (0xD49A_784B_CD1B_8AFE, 0x4000, false),
+        Mnemonic::Fldl2e => (0xB8AA_3B29_5C17_F0BC, 0x3FFF, true),
+        Mnemonic::Fldpi => (0xC90F_DAA2_2168_C235, 0x4000, true),
+        Mnemonic::Fldlg2 => (0x9A20_9A84_FBCF_F799, 0x3FFD, true),
+        Mnemonic::Fldln2 => (0xB172_17F7_D1CF_79AC, 0x3FFE, true),
+        _ => (0, 0, false),
+    };
+    // The round-to-nearest value went up: round-down and round-to-zero give one less.
+    // L2T's nearest value went down: round-up gives one more.
+    let sig = match (m, rc) {
+        (Mnemonic::Fldl2t, soft::RU) => sig + 1,
+        (_, soft::RD | soft::RZ) if up => sig - 1,
+        _ => sig,
+    };
+    X80 { sig, se }
+}
+
+fn pk(p: Packed) -> X80 {
+    p.ext()
+}
+
+impl Cx<'_> {
+    /// Records the x87 exception flags of an operation. Returns whether the destination may
+    /// be written (no unmasked invalid, zero-divide or denormal exception).
+    fn x87_raise(&mut self, flags: u32) -> bool {
+        let f = &mut self.cpu.fpu;
+        let ex = (flags & 0x3F) as u16;
+        f.fsw |= ex;
+        if flags & soft::UP != 0 && flags & soft::PE != 0 {
+            f.fsw |= C1;
+        }
+        let unmasked = ex & !f.fcw & 0x3F;
+        if unmasked != 0 {
+            f.fsw |= fsw::ES | fsw::B;
+        }
+        unmasked & 0x07 == 0
+    }
+
+    /// Stack underflow on reading an empty register: IE|SF, C1=0. Returns whether the
+    /// masked response (the indefinite) should be written.
+    fn x87_underflow(&mut self) -> bool {
+        self.cpu.fpu.fsw &= !C1;
+        self.cpu.fpu.fsw |= fsw::SF;
+        self.x87_raise(soft::IE)
+    }
+
+    fn x87_overflow(&mut self) -> bool {
+        self.cpu.fpu.fsw |= fsw::SF | C1;
+        self.cpu.fpu.fsw |= soft::IE as u16;
+        let masked = self.cpu.fpu.fcw & 1 != 0;
+        if !masked {
+            self.cpu.fpu.fsw |= fsw::ES | fsw::B;
+        }
+        masked
+    }
+
+    /// Pushes `v`, with the stack-overflow response.
+    fn x87_push(&mut self, v: X80) {
+        if !self.cpu.fpu.st_empty(7) {
+            if self.x87_overflow() {
+                self.cpu.fpu.push_raw(X80::INDEFINITE);
+            }
+            return;
+        }
+        self.cpu.fpu.push_raw(v);
+    }
+
+    /// Reads a memory operand as an unpacked value (loads convert exactly).
+    fn x87_load_mem(&mut self, i: &Instruction, f: MemFmt) -> Result<Val, Exception> {
+        let (s, ea) = self.mem_op(i);
+        Ok(match f {
+            MemFmt::F(ff) if ff == F80 => {
+                let mut b = [0u8; 10];
+                self.read_bytes(s, ea, &mut b)?;
+                soft::unpack80(X80::from_bytes(&b))
+            }
+            MemFmt::F(ff) => soft::unpack(ff, self.read_mem(s, ea, bits_of(f))?),
+            MemFmt::I(b) => {
+                let v = self.read_mem(s, ea, b)?;
+                let sh = 64 - b;
+                let v = ((v << sh) as i64) >> sh;
+                int_val(v)
+            }
+            MemFmt::Bcd => {
+                let mut b = [0u8; 10];
+                self.read_bytes(s, ea, &mut b)?;
+                let mut v: u64 = 0;
+                for k in (0..9).rev() {
+                    v = v * 100 + u64::from(b[k] >> 4) * 10 + u64::from(b[k] & 0xF);
+                }
+                let neg = b[9] & 0x80 != 0;
+                if v == 0 {
+                    Val::Zero(neg)
+                } else {
+                    Val::Fin { s: neg, m: v, e: 0, den: false }
+                }
+            }
+        })
+    }
+
+    fn set_fip(&mut self, i: &Instruction) {
+        let f = &mut self.cpu.fpu;
+        f.fip = self.cpu.rip;
+        f.fcs = self.cpu.seg[SegReg::Cs as usize].selector;
+        if (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Memory) {
+            let (s, ea) = {
+                let s = match i.memory_segment() {
+                    Register::ES => SegReg::Es,
+                    Register::CS => SegReg::Cs,
+                    Register::SS => SegReg::Ss,
+                    Register::FS => SegReg::Fs,
+                    Register::GS => SegReg::Gs,
+                    _ => SegReg::Ds,
+                };
+                (s, self.ea(i))
+            };
+            self.cpu.fpu.fdp = ea;
+            self.cpu.fpu.fds = self.cpu.seg[s as usize].selector;
+        }
+    }
+
+    pub(crate) fn exec_x87(&mut self, i: &Instruction) -> R<()> {
+        use Mnemonic as M;
+        check_available(self.cpu.cr0, self.cpu.cr4, Class::X87)?;
+        let m = i.mnemonic();
+        // The control instructions without a wait do not check for pending exceptions.
+        let no_wait = matches!(
+            m,
+            M::Fninit | M::Fnstsw | M::Fnstcw | M::Fnclex | M::Fnstenv | M::Fnsave | M::Fnop | M::Fndisi | M::Fneni
+                | M::Fnsetpm
+        );
+        let wait_form = matches!(m, M::Finit | M::Fstsw | M::Fstcw | M::Fclex | M::Fstenv | M::Fsave);
+        if wait_form {
+            check_available(self.cpu.cr0, self.cpu.cr4, Class::Wait)?;
+        }
+        if !no_wait {
+            self.x87_pending()?;
+        }
+        let control = no_wait
+            || wait_form
+            || matches!(m, M::Fldcw | M::Fldenv | M::Frstor | M::Fdisi | M::Feni | M::Fsetpm | M::Frstpm);
+        match m {
+            M::Fninit | M::Finit => self.cpu.fpu.init(),
+            M::Fnstsw | M::Fstsw => {
+                let v = u64::from(self.cpu.fpu.fsw);
+                if i.op_kind(0) == OpKind::Register {
+                    super::set_gpr(self.cpu, Register::AX, v);
+                } else {
+                    let (s, ea) = self.mem_op(i);
+                    self.write_mem(s, ea, 16, v)?;
+                }
+            }
+            M::Fnstcw | M::Fstcw => {
+                let (s, ea) = self.mem_op(i);
+                self.write_mem(s, ea, 16, u64::from(self.cpu.fpu.fcw))?;
+            }
+            M::Fldcw => {
+                let (s, ea) = self.mem_op(i);
+                let v = self.read_mem(s, ea, 16)? as u16;
+                self.cpu.fpu.fcw = (v & 0x1F3F) | 0x40;
+                self.cpu.fpu.update_es();
+            }
+            M::Fnclex | M::Fclex => {
+                self.cpu.fpu.fsw &= !(0x3F | fsw::SF | fsw::ES | fsw::B);
+            }
+            M::Fnop | M::Fndisi | M::Fneni | M::Fnsetpm | M::Fdisi | M::Feni | M::Fsetpm | M::Frstpm => {}
+            M::Fnstenv | M::Fstenv => {
+                let (s, ea) = self.mem_op(i);
+                self.store_env(s, ea, i)?;
+                // FSTENV masks all exceptions afterwards.
+                self.cpu.fpu.fcw |= 0x3F;
+                self.cpu.fpu.update_es();
+            }
+            M::Fldenv => {
+                let (s, ea) = self.mem_op(i);
+                self.load_env(s, ea, i)?;
+            }
+            M::Fnsave | M::Fsave => {
+                let (s, ea) = self.mem_op(i);
+                let n = self.env_len(i);
+                let mut regs = [0u8; 80];
+                for k in 0..8 {
+                    regs[10 * k..10 * k + 10].copy_from_slice(&self.cpu.fpu.st_get(k).to_bytes());
+                }
+                let lin = self.linear(s, ea, n + 80)?;
+                self.probe_write(lin, (n + 80) as usize)?;
+                self.store_env(s, ea, i)?;
+                self.write_bytes(s, ea.wrapping_add(n), &regs)?;
+                self.cpu.fpu.init();
+            }
+            M::Frstor => {
+                let (s, ea) = self.mem_op(i);
+                let n = self.env_len(i);
+                let mut regs = [0u8; 80];
+                self.read_bytes(s, ea.wrapping_add(n), &mut regs)?;
+                self.load_env(s, ea, i)?;
+                for k in 0..8 {
+                    let p = self.cpu.fpu.phys(k);
+                    self.cpu.fpu.st[p][..10].copy_from_slice(&regs[10 * k..10 * k + 10]);
+                    self.cpu.fpu.st[p][10..].fill(0);
+                }
+            }
+            _ => {
+                self.set_fip(i);
+                self.exec_x87_data(i)?;
+            }
+        }
+        let _ = control;
+        self.cpu.rip = i.next_ip();
+        Ok(())
+    }
+
+    /// Size of the FSTENV image: 14 bytes with a 16-bit operand size, 28 otherwise.
+    fn env_len(&self, i: &Instruction) -> u64 {
+        if matches!(
+            i.memory_size(),
+            MemorySize::FpuEnv14 | MemorySize::FpuState94
+        ) {
+            14
+        } else {
+            28
+        }
+    }
+
+    fn store_env(&mut self, s: SegReg, ea: u64, i: &Instruction) -> Result<(), Exception> {
+        let f = self.cpu.fpu;
+        let tag = f.full_tag_word();
+        let real = matches!(self.mode, CpuMode::Real) || self.cpu.rflags & crate::state::rflags::VM != 0;
+        let mut b = [0u8; 28];
+        if self.env_len(i) == 14 {
+            let w = [f.fcw, f.fsw, tag];
+            for (k, v) in w.iter().enumerate() {
+                b[2 * k..2 * k + 2].copy_from_slice(&v.to_le_bytes());
+            }
+            if real {
+                let ip = f.fip as u32;
+                let dp = f.fdp as u32;
+                b[6..8].copy_from_slice(&(ip as u16).to_le_bytes());
+                b[8..10].copy_from_slice(&((((ip >> 16) & 0xF) << 12) as u16 | f.fop).to_le_bytes());
+                b[10..12].copy_from_slice(&(dp as u16).to_le_bytes());
+                b[12..14].copy_from_slice(&((((dp >> 16) & 0xF) << 12) as u16).to_le_bytes());
+            } else {
+                b[6..8].copy_from_slice(&(f.fip as u16).to_le_bytes());
+                b[8..10].copy_from_slice(&f.fcs.to_le_bytes());
+                b[10..12].copy_from_slice(&(f.fdp as u16).to_le_bytes());
+                b[12..14].copy_from_slice(&f.fds.to_le_bytes());
+            }
+            return self.write_bytes(s, ea, &b[..14]);
+        }
+        let w = [u32::from(f.fcw) | 0xFFFF_0000, u32::from(f.fsw) | 0xFFFF_0000, u32::from(tag) | 0xFFFF_0000];
+        for (k, v) in w.iter().enumerate() {
+            b[4 * k..4 * k + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        if real {
+            let ip = f.fip as u32;
+            let dp = f.fdp as u32;
+            b[12..16].copy_from_slice(&(0xFFFF_0000 | (ip & 0xFFFF)).to_le_bytes());
+            b[16..20].copy_from_slice(&(((ip >> 16) << 12) | u32::from(f.fop)).to_le_bytes());
+            b[20..24].copy_from_slice(&(0xFFFF_0000 | (dp & 0xFFFF)).to_le_bytes());
+            b[24..28].copy_from_slice(&((dp >> 16) << 12).to_le_bytes());
+        } else {
+            b[12..16].copy_from_slice(&(f.fip as u32).to_le_bytes());
+            b[16..20].copy_from_slice(&(u32::from(f.fcs) | (u32::from(f.fop) << 16)).to_le_bytes());
+            b[20..24].copy_from_slice(&(f.fdp as u32).to_le_bytes());
+            b[24..28].copy_from_slice(&(u32::from(f.fds) | 0xFFFF_0000).to_le_bytes());
+        }
+        self.write_bytes(s, ea, &b)
+    }
+
+    fn load_env(&mut self, s: SegReg, ea: u64, i: &Instruction) -> Result<(), Exception> {
+        let short = self.env_len(i) == 14;
+        let mut b = [0u8; 28];
+        let n = if short { 14 } else { 28 };
+        self.read_bytes(s, ea, &mut b[..n])?;
+        let w = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+        let d = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        let real = matches!(self.mode, CpuMode::Real) || self.cpu.rflags & crate::state::rflags::VM != 0;
+        let f = &mut self.cpu.fpu;
+        let st = if short { 2 } else { 4 };
+        f.fcw = (w(0) & 0x1F3F) | 0x40;
+        f.fsw = w(st);
+        f.set_full_tag_word(w(2 * st));
+        if short {
+            if real {
+                f.fip = u64::from(w(6)) | (u64::from(w(8) >> 12) << 16);
+                f.fop = w(8) & 0x7FF;
+                f.fdp = u64::from(w(10)) | (u64::from(w(12) >> 12) << 16);
+            } else {
+                f.fip = u64::from(w(6));
+                f.fcs = w(8);
+                f.fdp = u64::from(w(10));
+                f.fds = w(12);
+            }
+        } else if real {
+            f.fip = u64::from(d(12) & 0xFFFF) | (u64::from(d(16) >> 12) << 16);
+            f.fop = (d(16) & 0x7FF) as u16;
+            f.fdp = u64::from(d(20) & 0xFFFF) | (u64::from(d(24) >> 12) << 16);
+        } else {
+            f.fip = u64::from(d(12));
+            f.fcs = w(16);
+            f.fop = w(18) & 0x7FF;
+            f.fdp = u64::from(d(20));
+            f.fds = w(24);
+        }
+        f.update_es();
+        Ok(())
+    }
+
+    /// ST(i) as an unpacked value, or None after the stack-underflow response.
+    fn st_val(&mut self, n: usize) -> Option<Val> {
+        if self.cpu.fpu.st_empty(n) {
+            None
+        } else {
+            Some(soft::unpack80(self.cpu.fpu.st_get(n)))
+        }
+    }
+
+    fn exec_x87_data(&mut self, i: &Instruction) -> Result<(), Exception> {
+        use Mnemonic as M;
+        let m = i.mnemonic();
+        let mem = (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Memory);
+        let mf = if mem { mem_fmt(i.memory_size()) } else { None };
+        // C1 is cleared by most instructions (set again by rounding up or a stack fault).
+        match m {
+            M::Fld | M::Fild | M::Fbld => {
+                self.cpu.fpu.fsw &= !C1;
+                let v = if let Some(f) = mf {
+                    let raw80 = f == MemFmt::F(F80);
+                    if raw80 {
+                        let (s, ea) = self.mem_op(i);
+                        let mut b = [0u8; 10];
+                        self.read_bytes(s, ea, &mut b)?;
+                        Some(X80::from_bytes(&b))
+                    } else {
+                        let v = self.x87_load_mem(i, f)?;
+                        let (p, fl) = soft::convert(F80, 64, v, self.cpu.fpu.env());
+                        if !self.cpu.fpu.st_empty(7) {
+                            self.x87_push(X80::default());
+                            return Ok(());
+                        }
+                        if !self.x87_raise(fl & !soft::UP) {
+                            return Ok(());
+                        }
+                        Some(pk(p))
+                    }
+                } else {
+                    let n = st_index(i.op0_register());
+                    if self.cpu.fpu.st_empty(n) {
+                        if self.x87_underflow() {
+                            Some(X80::INDEFINITE)
+                        } else {
+                            None
+                        }
+                    } else {
+                        Some(self.cpu.fpu.st_get(n))
+                    }
+                };
+                if let Some(v) = v {
+                    self.x87_push(v);
+                }
+            }
+            M::Fld1 | M::Fldz | M::Fldl2t | M::Fldl2e | M::Fldpi | M::Fldlg2 | M::Fldln2 => {
+                self.cpu.fpu.fsw &= !C1;
+                let v = constant(m, self.cpu.fpu.env().rc);
+                self.x87_push(v);
+            }
+            M::Fst | M::Fstp | M::Fist | M::Fistp | M::Fbstp => {
+                self.cpu.fpu.fsw &= !C1;
+                let pop = matches!(m, M::Fstp | M::Fistp | M::Fbstp);
+                let src = self.st_val(0);
+                if let Some(f) = mf {
+                    let (s, ea) = self.mem_op(i);
+                    let nbytes = (bits_of(f) / 8) as usize;
+                    let out: Option<Vec<u8>> = match src {
+                        None => {
+                            if self.x87_underflow() {
+                                Some(match f {
+                                    MemFmt::F(ff) if ff == F80 => X80::INDEFINITE.to_bytes().to_vec(),
+                                    MemFmt::F(ff) => soft::default_nan(ff).to_le_bytes()[..nbytes].to_vec(),
+                                    MemFmt::I(b) => ((-1i64) << (b - 1)).to_le_bytes()[..nbytes].to_vec(),
+                                    MemFmt::Bcd => bcd_indefinite().to_vec(),
+                                })
+                            } else {
+                                None
+                            }
+                        }
+                        Some(v) => {
+                            let env = self.cpu.fpu.env();
+                            match f {
+                                MemFmt::F(ff) if ff == F80 => Some(self.cpu.fpu.st_get(0).to_bytes().to_vec()),
+                                MemFmt::F(ff) => {
+                                    let (p, fl) = soft::convert(ff, ff.p, v, env);
+                                    let fl = fl & !soft::DE;
+                                    // Unmasked overflow/underflow on a store: nothing is stored.
+                                    let unm = (fl & 0x3F) as u16 & !self.cpu.fpu.fcw & (soft::OE | soft::UE) as u16;
+                                    let ok = self.x87_raise(fl);
+                                    if ok && unm == 0 {
+                                        Some(p.bin().to_le_bytes()[..nbytes].to_vec())
+                                    } else {
+                                        None
+                                    }
+                                }
+                                MemFmt::I(b) => {
+                                    let (r, fl) = soft::to_int(v, b, env.rc);
+                                    let fl = if fl & soft::PE != 0 && round_up_int(v, r) { fl | soft::UP } else { fl };
+                                    if self.x87_raise(fl) {
+                                        Some(r.to_le_bytes()[..nbytes].to_vec())
+                                    } else {
+                                        None
+                                    }
+                                }
+                                MemFmt::Bcd => {
+                                    let (r, fl) = soft::to_int(v, 64, env.rc);
+                                    let (bytes, fl) = if fl & soft::IE != 0 || r.unsigned_abs() >= 1_000_000_000_000_000_000
+                                    {
+                                        (bcd_indefinite(), soft::IE)
+                                    } else {
+                                        (to_bcd(r, soft::compare(v, Val::Zero(false)) == Cmp::Lt || is_neg_zero(v)), fl)
+                                    };
+                                    let fl = if fl & soft::PE != 0 && round_up_int(v, r) { fl | soft::UP } else { fl };
+                                    if self.x87_raise(fl) {
+                                        Some(bytes.to_vec())
+                                    } else {
+                                        None
+                                    }
+                                }
+                            }
+                        }
+                    };
+                    match out {
+                        Some(b) => self.write_bytes(s, ea, &b)?,
+                        None => {
+                            if self.cpu.fpu.fsw & fsw::ES != 0 && src.is_some() {
+                                // Unmasked: no store, no pop.
+                                return Ok(());
+                            }
+                            if src.is_none() {
+                                return Ok(());
+                            }
+                        }
+                    }
+                } else {
+                    let n = st_index(i.op0_register());
+                    match src {
+                        None => {
+                            if !self.x87_underflow() {
+                                return Ok(());
+                            }
+                            self.cpu.fpu.st_set(n, X80::INDEFINITE);
+                        }
+                        Some(_) => {
+                            let v = self.cpu.fpu.st_get(0);
+                            self.cpu.fpu.st_set(n, v);
+                        }
+                    }
+                }
+                if pop {
+                    self.cpu.fpu.pop();
+                }
+            }
+            M::Fxch => {
+                self.cpu.fpu.fsw &= !C1;
+                let n = if i.op_count() == 2 { st_index(i.op1_register()) } else { 1 };
+                let (e0, en) = (self.cpu.fpu.st_empty(0), self.cpu.fpu.st_empty(n));
+                if e0 || en {
+                    if !self.x87_underflow() {
+                        return Ok(());
+                    }
+                }
+                let a = if e0 { X80::INDEFINITE } else { self.cpu.fpu.st_get(0) };
+                let b = if en { X80::INDEFINITE } else { self.cpu.fpu.st_get(n) };
+                self.cpu.fpu.st_set(0, b);
+                self.cpu.fpu.st_set(n, a);
+            }
+            M::Fchs | M::Fabs => {
+                self.cpu.fpu.fsw &= !C1;
+                if self.cpu.fpu.st_empty(0) {
+                    if self.x87_underflow() {
+                        self.cpu.fpu.st_set(0, X80::INDEFINITE);
+                    }
+                    return Ok(());
+                }
+                let mut v = self.cpu.fpu.st_get(0);
+                v.se = if m == M::Fchs { v.se ^ 0x8000 } else { v.se & 0x7FFF };
+                self.cpu.fpu.st_set(0, v);
+            }
+            M::Ffree | M::Ffreep => {
+                let n = st_index(i.op0_register());
+                let p = self.cpu.fpu.phys(n);
+                self.cpu.fpu.ftw &= !(1 << p);
+                if m == M::Ffreep {
+                    self.cpu.fpu.pop();
+                }
+            }
+            M::Fincstp | M::Fdecstp => {
+                self.cpu.fpu.fsw &= !C1;
+                let t = self.cpu.fpu.top();
+                self.cpu.fpu.set_top(if m == M::Fincstp { t + 1 } else { t + 7 });
+            }
+            M::Fadd
+            | M::Faddp
+            | M::Fiadd
+            | M::Fsub
+            | M::Fsubp
+            | M::Fisub
+            | M::Fsubr
+            | M::Fsubrp
+            | M::Fisubr
+            | M::Fmul
+            | M::Fmulp
+            | M::Fimul
+            | M::Fdiv
+            | M::Fdivp
+            | M::Fidiv
+            | M::Fdivr
+            | M::Fdivrp
+            | M::Fidivr => {
+                self.cpu.fpu.fsw &= !C1;
+                let (dst, src_val) = if let Some(f) = mf {
+                    (0usize, Some(self.x87_load_mem(i, f)?))
+                } else {
+                    let (d, s) = (st_index(i.op0_register()), st_index(i.op1_register()));
+                    (d, self.st_val(s))
+                };
+                let pop = matches!(m, M::Faddp | M::Fsubp | M::Fsubrp | M::Fmulp | M::Fdivp | M::Fdivrp);
+                let dst_val = self.st_val(dst);
+                let (a, b) = match (dst_val, src_val) {
+                    (Some(a), Some(b)) => (a, b),
+                    _ => {
+                        if self.x87_underflow() {
+                            self.cpu.fpu.st_set(dst, X80::INDEFINITE);
+                            if pop {
+                                self.cpu.fpu.pop();
+                            }
+                        }
+                        return Ok(());
+                    }
+                };
+                let (op, rev) = match m {
+                    M::Fadd | M::Faddp | M::Fiadd => (Op::Add, false),
+                    M::Fsub | M::Fsubp | M::Fisub => (Op::Sub, false),
+                    M::Fsubr | M::Fsubrp | M::Fisubr => (Op::Sub, true),
+                    M::Fmul | M::Fmulp | M::Fimul => (Op::Mul, false),
+                    M::Fdiv | M::Fdivp | M::Fidiv => (Op::Div, false),
+                    _ => (Op::Div, true),
+                };
+                let (x, y) = if rev { (b, a) } else { (a, b) };
+                let prec = self.cpu.fpu.prec();
+                let (p, fl) = soft::arith(op, F80, prec, x, y, self.cpu.fpu.env(), true);
+                if self.x87_raise(fl) {
+                    self.cpu.fpu.st_set(dst, pk(p));
+                    if pop {
+                        self.cpu.fpu.pop();
+                    }
+                }
+            }
+            M::Fsqrt => {
+                self.cpu.fpu.fsw &= !C1;
+                let Some(a) = self.st_val(0) else {
+                    if self.x87_underflow() {
+                        self.cpu.fpu.st_set(0, X80::INDEFINITE);
+                    }
+                    return Ok(());
+                };
+                let prec = self.cpu.fpu.prec();
+                let (p, fl) = soft::sqrt(F80, prec, a, self.cpu.fpu.env());
+                if self.x87_raise(fl) {
+                    self.cpu.fpu.st_set(0, pk(p));
+                }
+            }
+            M::Frndint => {
+                self.cpu.fpu.fsw &= !C1;
+                let Some(a) = self.st_val(0) else {
+                    if self.x87_underflow() {
+                        self.cpu.fpu.st_set(0, X80::INDEFINITE);
+                    }
+                    return Ok(());
+                };
+                let (p, fl) = round_int(a, self.cpu.fpu.env().rc);
+                if self.x87_raise(fl) {
+                    self.cpu.fpu.st_set(0, p);
+                }
+            }
+            M::Fcom | M::Fcomp | M::Fcompp | M::Fucom | M::Fucomp | M::Fucompp | M::Ficom | M::Ficomp | M::Ftst => {
+                let a = self.st_val(0);
+                let b = if m == M::Ftst {
+                    Some(Val::Zero(false))
+                } else if let Some(f) = mf {
+                    Some(self.x87_load_mem(i, f)?)
+                } else {
+                    let n = if i.op_count() >= 2 {
+                        st_index(i.op1_register())
+                    } else if i.op_count() == 1 {
+                        st_index(i.op0_register())
+                    } else {
+                        1
+                    };
+                    self.st_val(n)
+                };
+                let pops = match m {
+                    M::Fcomp | M::Fucomp | M::Ficomp => 1,
+                    M::Fcompp | M::Fucompp => 2,
+                    _ => 0,
+                };
+                let f = &mut self.cpu.fpu;
+                f.fsw &= !(C0 | C1 | C2 | C3);
+                let (cc, ok) = match (a, b) {
+                    (Some(a), Some(b)) => {
+                        let unordered_quiet = matches!(m, M::Fucom | M::Fucomp | M::Fucompp);
+                        let fl = cmp_flags(a, b, unordered_quiet);
+                        let ok = self.x87_raise(fl);
+                        (soft::compare(a, b), ok)
+                    }
+                    _ => {
+                        let ok = self.x87_underflow();
+                        (Cmp::Un, ok)
+                    }
+                };
+                if ok {
+                    let bits = match cc {
+                        Cmp::Gt => 0,
+                        Cmp::Lt => C0,
+                        Cmp::Eq => C3,
+                        Cmp::Un => C0 | C2 | C3,
+                    };
+                    self.cpu.fpu.fsw |= bits;
+                }
+                if ok || self.cpu.fpu.fcw & 1 != 0 {
+                    for _ in 0..pops {
+                        self.cpu.fpu.pop();
+                    }
+                }
+            }
+            M::Fcomi | M::Fcomip | M::Fucomi | M::Fucomip => {
+                self.cpu.fpu.fsw &= !C1;
+                let n = st_index(i.op1_register());
+                let (a, b) = (self.st_val(0), self.st_val(n));
+                let (cc, ok) = match (a, b) {
+                    (Some(a), Some(b)) => {
+                        let fl = cmp_flags(a, b, matches!(m, M::Fucomi | M::Fucomip));
+                        (soft::compare(a, b), self.x87_raise(fl))
+                    }
+                    _ => (Cmp::Un, self.x87_underflow()),
+                };
+                if ok {
+                    let f = match cc {
+                        Cmp::Gt => 0,
+                        Cmp::Lt => CF,
+                        Cmp::Eq => ZF,
+                        Cmp::Un => ZF | PF | CF,
+                    };
+                    let cur = self.cpu.rflags();
+                    self.cpu.set_rflags((cur & !(CF | PF | ZF | OF | SF | AF)) | f);
+                    if matches!(m, M::Fcomip | M::Fucomip) {
+                        self.cpu.fpu.pop();
+                    }
+                }
+            }
+            M::Fxam => {
+                let f = &mut self.cpu.fpu;
+                f.fsw &= !(C0 | C1 | C2 | C3);
+                let v = f.st_get(0);
+                if v.sign() {
+                    f.fsw |= C1;
+                }
+                let cc = if f.st_empty(0) {
+                    C3 | C0
+                } else {
+                    match soft::unpack80(v) {
+                        Val::Unsupported => 0,
+                        Val::Nan(..) => C0,
+                        Val::Fin { den: false, .. } => C2,
+                        Val::Inf(_) => C2 | C0,
+                        Val::Zero(_) => C3,
+                        Val::Fin { den: true, .. } => C3 | C2,
+                    }
+                };
+                f.fsw |= cc;
+            }
+            M::Fcmovb | M::Fcmove | M::Fcmovbe | M::Fcmovu | M::Fcmovnb | M::Fcmovne | M::Fcmovnbe | M::Fcmovnu => {
+                self.cpu.fpu.fsw &= !C1;
+                let n = st_index(i.op1_register());
+                if self.cpu.fpu.st_empty(0) || self.cpu.fpu.st_empty(n) {
+                    if self.x87_underflow() {
+                        self.cpu.fpu.st_set(0, X80::INDEFINITE);
+                    }
+                    return Ok(());
+                }
+                let fl = self.cpu.rflags();
+                let take = match i.condition_code() {
+                    ConditionCode::b => fl & CF != 0,
+                    ConditionCode::e => fl & ZF != 0,
+                    ConditionCode::be => fl & (CF | ZF) != 0,
+                    ConditionCode::p => fl & PF != 0,
+                    ConditionCode::ae => fl & CF == 0,
+                    ConditionCode::ne => fl & ZF == 0,
+                    ConditionCode::a => fl & (CF | ZF) == 0,
+                    _ => fl & PF == 0,
+                };
+                if take {
+                    let v = self.cpu.fpu.st_get(n);
+                    self.cpu.fpu.st_set(0, v);
+                }
+            }
+            _ => {
+                log::debug!("unimplemented x87 instruction {:?}: #UD", i.code());
+                return Err(Exception::InvalidOpcode);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn int_val(v: i64) -> Val {
+    if v == 0 {
+        Val::Zero(false)
+    } else {
+        Val::Fin { s: v < 0, m: v.unsigned_abs(), e: 0, den: false }
+    }
+}
+
+fn is_neg_zero(v: Val) -> bool {
+    matches!(v, Val::Zero(true) | Val::Fin { s: true, .. })
+}
+
+/// Whether rounding `v` to the integer `r` increased its magnitude.
+fn round_up_int(v: Val, r: i64) -> bool {
+    match v {
+        Val::Fin { m, e, .. } if e < 0 => {
+            let trunc = if -e >= 64 { 0 } else { m >> (-e) };
+            u128::from(r.unsigned_abs()) > u128::from(trunc)
+        }
+        _ => false,
+    }
+}
+
+/// The exception flags of a compare: IE for a NaN (FCOM) or an SNaN (FUCOM), IE for an
+/// unsupported encoding, DE for a denormal.
+fn cmp_flags(a: Val, b: Val, quiet: bool) -> u32 {
+    if matches!(a, Val::Unsupported) || matches!(b, Val::Unsupported) {
+        return soft::IE;
+    }
+    let nan = soft::is_nan(a) || soft::is_nan(b);
+    let snan = soft::is_snan(a) || soft::is_snan(b);
+    if snan || (nan && !quiet) {
+        return soft::IE;
+    }
+    if nan {
+        return 0;
+    }
+    if soft::is_denormal(a) || soft::is_denormal(b) {
+        soft::DE
+    } else {
+        0
+    }
+}
+
+/// FRNDINT: round to an integral value in the current rounding mode.
+fn round_int(a: Val, rc: u8) -> (X80, u32) {
+    let near = Env { rc: soft::RN, daz: false, ftz: false };
+    match a {
+        Val::Unsupported => (X80::INDEFINITE, soft::IE),
+        Val::Nan(s, f) => (soft::nan(F80, s, f | 1 << 63).ext(), if f & (1 << 63) == 0 { soft::IE } else { 0 }),
+        Val::Zero(s) => (soft::zero(F80, s).ext(), 0),
+        Val::Inf(s) => (soft::inf(F80, s).ext(), 0),
+        Val::Fin { s, m, e, den } => {
+            let de = if den { soft::DE } else { 0 };
+            if e >= 0 {
+                return (soft::round_pack(F80, 64, s, u128::from(m), e, near).0.ext(), de);
+            }
+            let (r, fl) = soft::to_int_big(s, m, e, rc);
+            if r == 0 {
+                return (soft::zero(F80, s).ext(), fl | de);
+            }
+            (soft::round_pack(F80, 64, s, r, 0, near).0.ext(), fl | de)
+        }
+    }
+}
+
+fn bcd_indefinite() -> [u8; 10] {
+    [0, 0, 0, 0, 0, 0, 0, 0xC0, 0xFF, 0xFF]
+}
+
+fn to_bcd(v: i64, neg: bool) -> [u8; 10] {
+    let mut b = [0u8; 10];
+    let mut x = v.unsigned_abs();
+    for byte in b.iter_mut().take(9) {
+        let lo = (x % 10) as u8;
+        x /= 10;
+        let hi = (x % 10) as u8;
+        x /= 10;
+        *byte = lo | (hi << 4);
+    }
+    if neg {
+        b[9] = 0x80;
+    }
+    b
+}

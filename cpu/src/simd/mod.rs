@@ -1,0 +1,705 @@
+//! SSE and SSE2 (XMM forms). Floating point goes through the exact software core in
+//! [`crate::fpu::soft`] with MXCSR's rounding control, DAZ, FTZ, exception flags and masks;
+//! an unmasked exception leaves the destination unchanged and raises #XM (CR4.OSXMMEXCPT=1)
+//! or #UD.
+
+use crate::exception::Exception;
+use crate::fpu::soft::{self, Cmp, Env, Fmt, Op, Val, F32, F64};
+use crate::fpu::{check_available, Class, R};
+use crate::interp::Cx;
+use crate::state::cr;
+use crate::state::rflags::{AF, CF, OF, PF, SF, ZF};
+use iced_x86::{Instruction, Mnemonic, OpKind, Register};
+
+fn xmm_index(r: Register) -> Option<usize> {
+    let n = (r as usize).wrapping_sub(Register::XMM0 as usize);
+    if n < 16 {
+        Some(n)
+    } else {
+        None
+    }
+}
+
+fn u(b: [u8; 16]) -> u128 {
+    u128::from_le_bytes(b)
+}
+
+fn lanes_get(v: u128, w: u32, k: u32) -> u64 {
+    let m = if w == 64 { u64::MAX } else { (1u64 << w) - 1 };
+    ((v >> (w * k)) as u64) & m
+}
+
+fn map2(a: u128, b: u128, w: u32, mut f: impl FnMut(u64, u64) -> u64) -> u128 {
+    let m = if w == 64 { u64::MAX } else { (1u64 << w) - 1 };
+    let mut r = 0u128;
+    for k in 0..128 / w {
+        r |= u128::from(f(lanes_get(a, w, k), lanes_get(b, w, k)) & m) << (w * k);
+    }
+    r
+}
+
+fn sx(v: u64, w: u32) -> i64 {
+    ((v << (64 - w)) as i64) >> (64 - w)
+}
+
+fn sat_s(v: i64, w: u32) -> u64 {
+    let lo = -(1i64 << (w - 1));
+    let hi = (1i64 << (w - 1)) - 1;
+    v.clamp(lo, hi) as u64
+}
+
+fn sat_u(v: i64, w: u32) -> u64 {
+    v.clamp(0, (1i64 << w) - 1) as u64
+}
+
+/// MOV-class instructions that do not require 16-byte alignment of a 128-bit operand.
+fn unaligned_ok(m: Mnemonic) -> bool {
+    use Mnemonic as M;
+    matches!(m, M::Movups | M::Movupd | M::Movdqu | M::Lddqu)
+}
+
+impl Cx<'_> {
+    fn xmm(&self, n: usize) -> u128 {
+        u(self.cpu.fpu.xmm[n])
+    }
+    fn set_xmm(&mut self, n: usize, v: u128) {
+        self.cpu.fpu.xmm[n] = v.to_le_bytes();
+    }
+
+    /// Operand `n` as 128 bits: an XMM register, or memory of the instruction's memory size
+    /// (zero-extended), with the alignment check of legacy SSE 128-bit operands.
+    fn src(&mut self, i: &Instruction, n: u32) -> Result<u128, Exception> {
+        match i.op_kind(n) {
+            OpKind::Register => {
+                let r = i.op_register(n);
+                match xmm_index(r) {
+                    Some(x) => Ok(self.xmm(x)),
+                    None => Ok(u128::from(crate::fpu::gpr(self.cpu, r))),
+                }
+            }
+            OpKind::Memory => {
+                let size = i.memory_size().size();
+                let (s, ea) = self.mem_op(i);
+                if size == 16 && !unaligned_ok(i.mnemonic()) {
+                    let lin = self.linear(s, ea, 16)?;
+                    if lin & 15 != 0 {
+                        return Err(Exception::GeneralProtection(0));
+                    }
+                }
+                let mut b = [0u8; 16];
+                self.read_bytes(s, ea, &mut b[..size.min(16)])?;
+                Ok(u(b))
+            }
+            _ => Ok(u128::from(i.immediate(n))),
+        }
+    }
+
+    /// Writes operand 0: an XMM register (whole), a GPR, or memory of the memory size.
+    fn dst(&mut self, i: &Instruction, v: u128) -> Result<(), Exception> {
+        match i.op_kind(0) {
+            OpKind::Register => {
+                let r = i.op0_register();
+                match xmm_index(r) {
+                    Some(x) => self.set_xmm(x, v),
+                    None => crate::fpu::set_gpr(self.cpu, r, v as u64),
+                }
+                Ok(())
+            }
+            _ => {
+                let size = i.memory_size().size();
+                let (s, ea) = self.mem_op(i);
+                if size == 16 && !unaligned_ok(i.mnemonic()) {
+                    let lin = self.linear(s, ea, 16)?;
+                    if lin & 15 != 0 {
+                        return Err(Exception::GeneralProtection(0));
+                    }
+                }
+                self.write_bytes(s, ea, &v.to_le_bytes()[..size.min(16)])
+            }
+        }
+    }
+
+    fn sse_env(&self) -> Env {
+        let mx = self.cpu.fpu.mxcsr;
+        Env { rc: ((mx >> 13) & 3) as u8, daz: mx & (1 << 6) != 0, ftz: mx & (1 << 15) != 0 && mx & (1 << 11) != 0 }
+    }
+
+    /// Records SIMD floating-point flags; Err when an unmasked exception must be raised.
+    fn sse_flags(&mut self, flags: u32) -> Result<(), Exception> {
+        let masks = (self.cpu.fpu.mxcsr >> 7) & 0x3F;
+        let pre = flags & (soft::IE | soft::DE | soft::ZE);
+        let mut post = flags & (soft::OE | soft::UE | soft::PE);
+        if masks & soft::UE == 0 && flags & soft::TINY != 0 {
+            post |= soft::UE;
+        }
+        let raise = if pre & !masks != 0 {
+            self.cpu.fpu.mxcsr |= pre;
+            true
+        } else {
+            self.cpu.fpu.mxcsr |= pre | post;
+            post & !masks != 0
+        };
+        if raise {
+            return Err(if self.cpu.cr4 & cr::CR4_OSXMMEXCPT != 0 {
+                Exception::SimdFloatingPoint
+            } else {
+                Exception::InvalidOpcode
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn exec_simd(&mut self, i: &Instruction) -> R<()> {
+        check_available(self.cpu.cr0, self.cpu.cr4, Class::Sse)?;
+        // MMX registers are not implemented: an MM operand is #UD.
+        for n in 0..i.op_count() {
+            if i.op_kind(n) == OpKind::Register && i.op_register(n).is_mm() {
+                return Err(Exception::InvalidOpcode.into());
+            }
+        }
+        if !self.exec_sse(i)? {
+            log::debug!("unimplemented SSE instruction {:?}: #UD", i.code());
+            return Err(Exception::InvalidOpcode.into());
+        }
+        self.cpu.rip = i.next_ip();
+        Ok(())
+    }
+
+    /// Executes one SSE/SSE2 instruction; Ok(false) when it is not implemented.
+    fn exec_sse(&mut self, i: &Instruction) -> Result<bool, Exception> {
+        use Mnemonic as M;
+        let m = i.mnemonic();
+        let d_is_xmm = i.op_kind(0) == OpKind::Register && xmm_index(i.op0_register()).is_some();
+        let dn = if d_is_xmm { xmm_index(i.op0_register()).unwrap_or(0) } else { 0 };
+        match m {
+            // ---- moves ----
+            M::Movaps | M::Movups | M::Movapd | M::Movupd | M::Movdqa | M::Movdqu | M::Movntps | M::Movntpd
+            | M::Movntdq | M::Lddqu => {
+                let v = self.src(i, 1)?;
+                self.dst(i, v)?;
+            }
+            M::Movss | M::Movsd => {
+                let w = if m == M::Movss { 32 } else { 64 };
+                let mask = if w == 32 { 0xFFFF_FFFFu128 } else { u128::from(u64::MAX) };
+                let v = self.src(i, 1)?;
+                if d_is_xmm && i.op_kind(1) == OpKind::Register {
+                    let d = self.xmm(dn);
+                    self.set_xmm(dn, (d & !mask) | (v & mask));
+                } else {
+                    // Load zero-extends; store writes the low element.
+                    self.dst(i, v & mask)?;
+                }
+            }
+            M::Movd | M::Movq => {
+                let v = self.src(i, 1)?;
+                let w = if m == M::Movd { 32 } else { 64 };
+                let mask = if w == 32 { 0xFFFF_FFFFu128 } else { u128::from(u64::MAX) };
+                if d_is_xmm {
+                    self.set_xmm(dn, v & mask);
+                } else {
+                    self.dst(i, v & mask)?;
+                }
+            }
+            M::Movnti => {
+                let v = self.src(i, 1)?;
+                self.dst(i, v)?;
+            }
+            M::Movlps | M::Movlpd | M::Movhps | M::Movhpd => {
+                let hi = matches!(m, M::Movhps | M::Movhpd);
+                if d_is_xmm {
+                    let v = self.src(i, 1)? as u64;
+                    let d = self.xmm(dn);
+                    let r = if hi { (d & u128::from(u64::MAX)) | (u128::from(v) << 64) } else { (d & !u128::from(u64::MAX)) | u128::from(v) };
+                    self.set_xmm(dn, r);
+                } else {
+                    let s = self.src(i, 1)?;
+                    let v = if hi { s >> 64 } else { s & u128::from(u64::MAX) };
+                    self.dst(i, v)?;
+                }
+            }
+            M::Movhlps | M::Movlhps => {
+                let s = self.src(i, 1)?;
+                let d = self.xmm(dn);
+                let r = if m == M::Movhlps {
+                    (d & !u128::from(u64::MAX)) | (s >> 64)
+                } else {
+                    (d & u128::from(u64::MAX)) | (s << 64)
+                };
+                self.set_xmm(dn, r);
+            }
+            M::Movmskps | M::Movmskpd | M::Pmovmskb => {
+                let s = self.src(i, 1)?;
+                let w = match m {
+                    M::Movmskps => 32,
+                    M::Movmskpd => 64,
+                    _ => 8,
+                };
+                let mut r = 0u64;
+                for k in 0..128 / w {
+                    r |= ((lanes_get(s, w, k) >> (w - 1)) & 1) << k;
+                }
+                crate::fpu::set_gpr(self.cpu, i.op0_register().full_register32(), r);
+            }
+            // ---- logic ----
+            M::Andps | M::Andpd | M::Pand => self.bin(i, |a, b| a & b)?,
+            M::Andnps | M::Andnpd | M::Pandn => self.bin(i, |a, b| !a & b)?,
+            M::Orps | M::Orpd | M::Por => self.bin(i, |a, b| a | b)?,
+            M::Xorps | M::Xorpd | M::Pxor => self.bin(i, |a, b| a ^ b)?,
+            // ---- integer arithmetic ----
+            M::Paddb | M::Paddw | M::Paddd | M::Paddq | M::Psubb | M::Psubw | M::Psubd | M::Psubq => {
+                let w = match m {
+                    M::Paddb | M::Psubb => 8,
+                    M::Paddw | M::Psubw => 16,
+                    M::Paddd | M::Psubd => 32,
+                    _ => 64,
+                };
+                let sub = matches!(m, M::Psubb | M::Psubw | M::Psubd | M::Psubq);
+                self.bin(i, |a, b| map2(a, b, w, |x, y| if sub { x.wrapping_sub(y) } else { x.wrapping_add(y) }))?;
+            }
+            M::Paddsb | M::Paddsw | M::Psubsb | M::Psubsw => {
+                let w = if matches!(m, M::Paddsb | M::Psubsb) { 8 } else { 16 };
+                let sub = matches!(m, M::Psubsb | M::Psubsw);
+                self.bin(i, |a, b| {
+                    map2(a, b, w, |x, y| {
+                        let (x, y) = (sx(x, w), sx(y, w));
+                        sat_s(if sub { x - y } else { x + y }, w)
+                    })
+                })?;
+            }
+            M::Paddusb | M::Paddusw | M::Psubusb | M::Psubusw => {
+                let w = if matches!(m, M::Paddusb | M::Psubusb) { 8 } else { 16 };
+                let sub = matches!(m, M::Psubusb | M::Psubusw);
+                self.bin(i, |a, b| {
+                    map2(a, b, w, |x, y| sat_u(if sub { x as i64 - y as i64 } else { x as i64 + y as i64 }, w))
+                })?;
+            }
+            M::Pcmpeqb | M::Pcmpeqw | M::Pcmpeqd | M::Pcmpgtb | M::Pcmpgtw | M::Pcmpgtd => {
+                let w = match m {
+                    M::Pcmpeqb | M::Pcmpgtb => 8,
+                    M::Pcmpeqw | M::Pcmpgtw => 16,
+                    _ => 32,
+                };
+                let gt = matches!(m, M::Pcmpgtb | M::Pcmpgtw | M::Pcmpgtd);
+                self.bin(i, |a, b| {
+                    map2(a, b, w, |x, y| {
+                        let t = if gt { sx(x, w) > sx(y, w) } else { x == y };
+                        if t {
+                            u64::MAX
+                        } else {
+                            0
+                        }
+                    })
+                })?;
+            }
+            M::Pminub => self.bin(i, |a, b| map2(a, b, 8, |x, y| x.min(y)))?,
+            M::Pmaxub => self.bin(i, |a, b| map2(a, b, 8, |x, y| x.max(y)))?,
+            M::Pminsw => self.bin(i, |a, b| map2(a, b, 16, |x, y| sx(x, 16).min(sx(y, 16)) as u64))?,
+            M::Pmaxsw => self.bin(i, |a, b| map2(a, b, 16, |x, y| sx(x, 16).max(sx(y, 16)) as u64))?,
+            M::Pavgb => self.bin(i, |a, b| map2(a, b, 8, |x, y| (x + y + 1) >> 1))?,
+            M::Pavgw => self.bin(i, |a, b| map2(a, b, 16, |x, y| (x + y + 1) >> 1))?,
+            M::Pmullw => self.bin(i, |a, b| map2(a, b, 16, |x, y| x.wrapping_mul(y)))?,
+            M::Pmulhw => self.bin(i, |a, b| map2(a, b, 16, |x, y| ((sx(x, 16) * sx(y, 16)) >> 16) as u64))?,
+            M::Pmulhuw => self.bin(i, |a, b| map2(a, b, 16, |x, y| (x * y) >> 16))?,
+            M::Pmuludq => self.bin(i, |a, b| map2(a, b, 64, |x, y| (x & 0xFFFF_FFFF) * (y & 0xFFFF_FFFF)))?,
+            M::Pmaddwd => self.bin(i, |a, b| {
+                map2(a, b, 32, |x, y| {
+                    let p0 = sx(x & 0xFFFF, 16) * sx(y & 0xFFFF, 16);
+                    let p1 = sx(x >> 16, 16) * sx(y >> 16, 16);
+                    (p0 + p1) as u64
+                })
+            })?,
+            M::Psadbw => self.bin(i, |a, b| {
+                map2(a, b, 64, |x, y| {
+                    (0..8).map(|k| ((x >> (8 * k)) & 0xFF).abs_diff((y >> (8 * k)) & 0xFF)).sum()
+                })
+            })?,
+            // ---- shifts ----
+            M::Psllw | M::Pslld | M::Psllq | M::Psrlw | M::Psrld | M::Psrlq | M::Psraw | M::Psrad => {
+                let w = match m {
+                    M::Psllw | M::Psrlw | M::Psraw => 16,
+                    M::Pslld | M::Psrld | M::Psrad => 32,
+                    _ => 64,
+                };
+                let cnt = if i.op_kind(1) == OpKind::Immediate8 {
+                    u64::from(i.immediate8())
+                } else {
+                    // The count is the low 64 bits of the source.
+                    self.src(i, 1)? as u64
+                };
+                let d = self.xmm(dn);
+                let r = map2(d, 0, w, |x, _| match m {
+                    M::Psllw | M::Pslld | M::Psllq => {
+                        if cnt >= u64::from(w) {
+                            0
+                        } else {
+                            x << cnt
+                        }
+                    }
+                    M::Psrlw | M::Psrld | M::Psrlq => {
+                        if cnt >= u64::from(w) {
+                            0
+                        } else {
+                            x >> cnt
+                        }
+                    }
+                    _ => (sx(x, w) >> cnt.min(u64::from(w) - 1)) as u64,
+                });
+                self.set_xmm(dn, r);
+            }
+            M::Pslldq | M::Psrldq => {
+                let n = u32::from(i.immediate8());
+                let d = self.xmm(dn);
+                let r = if n > 15 {
+                    0
+                } else if m == M::Pslldq {
+                    d << (8 * n)
+                } else {
+                    d >> (8 * n)
+                };
+                self.set_xmm(dn, r);
+            }
+            // ---- shuffles and unpacks ----
+            M::Pshufd => {
+                let s = self.src(i, 1)?;
+                let imm = u32::from(i.immediate8());
+                let mut r = 0u128;
+                for k in 0..4 {
+                    r |= u128::from(lanes_get(s, 32, (imm >> (2 * k)) & 3)) << (32 * k);
+                }
+                self.set_xmm(dn, r);
+            }
+            M::Pshuflw | M::Pshufhw => {
+                let s = self.src(i, 1)?;
+                let imm = u32::from(i.immediate8());
+                let base = if m == M::Pshuflw { 0 } else { 4 };
+                let mut r = s;
+                for k in 0..4u32 {
+                    let v = lanes_get(s, 16, base + ((imm >> (2 * k)) & 3));
+                    r &= !(0xFFFFu128 << (16 * (base + k)));
+                    r |= u128::from(v) << (16 * (base + k));
+                }
+                self.set_xmm(dn, r);
+            }
+            M::Punpcklbw | M::Punpcklwd | M::Punpckldq | M::Punpcklqdq | M::Punpckhbw | M::Punpckhwd
+            | M::Punpckhdq | M::Punpckhqdq | M::Unpcklps | M::Unpckhps | M::Unpcklpd | M::Unpckhpd => {
+                let w = match m {
+                    M::Punpcklbw | M::Punpckhbw => 8,
+                    M::Punpcklwd | M::Punpckhwd => 16,
+                    M::Punpckldq | M::Punpckhdq | M::Unpcklps | M::Unpckhps => 32,
+                    _ => 64,
+                };
+                let high =
+                    matches!(m, M::Punpckhbw | M::Punpckhwd | M::Punpckhdq | M::Punpckhqdq | M::Unpckhps | M::Unpckhpd);
+                let s = self.src(i, 1)?;
+                let d = self.xmm(dn);
+                let half = 64 / w;
+                let off = if high { half } else { 0 };
+                let mut r = 0u128;
+                for k in 0..half {
+                    r |= u128::from(lanes_get(d, w, off + k)) << (w * 2 * k);
+                    r |= u128::from(lanes_get(s, w, off + k)) << (w * (2 * k + 1));
+                }
+                self.set_xmm(dn, r);
+            }
+            M::Packsswb | M::Packssdw | M::Packuswb => {
+                let w = if m == M::Packssdw { 32 } else { 16 };
+                let s = self.src(i, 1)?;
+                let d = self.xmm(dn);
+                let n = 128 / w;
+                let mut r = 0u128;
+                for k in 0..2 * n {
+                    let x = if k < n { lanes_get(d, w, k) } else { lanes_get(s, w, k - n) };
+                    let v = if m == M::Packuswb { sat_u(sx(x, w), w / 2) } else { sat_s(sx(x, w), w / 2) };
+                    r |= u128::from(v & ((1u64 << (w / 2)) - 1)) << ((w / 2) * k);
+                }
+                self.set_xmm(dn, r);
+            }
+            M::Shufps => {
+                let s = self.src(i, 1)?;
+                let d = self.xmm(dn);
+                let imm = u32::from(i.immediate8());
+                let r = u128::from(lanes_get(d, 32, imm & 3))
+                    | (u128::from(lanes_get(d, 32, (imm >> 2) & 3)) << 32)
+                    | (u128::from(lanes_get(s, 32, (imm >> 4) & 3)) << 64)
+                    | (u128::from(lanes_get(s, 32, (imm >> 6) & 3)) << 96);
+                self.set_xmm(dn, r);
+            }
+            M::Shufpd => {
+                let s = self.src(i, 1)?;
+                let d = self.xmm(dn);
+                let imm = u32::from(i.immediate8());
+                let r = u128::from(lanes_get(d, 64, imm & 1)) | (u128::from(lanes_get(s, 64, (imm >> 1) & 1)) << 64);
+                self.set_xmm(dn, r);
+            }
+            M::Pextrw => {
+                let s = self.src(i, 1)?;
+                let v = lanes_get(s, 16, u32::from(i.immediate8()) & 7);
+                crate::fpu::set_gpr(self.cpu, i.op0_register().full_register32(), v);
+            }
+            M::Pinsrw => {
+                let v = (self.src(i, 1)? as u64) & 0xFFFF;
+                let k = u32::from(i.immediate8()) & 7;
+                let d = self.xmm(dn);
+                self.set_xmm(dn, (d & !(0xFFFFu128 << (16 * k))) | (u128::from(v) << (16 * k)));
+            }
+            // ---- floating point ----
+            M::Addss | M::Addsd | M::Addps | M::Addpd | M::Subss | M::Subsd | M::Subps | M::Subpd | M::Mulss
+            | M::Mulsd | M::Mulps | M::Mulpd | M::Divss | M::Divsd | M::Divps | M::Divpd => {
+                let op = match m {
+                    M::Addss | M::Addsd | M::Addps | M::Addpd => Op::Add,
+                    M::Subss | M::Subsd | M::Subps | M::Subpd => Op::Sub,
+                    M::Mulss | M::Mulsd | M::Mulps | M::Mulpd => Op::Mul,
+                    _ => Op::Div,
+                };
+                let (f, n) = shape(m);
+                let env = self.sse_env();
+                self.fp2(i, f, n, |a, b| {
+                    let (p, fl) = soft::arith(op, f, f.p, soft::daz(a, env), soft::daz(b, env), env, false);
+                    (p.bin(), fl)
+                })?;
+            }
+            M::Sqrtss | M::Sqrtsd | M::Sqrtps | M::Sqrtpd => {
+                let (f, n) = shape(m);
+                let env = self.sse_env();
+                self.fp2(i, f, n, |_, b| {
+                    let (p, fl) = soft::sqrt(f, f.p, soft::daz(b, env), env);
+                    (p.bin(), fl)
+                })?;
+            }
+            M::Minss | M::Minsd | M::Minps | M::Minpd | M::Maxss | M::Maxsd | M::Maxps | M::Maxpd => {
+                let (f, n) = shape(m);
+                let env = self.sse_env();
+                let min = matches!(m, M::Minss | M::Minsd | M::Minps | M::Minpd);
+                self.fp2_raw(i, f, n, |ra, rb| {
+                    let a = soft::daz(soft::unpack(f, ra), env);
+                    let b = soft::daz(soft::unpack(f, rb), env);
+                    let bz = if matches!(b, Val::Zero(_)) { soft::pack_zero(f, rb >> (f_bits(f) - 1) != 0) } else { rb };
+                    let az = if matches!(a, Val::Zero(_)) { soft::pack_zero(f, ra >> (f_bits(f) - 1) != 0) } else { ra };
+                    if soft::is_nan(a) || soft::is_nan(b) {
+                        return (bz, soft::IE);
+                    }
+                    let de = if soft::is_denormal(a) || soft::is_denormal(b) { soft::DE } else { 0 };
+                    let c = soft::compare(a, b);
+                    let pick_a = if min { c == Cmp::Lt } else { c == Cmp::Gt };
+                    (if pick_a { az } else { bz }, de)
+                })?;
+            }
+            M::Cmpss | M::Cmpsd | M::Cmpps | M::Cmppd => {
+                let (f, n) = shape(m);
+                let env = self.sse_env();
+                let pred = i.immediate8() & 7;
+                let ones = if f_bits(f) == 32 { 0xFFFF_FFFF } else { u64::MAX };
+                self.fp2_raw(i, f, n, |ra, rb| {
+                    let a = soft::daz(soft::unpack(f, ra), env);
+                    let b = soft::daz(soft::unpack(f, rb), env);
+                    let c = soft::compare(a, b);
+                    let signalling = matches!(pred, 1 | 2 | 5 | 6);
+                    let fl = cmp_flags(a, b, !signalling);
+                    let t = match pred {
+                        0 => c == Cmp::Eq,
+                        1 => c == Cmp::Lt,
+                        2 => c == Cmp::Lt || c == Cmp::Eq,
+                        3 => c == Cmp::Un,
+                        4 => c != Cmp::Eq,
+                        5 => c != Cmp::Lt,
+                        6 => !(c == Cmp::Lt || c == Cmp::Eq),
+                        _ => c != Cmp::Un,
+                    };
+                    (if t { ones } else { 0 }, fl)
+                })?;
+            }
+            M::Comiss | M::Comisd | M::Ucomiss | M::Ucomisd => {
+                let f = if matches!(m, M::Comiss | M::Ucomiss) { F32 } else { F64 };
+                let env = self.sse_env();
+                let ra = lanes_get(self.xmm(dn), f_bits(f), 0);
+                let rb = lanes_get(self.src(i, 1)?, f_bits(f), 0);
+                let a = soft::daz(soft::unpack(f, ra), env);
+                let b = soft::daz(soft::unpack(f, rb), env);
+                let fl = cmp_flags(a, b, matches!(m, M::Ucomiss | M::Ucomisd));
+                self.sse_flags(fl)?;
+                let r = match soft::compare(a, b) {
+                    Cmp::Gt => 0,
+                    Cmp::Lt => CF,
+                    Cmp::Eq => ZF,
+                    Cmp::Un => ZF | PF | CF,
+                };
+                let cur = self.cpu.rflags();
+                self.cpu.set_rflags((cur & !(CF | PF | ZF | OF | SF | AF)) | r);
+            }
+            // ---- conversions ----
+            M::Cvtsi2ss | M::Cvtsi2sd => {
+                let f = if m == M::Cvtsi2ss { F32 } else { F64 };
+                let bits = if i.op_kind(1) == OpKind::Register {
+                    (i.op1_register().size() * 8) as u32
+                } else {
+                    (i.memory_size().size() * 8) as u32
+                };
+                let v = sx(self.src(i, 1)? as u64, bits);
+                let env = self.sse_env();
+                let (p, fl) = soft::from_int(f, f.p, v, env);
+                self.sse_flags(fl)?;
+                let w = f_bits(f);
+                let d = self.xmm(dn);
+                let mask = if w == 32 { 0xFFFF_FFFFu128 } else { u128::from(u64::MAX) };
+                self.set_xmm(dn, (d & !mask) | u128::from(p.bin()));
+            }
+            M::Cvtss2sd | M::Cvtsd2ss => {
+                let (from, to) = if m == M::Cvtss2sd { (F32, F64) } else { (F64, F32) };
+                let env = self.sse_env();
+                let s = lanes_get(self.src(i, 1)?, f_bits(from), 0);
+                let (p, fl) = soft::convert(to, to.p, soft::daz(soft::unpack(from, s), env), env);
+                self.sse_flags(fl)?;
+                let w = f_bits(to);
+                let d = self.xmm(dn);
+                let mask = if w == 32 { 0xFFFF_FFFFu128 } else { u128::from(u64::MAX) };
+                self.set_xmm(dn, (d & !mask) | u128::from(p.bin()));
+            }
+            M::Cvtss2si | M::Cvttss2si | M::Cvtsd2si | M::Cvttsd2si => {
+                let f = if matches!(m, M::Cvtss2si | M::Cvttss2si) { F32 } else { F64 };
+                let env = self.sse_env();
+                let rc = if matches!(m, M::Cvttss2si | M::Cvttsd2si) { soft::RZ } else { env.rc };
+                let bits = (i.op0_register().size() * 8) as u32;
+                let s = lanes_get(self.src(i, 1)?, f_bits(f), 0);
+                let (r, fl) = soft::to_int(soft::daz(soft::unpack(f, s), env), bits, rc);
+                self.sse_flags(fl)?;
+                crate::fpu::set_gpr(self.cpu, i.op0_register(), r as u64);
+            }
+            M::Cvtdq2ps => {
+                let s = self.src(i, 1)?;
+                let env = self.sse_env();
+                let mut fl = 0;
+                let r = map2(s, 0, 32, |x, _| {
+                    let (p, f) = soft::from_int(F32, 24, sx(x, 32), env);
+                    fl |= f;
+                    p.bin()
+                });
+                self.sse_flags(fl)?;
+                self.set_xmm(dn, r);
+            }
+            M::Cvtps2dq | M::Cvttps2dq => {
+                let s = self.src(i, 1)?;
+                let env = self.sse_env();
+                let rc = if m == M::Cvttps2dq { soft::RZ } else { env.rc };
+                let mut fl = 0;
+                let r = map2(s, 0, 32, |x, _| {
+                    let (v, f) = soft::to_int(soft::daz(soft::unpack(F32, x), env), 32, rc);
+                    fl |= f;
+                    v as u64
+                });
+                self.sse_flags(fl)?;
+                self.set_xmm(dn, r);
+            }
+            M::Cvtdq2pd => {
+                let s = self.src(i, 1)?;
+                let env = self.sse_env();
+                let mut r = 0u128;
+                for k in 0..2 {
+                    let (p, _) = soft::from_int(F64, 53, sx(lanes_get(s, 32, k), 32), env);
+                    r |= u128::from(p.bin()) << (64 * k);
+                }
+                self.set_xmm(dn, r);
+            }
+            M::Cvtpd2dq | M::Cvttpd2dq => {
+                let s = self.src(i, 1)?;
+                let env = self.sse_env();
+                let rc = if m == M::Cvttpd2dq { soft::RZ } else { env.rc };
+                let mut fl = 0;
+                let mut r = 0u128;
+                for k in 0..2 {
+                    let (v, f) = soft::to_int(soft::daz(soft::unpack(F64, lanes_get(s, 64, k)), env), 32, rc);
+                    fl |= f;
+                    r |= u128::from(v as u32) << (32 * k);
+                }
+                self.sse_flags(fl)?;
+                self.set_xmm(dn, r);
+            }
+            M::Cvtps2pd | M::Cvtpd2ps => {
+                let s = self.src(i, 1)?;
+                let env = self.sse_env();
+                let (from, to) = if m == M::Cvtps2pd { (F32, F64) } else { (F64, F32) };
+                let mut fl = 0;
+                let mut r = 0u128;
+                for k in 0..2 {
+                    let x = lanes_get(s, f_bits(from), k);
+                    let (p, f) = soft::convert(to, to.p, soft::daz(soft::unpack(from, x), env), env);
+                    fl |= f;
+                    r |= u128::from(p.bin()) << (f_bits(to) * k);
+                }
+                self.sse_flags(fl)?;
+                self.set_xmm(dn, r);
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// dst = f(dst, src) on 128 bits.
+    fn bin(&mut self, i: &Instruction, f: impl Fn(u128, u128) -> u128) -> Result<(), Exception> {
+        let dn = xmm_index(i.op0_register()).unwrap_or(0);
+        let s = self.src(i, 1)?;
+        let d = self.xmm(dn);
+        self.set_xmm(dn, f(d, s));
+        Ok(())
+    }
+
+    /// A floating-point operation on `n` lanes of `f` (1 = scalar: the other lanes of the
+    /// destination are kept), operands unpacked.
+    fn fp2(&mut self, i: &Instruction, f: Fmt, n: u32, op: impl Fn(Val, Val) -> (u64, u32)) -> Result<(), Exception> {
+        self.fp2_raw(i, f, n, |a, b| op(soft::unpack(f, a), soft::unpack(f, b)))
+    }
+
+    fn fp2_raw(&mut self, i: &Instruction, f: Fmt, n: u32, op: impl Fn(u64, u64) -> (u64, u32)) -> Result<(), Exception> {
+        let dn = xmm_index(i.op0_register()).unwrap_or(0);
+        let s = self.src(i, 1)?;
+        let d = self.xmm(dn);
+        let w = f_bits(f);
+        let mut r = d;
+        let mut fl = 0;
+        for k in 0..n {
+            let (v, f2) = op(lanes_get(d, w, k), lanes_get(s, w, k));
+            fl |= f2;
+            let mask = (if w == 64 { u128::from(u64::MAX) } else { 0xFFFF_FFFF }) << (w * k);
+            r = (r & !mask) | (u128::from(v) << (w * k));
+        }
+        self.sse_flags(fl)?;
+        self.set_xmm(dn, r);
+        Ok(())
+    }
+}
+
+fn f_bits(f: Fmt) -> u32 {
+    if f == F32 {
+        32
+    } else {
+        64
+    }
+}
+
+/// (format, lanes) of a floating-point arithmetic mnemonic.
+fn shape(m: Mnemonic) -> (Fmt, u32) {
+    use Mnemonic as M;
+    match m {
+        M::Addss | M::Subss | M::Mulss | M::Divss | M::Sqrtss | M::Minss | M::Maxss | M::Cmpss => (F32, 1),
+        M::Addsd | M::Subsd | M::Mulsd | M::Divsd | M::Sqrtsd | M::Minsd | M::Maxsd | M::Cmpsd => (F64, 1),
+        M::Addps | M::Subps | M::Mulps | M::Divps | M::Sqrtps | M::Minps | M::Maxps | M::Cmpps => (F32, 4),
+        _ => (F64, 2),
+    }
+}
+
+/// SSE compare flags: IE on an SNaN (or any NaN when `quiet` is false), else DE on a
+/// denormal operand.
+fn cmp_flags(a: Val, b: Val, quiet: bool) -> u32 {
+    let nan = soft::is_nan(a) || soft::is_nan(b);
+    let snan = soft::is_snan(a) || soft::is_snan(b);
+    if snan || (nan && !quiet) {
+        return soft::IE;
+    }
+    if nan {
+        return 0;
+    }
+    if soft::is_denormal(a) || soft::is_denormal(b) {
+        soft::DE
+    } else {
+        0
+    }
+}
