@@ -9,7 +9,7 @@ mod x87;
 use crate::exception::Exception;
 use crate::interp::{Cx, Stop};
 use crate::state::{cr, CpuMode, FpuState, SegReg, MXCSR_MASK};
-use iced_x86::{Instruction, Mnemonic, OpKind, Register};
+use iced_x86::{Instruction, Mnemonic, Register};
 
 pub(crate) type R<T> = Result<T, Stop>;
 
