@@ -23,6 +23,10 @@ pub const TINY: u32 = 0x100;
 /// Internal: the magnitude was rounded up (the x87 reports it in C1).
 pub const UP: u32 = 0x200;
 
+/// Internal: the result is inexact at the destination precision with an unbounded exponent
+/// (what the precision flag reports with unmasked overflow or underflow).
+pub const PEU: u32 = 0x400;
+
 /// Rounding control, encoded as in the x87 control word and MXCSR.
 pub const RN: u8 = 0;
 /// Round down (toward -inf).
@@ -272,8 +276,10 @@ fn round_at_up(m: u128, drop: u32, s: bool, rc: u8) -> (u128, bool, bool) {
     if drop == 0 {
         return (m, false, false);
     }
-    let (kept, rest, half) = if drop >= 128 {
+    let (kept, rest, half) = if drop > 128 {
         (0u128, m, None)
+    } else if drop == 128 {
+        (0u128, m, Some(1u128 << 127))
     } else {
         (m >> drop, m & ((1u128 << drop) - 1), Some(1u128 << (drop - 1)))
     };
@@ -316,19 +322,19 @@ pub fn round_pack(f: Fmt, prec: u32, s: bool, m: u128, e: i32, env: Env) -> (Pac
         let v = if to_inf {
             inf(f, s)
         } else {
-            let sig = ((1u64 << prec) - 1) << (if f.explicit { 64 - prec } else { f.p - prec });
+            let sig = (u64::MAX >> (64 - prec)) << (if f.explicit { 64 - prec } else { f.p - prec });
             pack_fields(f, s, (emax + bias) as u64, sig)
         };
-        return (v, OE | PE | if to_inf { UP } else { 0 });
+        return (v, OE | PE | if to_inf { UP } else { 0 } | if inexact { PEU } else { 0 });
     }
     let tiny = eu < emin;
     if el < emin {
         if env.ftz && tiny {
-            return (zero(f, s), UE | PE | TINY);
+            return (zero(f, s), UE | PE | TINY | if inexact { PEU } else { 0 });
         }
         let drop = 128 - prec + (emin - el) as u32;
         let (d, inx, dup) = round_at_up(m, drop, s, env.rc);
-        let mut flags = if inx { PE } else { 0 } | if dup { UP } else { 0 };
+        let mut flags = if inx { PE } else { 0 } | if dup { UP } else { 0 } | if inexact { PEU } else { 0 };
         if tiny {
             flags |= TINY;
             if inx {
@@ -343,7 +349,7 @@ pub fn round_pack(f: Fmt, prec: u32, s: bool, m: u128, e: i32, env: Env) -> (Pac
     }
     let sig = r as u64;
     let shifted = if f.explicit { sig << (64 - prec) } else { sig << (f.p - prec) };
-    (pack_fields(f, s, (eu + bias) as u64, shifted), if inexact { PE } else { 0 } | if up { UP } else { 0 })
+    (pack_fields(f, s, (eu + bias) as u64, shifted), if inexact { PE | PEU } else { 0 } | if up { UP } else { 0 })
 }
 
 /// Applies DAZ to an unpacked operand.
@@ -433,7 +439,8 @@ pub fn arith(op: Op, f: Fmt, prec: u32, a: Val, b: Val, env: Env, x87: bool) -> 
             (Inf(sa), x) => (inf(f, sa ^ sign(x)), 0),
             (x, Inf(sb)) => (zero(f, sb ^ sign(x)), 0),
             (Zero(sa), x) => (zero(f, sa ^ sign(x)), 0),
-            (Fin { s, .. }, Zero(sb)) => return (inf(f, s ^ sb), ZE | de),
+            // A denormal dividend is not reported with a zero divisor.
+            (Fin { s, .. }, Zero(sb)) => return (inf(f, s ^ sb), ZE),
             (Fin { s: sa, m: ma, e: ea, .. }, Fin { s: sb, m: mb, e: eb, .. }) => {
                 // Normalize both to bit 63, then a 128-bit quotient with a sticky remainder.
                 let la = ma.leading_zeros();

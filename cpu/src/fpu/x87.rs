@@ -6,7 +6,7 @@ use crate::exception::Exception;
 use crate::interp::Cx;
 use crate::state::rflags::{AF, CF, OF, PF, SF, ZF};
 use crate::state::{CpuMode, FpuState, SegReg};
-use iced_x86::{ConditionCode, Instruction, MemorySize, Mnemonic, OpKind, Register};
+use iced_x86::{Instruction, MemorySize, Mnemonic, OpKind, Register};
 
 const C0: u16 = fsw::C0;
 const C1: u16 = fsw::C1;
@@ -129,16 +129,21 @@ impl Cx<'_> {
     /// be written (no unmasked invalid, zero-divide or denormal exception).
     fn x87_raise(&mut self, flags: u32) -> bool {
         let f = &mut self.cpu.fpu;
+        let pre = (flags & (soft::IE | soft::DE | soft::ZE)) as u16;
+        if pre & !f.fcw & 0x3F != 0 {
+            // An unmasked invalid, denormal or zero-divide exception: nothing is computed.
+            f.fsw |= pre | fsw::ES | fsw::B;
+            return false;
+        }
         let ex = (flags & 0x3F) as u16;
         f.fsw |= ex;
         if flags & soft::UP != 0 && flags & soft::PE != 0 {
             f.fsw |= C1;
         }
-        let unmasked = ex & !f.fcw & 0x3F;
-        if unmasked != 0 {
+        if ex & !f.fcw & 0x3F != 0 {
             f.fsw |= fsw::ES | fsw::B;
         }
-        unmasked & 0x07 == 0
+        true
     }
 
     /// Stack underflow on reading an empty register: IE|SF, C1=0. Returns whether the
@@ -231,8 +236,7 @@ impl Cx<'_> {
         // The control instructions without a wait do not check for pending exceptions.
         let no_wait = matches!(
             m,
-            M::Fninit | M::Fnstsw | M::Fnstcw | M::Fnclex | M::Fnstenv | M::Fnsave | M::Fnop | M::Fndisi | M::Fneni
-                | M::Fnsetpm
+            M::Fninit | M::Fnstsw | M::Fnstcw | M::Fnclex | M::Fnstenv | M::Fnsave | M::Fndisi | M::Fneni | M::Fnsetpm
         );
         let wait_form = matches!(m, M::Finit | M::Fstsw | M::Fstcw | M::Fclex | M::Fstenv | M::Fsave);
         if wait_form {
@@ -443,7 +447,11 @@ impl Cx<'_> {
                             self.x87_push(X80::default());
                             return Ok(());
                         }
-                        if !self.x87_raise(fl & !soft::UP) {
+                        // An unmasked denormal exception still loads the operand; an unmasked
+                        // invalid one (SNaN) does not.
+                        let unmasked_ie = fl & soft::IE != 0 && self.cpu.fpu.fcw & 1 == 0;
+                        self.x87_raise(fl & !soft::UP);
+                        if unmasked_ie {
                             return Ok(());
                         }
                         Some(pk(p))
@@ -451,11 +459,11 @@ impl Cx<'_> {
                 } else {
                     let n = st_index(i.op0_register());
                     if self.cpu.fpu.st_empty(n) {
+                        // Stack underflow takes precedence over overflow.
                         if self.x87_underflow() {
-                            Some(X80::INDEFINITE)
-                        } else {
-                            None
+                            self.cpu.fpu.push_raw(X80::INDEFINITE);
                         }
+                        None
                     } else {
                         Some(self.cpu.fpu.st_get(n))
                     }
@@ -468,6 +476,15 @@ impl Cx<'_> {
                 self.cpu.fpu.fsw &= !C1;
                 let v = constant(m, self.cpu.fpu.env().rc);
                 self.x87_push(v);
+            }
+            M::Fstpnce => {
+                // D9 D8+i: copies ST(0) with its tag to ST(i) and pops, without any check.
+                let n = st_index(i.op0_register());
+                let f = &mut self.cpu.fpu;
+                let (ps, pd) = (f.phys(0), f.phys(n));
+                f.st[pd] = f.st[ps];
+                f.ftw = (f.ftw & !(1 << pd)) | (((f.ftw >> ps) & 1) << pd);
+                f.pop();
             }
             M::Fst | M::Fstp | M::Fist | M::Fistp | M::Fbstp => {
                 self.cpu.fpu.fsw &= !C1;
@@ -721,7 +738,7 @@ impl Cx<'_> {
                         (Cmp::Un, ok)
                     }
                 };
-                if ok {
+                {
                     let bits = match cc {
                         Cmp::Gt => 0,
                         Cmp::Lt => C0,
@@ -730,7 +747,7 @@ impl Cx<'_> {
                     };
                     self.cpu.fpu.fsw |= bits;
                 }
-                if ok || self.cpu.fpu.fcw & 1 != 0 {
+                if ok {
                     for _ in 0..pops {
                         self.cpu.fpu.pop();
                     }
@@ -747,7 +764,7 @@ impl Cx<'_> {
                     }
                     _ => (Cmp::Un, self.x87_underflow()),
                 };
-                if ok {
+                {
                     let f = match cc {
                         Cmp::Gt => 0,
                         Cmp::Lt => CF,
@@ -756,7 +773,7 @@ impl Cx<'_> {
                     };
                     let cur = self.cpu.rflags();
                     self.cpu.set_rflags((cur & !(CF | PF | ZF | OF | SF | AF)) | f);
-                    if matches!(m, M::Fcomip | M::Fucomip) {
+                    if ok && matches!(m, M::Fcomip | M::Fucomip) {
                         self.cpu.fpu.pop();
                     }
                 }
@@ -792,14 +809,14 @@ impl Cx<'_> {
                     return Ok(());
                 }
                 let fl = self.cpu.rflags();
-                let take = match i.condition_code() {
-                    ConditionCode::b => fl & CF != 0,
-                    ConditionCode::e => fl & ZF != 0,
-                    ConditionCode::be => fl & (CF | ZF) != 0,
-                    ConditionCode::p => fl & PF != 0,
-                    ConditionCode::ae => fl & CF == 0,
-                    ConditionCode::ne => fl & ZF == 0,
-                    ConditionCode::a => fl & (CF | ZF) == 0,
+                let take = match m {
+                    M::Fcmovb => fl & CF != 0,
+                    M::Fcmove => fl & ZF != 0,
+                    M::Fcmovbe => fl & (CF | ZF) != 0,
+                    M::Fcmovu => fl & PF != 0,
+                    M::Fcmovnb => fl & CF == 0,
+                    M::Fcmovne => fl & ZF == 0,
+                    M::Fcmovnbe => fl & (CF | ZF) == 0,
                     _ => fl & PF == 0,
                 };
                 if take {

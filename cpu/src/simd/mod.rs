@@ -133,7 +133,14 @@ impl Cx<'_> {
             post |= soft::UE;
         }
         let raise = if pre & !masks != 0 {
+            // Pre-computation exceptions: the operation is not performed.
             self.cpu.fpu.mxcsr |= pre;
+            true
+        } else if post & !masks & (soft::OE | soft::UE) != 0 {
+            // Unmasked overflow/underflow: the precision flag says whether the result is exact
+            // with an unbounded exponent (the scaled result).
+            let pe = if flags & soft::PEU != 0 { soft::PE } else { 0 };
+            self.cpu.fpu.mxcsr |= pre | (post & (soft::OE | soft::UE)) | pe;
             true
         } else {
             self.cpu.fpu.mxcsr |= pre | post;
