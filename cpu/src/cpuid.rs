@@ -64,32 +64,32 @@ use Reg::{Ecx, Edx};
 pub const FEATURES: &[Feature] = &[
     // Leaf 1 EDX.
     f(1, Edx, 0, Some(C::FPU), Partial),
-    f(1, Edx, 3, None, Advertised),             // PSE
-    f(1, Edx, 4, Some(C::TSC), Advertised),     // TSC
-    f(1, Edx, 5, Some(C::MSR), Advertised),     // MSR
-    f(1, Edx, 6, None, Advertised),             // PAE
-    f(1, Edx, 8, Some(C::CX8), Advertised),     // CX8
-    f(1, Edx, 13, None, Advertised),            // PGE
-    f(1, Edx, 15, Some(C::CMOV), Advertised),   // CMOV
-    f(1, Edx, 16, None, Advertised),            // PAT
-    f(1, Edx, 23, Some(C::MMX), Absent),        // MMX
-    f(1, Edx, 24, Some(C::FXSR), Advertised),   // FXSAVE/FXRSTOR
-    f(1, Edx, 25, Some(C::SSE), Partial),       // SSE
-    f(1, Edx, 26, Some(C::SSE2), Partial),      // SSE2
+    f(1, Edx, 3, None, Advertised),           // PSE
+    f(1, Edx, 4, Some(C::TSC), Advertised),   // TSC
+    f(1, Edx, 5, Some(C::MSR), Advertised),   // MSR
+    f(1, Edx, 6, None, Advertised),           // PAE
+    f(1, Edx, 8, Some(C::CX8), Advertised),   // CX8
+    f(1, Edx, 13, None, Advertised),          // PGE
+    f(1, Edx, 15, Some(C::CMOV), Advertised), // CMOV
+    f(1, Edx, 16, None, Advertised),          // PAT
+    f(1, Edx, 23, Some(C::MMX), Absent),      // MMX
+    f(1, Edx, 24, Some(C::FXSR), Advertised), // FXSAVE/FXRSTOR
+    f(1, Edx, 25, Some(C::SSE), Partial),     // SSE
+    f(1, Edx, 26, Some(C::SSE2), Partial),    // SSE2
     // Leaf 1 ECX.
-    f(1, Ecx, 0, Some(C::SSE3), Absent),        // SSE3
-    f(1, Ecx, 9, Some(C::SSSE3), Absent),       // SSSE3
+    f(1, Ecx, 0, Some(C::SSE3), Absent),            // SSE3
+    f(1, Ecx, 9, Some(C::SSSE3), Absent),           // SSSE3
     f(1, Ecx, 13, Some(C::CMPXCHG16B), Advertised), // CX16
-    f(1, Ecx, 19, Some(C::SSE4_1), Absent),     // SSE4.1
-    f(1, Ecx, 20, Some(C::SSE4_2), Absent),     // SSE4.2
-    f(1, Ecx, 23, Some(C::POPCNT), Advertised), // POPCNT
-    f(1, Ecx, 26, Some(C::XSAVE), Partial),     // XSAVE (XGETBV/XSETBV only so far)
+    f(1, Ecx, 19, Some(C::SSE4_1), Absent),         // SSE4.1
+    f(1, Ecx, 20, Some(C::SSE4_2), Absent),         // SSE4.2
+    f(1, Ecx, 23, Some(C::POPCNT), Advertised),     // POPCNT
+    f(1, Ecx, 26, Some(C::XSAVE), Partial),         // XSAVE (XGETBV/XSETBV only so far)
     // Leaf 0x8000_0001.
-    f(0x8000_0001, Ecx, 0, None, Advertised),   // LAHF/SAHF in 64-bit mode
+    f(0x8000_0001, Ecx, 0, None, Advertised), // LAHF/SAHF in 64-bit mode
     f(0x8000_0001, Ecx, 5, Some(C::LZCNT), Advertised), // ABM (LZCNT)
     f(0x8000_0001, Edx, 11, Some(C::SYSCALL), Advertised),
-    f(0x8000_0001, Edx, 20, None, Advertised),  // NX
-    f(0x8000_0001, Edx, 29, None, Advertised),  // LM
+    f(0x8000_0001, Edx, 20, None, Advertised), // NX
+    f(0x8000_0001, Edx, 29, None, Advertised), // LM
 ];
 
 /// The advertised bits of `leaf` in register `reg`.

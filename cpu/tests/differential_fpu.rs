@@ -34,7 +34,10 @@ mod host {
     use cpu::state::rflags::{AF, CF, DF, OF, PF, SF, ZF};
     use cpu::{CpuState, Exception, ExecutionEngine, Interpreter, RamBus};
     use iced_x86::code_asm::*;
-    use iced_x86::{Code, CpuidFeature, EncodingKind, Encoder, Instruction, MemoryOperand, Mnemonic, OpCodeOperandKind as K, OpKind, Register};
+    use iced_x86::{
+        Code, CpuidFeature, Encoder, EncodingKind, Instruction, MemoryOperand, Mnemonic, OpCodeOperandKind as K,
+        OpKind, Register,
+    };
     use std::collections::BTreeMap;
     use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -215,9 +218,26 @@ mod host {
         fn f32(&mut self) -> u32 {
             let s = (self.next() as u32) & 0x8000_0000;
             let specials = [
-                0, 0x7F80_0000, 0x7FC0_0000, 0x7FA0_0000, 0x7F80_0001, 0x7FFF_FFFF, 0x0000_0001, 0x007F_FFFF,
-                0x0040_0000, 0x0080_0000, 0x7F7F_FFFF, 0x3F80_0000, 0x4F00_0000, 0x4F80_0000, 0x5F00_0000,
-                0x3F00_0000, 0x3FC0_0000, 0x4B00_0000, 0x0080_0001, 0x3400_0000,
+                0,
+                0x7F80_0000,
+                0x7FC0_0000,
+                0x7FA0_0000,
+                0x7F80_0001,
+                0x7FFF_FFFF,
+                0x0000_0001,
+                0x007F_FFFF,
+                0x0040_0000,
+                0x0080_0000,
+                0x7F7F_FFFF,
+                0x3F80_0000,
+                0x4F00_0000,
+                0x4F80_0000,
+                0x5F00_0000,
+                0x3F00_0000,
+                0x3FC0_0000,
+                0x4B00_0000,
+                0x0080_0001,
+                0x3400_0000,
             ];
             match self.below(8) {
                 0..=2 => s | self.pick(&specials),
@@ -230,11 +250,26 @@ mod host {
         fn f64(&mut self) -> u64 {
             let s = self.next() & (1 << 63);
             let specials = [
-                0u64, 0x7FF0_0000_0000_0000, 0x7FF8_0000_0000_0000, 0x7FF4_0000_0000_0000, 0x7FF0_0000_0000_0001,
-                0x0000_0000_0000_0001, 0x000F_FFFF_FFFF_FFFF, 0x0010_0000_0000_0000, 0x7FEF_FFFF_FFFF_FFFF,
-                0x3FF0_0000_0000_0000, 0x41E0_0000_0000_0000, 0x43E0_0000_0000_0000, 0x3FE0_0000_0000_0000,
-                0x41DF_FFFF_FFC0_0000, 0x41E0_0000_0000_0001, 0x3690_0000_0000_0000, 0x47EF_FFFF_E000_0000,
-                0x47EF_FFFF_F000_0000, 0x3810_0000_0000_0000, 0x380F_FFFF_F000_0000,
+                0u64,
+                0x7FF0_0000_0000_0000,
+                0x7FF8_0000_0000_0000,
+                0x7FF4_0000_0000_0000,
+                0x7FF0_0000_0000_0001,
+                0x0000_0000_0000_0001,
+                0x000F_FFFF_FFFF_FFFF,
+                0x0010_0000_0000_0000,
+                0x7FEF_FFFF_FFFF_FFFF,
+                0x3FF0_0000_0000_0000,
+                0x41E0_0000_0000_0000,
+                0x43E0_0000_0000_0000,
+                0x3FE0_0000_0000_0000,
+                0x41DF_FFFF_FFC0_0000,
+                0x41E0_0000_0000_0001,
+                0x3690_0000_0000_0000,
+                0x47EF_FFFF_E000_0000,
+                0x47EF_FFFF_F000_0000,
+                0x3810_0000_0000_0000,
+                0x380F_FFFF_F000_0000,
             ];
             match self.below(8) {
                 0..=2 => s | self.pick(&specials),
@@ -252,12 +287,15 @@ mod host {
                 1 => (1 << 63, 0x7FFF),
                 2 => (0xC000_0000_0000_0000, 0x7FFF),
                 3 => (0xA000_0000_0000_0000 | (self.next() & 0xFFFF), 0x7FFF),
-                4 => (self.next() >> 1, 0),                    // denormal
-                5 => ((1 << 63) | self.next(), 0),             // pseudo-denormal
+                4 => (self.next() >> 1, 0),                             // denormal
+                5 => ((1 << 63) | self.next(), 0),                      // pseudo-denormal
                 6 => (self.next() >> 1, 1 + self.below(0x7FFE) as u16), // unnormal
                 7 => ((1 << 63) | self.next(), 0x3FFF + self.below(64) as u16 - 16),
                 8 => ((1 << 63) | (self.next() & !0xFFF), 0x3FFF + self.below(4) as u16),
-                9 => ((1 << 63) | self.next(), self.pick(&[1u16, 0x7FFE, 0x3C01, 0x3C00, 0x3F81, 0x3F80, 0x43FE, 0x407E])),
+                9 => (
+                    (1 << 63) | self.next(),
+                    self.pick(&[1u16, 0x7FFE, 0x3C01, 0x3C00, 0x3F81, 0x3F80, 0x43FE, 0x407E]),
+                ),
                 10 => {
                     let v = (self.below(2000) as f64 - 1000.0) / 4.0;
                     let b = v.to_bits();
@@ -277,7 +315,18 @@ mod host {
         }
         fn int(&mut self) -> u64 {
             match self.below(6) {
-                0 => self.pick(&[0, 1, u64::MAX, 0x8000_0000, 0x7FFF_FFFF, 1 << 63, (1 << 63) - 1, 0xFFFF_8000, 0x8000, 0x7FFF]),
+                0 => self.pick(&[
+                    0,
+                    1,
+                    u64::MAX,
+                    0x8000_0000,
+                    0x7FFF_FFFF,
+                    1 << 63,
+                    (1 << 63) - 1,
+                    0xFFFF_8000,
+                    0x8000,
+                    0x7FFF,
+                ]),
                 1 => self.below(200).wrapping_sub(100),
                 2 => 999_999_999_999_999_999 - self.below(3),
                 _ => self.next(),
@@ -319,14 +368,28 @@ mod host {
             if !(fpu || sse) || !cpu::cpuid::executes(feats) {
                 continue;
             }
-            if feats.iter().any(|f| matches!(f, CpuidFeature::FPU287 | CpuidFeature::FPU287XL_ONLY | CpuidFeature::FPU387SL_ONLY)) {
+            if feats
+                .iter()
+                .any(|f| matches!(f, CpuidFeature::FPU287 | CpuidFeature::FPU287XL_ONLY | CpuidFeature::FPU387SL_ONLY))
+            {
                 continue;
             }
             if !oc.op_kinds().iter().all(|k| {
                 matches!(
                     k,
-                    K::xmm_reg | K::xmm_rm | K::xmm_or_mem | K::mem | K::r32_or_mem | K::r64_or_mem | K::r32_reg
-                        | K::r64_reg | K::r32_rm | K::r64_rm | K::imm8 | K::st0 | K::sti_opcode
+                    K::xmm_reg
+                        | K::xmm_rm
+                        | K::xmm_or_mem
+                        | K::mem
+                        | K::r32_or_mem
+                        | K::r64_or_mem
+                        | K::r32_reg
+                        | K::r64_reg
+                        | K::r32_rm
+                        | K::r64_rm
+                        | K::imm8
+                        | K::st0
+                        | K::sti_opcode
                 )
             }) {
                 continue;
@@ -447,7 +510,8 @@ mod host {
         fx[0..2].copy_from_slice(&fcw.to_le_bytes());
         fx[2..4].copy_from_slice(&fsw.to_le_bytes());
         fx[4] = ftw;
-        let mut mx: u32 = ((rng.below(4) as u32) << 13) | if rng.chance(80) { 0x1F80 } else { (rng.below(64) as u32) << 7 };
+        let mut mx: u32 =
+            ((rng.below(4) as u32) << 13) | if rng.chance(80) { 0x1F80 } else { (rng.below(64) as u32) << 7 };
         if rng.chance(30) {
             mx |= 1 << 6;
         }
@@ -585,7 +649,14 @@ mod host {
     const GUEST_CODE: u64 = 0x0200_0000;
     const GUEST_SLOTS: u64 = 4096;
 
-    fn run_guest(c: &Case, code: &[u8], n: u64, tmpl: &CpuState, bus: &mut RamBus, interp: &mut Interpreter) -> Outcome {
+    fn run_guest(
+        c: &Case,
+        code: &[u8],
+        n: u64,
+        tmpl: &CpuState,
+        bus: &mut RamBus,
+        interp: &mut Interpreter,
+    ) -> Outcome {
         let mut s = tmpl.clone();
         let img = c.fx;
         s.fpu.fxrstor_image(&img, true, true, 16);
@@ -668,7 +739,11 @@ mod host {
         if a.scratch != b.scratch {
             let at = (0..SCRATCH_LEN).find(|&x| a.scratch[x] != b.scratch[x]).unwrap_or(0);
             let st = (at & !7).min(SCRATCH_LEN - 16);
-            s += &format!(" memory +{at:#x} host {:02x?} interp {:02x?};", &a.scratch[st..st + 16], &b.scratch[st..st + 16]);
+            s += &format!(
+                " memory +{at:#x} host {:02x?} interp {:02x?};",
+                &a.scratch[st..st + 16],
+                &b.scratch[st..st + 16]
+            );
         }
         s
     }
@@ -682,7 +757,7 @@ mod host {
         let thunk = thunk_code();
         // SAFETY: the mapping at BASE is ours and large enough for the thunk.
         unsafe { std::ptr::copy_nonoverlapping(thunk.as_ptr(), THUNK as *mut u8, thunk.len()) };
-        let seed = std::env::var("FERRO_FPU_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5EED_F9u64);
+        let seed = std::env::var("FERRO_FPU_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x005E_EDF9_u64);
         let cases: u64 = std::env::var("FERRO_FPU_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(210_000);
         let verbose = std::env::var("FERRO_FPU_VERBOSE").is_ok();
         let forms = forms();

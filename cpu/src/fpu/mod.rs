@@ -418,7 +418,9 @@ impl Cx<'_> {
             _ => {
                 let feats = i.cpuid_features();
                 use iced_x86::CpuidFeature as C;
-                if feats.iter().any(|f| matches!(f, C::FPU | C::FPU287 | C::FPU387 | C::FPU287XL_ONLY | C::FPU387SL_ONLY))
+                if feats
+                    .iter()
+                    .any(|f| matches!(f, C::FPU | C::FPU287 | C::FPU387 | C::FPU287XL_ONLY | C::FPU387SL_ONLY))
                 {
                     return self.exec_x87(i);
                 }

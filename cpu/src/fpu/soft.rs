@@ -500,8 +500,11 @@ fn add(f: Fmt, prec: u32, a: Val, b: Val, env: Env) -> (Packed, u32) {
             let (la, lb) = (ma.leading_zeros() as i32, mb.leading_zeros() as i32);
             let (xa, xe) = (u128::from(ma) << (62 + la), ea - 62 - la);
             let (xb, ye) = (u128::from(mb) << (62 + lb), eb - 62 - lb);
-            let ((big, bs, be), (small, ss, se)) =
-                if xe > ye || (xe == ye && xa >= xb) { ((xa, sa, xe), (xb, sb, ye)) } else { ((xb, sb, ye), (xa, sa, xe)) };
+            let ((big, bs, be), (small, ss, se)) = if xe > ye || (xe == ye && xa >= xb) {
+                ((xa, sa, xe), (xb, sb, ye))
+            } else {
+                ((xb, sb, ye), (xa, sa, xe))
+            };
             let d = (be - se) as u32;
             let small = if d == 0 {
                 small

@@ -1,6 +1,6 @@
 //! x87 instructions.
 
-use super::soft::{self, Cmp, Env, Fmt, Op, Packed, Val, X80, F32, F64, F80};
+use super::soft::{self, Cmp, Env, Fmt, Op, Packed, Val, F32, F64, F80, X80};
 use super::{check_available, fsw, Class, R};
 use crate::exception::Exception;
 use crate::interp::Cx;
@@ -321,10 +321,7 @@ impl Cx<'_> {
 
     /// Size of the FSTENV image: 14 bytes with a 16-bit operand size, 28 otherwise.
     fn env_len(&self, i: &Instruction) -> u64 {
-        if matches!(
-            i.memory_size(),
-            MemorySize::FpuEnv14 | MemorySize::FpuState94
-        ) {
+        if matches!(i.memory_size(), MemorySize::FpuEnv14 | MemorySize::FpuState94) {
             14
         } else {
             28
@@ -533,7 +530,8 @@ impl Cx<'_> {
                                 }
                                 MemFmt::Bcd => {
                                     let (r, fl) = soft::to_int(v, 64, env.rc);
-                                    let (bytes, fl) = if fl & soft::IE != 0 || r.unsigned_abs() >= 1_000_000_000_000_000_000
+                                    let (bytes, fl) = if fl & soft::IE != 0
+                                        || r.unsigned_abs() >= 1_000_000_000_000_000_000
                                     {
                                         (bcd_indefinite(), soft::IE)
                                     } else {
@@ -584,10 +582,8 @@ impl Cx<'_> {
                 self.cpu.fpu.fsw &= !C1;
                 let n = if i.op_count() == 2 { st_index(i.op1_register()) } else { 1 };
                 let (e0, en) = (self.cpu.fpu.st_empty(0), self.cpu.fpu.st_empty(n));
-                if e0 || en {
-                    if !self.x87_underflow() {
-                        return Ok(());
-                    }
+                if (e0 || en) && !self.x87_underflow() {
+                    return Ok(());
                 }
                 let a = if e0 { X80::INDEFINITE } else { self.cpu.fpu.st_get(0) };
                 let b = if en { X80::INDEFINITE } else { self.cpu.fpu.st_get(n) };

@@ -180,8 +180,16 @@ impl Cx<'_> {
         let dn = if d_is_xmm { xmm_index(i.op0_register()).unwrap_or(0) } else { 0 };
         match m {
             // ---- moves ----
-            M::Movaps | M::Movups | M::Movapd | M::Movupd | M::Movdqa | M::Movdqu | M::Movntps | M::Movntpd
-            | M::Movntdq | M::Lddqu => {
+            M::Movaps
+            | M::Movups
+            | M::Movapd
+            | M::Movupd
+            | M::Movdqa
+            | M::Movdqu
+            | M::Movntps
+            | M::Movntpd
+            | M::Movntdq
+            | M::Lddqu => {
                 let v = self.src(i, 1)?;
                 self.dst(i, v)?;
             }
@@ -216,7 +224,11 @@ impl Cx<'_> {
                 if d_is_xmm {
                     let v = self.src(i, 1)? as u64;
                     let d = self.xmm(dn);
-                    let r = if hi { (d & u128::from(u64::MAX)) | (u128::from(v) << 64) } else { (d & !u128::from(u64::MAX)) | u128::from(v) };
+                    let r = if hi {
+                        (d & u128::from(u64::MAX)) | (u128::from(v) << 64)
+                    } else {
+                        (d & !u128::from(u64::MAX)) | u128::from(v)
+                    };
                     self.set_xmm(dn, r);
                 } else {
                     let s = self.src(i, 1)?;
@@ -316,9 +328,7 @@ impl Cx<'_> {
                 })
             })?,
             M::Psadbw => self.bin(i, |a, b| {
-                map2(a, b, 64, |x, y| {
-                    (0..8).map(|k| ((x >> (8 * k)) & 0xFF).abs_diff((y >> (8 * k)) & 0xFF)).sum()
-                })
+                map2(a, b, 64, |x, y| (0..8).map(|k| ((x >> (8 * k)) & 0xFF).abs_diff((y >> (8 * k)) & 0xFF)).sum())
             })?,
             // ---- shifts ----
             M::Psllw | M::Pslld | M::Psllq | M::Psrlw | M::Psrld | M::Psrlq | M::Psraw | M::Psrad => {
@@ -387,8 +397,18 @@ impl Cx<'_> {
                 }
                 self.set_xmm(dn, r);
             }
-            M::Punpcklbw | M::Punpcklwd | M::Punpckldq | M::Punpcklqdq | M::Punpckhbw | M::Punpckhwd
-            | M::Punpckhdq | M::Punpckhqdq | M::Unpcklps | M::Unpckhps | M::Unpcklpd | M::Unpckhpd => {
+            M::Punpcklbw
+            | M::Punpcklwd
+            | M::Punpckldq
+            | M::Punpcklqdq
+            | M::Punpckhbw
+            | M::Punpckhwd
+            | M::Punpckhdq
+            | M::Punpckhqdq
+            | M::Unpcklps
+            | M::Unpckhps
+            | M::Unpcklpd
+            | M::Unpckhpd => {
                 let w = match m {
                     M::Punpcklbw | M::Punpckhbw => 8,
                     M::Punpcklwd | M::Punpckhwd => 16,
@@ -450,8 +470,22 @@ impl Cx<'_> {
                 self.set_xmm(dn, (d & !(0xFFFFu128 << (16 * k))) | (u128::from(v) << (16 * k)));
             }
             // ---- floating point ----
-            M::Addss | M::Addsd | M::Addps | M::Addpd | M::Subss | M::Subsd | M::Subps | M::Subpd | M::Mulss
-            | M::Mulsd | M::Mulps | M::Mulpd | M::Divss | M::Divsd | M::Divps | M::Divpd => {
+            M::Addss
+            | M::Addsd
+            | M::Addps
+            | M::Addpd
+            | M::Subss
+            | M::Subsd
+            | M::Subps
+            | M::Subpd
+            | M::Mulss
+            | M::Mulsd
+            | M::Mulps
+            | M::Mulpd
+            | M::Divss
+            | M::Divsd
+            | M::Divps
+            | M::Divpd => {
                 let op = match m {
                     M::Addss | M::Addsd | M::Addps | M::Addpd => Op::Add,
                     M::Subss | M::Subsd | M::Subps | M::Subpd => Op::Sub,
@@ -480,8 +514,10 @@ impl Cx<'_> {
                 self.fp2_raw(i, f, n, |ra, rb| {
                     let a = soft::daz(soft::unpack(f, ra), env);
                     let b = soft::daz(soft::unpack(f, rb), env);
-                    let bz = if matches!(b, Val::Zero(_)) { soft::pack_zero(f, rb >> (f_bits(f) - 1) != 0) } else { rb };
-                    let az = if matches!(a, Val::Zero(_)) { soft::pack_zero(f, ra >> (f_bits(f) - 1) != 0) } else { ra };
+                    let bz =
+                        if matches!(b, Val::Zero(_)) { soft::pack_zero(f, rb >> (f_bits(f) - 1) != 0) } else { rb };
+                    let az =
+                        if matches!(a, Val::Zero(_)) { soft::pack_zero(f, ra >> (f_bits(f) - 1) != 0) } else { ra };
                     if soft::is_nan(a) || soft::is_nan(b) {
                         return (bz, soft::IE);
                     }
@@ -655,7 +691,13 @@ impl Cx<'_> {
         self.fp2_raw(i, f, n, |a, b| op(soft::unpack(f, a), soft::unpack(f, b)))
     }
 
-    fn fp2_raw(&mut self, i: &Instruction, f: Fmt, n: u32, op: impl Fn(u64, u64) -> (u64, u32)) -> Result<(), Exception> {
+    fn fp2_raw(
+        &mut self,
+        i: &Instruction,
+        f: Fmt,
+        n: u32,
+        op: impl Fn(u64, u64) -> (u64, u32),
+    ) -> Result<(), Exception> {
         let dn = xmm_index(i.op0_register()).unwrap_or(0);
         let s = self.src(i, 1)?;
         let d = self.xmm(dn);
