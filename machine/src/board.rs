@@ -533,6 +533,12 @@ impl CpuBus for Board {
     fn advance_clock(&mut self, icount: u64) {
         self.now = VirtualInstant(icount.wrapping_add(self.idle_time));
     }
+
+    fn fpu_error(&mut self) {
+        // FERR# reaches the 8259 as IRQ 13 (an edge: the chipset latches it).
+        self.irqs.0.borrow_mut().extend([(13, true), (13, false)]);
+        self.sync_irqs();
+    }
 }
 
 #[cfg(test)]

@@ -86,3 +86,18 @@ fn test_rom_system_long() {
 fn test_rom_apic_timer_ipi_and_ioapic() {
     expect_pass("apic", test_roms::apic());
 }
+
+#[test]
+fn test_rom_fpu_real() {
+    expect_pass("fpu_real", test_roms::fpu_real());
+}
+
+#[test]
+fn test_rom_fpu_protected() {
+    expect_pass("fpu_protected", test_roms::fpu_protected());
+}
+
+#[test]
+fn test_rom_fpu_long() {
+    expect_pass("fpu_long", test_roms::fpu_long());
+}

@@ -27,6 +27,7 @@
 mod boot;
 mod checks;
 mod demo;
+mod fpu;
 mod layout;
 mod system;
 
@@ -35,6 +36,7 @@ pub use checks::{
     apic, exceptions_protected, exceptions_real, long_mode_switch, pit_interrupts, real_mode_arith, string_ops,
 };
 pub use demo::{demo, mandelbrot_reference, primes_reference, DEMO_BANNER};
+pub use fpu::{fpu_long, fpu_protected, fpu_real};
 pub use layout::{Mode, ENTRY, PAYLOAD};
 pub use system::{system_long, system_protected};
 
