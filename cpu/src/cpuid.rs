@@ -4,7 +4,9 @@
 //!
 //! Identity: "GenuineIntel", family 6, model 15, stepping 11 (the signature of an Intel Core 2
 //! "Merom"; [`SIGNATURE`] is also what EDX holds after RESET). Only features whose every
-//! instruction is implemented are advertised; an extension that is partly implemented is
+//! instruction is implemented (and, for MMX, SSE and SSE2, every legacy form differentially
+//! tested against the host CPU in `cpu/tests/differential_fpu.rs`) are advertised; an
+//! extension that is partly implemented is
 //! [`Level::Partial`]: its implemented instructions execute (so firmware probing an FPU with
 //! FNINIT/FNSTSW works) but CPUID does not claim it.
 
@@ -72,10 +74,10 @@ pub const FEATURES: &[Feature] = &[
     f(1, Edx, 13, None, Advertised),          // PGE
     f(1, Edx, 15, Some(C::CMOV), Advertised), // CMOV
     f(1, Edx, 16, None, Advertised),          // PAT
-    f(1, Edx, 23, Some(C::MMX), Absent),      // MMX
+    f(1, Edx, 23, Some(C::MMX), Advertised),  // MMX
     f(1, Edx, 24, Some(C::FXSR), Advertised), // FXSAVE/FXRSTOR
-    f(1, Edx, 25, Some(C::SSE), Partial),     // SSE
-    f(1, Edx, 26, Some(C::SSE2), Partial),    // SSE2
+    f(1, Edx, 25, Some(C::SSE), Advertised),  // SSE
+    f(1, Edx, 26, Some(C::SSE2), Advertised), // SSE2
     // Leaf 1 ECX.
     f(1, Ecx, 0, Some(C::SSE3), Absent),            // SSE3
     f(1, Ecx, 9, Some(C::SSSE3), Absent),           // SSSE3

@@ -224,6 +224,13 @@ impl Packed {
             Packed::Ext(x) => x.sig,
         }
     }
+    /// Unpacked again, read as format `f`.
+    pub fn bin_val(self, f: Fmt) -> Val {
+        match self {
+            Packed::Bin(v) => unpack(f, v),
+            Packed::Ext(x) => unpack80(x),
+        }
+    }
     /// The 80-bit value.
     pub fn ext(self) -> X80 {
         match self {

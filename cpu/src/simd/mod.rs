@@ -11,14 +11,20 @@ use crate::state::cr;
 use crate::state::rflags::{AF, CF, OF, PF, SF, ZF};
 use iced_x86::{Instruction, Mnemonic, OpKind, Register};
 
+/// A vector register number: XMM0-15 are 0-15, MM0-7 are 16-23.
 fn xmm_index(r: Register) -> Option<usize> {
     let n = (r as usize).wrapping_sub(Register::XMM0 as usize);
+    let m = (r as usize).wrapping_sub(Register::MM0 as usize);
     if n < 16 {
         Some(n)
+    } else if m < 8 {
+        Some(16 + m)
     } else {
         None
     }
 }
+
+const MM: usize = 16;
 
 fn u(b: [u8; 16]) -> u128 {
     u128::from_le_bytes(b)
@@ -59,11 +65,26 @@ fn unaligned_ok(m: Mnemonic) -> bool {
 }
 
 impl Cx<'_> {
+    /// A vector register (XMM, or MM zero-extended).
     fn xmm(&self, n: usize) -> u128 {
-        u(self.cpu.fpu.xmm[n])
+        if n >= MM {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&self.cpu.fpu.st[n - MM][..8]);
+            u128::from(u64::from_le_bytes(b))
+        } else {
+            u(self.cpu.fpu.xmm[n])
+        }
     }
+    /// Writes a vector register; an MM write also sets bits 79:64 of the x87 register.
     fn set_xmm(&mut self, n: usize, v: u128) {
-        self.cpu.fpu.xmm[n] = v.to_le_bytes();
+        if n >= MM {
+            let r = &mut self.cpu.fpu.st[n - MM];
+            r[..8].copy_from_slice(&(v as u64).to_le_bytes());
+            r[8] = 0xFF;
+            r[9] = 0xFF;
+        } else {
+            self.cpu.fpu.xmm[n] = v.to_le_bytes();
+        }
     }
 
     /// Operand `n` as 128 bits: an XMM register, or memory of the instruction's memory size
@@ -157,14 +178,38 @@ impl Cx<'_> {
     }
 
     pub(crate) fn exec_simd(&mut self, i: &Instruction) -> R<()> {
-        check_available(self.cpu.cr0, self.cpu.cr4, Class::Sse)?;
-        // MMX registers are not implemented: an MM operand is #UD.
-        for n in 0..i.op_count() {
-            if i.op_kind(n) == OpKind::Register && i.op_register(n).is_mm() {
+        let regs = (0..i.op_count()).filter(|&n| i.op_kind(n) == OpKind::Register).map(|n| i.op_register(n));
+        let (mut any_mm, mut any_xmm) = (false, false);
+        for r in regs {
+            any_mm |= r.is_mm();
+            any_xmm |= r.is_xmm();
+        }
+        let is_mmx = any_mm || i.mnemonic() == Mnemonic::Emms;
+        if is_mmx && !any_xmm {
+            // MMX, and the SSE instructions on MMX registers: EM -> #UD, TS -> #NM.
+            if self.cpu.cr0 & cr::CR0_EM != 0 {
                 return Err(Exception::InvalidOpcode.into());
             }
+            if self.cpu.cr0 & cr::CR0_TS != 0 {
+                return Err(Exception::DeviceNotAvailable.into());
+            }
+        } else {
+            check_available(self.cpu.cr0, self.cpu.cr4, Class::Sse)?;
         }
-        if !self.exec_sse(i)? {
+        if is_mmx {
+            // A pending x87 exception is taken first.
+            self.x87_pending()?;
+        }
+        let r = self.exec_sse(i);
+        if is_mmx && matches!(r, Ok(true) | Err(Exception::SimdFloatingPoint | Exception::InvalidOpcode)) {
+            // The x87 -> MMX transition (TOP = 0, every register valid; EMMS: every register
+            // empty) happens once the operands are read, so a SIMD exception leaves it done
+            // but a memory fault does not.
+            let f = &mut self.cpu.fpu;
+            f.fsw &= !(7 << 11);
+            f.ftw = if i.mnemonic() == Mnemonic::Emms { 0 } else { 0xFF };
+        }
+        if !r? {
             log::debug!("unimplemented SSE instruction {:?}: #UD", i.code());
             return Err(Exception::InvalidOpcode.into());
         }
@@ -178,6 +223,10 @@ impl Cx<'_> {
         let m = i.mnemonic();
         let d_is_xmm = i.op_kind(0) == OpKind::Register && xmm_index(i.op0_register()).is_some();
         let dn = if d_is_xmm { xmm_index(i.op0_register()).unwrap_or(0) } else { 0 };
+        // Vector width: 64 bits when an MMX register is the destination (or the source of a GPR
+        // result), else 128.
+        let mm_src = i.op_count() > 1 && i.op_kind(1) == OpKind::Register && i.op1_register().is_mm();
+        let vw: u32 = if (d_is_xmm && dn >= MM) || (!d_is_xmm && mm_src) { 64 } else { 128 };
         match m {
             // ---- moves ----
             M::Movaps
@@ -189,7 +238,8 @@ impl Cx<'_> {
             | M::Movntps
             | M::Movntpd
             | M::Movntdq
-            | M::Lddqu => {
+            | M::Lddqu
+            | M::Movntq => {
                 let v = self.src(i, 1)?;
                 self.dst(i, v)?;
             }
@@ -205,7 +255,7 @@ impl Cx<'_> {
                     self.dst(i, v & mask)?;
                 }
             }
-            M::Movd | M::Movq => {
+            M::Movd | M::Movq | M::Movq2dq | M::Movdq2q => {
                 let v = self.src(i, 1)?;
                 let w = if m == M::Movd { 32 } else { 64 };
                 let mask = if w == 32 { 0xFFFF_FFFFu128 } else { u128::from(u64::MAX) };
@@ -254,7 +304,8 @@ impl Cx<'_> {
                     _ => 8,
                 };
                 let mut r = 0u64;
-                for k in 0..128 / w {
+                let vw = if m == M::Pmovmskb { vw } else { 128 };
+                for k in 0..vw / w {
                     r |= ((lanes_get(s, w, k) >> (w - 1)) & 1) << k;
                 }
                 crate::fpu::set_gpr(self.cpu, i.op0_register().full_register32(), r);
@@ -419,7 +470,7 @@ impl Cx<'_> {
                     matches!(m, M::Punpckhbw | M::Punpckhwd | M::Punpckhdq | M::Punpckhqdq | M::Unpckhps | M::Unpckhpd);
                 let s = self.src(i, 1)?;
                 let d = self.xmm(dn);
-                let half = 64 / w;
+                let half = vw / 2 / w;
                 let off = if high { half } else { 0 };
                 let mut r = 0u128;
                 for k in 0..half {
@@ -432,7 +483,7 @@ impl Cx<'_> {
                 let w = if m == M::Packssdw { 32 } else { 16 };
                 let s = self.src(i, 1)?;
                 let d = self.xmm(dn);
-                let n = 128 / w;
+                let n = vw / w;
                 let mut r = 0u128;
                 for k in 0..2 * n {
                     let x = if k < n { lanes_get(d, w, k) } else { lanes_get(s, w, k - n) };
@@ -460,12 +511,12 @@ impl Cx<'_> {
             }
             M::Pextrw => {
                 let s = self.src(i, 1)?;
-                let v = lanes_get(s, 16, u32::from(i.immediate8()) & 7);
+                let v = lanes_get(s, 16, u32::from(i.immediate8()) & (vw / 16 - 1));
                 crate::fpu::set_gpr(self.cpu, i.op0_register().full_register32(), v);
             }
             M::Pinsrw => {
                 let v = (self.src(i, 1)? as u64) & 0xFFFF;
-                let k = u32::from(i.immediate8()) & 7;
+                let k = u32::from(i.immediate8()) & (vw / 16 - 1);
                 let d = self.xmm(dn);
                 self.set_xmm(dn, (d & !(0xFFFFu128 << (16 * k))) | (u128::from(v) << (16 * k)));
             }
@@ -671,6 +722,76 @@ impl Cx<'_> {
                 self.sse_flags(fl)?;
                 self.set_xmm(dn, r);
             }
+            M::Emms => {}
+            M::Pshufw => {
+                let s = self.src(i, 1)?;
+                let imm = u32::from(i.immediate8());
+                let mut r = 0u128;
+                for k in 0..4 {
+                    r |= u128::from(lanes_get(s, 16, (imm >> (2 * k)) & 3)) << (16 * k);
+                }
+                self.set_xmm(dn, r);
+            }
+            M::Cvtpi2ps | M::Cvtpi2pd => {
+                let s = self.src(i, 1)?;
+                let env = self.sse_env();
+                let to = if m == M::Cvtpi2ps { F32 } else { F64 };
+                let mut fl = 0;
+                let mut r = 0u128;
+                for k in 0..2 {
+                    let (p, f) = soft::from_int(to, to.p, sx(lanes_get(s, 32, k), 32), env);
+                    fl |= f;
+                    r |= u128::from(p.bin()) << (f_bits(to) * k);
+                }
+                self.sse_flags(fl)?;
+                if m == M::Cvtpi2ps {
+                    let d = self.xmm(dn);
+                    r |= d & !u128::from(u64::MAX);
+                }
+                self.set_xmm(dn, r);
+            }
+            M::Cvtps2pi | M::Cvttps2pi | M::Cvtpd2pi | M::Cvttpd2pi => {
+                let s = self.src(i, 1)?;
+                let env = self.sse_env();
+                let from = if matches!(m, M::Cvtps2pi | M::Cvttps2pi) { F32 } else { F64 };
+                let rc = if matches!(m, M::Cvttps2pi | M::Cvttpd2pi) { soft::RZ } else { env.rc };
+                let mut fl = 0;
+                let mut r = 0u128;
+                for k in 0..2 {
+                    let x = lanes_get(s, f_bits(from), k);
+                    let (v, f) = soft::to_int(soft::daz(soft::unpack(from, x), env), 32, rc);
+                    fl |= f;
+                    r |= u128::from(v as u32) << (32 * k);
+                }
+                self.sse_flags(fl)?;
+                self.set_xmm(dn, r);
+            }
+            M::Maskmovq | M::Maskmovdqu => {
+                let (data, mask) = (self.src(i, 1)?, self.src(i, 2)?);
+                let addr = match i.op_kind(0) {
+                    OpKind::MemorySegDI => self.cpu.gpr[7] & 0xFFFF,
+                    OpKind::MemorySegEDI => self.cpu.gpr[7] & 0xFFFF_FFFF,
+                    _ => self.cpu.gpr[7],
+                };
+                let (seg, _) = self.mem_op(i);
+                let n = if m == M::Maskmovq { 8 } else { 16 };
+                for k in 0..n {
+                    if (mask >> (8 * k + 7)) & 1 != 0 {
+                        let off = addr.wrapping_add(k as u64);
+                        let off = match i.op_kind(0) {
+                            OpKind::MemorySegDI => off & 0xFFFF,
+                            OpKind::MemorySegEDI => off & 0xFFFF_FFFF,
+                            _ => off,
+                        };
+                        self.write_mem(seg, off, 8, ((data >> (8 * k)) & 0xFF) as u64)?;
+                    }
+                }
+            }
+            M::Rcpps | M::Rcpss | M::Rsqrtps | M::Rsqrtss => {
+                let n = if matches!(m, M::Rcpps | M::Rsqrtps) { 4 } else { 1 };
+                let sq = matches!(m, M::Rsqrtps | M::Rsqrtss);
+                self.fp2_raw(i, F32, n, |_, b| (approx(b, sq), 0))?;
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -713,6 +834,52 @@ impl Cx<'_> {
         self.sse_flags(fl)?;
         self.set_xmm(dn, r);
         Ok(())
+    }
+}
+
+/// RCPPS/RSQRTPS: 1/x or 1/√x with a relative error below 2^-12 (the SDM's bound is
+/// 1.5 × 2^-12; the exact bits of the hardware's tables are model-specific). Computed exactly
+/// and rounded to 12 significant bits; denormal inputs count as zero, denormal results flush to
+/// zero, no exception is signalled and MXCSR is not consulted.
+fn approx(x: u64, sqrt: bool) -> u64 {
+    let near = Env { rc: soft::RN, daz: false, ftz: false };
+    let v = soft::unpack(F32, x);
+    match v {
+        Val::Nan(s, f) => soft::pack_nan(F32, s, f | 1 << 63),
+        Val::Zero(s) | Val::Fin { s, den: true, .. } => {
+            if sqrt && s && !matches!(v, Val::Zero(_)) {
+                // A negative denormal reads as -0: 1/√-0 = -inf.
+                soft::pack_inf(F32, true)
+            } else {
+                soft::pack_inf(F32, s)
+            }
+        }
+        Val::Inf(s) => {
+            if sqrt && s {
+                soft::default_nan(F32)
+            } else {
+                soft::pack_zero(F32, s)
+            }
+        }
+        Val::Fin { s, .. } => {
+            if sqrt && s {
+                return soft::default_nan(F32);
+            }
+            let one = soft::unpack(F64, 1.0f64.to_bits());
+            let den = if sqrt {
+                let (r, _) = soft::sqrt(F64, 53, soft::convert(F64, 53, v, near).0.bin_val(F64), near);
+                r.bin_val(F64)
+            } else {
+                v
+            };
+            let (r, fl) = soft::arith(Op::Div, F32, 12, one, den, near, false);
+            if fl & soft::TINY != 0 {
+                soft::pack_zero(F32, s)
+            } else {
+                r.bin()
+            }
+        }
+        Val::Unsupported => soft::default_nan(F32),
     }
 }
 
