@@ -741,7 +741,9 @@ mod host {
             let ok = if !hf.is_finite() || hf == 0.0 {
                 hv == gv
             } else {
-                gf.is_finite() && hf.is_sign_negative() == gf.is_sign_negative() && ((hf - gf) / hf).abs() <= 3.0 / 4096.0
+                gf.is_finite()
+                    && hf.is_sign_negative() == gf.is_sign_negative()
+                    && ((hf - gf) / hf).abs() <= 3.0 / 4096.0
             };
             if ok {
                 g.fx[at..at + 4].copy_from_slice(&h.fx[at..at + 4]);
@@ -813,7 +815,14 @@ mod host {
                 let oc = code.op_code();
                 let feats = Instruction::with(code).cpuid_features();
                 let ours = feats.iter().any(|f| {
-                    matches!(f, CpuidFeature::FPU | CpuidFeature::FPU387 | CpuidFeature::MMX | CpuidFeature::SSE | CpuidFeature::SSE2)
+                    matches!(
+                        f,
+                        CpuidFeature::FPU
+                            | CpuidFeature::FPU387
+                            | CpuidFeature::MMX
+                            | CpuidFeature::SSE
+                            | CpuidFeature::SSE2
+                    )
                 });
                 if ours && oc.encoding() == EncodingKind::Legacy && oc.mode64() && !forms.contains(&code) {
                     println!("not tested: {code:?} {:?}", oc.op_kinds());

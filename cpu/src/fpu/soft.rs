@@ -548,8 +548,16 @@ pub fn sqrt(f: Fmt, prec: u32, a: Val, env: Env) -> (Packed, u32) {
                 x >>= 1; // loses nothing: the low 62 - lz bits are zero
                 ex += 1;
             }
-            // r = floor(sqrt(x)), 64 bits; then one more level for the remainder bits.
-            let (r, rem) = isqrt_rem(x);
+            if prec <= 61 {
+                // r = floor(sqrt(x)) has 63 bits: enough for binary32/64 and the x87's 24- and
+                // 53-bit precision control (two rounding bits and a sticky remainder).
+                let (r, rem) = isqrt_fast(x);
+                let m = (r << 1) | u128::from(rem != 0);
+                let (p, fl) = round_pack(f, prec, false, m, ex / 2 - 1, env);
+                return (p, fl | if den { DE } else { 0 });
+            }
+            // r = floor(sqrt(x)), 63 bits; then 32 more bits digit by digit.
+            let (r, rem) = isqrt_fast(x);
             // Need > prec + 2 bits: r has ~63-64 bits; extend by 32 fraction bits from the
             // remainder with a second step (sqrt(x × 2^64) = r' where we solve exactly).
             let (r2, rem2) = isqrt_ext(x, r, rem);
@@ -560,22 +568,19 @@ pub fn sqrt(f: Fmt, prec: u32, a: Val, env: Env) -> (Packed, u32) {
     }
 }
 
-/// floor(sqrt(x)) and whether a remainder is left.
-fn isqrt_rem(x: u128) -> (u128, u128) {
-    let mut r: u128 = 0;
-    let mut rem: u128 = 0;
-    let mut i = 64;
-    while i > 0 {
-        i -= 1;
-        rem = (rem << 2) | ((x >> (2 * i)) & 3);
-        let t = (r << 2) | 1;
-        r <<= 1;
-        if rem >= t {
-            rem -= t;
-            r |= 1;
-        }
+/// floor(sqrt(x)) and the remainder, for x < 2^126: a floating-point first guess refined by
+/// one integer Newton step and corrected exactly, so the result does not depend on the guess.
+fn isqrt_fast(x: u128) -> (u128, u128) {
+    // The guess is within a relative 2^-50 of the root; one Newton step brings it to within 1.
+    let g = ((x as f64).sqrt() as u128).max(1);
+    let mut r = (g + x / g) / 2;
+    while r * r > x {
+        r -= 1;
     }
-    (r, rem)
+    while (r + 1) * (r + 1) <= x {
+        r += 1;
+    }
+    (r, x - r * r)
 }
 
 /// Continues the digit-by-digit square root of `x` for 32 more bits (radicand x × 2^64):
