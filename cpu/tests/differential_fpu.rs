@@ -87,10 +87,6 @@ mod host {
             M::Fsincos,
             M::Fptan,
             M::Fpatan,
-            M::Fprem,
-            M::Fprem1,
-            M::Fscale,
-            M::Fxtract,
             M::Fstpnce,
         ]
     }

@@ -820,6 +820,86 @@ impl Cx<'_> {
                     self.cpu.fpu.st_set(0, v);
                 }
             }
+            M::Fxtract => {
+                self.cpu.fpu.fsw &= !C1;
+                let Some(a) = self.st_val(0) else {
+                    if self.x87_underflow() {
+                        self.cpu.fpu.st_set(0, X80::INDEFINITE);
+                        self.cpu.fpu.push_raw(X80::INDEFINITE);
+                    }
+                    return Ok(());
+                };
+                if !self.cpu.fpu.st_empty(7) {
+                    if self.x87_overflow() {
+                        self.cpu.fpu.st_set(0, X80::INDEFINITE);
+                        self.cpu.fpu.push_raw(X80::INDEFINITE);
+                    }
+                    return Ok(());
+                }
+                let (expo, sig, fl) = match a {
+                    Val::Unsupported => (X80::INDEFINITE, X80::INDEFINITE, soft::IE),
+                    Val::Nan(s, f) => {
+                        let q = soft::nan(F80, s, f | 1 << 63).ext();
+                        (q, q, if f & (1 << 63) == 0 { soft::IE } else { 0 })
+                    }
+                    Val::Zero(s) => (soft::inf(F80, true).ext(), soft::zero(F80, s).ext(), soft::ZE),
+                    Val::Inf(s) => (soft::inf(F80, false).ext(), soft::inf(F80, s).ext(), 0),
+                    Val::Fin { s, m, e, den } => {
+                        let lz = m.leading_zeros();
+                        let true_exp = e + 63 - lz as i32;
+                        let near = Env { rc: soft::RN, daz: false, ftz: false };
+                        let (ex, _) = soft::from_int(F80, 64, i64::from(true_exp), near);
+                        let sig = X80 { sig: m << lz, se: (u16::from(s) << 15) | 0x3FFF };
+                        (ex.ext(), sig, if den { soft::DE } else { 0 })
+                    }
+                };
+                if self.x87_raise(fl) {
+                    self.cpu.fpu.st_set(0, expo);
+                    self.cpu.fpu.push_raw(sig);
+                }
+            }
+            M::Fscale => {
+                self.cpu.fpu.fsw &= !C1;
+                let (Some(a), Some(b)) = (self.st_val(0), self.st_val(1)) else {
+                    if self.x87_underflow() {
+                        self.cpu.fpu.st_set(0, X80::INDEFINITE);
+                    }
+                    return Ok(());
+                };
+                let (r, fl) = scale(a, b, self.cpu.fpu.env());
+                if self.x87_raise(fl) {
+                    self.cpu.fpu.st_set(0, r);
+                }
+            }
+            M::Fprem | M::Fprem1 => {
+                self.cpu.fpu.fsw &= !(C0 | C1 | C2 | C3);
+                let (Some(a), Some(b)) = (self.st_val(0), self.st_val(1)) else {
+                    if self.x87_underflow() {
+                        self.cpu.fpu.st_set(0, X80::INDEFINITE);
+                    }
+                    return Ok(());
+                };
+                let (r, q, partial, fl) = prem(a, b, m == M::Fprem1);
+                if self.x87_raise(fl) {
+                    if let Some(r) = r {
+                        self.cpu.fpu.st_set(0, r);
+                    }
+                    let f = &mut self.cpu.fpu;
+                    if partial {
+                        f.fsw |= C2;
+                    } else if fl & soft::IE == 0 {
+                        if q & 4 != 0 {
+                            f.fsw |= C0;
+                        }
+                        if q & 2 != 0 {
+                            f.fsw |= C3;
+                        }
+                        if q & 1 != 0 {
+                            f.fsw |= C1;
+                        }
+                    }
+                }
+            }
             _ => {
                 log::debug!("unimplemented x87 instruction {:?}: #UD", i.code());
                 return Err(Exception::InvalidOpcode);
@@ -892,6 +972,106 @@ fn round_int(a: Val, rc: u8) -> (X80, u32) {
             }
             (soft::round_pack(F80, 64, s, r, 0, near).0.ext(), fl | de)
         }
+    }
+}
+
+/// FSCALE: a × 2^trunc(b).
+fn scale(a: Val, b: Val, env: Env) -> (X80, u32) {
+    use Val::*;
+    if matches!(a, Unsupported) || matches!(b, Unsupported) {
+        return (X80::INDEFINITE, soft::IE);
+    }
+    if soft::is_nan(a) || soft::is_nan(b) {
+        let (s, f, inv) = soft::propagate(a, b, true);
+        return (soft::nan(F80, s, f).ext(), if inv { soft::IE } else { 0 });
+    }
+    let de = if soft::is_denormal(a) || soft::is_denormal(b) { soft::DE } else { 0 };
+    match (a, b) {
+        (Zero(_), Inf(false)) | (Inf(_), Inf(true)) => (X80::INDEFINITE, soft::IE),
+        (Zero(s), _) => (soft::zero(F80, s).ext(), de),
+        (Inf(s), _) => (soft::inf(F80, s).ext(), de),
+        (Fin { s, .. }, Inf(false)) => (soft::inf(F80, s).ext(), de),
+        (Fin { s, .. }, Inf(true)) => (soft::zero(F80, s).ext(), de),
+        (Fin { s, m, e, .. }, Zero(_)) => {
+            let (p, fl) = soft::round_pack(F80, 64, s, u128::from(m), e, env);
+            (p.ext(), fl | de)
+        }
+        (Fin { s, m, e, .. }, Fin { s: sb, m: mb, e: eb, .. }) => {
+            // trunc(b), clamped: anything beyond ±2^20 over- or underflows the same way.
+            let n: i64 = if eb >= 0 {
+                1 << 20
+            } else if -eb >= 64 {
+                0
+            } else {
+                ((mb >> (-eb)) as i64).min(1 << 20)
+            };
+            let n = if sb { -n } else { n };
+            let (p, fl) = soft::round_pack(F80, 64, s, u128::from(m), e + n as i32, env);
+            (p.ext(), fl | de)
+        }
+        _ => (X80::INDEFINITE, soft::IE),
+    }
+}
+
+/// FPREM (truncating quotient) and FPREM1 (quotient rounded to nearest): (result, the low
+/// three quotient bits, reduction incomplete, flags).
+fn prem(a: Val, b: Val, ieee: bool) -> (Option<X80>, u64, bool, u32) {
+    use Val::*;
+    if matches!(a, Unsupported) || matches!(b, Unsupported) {
+        return (Some(X80::INDEFINITE), 0, false, soft::IE);
+    }
+    if soft::is_nan(a) || soft::is_nan(b) {
+        let (s, f, inv) = soft::propagate(a, b, true);
+        return (Some(soft::nan(F80, s, f).ext()), 0, false, if inv { soft::IE } else { 0 });
+    }
+    let de = if soft::is_denormal(a) || soft::is_denormal(b) { soft::DE } else { 0 };
+    let near = Env { rc: soft::RN, daz: false, ftz: false };
+    match (a, b) {
+        (Inf(_), _) | (_, Zero(_)) => (Some(X80::INDEFINITE), 0, false, soft::IE),
+        (Zero(s), _) => (Some(soft::zero(F80, s).ext()), 0, false, de),
+        (Fin { s, m, e, .. }, Inf(_)) => (Some(soft::round_pack(F80, 64, s, u128::from(m), e, near).0.ext()), 0, false, de),
+        (Fin { s, m: ma, e: ea, .. }, Fin { m: mb, e: eb, .. }) => {
+            // Normalize both significands to bit 63.
+            let (la, lb) = (ma.leading_zeros(), mb.leading_zeros());
+            let (na, ea) = (ma << la, ea - la as i32);
+            let (nb, eb) = (mb << lb, eb - lb as i32);
+            let d = ea - eb;
+            if d >= 64 {
+                // Partial remainder: reduce the exponent difference by 32..63.
+                let n = 32 + ((d - 32) % 32) as u32;
+                let big = u128::from(na) << (n.min(63));
+                let r = big % u128::from(nb);
+                let e = ea - n as i32;
+                if r == 0 {
+                    return (Some(soft::zero(F80, s).ext()), 0, true, de);
+                }
+                let (p, _) = soft::round_pack(F80, 64, s, r, e, near);
+                return (Some(p.ext()), 0, true, de);
+            }
+            if d < -1 || (d == -1 && !ieee) {
+                return (Some(soft::round_pack(F80, 64, s, u128::from(ma), ea + la as i32, near).0.ext()), 0, false, de);
+            }
+            // Common exponent min(ea, eb).
+            let (big_a, big_b, e) = if d >= 0 {
+                (u128::from(na) << d, u128::from(nb), eb)
+            } else {
+                (u128::from(na), u128::from(nb) << 1, ea)
+            };
+            let mut q = big_a / big_b;
+            let mut r = big_a % big_b;
+            let mut sign = s;
+            if ieee && (2 * r > big_b || (2 * r == big_b && q & 1 == 1)) {
+                q += 1;
+                r = big_b - r;
+                sign = !s;
+            }
+            if r == 0 {
+                return (Some(soft::zero(F80, s).ext()), q as u64 & 7, false, de);
+            }
+            let (p, fl) = soft::round_pack(F80, 64, sign, r, e, near);
+            (Some(p.ext()), q as u64 & 7, false, de | (fl & (soft::UE | soft::TINY)))
+        }
+        _ => (Some(X80::INDEFINITE), 0, false, soft::IE),
     }
 }
 
