@@ -27,6 +27,10 @@ pub const UP: u32 = 0x200;
 /// (what the precision flag reports with unmasked overflow or underflow).
 pub const PEU: u32 = 0x400;
 
+/// Internal: the precision flag as reported when an unmasked overflow or underflow is taken:
+/// [`PEU`] for a result that trapped, [`PE`] otherwise (masked responses are inexact).
+pub const PEX: u32 = 0x800;
+
 /// Rounding control, encoded as in the x87 control word and MXCSR.
 pub const RN: u8 = 0;
 /// Round down (toward -inf).
@@ -63,6 +67,11 @@ pub struct Env {
     pub daz: bool,
     /// Tiny results are flushed to zero (SSE FTZ with underflow masked).
     pub ftz: bool,
+    /// Added to the exponent of exact results before rounding (the x87's bias adjustment of
+    /// ±24576 for unmasked overflow and underflow); 0 otherwise.
+    pub scale: i32,
+    /// The unmasked ones of [`OE`] and [`UE`] (SSE): decides the [`PEX`] flag.
+    pub traps: u32,
 }
 
 /// An unpacked value.
@@ -307,6 +316,7 @@ fn round_at_up(m: u128, drop: u32, s: bool, rc: u8) -> (u128, bool, bool) {
 /// keep at least two bits beyond the precision) to `f` with `prec` bits of precision.
 /// Returns the packed result and the flags (with [`TINY`] when the result was tiny).
 pub fn round_pack(f: Fmt, prec: u32, s: bool, m: u128, e: i32, env: Env) -> (Packed, u32) {
+    let e = e + env.scale;
     if m == 0 {
         return (zero(f, s), 0);
     }
@@ -332,16 +342,20 @@ pub fn round_pack(f: Fmt, prec: u32, s: bool, m: u128, e: i32, env: Env) -> (Pac
             let sig = (u64::MAX >> (64 - prec)) << (if f.explicit { 64 - prec } else { f.p - prec });
             pack_fields(f, s, (emax + bias) as u64, sig)
         };
-        return (v, OE | PE | if to_inf { UP } else { 0 } | if inexact { PEU } else { 0 });
+        let pex = if env.traps & OE == 0 || inexact { PEX } else { 0 };
+        return (v, OE | PE | pex | if to_inf { UP } else { 0 } | if inexact { PEU } else { 0 });
     }
     let tiny = eu < emin;
     if el < emin {
         if env.ftz && tiny {
-            return (zero(f, s), UE | PE | TINY | if inexact { PEU } else { 0 });
+            let pex = if env.traps & UE == 0 || inexact { PEX } else { 0 };
+            return (zero(f, s), UE | PE | pex | TINY | if inexact { PEU } else { 0 });
         }
         let drop = 128 - prec + (emin - el) as u32;
         let (d, inx, dup) = round_at_up(m, drop, s, env.rc);
-        let mut flags = if inx { PE } else { 0 } | if dup { UP } else { 0 } | if inexact { PEU } else { 0 };
+        let pex =
+            if (env.traps & UE != 0 && tiny && inexact) || ((env.traps & UE == 0 || !tiny) && inx) { PEX } else { 0 };
+        let mut flags = if inx { PE } else { 0 } | pex | if dup { UP } else { 0 } | if inexact { PEU } else { 0 };
         if tiny {
             flags |= TINY;
             if inx {
@@ -356,7 +370,7 @@ pub fn round_pack(f: Fmt, prec: u32, s: bool, m: u128, e: i32, env: Env) -> (Pac
     }
     let sig = r as u64;
     let shifted = if f.explicit { sig << (64 - prec) } else { sig << (f.p - prec) };
-    (pack_fields(f, s, (eu + bias) as u64, shifted), if inexact { PE | PEU } else { 0 } | if up { UP } else { 0 })
+    (pack_fields(f, s, (eu + bias) as u64, shifted), if inexact { PE | PEU | PEX } else { 0 } | if up { UP } else { 0 })
 }
 
 /// Applies DAZ to an unpacked operand.
@@ -721,7 +735,7 @@ pub fn is_denormal(v: Val) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    const E: Env = Env { rc: RN, daz: false, ftz: false };
+    const E: Env = Env { rc: RN, daz: false, ftz: false, scale: 0, traps: 0 };
 
     fn f64op(op: Op, a: f64, b: f64) -> f64 {
         let (p, _) = arith(op, F64, 53, unpack(F64, a.to_bits()), unpack(F64, b.to_bits()), E, false);

@@ -50,7 +50,7 @@ impl FpuState {
         self.set_top(self.top() + 1);
     }
     fn env(&self) -> Env {
-        Env { rc: ((self.fcw >> 10) & 3) as u8, daz: false, ftz: false }
+        Env { rc: ((self.fcw >> 10) & 3) as u8, daz: false, ftz: false, scale: 0, traps: 0 }
     }
     /// Precision control in bits.
     fn prec(&self) -> u32 {
@@ -144,6 +144,35 @@ impl Cx<'_> {
             f.fsw |= fsw::ES | fsw::B;
         }
         true
+    }
+
+    /// Runs `op` in the x87 rounding environment. When overflow or underflow occurs with that
+    /// exception unmasked, the result is delivered with the exponent bias-adjusted by ∓24576
+    /// (SDM vol. 1, 4.9.1.4 and 4.9.1.5), so `op` runs again with the adjustment.
+    fn x87_op(&self, op: impl Fn(Env) -> (Packed, u32)) -> (Packed, u32) {
+        let env = self.cpu.fpu.env();
+        let (p, fl) = op(env);
+        let fcw = u32::from(self.cpu.fpu.fcw);
+        let keep = fl & (soft::IE | soft::DE | soft::ZE);
+        if fl & soft::OE != 0 && fcw & soft::OE == 0 {
+            let (p2, f2) = op(Env { scale: -24576, ..env });
+            if f2 & soft::OE != 0 {
+                // Too large even with the adjustment: a signed infinity.
+                let s = p2.ext().sign();
+                return (soft::inf(F80, s), keep | soft::OE | soft::PE | soft::UP);
+            }
+            return (p2, keep | soft::OE | (f2 & (soft::PE | soft::UP)));
+        }
+        if fl & soft::TINY != 0 && fcw & soft::UE == 0 {
+            let (p2, f2) = op(Env { scale: 24576, ..env });
+            if f2 & soft::TINY != 0 {
+                // Too small even with the adjustment: a signed zero.
+                let s = p2.ext().sign();
+                return (soft::zero(F80, s), keep | soft::UE | soft::PE);
+            }
+            return (p2, keep | soft::UE | (f2 & (soft::PE | soft::UP)));
+        }
+        (p, fl)
     }
 
     /// Stack underflow on reading an empty register: IE|SF, C1=0. Returns whether the
@@ -512,6 +541,9 @@ impl Cx<'_> {
                                     let fl = fl & !soft::DE;
                                     // Unmasked overflow/underflow on a store: nothing is stored.
                                     let unm = (fl & 0x3F) as u16 & !self.cpu.fpu.fcw & (soft::OE | soft::UE) as u16;
+                                    // Unmasked overflow/underflow on a store: nothing is stored
+                                    // and only OE/UE is reported.
+                                    let fl = if unm != 0 { fl & !(soft::PE | soft::UP) } else { fl };
                                     let ok = self.x87_raise(fl);
                                     if ok && unm == 0 {
                                         Some(p.bin().to_le_bytes()[..nbytes].to_vec())
@@ -664,7 +696,7 @@ impl Cx<'_> {
                 };
                 let (x, y) = if rev { (b, a) } else { (a, b) };
                 let prec = self.cpu.fpu.prec();
-                let (p, fl) = soft::arith(op, F80, prec, x, y, self.cpu.fpu.env(), true);
+                let (p, fl) = self.x87_op(|env| soft::arith(op, F80, prec, x, y, env, true));
                 if self.x87_raise(fl) {
                     self.cpu.fpu.st_set(dst, pk(p));
                     if pop {
@@ -847,7 +879,7 @@ impl Cx<'_> {
                     Val::Fin { s, m, e, den } => {
                         let lz = m.leading_zeros();
                         let true_exp = e + 63 - lz as i32;
-                        let near = Env { rc: soft::RN, daz: false, ftz: false };
+                        let near = Env { rc: soft::RN, daz: false, ftz: false, scale: 0, traps: 0 };
                         let (ex, _) = soft::from_int(F80, 64, i64::from(true_exp), near);
                         let sig = X80 { sig: m << lz, se: (u16::from(s) << 15) | 0x3FFF };
                         (ex.ext(), sig, if den { soft::DE } else { 0 })
@@ -866,7 +898,11 @@ impl Cx<'_> {
                     }
                     return Ok(());
                 };
-                let (r, fl) = scale(a, b, self.cpu.fpu.env());
+                let (r, fl) = self.x87_op(|env| {
+                    let (r, fl) = scale(a, b, env);
+                    (Packed::Ext(r), fl)
+                });
+                let r = r.ext();
                 if self.x87_raise(fl) {
                     self.cpu.fpu.st_set(0, r);
                 }
@@ -879,7 +915,12 @@ impl Cx<'_> {
                     }
                     return Ok(());
                 };
-                let (r, q, partial, fl) = prem(a, b, m == M::Fprem1);
+                let (mut r, q, partial, mut fl) = prem(a, b, m == M::Fprem1, 0);
+                if fl & soft::TINY != 0 && self.cpu.fpu.fcw & soft::UE as u16 == 0 {
+                    // Unmasked underflow: the result is delivered bias-adjusted by +24576.
+                    r = prem(a, b, m == M::Fprem1, 24576).0;
+                    fl |= soft::UE;
+                }
                 if self.x87_raise(fl) {
                     if let Some(r) = r {
                         self.cpu.fpu.st_set(0, r);
@@ -955,7 +996,7 @@ fn cmp_flags(a: Val, b: Val, quiet: bool) -> u32 {
 
 /// FRNDINT: round to an integral value in the current rounding mode.
 fn round_int(a: Val, rc: u8) -> (X80, u32) {
-    let near = Env { rc: soft::RN, daz: false, ftz: false };
+    let near = Env { rc: soft::RN, daz: false, ftz: false, scale: 0, traps: 0 };
     match a {
         Val::Unsupported => (X80::INDEFINITE, soft::IE),
         Val::Nan(s, f) => (soft::nan(F80, s, f | 1 << 63).ext(), if f & (1 << 63) == 0 { soft::IE } else { 0 }),
@@ -1015,7 +1056,7 @@ fn scale(a: Val, b: Val, env: Env) -> (X80, u32) {
 
 /// FPREM (truncating quotient) and FPREM1 (quotient rounded to nearest): (result, the low
 /// three quotient bits, reduction incomplete, flags).
-fn prem(a: Val, b: Val, ieee: bool) -> (Option<X80>, u64, bool, u32) {
+fn prem(a: Val, b: Val, ieee: bool, adj: i32) -> (Option<X80>, u64, bool, u32) {
     use Val::*;
     if matches!(a, Unsupported) || matches!(b, Unsupported) {
         return (Some(X80::INDEFINITE), 0, false, soft::IE);
@@ -1025,11 +1066,13 @@ fn prem(a: Val, b: Val, ieee: bool) -> (Option<X80>, u64, bool, u32) {
         return (Some(soft::nan(F80, s, f).ext()), 0, false, if inv { soft::IE } else { 0 });
     }
     let de = if soft::is_denormal(a) || soft::is_denormal(b) { soft::DE } else { 0 };
-    let near = Env { rc: soft::RN, daz: false, ftz: false };
+    let near = Env { rc: soft::RN, daz: false, ftz: false, scale: 0, traps: 0 };
     match (a, b) {
         (Inf(_), _) | (_, Zero(_)) => (Some(X80::INDEFINITE), 0, false, soft::IE),
         (Zero(s), _) => (Some(soft::zero(F80, s).ext()), 0, false, de),
-        (Fin { s, m, e, .. }, Inf(_)) => (Some(soft::round_pack(F80, 64, s, u128::from(m), e, near).0.ext()), 0, false, de),
+        (Fin { s, m, e, .. }, Inf(_)) => {
+            (Some(soft::round_pack(F80, 64, s, u128::from(m), e, near).0.ext()), 0, false, de)
+        }
         (Fin { s, m: ma, e: ea, .. }, Fin { m: mb, e: eb, .. }) => {
             // Normalize both significands to bit 63.
             let (la, lb) = (ma.leading_zeros(), mb.leading_zeros());
@@ -1049,7 +1092,9 @@ fn prem(a: Val, b: Val, ieee: bool) -> (Option<X80>, u64, bool, u32) {
                 return (Some(p.ext()), 0, true, de);
             }
             if d < -1 || (d == -1 && !ieee) {
-                return (Some(soft::round_pack(F80, 64, s, u128::from(ma), ea + la as i32, near).0.ext()), 0, false, de);
+                // |a| < |b| (or < |b|/2): the result is a itself.
+                let (p, fl) = soft::round_pack(F80, 64, s, u128::from(ma), ea + la as i32, Env { scale: adj, ..near });
+                return (Some(p.ext()), 0, false, de | (fl & soft::TINY));
             }
             // Common exponent min(ea, eb).
             let (big_a, big_b, e) = if d >= 0 {
@@ -1068,8 +1113,8 @@ fn prem(a: Val, b: Val, ieee: bool) -> (Option<X80>, u64, bool, u32) {
             if r == 0 {
                 return (Some(soft::zero(F80, s).ext()), q as u64 & 7, false, de);
             }
-            let (p, fl) = soft::round_pack(F80, 64, sign, r, e, near);
-            (Some(p.ext()), q as u64 & 7, false, de | (fl & (soft::UE | soft::TINY)))
+            let (p, fl) = soft::round_pack(F80, 64, sign, r, e, Env { scale: adj, ..near });
+            (Some(p.ext()), q as u64 & 7, false, de | (fl & soft::TINY))
         }
         _ => (Some(X80::INDEFINITE), 0, false, soft::IE),
     }

@@ -142,7 +142,13 @@ impl Cx<'_> {
 
     fn sse_env(&self) -> Env {
         let mx = self.cpu.fpu.mxcsr;
-        Env { rc: ((mx >> 13) & 3) as u8, daz: mx & (1 << 6) != 0, ftz: mx & (1 << 15) != 0 && mx & (1 << 11) != 0 }
+        Env {
+            rc: ((mx >> 13) & 3) as u8,
+            daz: mx & (1 << 6) != 0,
+            ftz: mx & (1 << 15) != 0 && mx & (1 << 11) != 0,
+            scale: 0,
+            traps: !(mx >> 7) & (soft::OE | soft::UE),
+        }
     }
 
     /// Records SIMD floating-point flags; Err when an unmasked exception must be raised.
@@ -160,7 +166,7 @@ impl Cx<'_> {
         } else if post & !masks & (soft::OE | soft::UE) != 0 {
             // Unmasked overflow/underflow: the precision flag says whether the result is exact
             // with an unbounded exponent (the scaled result).
-            let pe = if flags & soft::PEU != 0 { soft::PE } else { 0 };
+            let pe = if flags & soft::PEX != 0 { soft::PE } else { 0 };
             self.cpu.fpu.mxcsr |= pre | (post & (soft::OE | soft::UE)) | pe;
             true
         } else {
@@ -842,7 +848,7 @@ impl Cx<'_> {
 /// and rounded to 12 significant bits; denormal inputs count as zero, denormal results flush to
 /// zero, no exception is signalled and MXCSR is not consulted.
 fn approx(x: u64, sqrt: bool) -> u64 {
-    let near = Env { rc: soft::RN, daz: false, ftz: false };
+    let near = Env { rc: soft::RN, daz: false, ftz: false, scale: 0, traps: 0 };
     let v = soft::unpack(F32, x);
     match v {
         Val::Nan(s, f) => soft::pack_nan(F32, s, f | 1 << 63),
