@@ -65,7 +65,7 @@ use Reg::{Ecx, Edx};
 /// THE table.
 pub const FEATURES: &[Feature] = &[
     // Leaf 1 EDX.
-    f(1, Edx, 0, Some(C::FPU), Partial),
+    f(1, Edx, 0, Some(C::FPU), Advertised),
     f(1, Edx, 3, None, Advertised),           // PSE
     f(1, Edx, 4, Some(C::TSC), Advertised),   // TSC
     f(1, Edx, 5, Some(C::MSR), Advertised),   // MSR
@@ -123,7 +123,7 @@ pub fn level(feat: CpuidFeature) -> Level {
     }
     match feat {
         // Families of the x87 with their own iced names go with the FPU bit.
-        C::FPU287 | C::FPU387 | C::FPU287XL_ONLY | C::FPU387SL_ONLY => Partial,
+        C::FPU287 | C::FPU387 | C::FPU287XL_ONLY | C::FPU387SL_ONLY => level(C::FPU),
         _ => Advertised,
     }
 }

@@ -70,6 +70,7 @@ mod host {
             (6..8, "FOP: this host updates the last opcode only on unmasked exceptions (FOP compatibility off)"),
             (8..24, "FIP/FDP (in the FXSAVE image and in FSTENV/FSAVE/FXSAVE memory images, see stored_pointers): the interpreter records the instruction and data pointers; the host records FDP only on unmasked exceptions (CPUID.7:EBX.FDP_EXCPTN_ONLY) and both pointers as linear addresses"),
             (416..512, "reserved/available bytes of the image"),
+            (0..0, "x87 transcendental results (F2XM1 FYL2X FYL2XP1 FSIN FCOS FSINCOS FPTAN FPATAN): values compared within 1 ulp and C1 (the direction the host's internal approximation was rounded) not compared (trans_compare); the SDM promises 1 ulp, not a rounding"),
             (0..0, "RCPPS/RCPSS/RSQRTPS/RSQRTSS results: compared within the SDM's error bound (approx_equal), the hardware's table is model-specific"),
         ]
     }
@@ -78,7 +79,7 @@ mod host {
     /// #UD); listed in the test output.
     pub(super) fn not_implemented() -> Vec<Mnemonic> {
         use Mnemonic as M;
-        vec![M::F2xm1, M::Fyl2x, M::Fyl2xp1, M::Fsin, M::Fcos, M::Fsincos, M::Fptan, M::Fpatan, M::Fstpnce]
+        vec![M::Fstpnce]
     }
 
     extern "C" fn on_fault(sig: libc::c_int, _info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
@@ -570,6 +571,42 @@ mod host {
                 scratch[o..o + 2].copy_from_slice(&(0x037Fu16 | ((rng.below(16) as u16) << 8)).to_le_bytes());
             }
         }
+        // F2XM1 needs |ST0| <= 1 and FYL2XP1 |ST0| < 1 - √2/2 (else the result is undefined);
+        // the trigonometric instructions get moderate arguments most of the time.
+        let m = code.mnemonic();
+        if matches!(
+            m,
+            Mnemonic::F2xm1
+                | Mnemonic::Fyl2xp1
+                | Mnemonic::Fsin
+                | Mnemonic::Fcos
+                | Mnemonic::Fsincos
+                | Mnemonic::Fptan
+                | Mnemonic::Fpatan
+                | Mnemonic::Fyl2x
+        ) && rng.chance(70)
+        {
+            let top = ((fsw >> 11) & 7) as usize;
+            fx[4] |= 1 << top;
+            let lim = match m {
+                Mnemonic::F2xm1 => 0,
+                Mnemonic::Fyl2xp1 => -2,
+                _ => rng.below(70) as i32 - 10,
+            };
+            let e = (0x3FFF + lim - rng.below(70) as i32).max(1) as u16;
+            let sig = (1u64 << 63) | (rng.next() >> 1);
+            let sg: u16 = if rng.chance(50) { 0x8000 } else { 0 };
+            fx[32..40].copy_from_slice(&sig.to_le_bytes());
+            fx[40..42].copy_from_slice(&(e | sg).to_le_bytes());
+        }
+        if matches!(m, Mnemonic::F2xm1 | Mnemonic::Fyl2xp1) {
+            let e = i32::from(u16::from_le_bytes([fx[40], fx[41]]) & 0x7FFF);
+            let lim = if m == Mnemonic::F2xm1 { 0x3FFF } else { 0x3FFD };
+            let sig = u64::from_le_bytes(fx[32..40].try_into().expect("8 bytes"));
+            if e != 0x7FFF && (e > lim || (e == lim && m == Mnemonic::F2xm1 && sig != 1 << 63)) {
+                return None;
+            }
+        }
         let gpr = [rng.int(), rng.int(), rng.int(), SCRATCH + 64, SCRATCH + 128 + rng.below(8) * 8];
         let flags = rng.next() & (CF | PF | AF | ZF | SF | OF);
         Some(Case { fx, gpr, flags, scratch, instr })
@@ -700,6 +737,60 @@ mod host {
             exc,
             scratch,
         }
+    }
+
+    fn is_trans(m: Mnemonic) -> bool {
+        use Mnemonic as M;
+        matches!(m, M::F2xm1 | M::Fyl2x | M::Fyl2xp1 | M::Fsin | M::Fcos | M::Fsincos | M::Fptan | M::Fpatan)
+    }
+
+    /// Per transcendental instruction: results compared, bit-exact ones, worst error in ulps.
+    #[derive(Default)]
+    struct TransStats {
+        results: u64,
+        exact: u64,
+        worst: u64,
+    }
+
+    /// The x87 transcendentals: the SDM promises results within 1 ulp, not bit-exact ones. Each
+    /// of ST0 and ST1 agrees when the two values are within 1 ulp (same sign; the distance counted
+    /// on the 80-bit encoding); then the host's value and C1 (the rounding direction) are copied
+    /// into the interpreter's outcome, so everything else — flags, tags, control and status
+    /// words — is still compared exactly.
+    fn trans_compare(h: &Outcome, g: &mut Outcome, t: &mut TransStats) {
+        let mut all_close = true;
+        let mut any_diff = false;
+        for k in 0..2 {
+            let o = 32 + 16 * k;
+            let hv = &h.fx[o..o + 10];
+            let gv = &g.fx[o..o + 10];
+            if hv == gv {
+                if k == 0 {
+                    t.results += 1;
+                    t.exact += 1;
+                }
+                continue;
+            }
+            let key = |b: &[u8]| {
+                let sig = u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
+                let se = u16::from_le_bytes([b[8], b[9]]);
+                (se >> 15, (u128::from(se & 0x7FFF) << 63) | u128::from(sig & !(1 << 63)))
+            };
+            let ((h_sign, hk), (g_sign, gk)) = (key(hv), key(gv));
+            let ulps = if h_sign == g_sign { hk.abs_diff(gk) } else { u128::MAX };
+            t.results += 1;
+            t.worst = t.worst.max(ulps.min(u128::from(u64::MAX)) as u64);
+            if ulps <= 1 {
+                any_diff = true;
+            } else {
+                all_close = false;
+            }
+        }
+        if all_close && any_diff {
+            g.fx[32..64].copy_from_slice(&h.fx[32..64]);
+        }
+        // C1 reports the rounding direction of the host's internal approximation.
+        g.fx[3] = (g.fx[3] & !0x02) | (h.fx[3] & 0x02);
     }
 
     /// The bytes of the scratch memory where FSTENV/FSAVE/FXSAVE store the last instruction
@@ -835,6 +926,7 @@ mod host {
         tmpl.cr4 |= cr::CR4_OSFXSR | cr::CR4_OSXMMEXCPT;
         let mut by_mn: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         let mut fails = Vec::new();
+        let mut trans: BTreeMap<String, TransStats> = BTreeMap::new();
         let mut ran = 0u64;
         for n in 0..cases {
             let code = forms[rng.below(forms.len() as u64) as usize];
@@ -845,7 +937,8 @@ mod host {
             let _ = len;
             if std::env::var("FERRO_FPU_CASE").ok().and_then(|v| v.parse::<u64>().ok()) == Some(n) {
                 println!(
-                    "case {n}: fcw {:02x?} fsw {:02x?} mxcsr {:02x?} xmm {:02x?} scratch {:02x?}",
+                    "case {n}: st {:02x?} fcw {:02x?} fsw {:02x?} mxcsr {:02x?} xmm {:02x?} scratch {:02x?}",
+                    c.fx[32..160].chunks(16).map(|x| &x[..10]).collect::<Vec<_>>(),
                     &c.fx[0..2],
                     &c.fx[2..4],
                     &c.fx[24..28],
@@ -861,6 +954,10 @@ mod host {
             }
             if matches!(code.mnemonic(), Mnemonic::Rcpps | Mnemonic::Rcpss | Mnemonic::Rsqrtps | Mnemonic::Rsqrtss) {
                 approx_equal(&c.instr, &h, &mut g);
+            }
+            if is_trans(code.mnemonic()) {
+                let t = trans.entry(format!("{:?}", code.mnemonic())).or_default();
+                trans_compare(&h, &mut g, t);
             }
             ran += 1;
             let e = by_mn.entry(format!("{:?}", code.mnemonic())).or_default();
@@ -883,6 +980,15 @@ mod host {
             for f in &fails {
                 println!("{f}");
             }
+        }
+        for (m, t) in &trans {
+            println!(
+                "differential FPU: {m:>8}: {} results compared, {} bit-exact ({:.3}%), worst {} ulp",
+                t.results,
+                t.exact,
+                100.0 * t.exact as f64 / t.results.max(1) as f64,
+                t.worst
+            );
         }
         println!("differential FPU: not implemented (excluded): {:?}", not_implemented());
         println!("differential FPU: {ran} cases over {} forms, {bad} mismatches (seed {seed:#x})", forms.len());

@@ -4,6 +4,7 @@
 //! Arithmetic is exact integer software floating point ([`soft`]), never host floating point.
 
 pub mod soft;
+mod trans;
 mod x87;
 
 use crate::exception::Exception;

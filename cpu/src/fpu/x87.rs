@@ -941,6 +941,87 @@ impl Cx<'_> {
                     }
                 }
             }
+            M::F2xm1 | M::Fsin | M::Fcos | M::Fptan | M::Fsincos => {
+                self.cpu.fpu.fsw &= !(C1 | C2);
+                let pushes = matches!(m, M::Fptan | M::Fsincos);
+                let Some(a) = self.st_val(0) else {
+                    if self.x87_underflow() {
+                        self.cpu.fpu.st_set(0, X80::INDEFINITE);
+                        if pushes {
+                            self.cpu.fpu.push_raw(X80::INDEFINITE);
+                        }
+                    }
+                    return Ok(());
+                };
+                if pushes && !self.cpu.fpu.st_empty(7) {
+                    if self.x87_overflow() {
+                        self.cpu.fpu.st_set(0, X80::INDEFINITE);
+                        self.cpu.fpu.push_raw(X80::INDEFINITE);
+                    }
+                    return Ok(());
+                }
+                let de = if soft::is_denormal(a) { soft::DE } else { 0 };
+                let one = X80 { sig: 1 << 63, se: 0x3FFF };
+                // (first result, second result pushed, flags)
+                let (r1, r2, fl): (X80, Option<X80>, u32) = match a {
+                    Val::Unsupported | Val::Inf(_) if m != M::F2xm1 => {
+                        (X80::INDEFINITE, pushes.then_some(X80::INDEFINITE), soft::IE)
+                    }
+                    Val::Unsupported => (X80::INDEFINITE, None, soft::IE),
+                    Val::Nan(sg, f) => {
+                        let q = soft::nan(F80, sg, f | 1 << 63).ext();
+                        (q, pushes.then_some(q), if f & (1 << 63) == 0 { soft::IE } else { 0 })
+                    }
+                    Val::Inf(sg) => {
+                        // F2XM1: 2^+inf - 1 = +inf, 2^-inf - 1 = -1.
+                        (if sg { X80 { se: 0xBFFF, ..one } } else { soft::inf(F80, false).ext() }, None, 0)
+                    }
+                    Val::Fin { m: mm, e, .. } if m != M::F2xm1 && e + 63 - mm.leading_zeros() as i32 >= 63 => {
+                        // |x| >= 2^63: out of range, C2 = 1 and ST0 unchanged.
+                        self.cpu.fpu.fsw |= C2;
+                        return Ok(());
+                    }
+                    _ => {
+                        let (res, fl) = self.x87_op(|env| match m {
+                            M::F2xm1 => super::trans::f2xm1(a, env),
+                            M::Fsin => super::trans::fsincos(a, env).0,
+                            M::Fcos => super::trans::fsincos(a, env).1,
+                            M::Fptan => super::trans::ftan(a, env),
+                            _ => super::trans::fsincos(a, env).0,
+                        });
+                        match m {
+                            M::Fptan => (res.ext(), Some(one), fl | de),
+                            M::Fsincos => {
+                                let (c, fc) = self.x87_op(|env| super::trans::fsincos(a, env).1);
+                                // ST1 = sin, ST0 = cos.
+                                (res.ext(), Some(c.ext()), fl | fc | de)
+                            }
+                            _ => (res.ext(), None, fl | de),
+                        }
+                    }
+                };
+                if self.x87_raise(fl) {
+                    self.cpu.fpu.st_set(0, r1);
+                    if let Some(r2) = r2 {
+                        self.cpu.fpu.push_raw(r2);
+                    }
+                }
+            }
+            M::Fyl2x | M::Fyl2xp1 | M::Fpatan => {
+                self.cpu.fpu.fsw &= !C1;
+                let (Some(x), Some(y)) = (self.st_val(0), self.st_val(1)) else {
+                    if self.x87_underflow() {
+                        self.cpu.fpu.st_set(1, X80::INDEFINITE);
+                        self.cpu.fpu.pop();
+                    }
+                    return Ok(());
+                };
+                let (r, fl) = two_operand_trans(m, x, y, self);
+                if self.x87_raise(fl) {
+                    self.cpu.fpu.st_set(1, r);
+                    self.cpu.fpu.pop();
+                }
+            }
             _ => {
                 log::debug!("unimplemented x87 instruction {:?}: #UD", i.code());
                 return Err(Exception::InvalidOpcode);
@@ -1034,8 +1115,10 @@ fn scale(a: Val, b: Val, env: Env) -> (X80, u32) {
         (Fin { s, .. }, Inf(false)) => (soft::inf(F80, s).ext(), de),
         (Fin { s, .. }, Inf(true)) => (soft::zero(F80, s).ext(), de),
         (Fin { s, m, e, .. }, Zero(_)) => {
-            let (p, fl) = soft::round_pack(F80, 64, s, u128::from(m), e, env);
-            (p.ext(), fl | de)
+            // Scaling by ±0 returns the operand: no underflow for a denormal (a non-zero scale
+            // below 1 in magnitude goes through the computation and does underflow).
+            let (p, fl) = soft::round_pack(F80, 64, s, u128::from(m), e, Env { scale: 0, ..env });
+            (p.ext(), (fl & !(soft::UE | soft::TINY)) | de)
         }
         (Fin { s, m, e, .. }, Fin { s: sb, m: mb, e: eb, .. }) => {
             // trunc(b), clamped: anything beyond ±2^20 over- or underflows the same way.
@@ -1047,6 +1130,7 @@ fn scale(a: Val, b: Val, env: Env) -> (X80, u32) {
                 ((mb >> (-eb)) as i64).min(1 << 20)
             };
             let n = if sb { -n } else { n };
+
             let (p, fl) = soft::round_pack(F80, 64, s, u128::from(m), e + n as i32, env);
             (p.ext(), fl | de)
         }
@@ -1117,6 +1201,75 @@ fn prem(a: Val, b: Val, ieee: bool, adj: i32) -> (Option<X80>, u64, bool, u32) {
             (Some(p.ext()), q as u64 & 7, false, de | (fl & soft::TINY))
         }
         _ => (Some(X80::INDEFINITE), 0, false, soft::IE),
+    }
+}
+
+/// FYL2X (y × log2 x), FYL2XP1 (y × log2(1 + x)) and FPATAN (atan2(y, x)) with their
+/// special cases; x = ST0, y = ST1.
+fn two_operand_trans(m: Mnemonic, x: Val, y: Val, cx: &Cx<'_>) -> (X80, u32) {
+    use Val::*;
+    if matches!(x, Unsupported) || matches!(y, Unsupported) {
+        return (X80::INDEFINITE, soft::IE);
+    }
+    if soft::is_nan(x) || soft::is_nan(y) {
+        let (s, f, inv) = soft::propagate(y, x, true);
+        return (soft::nan(F80, s, f).ext(), if inv { soft::IE } else { 0 });
+    }
+    let de = if soft::is_denormal(x) || soft::is_denormal(y) { soft::DE } else { 0 };
+    let sign = |v: Val| matches!(v, Zero(true) | Inf(true) | Fin { s: true, .. });
+    let inf = |s: bool| (soft::inf(F80, s).ext(), de);
+    let zero = |s: bool| (soft::zero(F80, s).ext(), de);
+    let invalid = (X80::INDEFINITE, soft::IE);
+    if m == Mnemonic::Fpatan {
+        let (p, fl) = cx.x87_op(|env| super::trans::fpatan(y, x, env));
+        return (p.ext(), fl | de);
+    }
+    // The logarithm's class: (is zero, is infinite, sign).
+    let lg = if m == Mnemonic::Fyl2x {
+        match x {
+            Fin { s: true, .. } | Inf(true) => return invalid,
+            Zero(_) => (false, true, true),
+            Inf(false) => (false, true, false),
+            Fin { m: 0x8000_0000_0000_0000, e: -63, .. } => (true, false, false),
+            Fin { m: mm, e, .. } => (false, false, e + 63 - (mm.leading_zeros() as i32) < 0),
+            _ => return invalid,
+        }
+    } else {
+        match x {
+            Zero(s) => (true, false, s),
+            // log2(1 - inf) is invalid; log2(1 + inf) = +inf.
+            Inf(true) => return invalid,
+            Inf(false) => (false, true, false),
+            Fin { s, .. } => (false, false, s),
+            _ => return invalid,
+        }
+    };
+    let (lzero, linf, ls) = lg;
+    let ys = sign(y);
+    match y {
+        Zero(_) if linf => invalid,
+        Inf(_) if lzero => invalid,
+        Inf(_) => inf(ys ^ ls),
+        Zero(_) => zero(ys ^ ls),
+        _ if linf => {
+            // A finite y times log2(0) = -inf is a division by zero.
+            if matches!(x, Zero(_)) {
+                // Reported as a zero divide alone (no denormal flag for y).
+                return (soft::inf(F80, ys ^ ls).ext(), soft::ZE);
+            }
+            (soft::inf(F80, ys ^ ls).ext(), de)
+        }
+        _ if lzero => zero(ys ^ ls),
+        _ => {
+            let (p, fl) = cx.x87_op(|env| {
+                if m == Mnemonic::Fyl2x {
+                    super::trans::fyl2x(x, y, env)
+                } else {
+                    super::trans::fyl2xp1(x, y, env)
+                }
+            });
+            (p.ext(), fl | de)
+        }
     }
 }
 
