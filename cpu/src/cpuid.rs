@@ -21,6 +21,8 @@ pub const MAX_BASIC_LEAF: u32 = 0xD;
 /// Which register of a leaf a feature bit is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reg {
+    /// EAX.
+    Eax,
     /// ECX.
     Ecx,
     /// EDX.
@@ -59,8 +61,8 @@ const fn f(leaf: u32, reg: Reg, bit: u32, iced: Option<CpuidFeature>, level: Lev
 }
 
 use CpuidFeature as C;
-use Level::{Absent, Advertised, Partial};
-use Reg::{Ecx, Edx};
+use Level::{Absent, Advertised};
+use Reg::{Eax, Ecx, Edx};
 
 /// THE table.
 pub const FEATURES: &[Feature] = &[
@@ -85,7 +87,9 @@ pub const FEATURES: &[Feature] = &[
     f(1, Ecx, 19, Some(C::SSE4_1), Absent),         // SSE4.1
     f(1, Ecx, 20, Some(C::SSE4_2), Absent),         // SSE4.2
     f(1, Ecx, 23, Some(C::POPCNT), Advertised),     // POPCNT
-    f(1, Ecx, 26, Some(C::XSAVE), Partial),         // XSAVE (XGETBV/XSETBV only so far)
+    f(1, Ecx, 26, Some(C::XSAVE), Advertised),      // XSAVE/XRSTOR/XGETBV/XSETBV
+    // Leaf 0xD subleaf 1 EAX.
+    f(0xD, Eax, 0, Some(C::XSAVEOPT), Advertised), // XSAVEOPT
     // Leaf 0x8000_0001.
     f(0x8000_0001, Ecx, 0, None, Advertised), // LAHF/SAHF in 64-bit mode
     f(0x8000_0001, Ecx, 5, Some(C::LZCNT), Advertised), // ABM (LZCNT)
@@ -155,7 +159,7 @@ pub fn cpuid_with(eax: u32, ecx: u32, cr4: u64, xcr0: u64) -> (u32, u32, u32, u3
         0xD if xsave => match ecx {
             // Supported components x87|SSE; size for the enabled ones and for all.
             0 => (3, xsave_size(xcr0), 576, 0),
-            1 => (0, 0, 0, 0),
+            1 => (bits(0xD, Eax), 0, 0, 0),
             _ => (0, 0, 0, 0),
         },
         0x8000_0000 => (0x8000_0008, 0, 0, 0),

@@ -328,6 +328,9 @@ mod host {
             Mnemonic::Wait,
         ];
         let not_implemented = not_implemented();
+        // XGETBV returns the guest's XCR0 (x87 | SSE) where the host's has more components;
+        // XSETBV needs CPL 0; XSAVEOPT's init and modified optimizations are model-specific.
+        let skip_xsave = [Mnemonic::Xgetbv, Mnemonic::Xsetbv, Mnemonic::Xsaveopt, Mnemonic::Xsaveopt64];
         let mut v = Vec::new();
         for code in Code::values() {
             let oc = code.op_code();
@@ -335,12 +338,14 @@ mod host {
                 continue;
             }
             let m = code.mnemonic();
-            if skip.contains(&m) || not_implemented.contains(&m) {
+            if skip.contains(&m) || not_implemented.contains(&m) || skip_xsave.contains(&m) {
                 continue;
             }
             let feats = Instruction::with(code).cpuid_features();
             let fpu = feats.iter().any(|f| matches!(f, CpuidFeature::FPU | CpuidFeature::FPU387));
-            let sse = feats.iter().any(|f| matches!(f, CpuidFeature::SSE | CpuidFeature::SSE2 | CpuidFeature::MMX));
+            let sse = feats
+                .iter()
+                .any(|f| matches!(f, CpuidFeature::SSE | CpuidFeature::SSE2 | CpuidFeature::MMX | CpuidFeature::XSAVE));
             if !(fpu || sse) || !cpu::cpuid::executes(feats) {
                 continue;
             }
@@ -484,7 +489,14 @@ mod host {
     }
 
     fn gen_case(rng: &mut Rng, code: Code) -> Option<Case> {
-        let instr = gen_instr(rng, code)?;
+        let mut instr = gen_instr(rng, code)?;
+        if matches!(code.mnemonic(), Mnemonic::Xsave | Mnemonic::Xsave64 | Mnemonic::Xrstor | Mnemonic::Xrstor64)
+            && rng.chance(60)
+        {
+            // 64-byte aligned most of the time.
+            instr.set_memory_displacement64(0);
+            instr.set_memory_displ_size(0);
+        }
         let mut fx = [0u8; 512];
         // x87 control: random RC, PC and exception masks.
         let mut fcw: u16 = 0x0040 | ((rng.below(4) as u16) << 10) | (rng.pick(&[0u16, 2, 3, 3]) << 8);
@@ -607,7 +619,26 @@ mod host {
                 return None;
             }
         }
-        let gpr = [rng.int(), rng.int(), rng.int(), SCRATCH + 64, SCRATCH + 128 + rng.below(8) * 8];
+        let mut gpr = [rng.int(), rng.int(), rng.int(), SCRATCH + 64, SCRATCH + 128 + rng.below(8) * 8];
+        if matches!(m, Mnemonic::Xsave | Mnemonic::Xsave64 | Mnemonic::Xrstor | Mnemonic::Xrstor64) {
+            // EDX:EAX = the requested components, within the guest's XCR0 (x87 | SSE): the
+            // host's XCR0 has more.
+            gpr[0] = rng.below(4) | (rng.next() & !0xFFFF_FFFF_u64 & 0);
+            gpr[2] = 0;
+            // An XRSTOR header: XSTATE_BV within x87 | SSE, the rest zero most of the time.
+            let at = 64 + instr.memory_displacement64() as usize + 512;
+            if at + 64 <= SCRATCH_LEN {
+                scratch[at..at + 8].copy_from_slice(&rng.below(4).to_le_bytes());
+                if rng.chance(80) {
+                    scratch[at + 8..at + 64].fill(0);
+                }
+                if rng.chance(70) {
+                    // A valid MXCSR in the legacy region.
+                    let mx = (0x1F80u32 | (rng.below(64) as u32)).to_le_bytes();
+                    scratch[at - 512 + 24..at - 512 + 28].copy_from_slice(&mx);
+                }
+            }
+        }
         let flags = rng.next() & (CF | PF | AF | ZF | SF | OF);
         Some(Case { fx, gpr, flags, scratch, instr })
     }
@@ -806,7 +837,9 @@ mod host {
                     vec![clip(at + 12..at + 28)]
                 }
             }
-            Mnemonic::Fxsave | Mnemonic::Fxsave64 => vec![clip(at + 6..at + 24), clip(at + 416..at + 512)],
+            Mnemonic::Fxsave | Mnemonic::Fxsave64 | Mnemonic::Xsave | Mnemonic::Xsave64 => {
+                vec![clip(at + 6..at + 24), clip(at + 416..at + 512)]
+            }
             _ => vec![],
         }
     }
@@ -923,7 +956,8 @@ mod host {
         let mut interp = Interpreter::new();
         let mut tmpl = CpuState::new_flat64();
         tmpl.cr0 |= cr::CR0_NE | cr::CR0_MP;
-        tmpl.cr4 |= cr::CR4_OSFXSR | cr::CR4_OSXMMEXCPT;
+        tmpl.cr4 |= cr::CR4_OSFXSR | cr::CR4_OSXMMEXCPT | cr::CR4_OSXSAVE;
+        tmpl.fpu.xcr0 = 3;
         let mut by_mn: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         let mut fails = Vec::new();
         let mut trans: BTreeMap<String, TransStats> = BTreeMap::new();

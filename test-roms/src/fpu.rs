@@ -2,8 +2,8 @@
 //! arithmetic whose results the SDM and IEEE 754 fix, a lazy-FPU-switch #NM handler (CR0.TS
 //! set; the handler runs CLTS and the instruction retries), WAIT's CR0.MP/TS rule, an #MF
 //! handler (CR0.NE=1), the legacy FERR#/IRQ 13 path (CR0.NE=0), an #XM handler
-//! (CR4.OSXMMEXCPT=1), #UD for an unmasked SIMD exception without CR4.OSXMMEXCPT, and an
-//! FXSAVE image.
+//! (CR4.OSXMMEXCPT=1), #UD for an unmasked SIMD exception without CR4.OSXMMEXCPT, an
+//! FXSAVE image, and XSETBV/XGETBV/XSAVE with CR4.OSXSAVE.
 //!
 //! Expected values: 1+1 = 2; 7/2 = 3.5 rounds to the even 4 (round to nearest); π rounded to
 //! binary64 is 0x400921FB54442D18 and √2 is 0x3FF6A09E667F3BCD (the correctly rounded values
@@ -175,6 +175,7 @@ fn body(a: &mut CodeAssembler, mode: Mode) -> Result<(), IcedError> {
     const NE: u32 = 1 << 5;
     const OSFXSR: u32 = 1 << 9;
     const OSXMMEXCPT: u32 = 1 << 10;
+    const OSXSAVE: u32 = 1 << 18;
     // The IDT (protected/long) and the gates.
     if mode != Mode::Real {
         let n = if mode == Mode::Long64 { 16 } else { 8 };
@@ -334,6 +335,28 @@ fn body(a: &mut CodeAssembler, mode: Mode) -> Result<(), IcedError> {
     fail_unless_eq(a, 18, eax, 1)?;
     a.movzx(eax, word_ptr(VAR_MF))?;
     fail_unless_eq(a, 18, eax, 1)?;
+
+    // 19-21. XSAVE: CR4.OSXSAVE set, XCR0 = x87 | SSE (XGETBV reads it back), XSAVE of both
+    //        components stores XSTATE_BV = 3 in the header and MXCSR at offset 24.
+    set_cr(a, mode, 4, OSXSAVE, 0)?;
+    a.xor(ecx, ecx)?;
+    a.xgetbv()?;
+    fail_unless_eq(a, 19, eax, 1)?;
+    a.mov(eax, 3u32)?;
+    a.xor(edx, edx)?;
+    a.xor(ecx, ecx)?;
+    a.xsetbv()?;
+    a.xgetbv()?;
+    fail_unless_eq(a, 20, eax, 3)?;
+    a.mov(edi, FXAREA as u32)?;
+    a.xor(eax, eax)?;
+    a.mov(ecx, 576 / 4)?;
+    a.rep().stosd()?;
+    a.mov(eax, 3u32)?;
+    a.xor(edx, edx)?;
+    a.xsave(ptr(FXAREA))?;
+    fail_unless_eq(a, 21, dword_ptr(FXAREA + 512), 3)?;
+    fail_unless_eq(a, 21, dword_ptr(FXAREA + 24), 0x1F80)?;
     report(a, PASS)
 }
 

@@ -210,7 +210,8 @@ impl FpuState {
         let w = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
         let d = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
         let q = |o: usize| u64::from(d(o)) | (u64::from(d(o + 4)) << 32);
-        self.fcw = w(0);
+        // Reserved control-word bits read as the hardware keeps them (bit 6 set, 7 and 13-15 clear).
+        self.fcw = (w(0) & 0x1F3F) | 0x40;
         self.fsw = w(2);
         self.ftw = b[4];
         self.fop = w(6) & 0x7FF;
@@ -449,17 +450,23 @@ impl Cx<'_> {
             let mut hdr = [0u8; 8];
             self.read_bytes(s, ea + 512, &mut hdr)?;
             let mut bv = u64::from_le_bytes(hdr);
+            // Check the whole area is writable first.
+            let lin = self.linear(s, ea, 576)?;
+            self.probe_write(lin, 576)?;
             if rfbm & 1 != 0 {
-                self.write_bytes(s, ea, &img[..160])?;
+                self.write_bytes(s, ea, &img[..24])?;
+                self.write_bytes(s, ea + 32, &img[32..160])?;
             }
             if rfbm & 2 != 0 {
-                // MXCSR and MXCSR_MASK are written when either component is requested.
+                // MXCSR and MXCSR_MASK go with the SSE component.
+                self.write_bytes(s, ea + 24, &img[24..32])?;
                 self.write_bytes(s, ea + 160, &img[160..160 + 16 * nxmm])?;
             }
-            if rfbm & 3 != 0 {
-                self.write_bytes(s, ea + 24, &img[24..32])?;
-            }
-            bv = (bv & !rfbm) | rfbm;
+            // XSTATE_BV[i] = XINUSE[i]. The SDM lets XINUSE[i] be 1 even for a component in its
+            // initial configuration; this model does not track it (nor does the host CPU after an
+            // FXRSTOR), so both components report in use.
+            let inuse = 3u64;
+            bv = (bv & !rfbm) | (inuse & rfbm);
             self.write_bytes(s, ea + 512, &bv.to_le_bytes())?;
         } else {
             let mut hdr = [0u8; 64];
@@ -472,7 +479,7 @@ impl Cx<'_> {
             let mut mem = [0u8; 512];
             self.read_bytes(s, ea, &mut mem)?;
             let mx = u32::from_le_bytes([mem[24], mem[25], mem[26], mem[27]]);
-            if rfbm & 3 != 0 && mx & !MXCSR_MASK != 0 {
+            if rfbm & 2 != 0 && mx & !MXCSR_MASK != 0 {
                 return Err(Exception::GeneralProtection(0).into());
             }
             let mut cur = self.cpu.fpu.fxsave_image(rex_w, true, nxmm);
@@ -496,7 +503,7 @@ impl Cx<'_> {
                     cur[160..160 + 16 * nxmm].fill(0);
                 }
             }
-            if rfbm & 3 != 0 {
+            if rfbm & 2 != 0 {
                 cur[24..28].copy_from_slice(&mem[24..28]);
             }
             self.cpu.fpu.fxrstor_image(&cur, rex_w, true, nxmm);

@@ -1482,7 +1482,9 @@ impl Cx<'_> {
             }
             Register::CR4 => {
                 const KNOWN: u64 = 0x1 | 0x2 | 0x4 | 0x8 | 0x10 | 0x20 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400;
-                if v & !KNOWN != 0 {
+                // CR4.OSXSAVE exists when CPUID advertises XSAVE.
+                let osxsave = if crate::cpuid::LEAF1_ECX & (1 << 26) != 0 { cr::CR4_OSXSAVE } else { 0 };
+                if v & !(KNOWN | osxsave) != 0 {
                     return Err(Exception::GeneralProtection(0).into());
                 }
                 if self.cpu.efer & cr::EFER_LMA != 0 && v & cr::CR4_PAE == 0 {
