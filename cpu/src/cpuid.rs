@@ -81,8 +81,8 @@ pub const FEATURES: &[Feature] = &[
     f(1, Edx, 25, Some(C::SSE), Advertised),  // SSE
     f(1, Edx, 26, Some(C::SSE2), Advertised), // SSE2
     // Leaf 1 ECX.
-    f(1, Ecx, 0, Some(C::SSE3), Absent),            // SSE3
-    f(1, Ecx, 9, Some(C::SSSE3), Absent),           // SSSE3
+    f(1, Ecx, 0, Some(C::SSE3), Advertised),        // SSE3
+    f(1, Ecx, 9, Some(C::SSSE3), Advertised),       // SSSE3
     f(1, Ecx, 13, Some(C::CMPXCHG16B), Advertised), // CX16
     f(1, Ecx, 19, Some(C::SSE4_1), Absent),         // SSE4.1
     f(1, Ecx, 20, Some(C::SSE4_2), Absent),         // SSE4.2

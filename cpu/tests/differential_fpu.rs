@@ -343,9 +343,17 @@ mod host {
             }
             let feats = Instruction::with(code).cpuid_features();
             let fpu = feats.iter().any(|f| matches!(f, CpuidFeature::FPU | CpuidFeature::FPU387));
-            let sse = feats
-                .iter()
-                .any(|f| matches!(f, CpuidFeature::SSE | CpuidFeature::SSE2 | CpuidFeature::MMX | CpuidFeature::XSAVE));
+            let sse = feats.iter().any(|f| {
+                matches!(
+                    f,
+                    CpuidFeature::SSE
+                        | CpuidFeature::SSE2
+                        | CpuidFeature::SSE3
+                        | CpuidFeature::SSSE3
+                        | CpuidFeature::MMX
+                        | CpuidFeature::XSAVE
+                )
+            });
             if !(fpu || sse) || !cpu::cpuid::executes(feats) {
                 continue;
             }

@@ -512,9 +512,9 @@ impl Cx<'_> {
                 f.ftw = (f.ftw & !(1 << pd)) | (((f.ftw >> ps) & 1) << pd);
                 f.pop();
             }
-            M::Fst | M::Fstp | M::Fist | M::Fistp | M::Fbstp => {
+            M::Fst | M::Fstp | M::Fist | M::Fistp | M::Fisttp | M::Fbstp => {
                 self.cpu.fpu.fsw &= !C1;
-                let pop = matches!(m, M::Fstp | M::Fistp | M::Fbstp);
+                let pop = matches!(m, M::Fstp | M::Fistp | M::Fisttp | M::Fbstp);
                 let src = self.st_val(0);
                 if let Some(f) = mf {
                     let (s, ea) = self.mem_op(i);
@@ -552,7 +552,9 @@ impl Cx<'_> {
                                     }
                                 }
                                 MemFmt::I(b) => {
-                                    let (r, fl) = soft::to_int(v, b, env.rc);
+                                    // FISTTP (SSE3) truncates whatever the rounding control.
+                                    let rc = if m == M::Fisttp { soft::RZ } else { env.rc };
+                                    let (r, fl) = soft::to_int(v, b, rc);
                                     let fl = if fl & soft::PE != 0 && round_up_int(v, r) { fl | soft::UP } else { fl };
                                     if self.x87_raise(fl) {
                                         Some(r.to_le_bytes()[..nbytes].to_vec())

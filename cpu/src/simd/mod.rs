@@ -728,6 +728,145 @@ impl Cx<'_> {
                 self.sse_flags(fl)?;
                 self.set_xmm(dn, r);
             }
+            // ---- SSE3 ----
+            M::Addsubps | M::Addsubpd | M::Haddps | M::Haddpd | M::Hsubps | M::Hsubpd => {
+                let f = if matches!(m, M::Addsubps | M::Haddps | M::Hsubps) { F32 } else { F64 };
+                let w = f_bits(f);
+                let n = 128 / w;
+                let env = self.sse_env();
+                let s = self.src(i, 1)?;
+                let d = self.xmm(dn);
+                let mut fl = 0;
+                let mut r = 0u128;
+                for k in 0..n {
+                    let (a, b, op) = match m {
+                        M::Addsubps | M::Addsubpd => {
+                            (lanes_get(d, w, k), lanes_get(s, w, k), if k % 2 == 0 { Op::Sub } else { Op::Add })
+                        }
+                        _ => {
+                            // Horizontal: the destination's pairs, then the source's.
+                            let src = if k < n / 2 { d } else { s };
+                            let j = 2 * (k % (n / 2));
+                            let op = if matches!(m, M::Haddps | M::Haddpd) { Op::Add } else { Op::Sub };
+                            (lanes_get(src, w, j), lanes_get(src, w, j + 1), op)
+                        }
+                    };
+                    let (p, f2) = soft::arith(
+                        op,
+                        f,
+                        f.p,
+                        soft::daz(soft::unpack(f, a), env),
+                        soft::daz(soft::unpack(f, b), env),
+                        env,
+                        false,
+                    );
+                    fl |= f2;
+                    r |= u128::from(p.bin()) << (w * k);
+                }
+                self.sse_flags(fl)?;
+                self.set_xmm(dn, r);
+            }
+            M::Movddup => {
+                let s = self.src(i, 1)? & u128::from(u64::MAX);
+                self.set_xmm(dn, s | (s << 64));
+            }
+            M::Movshdup | M::Movsldup => {
+                let s = self.src(i, 1)?;
+                let o = u32::from(m == M::Movshdup);
+                let mut r = 0u128;
+                for k in 0..2 {
+                    let v = u128::from(lanes_get(s, 32, 2 * k + o));
+                    r |= (v | (v << 32)) << (64 * k);
+                }
+                self.set_xmm(dn, r);
+            }
+            // ---- SSSE3 ----
+            M::Pabsb | M::Pabsw | M::Pabsd => {
+                let w = match m {
+                    M::Pabsb => 8,
+                    M::Pabsw => 16,
+                    _ => 32,
+                };
+                let s = self.src(i, 1)?;
+                self.set_xmm(dn, map2(s, 0, w, |x, _| sx(x, w).unsigned_abs()));
+            }
+            M::Psignb | M::Psignw | M::Psignd => {
+                let w = match m {
+                    M::Psignb => 8,
+                    M::Psignw => 16,
+                    _ => 32,
+                };
+                self.bin(i, |a, b| {
+                    map2(a, b, w, |x, y| match sx(y, w).signum() {
+                        -1 => x.wrapping_neg(),
+                        0 => 0,
+                        _ => x,
+                    })
+                })?;
+            }
+            M::Pshufb => {
+                let s = self.src(i, 1)?;
+                let d = self.xmm(dn);
+                let idx_mask = if vw == 64 { 7 } else { 15 };
+                let mut r = 0u128;
+                for k in 0..vw / 8 {
+                    let c = lanes_get(s, 8, k);
+                    if c & 0x80 == 0 {
+                        r |= u128::from(lanes_get(d, 8, (c & idx_mask) as u32)) << (8 * k);
+                    }
+                }
+                self.set_xmm(dn, r);
+            }
+            M::Phaddw | M::Phaddd | M::Phaddsw | M::Phsubw | M::Phsubd | M::Phsubsw => {
+                let w = if matches!(m, M::Phaddd | M::Phsubd) { 32 } else { 16 };
+                let s = self.src(i, 1)?;
+                let d = self.xmm(dn);
+                let n = vw / w;
+                let mut r = 0u128;
+                for k in 0..n {
+                    let src = if k < n / 2 { d } else { s };
+                    let j = 2 * (k % (n / 2));
+                    let (a, b) = (sx(lanes_get(src, w, j), w), sx(lanes_get(src, w, j + 1), w));
+                    let v = match m {
+                        M::Phaddw | M::Phaddd => a.wrapping_add(b) as u64,
+                        M::Phsubw | M::Phsubd => a.wrapping_sub(b) as u64,
+                        M::Phaddsw => sat_s(a + b, 16),
+                        _ => sat_s(a - b, 16),
+                    };
+                    r |= u128::from(v & ((1u64 << w) - 1)) << (w * k);
+                }
+                self.set_xmm(dn, r);
+            }
+            M::Pmaddubsw => self.bin(i, |a, b| {
+                map2(a, b, 16, |x, y| {
+                    let p0 = (x & 0xFF) as i64 * sx(y & 0xFF, 8);
+                    let p1 = ((x >> 8) & 0xFF) as i64 * sx((y >> 8) & 0xFF, 8);
+                    sat_s(p0 + p1, 16)
+                })
+            })?,
+            M::Pmulhrsw => {
+                self.bin(i, |a, b| map2(a, b, 16, |x, y| ((((sx(x, 16) * sx(y, 16)) >> 14) + 1) >> 1) as u64))?
+            }
+            M::Palignr => {
+                let s = self.src(i, 1)?;
+                let d = self.xmm(dn);
+                let n = u32::from(i.immediate8());
+                let bytes = vw / 8;
+                // (dst:src) as a 2×width value shifted right by n bytes.
+                let mut r = 0u128;
+                for k in 0..bytes {
+                    let pos = k + n;
+                    let b = if pos < bytes {
+                        lanes_get(s, 8, pos)
+                    } else if pos < 2 * bytes {
+                        lanes_get(d, 8, pos - bytes)
+                    } else {
+                        0
+                    };
+                    r |= u128::from(b) << (8 * k);
+                }
+                self.set_xmm(dn, r);
+            }
             M::Emms => {}
             M::Pshufw => {
                 let s = self.src(i, 1)?;
