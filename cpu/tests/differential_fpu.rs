@@ -79,7 +79,7 @@ mod host {
     /// #UD); listed in the test output.
     pub(super) fn not_implemented() -> Vec<Mnemonic> {
         use Mnemonic as M;
-        vec![M::Fstpnce]
+        vec![M::Fstpnce, M::Dpps, M::Dppd]
     }
 
     extern "C" fn on_fault(sig: libc::c_int, _info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
@@ -350,6 +350,8 @@ mod host {
                         | CpuidFeature::SSE2
                         | CpuidFeature::SSE3
                         | CpuidFeature::SSSE3
+                        | CpuidFeature::SSE4_1
+                        | CpuidFeature::SSE4_2
                         | CpuidFeature::MMX
                         | CpuidFeature::XSAVE
                 )
@@ -950,6 +952,10 @@ mod host {
                             | CpuidFeature::MMX
                             | CpuidFeature::SSE
                             | CpuidFeature::SSE2
+                            | CpuidFeature::SSE3
+                            | CpuidFeature::SSSE3
+                            | CpuidFeature::SSE4_1
+                            | CpuidFeature::SSE4_2
                     )
                 });
                 if ours && oc.encoding() == EncodingKind::Legacy && oc.mode64() && !forms.contains(&code) {

@@ -515,10 +515,203 @@ impl Cx<'_> {
                 let r = u128::from(lanes_get(d, 64, imm & 1)) | (u128::from(lanes_get(s, 64, (imm >> 1) & 1)) << 64);
                 self.set_xmm(dn, r);
             }
-            M::Pextrw => {
+            M::Pextrw | M::Pextrb | M::Pextrd | M::Pextrq | M::Extractps => {
                 let s = self.src(i, 1)?;
-                let v = lanes_get(s, 16, u32::from(i.immediate8()) & (vw / 16 - 1));
-                crate::fpu::set_gpr(self.cpu, i.op0_register().full_register32(), v);
+                let w = match m {
+                    M::Pextrw => 16,
+                    M::Pextrb => 8,
+                    M::Pextrq => 64,
+                    _ => 32,
+                };
+                let v = lanes_get(s, w, u32::from(i.immediate8()) & (vw / w - 1));
+                if i.op_kind(0) == OpKind::Register {
+                    let r = i.op0_register();
+                    // A GPR destination is zero-extended (32-bit writes clear the upper half).
+                    let r = if r.size() == 8 { r } else { r.full_register32() };
+                    crate::fpu::set_gpr(self.cpu, r, v);
+                } else {
+                    self.dst(i, u128::from(v))?;
+                }
+            }
+            M::Pinsrb | M::Pinsrd | M::Pinsrq => {
+                let w = match m {
+                    M::Pinsrb => 8,
+                    M::Pinsrd => 32,
+                    _ => 64,
+                };
+                let v = (self.src(i, 1)? as u64) & if w == 64 { u64::MAX } else { (1u64 << w) - 1 };
+                let k = u32::from(i.immediate8()) & (128 / w - 1);
+                let d = self.xmm(dn);
+                let mask = u128::from(if w == 64 { u64::MAX } else { (1u64 << w) - 1 }) << (w * k);
+                self.set_xmm(dn, (d & !mask) | (u128::from(v) << (w * k)));
+            }
+            M::Insertps => {
+                let imm = u32::from(i.immediate8());
+                let v = if i.op_kind(1) == OpKind::Register {
+                    lanes_get(self.src(i, 1)?, 32, imm >> 6)
+                } else {
+                    self.src(i, 1)? as u64 & 0xFFFF_FFFF
+                };
+                let d = self.xmm(dn);
+                let k = (imm >> 4) & 3;
+                let mut r = (d & !(0xFFFF_FFFFu128 << (32 * k))) | (u128::from(v) << (32 * k));
+                for z in 0..4 {
+                    if imm & (1 << z) != 0 {
+                        r &= !(0xFFFF_FFFFu128 << (32 * z));
+                    }
+                }
+                self.set_xmm(dn, r);
+            }
+            // ---- SSE4.1 ----
+            M::Blendps | M::Blendpd | M::Pblendw | M::Blendvps | M::Blendvpd | M::Pblendvb => {
+                let w = match m {
+                    M::Blendps | M::Blendvps => 32,
+                    M::Blendpd | M::Blendvpd => 64,
+                    M::Pblendw => 16,
+                    _ => 8,
+                };
+                let s = self.src(i, 1)?;
+                let d = self.xmm(dn);
+                let imm = if matches!(m, M::Blendps | M::Blendpd | M::Pblendw) { u32::from(i.immediate8()) } else { 0 };
+                let x0 = self.xmm(0);
+                let mut r = 0u128;
+                for k in 0..128 / w {
+                    let pick = if matches!(m, M::Blendps | M::Blendpd | M::Pblendw) {
+                        imm & (1 << k) != 0
+                    } else {
+                        (lanes_get(x0, w, k) >> (w - 1)) & 1 != 0
+                    };
+                    r |= u128::from(lanes_get(if pick { s } else { d }, w, k)) << (w * k);
+                }
+                self.set_xmm(dn, r);
+            }
+            M::Pmaxsb | M::Pmaxsd | M::Pminsb | M::Pminsd | M::Pmaxuw | M::Pmaxud | M::Pminuw | M::Pminud => {
+                let w = match m {
+                    M::Pmaxsb | M::Pminsb => 8,
+                    M::Pmaxuw | M::Pminuw => 16,
+                    _ => 32,
+                };
+                let signed = matches!(m, M::Pmaxsb | M::Pmaxsd | M::Pminsb | M::Pminsd);
+                let max = matches!(m, M::Pmaxsb | M::Pmaxsd | M::Pmaxuw | M::Pmaxud);
+                self.bin(i, |a, b| {
+                    map2(a, b, w, |x, y| {
+                        let gt = if signed { sx(x, w) > sx(y, w) } else { x > y };
+                        if gt == max {
+                            x
+                        } else {
+                            y
+                        }
+                    })
+                })?;
+            }
+            M::Pmovsxbw | M::Pmovsxbd | M::Pmovsxbq | M::Pmovsxwd | M::Pmovsxwq | M::Pmovsxdq | M::Pmovzxbw
+            | M::Pmovzxbd | M::Pmovzxbq | M::Pmovzxwd | M::Pmovzxwq | M::Pmovzxdq => {
+                let (from, to) = match m {
+                    M::Pmovsxbw | M::Pmovzxbw => (8, 16),
+                    M::Pmovsxbd | M::Pmovzxbd => (8, 32),
+                    M::Pmovsxbq | M::Pmovzxbq => (8, 64),
+                    M::Pmovsxwd | M::Pmovzxwd => (16, 32),
+                    M::Pmovsxwq | M::Pmovzxwq => (16, 64),
+                    _ => (32, 64),
+                };
+                let signed = format!("{m:?}").starts_with("Pmovsx");
+                let s = self.src(i, 1)?;
+                let mut r = 0u128;
+                for k in 0..128 / to {
+                    let x = lanes_get(s, from, k);
+                    let v = if signed { sx(x, from) as u64 } else { x };
+                    let mask = if to == 64 { u64::MAX } else { (1u64 << to) - 1 };
+                    r |= u128::from(v & mask) << (to * k);
+                }
+                self.set_xmm(dn, r);
+            }
+            M::Pmuldq => self.bin(i, |a, b| map2(a, b, 64, |x, y| (sx(x & 0xFFFF_FFFF, 32) * sx(y & 0xFFFF_FFFF, 32)) as u64))?,
+            M::Pmulld => self.bin(i, |a, b| map2(a, b, 32, |x, y| x.wrapping_mul(y)))?,
+            M::Pcmpeqq | M::Pcmpgtq => {
+                let gt = m == M::Pcmpgtq;
+                self.bin(i, |a, b| {
+                    map2(a, b, 64, |x, y| if (gt && (x as i64) > (y as i64)) || (!gt && x == y) { u64::MAX } else { 0 })
+                })?
+            }
+            M::Packusdw => {
+                let s = self.src(i, 1)?;
+                let d = self.xmm(dn);
+                let mut r = 0u128;
+                for k in 0..8 {
+                    let x = if k < 4 { lanes_get(d, 32, k) } else { lanes_get(s, 32, k - 4) };
+                    r |= u128::from(sat_u(sx(x, 32), 16)) << (16 * k);
+                }
+                self.set_xmm(dn, r);
+            }
+            M::Ptest => {
+                let s = self.src(i, 1)?;
+                let d = self.xmm(dn);
+                let mut f = 0;
+                if d & s == 0 {
+                    f |= ZF;
+                }
+                if !d & s == 0 {
+                    f |= CF;
+                }
+                let cur = self.cpu.rflags();
+                self.cpu.set_rflags((cur & !(CF | PF | ZF | OF | SF | AF)) | f);
+            }
+            M::Phminposuw => {
+                let s = self.src(i, 1)?;
+                let mut best = (u64::MAX, 0u64);
+                for k in 0..8 {
+                    let v = lanes_get(s, 16, k);
+                    if v < best.0 {
+                        best = (v, u64::from(k));
+                    }
+                }
+                self.set_xmm(dn, u128::from(best.0) | (u128::from(best.1) << 16));
+            }
+            M::Mpsadbw => {
+                let s = self.src(i, 1)?;
+                let d = self.xmm(dn);
+                let imm = u32::from(i.immediate8());
+                let so = (imm & 3) * 4;
+                let doff = ((imm >> 2) & 1) * 4;
+                let mut r = 0u128;
+                for k in 0..8 {
+                    let mut sum = 0u64;
+                    for j in 0..4 {
+                        sum += lanes_get(d, 8, doff + k + j).abs_diff(lanes_get(s, 8, so + j));
+                    }
+                    r |= u128::from(sum) << (16 * k);
+                }
+                self.set_xmm(dn, r);
+            }
+            M::Movntdqa => {
+                let v = self.src(i, 1)?;
+                self.set_xmm(dn, v);
+            }
+            M::Roundps | M::Roundpd | M::Roundss | M::Roundsd => {
+                let (f, n) = match m {
+                    M::Roundps => (F32, 4),
+                    M::Roundpd => (F64, 2),
+                    M::Roundss => (F32, 1),
+                    _ => (F64, 1),
+                };
+                let imm = i.immediate8();
+                let env = self.sse_env();
+                let rc = if imm & 4 != 0 { env.rc } else { imm & 3 };
+                let quiet = imm & 8 != 0;
+                let w = f_bits(f);
+                let s = self.src(i, 1)?;
+                let d = self.xmm(dn);
+                let mut r = if n == 1 { d } else { 0 };
+                let mut fl = 0;
+                for k in 0..n {
+                    let x = lanes_get(s, w, k);
+                    let (v, f2) = round_to_int(f, soft::daz(soft::unpack(f, x), env), x, rc);
+                    fl |= if quiet { f2 & !soft::PE } else { f2 };
+                    let mask = (if w == 64 { u128::from(u64::MAX) } else { 0xFFFF_FFFF }) << (w * k);
+                    r = (r & !mask) | (u128::from(v) << (w * k));
+                }
+                self.sse_flags(fl)?;
+                self.set_xmm(dn, r);
             }
             M::Pinsrw => {
                 let v = (self.src(i, 1)? as u64) & 0xFFFF;
@@ -979,6 +1172,27 @@ impl Cx<'_> {
         self.sse_flags(fl)?;
         self.set_xmm(dn, r);
         Ok(())
+    }
+}
+
+/// ROUNDPS/ROUNDSS: x rounded to an integral value with rounding `rc`: (bits, flags).
+fn round_to_int(f: Fmt, v: Val, raw: u64, rc: u8) -> (u64, u32) {
+    let near = Env { rc: soft::RN, daz: false, ftz: false, scale: 0, traps: 0 };
+    match v {
+        Val::Nan(s, fr) => (soft::pack_nan(f, s, fr | 1 << 63), if fr & (1 << 63) == 0 { soft::IE } else { 0 }),
+        Val::Zero(s) => (soft::pack_zero(f, s), 0),
+        Val::Inf(_) => (raw, 0),
+        Val::Fin { s, m, e, .. } => {
+            if e >= 0 {
+                return (raw, 0);
+            }
+            let (r, fl) = soft::to_int_big(s, m, e, rc);
+            if r == 0 {
+                return (soft::pack_zero(f, s), fl & soft::PE);
+            }
+            (soft::round_pack(f, f.p, s, r, 0, near).0.bin(), fl & soft::PE)
+        }
+        Val::Unsupported => (soft::default_nan(f), soft::IE),
     }
 }
 
