@@ -84,7 +84,7 @@ pub const FEATURES: &[Feature] = &[
     f(1, Ecx, 0, Some(C::SSE3), Advertised),        // SSE3
     f(1, Ecx, 9, Some(C::SSSE3), Advertised),       // SSSE3
     f(1, Ecx, 13, Some(C::CMPXCHG16B), Advertised), // CX16
-    f(1, Ecx, 19, Some(C::SSE4_1), Partial),         // SSE4.1
+    f(1, Ecx, 19, Some(C::SSE4_1), Partial),        // SSE4.1
     f(1, Ecx, 20, Some(C::SSE4_2), Absent),         // SSE4.2
     f(1, Ecx, 23, Some(C::POPCNT), Advertised),     // POPCNT
     f(1, Ecx, 26, Some(C::XSAVE), Advertised),      // XSAVE/XRSTOR/XGETBV/XSETBV

@@ -604,8 +604,18 @@ impl Cx<'_> {
                     })
                 })?;
             }
-            M::Pmovsxbw | M::Pmovsxbd | M::Pmovsxbq | M::Pmovsxwd | M::Pmovsxwq | M::Pmovsxdq | M::Pmovzxbw
-            | M::Pmovzxbd | M::Pmovzxbq | M::Pmovzxwd | M::Pmovzxwq | M::Pmovzxdq => {
+            M::Pmovsxbw
+            | M::Pmovsxbd
+            | M::Pmovsxbq
+            | M::Pmovsxwd
+            | M::Pmovsxwq
+            | M::Pmovsxdq
+            | M::Pmovzxbw
+            | M::Pmovzxbd
+            | M::Pmovzxbq
+            | M::Pmovzxwd
+            | M::Pmovzxwq
+            | M::Pmovzxdq => {
                 let (from, to) = match m {
                     M::Pmovsxbw | M::Pmovzxbw => (8, 16),
                     M::Pmovsxbd | M::Pmovzxbd => (8, 32),
@@ -625,7 +635,9 @@ impl Cx<'_> {
                 }
                 self.set_xmm(dn, r);
             }
-            M::Pmuldq => self.bin(i, |a, b| map2(a, b, 64, |x, y| (sx(x & 0xFFFF_FFFF, 32) * sx(y & 0xFFFF_FFFF, 32)) as u64))?,
+            M::Pmuldq => {
+                self.bin(i, |a, b| map2(a, b, 64, |x, y| (sx(x & 0xFFFF_FFFF, 32) * sx(y & 0xFFFF_FFFF, 32)) as u64))?
+            }
             M::Pmulld => self.bin(i, |a, b| map2(a, b, 32, |x, y| x.wrapping_mul(y)))?,
             M::Pcmpeqq | M::Pcmpgtq => {
                 let gt = m == M::Pcmpgtq;
