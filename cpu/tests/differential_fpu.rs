@@ -381,6 +381,8 @@ mod host {
                         | K::imm8
                         | K::st0
                         | K::sti_opcode
+                        | K::r8_or_mem
+                        | K::r16_or_mem
                         | K::mm_reg
                         | K::mm_rm
                         | K::mm_or_mem
@@ -450,6 +452,20 @@ mod host {
                 }
                 K::mem => Opnd::M(mem),
                 K::r32_reg | K::r32_rm => Opnd::R(rng.pick(&gprs32)),
+                K::r8_or_mem => {
+                    if rng.chance(50) {
+                        Opnd::R(rng.pick(&[Register::AL, Register::CL, Register::DL]))
+                    } else {
+                        Opnd::M(mem)
+                    }
+                }
+                K::r16_or_mem => {
+                    if rng.chance(50) {
+                        Opnd::R(rng.pick(&[Register::AX, Register::CX, Register::DX]))
+                    } else {
+                        Opnd::M(mem)
+                    }
+                }
                 K::r64_reg | K::r64_rm => Opnd::R(rng.pick(&gprs64)),
                 K::r32_or_mem => {
                     if rng.chance(50) {
@@ -630,6 +646,34 @@ mod host {
             }
         }
         let mut gpr = [rng.int(), rng.int(), rng.int(), SCRATCH + 64, SCRATCH + 128 + rng.below(8) * 8];
+        if matches!(m, Mnemonic::Pcmpestri | Mnemonic::Pcmpestri64 | Mnemonic::Pcmpestrm | Mnemonic::Pcmpestrm64)
+            && rng.chance(70)
+        {
+            // Explicit lengths around the element count, negative ones included.
+            gpr[0] = (rng.below(40) as i64 - 20) as u64;
+            gpr[2] = (rng.below(40) as i64 - 20) as u64;
+        }
+        if matches!(
+            m,
+            Mnemonic::Pcmpestri
+                | Mnemonic::Pcmpestri64
+                | Mnemonic::Pcmpestrm
+                | Mnemonic::Pcmpestrm64
+                | Mnemonic::Pcmpistri
+                | Mnemonic::Pcmpistrm
+        ) && rng.chance(70)
+        {
+            // Strings over a small alphabet (with NULs) so that matches happen.
+            for k in 0..16 {
+                let o = 160 + 16 * k;
+                for b in 0..16 {
+                    fx[o + b] = rng.pick(&[0u8, b'a', b'b', b'c', 0xFF, 0x80]);
+                }
+            }
+            for b in scratch.iter_mut() {
+                *b = rng.pick(&[0u8, b'a', b'b', b'c', 0xFF, 0x80]);
+            }
+        }
         if matches!(m, Mnemonic::Xsave | Mnemonic::Xsave64 | Mnemonic::Xrstor | Mnemonic::Xrstor64) {
             // EDX:EAX = the requested components, within the guest's XCR0 (x87 | SSE): the
             // host's XCR0 has more.

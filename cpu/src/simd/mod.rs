@@ -61,7 +61,19 @@ fn sat_u(v: i64, w: u32) -> u64 {
 /// MOV-class instructions that do not require 16-byte alignment of a 128-bit operand.
 fn unaligned_ok(m: Mnemonic) -> bool {
     use Mnemonic as M;
-    matches!(m, M::Movups | M::Movupd | M::Movdqu | M::Lddqu)
+    matches!(
+        m,
+        M::Movups
+            | M::Movupd
+            | M::Movdqu
+            | M::Lddqu
+            | M::Pcmpestri
+            | M::Pcmpestri64
+            | M::Pcmpestrm
+            | M::Pcmpestrm64
+            | M::Pcmpistri
+            | M::Pcmpistrm
+    )
 }
 
 impl Cx<'_> {
@@ -1072,6 +1084,72 @@ impl Cx<'_> {
                 }
                 self.set_xmm(dn, r);
             }
+            // ---- SSE4.2 ----
+            M::Crc32 => {
+                let (v, bytes) = if i.op_kind(1) == OpKind::Register {
+                    let r = i.op1_register();
+                    (crate::fpu::gpr(self.cpu, r), r.size())
+                } else {
+                    let n = i.memory_size().size();
+                    (self.src(i, 1)? as u64, n)
+                };
+                let mut crc = crate::fpu::gpr(self.cpu, i.op0_register()) as u32;
+                for k in 0..bytes {
+                    crc ^= ((v >> (8 * k)) & 0xFF) as u32;
+                    for _ in 0..8 {
+                        crc = (crc >> 1) ^ (0x82F6_3B78 & (crc & 1).wrapping_neg());
+                    }
+                }
+                crate::fpu::set_gpr(self.cpu, i.op0_register(), u64::from(crc));
+            }
+            M::Pcmpestri | M::Pcmpestri64 | M::Pcmpestrm | M::Pcmpestrm64 | M::Pcmpistri | M::Pcmpistrm => {
+                let a = self.xmm(dn);
+                let b = self.src(i, 1)?;
+                let imm = u32::from(i.immediate8());
+                let explicit = matches!(m, M::Pcmpestri | M::Pcmpestri64 | M::Pcmpestrm | M::Pcmpestrm64);
+                let wide64 = matches!(m, M::Pcmpestri64 | M::Pcmpestrm64);
+                let (la, lb) = if explicit {
+                    let len = |v: u64| -> u32 {
+                        let x = if wide64 { v as i64 } else { i64::from(v as i32) };
+                        x.unsigned_abs().min(if imm & 1 != 0 { 8 } else { 16 }) as u32
+                    };
+                    (len(self.cpu.gpr[0]), len(self.cpu.gpr[2]))
+                } else {
+                    let n = if imm & 1 != 0 { 8 } else { 16 };
+                    let w = 128 / n;
+                    let z = |v: u128| (0..n).find(|&k| lanes_get(v, w, k) == 0).unwrap_or(n);
+                    (z(a), z(b))
+                };
+                let (r, flags) = pcmpstr(a, b, la, lb, imm);
+                let is_index = matches!(m, M::Pcmpestri | M::Pcmpestri64 | M::Pcmpistri);
+                let n = if imm & 1 != 0 { 8 } else { 16 };
+                if is_index {
+                    let idx = if r == 0 {
+                        n
+                    } else if imm & 0x40 != 0 {
+                        31 - r.leading_zeros()
+                    } else {
+                        r.trailing_zeros()
+                    };
+                    self.cpu.gpr[1] = u64::from(idx);
+                } else {
+                    let v = if imm & 0x40 != 0 {
+                        let w = 128 / n;
+                        let mut x = 0u128;
+                        for k in 0..n {
+                            if r & (1 << k) != 0 {
+                                x |= (if w == 8 { 0xFFu128 } else { 0xFFFF }) << (w * k);
+                            }
+                        }
+                        x
+                    } else {
+                        u128::from(r)
+                    };
+                    self.set_xmm(0, v);
+                }
+                let cur = self.cpu.rflags();
+                self.cpu.set_rflags((cur & !(CF | PF | ZF | OF | SF | AF)) | flags);
+            }
             M::Emms => {}
             M::Pshufw => {
                 let s = self.src(i, 1)?;
@@ -1185,6 +1263,84 @@ impl Cx<'_> {
         self.set_xmm(dn, r);
         Ok(())
     }
+}
+
+/// PCMPxSTRx (SDM vol. 2, 4.1): compares the elements of `a` (valid below `la`) with those
+/// of `b` (valid below `lb`) as `imm` says; returns IntRes2 and the flags (CF ZF SF OF).
+fn pcmpstr(a: u128, b: u128, la: u32, lb: u32, imm: u32) -> (u32, u64) {
+    let words = imm & 1 != 0;
+    let signed = imm & 2 != 0;
+    let n: u32 = if words { 8 } else { 16 };
+    let w = 128 / n;
+    let elem = |v: u128, k: u32| -> i64 {
+        let x = lanes_get(v, w, k);
+        if signed {
+            sx(x, w)
+        } else {
+            x as i64
+        }
+    };
+    let agg = (imm >> 2) & 3;
+    // BoolRes with the validity overrides of each aggregation.
+    let boolres = |i: u32, j: u32| -> bool {
+        let (va, vb) = (i < la, j < lb);
+        match agg {
+            0 | 1 => {
+                if !(va && vb) {
+                    return false;
+                }
+                if agg == 0 {
+                    elem(a, i) == elem(b, j)
+                } else if i % 2 == 0 {
+                    elem(b, j) >= elem(a, i)
+                } else {
+                    elem(b, j) <= elem(a, i)
+                }
+            }
+            2 => match (va, vb) {
+                (true, true) => elem(a, i) == elem(b, j),
+                (false, false) => true,
+                _ => false,
+            },
+            _ => match (va, vb) {
+                (true, true) => elem(a, i) == elem(b, j),
+                (false, _) => true,
+                (true, false) => false,
+            },
+        }
+    };
+    let mut r1: u32 = 0;
+    for j in 0..n {
+        let bit = match agg {
+            0 => (0..n).any(|i| boolres(i, j)),
+            1 => (0..n).step_by(2).any(|i| boolres(i, j) && boolres(i + 1, j)),
+            2 => boolres(j, j),
+            _ => (0..n - j).all(|i| boolres(i, j + i)),
+        };
+        if bit {
+            r1 |= 1 << j;
+        }
+    }
+    let all = (1u32 << n) - 1;
+    let r2 = match (imm >> 4) & 3 {
+        1 => !r1 & all,
+        3 => r1 ^ ((1u32 << lb) - 1),
+        _ => r1,
+    };
+    let mut f = 0;
+    if r2 != 0 {
+        f |= CF;
+    }
+    if lb < n {
+        f |= ZF;
+    }
+    if la < n {
+        f |= SF;
+    }
+    if r2 & 1 != 0 {
+        f |= OF;
+    }
+    (r2, f)
 }
 
 /// ROUNDPS/ROUNDSS: x rounded to an integral value with rounding `rc`: (bits, flags).
