@@ -958,7 +958,7 @@ impl Cx<'_> {
                 for k in 0..n {
                     let (a, b, op) = match m {
                         M::Addsubps | M::Addsubpd => {
-                            (lanes_get(d, w, k), lanes_get(s, w, k), if k % 2 == 0 { Op::Sub } else { Op::Add })
+                            (lanes_get(d, w, k), lanes_get(s, w, k), if k & 1 == 0 { Op::Sub } else { Op::Add })
                         }
                         _ => {
                             // Horizontal: the destination's pairs, then the source's.
@@ -1291,7 +1291,7 @@ fn pcmpstr(a: u128, b: u128, la: u32, lb: u32, imm: u32) -> (u32, u64) {
                 }
                 if agg == 0 {
                     elem(a, i) == elem(b, j)
-                } else if i % 2 == 0 {
+                } else if i & 1 == 0 {
                     elem(b, j) >= elem(a, i)
                 } else {
                     elem(b, j) <= elem(a, i)
