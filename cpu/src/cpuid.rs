@@ -8,9 +8,7 @@
 //! tested against the host CPU in `cpu/tests/differential_fpu.rs`) are advertised; an
 //! extension that is partly implemented is
 //! [`Level::Partial`]: its implemented instructions execute (so firmware probing an FPU with
-//! FNINIT/FNSTSW works) but CPUID does not claim it. Today that is SSE4.1 alone: everything
-//! but DPPS/DPPD (whose NaN selection on this host is not reproduced yet) executes and is
-//! differentially tested, so SSE4.2 is advertised without SSE4.1.
+//! FNINIT/FNSTSW works) but CPUID does not claim it (no extension is partial today).
 
 use iced_x86::CpuidFeature;
 
@@ -63,7 +61,7 @@ const fn f(leaf: u32, reg: Reg, bit: u32, iced: Option<CpuidFeature>, level: Lev
 }
 
 use CpuidFeature as C;
-use Level::{Absent, Advertised, Partial};
+use Level::{Absent, Advertised};
 use Reg::{Eax, Ecx, Edx};
 
 /// THE table.
@@ -86,7 +84,7 @@ pub const FEATURES: &[Feature] = &[
     f(1, Ecx, 0, Some(C::SSE3), Advertised),        // SSE3
     f(1, Ecx, 9, Some(C::SSSE3), Advertised),       // SSSE3
     f(1, Ecx, 13, Some(C::CMPXCHG16B), Advertised), // CX16
-    f(1, Ecx, 19, Some(C::SSE4_1), Partial),        // SSE4.1
+    f(1, Ecx, 19, Some(C::SSE4_1), Advertised),     // SSE4.1
     f(1, Ecx, 20, Some(C::SSE4_2), Advertised),     // SSE4.2
     f(1, Ecx, 23, Some(C::POPCNT), Advertised),     // POPCNT
     f(1, Ecx, 26, Some(C::XSAVE), Advertised),      // XSAVE/XRSTOR/XGETBV/XSETBV

@@ -473,7 +473,9 @@ impl Cx<'_> {
             self.read_bytes(s, ea + 512, &mut hdr)?;
             let bv = u64::from_le_bytes(hdr[..8].try_into().unwrap_or([0; 8]));
             let comp = u64::from_le_bytes(hdr[8..16].try_into().unwrap_or([0; 8]));
-            if bv & !self.cpu.fpu.xcr0 != 0 || comp != 0 || hdr[16..].iter().any(|&b| b != 0) {
+            // Standard form only: bytes 8-23 of the header (XCOMP_BV and the next 8) must be 0;
+            // bytes 24-63 are not checked (SDM vol. 1, 13.8.1; as on the host).
+            if bv & !self.cpu.fpu.xcr0 != 0 || comp != 0 || hdr[16..24].iter().any(|&b| b != 0) {
                 return Err(Exception::GeneralProtection(0).into());
             }
             let mut mem = [0u8; 512];

@@ -737,6 +737,66 @@ impl Cx<'_> {
                 self.sse_flags(fl)?;
                 self.set_xmm(dn, r);
             }
+            M::Dpps | M::Dppd => {
+                let f = if m == M::Dpps { F32 } else { F64 };
+                let w = f_bits(f);
+                let n = 128 / w;
+                let imm = u32::from(i.immediate8());
+                let env = self.sse_env();
+                let s = self.src(i, 1)?;
+                let d = self.xmm(dn);
+                let op = |o: Op, a: u64, b: u64, fl: &mut u32| -> u64 {
+                    let (p, f2) = soft::arith(
+                        o,
+                        f,
+                        f.p,
+                        soft::daz(soft::unpack(f, a), env),
+                        soft::daz(soft::unpack(f, b), env),
+                        env,
+                        false,
+                    );
+                    *fl |= f2;
+                    p.bin()
+                };
+                // Products destination × source (+0.0 where the mask is clear); then each
+                // destination lane k sums in its own order, (t[k^1] + t[k]) + (t[k^3] + t[k^2]),
+                // which decides which NaN propagates (measured on the host; DPPD: t[k] + t[k^1]). Each stage raises
+                // its unmasked exceptions before the next one runs.
+                let mut fl = 0;
+                let mut t = [0u64; 4];
+                for k in 0..n {
+                    if imm & (1 << (4 + k)) != 0 {
+                        t[k as usize] = op(Op::Mul, lanes_get(d, w, k), lanes_get(s, w, k), &mut fl);
+                    }
+                }
+                self.sse_flags(fl)?;
+                let mut fl2 = 0;
+                let mut pairs = [0u64; 4];
+                for k in 0..n as usize {
+                    // DPPD: t[k] + t[k^1].
+                    pairs[k] = if n == 2 {
+                        op(Op::Add, t[k], t[k ^ 1], &mut fl2)
+                    } else {
+                        op(Op::Add, t[k ^ 1], t[k], &mut fl2)
+                    };
+                }
+                self.sse_flags(fl2)?;
+                let mut sums = pairs;
+                if n == 4 {
+                    let mut fl3 = 0;
+                    for k in 0..4 {
+                        sums[k] = op(Op::Add, pairs[k], pairs[k ^ 2], &mut fl3);
+                    }
+                    self.sse_flags(fl3)?;
+                }
+                let mut r = 0u128;
+                for k in 0..n {
+                    if imm & (1 << k) != 0 {
+                        r |= u128::from(sums[k as usize]) << (w * k);
+                    }
+                }
+                self.set_xmm(dn, r);
+            }
             M::Pinsrw => {
                 let v = (self.src(i, 1)? as u64) & 0xFFFF;
                 let k = u32::from(i.immediate8()) & (vw / 16 - 1);
