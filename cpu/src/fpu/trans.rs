@@ -254,8 +254,9 @@ pub(crate) fn f2xm1(x: Val, env: Env) -> (Packed, u32) {
         return (soft::zero(F80, b.s), 0);
     }
     if b.abs() == one() {
-        // 2^1 - 1 = 1 and 2^-1 - 1 = -0.5, exactly.
-        return if b.s { Big { e: -128, ..one() }.neg().round(env) } else { one().round(env) };
+        // 2^1 - 1 = 1 and 2^-1 - 1 = -0.5 exactly, but the x87 reports them inexact.
+        let (p, fl) = if b.s { Big { e: -128, ..one() }.neg().round(env) } else { one().round(env) };
+        return (p, fl | soft::PE);
     }
     expm1(b.mul(LN2)).round(env)
 }

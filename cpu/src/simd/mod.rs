@@ -1452,6 +1452,10 @@ fn approx(x: u64, sqrt: bool) -> u64 {
             if sqrt && s {
                 return soft::default_nan(F32);
             }
+            if !sqrt && (x >> 23) & 0xFF >= 253 && x & 0x7FFF_FFFF != 253 << 23 {
+                // |x| > 2^126: 1/x is below the smallest normal and flushes to zero.
+                return soft::pack_zero(F32, s);
+            }
             let one = soft::unpack(F64, 1.0f64.to_bits());
             let den = if sqrt {
                 let (r, _) = soft::sqrt(F64, 53, soft::convert(F64, 53, v, near).0.bin_val(F64), near);
