@@ -268,7 +268,9 @@ pub(crate) fn fyl2x(x: Val, y: Val, env: Env) -> (Packed, u32) {
         return (soft::zero(F80, by.s ^ bx.sub(one()).s), 0);
     }
     let l = ln(bx).div(LN2);
-    by.mul(l).round(env)
+    // The x87 reports precision even when y × log2(x) happens to be exact (x a power of two).
+    let (p, fl) = by.mul(l).round(env);
+    (p, fl | soft::PE)
 }
 
 /// y × log2(1 + x) for small finite x (the caller handles specials).
