@@ -504,24 +504,14 @@ impl Cx<'_> {
                 self.x87_push(v);
             }
             M::Fstpnce => {
-                // D9 D8+i: copies ST(0) with its tag to ST(i) and pops, without any check.
+                // D9 D8+i (undocumented alias of FSTP ST(i)): copies ST(0) and its tag to ST(i),
+                // then pops, with no stack-fault check (measured on the host: an FFREE'd ST(0) is
+                // copied as empty, raw bits and all).
                 let n = st_index(i.op0_register());
                 let f = &mut self.cpu.fpu;
                 let (ps, pd) = (f.phys(0), f.phys(n));
                 f.st[pd] = f.st[ps];
                 f.ftw = (f.ftw & !(1 << pd)) | (((f.ftw >> ps) & 1) << pd);
-                f.pop();
-            }
-            M::Fstpnce => {
-                // D9 D8+i (an alias of FSTP ST(i)): copies ST(0) and its tag to ST(i), then pops,
-                // with no stack-fault check (measured on the host: an empty ST(0) is copied as
-                // empty, raw bits and all).
-                let n = st_index(i.op0_register());
-                let f = &mut self.cpu.fpu;
-                let (ps, pd) = (f.phys(0), f.phys(n));
-                f.st[pd] = f.st[ps];
-                f.ftw = (f.ftw & !(1 << pd)) | (((f.ftw >> ps) & 1) << pd);
-                f.fsw &= !C1;
                 f.pop();
             }
             M::Fst | M::Fstp | M::Fist | M::Fistp | M::Fisttp | M::Fbstp => {
