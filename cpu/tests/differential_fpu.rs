@@ -76,10 +76,9 @@ mod host {
         ]
     }
 
-    /// The x87 and SSE/SSE2 instructions the interpreter does not implement yet (they raise
-    /// #UD); listed in the test output.
+    /// The x87/MMX/SSE..SSE4.2 instructions the interpreter does not implement yet (they raise
+    /// #UD); listed in the test output. Empty today.
     pub(super) fn not_implemented() -> Vec<Mnemonic> {
-        use Mnemonic as M;
         vec![]
     }
 
