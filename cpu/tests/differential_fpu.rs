@@ -1,7 +1,7 @@
-//! Differential tests of the x87 and SSE/SSE2 instructions against the host CPU.
+//! Differential tests of the x87, MMX, SSE..SSE4.2 and XSAVE instructions against the host CPU.
 //!
-//! Every implemented legacy-encoded x87 and XMM instruction form (taken from iced-x86's list of
-//! `Code`s, so no form is forgotten) runs with random operands, weighted towards special
+//! Every implemented legacy-encoded x87, MMX and XMM instruction form valid in 64-bit mode
+//! (taken from iced-x86's list of `Code`s, so no form is forgotten) runs with random operands, weighted towards special
 //! values (QNaN/SNaN, denormals, infinities, ±0, the largest and smallest normals,
 //! integer-conversion edges, 80-bit unnormals and pseudo-denormals), random x87 control words
 //! (every rounding and precision mode, random masks), random MXCSR (rounding, DAZ, FTZ,
