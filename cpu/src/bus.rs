@@ -49,6 +49,9 @@ pub trait CpuBus {
     fn read_tsc_deadline(&mut self) -> u64 {
         0
     }
+    /// The x87 FERR# output: a waiting x87 instruction found an unmasked exception pending
+    /// while CR0.NE=0 (the legacy MS-DOS error reporting). A PC raises IRQ 13. Default: ignored.
+    fn fpu_error(&mut self) {}
 }
 
 /// A bus with guest memory and nothing else, for tests, benches and tools that run bare code:

@@ -10,7 +10,9 @@ pub mod cpuid;
 pub mod engine;
 pub mod exception;
 pub mod flags;
+pub mod fpu;
 pub mod interp;
+pub mod simd;
 pub mod state;
 
 pub use bus::{CpuBus, RamBus};

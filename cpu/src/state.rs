@@ -85,6 +85,8 @@ pub mod cr {
     pub const CR4_OSFXSR: u64 = 1 << 9;
     /// CR4: OS supports SIMD exceptions.
     pub const CR4_OSXMMEXCPT: u64 = 1 << 10;
+    /// CR4: OS supports XSAVE and XCR0.
+    pub const CR4_OSXSAVE: u64 = 1 << 18;
     /// EFER: syscall enable.
     pub const EFER_SCE: u64 = 1 << 0;
     /// EFER: long mode enable.
@@ -250,27 +252,75 @@ pub struct Msrs {
     pub mtrr_fixed: [u64; 11],
 }
 
-/// x87/SSE register file (room reserved; the integer interpreter does not use it yet).
-#[repr(C)]
+/// x87/MMX/SSE register file. The first 512 bytes are exactly the FXSAVE image (Intel SDM
+/// vol. 1, table 10-2, the 64-bit layout: FIP and FDP as 64-bit fields), so FXSAVE/XSAVE copy
+/// it and generated code can reach the XMM registers with `offset_of!`. Two deviations from the
+/// memory image, both undone by FXSAVE: `st` holds the x87 registers in *physical* order
+/// (R0..R7, MMi = Ri), not stack order, and the x87 code/data selectors live after the image
+/// (`fcs`, `fds`) because the 64-bit image has no room for them.
+#[repr(C, align(16))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FpuState {
-    /// ST0..ST7 as 80-bit values in 16-byte slots.
-    pub st: [[u8; 16]; 8],
-    /// XMM0..XMM15.
-    pub xmm: [[u8; 16]; 16],
-    /// x87 control word.
+    /// x87 control word (offset 0).
     pub fcw: u16,
-    /// x87 status word.
+    /// x87 status word, TOP in bits 11..13 (offset 2).
     pub fsw: u16,
-    /// Abridged tag word.
+    /// Abridged tag word: bit i set = physical register Ri is valid (offset 4).
     pub ftw: u8,
-    /// MXCSR.
+    /// Reserved (offset 5).
+    pub rsvd5: u8,
+    /// Last x87 opcode (11 bits, offset 6).
+    pub fop: u16,
+    /// Last x87 instruction pointer (offset 8).
+    pub fip: u64,
+    /// Last x87 data pointer (offset 16).
+    pub fdp: u64,
+    /// MXCSR (offset 24).
     pub mxcsr: u32,
+    /// MXCSR_MASK: the writable MXCSR bits (offset 28).
+    pub mxcsr_mask: u32,
+    /// R0..R7 as 80-bit values (little-endian significand then sign/exponent) in 16-byte slots
+    /// (offset 32), physical order.
+    pub st: [[u8; 16]; 8],
+    /// XMM0..XMM15 (offset 160).
+    pub xmm: [[u8; 16]; 16],
+    /// Reserved part of the image (offset 416).
+    pub rsvd: [u8; 96],
+    /// Last x87 instruction's code selector (not part of the 64-bit image).
+    pub fcs: u16,
+    /// Last x87 operand's data selector.
+    pub fds: u16,
+    /// Padding.
+    pub pad: u32,
+    /// XCR0 (the enabled XSAVE state components; bit 0 x87 is always set).
+    pub xcr0: u64,
 }
+
+/// The MXCSR bits that exist (DAZ included): everything else is reserved and LDMXCSR/FXRSTOR
+/// raise #GP(0) when it is set.
+pub const MXCSR_MASK: u32 = 0xFFFF;
 
 impl Default for FpuState {
     fn default() -> Self {
-        FpuState { st: [[0; 16]; 8], xmm: [[0; 16]; 16], fcw: 0x037F, fsw: 0, ftw: 0, mxcsr: 0x1F80 }
+        FpuState {
+            // The power-up values (SDM vol. 3A table 9-1): FCW 0040H, tags 5555H (all valid, +0).
+            fcw: 0x0040,
+            fsw: 0,
+            ftw: 0xFF,
+            rsvd5: 0,
+            fop: 0,
+            fip: 0,
+            fdp: 0,
+            mxcsr: 0x1F80,
+            mxcsr_mask: MXCSR_MASK,
+            st: [[0; 16]; 8],
+            xmm: [[0; 16]; 16],
+            rsvd: [0; 96],
+            fcs: 0,
+            fds: 0,
+            pad: 0,
+            xcr0: 1,
+        }
     }
 }
 
@@ -370,7 +420,7 @@ impl CpuState {
             tlb: SoftTlb::default(),
         };
         s.seg[SegReg::Cs as usize] = cs;
-        s.gpr[2] = 0x0000_0600; // EDX = family/model/stepping signature at reset
+        s.gpr[2] = u64::from(crate::cpuid::SIGNATURE); // EDX = CPUID.1:EAX at reset
         s
     }
 

@@ -808,6 +808,12 @@ impl CpuBus for Board {
         self.timers_dirty = true;
         self.sync_irqs();
     }
+
+    fn fpu_error(&mut self) {
+        // FERR# reaches the 8259 as IRQ 13 (an edge: the chipset latches it).
+        self.irqs.0.borrow_mut().extend([(13, true), (13, false)]);
+        self.sync_irqs();
+    }
 }
 
 #[cfg(test)]

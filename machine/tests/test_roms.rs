@@ -136,3 +136,18 @@ fn test_issue_11_rom_v86_monitor() {
 fn test_issue_11_rom_nmi_through_icr() {
     expect_pass("nmi_ipi", test_roms::nmi_ipi());
 }
+
+#[test]
+fn test_rom_fpu_real() {
+    expect_pass("fpu_real", test_roms::fpu_real());
+}
+
+#[test]
+fn test_rom_fpu_protected() {
+    expect_pass("fpu_protected", test_roms::fpu_protected());
+}
+
+#[test]
+fn test_rom_fpu_long() {
+    expect_pass("fpu_long", test_roms::fpu_long());
+}

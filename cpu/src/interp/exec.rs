@@ -1175,7 +1175,12 @@ impl Cx<'_> {
                 self.next(i);
             }
             M::Cpuid => {
-                let (a, b, c, d) = crate::cpuid::cpuid(self.cpu.gpr[0] as u32, self.cpu.gpr[1] as u32);
+                let (a, b, c, d) = crate::cpuid::cpuid_with(
+                    self.cpu.gpr[0] as u32,
+                    self.cpu.gpr[1] as u32,
+                    self.cpu.cr4,
+                    self.cpu.fpu.xcr0,
+                );
                 self.cpu.gpr[0] = u64::from(a);
                 self.cpu.gpr[3] = u64::from(b);
                 self.cpu.gpr[1] = u64::from(c);
@@ -1195,7 +1200,13 @@ impl Cx<'_> {
                 self.next(i);
             }
             M::Ud0 | M::Ud1 | M::Ud2 => return Err(Exception::InvalidOpcode.into()),
-            _ => return self.exec_system(i),
+            _ => {
+                // x87, MMX, SSE*, FXSAVE and XSAVE live in crate::fpu and crate::simd.
+                if let Some(r) = self.exec_fpu_simd(i) {
+                    return r;
+                }
+                return self.exec_system(i);
+            }
         }
         Ok(())
     }
@@ -1539,7 +1550,9 @@ impl Cx<'_> {
             }
             Register::CR4 => {
                 const KNOWN: u64 = 0x1 | 0x2 | 0x4 | 0x8 | 0x10 | 0x20 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400;
-                if v & !KNOWN != 0 {
+                // CR4.OSXSAVE exists when CPUID advertises XSAVE.
+                let osxsave = if crate::cpuid::LEAF1_ECX & (1 << 26) != 0 { cr::CR4_OSXSAVE } else { 0 };
+                if v & !(KNOWN | osxsave) != 0 {
                     return Err(Exception::GeneralProtection(0).into());
                 }
                 if self.cpu.efer & cr::EFER_LMA != 0 && v & cr::CR4_PAE == 0 {
