@@ -28,8 +28,8 @@ mod boot;
 mod checks;
 mod conformance;
 mod demo;
-mod fuzz;
 mod fpu;
+mod fuzz;
 mod layout;
 mod system;
 
@@ -40,8 +40,8 @@ pub use checks::{
 };
 pub use conformance::{nmi_ipi, v86_monitor};
 pub use demo::{demo, mandelbrot_reference, primes_reference, DEMO_BANNER};
-pub use fuzz::{random_timer_guest, SplitMix};
 pub use fpu::{fpu_long, fpu_protected, fpu_real};
+pub use fuzz::{random_timer_guest, SplitMix};
 pub use layout::{Mode, ENTRY, PAYLOAD};
 pub use system::{system_long, system_protected};
 

@@ -1175,11 +1175,12 @@ impl Cx<'_> {
                 self.next(i);
             }
             M::Cpuid => {
-                let (a, b, c, d) = crate::cpuid::cpuid_with(
+                let (a, b, c, d) = crate::cpuid::cpuid_full(
                     self.cpu.gpr[0] as u32,
                     self.cpu.gpr[1] as u32,
                     self.cpu.cr4,
                     self.cpu.fpu.xcr0,
+                    self.cpu.msr.apic_base & (1 << 11) != 0,
                 );
                 self.cpu.gpr[0] = u64::from(a);
                 self.cpu.gpr[3] = u64::from(b);

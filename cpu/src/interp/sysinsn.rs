@@ -24,6 +24,8 @@ pub mod msr {
     pub const SYSENTER_EIP: u32 = 0x176;
     /// IA32_BIOS_SIGN_ID (microcode update signature).
     pub const BIOS_SIGN_ID: u32 = 0x8B;
+    /// IA32_ARCH_CAPABILITIES (read-only).
+    pub const ARCH_CAPABILITIES: u32 = 0x10A;
     /// IA32_MCG_CAP (machine-check global capabilities).
     pub const MCG_CAP: u32 = 0x179;
     /// IA32_MCG_STATUS.
@@ -93,6 +95,7 @@ impl Cx<'_> {
             msr::MISC_ENABLE => m.misc_enable,
             // No microcode is ever loaded: the signature (high dword) reads as 0 (SDM 9.11.7.1).
             msr::BIOS_SIGN_ID => 0,
+            msr::ARCH_CAPABILITIES => crate::cpuid::ARCH_CAPABILITIES,
             // MCG_CAP: no banks, no MCG_CTL, no extended state; MCG_STATUS: no machine check
             // in progress (SDM 16.3.1).
             msr::MCG_CAP | msr::MCG_STATUS => 0,

@@ -1,0 +1,108 @@
+//! Debian's stock Linux kernel (linux-image-amd64, 6.1) booted as a user boots it, with
+//! `ferrovisor run --kernel --initrd --append`, to a busybox user space built from Debian's
+//! busybox-static by scripts/fetch-linux-guest.sh. The workloads' results in the guest must equal
+//! what the same busybox binary prints natively on this host.
+//!
+//! The guest kit is fetched into target/guest-cache/linux; in CI that must work, elsewhere the
+//! tests skip (and `scripts/test` says so).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The guest kit directory for `arch` (amd64 or i386), fetched on first use.
+fn guest_kit(arch: &str) -> Option<PathBuf> {
+    let dir = root().join(if arch == "amd64" {
+        "target/guest-cache/linux".to_owned()
+    } else {
+        format!("target/guest-cache/linux-{arch}")
+    });
+    let status = Command::new("bash").arg(root().join("scripts/fetch-linux-guest.sh")).arg(&dir).arg(arch).status();
+    if matches!(status, Ok(s) if s.success()) && dir.join("vmlinux").exists() {
+        return Some(dir);
+    }
+    assert!(std::env::var_os("CI").is_none(), "cannot build the Linux guest kit (required in CI)");
+    report_skip("tests/linux_boot.rs: cannot build the Linux guest kit from Debian packages");
+    None
+}
+
+/// The "W-..." lines of `text`.
+fn results(text: &str) -> Vec<String> {
+    text.lines().filter(|l| l.starts_with("W-")).map(str::to_owned).collect()
+}
+
+#[test]
+fn test_linux_pvh_boots_to_userspace_and_workloads_match_host() {
+    let Some(kit) = guest_kit("amd64") else { return };
+    // The same workloads natively, with the same busybox binary.
+    let tmp = std::env::temp_dir().join(format!("ferro-linux-native-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let native = Command::new(kit.join("busybox"))
+        .arg("sh")
+        .arg(kit.join("work.sh"))
+        .env("BB", kit.join("busybox"))
+        .env("TMPDIR", &tmp)
+        .output()
+        .expect("run busybox natively");
+    std::fs::remove_dir_all(&tmp).ok();
+    let expected = results(&String::from_utf8_lossy(&native.stdout));
+    assert_eq!(expected.len(), 6, "native workloads: {}", String::from_utf8_lossy(&native.stdout));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_ferrovisor"))
+        .args(["run", "-m", "512M", "--serial", "stdio", "--max-insns", "60000000000"])
+        .arg("--kernel")
+        .arg(kit.join("vmlinux"))
+        .arg("--initrd")
+        .arg(kit.join("initramfs.cpio.gz"))
+        .args(["--append", "console=ttyS0 nokaslr ferro.run=work"])
+        .output()
+        .expect("run ferrovisor");
+    let console = String::from_utf8_lossy(&out.stdout);
+    let tail: String =
+        console.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+    assert!(console.contains("FERROVISOR-USERSPACE-OK"), "no user space; console tail:\n{tail}");
+    assert_eq!(results(&console), expected, "guest workloads differ from the host's; console tail:\n{tail}");
+    assert!(console.contains("FERROVISOR-DONE"), "{tail}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "poweroff ends the run with 0; stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Debian's 32-bit kernel (linux-image-686-pae, PAE paging) through its PVH entry, with an i386
+/// busybox user space.
+#[test]
+fn test_linux_32bit_pae_kernel_boots_to_userspace() {
+    let Some(kit) = guest_kit("i386") else { return };
+    let out = Command::new(env!("CARGO_BIN_EXE_ferrovisor"))
+        .args(["run", "-m", "512M", "--serial", "stdio", "--max-insns", "30000000000"])
+        .arg("--kernel")
+        .arg(kit.join("vmlinux"))
+        .arg("--initrd")
+        .arg(kit.join("initramfs.cpio.gz"))
+        .args(["--append", "console=ttyS0 nokaslr"])
+        .output()
+        .expect("run ferrovisor");
+    let console = String::from_utf8_lossy(&out.stdout);
+    let tail: String =
+        console.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+    assert!(console.contains("FERROVISOR-USERSPACE-OK"), "no user space; console tail:\n{tail}");
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Reports a skipped test where the user sees it: standard error, and the run's skip log
+/// (`FERRO_SKIP_LOG`, set by `scripts/test`, which prints a summary of it at the end).
+fn report_skip(what: &str) {
+    eprintln!("skipped: {what}");
+    if let Some(log) = std::env::var_os("FERRO_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+            let _ = writeln!(f, "{what}");
+        }
+    }
+}
