@@ -64,6 +64,10 @@ pub(crate) struct Inner {
     pub(crate) parent: Option<Box<Image>>,
     /// The CID was renewed in this session (also set when there is no stored descriptor).
     cid_renewed: bool,
+    /// Where the descriptor disagrees with the sparse headers (the headers were used), for `check`.
+    pub(crate) disagreements: Vec<String>,
+    /// A sparse file with its descriptor embedded (or none): the image is that one file.
+    pub(crate) single_file: bool,
 }
 
 /// An open VMDK image (the top of a backing chain).
@@ -197,6 +201,36 @@ fn read_descriptor_ex(path: &Path) -> Result<(Descriptor, bool)> {
     }
 }
 
+/// How an embedded descriptor disagrees with the header of the file it is embedded in.
+fn embedded_disagreements(d: &Descriptor, h: &SparseHeader) -> Vec<String> {
+    let mut v = Vec::new();
+    if d.extents.len() != 1 {
+        v.push(format!(
+            "embedded descriptor has {} extent lines; a monolithic sparse file is one extent (itself)",
+            d.extents.len()
+        ));
+    }
+    if let Some(e) = d.extents.first() {
+        if e.kind != ExtentKind::Sparse {
+            v.push(format!("embedded descriptor says extent type {}; the file is a sparse extent", e.kind.as_str()));
+        }
+        if e.sectors != h.capacity {
+            v.push(format!(
+                "embedded descriptor says {} sectors; the sparse header's capacity is {} (the header's is used)",
+                e.sectors, h.capacity
+            ));
+        }
+        if e.access != Access::Rw {
+            v.push(format!("embedded descriptor says access {}; the file is opened as RW", e.access.as_str()));
+        }
+    }
+    let want = if h.compressed() { "streamOptimized" } else { "monolithicSparse" };
+    if matches!(d.create_type.as_str(), "monolithicSparse" | "streamOptimized") && d.create_type != want {
+        v.push(format!("embedded descriptor says createType {}; the header says {want}", d.create_type));
+    }
+    v
+}
+
 fn with_path(e: Error, path: &Path) -> Error {
     match e {
         Error::BadDescriptor { line, reason } => Error::NotVmdk {
@@ -285,37 +319,101 @@ impl Image {
             return Err(Error::ChainTooDeep(MAX_CHAIN_DEPTH));
         }
         seen.push(canon.clone());
+        let single_file = probe(path)? == Probe::Sparse;
         let (desc, desc_stored) = read_descriptor_ex(path)?;
-        let dir = canon.parent().map(Path::to_path_buf).unwrap_or_default();
+        // Extent names and the parent hint are relative to the directory of the descriptor as it
+        // was named (as qemu-img does), not of wherever a symlink to it points.
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let mut disagreements = Vec::new();
         let mut extents = Vec::with_capacity(desc.extents.len());
         let mut start = 0u64;
-        for line in &desc.extents {
-            let data = match line.kind {
-                ExtentKind::Zero => ExtentData::Zero,
-                kind => {
-                    let name = line.file.as_deref().unwrap_or_default();
-                    let p = dir.join(name);
-                    let rw = opts.writable && line.access == Access::Rw;
-                    let file = std::fs::OpenOptions::new().read(true).write(rw).open(&p).map_err(io(&p))?;
-                    if kind == ExtentKind::Sparse {
-                        let s = SparseExtent::open(&p, file)?;
-                        if line.sectors > s.hdr.capacity {
-                            return Err(Error::Corrupt {
-                                path: p,
-                                reason: format!(
-                                    "extent line says {} sectors but the extent's capacity is {}",
-                                    line.sectors, s.hdr.capacity
-                                ),
-                            });
-                        }
-                        ExtentData::Sparse(Box::new(s))
-                    } else {
-                        ExtentData::Flat { file, path: p, offset: line.offset }
-                    }
-                }
+        if single_file {
+            // A sparse file with an embedded descriptor is one extent: the file itself, whatever
+            // name its descriptor carries (a copy or a renamed file must never open the original),
+            // with the header's capacity (qemu-img and VMware behave so). The embedded extent
+            // lines only say what the header already does; where they disagree the header wins
+            // and `check` reports it.
+            let file = std::fs::OpenOptions::new().read(true).write(opts.writable).open(path).map_err(io(path))?;
+            let s = SparseExtent::open(path, file)?;
+            if desc_stored {
+                disagreements = embedded_disagreements(&desc, &s.hdr);
+            }
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let line = ExtentLine {
+                access: Access::Rw,
+                sectors: s.hdr.capacity,
+                kind: ExtentKind::Sparse,
+                file: Some(name),
+                offset: 0,
             };
-            extents.push(Extent { line: line.clone(), start, data });
-            start += line.sectors;
+            start = s.hdr.capacity;
+            extents.push(Extent { line, start: 0, data: ExtentData::Sparse(Box::new(s)) });
+        } else {
+            // Files already used, canonical path -> (kind, flat byte range), to refuse aliasing.
+            let mut used: Vec<(PathBuf, ExtentKind, u64, u64)> = Vec::new();
+            for (idx, line) in desc.extents.iter().enumerate() {
+                let mut line = line.clone();
+                let data = match line.kind {
+                    ExtentKind::Zero => ExtentData::Zero,
+                    kind => {
+                        let name = line.file.as_deref().unwrap_or_default();
+                        let p = dir.join(name);
+                        let pc = std::fs::canonicalize(&p).map_err(io(&p))?;
+                        let corrupt = |reason: String| Error::Corrupt { path: path.to_path_buf(), reason };
+                        if pc == canon {
+                            return Err(corrupt(format!("extent {idx} names the descriptor file itself ({name:?})")));
+                        }
+                        let (lo, hi) = if kind == ExtentKind::Sparse {
+                            (0, u64::MAX)
+                        } else {
+                            (line.offset * SECTOR, (line.offset + line.sectors) * SECTOR)
+                        };
+                        for (up, uk, ulo, uhi) in &used {
+                            let both_flat = kind != ExtentKind::Sparse && *uk != ExtentKind::Sparse;
+                            if *up == pc && (!both_flat || (lo < *uhi && *ulo < hi)) {
+                                return Err(corrupt(format!(
+                                    "extent file {name:?} is used more than once (extent {idx} overlaps an earlier one)"
+                                )));
+                            }
+                        }
+                        used.push((pc, kind, lo, hi));
+                        let rw = opts.writable && line.access == Access::Rw;
+                        let file = std::fs::OpenOptions::new().read(true).write(rw).open(&p).map_err(io(&p))?;
+                        if kind == ExtentKind::Sparse {
+                            let s = SparseExtent::open(&p, file)?;
+                            if line.sectors != s.hdr.capacity {
+                                // The header wins (as qemu-img): the descriptor's size is a copy.
+                                disagreements.push(format!(
+                                    "descriptor extent {idx} ({name:?}) says {} sectors but its sparse header's capacity is {}; the header's is used",
+                                    line.sectors, s.hdr.capacity
+                                ));
+                                line.sectors = s.hdr.capacity;
+                            }
+                            ExtentData::Sparse(Box::new(s))
+                        } else {
+                            match probe(&p)? {
+                                Probe::Other => {}
+                                what => return Err(corrupt(format!(
+                                    "extent {idx} is {} but {name:?} is a {} (its metadata would be read as disk data)",
+                                    kind.as_str(),
+                                    match what {
+                                        Probe::Sparse => "sparse extent (KDMV)",
+                                        Probe::Cowd => "COWD sparse extent",
+                                        _ => "VMDK descriptor",
+                                    }
+                                ))),
+                            }
+                            ExtentData::Flat { file, path: p, offset: line.offset }
+                        }
+                    }
+                };
+                let sectors = line.sectors;
+                extents.push(Extent { line, start, data });
+                start += sectors;
+            }
+            if start > descriptor::MAX_DISK_SECTORS {
+                return Err(Error::Corrupt { path: path.to_path_buf(), reason: "total disk size is absurd".into() });
+            }
         }
         let parent = match (&desc.parent_hint, opts.no_parent) {
             (Some(hint), false) => {
@@ -349,7 +447,7 @@ impl Image {
             path: path.to_path_buf(),
             size: start * SECTOR,
             writable: opts.writable,
-            inner: Mutex::new(Inner { desc, extents, parent, cid_renewed: !desc_stored }),
+            inner: Mutex::new(Inner { desc, extents, parent, cid_renewed: !desc_stored, disagreements, single_file }),
         })
     }
 
