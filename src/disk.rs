@@ -572,7 +572,7 @@ fn compare(a: CompareArgs) -> anyhow::Result<i32> {
     };
     let (Some(x), Some(y)) = (open(&a.a, a.format_a), open(&a.b, a.format_b)) else { return Ok(2) };
     let b = bar(x.dev().len().max(y.dev().len()), a.quiet, "compare");
-    let r = vmdk::compare(x.dev(), y.dev(), &|n| b.inc(n));
+    let r = vmdk::compare_images(&x, &y, &|n| b.inc(n));
     b.finish_and_clear();
     match r {
         Ok(None) => {

@@ -92,7 +92,8 @@ pub enum MapKind {
         /// Chain depth.
         depth: usize,
     },
-    /// Reads as zeros because of a zeroed-grain entry or a ZERO extent, at this depth.
+    /// Reads as zeros because of a zeroed-grain entry, a ZERO extent, or a hole (or missing tail)
+    /// in a flat extent's file, at this depth.
     Zero {
         /// Chain depth.
         depth: usize,
@@ -393,7 +394,8 @@ impl Image {
                         } else {
                             match probe(&p)? {
                                 Probe::Other => {}
-                                what => return Err(corrupt(format!(
+                                what => {
+                                    return Err(corrupt(format!(
                                     "extent {idx} is {} but {name:?} is a {} (its metadata would be read as disk data)",
                                     kind.as_str(),
                                     match what {
@@ -401,7 +403,8 @@ impl Image {
                                         Probe::Cowd => "COWD sparse extent",
                                         _ => "VMDK descriptor",
                                     }
-                                ))),
+                                )))
+                                }
                             }
                             ExtentData::Flat { file, path: p, offset: line.offset }
                         }
@@ -867,8 +870,20 @@ impl Inner {
                 ExtentData::Zero => {
                     push_merge(&mut out, MapRange { start: voff, len: n, kind: MapKind::Zero { depth: 0 } })
                 }
-                ExtentData::Flat { .. } => {
-                    push_merge(&mut out, MapRange { start: voff, len: n, kind: MapKind::Data { depth: 0 } })
+                ExtentData::Flat { file, offset, .. } => {
+                    // Holes in a flat file (and a short file's missing tail) read as zeros.
+                    let base = *offset * SECTOR;
+                    let mut p = 0u64;
+                    for (d, l) in file_data_ranges(file, base + eoff, base + eoff + n) {
+                        let at = d - base - eoff;
+                        push_merge(
+                            &mut out,
+                            MapRange { start: voff + p, len: at - p, kind: MapKind::Zero { depth: 0 } },
+                        );
+                        push_merge(&mut out, MapRange { start: voff + at, len: l, kind: MapKind::Data { depth: 0 } });
+                        p = at + l;
+                    }
+                    push_merge(&mut out, MapRange { start: voff + p, len: n - p, kind: MapKind::Zero { depth: 0 } });
                 }
                 ExtentData::Sparse(s) => {
                     let gb = s.grain_bytes() as u64;
@@ -965,38 +980,51 @@ impl RawImage {
     /// Byte ranges holding data according to the file system (SEEK_DATA/SEEK_HOLE); holes read as
     /// zeros and need not be copied. Falls back to the whole file where the call is unsupported.
     pub fn data_ranges(&self) -> Vec<(u64, u64)> {
-        use std::os::fd::AsRawFd;
-        let fd = self.file.as_raw_fd();
-        let mut out = Vec::new();
-        let mut pos = 0u64;
-        while pos < self.size {
-            let Ok(p) = libc::off_t::try_from(pos) else { break };
-            // SAFETY: lseek on a file descriptor we own; it only moves the file offset, which this
-            // type never uses (all I/O is positional pread/pwrite).
-            let data = unsafe { libc::lseek(fd, p, libc::SEEK_DATA) };
-            if data < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.raw_os_error() == Some(libc::ENXIO) {
-                    break; // no more data after pos
-                }
-                return vec![(0, self.size)];
-            }
-            // SAFETY: as above.
-            let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-            if hole < 0 {
-                return vec![(0, self.size)];
-            }
-            let (d, h) = (data as u64, (hole as u64).min(self.size));
-            if h > d {
-                out.push((d, h - d));
-            }
-            if h <= pos {
-                return vec![(0, self.size)];
-            }
-            pos = h;
-        }
-        out
+        file_data_ranges(&self.file, 0, self.size)
     }
+}
+
+/// The parts of bytes `[lo, hi)` of `file` that hold data according to the file system
+/// (SEEK_DATA/SEEK_HOLE), as (start, len) in file offsets; bytes past the end of the file are
+/// not data. Where the calls are unsupported the whole range (up to the end of the file) is data.
+pub(crate) fn file_data_ranges(file: &File, lo: u64, hi: u64) -> Vec<(u64, u64)> {
+    use std::os::fd::AsRawFd;
+    let flen = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+    let hi = hi.min(flen);
+    let whole = || if hi > lo { vec![(lo, hi - lo)] } else { Vec::new() };
+    let fd = file.as_raw_fd();
+    let mut out = Vec::new();
+    let mut pos = lo;
+    while pos < hi {
+        let Ok(p) = libc::off_t::try_from(pos) else { return whole() };
+        // SAFETY: lseek on a file descriptor we own; it only moves the file offset, which this
+        // crate never uses (all I/O is positional pread/pwrite).
+        let data = unsafe { libc::lseek(fd, p, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break; // no more data after pos
+            }
+            return whole();
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return whole();
+        }
+        let (d, h) = ((data as u64).max(pos), (hole as u64).min(hi));
+        if d >= hi {
+            break;
+        }
+        if h > d {
+            out.push((d, h - d));
+        }
+        if h <= pos {
+            return whole();
+        }
+        pos = h;
+    }
+    out
 }
 
 impl BlockDevice for RawImage {

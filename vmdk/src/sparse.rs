@@ -173,13 +173,16 @@ impl SparseExtent {
         if idx >= self.gd.len() {
             return Ok(Grain::Unallocated);
         }
-        let zeroed = self.hdr.zeroed_grain();
-        let compressed = self.hdr.compressed();
         let Some(t) = self.gt(idx)? else { return Ok(Grain::Unallocated) };
         let e = u64::from(t[(g % per) as usize]);
+        self.classify(e, g)
+    }
+
+    /// What grain table entry `e` of grain `g` means.
+    fn classify(&self, e: u64, g: u64) -> Result<Grain> {
         Ok(match e {
             0 => Grain::Unallocated,
-            1 if zeroed => Grain::Zero,
+            1 if self.hdr.zeroed_grain() => Grain::Zero,
             s if s < self.min_meta || s >= self.file_sectors() => {
                 return Err(self.corrupt(format!(
                     "cluster offset for sector {} points to sector {s}, {}",
@@ -187,13 +190,15 @@ impl SparseExtent {
                     if s >= self.file_sectors() { "after EOF" } else { "into the header" }
                 )))
             }
-            s if compressed => Grain::Compressed(s),
+            s if self.hdr.compressed() => Grain::Compressed(s),
             s => Grain::Data(s),
         })
     }
 
     /// Status of grain `g` and how many grains from `g` on (at most `max`, within `g`'s grain table)
-    /// share its kind (for maps; an empty GD entry is answered without reading anything).
+    /// share its kind (for maps; an empty GD entry is answered without reading anything). A grain
+    /// table that is not cached is read without being cached, so mapping a huge image costs no
+    /// memory beyond one table.
     pub(crate) fn lookup_run(&mut self, g: u64, max: u64) -> Result<(Grain, u64)> {
         let per = u64::from(self.hdr.num_gtes_per_gt);
         let idx = (g / per) as usize;
@@ -201,10 +206,23 @@ impl SparseExtent {
         if idx >= self.gd.len() || self.gd[idx] == 0 {
             return Ok((Grain::Unallocated, limit - g));
         }
-        let first = self.lookup(g)?;
+        let table = match self.gts.get(&idx) {
+            Some(t) => t.clone(),
+            None => {
+                let ptr = u64::from(self.gd[idx]);
+                if !self.gt_ptr_ok(ptr) {
+                    return Err(self.corrupt(format!(
+                        "grain directory entry {idx} points to sector {ptr}, outside the metadata area or past the end of the file"
+                    )));
+                }
+                read_u32s(&self.file, &self.path, ptr, self.hdr.num_gtes_per_gt as usize)?
+            }
+        };
+        let at = |g: u64| u64::from(table[(g % per) as usize]);
+        let first = self.classify(at(g), g)?;
         let mut n = 1;
         while g + n < limit {
-            if std::mem::discriminant(&self.lookup(g + n)?) != std::mem::discriminant(&first) {
+            if std::mem::discriminant(&self.classify(at(g + n), g + n)?) != std::mem::discriminant(&first) {
                 break;
             }
             n += 1;
