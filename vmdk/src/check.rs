@@ -78,7 +78,7 @@ fn check_once(path: &Path, repair: bool) -> Result<CheckReport> {
     for e in g.extents.iter_mut() {
         match &mut e.data {
             ExtentData::Sparse(s) => s.check(repair, &mut rep)?,
-            ExtentData::Flat { file, path, offset } => {
+            ExtentData::Flat { file, path, offset, .. } => {
                 let need = (*offset + e.line.sectors) * SECTOR;
                 let have = file.metadata().map_err(io(path))?.len();
                 if have < need {

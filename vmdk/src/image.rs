@@ -46,7 +46,7 @@ pub struct OpenOptions {
 }
 
 pub(crate) enum ExtentData {
-    Flat { file: File, path: PathBuf, offset: u64 },
+    Flat { file: File, path: PathBuf, offset: u64, dirty: bool },
     Sparse(Box<SparseExtent>),
     Zero,
 }
@@ -68,6 +68,8 @@ pub(crate) struct Inner {
     pub(crate) disagreements: Vec<String>,
     /// A sparse file with its descriptor embedded (or none): the image is that one file.
     pub(crate) single_file: bool,
+    /// fdatasync calls on flat extents.
+    flat_syncs: u64,
 }
 
 /// An open VMDK image (the top of a backing chain).
@@ -406,7 +408,7 @@ impl Image {
                                 )))
                                 }
                             }
-                            ExtentData::Flat { file, path: p, offset: line.offset }
+                            ExtentData::Flat { file, path: p, offset: line.offset, dirty: false }
                         }
                     }
                 };
@@ -450,7 +452,15 @@ impl Image {
             path: path.to_path_buf(),
             size: start * SECTOR,
             writable: opts.writable,
-            inner: Mutex::new(Inner { desc, extents, parent, cid_renewed: !desc_stored, disagreements, single_file }),
+            inner: Mutex::new(Inner {
+                desc,
+                extents,
+                parent,
+                cid_renewed: !desc_stored,
+                disagreements,
+                single_file,
+                flat_syncs: 0,
+            }),
         })
     }
 
@@ -551,16 +561,29 @@ impl Image {
             return Ok(());
         }
         let mut g = self.lock();
-        for e in &mut g.extents {
+        let Inner { extents, flat_syncs, .. } = &mut *g;
+        for e in extents {
             match &mut e.data {
                 ExtentData::Sparse(s) => s.flush()?,
-                ExtentData::Flat { file, path, .. } if e.line.access == Access::Rw => {
-                    file.sync_data().map_err(io(path))?
+                // Only what was written since the last flush is synced (a guest may send FLUSH
+                // CACHE after every command).
+                ExtentData::Flat { file, path, dirty, .. } if *dirty => {
+                    *flat_syncs += 1;
+                    file.sync_data().map_err(io(path))?;
+                    *dirty = false;
                 }
                 _ => {}
             }
         }
         Ok(())
+    }
+
+    /// How many fdatasync calls `flush` has made on this image's own files since it was opened
+    /// (a flush with nothing written makes none).
+    pub fn sync_count(&self) -> u64 {
+        let g = self.lock();
+        g.flat_syncs
+            + g.extents.iter().map(|e| if let ExtentData::Sparse(s) = &e.data { s.syncs } else { 0 }).sum::<u64>()
     }
 
     /// The allocation map of the whole disk, resolved through the chain; adjacent equal ranges merged.
@@ -694,7 +717,7 @@ impl Inner {
             }
             match &mut e.data {
                 ExtentData::Zero => out.fill(0),
-                ExtentData::Flat { file, path, offset } => {
+                ExtentData::Flat { file, path, offset, .. } => {
                     let k = read_full(file, out, *offset * SECTOR + eoff).map_err(io(path))?;
                     out[k..].fill(0);
                 }
@@ -790,7 +813,8 @@ impl Inner {
             let Inner { extents, parent, .. } = self;
             match &mut extents[i].data {
                 ExtentData::Zero => unreachable!("refused by check_writable"),
-                ExtentData::Flat { file, path, offset } => {
+                ExtentData::Flat { file, path, offset, dirty } => {
+                    *dirty = true;
                     file.write_all_at(data, *offset * SECTOR + eoff).map_err(io(path))?
                 }
                 ExtentData::Sparse(s) => {
@@ -825,7 +849,8 @@ impl Inner {
             let Inner { extents, parent, .. } = self;
             match &mut extents[i].data {
                 ExtentData::Zero => {}
-                ExtentData::Flat { file, path, offset } => {
+                ExtentData::Flat { file, path, offset, dirty } => {
+                    *dirty = true;
                     let z = vec![0u8; n.min(1 << 20) as usize];
                     let mut p = 0u64;
                     while p < n {
@@ -950,6 +975,10 @@ pub struct RawImage {
     writable: bool,
     /// Bytes written since write-back was last started (see [`RawImage::write_at`]).
     unsynced: std::sync::atomic::AtomicU64,
+    /// Written since the last flush.
+    dirty: std::sync::atomic::AtomicBool,
+    /// fdatasync calls made by `flush`.
+    syncs: std::sync::atomic::AtomicU64,
 }
 
 impl RawImage {
@@ -958,7 +987,15 @@ impl RawImage {
         let path = path.as_ref();
         let file = std::fs::OpenOptions::new().read(true).write(writable).open(path).map_err(io(path))?;
         let size = file.metadata().map_err(io(path))?.len();
-        Ok(RawImage { file, path: path.to_path_buf(), size, writable, unsynced: Default::default() })
+        Ok(RawImage {
+            file,
+            path: path.to_path_buf(),
+            size,
+            writable,
+            unsynced: Default::default(),
+            dirty: Default::default(),
+            syncs: Default::default(),
+        })
     }
 
     /// Creates (or truncates) a raw file of `size` bytes.
@@ -972,11 +1009,24 @@ impl RawImage {
             .open(path)
             .map_err(io(path))?;
         file.set_len(size).map_err(io(path))?;
-        Ok(RawImage { file, path: path.to_path_buf(), size, writable: true, unsynced: Default::default() })
+        Ok(RawImage {
+            file,
+            path: path.to_path_buf(),
+            size,
+            writable: true,
+            unsynced: Default::default(),
+            dirty: Default::default(),
+            syncs: Default::default(),
+        })
     }
 }
 
 impl RawImage {
+    /// How many fdatasync calls `flush` has made (a flush with nothing written makes none).
+    pub fn sync_count(&self) -> u64 {
+        self.syncs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Byte ranges holding data according to the file system (SEEK_DATA/SEEK_HOLE); holes read as
     /// zeros and need not be copied. Falls back to the whole file where the call is unsupported.
     pub fn data_ranges(&self) -> Vec<(u64, u64)> {
@@ -1046,6 +1096,7 @@ impl BlockDevice for RawImage {
         if offset.checked_add(buf.len() as u64).is_none_or(|e| e > self.size) {
             return Err(Error::OutOfRange { offset, len: buf.len() as u64, size: self.size });
         }
+        self.dirty.store(true, std::sync::atomic::Ordering::Release);
         self.file.write_all_at(buf, offset).map_err(io(&self.path))?;
         // Start write-back every 32 MiB so that a bulk copy overlaps with the disk and the final
         // flush has little left to do.
@@ -1073,8 +1124,14 @@ impl BlockDevice for RawImage {
         Ok(())
     }
     fn flush(&self) -> Result<()> {
-        if self.writable {
-            self.file.sync_data().map_err(io(&self.path))?;
+        use std::sync::atomic::Ordering;
+        // Clear before syncing: a write racing with the sync marks the file dirty again.
+        if self.writable && self.dirty.swap(false, Ordering::AcqRel) {
+            self.syncs.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = self.file.sync_data() {
+                self.dirty.store(true, Ordering::Release);
+                return Err(io(&self.path)(e));
+            }
         }
         Ok(())
     }

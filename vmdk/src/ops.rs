@@ -279,6 +279,14 @@ impl AnyImage {
         }
     }
 
+    /// fdatasync calls made by `flush` so far (see [`Image::sync_count`]).
+    pub fn sync_count(&self) -> u64 {
+        match self {
+            AnyImage::Vmdk(i) => i.sync_count(),
+            AnyImage::Raw(r) => r.sync_count(),
+        }
+    }
+
     /// Byte ranges that may hold non-zero data (a raw file: everything).
     pub fn data_ranges(&self) -> Result<Vec<(u64, u64)>> {
         match self {

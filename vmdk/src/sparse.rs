@@ -43,6 +43,10 @@ pub(crate) struct SparseExtent {
     inflater: flate2::Decompress,
     /// Bytes written since write-back was last started.
     unsynced: u64,
+    /// Something was written since the last flush (data, tables or a repair).
+    dirty: bool,
+    /// fdatasync calls made on this extent (for tests and diagnostics).
+    pub(crate) syncs: u64,
 }
 
 /// Largest compressed grain we read: deflate's worst case for a 32 MiB grain plus slack.
@@ -121,6 +125,8 @@ impl SparseExtent {
             zbuf: Vec::new(),
             inflater: flate2::Decompress::new(true),
             unsynced: 0,
+            dirty: false,
+            syncs: 0,
         })
     }
 
@@ -364,6 +370,7 @@ impl SparseExtent {
         data: &[u8],
         fill: &mut dyn FnMut(&mut [u8]) -> Result<()>,
     ) -> Result<()> {
+        self.dirty = true;
         if self.hdr.compressed() {
             return Err(Error::StreamReadOnly { path: self.path.clone() });
         }
@@ -418,6 +425,7 @@ impl SparseExtent {
     /// newly allocated, adjacent grains, as long as they are unallocated or zeroed. Returns how many
     /// grains were written (0 if grain `g` is already allocated; the caller then writes it in place).
     pub(crate) fn write_new_grains(&mut self, g: u64, data: &[u8]) -> Result<u64> {
+        self.dirty = true;
         if self.hdr.compressed() {
             return Err(Error::StreamReadOnly { path: self.path.clone() });
         }
@@ -452,6 +460,7 @@ impl SparseExtent {
 
     /// Makes grain `g` read as zeros. `has_parent` says whether an unallocated grain would show parent data.
     pub(crate) fn zero_grain(&mut self, g: u64, has_parent: bool) -> Result<()> {
+        self.dirty = true;
         if self.hdr.compressed() {
             return Err(Error::StreamReadOnly { path: self.path.clone() });
         }
@@ -467,11 +476,15 @@ impl SparseExtent {
     }
 
     /// Writes dirty grain tables (primary and redundant) and directories, then syncs.
+    /// Nothing written since the last flush: no I/O at all.
     pub(crate) fn flush(&mut self) -> Result<()> {
+        if !self.dirty && self.dirty_gts.is_empty() && !self.gd_dirty {
+            return Ok(());
+        }
         if !self.dirty_gts.is_empty() || self.gd_dirty {
             // Grains reach the disk before the table entries that point to them, also across a
             // power loss (not only a process kill).
-            self.file.sync_data().map_err(io(&self.path))?;
+            self.sync()?;
         }
         let gt_bytes = (self.hdr.gt_sectors() * SECTOR) as usize;
         for idx in std::mem::take(&mut self.dirty_gts) {
@@ -503,11 +516,19 @@ impl SparseExtent {
             }
             self.gd_dirty = false;
         }
+        self.sync()?;
+        self.dirty = false;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        self.syncs += 1;
         self.file.sync_data().map_err(io(&self.path))
     }
 
     /// Checks the extent. See [`crate::check`].
     pub(crate) fn check(&mut self, repair: bool, rep: &mut crate::check::CheckReport) -> Result<()> {
+        self.dirty |= repair;
         let name = self.path.display().to_string();
         let fs = self.file_sectors();
         let gs = self.hdr.grain_size;
