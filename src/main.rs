@@ -2,6 +2,7 @@
 
 mod disk;
 mod run;
+mod size;
 
 use clap::{Parser, Subcommand};
 

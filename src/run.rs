@@ -62,7 +62,7 @@ pub struct RunArgs {
     /// Kernel command line passed to a --multiboot kernel.
     #[arg(long, value_name = "CMDLINE", default_value = "", requires = "multiboot")]
     append: String,
-    /// Guest RAM size: a number of MiB, or with a K/M/G suffix (QEMU's -m).
+    /// Guest RAM size: a number of MiB, or with a unit K, M, G, T (or KiB..TiB, KB..TB; powers of 1024), as QEMU's -m.
     #[arg(short = 'm', long = "memory", value_name = "SIZE", value_parser = parse_size, default_value = "128")]
     memory: u64,
     /// Stop after this many guest instructions.
@@ -96,15 +96,7 @@ fn parse_u64(s: &str) -> Result<u64, String> {
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (num, mult) = match t.chars().last() {
-        Some('k' | 'K') => (&t[..t.len() - 1], 1u64 << 10),
-        Some('m' | 'M') => (&t[..t.len() - 1], 1 << 20),
-        Some('g' | 'G') => (&t[..t.len() - 1], 1 << 30),
-        _ => (t, 1 << 20),
-    };
-    let n: u64 = num.parse().map_err(|_| format!("'{s}' is not a size (e.g. 128, 512M, 1G)"))?;
-    n.checked_mul(mult).ok_or_else(|| format!("size '{s}' is too large"))
+    crate::size::parse_size(s, 1 << 20) // one parser for `run -m` and `disk create` (src/size.rs)
 }
 
 /// Runs a guest; returns the process exit status.

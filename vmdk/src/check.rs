@@ -79,6 +79,18 @@ fn check_once(path: &Path, repair: bool) -> Result<CheckReport> {
         match &mut e.data {
             ExtentData::Sparse(s) => s.check(repair, &mut rep)?,
             ExtentData::Flat { file, path, offset, .. } => {
+                // The descriptor is the authority for a flat extent (its bytes are the guest's, who
+                // may write anything), so this is reported, not refused at open.
+                let mut head = [0u8; 512];
+                let k = crate::sparse::read_full(file, &mut head, 0).map_err(io(path))?;
+                let head = &head[..k];
+                if head.starts_with(&crate::header::MAGIC.to_le_bytes()) || head.starts_with(b"COWD") {
+                    rep.corruptions.push(format!(
+                        "{}: a {} extent names a file that starts with a VMDK sparse header: its metadata is read as disk data (wrong type or file name in the descriptor?)",
+                        path.display(),
+                        e.line.kind.as_str()
+                    ));
+                }
                 let need = (*offset + e.line.sectors) * SECTOR;
                 let have = file.metadata().map_err(io(path))?.len();
                 if have < need {

@@ -126,8 +126,39 @@ pub enum Probe {
     Descriptor,
     /// ESX COWD sparse (unsupported).
     Cowd,
+    /// Another image format (qcow, qcow2, qed, vdi, vhdx, vpc, parallels, luks), named as qemu-img
+    /// names it; not supported.
+    Foreign(&'static str),
     /// Anything else (raw).
     Other,
+}
+
+/// Another image format recognised by its magic (the formats qemu-img probes by magic).
+pub fn foreign_format(b: &[u8]) -> Option<&'static str> {
+    let at = |o: usize, m: &[u8]| b.len() >= o + m.len() && &b[o..o + m.len()] == m;
+    if at(0, b"QFI\xfb") {
+        let v = if b.len() >= 8 { u32::from_be_bytes([b[4], b[5], b[6], b[7]]) } else { 0 };
+        return Some(if v == 1 { "qcow" } else { "qcow2" });
+    }
+    if at(0, b"QED\0") {
+        return Some("qed");
+    }
+    if at(0, b"vhdxfile") {
+        return Some("vhdx");
+    }
+    if at(0, b"conectix") {
+        return Some("vpc");
+    }
+    if at(0x40, &0xbeda_107fu32.to_le_bytes()) {
+        return Some("vdi");
+    }
+    if at(0, b"WithoutFreeSpace") || at(0, b"WithouFreSpacExt") {
+        return Some("parallels");
+    }
+    if at(0, b"LUKS\xba\xbe") {
+        return Some("luks");
+    }
+    None
 }
 
 /// Looks at the first bytes of a file.
@@ -142,6 +173,8 @@ pub fn probe(path: &Path) -> Result<Probe> {
         Probe::Cowd
     } else if descriptor::looks_like_descriptor(&b) {
         Probe::Descriptor
+    } else if let Some(f) = foreign_format(&b) {
+        Probe::Foreign(f)
     } else {
         Probe::Other
     })
@@ -198,6 +231,7 @@ fn read_descriptor_ex(path: &Path) -> Result<(Descriptor, bool)> {
             path: path.into(),
             reason: "ESX COWD (vmfsSparse) extents are not supported".into(),
         }),
+        Probe::Foreign(format) => Err(Error::UnsupportedFormat { path: path.into(), format }),
         Probe::Other => {
             Err(Error::NotVmdk { path: path.into(), reason: "no KDMV magic and no text descriptor".into() })
         }
@@ -394,20 +428,6 @@ impl Image {
                             }
                             ExtentData::Sparse(Box::new(s))
                         } else {
-                            match probe(&p)? {
-                                Probe::Other => {}
-                                what => {
-                                    return Err(corrupt(format!(
-                                    "extent {idx} is {} but {name:?} is a {} (its metadata would be read as disk data)",
-                                    kind.as_str(),
-                                    match what {
-                                        Probe::Sparse => "sparse extent (KDMV)",
-                                        Probe::Cowd => "COWD sparse extent",
-                                        _ => "VMDK descriptor",
-                                    }
-                                )))
-                                }
-                            }
                             ExtentData::Flat { file, path: p, offset: line.offset, dirty: false }
                         }
                     }
@@ -429,7 +449,7 @@ impl Image {
                 let parent = Image::open_chain(&pp, OpenOptions { writable: false, no_parent: false }, seen).map_err(
                     |e| match e {
                         e @ (Error::ParentLoop { .. } | Error::ChainTooDeep(_) | Error::CidMismatch { .. }) => e,
-                        e => Error::Parent { child: canon.clone(), source: Box::new(e) },
+                        e => Error::Parent { child: canon.clone(), cause: Box::new(e) },
                     },
                 )?;
                 let pcid = parent.cid();

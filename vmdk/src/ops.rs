@@ -171,7 +171,7 @@ fn new_descriptor(path: &Path, o: &CreateOptions) -> Result<Descriptor> {
         }
     }
     if let Some(p) = &o.parent {
-        let parent = Image::open(p).map_err(|e| Error::Parent { child: path.into(), source: Box::new(e) })?;
+        let parent = Image::open(p).map_err(|e| Error::Parent { child: path.into(), cause: Box::new(e) })?;
         d.parent_cid = parent.cid();
         let pc = std::fs::canonicalize(p).map_err(io(p))?;
         let dir = std::fs::canonicalize(path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")))
@@ -258,6 +258,7 @@ impl AnyImage {
     pub fn open(path: &Path, writable: bool) -> Result<AnyImage> {
         Ok(match probe(path)? {
             Probe::Other => AnyImage::Raw(RawImage::open(path, writable)?),
+            Probe::Foreign(format) => return Err(Error::UnsupportedFormat { path: path.into(), format }),
             _ => AnyImage::Vmdk(if writable { Image::open_rw(path)? } else { Image::open(path)? }),
         })
     }
