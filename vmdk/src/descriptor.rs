@@ -206,6 +206,12 @@ fn parse_extent(s: &str, line: usize) -> Result<ExtentLine> {
 impl Descriptor {
     /// Parses descriptor text (NUL padding after the text is ignored).
     pub fn parse(bytes: &[u8]) -> Result<Descriptor> {
+        Descriptor::parse_opt(bytes, true)
+    }
+
+    /// [`Descriptor::parse`]; an embedded descriptor may have no extent lines (the file is its
+    /// own extent whatever the descriptor says, as in qemu-img).
+    pub(crate) fn parse_opt(bytes: &[u8], require_extents: bool) -> Result<Descriptor> {
         let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
         let bytes = &bytes[..end];
         if bytes.len() > MAX_DESCRIPTOR_BYTES {
@@ -267,7 +273,7 @@ impl Descriptor {
         }
         let version = version.ok_or_else(|| bad(0, "no version= line"))?;
         let create_type = create_type.ok_or_else(|| bad(0, "no createType= line"))?;
-        if extents.is_empty() {
+        if extents.is_empty() && require_extents {
             return Err(bad(0, "no extent lines"));
         }
         if parent_cid != NO_PARENT_CID && parent_hint.is_none() {

@@ -217,7 +217,7 @@ fn read_descriptor_ex(path: &Path) -> Result<(Descriptor, bool)> {
             }
             let mut t = vec![0u8; (h.desc_size * SECTOR) as usize];
             file.read_exact_at(&mut t, h.desc_offset * SECTOR).map_err(io(path))?;
-            Descriptor::parse(&t).map(|d| (d, true)).map_err(|e| with_path(e, path))
+            Descriptor::parse_opt(&t, false).map(|d| (d, true)).map_err(|e| with_path(e, path))
         }
         Probe::Descriptor => {
             let len = file.metadata().map_err(io(path))?.len();
