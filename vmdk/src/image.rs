@@ -796,6 +796,12 @@ impl Inner {
                 (Access::Rw, ExtentData::Sparse(s)) if s.hdr.compressed() => {
                     return Err(Error::StreamReadOnly { path: s.path.clone() })
                 }
+                (Access::Rw, ExtentData::Sparse(s)) if s.layout_error.is_some() => {
+                    return Err(Error::Corrupt {
+                        path: s.path.clone(),
+                        reason: format!("writes refused: {}", s.layout_error.as_deref().unwrap_or_default()),
+                    })
+                }
                 (Access::Rw, _) => false,
                 _ => true,
             };
