@@ -111,7 +111,9 @@ fn test_image_in_subdirectory_named_with_its_dir() {
 }
 
 /// Mutations of the embedded descriptor that must not change what the disk is.
-fn embedded_mutations() -> Vec<(&'static str, fn(&str) -> String)> {
+type Mutation = (&'static str, fn(&str) -> String);
+
+fn embedded_mutations() -> Vec<Mutation> {
     vec![
         ("flat", |t| t.replace("SPARSE \"a.vmdk\"", "FLAT \"a.vmdk\" 0")),
         ("vmfs", |t| t.replace("SPARSE \"a.vmdk\"", "VMFS \"a.vmdk\"")),

@@ -465,8 +465,9 @@ fn qemu_convert(img: &Path, out: &Path) -> bool {
 }
 
 fn same_content(a: &Path, b: &Path) -> Result<Option<u64>, vmdk::Error> {
-    let x = AnyImage::open_as(a, !a.extension().is_some_and(|e| e == "vmdk"), false)?;
-    let y = AnyImage::open_as(b, !b.extension().is_some_and(|e| e == "vmdk"), false)?;
+    let raw = |p: &Path| p.extension().is_none_or(|e| e != "vmdk");
+    let x = AnyImage::open_as(a, raw(a), false)?;
+    let y = AnyImage::open_as(b, raw(b), false)?;
     vmdk::compare_images(&x, &y, &|_| {})
 }
 
