@@ -197,6 +197,14 @@ fn read_descriptor_ex(path: &Path) -> Result<(Descriptor, bool)> {
             let len = file.metadata().map_err(io(path))?.len();
             h.validate_layout(len).map_err(|reason| Error::BadHeader { path: path.into(), reason })?;
             if h.desc_offset == 0 {
+                // qemu-img reads an embedded descriptor at sector 1 whatever descriptorOffset says;
+                // a delta whose offset was zeroed must not silently lose its parent.
+                let mut t = vec![0u8; (crate::ops::EMBEDDED_DESC_SECTORS * SECTOR) as usize];
+                let n = read_full(&file, &mut t, SECTOR).map_err(io(path))?;
+                t.truncate(n);
+                if descriptor::looks_like_descriptor(&t) {
+                    return Descriptor::parse_opt(&t, false).map(|d| (d, true)).map_err(|e| with_path(e, path));
+                }
                 // A bare sparse extent: synthesise a monolithic descriptor.
                 let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 let mut d = Descriptor::new(
@@ -374,6 +382,12 @@ impl Image {
             let s = SparseExtent::open(path, file)?;
             if desc_stored {
                 disagreements = embedded_disagreements(&desc, &s.hdr);
+                if s.hdr0.desc_offset == 0 {
+                    disagreements.push(
+                        "the header's descriptorOffset is 0 but sector 1 holds a descriptor (used, as qemu-img does; the image cannot be written until the header is fixed)"
+                            .into(),
+                    );
+                }
             }
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let line = ExtentLine {

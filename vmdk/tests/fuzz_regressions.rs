@@ -67,3 +67,32 @@ fn test_directory_grown_over_tables_refuses_writes() {
     let rep = vmdk::check(&p, false).unwrap();
     assert!(rep.corruptions.iter().any(|c| c.contains("grain directory")), "{rep:?}");
 }
+
+/// A delta child whose header's descriptorOffset was zeroed still has its descriptor at sector 1,
+/// where qemu-img reads it: the parent must not be silently dropped (its data read as zeros).
+#[test]
+fn test_zeroed_descriptor_offset_keeps_the_parent() {
+    let d = Scratch::new("fz-desc-zero");
+    let base = d.path("base.vmdk");
+    vmdk::create(&base, &CreateOptions::new(Subformat::MonolithicSparse, 4 * MIB)).unwrap();
+    Image::open_rw(&base).unwrap().write_at(&[0x5B; 65536], MIB).unwrap();
+    let child = d.path("child.vmdk");
+    vmdk::snapshot(&base, &child, Subformat::MonolithicSparse, false).unwrap();
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&child).unwrap();
+    f.write_all_at(&0u64.to_le_bytes(), 0x1C).unwrap();
+    drop(f);
+    let img = Image::open(&child).unwrap();
+    assert_eq!(img.chain_depth(), 1, "the parent is kept");
+    let mut b = vec![0u8; 65536];
+    img.read_at(&mut b, MIB).unwrap();
+    assert!(b.iter().all(|&x| x == 0x5B));
+    drop(img);
+    let rep = vmdk::check(&child, false).unwrap();
+    assert!(rep.corruptions.iter().any(|c| c.contains("descriptorOffset")), "{rep:?}");
+    if have_qemu("test_zeroed_descriptor_offset_keeps_the_parent") {
+        let out = d.path("q.raw");
+        assert_eq!(qemu_img(&["convert", "-O", "raw", s(&child), s(&out)]).0, 0);
+        let q = std::fs::read(&out).unwrap();
+        assert!(q[MIB as usize..MIB as usize + 65536].iter().all(|&x| x == 0x5B), "qemu-img agrees");
+    }
+}
