@@ -47,6 +47,9 @@ fn check_once(path: &Path, repair: bool) -> Result<CheckReport> {
     for d in &g.disagreements {
         rep.corruptions.push(format!("{}: {d}", path.display()));
     }
+    for n in &g.notes {
+        rep.notes.push(format!("{}: {n}", path.display()));
+    }
     if g.single_file {
         let own = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         if let Some(named) = g.desc.extents.first().and_then(|e| e.file.clone()) {

@@ -10,6 +10,9 @@ use crate::error::{io, Error, Result};
 use crate::header::{SparseHeader, MAGIC, SECTOR};
 use crate::sparse::{read_full, Grain, SparseExtent};
 
+/// CID of a descriptor synthesised for a sparse extent that has none.
+const SYNTHESISED_CID: u32 = 0xFFFF_FFFE;
+
 /// Deepest backing chain accepted.
 pub const MAX_CHAIN_DEPTH: usize = 64;
 
@@ -66,6 +69,8 @@ pub(crate) struct Inner {
     cid_renewed: bool,
     /// Where the descriptor disagrees with the sparse headers (the headers were used), for `check`.
     pub(crate) disagreements: Vec<String>,
+    /// Facts for `check` that are not errors.
+    pub(crate) notes: Vec<String>,
     /// A sparse file with its descriptor embedded (or none): the image is that one file.
     pub(crate) single_file: bool,
     /// fdatasync calls on flat extents.
@@ -203,7 +208,9 @@ fn read_descriptor_ex(path: &Path) -> Result<(Descriptor, bool)> {
                 let n = read_full(&file, &mut t, SECTOR).map_err(io(path))?;
                 t.truncate(n);
                 if descriptor::looks_like_descriptor(&t) {
-                    return Descriptor::parse_opt(&t, false).map(|d| (d, true)).map_err(|e| with_path(e, path));
+                    // Not "stored": the header gives it no area, so it is never rewritten (no CID
+                    // renewal), as for a bare extent.
+                    return Descriptor::parse_opt(&t, false).map(|d| (d, false)).map_err(|e| with_path(e, path));
                 }
                 // A bare sparse extent: synthesise a monolithic descriptor.
                 let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -213,7 +220,7 @@ fn read_descriptor_ex(path: &Path) -> Result<(Descriptor, bool)> {
                     "ide",
                     "4",
                 );
-                d.cid = 0xFFFF_FFFE;
+                d.cid = SYNTHESISED_CID;
                 d.extents.push(ExtentLine {
                     access: Access::Rw,
                     sectors: h.capacity,
@@ -370,6 +377,7 @@ impl Image {
         // was named (as qemu-img does), not of wherever a symlink to it points.
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut disagreements = Vec::new();
+        let mut notes = Vec::new();
         let mut extents = Vec::with_capacity(desc.extents.len());
         let mut start = 0u64;
         if single_file {
@@ -382,12 +390,11 @@ impl Image {
             let s = SparseExtent::open(path, file)?;
             if desc_stored {
                 disagreements = embedded_disagreements(&desc, &s.hdr);
-                if s.hdr0.desc_offset == 0 {
-                    disagreements.push(
-                        "the header's descriptorOffset is 0 but sector 1 holds a descriptor (used, as qemu-img does; the image cannot be written until the header is fixed)"
-                            .into(),
-                    );
-                }
+            } else if desc.cid != SYNTHESISED_CID {
+                notes.push(
+                    "the header's descriptorOffset is 0 but sector 1 holds a descriptor: it is used for the CID and the parent (as qemu-img does) and never rewritten"
+                        .into(),
+                );
             }
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let line = ExtentLine {
@@ -492,6 +499,7 @@ impl Image {
                 parent,
                 cid_renewed: !desc_stored,
                 disagreements,
+                notes,
                 single_file,
                 flat_syncs: 0,
             }),

@@ -88,7 +88,7 @@ fn test_zeroed_descriptor_offset_keeps_the_parent() {
     assert!(b.iter().all(|&x| x == 0x5B));
     drop(img);
     let rep = vmdk::check(&child, false).unwrap();
-    assert!(rep.corruptions.iter().any(|c| c.contains("descriptorOffset")), "{rep:?}");
+    assert!(rep.notes.iter().any(|c| c.contains("descriptorOffset")), "{rep:?}");
     if have_qemu("test_zeroed_descriptor_offset_keeps_the_parent") {
         let out = d.path("q.raw");
         assert_eq!(qemu_img(&["convert", "-O", "raw", s(&child), s(&out)]).0, 0);
