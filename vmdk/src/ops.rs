@@ -246,6 +246,8 @@ pub fn snapshot(parent: &Path, child: &Path, subformat: Subformat, zeroed_grain:
 
 /// Any image the tools accept as input.
 #[derive(Debug)]
+// One per opened file, never in a collection: the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum AnyImage {
     /// A VMDK image (with its chain).
     Vmdk(Image),
