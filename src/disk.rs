@@ -54,7 +54,8 @@ enum Fmt {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "SIZE takes a suffix K, M, G or T (powers of 1024); a bare number is bytes.\n\
+#[command(after_help = "SIZE is a number with an optional unit K, M, G, T (or KiB..TiB, KB..TB), all powers of 1024; \
+                        a bare number is bytes (as qemu-img). `run -m` takes the same units.\n\
                         Examples:\n  ferrovisor disk create disk.vmdk 10G\n  \
                         ferrovisor disk create --subformat twoGbMaxExtentFlat --adapter-type lsilogic big.vmdk 100G\n  \
                         ferrovisor disk create --backing base.vmdk delta.vmdk")]
@@ -94,7 +95,10 @@ struct InfoArgs {
                         overlap each other or the tables, disagreement between the grain directory/tables and \
                         their redundant copies, leaked space, short flat extent files.\n\
                         --repair does only what loses nothing: restores a table entry from its valid redundant \
-                        copy and resynchronises the copies, truncates a leaked tail, extends short flat files.\n\
+                        copy and resynchronises the copies, truncates a leaked tail, rewrites descriptor extent \
+                        lines that disagree with the sparse headers (the headers win). It never makes a file \
+                        longer: a short flat extent file is reported, not extended (a mistyped offset in the \
+                        descriptor must not become gigabytes of zeros behind a clean report).\n\
                         Exit status (as qemu-img check): 0 clean, 1 the check could not run, 2 corruptions, \
                         3 leaks only.")]
 struct CheckArgs {
@@ -109,22 +113,22 @@ struct CheckArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(
-    after_help = "Examples:\n  ferrovisor disk convert -O vmdk --subformat streamOptimized disk.raw disk.vmdk\n  \
+#[command(after_help = "Output format: -O raw or -O vmdk. Without -O, a destination ending in .vmdk is a VMDK and \
+                        anything else is raw (qemu-img's default); --subformat without -O needs a .vmdk destination.\n\
+                        Examples:\n  ferrovisor disk convert -O vmdk --subformat streamOptimized disk.raw disk.vmdk\n  \
                         ferrovisor disk convert -O raw disk.vmdk disk.raw\n  \
                         ferrovisor disk convert -O vmdk --subformat monolithicFlat in.vmdk out.vmdk\n\
-                        A delta chain is flattened: the output holds the guest-visible content."
-)]
+                        A delta chain is flattened: the output holds the guest-visible content.")]
 struct ConvertArgs {
     /// Input format (default: detected; VMDK by magic or descriptor, anything else is raw).
     #[arg(long, short = 'f', value_enum)]
     format: Option<Fmt>,
-    /// Output format.
-    #[arg(long = "output-format", short = 'O', value_enum, default_value = "vmdk")]
-    output_format: Fmt,
-    /// VMDK subformat of the output.
-    #[arg(long, short = 's', default_value = "monolithicSparse")]
-    subformat: String,
+    /// Output format (default: vmdk for a destination named *.vmdk, otherwise raw).
+    #[arg(long = "output-format", short = 'O', value_enum)]
+    output_format: Option<Fmt>,
+    /// VMDK subformat of the output (default monolithicSparse).
+    #[arg(long, short = 's')]
+    subformat: Option<String>,
     /// ddb.adapterType of the output (default: the input's, else ide).
     #[arg(long)]
     adapter_type: Option<String>,
@@ -243,33 +247,9 @@ pub fn run(args: DiskArgs) -> anyhow::Result<i32> {
     }
 }
 
-/// Parses 10G, 10GiB, 10GB (all powers of 1024), 512M, 4096, 1.5G.
+/// Sizes of `disk create`: a bare number is bytes (as qemu-img); the parser is shared with `run -m`.
 fn parse_size(s: &str) -> anyhow::Result<u64> {
-    let s = s.trim();
-    let s = s.strip_suffix("iB").or_else(|| s.strip_suffix("ib")).unwrap_or(s);
-    let s = match s.len() {
-        2.. if s.ends_with(['B', 'b']) && s[..s.len() - 1].ends_with(|c: char| "KMGTkmgt".contains(c)) => {
-            &s[..s.len() - 1]
-        }
-        _ => s,
-    };
-    let (num, mul) = match s.chars().last().map(|c| c.to_ascii_uppercase()) {
-        Some('K') => (&s[..s.len() - 1], 1u64 << 10),
-        Some('M') => (&s[..s.len() - 1], 1 << 20),
-        Some('G') => (&s[..s.len() - 1], 1 << 30),
-        Some('T') => (&s[..s.len() - 1], 1 << 40),
-        Some('B') => (&s[..s.len() - 1], 1),
-        _ => (s, 1),
-    };
-    let v: f64 = num.parse().with_context(|| format!("bad size {s:?}"))?;
-    if !(v.is_finite() && v > 0.0) {
-        bail!("bad size {s:?}");
-    }
-    let b = v * mul as f64;
-    if b > (1u64 << 50) as f64 {
-        bail!("size {s} is too large");
-    }
-    Ok(b as u64)
+    crate::size::parse_size(s, 1).map_err(anyhow::Error::msg)
 }
 
 fn bar(total: u64, quiet: bool, what: &str) -> indicatif::ProgressBar {
@@ -482,6 +462,7 @@ fn check(a: CheckArgs) -> anyhow::Result<i32> {
             "corruptions": rep.corruptions,
             "leaks": rep.leaks,
             "repaired": rep.repaired,
+            "notes": rep.notes,
             "allocated-clusters": rep.allocated_grains,
             "exit-code": code,
         });
@@ -490,6 +471,9 @@ fn check(a: CheckArgs) -> anyhow::Result<i32> {
     }
     for r in &rep.repaired {
         println!("Repaired: {r}");
+    }
+    for n in &rep.notes {
+        println!("Note: {n}");
     }
     for c in &rep.corruptions {
         println!("ERROR: {c}");
@@ -519,18 +503,39 @@ fn open_input(p: &Path, f: Option<Fmt>) -> anyhow::Result<AnyImage> {
     })
 }
 
+/// The output format of `convert`: -O if given, else from the destination's name; a destination
+/// not named *.vmdk never silently becomes a VMDK.
+fn output_format(a: &ConvertArgs) -> anyhow::Result<Fmt> {
+    let is_vmdk_name = a.dst.extension().is_some_and(|e| e.eq_ignore_ascii_case("vmdk"));
+    Ok(match (a.output_format, &a.subformat) {
+        (Some(Fmt::Raw), Some(_)) => bail!("--subformat applies to VMDK output, not -O raw"),
+        (Some(f), _) => {
+            if f == Fmt::Vmdk && !is_vmdk_name {
+                eprintln!("ferrovisor: note: writing a VMDK to {} as asked by -O vmdk", a.dst.display());
+            }
+            f
+        }
+        (None, _) if is_vmdk_name => Fmt::Vmdk,
+        (None, Some(_)) => {
+            bail!("--subformat given but {} is not named *.vmdk: say -O vmdk to write a VMDK there", a.dst.display())
+        }
+        (None, None) => Fmt::Raw,
+    })
+}
+
 fn convert(a: ConvertArgs) -> anyhow::Result<i32> {
     let src = open_input(&a.src, a.format).with_context(|| format!("cannot open {}", a.src.display()))?;
-    if a.dst.exists() && a.output_format == Fmt::Vmdk {
+    let output_format = output_format(&a)?;
+    if a.dst.exists() && output_format == Fmt::Vmdk {
         bail!("{} already exists; refusing to overwrite it", a.dst.display());
     }
     if std::fs::canonicalize(&a.dst).ok() == std::fs::canonicalize(&a.src).ok() && a.dst.exists() {
         bail!("source and destination are the same file");
     }
-    let target = match a.output_format {
+    let target = match output_format {
         Fmt::Raw => Target::Raw,
         Fmt::Vmdk => {
-            let sf: Subformat = a.subformat.parse()?;
+            let sf: Subformat = a.subformat.as_deref().unwrap_or("monolithicSparse").parse()?;
             let mut o = CreateOptions::new(sf, 0);
             let from_src = match &src {
                 AnyImage::Vmdk(i) => i.descriptor().ddb_get("ddb.adapterType").map(str::to_string),
@@ -554,7 +559,7 @@ fn convert(a: ConvertArgs) -> anyhow::Result<i32> {
     b.finish_and_clear();
     if let Err(e) = r {
         // Do not leave a half-written output behind that looks like an image.
-        if a.output_format == Fmt::Vmdk {
+        if output_format == Fmt::Vmdk {
             let _ = std::fs::remove_file(&a.dst);
         }
         return Err(anyhow::Error::new(e).context(format!("convert {} -> {}", a.src.display(), a.dst.display())));
@@ -572,7 +577,7 @@ fn compare(a: CompareArgs) -> anyhow::Result<i32> {
     };
     let (Some(x), Some(y)) = (open(&a.a, a.format_a), open(&a.b, a.format_b)) else { return Ok(2) };
     let b = bar(x.dev().len().max(y.dev().len()), a.quiet, "compare");
-    let r = vmdk::compare(x.dev(), y.dev(), &|n| b.inc(n));
+    let r = vmdk::compare_images(&x, &y, &|n| b.inc(n));
     b.finish_and_clear();
     match r {
         Ok(None) => {
@@ -618,23 +623,4 @@ fn map(a: MapArgs) -> anyhow::Result<i32> {
         println!("{:<#20x} {:<#20x} {:<12} {}", r.start, r.len, k, d.map_or("-".into(), |d| d.to_string()));
     }
     Ok(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn test_parse_size() {
-        assert_eq!(parse_size("10G").unwrap(), 10 << 30);
-        assert_eq!(parse_size("512m").unwrap(), 512 << 20);
-        assert_eq!(parse_size("4096").unwrap(), 4096);
-        assert_eq!(parse_size("1.5K").unwrap(), 1536);
-        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
-        assert_eq!(parse_size("3MB").unwrap(), 3 << 20);
-        assert_eq!(parse_size("100b").unwrap(), 100);
-        assert!(parse_size("x").is_err());
-        assert!(parse_size("-1G").is_err());
-        assert!(parse_size("99999999T").is_err());
-    }
 }

@@ -2,7 +2,7 @@
 
 mod disk;
 mod run;
-mod units;
+mod size;
 
 use clap::{Parser, Subcommand};
 

@@ -119,7 +119,7 @@ fn parse_u64(s: &str) -> Result<u64, String> {
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
-    crate::units::parse_size(s, 1 << 20)
+    crate::size::parse_size(s, 1 << 20)
 }
 
 /// Seconds, fractional allowed, as whole nanoseconds.

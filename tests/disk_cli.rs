@@ -245,3 +245,109 @@ fn test_interrupted_commit_keeps_child_view() {
     println!("{killed} of 10 commits killed mid-run, {mismatches} CID mismatches");
     assert!(mismatches <= 1, "{mismatches} rounds left a CID mismatch");
 }
+
+/// Issue 11 item 8: an I/O error names the OS error once.
+#[test]
+fn test_io_error_printed_once() {
+    let d = Scratch::new("cli-once");
+    let missing = d.path("missing.vmdk");
+    for args in [
+        vec!["info", s(&missing)],
+        vec!["convert", "-q", s(&missing), "/dev/null"],
+        vec!["map", s(&missing)],
+        vec!["compare", "-q", s(&missing), "/dev/null"],
+        vec!["check", s(&missing)],
+    ] {
+        let (rc, _, err) = fv(&args);
+        assert_ne!(rc, 0, "{args:?}");
+        assert_eq!(err.matches("No such file or directory").count(), 1, "{args:?}: {err}");
+    }
+    let (_, _, err) = fv(&["create", s(&d.path("no/dir/x.vmdk")), "1M"]);
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+}
+
+/// Issue 11 item 8: without -O, only a *.vmdk destination becomes a VMDK (qemu-img defaults to
+/// raw); a .raw or .img destination never silently becomes a VMDK.
+#[test]
+fn test_convert_output_format_from_name() {
+    let d = Scratch::new("cli-convert-fmt");
+    let src = d.path("src.vmdk");
+    assert_eq!(fv(&["create", s(&src), "4M"]).0, 0);
+    for name in ["out.raw", "out.img", "out.bin"] {
+        let out = d.path(name);
+        let (rc, _, err) = fv(&["convert", "-q", s(&src), s(&out)]);
+        assert_eq!(rc, 0, "{name}: {err}");
+        let (_, o, _) = fv(&["info", s(&out)]);
+        assert!(o.contains("file format: raw"), "{name}: {o}");
+        assert_eq!(std::fs::metadata(&out).unwrap().len(), 4 << 20, "{name}");
+    }
+    let (rc, _, err) = fv(&["convert", "-q", s(&src), s(&d.path("out.vmdk"))]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(fv(&["info", s(&d.path("out.vmdk"))]).1.contains("file format: vmdk"));
+    // A subformat without -O for a non-.vmdk name is refused, not guessed.
+    let (rc, _, err) = fv(&["convert", "-q", "-s", "streamOptimized", s(&src), s(&d.path("o2.img"))]);
+    assert_eq!(rc, 1, "{err}");
+    assert!(!d.path("o2.img").exists());
+    // Explicit -O vmdk is obeyed.
+    let (rc, _, err) = fv(&["convert", "-q", "-O", "vmdk", s(&src), s(&d.path("o3.img"))]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(fv(&["info", s(&d.path("o3.img"))]).1.contains("file format: vmdk"));
+}
+
+/// Issue 11 item 8: other image formats are named, not called raw. Oracle: qemu-img creates them.
+#[test]
+fn test_info_names_foreign_formats() {
+    if !have_qemu("test_info_names_foreign_formats") {
+        return;
+    }
+    let d = Scratch::new("cli-foreign");
+    for (fmt, name) in [("qcow2", "qcow2"), ("qed", "qed"), ("vdi", "vdi"), ("vhdx", "vhdx"), ("vpc", "vpc")] {
+        let p = d.path(&format!("x.{fmt}"));
+        let (rc, out) = qemu_img(&["create", "-q", "-f", fmt, s(&p), "16M"]);
+        assert_eq!(rc, 0, "{out}");
+        let (rc, o, err) = fv(&["info", s(&p)]);
+        assert_eq!(rc, 1, "{fmt}: {o}");
+        assert!(err.contains(&format!("unsupported format {name}")), "{fmt}: {err}");
+        let (rc, _, err) = fv(&["convert", "-q", s(&p), s(&d.path("o.raw"))]);
+        assert_eq!(rc, 1, "{fmt}: {err}");
+    }
+}
+
+/// Issue 11 item 8: `disk create` takes the units `run -m` takes (one parser, src/size.rs).
+#[test]
+fn test_create_size_units() {
+    let d = Scratch::new("cli-units");
+    for (i, (arg, bytes)) in
+        [("1T", 1u64 << 40), ("2GiB", 2 << 30), ("3MB", 3 << 20), ("1.5K", 1536), ("1 TiB", 1 << 40)]
+            .into_iter()
+            .enumerate()
+    {
+        let p = d.path(&format!("u{i}.vmdk"));
+        let (rc, _, err) = fv(&["create", "-s", "monolithicFlat", s(&p), arg]);
+        assert_eq!(rc, 0, "{arg}: {err}");
+        let (_, out, _) = fv(&["info", "--output", "json", s(&p)]);
+        let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(j["virtual-size"], bytes.div_ceil(512) * 512, "{arg}");
+    }
+    let (rc, _, err) = fv(&["create", s(&d.path("bad.vmdk")), "12X"]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("is not a size"), "{err}");
+}
+
+/// Issue 11 item 2 through the CLI: a copy converts to its own content, and the original can go.
+#[test]
+fn test_copied_image_through_cli() {
+    let d = Scratch::new("cli-copy");
+    let a = d.path("a.vmdk");
+    let raw = d.path("in.raw");
+    common::mixed_raw(&raw, 4 << 20, &[0, 1 << 20], 3);
+    assert_eq!(fv(&["convert", "-q", "-O", "vmdk", s(&raw), s(&a)]).0, 0);
+    let b = d.path("b.vmdk");
+    std::fs::copy(&a, &b).unwrap();
+    std::fs::remove_file(&a).unwrap();
+    let (rc, out, err) = fv(&["compare", "-q", s(&raw), s(&b)]);
+    assert_eq!(rc, 0, "{out}{err}");
+    let (rc, out, _) = fv(&["check", s(&b)]);
+    assert_eq!(rc, 0, "{out}");
+    assert!(out.contains("Note:") && out.contains("a.vmdk"), "{out}");
+}

@@ -115,6 +115,8 @@ pub struct RawFileBackend {
     file: File,
     len: u64,
     read_only: bool,
+    /// Written since the last flush: a flush with nothing to write back makes no fdatasync.
+    dirty: bool,
 }
 
 impl RawFileBackend {
@@ -122,7 +124,7 @@ impl RawFileBackend {
     /// size is taken once from the file's metadata.
     pub fn new(file: File, read_only: bool) -> io::Result<Self> {
         let len = file.metadata()?.len();
-        Ok(RawFileBackend { file, len, read_only })
+        Ok(RawFileBackend { file, len, read_only, dirty: false })
     }
 }
 
@@ -137,14 +139,15 @@ impl BlockBackend for RawFileBackend {
             return Err(io::Error::new(io::ErrorKind::PermissionDenied, "read-only disk"));
         }
         check_range(offset, buf.len(), self.len)?;
+        self.dirty = true;
         self.file.write_all_at(buf, offset)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        if self.read_only {
+        if self.read_only || !std::mem::take(&mut self.dirty) {
             return Ok(());
         }
-        self.file.sync_data()
+        self.file.sync_data().inspect_err(|_| self.dirty = true)
     }
 
     fn len(&self) -> u64 {

@@ -1,46 +1,145 @@
 //! Disk images for the IDE controller: any format the `vmdk` crate opens (every VMDK
 //! subformat, delta chains, raw), adapted to [`devices::BlockBackend`].
+//!
+//! A streamOptimized VMDK (the format of OVA/OVF appliances and cloud images) is append-only
+//! and cannot be changed in place. Attached writable, it is opened like QEMU's `-snapshot`: the
+//! file is read-only and the guest's writes go to a temporary in-memory overlay that is
+//! discarded when the process ends. A warning says so at start-up. To keep changes, convert the
+//! image first (`ferrovisor disk convert -O vmdk -s monolithicSparse in.vmdk out.vmdk`).
 
 use devices::BlockBackend;
+use std::collections::HashMap;
 use std::io;
 use std::path::Path;
+
+/// Block size of the in-memory overlay.
+const OVERLAY_BLOCK: u64 = 4096;
 
 /// A disk image opened through the `vmdk` crate.
 pub struct ImageBackend {
     image: vmdk::AnyImage,
     len: u64,
     read_only: bool,
+    /// Guest writes kept in memory (streamOptimized images), by block index.
+    overlay: Option<HashMap<u64, Box<[u8]>>>,
+    /// Written since the last flush.
+    dirty: bool,
 }
 
 impl std::fmt::Debug for ImageBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ImageBackend").field("len", &self.len).field("read_only", &self.read_only).finish()
+        f.debug_struct("ImageBackend")
+            .field("len", &self.len)
+            .field("read_only", &self.read_only)
+            .field("overlay", &self.overlay.is_some())
+            .finish()
+    }
+}
+
+/// Whether the image holds a compressed (streamOptimized) extent, which cannot be written.
+fn is_stream_optimized(image: &vmdk::AnyImage) -> bool {
+    match image {
+        vmdk::AnyImage::Vmdk(i) => i.extent_info().iter().any(|e| e.header.is_some_and(|h| h.compressed())),
+        vmdk::AnyImage::Raw(_) => false,
     }
 }
 
 impl ImageBackend {
-    /// Opens `path`, detecting VMDK (sparse extent or descriptor) or raw.
+    /// Opens `path`, detecting VMDK (sparse extent or descriptor) or raw. A writable
+    /// streamOptimized image gets an in-memory overlay (see the module documentation) and a
+    /// warning is logged.
     pub fn open(path: &Path, read_only: bool) -> vmdk::Result<Self> {
-        let image = vmdk::AnyImage::open(path, !read_only)?;
+        let mut image = vmdk::AnyImage::open(path, !read_only)?;
+        let mut overlay = None;
+        if !read_only && is_stream_optimized(&image) {
+            log::warn!(
+                "{}: streamOptimized images cannot be changed in place; the guest's writes are kept in memory \
+                 and discarded at exit (convert it to monolithicSparse to keep changes)",
+                path.display()
+            );
+            image = vmdk::AnyImage::open(path, false)?;
+            overlay = Some(HashMap::new());
+        }
         let len = image.dev().len();
-        Ok(ImageBackend { image, len, read_only })
+        Ok(ImageBackend { image, len, read_only, overlay, dirty: false })
+    }
+
+    /// Whether guest writes go to a temporary in-memory overlay instead of the file.
+    pub fn has_overlay(&self) -> bool {
+        self.overlay.is_some()
+    }
+
+    /// How many fdatasync calls the image has made (a flush with nothing written makes none).
+    pub fn sync_count(&self) -> u64 {
+        self.image.sync_count()
+    }
+
+    fn check_range(&self, offset: u64, len: usize) -> io::Result<()> {
+        if offset.checked_add(len as u64).is_none_or(|e| e > self.len) {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "access past the end of the disk"));
+        }
+        Ok(())
     }
 }
 
 impl BlockBackend for ImageBackend {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.image.dev().read_at(buf, offset).map_err(io::Error::other)
+        self.image.dev().read_at(buf, offset).map_err(io::Error::other)?;
+        if let Some(ov) = &self.overlay {
+            let mut p = 0usize;
+            while p < buf.len() {
+                let o = offset + p as u64;
+                let (blk, bo) = (o / OVERLAY_BLOCK, (o % OVERLAY_BLOCK) as usize);
+                let k = (OVERLAY_BLOCK as usize - bo).min(buf.len() - p);
+                if let Some(b) = ov.get(&blk) {
+                    buf[p..p + k].copy_from_slice(&b[bo..bo + k]);
+                }
+                p += k;
+            }
+        }
+        Ok(())
     }
 
     fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
         if self.read_only {
             return Err(io::Error::new(io::ErrorKind::PermissionDenied, "the disk is read-only"));
         }
-        self.image.dev().write_at(buf, offset).map_err(io::Error::other)
+        if self.overlay.is_none() {
+            self.dirty = true;
+            return self.image.dev().write_at(buf, offset).map_err(io::Error::other);
+        }
+        self.check_range(offset, buf.len())?;
+        let mut p = 0usize;
+        while p < buf.len() {
+            let o = offset + p as u64;
+            let (blk, bo) = (o / OVERLAY_BLOCK, (o % OVERLAY_BLOCK) as usize);
+            let k = (OVERLAY_BLOCK as usize - bo).min(buf.len() - p);
+            let have = self.overlay.as_ref().is_some_and(|ov| ov.contains_key(&blk));
+            if !have {
+                // Fill a new block from the image (the last block may be partial).
+                let start = blk * OVERLAY_BLOCK;
+                let n = (self.len - start).min(OVERLAY_BLOCK) as usize;
+                let mut b = vec![0u8; OVERLAY_BLOCK as usize].into_boxed_slice();
+                self.image.dev().read_at(&mut b[..n], start).map_err(io::Error::other)?;
+                self.overlay.as_mut().expect("checked above").insert(blk, b);
+            }
+            let b = self.overlay.as_mut().expect("checked above").get_mut(&blk).expect("inserted above");
+            b[bo..bo + k].copy_from_slice(&buf[p..p + k]);
+            p += k;
+        }
+        Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.image.dev().flush().map_err(io::Error::other)
+        // Only what was written since the last flush needs syncing: a guest may send FLUSH CACHE
+        // after every command. The overlay is never durable.
+        if !std::mem::take(&mut self.dirty) {
+            return Ok(());
+        }
+        self.image.dev().flush().map_err(|e| {
+            self.dirty = true;
+            io::Error::other(e)
+        })
     }
 
     fn len(&self) -> u64 {
@@ -49,5 +148,80 @@ impl BlockBackend for ImageBackend {
 
     fn read_only(&self) -> bool {
         self.read_only
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("machine-disk-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn test_flush_syncs_only_after_writes() {
+        let d = scratch("flush");
+        let raw = d.join("d.raw");
+        std::fs::write(&raw, vec![0u8; 1 << 20]).unwrap();
+        let vm = d.join("d.vmdk");
+        vmdk::create(&vm, &vmdk::CreateOptions::new(vmdk::Subformat::MonolithicSparse, 1 << 20)).unwrap();
+        let fl = d.join("f.vmdk");
+        vmdk::create(&fl, &vmdk::CreateOptions::new(vmdk::Subformat::MonolithicFlat, 1 << 20)).unwrap();
+        for p in [&raw, &vm, &fl] {
+            let mut b = ImageBackend::open(p, false).unwrap();
+            for _ in 0..100 {
+                b.flush().unwrap();
+            }
+            assert_eq!(b.sync_count(), 0, "{}: flush with nothing written must not sync", p.display());
+            b.write_at(4096, &[7; 512]).unwrap();
+            b.flush().unwrap();
+            let after_one = b.sync_count();
+            assert!(after_one >= 1, "{}: a flush after a write must sync", p.display());
+            for _ in 0..100 {
+                b.flush().unwrap();
+            }
+            assert_eq!(b.sync_count(), after_one, "{}: repeated flushes must not sync again", p.display());
+            let mut r = [0u8; 512];
+            b.read_at(4096, &mut r).unwrap();
+            assert_eq!(r, [7; 512]);
+        }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn test_stream_optimized_gets_a_memory_overlay() {
+        let d = scratch("stream");
+        let raw = d.join("s.raw");
+        let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&raw, &data).unwrap();
+        let so = d.join("s.vmdk");
+        let src = vmdk::AnyImage::open(&raw, false).unwrap();
+        let o = vmdk::CreateOptions::new(vmdk::Subformat::StreamOptimized, 0);
+        vmdk::convert(&src, &so, &vmdk::Target::Vmdk(o), &|_| {}).unwrap();
+        let before = std::fs::read(&so).unwrap();
+        let mut b = ImageBackend::open(&so, false).unwrap();
+        assert!(b.has_overlay());
+        b.write_at(1000, &[0xEE; 5000]).unwrap();
+        b.write_at((1 << 20) - 100, &[0xDD; 100]).unwrap();
+        assert!(b.write_at((1 << 20) - 100, &[0xDD; 101]).is_err());
+        b.flush().unwrap();
+        let mut r = vec![0u8; 8192];
+        b.read_at(0, &mut r).unwrap();
+        let mut want = data[..8192].to_vec();
+        want[1000..6000].fill(0xEE);
+        assert!(r == want);
+        let mut t = [0u8; 200];
+        b.read_at((1 << 20) - 200, &mut t).unwrap();
+        assert_eq!(&t[..100], &data[(1 << 20) - 200..(1 << 20) - 100]);
+        assert_eq!(&t[100..], &[0xDD; 100][..]);
+        drop(b);
+        assert!(std::fs::read(&so).unwrap() == before, "the streamOptimized file must not change");
+        let b = ImageBackend::open(&so, true).unwrap();
+        assert!(!b.has_overlay() && b.read_only());
+        let _ = std::fs::remove_dir_all(&d);
     }
 }

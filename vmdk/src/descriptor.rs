@@ -147,6 +147,15 @@ fn split_fields(s: &str) -> Option<Vec<String>> {
     Some(out)
 }
 
+/// A decimal number of digits only: `str::parse` would also take a sign (`+5`), which no VMDK
+/// writer produces and which has let a mangled size pass as a small one.
+fn parse_decimal(v: &str) -> Option<u64> {
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    v.parse().ok()
+}
+
 fn parse_extent(s: &str, line: usize) -> Result<ExtentLine> {
     let f = split_fields(s).ok_or_else(|| bad(line, "misplaced or unterminated quote in extent line"))?;
     let access = match f[0].as_str() {
@@ -156,7 +165,7 @@ fn parse_extent(s: &str, line: usize) -> Result<ExtentLine> {
         other => return Err(bad(line, format!("unknown extent access {other:?}"))),
     };
     let sectors: u64 =
-        f.get(1).and_then(|v| v.parse().ok()).ok_or_else(|| bad(line, "extent size is missing or not a number"))?;
+        f.get(1).and_then(|v| parse_decimal(v)).ok_or_else(|| bad(line, "extent size is missing or not a number"))?;
     let kind = match f.get(2).map(String::as_str) {
         Some("FLAT") => ExtentKind::Flat,
         Some("SPARSE") => ExtentKind::Sparse,
@@ -180,7 +189,7 @@ fn parse_extent(s: &str, line: usize) -> Result<ExtentLine> {
         return Err(bad(line, "extent file name missing"));
     }
     let offset = match (kind, f.get(4)) {
-        (ExtentKind::Flat, Some(o)) => o.parse().map_err(|_| bad(line, format!("bad extent offset {o:?}")))?,
+        (ExtentKind::Flat, Some(o)) => parse_decimal(o).ok_or_else(|| bad(line, format!("bad extent offset {o:?}")))?,
         (ExtentKind::Flat, None) => 0,
         (_, Some(_)) => return Err(bad(line, "only FLAT extents take an offset")),
         (_, None) => 0,
@@ -197,6 +206,12 @@ fn parse_extent(s: &str, line: usize) -> Result<ExtentLine> {
 impl Descriptor {
     /// Parses descriptor text (NUL padding after the text is ignored).
     pub fn parse(bytes: &[u8]) -> Result<Descriptor> {
+        Descriptor::parse_opt(bytes, true)
+    }
+
+    /// [`Descriptor::parse`]; an embedded descriptor may have no extent lines (the file is its
+    /// own extent whatever the descriptor says, as in qemu-img).
+    pub(crate) fn parse_opt(bytes: &[u8], require_extents: bool) -> Result<Descriptor> {
         let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
         let bytes = &bytes[..end];
         if bytes.len() > MAX_DESCRIPTOR_BYTES {
@@ -258,7 +273,7 @@ impl Descriptor {
         }
         let version = version.ok_or_else(|| bad(0, "no version= line"))?;
         let create_type = create_type.ok_or_else(|| bad(0, "no createType= line"))?;
-        if extents.is_empty() {
+        if extents.is_empty() && require_extents {
             return Err(bad(0, "no extent lines"));
         }
         if parent_cid != NO_PARENT_CID && parent_hint.is_none() {
@@ -415,6 +430,9 @@ mod tests {
             b"version=1\ncreateType=\"x\"\nRW 10 SPARSE \"a\" 7\n",
             b"\xff\xfe",
             b"version=1\ncreateType=\"x\"\nRW 10 FLAT FF\"a\" 0\n",
+            b"version=1\ncreateType=\"x\"\nRW +5 SPARSE \"a\"\n",
+            b"version=1\ncreateType=\"x\"\nRW 5 FLAT \"a\" +0\n",
+            b"version=1\ncreateType=\"x\"\nRW 5 FLAT \"a\" -0\n",
         ] {
             assert!(Descriptor::parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }

@@ -6,13 +6,13 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error, displaydoc::Display)]
 #[non_exhaustive]
 pub enum Error {
-    /// I/O error on {path}: {source}
+    /// I/O error on {path}: {cause}
     Io {
         /// File involved.
         path: PathBuf,
-        /// Underlying error.
-        #[source]
-        source: std::io::Error,
+        /// Underlying error. Shown in the message and deliberately not returned by
+        /// `Error::source`, so that a printed error chain names it once.
+        cause: std::io::Error,
     },
     /// {path}: not a VMDK image ({reason})
     NotVmdk {
@@ -20,6 +20,13 @@ pub enum Error {
         path: PathBuf,
         /// Why it was not recognised.
         reason: String,
+    },
+    /// {path}: unsupported format {format} (ferrovisor reads VMDK and raw images; `qemu-img convert -O vmdk` converts)
+    UnsupportedFormat {
+        /// File involved.
+        path: PathBuf,
+        /// The format found (qemu-img's name for it).
+        format: &'static str,
     },
     /// {path}: invalid sparse extent header: {reason}
     BadHeader {
@@ -56,13 +63,12 @@ pub enum Error {
         /// The hint from the descriptor.
         hint: String,
     },
-    /// {child}: cannot open its parent: {source}
+    /// {child}: cannot open its parent: {cause}
     Parent {
         /// The child image.
         child: PathBuf,
-        /// Why the parent could not be opened.
-        #[source]
-        source: Box<Error>,
+        /// Why the parent could not be opened (in the message, not in `Error::source`).
+        cause: Box<Error>,
     },
     /// parent loop: {path} appears twice in the backing chain
     ParentLoop {
@@ -123,5 +129,5 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 /// Helper: wrap an I/O error with its path.
 pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io { path: path.to_path_buf(), source }
+    move |cause| Error::Io { path: path.to_path_buf(), cause }
 }

@@ -10,6 +10,9 @@ use crate::error::{io, Error, Result};
 use crate::header::{SparseHeader, MAGIC, SECTOR};
 use crate::sparse::{read_full, Grain, SparseExtent};
 
+/// CID of a descriptor synthesised for a sparse extent that has none.
+const SYNTHESISED_CID: u32 = 0xFFFF_FFFE;
+
 /// Deepest backing chain accepted.
 pub const MAX_CHAIN_DEPTH: usize = 64;
 
@@ -46,7 +49,7 @@ pub struct OpenOptions {
 }
 
 pub(crate) enum ExtentData {
-    Flat { file: File, path: PathBuf, offset: u64 },
+    Flat { file: File, path: PathBuf, offset: u64, dirty: bool },
     Sparse(Box<SparseExtent>),
     Zero,
 }
@@ -64,6 +67,14 @@ pub(crate) struct Inner {
     pub(crate) parent: Option<Box<Image>>,
     /// The CID was renewed in this session (also set when there is no stored descriptor).
     cid_renewed: bool,
+    /// Where the descriptor disagrees with the sparse headers (the headers were used), for `check`.
+    pub(crate) disagreements: Vec<String>,
+    /// Facts for `check` that are not errors.
+    pub(crate) notes: Vec<String>,
+    /// A sparse file with its descriptor embedded (or none): the image is that one file.
+    pub(crate) single_file: bool,
+    /// fdatasync calls on flat extents.
+    flat_syncs: u64,
 }
 
 /// An open VMDK image (the top of a backing chain).
@@ -88,7 +99,8 @@ pub enum MapKind {
         /// Chain depth.
         depth: usize,
     },
-    /// Reads as zeros because of a zeroed-grain entry or a ZERO extent, at this depth.
+    /// Reads as zeros because of a zeroed-grain entry, a ZERO extent, or a hole (or missing tail)
+    /// in a flat extent's file, at this depth.
     Zero {
         /// Chain depth.
         depth: usize,
@@ -119,8 +131,39 @@ pub enum Probe {
     Descriptor,
     /// ESX COWD sparse (unsupported).
     Cowd,
+    /// Another image format (qcow, qcow2, qed, vdi, vhdx, vpc, parallels, luks), named as qemu-img
+    /// names it; not supported.
+    Foreign(&'static str),
     /// Anything else (raw).
     Other,
+}
+
+/// Another image format recognised by its magic (the formats qemu-img probes by magic).
+pub fn foreign_format(b: &[u8]) -> Option<&'static str> {
+    let at = |o: usize, m: &[u8]| b.len() >= o + m.len() && &b[o..o + m.len()] == m;
+    if at(0, b"QFI\xfb") {
+        let v = if b.len() >= 8 { u32::from_be_bytes([b[4], b[5], b[6], b[7]]) } else { 0 };
+        return Some(if v == 1 { "qcow" } else { "qcow2" });
+    }
+    if at(0, b"QED\0") {
+        return Some("qed");
+    }
+    if at(0, b"vhdxfile") {
+        return Some("vhdx");
+    }
+    if at(0, b"conectix") {
+        return Some("vpc");
+    }
+    if at(0x40, &0xbeda_107fu32.to_le_bytes()) {
+        return Some("vdi");
+    }
+    if at(0, b"WithoutFreeSpace") || at(0, b"WithouFreSpacExt") {
+        return Some("parallels");
+    }
+    if at(0, b"LUKS\xba\xbe") {
+        return Some("luks");
+    }
+    None
 }
 
 /// Looks at the first bytes of a file.
@@ -135,6 +178,8 @@ pub fn probe(path: &Path) -> Result<Probe> {
         Probe::Cowd
     } else if descriptor::looks_like_descriptor(&b) {
         Probe::Descriptor
+    } else if let Some(f) = foreign_format(&b) {
+        Probe::Foreign(f)
     } else {
         Probe::Other
     })
@@ -157,6 +202,16 @@ fn read_descriptor_ex(path: &Path) -> Result<(Descriptor, bool)> {
             let len = file.metadata().map_err(io(path))?.len();
             h.validate_layout(len).map_err(|reason| Error::BadHeader { path: path.into(), reason })?;
             if h.desc_offset == 0 {
+                // qemu-img reads an embedded descriptor at sector 1 whatever descriptorOffset says;
+                // a delta whose offset was zeroed must not silently lose its parent.
+                let mut t = vec![0u8; (crate::ops::EMBEDDED_DESC_SECTORS * SECTOR) as usize];
+                let n = read_full(&file, &mut t, SECTOR).map_err(io(path))?;
+                t.truncate(n);
+                if descriptor::looks_like_descriptor(&t) {
+                    // Not "stored": the header gives it no area, so it is never rewritten (no CID
+                    // renewal), as for a bare extent.
+                    return Descriptor::parse_opt(&t, false).map(|d| (d, false)).map_err(|e| with_path(e, path));
+                }
                 // A bare sparse extent: synthesise a monolithic descriptor.
                 let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 let mut d = Descriptor::new(
@@ -165,7 +220,7 @@ fn read_descriptor_ex(path: &Path) -> Result<(Descriptor, bool)> {
                     "ide",
                     "4",
                 );
-                d.cid = 0xFFFF_FFFE;
+                d.cid = SYNTHESISED_CID;
                 d.extents.push(ExtentLine {
                     access: Access::Rw,
                     sectors: h.capacity,
@@ -177,7 +232,7 @@ fn read_descriptor_ex(path: &Path) -> Result<(Descriptor, bool)> {
             }
             let mut t = vec![0u8; (h.desc_size * SECTOR) as usize];
             file.read_exact_at(&mut t, h.desc_offset * SECTOR).map_err(io(path))?;
-            Descriptor::parse(&t).map(|d| (d, true)).map_err(|e| with_path(e, path))
+            Descriptor::parse_opt(&t, false).map(|d| (d, true)).map_err(|e| with_path(e, path))
         }
         Probe::Descriptor => {
             let len = file.metadata().map_err(io(path))?.len();
@@ -191,10 +246,41 @@ fn read_descriptor_ex(path: &Path) -> Result<(Descriptor, bool)> {
             path: path.into(),
             reason: "ESX COWD (vmfsSparse) extents are not supported".into(),
         }),
+        Probe::Foreign(format) => Err(Error::UnsupportedFormat { path: path.into(), format }),
         Probe::Other => {
             Err(Error::NotVmdk { path: path.into(), reason: "no KDMV magic and no text descriptor".into() })
         }
     }
+}
+
+/// How an embedded descriptor disagrees with the header of the file it is embedded in.
+fn embedded_disagreements(d: &Descriptor, h: &SparseHeader) -> Vec<String> {
+    let mut v = Vec::new();
+    if d.extents.len() != 1 {
+        v.push(format!(
+            "embedded descriptor has {} extent lines; a monolithic sparse file is one extent (itself)",
+            d.extents.len()
+        ));
+    }
+    if let Some(e) = d.extents.first() {
+        if e.kind != ExtentKind::Sparse {
+            v.push(format!("embedded descriptor says extent type {}; the file is a sparse extent", e.kind.as_str()));
+        }
+        if e.sectors != h.capacity {
+            v.push(format!(
+                "embedded descriptor says {} sectors; the sparse header's capacity is {} (the header's is used)",
+                e.sectors, h.capacity
+            ));
+        }
+        if e.access != Access::Rw {
+            v.push(format!("embedded descriptor says access {}; the file is opened as RW", e.access.as_str()));
+        }
+    }
+    let want = if h.compressed() { "streamOptimized" } else { "monolithicSparse" };
+    if matches!(d.create_type.as_str(), "monolithicSparse" | "streamOptimized") && d.create_type != want {
+        v.push(format!("embedded descriptor says createType {}; the header says {want}", d.create_type));
+    }
+    v
 }
 
 fn with_path(e: Error, path: &Path) -> Error {
@@ -285,37 +371,95 @@ impl Image {
             return Err(Error::ChainTooDeep(MAX_CHAIN_DEPTH));
         }
         seen.push(canon.clone());
+        let single_file = probe(path)? == Probe::Sparse;
         let (desc, desc_stored) = read_descriptor_ex(path)?;
-        let dir = canon.parent().map(Path::to_path_buf).unwrap_or_default();
+        // Extent names and the parent hint are relative to the directory of the descriptor as it
+        // was named (as qemu-img does), not of wherever a symlink to it points.
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let mut disagreements = Vec::new();
+        let mut notes = Vec::new();
         let mut extents = Vec::with_capacity(desc.extents.len());
         let mut start = 0u64;
-        for line in &desc.extents {
-            let data = match line.kind {
-                ExtentKind::Zero => ExtentData::Zero,
-                kind => {
-                    let name = line.file.as_deref().unwrap_or_default();
-                    let p = dir.join(name);
-                    let rw = opts.writable && line.access == Access::Rw;
-                    let file = std::fs::OpenOptions::new().read(true).write(rw).open(&p).map_err(io(&p))?;
-                    if kind == ExtentKind::Sparse {
-                        let s = SparseExtent::open(&p, file)?;
-                        if line.sectors > s.hdr.capacity {
-                            return Err(Error::Corrupt {
-                                path: p,
-                                reason: format!(
-                                    "extent line says {} sectors but the extent's capacity is {}",
-                                    line.sectors, s.hdr.capacity
-                                ),
-                            });
-                        }
-                        ExtentData::Sparse(Box::new(s))
-                    } else {
-                        ExtentData::Flat { file, path: p, offset: line.offset }
-                    }
-                }
+        if single_file {
+            // A sparse file with an embedded descriptor is one extent: the file itself, whatever
+            // name its descriptor carries (a copy or a renamed file must never open the original),
+            // with the header's capacity (qemu-img and VMware behave so). The embedded extent
+            // lines only say what the header already does; where they disagree the header wins
+            // and `check` reports it.
+            let file = std::fs::OpenOptions::new().read(true).write(opts.writable).open(path).map_err(io(path))?;
+            let s = SparseExtent::open(path, file)?;
+            if desc_stored {
+                disagreements = embedded_disagreements(&desc, &s.hdr);
+            } else if desc.cid != SYNTHESISED_CID {
+                notes.push(
+                    "the header's descriptorOffset is 0 but sector 1 holds a descriptor: it is used for the CID and the parent (as qemu-img does) and never rewritten"
+                        .into(),
+                );
+            }
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let line = ExtentLine {
+                access: Access::Rw,
+                sectors: s.hdr.capacity,
+                kind: ExtentKind::Sparse,
+                file: Some(name),
+                offset: 0,
             };
-            extents.push(Extent { line: line.clone(), start, data });
-            start += line.sectors;
+            start = s.hdr.capacity;
+            extents.push(Extent { line, start: 0, data: ExtentData::Sparse(Box::new(s)) });
+        } else {
+            // Files already used, canonical path -> (kind, flat byte range), to refuse aliasing.
+            let mut used: Vec<(PathBuf, ExtentKind, u64, u64)> = Vec::new();
+            for (idx, line) in desc.extents.iter().enumerate() {
+                let mut line = line.clone();
+                let data = match line.kind {
+                    ExtentKind::Zero => ExtentData::Zero,
+                    kind => {
+                        let name = line.file.as_deref().unwrap_or_default();
+                        let p = dir.join(name);
+                        let pc = std::fs::canonicalize(&p).map_err(io(&p))?;
+                        let corrupt = |reason: String| Error::Corrupt { path: path.to_path_buf(), reason };
+                        if pc == canon {
+                            return Err(corrupt(format!("extent {idx} names the descriptor file itself ({name:?})")));
+                        }
+                        let (lo, hi) = if kind == ExtentKind::Sparse {
+                            (0, u64::MAX)
+                        } else {
+                            (line.offset * SECTOR, (line.offset + line.sectors) * SECTOR)
+                        };
+                        for (up, uk, ulo, uhi) in &used {
+                            let both_flat = kind != ExtentKind::Sparse && *uk != ExtentKind::Sparse;
+                            if *up == pc && (!both_flat || (lo < *uhi && *ulo < hi)) {
+                                return Err(corrupt(format!(
+                                    "extent file {name:?} is used more than once (extent {idx} overlaps an earlier one)"
+                                )));
+                            }
+                        }
+                        used.push((pc, kind, lo, hi));
+                        let rw = opts.writable && line.access == Access::Rw;
+                        let file = std::fs::OpenOptions::new().read(true).write(rw).open(&p).map_err(io(&p))?;
+                        if kind == ExtentKind::Sparse {
+                            let s = SparseExtent::open(&p, file)?;
+                            if line.sectors != s.hdr.capacity {
+                                // The header wins (as qemu-img): the descriptor's size is a copy.
+                                disagreements.push(format!(
+                                    "descriptor extent {idx} ({name:?}) says {} sectors but its sparse header's capacity is {}; the header's is used",
+                                    line.sectors, s.hdr.capacity
+                                ));
+                                line.sectors = s.hdr.capacity;
+                            }
+                            ExtentData::Sparse(Box::new(s))
+                        } else {
+                            ExtentData::Flat { file, path: p, offset: line.offset, dirty: false }
+                        }
+                    }
+                };
+                let sectors = line.sectors;
+                extents.push(Extent { line, start, data });
+                start += sectors;
+            }
+            if start > descriptor::MAX_DISK_SECTORS {
+                return Err(Error::Corrupt { path: path.to_path_buf(), reason: "total disk size is absurd".into() });
+            }
         }
         let parent = match (&desc.parent_hint, opts.no_parent) {
             (Some(hint), false) => {
@@ -326,7 +470,7 @@ impl Image {
                 let parent = Image::open_chain(&pp, OpenOptions { writable: false, no_parent: false }, seen).map_err(
                     |e| match e {
                         e @ (Error::ParentLoop { .. } | Error::ChainTooDeep(_) | Error::CidMismatch { .. }) => e,
-                        e => Error::Parent { child: canon.clone(), source: Box::new(e) },
+                        e => Error::Parent { child: canon.clone(), cause: Box::new(e) },
                     },
                 )?;
                 let pcid = parent.cid();
@@ -349,7 +493,16 @@ impl Image {
             path: path.to_path_buf(),
             size: start * SECTOR,
             writable: opts.writable,
-            inner: Mutex::new(Inner { desc, extents, parent, cid_renewed: !desc_stored }),
+            inner: Mutex::new(Inner {
+                desc,
+                extents,
+                parent,
+                cid_renewed: !desc_stored,
+                disagreements,
+                notes,
+                single_file,
+                flat_syncs: 0,
+            }),
         })
     }
 
@@ -450,16 +603,29 @@ impl Image {
             return Ok(());
         }
         let mut g = self.lock();
-        for e in &mut g.extents {
+        let Inner { extents, flat_syncs, .. } = &mut *g;
+        for e in extents {
             match &mut e.data {
                 ExtentData::Sparse(s) => s.flush()?,
-                ExtentData::Flat { file, path, .. } if e.line.access == Access::Rw => {
-                    file.sync_data().map_err(io(path))?
+                // Only what was written since the last flush is synced (a guest may send FLUSH
+                // CACHE after every command).
+                ExtentData::Flat { file, path, dirty, .. } if *dirty => {
+                    *flat_syncs += 1;
+                    file.sync_data().map_err(io(path))?;
+                    *dirty = false;
                 }
                 _ => {}
             }
         }
         Ok(())
+    }
+
+    /// How many fdatasync calls `flush` has made on this image's own files since it was opened
+    /// (a flush with nothing written makes none).
+    pub fn sync_count(&self) -> u64 {
+        let g = self.lock();
+        g.flat_syncs
+            + g.extents.iter().map(|e| if let ExtentData::Sparse(s) = &e.data { s.syncs } else { 0 }).sum::<u64>()
     }
 
     /// The allocation map of the whole disk, resolved through the chain; adjacent equal ranges merged.
@@ -593,7 +759,7 @@ impl Inner {
             }
             match &mut e.data {
                 ExtentData::Zero => out.fill(0),
-                ExtentData::Flat { file, path, offset } => {
+                ExtentData::Flat { file, path, offset, .. } => {
                     let k = read_full(file, out, *offset * SECTOR + eoff).map_err(io(path))?;
                     out[k..].fill(0);
                 }
@@ -652,6 +818,12 @@ impl Inner {
                 (Access::Rw, ExtentData::Sparse(s)) if s.hdr.compressed() => {
                     return Err(Error::StreamReadOnly { path: s.path.clone() })
                 }
+                (Access::Rw, ExtentData::Sparse(s)) if s.layout_error.is_some() => {
+                    return Err(Error::Corrupt {
+                        path: s.path.clone(),
+                        reason: format!("writes refused: {}", s.layout_error.as_deref().unwrap_or_default()),
+                    })
+                }
                 (Access::Rw, _) => false,
                 _ => true,
             };
@@ -689,7 +861,8 @@ impl Inner {
             let Inner { extents, parent, .. } = self;
             match &mut extents[i].data {
                 ExtentData::Zero => unreachable!("refused by check_writable"),
-                ExtentData::Flat { file, path, offset } => {
+                ExtentData::Flat { file, path, offset, dirty } => {
+                    *dirty = true;
                     file.write_all_at(data, *offset * SECTOR + eoff).map_err(io(path))?
                 }
                 ExtentData::Sparse(s) => {
@@ -724,7 +897,8 @@ impl Inner {
             let Inner { extents, parent, .. } = self;
             match &mut extents[i].data {
                 ExtentData::Zero => {}
-                ExtentData::Flat { file, path, offset } => {
+                ExtentData::Flat { file, path, offset, dirty } => {
+                    *dirty = true;
                     let z = vec![0u8; n.min(1 << 20) as usize];
                     let mut p = 0u64;
                     while p < n {
@@ -769,8 +943,20 @@ impl Inner {
                 ExtentData::Zero => {
                     push_merge(&mut out, MapRange { start: voff, len: n, kind: MapKind::Zero { depth: 0 } })
                 }
-                ExtentData::Flat { .. } => {
-                    push_merge(&mut out, MapRange { start: voff, len: n, kind: MapKind::Data { depth: 0 } })
+                ExtentData::Flat { file, offset, .. } => {
+                    // Holes in a flat file (and a short file's missing tail) read as zeros.
+                    let base = *offset * SECTOR;
+                    let mut p = 0u64;
+                    for (d, l) in file_data_ranges(file, base + eoff, base + eoff + n) {
+                        let at = d - base - eoff;
+                        push_merge(
+                            &mut out,
+                            MapRange { start: voff + p, len: at - p, kind: MapKind::Zero { depth: 0 } },
+                        );
+                        push_merge(&mut out, MapRange { start: voff + at, len: l, kind: MapKind::Data { depth: 0 } });
+                        p = at + l;
+                    }
+                    push_merge(&mut out, MapRange { start: voff + p, len: n - p, kind: MapKind::Zero { depth: 0 } });
                 }
                 ExtentData::Sparse(s) => {
                     let gb = s.grain_bytes() as u64;
@@ -837,6 +1023,10 @@ pub struct RawImage {
     writable: bool,
     /// Bytes written since write-back was last started (see [`RawImage::write_at`]).
     unsynced: std::sync::atomic::AtomicU64,
+    /// Written since the last flush.
+    dirty: std::sync::atomic::AtomicBool,
+    /// fdatasync calls made by `flush`.
+    syncs: std::sync::atomic::AtomicU64,
 }
 
 impl RawImage {
@@ -845,7 +1035,15 @@ impl RawImage {
         let path = path.as_ref();
         let file = std::fs::OpenOptions::new().read(true).write(writable).open(path).map_err(io(path))?;
         let size = file.metadata().map_err(io(path))?.len();
-        Ok(RawImage { file, path: path.to_path_buf(), size, writable, unsynced: Default::default() })
+        Ok(RawImage {
+            file,
+            path: path.to_path_buf(),
+            size,
+            writable,
+            unsynced: Default::default(),
+            dirty: Default::default(),
+            syncs: Default::default(),
+        })
     }
 
     /// Creates (or truncates) a raw file of `size` bytes.
@@ -859,46 +1057,72 @@ impl RawImage {
             .open(path)
             .map_err(io(path))?;
         file.set_len(size).map_err(io(path))?;
-        Ok(RawImage { file, path: path.to_path_buf(), size, writable: true, unsynced: Default::default() })
+        Ok(RawImage {
+            file,
+            path: path.to_path_buf(),
+            size,
+            writable: true,
+            unsynced: Default::default(),
+            dirty: Default::default(),
+            syncs: Default::default(),
+        })
     }
 }
 
 impl RawImage {
+    /// How many fdatasync calls `flush` has made (a flush with nothing written makes none).
+    pub fn sync_count(&self) -> u64 {
+        self.syncs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Byte ranges holding data according to the file system (SEEK_DATA/SEEK_HOLE); holes read as
     /// zeros and need not be copied. Falls back to the whole file where the call is unsupported.
     pub fn data_ranges(&self) -> Vec<(u64, u64)> {
-        use std::os::fd::AsRawFd;
-        let fd = self.file.as_raw_fd();
-        let mut out = Vec::new();
-        let mut pos = 0u64;
-        while pos < self.size {
-            let Ok(p) = libc::off_t::try_from(pos) else { break };
-            // SAFETY: lseek on a file descriptor we own; it only moves the file offset, which this
-            // type never uses (all I/O is positional pread/pwrite).
-            let data = unsafe { libc::lseek(fd, p, libc::SEEK_DATA) };
-            if data < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.raw_os_error() == Some(libc::ENXIO) {
-                    break; // no more data after pos
-                }
-                return vec![(0, self.size)];
-            }
-            // SAFETY: as above.
-            let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-            if hole < 0 {
-                return vec![(0, self.size)];
-            }
-            let (d, h) = (data as u64, (hole as u64).min(self.size));
-            if h > d {
-                out.push((d, h - d));
-            }
-            if h <= pos {
-                return vec![(0, self.size)];
-            }
-            pos = h;
-        }
-        out
+        file_data_ranges(&self.file, 0, self.size)
     }
+}
+
+/// The parts of bytes `[lo, hi)` of `file` that hold data according to the file system
+/// (SEEK_DATA/SEEK_HOLE), as (start, len) in file offsets; bytes past the end of the file are
+/// not data. Where the calls are unsupported the whole range (up to the end of the file) is data.
+pub(crate) fn file_data_ranges(file: &File, lo: u64, hi: u64) -> Vec<(u64, u64)> {
+    use std::os::fd::AsRawFd;
+    let flen = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+    let hi = hi.min(flen);
+    let whole = || if hi > lo { vec![(lo, hi - lo)] } else { Vec::new() };
+    let fd = file.as_raw_fd();
+    let mut out = Vec::new();
+    let mut pos = lo;
+    while pos < hi {
+        let Ok(p) = libc::off_t::try_from(pos) else { return whole() };
+        // SAFETY: lseek on a file descriptor we own; it only moves the file offset, which this
+        // crate never uses (all I/O is positional pread/pwrite).
+        let data = unsafe { libc::lseek(fd, p, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break; // no more data after pos
+            }
+            return whole();
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return whole();
+        }
+        let (d, h) = ((data as u64).max(pos), (hole as u64).min(hi));
+        if d >= hi {
+            break;
+        }
+        if h > d {
+            out.push((d, h - d));
+        }
+        if h <= pos {
+            return whole();
+        }
+        pos = h;
+    }
+    out
 }
 
 impl BlockDevice for RawImage {
@@ -920,6 +1144,7 @@ impl BlockDevice for RawImage {
         if offset.checked_add(buf.len() as u64).is_none_or(|e| e > self.size) {
             return Err(Error::OutOfRange { offset, len: buf.len() as u64, size: self.size });
         }
+        self.dirty.store(true, std::sync::atomic::Ordering::Release);
         self.file.write_all_at(buf, offset).map_err(io(&self.path))?;
         // Start write-back every 32 MiB so that a bulk copy overlaps with the disk and the final
         // flush has little left to do.
@@ -947,8 +1172,14 @@ impl BlockDevice for RawImage {
         Ok(())
     }
     fn flush(&self) -> Result<()> {
-        if self.writable {
-            self.file.sync_data().map_err(io(&self.path))?;
+        use std::sync::atomic::Ordering;
+        // Clear before syncing: a write racing with the sync marks the file dirty again.
+        if self.writable && self.dirty.swap(false, Ordering::AcqRel) {
+            self.syncs.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = self.file.sync_data() {
+                self.dirty.store(true, Ordering::Release);
+                return Err(io(&self.path)(e));
+            }
         }
         Ok(())
     }

@@ -26,5 +26,8 @@ pub use check::{check, CheckReport};
 pub use descriptor::{Access, Descriptor, ExtentKind, ExtentLine};
 pub use error::{Error, Result};
 pub use image::{BlockDevice, ExtentInfo, Image, MapKind, MapRange, OpenOptions, Probe, RawImage};
-pub use ops::{commit, compare, convert, create, snapshot, AnyImage, CreateOptions, Subformat, Target};
+pub use ops::{
+    commit, compare, compare_images, compare_ranges, convert, create, snapshot, AnyImage, CreateOptions, Subformat,
+    Target,
+};
 pub use sparse::Grain;

@@ -171,7 +171,7 @@ fn new_descriptor(path: &Path, o: &CreateOptions) -> Result<Descriptor> {
         }
     }
     if let Some(p) = &o.parent {
-        let parent = Image::open(p).map_err(|e| Error::Parent { child: path.into(), source: Box::new(e) })?;
+        let parent = Image::open(p).map_err(|e| Error::Parent { child: path.into(), cause: Box::new(e) })?;
         d.parent_cid = parent.cid();
         let pc = std::fs::canonicalize(p).map_err(io(p))?;
         let dir = std::fs::canonicalize(path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")))
@@ -246,6 +246,8 @@ pub fn snapshot(parent: &Path, child: &Path, subformat: Subformat, zeroed_grain:
 
 /// Any image the tools accept as input.
 #[derive(Debug)]
+// One per opened file, never in a collection: the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum AnyImage {
     /// A VMDK image (with its chain).
     Vmdk(Image),
@@ -258,6 +260,7 @@ impl AnyImage {
     pub fn open(path: &Path, writable: bool) -> Result<AnyImage> {
         Ok(match probe(path)? {
             Probe::Other => AnyImage::Raw(RawImage::open(path, writable)?),
+            Probe::Foreign(format) => return Err(Error::UnsupportedFormat { path: path.into(), format }),
             _ => AnyImage::Vmdk(if writable { Image::open_rw(path)? } else { Image::open(path)? }),
         })
     }
@@ -276,6 +279,14 @@ impl AnyImage {
         match self {
             AnyImage::Vmdk(i) => i,
             AnyImage::Raw(r) => r,
+        }
+    }
+
+    /// fdatasync calls made by `flush` so far (see [`Image::sync_count`]).
+    pub fn sync_count(&self) -> u64 {
+        match self {
+            AnyImage::Vmdk(i) => i.sync_count(),
+            AnyImage::Raw(r) => r.sync_count(),
         }
     }
 
@@ -412,32 +423,75 @@ pub fn convert(src: &AnyImage, dst: &Path, target: &Target, progress: &(dyn Fn(u
 
 /// Compares the guest-visible content. Returns the first differing offset (sector-aligned) or None.
 /// A size difference is not a mismatch if the extra tail is zero (as `qemu-img compare`).
+/// Reads everything; [`compare_images`] reads only what may hold data.
 pub fn compare(a: &dyn BlockDevice, b: &dyn BlockDevice, progress: &(dyn Fn(u64) + Sync)) -> Result<Option<u64>> {
+    compare_ranges(a, &[(0, a.len())], b, &[(0, b.len())], progress)
+}
+
+/// [`compare`] of two opened images that reads only the ranges where either may hold data (the
+/// allocation of sparse extents, SEEK_DATA/SEEK_HOLE on flat extents and raw files), so the cost
+/// grows with the allocated data, not the virtual size.
+pub fn compare_images(a: &AnyImage, b: &AnyImage, progress: &(dyn Fn(u64) + Sync)) -> Result<Option<u64>> {
+    compare_ranges(a.dev(), &a.data_ranges()?, b.dev(), &b.data_ranges()?, progress)
+}
+
+/// [`compare`] given, for each device, the byte ranges outside which it reads as zeros.
+/// `progress` is called with the bytes covered (read or known zero on both sides).
+pub fn compare_ranges(
+    a: &dyn BlockDevice,
+    ra: &[(u64, u64)],
+    b: &dyn BlockDevice,
+    rb: &[(u64, u64)],
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Option<u64>> {
     let (la, lb) = (a.len(), b.len());
-    let common = la.min(lb);
+    let total = la.max(lb);
+    // Union of both range lists, clipped to the disk, sorted and merged.
+    let mut all: Vec<(u64, u64)> = ra
+        .iter()
+        .map(|&(s, l)| (s.min(la), s.saturating_add(l).min(la)))
+        .chain(rb.iter().map(|&(s, l)| (s.min(lb), s.saturating_add(l).min(lb))))
+        .filter(|(s, e)| e > s)
+        .collect();
+    all.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in all {
+        match merged.last_mut() {
+            Some(m) if s <= m.1 => m.1 = m.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
     let mut ba = vec![0u8; CHUNK];
     let mut bb = vec![0u8; CHUNK];
-    let mut off = 0u64;
-    while off < common {
-        let n = (common - off).min(CHUNK as u64) as usize;
-        a.read_at(&mut ba[..n], off)?;
-        b.read_at(&mut bb[..n], off)?;
-        if ba[..n] != bb[..n] {
-            let i = ba[..n].iter().zip(&bb[..n]).position(|(x, y)| x != y).unwrap_or(0);
-            return Ok(Some((off + i as u64) / SECTOR * SECTOR));
+    let mut done = 0u64;
+    for (s, e) in merged {
+        progress(s - done);
+        let mut off = s;
+        while off < e {
+            // Chunks aligned to 1 MiB.
+            let n = ((CHUNK as u64 - off % CHUNK as u64).min(e - off)) as usize;
+            // Past the end of the shorter image it reads as zeros.
+            let read = |d: &dyn BlockDevice, buf: &mut [u8]| -> Result<()> {
+                let len = d.len();
+                let k = len.saturating_sub(off).min(n as u64) as usize;
+                if k > 0 {
+                    d.read_at(&mut buf[..k], off)?;
+                }
+                buf[k..n].fill(0);
+                Ok(())
+            };
+            read(a, &mut ba)?;
+            read(b, &mut bb)?;
+            if ba[..n] != bb[..n] {
+                let i = ba[..n].iter().zip(&bb[..n]).position(|(x, y)| x != y).unwrap_or(0);
+                return Ok(Some((off + i as u64) / SECTOR * SECTOR));
+            }
+            progress(n as u64);
+            off += n as u64;
         }
-        progress(n as u64);
-        off += n as u64;
+        done = e;
     }
-    let longer: &dyn BlockDevice = if la > lb { a } else { b };
-    while off < la.max(lb) {
-        let n = (la.max(lb) - off).min(CHUNK as u64) as usize;
-        longer.read_at(&mut ba[..n], off)?;
-        if let Some(i) = ba[..n].iter().position(|&x| x != 0) {
-            return Ok(Some((off + i as u64) / SECTOR * SECTOR));
-        }
-        off += n as u64;
-    }
+    progress(total - done);
     Ok(None)
 }
 

@@ -1,7 +1,7 @@
 //! Hosted sparse extents (KDMV): lookup, reads (plain and compressed), writes with grain allocation,
 //! redundant GD/GT kept in sync, zeroed-grain GTEs, and the consistency check.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -43,7 +43,66 @@ pub(crate) struct SparseExtent {
     inflater: flate2::Decompress,
     /// Bytes written since write-back was last started.
     unsynced: u64,
+    /// Something was written since the last flush (data, tables or a repair).
+    dirty: bool,
+    /// fdatasync calls made on this extent (for tests and diagnostics).
+    pub(crate) syncs: u64,
+    /// File size in sectors when opened. A pointer read from the file is valid only below it: one
+    /// past the old end would become "valid" once this session appends, and then alias new
+    /// grains or tables (a stale redundant GT pointer at EOF was written over a new grain).
+    open_sectors: u64,
+    /// Grain tables this session allocated (valid beyond `open_sectors`).
+    fresh_tables: HashSet<u64>,
+    /// Why the directories cannot be written back safely (they overlap each other, the header or
+    /// the tables they point to, e.g. after a capacity larger than the layout was made for).
+    /// Writes are then refused; `check` reports it.
+    pub(crate) layout_error: Option<String>,
 }
+
+/// Whether writing the grain directories back would overwrite other metadata.
+fn layout_conflict(h: &SparseHeader, min_meta: u64, gd: &[u32], rgd: Option<&[u32]>) -> Option<String> {
+    if h.compressed() {
+        return None; // never written
+    }
+    let gds = h.gd_sectors();
+    let mut dirs = vec![("grain directory", h.gd_offset)];
+    if rgd.is_some() {
+        dirs.push(("redundant grain directory", h.rgd_offset));
+    }
+    let overlaps = |a: u64, alen: u64, b: u64, blen: u64| a < b.saturating_add(blen) && b < a.saturating_add(alen);
+    for &(name, off) in &dirs {
+        if off < min_meta {
+            return Some(format!("the {name} (sector {off}) overlaps the header or the embedded descriptor"));
+        }
+    }
+    if dirs.len() == 2 && overlaps(dirs[0].1, gds, dirs[1].1, gds) {
+        return Some("the grain directory and its redundant copy overlap (capacity too large for the layout?)".into());
+    }
+    let gts = h.gt_sectors();
+    for t in gd.iter().chain(rgd.unwrap_or_default()) {
+        let t = u64::from(*t);
+        if t == 0 {
+            continue;
+        }
+        for &(name, off) in &dirs {
+            // A single entry pointing exactly at a directory is a damaged entry: it is never read
+            // or written through (and a redundant one is relocated on write). Tables inside a
+            // directory's area past its start mean the directory grew over them: writing it back
+            // would overwrite live tables.
+            if t != off && overlaps(t, gts, off, gds) {
+                return Some(format!(
+                    "a grain table (sector {t}) lies inside the {name} (sectors {off}..{}; capacity too large for the layout?)",
+                    off + gds
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// In-memory value of a grain table entry that pointed past the end of the file as opened.
+/// Never a valid sector: allocation stops below 2^32 - 1.
+const STALE: u32 = u32::MAX;
 
 /// Largest compressed grain we read: deflate's worst case for a 32 MiB grain plus slack.
 fn max_compressed(grain_bytes: usize) -> usize {
@@ -104,6 +163,7 @@ impl SparseExtent {
         let rgd =
             if hdr.has_rgd() && !hdr.compressed() { Some(read_u32s(&file, path, hdr.rgd_offset, n)?) } else { None };
         let next_sector = file_len.div_ceil(SECTOR).max(hdr.overhead);
+        let layout_error = layout_conflict(&hdr, min_meta, &gd, rgd.as_deref());
         Ok(SparseExtent {
             path: path.to_path_buf(),
             file,
@@ -121,6 +181,11 @@ impl SparseExtent {
             zbuf: Vec::new(),
             inflater: flate2::Decompress::new(true),
             unsynced: 0,
+            dirty: false,
+            syncs: 0,
+            open_sectors: file_len.div_ceil(SECTOR),
+            fresh_tables: HashSet::new(),
+            layout_error,
         })
     }
 
@@ -144,6 +209,7 @@ impl SparseExtent {
         let clear = |dir: u64| end <= dir || sector >= dir + gds;
         sector >= self.min_meta
             && end <= self.file_sectors()
+            && (end <= self.open_sectors || self.fresh_tables.contains(&sector))
             && clear(self.hdr.gd_offset)
             && (self.rgd.is_none() || clear(self.hdr.rgd_offset))
     }
@@ -160,7 +226,8 @@ impl SparseExtent {
                     "grain directory entry {idx} points to sector {ptr}, outside the metadata area or past the end of the file"
                 )));
             }
-            let t = read_u32s(&self.file, &self.path, ptr, self.hdr.num_gtes_per_gt as usize)?;
+            let mut t = read_u32s(&self.file, &self.path, ptr, self.hdr.num_gtes_per_gt as usize)?;
+            self.sanitize(&mut t);
             self.gts.insert(idx, t);
         }
         Ok(self.gts.get_mut(&idx))
@@ -173,13 +240,27 @@ impl SparseExtent {
         if idx >= self.gd.len() {
             return Ok(Grain::Unallocated);
         }
-        let zeroed = self.hdr.zeroed_grain();
-        let compressed = self.hdr.compressed();
         let Some(t) = self.gt(idx)? else { return Ok(Grain::Unallocated) };
         let e = u64::from(t[(g % per) as usize]);
+        self.classify(e, g)
+    }
+
+    /// Marks the entries of a table just read from the file that point at or past the end the file
+    /// had when opened: they stay invalid (reads and writes of them fail) even after this session
+    /// grows the file. Only entries this session sets may point there.
+    fn sanitize(&self, t: &mut [u32]) {
+        for e in t.iter_mut() {
+            if u64::from(*e) >= self.open_sectors && *e > 1 {
+                *e = STALE;
+            }
+        }
+    }
+
+    /// What grain table entry `e` of grain `g` means.
+    fn classify(&self, e: u64, g: u64) -> Result<Grain> {
         Ok(match e {
             0 => Grain::Unallocated,
-            1 if zeroed => Grain::Zero,
+            1 if self.hdr.zeroed_grain() => Grain::Zero,
             s if s < self.min_meta || s >= self.file_sectors() => {
                 return Err(self.corrupt(format!(
                     "cluster offset for sector {} points to sector {s}, {}",
@@ -187,13 +268,15 @@ impl SparseExtent {
                     if s >= self.file_sectors() { "after EOF" } else { "into the header" }
                 )))
             }
-            s if compressed => Grain::Compressed(s),
+            s if self.hdr.compressed() => Grain::Compressed(s),
             s => Grain::Data(s),
         })
     }
 
     /// Status of grain `g` and how many grains from `g` on (at most `max`, within `g`'s grain table)
-    /// share its kind (for maps; an empty GD entry is answered without reading anything).
+    /// share its kind (for maps; an empty GD entry is answered without reading anything). A grain
+    /// table that is not cached is read without being cached, so mapping a huge image costs no
+    /// memory beyond one table.
     pub(crate) fn lookup_run(&mut self, g: u64, max: u64) -> Result<(Grain, u64)> {
         let per = u64::from(self.hdr.num_gtes_per_gt);
         let idx = (g / per) as usize;
@@ -201,10 +284,25 @@ impl SparseExtent {
         if idx >= self.gd.len() || self.gd[idx] == 0 {
             return Ok((Grain::Unallocated, limit - g));
         }
-        let first = self.lookup(g)?;
+        let table = match self.gts.get(&idx) {
+            Some(t) => t.clone(),
+            None => {
+                let ptr = u64::from(self.gd[idx]);
+                if !self.gt_ptr_ok(ptr) {
+                    return Err(self.corrupt(format!(
+                        "grain directory entry {idx} points to sector {ptr}, outside the metadata area or past the end of the file"
+                    )));
+                }
+                let mut t = read_u32s(&self.file, &self.path, ptr, self.hdr.num_gtes_per_gt as usize)?;
+                self.sanitize(&mut t);
+                t
+            }
+        };
+        let at = |g: u64| u64::from(table[(g % per) as usize]);
+        let first = self.classify(at(g), g)?;
         let mut n = 1;
         while g + n < limit {
-            if std::mem::discriminant(&self.lookup(g + n)?) != std::mem::discriminant(&first) {
+            if std::mem::discriminant(&self.classify(at(g + n), g + n)?) != std::mem::discriminant(&first) {
                 break;
             }
             n += 1;
@@ -304,6 +402,7 @@ impl SparseExtent {
         let n = self.hdr.gt_sectors();
         let s = self.alloc(n)?;
         self.gd[idx] = s as u32;
+        self.fresh_tables.insert(s);
         if let Some(r) = self.rgd.as_mut() {
             let rs = self.next_sector;
             if rs.saturating_add(n) > u64::from(u32::MAX) {
@@ -311,6 +410,7 @@ impl SparseExtent {
             }
             self.next_sector += n;
             r[idx] = rs as u32;
+            self.fresh_tables.insert(rs);
         }
         self.gts.insert(idx, vec![0; self.hdr.num_gtes_per_gt as usize]);
         self.dirty_gts.insert(idx);
@@ -346,6 +446,10 @@ impl SparseExtent {
         data: &[u8],
         fill: &mut dyn FnMut(&mut [u8]) -> Result<()>,
     ) -> Result<()> {
+        self.dirty = true;
+        if let Some(e) = &self.layout_error {
+            return Err(self.corrupt(format!("writes refused: {e}")));
+        }
         if self.hdr.compressed() {
             return Err(Error::StreamReadOnly { path: self.path.clone() });
         }
@@ -400,6 +504,10 @@ impl SparseExtent {
     /// newly allocated, adjacent grains, as long as they are unallocated or zeroed. Returns how many
     /// grains were written (0 if grain `g` is already allocated; the caller then writes it in place).
     pub(crate) fn write_new_grains(&mut self, g: u64, data: &[u8]) -> Result<u64> {
+        self.dirty = true;
+        if let Some(e) = &self.layout_error {
+            return Err(self.corrupt(format!("writes refused: {e}")));
+        }
         if self.hdr.compressed() {
             return Err(Error::StreamReadOnly { path: self.path.clone() });
         }
@@ -434,6 +542,10 @@ impl SparseExtent {
 
     /// Makes grain `g` read as zeros. `has_parent` says whether an unallocated grain would show parent data.
     pub(crate) fn zero_grain(&mut self, g: u64, has_parent: bool) -> Result<()> {
+        self.dirty = true;
+        if let Some(e) = &self.layout_error {
+            return Err(self.corrupt(format!("writes refused: {e}")));
+        }
         if self.hdr.compressed() {
             return Err(Error::StreamReadOnly { path: self.path.clone() });
         }
@@ -449,11 +561,15 @@ impl SparseExtent {
     }
 
     /// Writes dirty grain tables (primary and redundant) and directories, then syncs.
+    /// Nothing written since the last flush: no I/O at all.
     pub(crate) fn flush(&mut self) -> Result<()> {
+        if !self.dirty && self.dirty_gts.is_empty() && !self.gd_dirty {
+            return Ok(());
+        }
         if !self.dirty_gts.is_empty() || self.gd_dirty {
             // Grains reach the disk before the table entries that point to them, also across a
             // power loss (not only a process kill).
-            self.file.sync_data().map_err(io(&self.path))?;
+            self.sync()?;
         }
         let gt_bytes = (self.hdr.gt_sectors() * SECTOR) as usize;
         for idx in std::mem::take(&mut self.dirty_gts) {
@@ -467,6 +583,7 @@ impl SparseExtent {
                 } else {
                     let n = self.hdr.gt_sectors();
                     let s = self.alloc(n)?;
+                    self.fresh_tables.insert(s);
                     self.file_len = self.file_len.max((s + n) * SECTOR);
                     self.rgd.as_mut().expect("checked above")[idx] = s as u32;
                     self.gd_dirty = true;
@@ -485,11 +602,24 @@ impl SparseExtent {
             }
             self.gd_dirty = false;
         }
+        self.sync()?;
+        self.dirty = false;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        self.syncs += 1;
         self.file.sync_data().map_err(io(&self.path))
     }
 
     /// Checks the extent. See [`crate::check`].
     pub(crate) fn check(&mut self, repair: bool, rep: &mut crate::check::CheckReport) -> Result<()> {
+        if let Some(e) = &self.layout_error {
+            // Nothing below may be written back: report and stop.
+            rep.corruptions.push(format!("{}: {e}", self.path.display()));
+            return Ok(());
+        }
+        self.dirty |= repair;
         let name = self.path.display().to_string();
         let fs = self.file_sectors();
         let gs = self.hdr.grain_size;

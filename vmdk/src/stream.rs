@@ -155,7 +155,7 @@ impl StreamWriter {
         footer.gd_offset = gd_sector;
         self.put(&footer.to_bytes())?;
         self.put(&[0u8; 512])?;
-        let f = self.file.into_inner().map_err(|e| Error::Io { path: self.path.clone(), source: e.into_error() })?;
+        let f = self.file.into_inner().map_err(|e| Error::Io { path: self.path.clone(), cause: e.into_error() })?;
         f.sync_all().map_err(io(&self.path))
     }
 }
