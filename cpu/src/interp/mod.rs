@@ -119,6 +119,8 @@ pub(crate) struct Cx<'a> {
     pub(crate) sys_access: bool,
     /// A port or MMIO write happened: the run loop asks the bus whether to stop.
     pub(crate) io_written: bool,
+    /// A port or MMIO access happened: the run loop refreshes `CpuState::irq_pending`.
+    pub(crate) io_touched: bool,
     /// Cached code was overwritten.
     pub(crate) code_written: bool,
     /// The instruction changed the mode, paging or CS: refresh `mode`.
@@ -172,11 +174,13 @@ impl Interpreter {
         (self.cache.hits, self.cache.misses)
     }
 
-    /// Executes exactly one instruction. An exception is returned, not delivered; RIP and RSP
-    /// are left as they were before the instruction.
+    /// Executes exactly one instruction (a REP string instruction runs all its iterations). An
+    /// exception is returned, not delivered; RIP and RSP are left as they were before the
+    /// instruction. The instruction count follows the rule on [`CpuState::icount`].
     pub fn step(&mut self, cpu: &mut CpuState, bus: &mut dyn CpuBus) -> Result<(), Exception> {
         let mut cx = Cx::new(cpu, bus, &mut self.cache, u64::MAX);
         let r = cx.step_one(false);
+        cx.cpu.icount += 1;
         match r {
             Ok(()) => Ok(()),
             Err(Stop::Exc(e)) => Err(e),
@@ -195,6 +199,7 @@ impl<'a> Cx<'a> {
             mode,
             sys_access: false,
             io_written: false,
+            io_touched: false,
             code_written: false,
             mode_changed: false,
             budget_end,
@@ -208,6 +213,7 @@ impl<'a> Cx<'a> {
     /// The bus for a port or MMIO access, with its clock brought to the current instruction.
     #[inline]
     pub(crate) fn io_bus(&mut self) -> &mut dyn CpuBus {
+        self.io_touched = true;
         self.bus.advance_clock(self.cpu.icount);
         &mut *self.bus
     }
@@ -391,46 +397,62 @@ impl<'a> Cx<'a> {
 impl Cx<'_> {
     /// The run loop, specialized on tracing so the untraced loop carries no trace checks.
     fn run_loop<const TRACE: bool>(&mut self, end: u64) -> RunExit {
-        let cx = self;
-        while cx.cpu.icount < end {
-            // External interrupts are taken between instructions.
-            if cx.cpu.rflags & rflags::IF != 0 && !cx.cpu.interrupt_shadow && cx.bus.interrupt_pending() {
-                if let Some(v) = cx.bus.acknowledge_interrupt() {
-                    cx.cpu.halted = false;
-                    cx.fetch_lin_page = u64::MAX;
-                    let rip = cx.cpu.rip;
-                    if let Err(e) = cx.deliver(v, system::IntKind::External, rip, None) {
-                        if cx.raise(e).is_err() {
-                            return RunExit::TripleFault;
-                        }
-                    }
-                    cx.mode = cx.cpu.mode();
-                }
-            }
-            cx.cpu.interrupt_shadow = false;
-            if cx.cpu.halted {
-                return RunExit::Halted;
-            }
-            match cx.step_one(TRACE) {
-                Ok(()) => {}
-                Err(Stop::Exc(e)) => {
-                    if cx.raise(e).is_err() {
-                        cx.cpu.icount += 1;
-                        return RunExit::TripleFault;
-                    }
-                }
-            }
-            cx.cpu.icount += 1;
-            if cx.io_written {
-                cx.io_written = false;
-                // A device may have remapped memory (ROM shadowing, A20): translate again.
-                cx.fetch_lin_page = u64::MAX;
-                if cx.bus.stop_requested() {
-                    return RunExit::Stopped;
-                }
+        while self.cpu.icount < end {
+            if let Some(x) = self.run_one::<TRACE>() {
+                return x;
             }
         }
         RunExit::BudgetExhausted
+    }
+
+    /// One step of the run loop: take a pending interrupt (counts 0), then execute one
+    /// instruction or one REP iteration (counts 1, faulting or not). `Some` ends the run.
+    #[inline(always)]
+    pub(crate) fn run_one<const TRACE: bool>(&mut self) -> Option<RunExit> {
+        // External interrupts are taken between instructions.
+        if self.cpu.rflags & rflags::IF != 0 && !self.cpu.interrupt_shadow && self.cpu.irq_pending {
+            let ack = self.bus.acknowledge_interrupt();
+            self.cpu.irq_pending = self.bus.interrupt_pending();
+            if let Some(v) = ack {
+                self.cpu.halted = false;
+                self.fetch_lin_page = u64::MAX;
+                let rip = self.cpu.rip;
+                if let Err(e) = self.deliver(v, system::IntKind::External, rip, None) {
+                    if self.raise(e).is_err() {
+                        return Some(RunExit::TripleFault);
+                    }
+                }
+                self.mode = self.cpu.mode();
+            }
+        }
+        self.cpu.interrupt_shadow = false;
+        if self.cpu.halted {
+            return Some(RunExit::Halted);
+        }
+        match self.step_one(TRACE) {
+            Ok(()) => {}
+            Err(Stop::Exc(e)) => {
+                if self.raise(e).is_err() {
+                    self.cpu.icount += 1;
+                    return Some(RunExit::TripleFault);
+                }
+            }
+        }
+        self.cpu.icount += 1;
+        if self.io_touched {
+            self.io_touched = false;
+            self.cpu.irq_pending = self.bus.interrupt_pending();
+        }
+        if self.io_written {
+            self.io_written = false;
+            // A device may have remapped memory (ROM shadowing, A20): translate again.
+            self.fetch_lin_page = u64::MAX;
+            if self.bus.stop_requested() {
+                self.cpu.stop_requested = true;
+                return Some(RunExit::Stopped);
+            }
+        }
+        None
     }
 }
 
@@ -468,6 +490,10 @@ fn trace_instr(cpu: &CpuState, instr: &Instruction) {
 impl ExecutionEngine for Interpreter {
     fn run(&mut self, cpu: &mut CpuState, bus: &mut dyn CpuBus, budget: base::InstrCount) -> RunExit {
         let end = cpu.icount.saturating_add(budget);
+        cpu.budget_end = end;
+        cpu.irq_pending = bus.interrupt_pending();
+        cpu.stop_requested = false;
+        cpu.refresh_mode_key();
         let trace = self.trace;
         let mut cx = Cx::new(cpu, bus, &mut self.cache, end);
         if trace {
