@@ -25,4 +25,12 @@ pub trait ExecutionEngine {
     fn invalidate_phys(&mut self, start: u64, len: u64);
     /// Forgets everything that depends on the CPU mode (CR0/CR3/CR4/EFER/CS changes).
     fn flush_for_mode_change(&mut self, cpu: &mut CpuState);
+    /// A short name for messages (`interp`, `jit`).
+    fn name(&self) -> &'static str {
+        "engine"
+    }
+    /// Engine statistics as `name: value` lines (`--stats`), if the engine keeps any.
+    fn stats_text(&self) -> Option<String> {
+        None
+    }
 }

@@ -10,6 +10,7 @@ pub mod cpuid;
 pub mod engine;
 pub mod exception;
 pub mod flags;
+pub mod helpers;
 pub mod interp;
 pub mod state;
 

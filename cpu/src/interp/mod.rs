@@ -121,6 +121,8 @@ pub(crate) struct Cx<'a> {
     pub(crate) io_written: bool,
     /// A port or MMIO access happened: the run loop refreshes `CpuState::irq_pending`.
     pub(crate) io_touched: bool,
+    /// A port or MMIO access happened during this context's life (never reset).
+    pub(crate) any_io: bool,
     /// Cached code was overwritten.
     pub(crate) code_written: bool,
     /// The instruction changed the mode, paging or CS: refresh `mode`.
@@ -169,6 +171,31 @@ impl Interpreter {
         Interpreter { cache: DecodeCache::new(), trace: false }
     }
 
+    /// One turn of the run loop for the JIT's per-instruction helper (see
+    /// [`crate::helpers::helper_step`]): the run's end is `cpu.budget_end`.
+    pub fn step_for_jit(&mut self, cpu: &mut CpuState, bus: &mut dyn CpuBus, trace: bool) -> u32 {
+        use crate::helpers::exit;
+        let end = cpu.budget_end;
+        let mut cx = Cx::new(cpu, bus, &mut self.cache, end);
+        let rip = cx.cpu.rip;
+        let interrupt = cx.cpu.rflags & rflags::IF != 0 && !cx.cpu.interrupt_shadow && cx.cpu.irq_pending;
+        let r = if trace { cx.run_one::<true>() } else { cx.run_one::<false>() };
+        match r {
+            Some(RunExit::Halted) => exit::HALTED,
+            Some(RunExit::TripleFault) => exit::TRIPLE_FAULT,
+            Some(RunExit::Stopped) => exit::STOPPED,
+            Some(RunExit::BudgetExhausted) => exit::BLOCK_END,
+            None => {
+                let fell_through = cx.cpu.rip == cx.next_rip && cx.cpu.rip != rip;
+                if fell_through && !interrupt && !cx.any_io && !cx.code_written && cx.cpu.icount < end {
+                    exit::CONTINUE
+                } else {
+                    exit::BLOCK_END
+                }
+            }
+        }
+    }
+
     /// Decode-cache hits and misses so far.
     pub fn decode_stats(&self) -> (u64, u64) {
         (self.cache.hits, self.cache.misses)
@@ -200,6 +227,7 @@ impl<'a> Cx<'a> {
             sys_access: false,
             io_written: false,
             io_touched: false,
+            any_io: false,
             code_written: false,
             mode_changed: false,
             budget_end,
@@ -214,6 +242,7 @@ impl<'a> Cx<'a> {
     #[inline]
     pub(crate) fn io_bus(&mut self) -> &mut dyn CpuBus {
         self.io_touched = true;
+        self.any_io = true;
         self.bus.advance_clock(self.cpu.icount);
         &mut *self.bus
     }
@@ -511,5 +540,14 @@ impl ExecutionEngine for Interpreter {
 
     fn flush_for_mode_change(&mut self, cpu: &mut CpuState) {
         cpu.tlb.flush_all();
+    }
+
+    fn name(&self) -> &'static str {
+        "interp"
+    }
+
+    fn stats_text(&self) -> Option<String> {
+        let (hits, misses) = self.decode_stats();
+        Some(format!("decode cache hits: {hits}\ndecode cache misses: {misses}"))
     }
 }

@@ -1,0 +1,101 @@
+//! The helper ABI: the `extern "sysv64"` functions generated code calls, declared once.
+//!
+//! Every helper takes the CPU state and an environment pointer ([`HelperEnv`]: the interpreter
+//! serving the helpers and the bus) and returns a `u32` exit code from [`exit`]. Generated code
+//! reaches `CpuState` fields through the offsets in [`offsets`] (from `core::mem::offset_of!`,
+//! checked at compile time against the widths the emitters use).
+
+use crate::bus::CpuBus;
+use crate::interp::Interpreter;
+use crate::state::CpuState;
+use std::marker::PhantomData;
+
+/// Exit codes returned by helpers and by generated code.
+pub mod exit {
+    /// The instruction fell through to the next one: the block goes on.
+    pub const CONTINUE: u32 = 0;
+    /// The block must end here (branch taken, fault delivered, interrupt taken, I/O, code
+    /// written, budget reached): the dispatcher looks up the next block.
+    pub const BLOCK_END: u32 = 1;
+    /// HLT with no interrupt deliverable.
+    pub const HALTED: u32 = 2;
+    /// A triple fault.
+    pub const TRIPLE_FAULT: u32 = 3;
+    /// A device asked the run to stop.
+    pub const STOPPED: u32 = 4;
+}
+
+/// Byte offsets of the `CpuState` fields generated code touches.
+pub mod offsets {
+    use crate::state::CpuState;
+    use core::mem::{offset_of, size_of};
+
+    /// `CpuState::gpr[0]`.
+    pub const GPR: usize = offset_of!(CpuState, gpr);
+    /// `CpuState::rip`.
+    pub const RIP: usize = offset_of!(CpuState, rip);
+    /// `CpuState::icount`.
+    pub const ICOUNT: usize = offset_of!(CpuState, icount);
+    /// `CpuState::budget_end`.
+    pub const BUDGET_END: usize = offset_of!(CpuState, budget_end);
+    /// `CpuState::irq_pending`.
+    pub const IRQ_PENDING: usize = offset_of!(CpuState, irq_pending);
+    /// `CpuState::tlb` (the fast-path entries are its first field).
+    pub const TLB: usize = offset_of!(CpuState, tlb);
+
+    // The emitters use 64-bit loads for these and 8-bit loads for the flags.
+    const _: () = assert!(size_of::<[u64; 16]>() == 128);
+    const _: () = assert!(offset_of!(CpuState, icount) % 8 == 0 && offset_of!(CpuState, budget_end) % 8 == 0);
+    const _: () = assert!(offset_of!(CpuState, rip) % 8 == 0 && offset_of!(CpuState, gpr) % 8 == 0);
+    const _: () = assert!(offset_of!(mmu::SoftTlb, sets) == 0);
+}
+
+/// What helpers need besides the CPU state: the interpreter that executes single instructions
+/// and the bus. Lives on the stack of the engine's `run` for the duration of one run.
+pub struct HelperEnv<'a> {
+    interp: *mut Interpreter,
+    bus: *mut (dyn CpuBus + 'a),
+    /// Log each instruction (`--trace`).
+    pub trace: bool,
+    /// Helper calls made (statistics).
+    pub helper_calls: u64,
+    _life: PhantomData<&'a mut ()>,
+}
+
+impl<'a> HelperEnv<'a> {
+    /// An environment over `interp` and `bus`, both borrowed for the environment's life.
+    pub fn new(interp: &'a mut Interpreter, bus: &'a mut dyn CpuBus, trace: bool) -> Self {
+        HelperEnv { interp, bus, trace, helper_calls: 0, _life: PhantomData }
+    }
+
+    /// The bus (between calls into generated code).
+    pub fn bus(&mut self) -> &mut dyn CpuBus {
+        // SAFETY: `bus` came from a `&'a mut dyn CpuBus` held for the environment's life, and
+        // `&mut self` makes this the only reference derived from it while it lives.
+        unsafe { &mut *self.bus }
+    }
+
+    /// Runs one step of the interpreter's run loop; see [`helper_step`].
+    pub fn step(&mut self, cpu: &mut CpuState) -> u32 {
+        self.helper_calls += 1;
+        // SAFETY: both pointers came from exclusive borrows held for the environment's life;
+        // `&mut self` makes these the only references derived from them while they live.
+        let (interp, bus) = unsafe { (&mut *self.interp, &mut *self.bus) };
+        interp.step_for_jit(cpu, bus, self.trace)
+    }
+}
+
+/// Executes one instruction with the interpreter, exactly as one turn of its run loop does: a
+/// pending interrupt is taken first (counts 0), then one instruction or one REP iteration runs
+/// (counts 1, faulting or not; a fault is delivered). Returns [`exit::CONTINUE`] if execution
+/// fell through to the next sequential instruction with nothing the block must react to, or
+/// another [`exit`] code.
+///
+/// # Safety
+/// `cpu` and `env` must be valid, exclusive pointers for the duration of the call (generated
+/// code passes on the pointers the engine's single entry point received).
+pub unsafe extern "sysv64" fn helper_step(cpu: *mut CpuState, env: *mut HelperEnv<'_>) -> u32 {
+    // SAFETY: the caller guarantees both pointers are valid and not aliased during the call.
+    let (cpu, env) = unsafe { (&mut *cpu, &mut *env) };
+    env.step(cpu)
+}

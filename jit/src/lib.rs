@@ -1,0 +1,126 @@
+//! The binary translator: guest x86 code is translated a block at a time into x86-64 host
+//! code with `dynasmrt`, exact and in lockstep with the interpreter.
+//!
+//! **What it does today (slice 2 of issue 9).** Blocks are keyed by (backing offset of the
+//! first instruction, [`cpu::CpuState::mode_key`]). Every guest instruction of a block is one
+//! call of [`cpu::helpers::helper_step`], which runs the interpreter on exactly that instruction
+//! with the guest state in sync; so the translator runs everything the interpreter runs, with
+//! the same instruction count at every interrupt, port and MMIO access, the same faults, and the
+//! same results. A block ends at a control-transfer instruction, at the end of its page, after
+//! [`MAX_BLOCK_INSNS`] instructions, and early whenever a helper reports that execution did not
+//! simply fall through (branch, fault, interrupt, I/O, a store into cached code, budget end).
+//! Inline host code for integer instructions, chaining and the inline TLB probe are not there
+//! yet.
+//!
+//! Self-modifying code: the translator marks every page it translates in the
+//! [`mmu::CodePages`] tracker, which forces stores there through the slow path; a store clears
+//! the mark and queues the page, and the translator drops that page's blocks before it runs the
+//! next block. A store into the running block ends the block after the store.
+//!
+//! On hosts other than x86-64, [`Translator`] runs the interpreter.
+
+#[cfg(target_arch = "x86_64")]
+mod x64;
+
+use cpu::{CpuBus, CpuState, ExecutionEngine, Interpreter, RunExit};
+
+/// Most guest instructions in one block.
+pub const MAX_BLOCK_INSNS: usize = 64;
+
+/// Translator statistics (`--stats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JitStats {
+    /// Blocks translated.
+    pub blocks_translated: u64,
+    /// Whole-cache flushes (cache full, mode flushes).
+    pub cache_flushes: u64,
+    /// Blocks dropped because their code was written (stores, DMA, loads).
+    pub smc_invalidations: u64,
+    /// Calls from generated code into helpers.
+    pub helper_calls: u64,
+    /// Instructions executed by the interpreter outside any block (no translation possible).
+    pub interpreted: u64,
+    /// Block entries.
+    pub block_runs: u64,
+}
+
+/// The translating engine.
+#[derive(Debug)]
+pub struct Translator {
+    interp: Interpreter,
+    #[cfg(target_arch = "x86_64")]
+    cache: x64::CodeCache,
+    stats: JitStats,
+    /// Log each instruction (`--trace`).
+    pub trace: bool,
+}
+
+impl Default for Translator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Translator {
+    /// A translator with an empty code cache.
+    pub fn new() -> Self {
+        Translator {
+            interp: Interpreter::new(),
+            #[cfg(target_arch = "x86_64")]
+            cache: x64::CodeCache::new(),
+            stats: JitStats::default(),
+            trace: false,
+        }
+    }
+
+    /// Statistics so far.
+    pub fn stats(&self) -> JitStats {
+        self.stats
+    }
+
+    /// The host code of the block for the guest code at backing offset `backing` in the mode
+    /// `mode_key`, disassembled (Intel syntax, offsets from the block start), if translated.
+    #[cfg(target_arch = "x86_64")]
+    pub fn disassemble_block(&self, backing: u64, mode_key: u32) -> Option<String> {
+        self.cache.disassemble(backing, mode_key)
+    }
+}
+
+impl ExecutionEngine for Translator {
+    fn run(&mut self, cpu: &mut CpuState, bus: &mut dyn CpuBus, budget: base::InstrCount) -> RunExit {
+        #[cfg(target_arch = "x86_64")]
+        {
+            x64::run(self, cpu, bus, budget)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self.interp.trace = self.trace;
+            self.interp.run(cpu, bus, budget)
+        }
+    }
+
+    fn invalidate_phys(&mut self, start: u64, len: u64) {
+        self.interp.invalidate_phys(start, len);
+        #[cfg(target_arch = "x86_64")]
+        {
+            let n = self.cache.invalidate(start, len);
+            self.stats.smc_invalidations += n;
+        }
+    }
+
+    fn flush_for_mode_change(&mut self, cpu: &mut CpuState) {
+        self.interp.flush_for_mode_change(cpu);
+    }
+
+    fn name(&self) -> &'static str {
+        "jit"
+    }
+
+    fn stats_text(&self) -> Option<String> {
+        let s = self.stats;
+        Some(format!(
+            "blocks translated: {}\ncache flushes: {}\nSMC invalidations: {}\nhelper calls: {}\ninterpreted outside blocks: {}\nblock entries: {}",
+            s.blocks_translated, s.cache_flushes, s.smc_invalidations, s.helper_calls, s.interpreted, s.block_runs
+        ))
+    }
+}
