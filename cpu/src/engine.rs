@@ -18,7 +18,7 @@ pub enum RunExit {
 }
 
 /// An engine that executes guest instructions on a [`CpuState`].
-pub trait ExecutionEngine {
+pub trait ExecutionEngine: std::fmt::Debug {
     /// Runs until `budget` instructions have retired or something stops the run.
     fn run(&mut self, cpu: &mut CpuState, bus: &mut dyn CpuBus, budget: InstrCount) -> RunExit;
     /// Forgets cached code for a guest physical range (the guest or a DMA wrote it).
