@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context};
 use clap::Args;
-use machine::{Exit, Machine, MachineConfig};
+use machine::{EngineKind, Exit, Machine, MachineConfig};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -19,6 +19,7 @@ Exit status:
   2            the guest triple-faulted (with --no-reboot, or with no firmware to reboot)
   3            the --max-insns limit was reached
   4            the guest halted with interrupts enabled and every interrupt source masked
+  5            --engine lockstep found a divergence between the engines
   0            the guest asked for a reset (with --no-reboot, or with no firmware to reboot)
 
 Examples:
@@ -74,6 +75,29 @@ pub struct RunArgs {
     /// Do not print the instruction count and MIPS summary at exit.
     #[arg(short, long)]
     quiet: bool,
+    /// The execution engine: the interpreter, the binary translator, or both in lockstep
+    /// (two machines compared every --lockstep-slice instructions; stops at the first
+    /// divergent instruction and prints both states).
+    #[arg(long, value_enum, value_name = "ENGINE", default_value = "interp")]
+    engine: Engine,
+    /// Instructions between lockstep comparisons.
+    #[arg(long, value_name = "N", default_value = "10000")]
+    lockstep_slice: u64,
+    /// Print engine statistics at exit (blocks translated, cache flushes, SMC invalidations,
+    /// helper calls per 1000 guest instructions).
+    #[arg(long)]
+    stats: bool,
+}
+
+/// `--engine` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Engine {
+    /// The interpreter.
+    Interp,
+    /// The binary translator.
+    Jit,
+    /// Both, compared in lockstep.
+    Lockstep,
 }
 
 /// Destinations of the serial console.
@@ -112,40 +136,76 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
     // The host clock enters the guest here, once, as the RTC's starting time.
     let host_time =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-    let config = MachineConfig {
-        ram_bytes: a.memory,
-        capture_serial: false,
-        serial_stdout: a.serial == Serial::Stdio,
-        trace: a.trace,
-        firmware_log_stderr: a.firmware_log,
-        no_reboot: a.no_reboot,
-        rtc_unix_seconds: host_time,
+    let build = |engine: EngineKind, serial_stdout: bool| -> anyhow::Result<Machine> {
+        let config = MachineConfig {
+            ram_bytes: a.memory,
+            capture_serial: a.engine == Engine::Lockstep,
+            serial_stdout,
+            trace: a.trace,
+            firmware_log_stderr: a.firmware_log && serial_stdout,
+            no_reboot: a.no_reboot,
+            rtc_unix_seconds: host_time,
+            engine,
+        };
+        let mut m = Machine::new(config)?;
+        for (i, path) in a.disk.iter().enumerate() {
+            m.attach_disk_file(i, path, a.read_only)?;
+        }
+        if let Some(path) = &a.bios {
+            let image = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            m.load_bios(&image).with_context(|| format!("cannot load {}", path.display()))?;
+        } else if let Some(path) = &a.flat {
+            let image = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            m.load_flat(&image, a.load, a.entry.unwrap_or(a.load))
+                .with_context(|| format!("cannot load {}", path.display()))?;
+        } else if let Some(path) = &a.multiboot {
+            let image = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            m.load_multiboot(&image, &a.append).with_context(|| format!("cannot load {}", path.display()))?;
+        } else {
+            let demo = test_roms::demo();
+            m.load_flat(&demo.image, demo.load_addr, demo.entry)?;
+        }
+        Ok(m)
     };
-    let mut m = Machine::new(config)?;
-    for (i, path) in a.disk.iter().enumerate() {
-        m.attach_disk_file(i, path, a.read_only)?;
-    }
-    if let Some(path) = &a.bios {
-        let image = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        m.load_bios(&image).with_context(|| format!("cannot load {}", path.display()))?;
-    } else if let Some(path) = &a.flat {
-        let image = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        m.load_flat(&image, a.load, a.entry.unwrap_or(a.load))
-            .with_context(|| format!("cannot load {}", path.display()))?;
-    } else if let Some(path) = &a.multiboot {
-        let image = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        m.load_multiboot(&image, &a.append).with_context(|| format!("cannot load {}", path.display()))?;
-    } else {
-        let demo = test_roms::demo();
-        m.load_flat(&demo.image, demo.load_addr, demo.entry)?;
-    }
+    let stdout = a.serial == Serial::Stdio;
     if a.max_insns == Some(0) {
         bail!("--max-insns must be at least 1");
     }
     let start = Instant::now();
-    let exit = m.run(a.max_insns);
+    let (exit, n) = match a.engine {
+        Engine::Interp | Engine::Jit => {
+            let kind = if a.engine == Engine::Jit { EngineKind::Jit } else { EngineKind::Interp };
+            let mut m = build(kind, stdout)?;
+            let exit = m.run(a.max_insns);
+            if a.stats {
+                let (name, text) = m.engine_stats();
+                print_stats(name, text.as_deref(), m.instructions());
+            }
+            (exit, m.instructions())
+        }
+        Engine::Lockstep => {
+            // Both machines capture their console; the interpreter's copy is printed.
+            let build_quiet = |e: EngineKind| build(e, false);
+            let r = machine::lockstep::run_lockstep(&build_quiet, a.max_insns, a.lockstep_slice.max(1))?;
+            match r {
+                Ok(rep) => {
+                    if stdout {
+                        use std::io::Write;
+                        let mut o = std::io::stdout();
+                        o.write_all(&rep.serial)?;
+                        o.flush()?;
+                    }
+                    eprintln!("ferrovisor: lockstep: 0 divergences in {} comparisons", rep.comparisons);
+                    (rep.exit, rep.instructions)
+                }
+                Err(d) => {
+                    eprintln!("ferrovisor: lockstep: {d}");
+                    return Ok(5);
+                }
+            }
+        }
+    };
     let secs = start.elapsed().as_secs_f64();
-    let n = m.instructions();
     if !a.quiet {
         eprintln!("ferrovisor: {n} guest instructions in {:.3} s ({:.1} MIPS)", secs, n as f64 / secs.max(1e-9) / 1e6);
     }
@@ -169,6 +229,18 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
             4
         }
     })
+}
+
+/// Prints `--stats`: the engine's counters, and helper calls per 1000 guest instructions.
+fn print_stats(name: &str, text: Option<&str>, instructions: u64) {
+    eprintln!("ferrovisor: engine {name}");
+    for line in text.unwrap_or("").lines() {
+        eprintln!("ferrovisor:   {line}");
+        if let Some(v) = line.strip_prefix("helper calls: ").and_then(|v| v.parse::<u64>().ok()) {
+            let per = v as f64 * 1000.0 / instructions.max(1) as f64;
+            eprintln!("ferrovisor:   helper calls per 1000 guest instructions: {per:.1}");
+        }
+    }
 }
 
 #[cfg(test)]

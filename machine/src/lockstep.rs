@@ -5,7 +5,7 @@
 //! divergent slice, then stepped one instruction at a time to name the first divergent
 //! instruction.
 
-use crate::{EngineKind, Exit, Machine, MachineError};
+use crate::{EngineKind, Exit, Machine};
 use cpu::CpuState;
 
 /// Where two engines first disagreed.
@@ -38,6 +38,9 @@ pub struct LockstepReport {
     pub instructions: u64,
     /// Slices compared.
     pub comparisons: u64,
+    /// What the guest wrote to its console (COM1 and the debug console; the machines must
+    /// capture it).
+    pub serial: Vec<u8>,
 }
 
 /// The architectural state as text, for comparison and printing (caches and engine bookkeeping
@@ -96,11 +99,11 @@ fn compare(a: &mut Machine, b: &mut Machine, ea: Option<Exit>, eb: Option<Exit>)
 /// Runs `build(EngineKind::Interp)` and `build(EngineKind::Jit)` side by side in slices of
 /// `slice` instructions until the guest exits or `max_insns` have run, comparing after every
 /// slice. The builder must make identical machines (same images, no host input).
-pub fn run_lockstep(
-    build: &dyn Fn(EngineKind) -> Result<Machine, MachineError>,
+pub fn run_lockstep<E>(
+    build: &dyn Fn(EngineKind) -> Result<Machine, E>,
     max_insns: Option<u64>,
     slice: u64,
-) -> Result<Result<LockstepReport, Divergence>, MachineError> {
+) -> Result<Result<LockstepReport, Divergence>, E> {
     let slice = slice.max(1);
     let mut a = build(EngineKind::Interp)?;
     let mut b = build(EngineKind::Jit)?;
@@ -111,7 +114,13 @@ pub fn run_lockstep(
         if let Some(m) = max_insns {
             n = n.min(m.saturating_sub(start));
             if n == 0 {
-                return Ok(Ok(LockstepReport { exit: Exit::InstructionLimit, instructions: start, comparisons }));
+                let serial = a.serial_output();
+                return Ok(Ok(LockstepReport {
+                    exit: Exit::InstructionLimit,
+                    instructions: start,
+                    comparisons,
+                    serial,
+                }));
             }
         }
         let ea = a.run(Some(n));
@@ -122,18 +131,15 @@ pub fn run_lockstep(
             return Ok(Err(pinpoint(build, start, slice)?));
         }
         if let Some(e) = ea {
-            return Ok(Ok(LockstepReport { exit: e, instructions: a.instructions(), comparisons }));
+            let serial = a.serial_output();
+            return Ok(Ok(LockstepReport { exit: e, instructions: a.instructions(), comparisons, serial }));
         }
     }
 }
 
 /// Re-runs both engines to `start` (in the same slices as before), then one instruction at a
 /// time until they differ.
-fn pinpoint(
-    build: &dyn Fn(EngineKind) -> Result<Machine, MachineError>,
-    start: u64,
-    slice: u64,
-) -> Result<Divergence, MachineError> {
+fn pinpoint<E>(build: &dyn Fn(EngineKind) -> Result<Machine, E>, start: u64, slice: u64) -> Result<Divergence, E> {
     let mut a = build(EngineKind::Interp)?;
     let mut b = build(EngineKind::Jit)?;
     while a.instructions() < start {
