@@ -23,6 +23,8 @@ pub mod exit {
     pub const TRIPLE_FAULT: u32 = 3;
     /// A device asked the run to stop.
     pub const STOPPED: u32 = 4;
+    /// Generated code: the block does not fit in the remaining budget (nothing was executed).
+    pub const NO_BUDGET: u32 = 5;
 }
 
 /// Byte offsets of the `CpuState` fields generated code touches.
@@ -42,11 +44,18 @@ pub mod offsets {
     pub const IRQ_PENDING: usize = offset_of!(CpuState, irq_pending);
     /// `CpuState::tlb` (the fast-path entries are its first field).
     pub const TLB: usize = offset_of!(CpuState, tlb);
+    /// `CpuState::rflags`.
+    pub const RFLAGS: usize = offset_of!(CpuState, rflags);
+    /// `CpuState::lazy.mask` (which status flags are held lazily).
+    pub const LAZY_MASK: usize = offset_of!(CpuState, lazy) + offset_of!(crate::flags::LazyFlags, mask);
 
     // The emitters use 64-bit loads for these and 8-bit loads for the flags.
     const _: () = assert!(size_of::<[u64; 16]>() == 128);
-    const _: () = assert!(offset_of!(CpuState, icount) % 8 == 0 && offset_of!(CpuState, budget_end) % 8 == 0);
-    const _: () = assert!(offset_of!(CpuState, rip) % 8 == 0 && offset_of!(CpuState, gpr) % 8 == 0);
+    const _: () =
+        assert!(offset_of!(CpuState, icount).is_multiple_of(8) && offset_of!(CpuState, budget_end).is_multiple_of(8));
+    const _: () = assert!(offset_of!(CpuState, rip).is_multiple_of(8) && offset_of!(CpuState, gpr).is_multiple_of(8));
+    const _: () = assert!(offset_of!(CpuState, rflags).is_multiple_of(8) && LAZY_MASK.is_multiple_of(8));
+    const _: () = assert!(size_of::<CpuState>() < i32::MAX as usize);
     const _: () = assert!(offset_of!(mmu::SoftTlb, sets) == 0);
 }
 
@@ -85,11 +94,25 @@ impl<'a> HelperEnv<'a> {
     }
 }
 
+/// Materializes the lazily held status flags into `CpuState::rflags` (generated code then reads
+/// or loads them directly).
+///
+/// # Safety
+/// `cpu` must be a valid, exclusive pointer for the duration of the call.
+pub unsafe extern "sysv64" fn helper_flags(cpu: *mut CpuState) {
+    // SAFETY: the caller guarantees the pointer is valid and not aliased during the call.
+    let cpu = unsafe { &mut *cpu };
+    let f = cpu.rflags();
+    cpu.set_rflags(f);
+}
+
 /// Executes one instruction with the interpreter, exactly as one turn of its run loop does: a
 /// pending interrupt is taken first (counts 0), then one instruction or one REP iteration runs
 /// (counts 1, faulting or not; a fault is delivered). Returns [`exit::CONTINUE`] if execution
-/// fell through to the next sequential instruction with nothing the block must react to, or
-/// another [`exit`] code.
+/// fell through to the next sequential instruction, counted exactly 1, left budget, and left
+/// nothing the block must react to (no I/O, no store into cached code, no interrupt shadow, no
+/// deliverable interrupt); otherwise another [`exit`] code. Generated code relies on this: after
+/// `CONTINUE` it may run instructions inline without checking for interrupts.
 ///
 /// # Safety
 /// `cpu` and `env` must be valid, exclusive pointers for the duration of the call (generated

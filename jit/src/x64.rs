@@ -1,12 +1,16 @@
 //! The x86-64 back end: the code cache, block translation and the dispatcher.
 
 use crate::{JitStats, Translator, MAX_BLOCK_INSNS};
-use cpu::helpers::{exit, helper_step, HelperEnv};
+use cpu::helpers::{exit, helper_flags, helper_step, offsets, HelperEnv};
+use cpu::state::rflags::{AF, IF, STATUS};
 use cpu::state::{CpuMode, SegReg};
 use cpu::{CpuBus, CpuState, RunExit};
 use dynasmrt::x64::Assembler;
-use dynasmrt::{dynasm, AssemblyOffset, DynasmApi, DynasmLabelApi, Executor};
-use iced_x86::{Decoder, DecoderOptions, FlowControl, Formatter, Instruction, IntelFormatter};
+use dynasmrt::{dynasm, AssemblyOffset, DynamicLabel, DynasmApi, DynasmLabelApi, Executor};
+use iced_x86::{
+    ConditionCode, Decoder, DecoderOptions, FlowControl, Formatter, Instruction, IntelFormatter, Mnemonic, OpKind,
+    Register,
+};
 use mmu::{TlbAccess, PAGE_MASK, PAGE_SIZE};
 use std::collections::HashMap;
 
@@ -14,10 +18,13 @@ use std::collections::HashMap;
 /// addresses and its disassembly is the same on every build).
 #[repr(C)]
 pub(crate) struct HelperTable {
+    /// `[r14 + 0]`: one instruction through the interpreter.
     step: for<'a> unsafe extern "sysv64" fn(*mut CpuState, *mut HelperEnv<'a>) -> u32,
+    /// `[r14 + 8]`: materialize lazy flags into `rflags`.
+    flags: unsafe extern "sysv64" fn(*mut CpuState),
 }
 
-static HELPERS: HelperTable = HelperTable { step: helper_step };
+static HELPERS: HelperTable = HelperTable { step: helper_step, flags: helper_flags };
 
 /// A translated block's signature: (state, helper environment, helper table) -> exit code.
 type BlockFn = for<'a> unsafe extern "sysv64" fn(*mut CpuState, *mut HelperEnv<'a>, *const HelperTable) -> u32;
@@ -114,29 +121,30 @@ impl CodeCache {
     /// Translates the guest code at backing offset `key.0` (decoded at `bitness`, first
     /// instruction at `rip`) into a block; `None` if not even one instruction decodes within
     /// the page.
-    fn translate(&mut self, code: &[u8], key: BlockKey, bitness: u32, rip: u64) -> Option<AssemblyOffset> {
+    fn translate(&mut self, code: &[u8], key: BlockKey, bitness: u32, inline: bool) -> Option<AssemblyOffset> {
         let backing = key.0;
         let page_end = (backing & PAGE_MASK) + PAGE_SIZE;
         let bytes = code.get(usize::try_from(backing).ok()?..usize::try_from(page_end).ok()?)?;
-        let mut dec = Decoder::with_ip(bitness, bytes, rip, DecoderOptions::NONE);
-        let mut insn = Instruction::default();
-        let mut n = 0;
-        while dec.can_decode() && n < MAX_BLOCK_INSNS {
-            dec.decode_out(&mut insn);
+        // Decoded at IP 0: instruction IPs are offsets from the block's entry RIP, so the block
+        // is right for every RIP that reaches this code (aliased pages, other CS bases).
+        let mut dec = Decoder::with_ip(bitness, bytes, 0, DecoderOptions::NONE);
+        let mut insns = Vec::new();
+        while dec.can_decode() && insns.len() < MAX_BLOCK_INSNS {
+            let insn = dec.decode();
             if insn.is_invalid() {
                 break;
             }
-            n += 1;
+            insns.push(insn);
             if insn.flow_control() != FlowControl::Next {
                 break;
             }
         }
-        if n == 0 {
+        if insns.is_empty() {
             return None;
         }
         let (ops, _) = self.ops.as_mut()?;
         let start = ops.offset();
-        emit_block(ops, n);
+        emit_block(ops, &insns, bitness, inline);
         ops.commit().ok()?;
         let len = ops.offset().0 - start.0;
         self.blocks.insert(key, Block { entry: start, len });
@@ -175,18 +183,398 @@ impl CodeCache {
     }
 }
 
-/// The block: a prologue pinning the state, environment and helper table in callee-saved
-/// registers, one helper call per guest instruction (leaving with the helper's code unless it
-/// is [`exit::CONTINUE`]), and an epilogue returning the last code.
+/// An instruction the block runs as host code (register and immediate operands only, 32- and
+/// 64-bit operand sizes, flat 32- and 64-bit code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Inline {
+    /// `dst = src`.
+    MovRR { dst: i32, src: i32, w64: bool },
+    /// `dst = imm`.
+    MovRI { dst: i32, imm: u64, w64: bool },
+    /// An ALU operation whose flags the host computes.
+    Alu { op: AluOp, dst: i32, src: Src, w64: bool },
+    /// INC/DEC (CF preserved: the guest's CF must be in the host's first).
+    IncDec { inc: bool, dst: i32, w64: bool },
+    /// Jcc to `target` (an offset from the block's entry RIP).
+    Jcc { cc: ConditionCode, target: u64 },
+    /// JMP to `target`.
+    Jmp { target: u64 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AluOp {
+    Add,
+    Sub,
+    And,
+    Or,
+    Xor,
+    Cmp,
+    Test,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Src {
+    Reg(i32),
+    Imm(i32),
+}
+
+/// Byte offset of a guest register in `CpuState`.
+fn gpr_off(r: Register) -> Option<(i32, bool)> {
+    let w64 = if r.is_gpr64() {
+        true
+    } else if r.is_gpr32() {
+        false
+    } else {
+        return None;
+    };
+    Some(((offsets::GPR + 8 * r.number()) as i32, w64))
+}
+
+/// Whether (and how) `i` runs inline.
+fn classify(i: &Instruction) -> Option<Inline> {
+    if i.has_lock_prefix() {
+        return None;
+    }
+    let reg0 = || if i.op0_kind() == OpKind::Register { gpr_off(i.op0_register()) } else { None };
+    let m = i.mnemonic();
+    match m {
+        Mnemonic::Mov
+        | Mnemonic::Add
+        | Mnemonic::Sub
+        | Mnemonic::And
+        | Mnemonic::Or
+        | Mnemonic::Xor
+        | Mnemonic::Cmp
+        | Mnemonic::Test => {
+            if i.op_count() != 2 {
+                return None;
+            }
+            let (dst, w64) = reg0()?;
+            let src = match i.op1_kind() {
+                OpKind::Register => {
+                    let (s, w) = gpr_off(i.op1_register())?;
+                    if w != w64 {
+                        return None;
+                    }
+                    Src::Reg(s)
+                }
+                OpKind::Immediate64 if m == Mnemonic::Mov => {
+                    return Some(Inline::MovRI { dst, imm: i.immediate64(), w64 })
+                }
+                OpKind::Immediate32 | OpKind::Immediate8to32 if !w64 => Src::Imm(i.immediate(1) as u32 as i32),
+                OpKind::Immediate32to64 | OpKind::Immediate8to64 if w64 => {
+                    Src::Imm(i32::try_from(i.immediate(1) as i64).ok()?)
+                }
+                _ => return None,
+            };
+            let op = match m {
+                Mnemonic::Mov => {
+                    return Some(match src {
+                        Src::Reg(s) => Inline::MovRR { dst, src: s, w64 },
+                        Src::Imm(v) => {
+                            Inline::MovRI { dst, imm: if w64 { v as i64 as u64 } else { u64::from(v as u32) }, w64 }
+                        }
+                    })
+                }
+                Mnemonic::Add => AluOp::Add,
+                Mnemonic::Sub => AluOp::Sub,
+                Mnemonic::And => AluOp::And,
+                Mnemonic::Or => AluOp::Or,
+                Mnemonic::Xor => AluOp::Xor,
+                Mnemonic::Cmp => AluOp::Cmp,
+                _ => AluOp::Test,
+            };
+            Some(Inline::Alu { op, dst, src, w64 })
+        }
+        Mnemonic::Inc | Mnemonic::Dec if i.op_count() == 1 => {
+            let (dst, w64) = reg0()?;
+            Some(Inline::IncDec { inc: m == Mnemonic::Inc, dst, w64 })
+        }
+        _ if i.is_jcc_short_or_near() && matches!(i.op0_kind(), OpKind::NearBranch32 | OpKind::NearBranch64) => {
+            Some(Inline::Jcc { cc: i.condition_code(), target: i.near_branch_target() })
+        }
+        _ if i.is_jmp_short_or_near() && matches!(i.op0_kind(), OpKind::NearBranch32 | OpKind::NearBranch64) => {
+            Some(Inline::Jmp { target: i.near_branch_target() })
+        }
+        _ => None,
+    }
+}
+
+/// Block emission state.
+struct Emitter<'a> {
+    ops: &'a mut Assembler,
+    out: DynamicLabel,
+    /// 32-bit code: RIP arithmetic wraps at 4 GiB.
+    rip32: bool,
+    /// The RIP offset (from the entry RIP) that `CpuState::rip` holds now.
+    synced: u64,
+    /// Inline instructions not yet added to `CpuState::icount`.
+    pending: i32,
+    /// The host's status flags are the guest's (and `CpuState` has stale ones).
+    flags_in_host: bool,
+    /// The last flag writer was a logic operation (AF is 0 for the guest).
+    last_logic: bool,
+}
+
+macro_rules! alu_emit {
+    ($ops:expr, $op:tt, $w64:expr, $dst:expr, $src:expr, $store:expr) => {{
+        let (dst, w64) = ($dst, $w64);
+        if w64 {
+            dynasm!($ops ; .arch x64 ; mov rax, QWORD [r12 + dst]);
+            match $src {
+                Src::Reg(s) => dynasm!($ops ; .arch x64 ; $op rax, QWORD [r12 + s]),
+                Src::Imm(v) => dynasm!($ops ; .arch x64 ; $op rax, v),
+            }
+        } else {
+            dynasm!($ops ; .arch x64 ; mov eax, DWORD [r12 + dst]);
+            match $src {
+                Src::Reg(s) => dynasm!($ops ; .arch x64 ; $op eax, DWORD [r12 + s]),
+                Src::Imm(v) => dynasm!($ops ; .arch x64 ; $op eax, v),
+            }
+        }
+        if $store {
+            // A 32-bit operation zero-extended RAX, as a 32-bit register write does.
+            dynasm!($ops ; .arch x64 ; mov QWORD [r12 + dst], rax);
+        }
+    }};
+}
+
+macro_rules! jcc_emit {
+    ($ops:expr, $cc:expr, $label:expr) => {{
+        let l = $label;
+        match $cc {
+            ConditionCode::o => dynasm!($ops ; .arch x64 ; jo =>l),
+            ConditionCode::no => dynasm!($ops ; .arch x64 ; jno =>l),
+            ConditionCode::b => dynasm!($ops ; .arch x64 ; jb =>l),
+            ConditionCode::ae => dynasm!($ops ; .arch x64 ; jae =>l),
+            ConditionCode::e => dynasm!($ops ; .arch x64 ; je =>l),
+            ConditionCode::ne => dynasm!($ops ; .arch x64 ; jne =>l),
+            ConditionCode::be => dynasm!($ops ; .arch x64 ; jbe =>l),
+            ConditionCode::a => dynasm!($ops ; .arch x64 ; ja =>l),
+            ConditionCode::s => dynasm!($ops ; .arch x64 ; js =>l),
+            ConditionCode::ns => dynasm!($ops ; .arch x64 ; jns =>l),
+            ConditionCode::p => dynasm!($ops ; .arch x64 ; jp =>l),
+            ConditionCode::np => dynasm!($ops ; .arch x64 ; jnp =>l),
+            ConditionCode::l => dynasm!($ops ; .arch x64 ; jl =>l),
+            ConditionCode::ge => dynasm!($ops ; .arch x64 ; jge =>l),
+            ConditionCode::le => dynasm!($ops ; .arch x64 ; jle =>l),
+            ConditionCode::g => dynasm!($ops ; .arch x64 ; jg =>l),
+            ConditionCode::None => dynasm!($ops ; .arch x64 ; jmp =>l),
+        }
+    }};
+}
+
+const RFLAGS: i32 = offsets::RFLAGS as i32;
+const LAZY_MASK: i32 = offsets::LAZY_MASK as i32;
+const ICOUNT: i32 = offsets::ICOUNT as i32;
+const RIP: i32 = offsets::RIP as i32;
+const BUDGET_END: i32 = offsets::BUDGET_END as i32;
+
+impl Emitter<'_> {
+    /// Host flags (in RAX, from PUSHFQ/POP) into `CpuState::rflags`; no lazy flags left.
+    ///
+    /// ```text
+    /// rflags = rflags & !STATUS | rax & STATUS (AF cleared after a logic op); lazy.mask = 0
+    /// ```
+    fn merge_flags_from_rax(&mut self) {
+        let keep = if self.last_logic { (STATUS & !AF) as i32 } else { STATUS as i32 };
+        let clear = !(STATUS as i32);
+        dynasm!(self.ops
+            ; .arch x64
+            ; and eax, keep
+            ; mov rcx, QWORD [r12 + RFLAGS]
+            ; and rcx, clear
+            ; or rcx, rax
+            ; mov QWORD [r12 + RFLAGS], rcx
+            ; mov QWORD [r12 + LAZY_MASK], 0
+        );
+    }
+
+    /// Writes the host's flags back if they are the guest's.
+    fn sync_flags(&mut self) {
+        if self.flags_in_host {
+            dynasm!(self.ops ; .arch x64 ; pushfq ; pop rax);
+            self.merge_flags_from_rax();
+            self.flags_in_host = false;
+        }
+    }
+
+    /// Makes `CpuState::rflags` hold every status flag (calls the flags helper if some are
+    /// lazy): `if lazy.mask != 0 { helper_flags(cpu) }`.
+    fn materialize_lazy(&mut self) {
+        dynasm!(self.ops
+            ; .arch x64
+            ; cmp QWORD [r12 + LAZY_MASK], 0
+            ; je >done
+            ; mov rdi, r12
+            ; call QWORD [r14 + 8]
+            ; done:
+        );
+    }
+
+    /// Adds the pending instruction count and moves RIP to offset `to`.
+    fn sync_count_rip(&mut self, to: u64) {
+        if self.pending > 0 {
+            let n = self.pending;
+            dynasm!(self.ops ; .arch x64 ; add QWORD [r12 + ICOUNT], n);
+            self.pending = 0;
+        }
+        if to != self.synced {
+            let d = to.wrapping_sub(self.synced);
+            if self.rip32 {
+                // The high half of a 32-bit RIP is zero and stays so.
+                let d = d as u32 as i32;
+                dynasm!(self.ops ; .arch x64 ; add DWORD [r12 + RIP], d);
+            } else {
+                let d = d as i64 as i32;
+                dynasm!(self.ops ; .arch x64 ; add QWORD [r12 + RIP], d);
+            }
+            self.synced = to;
+        }
+    }
+
+    /// Leaves the block with `BLOCK_END` (state already synced).
+    fn leave(&mut self) {
+        let out = self.out;
+        dynasm!(self.ops ; .arch x64 ; mov eax, exit::BLOCK_END as i32 ; jmp =>out);
+    }
+
+    fn helper(&mut self, at: u64, next: u64) {
+        self.sync_flags();
+        self.sync_count_rip(at);
+        let out = self.out;
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov rdi, r12
+            ; mov rsi, r13
+            ; call QWORD [r14]
+            ; test eax, eax
+            ; jnz =>out
+        );
+        self.synced = next;
+    }
+
+    fn inline(&mut self, op: Inline, next: u64) {
+        match op {
+            Inline::MovRR { dst, src, w64 } => {
+                if w64 {
+                    dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + src] ; mov QWORD [r12 + dst], rax);
+                } else {
+                    dynasm!(self.ops ; .arch x64 ; mov eax, DWORD [r12 + src] ; mov QWORD [r12 + dst], rax);
+                }
+            }
+            Inline::MovRI { dst, imm, w64 } => {
+                if w64 {
+                    let v = imm as i64;
+                    dynasm!(self.ops ; .arch x64 ; mov rax, QWORD v ; mov QWORD [r12 + dst], rax);
+                } else {
+                    let v = imm as u32 as i32;
+                    dynasm!(self.ops ; .arch x64 ; mov eax, v ; mov QWORD [r12 + dst], rax);
+                }
+            }
+            Inline::Alu { op, dst, src, w64 } => {
+                match op {
+                    AluOp::Add => alu_emit!(self.ops, add, w64, dst, src, true),
+                    AluOp::Sub => alu_emit!(self.ops, sub, w64, dst, src, true),
+                    AluOp::And => alu_emit!(self.ops, and, w64, dst, src, true),
+                    AluOp::Or => alu_emit!(self.ops, or, w64, dst, src, true),
+                    AluOp::Xor => alu_emit!(self.ops, xor, w64, dst, src, true),
+                    AluOp::Cmp => alu_emit!(self.ops, cmp, w64, dst, src, false),
+                    AluOp::Test => alu_emit!(self.ops, test, w64, dst, src, false),
+                }
+                self.flags_in_host = true;
+                self.last_logic = matches!(op, AluOp::And | AluOp::Or | AluOp::Xor | AluOp::Test);
+            }
+            Inline::IncDec { inc, dst, w64 } => {
+                if !self.flags_in_host {
+                    // The guest's CF into the host's: INC/DEC keep it.
+                    self.materialize_lazy();
+                    dynasm!(self.ops ; .arch x64 ; bt QWORD [r12 + RFLAGS], 0);
+                }
+                match (inc, w64) {
+                    (true, true) => dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + dst] ; inc rax),
+                    (false, true) => dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + dst] ; dec rax),
+                    (true, false) => dynasm!(self.ops ; .arch x64 ; mov eax, DWORD [r12 + dst] ; inc eax),
+                    (false, false) => dynasm!(self.ops ; .arch x64 ; mov eax, DWORD [r12 + dst] ; dec eax),
+                }
+                dynasm!(self.ops ; .arch x64 ; mov QWORD [r12 + dst], rax);
+                self.flags_in_host = true;
+                self.last_logic = false;
+            }
+            Inline::Jcc { cc, target } => {
+                self.pending += 1;
+                let taken = self.ops.new_dynamic_label();
+                if self.flags_in_host {
+                    // Branch on the host flags; each path then writes them back.
+                    dynasm!(self.ops ; .arch x64 ; pushfq);
+                    jcc_emit!(self.ops, cc, taken);
+                    for (to, label) in [(next, None), (target, Some(taken))] {
+                        if let Some(l) = label {
+                            dynasm!(self.ops ; .arch x64 ; =>l);
+                        }
+                        let (synced, pending) = (self.synced, self.pending);
+                        dynasm!(self.ops ; .arch x64 ; pop rax);
+                        self.merge_flags_from_rax();
+                        self.sync_count_rip(to);
+                        self.leave();
+                        self.synced = synced;
+                        self.pending = pending;
+                    }
+                } else {
+                    self.materialize_lazy();
+                    let status = STATUS as i32;
+                    dynasm!(self.ops
+                        ; .arch x64
+                        ; mov rax, QWORD [r12 + RFLAGS]
+                        ; and eax, status
+                        ; push rax
+                        ; popfq
+                    );
+                    jcc_emit!(self.ops, cc, taken);
+                    for (to, label) in [(next, None), (target, Some(taken))] {
+                        if let Some(l) = label {
+                            dynasm!(self.ops ; .arch x64 ; =>l);
+                        }
+                        let (synced, pending) = (self.synced, self.pending);
+                        self.sync_count_rip(to);
+                        self.leave();
+                        self.synced = synced;
+                        self.pending = pending;
+                    }
+                }
+                self.flags_in_host = false;
+                return;
+            }
+            Inline::Jmp { target } => {
+                self.pending += 1;
+                self.sync_flags();
+                self.sync_count_rip(target);
+                self.leave();
+                return;
+            }
+        }
+        self.pending += 1;
+    }
+}
+
+/// Emits a block.
 ///
 /// ```text
 /// push r12; push r13; push r14          ; rsp 16-aligned for the calls below
 /// r12 = cpu; r13 = env; r14 = helpers
-/// repeat n: eax = helpers.step(cpu, env); if eax != CONTINUE goto out
+/// if icount + n > budget_end: return NO_BUDGET          (blocks with inline code)
+/// per instruction, inline:  host code on CpuState fields (flags left in the host's RFLAGS
+///                           until an instruction or the exit needs them in CpuState)
+///                 otherwise: sync flags, icount, RIP; eax = helpers.step(cpu, env);
+///                            if eax != CONTINUE goto out
+/// sync; eax = BLOCK_END
 /// out: pop r14; pop r13; pop r12; ret   ; eax = exit code
 /// ```
-fn emit_block(ops: &mut Assembler, n: usize) {
+fn emit_block(ops: &mut Assembler, insns: &[Instruction], bitness: u32, inline: bool) {
     let out = ops.new_dynamic_label();
+    let no_budget = ops.new_dynamic_label();
+    let plan: Vec<Option<Inline>> = insns.iter().map(|i| if inline { classify(i) } else { None }).collect();
+    let any_inline = plan.iter().any(Option::is_some);
     dynasm!(ops
         ; .arch x64
         ; push r12
@@ -196,15 +584,41 @@ fn emit_block(ops: &mut Assembler, n: usize) {
         ; mov r13, rsi
         ; mov r14, rdx
     );
-    for _ in 0..n {
+    if any_inline {
+        let n = insns.len() as i32;
         dynasm!(ops
             ; .arch x64
-            ; mov rdi, r12
-            ; mov rsi, r13
-            ; call QWORD [r14]
-            ; test eax, eax
-            ; jnz =>out
+            ; mov rax, QWORD [r12 + ICOUNT]
+            ; add rax, n
+            ; cmp rax, QWORD [r12 + BUDGET_END]
+            ; ja =>no_budget
         );
+    }
+    let mut em =
+        Emitter { ops, out, rip32: bitness != 64, synced: 0, pending: 0, flags_in_host: false, last_logic: false };
+    let mut ended = false;
+    for (i, p) in insns.iter().zip(&plan) {
+        let at = i.ip();
+        let next = i.next_ip();
+        match p {
+            Some(op) => {
+                em.inline(*op, next);
+                if matches!(op, Inline::Jcc { .. } | Inline::Jmp { .. }) {
+                    ended = true;
+                }
+            }
+            None => em.helper(at, next),
+        }
+    }
+    if !ended {
+        let end = insns.last().map_or(0, |i| i.next_ip());
+        em.sync_flags();
+        em.sync_count_rip(end);
+        em.leave();
+    }
+    let ops = em.ops;
+    if any_inline {
+        dynasm!(ops ; .arch x64 ; =>no_budget ; mov eax, exit::NO_BUDGET as i32 ; jmp =>out);
     }
     dynasm!(ops
         ; .arch x64
@@ -270,7 +684,10 @@ fn block_for(
         cache.flush();
         stats.cache_flushes += 1;
     }
-    let entry = cache.translate(mem.backing(), key, cpu.mode().bitness(), cpu.rip)?;
+    // Inline host code only in flat 32- and 64-bit code outside virtual-8086 mode.
+    let k = cpu.mode_key;
+    let inline = matches!(k & 3, 2 | 3) && k & (1 << 7) != 0 && k & (1 << 6) == 0;
+    let entry = cache.translate(mem.backing(), key, cpu.mode().bitness(), inline)?;
     if mem.mark_code_page(page) {
         cpu.tlb.protect_backing_page(page << 12);
     }
@@ -299,7 +716,9 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
                 stats.smc_invalidations += cache.invalidate(r.start, r.len);
             }
         }
-        let code = if cpu.halted { None } else { block_for(cache, stats, cpu, env.bus()) };
+        // Blocks assume no interrupt is due when they start (helpers keep it so inside them).
+        let due = cpu.interrupt_shadow || (cpu.rflags & IF != 0 && cpu.irq_pending);
+        let code = if cpu.halted || due { None } else { block_for(cache, stats, cpu, env.bus()) };
         let c = match code {
             Some(entry) => {
                 stats.block_runs += 1;
@@ -314,6 +733,15 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
             exit::HALTED => break RunExit::Halted,
             exit::TRIPLE_FAULT => break RunExit::TripleFault,
             exit::STOPPED => break RunExit::Stopped,
+            exit::NO_BUDGET => {
+                stats.interpreted += 1;
+                match env.step(cpu) {
+                    exit::HALTED => break RunExit::Halted,
+                    exit::TRIPLE_FAULT => break RunExit::TripleFault,
+                    exit::STOPPED => break RunExit::Stopped,
+                    _ => {}
+                }
+            }
             _ => {}
         }
     };

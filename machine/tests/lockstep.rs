@@ -76,7 +76,7 @@ fn test_lockstep_seabios_post_and_disk_boot() {
         m.attach_disk(0, Box::new(devices::MemBackend::new(disk)))?;
         Ok(m)
     };
-    match run_lockstep(&build, Some(1_000_000_000), 100_000).expect("machine") {
+    match run_lockstep::<MachineError>(&build, Some(1_000_000_000), 100_000).expect("machine") {
         Ok(r) => {
             println!("SeaBIOS: {r:?}");
             assert_eq!(r.exit, Exit::ExitDevice(u32::from(PASS)), "{r:?}")
@@ -97,6 +97,6 @@ fn test_lockstep_finds_a_divergence_when_engines_differ() {
         }
         Ok(m)
     };
-    let d = run_lockstep(&build, Some(1_000_000), SLICE).expect("machine").expect_err("a divergence");
+    let d = run_lockstep::<MachineError>(&build, Some(1_000_000), SLICE).expect("machine").expect_err("a divergence");
     assert!(d.what.contains("memory"), "{d}");
 }

@@ -178,6 +178,7 @@ impl Interpreter {
         let end = cpu.budget_end;
         let mut cx = Cx::new(cpu, bus, &mut self.cache, end);
         let rip = cx.cpu.rip;
+        let icount = cx.cpu.icount;
         let interrupt = cx.cpu.rflags & rflags::IF != 0 && !cx.cpu.interrupt_shadow && cx.cpu.irq_pending;
         let r = if trace { cx.run_one::<true>() } else { cx.run_one::<false>() };
         match r {
@@ -187,7 +188,9 @@ impl Interpreter {
             Some(RunExit::BudgetExhausted) => exit::BLOCK_END,
             None => {
                 let fell_through = cx.cpu.rip == cx.next_rip && cx.cpu.rip != rip;
-                if fell_through && !interrupt && !cx.any_io && !cx.code_written && cx.cpu.icount < end {
+                let quiet = !interrupt && !cx.any_io && !cx.code_written && !cx.cpu.interrupt_shadow && !cx.cpu.halted;
+                let deliverable = cx.cpu.rflags & rflags::IF != 0 && cx.cpu.irq_pending;
+                if fell_through && quiet && !deliverable && cx.cpu.icount == icount + 1 && cx.cpu.icount < end {
                     exit::CONTINUE
                 } else {
                     exit::BLOCK_END
