@@ -44,6 +44,8 @@ pub mod offsets {
     pub const IRQ_PENDING: usize = offset_of!(CpuState, irq_pending);
     /// `CpuState::tlb` (the fast-path entries are its first field).
     pub const TLB: usize = offset_of!(CpuState, tlb);
+    /// `CpuState::tlb.gen` (the current TLB generation, in tag position).
+    pub const TLB_GEN: usize = offset_of!(CpuState, tlb) + offset_of!(mmu::SoftTlb, gen);
     /// `CpuState::rflags`.
     pub const RFLAGS: usize = offset_of!(CpuState, rflags);
     /// `CpuState::lazy.mask` (which status flags are held lazily).
@@ -61,7 +63,11 @@ pub mod offsets {
 
 /// What helpers need besides the CPU state: the interpreter that executes single instructions
 /// and the bus. Lives on the stack of the engine's `run` for the duration of one run.
+/// `#[repr(C)]`: generated code reads `mem_base` (offset [`HelperEnv::MEM_BASE`]).
+#[repr(C)]
 pub struct HelperEnv<'a> {
+    /// Host address of guest backing offset 0 (soft-TLB addends are relative to it).
+    pub mem_base: *mut u8,
     interp: *mut Interpreter,
     bus: *mut (dyn CpuBus + 'a),
     /// Log each instruction (`--trace`).
@@ -74,8 +80,12 @@ pub struct HelperEnv<'a> {
 impl<'a> HelperEnv<'a> {
     /// An environment over `interp` and `bus`, both borrowed for the environment's life.
     pub fn new(interp: &'a mut Interpreter, bus: &'a mut dyn CpuBus, trace: bool) -> Self {
-        HelperEnv { interp, bus, trace, helper_calls: 0, _life: PhantomData }
+        let mem_base = bus.memory().host_base();
+        HelperEnv { mem_base, interp, bus, trace, helper_calls: 0, _life: PhantomData }
     }
+
+    /// Byte offset of `mem_base`.
+    pub const MEM_BASE: usize = core::mem::offset_of!(HelperEnv<'static>, mem_base);
 
     /// The bus (between calls into generated code).
     pub fn bus(&mut self) -> &mut dyn CpuBus {

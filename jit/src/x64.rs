@@ -121,7 +121,14 @@ impl CodeCache {
     /// Translates the guest code at backing offset `key.0` (decoded at `bitness`, first
     /// instruction at `rip`) into a block; `None` if not even one instruction decodes within
     /// the page.
-    fn translate(&mut self, code: &[u8], key: BlockKey, bitness: u32, inline: bool) -> Option<AssemblyOffset> {
+    fn translate(
+        &mut self,
+        code: &[u8],
+        key: BlockKey,
+        bitness: u32,
+        inline: bool,
+        user: bool,
+    ) -> Option<AssemblyOffset> {
         let backing = key.0;
         let page_end = (backing & PAGE_MASK) + PAGE_SIZE;
         let bytes = code.get(usize::try_from(backing).ok()?..usize::try_from(page_end).ok()?)?;
@@ -144,7 +151,7 @@ impl CodeCache {
         }
         let (ops, _) = self.ops.as_mut()?;
         let start = ops.offset();
-        emit_block(ops, &insns, bitness, inline);
+        emit_block(ops, &insns, bitness, inline, user);
         ops.commit().ok()?;
         let len = ops.offset().0 - start.0;
         self.blocks.insert(key, Block { entry: start, len });
@@ -195,10 +202,59 @@ enum Inline {
     Alu { op: AluOp, dst: i32, src: Src, w64: bool },
     /// INC/DEC (CF preserved: the guest's CF must be in the host's first).
     IncDec { inc: bool, dst: i32, w64: bool },
+    /// SHL/SHR/SAR by 1: every flag but AF defined as the interpreter computes it; AF is 0.
+    Shift1 { op: Mnemonic, dst: i32, w64: bool },
     /// Jcc to `target` (an offset from the block's entry RIP).
     Jcc { cc: ConditionCode, target: u64 },
     /// JMP to `target`.
     Jmp { target: u64 },
+    /// A MOV or ALU instruction with one memory operand, through the inline TLB probe.
+    Mem { kind: MemKind, ea: Ea, w64: bool, user: bool },
+}
+
+/// What a memory instruction does (`reg`: offset of the register operand).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MemKind {
+    /// `reg = [m]`.
+    Load { reg: i32 },
+    /// `[m] = reg`.
+    Store { reg: i32 },
+    /// `[m] = imm` (sign-extended for 64-bit).
+    StoreImm { imm: i32 },
+    /// `reg op= [m]` (CMP/TEST: flags only).
+    AluRM { op: AluOp, reg: i32 },
+    /// `[m] op= reg`.
+    AluMR { op: AluOp, reg: i32 },
+    /// `[m] op= imm`.
+    AluMI { op: AluOp, imm: i32 },
+}
+
+impl MemKind {
+    fn writes(self) -> bool {
+        match self {
+            MemKind::Load { .. } | MemKind::AluRM { .. } => false,
+            MemKind::Store { .. } | MemKind::StoreImm { .. } => true,
+            MemKind::AluMR { op, .. } | MemKind::AluMI { op, .. } => !matches!(op, AluOp::Cmp | AluOp::Test),
+        }
+    }
+
+    fn flags(self) -> Option<AluOp> {
+        match self {
+            MemKind::AluRM { op, .. } | MemKind::AluMR { op, .. } | MemKind::AluMI { op, .. } => Some(op),
+            _ => None,
+        }
+    }
+}
+
+/// An effective address: `base + index * scale + disp`, or RIP-relative (`disp` is then the
+/// target's offset from the block's entry RIP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ea {
+    base: Option<i32>,
+    index: Option<(i32, u32)>,
+    disp: i32,
+    addr32: bool,
+    rip_rel: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -286,6 +342,12 @@ fn classify(i: &Instruction) -> Option<Inline> {
             };
             Some(Inline::Alu { op, dst, src, w64 })
         }
+        Mnemonic::Shl | Mnemonic::Shr | Mnemonic::Sar
+            if i.op_count() == 2 && i.op1_kind() == OpKind::Immediate8 && i.immediate8() == 1 =>
+        {
+            let (dst, w64) = reg0()?;
+            Some(Inline::Shift1 { op: m, dst, w64 })
+        }
         Mnemonic::Inc | Mnemonic::Dec if i.op_count() == 1 => {
             let (dst, w64) = reg0()?;
             Some(Inline::IncDec { inc: m == Mnemonic::Inc, dst, w64 })
@@ -300,10 +362,112 @@ fn classify(i: &Instruction) -> Option<Inline> {
     }
 }
 
+/// The effective address of `i`'s memory operand, if the inline path handles it: DS/ES/SS/CS
+/// (flat in the modes that inline), 32- or 64-bit addressing, no RIP-relative 32-bit form.
+fn effective_address(i: &Instruction, bitness: u32) -> Option<Ea> {
+    if matches!(i.memory_segment(), Register::FS | Register::GS) {
+        return None;
+    }
+    let base = i.memory_base();
+    let index = i.memory_index();
+    if base == Register::RIP {
+        let disp = i32::try_from(i.memory_displacement64() as i64).ok()?;
+        return Some(Ea { base: None, index: None, disp, addr32: false, rip_rel: true });
+    }
+    if base == Register::EIP {
+        return None;
+    }
+    let size_of = |r: Register| {
+        if r.is_gpr64() {
+            Some(64)
+        } else if r.is_gpr32() {
+            Some(32)
+        } else {
+            None
+        }
+    };
+    let width = match (base, index) {
+        (Register::None, Register::None) => {
+            // Absolute: only the plain 32-bit form of 32-bit code.
+            if bitness != 32 || i.memory_displ_size() != 4 {
+                return None;
+            }
+            32
+        }
+        (Register::None, x) => size_of(x)?,
+        (b, _) => size_of(b)?,
+    };
+    if index != Register::None && size_of(index)? != width {
+        return None;
+    }
+    let off = |r: Register| (offsets::GPR + 8 * r.number()) as i32;
+    let disp = if width == 32 {
+        i.memory_displacement32() as i32
+    } else {
+        i32::try_from(i.memory_displacement64() as i64).ok()?
+    };
+    Some(Ea {
+        base: (base != Register::None).then(|| off(base)),
+        index: (index != Register::None).then(|| (off(index), i.memory_index_scale())),
+        disp,
+        addr32: width == 32,
+        rip_rel: false,
+    })
+}
+
+/// Whether (and how) a MOV/ALU instruction with a memory operand runs inline.
+fn classify_mem(i: &Instruction, bitness: u32, user: bool) -> Option<Inline> {
+    if i.has_lock_prefix() || i.op_count() != 2 {
+        return None;
+    }
+    let op = match i.mnemonic() {
+        Mnemonic::Mov => None,
+        Mnemonic::Add => Some(AluOp::Add),
+        Mnemonic::Sub => Some(AluOp::Sub),
+        Mnemonic::And => Some(AluOp::And),
+        Mnemonic::Or => Some(AluOp::Or),
+        Mnemonic::Xor => Some(AluOp::Xor),
+        Mnemonic::Cmp => Some(AluOp::Cmp),
+        Mnemonic::Test => Some(AluOp::Test),
+        _ => return None,
+    };
+    let size = i.memory_size().size();
+    let w64 = match size {
+        8 => true,
+        4 => false,
+        _ => return None,
+    };
+    let reg = |r: Register| {
+        let (o, w) = gpr_off(r)?;
+        (w == w64).then_some(o)
+    };
+    let imm = || -> Option<i32> {
+        match i.op1_kind() {
+            OpKind::Immediate32 | OpKind::Immediate8to32 if !w64 => Some(i.immediate(1) as u32 as i32),
+            OpKind::Immediate32to64 | OpKind::Immediate8to64 if w64 => i32::try_from(i.immediate(1) as i64).ok(),
+            _ => None,
+        }
+    };
+    let kind = match (i.op0_kind(), i.op1_kind(), op) {
+        (OpKind::Register, OpKind::Memory, None) => MemKind::Load { reg: reg(i.op0_register())? },
+        (OpKind::Memory, OpKind::Register, None) => MemKind::Store { reg: reg(i.op1_register())? },
+        (OpKind::Memory, _, None) => MemKind::StoreImm { imm: imm()? },
+        (OpKind::Register, OpKind::Memory, Some(op)) => MemKind::AluRM { op, reg: reg(i.op0_register())? },
+        (OpKind::Memory, OpKind::Register, Some(op)) => MemKind::AluMR { op, reg: reg(i.op1_register())? },
+        (OpKind::Memory, _, Some(op)) => MemKind::AluMI { op, imm: imm()? },
+        _ => return None,
+    };
+    let ea = effective_address(i, bitness)?;
+    Some(Inline::Mem { kind, ea, w64, user })
+}
+
 /// Block emission state.
 struct Emitter<'a> {
     ops: &'a mut Assembler,
     out: DynamicLabel,
+    /// The block body after the prologue: a branch back to the entry RIP jumps here (the
+    /// budget check at its top keeps the instruction count exact).
+    body: Option<DynamicLabel>,
     /// 32-bit code: RIP arithmetic wraps at 4 GiB.
     rip32: bool,
     /// The RIP offset (from the entry RIP) that `CpuState::rip` holds now.
@@ -364,7 +528,30 @@ macro_rules! jcc_emit {
     }};
 }
 
+macro_rules! with_alu {
+    ($op:expr, $m:ident, $($args:tt)*) => {
+        match $op {
+            AluOp::Add => $m!(add, $($args)*),
+            AluOp::Sub => $m!(sub, $($args)*),
+            AluOp::And => $m!(and, $($args)*),
+            AluOp::Or => $m!(or, $($args)*),
+            AluOp::Xor => $m!(xor, $($args)*),
+            AluOp::Cmp => $m!(cmp, $($args)*),
+            AluOp::Test => $m!(test, $($args)*),
+        }
+    };
+}
+macro_rules! rm64 { ($o:tt, $ops:expr) => { dynasm!($ops ; .arch x64 ; $o rcx, QWORD [rax]) }; }
+macro_rules! rm32 { ($o:tt, $ops:expr) => { dynasm!($ops ; .arch x64 ; $o ecx, DWORD [rax]) }; }
+macro_rules! mr64 { ($o:tt, $ops:expr) => { dynasm!($ops ; .arch x64 ; $o QWORD [rax], rcx) }; }
+macro_rules! mr32 { ($o:tt, $ops:expr) => { dynasm!($ops ; .arch x64 ; $o DWORD [rax], ecx) }; }
+macro_rules! mi64 { ($o:tt, $ops:expr, $v:expr) => { dynasm!($ops ; .arch x64 ; $o QWORD [rax], $v) }; }
+macro_rules! mi32 { ($o:tt, $ops:expr, $v:expr) => { dynasm!($ops ; .arch x64 ; $o DWORD [rax], $v) }; }
+
 const RFLAGS: i32 = offsets::RFLAGS as i32;
+const TLB: i32 = offsets::TLB as i32;
+const TLB_GEN: i32 = offsets::TLB_GEN as i32;
+const MEM_BASE: i32 = HelperEnv::MEM_BASE as i32;
 const LAZY_MASK: i32 = offsets::LAZY_MASK as i32;
 const ICOUNT: i32 = offsets::ICOUNT as i32;
 const RIP: i32 = offsets::RIP as i32;
@@ -439,6 +626,15 @@ impl Emitter<'_> {
         dynasm!(self.ops ; .arch x64 ; mov eax, exit::BLOCK_END as i32 ; jmp =>out);
     }
 
+    /// Goes on at offset `to` (state already synced there): back into the body if `to` is the
+    /// entry, else out of the block.
+    fn leave_to(&mut self, to: u64) {
+        match self.body {
+            Some(body) if to == 0 => dynasm!(self.ops ; .arch x64 ; jmp =>body),
+            _ => self.leave(),
+        }
+    }
+
     fn helper(&mut self, at: u64, next: u64) {
         self.sync_flags();
         self.sync_count_rip(at);
@@ -454,8 +650,173 @@ impl Emitter<'_> {
         self.synced = next;
     }
 
-    fn inline(&mut self, op: Inline, next: u64) {
+    /// The effective address of a memory operand into RAX.
+    fn effective_address(&mut self, ea: Ea) {
+        let disp = ea.disp;
+        if ea.rip_rel {
+            let back = self.synced as i32;
+            dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + RIP] ; add rax, disp ; sub rax, back);
+            return;
+        }
+        match ea.base {
+            Some(b) if ea.addr32 => dynasm!(self.ops ; .arch x64 ; mov eax, DWORD [r12 + b]),
+            Some(b) => dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + b]),
+            None => dynasm!(self.ops ; .arch x64 ; xor eax, eax),
+        }
+        if let Some((x, scale)) = ea.index {
+            dynasm!(self.ops ; .arch x64 ; mov rcx, QWORD [r12 + x]);
+            match (ea.addr32, scale) {
+                (true, 1) => dynasm!(self.ops ; .arch x64 ; lea eax, [rax + rcx]),
+                (true, 2) => dynasm!(self.ops ; .arch x64 ; lea eax, [rax + rcx * 2]),
+                (true, 4) => dynasm!(self.ops ; .arch x64 ; lea eax, [rax + rcx * 4]),
+                (true, _) => dynasm!(self.ops ; .arch x64 ; lea eax, [rax + rcx * 8]),
+                (false, 1) => dynasm!(self.ops ; .arch x64 ; lea rax, [rax + rcx]),
+                (false, 2) => dynasm!(self.ops ; .arch x64 ; lea rax, [rax + rcx * 2]),
+                (false, 4) => dynasm!(self.ops ; .arch x64 ; lea rax, [rax + rcx * 4]),
+                (false, _) => dynasm!(self.ops ; .arch x64 ; lea rax, [rax + rcx * 8]),
+            }
+        }
+        if disp != 0 {
+            if ea.addr32 {
+                dynasm!(self.ops ; .arch x64 ; add eax, disp);
+            } else {
+                dynasm!(self.ops ; .arch x64 ; add rax, disp);
+            }
+        }
+    }
+
+    /// A memory instruction: inline soft-TLB probe and host access; on a miss (no entry, MMIO,
+    /// write-protected or code page, page crossing, non-canonical) the instruction runs through
+    /// the interpreter helper, after which the state is put back to what the fast path leaves.
+    ///
+    /// ```text
+    /// rax = EA; rcx = index(rax) * 32; rdx = (rax + size - 1) & PAGE_MASK | tlb.gen
+    /// if rdx != sets[user][index].{read,write}_tag goto slow
+    /// rax += addend + mem_base; host op on [rax]; goto cont
+    /// slow: sync; eax = step(cpu, env); if eax != CONTINUE goto out
+    ///       icount -= pending + 1; rip -= next - synced; (ALU: flags back into the host)
+    /// cont:
+    /// ```
+    fn mem(&mut self, kind: MemKind, ea: Ea, w64: bool, user: bool, at: u64, next: u64) {
+        self.sync_flags();
+        let (synced0, pending0) = (self.synced, self.pending);
+        let slow = self.ops.new_dynamic_label();
+        let cont = self.ops.new_dynamic_label();
+        self.effective_address(ea);
+        let size = if w64 { 8 } else { 4 };
+        let set = if user { (mmu::TLB_ENTRIES * 32) as i32 } else { 0 };
+        let tag = TLB + set + if kind.writes() { 8 } else { 0 };
+        let addend = TLB + set + 24;
+        let idx_mask = (mmu::TLB_ENTRIES - 1) as i32;
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov rcx, rax
+            ; shr rcx, 12
+            ; and ecx, idx_mask
+            ; shl ecx, 5
+            ; lea rdx, [rax + size - 1]
+            ; and rdx, -4096
+            ; or rdx, QWORD [r12 + TLB_GEN]
+            ; cmp rdx, QWORD [r12 + rcx + tag]
+            ; jne =>slow
+            ; add rax, QWORD [r12 + rcx + addend]
+            ; add rax, QWORD [r13 + MEM_BASE]
+        );
+        let ops = &mut *self.ops;
+        match kind {
+            MemKind::Load { reg } => {
+                if w64 {
+                    dynasm!(ops ; .arch x64 ; mov rcx, QWORD [rax] ; mov QWORD [r12 + reg], rcx);
+                } else {
+                    dynasm!(ops ; .arch x64 ; mov ecx, DWORD [rax] ; mov QWORD [r12 + reg], rcx);
+                }
+            }
+            MemKind::Store { reg } => {
+                if w64 {
+                    dynasm!(ops ; .arch x64 ; mov rcx, QWORD [r12 + reg] ; mov QWORD [rax], rcx);
+                } else {
+                    dynasm!(ops ; .arch x64 ; mov ecx, DWORD [r12 + reg] ; mov DWORD [rax], ecx);
+                }
+            }
+            MemKind::StoreImm { imm } => {
+                if w64 {
+                    dynasm!(ops ; .arch x64 ; mov QWORD [rax], imm);
+                } else {
+                    dynasm!(ops ; .arch x64 ; mov DWORD [rax], imm);
+                }
+            }
+            MemKind::AluRM { op, reg } => {
+                if w64 {
+                    dynasm!(ops ; .arch x64 ; mov rcx, QWORD [r12 + reg]);
+                    with_alu!(op, rm64, ops);
+                } else {
+                    dynasm!(ops ; .arch x64 ; mov ecx, DWORD [r12 + reg]);
+                    with_alu!(op, rm32, ops);
+                }
+                if !matches!(op, AluOp::Cmp | AluOp::Test) {
+                    dynasm!(ops ; .arch x64 ; mov QWORD [r12 + reg], rcx);
+                }
+            }
+            MemKind::AluMR { op, reg } => {
+                if w64 {
+                    dynasm!(ops ; .arch x64 ; mov rcx, QWORD [r12 + reg]);
+                    with_alu!(op, mr64, ops);
+                } else {
+                    dynasm!(ops ; .arch x64 ; mov ecx, DWORD [r12 + reg]);
+                    with_alu!(op, mr32, ops);
+                }
+            }
+            MemKind::AluMI { op, imm } => {
+                if w64 {
+                    with_alu!(op, mi64, ops, imm);
+                } else {
+                    with_alu!(op, mi32, ops, imm);
+                }
+            }
+        }
+        dynasm!(self.ops ; .arch x64 ; jmp =>cont ; =>slow);
+        // Slow path.
+        self.sync_count_rip(at);
+        let out = self.out;
+        let undo = pending0 + 1;
+        let back = next.wrapping_sub(synced0);
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov rdi, r12
+            ; mov rsi, r13
+            ; call QWORD [r14]
+            ; test eax, eax
+            ; jnz =>out
+            ; sub QWORD [r12 + ICOUNT], undo
+        );
+        if self.rip32 {
+            let b = back as u32 as i32;
+            dynasm!(self.ops ; .arch x64 ; sub DWORD [r12 + RIP], b);
+        } else {
+            let b = back as i64 as i32;
+            dynasm!(self.ops ; .arch x64 ; sub QWORD [r12 + RIP], b);
+        }
+        let alu = kind.flags();
+        if alu.is_some() {
+            self.materialize_lazy();
+            let status = STATUS as i32;
+            dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + RFLAGS] ; and eax, status ; push rax ; popfq);
+        }
+        dynasm!(self.ops ; .arch x64 ; =>cont);
+        self.synced = synced0;
+        self.pending = pending0 + 1;
+        if let Some(op) = alu {
+            self.flags_in_host = true;
+            self.last_logic = matches!(op, AluOp::And | AluOp::Or | AluOp::Xor | AluOp::Test);
+        }
+    }
+
+    fn inline(&mut self, op: Inline, at: u64, next: u64) {
         match op {
+            Inline::Mem { kind, ea, w64, user } => {
+                self.mem(kind, ea, w64, user, at, next);
+                return;
+            }
             Inline::MovRR { dst, src, w64 } => {
                 if w64 {
                     dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + src] ; mov QWORD [r12 + dst], rax);
@@ -501,6 +862,19 @@ impl Emitter<'_> {
                 self.flags_in_host = true;
                 self.last_logic = false;
             }
+            Inline::Shift1 { op, dst, w64 } => {
+                match (op, w64) {
+                    (Mnemonic::Shl, true) => dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + dst] ; shl rax, 1),
+                    (Mnemonic::Shr, true) => dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + dst] ; shr rax, 1),
+                    (_, true) => dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + dst] ; sar rax, 1),
+                    (Mnemonic::Shl, false) => dynasm!(self.ops ; .arch x64 ; mov eax, DWORD [r12 + dst] ; shl eax, 1),
+                    (Mnemonic::Shr, false) => dynasm!(self.ops ; .arch x64 ; mov eax, DWORD [r12 + dst] ; shr eax, 1),
+                    (_, false) => dynasm!(self.ops ; .arch x64 ; mov eax, DWORD [r12 + dst] ; sar eax, 1),
+                }
+                dynasm!(self.ops ; .arch x64 ; mov QWORD [r12 + dst], rax);
+                self.flags_in_host = true;
+                self.last_logic = true;
+            }
             Inline::Jcc { cc, target } => {
                 self.pending += 1;
                 let taken = self.ops.new_dynamic_label();
@@ -516,7 +890,7 @@ impl Emitter<'_> {
                         dynasm!(self.ops ; .arch x64 ; pop rax);
                         self.merge_flags_from_rax();
                         self.sync_count_rip(to);
-                        self.leave();
+                        self.leave_to(to);
                         self.synced = synced;
                         self.pending = pending;
                     }
@@ -537,7 +911,7 @@ impl Emitter<'_> {
                         }
                         let (synced, pending) = (self.synced, self.pending);
                         self.sync_count_rip(to);
-                        self.leave();
+                        self.leave_to(to);
                         self.synced = synced;
                         self.pending = pending;
                     }
@@ -549,7 +923,7 @@ impl Emitter<'_> {
                 self.pending += 1;
                 self.sync_flags();
                 self.sync_count_rip(target);
-                self.leave();
+                self.leave_to(target);
                 return;
             }
         }
@@ -570,10 +944,21 @@ impl Emitter<'_> {
 /// sync; eax = BLOCK_END
 /// out: pop r14; pop r13; pop r12; ret   ; eax = exit code
 /// ```
-fn emit_block(ops: &mut Assembler, insns: &[Instruction], bitness: u32, inline: bool) {
+fn emit_block(ops: &mut Assembler, insns: &[Instruction], bitness: u32, inline: bool, user: bool) {
     let out = ops.new_dynamic_label();
     let no_budget = ops.new_dynamic_label();
-    let plan: Vec<Option<Inline>> = insns.iter().map(|i| if inline { classify(i) } else { None }).collect();
+    let plan: Vec<Option<Inline>> = insns
+        .iter()
+        .map(|i| {
+            if !inline {
+                None
+            } else if i.op_count() == 2 && (i.op0_kind() == OpKind::Memory || i.op1_kind() == OpKind::Memory) {
+                classify_mem(i, bitness, user)
+            } else {
+                classify(i)
+            }
+        })
+        .collect();
     let any_inline = plan.iter().any(Option::is_some);
     dynasm!(ops
         ; .arch x64
@@ -584,25 +969,35 @@ fn emit_block(ops: &mut Assembler, insns: &[Instruction], bitness: u32, inline: 
         ; mov r13, rsi
         ; mov r14, rdx
     );
-    if any_inline {
+    let body = any_inline.then(|| ops.new_dynamic_label());
+    if let Some(body) = body {
         let n = insns.len() as i32;
         dynasm!(ops
             ; .arch x64
+            ; =>body
             ; mov rax, QWORD [r12 + ICOUNT]
             ; add rax, n
             ; cmp rax, QWORD [r12 + BUDGET_END]
             ; ja =>no_budget
         );
     }
-    let mut em =
-        Emitter { ops, out, rip32: bitness != 64, synced: 0, pending: 0, flags_in_host: false, last_logic: false };
+    let mut em = Emitter {
+        ops,
+        out,
+        body,
+        rip32: bitness != 64,
+        synced: 0,
+        pending: 0,
+        flags_in_host: false,
+        last_logic: false,
+    };
     let mut ended = false;
     for (i, p) in insns.iter().zip(&plan) {
         let at = i.ip();
         let next = i.next_ip();
         match p {
             Some(op) => {
-                em.inline(*op, next);
+                em.inline(*op, at, next);
                 if matches!(op, Inline::Jcc { .. } | Inline::Jmp { .. }) {
                     ended = true;
                 }
@@ -687,7 +1082,7 @@ fn block_for(
     // Inline host code only in flat 32- and 64-bit code outside virtual-8086 mode.
     let k = cpu.mode_key;
     let inline = matches!(k & 3, 2 | 3) && k & (1 << 7) != 0 && k & (1 << 6) == 0;
-    let entry = cache.translate(mem.backing(), key, cpu.mode().bitness(), inline)?;
+    let entry = cache.translate(mem.backing(), key, cpu.mode().bitness(), inline, cpu.cpl == 3)?;
     if mem.mark_code_page(page) {
         cpu.tlb.protect_backing_page(page << 12);
     }

@@ -190,7 +190,15 @@ impl Interpreter {
                 let fell_through = cx.cpu.rip == cx.next_rip && cx.cpu.rip != rip;
                 let quiet = !interrupt && !cx.any_io && !cx.code_written && !cx.cpu.interrupt_shadow && !cx.cpu.halted;
                 let deliverable = cx.cpu.rflags & rflags::IF != 0 && cx.cpu.irq_pending;
-                if fell_through && quiet && !deliverable && cx.cpu.icount == icount + 1 && cx.cpu.icount < end {
+                // Generated code after the helper assumes the mode it was translated for.
+                let same_mode = cx.cpu.compute_mode_key() == cx.cpu.mode_key;
+                if fell_through
+                    && quiet
+                    && !deliverable
+                    && same_mode
+                    && cx.cpu.icount == icount + 1
+                    && cx.cpu.icount < end
+                {
                     exit::CONTINUE
                 } else {
                     exit::BLOCK_END
