@@ -142,7 +142,7 @@ impl CodeCache {
                 break;
             }
             insns.push(insn);
-            if insn.flow_control() != FlowControl::Next {
+            if insn.flow_control() != FlowControl::Next || insn.mnemonic() == Mnemonic::Hlt {
                 break;
             }
         }
