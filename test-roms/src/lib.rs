@@ -24,12 +24,14 @@
 //! | 0x80000 | protected/long-mode stack top |
 //! | 0x100000 | data of the demo (the prime sieve) |
 
+mod bench;
 mod boot;
 mod checks;
 mod demo;
 mod layout;
 mod system;
 
+pub use bench::{bench_guest, bench_reference};
 pub use boot::{boot_disk, boot_sector, BOOT_MESSAGE_DONE, BOOT_MESSAGE_INT10, BOOT_MESSAGE_SERIAL};
 pub use checks::{
     apic, exceptions_protected, exceptions_real, long_mode_switch, pit_interrupts, real_mode_arith, string_ops,
