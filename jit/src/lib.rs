@@ -40,8 +40,10 @@ pub struct JitStats {
     pub helper_calls: u64,
     /// Instructions executed by the interpreter outside any block (no translation possible).
     pub interpreted: u64,
-    /// Block entries.
+    /// Block entries from the dispatcher.
     pub block_runs: u64,
+    /// Direct jumps between blocks patched to go straight from one to the other.
+    pub chains_patched: u64,
 }
 
 /// The translating engine.
@@ -123,8 +125,8 @@ impl ExecutionEngine for Translator {
     fn stats_text(&self) -> Option<String> {
         let s = self.stats;
         Some(format!(
-            "blocks translated: {}\ncache flushes: {}\nSMC invalidations: {}\nhelper calls: {}\ninterpreted outside blocks: {}\nblock entries: {}",
-            s.blocks_translated, s.cache_flushes, s.smc_invalidations, s.helper_calls, s.interpreted, s.block_runs
+            "blocks translated: {}\ncache flushes: {}\nSMC invalidations: {}\nhelper calls: {}\ninterpreted outside blocks: {}\nblock entries: {}\nchains patched: {}",
+            s.blocks_translated, s.cache_flushes, s.smc_invalidations, s.helper_calls, s.interpreted, s.block_runs, s.chains_patched
         ))
     }
 }

@@ -40,8 +40,13 @@ type BlockKey = (u64, u32);
 #[derive(Debug, Clone, Copy)]
 struct Block {
     entry: AssemblyOffset,
+    /// After the prologue: where chained jumps from other blocks land.
+    body: AssemblyOffset,
     len: usize,
 }
+
+/// Exit code of a chain slot not patched yet (bits 8.. hold the slot number).
+const CHAIN: u32 = 6;
 
 /// Translated blocks and the executable buffer that holds them.
 pub(crate) struct CodeCache {
@@ -50,6 +55,11 @@ pub(crate) struct CodeCache {
     blocks: HashMap<BlockKey, Block>,
     /// Backing page number -> blocks starting in it.
     pages: HashMap<u64, Vec<BlockKey>>,
+    /// Chain slots: the `jmp rel32` to patch and the backing offset of its target. Chains only
+    /// link blocks of one guest page (same translation, dropped together on invalidation).
+    slots: Vec<(AssemblyOffset, u64)>,
+    /// Chains patched (statistics).
+    pub(crate) chained: u64,
 }
 
 impl std::fmt::Debug for CodeCache {
@@ -73,7 +83,7 @@ fn new_assembler() -> Option<(Assembler, Executor)> {
 
 impl CodeCache {
     pub(crate) fn new() -> Self {
-        CodeCache { ops: new_assembler(), blocks: HashMap::new(), pages: HashMap::new() }
+        CodeCache { ops: new_assembler(), blocks: HashMap::new(), pages: HashMap::new(), slots: Vec::new(), chained: 0 }
     }
 
     fn full(&self) -> bool {
@@ -83,6 +93,7 @@ impl CodeCache {
     fn flush(&mut self) {
         self.blocks.clear();
         self.pages.clear();
+        self.slots.clear();
         self.ops = new_assembler();
     }
 
@@ -121,14 +132,7 @@ impl CodeCache {
     /// Translates the guest code at backing offset `key.0` (decoded at `bitness`, first
     /// instruction at `rip`) into a block; `None` if not even one instruction decodes within
     /// the page.
-    fn translate(
-        &mut self,
-        code: &[u8],
-        key: BlockKey,
-        bitness: u32,
-        inline: bool,
-        user: bool,
-    ) -> Option<AssemblyOffset> {
+    fn translate(&mut self, code: &[u8], key: BlockKey, bitness: u32, inline: bool, user: bool) -> Option<Block> {
         let backing = key.0;
         let page_end = (backing & PAGE_MASK) + PAGE_SIZE;
         let bytes = code.get(usize::try_from(backing).ok()?..usize::try_from(page_end).ok()?)?;
@@ -151,12 +155,33 @@ impl CodeCache {
         }
         let (ops, _) = self.ops.as_mut()?;
         let start = ops.offset();
-        emit_block(ops, &insns, bitness, inline, user);
+        let body = emit_block(ops, &insns, bitness, inline, user, backing, &mut self.slots);
         ops.commit().ok()?;
         let len = ops.offset().0 - start.0;
-        self.blocks.insert(key, Block { entry: start, len });
+        let b = Block { entry: start, body, len };
+        self.blocks.insert(key, b);
         self.pages.entry(backing >> 12).or_default().push(key);
-        Some(start)
+        Some(b)
+    }
+
+    /// Points chain slot `id` at the body of `target` (which must start at the slot's target).
+    fn chain(&mut self, id: usize, target_backing: u64, target: &Block) {
+        let Some(&(slot, want)) = self.slots.get(id) else { return };
+        if want != target_backing {
+            return;
+        }
+        let Some((ops, _)) = self.ops.as_mut() else { return };
+        let Ok(rel) = i32::try_from(target.body.0 as i64 - (slot.0 as i64 + 5)) else { return };
+        if ops
+            .alter(|m| {
+                m.goto(slot);
+                m.push(0xE9);
+                m.push_i32(rel);
+            })
+            .is_ok()
+        {
+            self.chained += 1;
+        }
     }
 
     /// Runs the block at `entry` until it exits; returns its exit code.
@@ -468,6 +493,10 @@ struct Emitter<'a> {
     /// The block body after the prologue: a branch back to the entry RIP jumps here (the
     /// budget check at its top keeps the instruction count exact).
     body: Option<DynamicLabel>,
+    /// Backing offset of the block's first instruction.
+    entry_backing: u64,
+    /// The cache's chain slots.
+    slots: &'a mut Vec<(AssemblyOffset, u64)>,
     /// 32-bit code: RIP arithmetic wraps at 4 GiB.
     rip32: bool,
     /// The RIP offset (from the entry RIP) that `CpuState::rip` holds now.
@@ -628,11 +657,29 @@ impl Emitter<'_> {
 
     /// Goes on at offset `to` (state already synced there): back into the body if `to` is the
     /// entry, else out of the block.
+    ///
+    /// A target in the same guest page gets a chain slot: a `jmp rel32` that first falls
+    /// through to an exit asking the dispatcher to chain, and is then patched to jump straight
+    /// into the target block's body.
     fn leave_to(&mut self, to: u64) {
-        match self.body {
-            Some(body) if to == 0 => dynasm!(self.ops ; .arch x64 ; jmp =>body),
-            _ => self.leave(),
+        if let (Some(body), 0) = (self.body, to) {
+            dynasm!(self.ops ; .arch x64 ; jmp =>body);
+            return;
         }
+        let delta = if self.rip32 { i64::from(to as u32 as i32) } else { to as i64 };
+        let target = self.entry_backing.wrapping_add(delta as u64);
+        if target & PAGE_MASK != self.entry_backing & PAGE_MASK || self.slots.len() >= 1 << 22 {
+            self.leave();
+            return;
+        }
+        let id = self.slots.len();
+        let slot = self.ops.offset();
+        self.ops.push(0xE9);
+        self.ops.push_i32(0);
+        self.slots.push((slot, target));
+        let code = (CHAIN | (id as u32) << 8) as i32;
+        let out = self.out;
+        dynasm!(self.ops ; .arch x64 ; mov eax, code ; jmp =>out);
     }
 
     fn helper(&mut self, at: u64, next: u64) {
@@ -944,7 +991,15 @@ impl Emitter<'_> {
 /// sync; eax = BLOCK_END
 /// out: pop r14; pop r13; pop r12; ret   ; eax = exit code
 /// ```
-fn emit_block(ops: &mut Assembler, insns: &[Instruction], bitness: u32, inline: bool, user: bool) {
+fn emit_block(
+    ops: &mut Assembler,
+    insns: &[Instruction],
+    bitness: u32,
+    inline: bool,
+    user: bool,
+    entry_backing: u64,
+    slots: &mut Vec<(AssemblyOffset, u64)>,
+) -> AssemblyOffset {
     let out = ops.new_dynamic_label();
     let no_budget = ops.new_dynamic_label();
     let plan: Vec<Option<Inline>> = insns
@@ -959,7 +1014,6 @@ fn emit_block(ops: &mut Assembler, insns: &[Instruction], bitness: u32, inline: 
             }
         })
         .collect();
-    let any_inline = plan.iter().any(Option::is_some);
     dynasm!(ops
         ; .arch x64
         ; push r12
@@ -969,7 +1023,8 @@ fn emit_block(ops: &mut Assembler, insns: &[Instruction], bitness: u32, inline: 
         ; mov r13, rsi
         ; mov r14, rdx
     );
-    let body = any_inline.then(|| ops.new_dynamic_label());
+    let body_off = ops.offset();
+    let body = Some(ops.new_dynamic_label());
     if let Some(body) = body {
         let n = insns.len() as i32;
         dynasm!(ops
@@ -985,6 +1040,8 @@ fn emit_block(ops: &mut Assembler, insns: &[Instruction], bitness: u32, inline: 
         ops,
         out,
         body,
+        entry_backing,
+        slots,
         rip32: bitness != 64,
         synced: 0,
         pending: 0,
@@ -1009,12 +1066,10 @@ fn emit_block(ops: &mut Assembler, insns: &[Instruction], bitness: u32, inline: 
         let end = insns.last().map_or(0, |i| i.next_ip());
         em.sync_flags();
         em.sync_count_rip(end);
-        em.leave();
+        em.leave_to(end);
     }
     let ops = em.ops;
-    if any_inline {
-        dynasm!(ops ; .arch x64 ; =>no_budget ; mov eax, exit::NO_BUDGET as i32 ; jmp =>out);
-    }
+    dynasm!(ops ; .arch x64 ; =>no_budget ; mov eax, exit::NO_BUDGET as i32 ; jmp =>out);
     dynasm!(ops
         ; .arch x64
         ; =>out
@@ -1023,6 +1078,7 @@ fn emit_block(ops: &mut Assembler, insns: &[Instruction], bitness: u32, inline: 
         ; pop r12
         ; ret
     );
+    body_off
 }
 
 /// The one entry into generated code.
@@ -1062,13 +1118,13 @@ fn block_for(
     stats: &mut JitStats,
     cpu: &mut CpuState,
     bus: &mut dyn CpuBus,
-) -> Option<AssemblyOffset> {
+) -> Option<(Block, u64)> {
     cache.ops.as_ref()?;
     cpu.refresh_mode_key();
     let b = code_backing(cpu)?;
     let key = (b, cpu.mode_key);
     if let Some(blk) = cache.blocks.get(&key) {
-        return Some(blk.entry);
+        return Some((*blk, b));
     }
     let mem = bus.memory();
     let page = b >> 12;
@@ -1082,12 +1138,12 @@ fn block_for(
     // Inline host code only in flat 32- and 64-bit code outside virtual-8086 mode.
     let k = cpu.mode_key;
     let inline = matches!(k & 3, 2 | 3) && k & (1 << 7) != 0 && k & (1 << 6) == 0;
-    let entry = cache.translate(mem.backing(), key, cpu.mode().bitness(), inline, cpu.cpl == 3)?;
+    let blk = cache.translate(mem.backing(), key, cpu.mode().bitness(), inline, cpu.cpl == 3)?;
     if mem.mark_code_page(page) {
         cpu.tlb.protect_backing_page(page << 12);
     }
     stats.blocks_translated += 1;
-    Some(entry)
+    Some((blk, b))
 }
 
 /// The dispatcher: runs blocks (or single interpreted instructions) until the budget is used up
@@ -1099,6 +1155,7 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
     cpu.stop_requested = false;
     let Translator { interp, cache, stats, trace } = t;
     let mut env = HelperEnv::new(interp, bus, *trace);
+    let mut chain_req: Option<usize> = None;
     let r = loop {
         if cpu.icount >= end {
             break RunExit::BudgetExhausted;
@@ -1114,21 +1171,27 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
         // Blocks assume no interrupt is due when they start (helpers keep it so inside them).
         let due = cpu.interrupt_shadow || (cpu.rflags & IF != 0 && cpu.irq_pending);
         let code = if cpu.halted || due { None } else { block_for(cache, stats, cpu, env.bus()) };
+        if let (Some(id), Some((blk, b))) = (chain_req.take(), &code) {
+            cache.chain(id, *b, blk);
+        }
         let c = match code {
-            Some(entry) => {
+            Some((blk, _)) => {
                 stats.block_runs += 1;
-                cache.enter(entry, cpu, &mut env)
+                cache.enter(blk.entry, cpu, &mut env)
             }
             None => {
                 stats.interpreted += 1;
                 env.step(cpu)
             }
         };
-        match c {
+        match c & 0xFF {
             exit::HALTED => break RunExit::Halted,
             exit::TRIPLE_FAULT => break RunExit::TripleFault,
             exit::STOPPED => break RunExit::Stopped,
-            exit::NO_BUDGET => {
+            CHAIN => chain_req = Some((c >> 8) as usize),
+            // The block that did not fit may have been reached by a chained jump after other
+            // blocks ran: the budget may be used up already.
+            exit::NO_BUDGET if cpu.icount < end => {
                 stats.interpreted += 1;
                 match env.step(cpu) {
                     exit::HALTED => break RunExit::Halted,
@@ -1141,5 +1204,6 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
         }
     };
     stats.helper_calls += env.helper_calls;
+    stats.chains_patched = cache.chained;
     r
 }

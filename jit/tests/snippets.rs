@@ -205,3 +205,38 @@ fn test_jit_loops_and_budget_ends_exactly() {
         assert_eq!(c1.icount, budget);
     }
 }
+
+#[test]
+fn test_jit_budget_ends_exactly_inside_chained_blocks() {
+    // Block A (`jmp mid`) chains to block B; once the chain is patched, a run with budget 1
+    // started at A must stop after A's one instruction, not run into B.
+    let code = assemble(64, |a| {
+        let mut top = a.create_label();
+        let mut mid = a.create_label();
+        a.set_label(&mut top).unwrap();
+        a.jmp(mid).unwrap();
+        a.set_label(&mut mid).unwrap();
+        a.inc(eax).unwrap();
+        a.inc(ebx).unwrap();
+        a.dec(ecx).unwrap();
+        a.jnz(top).unwrap();
+        a.hlt().unwrap();
+    });
+    let mut start = state(64);
+    start.gpr[1] = 1000;
+    let mut bus = cpu::RamBus::with_code(RAM, &code, CODE).unwrap();
+    let mut jit = jit::Translator::new();
+    let mut warm = start.clone();
+    assert_eq!(cpu::ExecutionEngine::run(&mut jit, &mut warm, &mut bus, 100), RunExit::BudgetExhausted);
+    assert!(jit.stats().chains_patched > 0, "{:?}", jit.stats());
+    for budget in 1..=6 {
+        let mut c = start.clone();
+        c.tlb = warm.tlb.clone();
+        let mut want = start.clone();
+        let mut bus2 = cpu::RamBus::with_code(RAM, &code, CODE).unwrap();
+        cpu::ExecutionEngine::run(&mut cpu::Interpreter::new(), &mut want, &mut bus2, budget);
+        cpu::ExecutionEngine::run(&mut jit, &mut c, &mut bus, budget);
+        assert_eq!(arch(&c), arch(&want), "budget {budget}");
+        assert_eq!(c.icount, budget);
+    }
+}

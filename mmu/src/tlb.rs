@@ -95,6 +95,16 @@ pub struct TlbStats {
     pub rewrites: u64,
     /// INVLPGs that hit a large page and dropped all its 4 KiB pieces.
     pub large_invlpg: u64,
+    /// Single-page flushes (INVLPG).
+    pub page_flushes: u64,
+}
+
+impl TlbStats {
+    /// Changes whenever a translation may have been dropped (any flush, INVLPG): translated
+    /// code compares it to know that the mapping of its own page still holds.
+    pub fn epoch(&self) -> u64 {
+        self.flushes.wrapping_add(self.page_flushes)
+    }
 }
 
 /// Two direct-mapped sets: index 0 for supervisor accesses, 1 for user accesses.
@@ -267,6 +277,7 @@ impl SoftTlb {
     /// Drops the entries for one linear page (INVLPG). If the page belongs to a large page whose
     /// 4 KiB pieces are cached, every piece of that large page is dropped (SDM 4.10.4.1).
     pub fn flush_page(&mut self, linear: u64) {
+        self.stats.page_flushes += 1;
         let i = Self::index(linear);
         for set in &mut self.sets {
             set[i] = TlbEntry::EMPTY;

@@ -179,6 +179,7 @@ impl Interpreter {
         let mut cx = Cx::new(cpu, bus, &mut self.cache, end);
         let rip = cx.cpu.rip;
         let icount = cx.cpu.icount;
+        let epoch = cx.cpu.tlb.stats.epoch();
         let interrupt = cx.cpu.rflags & rflags::IF != 0 && !cx.cpu.interrupt_shadow && cx.cpu.irq_pending;
         let r = if trace { cx.run_one::<true>() } else { cx.run_one::<false>() };
         match r {
@@ -191,7 +192,8 @@ impl Interpreter {
                 let quiet = !interrupt && !cx.any_io && !cx.code_written && !cx.cpu.interrupt_shadow && !cx.cpu.halted;
                 let deliverable = cx.cpu.rflags & rflags::IF != 0 && cx.cpu.irq_pending;
                 // Generated code after the helper assumes the mode it was translated for.
-                let same_mode = cx.cpu.compute_mode_key() == cx.cpu.mode_key;
+                // ... and that the mapping of its code still holds (no TLB flush, no INVLPG).
+                let same_mode = cx.cpu.compute_mode_key() == cx.cpu.mode_key && cx.cpu.tlb.stats.epoch() == epoch;
                 if fell_through
                     && quiet
                     && !deliverable
