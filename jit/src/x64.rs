@@ -132,7 +132,17 @@ impl CodeCache {
     /// Translates the guest code at backing offset `key.0` (decoded at `bitness`, first
     /// instruction at `rip`) into a block; `None` if not even one instruction decodes within
     /// the page.
-    fn translate(&mut self, code: &[u8], key: BlockKey, bitness: u32, inline: bool, user: bool) -> Option<Block> {
+    #[allow(clippy::too_many_arguments)]
+    fn translate(
+        &mut self,
+        code: &[u8],
+        key: BlockKey,
+        bitness: u32,
+        inline: bool,
+        user: bool,
+        big_stack: bool,
+        rip: u64,
+    ) -> Option<Block> {
         let backing = key.0;
         let page_end = (backing & PAGE_MASK) + PAGE_SIZE;
         let bytes = code.get(usize::try_from(backing).ok()?..usize::try_from(page_end).ok()?)?;
@@ -155,7 +165,7 @@ impl CodeCache {
         }
         let (ops, _) = self.ops.as_mut()?;
         let start = ops.offset();
-        let body = emit_block(ops, &insns, bitness, inline, user, backing, &mut self.slots);
+        let body = emit_block(ops, &insns, bitness, inline, user, big_stack, rip, backing, &mut self.slots);
         ops.commit().ok()?;
         let len = ops.offset().0 - start.0;
         let b = Block { entry: start, body, len };
@@ -235,6 +245,24 @@ enum Inline {
     Jmp { target: u64 },
     /// A MOV or ALU instruction with one memory operand, through the inline TLB probe.
     Mem { kind: MemKind, ea: Ea, w64: bool, user: bool },
+    /// LEA (no memory access, no flags).
+    Lea { dst: i32, ea: Ea, w64: bool },
+    /// PUSH/POP of a register, near CALL rel and near RET, through the inline TLB probe
+    /// (`w64`: 64-bit mode, else a flat 32-bit stack).
+    Stack { op: StackOp, w64: bool, user: bool },
+}
+
+/// A stack operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StackOp {
+    /// PUSH of the register at this offset.
+    Push(i32),
+    /// POP into the register at this offset.
+    Pop(i32),
+    /// CALL: push the next RIP and jump to this offset from the entry RIP.
+    Call(u64),
+    /// RET.
+    Ret,
 }
 
 /// What a memory instruction does (`reg`: offset of the register operand).
@@ -393,6 +421,11 @@ fn effective_address(i: &Instruction, bitness: u32) -> Option<Ea> {
     if matches!(i.memory_segment(), Register::FS | Register::GS) {
         return None;
     }
+    effective_address_any_segment(i, bitness)
+}
+
+/// The offset part of the memory operand (LEA ignores the segment).
+fn effective_address_any_segment(i: &Instruction, bitness: u32) -> Option<Ea> {
     let base = i.memory_base();
     let index = i.memory_index();
     if base == Register::RIP {
@@ -440,10 +473,40 @@ fn effective_address(i: &Instruction, bitness: u32) -> Option<Ea> {
     })
 }
 
+/// Whether (and how) a stack instruction runs inline: PUSH/POP of a full-width register, CALL
+/// rel, RET without an immediate; 64-bit mode or a 32-bit stack (`big_stack`).
+fn classify_stack(i: &Instruction, bitness: u32, big_stack: bool, user: bool) -> Option<Inline> {
+    if i.has_lock_prefix() || (bitness == 32 && !big_stack) || bitness == 16 {
+        return None;
+    }
+    let w64 = bitness == 64;
+    let full = |r: Register| {
+        let (o, w) = gpr_off(r)?;
+        (w == w64).then_some(o)
+    };
+    let op = match i.mnemonic() {
+        Mnemonic::Push if i.op_count() == 1 && i.op0_kind() == OpKind::Register => {
+            StackOp::Push(full(i.op0_register())?)
+        }
+        Mnemonic::Pop if i.op_count() == 1 && i.op0_kind() == OpKind::Register => StackOp::Pop(full(i.op0_register())?),
+        Mnemonic::Call if matches!(i.op0_kind(), OpKind::NearBranch32 | OpKind::NearBranch64) => {
+            StackOp::Call(i.near_branch_target())
+        }
+        Mnemonic::Ret if i.op_count() == 0 => StackOp::Ret,
+        _ => return None,
+    };
+    Some(Inline::Stack { op, w64, user })
+}
+
 /// Whether (and how) a MOV/ALU instruction with a memory operand runs inline.
 fn classify_mem(i: &Instruction, bitness: u32, user: bool) -> Option<Inline> {
     if i.has_lock_prefix() || i.op_count() != 2 {
         return None;
+    }
+    if i.mnemonic() == Mnemonic::Lea {
+        let (dst, w64) = if i.op0_kind() == OpKind::Register { gpr_off(i.op0_register())? } else { return None };
+        let ea = effective_address_any_segment(i, bitness)?;
+        return Some(Inline::Lea { dst, ea, w64 });
     }
     let op = match i.mnemonic() {
         Mnemonic::Mov => None,
@@ -697,18 +760,19 @@ impl Emitter<'_> {
         self.synced = next;
     }
 
-    /// The effective address of a memory operand into RAX.
+    /// The effective address of a memory operand into RAX. Leaves the host flags alone (only
+    /// MOV and LEA), so LEA can run between a flag writer and its reader.
     fn effective_address(&mut self, ea: Ea) {
         let disp = ea.disp;
         if ea.rip_rel {
-            let back = self.synced as i32;
-            dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + RIP] ; add rax, disp ; sub rax, back);
+            let back = -(self.synced as i32);
+            dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + RIP] ; lea rax, [rax + disp] ; lea rax, [rax + back]);
             return;
         }
         match ea.base {
             Some(b) if ea.addr32 => dynasm!(self.ops ; .arch x64 ; mov eax, DWORD [r12 + b]),
             Some(b) => dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + b]),
-            None => dynasm!(self.ops ; .arch x64 ; xor eax, eax),
+            None => dynasm!(self.ops ; .arch x64 ; mov eax, 0),
         }
         if let Some((x, scale)) = ea.index {
             dynasm!(self.ops ; .arch x64 ; mov rcx, QWORD [r12 + x]);
@@ -725,25 +789,196 @@ impl Emitter<'_> {
         }
         if disp != 0 {
             if ea.addr32 {
-                dynasm!(self.ops ; .arch x64 ; add eax, disp);
+                dynasm!(self.ops ; .arch x64 ; lea eax, [rax + disp]);
             } else {
-                dynasm!(self.ops ; .arch x64 ; add rax, disp);
+                dynasm!(self.ops ; .arch x64 ; lea rax, [rax + disp]);
             }
         }
     }
 
-    /// A memory instruction: inline soft-TLB probe and host access; on a miss (no entry, MMIO,
-    /// write-protected or code page, page crossing, non-canonical) the instruction runs through
-    /// the interpreter helper, after which the state is put back to what the fast path leaves.
+    /// The soft-TLB probe: linear address in RAX, host address out in RAX, or a jump to
+    /// `slow`. Clobbers RCX and RDX.
+    fn probe(&mut self, write: bool, size: i32, user: bool, slow: DynamicLabel) {
+        let set = if user { (mmu::TLB_ENTRIES * 32) as i32 } else { 0 };
+        let tag = TLB + set + if write { 8 } else { 0 };
+        let addend = TLB + set + 24;
+        let idx_mask = (mmu::TLB_ENTRIES - 1) as i32;
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov rcx, rax
+            ; shr rcx, 12
+            ; and ecx, idx_mask
+            ; shl ecx, 5
+            ; lea rdx, [rax + size - 1]
+            ; and rdx, -4096
+            ; or rdx, QWORD [r12 + TLB_GEN]
+            ; cmp rdx, QWORD [r12 + rcx + tag]
+            ; jne =>slow
+            ; add rax, QWORD [r12 + rcx + addend]
+            ; add rax, QWORD [r13 + MEM_BASE]
+        );
+    }
+
+    /// The slow path of an inline memory instruction at offset `at`: the interpreter runs it,
+    /// then the state is put back to what the fast path leaves (`pending0 + 1` instructions
+    /// pending, RIP at `synced0`, the flags in the host for an ALU operation).
+    fn slow_path(&mut self, at: u64, next: u64, synced0: u64, pending0: i32, alu: bool) {
+        self.sync_count_rip(at);
+        let out = self.out;
+        let undo = pending0 + 1;
+        let back = next.wrapping_sub(synced0);
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov rdi, r12
+            ; mov rsi, r13
+            ; call QWORD [r14]
+            ; test eax, eax
+            ; jnz =>out
+            ; sub QWORD [r12 + ICOUNT], undo
+        );
+        if self.rip32 {
+            let b = back as u32 as i32;
+            dynasm!(self.ops ; .arch x64 ; sub DWORD [r12 + RIP], b);
+        } else {
+            let b = back as i64 as i32;
+            dynasm!(self.ops ; .arch x64 ; sub QWORD [r12 + RIP], b);
+        }
+        if alu {
+            self.materialize_lazy();
+            let status = STATUS as i32;
+            dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + RFLAGS] ; and eax, status ; push rax ; popfq);
+        }
+    }
+
+    /// PUSH, POP, CALL, RET. RSP changes only after the access succeeded; a miss runs the
+    /// whole instruction through the interpreter.
     ///
     /// ```text
-    /// rax = EA; rcx = index(rax) * 32; rdx = (rax + size - 1) & PAGE_MASK | tlb.gen
-    /// if rdx != sets[user][index].{read,write}_tag goto slow
-    /// rax += addend + mem_base; host op on [rax]; goto cont
-    /// slow: sync; eax = step(cpu, env); if eax != CONTINUE goto out
-    ///       icount -= pending + 1; rip -= next - synced; (ALU: flags back into the host)
-    /// cont:
+    /// r8 = rsp (- size for a push); rax = r8; probe; access [rax]; rsp = r8 (+ size for a pop)
+    /// CALL: value = entry RIP + next; then on to the target.  RET: RIP = the value popped.
     /// ```
+    fn stack(&mut self, op: StackOp, w64: bool, user: bool, at: u64, next: u64) {
+        self.sync_flags();
+        let (synced0, pending0) = (self.synced, self.pending);
+        let slow = self.ops.new_dynamic_label();
+        let cont = self.ops.new_dynamic_label();
+        let stk = (offsets::GPR + 8 * 4) as i32;
+        let size = if w64 { 8 } else { 4 };
+        let push = matches!(op, StackOp::Push(_) | StackOp::Call(_));
+        if w64 {
+            dynasm!(self.ops ; .arch x64 ; mov r8, QWORD [r12 + stk]);
+            if push {
+                dynasm!(self.ops ; .arch x64 ; sub r8, 8);
+            }
+        } else {
+            dynasm!(self.ops ; .arch x64 ; mov r8d, DWORD [r12 + stk]);
+            if push {
+                dynasm!(self.ops ; .arch x64 ; sub r8d, 4);
+            }
+        }
+        dynasm!(self.ops ; .arch x64 ; mov rax, r8);
+        self.probe(push, size, user, slow);
+        // The value to push or the value popped, in RCX.
+        match op {
+            StackOp::Push(r) => {
+                if w64 {
+                    dynasm!(self.ops ; .arch x64 ; mov rcx, QWORD [r12 + r] ; mov QWORD [rax], rcx);
+                } else {
+                    dynasm!(self.ops ; .arch x64 ; mov ecx, DWORD [r12 + r] ; mov DWORD [rax], ecx);
+                }
+            }
+            StackOp::Call(_) => {
+                let d = next.wrapping_sub(synced0);
+                if w64 {
+                    let d = d as i64 as i32;
+                    dynasm!(self.ops ; .arch x64 ; mov rcx, QWORD [r12 + RIP] ; add rcx, d ; mov QWORD [rax], rcx);
+                } else {
+                    let d = d as u32 as i32;
+                    dynasm!(self.ops ; .arch x64 ; mov ecx, DWORD [r12 + RIP] ; add ecx, d ; mov DWORD [rax], ecx);
+                }
+            }
+            StackOp::Pop(_) | StackOp::Ret => {
+                if w64 {
+                    dynasm!(self.ops ; .arch x64 ; mov rcx, QWORD [rax]);
+                } else {
+                    dynasm!(self.ops ; .arch x64 ; mov ecx, DWORD [rax]);
+                }
+                if op == StackOp::Ret && w64 {
+                    // A non-canonical return address is #GP with nothing changed.
+                    dynasm!(self.ops ; .arch x64 ; mov rdx, rcx ; shl rdx, 16 ; sar rdx, 16 ; cmp rdx, rcx ; jne =>slow);
+                }
+                if w64 {
+                    dynasm!(self.ops ; .arch x64 ; add r8, 8);
+                } else {
+                    dynasm!(self.ops ; .arch x64 ; add r8d, 4);
+                }
+            }
+        }
+        // The new stack pointer (a 32-bit stack changes only ESP's low half).
+        if w64 {
+            dynasm!(self.ops ; .arch x64 ; mov QWORD [r12 + stk], r8);
+        } else {
+            dynasm!(self.ops ; .arch x64 ; mov DWORD [r12 + stk], r8d);
+        }
+        match op {
+            StackOp::Pop(r) => {
+                dynasm!(self.ops ; .arch x64 ; mov QWORD [r12 + r], rcx ; jmp =>cont ; =>slow);
+                self.slow_path(at, next, synced0, pending0, false);
+                dynasm!(self.ops ; .arch x64 ; =>cont);
+                self.synced = synced0;
+                self.pending = pending0 + 1;
+            }
+            StackOp::Push(_) => {
+                dynasm!(self.ops ; .arch x64 ; jmp =>cont ; =>slow);
+                self.slow_path(at, next, synced0, pending0, false);
+                dynasm!(self.ops ; .arch x64 ; =>cont);
+                self.synced = synced0;
+                self.pending = pending0 + 1;
+            }
+            StackOp::Call(target) => {
+                self.pending = pending0 + 1;
+                self.sync_count_rip(target);
+                self.leave_to(target);
+                self.synced = synced0;
+                self.pending = pending0;
+                // Slow path: the interpreter runs the CALL; the block ends either way.
+                dynasm!(self.ops ; .arch x64 ; =>slow);
+                self.sync_count_rip(at);
+                self.helper_then_leave();
+            }
+            StackOp::Ret => {
+                let n = pending0 + 1;
+                let out = self.out;
+                dynasm!(self.ops
+                    ; .arch x64
+                    ; add QWORD [r12 + ICOUNT], n
+                    ; mov QWORD [r12 + RIP], rcx
+                    ; mov eax, exit::BLOCK_END as i32
+                    ; jmp =>out
+                    ; =>slow
+                );
+                self.sync_count_rip(at);
+                self.helper_then_leave();
+            }
+        }
+    }
+
+    /// Runs the instruction through the interpreter and leaves the block (with the helper's
+    /// exit code, or `BLOCK_END` if it said `CONTINUE`).
+    fn helper_then_leave(&mut self) {
+        let out = self.out;
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov rdi, r12
+            ; mov rsi, r13
+            ; call QWORD [r14]
+            ; test eax, eax
+            ; jnz =>out
+            ; mov eax, exit::BLOCK_END as i32
+            ; jmp =>out
+        );
+    }
+
     fn mem(&mut self, kind: MemKind, ea: Ea, w64: bool, user: bool, at: u64, next: u64) {
         self.sync_flags();
         let (synced0, pending0) = (self.synced, self.pending);
@@ -863,6 +1098,17 @@ impl Emitter<'_> {
             Inline::Mem { kind, ea, w64, user } => {
                 self.mem(kind, ea, w64, user, at, next);
                 return;
+            }
+            Inline::Stack { op, w64, user } => {
+                self.stack(op, w64, user, at, next);
+                return;
+            }
+            Inline::Lea { dst, ea, w64 } => {
+                self.effective_address(ea);
+                if !w64 {
+                    dynasm!(self.ops ; .arch x64 ; mov eax, eax);
+                }
+                dynasm!(self.ops ; .arch x64 ; mov QWORD [r12 + dst], rax);
             }
             Inline::MovRR { dst, src, w64 } => {
                 if w64 {
@@ -991,26 +1237,47 @@ impl Emitter<'_> {
 /// sync; eax = BLOCK_END
 /// out: pop r14; pop r13; pop r12; ret   ; eax = exit code
 /// ```
+#[allow(clippy::too_many_arguments)]
 fn emit_block(
     ops: &mut Assembler,
     insns: &[Instruction],
     bitness: u32,
     inline: bool,
     user: bool,
+    big_stack: bool,
+    entry_rip: u64,
     entry_backing: u64,
     slots: &mut Vec<(AssemblyOffset, u64)>,
 ) -> AssemblyOffset {
     let out = ops.new_dynamic_label();
     let no_budget = ops.new_dynamic_label();
+    // A direct branch inlines only if its target is canonical for the RIP being translated
+    // (the interpreter raises #GP for a non-canonical one).
+    let canonical = |t: u64| {
+        let a = entry_rip.wrapping_add(t);
+        bitness != 64 || ((a << 16) as i64 >> 16) as u64 == a
+    };
     let plan: Vec<Option<Inline>> = insns
         .iter()
         .map(|i| {
             if !inline {
-                None
-            } else if i.op_count() == 2 && (i.op0_kind() == OpKind::Memory || i.op1_kind() == OpKind::Memory) {
+                return None;
+            }
+            let p = if i.op_count() == 2 && (i.op0_kind() == OpKind::Memory || i.op1_kind() == OpKind::Memory) {
                 classify_mem(i, bitness, user)
+            } else if let Some(p) = classify_stack(i, bitness, big_stack, user) {
+                Some(p)
             } else {
                 classify(i)
+            };
+            match p {
+                Some(Inline::Jcc { target, .. } | Inline::Jmp { target })
+                | Some(Inline::Stack { op: StackOp::Call(target), .. })
+                    if !canonical(target) =>
+                {
+                    None
+                }
+                p => p,
             }
         })
         .collect();
@@ -1055,7 +1322,10 @@ fn emit_block(
         match p {
             Some(op) => {
                 em.inline(*op, at, next);
-                if matches!(op, Inline::Jcc { .. } | Inline::Jmp { .. }) {
+                if matches!(
+                    op,
+                    Inline::Jcc { .. } | Inline::Jmp { .. } | Inline::Stack { op: StackOp::Call(_) | StackOp::Ret, .. }
+                ) {
                     ended = true;
                 }
             }
@@ -1138,7 +1408,8 @@ fn block_for(
     // Inline host code only in flat 32- and 64-bit code outside virtual-8086 mode.
     let k = cpu.mode_key;
     let inline = matches!(k & 3, 2 | 3) && k & (1 << 7) != 0 && k & (1 << 6) == 0;
-    let blk = cache.translate(mem.backing(), key, cpu.mode().bitness(), inline, cpu.cpl == 3)?;
+    let big_stack = k & (1 << 4) != 0;
+    let blk = cache.translate(mem.backing(), key, cpu.mode().bitness(), inline, cpu.cpl == 3, big_stack, cpu.rip)?;
     if mem.mark_code_page(page) {
         cpu.tlb.protect_backing_page(page << 12);
     }

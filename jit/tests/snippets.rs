@@ -240,3 +240,28 @@ fn test_jit_budget_ends_exactly_inside_chained_blocks() {
         assert_eq!(c.icount, budget);
     }
 }
+
+#[test]
+fn test_jit_lea_between_flag_writer_and_reader() {
+    // LEA writes no flags: a compare before it decides the branch after it.
+    for bits in [32u32, 64] {
+        let code = assemble(bits, |a| {
+            let mut skip = a.create_label();
+            let mut top = a.create_label();
+            a.mov(ecx, 40u32).unwrap();
+            a.set_label(&mut top).unwrap();
+            a.cmp(ecx, 20).unwrap();
+            a.lea(edx, dword_ptr(edx + ecx * 4 + 0x1000)).unwrap();
+            a.lea(esi, dword_ptr(esi + 1)).unwrap();
+            a.jl(skip).unwrap();
+            a.inc(ebx).unwrap();
+            a.set_label(&mut skip).unwrap();
+            a.dec(ecx).unwrap();
+            a.jnz(top).unwrap();
+            a.hlt().unwrap();
+        });
+        let (exit, c, _) = lockstep("lea-flags", &code, &state(bits), 10_000);
+        assert_eq!(exit, RunExit::Halted);
+        assert_eq!(c.gpr[3], 21, "{bits}-bit: ECX = 40..20 are not below 20");
+    }
+}

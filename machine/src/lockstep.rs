@@ -127,8 +127,12 @@ pub fn run_lockstep<E>(
         let eb = b.run(Some(n));
         comparisons += 1;
         let (ea, eb) = ((ea != Exit::InstructionLimit).then_some(ea), (eb != Exit::InstructionLimit).then_some(eb));
-        if compare(&mut a, &mut b, ea, eb).is_some() {
-            return Ok(Err(pinpoint(build, start, slice)?));
+        if let Some(what) = compare(&mut a, &mut b, ea, eb) {
+            let mut d = pinpoint(build, start, slice)?;
+            if d.what.starts_with("a difference in the slice") {
+                d.what = format!("{what} after the slice from {start}, which single steps do not reproduce");
+            }
+            return Ok(Err(d));
         }
         if let Some(e) = ea {
             let serial = a.serial_output();
