@@ -313,7 +313,11 @@ struct Ea {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AluOp {
     Add,
+    /// ADC (reads CF).
+    Adc,
     Sub,
+    /// SBB (reads CF).
+    Sbb,
     And,
     Or,
     Xor,
@@ -349,7 +353,9 @@ fn classify(i: &Instruction) -> Option<Inline> {
     match m {
         Mnemonic::Mov
         | Mnemonic::Add
+        | Mnemonic::Adc
         | Mnemonic::Sub
+        | Mnemonic::Sbb
         | Mnemonic::And
         | Mnemonic::Or
         | Mnemonic::Xor
@@ -386,7 +392,9 @@ fn classify(i: &Instruction) -> Option<Inline> {
                     })
                 }
                 Mnemonic::Add => AluOp::Add,
+                Mnemonic::Adc => AluOp::Adc,
                 Mnemonic::Sub => AluOp::Sub,
+                Mnemonic::Sbb => AluOp::Sbb,
                 Mnemonic::And => AluOp::And,
                 Mnemonic::Or => AluOp::Or,
                 Mnemonic::Xor => AluOp::Xor,
@@ -624,7 +632,9 @@ macro_rules! with_alu {
     ($op:expr, $m:ident, $($args:tt)*) => {
         match $op {
             AluOp::Add => $m!(add, $($args)*),
+            AluOp::Adc => $m!(adc, $($args)*),
             AluOp::Sub => $m!(sub, $($args)*),
+            AluOp::Sbb => $m!(sbb, $($args)*),
             AluOp::And => $m!(and, $($args)*),
             AluOp::Or => $m!(or, $($args)*),
             AluOp::Xor => $m!(xor, $($args)*),
@@ -689,6 +699,15 @@ impl Emitter<'_> {
             ; call QWORD [r14 + 8]
             ; done:
         );
+    }
+
+    /// Makes the host's CF the guest's (for ADC/SBB and for INC/DEC, which keep it). The
+    /// `mov` loads below leave the host flags alone until the instruction itself.
+    fn load_guest_cf(&mut self) {
+        if !self.flags_in_host {
+            self.materialize_lazy();
+            dynasm!(self.ops ; .arch x64 ; bt QWORD [r12 + RFLAGS], 0);
+        }
     }
 
     /// Adds the pending instruction count and moves RIP to offset `to`.
@@ -1127,8 +1146,13 @@ impl Emitter<'_> {
                 }
             }
             Inline::Alu { op, dst, src, w64 } => {
+                if matches!(op, AluOp::Adc | AluOp::Sbb) {
+                    self.load_guest_cf();
+                }
                 match op {
                     AluOp::Add => alu_emit!(self.ops, add, w64, dst, src, true),
+                    AluOp::Adc => alu_emit!(self.ops, adc, w64, dst, src, true),
+                    AluOp::Sbb => alu_emit!(self.ops, sbb, w64, dst, src, true),
                     AluOp::Sub => alu_emit!(self.ops, sub, w64, dst, src, true),
                     AluOp::And => alu_emit!(self.ops, and, w64, dst, src, true),
                     AluOp::Or => alu_emit!(self.ops, or, w64, dst, src, true),
@@ -1140,11 +1164,8 @@ impl Emitter<'_> {
                 self.last_logic = matches!(op, AluOp::And | AluOp::Or | AluOp::Xor | AluOp::Test);
             }
             Inline::IncDec { inc, dst, w64 } => {
-                if !self.flags_in_host {
-                    // The guest's CF into the host's: INC/DEC keep it.
-                    self.materialize_lazy();
-                    dynasm!(self.ops ; .arch x64 ; bt QWORD [r12 + RFLAGS], 0);
-                }
+                // INC/DEC keep CF.
+                self.load_guest_cf();
                 match (inc, w64) {
                     (true, true) => dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + dst] ; inc rax),
                     (false, true) => dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + dst] ; dec rax),
