@@ -60,6 +60,15 @@ pub(crate) struct CodeCache {
     slots: Vec<(AssemblyOffset, u64)>,
     /// Chains patched (statistics).
     pub(crate) chained: u64,
+    /// A direct-mapped cache in front of `blocks` for the dispatcher (indirect branches, RET).
+    jc: Vec<Option<(BlockKey, Block)>>,
+}
+
+/// Entries of the dispatcher's jump cache.
+const JC_SIZE: usize = 4096;
+
+fn jc_index(key: BlockKey) -> usize {
+    ((key.0 ^ (key.0 >> 12) ^ u64::from(key.1).rotate_left(7)) as usize) & (JC_SIZE - 1)
 }
 
 impl std::fmt::Debug for CodeCache {
@@ -83,7 +92,14 @@ fn new_assembler() -> Option<(Assembler, Executor)> {
 
 impl CodeCache {
     pub(crate) fn new() -> Self {
-        CodeCache { ops: new_assembler(), blocks: HashMap::new(), pages: HashMap::new(), slots: Vec::new(), chained: 0 }
+        CodeCache {
+            ops: new_assembler(),
+            blocks: HashMap::new(),
+            pages: HashMap::new(),
+            slots: Vec::new(),
+            chained: 0,
+            jc: vec![None; JC_SIZE],
+        }
     }
 
     fn full(&self) -> bool {
@@ -94,6 +110,7 @@ impl CodeCache {
         self.blocks.clear();
         self.pages.clear();
         self.slots.clear();
+        self.jc.fill(None);
         self.ops = new_assembler();
     }
 
@@ -122,6 +139,10 @@ impl CodeCache {
         let Some(keys) = self.pages.remove(&page) else { return 0 };
         let mut n = 0;
         for k in keys {
+            let j = jc_index(k);
+            if matches!(self.jc[j], Some((jk, _)) if jk == k) {
+                self.jc[j] = None;
+            }
             if self.blocks.remove(&k).is_some() {
                 n += 1;
             }
@@ -1414,7 +1435,14 @@ fn block_for(
     cpu.refresh_mode_key();
     let b = code_backing(cpu)?;
     let key = (b, cpu.mode_key);
+    let j = jc_index(key);
+    if let Some((k, blk)) = cache.jc[j] {
+        if k == key {
+            return Some((blk, b));
+        }
+    }
     if let Some(blk) = cache.blocks.get(&key) {
+        cache.jc[j] = Some((key, *blk));
         return Some((*blk, b));
     }
     let mem = bus.memory();
