@@ -78,7 +78,7 @@ pub struct RunArgs {
     /// The execution engine: the interpreter, the binary translator, or both in lockstep
     /// (two machines compared every --lockstep-slice instructions; stops at the first
     /// divergent instruction and prints both states).
-    #[arg(long, value_enum, value_name = "ENGINE", default_value = "interp")]
+    #[arg(long, value_enum, value_name = "ENGINE", default_value = "jit")]
     engine: Engine,
     /// Instructions between lockstep comparisons.
     #[arg(long, value_name = "N", default_value = "10000")]
