@@ -1,16 +1,23 @@
 //! The binary translator: guest x86 code is translated a block at a time into x86-64 host
 //! code with `dynasmrt`, exact and in lockstep with the interpreter.
 //!
-//! **What it does today (slice 2 of issue 9).** Blocks are keyed by (backing offset of the
-//! first instruction, [`cpu::CpuState::mode_key`]). Every guest instruction of a block is one
-//! call of [`cpu::helpers::helper_step`], which runs the interpreter on exactly that instruction
-//! with the guest state in sync; so the translator runs everything the interpreter runs, with
-//! the same instruction count at every interrupt, port and MMIO access, the same faults, and the
-//! same results. A block ends at a control-transfer instruction, at the end of its page, after
-//! [`MAX_BLOCK_INSNS`] instructions, and early whenever a helper reports that execution did not
-//! simply fall through (branch, fault, interrupt, I/O, a store into cached code, budget end).
-//! Inline host code for integer instructions, chaining and the inline TLB probe are not there
-//! yet.
+//! **How.** Blocks are keyed by (backing offset of the first instruction,
+//! [`cpu::CpuState::mode_key`]) and end at a control transfer, a HLT, the end of the page or
+//! after [`MAX_BLOCK_INSNS`] instructions. In flat 32- and 64-bit code these run as host code on
+//! the `CpuState` fields: MOV, ADD/ADC/SUB/SBB/AND/OR/XOR/CMP/TEST, INC/DEC, SHL/SHR/SAR by 1 and
+//! LEA on 32/64-bit registers and immediates; MOV and ALU with one memory operand, PUSH/POP,
+//! CALL rel and RET through an inline soft-TLB probe (one compare; a miss runs the instruction
+//! through the interpreter); Jcc and JMP. The host ALU computes the flags; they stay in the
+//! host's RFLAGS until an instruction or the block exit needs them in `CpuState`. Direct
+//! branches within a guest page are chained through patched `jmp rel32`; a branch back to the
+//! block's entry loops inside it; RET and indirect branches go through the dispatcher's jump
+//! cache. Every other instruction is one call of [`cpu::helpers::helper_step`], which runs the
+//! interpreter on exactly that instruction with the guest state in sync, so the translator runs
+//! everything the interpreter runs. Each block checks at its top that it fits in the remaining
+//! budget (else one instruction is interpreted), and a helper ends the block whenever execution
+//! did not simply fall through (branch, fault, interrupt, I/O, a store into cached code, TLB
+//! flush, mode change, budget end): faults, interrupts, port and MMIO accesses happen at the same
+//! instruction count, with the same state, as under the interpreter.
 //!
 //! Self-modifying code: the translator marks every page it translates in the
 //! [`mmu::CodePages`] tracker, which forces stores there through the slow path; a store clears
