@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context};
 use clap::Args;
-use machine::{Exit, Machine, MachineConfig};
+use machine::{EngineKind, Exit, Machine, MachineConfig};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -21,6 +21,7 @@ Exit status (the guest's isa-debug-exit values are odd, Ferrovisor's own outcome
   8             the guest asked for a reset (with --no-reboot, or with no firmware to reboot)
   10            the --max-insns or --max-time limit was reached
   12            the guest halted with interrupts enabled and nothing can ever wake it
+  14            --engine lockstep found a divergence between the engines
 
 Examples:
   ferrovisor run                                    the demo guest
@@ -97,6 +98,29 @@ pub struct RunArgs {
     /// Do not print the instruction count and MIPS summary at exit.
     #[arg(short, long)]
     quiet: bool,
+    /// The execution engine: the interpreter, the binary translator, or both in lockstep
+    /// (two machines compared every --lockstep-slice instructions; stops at the first
+    /// divergent instruction and prints both states).
+    #[arg(long, value_enum, value_name = "ENGINE", default_value = "jit")]
+    engine: Engine,
+    /// Instructions between lockstep comparisons.
+    #[arg(long, value_name = "N", default_value = "10000")]
+    lockstep_slice: u64,
+    /// Print engine statistics at exit (blocks translated, cache flushes, SMC invalidations,
+    /// helper calls per 1000 guest instructions).
+    #[arg(long)]
+    stats: bool,
+}
+
+/// `--engine` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Engine {
+    /// The interpreter.
+    Interp,
+    /// The binary translator.
+    Jit,
+    /// Both, compared in lockstep.
+    Lockstep,
 }
 
 /// Destinations of the serial console.
@@ -147,6 +171,8 @@ pub mod status {
     pub const LIMIT: i32 = 10;
     /// The guest halted and nothing can wake it.
     pub const IDLE_FOREVER: i32 = 12;
+    /// `--engine lockstep` found a divergence between the engines.
+    pub const DIVERGENCE: i32 = 14;
 }
 
 /// Runs a guest; returns the process exit status.
@@ -154,15 +180,6 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
     // The host clock enters the guest here, once, as the RTC's starting time.
     let host_time =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-    let config = MachineConfig {
-        ram_bytes: a.memory,
-        capture_serial: false,
-        serial_stdout: a.serial == Serial::Stdio,
-        trace: a.trace,
-        firmware_log_stderr: a.firmware_log,
-        no_reboot: a.no_reboot,
-        rtc_unix_seconds: host_time,
-    };
     if a.max_insns == Some(0) {
         bail!("--max-insns must be at least 1");
     }
@@ -176,63 +193,109 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
              through the IDE ports"
         );
     }
-    let mut m = Machine::new(config)?;
-    for (i, path) in a.disk.iter().enumerate() {
-        m.attach_disk_file(i, path, a.read_only)?;
-    }
-    if let Some(path) = &a.virtio_disk {
-        m.attach_virtio_disk_file(path, a.read_only)?;
-    }
-    if let Some(path) = &a.serial_replay {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let log = machine::parse_input_log(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        for (t, bytes) in log {
-            m.queue_serial_input(t, &bytes);
+    // Builds a machine with the guest loaded (lockstep builds two).
+    let build = |engine: EngineKind, serial_stdout: bool| -> anyhow::Result<Machine> {
+        let config = MachineConfig {
+            ram_bytes: a.memory,
+            capture_serial: a.engine == Engine::Lockstep,
+            serial_stdout,
+            trace: a.trace,
+            firmware_log_stderr: a.firmware_log && serial_stdout,
+            no_reboot: a.no_reboot,
+            rtc_unix_seconds: host_time,
+            engine,
+        };
+        let mut m = Machine::new(config)?;
+        for (i, path) in a.disk.iter().enumerate() {
+            m.attach_disk_file(i, path, a.read_only)?;
         }
-    } else if a.serial == Serial::Stdio {
-        // Standard input feeds COM1. The thread only enqueues; the machine takes the input at
-        // run-slice boundaries and stamps it with virtual time (the terminal stays in its
-        // usual line mode).
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::Read;
-            let mut buf = [0u8; 256];
-            let mut stdin = std::io::stdin().lock();
-            while let Ok(n @ 1..) = stdin.read(&mut buf) {
-                if tx.send(buf[..n].to_vec()).is_err() {
-                    break;
+        if let Some(path) = &a.virtio_disk {
+            m.attach_virtio_disk_file(path, a.read_only)?;
+        }
+        if let Some(path) = &a.bios {
+            let image = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            m.load_bios(&image).with_context(|| format!("cannot load {}", path.display()))?;
+        } else if let Some(path) = &a.flat {
+            let image = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            m.load_flat(&image, a.load, a.entry.unwrap_or(a.load))
+                .with_context(|| format!("cannot load {}", path.display()))?;
+        } else if let Some(path) = &a.kernel {
+            let image = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let initrd = match &a.initrd {
+                Some(p) => Some(std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?),
+                None => None,
+            };
+            m.load_kernel(&image, initrd.as_deref(), &a.append, &path.display().to_string())
+                .with_context(|| format!("cannot load {}", path.display()))?;
+        } else {
+            let demo = test_roms::demo();
+            m.load_flat(&demo.image, demo.load_addr, demo.entry)?;
+        }
+        Ok(m)
+    };
+    let stdout = a.serial == Serial::Stdio;
+    let start = Instant::now();
+    let (exit, n) = match a.engine {
+        Engine::Interp | Engine::Jit => {
+            let kind = if a.engine == Engine::Jit { EngineKind::Jit } else { EngineKind::Interp };
+            let mut m = build(kind, stdout)?;
+            if let Some(path) = &a.serial_replay {
+                let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+                let log = machine::parse_input_log(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                for (t, bytes) in log {
+                    m.queue_serial_input(t, &bytes);
+                }
+            } else if stdout {
+                // Standard input feeds COM1. The thread only enqueues; the machine takes the input
+                // at run-slice boundaries and stamps it with virtual time (the terminal stays in
+                // its usual line mode).
+                let (tx, rx) = std::sync::mpsc::channel();
+                std::thread::spawn(move || {
+                    use std::io::Read;
+                    let mut buf = [0u8; 256];
+                    let mut stdin = std::io::stdin().lock();
+                    while let Ok(n @ 1..) = stdin.read(&mut buf) {
+                        if tx.send(buf[..n].to_vec()).is_err() {
+                            break;
+                        }
+                    }
+                });
+                m.connect_serial_input(rx);
+            }
+            let exit = m.run_limited(a.max_insns, a.max_time);
+            if let Some(path) = &a.serial_record {
+                std::fs::write(path, machine::format_input_log(m.serial_input_log()))
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            if a.stats {
+                let (name, text) = m.engine_stats();
+                print_stats(name, text.as_deref(), m.instructions());
+            }
+            (exit, m.instructions())
+        }
+        Engine::Lockstep => {
+            // Both machines capture their console; the interpreter's copy is printed.
+            let build_quiet = |e: EngineKind| build(e, false);
+            let r = machine::lockstep::run_lockstep(&build_quiet, a.max_insns, a.lockstep_slice.max(1))?;
+            match r {
+                Ok(rep) => {
+                    if stdout {
+                        use std::io::Write;
+                        let mut o = std::io::stdout();
+                        o.write_all(&rep.serial)?;
+                        o.flush()?;
+                    }
+                    eprintln!("ferrovisor: lockstep: 0 divergences in {} comparisons", rep.comparisons);
+                    (rep.exit, rep.instructions)
+                }
+                Err(d) => {
+                    eprintln!("ferrovisor: lockstep: {d}");
+                    return Ok(status::DIVERGENCE);
                 }
             }
-        });
-        m.connect_serial_input(rx);
-    }
-    if let Some(path) = &a.bios {
-        let image = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        m.load_bios(&image).with_context(|| format!("cannot load {}", path.display()))?;
-    } else if let Some(path) = &a.flat {
-        let image = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        m.load_flat(&image, a.load, a.entry.unwrap_or(a.load))
-            .with_context(|| format!("cannot load {}", path.display()))?;
-    } else if let Some(path) = &a.kernel {
-        let image = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let initrd = match &a.initrd {
-            Some(p) => Some(std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?),
-            None => None,
-        };
-        m.load_kernel(&image, initrd.as_deref(), &a.append, &path.display().to_string())
-            .with_context(|| format!("cannot load {}", path.display()))?;
-    } else {
-        let demo = test_roms::demo();
-        m.load_flat(&demo.image, demo.load_addr, demo.entry)?;
-    }
-    let start = Instant::now();
-    let exit = m.run_limited(a.max_insns, a.max_time);
+        }
+    };
     let secs = start.elapsed().as_secs_f64();
-    if let Some(path) = &a.serial_record {
-        std::fs::write(path, machine::format_input_log(m.serial_input_log()))
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    let n = m.instructions();
     if !a.quiet {
         eprintln!("ferrovisor: {n} guest instructions in {:.3} s ({:.1} MIPS)", secs, n as f64 / secs.max(1e-9) / 1e6);
     }
@@ -260,6 +323,18 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
             status::IDLE_FOREVER
         }
     })
+}
+
+/// Prints `--stats`: the engine's counters, and helper calls per 1000 guest instructions.
+fn print_stats(name: &str, text: Option<&str>, instructions: u64) {
+    eprintln!("ferrovisor: engine {name}");
+    for line in text.unwrap_or("").lines() {
+        eprintln!("ferrovisor:   {line}");
+        if let Some(v) = line.strip_prefix("helper calls: ").and_then(|v| v.parse::<u64>().ok()) {
+            let per = v as f64 * 1000.0 / instructions.max(1) as f64;
+            eprintln!("ferrovisor:   helper calls per 1000 guest instructions: {per:.1}");
+        }
+    }
 }
 
 #[cfg(test)]

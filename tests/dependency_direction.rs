@@ -12,7 +12,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("mmu", &["base"]),
     ("devices", &["base", "mmu"]),
     ("cpu", &["base", "mmu"]),
-    ("machine", &["base", "mmu", "cpu", "devices", "vmdk", "test-roms"]),
+    ("jit", &["base", "mmu", "cpu"]),
+    ("machine", &["base", "mmu", "cpu", "jit", "devices", "vmdk", "test-roms"]),
     ("ferrovisor", &["machine", "test-roms", "base", "vmdk"]),
 ];
 

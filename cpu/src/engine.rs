@@ -18,11 +18,19 @@ pub enum RunExit {
 }
 
 /// An engine that executes guest instructions on a [`CpuState`].
-pub trait ExecutionEngine {
+pub trait ExecutionEngine: std::fmt::Debug {
     /// Runs until `budget` instructions have retired or something stops the run.
     fn run(&mut self, cpu: &mut CpuState, bus: &mut dyn CpuBus, budget: InstrCount) -> RunExit;
     /// Forgets cached code for a guest physical range (the guest or a DMA wrote it).
     fn invalidate_phys(&mut self, start: u64, len: u64);
     /// Forgets everything that depends on the CPU mode (CR0/CR3/CR4/EFER/CS changes).
     fn flush_for_mode_change(&mut self, cpu: &mut CpuState);
+    /// A short name for messages (`interp`, `jit`).
+    fn name(&self) -> &'static str {
+        "engine"
+    }
+    /// Engine statistics as `name: value` lines (`--stats`), if the engine keeps any.
+    fn stats_text(&self) -> Option<String> {
+        None
+    }
 }

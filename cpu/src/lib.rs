@@ -11,6 +11,7 @@ pub mod engine;
 pub mod exception;
 pub mod flags;
 pub mod fpu;
+pub mod helpers;
 pub mod interp;
 pub mod simd;
 pub mod state;

@@ -372,8 +372,31 @@ pub struct CpuState {
     pub nmi_pending: bool,
     /// NMIs are blocked: an NMI handler runs and has not executed IRET yet (SDM 6.7.1).
     pub nmi_blocked: bool,
-    /// Instructions retired since reset (virtual time).
+    /// Instructions since reset: the guest's virtual time. **The instruction-count rule**, kept
+    /// by every engine and every path (`Interpreter::run`, `Interpreter::step`, the JIT's
+    /// generated code and its helpers):
+    /// - every instruction that retires counts 1;
+    /// - every instruction that faults counts 1 (the fault is delivered, the count stays);
+    /// - every iteration of a REP-prefixed string instruction counts 1 (a REP with a zero count
+    ///   counts 1 as it retires; a REP interrupted by the budget, an interrupt or a code write
+    ///   counts the iterations it did);
+    /// - delivering an external interrupt counts 0.
+    ///
+    /// Interrupts, port and MMIO accesses therefore happen at the same count under every engine.
     pub icount: u64,
+    /// The run in progress ends when `icount` reaches this (set at run entry; generated code
+    /// compares against it).
+    pub budget_end: u64,
+    /// INTR is asserted: the bus's `interrupt_pending`, mirrored at run entry, after every port or
+    /// MMIO access and after every interrupt acknowledge (the only points where a line can
+    /// change during a run), so the run loop reads a field instead of making a call.
+    pub irq_pending: bool,
+    /// A device asked the run to stop (set after a port or MMIO write when the bus says so;
+    /// cleared at run entry).
+    pub stop_requested: bool,
+    /// The mode key (see [`CpuState::compute_mode_key`]): what translated code may assume about
+    /// the mode. Valid at run entry and block boundaries ([`CpuState::refresh_mode_key`]).
+    pub mode_key: u32,
     /// x87/SSE.
     pub fpu: FpuState,
     /// The soft TLB (a cache of paging; part of the state so generated code can reach it).
@@ -416,12 +439,66 @@ impl CpuState {
             nmi_pending: false,
             nmi_blocked: false,
             icount: 0,
+            budget_end: 0,
+            irq_pending: false,
+            stop_requested: false,
+            mode_key: 0,
             fpu: FpuState::default(),
             tlb: SoftTlb::default(),
         };
         s.seg[SegReg::Cs as usize] = cs;
         s.gpr[2] = u64::from(crate::cpuid::SIGNATURE); // EDX = CPUID.1:EAX at reset
+        s.refresh_mode_key();
         s
+    }
+
+    /// The mode key: everything about the mode that decoding or translated code depends on.
+    ///
+    /// Bits 0-1 code size ([`CpuMode`] order), 2-3 CPL, 4 big stack (SS.B or 64-bit), 5 paging,
+    /// 6 virtual-8086, 7 flat segments (CS, SS, DS, ES with base 0 and a 4 GiB limit, or 64-bit
+    /// mode), 8 EFER.NXE, 9 CR0.WP, 10 alignment checks possible (CR0.AM and EFLAGS.AC).
+    pub fn compute_mode_key(&self) -> u32 {
+        let mode = self.mode();
+        let mut k = match mode {
+            CpuMode::Real => 0,
+            CpuMode::Protected16 => 1,
+            CpuMode::Protected32 => 2,
+            CpuMode::Long64 => 3,
+        };
+        k |= u32::from(self.cpl & 3) << 2;
+        if self.stack_mask() != 0xFFFF {
+            k |= 1 << 4;
+        }
+        if self.cr0 & cr::CR0_PG != 0 {
+            k |= 1 << 5;
+        }
+        if self.rflags & rflags::VM != 0 {
+            k |= 1 << 6;
+        }
+        let flat = mode == CpuMode::Long64
+            || [SegReg::Cs, SegReg::Ss, SegReg::Ds, SegReg::Es].iter().all(|&r| {
+                let s = &self.seg[r as usize];
+                s.base == 0 && s.limit == u32::MAX
+            });
+        if flat {
+            k |= 1 << 7;
+        }
+        if self.efer & cr::EFER_NXE != 0 {
+            k |= 1 << 8;
+        }
+        if self.cr0 & cr::CR0_WP != 0 {
+            k |= 1 << 9;
+        }
+        if self.cr0 & cr::CR0_AM != 0 && self.rflags & rflags::AC != 0 {
+            k |= 1 << 10;
+        }
+        k
+    }
+
+    /// Recomputes [`CpuState::mode_key`].
+    #[inline]
+    pub fn refresh_mode_key(&mut self) {
+        self.mode_key = self.compute_mode_key();
     }
 
     /// A 64-bit flat state with paging off, for unit and differential tests: CS.L=1, EFER.LMA=1.

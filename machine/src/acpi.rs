@@ -183,7 +183,7 @@ impl crate::Machine {
         }
         self.board.mem.load(base::GuestPhysAddr(tables_addr), &tables)?;
         self.board.mem.load(base::GuestPhysAddr(rsdp_addr), &rsdp)?;
-        cpu::ExecutionEngine::invalidate_phys(&mut self.engine, 0, u64::MAX);
+        self.engine.invalidate_phys(0, u64::MAX);
         self.board.enable_pm_io();
         Ok(tables_addr + tables.len() as u64)
     }

@@ -10,11 +10,33 @@ pub mod linux;
 pub mod loader;
 mod serial_input;
 pub use serial_input::{format_input_log, parse_input_log};
+pub mod lockstep;
 
 use base::{GuestPhysAddr, VirtualInstant};
 use board::{Board, ConsoleSink};
 use cpu::state::{cr, rflags, seg_attr};
 use cpu::{CpuState, ExecutionEngine, Interpreter, RunExit, Segment};
+
+/// Which execution engine runs the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EngineKind {
+    /// The interpreter.
+    #[default]
+    Interp,
+    /// The binary translator (`jit` crate; the interpreter on hosts other than x86-64).
+    Jit,
+}
+
+impl EngineKind {
+    /// The engine named by `FERRO_ENGINE` (`jit` or `interp`), else the interpreter: lets every
+    /// machine test run under either engine (`FERRO_ENGINE=jit cargo test -p machine`).
+    pub fn from_env() -> Self {
+        match std::env::var("FERRO_ENGINE").as_deref() {
+            Ok("jit") => EngineKind::Jit,
+            _ => EngineKind::Interp,
+        }
+    }
+}
 use mmu::{PhysMemory, PhysMemoryError};
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -108,6 +130,8 @@ pub struct MachineConfig {
     /// Unix time the RTC shows when the guest starts. Host time is an input of the machine,
     /// never read inside a device; the CLI passes the host clock, tests a fixed value.
     pub rtc_unix_seconds: i64,
+    /// The execution engine (default: [`EngineKind::from_env`]).
+    pub engine: EngineKind,
 }
 
 impl Default for MachineConfig {
@@ -121,6 +145,7 @@ impl Default for MachineConfig {
             no_reboot: false,
             // 2026-01-01T00:00:00Z: a fixed, reproducible default.
             rtc_unix_seconds: 1_767_225_600,
+            engine: EngineKind::from_env(),
         }
     }
 }
@@ -164,7 +189,7 @@ pub enum KernelKind {
 #[derive(Debug)]
 pub struct Machine {
     cpu: Box<CpuState>,
-    engine: Interpreter,
+    engine: Box<dyn ExecutionEngine>,
     board: Board,
     capture: Option<Rc<RefCell<Vec<u8>>>>,
     fwlog_capture: Option<Rc<RefCell<Vec<u8>>>>,
@@ -212,8 +237,18 @@ impl Machine {
         let fwlog_sink =
             ConsoleSink { stdout: false, stderr: config.firmware_log_stderr, capture: fwlog_capture.clone() };
         let board = Board::new(mem, sink, fwlog_sink, config.rtc_unix_seconds, ram)?;
-        let mut engine = Interpreter::new();
-        engine.trace = config.trace;
+        let engine: Box<dyn ExecutionEngine> = match config.engine {
+            EngineKind::Interp => {
+                let mut e = Interpreter::new();
+                e.trace = config.trace;
+                Box::new(e)
+            }
+            EngineKind::Jit => {
+                let mut e = jit::Translator::new();
+                e.trace = config.trace;
+                Box::new(e)
+            }
+        };
         Ok(Machine {
             cpu: Box::new(CpuState::new()),
             engine,
@@ -664,6 +699,11 @@ impl Machine {
     /// Instructions retired so far.
     pub fn instructions(&self) -> u64 {
         self.cpu.icount
+    }
+
+    /// The engine's name and statistics (`--stats`).
+    pub fn engine_stats(&self) -> (&'static str, Option<String>) {
+        (self.engine.name(), self.engine.stats_text())
     }
 
     /// The CPU state (for tests and debugging).

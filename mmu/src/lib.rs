@@ -1,18 +1,20 @@
 //! Guest memory for Ferrovisor: one host mapping for RAM and ROM, a physical memory map,
 //! a soft TLB shared by the interpreter and the future JIT, and the x86 page walk.
 
+pub mod code;
 pub mod paging;
 pub mod phys;
 pub mod ram;
 pub mod tlb;
 
+pub use code::{CodePages, CodeRange};
 pub use paging::{
     translate, PageFault, PagingMode, Translation, WalkAccess, WalkRegs, MAX_PHYS_BITS, PF_FETCH, PF_PRESENT, PF_RSVD,
     PF_USER, PF_WRITE,
 };
 pub use phys::{PhysMemory, PhysMemoryError, Region, RegionKind};
 pub use ram::{GuestRam, GuestRamError};
-pub use tlb::{SoftTlb, TlbAccess, TlbEntry, TlbStats, TLB_ENTRIES, TLB_INVALID, TLB_SLOW};
+pub use tlb::{SoftTlb, TlbAccess, TlbEntry, TlbSide, TlbStats, TLB_ENTRIES, TLB_GEN_MASK, TLB_INVALID, TLB_SLOW};
 
 /// Size of a guest page in bytes.
 pub const PAGE_SIZE: u64 = 4096;

@@ -114,6 +114,8 @@ pub struct Translation {
     pub global: bool,
     /// The final entry's dirty bit is already set (writes need no page-table update).
     pub dirty: bool,
+    /// log2 of the size of the page that maps the address (12, 21, 22 or 30).
+    pub page_bits: u32,
 }
 
 /// A page fault to deliver to the guest.
@@ -168,6 +170,7 @@ pub fn translate(
             executable: true,
             global: false,
             dirty: true,
+            page_bits: 12,
         });
     }
     let nxe = regs.efer & EFER_NXE != 0 && mode != PagingMode::TwoLevel;
@@ -265,6 +268,7 @@ pub fn translate(
             executable: exec_ok,
             global: entry & PTE_G != 0 && regs.cr4 & CR4_PGE != 0,
             dirty: access.write || entry & PTE_D != 0,
+            page_bits,
         });
     }
 }

@@ -4,6 +4,7 @@
 //! offset it starts at, so aliases (the BIOS visible both below 1 MiB and below 4 GiB) share bytes.
 //! MMIO regions carry an id that the machine dispatches to a device.
 
+use crate::code::CodePages;
 use crate::ram::{GuestRam, GuestRamError};
 use crate::PAGE_SIZE;
 use base::GuestPhysAddr;
@@ -80,8 +81,8 @@ pub struct PhysMemory {
     backing: GuestRam,
     next_backing: u64,
     regions: Vec<Region>,
-    /// One bit per backing page: the CPU holds decoded or translated code from that page.
-    code_pages: Vec<u64>,
+    /// Which backing pages hold decoded or translated code.
+    code: CodePages,
 }
 
 impl PhysMemory {
@@ -91,12 +92,7 @@ impl PhysMemory {
         let size = usize::try_from(bytes).map_err(|_| PhysMemoryError::BadRegion { start: 0, len: backing_bytes })?;
         let backing = GuestRam::new(size)?;
         let pages = bytes / PAGE_SIZE;
-        Ok(PhysMemory {
-            backing,
-            next_backing: 0,
-            regions: Vec::new(),
-            code_pages: vec![0; usize::try_from(pages.div_ceil(64)).unwrap_or(0)],
-        })
+        Ok(PhysMemory { backing, next_backing: 0, regions: Vec::new(), code: CodePages::new(pages) })
     }
 
     fn insert(&mut self, region: Region) -> Result<(), PhysMemoryError> {
@@ -226,42 +222,40 @@ impl PhysMemory {
     }
 
     fn clear_code_range(&mut self, off: u64, len: u64) {
-        if len == 0 {
-            return;
-        }
-        for page in off / PAGE_SIZE..=(off + len - 1) / PAGE_SIZE {
-            self.clear_code_page(page);
-        }
+        self.code.clear_range(off, len);
     }
 
     /// Marks a backing page as holding code the CPU has cached; returns true if it was not before.
     pub fn mark_code_page(&mut self, backing_page: u64) -> bool {
-        let (w, b) = ((backing_page / 64) as usize, backing_page % 64);
-        match self.code_pages.get_mut(w) {
-            Some(word) if *word & (1 << b) == 0 => {
-                *word |= 1 << b;
-                true
-            }
-            _ => false,
-        }
+        self.code.mark(backing_page)
     }
 
     /// Whether a backing page holds cached code.
     pub fn is_code_page(&self, backing_page: u64) -> bool {
-        let (w, b) = ((backing_page / 64) as usize, backing_page % 64);
-        self.code_pages.get(w).is_some_and(|word| word & (1 << b) != 0)
+        self.code.is_marked(backing_page)
     }
 
-    /// Clears a backing page's code mark; returns true if it was set.
+    /// Clears a backing page's code mark (a write into it); returns true if it was set. The
+    /// page is queued for the engines to invalidate.
     pub fn clear_code_page(&mut self, backing_page: u64) -> bool {
-        let (w, b) = ((backing_page / 64) as usize, backing_page % 64);
-        match self.code_pages.get_mut(w) {
-            Some(word) if *word & (1 << b) != 0 => {
-                *word &= !(1 << b);
-                true
-            }
-            _ => false,
+        self.code.clear(backing_page)
+    }
+
+    /// Writes `data` at backing offset `off` on behalf of a device (DMA): cached code there
+    /// is invalidated. Bytes past the backing store are dropped.
+    pub fn dma_write_backing(&mut self, off: u64, data: &[u8]) {
+        let Ok(start) = usize::try_from(off) else { return };
+        let b = self.backing.as_mut_slice();
+        let n = data.len().min(b.len().saturating_sub(start));
+        if n > 0 {
+            b[start..start + n].copy_from_slice(&data[..n]);
+            self.code.clear_range(off, n as u64);
         }
+    }
+
+    /// The code-page tracker (marks, invalidation queue, per-page counters).
+    pub fn code_pages(&mut self) -> &mut CodePages {
+        &mut self.code
     }
 }
 

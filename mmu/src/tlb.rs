@@ -1,35 +1,47 @@
-//! The soft TLB: one entry format shared by the interpreter and the (future) JIT.
+//! The soft TLB: one entry format shared by the interpreter and the JIT's inline probes.
 //!
-//! Each entry caches one 4 KiB linear page for one privilege class (supervisor or user). It has a
-//! separate tag per access kind, in QEMU's softmmu style:
+//! Each entry caches one 4 KiB linear page for one privilege class (supervisor or user). The
+//! entry the fast path reads is small (32 bytes, [`TlbEntry`]): a separate tag per access kind,
+//! in QEMU's softmmu style, plus the host addend. The side data the slow paths need (physical
+//! page, global bit, page size) lives in a separate array ([`TlbSide`]).
 //!
 //! ```text
-//! read_tag / write_tag / exec_tag = linear page address (bits 63..12) | flag bits (11..0)
+//! read_tag / write_tag / exec_tag = linear page (bits 63..12) | generation (11..2) | flags (1..0)
 //! addend                          = backing offset of the page - linear page address (wrapping)
 //! ```
 //!
-//! The fast path for an access of `size` bytes at linear address `a` is one mask-and-compare:
+//! The fast path for an access of `size` bytes at linear address `a` is one compare against
+//! the page ORed with the current generation [`SoftTlb::gen`]:
 //!
 //! ```text
-//! if tag == (a & PAGE_MASK) && (a & 0xFFF) + size <= 0x1000 {  backing = a + addend  }
+//! if tag == (a & PAGE_MASK) | gen && (a & 0xFFF) + size <= 0x1000 {  backing = a + addend  }
 //! ```
 //!
 //! Any flag bit in the tag makes the compare fail, so these cases fall to the slow path without
 //! a separate test: an invalid entry ([`TLB_INVALID`]), an MMIO page, a write to ROM, a write to a
 //! page holding cached code (self-modifying code detection), and a write that must still set the
-//! page-table dirty bit ([`TLB_SLOW`] for all of those). Generated code adds the host base of the
-//! backing mapping to `backing` to get a host pointer.
+//! page-table dirty bit ([`TLB_SLOW`] for all of those).
+//!
+//! A flush (CR3 write) does not rewrite the entries: it bumps the generation, so every entry
+//! stamped with an older one stops matching. Global entries are re-stamped from a short list
+//! (PCID-less Linux with page-table isolation writes CR3 twice per system call). Only when the
+//! 10-bit generation wraps are all entries rewritten.
 
 use crate::PAGE_MASK;
 
 /// Number of entries per privilege class (direct-mapped by linear page number).
-pub const TLB_ENTRIES: usize = 256;
+pub const TLB_ENTRIES: usize = 1024;
 /// Tag flag: the entry holds nothing.
 pub const TLB_INVALID: u64 = 1;
 /// Tag flag: the translation is known but this access kind must take the slow path.
 pub const TLB_SLOW: u64 = 2;
+/// Tag bits that hold the generation the entry was filled in.
+pub const TLB_GEN_MASK: u64 = 0xFFC;
+/// One generation step.
+const GEN_STEP: u64 = 4;
 
-/// One cached translation. `#[repr(C)]` so generated code can address its fields.
+/// One cached translation as the fast path sees it. `#[repr(C)]` so generated code can address
+/// its fields; 32 bytes so an index scales by a shift.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TlbEntry {
@@ -41,22 +53,34 @@ pub struct TlbEntry {
     pub exec_tag: u64,
     /// Backing offset minus linear page address (wrapping arithmetic).
     pub addend: u64,
-    /// Physical page address of the translation (for slow paths and code tracking).
-    pub phys_page: u64,
-    /// Whether the translation came from a global page (survives CR3 reloads).
-    pub global: bool,
 }
+
+const _: () = assert!(core::mem::size_of::<TlbEntry>() == 32);
 
 impl TlbEntry {
     /// An entry that matches nothing.
-    pub const EMPTY: TlbEntry = TlbEntry {
-        read_tag: TLB_INVALID,
-        write_tag: TLB_INVALID,
-        exec_tag: TLB_INVALID,
-        addend: 0,
-        phys_page: 0,
-        global: false,
-    };
+    pub const EMPTY: TlbEntry =
+        TlbEntry { read_tag: TLB_INVALID, write_tag: TLB_INVALID, exec_tag: TLB_INVALID, addend: 0 };
+}
+
+/// What the slow paths know about an entry (kept apart from the fast-path entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TlbSide {
+    /// Physical page address of the translation.
+    pub phys_page: u64,
+    /// Whether the translation came from a global page (survives CR3 reloads).
+    pub global: bool,
+    /// log2 of the size of the guest page the 4 KiB piece belongs to (12, 21, 22 or 30).
+    pub page_bits: u8,
+    /// The slot is on the global re-stamp list.
+    listed: bool,
+}
+
+impl TlbSide {
+    /// Side data for a translation.
+    pub fn new(phys_page: u64, global: bool, page_bits: u32) -> Self {
+        TlbSide { phys_page, global, page_bits: page_bits as u8, listed: false }
+    }
 }
 
 /// Counters of why accesses left the fast path.
@@ -67,21 +91,52 @@ pub struct TlbStats {
     pub misses: u64,
     /// Full flushes (CR3 writes, mode changes).
     pub flushes: u64,
+    /// Flushes that had to rewrite every entry (generation wrap).
+    pub rewrites: u64,
+    /// INVLPGs that hit a large page and dropped all its 4 KiB pieces.
+    pub large_invlpg: u64,
+    /// Single-page flushes (INVLPG).
+    pub page_flushes: u64,
+}
+
+impl TlbStats {
+    /// Changes whenever a translation may have been dropped (any flush, INVLPG): translated
+    /// code compares it to know that the mapping of its own page still holds.
+    pub fn epoch(&self) -> u64 {
+        self.flushes.wrapping_add(self.page_flushes)
+    }
 }
 
 /// Two direct-mapped sets: index 0 for supervisor accesses, 1 for user accesses.
 #[repr(C)]
 #[derive(Debug, Clone)]
 pub struct SoftTlb {
-    /// `sets[user as usize][index(page)]`.
+    /// `sets[user as usize][index(page)]`: the fast-path entries (first field: offset 0).
     pub sets: [[TlbEntry; TLB_ENTRIES]; 2],
+    /// The current generation, already in tag position ([`TLB_GEN_MASK`]); never 0.
+    pub gen: u64,
     /// Slow-path counters.
     pub stats: TlbStats,
+    /// Side data, `side[user as usize * TLB_ENTRIES + index]`.
+    side: Vec<TlbSide>,
+    /// Slots holding global entries, re-stamped on a non-global flush.
+    globals: Vec<u16>,
+    /// Linear range `[large_lo, large_hi]` covered by cached pieces of large pages.
+    large_lo: u64,
+    large_hi: u64,
 }
 
 impl Default for SoftTlb {
     fn default() -> Self {
-        SoftTlb { sets: [[TlbEntry::EMPTY; TLB_ENTRIES]; 2], stats: TlbStats::default() }
+        SoftTlb {
+            sets: [[TlbEntry::EMPTY; TLB_ENTRIES]; 2],
+            gen: GEN_STEP,
+            stats: TlbStats::default(),
+            side: vec![TlbSide::default(); 2 * TLB_ENTRIES],
+            globals: Vec::new(),
+            large_lo: u64::MAX,
+            large_hi: 0,
+        }
     }
 }
 
@@ -94,6 +149,14 @@ pub enum TlbAccess {
     Write,
     /// Instruction fetch.
     Exec,
+}
+
+fn restamp(tag: u64, gen: u64) -> u64 {
+    if tag & TLB_INVALID != 0 {
+        tag
+    } else {
+        (tag & !TLB_GEN_MASK) | gen
+    }
 }
 
 impl SoftTlb {
@@ -112,7 +175,7 @@ impl SoftTlb {
             TlbAccess::Write => e.write_tag,
             TlbAccess::Exec => e.exec_tag,
         };
-        if tag == (linear & PAGE_MASK) && (linear & 0xFFF) + size <= 0x1000 {
+        if tag == (linear & PAGE_MASK) | self.gen && (linear & 0xFFF) + size <= 0x1000 {
             Some(linear.wrapping_add(e.addend))
         } else {
             None
@@ -124,34 +187,114 @@ impl SoftTlb {
         &self.sets[user as usize][Self::index(linear)]
     }
 
-    /// Installs an entry for the page of `linear`.
-    pub fn fill(&mut self, user: bool, linear: u64, entry: TlbEntry) {
-        self.sets[user as usize][Self::index(linear)] = entry;
+    /// The side data for `linear`'s slot, whatever the entry's tags say.
+    pub fn side(&self, user: bool, linear: u64) -> &TlbSide {
+        &self.side[user as usize * TLB_ENTRIES + Self::index(linear)]
     }
 
-    /// Drops every entry.
-    pub fn flush_all(&mut self) {
-        self.stats.flushes += 1;
+    /// Installs an entry for the page of `linear`. Tags are given without a generation (plain
+    /// page address, maybe with [`TLB_SLOW`]); the current one is stamped in.
+    pub fn fill(&mut self, user: bool, linear: u64, entry: TlbEntry, side: TlbSide) {
+        let i = Self::index(linear);
+        let g = self.gen;
+        self.sets[user as usize][i] = TlbEntry {
+            read_tag: restamp(entry.read_tag, g),
+            write_tag: restamp(entry.write_tag, g),
+            exec_tag: restamp(entry.exec_tag, g),
+            addend: entry.addend,
+        };
+        let slot = user as usize * TLB_ENTRIES + i;
+        let listed = self.side[slot].listed;
+        self.side[slot] = TlbSide { listed: listed || side.global, ..side };
+        if side.global && !listed {
+            self.globals.push(slot as u16);
+        }
+        if side.page_bits > 12 {
+            let size = 1u64 << side.page_bits;
+            let base = linear & !(size - 1);
+            self.large_lo = self.large_lo.min(base);
+            self.large_hi = self.large_hi.max(base.wrapping_add(size - 1));
+        }
+    }
+
+    /// Moves to the next generation; on a wrap, rewrites every entry. Returns false on a wrap.
+    fn bump(&mut self) -> bool {
+        self.gen += GEN_STEP;
+        if self.gen & !TLB_GEN_MASK == 0 {
+            return true;
+        }
+        self.stats.rewrites += 1;
+        self.gen = GEN_STEP;
         for set in &mut self.sets {
             set.fill(TlbEntry::EMPTY);
         }
+        for s in &mut self.side {
+            s.listed = false;
+        }
+        self.globals.clear();
+        self.large_lo = u64::MAX;
+        self.large_hi = 0;
+        false
     }
 
-    /// Drops every non-global entry (a CR3 write with CR4.PGE set).
-    pub fn flush_non_global(&mut self) {
+    /// Drops every entry (O(1) except when the generation wraps).
+    pub fn flush_all(&mut self) {
         self.stats.flushes += 1;
-        for e in self.sets.iter_mut().flat_map(|s| s.iter_mut()) {
-            if !e.global {
-                *e = TlbEntry::EMPTY;
+        if self.bump() {
+            for &s in &self.globals {
+                self.side[s as usize].listed = false;
             }
+            self.globals.clear();
+            self.large_lo = u64::MAX;
+            self.large_hi = 0;
         }
     }
 
-    /// Drops the entries for one linear page (INVLPG).
+    /// Drops every non-global entry (a CR3 write with CR4.PGE set): O(number of global entries).
+    pub fn flush_non_global(&mut self) {
+        self.stats.flushes += 1;
+        let old = self.gen;
+        if !self.bump() {
+            return;
+        }
+        let g = self.gen;
+        let (sets, side) = (&mut self.sets, &mut self.side);
+        self.globals.retain(|&slot| {
+            let s = slot as usize;
+            let e = &mut sets[s / TLB_ENTRIES][s % TLB_ENTRIES];
+            let live = side[s].global && e.read_tag & (TLB_INVALID | TLB_GEN_MASK) == old;
+            if live {
+                e.read_tag = restamp(e.read_tag, g);
+                e.write_tag = restamp(e.write_tag, g);
+                e.exec_tag = restamp(e.exec_tag, g);
+            } else {
+                side[s].listed = false;
+            }
+            live
+        });
+    }
+
+    /// Drops the entries for one linear page (INVLPG). If the page belongs to a large page whose
+    /// 4 KiB pieces are cached, every piece of that large page is dropped (SDM 4.10.4.1).
     pub fn flush_page(&mut self, linear: u64) {
+        self.stats.page_flushes += 1;
         let i = Self::index(linear);
         for set in &mut self.sets {
             set[i] = TlbEntry::EMPTY;
+        }
+        if linear < self.large_lo || linear > self.large_hi {
+            return;
+        }
+        self.stats.large_invlpg += 1;
+        for (slot, side) in self.side.iter().enumerate() {
+            if side.page_bits > 12 {
+                let size = 1u64 << side.page_bits;
+                let e = &mut self.sets[slot / TLB_ENTRIES][slot % TLB_ENTRIES];
+                // The tag holds the linear page of a valid entry; compare the large-page bases.
+                if e.read_tag & TLB_INVALID == 0 && (e.read_tag & !(size - 1)) == (linear & !(size - 1)) {
+                    *e = TlbEntry::EMPTY;
+                }
+            }
         }
     }
 
@@ -159,7 +302,7 @@ impl SoftTlb {
     pub fn protect_backing_page(&mut self, backing_page_addr: u64) {
         for e in self.sets.iter_mut().flat_map(|s| s.iter_mut()) {
             if e.write_tag & (TLB_INVALID | TLB_SLOW) == 0
-                && (e.write_tag.wrapping_add(e.addend) & PAGE_MASK) == backing_page_addr
+                && ((e.write_tag & PAGE_MASK).wrapping_add(e.addend) & PAGE_MASK) == backing_page_addr
             {
                 e.write_tag |= TLB_SLOW;
             }
@@ -171,27 +314,21 @@ impl SoftTlb {
 mod tests {
     use super::*;
 
+    fn ent(lin: u64, backing: u64, write_flags: u64) -> TlbEntry {
+        TlbEntry { read_tag: lin, write_tag: lin | write_flags, exec_tag: lin, addend: backing.wrapping_sub(lin) }
+    }
+
     #[test]
     fn test_tlb_fast_path_and_page_cross() {
         let mut t = SoftTlb::default();
         let lin = 0x7000_1000u64;
-        t.fill(
-            false,
-            lin,
-            TlbEntry {
-                read_tag: lin,
-                write_tag: lin | TLB_SLOW,
-                exec_tag: lin,
-                addend: 0x5000u64.wrapping_sub(lin),
-                phys_page: 0x5000,
-                global: false,
-            },
-        );
+        t.fill(false, lin, ent(lin, 0x5000, TLB_SLOW), TlbSide::new(0x5000, false, 12));
         assert_eq!(t.lookup(false, TlbAccess::Read, lin + 0x10, 4), Some(0x5010));
         assert_eq!(t.lookup(false, TlbAccess::Read, lin + 0xFFC, 4), Some(0x5FFC));
         assert_eq!(t.lookup(false, TlbAccess::Read, lin + 0xFFD, 4), None, "crosses the page");
         assert_eq!(t.lookup(false, TlbAccess::Write, lin, 1), None, "slow flag forces slow path");
         assert_eq!(t.lookup(true, TlbAccess::Read, lin, 1), None, "user set is separate");
+        assert_eq!(t.side(false, lin).phys_page, 0x5000);
         t.flush_page(lin + 0x123);
         assert_eq!(t.lookup(false, TlbAccess::Read, lin, 1), None);
     }
@@ -200,18 +337,7 @@ mod tests {
     fn test_tlb_protect_backing_page() {
         let mut t = SoftTlb::default();
         let lin = 0x40_0000u64;
-        t.fill(
-            false,
-            lin,
-            TlbEntry {
-                read_tag: lin,
-                write_tag: lin,
-                exec_tag: lin,
-                addend: 0x9000u64.wrapping_sub(lin),
-                phys_page: 0x9000,
-                global: true,
-            },
-        );
+        t.fill(false, lin, ent(lin, 0x9000, 0), TlbSide::new(0x9000, true, 12));
         assert!(t.lookup(false, TlbAccess::Write, lin, 8).is_some());
         t.protect_backing_page(0x9000);
         assert!(t.lookup(false, TlbAccess::Write, lin, 8).is_none());
@@ -220,5 +346,46 @@ mod tests {
         assert!(t.lookup(false, TlbAccess::Read, lin, 8).is_some(), "global survives");
         t.flush_all();
         assert!(t.lookup(false, TlbAccess::Read, lin, 8).is_none());
+    }
+
+    #[test]
+    fn test_tlb_generation_flush_and_wrap() {
+        let mut t = SoftTlb::default();
+        let (g, n) = (0x1000u64, 0x2000u64);
+        // Far more flushes than generations: entries filled before a flush never match after
+        // it, global ones always do, across every wrap.
+        for round in 0..5000u64 {
+            t.fill(false, g, ent(g, 0x3000, 0), TlbSide::new(0x3000, true, 12));
+            t.fill(true, n, ent(n, 0x4000, 0), TlbSide::new(0x4000, false, 12));
+            assert!(t.lookup(true, TlbAccess::Read, n, 1).is_some());
+            t.flush_non_global();
+            assert!(t.lookup(true, TlbAccess::Read, n, 1).is_none(), "round {round}");
+            if t.stats.rewrites == 0 {
+                assert!(t.lookup(false, TlbAccess::Read, g, 1).is_some(), "round {round}");
+            }
+        }
+        assert!(t.stats.rewrites >= 4, "the generation wrapped");
+        t.fill(false, g, ent(g, 0x3000, 0), TlbSide::new(0x3000, true, 12));
+        t.flush_all();
+        assert!(t.lookup(false, TlbAccess::Read, g, 1).is_none(), "flush_all drops global entries");
+    }
+
+    #[test]
+    fn test_tlb_invlpg_drops_every_piece_of_a_large_page() {
+        let mut t = SoftTlb::default();
+        // Three 4 KiB pieces of the 2 MiB page at 0x20_0000, one of the next large page, and a
+        // small page inside the same range of slots.
+        for off in [0x0u64, 0x1000, 0x1F_F000] {
+            let lin = 0x20_0000 + off;
+            t.fill(false, lin, ent(lin, 0x80_0000 + off, 0), TlbSide::new(0x80_0000 + off, false, 21));
+        }
+        t.fill(false, 0x40_2000, ent(0x40_2000, 0x2000, 0), TlbSide::new(0x2000, false, 21));
+        t.fill(false, 0x50_3000, ent(0x50_3000, 0x3000, 0), TlbSide::new(0x3000, false, 12));
+        t.flush_page(0x20_1234);
+        for off in [0x0u64, 0x1000, 0x1F_F000] {
+            assert!(t.lookup(false, TlbAccess::Read, 0x20_0000 + off, 1).is_none(), "{off:#x}");
+        }
+        assert!(t.lookup(false, TlbAccess::Read, 0x40_2000, 1).is_some(), "other large page kept");
+        assert!(t.lookup(false, TlbAccess::Read, 0x50_3000, 1).is_some(), "small page kept");
     }
 }

@@ -24,6 +24,7 @@
 //! | 0x80000 | protected/long-mode stack top |
 //! | 0x100000 | data of the demo (the prime sieve) |
 
+mod bench;
 mod boot;
 mod checks;
 mod conformance;
@@ -33,6 +34,7 @@ mod fuzz;
 mod layout;
 mod system;
 
+pub use bench::{bench_guest, bench_reference};
 pub use boot::{boot_disk, boot_sector, BOOT_MESSAGE_DONE, BOOT_MESSAGE_INT10, BOOT_MESSAGE_SERIAL};
 pub use checks::{
     apic, exceptions_protected, exceptions_real, fast_timer_halt, long_mode_switch, pit_interrupts, real_mode_arith,

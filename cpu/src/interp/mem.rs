@@ -5,7 +5,14 @@ use super::Cx;
 use crate::exception::Exception;
 use crate::state::{seg_attr, CpuMode, SegReg};
 use base::{AccessSize, GuestPhysAddr};
-use mmu::{RegionKind, TlbAccess, TlbEntry, WalkAccess, WalkRegs, PAGE_MASK, TLB_SLOW};
+use mmu::{RegionKind, TlbAccess, TlbEntry, TlbSide, WalkAccess, WalkRegs, PAGE_MASK, TLB_SLOW};
+
+/// A translation just installed in the TLB: the entry (tags without generation) and its side data.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Filled {
+    pub(crate) e: TlbEntry,
+    pub(crate) side: TlbSide,
+}
 
 /// Little-endian load of `size` bytes (1, 2, 4 or 8) without a memcpy call.
 #[inline(always)]
@@ -99,7 +106,7 @@ impl Cx<'_> {
     }
 
     /// Walks the page tables for `lin` and installs a TLB entry for its page.
-    pub(crate) fn tlb_fill(&mut self, lin: u64, access: TlbAccess, user: bool) -> Result<TlbEntry, Exception> {
+    pub(crate) fn tlb_fill(&mut self, lin: u64, access: TlbAccess, user: bool) -> Result<Filled, Exception> {
         let regs = self.walk_regs();
         let walk = WalkAccess { write: access == TlbAccess::Write, user, fetch: access == TlbAccess::Exec };
         let mem = self.bus.memory();
@@ -109,8 +116,8 @@ impl Cx<'_> {
         let page = lin & PAGE_MASK;
         let phys_page = t.phys & PAGE_MASK;
         let slow = page | TLB_SLOW;
-        let mut e =
-            TlbEntry { read_tag: slow, write_tag: slow, exec_tag: slow, addend: 0, phys_page, global: t.global };
+        let side = TlbSide::new(phys_page, t.global, t.page_bits);
+        let mut e = TlbEntry { read_tag: slow, write_tag: slow, exec_tag: slow, addend: 0 };
         if let Some(r) = mem.lookup(GuestPhysAddr(phys_page)) {
             match r.kind {
                 RegionKind::Ram { backing } | RegionKind::Rom { backing } => {
@@ -135,11 +142,11 @@ impl Cx<'_> {
             let mut watched = e;
             watched.read_tag |= TLB_SLOW;
             watched.write_tag |= TLB_SLOW;
-            self.cpu.tlb.fill(user, lin, watched);
+            self.cpu.tlb.fill(user, lin, watched, side);
         } else {
-            self.cpu.tlb.fill(user, lin, e);
+            self.cpu.tlb.fill(user, lin, e, side);
         }
-        Ok(e)
+        Ok(Filled { e, side })
     }
 
     #[inline]
@@ -174,8 +181,8 @@ impl Cx<'_> {
         if self.cpu.dr[7] & 0xFF != 0 {
             self.data_breakpoint_check(lin, size, false);
         }
-        let e = self.tlb_fill(lin, TlbAccess::Read, user)?;
-        let phys = e.phys_page | (lin & 0xFFF);
+        let Filled { e, side } = self.tlb_fill(lin, TlbAccess::Read, user)?;
+        let phys = side.phys_page | (lin & 0xFFF);
         if e.read_tag & TLB_SLOW == 0 {
             let b = lin.wrapping_add(e.addend) as usize;
             let m = self.bus.memory().backing();
@@ -228,12 +235,12 @@ impl Cx<'_> {
         if self.cpu.dr[7] & 0xFF != 0 {
             self.data_breakpoint_check(lin, size, true);
         }
-        let e = self.tlb_fill(lin, TlbAccess::Write, user)?;
-        let phys = e.phys_page | (lin & 0xFFF);
+        let Filled { e, side } = self.tlb_fill(lin, TlbAccess::Write, user)?;
+        let phys = side.phys_page | (lin & 0xFFF);
         let region = self.bus.memory().lookup(GuestPhysAddr(phys)).copied();
         match region.map(|r| r.kind) {
             Some(RegionKind::Ram { backing }) => {
-                let bpage = backing + (e.phys_page - region.map_or(0, |r| r.start));
+                let bpage = backing + (side.phys_page - region.map_or(0, |r| r.start));
                 if self.bus.memory().clear_code_page(bpage >> 12) {
                     self.cache.invalidate_page(bpage);
                     self.code_written = true;
@@ -248,7 +255,7 @@ impl Cx<'_> {
                 if !(self.page_watched(lin & PAGE_MASK) || self.ac_active && user) {
                     let mut e2 = e;
                     e2.write_tag = lin & PAGE_MASK;
-                    self.cpu.tlb.fill(user, lin, e2);
+                    self.cpu.tlb.fill(user, lin, e2, side);
                 }
                 Ok(())
             }
@@ -339,10 +346,10 @@ impl Cx<'_> {
             let b = match self.cpu.tlb.lookup(user, TlbAccess::Exec, a, 1) {
                 Some(b) => Some(b),
                 None => match self.tlb_fill(a, TlbAccess::Exec, user) {
-                    Ok(e) if e.exec_tag & TLB_SLOW == 0 => Some(a.wrapping_add(e.addend)),
-                    Ok(e) => {
+                    Ok(Filled { e, .. }) if e.exec_tag & TLB_SLOW == 0 => Some(a.wrapping_add(e.addend)),
+                    Ok(Filled { side, .. }) => {
                         // Executing from MMIO or unmapped space.
-                        match self.phys_read_device(e.phys_page | (a & 0xFFF), 1) {
+                        match self.phys_read_device(side.phys_page | (a & 0xFFF), 1) {
                             Ok(v) => {
                                 *slot = v as u8;
                                 continue;

@@ -149,6 +149,10 @@ pub(crate) struct Cx<'a> {
     /// A port or MMIO write happened, or an event needs a look (a waiting NMI after IRET): the
     /// run loop services NMIs and asks the bus whether to stop.
     pub(crate) io_written: bool,
+    /// A port or MMIO access happened: the run loop refreshes `CpuState::irq_pending`.
+    pub(crate) io_touched: bool,
+    /// A port or MMIO access happened during this context's life (never reset).
+    pub(crate) any_io: bool,
     /// Cached code was overwritten.
     pub(crate) code_written: bool,
     /// The instruction changed the mode, paging or CS: refresh `mode`.
@@ -217,16 +221,56 @@ impl Interpreter {
         Interpreter { cache: DecodeCache::new(), trace: false }
     }
 
+    /// One turn of the run loop for the JIT's per-instruction helper (see
+    /// [`crate::helpers::helper_step`]): the run's end is `cpu.budget_end`.
+    pub fn step_for_jit(&mut self, cpu: &mut CpuState, bus: &mut dyn CpuBus, trace: bool) -> u32 {
+        use crate::helpers::exit;
+        let end = cpu.budget_end;
+        let mut cx = Cx::new(cpu, bus, &mut self.cache, end, true);
+        let rip = cx.cpu.rip;
+        let icount = cx.cpu.icount;
+        let epoch = cx.cpu.tlb.stats.epoch();
+        let interrupt = cx.cpu.rflags & rflags::IF != 0 && !cx.cpu.interrupt_shadow && cx.cpu.irq_pending;
+        let r = if trace { cx.run_one::<true>() } else { cx.run_one::<false>() };
+        match r {
+            Some(RunExit::Halted) => exit::HALTED,
+            Some(RunExit::TripleFault) => exit::TRIPLE_FAULT,
+            Some(RunExit::Stopped) => exit::STOPPED,
+            Some(RunExit::BudgetExhausted) => exit::BLOCK_END,
+            None => {
+                let fell_through = cx.cpu.rip == cx.next_rip && cx.cpu.rip != rip;
+                let quiet = !interrupt && !cx.any_io && !cx.code_written && !cx.cpu.interrupt_shadow && !cx.cpu.halted;
+                let deliverable = cx.cpu.rflags & rflags::IF != 0 && cx.cpu.irq_pending;
+                // Generated code after the helper assumes the mode it was translated for.
+                // ... and that the mapping of its code still holds (no TLB flush, no INVLPG).
+                let same_mode = cx.cpu.compute_mode_key() == cx.cpu.mode_key && cx.cpu.tlb.stats.epoch() == epoch;
+                if fell_through
+                    && quiet
+                    && !deliverable
+                    && same_mode
+                    && cx.cpu.icount == icount + 1
+                    && cx.cpu.icount < end
+                {
+                    exit::CONTINUE
+                } else {
+                    exit::BLOCK_END
+                }
+            }
+        }
+    }
+
     /// Decode-cache hits and misses so far.
     pub fn decode_stats(&self) -> (u64, u64) {
         (self.cache.hits, self.cache.misses)
     }
 
-    /// Executes exactly one instruction. An exception is returned, not delivered; RIP and RSP
-    /// are left as they were before the instruction.
+    /// Executes exactly one instruction (a REP string instruction runs all its iterations). An
+    /// exception is returned, not delivered; RIP and RSP are left as they were before the
+    /// instruction. The instruction count follows the rule on [`CpuState::icount`].
     pub fn step(&mut self, cpu: &mut CpuState, bus: &mut dyn CpuBus) -> Result<(), Exception> {
         let mut cx = Cx::new(cpu, bus, &mut self.cache, u64::MAX, false);
         let r = cx.step_one(false);
+        cx.cpu.icount += 1;
         match r {
             Ok(()) => Ok(()),
             Err(Stop::Exc(e)) => Err(e),
@@ -252,6 +296,8 @@ impl<'a> Cx<'a> {
             mode,
             sys_access: false,
             io_written: false,
+            io_touched: false,
+            any_io: false,
             code_written: false,
             mode_changed: false,
             budget_end,
@@ -274,6 +320,8 @@ impl<'a> Cx<'a> {
     /// The bus for a port or MMIO access, with its clock brought to the current instruction.
     #[inline]
     pub(crate) fn io_bus(&mut self) -> &mut dyn CpuBus {
+        self.io_touched = true;
+        self.any_io = true;
         self.bus.advance_clock(self.cpu.icount);
         &mut *self.bus
     }
@@ -519,46 +567,62 @@ impl Cx<'_> {
 
     /// The run loop, specialized on tracing so the untraced loop carries no trace checks.
     fn run_loop<const TRACE: bool>(&mut self, end: u64) -> RunExit {
-        let cx = self;
-        while cx.cpu.icount < end {
-            // External interrupts are taken between instructions (NMIs: see `service_nmi`).
-            if cx.cpu.rflags & rflags::IF != 0 && !cx.cpu.interrupt_shadow && cx.bus.interrupt_pending() {
-                if let Some(v) = cx.bus.acknowledge_interrupt() {
-                    cx.cpu.halted = false;
-                    cx.fetch_lin_page = u64::MAX;
-                    let rip = cx.cpu.rip;
-                    if let Err(e) = cx.deliver(v, system::IntKind::External, rip, None) {
-                        if cx.raise(e).is_err() {
-                            return RunExit::TripleFault;
-                        }
-                    }
-                    cx.mode = cx.cpu.mode();
-                }
-            }
-            cx.cpu.interrupt_shadow = false;
-            if cx.cpu.halted {
-                return RunExit::Halted;
-            }
-            match cx.step_one(TRACE) {
-                Ok(()) => {}
-                Err(Stop::Exc(e)) => {
-                    if cx.raise(e).is_err() {
-                        cx.cpu.icount += 1;
-                        return RunExit::TripleFault;
-                    }
-                }
-            }
-            cx.cpu.icount += 1;
-            if cx.io_written {
-                cx.io_written = false;
-                // A device may have remapped memory (ROM shadowing, A20): translate again.
-                cx.fetch_lin_page = u64::MAX;
-                if cx.bus.stop_requested() {
-                    return RunExit::Stopped;
-                }
+        while self.cpu.icount < end {
+            if let Some(x) = self.run_one::<TRACE>() {
+                return x;
             }
         }
         RunExit::BudgetExhausted
+    }
+
+    /// One step of the run loop: take a pending interrupt (counts 0), then execute one
+    /// instruction or one REP iteration (counts 1, faulting or not). `Some` ends the run.
+    #[inline(always)]
+    pub(crate) fn run_one<const TRACE: bool>(&mut self) -> Option<RunExit> {
+        // External interrupts are taken between instructions.
+        if self.cpu.rflags & rflags::IF != 0 && !self.cpu.interrupt_shadow && self.cpu.irq_pending {
+            let ack = self.bus.acknowledge_interrupt();
+            self.cpu.irq_pending = self.bus.interrupt_pending();
+            if let Some(v) = ack {
+                self.cpu.halted = false;
+                self.fetch_lin_page = u64::MAX;
+                let rip = self.cpu.rip;
+                if let Err(e) = self.deliver(v, system::IntKind::External, rip, None) {
+                    if self.raise(e).is_err() {
+                        return Some(RunExit::TripleFault);
+                    }
+                }
+                self.mode = self.cpu.mode();
+            }
+        }
+        self.cpu.interrupt_shadow = false;
+        if self.cpu.halted {
+            return Some(RunExit::Halted);
+        }
+        match self.step_one(TRACE) {
+            Ok(()) => {}
+            Err(Stop::Exc(e)) => {
+                if self.raise(e).is_err() {
+                    self.cpu.icount += 1;
+                    return Some(RunExit::TripleFault);
+                }
+            }
+        }
+        self.cpu.icount += 1;
+        if self.io_touched {
+            self.io_touched = false;
+            self.cpu.irq_pending = self.bus.interrupt_pending();
+        }
+        if self.io_written {
+            self.io_written = false;
+            // A device may have remapped memory (ROM shadowing, A20): translate again.
+            self.fetch_lin_page = u64::MAX;
+            if self.bus.stop_requested() {
+                self.cpu.stop_requested = true;
+                return Some(RunExit::Stopped);
+            }
+        }
+        None
     }
 }
 
@@ -596,6 +660,10 @@ fn trace_instr(cpu: &CpuState, instr: &Instruction) {
 impl ExecutionEngine for Interpreter {
     fn run(&mut self, cpu: &mut CpuState, bus: &mut dyn CpuBus, budget: base::InstrCount) -> RunExit {
         let end = cpu.icount.saturating_add(budget);
+        cpu.budget_end = end;
+        cpu.irq_pending = bus.interrupt_pending();
+        cpu.stop_requested = false;
+        cpu.refresh_mode_key();
         let trace = self.trace;
         let mut cx = Cx::new(cpu, bus, &mut self.cache, end, true);
         let end = match cx.service_nmi() {
@@ -618,5 +686,14 @@ impl ExecutionEngine for Interpreter {
 
     fn flush_for_mode_change(&mut self, cpu: &mut CpuState) {
         cpu.tlb.flush_all();
+    }
+
+    fn name(&self) -> &'static str {
+        "interp"
+    }
+
+    fn stats_text(&self) -> Option<String> {
+        let (hits, misses) = self.decode_stats();
+        Some(format!("decode cache hits: {hits}\ndecode cache misses: {misses}"))
     }
 }

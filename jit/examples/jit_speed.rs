@@ -1,0 +1,51 @@
+//! Guest MIPS of the interpreter and the JIT on the same 64-bit integer loop, in one run
+//! (`FERRO_SPEED_ITERS` scales it; the loop is the one of `cpu/examples/speed.rs`).
+//! `FERRO_SPEED_ENGINE=jit` or `interp` runs one engine only (for instruction counting, e.g.
+//! `valgrind --tool=callgrind --smc-check=all-non-file`).
+
+use cpu::{CpuState, ExecutionEngine, Interpreter, RamBus};
+use iced_x86::code_asm::*;
+
+fn main() {
+    let mut a = CodeAssembler::new(64).unwrap();
+    let mut top = a.create_label();
+    a.xor(eax, eax).unwrap();
+    let iters: u32 = std::env::var("FERRO_SPEED_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(30_000_000);
+    a.mov(ecx, iters).unwrap();
+    a.mov(rsi, 0x8000u64).unwrap();
+    a.set_label(&mut top).unwrap();
+    a.add(rax, rcx).unwrap();
+    a.mov(qword_ptr(rsi), rax).unwrap();
+    a.xor(rdx, qword_ptr(rsi)).unwrap();
+    a.shl(rdx, 1).unwrap();
+    a.dec(ecx).unwrap();
+    a.jnz(top).unwrap();
+    a.hlt().unwrap();
+    let code = a.assemble(0x1000).unwrap();
+    let only = std::env::var("FERRO_SPEED_ENGINE").ok();
+    let mut engines: Vec<Box<dyn ExecutionEngine>> = match only.as_deref() {
+        Some("jit") => vec![Box::new(jit::Translator::new())],
+        Some("interp") => vec![Box::new(Interpreter::new())],
+        _ => vec![Box::new(Interpreter::new()), Box::new(jit::Translator::new())],
+    };
+    let mut results = Vec::new();
+    for e in &mut engines {
+        let mut bus = RamBus::with_code(1 << 20, &code, 0x1000).unwrap();
+        let mut cpu = CpuState::new_flat64();
+        cpu.rip = 0x1000;
+        let t = std::time::Instant::now();
+        let exit = e.run(&mut cpu, &mut bus, u64::MAX);
+        let s = t.elapsed().as_secs_f64();
+        let mips = cpu.icount as f64 / s / 1e6;
+        println!("{:>6}: {exit:?} {} insns in {s:.3}s = {mips:.1} MIPS", e.name(), cpu.icount);
+        if let Some(st) = e.stats_text() {
+            println!("        {}", st.replace('\n', "; "));
+        }
+        results.push((mips, cpu.gpr, cpu.icount));
+    }
+    if results.len() == 2 {
+        assert_eq!(results[0].1, results[1].1, "engines disagree");
+        assert_eq!(results[0].2, results[1].2, "engines disagree on the instruction count");
+        println!("jit/interp = {:.2}x", results[1].0 / results[0].0);
+    }
+}

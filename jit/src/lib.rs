@@ -1,0 +1,139 @@
+//! The binary translator: guest x86 code is translated a block at a time into x86-64 host
+//! code with `dynasmrt`, exact and in lockstep with the interpreter.
+//!
+//! **How.** Blocks are keyed by (backing offset of the first instruction,
+//! [`cpu::CpuState::mode_key`]) and end at a control transfer, a HLT, the end of the page or
+//! after [`MAX_BLOCK_INSNS`] instructions. In flat 32- and 64-bit code these run as host code on
+//! the `CpuState` fields: MOV, ADD/ADC/SUB/SBB/AND/OR/XOR/CMP/TEST, INC/DEC, SHL/SHR/SAR by 1 and
+//! LEA on 32/64-bit registers and immediates; MOV and ALU with one memory operand, PUSH/POP,
+//! CALL rel and RET through an inline soft-TLB probe (one compare; a miss runs the instruction
+//! through the interpreter); Jcc and JMP. The host ALU computes the flags; they stay in the
+//! host's RFLAGS until an instruction or the block exit needs them in `CpuState`. Direct
+//! branches within a guest page are chained through patched `jmp rel32`; a branch back to the
+//! block's entry loops inside it; RET and indirect branches go through the dispatcher's jump
+//! cache. Every other instruction is one call of [`cpu::helpers::helper_step`], which runs the
+//! interpreter on exactly that instruction with the guest state in sync, so the translator runs
+//! everything the interpreter runs. Each block checks at its top that it fits in the remaining
+//! budget (else one instruction is interpreted), and a helper ends the block whenever execution
+//! did not simply fall through (branch, fault, interrupt, I/O, a store into cached code, TLB
+//! flush, mode change, budget end): faults, interrupts, port and MMIO accesses happen at the same
+//! instruction count, with the same state, as under the interpreter.
+//!
+//! Self-modifying code: the translator marks every page it translates in the
+//! [`mmu::CodePages`] tracker, which forces stores there through the slow path; a store clears
+//! the mark and queues the page, and the translator drops that page's blocks before it runs the
+//! next block. A store into the running block ends the block after the store.
+//!
+//! On hosts other than x86-64, [`Translator`] runs the interpreter.
+
+#[cfg(target_arch = "x86_64")]
+mod x64;
+
+use cpu::{CpuBus, CpuState, ExecutionEngine, Interpreter, RunExit};
+
+/// Most guest instructions in one block.
+pub const MAX_BLOCK_INSNS: usize = 64;
+
+/// Translator statistics (`--stats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JitStats {
+    /// Blocks translated.
+    pub blocks_translated: u64,
+    /// Whole-cache flushes (cache full, mode flushes).
+    pub cache_flushes: u64,
+    /// Blocks dropped because their code was written (stores, DMA, loads).
+    pub smc_invalidations: u64,
+    /// Calls from generated code into helpers.
+    pub helper_calls: u64,
+    /// Instructions executed by the interpreter outside any block (no translation possible).
+    pub interpreted: u64,
+    /// Block entries from the dispatcher.
+    pub block_runs: u64,
+    /// Direct jumps between blocks patched to go straight from one to the other.
+    pub chains_patched: u64,
+}
+
+/// The translating engine.
+#[derive(Debug)]
+pub struct Translator {
+    interp: Interpreter,
+    #[cfg(target_arch = "x86_64")]
+    cache: x64::CodeCache,
+    stats: JitStats,
+    /// Log each instruction (`--trace`).
+    pub trace: bool,
+}
+
+impl Default for Translator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Translator {
+    /// A translator with an empty code cache.
+    pub fn new() -> Self {
+        Translator {
+            interp: Interpreter::new(),
+            #[cfg(target_arch = "x86_64")]
+            cache: x64::CodeCache::new(),
+            stats: JitStats::default(),
+            trace: false,
+        }
+    }
+
+    /// Statistics so far.
+    pub fn stats(&self) -> JitStats {
+        self.stats
+    }
+
+    /// The host code of the block for the guest code at backing offset `backing` in the mode
+    /// `mode_key`, disassembled (Intel syntax, offsets from the block start), if translated.
+    #[cfg(target_arch = "x86_64")]
+    pub fn disassemble_block(&self, backing: u64, mode_key: u32) -> Option<String> {
+        self.cache.disassemble(backing, mode_key)
+    }
+}
+
+impl ExecutionEngine for Translator {
+    fn run(&mut self, cpu: &mut CpuState, bus: &mut dyn CpuBus, budget: base::InstrCount) -> RunExit {
+        #[cfg(target_arch = "x86_64")]
+        {
+            x64::run(self, cpu, bus, budget)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self.interp.trace = self.trace;
+            self.interp.run(cpu, bus, budget)
+        }
+    }
+
+    fn invalidate_phys(&mut self, start: u64, len: u64) {
+        // Callers name guest-physical ranges, blocks are keyed by backing offsets (equal only in
+        // low RAM); loads are rare, so forget everything. Stores and DMA reach the cache through
+        // the code-page tracker's queue, which names backing pages.
+        self.interp.invalidate_phys(start, len);
+        #[cfg(target_arch = "x86_64")]
+        {
+            if self.cache.invalidate(0, u64::MAX) > 0 {
+                self.stats.cache_flushes += 1;
+            }
+        }
+    }
+
+    fn flush_for_mode_change(&mut self, cpu: &mut CpuState) {
+        self.interp.flush_for_mode_change(cpu);
+    }
+
+    fn name(&self) -> &'static str {
+        "jit"
+    }
+
+    fn stats_text(&self) -> Option<String> {
+        let s = self.stats;
+        Some(format!(
+            "blocks translated: {}\ncache flushes: {}\nSMC invalidations: {}\nhelper calls: {}\ninterpreted outside blocks: {}\nblock entries: {}\nchains patched: {}",
+            s.blocks_translated, s.cache_flushes, s.smc_invalidations, s.helper_calls, s.interpreted, s.block_runs, s.chains_patched
+        ))
+    }
+}

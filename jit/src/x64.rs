@@ -1,0 +1,1529 @@
+//! The x86-64 back end: the code cache, block translation and the dispatcher.
+
+use crate::{JitStats, Translator, MAX_BLOCK_INSNS};
+use cpu::helpers::{exit, helper_flags, helper_step, offsets, HelperEnv};
+use cpu::state::rflags::{AF, IF, STATUS};
+use cpu::state::{CpuMode, SegReg};
+use cpu::{CpuBus, CpuState, RunExit};
+use dynasmrt::x64::Assembler;
+use dynasmrt::{dynasm, AssemblyOffset, DynamicLabel, DynasmApi, DynasmLabelApi, Executor};
+use iced_x86::{
+    ConditionCode, Decoder, DecoderOptions, FlowControl, Formatter, Instruction, IntelFormatter, Mnemonic, OpKind,
+    Register,
+};
+use mmu::{TlbAccess, PAGE_MASK, PAGE_SIZE};
+use std::collections::HashMap;
+
+/// The helpers generated code calls, reached through r14 (so emitted code holds no absolute
+/// addresses and its disassembly is the same on every build).
+#[repr(C)]
+pub(crate) struct HelperTable {
+    /// `[r14 + 0]`: one instruction through the interpreter.
+    step: for<'a> unsafe extern "sysv64" fn(*mut CpuState, *mut HelperEnv<'a>) -> u32,
+    /// `[r14 + 8]`: materialize lazy flags into `rflags`.
+    flags: unsafe extern "sysv64" fn(*mut CpuState),
+}
+
+static HELPERS: HelperTable = HelperTable { step: helper_step, flags: helper_flags };
+
+/// A translated block's signature: (state, helper environment, helper table) -> exit code.
+type BlockFn = for<'a> unsafe extern "sysv64" fn(*mut CpuState, *mut HelperEnv<'a>, *const HelperTable) -> u32;
+
+/// Emitted code is flushed once it reaches this size.
+const CODE_LIMIT: usize = 16 << 20;
+/// The cache is flushed once it holds this many blocks.
+const MAX_BLOCKS: usize = 1 << 16;
+
+/// (backing offset of the first instruction, mode key).
+type BlockKey = (u64, u32);
+
+#[derive(Debug, Clone, Copy)]
+struct Block {
+    entry: AssemblyOffset,
+    /// After the prologue: where chained jumps from other blocks land.
+    body: AssemblyOffset,
+    len: usize,
+}
+
+/// Exit code of a chain slot not patched yet (bits 8.. hold the slot number).
+const CHAIN: u32 = 6;
+
+/// Translated blocks and the executable buffer that holds them.
+pub(crate) struct CodeCache {
+    /// `None` if the host refused executable memory: everything is interpreted.
+    ops: Option<(Assembler, Executor)>,
+    blocks: HashMap<BlockKey, Block>,
+    /// Backing page number -> blocks starting in it.
+    pages: HashMap<u64, Vec<BlockKey>>,
+    /// Chain slots: the `jmp rel32` to patch and the backing offset of its target. Chains only
+    /// link blocks of one guest page (same translation, dropped together on invalidation).
+    slots: Vec<(AssemblyOffset, u64)>,
+    /// Chains patched (statistics).
+    pub(crate) chained: u64,
+    /// A direct-mapped cache in front of `blocks` for the dispatcher (indirect branches, RET).
+    jc: Vec<Option<(BlockKey, Block)>>,
+}
+
+/// Entries of the dispatcher's jump cache.
+const JC_SIZE: usize = 4096;
+
+fn jc_index(key: BlockKey) -> usize {
+    ((key.0 ^ (key.0 >> 12) ^ u64::from(key.1).rotate_left(7)) as usize) & (JC_SIZE - 1)
+}
+
+impl std::fmt::Debug for CodeCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CodeCache").field("blocks", &self.blocks.len()).finish()
+    }
+}
+
+fn new_assembler() -> Option<(Assembler, Executor)> {
+    match Assembler::new() {
+        Ok(a) => {
+            let r = a.reader();
+            Some((a, r))
+        }
+        Err(e) => {
+            log::warn!("no executable memory for the JIT ({e}): interpreting");
+            None
+        }
+    }
+}
+
+impl CodeCache {
+    pub(crate) fn new() -> Self {
+        CodeCache {
+            ops: new_assembler(),
+            blocks: HashMap::new(),
+            pages: HashMap::new(),
+            slots: Vec::new(),
+            chained: 0,
+            jc: vec![None; JC_SIZE],
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.blocks.len() >= MAX_BLOCKS || self.ops.as_ref().is_some_and(|(a, _)| a.offset().0 >= CODE_LIMIT)
+    }
+
+    fn flush(&mut self) {
+        self.blocks.clear();
+        self.pages.clear();
+        self.slots.clear();
+        self.jc.fill(None);
+        self.ops = new_assembler();
+    }
+
+    /// Drops the blocks that start in pages overlapping `[start, start + len)`; returns how many.
+    pub(crate) fn invalidate(&mut self, start: u64, len: u64) -> u64 {
+        if len == 0 {
+            return 0;
+        }
+        let first = start / PAGE_SIZE;
+        let last = start.saturating_add(len - 1) / PAGE_SIZE;
+        let mut n = 0;
+        if last - first >= self.pages.len() as u64 {
+            let pages: Vec<u64> = self.pages.keys().copied().filter(|p| (first..=last).contains(p)).collect();
+            for p in pages {
+                n += self.drop_page(p);
+            }
+        } else {
+            for p in first..=last {
+                n += self.drop_page(p);
+            }
+        }
+        n
+    }
+
+    fn drop_page(&mut self, page: u64) -> u64 {
+        let Some(keys) = self.pages.remove(&page) else { return 0 };
+        let mut n = 0;
+        for k in keys {
+            let j = jc_index(k);
+            if matches!(self.jc[j], Some((jk, _)) if jk == k) {
+                self.jc[j] = None;
+            }
+            if self.blocks.remove(&k).is_some() {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Translates the guest code at backing offset `key.0` (decoded at `bitness`, first
+    /// instruction at `rip`) into a block; `None` if not even one instruction decodes within
+    /// the page.
+    #[allow(clippy::too_many_arguments)]
+    fn translate(
+        &mut self,
+        code: &[u8],
+        key: BlockKey,
+        bitness: u32,
+        inline: bool,
+        user: bool,
+        big_stack: bool,
+        rip: u64,
+    ) -> Option<Block> {
+        let backing = key.0;
+        let page_end = (backing & PAGE_MASK) + PAGE_SIZE;
+        let bytes = code.get(usize::try_from(backing).ok()?..usize::try_from(page_end).ok()?)?;
+        // Decoded at IP 0: instruction IPs are offsets from the block's entry RIP, so the block
+        // is right for every RIP that reaches this code (aliased pages, other CS bases).
+        let mut dec = Decoder::with_ip(bitness, bytes, 0, DecoderOptions::NONE);
+        let mut insns = Vec::new();
+        while dec.can_decode() && insns.len() < MAX_BLOCK_INSNS {
+            let insn = dec.decode();
+            if insn.is_invalid() {
+                break;
+            }
+            insns.push(insn);
+            if insn.flow_control() != FlowControl::Next || insn.mnemonic() == Mnemonic::Hlt {
+                break;
+            }
+        }
+        if insns.is_empty() {
+            return None;
+        }
+        let (ops, _) = self.ops.as_mut()?;
+        let start = ops.offset();
+        let body = emit_block(ops, &insns, bitness, inline, user, big_stack, rip, backing, &mut self.slots);
+        ops.commit().ok()?;
+        let len = ops.offset().0 - start.0;
+        let b = Block { entry: start, body, len };
+        self.blocks.insert(key, b);
+        self.pages.entry(backing >> 12).or_default().push(key);
+        Some(b)
+    }
+
+    /// Points chain slot `id` at the body of `target` (which must start at the slot's target).
+    fn chain(&mut self, id: usize, target_backing: u64, target: &Block) {
+        let Some(&(slot, want)) = self.slots.get(id) else { return };
+        if want != target_backing {
+            return;
+        }
+        let Some((ops, _)) = self.ops.as_mut() else { return };
+        let Ok(rel) = i32::try_from(target.body.0 as i64 - (slot.0 as i64 + 5)) else { return };
+        if ops
+            .alter(|m| {
+                m.goto(slot);
+                m.push(0xE9);
+                m.push_i32(rel);
+            })
+            .is_ok()
+        {
+            self.chained += 1;
+        }
+    }
+
+    /// Runs the block at `entry` until it exits; returns its exit code.
+    fn enter(&self, entry: AssemblyOffset, cpu: &mut CpuState, env: &mut HelperEnv<'_>) -> u32 {
+        let Some((_, exec)) = &self.ops else { return env.step(cpu) };
+        let buf = exec.lock();
+        let code = buf.ptr(entry);
+        // SAFETY: `code` is the entry of a block `translate` emitted and committed into this
+        // buffer (blocks are only looked up in the cache that emitted them, and the cache is
+        // replaced, never modified, on a flush), and the read lock held in `buf` keeps the
+        // buffer mapped and unchanged until the block returns. `cpu` and `env` are exclusive
+        // borrows that outlive the call.
+        unsafe { enter_block(code, cpu, env) }
+    }
+
+    /// The disassembly of a block's host code.
+    pub(crate) fn disassemble(&self, backing: u64, mode_key: u32) -> Option<String> {
+        let b = self.blocks.get(&(backing, mode_key))?;
+        let (_, exec) = self.ops.as_ref()?;
+        let buf = exec.lock();
+        let bytes = buf.get(b.entry.0..b.entry.0 + b.len)?;
+        let mut dec = Decoder::with_ip(64, bytes, 0, DecoderOptions::NONE);
+        let mut fmt = IntelFormatter::new();
+        let mut out = String::new();
+        for i in &mut dec {
+            let mut s = String::new();
+            fmt.format(&i, &mut s);
+            out.push_str(&format!("{:04x}  {s}\n", i.ip()));
+        }
+        Some(out)
+    }
+}
+
+/// An instruction the block runs as host code (register and immediate operands only, 32- and
+/// 64-bit operand sizes, flat 32- and 64-bit code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Inline {
+    /// `dst = src`.
+    MovRR { dst: i32, src: i32, w64: bool },
+    /// `dst = imm`.
+    MovRI { dst: i32, imm: u64, w64: bool },
+    /// An ALU operation whose flags the host computes.
+    Alu { op: AluOp, dst: i32, src: Src, w64: bool },
+    /// INC/DEC (CF preserved: the guest's CF must be in the host's first).
+    IncDec { inc: bool, dst: i32, w64: bool },
+    /// SHL/SHR/SAR by 1: every flag but AF defined as the interpreter computes it; AF is 0.
+    Shift1 { op: Mnemonic, dst: i32, w64: bool },
+    /// Jcc to `target` (an offset from the block's entry RIP).
+    Jcc { cc: ConditionCode, target: u64 },
+    /// JMP to `target`.
+    Jmp { target: u64 },
+    /// A MOV or ALU instruction with one memory operand, through the inline TLB probe.
+    Mem { kind: MemKind, ea: Ea, w64: bool, user: bool },
+    /// LEA (no memory access, no flags).
+    Lea { dst: i32, ea: Ea, w64: bool },
+    /// PUSH/POP of a register, near CALL rel and near RET, through the inline TLB probe
+    /// (`w64`: 64-bit mode, else a flat 32-bit stack).
+    Stack { op: StackOp, w64: bool, user: bool },
+}
+
+/// A stack operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StackOp {
+    /// PUSH of the register at this offset.
+    Push(i32),
+    /// POP into the register at this offset.
+    Pop(i32),
+    /// CALL: push the next RIP and jump to this offset from the entry RIP.
+    Call(u64),
+    /// RET.
+    Ret,
+}
+
+/// What a memory instruction does (`reg`: offset of the register operand).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MemKind {
+    /// `reg = [m]`.
+    Load { reg: i32 },
+    /// `[m] = reg`.
+    Store { reg: i32 },
+    /// `[m] = imm` (sign-extended for 64-bit).
+    StoreImm { imm: i32 },
+    /// `reg op= [m]` (CMP/TEST: flags only).
+    AluRM { op: AluOp, reg: i32 },
+    /// `[m] op= reg`.
+    AluMR { op: AluOp, reg: i32 },
+    /// `[m] op= imm`.
+    AluMI { op: AluOp, imm: i32 },
+}
+
+impl MemKind {
+    fn writes(self) -> bool {
+        match self {
+            MemKind::Load { .. } | MemKind::AluRM { .. } => false,
+            MemKind::Store { .. } | MemKind::StoreImm { .. } => true,
+            MemKind::AluMR { op, .. } | MemKind::AluMI { op, .. } => !matches!(op, AluOp::Cmp | AluOp::Test),
+        }
+    }
+
+    fn flags(self) -> Option<AluOp> {
+        match self {
+            MemKind::AluRM { op, .. } | MemKind::AluMR { op, .. } | MemKind::AluMI { op, .. } => Some(op),
+            _ => None,
+        }
+    }
+}
+
+/// An effective address: `base + index * scale + disp`, or RIP-relative (`disp` is then the
+/// target's offset from the block's entry RIP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ea {
+    base: Option<i32>,
+    index: Option<(i32, u32)>,
+    disp: i32,
+    addr32: bool,
+    rip_rel: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AluOp {
+    Add,
+    /// ADC (reads CF).
+    Adc,
+    Sub,
+    /// SBB (reads CF).
+    Sbb,
+    And,
+    Or,
+    Xor,
+    Cmp,
+    Test,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Src {
+    Reg(i32),
+    Imm(i32),
+}
+
+/// Byte offset of a guest register in `CpuState`.
+fn gpr_off(r: Register) -> Option<(i32, bool)> {
+    let w64 = if r.is_gpr64() {
+        true
+    } else if r.is_gpr32() {
+        false
+    } else {
+        return None;
+    };
+    Some(((offsets::GPR + 8 * r.number()) as i32, w64))
+}
+
+/// Whether (and how) `i` runs inline.
+fn classify(i: &Instruction) -> Option<Inline> {
+    if i.has_lock_prefix() {
+        return None;
+    }
+    let reg0 = || if i.op0_kind() == OpKind::Register { gpr_off(i.op0_register()) } else { None };
+    let m = i.mnemonic();
+    match m {
+        Mnemonic::Mov
+        | Mnemonic::Add
+        | Mnemonic::Adc
+        | Mnemonic::Sub
+        | Mnemonic::Sbb
+        | Mnemonic::And
+        | Mnemonic::Or
+        | Mnemonic::Xor
+        | Mnemonic::Cmp
+        | Mnemonic::Test => {
+            if i.op_count() != 2 {
+                return None;
+            }
+            let (dst, w64) = reg0()?;
+            let src = match i.op1_kind() {
+                OpKind::Register => {
+                    let (s, w) = gpr_off(i.op1_register())?;
+                    if w != w64 {
+                        return None;
+                    }
+                    Src::Reg(s)
+                }
+                OpKind::Immediate64 if m == Mnemonic::Mov => {
+                    return Some(Inline::MovRI { dst, imm: i.immediate64(), w64 })
+                }
+                OpKind::Immediate32 | OpKind::Immediate8to32 if !w64 => Src::Imm(i.immediate(1) as u32 as i32),
+                OpKind::Immediate32to64 | OpKind::Immediate8to64 if w64 => {
+                    Src::Imm(i32::try_from(i.immediate(1) as i64).ok()?)
+                }
+                _ => return None,
+            };
+            let op = match m {
+                Mnemonic::Mov => {
+                    return Some(match src {
+                        Src::Reg(s) => Inline::MovRR { dst, src: s, w64 },
+                        Src::Imm(v) => {
+                            Inline::MovRI { dst, imm: if w64 { v as i64 as u64 } else { u64::from(v as u32) }, w64 }
+                        }
+                    })
+                }
+                Mnemonic::Add => AluOp::Add,
+                Mnemonic::Adc => AluOp::Adc,
+                Mnemonic::Sub => AluOp::Sub,
+                Mnemonic::Sbb => AluOp::Sbb,
+                Mnemonic::And => AluOp::And,
+                Mnemonic::Or => AluOp::Or,
+                Mnemonic::Xor => AluOp::Xor,
+                Mnemonic::Cmp => AluOp::Cmp,
+                _ => AluOp::Test,
+            };
+            Some(Inline::Alu { op, dst, src, w64 })
+        }
+        Mnemonic::Shl | Mnemonic::Shr | Mnemonic::Sar
+            if i.op_count() == 2 && i.op1_kind() == OpKind::Immediate8 && i.immediate8() == 1 =>
+        {
+            let (dst, w64) = reg0()?;
+            Some(Inline::Shift1 { op: m, dst, w64 })
+        }
+        Mnemonic::Inc | Mnemonic::Dec if i.op_count() == 1 => {
+            let (dst, w64) = reg0()?;
+            Some(Inline::IncDec { inc: m == Mnemonic::Inc, dst, w64 })
+        }
+        _ if i.is_jcc_short_or_near() && matches!(i.op0_kind(), OpKind::NearBranch32 | OpKind::NearBranch64) => {
+            Some(Inline::Jcc { cc: i.condition_code(), target: i.near_branch_target() })
+        }
+        _ if i.is_jmp_short_or_near() && matches!(i.op0_kind(), OpKind::NearBranch32 | OpKind::NearBranch64) => {
+            Some(Inline::Jmp { target: i.near_branch_target() })
+        }
+        _ => None,
+    }
+}
+
+/// The effective address of `i`'s memory operand, if the inline path handles it: DS/ES/SS/CS
+/// (flat in the modes that inline), 32- or 64-bit addressing, no RIP-relative 32-bit form.
+fn effective_address(i: &Instruction, bitness: u32) -> Option<Ea> {
+    if matches!(i.memory_segment(), Register::FS | Register::GS) {
+        return None;
+    }
+    effective_address_any_segment(i, bitness)
+}
+
+/// The offset part of the memory operand (LEA ignores the segment).
+fn effective_address_any_segment(i: &Instruction, bitness: u32) -> Option<Ea> {
+    let base = i.memory_base();
+    let index = i.memory_index();
+    if base == Register::RIP {
+        let disp = i32::try_from(i.memory_displacement64() as i64).ok()?;
+        return Some(Ea { base: None, index: None, disp, addr32: false, rip_rel: true });
+    }
+    if base == Register::EIP {
+        return None;
+    }
+    let size_of = |r: Register| {
+        if r.is_gpr64() {
+            Some(64)
+        } else if r.is_gpr32() {
+            Some(32)
+        } else {
+            None
+        }
+    };
+    let width = match (base, index) {
+        (Register::None, Register::None) => {
+            // Absolute: only the plain 32-bit form of 32-bit code.
+            if bitness != 32 || i.memory_displ_size() != 4 {
+                return None;
+            }
+            32
+        }
+        (Register::None, x) => size_of(x)?,
+        (b, _) => size_of(b)?,
+    };
+    if index != Register::None && size_of(index)? != width {
+        return None;
+    }
+    let off = |r: Register| (offsets::GPR + 8 * r.number()) as i32;
+    let disp = if width == 32 {
+        i.memory_displacement32() as i32
+    } else {
+        i32::try_from(i.memory_displacement64() as i64).ok()?
+    };
+    Some(Ea {
+        base: (base != Register::None).then(|| off(base)),
+        index: (index != Register::None).then(|| (off(index), i.memory_index_scale())),
+        disp,
+        addr32: width == 32,
+        rip_rel: false,
+    })
+}
+
+/// Whether (and how) a stack instruction runs inline: PUSH/POP of a full-width register, CALL
+/// rel, RET without an immediate; 64-bit mode or a 32-bit stack (`big_stack`).
+fn classify_stack(i: &Instruction, bitness: u32, big_stack: bool, user: bool) -> Option<Inline> {
+    if i.has_lock_prefix() || (bitness == 32 && !big_stack) || bitness == 16 {
+        return None;
+    }
+    let w64 = bitness == 64;
+    let full = |r: Register| {
+        let (o, w) = gpr_off(r)?;
+        (w == w64).then_some(o)
+    };
+    let op = match i.mnemonic() {
+        Mnemonic::Push if i.op_count() == 1 && i.op0_kind() == OpKind::Register => {
+            StackOp::Push(full(i.op0_register())?)
+        }
+        Mnemonic::Pop if i.op_count() == 1 && i.op0_kind() == OpKind::Register => StackOp::Pop(full(i.op0_register())?),
+        Mnemonic::Call if matches!(i.op0_kind(), OpKind::NearBranch32 | OpKind::NearBranch64) => {
+            StackOp::Call(i.near_branch_target())
+        }
+        Mnemonic::Ret if i.op_count() == 0 => StackOp::Ret,
+        _ => return None,
+    };
+    Some(Inline::Stack { op, w64, user })
+}
+
+/// Whether (and how) a MOV/ALU instruction with a memory operand runs inline.
+fn classify_mem(i: &Instruction, bitness: u32, user: bool) -> Option<Inline> {
+    if i.has_lock_prefix() || i.op_count() != 2 {
+        return None;
+    }
+    if i.mnemonic() == Mnemonic::Lea {
+        let (dst, w64) = if i.op0_kind() == OpKind::Register { gpr_off(i.op0_register())? } else { return None };
+        let ea = effective_address_any_segment(i, bitness)?;
+        return Some(Inline::Lea { dst, ea, w64 });
+    }
+    let op = match i.mnemonic() {
+        Mnemonic::Mov => None,
+        Mnemonic::Add => Some(AluOp::Add),
+        Mnemonic::Sub => Some(AluOp::Sub),
+        Mnemonic::And => Some(AluOp::And),
+        Mnemonic::Or => Some(AluOp::Or),
+        Mnemonic::Xor => Some(AluOp::Xor),
+        Mnemonic::Cmp => Some(AluOp::Cmp),
+        Mnemonic::Test => Some(AluOp::Test),
+        _ => return None,
+    };
+    let size = i.memory_size().size();
+    let w64 = match size {
+        8 => true,
+        4 => false,
+        _ => return None,
+    };
+    let reg = |r: Register| {
+        let (o, w) = gpr_off(r)?;
+        (w == w64).then_some(o)
+    };
+    let imm = || -> Option<i32> {
+        match i.op1_kind() {
+            OpKind::Immediate32 | OpKind::Immediate8to32 if !w64 => Some(i.immediate(1) as u32 as i32),
+            OpKind::Immediate32to64 | OpKind::Immediate8to64 if w64 => i32::try_from(i.immediate(1) as i64).ok(),
+            _ => None,
+        }
+    };
+    let kind = match (i.op0_kind(), i.op1_kind(), op) {
+        (OpKind::Register, OpKind::Memory, None) => MemKind::Load { reg: reg(i.op0_register())? },
+        (OpKind::Memory, OpKind::Register, None) => MemKind::Store { reg: reg(i.op1_register())? },
+        (OpKind::Memory, _, None) => MemKind::StoreImm { imm: imm()? },
+        (OpKind::Register, OpKind::Memory, Some(op)) => MemKind::AluRM { op, reg: reg(i.op0_register())? },
+        (OpKind::Memory, OpKind::Register, Some(op)) => MemKind::AluMR { op, reg: reg(i.op1_register())? },
+        (OpKind::Memory, _, Some(op)) => MemKind::AluMI { op, imm: imm()? },
+        _ => return None,
+    };
+    let ea = effective_address(i, bitness)?;
+    Some(Inline::Mem { kind, ea, w64, user })
+}
+
+/// Block emission state.
+struct Emitter<'a> {
+    ops: &'a mut Assembler,
+    out: DynamicLabel,
+    /// The block body after the prologue: a branch back to the entry RIP jumps here (the
+    /// budget check at its top keeps the instruction count exact).
+    body: Option<DynamicLabel>,
+    /// Backing offset of the block's first instruction.
+    entry_backing: u64,
+    /// The cache's chain slots.
+    slots: &'a mut Vec<(AssemblyOffset, u64)>,
+    /// 32-bit code: RIP arithmetic wraps at 4 GiB.
+    rip32: bool,
+    /// The RIP offset (from the entry RIP) that `CpuState::rip` holds now.
+    synced: u64,
+    /// Inline instructions not yet added to `CpuState::icount`.
+    pending: i32,
+    /// The host's status flags are the guest's (and `CpuState` has stale ones).
+    flags_in_host: bool,
+    /// The last flag writer was a logic operation (AF is 0 for the guest).
+    last_logic: bool,
+}
+
+macro_rules! alu_emit {
+    ($ops:expr, $op:tt, $w64:expr, $dst:expr, $src:expr, $store:expr) => {{
+        let (dst, w64) = ($dst, $w64);
+        if w64 {
+            dynasm!($ops ; .arch x64 ; mov rax, QWORD [r12 + dst]);
+            match $src {
+                Src::Reg(s) => dynasm!($ops ; .arch x64 ; $op rax, QWORD [r12 + s]),
+                Src::Imm(v) => dynasm!($ops ; .arch x64 ; $op rax, v),
+            }
+        } else {
+            dynasm!($ops ; .arch x64 ; mov eax, DWORD [r12 + dst]);
+            match $src {
+                Src::Reg(s) => dynasm!($ops ; .arch x64 ; $op eax, DWORD [r12 + s]),
+                Src::Imm(v) => dynasm!($ops ; .arch x64 ; $op eax, v),
+            }
+        }
+        if $store {
+            // A 32-bit operation zero-extended RAX, as a 32-bit register write does.
+            dynasm!($ops ; .arch x64 ; mov QWORD [r12 + dst], rax);
+        }
+    }};
+}
+
+macro_rules! jcc_emit {
+    ($ops:expr, $cc:expr, $label:expr) => {{
+        let l = $label;
+        match $cc {
+            ConditionCode::o => dynasm!($ops ; .arch x64 ; jo =>l),
+            ConditionCode::no => dynasm!($ops ; .arch x64 ; jno =>l),
+            ConditionCode::b => dynasm!($ops ; .arch x64 ; jb =>l),
+            ConditionCode::ae => dynasm!($ops ; .arch x64 ; jae =>l),
+            ConditionCode::e => dynasm!($ops ; .arch x64 ; je =>l),
+            ConditionCode::ne => dynasm!($ops ; .arch x64 ; jne =>l),
+            ConditionCode::be => dynasm!($ops ; .arch x64 ; jbe =>l),
+            ConditionCode::a => dynasm!($ops ; .arch x64 ; ja =>l),
+            ConditionCode::s => dynasm!($ops ; .arch x64 ; js =>l),
+            ConditionCode::ns => dynasm!($ops ; .arch x64 ; jns =>l),
+            ConditionCode::p => dynasm!($ops ; .arch x64 ; jp =>l),
+            ConditionCode::np => dynasm!($ops ; .arch x64 ; jnp =>l),
+            ConditionCode::l => dynasm!($ops ; .arch x64 ; jl =>l),
+            ConditionCode::ge => dynasm!($ops ; .arch x64 ; jge =>l),
+            ConditionCode::le => dynasm!($ops ; .arch x64 ; jle =>l),
+            ConditionCode::g => dynasm!($ops ; .arch x64 ; jg =>l),
+            ConditionCode::None => dynasm!($ops ; .arch x64 ; jmp =>l),
+        }
+    }};
+}
+
+macro_rules! with_alu {
+    ($op:expr, $m:ident, $($args:tt)*) => {
+        match $op {
+            AluOp::Add => $m!(add, $($args)*),
+            AluOp::Adc => $m!(adc, $($args)*),
+            AluOp::Sub => $m!(sub, $($args)*),
+            AluOp::Sbb => $m!(sbb, $($args)*),
+            AluOp::And => $m!(and, $($args)*),
+            AluOp::Or => $m!(or, $($args)*),
+            AluOp::Xor => $m!(xor, $($args)*),
+            AluOp::Cmp => $m!(cmp, $($args)*),
+            AluOp::Test => $m!(test, $($args)*),
+        }
+    };
+}
+macro_rules! rm64 { ($o:tt, $ops:expr) => { dynasm!($ops ; .arch x64 ; $o rcx, QWORD [rax]) }; }
+macro_rules! rm32 { ($o:tt, $ops:expr) => { dynasm!($ops ; .arch x64 ; $o ecx, DWORD [rax]) }; }
+macro_rules! mr64 { ($o:tt, $ops:expr) => { dynasm!($ops ; .arch x64 ; $o QWORD [rax], rcx) }; }
+macro_rules! mr32 { ($o:tt, $ops:expr) => { dynasm!($ops ; .arch x64 ; $o DWORD [rax], ecx) }; }
+macro_rules! mi64 { ($o:tt, $ops:expr, $v:expr) => { dynasm!($ops ; .arch x64 ; $o QWORD [rax], $v) }; }
+macro_rules! mi32 { ($o:tt, $ops:expr, $v:expr) => { dynasm!($ops ; .arch x64 ; $o DWORD [rax], $v) }; }
+
+const RFLAGS: i32 = offsets::RFLAGS as i32;
+const TLB: i32 = offsets::TLB as i32;
+const TLB_GEN: i32 = offsets::TLB_GEN as i32;
+const MEM_BASE: i32 = HelperEnv::MEM_BASE as i32;
+const LAZY_MASK: i32 = offsets::LAZY_MASK as i32;
+const ICOUNT: i32 = offsets::ICOUNT as i32;
+const RIP: i32 = offsets::RIP as i32;
+const BUDGET_END: i32 = offsets::BUDGET_END as i32;
+
+impl Emitter<'_> {
+    /// Host flags (in RAX, from PUSHFQ/POP) into `CpuState::rflags`; no lazy flags left.
+    ///
+    /// ```text
+    /// rflags = rflags & !STATUS | rax & STATUS (AF cleared after a logic op); lazy.mask = 0
+    /// ```
+    fn merge_flags_from_rax(&mut self) {
+        let keep = if self.last_logic { (STATUS & !AF) as i32 } else { STATUS as i32 };
+        let clear = !(STATUS as i32);
+        dynasm!(self.ops
+            ; .arch x64
+            ; and eax, keep
+            ; mov rcx, QWORD [r12 + RFLAGS]
+            ; and rcx, clear
+            ; or rcx, rax
+            ; mov QWORD [r12 + RFLAGS], rcx
+            ; mov QWORD [r12 + LAZY_MASK], 0
+        );
+    }
+
+    /// Writes the host's flags back if they are the guest's.
+    fn sync_flags(&mut self) {
+        if self.flags_in_host {
+            dynasm!(self.ops ; .arch x64 ; pushfq ; pop rax);
+            self.merge_flags_from_rax();
+            self.flags_in_host = false;
+        }
+    }
+
+    /// Makes `CpuState::rflags` hold every status flag (calls the flags helper if some are
+    /// lazy): `if lazy.mask != 0 { helper_flags(cpu) }`.
+    fn materialize_lazy(&mut self) {
+        dynasm!(self.ops
+            ; .arch x64
+            ; cmp QWORD [r12 + LAZY_MASK], 0
+            ; je >done
+            ; mov rdi, r12
+            ; call QWORD [r14 + 8]
+            ; done:
+        );
+    }
+
+    /// Makes the host's CF the guest's (for ADC/SBB and for INC/DEC, which keep it). The
+    /// `mov` loads below leave the host flags alone until the instruction itself.
+    fn load_guest_cf(&mut self) {
+        if !self.flags_in_host {
+            self.materialize_lazy();
+            dynasm!(self.ops ; .arch x64 ; bt QWORD [r12 + RFLAGS], 0);
+        }
+    }
+
+    /// Adds the pending instruction count and moves RIP to offset `to`.
+    fn sync_count_rip(&mut self, to: u64) {
+        if self.pending > 0 {
+            let n = self.pending;
+            dynasm!(self.ops ; .arch x64 ; add QWORD [r12 + ICOUNT], n);
+            self.pending = 0;
+        }
+        if to != self.synced {
+            let d = to.wrapping_sub(self.synced);
+            if self.rip32 {
+                // The high half of a 32-bit RIP is zero and stays so.
+                let d = d as u32 as i32;
+                dynasm!(self.ops ; .arch x64 ; add DWORD [r12 + RIP], d);
+            } else {
+                let d = d as i64 as i32;
+                dynasm!(self.ops ; .arch x64 ; add QWORD [r12 + RIP], d);
+            }
+            self.synced = to;
+        }
+    }
+
+    /// Leaves the block with `BLOCK_END` (state already synced).
+    fn leave(&mut self) {
+        let out = self.out;
+        dynasm!(self.ops ; .arch x64 ; mov eax, exit::BLOCK_END as i32 ; jmp =>out);
+    }
+
+    /// Goes on at offset `to` (state already synced there): back into the body if `to` is the
+    /// entry, else out of the block.
+    ///
+    /// A target in the same guest page gets a chain slot: a `jmp rel32` that first falls
+    /// through to an exit asking the dispatcher to chain, and is then patched to jump straight
+    /// into the target block's body.
+    fn leave_to(&mut self, to: u64) {
+        if let (Some(body), 0) = (self.body, to) {
+            dynasm!(self.ops ; .arch x64 ; jmp =>body);
+            return;
+        }
+        let delta = if self.rip32 { i64::from(to as u32 as i32) } else { to as i64 };
+        let target = self.entry_backing.wrapping_add(delta as u64);
+        if target & PAGE_MASK != self.entry_backing & PAGE_MASK || self.slots.len() >= 1 << 22 {
+            self.leave();
+            return;
+        }
+        let id = self.slots.len();
+        let slot = self.ops.offset();
+        self.ops.push(0xE9);
+        self.ops.push_i32(0);
+        self.slots.push((slot, target));
+        let code = (CHAIN | (id as u32) << 8) as i32;
+        let out = self.out;
+        dynasm!(self.ops ; .arch x64 ; mov eax, code ; jmp =>out);
+    }
+
+    fn helper(&mut self, at: u64, next: u64) {
+        self.sync_flags();
+        self.sync_count_rip(at);
+        let out = self.out;
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov rdi, r12
+            ; mov rsi, r13
+            ; call QWORD [r14]
+            ; test eax, eax
+            ; jnz =>out
+        );
+        self.synced = next;
+    }
+
+    /// The effective address of a memory operand into RAX. Leaves the host flags alone (only
+    /// MOV and LEA), so LEA can run between a flag writer and its reader.
+    fn effective_address(&mut self, ea: Ea) {
+        let disp = ea.disp;
+        if ea.rip_rel {
+            let back = -(self.synced as i32);
+            dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + RIP] ; lea rax, [rax + disp] ; lea rax, [rax + back]);
+            return;
+        }
+        match ea.base {
+            Some(b) if ea.addr32 => dynasm!(self.ops ; .arch x64 ; mov eax, DWORD [r12 + b]),
+            Some(b) => dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + b]),
+            None => dynasm!(self.ops ; .arch x64 ; mov eax, 0),
+        }
+        if let Some((x, scale)) = ea.index {
+            dynasm!(self.ops ; .arch x64 ; mov rcx, QWORD [r12 + x]);
+            match (ea.addr32, scale) {
+                (true, 1) => dynasm!(self.ops ; .arch x64 ; lea eax, [rax + rcx]),
+                (true, 2) => dynasm!(self.ops ; .arch x64 ; lea eax, [rax + rcx * 2]),
+                (true, 4) => dynasm!(self.ops ; .arch x64 ; lea eax, [rax + rcx * 4]),
+                (true, _) => dynasm!(self.ops ; .arch x64 ; lea eax, [rax + rcx * 8]),
+                (false, 1) => dynasm!(self.ops ; .arch x64 ; lea rax, [rax + rcx]),
+                (false, 2) => dynasm!(self.ops ; .arch x64 ; lea rax, [rax + rcx * 2]),
+                (false, 4) => dynasm!(self.ops ; .arch x64 ; lea rax, [rax + rcx * 4]),
+                (false, _) => dynasm!(self.ops ; .arch x64 ; lea rax, [rax + rcx * 8]),
+            }
+        }
+        if disp != 0 {
+            if ea.addr32 {
+                dynasm!(self.ops ; .arch x64 ; lea eax, [rax + disp]);
+            } else {
+                dynasm!(self.ops ; .arch x64 ; lea rax, [rax + disp]);
+            }
+        }
+    }
+
+    /// The soft-TLB probe: linear address in RAX, host address out in RAX, or a jump to
+    /// `slow`. Clobbers RCX and RDX.
+    fn probe(&mut self, write: bool, size: i32, user: bool, slow: DynamicLabel) {
+        let set = if user { (mmu::TLB_ENTRIES * 32) as i32 } else { 0 };
+        let tag = TLB + set + if write { 8 } else { 0 };
+        let addend = TLB + set + 24;
+        let idx_mask = (mmu::TLB_ENTRIES - 1) as i32;
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov rcx, rax
+            ; shr rcx, 12
+            ; and ecx, idx_mask
+            ; shl ecx, 5
+            ; lea rdx, [rax + size - 1]
+            ; and rdx, -4096
+            ; or rdx, QWORD [r12 + TLB_GEN]
+            ; cmp rdx, QWORD [r12 + rcx + tag]
+            ; jne =>slow
+            ; add rax, QWORD [r12 + rcx + addend]
+            ; add rax, QWORD [r13 + MEM_BASE]
+        );
+    }
+
+    /// The slow path of an inline memory instruction at offset `at`: the interpreter runs it,
+    /// then the state is put back to what the fast path leaves (`pending0 + 1` instructions
+    /// pending, RIP at `synced0`, the flags in the host for an ALU operation).
+    fn slow_path(&mut self, at: u64, next: u64, synced0: u64, pending0: i32, alu: bool) {
+        self.sync_count_rip(at);
+        let out = self.out;
+        let undo = pending0 + 1;
+        let back = next.wrapping_sub(synced0);
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov rdi, r12
+            ; mov rsi, r13
+            ; call QWORD [r14]
+            ; test eax, eax
+            ; jnz =>out
+            ; sub QWORD [r12 + ICOUNT], undo
+        );
+        if self.rip32 {
+            let b = back as u32 as i32;
+            dynasm!(self.ops ; .arch x64 ; sub DWORD [r12 + RIP], b);
+        } else {
+            let b = back as i64 as i32;
+            dynasm!(self.ops ; .arch x64 ; sub QWORD [r12 + RIP], b);
+        }
+        if alu {
+            self.materialize_lazy();
+            let status = STATUS as i32;
+            dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + RFLAGS] ; and eax, status ; push rax ; popfq);
+        }
+    }
+
+    /// PUSH, POP, CALL, RET. RSP changes only after the access succeeded; a miss runs the
+    /// whole instruction through the interpreter.
+    ///
+    /// ```text
+    /// r8 = rsp (- size for a push); rax = r8; probe; access [rax]; rsp = r8 (+ size for a pop)
+    /// CALL: value = entry RIP + next; then on to the target.  RET: RIP = the value popped.
+    /// ```
+    fn stack(&mut self, op: StackOp, w64: bool, user: bool, at: u64, next: u64) {
+        self.sync_flags();
+        let (synced0, pending0) = (self.synced, self.pending);
+        let slow = self.ops.new_dynamic_label();
+        let cont = self.ops.new_dynamic_label();
+        let stk = (offsets::GPR + 8 * 4) as i32;
+        let size = if w64 { 8 } else { 4 };
+        let push = matches!(op, StackOp::Push(_) | StackOp::Call(_));
+        if w64 {
+            dynasm!(self.ops ; .arch x64 ; mov r8, QWORD [r12 + stk]);
+            if push {
+                dynasm!(self.ops ; .arch x64 ; sub r8, 8);
+            }
+        } else {
+            dynasm!(self.ops ; .arch x64 ; mov r8d, DWORD [r12 + stk]);
+            if push {
+                dynasm!(self.ops ; .arch x64 ; sub r8d, 4);
+            }
+        }
+        dynasm!(self.ops ; .arch x64 ; mov rax, r8);
+        self.probe(push, size, user, slow);
+        // The value to push or the value popped, in RCX.
+        match op {
+            StackOp::Push(r) => {
+                if w64 {
+                    dynasm!(self.ops ; .arch x64 ; mov rcx, QWORD [r12 + r] ; mov QWORD [rax], rcx);
+                } else {
+                    dynasm!(self.ops ; .arch x64 ; mov ecx, DWORD [r12 + r] ; mov DWORD [rax], ecx);
+                }
+            }
+            StackOp::Call(_) => {
+                let d = next.wrapping_sub(synced0);
+                if w64 {
+                    let d = d as i64 as i32;
+                    dynasm!(self.ops ; .arch x64 ; mov rcx, QWORD [r12 + RIP] ; add rcx, d ; mov QWORD [rax], rcx);
+                } else {
+                    let d = d as u32 as i32;
+                    dynasm!(self.ops ; .arch x64 ; mov ecx, DWORD [r12 + RIP] ; add ecx, d ; mov DWORD [rax], ecx);
+                }
+            }
+            StackOp::Pop(_) | StackOp::Ret => {
+                if w64 {
+                    dynasm!(self.ops ; .arch x64 ; mov rcx, QWORD [rax]);
+                } else {
+                    dynasm!(self.ops ; .arch x64 ; mov ecx, DWORD [rax]);
+                }
+                if op == StackOp::Ret && w64 {
+                    // A non-canonical return address is #GP with nothing changed.
+                    dynasm!(self.ops ; .arch x64 ; mov rdx, rcx ; shl rdx, 16 ; sar rdx, 16 ; cmp rdx, rcx ; jne =>slow);
+                }
+                if w64 {
+                    dynasm!(self.ops ; .arch x64 ; add r8, 8);
+                } else {
+                    dynasm!(self.ops ; .arch x64 ; add r8d, 4);
+                }
+            }
+        }
+        // The new stack pointer (a 32-bit stack changes only ESP's low half).
+        if w64 {
+            dynasm!(self.ops ; .arch x64 ; mov QWORD [r12 + stk], r8);
+        } else {
+            dynasm!(self.ops ; .arch x64 ; mov DWORD [r12 + stk], r8d);
+        }
+        match op {
+            StackOp::Pop(r) => {
+                dynasm!(self.ops ; .arch x64 ; mov QWORD [r12 + r], rcx ; jmp =>cont ; =>slow);
+                self.slow_path(at, next, synced0, pending0, false);
+                dynasm!(self.ops ; .arch x64 ; =>cont);
+                self.synced = synced0;
+                self.pending = pending0 + 1;
+            }
+            StackOp::Push(_) => {
+                dynasm!(self.ops ; .arch x64 ; jmp =>cont ; =>slow);
+                self.slow_path(at, next, synced0, pending0, false);
+                dynasm!(self.ops ; .arch x64 ; =>cont);
+                self.synced = synced0;
+                self.pending = pending0 + 1;
+            }
+            StackOp::Call(target) => {
+                self.pending = pending0 + 1;
+                self.sync_count_rip(target);
+                self.leave_to(target);
+                self.synced = synced0;
+                self.pending = pending0;
+                // Slow path: the interpreter runs the CALL; the block ends either way.
+                dynasm!(self.ops ; .arch x64 ; =>slow);
+                self.sync_count_rip(at);
+                self.helper_then_leave();
+            }
+            StackOp::Ret => {
+                let n = pending0 + 1;
+                let out = self.out;
+                dynasm!(self.ops
+                    ; .arch x64
+                    ; add QWORD [r12 + ICOUNT], n
+                    ; mov QWORD [r12 + RIP], rcx
+                    ; mov eax, exit::BLOCK_END as i32
+                    ; jmp =>out
+                    ; =>slow
+                );
+                self.sync_count_rip(at);
+                self.helper_then_leave();
+            }
+        }
+    }
+
+    /// Runs the instruction through the interpreter and leaves the block (with the helper's
+    /// exit code, or `BLOCK_END` if it said `CONTINUE`).
+    fn helper_then_leave(&mut self) {
+        let out = self.out;
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov rdi, r12
+            ; mov rsi, r13
+            ; call QWORD [r14]
+            ; test eax, eax
+            ; jnz =>out
+            ; mov eax, exit::BLOCK_END as i32
+            ; jmp =>out
+        );
+    }
+
+    fn mem(&mut self, kind: MemKind, ea: Ea, w64: bool, user: bool, at: u64, next: u64) {
+        self.sync_flags();
+        let (synced0, pending0) = (self.synced, self.pending);
+        let slow = self.ops.new_dynamic_label();
+        let cont = self.ops.new_dynamic_label();
+        self.effective_address(ea);
+        let size = if w64 { 8 } else { 4 };
+        let set = if user { (mmu::TLB_ENTRIES * 32) as i32 } else { 0 };
+        let tag = TLB + set + if kind.writes() { 8 } else { 0 };
+        let addend = TLB + set + 24;
+        let idx_mask = (mmu::TLB_ENTRIES - 1) as i32;
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov rcx, rax
+            ; shr rcx, 12
+            ; and ecx, idx_mask
+            ; shl ecx, 5
+            ; lea rdx, [rax + size - 1]
+            ; and rdx, -4096
+            ; or rdx, QWORD [r12 + TLB_GEN]
+            ; cmp rdx, QWORD [r12 + rcx + tag]
+            ; jne =>slow
+            ; add rax, QWORD [r12 + rcx + addend]
+            ; add rax, QWORD [r13 + MEM_BASE]
+        );
+        let ops = &mut *self.ops;
+        match kind {
+            MemKind::Load { reg } => {
+                if w64 {
+                    dynasm!(ops ; .arch x64 ; mov rcx, QWORD [rax] ; mov QWORD [r12 + reg], rcx);
+                } else {
+                    dynasm!(ops ; .arch x64 ; mov ecx, DWORD [rax] ; mov QWORD [r12 + reg], rcx);
+                }
+            }
+            MemKind::Store { reg } => {
+                if w64 {
+                    dynasm!(ops ; .arch x64 ; mov rcx, QWORD [r12 + reg] ; mov QWORD [rax], rcx);
+                } else {
+                    dynasm!(ops ; .arch x64 ; mov ecx, DWORD [r12 + reg] ; mov DWORD [rax], ecx);
+                }
+            }
+            MemKind::StoreImm { imm } => {
+                if w64 {
+                    dynasm!(ops ; .arch x64 ; mov QWORD [rax], imm);
+                } else {
+                    dynasm!(ops ; .arch x64 ; mov DWORD [rax], imm);
+                }
+            }
+            MemKind::AluRM { op, reg } => {
+                if w64 {
+                    dynasm!(ops ; .arch x64 ; mov rcx, QWORD [r12 + reg]);
+                    with_alu!(op, rm64, ops);
+                } else {
+                    dynasm!(ops ; .arch x64 ; mov ecx, DWORD [r12 + reg]);
+                    with_alu!(op, rm32, ops);
+                }
+                if !matches!(op, AluOp::Cmp | AluOp::Test) {
+                    dynasm!(ops ; .arch x64 ; mov QWORD [r12 + reg], rcx);
+                }
+            }
+            MemKind::AluMR { op, reg } => {
+                if w64 {
+                    dynasm!(ops ; .arch x64 ; mov rcx, QWORD [r12 + reg]);
+                    with_alu!(op, mr64, ops);
+                } else {
+                    dynasm!(ops ; .arch x64 ; mov ecx, DWORD [r12 + reg]);
+                    with_alu!(op, mr32, ops);
+                }
+            }
+            MemKind::AluMI { op, imm } => {
+                if w64 {
+                    with_alu!(op, mi64, ops, imm);
+                } else {
+                    with_alu!(op, mi32, ops, imm);
+                }
+            }
+        }
+        dynasm!(self.ops ; .arch x64 ; jmp =>cont ; =>slow);
+        // Slow path.
+        self.sync_count_rip(at);
+        let out = self.out;
+        let undo = pending0 + 1;
+        let back = next.wrapping_sub(synced0);
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov rdi, r12
+            ; mov rsi, r13
+            ; call QWORD [r14]
+            ; test eax, eax
+            ; jnz =>out
+            ; sub QWORD [r12 + ICOUNT], undo
+        );
+        if self.rip32 {
+            let b = back as u32 as i32;
+            dynasm!(self.ops ; .arch x64 ; sub DWORD [r12 + RIP], b);
+        } else {
+            let b = back as i64 as i32;
+            dynasm!(self.ops ; .arch x64 ; sub QWORD [r12 + RIP], b);
+        }
+        let alu = kind.flags();
+        if alu.is_some() {
+            self.materialize_lazy();
+            let status = STATUS as i32;
+            dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + RFLAGS] ; and eax, status ; push rax ; popfq);
+        }
+        dynasm!(self.ops ; .arch x64 ; =>cont);
+        self.synced = synced0;
+        self.pending = pending0 + 1;
+        if let Some(op) = alu {
+            self.flags_in_host = true;
+            self.last_logic = matches!(op, AluOp::And | AluOp::Or | AluOp::Xor | AluOp::Test);
+        }
+    }
+
+    fn inline(&mut self, op: Inline, at: u64, next: u64) {
+        match op {
+            Inline::Mem { kind, ea, w64, user } => {
+                self.mem(kind, ea, w64, user, at, next);
+                return;
+            }
+            Inline::Stack { op, w64, user } => {
+                self.stack(op, w64, user, at, next);
+                return;
+            }
+            Inline::Lea { dst, ea, w64 } => {
+                self.effective_address(ea);
+                if !w64 {
+                    dynasm!(self.ops ; .arch x64 ; mov eax, eax);
+                }
+                dynasm!(self.ops ; .arch x64 ; mov QWORD [r12 + dst], rax);
+            }
+            Inline::MovRR { dst, src, w64 } => {
+                if w64 {
+                    dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + src] ; mov QWORD [r12 + dst], rax);
+                } else {
+                    dynasm!(self.ops ; .arch x64 ; mov eax, DWORD [r12 + src] ; mov QWORD [r12 + dst], rax);
+                }
+            }
+            Inline::MovRI { dst, imm, w64 } => {
+                if w64 {
+                    let v = imm as i64;
+                    dynasm!(self.ops ; .arch x64 ; mov rax, QWORD v ; mov QWORD [r12 + dst], rax);
+                } else {
+                    let v = imm as u32 as i32;
+                    dynasm!(self.ops ; .arch x64 ; mov eax, v ; mov QWORD [r12 + dst], rax);
+                }
+            }
+            Inline::Alu { op, dst, src, w64 } => {
+                if matches!(op, AluOp::Adc | AluOp::Sbb) {
+                    self.load_guest_cf();
+                }
+                match op {
+                    AluOp::Add => alu_emit!(self.ops, add, w64, dst, src, true),
+                    AluOp::Adc => alu_emit!(self.ops, adc, w64, dst, src, true),
+                    AluOp::Sbb => alu_emit!(self.ops, sbb, w64, dst, src, true),
+                    AluOp::Sub => alu_emit!(self.ops, sub, w64, dst, src, true),
+                    AluOp::And => alu_emit!(self.ops, and, w64, dst, src, true),
+                    AluOp::Or => alu_emit!(self.ops, or, w64, dst, src, true),
+                    AluOp::Xor => alu_emit!(self.ops, xor, w64, dst, src, true),
+                    AluOp::Cmp => alu_emit!(self.ops, cmp, w64, dst, src, false),
+                    AluOp::Test => alu_emit!(self.ops, test, w64, dst, src, false),
+                }
+                self.flags_in_host = true;
+                self.last_logic = matches!(op, AluOp::And | AluOp::Or | AluOp::Xor | AluOp::Test);
+            }
+            Inline::IncDec { inc, dst, w64 } => {
+                // INC/DEC keep CF.
+                self.load_guest_cf();
+                match (inc, w64) {
+                    (true, true) => dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + dst] ; inc rax),
+                    (false, true) => dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + dst] ; dec rax),
+                    (true, false) => dynasm!(self.ops ; .arch x64 ; mov eax, DWORD [r12 + dst] ; inc eax),
+                    (false, false) => dynasm!(self.ops ; .arch x64 ; mov eax, DWORD [r12 + dst] ; dec eax),
+                }
+                dynasm!(self.ops ; .arch x64 ; mov QWORD [r12 + dst], rax);
+                self.flags_in_host = true;
+                self.last_logic = false;
+            }
+            Inline::Shift1 { op, dst, w64 } => {
+                match (op, w64) {
+                    (Mnemonic::Shl, true) => dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + dst] ; shl rax, 1),
+                    (Mnemonic::Shr, true) => dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + dst] ; shr rax, 1),
+                    (_, true) => dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + dst] ; sar rax, 1),
+                    (Mnemonic::Shl, false) => dynasm!(self.ops ; .arch x64 ; mov eax, DWORD [r12 + dst] ; shl eax, 1),
+                    (Mnemonic::Shr, false) => dynasm!(self.ops ; .arch x64 ; mov eax, DWORD [r12 + dst] ; shr eax, 1),
+                    (_, false) => dynasm!(self.ops ; .arch x64 ; mov eax, DWORD [r12 + dst] ; sar eax, 1),
+                }
+                dynasm!(self.ops ; .arch x64 ; mov QWORD [r12 + dst], rax);
+                self.flags_in_host = true;
+                self.last_logic = true;
+            }
+            Inline::Jcc { cc, target } => {
+                self.pending += 1;
+                let taken = self.ops.new_dynamic_label();
+                if self.flags_in_host {
+                    // Branch on the host flags; each path then writes them back.
+                    dynasm!(self.ops ; .arch x64 ; pushfq);
+                    jcc_emit!(self.ops, cc, taken);
+                    for (to, label) in [(next, None), (target, Some(taken))] {
+                        if let Some(l) = label {
+                            dynasm!(self.ops ; .arch x64 ; =>l);
+                        }
+                        let (synced, pending) = (self.synced, self.pending);
+                        dynasm!(self.ops ; .arch x64 ; pop rax);
+                        self.merge_flags_from_rax();
+                        self.sync_count_rip(to);
+                        self.leave_to(to);
+                        self.synced = synced;
+                        self.pending = pending;
+                    }
+                } else {
+                    self.materialize_lazy();
+                    let status = STATUS as i32;
+                    dynasm!(self.ops
+                        ; .arch x64
+                        ; mov rax, QWORD [r12 + RFLAGS]
+                        ; and eax, status
+                        ; push rax
+                        ; popfq
+                    );
+                    jcc_emit!(self.ops, cc, taken);
+                    for (to, label) in [(next, None), (target, Some(taken))] {
+                        if let Some(l) = label {
+                            dynasm!(self.ops ; .arch x64 ; =>l);
+                        }
+                        let (synced, pending) = (self.synced, self.pending);
+                        self.sync_count_rip(to);
+                        self.leave_to(to);
+                        self.synced = synced;
+                        self.pending = pending;
+                    }
+                }
+                self.flags_in_host = false;
+                return;
+            }
+            Inline::Jmp { target } => {
+                self.pending += 1;
+                self.sync_flags();
+                self.sync_count_rip(target);
+                self.leave_to(target);
+                return;
+            }
+        }
+        self.pending += 1;
+    }
+}
+
+/// Emits a block.
+///
+/// ```text
+/// push r12; push r13; push r14          ; rsp 16-aligned for the calls below
+/// r12 = cpu; r13 = env; r14 = helpers
+/// if icount + n > budget_end: return NO_BUDGET          (blocks with inline code)
+/// per instruction, inline:  host code on CpuState fields (flags left in the host's RFLAGS
+///                           until an instruction or the exit needs them in CpuState)
+///                 otherwise: sync flags, icount, RIP; eax = helpers.step(cpu, env);
+///                            if eax != CONTINUE goto out
+/// sync; eax = BLOCK_END
+/// out: pop r14; pop r13; pop r12; ret   ; eax = exit code
+/// ```
+#[allow(clippy::too_many_arguments)]
+fn emit_block(
+    ops: &mut Assembler,
+    insns: &[Instruction],
+    bitness: u32,
+    inline: bool,
+    user: bool,
+    big_stack: bool,
+    entry_rip: u64,
+    entry_backing: u64,
+    slots: &mut Vec<(AssemblyOffset, u64)>,
+) -> AssemblyOffset {
+    let out = ops.new_dynamic_label();
+    let no_budget = ops.new_dynamic_label();
+    // A direct branch inlines only if its target is canonical for the RIP being translated
+    // (the interpreter raises #GP for a non-canonical one).
+    let canonical = |t: u64| {
+        let a = entry_rip.wrapping_add(t);
+        bitness != 64 || ((a << 16) as i64 >> 16) as u64 == a
+    };
+    let plan: Vec<Option<Inline>> = insns
+        .iter()
+        .map(|i| {
+            if !inline {
+                return None;
+            }
+            let p = if i.op_count() == 2 && (i.op0_kind() == OpKind::Memory || i.op1_kind() == OpKind::Memory) {
+                classify_mem(i, bitness, user)
+            } else if let Some(p) = classify_stack(i, bitness, big_stack, user) {
+                Some(p)
+            } else {
+                classify(i)
+            };
+            match p {
+                Some(Inline::Jcc { target, .. } | Inline::Jmp { target })
+                | Some(Inline::Stack { op: StackOp::Call(target), .. })
+                    if !canonical(target) =>
+                {
+                    None
+                }
+                p => p,
+            }
+        })
+        .collect();
+    dynasm!(ops
+        ; .arch x64
+        ; push r12
+        ; push r13
+        ; push r14
+        ; mov r12, rdi
+        ; mov r13, rsi
+        ; mov r14, rdx
+    );
+    let body_off = ops.offset();
+    let body = Some(ops.new_dynamic_label());
+    if let Some(body) = body {
+        let n = insns.len() as i32;
+        dynasm!(ops
+            ; .arch x64
+            ; =>body
+            ; mov rax, QWORD [r12 + ICOUNT]
+            ; add rax, n
+            ; cmp rax, QWORD [r12 + BUDGET_END]
+            ; ja =>no_budget
+        );
+    }
+    let mut em = Emitter {
+        ops,
+        out,
+        body,
+        entry_backing,
+        slots,
+        rip32: bitness != 64,
+        synced: 0,
+        pending: 0,
+        flags_in_host: false,
+        last_logic: false,
+    };
+    let mut ended = false;
+    for (i, p) in insns.iter().zip(&plan) {
+        let at = i.ip();
+        let next = i.next_ip();
+        match p {
+            Some(op) => {
+                em.inline(*op, at, next);
+                if matches!(
+                    op,
+                    Inline::Jcc { .. } | Inline::Jmp { .. } | Inline::Stack { op: StackOp::Call(_) | StackOp::Ret, .. }
+                ) {
+                    ended = true;
+                }
+            }
+            None => em.helper(at, next),
+        }
+    }
+    if !ended {
+        let end = insns.last().map_or(0, |i| i.next_ip());
+        em.sync_flags();
+        em.sync_count_rip(end);
+        em.leave_to(end);
+    }
+    let ops = em.ops;
+    dynasm!(ops ; .arch x64 ; =>no_budget ; mov eax, exit::NO_BUDGET as i32 ; jmp =>out);
+    dynasm!(ops
+        ; .arch x64
+        ; =>out
+        ; pop r14
+        ; pop r13
+        ; pop r12
+        ; ret
+    );
+    body_off
+}
+
+/// The one entry into generated code.
+///
+/// # Safety
+/// `code` must point at the first byte of a block emitted by [`emit_block`] into an executable
+/// buffer that stays mapped and unmodified until this returns; `cpu` and `env` must be valid
+/// and exclusive for the duration of the call.
+unsafe fn enter_block(code: *const u8, cpu: &mut CpuState, env: &mut HelperEnv<'_>) -> u32 {
+    // SAFETY: by the contract above `code` is the entry of a function emitted with the
+    // `BlockFn` signature (sysv64: three pointer arguments, u32 result; it saves and restores
+    // the callee-saved registers it uses and keeps the stack aligned for its calls).
+    let f: BlockFn = unsafe { std::mem::transmute::<*const u8, BlockFn>(code) };
+    // SAFETY: the pointers come from exclusive borrows valid for the call; the block only
+    // passes them on to `helper_step`, whose contract they meet.
+    unsafe { f(cpu, env, &HELPERS) }
+}
+
+/// The backing offset of the instruction at CS:RIP, if the TLB can tell without a walk.
+fn code_backing(cpu: &CpuState) -> Option<u64> {
+    let rip = cpu.rip;
+    let lin = if cpu.mode() == CpuMode::Long64 {
+        rip
+    } else {
+        let cs = &cpu.seg[SegReg::Cs as usize];
+        if rip > u64::from(cs.limit) {
+            return None;
+        }
+        cs.base.wrapping_add(rip) & 0xFFFF_FFFF
+    };
+    cpu.tlb.lookup(cpu.cpl == 3, TlbAccess::Exec, lin, 1)
+}
+
+/// Finds or makes the block for CS:RIP; `None` when the instruction must be interpreted.
+fn block_for(
+    cache: &mut CodeCache,
+    stats: &mut JitStats,
+    cpu: &mut CpuState,
+    bus: &mut dyn CpuBus,
+) -> Option<(Block, u64)> {
+    cache.ops.as_ref()?;
+    cpu.refresh_mode_key();
+    let b = code_backing(cpu)?;
+    let key = (b, cpu.mode_key);
+    let j = jc_index(key);
+    if let Some((k, blk)) = cache.jc[j] {
+        if k == key {
+            return Some((blk, b));
+        }
+    }
+    if let Some(blk) = cache.blocks.get(&key) {
+        cache.jc[j] = Some((key, *blk));
+        return Some((*blk, b));
+    }
+    let mem = bus.memory();
+    let page = b >> 12;
+    if mem.code_pages().is_hot_data(page) {
+        return None;
+    }
+    if cache.full() {
+        cache.flush();
+        stats.cache_flushes += 1;
+    }
+    // Inline host code only in flat 32- and 64-bit code outside virtual-8086 mode.
+    let k = cpu.mode_key;
+    let inline = matches!(k & 3, 2 | 3) && k & (1 << 7) != 0 && k & (1 << 6) == 0;
+    let big_stack = k & (1 << 4) != 0;
+    let blk = cache.translate(mem.backing(), key, cpu.mode().bitness(), inline, cpu.cpl == 3, big_stack, cpu.rip)?;
+    if mem.mark_code_page(page) {
+        cpu.tlb.protect_backing_page(page << 12);
+    }
+    stats.blocks_translated += 1;
+    Some((blk, b))
+}
+
+/// The dispatcher: runs blocks (or single interpreted instructions) until the budget is used up
+/// or something ends the run.
+pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, budget: u64) -> RunExit {
+    let end = cpu.icount.saturating_add(budget);
+    cpu.budget_end = end;
+    cpu.irq_pending = bus.interrupt_pending();
+    cpu.stop_requested = false;
+    let Translator { interp, cache, stats, trace } = t;
+    let mut env = HelperEnv::new(interp, bus, *trace);
+    let mut chain_req: Option<usize> = None;
+    let r = loop {
+        if cpu.icount >= end {
+            break RunExit::BudgetExhausted;
+        }
+        let mem = env.bus().memory();
+        if mem.code_pages().has_invalidated() {
+            let mut ranges = Vec::new();
+            mem.code_pages().take_invalidated(|r| ranges.push(r));
+            for r in ranges {
+                stats.smc_invalidations += cache.invalidate(r.start, r.len);
+            }
+        }
+        // Blocks assume no interrupt is due when they start (helpers keep it so inside them).
+        let due = cpu.interrupt_shadow || (cpu.rflags & IF != 0 && cpu.irq_pending);
+        let code = if cpu.halted || due { None } else { block_for(cache, stats, cpu, env.bus()) };
+        if let (Some(id), Some((blk, b))) = (chain_req.take(), &code) {
+            cache.chain(id, *b, blk);
+        }
+        let c = match code {
+            Some((blk, _)) => {
+                stats.block_runs += 1;
+                cache.enter(blk.entry, cpu, &mut env)
+            }
+            None => {
+                stats.interpreted += 1;
+                env.step(cpu)
+            }
+        };
+        match c & 0xFF {
+            exit::HALTED => break RunExit::Halted,
+            exit::TRIPLE_FAULT => break RunExit::TripleFault,
+            exit::STOPPED => break RunExit::Stopped,
+            CHAIN => chain_req = Some((c >> 8) as usize),
+            // The block that did not fit may have been reached by a chained jump after other
+            // blocks ran: the budget may be used up already.
+            exit::NO_BUDGET if cpu.icount < end => {
+                stats.interpreted += 1;
+                match env.step(cpu) {
+                    exit::HALTED => break RunExit::Halted,
+                    exit::TRIPLE_FAULT => break RunExit::TripleFault,
+                    exit::STOPPED => break RunExit::Stopped,
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    };
+    stats.helper_calls += env.helper_calls;
+    stats.chains_patched = cache.chained;
+    r
+}

@@ -1,0 +1,131 @@
+//! Self-modifying code under the JIT: the architectural rule (SDM vol. 3 11.6: a write to a
+//! code byte is seen by the next fetch of it) holds for a store into the running block, a
+//! REP STOSB over the code it is part of, a page written through one linear alias and executed
+//! through another, and memory rewritten by DMA between runs. Results are worked out by hand
+//! and the interpreter must agree.
+
+mod common;
+
+use common::*;
+use cpu::state::cr;
+use cpu::{ExecutionEngine, RunExit};
+use iced_x86::code_asm::*;
+
+#[test]
+fn test_smc_loop_patches_its_own_next_instruction() {
+    // 64-bit: the store is RIP-relative.
+    let code64 = assemble(64, |a| {
+        let mut top = a.create_label();
+        let mut patch = a.create_label();
+        a.mov(ecx, 10u32).unwrap();
+        a.xor(ebx, ebx).unwrap();
+        a.set_label(&mut top).unwrap();
+        // The immediate of the MOV below becomes CL; the MOV runs right after the store.
+        a.lea(rdi, qword_ptr(patch)).unwrap();
+        a.mov(byte_ptr(rdi + 1), cl).unwrap();
+        a.set_label(&mut patch).unwrap();
+        a.mov(eax, 0u32).unwrap();
+        a.add(ebx, eax).unwrap();
+        a.dec(ecx).unwrap();
+        a.jnz(top).unwrap();
+        a.hlt().unwrap();
+    });
+    // 32-bit, by hand (absolute store address):
+    let code32 = [
+        0xB9, 10, 0, 0, 0, // 1000: mov ecx, 10
+        0x31, 0xDB, // 1005: xor ebx, ebx
+        0x88, 0x0D, 0x0E, 0x10, 0, 0, // 1007: mov [0x100e], cl
+        0xB8, 0, 0, 0, 0, // 100d: mov eax, imm32 (patched)
+        0x01, 0xC3, // 1012: add ebx, eax
+        0x49, // 1014: dec ecx
+        0x75, 0xF0, // 1015: jnz 1007
+        0xF4, // 1017: hlt
+    ];
+    for (bits, code) in [(64u32, code64), (32, code32.to_vec())] {
+        let (exit, c, _) = lockstep("patch-next", &code, &state(bits), 10_000);
+        assert_eq!(exit, RunExit::Halted);
+        assert_eq!(c.gpr[3], 55, "{bits}-bit: every MOV ran with the value just stored into it");
+    }
+}
+
+#[test]
+fn test_smc_rep_stosb_over_running_code() {
+    // REP STOSB writes NOPs over the instructions that follow it (ECX of them).
+    let code = assemble(64, |a| {
+        let mut target = a.create_label();
+        a.lea(rdi, qword_ptr(target)).unwrap();
+        a.mov(al, 0x90u32).unwrap();
+        a.mov(ecx, 10u32).unwrap();
+        a.xor(ebx, ebx).unwrap();
+        a.rep().stosb().unwrap();
+        a.set_label(&mut target).unwrap();
+        a.mov(ebx, 1u32).unwrap(); // 5 bytes
+        a.mov(ebx, 2u32).unwrap(); // 5 bytes
+        a.add(ebx, 0x40).unwrap();
+        a.hlt().unwrap();
+    });
+    let (exit, c, _) = lockstep("rep-stosb", &code, &state(64), 1000);
+    assert_eq!(exit, RunExit::Halted);
+    assert_eq!(c.gpr[3], 0x40, "both MOVs were overwritten before they ran");
+}
+
+#[test]
+fn test_smc_write_through_one_alias_execute_through_another() {
+    // 32-bit paging, 4 MiB pages: linear 0 and linear 4 MiB both map physical 0. The function
+    // at 0x3000 (`mov eax, imm32; ret`) is called through the alias 0x403000 and patched
+    // through 0x3001.
+    let pd = 0x1_0000u64;
+    let code = assemble(32, |a| {
+        a.xor(ebx, ebx).unwrap();
+        a.mov(eax, 0x40_3000u32).unwrap();
+        a.call(eax).unwrap();
+        a.add(ebx, eax).unwrap();
+        a.mov(dword_ptr(0x3001u32), 2).unwrap();
+        a.mov(eax, 0x40_3000u32).unwrap();
+        a.call(eax).unwrap();
+        a.add(ebx, eax).unwrap();
+        a.mov(dword_ptr(0x3001u32), 40).unwrap();
+        a.mov(eax, 0x40_3000u32).unwrap();
+        a.call(eax).unwrap();
+        a.add(ebx, eax).unwrap();
+        a.hlt().unwrap();
+    });
+    let func = [0xB8, 1, 0, 0, 0, 0xC3]; // mov eax, 1; ret
+    let mut start = state(32);
+    start.cr3 = pd;
+    start.cr4 |= cr::CR4_PSE;
+    start.cr0 |= cr::CR0_PG;
+    for engine in 0..2 {
+        let mut bus = cpu::RamBus::with_code(RAM, &code, CODE).unwrap();
+        bus.mem.load(base::GuestPhysAddr(pd), &0x83u32.to_le_bytes()).unwrap();
+        bus.mem.load(base::GuestPhysAddr(pd + 4), &0x83u32.to_le_bytes()).unwrap();
+        bus.mem.load(base::GuestPhysAddr(0x3000), &func).unwrap();
+        let mut e: Box<dyn ExecutionEngine> =
+            if engine == 0 { Box::new(cpu::Interpreter::new()) } else { Box::new(jit::Translator::new()) };
+        let mut c = start.clone();
+        assert_eq!(e.run(&mut c, &mut bus, 1000), RunExit::Halted);
+        assert_eq!(c.gpr[3], 1 + 2 + 40, "engine {}", e.name());
+    }
+}
+
+#[test]
+fn test_smc_dma_into_translated_code_is_seen() {
+    // A translated loop; between runs a device writes new code over it (DMA).
+    let code = assemble(64, |a| {
+        a.mov(eax, 1u32).unwrap();
+        a.add(ebx, eax).unwrap();
+        a.hlt().unwrap();
+    });
+    let mut bus = cpu::RamBus::with_code(RAM, &code, CODE).unwrap();
+    let mut jit = jit::Translator::new();
+    let mut c = state(64);
+    assert_eq!(jit.run(&mut c, &mut bus, 100), RunExit::Halted);
+    assert_eq!(c.gpr[3], 1);
+    assert!(jit.stats().blocks_translated >= 1);
+    // DMA: the immediate of `mov eax, 1` becomes 7.
+    bus.mem.dma_write_backing(CODE + 1, &7u32.to_le_bytes());
+    let mut c = state(64);
+    assert_eq!(jit.run(&mut c, &mut bus, 100), RunExit::Halted);
+    assert_eq!(c.gpr[3], 7, "the block translated before the DMA was dropped");
+    assert!(jit.stats().smc_invalidations >= 1);
+}
