@@ -39,6 +39,11 @@ fn test_lockstep_check_roms() {
         ("system_protected", test_roms::system_protected()),
         ("system_long", test_roms::system_long()),
         ("apic", test_roms::apic()),
+        ("fpu_real", test_roms::fpu_real()),
+        ("fpu_protected", test_roms::fpu_protected()),
+        ("fpu_long", test_roms::fpu_long()),
+        ("v86_monitor", test_roms::v86_monitor()),
+        ("nmi_ipi", test_roms::nmi_ipi()),
     ];
     for (name, rom) in roms {
         lockstep_rom(name, rom, 5_000_000, pass);
