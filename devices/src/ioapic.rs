@@ -423,3 +423,15 @@ mod tests {
         assert_eq!(r(&mut io, IOAPIC_REG_VER), IOAPIC_VERSION);
     }
 }
+
+impl base::Persist for IoApic {
+    type State = IoApicState;
+    type ConstructorArgs = ();
+    type Error = std::convert::Infallible;
+    fn save(&self) -> IoApicState {
+        self.state()
+    }
+    fn restore((): (), state: &IoApicState) -> Result<Self, Self::Error> {
+        Ok(Self::from_state(state.clone()))
+    }
+}

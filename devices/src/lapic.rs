@@ -902,3 +902,15 @@ mod tests {
         assert_eq!(rd(&mut a, APIC_LVR), APIC_VERSION);
     }
 }
+
+impl base::Persist for LocalApic {
+    type State = LocalApicState;
+    type ConstructorArgs = ();
+    type Error = std::convert::Infallible;
+    fn save(&self) -> LocalApicState {
+        self.state()
+    }
+    fn restore((): (), state: &LocalApicState) -> Result<Self, Self::Error> {
+        Ok(Self::from_state(state.clone()))
+    }
+}

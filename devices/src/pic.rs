@@ -683,3 +683,15 @@ mod tests {
         assert_ne!(q.state(), st);
     }
 }
+
+impl base::Persist for I8259Pic {
+    type State = I8259PicState;
+    type ConstructorArgs = ();
+    type Error = std::convert::Infallible;
+    fn save(&self) -> I8259PicState {
+        self.state()
+    }
+    fn restore((): (), state: &I8259PicState) -> Result<Self, Self::Error> {
+        Ok(Self::from_state(state.clone()))
+    }
+}

@@ -118,3 +118,15 @@ mod tests {
         assert_eq!(Port92::from_state(p.state()), p);
     }
 }
+
+impl base::Persist for Port92 {
+    type State = Port92State;
+    type ConstructorArgs = ();
+    type Error = std::convert::Infallible;
+    fn save(&self) -> Port92State {
+        self.state()
+    }
+    fn restore((): (), state: &Port92State) -> Result<Self, Self::Error> {
+        Ok(Self::from_state(*state))
+    }
+}
