@@ -6,6 +6,7 @@
 mod board;
 pub mod disk;
 pub mod loader;
+pub mod snapshot;
 
 use base::{GuestPhysAddr, VirtualInstant};
 use board::{Board, ConsoleSink};
