@@ -1,7 +1,9 @@
 //! The `ferrovisor` command line.
 
 mod disk;
+mod qmp;
 mod run;
+mod vm;
 
 use clap::{Parser, Subcommand};
 

@@ -74,6 +74,8 @@ pub struct RunArgs {
     /// Do not print the instruction count and MIPS summary at exit.
     #[arg(short, long)]
     quiet: bool,
+    #[command(flatten)]
+    mgmt: crate::vm::MgmtArgs,
 }
 
 /// Destinations of the serial console.
@@ -121,7 +123,18 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
         no_reboot: a.no_reboot,
         rtc_unix_seconds: host_time,
     };
-    let mut m = Machine::new(config)?;
+    if a.disk.len() > 4 {
+        bail!("at most 4 IDE disks");
+    }
+    let mut disks = crate::vm::Disks { read_only: a.read_only, ..Default::default() };
+    for (i, path) in a.disk.iter().enumerate() {
+        disks.paths[i] = Some(path.clone());
+    }
+    if let Some(file) = a.mgmt.snapshot_load.clone() {
+        let (m, d) = crate::vm::restore(&file, config.clone(), &disks)?;
+        return crate::qmp::run_vm(m, d, config, &a.mgmt, a.max_insns, a.quiet);
+    }
+    let mut m = Machine::new(config.clone())?;
     for (i, path) in a.disk.iter().enumerate() {
         m.attach_disk_file(i, path, a.read_only)?;
     }
@@ -142,6 +155,9 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
     if a.max_insns == Some(0) {
         bail!("--max-insns must be at least 1");
     }
+    if a.mgmt.qmp.is_some() || a.mgmt.snapshot_save.is_some() || a.mgmt.state_out.is_some() || a.mgmt.paused {
+        return crate::qmp::run_vm(m, disks, config, &a.mgmt, a.max_insns, a.quiet);
+    }
     let start = Instant::now();
     let exit = m.run(a.max_insns);
     let secs = start.elapsed().as_secs_f64();
@@ -149,7 +165,12 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
     if !a.quiet {
         eprintln!("ferrovisor: {n} guest instructions in {:.3} s ({:.1} MIPS)", secs, n as f64 / secs.max(1e-9) / 1e6);
     }
-    Ok(match exit {
+    Ok(exit_status(exit))
+}
+
+/// The process exit status for a run's end (see `ferrovisor run --help`).
+pub fn exit_status(exit: Exit) -> i32 {
+    match exit {
         Exit::Halted => 0,
         Exit::ExitDevice(v) => ((v << 1) | 1) as i32,
         Exit::TripleFault => {
@@ -168,7 +189,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
             eprintln!("ferrovisor: the guest halted with every interrupt source masked; nothing can wake it");
             4
         }
-    })
+    }
 }
 
 #[cfg(test)]

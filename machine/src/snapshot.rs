@@ -31,14 +31,16 @@
 use crate::board::persist::BoardState;
 use crate::{Machine, MachineConfig, MachineError};
 use base::Persist;
-use cpu::ExecutionEngine;
 use cpu::state::{DescriptorTable, Msrs, Segment};
 use cpu::CpuState;
+use cpu::ExecutionEngine;
 use flate2::Crc;
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
+
+pub use devices::BlockBackend;
 
 /// The file's magic number.
 pub const MAGIC: [u8; 8] = *b"FVSNAPSH";
@@ -331,7 +333,8 @@ impl CpuSnapshot {
         c.halted = self.halted;
         c.interrupt_shadow = self.interrupt_shadow;
         c.icount = self.icount;
-        c.fpu = fpu_from_image(&self.fxsave).ok_or_else(|| format!("fxsave: {} bytes, expected 512", self.fxsave.len()))?;
+        c.fpu =
+            fpu_from_image(&self.fxsave).ok_or_else(|| format!("fxsave: {} bytes, expected 512", self.fxsave.len()))?;
         Ok(c)
     }
 }
@@ -390,8 +393,7 @@ impl RamSnapshot {
             if start >= end {
                 return Err(format!("run at page {first} lies outside RAM"));
             }
-            dec.read_exact(&mut mem[start as usize..end as usize])
-                .map_err(|e| format!("compressed pages: {e}"))?;
+            dec.read_exact(&mut mem[start as usize..end as usize]).map_err(|e| format!("compressed pages: {e}"))?;
         }
         Ok(())
     }
@@ -547,12 +549,8 @@ fn crc(b: &[u8]) -> u32 {
 /// Encodes a machine state as a snapshot file image.
 pub fn encode(s: &MachineState) -> Vec<u8> {
     let json = |v: &dyn erased::Json| v.to_json();
-    let mut sections: Vec<(&str, Vec<u8>)> = vec![
-        ("CONFIG", json(&s.config)),
-        ("CPU", json(&s.cpu)),
-        ("DEVICES", json(&s.board)),
-        ("RAM", s.ram.encode()),
-    ];
+    let mut sections: Vec<(&str, Vec<u8>)> =
+        vec![("CONFIG", json(&s.config)), ("CPU", json(&s.cpu)), ("DEVICES", json(&s.board)), ("RAM", s.ram.encode())];
     if let Some(b) = &s.bios {
         sections.push(("BIOS", b.clone()));
     }
@@ -645,8 +643,7 @@ pub fn decode(b: &[u8]) -> Result<MachineState, SnapshotError> {
         name: &'static str,
     ) -> Result<T, SnapshotError> {
         let p = found.get(name).ok_or(SnapshotError::Missing(name))?;
-        serde_json::from_slice(p)
-            .map_err(|e| SnapshotError::Malformed { section: name.into(), reason: e.to_string() })
+        serde_json::from_slice(p).map_err(|e| SnapshotError::Malformed { section: name.into(), reason: e.to_string() })
     }
     let ram = RamSnapshot::decode(found.get("RAM").ok_or(SnapshotError::Missing("RAM"))?)
         .map_err(|reason| SnapshotError::Malformed { section: "RAM".into(), reason })?;
@@ -687,6 +684,12 @@ pub fn read_file(path: &Path) -> Result<MachineState, SnapshotError> {
 }
 
 impl Machine {
+    /// Asks for a machine reset (QMP `system_reset`); it happens when the next run slice starts,
+    /// as a guest-requested one does.
+    pub fn request_reset(&mut self) {
+        self.board.reset_requested = true;
+    }
+
     /// The machine's full state as a comparable value without RAM (CPU and chips), for tests
     /// and `--state-out`.
     pub fn state_json(&self) -> serde_json::Value {
