@@ -7,12 +7,13 @@
 //! | magic "FVSNAPSH" (8) | major u16 | minor u16 | count u32      |  header, 20 bytes
 //! | header CRC-32 u32 (of the 16 bytes before it)                 |
 //! +--------------------------------------------------------------+
-//! | tag [u8; 8] | length u64 | CRC-32 of payload u32 | flags u32  |  one per section,
+//! | tag [u8; 8] | length u64 | CRC-32 u32 | flags u32             |  one per section,
 //! | payload (length bytes)                                        |  `count` times
 //! +--------------------------------------------------------------+
 //! ```
 //!
-//! Sections (tags are ASCII, NUL-padded):
+//! The section CRC-32 covers the tag, the length, the flags and the payload. Sections (tags are ASCII,
+//! NUL-padded):
 //! - `CONFIG`: JSON [`SavedConfig`] (RAM size, no-reboot, RTC base);
 //! - `CPU`: JSON [`CpuSnapshot`] (registers, MSRs, the FXSAVE image of the FPU as 512 bytes);
 //! - `DEVICES`: JSON [`BoardState`] (every chip through its `Persist` state);
@@ -565,9 +566,14 @@ pub fn encode(s: &MachineState) -> Vec<u8> {
     let hcrc = crc(&out);
     out.extend_from_slice(&hcrc.to_le_bytes());
     for (name, payload) in sections {
+        let mut c = Crc::new();
+        c.update(&tag(name));
+        c.update(&(payload.len() as u64).to_le_bytes());
+        c.update(&0u32.to_le_bytes());
+        c.update(&payload);
         out.extend_from_slice(&tag(name));
         out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        out.extend_from_slice(&crc(&payload).to_le_bytes());
+        out.extend_from_slice(&c.sum().to_le_bytes());
         out.extend_from_slice(&0u32.to_le_bytes());
         out.extend_from_slice(&payload);
     }
@@ -626,7 +632,11 @@ pub fn decode(b: &[u8]) -> Result<MachineState, SnapshotError> {
             )));
         };
         let payload = &b[pos..end];
-        if crc(payload) != want {
+        let mut c = Crc::new();
+        c.update(&h[..16]);
+        c.update(&h[20..24]);
+        c.update(payload);
+        if c.sum() != want {
             return Err(SnapshotError::Checksum(format!("section {name:?}")));
         }
         found.insert(name, payload);

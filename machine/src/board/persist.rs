@@ -106,6 +106,9 @@ impl Board {
                 }
             }
         }
+        // The fresh chips drove their power-on levels into the queue: drop those, the restored
+        // chips drive the saved ones.
+        irqs.0.borrow_mut().clear();
         let c = &mut self.chips;
         let ide = <PiixIde<_> as Persist>::restore(ide, &s.ide).unwrap_or_else(|e| never(e));
         let root = PcPci {
