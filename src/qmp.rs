@@ -13,7 +13,7 @@ use base::Persist;
 use machine::snapshot::MachineState;
 use machine::{Exit, Machine, MachineConfig};
 use serde_json::{json, Map, Value};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
@@ -166,35 +166,53 @@ fn serve_client(hub: Arc<Hub>, reader: Box<dyn std::io::Read + Send>, writer: Bo
         Arc::new(Client { out: Mutex::new(writer), negotiated: AtomicBool::new(false), alive: AtomicBool::new(true) });
     hub.clients.lock().unwrap_or_else(|e| e.into_inner()).push(client.clone());
     client.send(&json!({"QMP": {"version": version(), "capabilities": []}}));
-    let mut r = BufReader::new(reader);
-    let mut pending = String::new();
+    let mut reader = reader;
+    // Clients need not end a command with a newline (qemu.qmp does not): parse the byte stream.
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let mut messages: std::collections::VecDeque<Result<Value, String>> = std::collections::VecDeque::new();
     loop {
-        let mut line = String::new();
-        match r.read_line(&mut line) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-        // A control character resynchronizes a confused parser (qmp-spec "Forcing the JSON parser
-        // into known-good state").
-        if line.bytes().any(|b| b == 0x1B || b == 0xFF || b == 0x04) {
-            pending.clear();
-            continue;
-        }
-        pending.push_str(&line);
-        if pending.trim().is_empty() {
-            pending.clear();
-            continue;
-        }
-        let v: Value = match serde_json::from_str(&pending) {
-            Ok(v) => v,
-            Err(e) if e.is_eof() && pending.len() < (1 << 20) => continue,
-            Err(e) => {
-                pending.clear();
-                client.send(&error("GenericError", format!("JSON parse error, {e}"), &None));
+        let v = match messages.pop_front() {
+            Some(Ok(v)) => v,
+            Some(Err(e)) => {
+                client.send(&error("GenericError", e, &None));
+                continue;
+            }
+            None => {
+                let n = match reader.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                buf.extend_from_slice(&chunk[..n]);
+                // A control character resynchronizes a confused parser (qmp-spec "Forcing the
+                // JSON parser into known-good state").
+                if let Some(p) = buf.iter().rposition(|&b| b == 0x1B || b == 0xFF || b == 0x04) {
+                    buf.drain(..=p);
+                }
+                loop {
+                    let mut it = serde_json::Deserializer::from_slice(&buf).into_iter::<Value>();
+                    match it.next() {
+                        None => {
+                            buf.clear();
+                            break;
+                        }
+                        Some(Ok(v)) => {
+                            let used = it.byte_offset();
+                            buf.drain(..used);
+                            messages.push_back(Ok(v));
+                        }
+                        Some(Err(e)) if e.is_eof() && buf.len() < (1 << 20) => break,
+                        Some(Err(e)) => {
+                            // Skip to the end of the offending line (or everything) and go on.
+                            let cut = buf.iter().position(|&b| b == b'\n').map_or(buf.len(), |p| p + 1);
+                            buf.drain(..cut);
+                            messages.push_back(Err(format!("JSON parse error, {e}")));
+                        }
+                    }
+                }
                 continue;
             }
         };
-        pending.clear();
         let Value::Object(mut obj) = v else {
             client.send(&error("GenericError", "QMP input must be a JSON object", &None));
             continue;
