@@ -3,6 +3,7 @@
 mod disk;
 mod qmp;
 mod run;
+mod serve;
 mod vm;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +22,10 @@ enum Command {
     Run(run::RunArgs),
     /// Disk image tools (VMDK and raw).
     Disk(disk::DiskArgs),
+    /// The management daemon: a REST API running many VMs, each in its own process.
+    Serve(serve::ServeArgs),
+    /// Talk to the management daemon (list, create, start, stop, snapshot, ...).
+    Vm(serve::VmArgs),
 }
 
 fn main() {
@@ -29,6 +34,8 @@ fn main() {
     let result = match cli.command {
         Command::Run(a) => run::run(a),
         Command::Disk(a) => disk::run(a),
+        Command::Serve(a) => serve::serve(a),
+        Command::Vm(a) => serve::vm(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

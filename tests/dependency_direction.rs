@@ -13,7 +13,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("devices", &["base", "mmu"]),
     ("cpu", &["base", "mmu"]),
     ("machine", &["base", "mmu", "cpu", "devices", "vmdk", "test-roms"]),
-    ("ferrovisor", &["machine", "test-roms", "base", "vmdk"]),
+    ("mgmt-api", &["machine"]),
+    ("ferrovisor", &["machine", "mgmt-api", "test-roms", "base", "vmdk"]),
 ];
 
 fn member_dirs(root: &Path) -> Vec<String> {
