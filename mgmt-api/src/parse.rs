@@ -131,7 +131,8 @@ mod tests {
             (br#"{"name":"a1","memory_mib":64,"disks":[{"path":"/etc/passwd"}]}"#, "invalid_field", "disks[0].path"),
             (br#"{"name":"a1","memory_mib":64,"firmware":"a/../../b"}"#, "invalid_field", "firmware"),
             (br#"{"name":"a1","memory_mib":64,"firmware":"a","flat":"b"}"#, "invalid_field", "at most one"),
-            (b"[1,2", "invalid_json", "EOF"),
+            (b"{\"name\":", "invalid_json", "EOF"),
+            (b"[1,2]", "invalid_json", "invalid type"),
         ] {
             let e = parse_vm_config(body, &images()).unwrap_err();
             assert_eq!(e.body.code, code, "{}: {}", String::from_utf8_lossy(body), e.body.message);
