@@ -137,7 +137,7 @@ impl Daemon {
     }
 
     /// Starts the VM process (optionally from a snapshot file).
-    async fn spawn_vm(self: &Arc<Self>, c: &VmConfig, snapshot: Option<PathBuf>) -> ApiResult<()> {
+    async fn spawn_vm(self: &Arc<Self>, c: &VmConfig, snapshot: Option<PathBuf>, reason: &str) -> ApiResult<()> {
         let dir = self.store.vm_dir(&c.name);
         let img = |p: &str| self.cfg.images_dir.join(p);
         let sock = self.qmp_sock(&c.name);
@@ -193,6 +193,8 @@ impl Daemon {
         if let Some(v) = self.table().get_mut(&c.name) {
             v.pid = pid;
         }
+        // Running from now on, until the watcher sees the process end (which may be at once).
+        self.set_state(&c.name, VmState::Running, reason);
         let me = self.clone();
         let id = c.name.clone();
         tokio::spawn(async move {
@@ -225,6 +227,8 @@ impl Daemon {
                 let _ = q.command("query-status", json!({})).await;
                 Ok(())
             }
+            // A guest that powered off at once: the process has come and gone.
+            Err(_) if self.table().get(&c.name).is_some_and(|v| v.pid.is_none()) => Ok(()),
             Err(e) => {
                 let log = std::fs::read_to_string(dir.join("vm.log")).unwrap_or_default();
                 let last = log.lines().last().unwrap_or_default().to_string();
@@ -336,8 +340,7 @@ pub async fn start_vm(State(d): State<Shared>, p: Result<Path<String>, PathRejec
     if d.table().get(&id).is_some_and(|v| v.pid.is_some()) {
         return Err(ApiError::conflict(format!("VM '{id}' is already running")));
     }
-    d.spawn_vm(&info.config, None).await?;
-    d.set_state(&id, VmState::Running, "started");
+    d.spawn_vm(&info.config, None, "started").await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -447,6 +450,16 @@ pub async fn create_snapshot(
         }
         Err(e) => Err(e.body.message),
     };
+    // The daemon checks what the VM process wrote (magic, version, every section's CRC).
+    let r = match r {
+        Ok(()) => {
+            let f = d.store.snapshot_file(&id, &s.name);
+            tokio::task::spawn_blocking(move || machine::snapshot::read_file(&f).map(|_| ()).map_err(|e| e.to_string()))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()))
+        }
+        Err(e) => Err(e),
+    };
     match r {
         Ok(()) => s.status = SnapshotStatus::Complete,
         Err(e) => {
@@ -508,10 +521,10 @@ pub async fn restore_snapshot(
         .map_err(ApiError::vm)?;
         // A restored VM runs (Firecracker's resume_vm), whether it was paused or not.
         q.command("cont", json!({})).await.map_err(ApiError::vm)?;
+        d.set_state(&id, VmState::Running, &format!("restored {name}"));
     } else {
-        d.spawn_vm(&info.config, Some(d.store.snapshot_file(&id, &name))).await?;
+        d.spawn_vm(&info.config, Some(d.store.snapshot_file(&id, &name)), &format!("restored {name}")).await?;
     }
-    d.set_state(&id, VmState::Running, &format!("restored {name}"));
     Ok(StatusCode::NO_CONTENT)
 }
 
