@@ -147,7 +147,7 @@ fn check_args(name: &str, args: &Map<String, Value>) -> Result<(), String> {
                     Ty::Str => v.is_string(),
                     Ty::StrList => v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
                 };
-                if !good && !(n == "cpu-index" && v.is_i64()) {
+                if !(good || (n == "cpu-index" && v.is_i64())) {
                     let want = match ty {
                         Ty::Str => "string",
                         Ty::StrList => "array",
@@ -666,7 +666,7 @@ pub fn run_vm(
     };
     report(&vm.m, start, quiet);
     finish(&mut vm.m, &mut vm.disks, mgmt)?;
-    if let Some(Listen::Unix(p)) = parse_spec(spec).ok() {
+    if let Ok(Listen::Unix(p)) = parse_spec(spec) {
         let _ = std::fs::remove_file(p);
     }
     Ok(match exit {

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 struct Daemon {
     child: Child,
-    data: PathBuf,
     ep: Endpoint,
 }
 
@@ -54,7 +53,7 @@ fn start_daemon(data: &Path) -> Daemon {
         assert!(t.elapsed() < Duration::from_secs(20), "the daemon did not come up");
         std::thread::sleep(Duration::from_millis(20));
     }
-    Daemon { child, data: data.to_path_buf(), ep }
+    Daemon { child, ep }
 }
 
 fn call(d: &Daemon, method: &str, path: &str, body: Option<Value>) -> Reply {

@@ -266,6 +266,18 @@ impl MmioDevice for IoApic {
     }
 }
 
+impl base::Persist for IoApic {
+    type State = IoApicState;
+    type ConstructorArgs = ();
+    type Error = std::convert::Infallible;
+    fn save(&self) -> IoApicState {
+        self.state()
+    }
+    fn restore((): (), state: &IoApicState) -> Result<Self, Self::Error> {
+        Ok(Self::from_state(state.clone()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -421,17 +433,5 @@ mod tests {
             io.take_messages();
         }
         assert_eq!(r(&mut io, IOAPIC_REG_VER), IOAPIC_VERSION);
-    }
-}
-
-impl base::Persist for IoApic {
-    type State = IoApicState;
-    type ConstructorArgs = ();
-    type Error = std::convert::Infallible;
-    fn save(&self) -> IoApicState {
-        self.state()
-    }
-    fn restore((): (), state: &IoApicState) -> Result<Self, Self::Error> {
-        Ok(Self::from_state(state.clone()))
     }
 }

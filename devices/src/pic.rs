@@ -455,6 +455,18 @@ impl PioDevice for I8259Pic {
     }
 }
 
+impl base::Persist for I8259Pic {
+    type State = I8259PicState;
+    type ConstructorArgs = ();
+    type Error = std::convert::Infallible;
+    fn save(&self) -> I8259PicState {
+        self.state()
+    }
+    fn restore((): (), state: &I8259PicState) -> Result<Self, Self::Error> {
+        Ok(Self::from_state(state.clone()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -681,17 +693,5 @@ mod tests {
         assert_eq!(q.state(), st);
         assert_eq!(q.acknowledge(), Some(0x2A));
         assert_ne!(q.state(), st);
-    }
-}
-
-impl base::Persist for I8259Pic {
-    type State = I8259PicState;
-    type ConstructorArgs = ();
-    type Error = std::convert::Infallible;
-    fn save(&self) -> I8259PicState {
-        self.state()
-    }
-    fn restore((): (), state: &I8259PicState) -> Result<Self, Self::Error> {
-        Ok(Self::from_state(state.clone()))
     }
 }

@@ -236,6 +236,7 @@ fn fxsave_image(f: &cpu::state::FpuState) -> Vec<u8> {
 }
 
 /// The FPU state from an FXSAVE image.
+#[allow(clippy::field_reassign_with_default)] // one line per FXSAVE field, in layout order
 fn fpu_from_image(b: &[u8]) -> Option<cpu::state::FpuState> {
     if b.len() != 512 {
         return None;
