@@ -19,7 +19,8 @@
 //! - `DEVICES`: JSON [`BoardState`] (every chip through its `Persist` state);
 //! - `RAM`: the guest backing store, sparse: `len u64`, `page_size u32`, `runs u32`, then `runs`
 //!   × (`first_page u64`, `pages u64`) of the non-zero pages, then the pages of every run
-//!   concatenated and deflate-compressed (zlib stream). Zero pages are not stored;
+//!   concatenated and cut into chunks of at most 1 MiB, each `raw_len u32`, `kind u8` (0 stored,
+//!   1 zlib), `stored_len u32`, data. Zero pages are not stored;
 //! - `BIOS` (optional): the firmware image, raw;
 //! - `DISKS` (optional): JSON list of [`DiskSnapshot`] (the frozen VMDK parents).
 //!
@@ -51,6 +52,8 @@ pub const FORMAT_MAJOR: u16 = 1;
 pub const FORMAT_MINOR: u16 = 0;
 /// Page granularity of the sparse RAM section.
 pub const RAM_PAGE: usize = 4096;
+/// Largest chunk of page data in the RAM section.
+pub const RAM_CHUNK: usize = 1 << 20;
 /// Largest file accepted (a cap against resource exhaustion by a crafted file).
 pub const MAX_FILE_BYTES: u64 = 16 << 30;
 
@@ -348,7 +351,7 @@ pub struct RamSnapshot {
     pub len: u64,
     /// Runs of non-zero pages: (first page, page count).
     pub runs: Vec<(u64, u64)>,
-    /// The pages of every run, concatenated, zlib-compressed.
+    /// The pages of every run, concatenated, as chunks (stored or zlib-compressed).
     pub compressed: Vec<u8>,
 }
 
@@ -361,10 +364,11 @@ fn page_is_zero(p: &[u8]) -> bool {
 }
 
 impl RamSnapshot {
-    /// Compresses `mem`, skipping zero pages.
+    /// Compresses `mem`, skipping zero pages. The non-zero pages are cut into chunks of up to
+    /// [`RAM_CHUNK`] bytes, compressed on every host core; a chunk that does not compress (a probe
+    /// of its start barely shrinks) is stored as it is.
     pub fn of(mem: &[u8]) -> Self {
         let mut runs: Vec<(u64, u64)> = Vec::new();
-        let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
         for (i, page) in mem.chunks(RAM_PAGE).enumerate() {
             if page_is_zero(page) {
                 continue;
@@ -374,11 +378,78 @@ impl RamSnapshot {
                 Some((first, n)) if *first + *n == i => *n += 1,
                 _ => runs.push((i, 1)),
             }
-            // Writing into a Vec cannot fail.
-            let _ = enc.write_all(page);
         }
-        let compressed = enc.finish().unwrap_or_default();
-        RamSnapshot { len: mem.len() as u64, runs, compressed }
+        // The chunks: lists of (offset, length) slices of `mem`, RAM_CHUNK bytes each at most.
+        let mut chunks: Vec<Vec<(usize, usize)>> = vec![Vec::new()];
+        let mut fill = 0usize;
+        for &(first, n) in &runs {
+            let mut off = first as usize * RAM_PAGE;
+            let end = (off + n as usize * RAM_PAGE).min(mem.len());
+            while off < end {
+                if fill == RAM_CHUNK {
+                    chunks.push(Vec::new());
+                    fill = 0;
+                }
+                let take = (end - off).min(RAM_CHUNK - fill);
+                if let Some(c) = chunks.last_mut() {
+                    c.push((off, take));
+                }
+                fill += take;
+                off += take;
+            }
+        }
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+        let encode_chunk = |parts: &Vec<(usize, usize)>| -> Vec<u8> {
+            let raw_len: usize = parts.iter().map(|p| p.1).sum();
+            let mut out = Vec::with_capacity(9 + raw_len);
+            out.extend_from_slice(&(raw_len as u32).to_le_bytes());
+            let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+            // Probe: does the first 16 KiB shrink by at least 1/16?
+            let (o, l) = parts.first().copied().unwrap_or((0, 0));
+            let probe = &mem[o..o + l.min(16 << 10)];
+            let _ = enc.write_all(probe);
+            let _ = enc.flush();
+            let compressible = enc.get_ref().len() < probe.len() - probe.len() / 16;
+            let payload = if compressible {
+                let mut first = true;
+                for &(o, l) in parts {
+                    let s = if first { &mem[o + probe.len()..o + l] } else { &mem[o..o + l] };
+                    first = false;
+                    let _ = enc.write_all(s);
+                }
+                enc.finish().ok().filter(|c| c.len() < raw_len)
+            } else {
+                None
+            };
+            match payload {
+                Some(c) => {
+                    out.push(1);
+                    out.extend_from_slice(&(c.len() as u32).to_le_bytes());
+                    out.extend_from_slice(&c);
+                }
+                None => {
+                    out.push(0);
+                    out.extend_from_slice(&(raw_len as u32).to_le_bytes());
+                    for &(o, l) in parts {
+                        out.extend_from_slice(&mem[o..o + l]);
+                    }
+                }
+            }
+            out
+        };
+        let mut encoded: Vec<Vec<u8>> = vec![Vec::new(); chunks.len()];
+        std::thread::scope(|sc| {
+            let per = chunks.len().div_ceil(threads).max(1);
+            for (cs, outs) in chunks.chunks(per).zip(encoded.chunks_mut(per)) {
+                let encode_chunk = &encode_chunk;
+                sc.spawn(move || {
+                    for (c, o) in cs.iter().zip(outs.iter_mut()) {
+                        *o = encode_chunk(c);
+                    }
+                });
+            }
+        });
+        RamSnapshot { len: mem.len() as u64, runs, compressed: encoded.concat() }
     }
 
     /// Writes the pages into `mem` (which must be `len` bytes), zeroing the rest.
@@ -386,8 +457,30 @@ impl RamSnapshot {
         if mem.len() as u64 != self.len {
             return Err(format!("RAM of {} bytes, this machine has {}", self.len, mem.len()));
         }
+        // The page data: every chunk, decoded, in order.
+        let mut data = Vec::new();
+        let mut r = Reader { b: &self.compressed, pos: 0 };
+        while r.pos < self.compressed.len() {
+            let raw_len = r.u32()? as usize;
+            let kind = r.take(1)?[0];
+            let stored = r.u32()? as usize;
+            if raw_len > RAM_CHUNK {
+                return Err(format!("chunk of {raw_len} bytes"));
+            }
+            let body = r.take(stored)?;
+            let before = data.len();
+            match kind {
+                0 if stored == raw_len => data.extend_from_slice(body),
+                1 => {
+                    data.resize(before + raw_len, 0);
+                    let mut dec = flate2::read::ZlibDecoder::new(body);
+                    dec.read_exact(&mut data[before..]).map_err(|e| format!("compressed pages: {e}"))?;
+                }
+                k => return Err(format!("chunk kind {k} with {stored} bytes for {raw_len}")),
+            }
+        }
         mem.fill(0);
-        let mut dec = flate2::read::ZlibDecoder::new(&self.compressed[..]);
+        let mut pos = 0usize;
         for &(first, n) in &self.runs {
             let start = first.checked_mul(RAM_PAGE as u64).ok_or("run start overflows")?;
             let bytes = n.checked_mul(RAM_PAGE as u64).ok_or("run length overflows")?;
@@ -395,7 +488,13 @@ impl RamSnapshot {
             if start >= end {
                 return Err(format!("run at page {first} lies outside RAM"));
             }
-            dec.read_exact(&mut mem[start as usize..end as usize]).map_err(|e| format!("compressed pages: {e}"))?;
+            let len = (end - start) as usize;
+            let src = data.get(pos..pos + len).ok_or("fewer page bytes than the runs need")?;
+            mem[start as usize..end as usize].copy_from_slice(src);
+            pos += len;
+        }
+        if pos != data.len() {
+            return Err(format!("{} page bytes more than the runs need", data.len() - pos));
         }
         Ok(())
     }
