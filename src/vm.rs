@@ -66,6 +66,7 @@ fn delta_name(p: &Path, tag: &str) -> PathBuf {
 /// Saves the machine to `file`: the state at this instant, then every disk frozen with the VM
 /// moved onto a new delta (VMware's model).
 pub fn save(m: &mut Machine, disks: &mut Disks, file: &Path, tag: &str) -> anyhow::Result<MachineState> {
+    let start = std::time::Instant::now();
     let mut state = m.save();
     for (index, slot) in disks.paths.iter_mut().enumerate() {
         let Some(current) = slot.clone() else { continue };
@@ -81,14 +82,18 @@ pub fn save(m: &mut Machine, disks: &mut Disks, file: &Path, tag: &str) -> anyho
         *slot = Some(child);
     }
     snapshot::write_file(file, &state).with_context(|| format!("cannot write snapshot {}", file.display()))?;
+    log::info!("snapshot {} saved in {:.3} s", file.display(), start.elapsed().as_secs_f64());
     Ok(state)
 }
 
 /// Rebuilds a machine from a snapshot file. Disks named on the command line are used as they
 /// are; otherwise each frozen disk of the snapshot gets a new delta for the restored VM.
 pub fn restore(file: &Path, host: MachineConfig, cli: &Disks) -> anyhow::Result<(Machine, Disks)> {
+    let start = std::time::Instant::now();
     let state = snapshot::read_file(file).with_context(|| format!("cannot load snapshot {}", file.display()))?;
-    restore_state(&state, host, cli, file)
+    let r = restore_state(&state, host, cli, file)?;
+    log::info!("snapshot {} restored in {:.3} s", file.display(), start.elapsed().as_secs_f64());
+    Ok(r)
 }
 
 /// [`restore`] from a decoded state.

@@ -479,7 +479,13 @@ impl RamSnapshot {
                 k => return Err(format!("chunk kind {k} with {stored} bytes for {raw_len}")),
             }
         }
-        mem.fill(0);
+        // Pages outside the runs become zero. Fresh guest memory mostly is already: writing only
+        // the pages that are not avoids touching (allocating) all of RAM.
+        for page in mem.chunks_mut(RAM_PAGE) {
+            if !page_is_zero(page) {
+                page.fill(0);
+            }
+        }
         let mut pos = 0usize;
         for &(first, n) in &self.runs {
             let start = first.checked_mul(RAM_PAGE as u64).ok_or("run start overflows")?;
