@@ -366,3 +366,31 @@ fn test_serve_daemon_killed_mid_snapshot() {
     drop(d);
     std::fs::remove_dir_all(&data).ok();
 }
+
+/// Measurement (not run by default): GET requests per second from 20 concurrent clients, one
+/// connection per request. `cargo test --release --test serve measure_ -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn measure_api_requests_per_second() {
+    let data = data_dir("rps");
+    let d = start_daemon(&data);
+    assert_eq!(call(&d, "POST", "/v1/vms", Some(spin_vm("m"))).status, 201);
+    let start = Instant::now();
+    let threads: Vec<_> = (0..20)
+        .map(|_| {
+            let ep = d.ep.clone();
+            std::thread::spawn(move || {
+                for _ in 0..500 {
+                    assert_eq!(request(&ep, "GET", "/v1/vms/m", None).unwrap().status, 200);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!("API: 10000 GET /v1/vms/m from 20 clients in {secs:.2} s = {:.0} requests/s", 10000.0 / secs);
+    drop(d);
+    std::fs::remove_dir_all(&data).ok();
+}
