@@ -394,3 +394,38 @@ fn measure_api_requests_per_second() {
     drop(d);
     std::fs::remove_dir_all(&data).ok();
 }
+
+#[test]
+fn test_vm_cli_client_talks_to_the_daemon() {
+    let data = data_dir("cli");
+    let d = start_daemon(&data);
+    let sock = data.join("api.sock");
+    let vm = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_ferrovisor")).arg("vm").arg("--socket").arg(&sock).args(args).output().unwrap()
+    };
+    let cfg = data.join("c.json");
+    std::fs::write(&cfg, serde_json::to_vec(&spin_vm("cli1")).unwrap()).unwrap();
+    let out = vm(&["create", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["state"], "created");
+    assert!(vm(&["start", "cli1"]).status.success());
+    let out = vm(&["list"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["state"], "running", "{v}");
+    assert!(vm(&["snapshot", "cli1", "s"]).status.success());
+    let v: Value = serde_json::from_slice(&vm(&["snapshots", "cli1"]).stdout).unwrap();
+    assert_eq!(v[0]["status"], "complete");
+    // Errors: the code and message, status 1.
+    let out = vm(&["get", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("404 (not_found)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(vm(&["stop", "cli1"]).status.success());
+    assert!(vm(&["delete", "cli1"]).status.success());
+    drop(d);
+    std::fs::remove_dir_all(&data).ok();
+}

@@ -4,9 +4,8 @@
 
 use base::{Persist, VirtualInstant};
 use devices::{
-    Access, AtaDiskConfig, FwCfgBuilder, I440fxHost, I8042, I8254Pit, I8259Pic, IoApic, LocalApic, Mc146818Rtc,
-    MemBackend, PciBus, PciConfigIo, PciFunction, Piix3Isa, Piix4Pm, PiixIde, PioDevice, Port92, RecordingIrq,
-    Uart16550,
+    Access, AtaDiskConfig, FwCfgBuilder, I440fxHost, I8254Pit, I8259Pic, IoApic, LocalApic, Mc146818Rtc, MemBackend,
+    PciBus, PciConfigIo, PciFunction, Piix3Isa, Piix4Pm, PiixIde, PioDevice, Port92, RecordingIrq, Uart16550, I8042,
 };
 
 fn bytes<T: Persist>(d: &T) -> Vec<u8> {
@@ -50,7 +49,12 @@ fn test_persist_trait_every_chip_roundtrips_through_bytes() {
 
     let mut kbc = I8042::new(RecordingIrq::new(), RecordingIrq::new());
     kbc.write(Access { offset: 0, addr: 0x64, now: VirtualInstant(0) }, &[0x20]);
-    check("i8042", &I8042::new(RecordingIrq::new(), RecordingIrq::new()), &kbc, (RecordingIrq::new(), RecordingIrq::new()));
+    check(
+        "i8042",
+        &I8042::new(RecordingIrq::new(), RecordingIrq::new()),
+        &kbc,
+        (RecordingIrq::new(), RecordingIrq::new()),
+    );
 
     let mut p92 = Port92::new();
     p92.write(at(0x92), &[0x02]);
