@@ -4,11 +4,13 @@ mod disk;
 mod qmp;
 mod run;
 mod serve;
+mod units;
 mod vm;
 
 use clap::{Parser, Subcommand};
 
-/// Ferrovisor: a pure-software x86 PC emulator.
+/// Ferrovisor: a pure-software x86 PC emulator (an interpreter today; a binary translator is being
+/// built).
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
@@ -19,7 +21,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Boot a guest (with no options: the embedded demo guest).
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Disk image tools (VMDK and raw).
     Disk(disk::DiskArgs),
     /// The management daemon: a REST API running many VMs, each in its own process.
@@ -31,17 +33,19 @@ enum Command {
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Run(a) => run::run(a),
-        Command::Disk(a) => disk::run(a),
-        Command::Serve(a) => serve::serve(a),
-        Command::Vm(a) => serve::vm(a),
+    // Each command has its own error status: `run` keeps odd statuses for the guest's
+    // isa-debug-exit values; `disk` follows qemu-img (1).
+    let (result, error_status) = match cli.command {
+        Command::Run(a) => (run::run(*a), run::status::ERROR),
+        Command::Disk(a) => (disk::run(a), 1),
+        Command::Serve(a) => (serve::serve(a), 1),
+        Command::Vm(a) => (serve::vm(a), 1),
     };
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("ferrovisor: {e:#}");
-            std::process::exit(1);
+            std::process::exit(error_status);
         }
     }
 }

@@ -12,14 +12,15 @@ use std::time::Instant;
 With no image option, boots the embedded demo guest (real -> protected -> long mode, then an
 ASCII Mandelbrot and a prime table on the serial console).
 
-Exit status:
-  0            the guest powered off (HLT with interrupts disabled)
-  (v << 1) | 1 the guest wrote v to the exit port 0xF4 (QEMU's isa-debug-exit convention)
-  1            an error (bad file, bad option)
-  2            the guest triple-faulted (with --no-reboot, or with no firmware to reboot)
-  3            the --max-insns limit was reached
-  4            the guest halted with interrupts enabled and every interrupt source masked
-  0            the guest asked for a reset (with --no-reboot, or with no firmware to reboot)
+Exit status (the guest's isa-debug-exit values are odd, Ferrovisor's own outcomes even):
+  0             the guest powered off (HLT with interrupts disabled)
+  (v << 1) | 1  the guest wrote v to the exit port 0xF4 (QEMU's isa-debug-exit convention)
+  2             bad command line (usage error)
+  4             error: a file could not be read or loaded, a disk could not be opened, ...
+  6             the guest triple-faulted (with --no-reboot, or with no firmware to reboot)
+  8             the guest asked for a reset (with --no-reboot, or with no firmware to reboot)
+  10            the --max-insns or --max-time limit was reached
+  12            the guest halted with interrupts enabled and nothing can ever wake it
 
 Examples:
   ferrovisor run                                    the demo guest
@@ -27,19 +28,30 @@ Examples:
   ferrovisor run --flat boot.bin --load 0x7c00      a flat real-mode image")]
 pub struct RunArgs {
     /// Load a flat binary image (started in real mode; see --load and --entry).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["multiboot", "bios"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "bios"])]
     flat: Option<PathBuf>,
     /// Boot PC firmware (e.g. SeaBIOS's bios.bin), mapped below 4 GiB; the CPU starts at the
     /// reset vector. Without --disk the firmware finds nothing to boot.
-    #[arg(long, value_name = "FILE", conflicts_with = "multiboot")]
+    #[arg(long, value_name = "FILE", conflicts_with = "kernel")]
     bios: Option<PathBuf>,
     /// A disk image for the IDE controller (VMDK of any subformat, or raw; detected). Repeat for
     /// up to four disks: primary master, primary slave, secondary master, secondary slave.
     #[arg(long, value_name = "FILE")]
     disk: Vec<PathBuf>,
     /// Open the disks read-only: guest writes fail with an ATA error instead of changing them.
-    #[arg(long)]
+    #[arg(long, requires = "disk")]
     read_only: bool,
+    /// A disk image (VMDK or raw, detected) for the virtio-blk controller at PCI 00:03.0, as
+    /// Linux's virtio_blk drives it (`/dev/vda`). Honours --read-only.
+    #[arg(long, value_name = "FILE")]
+    virtio_disk: Option<PathBuf>,
+    /// Write the serial input the guest received (from standard input), with the virtual time
+    /// of each chunk, to FILE when the run ends; --serial-replay FILE repeats the run exactly.
+    #[arg(long, value_name = "FILE")]
+    serial_record: Option<PathBuf>,
+    /// Feed COM1 from a file written by --serial-record instead of standard input.
+    #[arg(long, value_name = "FILE")]
+    serial_replay: Option<PathBuf>,
     /// A guest reset or triple fault ends the run with a message instead of rebooting.
     #[arg(long)]
     no_reboot: bool,
@@ -56,18 +68,29 @@ pub struct RunArgs {
     /// at 0000:ADDR, else at (ADDR>>4):(ADDR&15).
     #[arg(long, value_name = "ADDR", value_parser = parse_u64, requires = "flat")]
     entry: Option<u64>,
-    /// Boot a Multiboot v1 kernel (ELF32 or a.out-kludge), as QEMU's -kernel does.
-    #[arg(long, value_name = "ELF")]
-    multiboot: Option<PathBuf>,
-    /// Kernel command line passed to a --multiboot kernel.
-    #[arg(long, value_name = "CMDLINE", default_value = "", requires = "multiboot")]
+    /// Boot a kernel directly, as QEMU's -kernel does: a Linux bzImage (Linux x86 boot
+    /// protocol, 64-bit entry), an ELF vmlinux with a PVH note, or a Multiboot v1 kernel (ELF32
+    /// or a.out kludge; --multiboot is an alias).
+    #[arg(long, value_name = "FILE", visible_alias = "multiboot")]
+    kernel: Option<PathBuf>,
+    /// An initial RAM disk for a --kernel (Linux bzImage or PVH vmlinux).
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line for --kernel (a Multiboot kernel gets "<FILE> <CMDLINE>", as QEMU
+    /// passes it).
+    #[arg(long, value_name = "CMDLINE", default_value = "", requires = "kernel")]
     append: String,
-    /// Guest RAM size: a number of MiB, or with a K/M/G suffix (QEMU's -m).
+    /// Guest RAM size, 1 MiB to 3 GiB: a number of MiB, or with a unit (K, M, G, T; KiB..TiB
+    /// and KB..TB are the same binary units), as QEMU's -m.
     #[arg(short = 'm', long = "memory", value_name = "SIZE", value_parser = parse_size, default_value = "128")]
     memory: u64,
     /// Stop after this many guest instructions.
     #[arg(long, value_name = "N")]
     max_insns: Option<u64>,
+    /// Stop after this many seconds of virtual time (executed instructions at 1 ns each, plus
+    /// time the guest spent halted): a bound on any run, idle guests included.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    max_time: Option<u64>,
     /// Print every executed instruction to standard error.
     #[arg(long)]
     trace: bool,
@@ -98,15 +121,34 @@ fn parse_u64(s: &str) -> Result<u64, String> {
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
+    crate::units::parse_size(s, 1 << 20)
+}
+
+/// Seconds, fractional allowed, as whole nanoseconds.
+fn parse_seconds(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let (num, mult) = match t.chars().last() {
-        Some('k' | 'K') => (&t[..t.len() - 1], 1u64 << 10),
-        Some('m' | 'M') => (&t[..t.len() - 1], 1 << 20),
-        Some('g' | 'G') => (&t[..t.len() - 1], 1 << 30),
-        _ => (t, 1 << 20),
-    };
-    let n: u64 = num.parse().map_err(|_| format!("'{s}' is not a size (e.g. 128, 512M, 1G)"))?;
-    n.checked_mul(mult).ok_or_else(|| format!("size '{s}' is too large"))
+    let t = t.strip_suffix('s').unwrap_or(t);
+    match t.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v < 1.0e9 => Ok((v * 1e9).round().max(1.0) as u64),
+        _ => Err(format!("'{s}' is not a positive number of seconds")),
+    }
+}
+
+/// Exit statuses of `ferrovisor run` that are Ferrovisor's own outcomes (all even, so they
+/// never collide with a guest's isa-debug-exit value `(v << 1) | 1`).
+pub mod status {
+    /// The guest powered off.
+    pub const POWER_OFF: i32 = 0;
+    /// An error: a file could not be read or loaded, a disk could not be opened.
+    pub const ERROR: i32 = 4;
+    /// The guest triple-faulted.
+    pub const TRIPLE_FAULT: i32 = 6;
+    /// The guest asked for a reset.
+    pub const RESET: i32 = 8;
+    /// The instruction or virtual-time limit was reached.
+    pub const LIMIT: i32 = 10;
+    /// The guest halted and nothing can wake it.
+    pub const IDLE_FOREVER: i32 = 12;
 }
 
 /// Runs a guest; returns the process exit status.
@@ -123,6 +165,9 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
         no_reboot: a.no_reboot,
         rtc_unix_seconds: host_time,
     };
+    if a.max_insns == Some(0) {
+        bail!("--max-insns must be at least 1");
+    }
     if a.disk.len() > 4 {
         bail!("at most 4 IDE disks");
     }
@@ -134,9 +179,45 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
         let (m, d) = crate::vm::restore(&file, config.clone(), &disks)?;
         return crate::qmp::run_vm(m, d, config, &a.mgmt, a.max_insns, a.quiet);
     }
+    let booted_image = a.bios.is_some() || a.flat.is_some() || a.kernel.is_some();
+    if !a.disk.is_empty() && !booted_image {
+        bail!("--disk needs a guest that uses it: add --bios FILE (firmware that boots the disk), --flat or --kernel");
+    }
+    if !a.disk.is_empty() && a.bios.is_none() {
+        eprintln!(
+            "ferrovisor: warning: --disk without --bios: no firmware boots the disk; the guest reaches it only \
+             through the IDE ports"
+        );
+    }
     let mut m = Machine::new(config.clone())?;
     for (i, path) in a.disk.iter().enumerate() {
         m.attach_disk_file(i, path, a.read_only)?;
+    }
+    if let Some(path) = &a.virtio_disk {
+        m.attach_virtio_disk_file(path, a.read_only)?;
+    }
+    if let Some(path) = &a.serial_replay {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let log = machine::parse_input_log(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        for (t, bytes) in log {
+            m.queue_serial_input(t, &bytes);
+        }
+    } else if a.serial == Serial::Stdio {
+        // Standard input feeds COM1. The thread only enqueues; the machine takes the input at
+        // run-slice boundaries and stamps it with virtual time (the terminal stays in its
+        // usual line mode).
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 256];
+            let mut stdin = std::io::stdin().lock();
+            while let Ok(n @ 1..) = stdin.read(&mut buf) {
+                if tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        m.connect_serial_input(rx);
     }
     if let Some(path) = &a.bios {
         let image = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -145,22 +226,28 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
         let image = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         m.load_flat(&image, a.load, a.entry.unwrap_or(a.load))
             .with_context(|| format!("cannot load {}", path.display()))?;
-    } else if let Some(path) = &a.multiboot {
+    } else if let Some(path) = &a.kernel {
         let image = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        m.load_multiboot(&image, &a.append).with_context(|| format!("cannot load {}", path.display()))?;
+        let initrd = match &a.initrd {
+            Some(p) => Some(std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?),
+            None => None,
+        };
+        m.load_kernel(&image, initrd.as_deref(), &a.append, &path.display().to_string())
+            .with_context(|| format!("cannot load {}", path.display()))?;
     } else {
         let demo = test_roms::demo();
         m.load_flat(&demo.image, demo.load_addr, demo.entry)?;
-    }
-    if a.max_insns == Some(0) {
-        bail!("--max-insns must be at least 1");
     }
     if a.mgmt.qmp.is_some() || a.mgmt.snapshot_save.is_some() || a.mgmt.state_out.is_some() || a.mgmt.paused {
         return crate::qmp::run_vm(m, disks, config, &a.mgmt, a.max_insns, a.quiet);
     }
     let start = Instant::now();
-    let exit = m.run(a.max_insns);
+    let exit = m.run_limited(a.max_insns, a.max_time);
     let secs = start.elapsed().as_secs_f64();
+    if let Some(path) = &a.serial_record {
+        std::fs::write(path, machine::format_input_log(m.serial_input_log()))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
     let n = m.instructions();
     if !a.quiet {
         eprintln!("ferrovisor: {n} guest instructions in {:.3} s ({:.1} MIPS)", secs, n as f64 / secs.max(1e-9) / 1e6);
@@ -171,23 +258,27 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
 /// The process exit status for a run's end (see `ferrovisor run --help`).
 pub fn exit_status(exit: Exit) -> i32 {
     match exit {
-        Exit::Halted => 0,
+        Exit::Halted | Exit::PowerOff => status::POWER_OFF,
         Exit::ExitDevice(v) => ((v << 1) | 1) as i32,
         Exit::TripleFault => {
             eprintln!("ferrovisor: the guest triple-faulted (a real PC would reset)");
-            2
+            status::TRIPLE_FAULT
         }
         Exit::InstructionLimit => {
             eprintln!("ferrovisor: stopped at the instruction limit");
-            3
+            status::LIMIT
+        }
+        Exit::TimeLimit => {
+            eprintln!("ferrovisor: stopped at the virtual-time limit");
+            status::LIMIT
         }
         Exit::Reset => {
             eprintln!("ferrovisor: the guest requested a reset");
-            0
+            status::RESET
         }
         Exit::IdleForever => {
             eprintln!("ferrovisor: the guest halted with every interrupt source masked; nothing can wake it");
-            4
+            status::IDLE_FOREVER
         }
     }
 }
@@ -205,5 +296,9 @@ mod tests {
         assert_eq!(parse_size("1G"), Ok(1 << 30));
         assert_eq!(parse_size("640k"), Ok(640 << 10));
         assert!(parse_size("lots").is_err());
+        assert_eq!(parse_size("1T"), Ok(1 << 40));
+        assert_eq!(parse_seconds("1.5"), Ok(1_500_000_000));
+        assert_eq!(parse_seconds("2s"), Ok(2_000_000_000));
+        assert!(parse_seconds("-1").is_err());
     }
 }

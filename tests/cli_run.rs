@@ -32,7 +32,7 @@ fn test_cli_run_exit_port_sets_status() {
 #[test]
 fn test_cli_run_errors_are_one_clear_line() {
     let out = ferrovisor(&["run", "--flat", "/nonexistent/image.bin"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(4));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot read /nonexistent/image.bin"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
@@ -42,7 +42,7 @@ fn test_cli_run_errors_are_one_clear_line() {
     let bad = dir.join("bad.elf");
     std::fs::write(&bad, b"not a kernel at all").unwrap();
     let out = ferrovisor(&["run", "--multiboot", bad.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Multiboot"));
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -50,7 +50,74 @@ fn test_cli_run_errors_are_one_clear_line() {
 #[test]
 fn test_cli_run_instruction_limit() {
     let out = ferrovisor(&["run", "--max-insns", "1000", "-q"]);
-    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(out.status.code(), Some(10));
+}
+
+/// Issue 11, item 8: Ferrovisor's own outcomes never share a status with a guest's
+/// isa-debug-exit value (always odd) or with each other.
+#[test]
+fn test_issue_11_exit_statuses_are_distinct() {
+    let dir = std::env::temp_dir().join(format!("ferro-cli-status-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let img = |name: &str, bytes: &[u8]| {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let code = |args: &[&str]| ferrovisor(args).status.code();
+    let exit0 = img("exit0.bin", &[0xB0, 0x00, 0xE6, 0xF4]); // out 0xF4, 0
+    let exit1 = img("exit1.bin", &[0xB0, 0x01, 0xE6, 0xF4]); // out 0xF4, 1
+    let spin = img("spin.bin", &[0xEB, 0xFE]); // jmp $
+    let triple = img("triple.bin", &[0x0F, 0x01, 0x1E, 0x00, 0x7E, 0xCC]); // lidt [0x7e00] (zero); int3
+    let mut seen = [
+        ("guest wrote 0", code(&["run", "-q", "--flat", &exit0])),
+        ("guest wrote 1", code(&["run", "-q", "--flat", &exit1])),
+        ("usage error", code(&["run", "--no-such-option"])),
+        ("error", code(&["run", "-q", "--flat", "/nonexistent"])),
+        ("instruction limit", code(&["run", "-q", "--flat", &spin, "--max-insns", "100"])),
+        ("triple fault", code(&["run", "-q", "--flat", &triple])),
+    ];
+    assert_eq!(seen[0].1, Some(1));
+    assert_eq!(seen[1].1, Some(3));
+    seen.sort_by_key(|s| s.1);
+    for w in seen.windows(2) {
+        assert_ne!(w[0].1, w[1].1, "{} and {} share an exit status", w[0].0, w[1].0);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Issue 11, item 8: options that would be silently ignored, and images that cannot run, are
+/// refused with one clear line.
+#[test]
+fn test_issue_11_ignored_options_and_bad_images_are_refused() {
+    let dir = std::env::temp_dir().join(format!("ferro-cli-refuse-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let empty = dir.join("empty.bin");
+    std::fs::write(&empty, b"").unwrap();
+    let big = dir.join("big.bin");
+    std::fs::write(&big, vec![0u8; 1 << 20]).unwrap();
+    let disk = dir.join("d.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    for (args, status, needle) in [
+        (vec!["run", "--flat", empty.to_str().unwrap()], 4, "image is empty"),
+        (vec!["run", "--flat", big.to_str().unwrap(), "--load", "0x10000"], 4, "VGA window"),
+        (vec!["run", "--disk", disk.to_str().unwrap()], 4, "--disk needs"),
+        (vec!["run", "--read-only"], 2, "--disk"),
+        (vec!["run", "--append", "x"], 2, "--kernel"),
+        (vec!["run", "-m", "1T"], 4, "out of range"),
+        (vec!["run", "-m", "lots"], 2, "not a size"),
+    ] {
+        let out = ferrovisor(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(status), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        if status == 4 {
+            assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+            let first = err.find(needle).unwrap();
+            assert!(!err[first + 1..].contains(needle), "{args:?} says it twice: {err}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// Debian's SeaBIOS: $FERRO_SEABIOS, or fetched by scripts/fetch-seabios.sh into the target
@@ -66,7 +133,7 @@ fn seabios() -> Option<std::path::PathBuf> {
         return Some(dir.join("bios.bin"));
     }
     assert!(std::env::var_os("CI").is_none(), "cannot fetch Debian's seabios package (required in CI)");
-    eprintln!("skipped: cannot fetch Debian's seabios package");
+    report_skip("tests/cli_run.rs: cannot fetch Debian's seabios package");
     None
 }
 
@@ -104,4 +171,16 @@ fn test_cli_seabios_boots_a_vmdk_disk() {
     assert_eq!(&after[written..written + 512], &before[5 * 512..6 * 512]);
     assert_eq!(&after[..written], &before[..written]);
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Reports a skipped test where the user sees it: standard error, and the run's skip log
+/// (`FERRO_SKIP_LOG`, set by `scripts/test`, which prints a summary of it at the end).
+fn report_skip(what: &str) {
+    eprintln!("skipped: {what}");
+    if let Some(log) = std::env::var_os("FERRO_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+            let _ = writeln!(f, "{what}");
+        }
+    }
 }

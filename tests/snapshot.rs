@@ -71,10 +71,11 @@ fn restore_in_fresh_process(file: &Path, mm: u64, dir: &Path) -> (i32, String, V
 fn exit_code(e: Exit) -> i32 {
     match e {
         Exit::ExitDevice(v) => ((v << 1) | 1) as i32,
-        Exit::InstructionLimit => 3,
-        Exit::Halted | Exit::Reset => 0,
-        Exit::TripleFault => 2,
-        Exit::IdleForever => 4,
+        Exit::InstructionLimit | Exit::TimeLimit => 10,
+        Exit::Halted | Exit::PowerOff => 0,
+        Exit::Reset => 8,
+        Exit::TripleFault => 6,
+        Exit::IdleForever => 12,
     }
 }
 
@@ -230,7 +231,7 @@ fn test_snapshot_wrong_version_and_garbage_refused_by_the_cli() {
     ] {
         let out = ferrovisor(&["run", "--snapshot-load", f.to_str().unwrap()]);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert_eq!(out.status.code(), Some(4), "`run` errors exit 4: {err}");
         assert!(err.contains(want), "{f:?}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "one clear line: {err}");
     }

@@ -27,6 +27,20 @@ pub trait CpuBus {
     fn advance_clock(&mut self, icount: u64) {
         let _ = icount;
     }
+    /// The guest wrote IA32_APIC_BASE (the CPU keeps the MSR value for RDMSR; a board with a
+    /// local APIC moves or disables it). Buses without one need not care.
+    fn apic_base_written(&mut self, value: u64) {
+        let _ = value;
+    }
+    /// WRMSR IA32_TSC_DEADLINE: `value` in TSC ticks, `tsc_now` the TSC at the write (the
+    /// board's local APIC converts to virtual time). Buses without a local APIC ignore it.
+    fn write_tsc_deadline(&mut self, value: u64, tsc_now: u64) {
+        let _ = (value, tsc_now);
+    }
+    /// RDMSR IA32_TSC_DEADLINE (0 without a local APIC or when disarmed).
+    fn read_tsc_deadline(&mut self) -> u64 {
+        0
+    }
 }
 
 /// A bus with guest memory and nothing else, for tests, benches and tools that run bare code:

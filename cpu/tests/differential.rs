@@ -10,8 +10,10 @@
 //! GPR, the status flags, DF, RIP afterwards (branches land on a "taken" pad) and the scratch
 //! memory must agree. Host faults (#DE as SIGFPE, #UD as SIGILL, #GP/#BR as SIGSEGV) are caught
 //! by a signal handler (on an alternate stack) that resumes the thunk's epilogue, and the
-//! interpreter must raise the same exception. The only thing masked is what the Intel SDM calls
-//! undefined, from ONE table: [`host::undefined`].
+//! interpreter must raise the same exception. The only things masked are what the Intel SDM calls
+//! undefined, from ONE table ([`host::undefined`]), and results that differ between real CPU
+//! models, from ONE table with a reason per row ([`host::model_specific`]), so the test passes on
+//! any x86-64 host it lands on.
 //!
 //! The scratch memory and the code slots live at the same addresses in the host process (fixed
 //! mappings below 4 GiB, so 32-bit code and addressing work) and in guest physical memory, so
@@ -27,7 +29,14 @@
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 #[test]
 fn test_differential_against_host() {
-    println!("differential tests skipped: they need an x86_64 Linux host");
+    let what = "cpu/tests/differential.rs: the differential tests need an x86_64 Linux host";
+    eprintln!("skipped: {what}");
+    if let Some(log) = std::env::var_os("FERRO_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+            let _ = writeln!(f, "{what}");
+        }
+    }
 }
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
@@ -121,6 +130,68 @@ mod host {
             M::Aam | M::Aad => (OF | AF | CF, false),
             _ => (0, false),
         }
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // The ONE table of model-specific results: cases where real x86 CPUs legitimately differ
+    // from one another, so the host CPU cannot be the oracle for the exact value.
+    // ------------------------------------------------------------------------------------------
+
+    /// For a GPR the host and the interpreter disagree on, whether the case is a documented
+    /// model-specific result and both values are ones some real CPU produces. Each row names
+    /// its reason.
+    pub(super) fn model_specific(
+        ins: &Instruction,
+        cbits: u32,
+        reg: usize,
+        pre_rcx: u64,
+        pre: u64,
+        host: u64,
+        interp: u64,
+    ) -> bool {
+        // REP string with a 32-bit address size (0x67) in 64-bit mode and ECX = 0: some Intel
+        // Xeons write ECX (zero-extended, clearing RCX[63:32]) although no iteration runs, and
+        // for REP MOVS/STOS also ESI/EDI; other CPUs leave them untouched. Ferrovisor's model
+        // writes them (see the REP loop in interp/exec.rs). Accept exactly those two outcomes
+        // per register: unchanged, or the low 32 bits zero-extended.
+        let rep = ins.has_rep_prefix() || ins.has_repne_prefix();
+        let zero_count = (pre_rcx & 0xFFFF_FFFF) == 0;
+        if cbits == 64 && rep && zero_count && matches!(reg, 1 | 6 | 7) && is_string(ins.mnemonic()) && a32(ins) {
+            let ok = |v: u64| v == pre || v == pre & 0xFFFF_FFFF;
+            return ok(host) && ok(interp);
+        }
+        false
+    }
+
+    fn a32(ins: &Instruction) -> bool {
+        (0..ins.op_count()).any(|k| matches!(ins.op_kind(k), OpKind::MemorySegESI | OpKind::MemoryESEDI))
+    }
+
+    fn is_string(m: Mnemonic) -> bool {
+        use Mnemonic as M;
+        matches!(
+            m,
+            M::Movsb
+                | M::Movsw
+                | M::Movsd
+                | M::Movsq
+                | M::Stosb
+                | M::Stosw
+                | M::Stosd
+                | M::Stosq
+                | M::Lodsb
+                | M::Lodsw
+                | M::Lodsd
+                | M::Lodsq
+                | M::Cmpsb
+                | M::Cmpsw
+                | M::Cmpsd
+                | M::Cmpsq
+                | M::Scasb
+                | M::Scasw
+                | M::Scasd
+                | M::Scasq
+        )
     }
 
     // ------------------------------------------------------------------------------------------
@@ -2004,7 +2075,10 @@ mod host {
                     None
                 };
                 for k in 0..16 {
-                    if Some(k) != dest && st.gpr[k] != gs.gpr[k] {
+                    if Some(k) != dest
+                        && st.gpr[k] != gs.gpr[k]
+                        && !model_specific(ins, cbits, k, pre.gpr[1], pre.gpr[k], st.gpr[k], gs.gpr[k])
+                    {
                         problems.push(format!(
                             "gpr[{k}]: host {:#018x} interpreter {:#018x} (was {:#018x})",
                             st.gpr[k], gs.gpr[k], pre.gpr[k]

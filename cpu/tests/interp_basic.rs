@@ -178,3 +178,33 @@ fn test_interp_mtrrs_read_back_and_reserved_bits_fault() {
     let v: Vec<u64> = got.chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
     assert_eq!(v, [0x6, 0xF_F800_0800, 0x0606_0606_0505_0505, 0xC06]);
 }
+
+/// Issue 11 item 1: a 32-bit-address REP string in 64-bit mode with ECX = 0 runs no iteration
+/// but, in Ferrovisor's CPU model (the Intel Xeon behaviour the differential test met on a CI
+/// host), writes ECX and, for MOVS/STOS, ESI/EDI, zero-extending them; LODS/CMPS/SCAS leave
+/// RSI/RDI alone.
+#[test]
+fn test_issue_11_rep_a32_zero_count_zero_extends() {
+    for (bytes, rsi_written, rdi_written) in [
+        (&[0x67, 0xF3, 0xAB][..], false, true),        // rep stosd [edi]
+        (&[0x67, 0xF3, 0x48, 0xA5][..], true, true),   // rep movsq
+        (&[0x67, 0xF3, 0xAD][..], false, false),       // rep lodsd
+        (&[0x67, 0xF2, 0xAE][..], false, false),       // repne scasb
+        (&[0x66, 0x67, 0xF3, 0xA7][..], false, false), // repe cmpsw
+    ] {
+        let mut code = bytes.to_vec();
+        code.push(0xF4);
+        let mut bus = bus_with(&code, 0x1000);
+        let mut cpu = CpuState::new_flat64();
+        cpu.rip = 0x1000;
+        cpu.gpr[1] = 0x1234_5678_0000_0000;
+        cpu.gpr[6] = 0xAAAA_0000_0000_2000;
+        cpu.gpr[7] = 0xBBBB_0000_0000_3000;
+        let mut it = Interpreter::new();
+        let exit = it.run(&mut cpu, &mut bus, 10);
+        assert_eq!(exit, RunExit::Halted, "{bytes:02x?}");
+        assert_eq!(cpu.gpr[1], 0, "{bytes:02x?}: RCX");
+        assert_eq!(cpu.gpr[6], if rsi_written { 0x2000 } else { 0xAAAA_0000_0000_2000 }, "{bytes:02x?}: RSI");
+        assert_eq!(cpu.gpr[7], if rdi_written { 0x3000 } else { 0xBBBB_0000_0000_3000 }, "{bytes:02x?}: RDI");
+    }
+}

@@ -216,6 +216,9 @@ pub struct LocalApicState {
     pub timer_start: u64,
     /// Virtual ns of the next expiry, if counting.
     pub timer_deadline: Option<u64>,
+    /// IA32_TSC_DEADLINE as written (TSC ticks), while armed in TSC-deadline mode; 0 otherwise.
+    #[serde(default)]
+    pub tsc_deadline_msr: u64,
     /// Level-triggered vectors EOIed, for the I/O APIC.
     pub eoi_broadcasts: Vec<u8>,
     /// IPIs for other processors.
@@ -279,6 +282,7 @@ impl LocalApic {
                 timer_divisor: 2,
                 timer_start: 0,
                 timer_deadline: None,
+                tsc_deadline_msr: 0,
                 eoi_broadcasts: Vec::new(),
                 ipis: Vec::new(),
                 nmi_pending: false,
@@ -509,6 +513,9 @@ impl LocalApic {
         let Some(deadline) = self.s.timer_deadline else {
             return 0;
         };
+        if self.timer_mode() == APIC_LVT_TIMER_TSCDEADLINE {
+            return 0;
+        }
         let period = self.timer_period_ns().max(1);
         let elapsed = now.0.saturating_sub(self.s.timer_start);
         let into = if self.timer_mode() == APIC_LVT_TIMER_PERIODIC {
@@ -521,6 +528,34 @@ impl LocalApic {
         };
         let ticks = u128::from(into) * u128::from(LAPIC_BUS_HZ) / 1_000_000_000 / u128::from(self.s.timer_divisor);
         self.s.initial_count.saturating_sub(u32::try_from(ticks).unwrap_or(u32::MAX))
+    }
+
+    /// A WRMSR to IA32_TSC_DEADLINE (SDM vol. 3, 11.5.4.1): `value` in TSC ticks, `at` the
+    /// virtual instant the TSC reaches it (the machine converts; an instant not after `now`
+    /// fires at once). Only TSC-deadline mode arms the timer; zero disarms it; other modes
+    /// ignore the write.
+    pub fn write_tsc_deadline(&mut self, value: u64, at: VirtualInstant, now: VirtualInstant) {
+        if self.timer_mode() != APIC_LVT_TIMER_TSCDEADLINE {
+            return;
+        }
+        if value == 0 {
+            self.s.tsc_deadline_msr = 0;
+            self.s.timer_deadline = None;
+            return;
+        }
+        self.s.tsc_deadline_msr = value;
+        self.s.timer_start = now.0;
+        self.s.timer_deadline = Some(at.0.max(now.0));
+    }
+
+    /// IA32_TSC_DEADLINE as RDMSR returns it: the armed value, 0 once fired or disarmed, or in
+    /// other timer modes.
+    pub fn tsc_deadline(&self) -> u64 {
+        if self.timer_mode() == APIC_LVT_TIMER_TSCDEADLINE && self.s.timer_deadline.is_some() {
+            self.s.tsc_deadline_msr
+        } else {
+            0
+        }
     }
 
     fn timer_mode(&self) -> u32 {
@@ -666,6 +701,7 @@ impl Timed for LocalApic {
             self.s.timer_deadline = Some(start + period);
         } else {
             self.s.timer_deadline = None;
+            self.s.tsc_deadline_msr = 0;
         }
     }
 }
@@ -854,6 +890,40 @@ mod tests {
         // Initial count 0 stops the timer.
         a.write_register(APIC_TMICT, 0, VirtualInstant(300));
         assert_eq!(a.next_deadline(), None);
+    }
+
+    /// TSC-deadline mode (SDM vol. 3, 11.5.4.1): armed by the MSR only in that mode, fires
+    /// once at the deadline and reads back 0 afterwards, zero disarms, the count registers
+    /// read 0, and a mode change disarms.
+    #[test]
+    fn test_lapic_tsc_deadline_mode() {
+        let mut a = enabled();
+        let t = |ns| VirtualInstant(ns);
+        a.write_tsc_deadline(5000, t(5000), T0);
+        assert_eq!(a.next_deadline(), None, "one-shot mode ignores the MSR");
+        assert_eq!(a.tsc_deadline(), 0);
+        a.write_register(APIC_LVTT, APIC_LVT_TIMER_TSCDEADLINE | 0xE0, T0);
+        a.write_register(APIC_TMICT, 100, T0);
+        assert_eq!(a.next_deadline(), None, "initial count ignored in TSC-deadline mode");
+        a.write_tsc_deadline(7000, t(5000), t(100));
+        assert_eq!(a.next_deadline(), Some(t(5000)));
+        assert_eq!(a.tsc_deadline(), 7000);
+        assert_eq!(rd(&mut a, APIC_TMCCT), 0);
+        a.advance_to(t(4999));
+        assert_eq!(a.pending_vector(), None);
+        a.advance_to(t(5000));
+        assert_eq!(a.pending_vector(), Some(0xE0));
+        assert_eq!(a.tsc_deadline(), 0, "cleared when it fires");
+        assert_eq!(a.next_deadline(), None);
+        // A deadline already passed fires at once; zero disarms.
+        a.write_tsc_deadline(1, t(10), t(6000));
+        assert_eq!(a.next_deadline(), Some(t(6000)));
+        a.write_tsc_deadline(0, t(0), t(6000));
+        assert_eq!(a.next_deadline(), None);
+        a.write_tsc_deadline(9000, t(9000), t(6000));
+        a.write_register(APIC_LVTT, 0xE0, t(6000));
+        assert_eq!(a.next_deadline(), None, "switching to one-shot disarms");
+        assert_eq!(a.tsc_deadline(), 0);
     }
 
     #[test]

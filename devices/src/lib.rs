@@ -25,6 +25,7 @@ pub mod pit;
 pub mod port92;
 pub mod rtc;
 pub mod uart;
+pub mod virtio_blk;
 
 pub use block::{BlockBackend, MemBackend, RawFileBackend};
 pub use bus::{Access, Bus, BusError, IrqLine, MmioDevice, NoIrq, PioDevice, RecordingIrq, Timed};
@@ -46,3 +47,4 @@ pub use pit::{I8254Pit, I8254PitState};
 pub use port92::{Port92, Port92State};
 pub use rtc::{Mc146818Rtc, Mc146818RtcState};
 pub use uart::{Uart16550, Uart16550State};
+pub use virtio_blk::{VirtioBlk, VirtioBlkState};

@@ -187,6 +187,20 @@ impl<I: IrqLine> Piix4Pm<I> {
         (c.bytes[PIIX4_PMREGMISC] & 1 != 0).then(|| (c.u32_at(PIIX4_PMBA) & 0xFFC0) as u16)
     }
 
+    /// Programs PMBA and enables the PM I/O space as firmware does (for a direct kernel boot,
+    /// where no firmware runs). `base` is rounded down to 64 bytes.
+    pub fn enable_pm_io(&mut self, base: u16) {
+        let c = &mut self.s.config;
+        c.set_u32(PIIX4_PMBA, u32::from(base & 0xFFC0) | 1);
+        c.bytes[PIIX4_PMREGMISC] |= 1;
+    }
+
+    /// Whether an access of `len` bytes at absolute port `port` reaches this function (the PM
+    /// block where PMBA puts it, GPE0, APMC/APMS).
+    pub fn claims(&self, port: u16, len: usize) -> bool {
+        self.decode(u64::from(port), len).is_some()
+    }
+
     /// Whether the OS switched to ACPI mode (SCI_EN).
     pub fn acpi_enabled(&self) -> bool {
         self.s.pm1_cnt & ACPI_SCI_EN != 0

@@ -376,11 +376,32 @@ impl<I: IrqLine> Mc146818Rtc<I> {
     }
 
     fn alarm_matches(&self, unix: i64) -> bool {
-        let t = DateTime::from_unix(unix);
+        // Only the time of day matters: no calendar arithmetic per second checked.
+        let tod = unix.rem_euclid(86_400);
+        let (hour, minute, second) = ((tod / 3600) as u8, (tod / 60 % 60) as u8, (tod % 60) as u8);
         let check = |alarm: u8, value: u8| alarm & ALARM_DONT_CARE == ALARM_DONT_CARE || alarm == value;
-        check(self.reg(RTC_SECONDS_ALARM), self.encode(t.second))
-            && check(self.reg(RTC_MINUTES_ALARM), self.encode(t.minute))
-            && check(self.reg(RTC_HOURS_ALARM), self.encode_hour(t.hour))
+        check(self.reg(RTC_SECONDS_ALARM), self.encode(second))
+            && check(self.reg(RTC_MINUTES_ALARM), self.encode(minute))
+            && check(self.reg(RTC_HOURS_ALARM), self.encode_hour(hour))
+    }
+
+    /// Whether the alarm matches at any second `k` in `first..=to` (RTC time `base_unix + k`).
+    /// With a fixed seconds alarm only one second a minute can match, so after the first
+    /// matching second the search steps by minutes: a long skip costs O(span / 60), not O(span).
+    fn alarm_in(&self, first: u64, to: u64) -> bool {
+        let unix = |k: u64| self.s.base_unix.saturating_add(i64::try_from(k).unwrap_or(i64::MAX));
+        let sec_alarm = self.reg(RTC_SECONDS_ALARM);
+        let sec_fixed = sec_alarm & ALARM_DONT_CARE != ALARM_DONT_CARE;
+        let mut k = first;
+        while k <= to {
+            let u = unix(k);
+            if self.alarm_matches(u) {
+                return true;
+            }
+            let second_matches = self.encode(u.rem_euclid(60) as u8) == sec_alarm;
+            k += if sec_fixed && second_matches { 60 } else { 1 };
+        }
+        false
     }
 
     fn update_irq(&mut self) {
@@ -528,8 +549,7 @@ impl<I: IrqLine> Timed for Mc146818Rtc<I> {
                 c |= REG_C_UF;
                 // Each update compares the new time with the alarm; a day covers every pattern.
                 let first = to - (to - from).min(86_400) + 1;
-                let hit = (first..=to)
-                    .any(|k| self.alarm_matches(self.s.base_unix.saturating_add(i64::try_from(k).unwrap_or(i64::MAX))));
+                let hit = self.alarm_in(first, to);
                 if hit {
                     c |= REG_C_AF;
                 }
@@ -734,6 +754,25 @@ mod tests {
         r.advance_to(VirtualInstant(11 * NS));
         assert!(!irq.level());
         assert_eq!(read(&mut r, RTC_REG_C, 11 * NS), REG_C_PF);
+    }
+
+    /// A long jump of virtual time (a halted guest skipping ahead) must find an alarm that
+    /// matched somewhere inside it, and not find one that did not, at a cost that does not
+    /// grow with every second skipped.
+    #[test]
+    fn test_rtc_alarm_found_inside_a_long_skip() {
+        // PARTY_LIKE_ITS_1999 is 1999-12-31 23:59:59 UTC: the alarm at 05:17:42 is 19,063 s later.
+        for (to_s, hit) in [(5 * 3600 + 17 * 60 + 42 + 60, true), (5 * 3600, false), (3 * 86_400, true)] {
+            let (mut r, _irq) = rtc(PARTY_LIKE_ITS_1999);
+            write(&mut r, RTC_REG_A, 0x20, 0);
+            write(&mut r, RTC_SECONDS_ALARM, 0x42, 0);
+            write(&mut r, RTC_MINUTES_ALARM, 0x17, 0);
+            write(&mut r, RTC_HOURS_ALARM, 0x05, 0);
+            write(&mut r, RTC_REG_B, REG_B_24H, 0);
+            r.advance_to(VirtualInstant(to_s * NS));
+            let c = read(&mut r, RTC_REG_C, to_s * NS);
+            assert_eq!(c & REG_C_AF != 0, hit, "skip to {to_s} s: register C {c:#x}");
+        }
     }
 
     #[test]

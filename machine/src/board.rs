@@ -12,8 +12,8 @@ use cpu::CpuBus;
 use devices::fw_cfg::{E820Entry, FwCfg, FwCfgBuilder, E820_RAM};
 use devices::{
     Access, AtaDiskConfig, BlockBackend, Bus, DebugCon, ExitDevice, I440fxHost, I8254Pit, I8259Pic, IoApic, IrqLine,
-    LocalApic, Mc146818Rtc, MmioDevice, PciAddress, PciConfigIo, PciFunction, PciRoot, Piix3Isa, PiixIde, PioDevice,
-    Port92, Timed, Uart16550, I8042,
+    LocalApic, Mc146818Rtc, MmioDevice, PciAddress, PciConfigIo, PciFunction, PciRoot, Piix3Isa, Piix4Pm, PiixIde,
+    PioDevice, Port92, Timed, Uart16550, VirtioBlk, I8042,
 };
 use mmu::PhysMemory;
 use std::cell::RefCell;
@@ -54,6 +54,10 @@ fn ioapic_pin(isa_irq: u8) -> usize {
         usize::from(isa_irq)
     }
 }
+
+/// Where the PIIX4 PM I/O block is (SeaBIOS's choice, programmed by the board itself for a
+/// direct kernel boot) and what the ACPI tables say.
+pub const PM_IO_BASE: u16 = 0x600;
 
 /// ISA IRQs of the primary and secondary IDE channels.
 const IDE_IRQS: [u8; 2] = [14, 15];
@@ -127,17 +131,29 @@ enum Port {
     PciConfig,
     Ide,
     FwCfg,
+    Pm,
+    Virtio,
 }
 
-/// PCI bus 0 of the PC: the i440FX host bridge at 00:00.0, the PIIX3 ISA bridge at 00:01.0 and
-/// its IDE function at 00:01.1. The IDE controller is also on the port bus, so the root owns
+/// PCI bus 0 of the PC: the i440FX host bridge at 00:00.0, the PIIX3 ISA bridge at 00:01.0,
+/// its IDE function at 00:01.1 and the PIIX4 power management function at 00:01.3 (as on
+/// QEMU's `pc` machine). The IDE and PM functions are also on the port bus, so the root owns
 /// the functions by name rather than in a boxed slot table.
 #[derive(Debug)]
 struct PcPci {
     host: I440fxHost,
     isa: Piix3Isa,
     ide: PiixIde<IsaIrq>,
+    pm: Piix4Pm<IsaIrq>,
+    /// A virtio-blk disk at 00:03.0, if attached.
+    virtio: Option<VirtioBlk<IsaIrq>>,
 }
+
+/// PCI slot of the virtio-blk function.
+pub const VIRTIO_BLK_SLOT: u8 = 3;
+/// Interrupt-queue line numbers from 16 up are PCI PIRQ lines A-D: the board raises I/O APIC
+/// pin 16 + n (the GSI the DSDT's `_PRT` names) and the ISA IRQ the PIIX3 routes PIRQ n to.
+const PIRQ_LINE_BASE: u8 = 16;
 
 impl PciRoot for PcPci {
     fn function_mut(&mut self, addr: PciAddress) -> Option<&mut dyn PciFunction> {
@@ -145,6 +161,8 @@ impl PciRoot for PcPci {
             (0, 0, 0) => Some(&mut self.host),
             (0, 1, 0) => Some(&mut self.isa),
             (0, 1, 1) => Some(&mut self.ide),
+            (0, 1, 3) => Some(&mut self.pm),
+            (0, VIRTIO_BLK_SLOT, 0) => self.virtio.as_mut().map(|v| v as &mut dyn PciFunction),
             _ => None,
         }
     }
@@ -168,6 +186,13 @@ struct Chips {
     ioapic: IoApic,
 }
 
+/// The number of timer sources [`Board::timer_deadlines`] reports.
+pub(crate) const TIMERS: usize = 5;
+/// Per timer source: after this many consecutive firings that woke nothing, a halted CPU's
+/// skip-ahead ignores it (see `Machine::run_limited`); the RTC and the PM timer never (the PM
+/// timer's carry has no deadline while its status bit is set) and serial input never.
+pub(crate) const TIMER_QUIET_AFTER: [u8; TIMERS] = [2, u8::MAX, 2, u8::MAX, u8::MAX];
+
 /// Everything the CPU reaches through [`CpuBus`].
 #[derive(Debug)]
 pub(crate) struct Board {
@@ -185,6 +210,16 @@ pub(crate) struct Board {
     pub(crate) exit_value: Option<u32>,
     /// The guest asked for a reset (keyboard controller, port 0x92).
     pub(crate) reset_requested: bool,
+    /// The guest entered S5 (soft-off) through the PIIX4 PM control register.
+    pub(crate) power_off: bool,
+    /// Guest-physical pages mapped for the local APIC (its default base, and each base the
+    /// guest moved it to).
+    lapic_windows: Vec<u64>,
+    /// Host input waiting for COM1.
+    pub(crate) serial_in: crate::serial_input::SerialInput,
+    /// A device wrote guest memory by DMA over code the CPU has decoded: the engine must drop
+    /// its decoded code before running on.
+    pub(crate) code_written: bool,
     /// A timer was reprogrammed: the run slice must end so the deadline is recomputed.
     timers_dirty: bool,
     /// Virtual time of the current instruction.
@@ -229,6 +264,8 @@ impl Board {
             (0x170, 8, Port::Ide),
             (0x376, 1, Port::Ide),
             (u64::from(devices::fw_cfg::FW_CFG_SELECTOR_PORT), 2, Port::FwCfg),
+            (u64::from(devices::piix4_pm::PIIX4_GPE0_PORT), u64::from(devices::piix4_pm::PIIX4_GPE0_LEN), Port::Pm),
+            (u64::from(devices::piix4_pm::APM_CNT_PORT), 2, Port::Pm),
         ] {
             ports.insert(base, len, tag).map_err(|e| crate::MachineError::Wiring(e.to_string()))?;
         }
@@ -244,6 +281,10 @@ impl Board {
             ram_bytes,
             exit_value: None,
             reset_requested: false,
+            power_off: false,
+            serial_in: Default::default(),
+            lapic_windows: vec![devices::lapic::LAPIC_DEFAULT_BASE],
+            code_written: false,
             timers_dirty: false,
             now: VirtualInstant(0),
             idle_time: 0,
@@ -266,7 +307,14 @@ impl Board {
             pci: PciConfigIo::new(PcPci {
                 host: I440fxHost::new(),
                 isa: Piix3Isa::new(),
-                ide: PiixIde::new(irqs.line(IDE_IRQS[0]), irqs.line(IDE_IRQS[1])),
+                ide: {
+                    let mut ide = PiixIde::new(irqs.line(IDE_IRQS[0]), irqs.line(IDE_IRQS[1]));
+                    // The board runs the bus master (`after_write`), so IDENTIFY may say so.
+                    ide.set_dma_advertised(true);
+                    ide
+                },
+                pm: Piix4Pm::new(irqs.line(devices::piix4_pm::PIIX4_SCI_IRQ)),
+                virtio: None,
             }),
             fw_cfg: fw_cfg(ram_bytes),
             lapic: LocalApic::new(0, true),
@@ -284,6 +332,17 @@ impl Board {
         self.chips.pci.root_mut().ide.attach(channel, slave, backend, AtaDiskConfig::default())
     }
 
+    /// Attaches a virtio-blk disk at 00:03.0 (one only).
+    pub(crate) fn attach_virtio_disk(&mut self, backend: Box<dyn BlockBackend>) -> Result<(), crate::MachineError> {
+        let root = self.chips.pci.root_mut();
+        if root.virtio.is_some() {
+            return Err(crate::MachineError::TooManyVirtioDisks);
+        }
+        let pirq = crate::acpi::pci_pirq(VIRTIO_BLK_SLOT, 0);
+        root.virtio = Some(VirtioBlk::new(self.irqs.line(PIRQ_LINE_BASE + pirq), backend));
+        Ok(())
+    }
+
     /// Puts every chip back in its power-on state (a machine reset; memory is kept). The RTC
     /// keeps running: it is battery-backed.
     pub(crate) fn reset_chips(&mut self) {
@@ -294,8 +353,13 @@ impl Board {
             Self::chips(&self.irqs, &self.sink, &self.fwlog_sink, self.rtc_base, self.ram_bytes),
         );
         self.chips.rtc.set_time(elapsed, self.now);
-        // The disks move over to the fresh controller.
+        // The disks move over to the fresh controllers.
         let mut old_pci = old.pci;
+        if let Some(v) = old_pci.root_mut().virtio.take() {
+            if let Err(e) = self.attach_virtio_disk(v.into_disk()) {
+                log::error!("reattaching the virtio disk after reset: {e}");
+            }
+        }
         for channel in 0..2 {
             for slave in [false, true] {
                 let disk = old_pci.root_mut().ide.channel_mut(channel).and_then(|c| c.detach(slave));
@@ -309,13 +373,42 @@ impl Board {
         self.irqs.0.borrow_mut().clear();
         self.irq_pending = false;
         self.reset_requested = false;
+        self.power_off = false;
         self.exit_value = None;
+    }
+
+    /// Programs the PM I/O block at [`PM_IO_BASE`] as firmware would (direct kernel boot).
+    pub(crate) fn enable_pm_io(&mut self) {
+        self.chips.pci.root_mut().pm.enable_pm_io(PM_IO_BASE);
+    }
+
+    /// Presses the ACPI power button (PWRBTN_STS; an OS that enabled the event gets an SCI).
+    pub(crate) fn press_power_button(&mut self) {
+        self.chips.pci.root_mut().pm.press_power_button();
+        self.sync_irqs();
     }
 
     /// The earliest virtual instant at which a timer changes an interrupt line.
     pub(crate) fn next_deadline(&self) -> Option<VirtualInstant> {
+        self.timer_deadlines().into_iter().flatten().min()
+    }
+
+    /// Each timer's next deadline: PIT channel 0, RTC, local APIC timer, PM timer carry, the
+    /// next serial input (in that order).
+    pub(crate) fn timer_deadlines(&self) -> [Option<VirtualInstant>; TIMERS] {
         let c = &self.chips;
-        [c.pit.next_deadline(), c.rtc.next_deadline(), c.lapic.next_deadline()].into_iter().flatten().min()
+        [
+            c.pit.next_deadline(),
+            c.rtc.next_deadline(),
+            c.lapic.next_deadline(),
+            c.pci.root().pm.next_deadline(),
+            self.serial_in.next_deadline(),
+        ]
+    }
+
+    /// Whether an interrupt can be delivered to the CPU now (as `CpuBus::interrupt_pending`).
+    pub(crate) fn irq_pending(&self) -> bool {
+        self.irq_pending
     }
 
     /// Brings every timer to `now` and delivers the resulting interrupt-line changes.
@@ -324,6 +417,9 @@ impl Board {
         self.chips.pit.advance_to(now);
         self.chips.rtc.advance_to(now);
         self.chips.lapic.advance_to(now);
+        self.chips.pci.root_mut().pm.advance_to(now);
+        self.serial_in.poll_source(now);
+        self.serial_in.deliver(now, &mut self.chips.com1);
         self.sync_irqs();
     }
 
@@ -334,6 +430,15 @@ impl Board {
         let c = &mut self.chips;
         let changes = std::mem::take(&mut *self.irqs.0.borrow_mut());
         for (line, level) in changes {
+            if line >= PIRQ_LINE_BASE {
+                // A PCI interrupt: the I/O APIC pin the _PRT names, and the 8259 input the PIIX3
+                // routes the PIRQ to (if the firmware set a route).
+                if let Some(irq) = c.pci.root().isa.pirq_route(usize::from(line - PIRQ_LINE_BASE)) {
+                    c.pic.set_irq(irq, level);
+                }
+                c.ioapic.set_irq(usize::from(line), level);
+                continue;
+            }
             c.pic.set_irq(line, level);
             c.ioapic.set_irq(ioapic_pin(line), level);
         }
@@ -367,15 +472,27 @@ impl Board {
             Port::PciConfig => &mut c.pci,
             Port::Ide => &mut c.pci.root_mut().ide,
             Port::FwCfg => &mut c.fw_cfg,
+            Port::Pm => &mut c.pci.root_mut().pm,
+            Port::Virtio => return c.pci.root_mut().virtio.as_mut().map(|v| v as &mut dyn PioDevice),
             Port::PortB => return None,
         })
     }
 
-    /// The MMIO device of region `id` and the region's base.
-    fn mmio_device(&mut self, id: u32) -> Option<(&mut dyn MmioDevice, u64)> {
+    /// Where IA32_APIC_BASE puts the local APIC's registers.
+    fn lapic_base(&self) -> u64 {
+        self.chips.lapic.base_msr() & 0x000F_FFFF_FFFF_F000
+    }
+
+    /// The MMIO device of region `id` at `addr` and the region's base. The local APIC answers
+    /// only in the page IA32_APIC_BASE names, and not at all while globally disabled.
+    fn mmio_device(&mut self, id: u32, addr: u64) -> Option<(&mut dyn MmioDevice, u64)> {
         match id {
             MMIO_IOAPIC => Some((&mut self.chips.ioapic, devices::ioapic::IOAPIC_DEFAULT_BASE)),
-            MMIO_LAPIC => Some((&mut self.chips.lapic, devices::lapic::LAPIC_DEFAULT_BASE)),
+            MMIO_LAPIC => {
+                let base = self.lapic_base();
+                let here = addr & !(devices::lapic::LAPIC_MMIO_SIZE - 1) == base;
+                (here && self.chips.lapic.hw_enabled()).then_some((&mut self.chips.lapic as &mut dyn MmioDevice, base))
+            }
             _ => None,
         }
     }
@@ -385,7 +502,18 @@ impl Board {
         if let Some((&tag, offset)) = self.ports.lookup(u64::from(port.0), n as u64) {
             return Some((tag, offset));
         }
-        let base = self.chips.pci.root().ide.bus_master_base()?;
+        let root = self.chips.pci.root();
+        if root.pm.claims(port.0, n) {
+            return Some((Port::Pm, 0));
+        }
+        if let Some(base) = root.virtio.as_ref().and_then(|v| v.io_base()) {
+            if let Some(off) = port.0.checked_sub(base) {
+                if u32::from(off) + n as u32 <= u32::from(devices::virtio_blk::VIRTIO_BAR_SIZE) {
+                    return Some((Port::Virtio, u64::from(off)));
+                }
+            }
+        }
+        let base = root.ide.bus_master_base()?;
         let off = port.0.checked_sub(base)?;
         (usize::from(off) + n <= 16).then_some((Port::Ide, u64::from(off)))
     }
@@ -402,19 +530,115 @@ impl Board {
             Port::Port92 if self.chips.port92.take_reset_request() => self.reset_requested = true,
             Port::PciConfig if self.chips.pci.take_reset_request().is_some() => self.reset_requested = true,
             Port::Pit | Port::PortB | Port::Rtc => self.timers_dirty = true,
+            Port::Ide if self.chips.pci.root().ide.dma_pending() => {
+                let Board { mem, chips, code_written, .. } = self;
+                let mut dma = BoardDma { mem, code_written };
+                chips.pci.root_mut().ide.run_dma(&mut dma);
+            }
+            Port::Virtio => {
+                let Board { mem, chips, code_written, .. } = self;
+                if let Some(v) = chips.pci.root_mut().virtio.as_mut().filter(|v| v.pending()) {
+                    v.run(&mut BoardDma { mem, code_written });
+                }
+            }
+            Port::Pm => {
+                // PM1 enable may have armed the timer carry.
+                self.timers_dirty = true;
+                match self.chips.pci.root_mut().pm.take_sleep_request() {
+                    Some(0) => self.power_off = true,
+                    Some(t) => log::info!("ACPI sleep type {t} requested: not supported, ignored"),
+                    None => {}
+                }
+            }
             _ => {}
         }
     }
 }
 
+/// Guest RAM as bus-master devices see it. Writes over pages holding decoded code set
+/// `code_written` (the machine then drops the engine's decoded code, as a CPU store would).
+struct BoardDma<'a> {
+    mem: &'a mut PhysMemory,
+    code_written: &'a mut bool,
+}
+
+impl BoardDma<'_> {
+    /// The backing range of each RAM piece of `[addr, addr + len)`.
+    fn pieces(&self, addr: u64, len: usize) -> Result<Vec<(usize, usize)>, devices::DmaFault> {
+        let mut out = Vec::new();
+        let mut done = 0usize;
+        while done < len {
+            let a = addr.wrapping_add(done as u64);
+            let region = self.mem.lookup(GuestPhysAddr(a)).copied().ok_or(devices::DmaFault { addr: a })?;
+            let mmu::RegionKind::Ram { backing } = region.kind else {
+                return Err(devices::DmaFault { addr: a });
+            };
+            let n = ((region.end() - a) as usize).min(len - done);
+            out.push(((backing + a - region.start) as usize, n));
+            done += n;
+        }
+        Ok(out)
+    }
+}
+
+impl devices::DmaMemory for BoardDma<'_> {
+    fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), devices::DmaFault> {
+        let mut done = 0;
+        for (off, n) in self.pieces(addr, buf.len())? {
+            let src = self.mem.backing().get(off..off + n).ok_or(devices::DmaFault { addr })?;
+            buf[done..done + n].copy_from_slice(src);
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, addr: u64, buf: &[u8]) -> Result<(), devices::DmaFault> {
+        let mut done = 0;
+        for (off, n) in self.pieces(addr, buf.len())? {
+            if n == 0 {
+                continue;
+            }
+            for page in off as u64 / mmu::PAGE_SIZE..=(off + n - 1) as u64 / mmu::PAGE_SIZE {
+                if self.mem.clear_code_page(page) {
+                    *self.code_written = true;
+                }
+            }
+            let dst = self.mem.backing_mut().get_mut(off..off + n).ok_or(devices::DmaFault { addr })?;
+            dst.copy_from_slice(&buf[done..done + n]);
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+/// The ACPI tables of this board with `ram_bytes` of RAM.
+pub(crate) fn acpi_tables(ram_bytes: u64) -> crate::acpi::AcpiTables {
+    crate::acpi::build_tables(&crate::acpi::AcpiConfig {
+        pm_io_base: PM_IO_BASE,
+        ioapic_id: IOAPIC_ID,
+        pci_hole_start: u32::try_from(ram_bytes).unwrap_or(u32::MAX).max(0x10_0000),
+        ..Default::default()
+    })
+}
+
 /// The firmware configuration SeaBIOS reads: RAM size and map, one CPU, its console mirrored
-/// to COM1, the first IDE disk first in the boot order.
+/// to COM1, the first IDE disk first in the boot order, the ACPI tables with their loader
+/// script (QEMU's `etc/acpi/tables`, `etc/acpi/rsdp`, `etc/table-loader`).
 fn fw_cfg(ram_bytes: u64) -> FwCfg {
-    let builder = FwCfgBuilder::new()
+    let mut builder = FwCfgBuilder::new()
         .ram_size(ram_bytes)
         .e820(&[E820Entry { addr: 0, len: ram_bytes, kind: E820_RAM }])
         .sercon_port(COM1_PORT)
         .bootorder(&["/pci@i0cf8/ide@1,1/drive@0/disk@0"]);
+    for (name, data) in acpi_tables(ram_bytes).fw_cfg_files() {
+        builder = match builder.clone().file(name, data) {
+            Ok(b) => b,
+            Err(e) => {
+                log::error!("fw_cfg: {e}");
+                builder
+            }
+        };
+    }
     match builder.build() {
         Ok(f) => f,
         Err(e) => {
@@ -452,7 +676,7 @@ impl CpuBus for Board {
 
     fn mmio_read(&mut self, id: u32, addr: GuestPhysAddr, size: AccessSize) -> u64 {
         let now = self.now;
-        let Some((dev, base)) = self.mmio_device(id) else {
+        let Some((dev, base)) = self.mmio_device(id, addr.0) else {
             log::debug!("MMIO read of unclaimed region {id} at {:#x} ({} bytes): open bus", addr.0, size.bytes());
             return size.mask();
         };
@@ -465,7 +689,7 @@ impl CpuBus for Board {
 
     fn mmio_write(&mut self, id: u32, addr: GuestPhysAddr, size: AccessSize, value: u64) {
         let now = self.now;
-        let Some((dev, base)) = self.mmio_device(id) else {
+        let Some((dev, base)) = self.mmio_device(id, addr.0) else {
             log::debug!(
                 "MMIO write of unclaimed region {id} at {:#x} ({} bytes) = {value:#x} dropped",
                 addr.0,
@@ -493,6 +717,10 @@ impl CpuBus for Board {
         match self.device(tag) {
             Some(d) => d.read(Access { offset, addr: u64::from(port.0), now }, &mut buf[..n]),
             None => buf[0] = self.chips.pit.read_port_b(now),
+        }
+        if tag == Port::Com1 {
+            // A read may have freed FIFO space for input that is already due.
+            self.serial_in.deliver(now, &mut self.chips.com1);
         }
         self.sync_irqs();
         u32::from_le_bytes(buf) & size.mask() as u32
@@ -529,11 +757,47 @@ impl CpuBus for Board {
     }
 
     fn stop_requested(&mut self) -> bool {
-        self.exit_value.is_some() || self.reset_requested || std::mem::take(&mut self.timers_dirty)
+        self.exit_value.is_some()
+            || self.reset_requested
+            || self.power_off
+            || self.code_written
+            || std::mem::take(&mut self.timers_dirty)
     }
 
     fn advance_clock(&mut self, icount: u64) {
         self.now = VirtualInstant(icount.wrapping_add(self.idle_time));
+    }
+
+    /// IA32_TSC_DEADLINE: the TSC and virtual time run in step (both advance one per
+    /// instruction and by the same amount when a halt skips ahead), so the deadline's virtual
+    /// instant is `now + (value - tsc_now)`.
+    fn write_tsc_deadline(&mut self, value: u64, tsc_now: u64) {
+        let now = self.now;
+        let at = VirtualInstant(now.0.saturating_add(value.saturating_sub(tsc_now)));
+        self.chips.lapic.write_tsc_deadline(value, at, now);
+        self.chips.lapic.advance_to(now);
+        self.timers_dirty = true;
+        self.sync_irqs();
+    }
+
+    fn read_tsc_deadline(&mut self) -> u64 {
+        self.chips.lapic.tsc_deadline()
+    }
+
+    /// IA32_APIC_BASE: the local APIC answers at the new base (mapped on first use; the old
+    /// window then reads as open bus), or nowhere while globally disabled, when the 8259's
+    /// INTR goes straight to the CPU.
+    fn apic_base_written(&mut self, value: u64) {
+        self.chips.lapic.set_base_msr(value);
+        let base = self.lapic_base();
+        if !self.lapic_windows.contains(&base) {
+            match self.mem.map_mmio(base, devices::lapic::LAPIC_MMIO_SIZE, MMIO_LAPIC) {
+                Ok(()) => self.lapic_windows.push(base),
+                Err(e) => log::debug!("local APIC moved to {base:#x}, which cannot be mapped: {e}"),
+            }
+        }
+        self.timers_dirty = true;
+        self.sync_irqs();
     }
 }
 
@@ -547,6 +811,42 @@ mod tests {
         let mut b = Board::new(mem, ConsoleSink::default(), ConsoleSink::default(), 0, 2 << 20).unwrap();
         b.attach_disk(0, false, Box::new(devices::MemBackend::zeroed(1 << 20))).unwrap();
         b
+    }
+
+    /// Random port writes and reads with the bus-master devices programmed to decode: the IDE
+    /// bus master at 0xC000, virtio-blk at 0xC100 with random rings in RAM, the PM block at
+    /// 0x600. Nothing panics or hangs.
+    #[test]
+    fn test_board_random_device_programs_never_panic() {
+        let mut b = board();
+        b.attach_virtio_disk(Box::new(devices::MemBackend::zeroed(1 << 20))).unwrap();
+        b.enable_pm_io();
+        for (devfn, bar, v) in [(0x09u32, 0x20u32, 0xC001u32), (0x18, 0x10, 0xC101)] {
+            b.port_write(PortAddr(0xCF8), AccessSize::Dword, 0x8000_0000 | (devfn << 8) | bar);
+            b.port_write(PortAddr(0xCFC), AccessSize::Dword, v);
+            b.port_write(PortAddr(0xCF8), AccessSize::Dword, 0x8000_0000 | (devfn << 8) | 4);
+            b.port_write(PortAddr(0xCFC), AccessSize::Word, 5);
+        }
+        let mut s = 0x0123_4567_89AB_CDEFu64;
+        let ports: Vec<u16> = (0xC000..0xC010).chain(0xC100..0xC200).chain(0x1F0..0x1F8).chain(0x600..0x640).collect();
+        for i in 0..200_000u64 {
+            let r = rng(&mut s);
+            if r & 7 == 0 {
+                // Scribble on low RAM, where the rings and PRD tables point half the time.
+                let addr = (r >> 8) % 0x10000;
+                b.mem.load(GuestPhysAddr(addr), &(r >> 3).to_le_bytes()).unwrap();
+            }
+            let port = ports[((r >> 20) % ports.len() as u64) as usize];
+            let size = [AccessSize::Byte, AccessSize::Word, AccessSize::Dword][((r >> 40) % 3) as usize];
+            let v = (rng(&mut s) % 0x20000) as u32;
+            b.advance_clock(i * 50);
+            if r & (1 << 50) != 0 {
+                b.port_write(PortAddr(port), size, v);
+            } else {
+                let _ = b.port_read(PortAddr(port), size);
+            }
+        }
+        let _ = b.stop_requested();
     }
 
     /// A small deterministic PRNG (xorshift64*).
@@ -593,6 +893,137 @@ mod tests {
         // ... and of the host bridge its IDs: Intel 82441FX.
         b.port_write(PortAddr(0xCF8), AccessSize::Dword, 0x8000_0000);
         assert_eq!(b.port_read(PortAddr(0xCFC), AccessSize::Dword), 0x1237_8086);
+    }
+
+    /// IDE bus-master DMA as ata_piix programs it: BAR4, a PRD table, READ DMA, start; the data
+    /// lands in RAM, the bus master reports the interrupt, IRQ 14 rises, and a DMA write over
+    /// decoded code asks the machine to drop it.
+    #[test]
+    fn test_board_ide_bus_master_dma_read() {
+        let mut mem = PhysMemory::new(2 << 20).unwrap();
+        mem.map_ram(0, 2 << 20).unwrap();
+        let mut b = Board::new(mem, ConsoleSink::default(), ConsoleSink::default(), 0, 2 << 20).unwrap();
+        let disk: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7 + (i >> 9)) as u8).collect();
+        b.attach_disk(0, false, Box::new(devices::MemBackend::new(disk.clone()))).unwrap();
+        let out = |b: &mut Board, port: u16, size: AccessSize, v: u32| b.port_write(PortAddr(port), size, v);
+        // 00:01.1 BAR4 = 0xC000, I/O and bus master on.
+        out(&mut b, 0xCF8, AccessSize::Dword, 0x8000_0920);
+        out(&mut b, 0xCFC, AccessSize::Dword, 0xC001);
+        out(&mut b, 0xCF8, AccessSize::Dword, 0x8000_0904);
+        out(&mut b, 0xCFC, AccessSize::Word, 0x0005);
+        // PRD table at 0x1000: 1 KiB at 0x20000 (end of table), and the page marked as code.
+        b.mem.load(GuestPhysAddr(0x1000), &[0x00, 0x00, 0x02, 0x00, 0x00, 0x04, 0x00, 0x80]).unwrap();
+        b.mem.mark_code_page(0x20);
+        out(&mut b, 0xC004, AccessSize::Dword, 0x1000);
+        // READ DMA of LBA 5, 2 sectors; then start the bus master towards memory.
+        for (port, v) in [(0x1F6u16, 0xE0u32), (0x1F2, 2), (0x1F3, 5), (0x1F4, 0), (0x1F5, 0), (0x1F7, 0xC8)] {
+            out(&mut b, port, AccessSize::Byte, v);
+        }
+        assert!(!b.code_written);
+        out(&mut b, 0xC000, AccessSize::Byte, 0x09);
+        let mut got = vec![0u8; 1024];
+        b.mem.read(GuestPhysAddr(0x20000), &mut got).unwrap();
+        assert_eq!(got, disk[5 * 512..7 * 512]);
+        assert!(b.code_written, "DMA over decoded code must invalidate it");
+        assert!(!b.mem.is_code_page(0x20));
+        let bm_status = b.port_read(PortAddr(0xC002), AccessSize::Byte);
+        assert_eq!(bm_status & 0x05, 0x04, "interrupt set, no longer active: {bm_status:#x}");
+        assert!(b.chips.pic.has_interrupt() || b.irq_pending(), "IRQ 14");
+        assert_eq!(b.port_read(PortAddr(0x1F7), AccessSize::Byte) & 0x89, 0, "not busy, no DRQ, no error");
+    }
+
+    /// IA32_APIC_BASE (SDM vol. 3, 11.4.4/11.4.5): clearing the global enable makes the
+    /// registers vanish and hands INTR back to the 8259; a new base moves the window.
+    #[test]
+    fn test_board_apic_base_msr_disable_and_relocation() {
+        let mut b = board();
+        let rd = |b: &mut Board, a: u64| b.mmio_read(MMIO_LAPIC, GuestPhysAddr(a), AccessSize::Dword);
+        let version = rd(&mut b, 0xFEE0_0030);
+        assert_ne!(version, 0xFFFF_FFFF);
+        b.apic_base_written(0xFEE0_0000 | 0x100);
+        assert_eq!(rd(&mut b, 0xFEE0_0030), 0xFFFF_FFFF, "globally disabled");
+        assert!(b.chips.lapic.accepts_pic_interrupt(), "INTR goes straight to the CPU");
+        b.apic_base_written(0xFED0_0000 | 0x900);
+        assert!(matches!(
+            b.mem.lookup(GuestPhysAddr(0xFED0_0030)).map(|r| r.kind),
+            Some(mmu::RegionKind::Mmio { id: MMIO_LAPIC })
+        ));
+        assert_eq!(rd(&mut b, 0xFED0_0030), version, "registers at the new base");
+        assert_eq!(rd(&mut b, 0xFEE0_0030), 0xFFFF_FFFF, "old window is open bus");
+        b.apic_base_written(0xFEE0_0900);
+        assert_eq!(rd(&mut b, 0xFEE0_0030), version);
+        assert_eq!(rd(&mut b, 0xFED0_0030), 0xFFFF_FFFF);
+    }
+
+    /// The PIIX4 PM function on the board: its PM block where firmware (or install_acpi) puts
+    /// it, the power button's SCI on ISA IRQ 9 / I/O APIC pin 9 (as the MADT and FADT say),
+    /// and a virtio-blk INTx on the I/O APIC pin its _PRT entry names and on the 8259 input
+    /// the PIIX3 routes its PIRQ to.
+    #[test]
+    fn test_board_sci_and_pci_interrupt_routing() {
+        let mut b = board();
+        b.enable_pm_io();
+        let pm1_en = PM_IO_BASE + 2;
+        b.port_write(PortAddr(pm1_en), AccessSize::Word, u32::from(devices::piix4_pm::ACPI_PWRBTN));
+        assert_eq!(b.chips.ioapic.state().levels & (1 << 9), 0);
+        b.press_power_button();
+        assert_ne!(b.chips.ioapic.state().levels & (1 << 9), 0, "SCI on GSI 9");
+        assert_ne!(b.chips.pic.state().slave.irr & (1 << 1), 0, "SCI on ISA IRQ 9");
+        b.port_write(PortAddr(PM_IO_BASE), AccessSize::Word, u32::from(devices::piix4_pm::ACPI_PWRBTN));
+        assert_eq!(b.chips.ioapic.state().levels & (1 << 9), 0, "PWRBTN_STS cleared");
+
+        // virtio-blk at 00:03.0: PIRQC (QEMU's swizzle), GSI 18; the firmware routes PIRQC to 11.
+        b.attach_virtio_disk(Box::new(devices::MemBackend::zeroed(1 << 20))).unwrap();
+        let cfg = |b: &mut Board, reg: u32, size: AccessSize, v: u32| {
+            b.port_write(PortAddr(0xCF8), AccessSize::Dword, 0x8000_0000 | (3 << 11) | reg);
+            b.port_write(PortAddr(0xCFC + (reg & 3) as u16), size, v);
+        };
+        cfg(&mut b, 0x10, AccessSize::Dword, 0xC101);
+        cfg(&mut b, 0x04, AccessSize::Word, 0x0005);
+        b.port_write(PortAddr(0xCF8), AccessSize::Dword, 0x8000_0860);
+        b.port_write(PortAddr(0xCFE), AccessSize::Byte, 11);
+        // Make the device interrupt without a real ring: rings outside RAM make it report
+        // DEVICE_NEEDS_RESET with a configuration interrupt.
+        b.port_write(PortAddr(0xC114), AccessSize::Byte, 0x0B);
+        b.port_write(PortAddr(0xC100 + 0x08), AccessSize::Dword, 1);
+        b.port_write(PortAddr(0xC100 + 0x0C), AccessSize::Dword, 1);
+        b.port_write(PortAddr(0xC114), AccessSize::Byte, 0x0B);
+        b.port_write(PortAddr(0xC130), AccessSize::Dword, 0xFFFF_F000); // used ring outside RAM
+        b.port_write(PortAddr(0xC128), AccessSize::Dword, 0xFFFF_E000); // avail ring outside RAM
+        b.port_write(PortAddr(0xC11C), AccessSize::Word, 1);
+        b.port_write(PortAddr(0xC114), AccessSize::Byte, 0x0F);
+        b.port_write(PortAddr(0xC1C0), AccessSize::Word, 0);
+        assert_ne!(b.chips.ioapic.state().levels & (1 << 18), 0, "INTA of slot 3 on GSI 18");
+        assert_ne!(b.chips.pic.state().slave.irr & (1 << 3), 0, "PIRQC routed to IRQ 11");
+        assert_eq!(b.port_read(PortAddr(0xC140), AccessSize::Byte), 2, "ISR: configuration change");
+        assert_eq!(b.chips.ioapic.state().levels & (1 << 18), 0, "reading the ISR deasserts");
+    }
+
+    /// IA32_TSC_DEADLINE through the bus hooks the CPU's WRMSR/RDMSR use: the deadline in TSC
+    /// ticks becomes the virtual instant the TSC reaches it, whatever the TSC's offset.
+    #[test]
+    fn test_board_tsc_deadline_timer() {
+        let mut b = board();
+        let lapic = |b: &mut Board, off: u64, v: u64| {
+            b.mmio_write(MMIO_LAPIC, GuestPhysAddr(0xFEE0_0000 + off), AccessSize::Dword, v)
+        };
+        lapic(&mut b, 0xF0, 0x1FF); // software enable
+        lapic(&mut b, 0x320, 0x4_00E0); // LVT timer: TSC-deadline, vector 0xE0
+        b.advance_clock(1000);
+        let tsc_now = 7_000_000_000u64; // any offset between the TSC and virtual time
+        b.write_tsc_deadline(tsc_now + 5000, tsc_now);
+        assert_eq!(b.read_tsc_deadline(), tsc_now + 5000);
+        assert_eq!(b.timer_deadlines()[2], Some(VirtualInstant(6000)));
+        b.advance_timers(VirtualInstant(5999));
+        assert!(!b.irq_pending());
+        b.advance_timers(VirtualInstant(6000));
+        assert!(b.irq_pending());
+        assert_eq!(b.acknowledge_interrupt(), Some(0xE0));
+        assert_eq!(b.read_tsc_deadline(), 0, "disarmed after firing");
+        // EOI; then a deadline in the past fires at once.
+        lapic(&mut b, 0xB0, 0);
+        b.write_tsc_deadline(1, tsc_now);
+        assert!(b.irq_pending());
     }
 
     #[test]

@@ -3,10 +3,14 @@
 //!
 //! Only the CLI (and later the management API) depends on this crate.
 
+pub mod acpi;
 mod board;
 pub mod disk;
+pub mod linux;
 pub mod loader;
+mod serial_input;
 pub mod snapshot;
+pub use serial_input::{format_input_log, parse_input_log};
 
 use base::{GuestPhysAddr, VirtualInstant};
 use board::{Board, ConsoleSink};
@@ -25,11 +29,14 @@ pub use board::{COM1_PORT, DEBUGCON_PORT, EXIT_PORT, FIRMWARE_LOG_PORT};
 #[derive(Debug, Error)]
 pub enum MachineError {
     /// Guest memory could not be set up.
-    #[error("guest memory: {0}")]
+    #[error("guest memory")]
     Memory(#[from] PhysMemoryError),
     /// A kernel image is malformed.
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// A Linux kernel cannot be booted directly.
+    #[error(transparent)]
+    Linux(#[from] linux::LinuxError),
     /// The requested memory size is unusable.
     #[error("memory size {0} bytes is out of range (1 MiB to 3 GiB)")]
     BadMemorySize(u64),
@@ -43,6 +50,20 @@ pub enum MachineError {
         /// RAM size.
         ram: u64,
     },
+    /// An image overlaps the VGA window, which is not RAM.
+    #[error(
+        "image at {addr:#x}+{len:#x} overlaps the VGA window 0xa0000-0xbffff, which is not RAM; \
+         load it below 0xa0000 or at 0xc0000 and above"
+    )]
+    OverlapsVgaWindow {
+        /// Load address.
+        addr: u64,
+        /// Length.
+        len: u64,
+    },
+    /// An empty image.
+    #[error("the image is empty")]
+    EmptyImage,
     /// An entry point that real mode cannot reach.
     #[error("entry point {0:#x} is above 1 MiB; flat images start in real mode")]
     BadEntry(u64),
@@ -60,6 +81,9 @@ pub enum MachineError {
     /// More disks than the IDE controller has places for.
     #[error("at most 4 IDE disks (primary/secondary, master/slave)")]
     TooManyDisks,
+    /// A second virtio-blk disk.
+    #[error("at most one virtio-blk disk")]
+    TooManyVirtioDisks,
     /// Device wiring failed (overlapping port ranges: a programming error).
     #[error("device wiring: {0}")]
     Wiring(String),
@@ -118,6 +142,23 @@ pub enum Exit {
     Reset,
     /// The guest halted with interrupts enabled and nothing will ever interrupt it.
     IdleForever,
+    /// The virtual-time limit of [`Machine::run_limited`] was reached.
+    TimeLimit,
+    /// The guest entered ACPI S5 (soft-off) through the PIIX4 PM control register.
+    PowerOff,
+}
+
+/// The kind of kernel [`Machine::load_kernel`] booted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelKind {
+    /// A bzImage entered at its 64-bit entry point.
+    Linux64,
+    /// A bzImage entered at its 32-bit entry point.
+    Linux32,
+    /// An ELF vmlinux entered through its PVH note.
+    Pvh,
+    /// A Multiboot v1 kernel.
+    Multiboot,
 }
 
 /// A virtual PC.
@@ -132,12 +173,16 @@ pub struct Machine {
     no_reboot: bool,
     /// The firmware image, kept to restore the BIOS shadow area on a reset.
     bios: Option<Vec<u8>>,
+    /// How many times a halted CPU skipped virtual time ahead (host work spent idle).
+    idle_skips: u64,
 }
 
 /// End of conventional memory (the VGA window starts here).
 const LOW_RAM_END: u64 = 0xA_0000;
 /// Start of the option-ROM and BIOS shadow area.
 const SHADOW_START: u64 = 0xC_0000;
+/// Longest Multiboot command line passed (with its terminating NUL).
+const MULTIBOOT_CMDLINE_MAX: usize = 4096;
 /// Largest firmware image accepted.
 const MAX_FIRMWARE: u64 = 4 << 20;
 
@@ -179,6 +224,7 @@ impl Machine {
             ram_bytes: ram,
             no_reboot: config.no_reboot,
             bios: None,
+            idle_skips: 0,
         })
     }
 
@@ -186,12 +232,18 @@ impl Machine {
         if addr.checked_add(len).is_none_or(|e| e > self.ram_bytes) {
             return Err(MachineError::ImageOutOfRange { addr, len, ram: self.ram_bytes });
         }
+        if addr < SHADOW_START && addr + len > LOW_RAM_END {
+            return Err(MachineError::OverlapsVgaWindow { addr, len });
+        }
         Ok(())
     }
 
     /// Loads a flat binary at `load` and prepares the CPU to start in real mode at `entry`
     /// (CS = 0 and IP = entry below 64 KiB; otherwise CS = entry >> 4, IP = entry & 0xF).
     pub fn load_flat(&mut self, image: &[u8], load: u64, entry: u64) -> Result<(), MachineError> {
+        if image.is_empty() {
+            return Err(MachineError::EmptyImage);
+        }
         self.check_fits(load, image.len() as u64)?;
         if entry >= 0x10_0000 {
             return Err(MachineError::BadEntry(entry));
@@ -262,6 +314,19 @@ impl Machine {
         })
     }
 
+    /// Attaches a block device as the virtio-blk disk (PCI 00:03.0; one at most).
+    pub fn attach_virtio_disk(&mut self, backend: Box<dyn devices::BlockBackend>) -> Result<(), MachineError> {
+        self.board.attach_virtio_disk(backend)
+    }
+
+    /// Opens a disk image (any VMDK subformat or raw, detected) and attaches it as the
+    /// virtio-blk disk.
+    pub fn attach_virtio_disk_file(&mut self, path: &std::path::Path, read_only: bool) -> Result<(), MachineError> {
+        let backend = disk::ImageBackend::open(path, read_only)
+            .map_err(|e| MachineError::Disk { path: path.display().to_string(), reason: e.to_string() })?;
+        self.attach_virtio_disk(Box::new(backend))
+    }
+
     /// A machine reset: chips to their power-on state, the CPU to the reset vector. Returns
     /// false when there is no firmware to reboot into.
     fn reboot(&mut self) -> bool {
@@ -280,7 +345,108 @@ impl Machine {
         self.cpu.msr.tsc_offset = tsc;
         true
     }
+    /// The memory map reported to a directly booted kernel (E820 / PVH memmap).
+    fn e820(&self) -> Vec<linux::E820> {
+        vec![
+            linux::E820 { addr: 0, size: 0x9_FC00, kind: 1 },
+            linux::E820 { addr: 0x9_FC00, size: 0x400, kind: 2 },
+            // The BIOS area: the ACPI tables of a direct boot live here (acpi::DIRECT_BOOT_*).
+            linux::E820 { addr: 0xE_0000, size: 0x2_0000, kind: 2 },
+            linux::E820 { addr: 0x10_0000, size: self.ram_bytes - 0x10_0000, kind: 1 },
+        ]
+    }
+
+    /// Boots a kernel directly, as QEMU's `-kernel`: a Linux bzImage (64-bit entry when the
+    /// kernel has one, else 32-bit), an ELF `vmlinux` with a PVH note, or a Multiboot v1 kernel
+    /// (whose command line is `"<name> <append>"`, as QEMU passes it). Returns which it was.
+    pub fn load_kernel(
+        &mut self,
+        file: &[u8],
+        initrd: Option<&[u8]>,
+        append: &str,
+        name: &str,
+    ) -> Result<KernelKind, MachineError> {
+        let linux_kernel = linux::is_bzimage(file) || linux::pvh_entry(file).is_some();
+        let rsdp = if linux_kernel {
+            self.install_acpi(acpi::DIRECT_BOOT_TABLES, acpi::DIRECT_BOOT_RSDP)?;
+            Some(u64::from(acpi::DIRECT_BOOT_RSDP))
+        } else {
+            None
+        };
+        let plan = if linux::is_bzimage(file) {
+            linux::plan_bzimage(file, initrd, append, &self.e820(), self.ram_bytes, rsdp)?
+        } else if linux::pvh_entry(file).is_some() {
+            linux::plan_pvh(file, initrd, append, &self.e820(), self.ram_bytes, rsdp)?
+        } else if loader::parse_multiboot(file).is_ok() {
+            if initrd.is_some() {
+                return Err(MachineError::Linux(linux::LinuxError::UnknownFormat));
+            }
+            self.load_multiboot(file, &format!("{name} {append}"))?;
+            return Ok(KernelKind::Multiboot);
+        } else {
+            return Err(linux::LinuxError::UnknownFormat.into());
+        };
+        for (addr, data) in &plan.writes {
+            self.check_fits(*addr, data.len() as u64)?;
+            self.board.mem.load(GuestPhysAddr(*addr), data)?;
+        }
+        for &(addr, len) in &plan.zeros {
+            self.check_fits(addr, len)?;
+            let zeros = vec![0u8; len as usize];
+            self.board.mem.load(GuestPhysAddr(addr), &zeros)?;
+        }
+        self.engine.invalidate_phys(0, self.ram_bytes);
+        let data =
+            Segment { selector: linux::BOOT_DS, attr: 0x93 | seg_attr::DB | seg_attr::G, limit: u32::MAX, base: 0 };
+        let mut cpu = CpuState::new();
+        cpu.gpr = [0; 16];
+        cpu.seg = [data; 6];
+        cpu.gdtr = cpu::DescriptorTable { base: linux::BOOT_GDT, limit: 31 };
+        cpu.set_rflags(rflags::FIXED1);
+        let kind = match plan.entry {
+            linux::EntryMode::Long64 { rip, rsi } => {
+                cpu.cr0 = cr::CR0_PE | cr::CR0_ET | cr::CR0_PG;
+                cpu.cr4 = cr::CR4_PAE;
+                cpu.cr3 = linux::BOOT_PML4;
+                cpu.efer = cr::EFER_LME | cr::EFER_LMA;
+                cpu.seg[1] = Segment {
+                    selector: linux::BOOT_CS,
+                    attr: 0x9B | seg_attr::L | seg_attr::G,
+                    limit: u32::MAX,
+                    base: 0,
+                };
+                cpu.rip = rip;
+                cpu.gpr[6] = rsi;
+                KernelKind::Linux64
+            }
+            linux::EntryMode::Protected32 { eip, esi, ebx } => {
+                cpu.cr0 = cr::CR0_PE | cr::CR0_ET;
+                cpu.seg[1] = Segment {
+                    selector: linux::BOOT_CS,
+                    attr: 0x9B | seg_attr::DB | seg_attr::G,
+                    limit: u32::MAX,
+                    base: 0,
+                };
+                cpu.rip = u64::from(eip);
+                cpu.gpr[6] = u64::from(esi);
+                cpu.gpr[3] = u64::from(ebx);
+                if ebx != 0 {
+                    KernelKind::Pvh
+                } else {
+                    KernelKind::Linux32
+                }
+            }
+        };
+        *self.cpu = cpu;
+        self.engine.flush_for_mode_change(&mut self.cpu);
+        Ok(kind)
+    }
+
     /// Loads a Multiboot v1 kernel and prepares the CPU as a Multiboot loader leaves it.
+    ///
+    /// `cmdline` is passed as it is; QEMU's `-kernel` passes `"<kernel path> <append>"`, and so
+    /// does `ferrovisor run --multiboot`. The information structure, memory map and command line
+    /// are placed where they overlap nothing the kernel occupies.
     pub fn load_multiboot(&mut self, file: &[u8], cmdline: &str) -> Result<(), MachineError> {
         let k = loader::parse_multiboot(file)?;
         for s in &k.segments {
@@ -289,13 +455,31 @@ impl Machine {
             let zeros = vec![0u8; s.zero_fill as usize];
             self.board.mem.load(GuestPhysAddr(s.addr + s.data.len() as u64), &zeros)?;
         }
-        // Multiboot information at 0x9000, command line at 0x9800, memory map at 0x9400.
-        let info = 0x9000u64;
-        let mmap_addr = 0x9400u64;
-        let cmd_addr = 0x9800u64;
+        // The Multiboot information, memory map and command line go in one area that overlaps
+        // nothing the kernel occupies: the first page-aligned place after the kernel, or else
+        // below it, in RAM and outside the VGA window (as QEMU places them after the image).
         let mut cmd = cmdline.as_bytes().to_vec();
-        cmd.truncate(0x7FF);
+        cmd.truncate(MULTIBOOT_CMDLINE_MAX - 1);
         cmd.push(0);
+        let area_len = 0x1000 + cmd.len() as u64;
+        let spans: Vec<(u64, u64)> =
+            k.segments.iter().map(|s| (s.addr, s.addr + s.data.len() as u64 + s.zero_fill)).collect();
+        let kernel_end = spans.iter().map(|s| s.1).max().unwrap_or(0);
+        let free = |at: u64| {
+            let end = at + area_len;
+            at >= 0x1000
+                && end <= self.ram_bytes
+                && !(at < SHADOW_START && end > LOW_RAM_END)
+                && spans.iter().all(|&(a, b)| end <= a || at >= b)
+        };
+        let candidates = [kernel_end.next_multiple_of(0x1000), 0x1000, 0x1_0000, 0x10_0000];
+        let info = candidates
+            .into_iter()
+            .chain(spans.iter().map(|s| s.1.next_multiple_of(0x1000)))
+            .find(|&at| free(at))
+            .ok_or(MachineError::ImageOutOfRange { addr: kernel_end, len: area_len, ram: self.ram_bytes })?;
+        let mmap_addr = info + 0x400;
+        let cmd_addr = info + 0x1000;
         self.board.mem.load(GuestPhysAddr(cmd_addr), &cmd)?;
         let mut mmap = Vec::new();
         for (base, len, ty) in [(0u64, 0x9_FC00u64, 1u32), (0x10_0000, self.ram_bytes - 0x10_0000, 1)] {
@@ -339,11 +523,39 @@ impl Machine {
     /// Devices are advanced by deadline: a run slice ends at the next timer deadline, and a CPU
     /// halted with interrupts enabled skips virtual time ahead to it instead of spinning.
     pub fn run(&mut self, max_insns: Option<u64>) -> Exit {
+        self.run_limited(max_insns, None)
+    }
+
+    /// [`Machine::run`] with a second bound: `max_time_ns` nanoseconds of virtual time (executed
+    /// instructions plus time skipped while halted), after which the run ends with
+    /// [`Exit::TimeLimit`].
+    ///
+    /// A halted CPU costs O(1) host work per timer, not per timer period: a periodic timer
+    /// (PIT channel 0, local APIC timer) whose last two firings left no interrupt deliverable
+    /// is "quiet" for the rest of that halt. Two, because a square wave's falling edge wakes
+    /// nothing even when its rising edge would; after a rising edge that woke nothing, later
+    /// ones only set request bits that are already set (8259 IRR, I/O APIC remote IRR, local
+    /// APIC IRR) while nothing runs that could unmask them. The skip then goes straight to the
+    /// next deadline of a timer that may still wake the CPU, and the quiet timers catch up in
+    /// one step (their `advance_to` handles any number of periods). The RTC is never quiet: its
+    /// alarm can match at a later second, and it has at most one deadline per second (or none
+    /// while its interrupt flag is set).
+    pub fn run_limited(&mut self, max_insns: Option<u64>, max_time_ns: Option<u64>) -> Exit {
         let limit = max_insns.map(|m| self.cpu.icount.saturating_add(m));
+        let time_limit = max_time_ns.map(|t| self.now().0.saturating_add(t));
         let mut idle_since: Option<VirtualInstant> = None;
+        // Consecutive firings per timer that woke nothing during this halt.
+        let mut idle_fires = [0u8; board::TIMERS];
         loop {
             if let Some(v) = self.board.exit_value.take() {
                 return Exit::ExitDevice(v);
+            }
+            if std::mem::take(&mut self.board.power_off) {
+                return Exit::PowerOff;
+            }
+            if std::mem::take(&mut self.board.code_written) {
+                // Device DMA overwrote decoded code.
+                self.engine.invalidate_phys(0, u64::MAX);
             }
             if self.board.reset_requested {
                 self.board.reset_requested = false;
@@ -360,6 +572,12 @@ impl Machine {
                 }
                 budget = budget.min(l - self.cpu.icount);
             }
+            if let Some(t) = time_limit {
+                if now.0 >= t {
+                    return Exit::TimeLimit;
+                }
+                budget = budget.min(t - now.0);
+            }
             if let Some(d) = self.board.next_deadline() {
                 budget = budget.min(d.0.saturating_sub(now.0).max(1));
             }
@@ -372,27 +590,52 @@ impl Machine {
                     }
                 }
                 RunExit::Halted => {
-                    if self.board.exit_value.is_some() || self.board.reset_requested {
+                    if self.board.exit_value.is_some() || self.board.reset_requested || self.board.power_off {
                         continue;
                     }
                     if self.cpu.rflags() & rflags::IF == 0 {
                         return Exit::Halted;
                     }
-                    // Idle: skip virtual time to the next timer deadline (the TSC moves too).
-                    let now = self.now();
-                    let Some(deadline) = self.board.next_deadline() else {
-                        return Exit::IdleForever;
-                    };
                     if self.cpu.icount != before {
                         idle_since = None;
+                        idle_fires = [0; board::TIMERS];
                     }
-                    let since = *idle_since.get_or_insert(now);
-                    if now.0.saturating_sub(since.0) > IDLE_FOREVER_NS {
+                    // Idle: skip virtual time to the next deadline of a timer that may still
+                    // wake the CPU (the TSC moves too).
+                    let now = self.now();
+                    let deadlines = self.board.timer_deadlines();
+                    if deadlines.iter().all(Option::is_none) {
                         return Exit::IdleForever;
                     }
-                    let skip = deadline.0.saturating_sub(now.0).max(1);
+                    let since = *idle_since.get_or_insert(now);
+                    let forever = since.0.saturating_add(IDLE_FOREVER_NS);
+                    let waking = deadlines
+                        .iter()
+                        .zip(idle_fires.iter().zip(board::TIMER_QUIET_AFTER))
+                        .filter(|(_, (&n, quiet_after))| n < *quiet_after)
+                        .filter_map(|(d, _)| *d)
+                        .min();
+                    let mut target = waking.map_or(forever, |d| d.0.min(forever));
+                    if let Some(t) = time_limit {
+                        target = target.min(t);
+                    }
+                    let skip = target.saturating_sub(now.0).max(1);
+                    self.idle_skips += 1;
                     self.board.idle_time = self.board.idle_time.wrapping_add(skip);
                     self.cpu.msr.tsc_offset = self.cpu.msr.tsc_offset.wrapping_add(skip);
+                    let now = self.now();
+                    self.board.advance_timers(now);
+                    if self.board.irq_pending() {
+                        continue;
+                    }
+                    if now.0 >= forever {
+                        return Exit::IdleForever;
+                    }
+                    for (n, d) in idle_fires.iter_mut().zip(deadlines) {
+                        if d.is_some_and(|d| d <= now) {
+                            *n = n.saturating_add(1);
+                        }
+                    }
                 }
             }
         }
@@ -411,6 +654,12 @@ impl Machine {
     /// Virtual time (nanoseconds): instructions retired plus time skipped while halted.
     pub fn virtual_time(&self) -> VirtualInstant {
         self.now()
+    }
+
+    /// How many times a halted CPU skipped virtual time ahead to a timer deadline: the host
+    /// work an idle guest cost.
+    pub fn idle_skips(&self) -> u64 {
+        self.idle_skips
     }
 
     /// Instructions retired so far.

@@ -86,3 +86,39 @@ fn test_rom_system_long() {
 fn test_rom_apic_timer_ipi_and_ioapic() {
     expect_pass("apic", test_roms::apic());
 }
+
+/// Issue 11, item 6: a halted guest with a very fast timer it can never receive used to spin
+/// the host for minutes (one loop per timer period over an hour of virtual time). Now each
+/// such timer costs O(1) host work: the run ends idle-forever after a handful of skips.
+#[test]
+fn test_issue_11_fast_undeliverable_timer_does_not_hang() {
+    use test_roms::FastTimer;
+    for kind in
+        [FastTimer::PitMasked, FastTimer::LapicSoftwareDisabled, FastTimer::LapicMasked, FastTimer::LapicInService]
+    {
+        // A watchdog thread turns a regression into a failure instead of a hung test run.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rom = test_roms::fast_timer_halt(kind);
+            let (exit, _, m) = run(&rom, 1_000_000);
+            let _ = tx.send((exit, m.idle_skips(), m.virtual_time().0, m.instructions()));
+        });
+        let (exit, skips, vt, insns) = rx
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("{kind:?}: the halted machine still spins"));
+        assert_eq!(exit, Exit::IdleForever, "{kind:?}");
+        assert!(vt >= 3_600_000_000_000, "{kind:?}: an hour of virtual time passed first ({vt} ns)");
+        assert!(insns < 1_000, "{kind:?}: {insns} instructions");
+        assert!(skips <= 16, "{kind:?}: {skips} idle skips for one halt");
+    }
+}
+
+/// `run_limited` bounds virtual time, halted time included (a wall-time bound for any guest).
+#[test]
+fn test_issue_11_time_limit_counts_halted_time() {
+    let rom = test_roms::fast_timer_halt(test_roms::FastTimer::PitMasked);
+    let mut m = Machine::new(MachineConfig { ram_bytes: 32 << 20, ..Default::default() }).expect("machine");
+    m.load_flat(&rom.image, rom.load_addr, rom.entry).expect("load");
+    assert_eq!(m.run_limited(None, Some(5_000_000)), Exit::TimeLimit);
+    assert_eq!(m.virtual_time().0, 5_000_000, "the run stops exactly at the bound");
+}

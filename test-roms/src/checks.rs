@@ -576,6 +576,39 @@ fn install_idt32(a: &mut CodeAssembler, idt: u64, idtr: u64, gates: &[(u64, u64)
     a.lidt(ptr(idtr))
 }
 
+/// Emits code that points all 256 IDT gates at `handler` (32-bit interrupt gates) and loads the
+/// IDT.
+pub(crate) fn install_idt32_all(a: &mut CodeAssembler, idt: u64, idtr: u64, handler: u64) -> Result<(), IcedError> {
+    a.mov(edi, idt as u32)?;
+    a.mov(ecx, 256u32)?;
+    let mut fill = a.create_label();
+    a.set_label(&mut fill)?;
+    a.mov(word_ptr(edi), (handler & 0xFFFF) as u32)?;
+    a.mov(word_ptr(edi + 2), u32::from(SEL_CODE32))?;
+    a.mov(word_ptr(edi + 4), 0x8E00u32)?;
+    a.mov(word_ptr(edi + 6), (handler >> 16) as u32)?;
+    a.add(edi, 8)?;
+    a.dec(ecx)?;
+    a.jnz(fill)?;
+    a.mov(word_ptr(idtr), (256 * 8 - 1) as u32)?;
+    a.mov(dword_ptr(idtr + 2), idt as u32)?;
+    a.lidt(ptr(idtr))
+}
+
+/// Emits code that points all 256 real-mode IVT entries at `0000:handler`.
+pub(crate) fn install_ivt_all(a: &mut CodeAssembler, handler: u64) -> Result<(), IcedError> {
+    a.xor(di, di)?;
+    a.mov(cx, 256u32)?;
+    let mut fill = a.create_label();
+    a.set_label(&mut fill)?;
+    a.mov(word_ptr(di), handler as u32)?;
+    a.mov(word_ptr(di + 2), 0u32)?;
+    a.add(di, 4)?;
+    a.dec(cx)?;
+    a.jnz(fill)?;
+    Ok(())
+}
+
 /// Emits the initialisation of the 8259A pair: ICW1 (edge, cascade, ICW4), ICW2 (vector base:
 /// `master_base` and 0x70), ICW3 (slave on IRQ 2), ICW4 (8086 mode); then the masks (the slave
 /// fully masked).
@@ -770,6 +803,71 @@ pub fn apic() -> Rom {
             a.cmp(dword_ptr(TICKS), 11)?;
             fail_unless_zf(a, 5)?;
             report(a, PASS)
+        },
+        extras,
+    ))
+}
+
+/// How [`fast_timer_halt`] makes its fast timer undeliverable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FastTimer {
+    /// PIT channel 0, mode 2, count 2 (about 600 kHz); the 8259s initialised and IRQ 0 masked.
+    PitMasked,
+    /// Local APIC timer, periodic, count 1, divide by 1, with the APIC software-disabled.
+    LapicSoftwareDisabled,
+    /// Local APIC timer, periodic, count 2, divide by 1, its LVT entry masked.
+    LapicMasked,
+    /// Local APIC timer, periodic, count 1: its handler does `sti; hlt` without an EOI, so its
+    /// vector stays in service and every later expiry only sets IRR.
+    LapicInService,
+}
+
+/// A guest that programs a very fast timer it cannot receive, then executes `sti; hlt`. Nothing
+/// can ever wake it: a correct machine reports it idle forever at O(1) host cost per timer,
+/// however short the period (issue 11, item 6).
+pub fn fast_timer_halt(kind: FastTimer) -> Rom {
+    const IDT: u64 = 0x1000;
+    const IDTR: u64 = 0x0680;
+    const LAPIC: u64 = 0xFEE0_0000;
+    let extras = vec![asm(32, H_INT, |a| {
+        a.sti()?;
+        a.hlt()?;
+        a.jmp(H_INT + 1)
+    })
+    .expect("handler assembles")];
+    assembled(build_with(
+        Mode::Protected32,
+        |a| {
+            install_idt32(a, IDT, IDTR, &[(0x40, H_INT)])?;
+            match kind {
+                FastTimer::PitMasked => {
+                    init_pics(a, 0x20, 0xFF)?;
+                    // Channel 0, lobyte/hibyte, mode 2 (rate generator), count 2.
+                    a.mov(al, 0x34u32)?;
+                    a.out(0x43u32, al)?;
+                    a.mov(al, 2u32)?;
+                    a.out(0x40u32, al)?;
+                    a.mov(al, 0u32)?;
+                    a.out(0x40u32, al)?;
+                }
+                FastTimer::LapicSoftwareDisabled | FastTimer::LapicMasked | FastTimer::LapicInService => {
+                    init_pics(a, 0x20, 0xFF)?;
+                    let (svr, lvt, count) = match kind {
+                        FastTimer::LapicSoftwareDisabled => (0x0FFu32, 0x2_0040u32, 1u32),
+                        FastTimer::LapicMasked => (0x1FF, 0x3_0040, 2),
+                        _ => (0x1FF, 0x2_0040, 1),
+                    };
+                    a.mov(dword_ptr(LAPIC + 0xF0), svr)?;
+                    a.mov(dword_ptr(LAPIC + 0x3E0), 0xBu32)?; // divide by 1
+                    a.mov(dword_ptr(LAPIC + 0x320), lvt)?; // periodic, vector 0x40
+                    a.mov(dword_ptr(LAPIC + 0x380), count)?;
+                }
+            }
+            a.sti()?;
+            let mut again = a.create_label();
+            a.set_label(&mut again)?;
+            a.hlt()?;
+            a.jmp(again)
         },
         extras,
     ))

@@ -27,14 +27,17 @@
 mod boot;
 mod checks;
 mod demo;
+mod fuzz;
 mod layout;
 mod system;
 
 pub use boot::{boot_disk, boot_sector, BOOT_MESSAGE_DONE, BOOT_MESSAGE_INT10, BOOT_MESSAGE_SERIAL};
 pub use checks::{
-    apic, exceptions_protected, exceptions_real, long_mode_switch, pit_interrupts, real_mode_arith, string_ops,
+    apic, exceptions_protected, exceptions_real, fast_timer_halt, long_mode_switch, pit_interrupts, real_mode_arith,
+    string_ops, FastTimer,
 };
 pub use demo::{demo, mandelbrot_reference, primes_reference, DEMO_BANNER};
+pub use fuzz::{random_timer_guest, SplitMix};
 pub use layout::{Mode, ENTRY, PAYLOAD};
 pub use system::{system_long, system_protected};
 

@@ -1310,6 +1310,23 @@ impl Cx<'_> {
         loop {
             if rep {
                 if get_reg(self.cpu, creg) == 0 {
+                    if first && abits == 32 && self.cpu.mode() == crate::state::CpuMode::Long64 {
+                        // CPU model choice (documented in cpu/src/cpuid.rs): a 32-bit-address
+                        // REP in 64-bit mode writes ECX even for a zero count, which clears
+                        // RCX[63:32], and REP MOVS/STOS (the fast-string forms) also write
+                        // ESI/EDI, as the Intel Xeons this model follows do. Other hosts leave
+                        // them untouched; the differential test lists this case in its table
+                        // of model-specific results.
+                        set_reg(self.cpu, creg, 0);
+                        if kind <= 1 {
+                            let di = get_reg(self.cpu, di_r);
+                            set_reg(self.cpu, di_r, di);
+                        }
+                        if kind == 0 {
+                            let si = get_reg(self.cpu, si_r);
+                            set_reg(self.cpu, si_r, si);
+                        }
+                    }
                     break;
                 }
                 if !first {

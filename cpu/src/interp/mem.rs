@@ -178,6 +178,8 @@ impl Cx<'_> {
                 if self.bus.memory().clear_code_page(bpage >> 12) {
                     self.cache.invalidate_page(bpage);
                     self.code_written = true;
+                    // The fetch shortcut carries the old generation of the page's bank.
+                    self.fetch_lin_page = u64::MAX;
                 }
                 let b = (bpage | (lin & 0xFFF)) as usize;
                 if let Some(s) = self.bus.memory().backing_mut().get_mut(b..b + size) {

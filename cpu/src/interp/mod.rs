@@ -21,6 +21,11 @@ use mmu::{TlbAccess, PAGE_MASK};
 
 const CACHE_ENTRIES: usize = 1 << 16;
 const KEY_VALID: u64 = 1 << 63;
+/// One step of a bank generation in the decode-cache key (bits 40..55; backing offsets are
+/// below 2^40).
+const GEN_ONE: u64 = 1 << 40;
+/// The generation bits of a key.
+const GEN_MASK: u64 = 0xFFFF << 40;
 
 /// An instruction as the decode cache holds it: iced-x86's decoding and the hot-path form.
 #[derive(Clone, Copy)]
@@ -44,6 +49,8 @@ pub(crate) struct DecodeCache {
     _instr_buf: Vec<Decoded>,
     /// `CACHE_ENTRIES + 1` decoded instructions.
     instrs: *mut Decoded,
+    /// Per bank (see [`DecodeCache::bank`]): the generation bits entries must carry to match.
+    bank_gen: [u64; 16],
     pub(crate) hits: u64,
     pub(crate) misses: u64,
 }
@@ -69,7 +76,7 @@ impl DecodeCache {
         let instrs = buf.as_mut_ptr();
         let tags: Box<[(u64, u64); CACHE_ENTRIES]> =
             vec![(0, 0); CACHE_ENTRIES].into_boxed_slice().try_into().expect("CACHE_ENTRIES tags");
-        DecodeCache { tags, _instr_buf: buf, instrs, hits: 0, misses: 0 }
+        DecodeCache { tags, _instr_buf: buf, instrs, bank_gen: [0; 16], hits: 0, misses: 0 }
     }
 
     #[inline(always)]
@@ -91,12 +98,31 @@ impl DecodeCache {
         }
     }
 
-    /// Drops every entry decoded from the backing page at `page_addr`.
+    /// The slots of a backing page form one of 16 banks (slot = offset mod 64K); each bank has a
+    /// generation, kept in key bits 40..55, that invalidation bumps.
+    #[inline(always)]
+    fn bank(backing: u64) -> usize {
+        ((backing >> 12) & 15) as usize
+    }
+
+    /// The key bits of the generation of `backing`'s bank.
+    #[inline(always)]
+    fn gen_bits(&self, backing: u64) -> u64 {
+        self.bank_gen[Self::bank(backing)]
+    }
+
+    /// Drops every entry decoded from the backing page at `page_addr`, in O(1): the page's bank
+    /// moves to a new generation, so its entries (and those of the 15 other pages sharing the
+    /// bank, which are simply decoded again) no longer match. A page that mixes code and data
+    /// therefore costs a re-decode per write, not a scan of the cache. When the 16-bit
+    /// generation wraps, the bank's tags are cleared so no old entry can match again.
     pub(crate) fn invalidate_page(&mut self, page_addr: u64) {
-        let page = page_addr & PAGE_MASK;
-        for off in 0..0x1000u64 {
-            let e = &mut self.tags[Self::slot(page + off)];
-            if e.0 & KEY_VALID != 0 && (e.0 & 0x00FF_FFFF_FFFF_FFFF) & PAGE_MASK == page {
+        let bank = Self::bank(page_addr);
+        let next = (self.bank_gen[bank] + GEN_ONE) & GEN_MASK;
+        self.bank_gen[bank] = next;
+        if next == 0 {
+            let first = bank << 12;
+            for e in &mut self.tags[first..first + 0x1000] {
                 e.0 = 0;
             }
         }
@@ -131,7 +157,8 @@ pub(crate) struct Cx<'a> {
     /// backing page, reused while only hot-path instructions execute.
     pub(crate) fetch_lin_page: u64,
     pub(crate) fetch_backing_page: u64,
-    /// The decode-cache key bits (bitness, valid) that went with `fetch_lin_page`.
+    /// The decode-cache key bits (bitness, valid, bank generation) that went with
+    /// `fetch_lin_page`; invalidating a page resets `fetch_lin_page`.
     pub(crate) fetch_key_hi: u64,
 }
 
@@ -266,12 +293,12 @@ impl<'a> Cx<'a> {
             if let Some(b) = r {
                 self.fetch_lin_page = lin & PAGE_MASK;
                 self.fetch_backing_page = b & PAGE_MASK;
-                self.fetch_key_hi = (u64::from(bitness) << 56) | KEY_VALID;
+                self.fetch_key_hi = (u64::from(bitness) << 56) | KEY_VALID | self.cache.gen_bits(b);
             }
             r
         };
         if let Some(b) = hit {
-            let key = b | (u64::from(bitness) << 56) | KEY_VALID;
+            let key = b | (u64::from(bitness) << 56) | KEY_VALID | self.cache.gen_bits(b);
             let slot = DecodeCache::slot(b);
             let e = self.cache.tags[slot];
             if e.0 == key && e.1 == rip {

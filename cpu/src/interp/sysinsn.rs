@@ -14,6 +14,8 @@ pub mod msr {
     pub const TSC: u32 = 0x10;
     /// IA32_APIC_BASE.
     pub const APIC_BASE: u32 = 0x1B;
+    /// IA32_TSC_DEADLINE (kept by the board's local APIC).
+    pub const TSC_DEADLINE: u32 = 0x6E0;
     /// IA32_SYSENTER_CS.
     pub const SYSENTER_CS: u32 = 0x174;
     /// IA32_SYSENTER_ESP.
@@ -108,7 +110,14 @@ impl Cx<'_> {
         let canon = |v: u64| ((v << 16) as i64 >> 16) as u64 == v;
         match n {
             msr::TSC => self.cpu.msr.tsc_offset = v.wrapping_sub(self.cpu.icount),
-            msr::APIC_BASE => self.cpu.msr.apic_base = v,
+            msr::APIC_BASE => {
+                self.cpu.msr.apic_base = v;
+                self.io_bus().apic_base_written(v);
+            }
+            msr::TSC_DEADLINE => {
+                let tsc = self.cpu.icount.wrapping_add(self.cpu.msr.tsc_offset);
+                self.io_bus().write_tsc_deadline(v, tsc);
+            }
             msr::SYSENTER_CS => self.cpu.msr.sysenter_cs = v & 0xFFFF,
             msr::SYSENTER_ESP => self.cpu.msr.sysenter_esp = v,
             msr::SYSENTER_EIP => self.cpu.msr.sysenter_eip = v,
@@ -274,7 +283,8 @@ impl Cx<'_> {
             M::Wbinvd | M::Invd => self.cpl0()?,
             M::Rdmsr => {
                 self.cpl0()?;
-                let v = self.read_msr(self.cpu.gpr[1] as u32)?;
+                let n = self.cpu.gpr[1] as u32;
+                let v = if n == msr::TSC_DEADLINE { self.io_bus().read_tsc_deadline() } else { self.read_msr(n)? };
                 self.cpu.gpr[0] = v & 0xFFFF_FFFF;
                 self.cpu.gpr[2] = v >> 32;
             }

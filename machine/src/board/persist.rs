@@ -36,6 +36,15 @@ pub struct BoardState {
     pub ide: PiixIdeState,
     /// The fw_cfg cursor.
     pub fw_cfg: FwCfgState,
+    /// The PIIX4 power management function (files before it existed: power-on state).
+    #[serde(default)]
+    pub pm: Option<devices::Piix4PmState>,
+    /// The virtio-blk function, when a virtio disk is attached.
+    #[serde(default)]
+    pub virtio: Option<devices::virtio_blk::VirtioBlkState>,
+    /// The guest asked for power-off (ACPI S5).
+    #[serde(default)]
+    pub power_off: bool,
     /// The local APIC.
     pub lapic: LocalApicState,
     /// The I/O APIC.
@@ -76,6 +85,9 @@ impl Board {
             isa: root.isa.save(),
             ide: root.ide.save(),
             fw_cfg: c.fw_cfg.save(),
+            pm: Some(root.pm.save()),
+            virtio: root.virtio.as_ref().map(|v| v.state()),
+            power_off: self.power_off,
             lapic: c.lapic.save(),
             ioapic: c.ioapic.save(),
             exit_value: self.exit_value,
@@ -111,10 +123,26 @@ impl Board {
         irqs.0.borrow_mut().clear();
         let c = &mut self.chips;
         let ide = <PiixIde<_> as Persist>::restore(ide, &s.ide).unwrap_or_else(|e| never(e));
+        let pm_irq = irqs.line(devices::piix4_pm::PIIX4_SCI_IRQ);
+        let pm = match &s.pm {
+            Some(st) => devices::Piix4Pm::restore(pm_irq, st).unwrap_or_else(|e| never(e)),
+            None => devices::Piix4Pm::new(pm_irq),
+        };
+        // The virtio disk moves over too, taking the saved state when there is one.
+        let pirq = crate::acpi::pci_pirq(super::VIRTIO_BLK_SLOT, 0);
+        let virtio = old_pci.root_mut().virtio.take().map(|v| {
+            let line = irqs.line(super::PIRQ_LINE_BASE + pirq);
+            match &s.virtio {
+                Some(st) => devices::VirtioBlk::from_state(line, v.into_disk(), st.clone()),
+                None => devices::VirtioBlk::new(line, v.into_disk()),
+            }
+        });
         let root = PcPci {
             host: devices::I440fxHost::restore((), &s.host).unwrap_or_else(|e| never(e)),
             isa: devices::Piix3Isa::restore((), &s.isa).unwrap_or_else(|e| never(e)),
             ide,
+            pm,
+            virtio,
         };
         // The PIC and I/O APIC first: the other chips re-drive their lines on restore, and the
         // queue then replays levels the interrupt controllers already hold (no new edges).
@@ -131,6 +159,7 @@ impl Board {
         c.port92 = devices::Port92::restore((), &s.port92).unwrap_or_else(|e| never(e));
         c.fw_cfg = <devices::FwCfg as Persist>::restore(fw_cfg, &s.fw_cfg).unwrap_or_else(|e| never(e));
         self.exit_value = s.exit_value;
+        self.power_off = s.power_off;
         self.reset_requested = s.reset_requested;
         self.now = VirtualInstant(s.now);
         self.idle_time = s.idle_time;

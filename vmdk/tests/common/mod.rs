@@ -33,7 +33,7 @@ pub fn have_qemu(test: &str) -> bool {
         if std::env::var_os("CI").is_some() {
             panic!("{test}: qemu-img is required in CI (install qemu-utils)");
         }
-        eprintln!("skipped: {test}: qemu-img not found (install qemu-utils)");
+        report_skip(&format!("vmdk {test}: qemu-img not found (install qemu-utils)"));
     }
     ok
 }
@@ -129,5 +129,17 @@ pub fn assert_same_as_raw(img: &dyn vmdk::BlockDevice, raw: &Path) {
             panic!("content differs from {} at byte {}", raw.display(), off + i as u64);
         }
         off += n as u64;
+    }
+}
+
+/// Reports a skipped test where the user sees it: standard error, and the run's skip log
+/// (`FERRO_SKIP_LOG`, set by `scripts/test`, which prints a summary of it at the end).
+fn report_skip(what: &str) {
+    eprintln!("skipped: {what}");
+    if let Some(log) = std::env::var_os("FERRO_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+            let _ = writeln!(f, "{what}");
+        }
     }
 }
