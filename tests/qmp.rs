@@ -76,7 +76,7 @@ fn test_qmp_driven_by_qemu_qmp_python_client() {
             std::env::var_os("CI").is_none(),
             "python3 with qemu.qmp is required in CI (pip install qemu.qmp==0.0.6)"
         );
-        eprintln!("skipped: python3 -m pip install qemu.qmp failed");
+        report_skip("qmp: python3 with qemu.qmp (pip install qemu.qmp==0.0.6 failed)");
         return;
     }
     let dir = tmpdir("py");
@@ -178,4 +178,16 @@ fn test_qmp_wire_negotiation_and_error_forms() {
     b.send("{\"execute\":\"query-status\"}\n");
     assert_eq!(b.reply()["return"]["status"], "paused");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Reports a skipped test where the user sees it: standard error, and the run's skip log
+/// (`FERRO_SKIP_LOG`, set by `scripts/test`, which prints a summary of it at the end).
+fn report_skip(what: &str) {
+    eprintln!("skipped: {what}");
+    if let Some(log) = std::env::var_os("FERRO_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+            let _ = writeln!(f, "{what}");
+        }
+    }
 }

@@ -128,7 +128,7 @@ fn seabios() -> Option<PathBuf> {
             if std::env::var_os("CI").is_some() {
                 panic!("cannot fetch Debian's seabios package (required in CI)");
             }
-            eprintln!("skipped: cannot fetch Debian's seabios package");
+            report_skip("snapshot: SeaBIOS continuation (cannot fetch Debian's seabios package)");
             return None;
         }
     }
@@ -299,4 +299,16 @@ fn measure_snapshot_256mib_random_ram() {
         restore.as_secs_f64()
     );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Reports a skipped test where the user sees it: standard error, and the run's skip log
+/// (`FERRO_SKIP_LOG`, set by `scripts/test`, which prints a summary of it at the end).
+fn report_skip(what: &str) {
+    eprintln!("skipped: {what}");
+    if let Some(log) = std::env::var_os("FERRO_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+            let _ = writeln!(f, "{what}");
+        }
+    }
 }
