@@ -635,6 +635,10 @@ impl Persist for Machine {
         s.ram.restore_into(m.board.mem.backing_mut()).map_err(|e| malformed("RAM", e))?;
         *m.cpu = s.cpu.to_state().map_err(|e| malformed("CPU", e))?;
         m.board.restore_state(&s.board);
+        // A local APIC the guest moved answers at its new base again.
+        if m.cpu.msr.apic_base & !0xFFF != devices::lapic::LAPIC_DEFAULT_BASE {
+            cpu::CpuBus::apic_base_written(&mut m.board, m.cpu.msr.apic_base);
+        }
         m.engine.invalidate_phys(0, u64::MAX);
         m.engine.flush_for_mode_change(&mut m.cpu);
         Ok(m)
