@@ -504,9 +504,9 @@ impl Vm {
                 ok(json!({}), &id)
             }
             "system_powerdown" => {
-                // The board has no ACPI power button wired (PIIX4 PM is not on this board yet):
-                // as QEMU on a machine without ACPI, the request is announced and the guest,
-                // which cannot see it, decides nothing.
+                // The ACPI power button of the PIIX4 PM: the guest decides (an ACPI OS shuts
+                // down; firmware alone ignores it), as with QEMU.
+                self.m.press_power_button();
                 hub.event("POWERDOWN", None);
                 ok(json!({}), &id)
             }
