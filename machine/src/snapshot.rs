@@ -810,12 +810,6 @@ impl Machine {
         self.board.reset_requested = true;
     }
 
-    /// Presses the ACPI power button (QMP `system_powerdown`): the PIIX4 PM raises its SCI if
-    /// the guest enabled the event; the guest decides what to do.
-    pub fn press_power_button(&mut self) {
-        self.board.press_power_button();
-    }
-
     /// The machine's full state as a comparable value without RAM (CPU and chips), for tests
     /// and `--state-out`.
     pub fn state_json(&self) -> serde_json::Value {
