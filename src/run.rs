@@ -110,6 +110,8 @@ pub struct RunArgs {
     /// helper calls per 1000 guest instructions).
     #[arg(long)]
     stats: bool,
+    #[command(flatten)]
+    mgmt: crate::vm::MgmtArgs,
 }
 
 /// `--engine` values.
@@ -183,6 +185,30 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
     if a.max_insns == Some(0) {
         bail!("--max-insns must be at least 1");
     }
+    let stdout = a.serial == Serial::Stdio;
+    let kind = if a.engine == Engine::Jit { EngineKind::Jit } else { EngineKind::Interp };
+    let make_config = |engine: EngineKind, serial_stdout: bool| MachineConfig {
+        ram_bytes: a.memory,
+        capture_serial: a.engine == Engine::Lockstep,
+        serial_stdout,
+        trace: a.trace,
+        firmware_log_stderr: a.firmware_log && serial_stdout,
+        no_reboot: a.no_reboot,
+        rtc_unix_seconds: host_time,
+        engine,
+    };
+    if a.disk.len() > 4 {
+        bail!("at most 4 IDE disks");
+    }
+    let mut disks = crate::vm::Disks { read_only: a.read_only, ..Default::default() };
+    for (i, path) in a.disk.iter().enumerate() {
+        disks.paths[i] = Some(path.clone());
+    }
+    if let Some(file) = a.mgmt.snapshot_load.clone() {
+        let config = make_config(kind, stdout);
+        let (m, d) = crate::vm::restore(&file, config.clone(), &disks)?;
+        return crate::qmp::run_vm(m, d, config, &a.mgmt, a.max_insns, a.quiet);
+    }
     let booted_image = a.bios.is_some() || a.flat.is_some() || a.kernel.is_some();
     if !a.disk.is_empty() && !booted_image {
         bail!("--disk needs a guest that uses it: add --bios FILE (firmware that boots the disk), --flat or --kernel");
@@ -195,17 +221,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
     }
     // Builds a machine with the guest loaded (lockstep builds two).
     let build = |engine: EngineKind, serial_stdout: bool| -> anyhow::Result<Machine> {
-        let config = MachineConfig {
-            ram_bytes: a.memory,
-            capture_serial: a.engine == Engine::Lockstep,
-            serial_stdout,
-            trace: a.trace,
-            firmware_log_stderr: a.firmware_log && serial_stdout,
-            no_reboot: a.no_reboot,
-            rtc_unix_seconds: host_time,
-            engine,
-        };
-        let mut m = Machine::new(config)?;
+        let mut m = Machine::new(make_config(engine, serial_stdout))?;
         for (i, path) in a.disk.iter().enumerate() {
             m.attach_disk_file(i, path, a.read_only)?;
         }
@@ -233,11 +249,9 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
         }
         Ok(m)
     };
-    let stdout = a.serial == Serial::Stdio;
     let start = Instant::now();
     let (exit, n) = match a.engine {
         Engine::Interp | Engine::Jit => {
-            let kind = if a.engine == Engine::Jit { EngineKind::Jit } else { EngineKind::Interp };
             let mut m = build(kind, stdout)?;
             if let Some(path) = &a.serial_replay {
                 let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -261,6 +275,9 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
                     }
                 });
                 m.connect_serial_input(rx);
+            }
+            if a.mgmt.qmp.is_some() || a.mgmt.snapshot_save.is_some() || a.mgmt.state_out.is_some() || a.mgmt.paused {
+                return crate::qmp::run_vm(m, disks, make_config(kind, stdout), &a.mgmt, a.max_insns, a.quiet);
             }
             let exit = m.run_limited(a.max_insns, a.max_time);
             if let Some(path) = &a.serial_record {
@@ -299,7 +316,12 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
     if !a.quiet {
         eprintln!("ferrovisor: {n} guest instructions in {:.3} s ({:.1} MIPS)", secs, n as f64 / secs.max(1e-9) / 1e6);
     }
-    Ok(match exit {
+    Ok(exit_status(exit))
+}
+
+/// The process exit status for a run's end (see `ferrovisor run --help`).
+pub fn exit_status(exit: Exit) -> i32 {
+    match exit {
         Exit::Halted | Exit::PowerOff => status::POWER_OFF,
         Exit::ExitDevice(v) => ((v << 1) | 1) as i32,
         Exit::TripleFault => {
@@ -322,7 +344,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
             eprintln!("ferrovisor: the guest halted with every interrupt source masked; nothing can wake it");
             status::IDLE_FOREVER
         }
-    })
+    }
 }
 
 /// Prints `--stats`: the engine's counters, and helper calls per 1000 guest instructions.

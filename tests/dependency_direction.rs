@@ -14,7 +14,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("cpu", &["base", "mmu"]),
     ("jit", &["base", "mmu", "cpu"]),
     ("machine", &["base", "mmu", "cpu", "jit", "devices", "vmdk", "test-roms"]),
-    ("ferrovisor", &["machine", "test-roms", "base", "vmdk"]),
+    ("mgmt-api", &["machine"]),
+    ("ferrovisor", &["machine", "mgmt-api", "test-roms", "base", "vmdk"]),
 ];
 
 fn member_dirs(root: &Path) -> Vec<String> {

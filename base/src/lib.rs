@@ -3,6 +3,10 @@
 //! This crate depends on nothing inside the workspace. Types that cross a crate boundary live
 //! here so that no crate needs to name another crate's internals just to talk about an address.
 
+pub mod persist;
+
+pub use persist::{Persist, PersistError};
+
 use serde::{Deserialize, Serialize};
 
 /// A guest physical address.

@@ -417,6 +417,21 @@ impl PioDevice for FwCfg {
     }
 }
 
+impl base::Persist for FwCfg {
+    type State = FwCfgState;
+    /// The device with its items (the items are configuration, rebuilt by the board; only the
+    /// cursor is state).
+    type ConstructorArgs = FwCfg;
+    type Error = std::convert::Infallible;
+    fn save(&self) -> FwCfgState {
+        self.state()
+    }
+    fn restore(mut dev: FwCfg, state: &FwCfgState) -> Result<Self, Self::Error> {
+        dev.restore(*state);
+        Ok(dev)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

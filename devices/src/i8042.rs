@@ -430,6 +430,19 @@ impl<I: IrqLine> PioDevice for I8042<I> {
     }
 }
 
+impl<I: IrqLine> base::Persist for I8042<I> {
+    type State = I8042State;
+    /// The IRQ 1 (keyboard) and IRQ 12 (mouse) lines.
+    type ConstructorArgs = (I, I);
+    type Error = std::convert::Infallible;
+    fn save(&self) -> I8042State {
+        self.state()
+    }
+    fn restore((irq1, irq12): (I, I), state: &I8042State) -> Result<Self, Self::Error> {
+        Ok(Self::from_state(state.clone(), irq1, irq12))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

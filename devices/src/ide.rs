@@ -1442,3 +1442,18 @@ impl<I: IrqLine> PciFunction for PiixIde<I> {
         }
     }
 }
+
+impl<I: IrqLine> base::Persist for PiixIde<I> {
+    type State = PiixIdeState;
+    /// The controller with its disks attached (disk contents are snapshotted as VMDK deltas,
+    /// not here).
+    type ConstructorArgs = PiixIde<I>;
+    type Error = std::convert::Infallible;
+    fn save(&self) -> PiixIdeState {
+        self.state()
+    }
+    fn restore(mut dev: PiixIde<I>, state: &PiixIdeState) -> Result<Self, Self::Error> {
+        dev.restore(state.clone());
+        Ok(dev)
+    }
+}

@@ -266,6 +266,18 @@ impl MmioDevice for IoApic {
     }
 }
 
+impl base::Persist for IoApic {
+    type State = IoApicState;
+    type ConstructorArgs = ();
+    type Error = std::convert::Infallible;
+    fn save(&self) -> IoApicState {
+        self.state()
+    }
+    fn restore((): (), state: &IoApicState) -> Result<Self, Self::Error> {
+        Ok(Self::from_state(state.clone()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -706,6 +706,18 @@ impl Timed for LocalApic {
     }
 }
 
+impl base::Persist for LocalApic {
+    type State = LocalApicState;
+    type ConstructorArgs = ();
+    type Error = std::convert::Infallible;
+    fn save(&self) -> LocalApicState {
+        self.state()
+    }
+    fn restore((): (), state: &LocalApicState) -> Result<Self, Self::Error> {
+        Ok(Self::from_state(state.clone()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

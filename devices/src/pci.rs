@@ -756,6 +756,43 @@ impl PciFunction for Piix3Isa {
     }
 }
 
+impl<R: PciRoot> base::Persist for PciConfigIo<R> {
+    type State = PciConfigIoState;
+    /// The functions behind the ports (each restores itself).
+    type ConstructorArgs = R;
+    type Error = std::convert::Infallible;
+    fn save(&self) -> PciConfigIoState {
+        self.state()
+    }
+    fn restore(root: R, state: &PciConfigIoState) -> Result<Self, Self::Error> {
+        Ok(Self::from_state(root, *state))
+    }
+}
+
+impl base::Persist for I440fxHost {
+    type State = PciConfig;
+    type ConstructorArgs = ();
+    type Error = std::convert::Infallible;
+    fn save(&self) -> PciConfig {
+        self.state()
+    }
+    fn restore((): (), state: &PciConfig) -> Result<Self, Self::Error> {
+        Ok(Self::from_state(state.clone()))
+    }
+}
+
+impl base::Persist for Piix3Isa {
+    type State = PciConfig;
+    type ConstructorArgs = ();
+    type Error = std::convert::Infallible;
+    fn save(&self) -> PciConfig {
+        self.state()
+    }
+    fn restore((): (), state: &PciConfig) -> Result<Self, Self::Error> {
+        Ok(Self::from_state(state.clone()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -455,6 +455,18 @@ impl PioDevice for I8259Pic {
     }
 }
 
+impl base::Persist for I8259Pic {
+    type State = I8259PicState;
+    type ConstructorArgs = ();
+    type Error = std::convert::Infallible;
+    fn save(&self) -> I8259PicState {
+        self.state()
+    }
+    fn restore((): (), state: &I8259PicState) -> Result<Self, Self::Error> {
+        Ok(Self::from_state(state.clone()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -400,6 +400,19 @@ impl<I: IrqLine> Timed for Piix4Pm<I> {
     }
 }
 
+impl<I: IrqLine> base::Persist for Piix4Pm<I> {
+    type State = Piix4PmState;
+    /// The SCI line.
+    type ConstructorArgs = I;
+    type Error = std::convert::Infallible;
+    fn save(&self) -> Piix4PmState {
+        self.state()
+    }
+    fn restore(sci: I, state: &Piix4PmState) -> Result<Self, Self::Error> {
+        Ok(Self::from_state(sci, state.clone()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -575,6 +575,19 @@ impl<I: IrqLine> PioDevice for I8254Pit<I> {
     }
 }
 
+impl<I: IrqLine> base::Persist for I8254Pit<I> {
+    type State = I8254PitState;
+    /// The IRQ 0 line.
+    type ConstructorArgs = I;
+    type Error = std::convert::Infallible;
+    fn save(&self) -> I8254PitState {
+        self.state()
+    }
+    fn restore(irq: I, state: &I8254PitState) -> Result<Self, Self::Error> {
+        Ok(Self::from_state(state.clone(), irq))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -92,6 +92,18 @@ impl PioDevice for Port92 {
     }
 }
 
+impl base::Persist for Port92 {
+    type State = Port92State;
+    type ConstructorArgs = ();
+    type Error = std::convert::Infallible;
+    fn save(&self) -> Port92State {
+        self.state()
+    }
+    fn restore((): (), state: &Port92State) -> Result<Self, Self::Error> {
+        Ok(Self::from_state(*state))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -580,6 +580,19 @@ impl<I: IrqLine> PioDevice for Mc146818Rtc<I> {
     }
 }
 
+impl<I: IrqLine> base::Persist for Mc146818Rtc<I> {
+    type State = Mc146818RtcState;
+    /// The IRQ 8 line.
+    type ConstructorArgs = I;
+    type Error = std::convert::Infallible;
+    fn save(&self) -> Mc146818RtcState {
+        self.state()
+    }
+    fn restore(irq: I, state: &Mc146818RtcState) -> Result<Self, Self::Error> {
+        Ok(Self::from_state(state.clone(), irq))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -494,6 +494,19 @@ impl<I: IrqLine, W: Write> PioDevice for Uart16550<I, W> {
     }
 }
 
+impl<I: IrqLine, W: Write> base::Persist for Uart16550<I, W> {
+    type State = Uart16550State;
+    /// The interrupt line and the output sink.
+    type ConstructorArgs = (I, W);
+    type Error = std::convert::Infallible;
+    fn save(&self) -> Uart16550State {
+        self.state()
+    }
+    fn restore((irq, out): (I, W), state: &Uart16550State) -> Result<Self, Self::Error> {
+        Ok(Self::from_state(state.clone(), irq, out))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,7 @@
 
 use crate::{JitStats, Translator, MAX_BLOCK_INSNS};
 use cpu::helpers::{exit, helper_flags, helper_step, offsets, HelperEnv};
-use cpu::state::rflags::{AF, IF, STATUS};
+use cpu::state::rflags::{AF, IF, RF, STATUS, TF};
 use cpu::state::{CpuMode, SegReg};
 use cpu::{CpuBus, CpuState, RunExit};
 use dynasmrt::x64::Assembler;
@@ -177,7 +177,7 @@ impl CodeCache {
                 break;
             }
             insns.push(insn);
-            if insn.flow_control() != FlowControl::Next || insn.mnemonic() == Mnemonic::Hlt {
+            if insn.flow_control() != FlowControl::Next || insn.mnemonic() == Mnemonic::Hlt || ends_block(&insn) {
                 break;
             }
         }
@@ -244,6 +244,19 @@ impl CodeCache {
         }
         Some(out)
     }
+}
+
+/// Instructions after which a block ends although control flows on: they may arm single-step
+/// or breakpoints (POPF, MOV to a debug register), inhibit interrupts and debug traps for one
+/// instruction (MOV SS, POP SS), so the run loop must look at the state again.
+fn ends_block(insn: &Instruction) -> bool {
+    matches!(insn.mnemonic(), Mnemonic::Popf | Mnemonic::Popfd | Mnemonic::Popfq | Mnemonic::Sti)
+        || (insn.mnemonic() == Mnemonic::Mov
+            && insn.op_kind(0) == OpKind::Register
+            && (insn.op0_register().is_dr() || insn.op0_register() == Register::SS))
+        || (insn.mnemonic() == Mnemonic::Pop
+            && insn.op_kind(0) == OpKind::Register
+            && insn.op0_register() == Register::SS)
 }
 
 /// An instruction the block runs as host code (register and immediate operands only, 32- and
@@ -1488,8 +1501,11 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
                 stats.smc_invalidations += cache.invalidate(r.start, r.len);
             }
         }
-        // Blocks assume no interrupt is due when they start (helpers keep it so inside them).
-        let due = cpu.interrupt_shadow || (cpu.rflags & IF != 0 && cpu.irq_pending);
+        // Blocks assume no interrupt is due when they start (helpers keep it so inside them),
+        // and no debug feature is armed: single-step (TF), a pending RF, breakpoints in DR7 and
+        // pending NMIs are the interpreter's, one instruction at a time.
+        let debug = cpu.rflags & (TF | RF) != 0 || cpu.dr[7] & 0xFF != 0 || cpu.nmi_pending;
+        let due = debug || cpu.interrupt_shadow || (cpu.rflags & IF != 0 && cpu.irq_pending);
         let code = if cpu.halted || due { None } else { block_for(cache, stats, cpu, env.bus()) };
         if let (Some(id), Some((blk, b))) = (chain_req.take(), &code) {
             cache.chain(id, *b, blk);

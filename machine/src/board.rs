@@ -5,6 +5,8 @@
 //! that the board drains into the PIC after every device access and timer advance. The queue is
 //! in order, so edges are seen exactly as the devices produced them.
 
+pub(crate) mod persist;
+
 use base::{AccessSize, GuestPhysAddr, PortAddr, VirtualInstant};
 use cpu::CpuBus;
 use devices::fw_cfg::{E820Entry, FwCfg, FwCfgBuilder, E820_RAM};

@@ -9,6 +9,7 @@ pub mod disk;
 pub mod linux;
 pub mod loader;
 mod serial_input;
+pub mod snapshot;
 pub use serial_input::{format_input_log, parse_input_log};
 pub mod lockstep;
 

@@ -522,7 +522,8 @@ impl Cx<'_> {
             if self.cpu.cr0 & cr::CR0_NE != 0 {
                 return Err(Exception::FloatingPoint);
             }
-            self.bus.fpu_error();
+            // FERR# changes an interrupt line: through `io_bus`, so the run loop re-reads INTR.
+            self.io_bus().fpu_error();
         }
         Ok(())
     }

@@ -1,0 +1,314 @@
+//! Whole-VM snapshots (issue 10): save after N instructions, run M more in this process; restore
+//! the file in a fresh `ferrovisor` process, run M; the full machine state and the console output
+//! must be identical. A run that never saved is a second oracle. Corrupt, truncated and
+//! wrong-version files are refused with a clear error.
+
+use base::Persist;
+use machine::snapshot::{self, DiskSnapshot};
+use machine::{Exit, Machine, MachineConfig};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ferro-snap-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn ferrovisor(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ferrovisor")).args(args).output().expect("run ferrovisor")
+}
+
+fn config() -> MachineConfig {
+    MachineConfig { ram_bytes: 16 << 20, capture_serial: true, ..Default::default() }
+}
+
+/// Runs `m` N instructions, saves to `file` (with `disks` recorded as frozen), runs M more and
+/// returns (exit, state, console output after the save).
+fn save_and_continue(
+    m: &mut Machine,
+    n: u64,
+    mm: u64,
+    file: &Path,
+    disk: Option<(&Path, &Path)>,
+) -> (Exit, String, Vec<u8>) {
+    let e = m.run(Some(n));
+    assert_eq!(e, Exit::InstructionLimit, "the guest must still be running at the save point");
+    let mut st = m.save();
+    if let Some((cur, child)) = disk {
+        m.snapshot_disk(0, cur, child).expect("disk delta");
+        st.disks.push(DiskSnapshot { index: 0, frozen: cur.to_path_buf() });
+    }
+    snapshot::write_file(file, &st).expect("write snapshot");
+    let before = m.serial_output().len();
+    let exit = m.run(Some(mm));
+    (exit, serde_json::to_string_pretty(&m.state_json()).unwrap(), m.serial_output()[before..].to_vec())
+}
+
+/// Restores `file` in a fresh process, runs M, returns (exit status, state, stdout).
+fn restore_in_fresh_process(file: &Path, mm: u64, dir: &Path) -> (i32, String, Vec<u8>) {
+    let state = dir.join("restored.json");
+    let out = ferrovisor(&[
+        "run",
+        "-q",
+        "--snapshot-load",
+        file.to_str().unwrap(),
+        "--max-insns",
+        &mm.to_string(),
+        "--state-out",
+        state.to_str().unwrap(),
+    ]);
+    assert!(out.status.code().is_some(), "killed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&state)
+            .unwrap_or_else(|e| panic!("no state written ({e}); stderr: {}", String::from_utf8_lossy(&out.stderr))),
+    )
+    .unwrap();
+    (out.status.code().unwrap(), serde_json::to_string_pretty(&v).unwrap(), out.stdout)
+}
+
+fn exit_code(e: Exit) -> i32 {
+    match e {
+        Exit::ExitDevice(v) => ((v << 1) | 1) as i32,
+        Exit::InstructionLimit | Exit::TimeLimit => 10,
+        Exit::Halted | Exit::PowerOff => 0,
+        Exit::Reset => 8,
+        Exit::TripleFault => 6,
+        Exit::IdleForever => 12,
+    }
+}
+
+fn check_rom(name: &str, rom: test_roms::Rom) {
+    let dir = tmpdir(name);
+    // The whole run, never saved: how long it is, and the reference end state.
+    let mut r = Machine::new(config()).unwrap();
+    r.load_flat(&rom.image, rom.load_addr, rom.entry).unwrap();
+    let full_exit = r.run(Some(50_000_000));
+    assert_eq!(full_exit, Exit::ExitDevice(u32::from(test_roms::PASS)), "{name} must pass on its own");
+    let total = r.instructions();
+    let reference = serde_json::to_string_pretty(&r.state_json()).unwrap();
+    // Save in the middle of the interrupt activity.
+    let n = total / 2;
+    let mm = total; // more than enough: the guest exits first
+    let mut m = Machine::new(config()).unwrap();
+    m.load_flat(&rom.image, rom.load_addr, rom.entry).unwrap();
+    let file = dir.join("mid.fvsnap");
+    let (exit, state, console) = save_and_continue(&mut m, n, mm, &file, None);
+    assert_eq!(exit, full_exit);
+    assert_eq!(state, reference, "{name}: saving changed the run");
+    let (code, rstate, rconsole) = restore_in_fresh_process(&file, mm, &dir);
+    assert_eq!(code, exit_code(exit), "{name}: exit status after restore");
+    assert_eq!(rstate, state, "{name}: state after restore differs");
+    assert_eq!(rconsole, console, "{name}: console output after restore differs");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn test_snapshot_continuation_pit_rom_in_fresh_process() {
+    check_rom("pit", test_roms::pit_interrupts());
+}
+
+#[test]
+fn test_snapshot_continuation_apic_rom_in_fresh_process() {
+    check_rom("apic", test_roms::apic());
+}
+
+/// Path of Debian's bios.bin (as machine/tests/seabios.rs finds it).
+fn seabios() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("FERRO_SEABIOS") {
+        return Some(PathBuf::from(p));
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("target/guest-cache/seabios");
+    let bios = dir.join("bios.bin");
+    if !bios.exists() {
+        let status = Command::new("bash").arg(root.join("scripts/fetch-seabios.sh")).arg(&dir).status();
+        if !matches!(status, Ok(s) if s.success()) {
+            if std::env::var_os("CI").is_some() {
+                panic!("cannot fetch Debian's seabios package (required in CI)");
+            }
+            report_skip("snapshot: SeaBIOS continuation (cannot fetch Debian's seabios package)");
+            return None;
+        }
+    }
+    Some(bios)
+}
+
+/// SeaBIOS booting a VMDK disk: saved mid-POST (timers, interrupts, IDE probing), the disk frozen
+/// and the VM moved onto a delta; the restored process continues on its own delta of the frozen
+/// disk and prints exactly what the original printed.
+#[test]
+fn test_snapshot_continuation_seabios_vmdk_boot_in_fresh_process() {
+    let Some(bios) = seabios() else { return };
+    let image = std::fs::read(&bios).unwrap();
+    let dir = tmpdir("seabios");
+    let raw = dir.join("boot.img");
+    std::fs::write(&raw, test_roms::boot_disk(4 << 20)).unwrap();
+    let disk = dir.join("boot.vmdk");
+    let out = ferrovisor(&["disk", "convert", "-q", "-O", "vmdk", raw.to_str().unwrap(), disk.to_str().unwrap()]);
+    assert!(out.status.success(), "convert: {}", String::from_utf8_lossy(&out.stderr));
+    let cfg = MachineConfig { ram_bytes: 64 << 20, capture_serial: true, ..Default::default() };
+
+    let mut m = Machine::new(cfg.clone()).unwrap();
+    m.load_bios(&image).unwrap();
+    m.attach_disk_file(0, &disk, false).unwrap();
+    let n = 5_000_000;
+    let mm = 1_000_000_000;
+    let file = dir.join("post.fvsnap");
+    let child = dir.join("boot.after.vmdk");
+    let (exit, state, console) = save_and_continue(&mut m, n, mm, &file, Some((&disk, &child)));
+    assert_eq!(exit, Exit::ExitDevice(u32::from(test_roms::PASS)), "{}", String::from_utf8_lossy(&console));
+    let text = String::from_utf8_lossy(&console);
+    assert!(text.contains(test_roms::BOOT_MESSAGE_SERIAL), "the boot sector ran after the save:\n{text}");
+    // VMware's model: the VM went on with a delta whose parent is the frozen image.
+    let info = ferrovisor(&["disk", "info", child.to_str().unwrap()]);
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(info.contains("boot.vmdk"), "the delta names its parent:\n{info}");
+
+    let (code, rstate, rconsole) = restore_in_fresh_process(&file, mm, &dir);
+    assert_eq!(code, exit_code(exit));
+    assert_eq!(rconsole, console, "console output after restore differs");
+    assert_eq!(rstate, state, "state after restore differs");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+fn small_snapshot() -> Vec<u8> {
+    let rom = test_roms::pit_interrupts();
+    let mut m = Machine::new(MachineConfig { ram_bytes: 2 << 20, ..Default::default() }).unwrap();
+    m.load_flat(&rom.image, rom.load_addr, rom.entry).unwrap();
+    // Mid-run: the ROM takes about 960 instructions (halted time is skipped).
+    assert_eq!(m.run(Some(500)), Exit::InstructionLimit);
+    snapshot::encode(&m.save())
+}
+
+#[test]
+fn test_snapshot_every_flipped_byte_and_truncation_is_refused() {
+    let good = small_snapshot();
+    assert!(snapshot::decode(&good).is_ok());
+    // Flip every byte of the headers and a stride through the payloads.
+    let step = (good.len() / 4000).max(1);
+    for i in (0..good.len()).filter(|&i| i < 256 || i % step == 0 || i + 64 > good.len()) {
+        for mask in [0x01u8, 0x80, 0xFF] {
+            let mut b = good.clone();
+            b[i] ^= mask;
+            let e = snapshot::decode(&b).err().unwrap_or_else(|| panic!("flip of byte {i} by {mask:#x} accepted"));
+            let msg = e.to_string();
+            assert!(
+                msg.contains("corrupt")
+                    || msg.contains("truncated")
+                    || msg.contains("magic")
+                    || msg.contains("version"),
+                "byte {i}: unclear error: {msg}"
+            );
+        }
+    }
+    for len in (0..good.len()).step_by(step).chain([good.len() - 1]) {
+        let e = snapshot::decode(&good[..len]).expect_err("truncated file accepted").to_string();
+        assert!(e.contains("truncated") || e.contains("corrupt"), "truncated to {len}: {e}");
+    }
+}
+
+#[test]
+fn test_snapshot_wrong_version_and_garbage_refused_by_the_cli() {
+    let dir = tmpdir("bad");
+    let mut good = small_snapshot();
+    let trunc = dir.join("trunc.fvsnap");
+    std::fs::write(&trunc, &good[..good.len() / 2]).unwrap();
+    // A future major version (header CRC recomputed so only the version is wrong).
+    good[8] = 2;
+    let mut crc = flate2::Crc::new();
+    crc.update(&good[..16]);
+    good[16..20].copy_from_slice(&crc.sum().to_le_bytes());
+    let v2 = dir.join("v2.fvsnap");
+    std::fs::write(&v2, &good).unwrap();
+    let garbage = dir.join("garbage.fvsnap");
+    std::fs::write(&garbage, b"this is not a snapshot at all").unwrap();
+    for (f, want) in [
+        (&v2, "snapshot format version 2.0 is not supported (this build reads 1.x)"),
+        (&trunc, "truncated"),
+        (&garbage, "bad magic"),
+    ] {
+        let out = ferrovisor(&["run", "--snapshot-load", f.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "`run` errors exit 4: {err}");
+        assert!(err.contains(want), "{f:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one clear line: {err}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A file written by the first release of the format (committed) still loads and runs: a
+/// newer release reads today's files.
+#[test]
+fn test_snapshot_committed_v1_file_still_loads() {
+    let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pit-v1.0.fvsnap");
+    if std::env::var_os("FERRO_BLESS").is_some() {
+        std::fs::write(&f, small_snapshot()).unwrap();
+    }
+    let out = ferrovisor(&["run", "-q", "--snapshot-load", f.to_str().unwrap(), "--max-insns", "50000000"]);
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(test_roms::PASS) << 1 | 1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Measurement (not run by default): snapshot and restore of a 256 MiB guest whose RAM is all
+/// pseudo-random bytes (the worst case: nothing is zero, nothing compresses).
+/// `cargo test --release --test snapshot measure_ -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn measure_snapshot_256mib_random_ram() {
+    use std::time::Instant;
+    let dir = tmpdir("measure");
+    let mut m = Machine::new(MachineConfig { ram_bytes: 256 << 20, ..Default::default() }).unwrap();
+    let mut s = 0x9E37_79B9_7F4A_7C15u64;
+    let mut buf = vec![0u8; 1 << 20];
+    for mib in 0..255u64 {
+        for w in buf.chunks_mut(8) {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            w.copy_from_slice(&s.to_le_bytes());
+        }
+        if !(0xA..0x10).contains(&(mib * 16 / 16)) || mib >= 1 {
+            let _ = m.memory().load(base::GuestPhysAddr((mib + 1) << 20), &buf);
+        }
+    }
+    let f = dir.join("big.fvsnap");
+    let t = Instant::now();
+    let st = m.save();
+    let capture = t.elapsed();
+    snapshot::write_file(&f, &st).unwrap();
+    let save = t.elapsed();
+    let size = std::fs::metadata(&f).unwrap().len();
+    let t = Instant::now();
+    let st = snapshot::read_file(&f).unwrap();
+    let r = Machine::restore(snapshot::RestoreArgs { host: MachineConfig::default(), disks: vec![] }, &st).unwrap();
+    let restore = t.elapsed();
+    assert_eq!(r.state_json(), m.state_json());
+    eprintln!(
+        "256 MiB guest, 255 MiB random RAM: save {:.3} s (state capture {:.3} s, the rest encode + write + fsync), \
+         file {} bytes ({:.1} MiB), restore {:.3} s",
+        save.as_secs_f64(),
+        capture.as_secs_f64(),
+        size,
+        size as f64 / (1 << 20) as f64,
+        restore.as_secs_f64()
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Reports a skipped test where the user sees it: standard error, and the run's skip log
+/// (`FERRO_SKIP_LOG`, set by `scripts/test`, which prints a summary of it at the end).
+fn report_skip(what: &str) {
+    eprintln!("skipped: {what}");
+    if let Some(log) = std::env::var_os("FERRO_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+            let _ = writeln!(f, "{what}");
+        }
+    }
+}
