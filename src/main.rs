@@ -9,8 +9,8 @@ mod vm;
 
 use clap::{Parser, Subcommand};
 
-/// Ferrovisor: a pure-software x86 PC emulator (an interpreter today; a binary translator is being
-/// built).
+/// Ferrovisor: a pure-software x86 PC emulator (binary translation to x86-64 hosts, an interpreter
+/// everywhere).
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {

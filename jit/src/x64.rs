@@ -1482,6 +1482,11 @@ fn block_for(
 /// The dispatcher: runs blocks (or single interpreted instructions) until the budget is used up
 /// or something ends the run.
 pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, budget: u64) -> RunExit {
+    // A latched NMI is delivered at the start of a run, exactly as the interpreter does it (a
+    // zero-budget interpreter run services it and executes nothing).
+    if !cpu.nmi_blocked && cpu::ExecutionEngine::run(&mut t.interp, cpu, bus, 0) == RunExit::TripleFault {
+        return RunExit::TripleFault;
+    }
     let end = cpu.icount.saturating_add(budget);
     cpu.budget_end = end;
     cpu.irq_pending = bus.interrupt_pending();
