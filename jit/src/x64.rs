@@ -1484,7 +1484,13 @@ fn block_for(
 pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, budget: u64) -> RunExit {
     // A latched NMI is delivered at the start of a run, exactly as the interpreter does it (a
     // zero-budget interpreter run services it and executes nothing).
-    if !cpu.nmi_blocked && cpu::ExecutionEngine::run(&mut t.interp, cpu, bus, 0) == RunExit::TripleFault {
+    if !cpu.nmi_blocked && bus.take_nmi() {
+        cpu.nmi_pending = true;
+    }
+    if cpu.nmi_pending
+        && !cpu.nmi_blocked
+        && cpu::ExecutionEngine::run(&mut t.interp, cpu, bus, 0) == RunExit::TripleFault
+    {
         return RunExit::TripleFault;
     }
     let end = cpu.icount.saturating_add(budget);
