@@ -24,7 +24,10 @@ case $ARCH in
   amd64) META=linux-image-amd64; SUFFIX= ;;
   i386) META=linux-image-686-pae:i386; SUFFIX=:i386
     if ! dpkg --print-foreign-architectures | grep -qx i386; then
-      dpkg --add-architecture i386 && apt-get update -qq >&2 || { echo "fetch-linux-guest: cannot enable i386 packages (run as root once)" >&2; exit 1; }
+      dpkg --add-architecture i386 || { echo "fetch-linux-guest: cannot enable i386 packages (run as root once)" >&2; exit 1; }
+      # A mirror mid-sync makes update report a failed index (exit 100) although the lists it
+      # needs arrived; what matters is whether the packages resolve below.
+      apt-get update -qq >&2 || echo "fetch-linux-guest: apt-get update reported errors (continuing)" >&2
     fi ;;
   *) echo "fetch-linux-guest: unknown architecture $ARCH" >&2; exit 2 ;;
 esac
