@@ -2,6 +2,10 @@
 
 use std::process::Command;
 
+#[path = "support/mod.rs"]
+mod support;
+use support::seabios;
+
 fn ferrovisor(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_ferrovisor")).args(args).output().expect("run ferrovisor")
 }
@@ -120,26 +124,9 @@ fn test_issue_11_ignored_options_and_bad_images_are_refused() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// Debian's SeaBIOS: $FERRO_SEABIOS, or fetched by scripts/fetch-seabios.sh into the target
-/// directory. Outside CI the caller skips, saying so, when that is impossible.
-fn seabios() -> Option<std::path::PathBuf> {
-    if let Ok(p) = std::env::var("FERRO_SEABIOS") {
-        return Some(p.into());
-    }
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dir = root.join("target/guest-cache/seabios");
-    let status = Command::new("bash").arg(root.join("scripts/fetch-seabios.sh")).arg(&dir).status();
-    if matches!(status, Ok(s) if s.success()) {
-        return Some(dir.join("bios.bin"));
-    }
-    assert!(std::env::var_os("CI").is_none(), "cannot fetch Debian's seabios package (required in CI)");
-    report_skip("tests/cli_run.rs: cannot fetch Debian's seabios package");
-    None
-}
-
 #[test]
 fn test_cli_seabios_boots_a_vmdk_disk() {
-    let Some(bios) = seabios() else { return };
+    let Some(bios) = seabios("tests/cli_run.rs") else { return };
     let dir = std::env::temp_dir().join(format!("ferro-cli-boot-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let raw = dir.join("boot.raw");
@@ -171,16 +158,4 @@ fn test_cli_seabios_boots_a_vmdk_disk() {
     assert_eq!(&after[written..written + 512], &before[5 * 512..6 * 512]);
     assert_eq!(&after[..written], &before[..written]);
     std::fs::remove_dir_all(&dir).ok();
-}
-
-/// Reports a skipped test where the user sees it: standard error, and the run's skip log
-/// (`FERRO_SKIP_LOG`, set by `scripts/test`, which prints a summary of it at the end).
-fn report_skip(what: &str) {
-    eprintln!("skipped: {what}");
-    if let Some(log) = std::env::var_os("FERRO_SKIP_LOG") {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
-            let _ = writeln!(f, "{what}");
-        }
-    }
 }

@@ -9,6 +9,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "support/mod.rs"]
+mod support;
+use support::report_skip;
+
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -93,16 +97,4 @@ fn test_linux_32bit_pae_kernel_boots_to_userspace() {
         console.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
     assert!(console.contains("FERROVISOR-USERSPACE-OK"), "no user space; console tail:\n{tail}");
     assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// Reports a skipped test where the user sees it: standard error, and the run's skip log
-/// (`FERRO_SKIP_LOG`, set by `scripts/test`, which prints a summary of it at the end).
-fn report_skip(what: &str) {
-    eprintln!("skipped: {what}");
-    if let Some(log) = std::env::var_os("FERRO_SKIP_LOG") {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
-            let _ = writeln!(f, "{what}");
-        }
-    }
 }

@@ -9,6 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "support/mod.rs"]
+mod support;
+use support::report_skip;
+
 fn tmpdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("ferro-qmp-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -178,16 +182,4 @@ fn test_qmp_wire_negotiation_and_error_forms() {
     b.send("{\"execute\":\"query-status\"}\n");
     assert_eq!(b.reply()["return"]["status"], "paused");
     std::fs::remove_dir_all(&dir).ok();
-}
-
-/// Reports a skipped test where the user sees it: standard error, and the run's skip log
-/// (`FERRO_SKIP_LOG`, set by `scripts/test`, which prints a summary of it at the end).
-fn report_skip(what: &str) {
-    eprintln!("skipped: {what}");
-    if let Some(log) = std::env::var_os("FERRO_SKIP_LOG") {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
-            let _ = writeln!(f, "{what}");
-        }
-    }
 }

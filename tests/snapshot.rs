@@ -9,6 +9,10 @@ use machine::{Exit, Machine, MachineConfig};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "support/mod.rs"]
+mod support;
+use support::seabios;
+
 fn tmpdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("ferro-snap-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -114,33 +118,12 @@ fn test_snapshot_continuation_apic_rom_in_fresh_process() {
     check_rom("apic", test_roms::apic());
 }
 
-/// Path of Debian's bios.bin (as machine/tests/seabios.rs finds it).
-fn seabios() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("FERRO_SEABIOS") {
-        return Some(PathBuf::from(p));
-    }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let dir = root.join("target/guest-cache/seabios");
-    let bios = dir.join("bios.bin");
-    if !bios.exists() {
-        let status = Command::new("bash").arg(root.join("scripts/fetch-seabios.sh")).arg(&dir).status();
-        if !matches!(status, Ok(s) if s.success()) {
-            if std::env::var_os("CI").is_some() {
-                panic!("cannot fetch Debian's seabios package (required in CI)");
-            }
-            report_skip("snapshot: SeaBIOS continuation (cannot fetch Debian's seabios package)");
-            return None;
-        }
-    }
-    Some(bios)
-}
-
 /// SeaBIOS booting a VMDK disk: saved mid-POST (timers, interrupts, IDE probing), the disk frozen
 /// and the VM moved onto a delta; the restored process continues on its own delta of the frozen
 /// disk and prints exactly what the original printed.
 #[test]
 fn test_snapshot_continuation_seabios_vmdk_boot_in_fresh_process() {
-    let Some(bios) = seabios() else { return };
+    let Some(bios) = seabios("snapshot: SeaBIOS continuation") else { return };
     let image = std::fs::read(&bios).unwrap();
     let dir = tmpdir("seabios");
     let raw = dir.join("boot.img");
@@ -299,16 +282,4 @@ fn measure_snapshot_256mib_random_ram() {
         restore.as_secs_f64()
     );
     std::fs::remove_dir_all(&dir).ok();
-}
-
-/// Reports a skipped test where the user sees it: standard error, and the run's skip log
-/// (`FERRO_SKIP_LOG`, set by `scripts/test`, which prints a summary of it at the end).
-fn report_skip(what: &str) {
-    eprintln!("skipped: {what}");
-    if let Some(log) = std::env::var_os("FERRO_SKIP_LOG") {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
-            let _ = writeln!(f, "{what}");
-        }
-    }
 }

@@ -27,16 +27,13 @@
 //! `FERRO_DIFF_EXTRA` (comma-separated mnemonics to add, e.g. `Movbe,Adcx`).
 
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 #[test]
 fn test_differential_against_host() {
-    let what = "cpu/tests/differential.rs: the differential tests need an x86_64 Linux host";
-    eprintln!("skipped: {what}");
-    if let Some(log) = std::env::var_os("FERRO_SKIP_LOG") {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
-            let _ = writeln!(f, "{what}");
-        }
-    }
+    support::report_skip("cpu/tests/differential.rs: the differential tests need an x86_64 Linux host");
 }
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]

@@ -6,6 +6,10 @@ use machine::lockstep::run_lockstep;
 use machine::{EngineKind, Exit, Machine, MachineConfig, MachineError};
 use test_roms::{Rom, PASS};
 
+#[path = "../../tests/support/mod.rs"]
+mod support;
+use support::seabios;
+
 /// Instructions between comparisons.
 const SLICE: u64 = 2_000;
 
@@ -55,24 +59,10 @@ fn test_lockstep_demo() {
     lockstep_rom("demo", test_roms::demo(), 100_000_000, Exit::Halted);
 }
 
-fn seabios() -> Option<Vec<u8>> {
-    let p = std::env::var("FERRO_SEABIOS").map(std::path::PathBuf::from).unwrap_or_else(|_| {
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/guest-cache/seabios/bios.bin")
-    });
-    match std::fs::read(&p) {
-        Ok(b) => Some(b),
-        Err(_) => {
-            // tests/seabios.rs fetches it; in CI that test runs in the same invocation.
-            assert!(std::env::var_os("CI").is_none(), "no SeaBIOS at {} (run tests/seabios.rs first)", p.display());
-            eprintln!("skipped: no SeaBIOS at {}", p.display());
-            None
-        }
-    }
-}
-
 #[test]
 fn test_lockstep_seabios_post_and_disk_boot() {
-    let Some(bios) = seabios() else { return };
+    let Some(path) = seabios("machine/tests/lockstep.rs") else { return };
+    let bios = std::fs::read(&path).expect("read bios.bin");
     let build = |engine| {
         let mut m =
             Machine::new(MachineConfig { ram_bytes: 32 << 20, capture_serial: true, engine, ..Default::default() })?;

@@ -2,35 +2,14 @@
 //! (scripts/fetch-seabios.sh); outside CI it skips, saying so, when that is impossible.
 
 use machine::{Exit, Machine, MachineConfig};
-use std::path::PathBuf;
-use std::process::Command;
 
-/// Path of Debian's bios.bin: $FERRO_SEABIOS, or fetched into target/guest-cache/seabios.
-fn seabios() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("FERRO_SEABIOS") {
-        return Some(PathBuf::from(p));
-    }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let dir = root.join("target/guest-cache/seabios");
-    let bios = dir.join("bios.bin");
-    if !bios.exists() {
-        let status = Command::new("bash").arg(root.join("scripts/fetch-seabios.sh")).arg(&dir).status();
-        if !matches!(status, Ok(s) if s.success()) {
-            if std::env::var_os("CI").is_some() {
-                panic!("cannot fetch Debian's seabios package (required in CI)");
-            }
-            report_skip(
-                "machine/tests/seabios.rs: cannot fetch Debian's seabios package (apt-get download seabios failed)",
-            );
-            return None;
-        }
-    }
-    Some(bios)
-}
+#[path = "../../tests/support/mod.rs"]
+mod support;
+use support::seabios;
 
 #[test]
 fn test_seabios_post_banner() {
-    let Some(path) = seabios() else { return };
+    let Some(path) = seabios("machine/tests/seabios.rs") else { return };
     let image = std::fs::read(&path).expect("read bios.bin");
     let mut m = Machine::new(MachineConfig { ram_bytes: 128 << 20, capture_serial: true, ..Default::default() })
         .expect("machine");
@@ -51,7 +30,7 @@ fn test_seabios_post_banner() {
 
 #[test]
 fn test_seabios_boots_ide_disk() {
-    let Some(path) = seabios() else { return };
+    let Some(path) = seabios("machine/tests/seabios.rs") else { return };
     let image = std::fs::read(&path).expect("read bios.bin");
     let mut m = Machine::new(MachineConfig { ram_bytes: 128 << 20, capture_serial: true, ..Default::default() })
         .expect("machine");
@@ -74,7 +53,7 @@ fn test_seabios_boots_ide_disk() {
 
 #[test]
 fn test_seabios_no_disk_waits_then_reboots_idle() {
-    let Some(path) = seabios() else { return };
+    let Some(path) = seabios("machine/tests/seabios.rs") else { return };
     let image = std::fs::read(&path).expect("read bios.bin");
     let mut m = Machine::new(MachineConfig {
         ram_bytes: 64 << 20,
@@ -93,16 +72,4 @@ fn test_seabios_no_disk_waits_then_reboots_idle() {
     let t = m.virtual_time().0;
     assert!(t >= 60_000_000_000, "virtual time {t} ns");
     assert!(m.instructions() < t / 100, "{} instructions for {t} ns", m.instructions());
-}
-
-/// Reports a skipped test where the user sees it: standard error, and the run's skip log
-/// (`FERRO_SKIP_LOG`, set by `scripts/test`, which prints a summary of it at the end).
-fn report_skip(what: &str) {
-    eprintln!("skipped: {what}");
-    if let Some(log) = std::env::var_os("FERRO_SKIP_LOG") {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
-            let _ = writeln!(f, "{what}");
-        }
-    }
 }

@@ -3,28 +3,10 @@
 //! fetched as in seabios.rs; outside CI the test skips, saying so, when that is impossible.
 
 use machine::{Exit, Machine, MachineConfig};
-use std::path::PathBuf;
-use std::process::Command;
 
-fn seabios() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("FERRO_SEABIOS") {
-        return Some(PathBuf::from(p));
-    }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let dir = root.join("target/guest-cache/seabios");
-    let bios = dir.join("bios.bin");
-    if !bios.exists() {
-        let status = Command::new("bash").arg(root.join("scripts/fetch-seabios.sh")).arg(&dir).status();
-        if !matches!(status, Ok(s) if s.success()) {
-            if std::env::var_os("CI").is_some() {
-                panic!("cannot fetch Debian's seabios package (required in CI)");
-            }
-            eprintln!("skipped: machine/tests/seabios_acpi.rs: cannot fetch Debian's seabios package");
-            return None;
-        }
-    }
-    Some(bios)
-}
+#[path = "../../tests/support/mod.rs"]
+mod support;
+use support::seabios;
 
 /// A guest-memory checksum over `len` bytes at `addr`.
 fn sum(m: &mut Machine, addr: u64, len: usize) -> u8 {
@@ -45,7 +27,7 @@ fn u32_at(b: &[u8], o: usize) -> u32 {
 
 #[test]
 fn test_seabios_installs_acpi_tables() {
-    let Some(path) = seabios() else { return };
+    let Some(path) = seabios("machine/tests/seabios_acpi.rs") else { return };
     let image = std::fs::read(&path).expect("read bios.bin");
     let mut m = Machine::new(MachineConfig { ram_bytes: 128 << 20, capture_serial: true, ..Default::default() })
         .expect("machine");
@@ -96,7 +78,7 @@ fn test_seabios_installs_acpi_tables() {
 /// at 00:03.0 and boots its MBR, which runs to its end.
 #[test]
 fn test_seabios_boots_virtio_disk() {
-    let Some(path) = seabios() else { return };
+    let Some(path) = seabios("machine/tests/seabios_acpi.rs") else { return };
     let image = std::fs::read(&path).expect("read bios.bin");
     let mut m = Machine::new(MachineConfig { ram_bytes: 128 << 20, capture_serial: true, ..Default::default() })
         .expect("machine");

@@ -4,6 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "../../../tests/support/mod.rs"]
+mod support;
+use support::report_skip;
+
 /// A scratch directory removed on drop.
 pub struct Scratch(pub PathBuf);
 
@@ -129,17 +133,5 @@ pub fn assert_same_as_raw(img: &dyn vmdk::BlockDevice, raw: &Path) {
             panic!("content differs from {} at byte {}", raw.display(), off + i as u64);
         }
         off += n as u64;
-    }
-}
-
-/// Reports a skipped test where the user sees it: standard error, and the run's skip log
-/// (`FERRO_SKIP_LOG`, set by `scripts/test`, which prints a summary of it at the end).
-fn report_skip(what: &str) {
-    eprintln!("skipped: {what}");
-    if let Some(log) = std::env::var_os("FERRO_SKIP_LOG") {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
-            let _ = writeln!(f, "{what}");
-        }
     }
 }
