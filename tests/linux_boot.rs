@@ -33,6 +33,26 @@ fn guest_kit(arch: &str) -> Option<PathBuf> {
     None
 }
 
+/// Boots the kit's vmlinux and initramfs with `append` under at most `max_insns` instructions,
+/// and checks that user space was reached. Returns the run's output, its console and the
+/// console's last 40 lines (for failure messages).
+fn boot(kit: &Path, max_insns: &str, append: &str) -> (std::process::Output, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferrovisor"))
+        .args(["run", "-m", "512M", "--serial", "stdio", "--max-insns", max_insns])
+        .arg("--kernel")
+        .arg(kit.join("vmlinux"))
+        .arg("--initrd")
+        .arg(kit.join("initramfs.cpio.gz"))
+        .args(["--append", append])
+        .output()
+        .expect("run ferrovisor");
+    let console = String::from_utf8_lossy(&out.stdout).into_owned();
+    let tail: String =
+        console.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+    assert!(console.contains("FERROVISOR-USERSPACE-OK"), "no user space; console tail:\n{tail}");
+    (out, console, tail)
+}
+
 /// The "W-..." lines of `text`.
 fn results(text: &str) -> Vec<String> {
     text.lines().filter(|l| l.starts_with("W-")).map(str::to_owned).collect()
@@ -55,19 +75,7 @@ fn test_linux_pvh_boots_to_userspace_and_workloads_match_host() {
     let expected = results(&String::from_utf8_lossy(&native.stdout));
     assert_eq!(expected.len(), 6, "native workloads: {}", String::from_utf8_lossy(&native.stdout));
 
-    let out = Command::new(env!("CARGO_BIN_EXE_ferrovisor"))
-        .args(["run", "-m", "512M", "--serial", "stdio", "--max-insns", "60000000000"])
-        .arg("--kernel")
-        .arg(kit.join("vmlinux"))
-        .arg("--initrd")
-        .arg(kit.join("initramfs.cpio.gz"))
-        .args(["--append", "console=ttyS0 nokaslr ferro.run=work"])
-        .output()
-        .expect("run ferrovisor");
-    let console = String::from_utf8_lossy(&out.stdout);
-    let tail: String =
-        console.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-    assert!(console.contains("FERROVISOR-USERSPACE-OK"), "no user space; console tail:\n{tail}");
+    let (out, console, tail) = boot(&kit, "60000000000", "console=ttyS0 nokaslr ferro.run=work");
     assert_eq!(results(&console), expected, "guest workloads differ from the host's; console tail:\n{tail}");
     assert!(console.contains("FERROVISOR-DONE"), "{tail}");
     assert_eq!(
@@ -83,18 +91,6 @@ fn test_linux_pvh_boots_to_userspace_and_workloads_match_host() {
 #[test]
 fn test_linux_32bit_pae_kernel_boots_to_userspace() {
     let Some(kit) = guest_kit("i386") else { return };
-    let out = Command::new(env!("CARGO_BIN_EXE_ferrovisor"))
-        .args(["run", "-m", "512M", "--serial", "stdio", "--max-insns", "30000000000"])
-        .arg("--kernel")
-        .arg(kit.join("vmlinux"))
-        .arg("--initrd")
-        .arg(kit.join("initramfs.cpio.gz"))
-        .args(["--append", "console=ttyS0 nokaslr"])
-        .output()
-        .expect("run ferrovisor");
-    let console = String::from_utf8_lossy(&out.stdout);
-    let tail: String =
-        console.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-    assert!(console.contains("FERROVISOR-USERSPACE-OK"), "no user space; console tail:\n{tail}");
+    let (out, _, _) = boot(&kit, "30000000000", "console=ttyS0 nokaslr");
     assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
 }
