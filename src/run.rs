@@ -40,8 +40,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     disk: Vec<PathBuf>,
     /// Open the disks read-only: guest writes fail with an ATA error instead of changing them.
-    #[arg(long, requires = "disk")]
+    #[arg(long)]
     read_only: bool,
+    /// How to read the --disk and --virtio-disk files: `auto` detects a VMDK by its header or
+    /// descriptor and takes anything else as raw; `raw` or `vmdk` say so. A raw image found by
+    /// detection refuses guest writes that would make its start look like an image format (as
+    /// QEMU does); `--disk-format raw` lifts that.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value = "auto")]
+    disk_format: DiskFormatArg,
     /// A disk image (VMDK or raw, detected) for the virtio-blk controller at PCI 00:03.0, as
     /// Linux's virtio_blk drives it (`/dev/vda`). Honours --read-only.
     #[arg(long, value_name = "FILE")]
@@ -125,6 +131,27 @@ enum Engine {
     Lockstep,
 }
 
+/// `--disk-format` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DiskFormatArg {
+    /// Detect: VMDK by its header or descriptor, raw otherwise.
+    Auto,
+    /// Raw, whatever the file holds.
+    Raw,
+    /// VMDK (a sparse extent or a descriptor file).
+    Vmdk,
+}
+
+impl From<DiskFormatArg> for machine::disk::DiskFormat {
+    fn from(f: DiskFormatArg) -> Self {
+        match f {
+            DiskFormatArg::Auto => Self::Auto,
+            DiskFormatArg::Raw => Self::Raw,
+            DiskFormatArg::Vmdk => Self::Vmdk,
+        }
+    }
+}
+
 /// Destinations of the serial console.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Serial {
@@ -200,6 +227,9 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
     if a.disk.len() > 4 {
         bail!("at most 4 IDE disks");
     }
+    if a.read_only && a.disk.is_empty() && a.virtio_disk.is_none() {
+        bail!("--read-only needs a --disk or --virtio-disk");
+    }
     let mut disks = crate::vm::Disks { read_only: a.read_only, ..Default::default() };
     for (i, path) in a.disk.iter().enumerate() {
         disks.paths[i] = Some(path.clone());
@@ -223,10 +253,10 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
     let build = |engine: EngineKind, serial_stdout: bool| -> anyhow::Result<Machine> {
         let mut m = Machine::new(make_config(engine, serial_stdout))?;
         for (i, path) in a.disk.iter().enumerate() {
-            m.attach_disk_file(i, path, a.read_only)?;
+            m.attach_disk_file_as(i, path, a.read_only, a.disk_format.into())?;
         }
         if let Some(path) = &a.virtio_disk {
-            m.attach_virtio_disk_file(path, a.read_only)?;
+            m.attach_virtio_disk_file_as(path, a.read_only, a.disk_format.into())?;
         }
         if let Some(path) = &a.bios {
             let image = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;

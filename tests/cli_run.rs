@@ -159,3 +159,30 @@ fn test_cli_seabios_boots_a_vmdk_disk() {
     assert_eq!(&after[..written], &before[..written]);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn test_cli_run_disk_format_is_honoured_and_checked() {
+    let dir = std::env::temp_dir().join(format!("ferro-cli-fmt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let img = dir.join("exit.bin");
+    std::fs::write(&img, [0xB0, 0x00, 0xE6, 0xF4]).unwrap(); // mov al, 0; out 0xF4, al
+    let raw = dir.join("d.raw");
+    std::fs::write(&raw, vec![0u8; 1 << 20]).unwrap();
+    let (img, raw) = (img.to_str().unwrap(), raw.to_str().unwrap());
+    // A raw file named as a VMDK is refused with a message naming it.
+    let out = ferrovisor(&["run", "-q", "--flat", img, "--disk", raw, "--disk-format", "vmdk"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("d.raw"), "{err}");
+    // Named raw, or detected, it opens.
+    for fmt in ["raw", "auto"] {
+        let out = ferrovisor(&["run", "-q", "--flat", img, "--disk", raw, "--disk-format", fmt]);
+        assert_eq!(out.status.code(), Some(1), "{fmt}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = ferrovisor(&["run", "-q", "--flat", img, "--disk-format", "qcow2"]);
+    assert_eq!(out.status.code(), Some(2), "an unknown format is a usage error");
+    let out = ferrovisor(&["run", "-q", "--flat", img, "--read-only"]);
+    assert_ne!(out.status.code(), Some(1), "--read-only without a disk is refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--read-only"));
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -6,6 +6,12 @@
 //! file is read-only and the guest's writes go to a temporary in-memory overlay that is
 //! discarded when the process ends. A warning says so at start-up. To keep changes, convert the
 //! image first (`ferrovisor disk convert -O vmdk -s monolithicSparse in.vmdk out.vmdk`).
+//!
+//! A file opened by detection ([`DiskFormat::Auto`]) that turned out raw is guarded as QEMU
+//! guards a probed raw image: a guest write that would make its first 4 KiB look like an image
+//! format (a VMDK header or descriptor, qcow2, ...) is refused with an I/O error, because the next
+//! open would then detect that format and follow whatever file names the guest wrote into it.
+//! Naming the format ([`DiskFormat::Raw`], `--disk-format raw`) lifts the guard.
 
 use devices::BlockBackend;
 use std::collections::HashMap;
@@ -15,11 +21,28 @@ use std::path::Path;
 /// Block size of the in-memory overlay.
 const OVERLAY_BLOCK: u64 = 4096;
 
+/// How a disk file is to be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DiskFormat {
+    /// Detected from its first bytes: VMDK (sparse extent or descriptor), otherwise raw.
+    #[default]
+    Auto,
+    /// A raw image, whatever it holds.
+    Raw,
+    /// A VMDK (sparse extent or descriptor file).
+    Vmdk,
+}
+
+/// The bytes of a raw image that format detection reads.
+const PROBE_LEN: u64 = 4096;
+
 /// A disk image opened through the `vmdk` crate.
 pub struct ImageBackend {
     image: vmdk::AnyImage,
     len: u64,
     read_only: bool,
+    /// A raw image found by detection: writes must not make it detect as another format.
+    probe_guard: bool,
     /// Guest writes kept in memory (streamOptimized images), by block index.
     overlay: Option<HashMap<u64, Box<[u8]>>>,
     /// Written since the last flush.
@@ -49,7 +72,17 @@ impl ImageBackend {
     /// streamOptimized image gets an in-memory overlay (see the module documentation) and a
     /// warning is logged.
     pub fn open(path: &Path, read_only: bool) -> vmdk::Result<Self> {
-        let mut image = vmdk::AnyImage::open(path, !read_only)?;
+        Self::open_format(path, read_only, DiskFormat::Auto)
+    }
+
+    /// Opens `path` as `format` (see [`ImageBackend::open`] for [`DiskFormat::Auto`]).
+    pub fn open_format(path: &Path, read_only: bool, format: DiskFormat) -> vmdk::Result<Self> {
+        let mut image = match format {
+            DiskFormat::Auto => vmdk::AnyImage::open(path, !read_only)?,
+            DiskFormat::Raw => vmdk::AnyImage::open_as(path, true, !read_only)?,
+            DiskFormat::Vmdk => vmdk::AnyImage::open_as(path, false, !read_only)?,
+        };
+        let probe_guard = format == DiskFormat::Auto && matches!(image, vmdk::AnyImage::Raw(_));
         let mut overlay = None;
         if !read_only && is_stream_optimized(&image) {
             log::warn!(
@@ -61,7 +94,36 @@ impl ImageBackend {
             overlay = Some(HashMap::new());
         }
         let len = image.dev().len();
-        Ok(ImageBackend { image, len, read_only, overlay, dirty: false })
+        Ok(ImageBackend { image, len, read_only, probe_guard, overlay, dirty: false })
+    }
+
+    /// Refuses a write of `buf` at `offset` that would make a detected raw image's first bytes
+    /// detect as another format.
+    fn check_probe_guard(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        if !self.probe_guard || offset >= PROBE_LEN {
+            return Ok(());
+        }
+        let mut head = vec![0u8; PROBE_LEN.min(self.len) as usize];
+        self.read_at(0, &mut head)?;
+        let start = offset as usize;
+        if start >= head.len() {
+            return Ok(());
+        }
+        let end = (start + buf.len()).min(head.len());
+        head[start..end].copy_from_slice(&buf[..end - start]);
+        match vmdk::image::probe_bytes(&head) {
+            vmdk::image::Probe::Other => Ok(()),
+            found => {
+                log::warn!(
+                    "refused a guest write to the start of a raw disk that would make it detect as {found:?} \
+                     (name the format, --disk-format raw, to allow it)"
+                );
+                Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "write would change the detected format of a raw image",
+                ))
+            }
+        }
     }
 
     /// Whether guest writes go to a temporary in-memory overlay instead of the file.
@@ -104,6 +166,7 @@ impl BlockBackend for ImageBackend {
         if self.read_only {
             return Err(io::Error::new(io::ErrorKind::PermissionDenied, "the disk is read-only"));
         }
+        self.check_probe_guard(offset, buf)?;
         if self.overlay.is_none() {
             self.dirty = true;
             return self.image.dev().write_at(buf, offset).map_err(io::Error::other);
@@ -189,6 +252,45 @@ mod tests {
             b.read_at(4096, &mut r).unwrap();
             assert_eq!(r, [7; 512]);
         }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn test_detected_raw_refuses_writes_that_change_its_format() {
+        let d = scratch("guard");
+        let raw = d.join("d.raw");
+        std::fs::write(&raw, vec![0u8; 1 << 20]).unwrap();
+        // The start of a real VMDK, a descriptor file and a qcow2 header.
+        let vm = d.join("h.vmdk");
+        vmdk::create(&vm, &vmdk::CreateOptions::new(vmdk::Subformat::MonolithicSparse, 1 << 20)).unwrap();
+        let vmdk_head = std::fs::read(&vm).unwrap()[..512].to_vec();
+        let descriptor =
+            b"# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n\
+            RW 2048 FLAT \"/etc/shadow\" 0\n"
+                .to_vec();
+        let qcow2 = b"QFI\xfb\0\0\0\x03".to_vec();
+        let mut b = ImageBackend::open(&raw, false).unwrap();
+        for (what, bytes, at) in [("vmdk", &vmdk_head, 0u64), ("descriptor", &descriptor, 0), ("qcow2", &qcow2, 0)] {
+            let e = b.write_at(at, bytes).expect_err(what);
+            assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{what}");
+        }
+        assert!(std::fs::read(&raw).unwrap().iter().all(|&x| x == 0), "a refused write changed the file");
+        // An MBR, and image magic past the probed bytes, are ordinary data.
+        let mut mbr = vec![0u8; 512];
+        mbr[446] = 0x80;
+        mbr[510..].copy_from_slice(&[0x55, 0xaa]);
+        b.write_at(0, &mbr).unwrap();
+        b.write_at(PROBE_LEN, &vmdk_head).unwrap();
+        b.flush().unwrap();
+        drop(b);
+        let file = std::fs::read(&raw).unwrap();
+        assert_eq!(&file[..512], &mbr[..]);
+        assert_eq!(&file[4096..4608], &vmdk_head[..]);
+        // Named raw, the guest may write anything.
+        let mut b = ImageBackend::open_format(&raw, false, DiskFormat::Raw).unwrap();
+        b.write_at(0, &vmdk_head).unwrap();
+        b.flush().unwrap();
+        assert_eq!(&std::fs::read(&raw).unwrap()[..512], &vmdk_head[..]);
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -341,8 +341,20 @@ impl Machine {
         path: &std::path::Path,
         read_only: bool,
     ) -> Result<(), MachineError> {
+        self.attach_disk_file_as(index, path, read_only, disk::DiskFormat::Auto)
+    }
+
+    /// Opens a disk image (any VMDK subformat or raw, detected or as `format` says) and attaches
+    /// it as IDE disk `index`.
+    pub fn attach_disk_file_as(
+        &mut self,
+        index: usize,
+        path: &std::path::Path,
+        read_only: bool,
+        format: disk::DiskFormat,
+    ) -> Result<(), MachineError> {
         let disk_err = |reason: String| MachineError::Disk { path: path.display().to_string(), reason };
-        let backend = disk::ImageBackend::open(path, read_only).map_err(|e| disk_err(e.to_string()))?;
+        let backend = disk::ImageBackend::open_format(path, read_only, format).map_err(|e| disk_err(e.to_string()))?;
         self.attach_disk(index, Box::new(backend)).map_err(|e| match e {
             MachineError::Disk { reason, .. } => disk_err(reason),
             other => other,
@@ -357,7 +369,18 @@ impl Machine {
     /// Opens a disk image (any VMDK subformat or raw, detected) and attaches it as the
     /// virtio-blk disk.
     pub fn attach_virtio_disk_file(&mut self, path: &std::path::Path, read_only: bool) -> Result<(), MachineError> {
-        let backend = disk::ImageBackend::open(path, read_only)
+        self.attach_virtio_disk_file_as(path, read_only, disk::DiskFormat::Auto)
+    }
+
+    /// Opens a disk image (any VMDK subformat or raw, detected or as `format` says) and attaches
+    /// it as the virtio-blk disk.
+    pub fn attach_virtio_disk_file_as(
+        &mut self,
+        path: &std::path::Path,
+        read_only: bool,
+        format: disk::DiskFormat,
+    ) -> Result<(), MachineError> {
+        let backend = disk::ImageBackend::open_format(path, read_only, format)
             .map_err(|e| MachineError::Disk { path: path.display().to_string(), reason: e.to_string() })?;
         self.attach_virtio_disk(Box::new(backend))
     }

@@ -172,17 +172,23 @@ pub fn probe(path: &Path) -> Result<Probe> {
     let mut b = vec![0u8; 4096];
     let n = read_full(&f, &mut b, 0).map_err(io(path))?;
     b.truncate(n);
-    Ok(if n >= 4 && u32::from_le_bytes([b[0], b[1], b[2], b[3]]) == MAGIC {
+    Ok(probe_bytes(&b))
+}
+
+/// What a file whose first bytes (up to 4 KiB; [`probe`] reads no more) are `b` is taken for.
+pub fn probe_bytes(b: &[u8]) -> Probe {
+    let n = b.len();
+    if n >= 4 && u32::from_le_bytes([b[0], b[1], b[2], b[3]]) == MAGIC {
         Probe::Sparse
     } else if b.starts_with(b"COWD") {
         Probe::Cowd
-    } else if descriptor::looks_like_descriptor(&b) {
+    } else if descriptor::looks_like_descriptor(b) {
         Probe::Descriptor
-    } else if let Some(f) = foreign_format(&b) {
+    } else if let Some(f) = foreign_format(b) {
         Probe::Foreign(f)
     } else {
         Probe::Other
-    })
+    }
 }
 
 /// Reads the descriptor of the image at `path` (embedded or a text file) without opening extents.
