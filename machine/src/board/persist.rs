@@ -55,6 +55,12 @@ pub struct BoardState {
     /// A pending reset request.
     #[serde(default)]
     pub reset_requested: bool,
+    /// The local APIC accepted an NMI the CPU has not taken yet.
+    #[serde(default)]
+    pub nmi_pending: bool,
+    /// COM1 input stamped but not yet in the UART's FIFO (files before it: none).
+    #[serde(default)]
+    pub serial_in: crate::serial_input::SerialInputState,
     /// Virtual time of the board.
     pub now: u64,
     /// Virtual time skipped while halted.
@@ -92,6 +98,8 @@ impl Board {
             ioapic: c.ioapic.save(),
             exit_value: self.exit_value,
             reset_requested: self.reset_requested,
+            nmi_pending: self.nmi_pending,
+            serial_in: self.serial_in.save(),
             now: self.now.0,
             idle_time: self.idle_time,
             rtc_base: self.rtc_base,
@@ -161,6 +169,7 @@ impl Board {
         self.exit_value = s.exit_value;
         self.power_off = s.power_off;
         self.reset_requested = s.reset_requested;
+        self.nmi_pending = s.nmi_pending;
         self.now = VirtualInstant(s.now);
         self.idle_time = s.idle_time;
         self.timers_dirty = true;
