@@ -170,8 +170,7 @@ fn fxsave_image(f: &FpuState) -> Vec<u8> {
 
 /// The x87/SSE state from an FXSAVE image plus the fields outside it.
 fn fpu_from_image(b: &[u8], s: &CpuStateSnapshot) -> Result<FpuState, PersistError> {
-    let b: &[u8; 512] =
-        b.try_into().map_err(|_| PersistError(format!("fxsave: {} bytes, expected 512", b.len())))?;
+    let b: &[u8; 512] = b.try_into().map_err(|_| PersistError(format!("fxsave: {} bytes, expected 512", b.len())))?;
     let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
     let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
     let u64_at = |o: usize| u64::from(u32_at(o)) | (u64::from(u32_at(o + 4)) << 32);
@@ -383,7 +382,10 @@ mod tests {
         assert_eq!(r.save(), s, "save -> bytes -> restore -> save is the identity");
         // Field by field against the original, not against the snapshot.
         assert_eq!((r.gpr, r.rip, r.rflags(), r.seg, r.ldtr, r.tr), (c.gpr, c.rip, c.rflags(), c.seg, c.ldtr, c.tr));
-        assert_eq!((r.gdtr, r.idtr, r.cr0, r.cr2, r.cr3, r.cr4, r.cr8), (c.gdtr, c.idtr, c.cr0, c.cr2, c.cr3, c.cr4, c.cr8));
+        assert_eq!(
+            (r.gdtr, r.idtr, r.cr0, r.cr2, r.cr3, r.cr4, r.cr8),
+            (c.gdtr, c.idtr, c.cr0, c.cr2, c.cr3, c.cr4, c.cr8)
+        );
         assert_eq!((r.efer, r.dr, r.msr, r.cpl), (c.efer, c.dr, c.msr, c.cpl));
         assert_eq!(
             (r.halted, r.interrupt_shadow, r.nmi_pending, r.nmi_blocked, r.icount),
@@ -432,7 +434,8 @@ mod tests {
     #[test]
     fn test_cpu_persist_refuses_inconsistent_states() {
         let good = busy().save();
-        let cases: Vec<(&str, Box<dyn Fn(&mut CpuStateSnapshot)>)> = vec![
+        type Mutate = Box<dyn Fn(&mut CpuStateSnapshot)>;
+        let cases: Vec<(&str, Mutate)> = vec![
             ("newer", Box::new(|s| s.version = CPU_STATE_VERSION + 1)),
             ("CPL", Box::new(|s| s.cpl = 4)),
             ("gpr", Box::new(|s| s.gpr.pop().map(drop).unwrap_or(()))),

@@ -128,7 +128,12 @@ impl Persist for SerialInput {
             return Err(base::PersistError("serial input queue is not in time order".into()));
         }
         Ok(SerialInput {
-            pending: s.pending.iter().filter(|(_, b)| !b.is_empty()).map(|(t, b)| (VirtualInstant(*t), b.clone())).collect(),
+            pending: s
+                .pending
+                .iter()
+                .filter(|(_, b)| !b.is_empty())
+                .map(|(t, b)| (VirtualInstant(*t), b.clone()))
+                .collect(),
             source,
             log: Vec::new(),
             blocked: s.blocked,

@@ -384,8 +384,12 @@ fn crc(b: &[u8]) -> u32 {
 /// Encodes a machine state as a snapshot file image.
 pub fn encode(s: &MachineState) -> Vec<u8> {
     let json = |v: &dyn erased::Json| v.to_json();
-    let mut sections: Vec<(&str, Vec<u8>)> =
-        vec![("CONFIG", json(&s.config)), ("CPU", json(&s.cpu)), ("DEVICES", json(&s.board)), ("RAM", ram_section::encode(&s.ram))];
+    let mut sections: Vec<(&str, Vec<u8>)> = vec![
+        ("CONFIG", json(&s.config)),
+        ("CPU", json(&s.cpu)),
+        ("DEVICES", json(&s.board)),
+        ("RAM", ram_section::encode(&s.ram)),
+    ];
     if let Some(b) = &s.bios {
         sections.push(("BIOS", b.clone()));
     }

@@ -102,7 +102,10 @@ impl RamState {
         }
         let need: usize = ranges.iter().map(|r| r.len()).sum();
         if need != self.pages.len() {
-            return Err(PersistError(format!("RAM runs cover {need} bytes, {} bytes of pages saved", self.pages.len())));
+            return Err(PersistError(format!(
+                "RAM runs cover {need} bytes, {} bytes of pages saved",
+                self.pages.len()
+            )));
         }
         for page in mem.chunks_mut(RAM_STATE_PAGE) {
             if !page_is_zero(page) {

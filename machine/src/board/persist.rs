@@ -58,6 +58,11 @@ pub struct BoardState {
     /// The local APIC accepted an NMI the CPU has not taken yet.
     #[serde(default)]
     pub nmi_pending: bool,
+    /// A timer was reprogrammed and the run slice has not ended for it yet. It decides where
+    /// the next slice ends, so a restored machine slices its run as the original did (files
+    /// before it: set, which only ends the first slice early).
+    #[serde(default = "set")]
+    pub timers_dirty: bool,
     /// COM1 input stamped but not yet in the UART's FIFO (files before it: none).
     #[serde(default)]
     pub serial_in: crate::serial_input::SerialInputState,
@@ -67,6 +72,10 @@ pub struct BoardState {
     pub idle_time: u64,
     /// Unix time the RTC showed at virtual time 0.
     pub rtc_base: i64,
+}
+
+fn set() -> bool {
+    true
 }
 
 /// A restore that cannot work.
@@ -99,6 +108,7 @@ impl Board {
             exit_value: self.exit_value,
             reset_requested: self.reset_requested,
             nmi_pending: self.nmi_pending,
+            timers_dirty: self.timers_dirty,
             serial_in: self.serial_in.save(),
             now: self.now.0,
             idle_time: self.idle_time,
@@ -172,7 +182,7 @@ impl Board {
         self.nmi_pending = s.nmi_pending;
         self.now = VirtualInstant(s.now);
         self.idle_time = s.idle_time;
-        self.timers_dirty = true;
+        self.timers_dirty = s.timers_dirty;
         self.sync_irqs();
     }
 }
