@@ -101,7 +101,7 @@ impl Board {
             ide: root.ide.save(),
             fw_cfg: c.fw_cfg.save(),
             pm: Some(root.pm.save()),
-            virtio: root.virtio.as_ref().map(|v| v.state()),
+            virtio: root.virtio.as_ref().map(|v| v.save()),
             power_off: self.power_off,
             lapic: c.lapic.save(),
             ioapic: c.ioapic.save(),
@@ -151,7 +151,7 @@ impl Board {
         let virtio = old_pci.root_mut().virtio.take().map(|v| {
             let line = irqs.line(super::PIRQ_LINE_BASE + pirq);
             match &s.virtio {
-                Some(st) => devices::VirtioBlk::from_state(line, v.into_disk(), st.clone()),
+                Some(st) => devices::VirtioBlk::restore((line, v.into_disk()), st).unwrap_or_else(|e| never(e)),
                 None => devices::VirtioBlk::new(line, v.into_disk()),
             }
         });
