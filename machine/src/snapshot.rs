@@ -71,7 +71,7 @@ pub const MAX_FILE_BYTES: u64 = 16 << 30;
 #[derive(Debug, Error)]
 pub enum SnapshotError {
     /// Reading or writing the file failed.
-    #[error("snapshot file {path}: {source}")]
+    #[error("{}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
@@ -108,7 +108,7 @@ pub enum SnapshotError {
     #[error("snapshot is incomplete: no {0} section")]
     Missing(&'static str),
     /// The saved machine cannot be rebuilt here.
-    #[error("cannot rebuild the saved machine: {0}")]
+    #[error("cannot rebuild the saved machine")]
     Machine(#[from] MachineError),
     /// A disk could not be snapshotted or reattached.
     #[error("disk {index}: {reason}")]

@@ -172,7 +172,10 @@ impl Daemon {
         if let Some(f) = &c.firmware {
             cmd.arg("--bios").arg(img(f));
         } else if let Some(k) = &c.kernel {
-            cmd.arg("--multiboot").arg(img(k));
+            cmd.arg("--kernel").arg(img(k));
+            if let Some(i) = &c.initrd {
+                cmd.arg("--initrd").arg(img(i));
+            }
             if let Some(a) = &c.cmdline {
                 cmd.arg("--append").arg(a);
             }
@@ -730,6 +733,15 @@ pub enum Bind {
     Unix(PathBuf),
     /// A loopback TCP address.
     Tcp(std::net::SocketAddr),
+}
+
+impl std::fmt::Display for Bind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Bind::Unix(p) => write!(f, "unix socket {}", p.display()),
+            Bind::Tcp(a) => write!(f, "tcp {a}"),
+        }
+    }
 }
 
 /// Serves until the process ends.
