@@ -343,6 +343,13 @@ fn parse_spec(spec: &str) -> anyhow::Result<Listen> {
         }
         Ok(Listen::Unix(PathBuf::from(p)))
     } else if let Some(hp) = addr.strip_prefix("tcp:") {
+        // QMP has no authentication: whoever connects controls the VM. Only this host may.
+        use std::net::ToSocketAddrs;
+        let addrs: Vec<_> =
+            hp.to_socket_addrs().with_context(|| format!("--qmp {spec}: bad address '{hp}'"))?.collect();
+        if addrs.is_empty() || addrs.iter().any(|a| !a.ip().is_loopback()) {
+            bail!("--qmp {spec}: only loopback addresses are allowed (e.g. tcp:127.0.0.1:4444)");
+        }
         Ok(Listen::Tcp(hp.to_string()))
     } else {
         bail!("--qmp {spec}: expected unix:PATH,server,wait=off or tcp:HOST:PORT,server,wait=off")

@@ -528,3 +528,53 @@ fn test_vm_cli_client_talks_to_the_daemon() {
     drop(d);
     std::fs::remove_dir_all(&data).ok();
 }
+
+/// The API on a loopback TCP port (`--tcp`) instead of the Unix socket; any other address is
+/// refused with a clear error.
+#[test]
+fn test_serve_over_loopback_tcp() {
+    let data = data_dir("tcp");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new(env!("CARGO_BIN_EXE_ferrovisor"))
+        .args(["serve", "--data-dir"])
+        .arg(&data)
+        .args(["--tcp", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ep = Endpoint::Tcp(format!("127.0.0.1:{port}"));
+    let t = Instant::now();
+    while request(&ep, "GET", "/v1/version", None).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(20), "the daemon did not come up on TCP");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let d = Daemon { child, ep };
+    assert_eq!(call(&d, "POST", "/v1/vms", Some(spin_vm("t"))).status, 201);
+    assert_eq!(call(&d, "GET", "/v1/vms/t", None).json()["state"], "created");
+    assert_eq!(call(&d, "GET", "/v1/vms/nope", None).status, 404);
+    drop(d);
+
+    let mut bad = Command::new(env!("CARGO_BIN_EXE_ferrovisor"))
+        .args(["serve", "--data-dir"])
+        .arg(&data)
+        .args(["--tcp", "0.0.0.0:0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = bad.try_wait().unwrap() {
+            break s;
+        }
+        if t.elapsed() > Duration::from_secs(20) {
+            let _ = bad.kill();
+            panic!("the daemon served on 0.0.0.0");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut bad.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("only loopback addresses are allowed"), "{err}");
+    std::fs::remove_dir_all(&data).ok();
+}
