@@ -570,7 +570,11 @@ impl Vm {
                                 vm.host.clone(),
                                 &Disks { read_only: vm.disks.read_only, ..Default::default() },
                             )?;
+                            let stdin = vm.m.take_serial_input_source();
                             vm.m = m;
+                            if let Some(rx) = stdin {
+                                vm.m.connect_serial_input(rx);
+                            }
                             vm.disks = d;
                             Ok(())
                         }),
@@ -659,7 +663,11 @@ pub fn run_vm(
             Exit::Reset if !vm.power_on.config.no_reboot && vm.power_on.bios.is_none() => {
                 // No firmware to reboot into: back to the power-on state.
                 let (m, _) = vm::restore_state(&vm.power_on, vm.host.clone(), &vm.disks, Path::new("power-on"))?;
+                let stdin = vm.m.take_serial_input_source();
                 vm.m = m;
+                if let Some(rx) = stdin {
+                    vm.m.connect_serial_input(rx);
+                }
             }
             e => {
                 let reason = match e {

@@ -431,3 +431,38 @@ fn measure_snapshot_256mib_linux_guest() {
     measure("256 MiB guest, Linux booted to user space", &m, &dir);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A VM restored with `run --snapshot-load` takes COM1 input from standard input, as a booted
+/// one does: a guest saved while polling for a byte gets the one typed after the restore.
+#[test]
+fn test_snapshot_restored_vm_reads_standard_input() {
+    use std::io::Write;
+    let dir = tmpdir("stdin");
+    // Polls LSR.DR, reads RBR, writes the byte to the exit port.
+    let echo = dir.join("echo.bin");
+    std::fs::write(&echo, [0xBA, 0xFD, 0x03, 0xEC, 0xA8, 0x01, 0x74, 0xFB, 0xBA, 0xF8, 0x03, 0xEC, 0xE6, 0xF4, 0xF4])
+        .unwrap();
+    let file = dir.join("polling.fvsnap");
+    let out = ferrovisor(&[
+        "run",
+        "-q",
+        "--flat",
+        echo.to_str().unwrap(),
+        "--max-insns",
+        "1000",
+        "--snapshot-save",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(10), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferrovisor"))
+        .args(["run", "-q", "--max-insns", "1000000000", "--snapshot-load"])
+        .arg(&file)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"Z").unwrap();
+    let st = child.wait().unwrap();
+    assert_eq!(st.code(), Some(i32::from(b'Z') << 1 | 1), "the restored guest read the byte");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -154,6 +154,12 @@ impl crate::Machine {
         self.board.serial_in.connect(rx);
     }
 
+    /// Disconnects the live input source and returns it (to connect it to the machine that
+    /// replaces this one, e.g. after a snapshot is loaded).
+    pub fn take_serial_input_source(&mut self) -> Option<Receiver<Vec<u8>>> {
+        self.board.serial_in.source.take()
+    }
+
     /// The live input received so far, with the virtual instants it entered at: feeding it to
     /// [`crate::Machine::queue_serial_input`] reproduces the run.
     pub fn serial_input_log(&self) -> &[(VirtualInstant, Vec<u8>)] {
