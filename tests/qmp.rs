@@ -242,3 +242,26 @@ fn test_qmp_over_loopback_tcp() {
     assert!(err.contains("loopback"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Measurement (not run by default): QMP round trips per second, one client sending
+/// `query-status` and waiting for each answer while the guest runs.
+/// `cargo test --release --test qmp measure_ -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn measure_qmp_round_trips_per_second() {
+    let dir = tmpdir("measure");
+    let vm = start_vm(&dir);
+    let mut a = Raw::connect(&vm.sock);
+    a.reply();
+    a.send("{\"execute\":\"qmp_capabilities\"}\n");
+    a.reply();
+    let n = 5000;
+    let t = Instant::now();
+    for i in 0..n {
+        a.send(&format!("{{\"execute\":\"query-status\",\"id\":{i}}}\n"));
+        assert_eq!(a.reply()["id"], i);
+    }
+    let secs = t.elapsed().as_secs_f64();
+    eprintln!("QMP: {n} query-status round trips in {secs:.2} s = {:.0} round trips/s", f64::from(n) / secs);
+    std::fs::remove_dir_all(&dir).ok();
+}
