@@ -342,21 +342,28 @@ fn test_snapshot_wrong_version_and_garbage_refused_by_the_cli() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// A file written by the first release of the format (committed) still loads and runs: a
-/// newer release reads today's files.
+/// Files written by every release of the format (committed: 1.0, the first, and 1.1, which
+/// added the NMI latches, x87 selectors, pending serial input) still load and run: a newer
+/// release reads today's files. `FERRO_BLESS=1` writes the current version's file (never
+/// overwrites an older one).
 #[test]
 fn test_snapshot_committed_v1_file_still_loads() {
-    let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pit-v1.0.fvsnap");
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let current = data.join(format!("pit-v{}.{}.fvsnap", snapshot::FORMAT_MAJOR, snapshot::FORMAT_MINOR));
     if std::env::var_os("FERRO_BLESS").is_some() {
-        std::fs::write(&f, small_snapshot()).unwrap();
+        std::fs::write(&current, small_snapshot()).unwrap();
     }
-    let out = ferrovisor(&["run", "-q", "--snapshot-load", f.to_str().unwrap(), "--max-insns", "50000000"]);
-    assert_eq!(
-        out.status.code(),
-        Some(i32::from(test_roms::PASS) << 1 | 1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(current.exists(), "commit a file of the current format: FERRO_BLESS=1 writes {current:?}");
+    for name in ["pit-v1.0.fvsnap", "pit-v1.1.fvsnap"] {
+        let f = data.join(name);
+        let out = ferrovisor(&["run", "-q", "--snapshot-load", f.to_str().unwrap(), "--max-insns", "50000000"]);
+        assert_eq!(
+            out.status.code(),
+            Some(i32::from(test_roms::PASS) << 1 | 1),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// Times a snapshot of `m` (state capture, encode + write + fsync) and its restore (read,
