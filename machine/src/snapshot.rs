@@ -298,7 +298,7 @@ pub struct MachineState {
     pub ram: RamState,
     /// The firmware image, if one was loaded.
     pub bios: Option<Vec<u8>>,
-    /// Disks frozen at the snapshot (filled in by [`Machine::snapshot_disks`]'s caller).
+    /// Disks frozen at the snapshot (filled in by the caller of [`Machine::snapshot_disk`]).
     pub disks: Vec<DiskSnapshot>,
 }
 
