@@ -578,3 +578,25 @@ fn test_serve_over_loopback_tcp() {
     assert!(err.contains("only loopback addresses are allowed"), "{err}");
     std::fs::remove_dir_all(&data).ok();
 }
+
+/// A VM booted from a kernel (`kernel`, `cmdline`, as `run --kernel` boots it): the Multiboot
+/// benchmark guest runs in its VM process, prints its checksum on the serial log (the host
+/// computes the same value) and exits through the exit port, which the daemon reports.
+#[test]
+fn test_serve_vm_boots_a_kernel() {
+    let data = data_dir("kernel");
+    std::fs::write(data.join("images/bench.bin"), test_roms::bench_guest(1)).unwrap();
+    let d = start_daemon(&data);
+    let cfg = json!({"name": "k", "memory_mib": 32, "kernel": "bench.bin", "cmdline": "quiet"});
+    let r = call(&d, "POST", "/v1/vms", Some(cfg));
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(call(&d, "POST", "/v1/vms/k/start", None).status, 204);
+    let v = wait_state(&d, "k", "stopped");
+    let status = i32::from(test_roms::PASS) << 1 | 1;
+    assert_eq!(v["reason"], format!("exit status {status}"), "{v}");
+    let serial = String::from_utf8_lossy(&call(&d, "GET", "/v1/vms/k/serial", None).body).to_lowercase();
+    let want = format!("{:08x}", test_roms::bench_reference(1));
+    assert!(serial.contains(&want), "checksum {want} not in the serial log: {serial:?}");
+    drop(d);
+    std::fs::remove_dir_all(&data).ok();
+}
