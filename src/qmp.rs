@@ -343,6 +343,13 @@ fn parse_spec(spec: &str) -> anyhow::Result<Listen> {
         }
         Ok(Listen::Unix(PathBuf::from(p)))
     } else if let Some(hp) = addr.strip_prefix("tcp:") {
+        // QMP has no authentication: whoever connects controls the VM. Only this host may.
+        use std::net::ToSocketAddrs;
+        let addrs: Vec<_> =
+            hp.to_socket_addrs().with_context(|| format!("--qmp {spec}: bad address '{hp}'"))?.collect();
+        if addrs.is_empty() || addrs.iter().any(|a| !a.ip().is_loopback()) {
+            bail!("--qmp {spec}: only loopback addresses are allowed (e.g. tcp:127.0.0.1:4444)");
+        }
         Ok(Listen::Tcp(hp.to_string()))
     } else {
         bail!("--qmp {spec}: expected unix:PATH,server,wait=off or tcp:HOST:PORT,server,wait=off")
@@ -563,7 +570,11 @@ impl Vm {
                                 vm.host.clone(),
                                 &Disks { read_only: vm.disks.read_only, ..Default::default() },
                             )?;
+                            let stdin = vm.m.take_serial_input_source();
                             vm.m = m;
+                            if let Some(rx) = stdin {
+                                vm.m.connect_serial_input(rx);
+                            }
                             vm.disks = d;
                             Ok(())
                         }),
@@ -652,7 +663,11 @@ pub fn run_vm(
             Exit::Reset if !vm.power_on.config.no_reboot && vm.power_on.bios.is_none() => {
                 // No firmware to reboot into: back to the power-on state.
                 let (m, _) = vm::restore_state(&vm.power_on, vm.host.clone(), &vm.disks, Path::new("power-on"))?;
+                let stdin = vm.m.take_serial_input_source();
                 vm.m = m;
+                if let Some(rx) = stdin {
+                    vm.m.connect_serial_input(rx);
+                }
             }
             e => {
                 let reason = match e {

@@ -204,6 +204,24 @@ pub mod status {
     pub const DIVERGENCE: i32 = 14;
 }
 
+/// Standard input as COM1's live source. The thread only enqueues; the machine takes the input
+/// at run-slice boundaries and stamps it with virtual time (the terminal stays in its usual line
+/// mode).
+fn stdin_serial_source() -> std::sync::mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = [0u8; 256];
+        let mut stdin = std::io::stdin().lock();
+        while let Ok(n @ 1..) = stdin.read(&mut buf) {
+            if tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 /// Runs a guest; returns the process exit status.
 pub fn run(a: RunArgs) -> anyhow::Result<i32> {
     // The host clock enters the guest here, once, as the RTC's starting time.
@@ -236,7 +254,10 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
     }
     if let Some(file) = a.mgmt.snapshot_load.clone() {
         let config = make_config(kind, stdout);
-        let (m, d) = crate::vm::restore(&file, config.clone(), &disks)?;
+        let (mut m, d) = crate::vm::restore(&file, config.clone(), &disks)?;
+        if stdout {
+            m.connect_serial_input(stdin_serial_source());
+        }
         return crate::qmp::run_vm(m, d, config, &a.mgmt, a.max_insns, a.quiet);
     }
     let booted_image = a.bios.is_some() || a.flat.is_some() || a.kernel.is_some();
@@ -290,21 +311,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
                     m.queue_serial_input(t, &bytes);
                 }
             } else if stdout {
-                // Standard input feeds COM1. The thread only enqueues; the machine takes the input
-                // at run-slice boundaries and stamps it with virtual time (the terminal stays in
-                // its usual line mode).
-                let (tx, rx) = std::sync::mpsc::channel();
-                std::thread::spawn(move || {
-                    use std::io::Read;
-                    let mut buf = [0u8; 256];
-                    let mut stdin = std::io::stdin().lock();
-                    while let Ok(n @ 1..) = stdin.read(&mut buf) {
-                        if tx.send(buf[..n].to_vec()).is_err() {
-                            break;
-                        }
-                    }
-                });
-                m.connect_serial_input(rx);
+                m.connect_serial_input(stdin_serial_source());
             }
             if a.mgmt.qmp.is_some() || a.mgmt.snapshot_save.is_some() || a.mgmt.state_out.is_some() || a.mgmt.paused {
                 return crate::qmp::run_vm(m, disks, make_config(kind, stdout), &a.mgmt, a.max_insns, a.quiet);

@@ -9,12 +9,25 @@ use std::path::PathBuf;
 /// Arguments of `ferrovisor serve`.
 #[derive(Debug, Args)]
 #[command(after_help = "\
-The REST API is described by mgmt-api/openapi.json (print it with --print-openapi). Each VM runs in its own
-`ferrovisor run` process; configurations live in DATA/vms/ID/config.json and survive restarts.
+The REST API is described by mgmt-api/openapi.json (print it with --print-openapi). Each VM runs in
+its own `ferrovisor run` process; one that crashes or is killed marks only that VM `crashed`.
+
+Restart: configurations live in DATA/vms/ID/config.json (written atomically) and survive a restart.
+VM processes end with the daemon; after a restart the VMs that were running or paused are listed
+`stopped` (reason `daemon-restart`) and are started again with POST /v1/vms/ID/start; the others
+keep their last state. A snapshot the daemon was writing when it died is listed `incomplete`.
+
+A VM configuration (POST /v1/vms; paths are relative to the images directory):
+  {\"name\": \"web\", \"memory_mib\": 256, \"firmware\": \"bios.bin\", \"disks\": [{\"path\": \"disk.vmdk\"}]}
+  {\"name\": \"lx\", \"memory_mib\": 512, \"kernel\": \"vmlinuz\", \"initrd\": \"initrd.gz\",
+   \"cmdline\": \"console=ttyS0\"}
+
+Errors are JSON {\"code\", \"message\"} with a 4xx status for anything the client sent.
 
 Example:
   ferrovisor serve --data-dir /var/lib/ferrovisor &
-  curl --unix-socket /var/lib/ferrovisor/api.sock http://localhost/v1/vms")]
+  curl --unix-socket /var/lib/ferrovisor/api.sock http://localhost/v1/vms
+  ferrovisor vm --socket /var/lib/ferrovisor/api.sock list")]
 pub struct ServeArgs {
     /// Data directory (configurations, snapshots, logs).
     #[arg(long, value_name = "DIR", default_value = "ferrovisor-data")]
@@ -49,12 +62,26 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<i32> {
         None => Bind::Unix(a.socket.unwrap_or_else(|| data_dir.join("api.sock"))),
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(mgmt_api::daemon::serve(cfg, bind.clone())).with_context(|| format!("serving on {bind:?}"))?;
+    rt.block_on(mgmt_api::daemon::serve(cfg, bind.clone())).with_context(|| format!("cannot serve on {bind}"))?;
     Ok(0)
 }
 
 /// Arguments of `ferrovisor vm`.
 #[derive(Debug, Args)]
+#[command(after_help = "\
+Each command is one request to the daemon (`ferrovisor serve`); the answer is printed as JSON
+(`serial` prints the console log as it is).
+
+Exit status: 0 success; 1 the daemon refused the request (printed as `STATUS (code): message`,
+e.g. `404 (not_found): VM 'x' not found`) or cannot be reached; 2 bad command line.
+
+Example:
+  echo '{\"name\":\"web\",\"memory_mib\":256,\"firmware\":\"bios.bin\",\"disks\":[{\"path\":\"disk.vmdk\"}]}' \\
+    | ferrovisor vm create -
+  ferrovisor vm start web
+  ferrovisor vm snapshot web before-upgrade
+  ferrovisor vm restore web before-upgrade
+  ferrovisor vm stop web")]
 pub struct VmArgs {
     /// The daemon's Unix socket (default: $FERROVISOR_API or ferrovisor-data/api.sock).
     #[arg(long, value_name = "PATH", global = true)]
@@ -139,7 +166,7 @@ pub fn vm(a: VmArgs) -> anyhow::Result<i32> {
         VmCmd::Disks { id } => ("GET", format!("/v1/vms/{id}/disks"), None),
         VmCmd::Serial { id } => ("GET", format!("/v1/vms/{id}/serial"), None),
     };
-    let r = request(&ep, method, &path, b).with_context(|| format!("cannot reach the daemon at {ep:?}"))?;
+    let r = request(&ep, method, &path, b).with_context(|| format!("cannot reach the daemon at {ep}"))?;
     if matches!(a.cmd, VmCmd::Serial { .. }) && r.status == 200 {
         std::io::Write::write_all(&mut std::io::stdout(), &r.body)?;
         return Ok(0);

@@ -183,3 +183,85 @@ fn test_qmp_wire_negotiation_and_error_forms() {
     assert_eq!(b.reply()["return"]["status"], "paused");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A port that was free a moment ago (the listener is closed before the port is used).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// QEMU's other spelling: `--qmp tcp:127.0.0.1:PORT,server,wait=off`. A non-loopback address is
+/// refused with a clear error before the guest starts.
+#[test]
+fn test_qmp_over_loopback_tcp() {
+    let dir = tmpdir("tcp");
+    let img = dir.join("spin.bin");
+    std::fs::write(&img, [0xEB, 0xFE]).unwrap();
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferrovisor"))
+        .args(["run", "-q", "--serial", "none", "--flat"])
+        .arg(&img)
+        .args(["--qmp", &format!("tcp:127.0.0.1:{port},server,wait=off")])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let s = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(_) => {
+                assert!(t.elapsed() < Duration::from_secs(20), "the QMP port never opened");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    let mut next = || {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        serde_json::from_str::<Value>(&line).unwrap()
+    };
+    assert_eq!(next()["QMP"]["version"]["qemu"]["major"], 7);
+    w.write_all(b"{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"query-status\",\"id\":7}\n").unwrap();
+    assert_eq!(next(), serde_json::json!({"return": {}}));
+    let st = next();
+    assert_eq!((st["return"]["status"].as_str(), st["id"].as_u64()), (Some("running"), Some(7)), "{st}");
+    w.write_all(b"{\"execute\":\"quit\"}\n").unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "quit ends the process normally");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_ferrovisor"))
+        .args(["run", "--flat"])
+        .arg(&img)
+        .args(["--qmp", "tcp:0.0.0.0:4444,server,wait=off", "--max-insns", "1000"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("loopback"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Measurement (not run by default): QMP round trips per second, one client sending
+/// `query-status` and waiting for each answer while the guest runs.
+/// `cargo test --release --test qmp measure_ -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn measure_qmp_round_trips_per_second() {
+    let dir = tmpdir("measure");
+    let vm = start_vm(&dir);
+    let mut a = Raw::connect(&vm.sock);
+    a.reply();
+    a.send("{\"execute\":\"qmp_capabilities\"}\n");
+    a.reply();
+    let n = 5000;
+    let t = Instant::now();
+    for i in 0..n {
+        a.send(&format!("{{\"execute\":\"query-status\",\"id\":{i}}}\n"));
+        assert_eq!(a.reply()["id"], i);
+    }
+    let secs = t.elapsed().as_secs_f64();
+    eprintln!("QMP: {n} query-status round trips in {secs:.2} s = {:.0} round trips/s", f64::from(n) / secs);
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -171,6 +171,105 @@ fn test_serve_lifecycle_crash_isolation_snapshots_restart() {
     std::fs::remove_dir_all(&data).ok();
 }
 
+/// `/proc/PID/stat` field 22 (start time in clock ticks since boot), or None once the process
+/// is gone or a zombie.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    if rest[0] == "Z" {
+        return None;
+    }
+    rest[19].parse().ok()
+}
+
+/// After a restart, `GET /v1/vms` tells the truth: VMs that were running are stopped
+/// (`daemon-restart`, libvirt's shut-off), the others keep their last state. A VM process that
+/// outlived the old daemon is killed before anything else can start that VM again, and a
+/// recorded pid that now belongs to some other process is never signalled.
+#[test]
+fn test_serve_restart_lists_vms_truthfully_and_never_trusts_a_stale_pid() {
+    let data = data_dir("restart");
+    let mut d = start_daemon(&data);
+    for id in ["run", "paused", "stopped", "orphan", "fresh"] {
+        assert_eq!(call(&d, "POST", "/v1/vms", Some(spin_vm(id))).status, 201);
+    }
+    for id in ["run", "paused", "stopped"] {
+        assert_eq!(call(&d, "POST", &format!("/v1/vms/{id}/start"), None).status, 204);
+    }
+    assert_eq!(call(&d, "POST", "/v1/vms/paused/pause", None).status, 204);
+    assert_eq!(call(&d, "POST", "/v1/vms/stopped/stop", None).status, 204);
+    let run_pid = call(&d, "GET", "/v1/vms/run", None).json()["pid"].as_u64().unwrap() as u32;
+    let _ = d.child.kill();
+    let _ = d.child.wait();
+    drop(d);
+    // The VM processes die with the daemon.
+    let t = Instant::now();
+    while start_time(run_pid).is_some() {
+        assert!(t.elapsed() < Duration::from_secs(20), "VM process {run_pid} outlived the daemon");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // "run" was recorded with a pid that now belongs to an unrelated process (a reused pid).
+    let mut bystander = Command::new("sleep").arg("60").spawn().unwrap();
+    let by = bystander.id();
+    std::fs::write(
+        data.join("vms/run/vm.pid"),
+        json!({"pid": by, "start_time": start_time(by).unwrap() + 1}).to_string(),
+    )
+    .unwrap();
+    // "orphan" has a VM process that escaped the death signal (started here by hand).
+    let mut escaped = Command::new(env!("CARGO_BIN_EXE_ferrovisor"))
+        .args(["run", "-q", "--serial", "none", "--flat"])
+        .arg(data.join("images/spin.bin"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let esc = escaped.id();
+    std::fs::write(
+        data.join("vms/orphan/vm.pid"),
+        json!({"pid": esc, "start_time": start_time(esc).unwrap()}).to_string(),
+    )
+    .unwrap();
+
+    let d = start_daemon(&data);
+    let list = call(&d, "GET", "/v1/vms", None).json();
+    let got: Vec<(String, String, String)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            assert!(v["pid"].is_null(), "no pid from before the restart is reported: {v}");
+            (
+                v["id"].as_str().unwrap().into(),
+                v["state"].as_str().unwrap().into(),
+                v["reason"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let want = [
+        ("fresh", "created", "defined"),
+        ("orphan", "stopped", "daemon-restart"),
+        ("paused", "stopped", "daemon-restart"),
+        ("run", "stopped", "daemon-restart"),
+        ("stopped", "stopped", "stopped"),
+    ];
+    let want: Vec<(String, String, String)> =
+        want.iter().map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string())).collect();
+    assert_eq!(got, want);
+    // The escaped VM process was killed; the bystander was not touched.
+    let st = escaped.wait().unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&st), Some(libc::SIGKILL), "{st:?}");
+    assert!(bystander.try_wait().unwrap().is_none(), "a process with a stale pid was signalled");
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+    // And the VMs start again.
+    assert_eq!(call(&d, "POST", "/v1/vms/run/start", None).status, 204);
+    assert_eq!(call(&d, "GET", "/v1/vms/run", None).json()["state"], "running");
+    assert_eq!(call(&d, "POST", "/v1/vms/run/stop", None).status, 204);
+    drop(d);
+    std::fs::remove_dir_all(&data).ok();
+}
+
 /// Every property of a schema object with a value of another JSON type.
 fn wrong_types(schema: &Value) -> Vec<(String, Value)> {
     let mut out = Vec::new();
@@ -426,6 +525,78 @@ fn test_vm_cli_client_talks_to_the_daemon() {
     );
     assert!(vm(&["stop", "cli1"]).status.success());
     assert!(vm(&["delete", "cli1"]).status.success());
+    drop(d);
+    std::fs::remove_dir_all(&data).ok();
+}
+
+/// The API on a loopback TCP port (`--tcp`) instead of the Unix socket; any other address is
+/// refused with a clear error.
+#[test]
+fn test_serve_over_loopback_tcp() {
+    let data = data_dir("tcp");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new(env!("CARGO_BIN_EXE_ferrovisor"))
+        .args(["serve", "--data-dir"])
+        .arg(&data)
+        .args(["--tcp", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ep = Endpoint::Tcp(format!("127.0.0.1:{port}"));
+    let t = Instant::now();
+    while request(&ep, "GET", "/v1/version", None).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(20), "the daemon did not come up on TCP");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let d = Daemon { child, ep };
+    assert_eq!(call(&d, "POST", "/v1/vms", Some(spin_vm("t"))).status, 201);
+    assert_eq!(call(&d, "GET", "/v1/vms/t", None).json()["state"], "created");
+    assert_eq!(call(&d, "GET", "/v1/vms/nope", None).status, 404);
+    drop(d);
+
+    let mut bad = Command::new(env!("CARGO_BIN_EXE_ferrovisor"))
+        .args(["serve", "--data-dir"])
+        .arg(&data)
+        .args(["--tcp", "0.0.0.0:0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = bad.try_wait().unwrap() {
+            break s;
+        }
+        if t.elapsed() > Duration::from_secs(20) {
+            let _ = bad.kill();
+            panic!("the daemon served on 0.0.0.0");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut bad.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("only loopback addresses are allowed"), "{err}");
+    std::fs::remove_dir_all(&data).ok();
+}
+
+/// A VM booted from a kernel (`kernel`, `cmdline`, as `run --kernel` boots it): the Multiboot
+/// benchmark guest runs in its VM process, prints its checksum on the serial log (the host
+/// computes the same value) and exits through the exit port, which the daemon reports.
+#[test]
+fn test_serve_vm_boots_a_kernel() {
+    let data = data_dir("kernel");
+    std::fs::write(data.join("images/bench.bin"), test_roms::bench_guest(1)).unwrap();
+    let d = start_daemon(&data);
+    let cfg = json!({"name": "k", "memory_mib": 32, "kernel": "bench.bin", "cmdline": "quiet"});
+    let r = call(&d, "POST", "/v1/vms", Some(cfg));
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(call(&d, "POST", "/v1/vms/k/start", None).status, 204);
+    let v = wait_state(&d, "k", "stopped");
+    let status = i32::from(test_roms::PASS) << 1 | 1;
+    assert_eq!(v["reason"], format!("exit status {status}"), "{v}");
+    let serial = String::from_utf8_lossy(&call(&d, "GET", "/v1/vms/k/serial", None).body).to_lowercase();
+    let want = format!("{:08x}", test_roms::bench_reference(1));
+    assert!(serial.contains(&want), "checksum {want} not in the serial log: {serial:?}");
     drop(d);
     std::fs::remove_dir_all(&data).ok();
 }

@@ -13,6 +13,7 @@ pub mod flags;
 pub mod fpu;
 pub mod helpers;
 pub mod interp;
+pub mod persist;
 pub mod simd;
 pub mod state;
 

@@ -659,3 +659,16 @@ impl<I: IrqLine> PciFunction for VirtioBlk<I> {
         }
     }
 }
+
+impl<I: IrqLine> base::Persist for VirtioBlk<I> {
+    type State = VirtioBlkState;
+    /// The interrupt line and the disk (its contents are not part of the state).
+    type ConstructorArgs = (I, Box<dyn BlockBackend>);
+    type Error = std::convert::Infallible;
+    fn save(&self) -> VirtioBlkState {
+        self.state()
+    }
+    fn restore((irq, disk): Self::ConstructorArgs, state: &VirtioBlkState) -> Result<Self, Self::Error> {
+        Ok(Self::from_state(irq, disk, state.clone()))
+    }
+}

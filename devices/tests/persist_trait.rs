@@ -5,7 +5,8 @@
 use base::{Persist, VirtualInstant};
 use devices::{
     Access, AtaDiskConfig, FwCfgBuilder, I440fxHost, I8254Pit, I8259Pic, IoApic, LocalApic, Mc146818Rtc, MemBackend,
-    PciBus, PciConfigIo, PciFunction, Piix3Isa, Piix4Pm, PiixIde, PioDevice, Port92, RecordingIrq, Uart16550, I8042,
+    PciBus, PciConfigIo, PciFunction, Piix3Isa, Piix4Pm, PiixIde, PioDevice, Port92, RecordingIrq, Uart16550,
+    VirtioBlk, I8042,
 };
 
 fn bytes<T: Persist>(d: &T) -> Vec<u8> {
@@ -98,6 +99,11 @@ fn test_persist_trait_every_chip_roundtrips_through_bytes() {
     d.write(at(0x1F2), &[4]);
     d.write(at(0x1F6), &[0xE0]);
     check("piix_ide", &ide(), &d, ide());
+
+    let virtio = || VirtioBlk::new(RecordingIrq::new(), Box::new(MemBackend::zeroed(64 * 512)));
+    let mut v = virtio();
+    v.write_config(0x04, &[0x01]); // PCI command: I/O space
+    check("virtio_blk", &virtio(), &v, (RecordingIrq::new(), Box::new(MemBackend::zeroed(64 * 512))));
 
     let fw = || FwCfgBuilder::new().build().unwrap();
     let mut f = fw();

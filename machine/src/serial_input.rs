@@ -9,9 +9,14 @@
 //! a channel; the machine drains the channel at slice boundaries, stamps each chunk with the
 //! virtual time of that boundary and records it ([`crate::Machine::serial_input_log`]), so the
 //! run can be replayed exactly with [`crate::Machine::queue_serial_input`].
+//!
+//! Input that is stamped but not yet in the FIFO is part of a snapshot ([`SerialInputState`]),
+//! so a restored machine receives the rest at the same virtual instants as the original would.
+//! The live source and its log belong to the host process and are not saved.
 
-use base::VirtualInstant;
+use base::{Persist, VirtualInstant};
 use devices::{IrqLine, Uart16550};
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::sync::mpsc::{Receiver, TryRecvError};
 
@@ -94,6 +99,48 @@ impl SerialInput {
     }
 }
 
+/// Input for COM1 that was stamped but had not entered the UART's FIFO when the snapshot was
+/// taken (what is in the FIFO is in the UART's own state).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialInputState {
+    /// (virtual instant in ns, bytes), in time order.
+    pub pending: Vec<(u64, Vec<u8>)>,
+    /// The FIFO was full at the last delivery with due input left.
+    pub blocked: bool,
+}
+
+impl Persist for SerialInput {
+    type State = SerialInputState;
+    /// The live host source to keep feeding the restored queue, if any.
+    type ConstructorArgs = Option<Receiver<Vec<u8>>>;
+    type Error = base::PersistError;
+
+    fn save(&self) -> SerialInputState {
+        SerialInputState {
+            pending: self.pending.iter().map(|(t, b)| (t.0, b.clone())).collect(),
+            blocked: self.blocked,
+        }
+    }
+
+    /// Refuses a queue out of time order (the delivery loop relies on it).
+    fn restore(source: Self::ConstructorArgs, s: &SerialInputState) -> Result<Self, base::PersistError> {
+        if s.pending.windows(2).any(|w| w[0].0 > w[1].0) {
+            return Err(base::PersistError("serial input queue is not in time order".into()));
+        }
+        Ok(SerialInput {
+            pending: s
+                .pending
+                .iter()
+                .filter(|(_, b)| !b.is_empty())
+                .map(|(t, b)| (VirtualInstant(*t), b.clone()))
+                .collect(),
+            source,
+            log: Vec::new(),
+            blocked: s.blocked,
+        })
+    }
+}
+
 impl crate::Machine {
     /// Schedules `bytes` to arrive on COM1 at virtual instant `at` (replaying a recorded run,
     /// or scripted input in tests).
@@ -105,6 +152,12 @@ impl crate::Machine {
     /// machine drains it at run-slice boundaries only.
     pub fn connect_serial_input(&mut self, rx: Receiver<Vec<u8>>) {
         self.board.serial_in.connect(rx);
+    }
+
+    /// Disconnects the live input source and returns it (to connect it to the machine that
+    /// replaces this one, e.g. after a snapshot is loaded).
+    pub fn take_serial_input_source(&mut self) -> Option<Receiver<Vec<u8>>> {
+        self.board.serial_in.source.take()
     }
 
     /// The live input received so far, with the virtual instants it entered at: feeding it to
@@ -153,6 +206,22 @@ pub fn parse_input_log(text: &str) -> Result<Vec<(VirtualInstant, Vec<u8>)>, Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_serial_input_persist_keeps_pending_input() {
+        let mut q = SerialInput::default();
+        q.schedule(VirtualInstant(500), b"late".to_vec());
+        q.schedule(VirtualInstant(100), b"early".to_vec());
+        q.blocked = true;
+        let s = q.save();
+        assert_eq!(s.pending, vec![(100, b"early".to_vec()), (500, b"late".to_vec())]);
+        let json = serde_json::to_vec(&s).unwrap();
+        let r = SerialInput::restore(None, &serde_json::from_slice(&json).unwrap()).unwrap();
+        assert_eq!(r.save(), s);
+        assert_eq!(r.next_deadline(), None, "blocked: the guest must read first");
+        let unordered = SerialInputState { pending: vec![(5, vec![1]), (4, vec![2])], blocked: false };
+        assert!(SerialInput::restore(None, &unordered).is_err());
+    }
 
     #[test]
     fn test_serial_input_log_roundtrip_and_errors() {

@@ -1,6 +1,6 @@
 //! Whole-machine snapshots: the [`Persist`] implementation of [`Machine`] and the snapshot file.
 //!
-//! # File format (version 1.0, all integers little-endian)
+//! # File format (version 1.1, all integers little-endian)
 //!
 //! ```text
 //! +--------------------------------------------------------------+
@@ -15,9 +15,12 @@
 //! The section CRC-32 covers the tag, the length, the flags and the payload. Sections (tags are ASCII,
 //! NUL-padded):
 //! - `CONFIG`: JSON [`SavedConfig`] (RAM size, no-reboot, RTC base);
-//! - `CPU`: JSON [`CpuSnapshot`] (registers, MSRs, the FXSAVE image of the FPU as 512 bytes);
-//! - `DEVICES`: JSON [`BoardState`] (every chip through its `Persist` state);
-//! - `RAM`: the guest backing store, sparse: `len u64`, `page_size u32`, `runs u32`, then `runs`
+//! - `CPU`: JSON [`CpuStateSnapshot`], `CpuState`'s `Persist` state (registers, descriptor
+//!   caches, MSRs, the FXSAVE image of the FPU as 512 bytes, NMI latches, instruction count);
+//! - `DEVICES`: JSON [`BoardState`] (every chip through its `Persist` state, the COM1 input not
+//!   yet delivered, a latched NMI);
+//! - `RAM`: the guest backing store as `mmu::PhysMemory`'s `Persist` state ([`RamState`]),
+//!   sparse: `len u64`, `page_size u32`, `runs u32`, then `runs`
 //!   × (`first_page u64`, `pages u64`) of the non-zero pages, then the pages of every run
 //!   concatenated and cut into chunks of at most 1 MiB, each `raw_len u32`, `kind u8` (0 stored,
 //!   1 zlib), `stored_len u32`, data. Zero pages are not stored;
@@ -29,16 +32,23 @@
 //! (skipped by older readers) or JSON fields (`#[serde(default)]` in newer readers). A reader
 //! never trusts a length: every section is bounds-checked against the file and its CRC checked
 //! before it is parsed.
+//!
+//! History: 1.0 was the first release (`tests/data/pit-v1.0.fvsnap` is one, and still loads);
+//! 1.1 adds to the CPU section the state's version, the NMI latches, the x87 selectors and XCR0,
+//! with FOP/FIP/FDP in the FXSAVE image, and to the devices the pending COM1 input and the
+//! latched NMI. A 1.0 file restores those to their reset values, which is what a 1.0 writer
+//! implied.
 
 use crate::board::persist::BoardState;
 use crate::{Machine, MachineConfig, MachineError};
 use base::Persist;
-use cpu::state::{DescriptorTable, Msrs, Segment};
+use cpu::persist::CpuStateSnapshot;
 use cpu::CpuState;
+use mmu::{PhysMemory, RamState};
 
 use flate2::Crc;
 use serde::{Deserialize, Serialize};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -49,7 +59,7 @@ pub const MAGIC: [u8; 8] = *b"FVSNAPSH";
 /// Format major version written and read by this build.
 pub const FORMAT_MAJOR: u16 = 1;
 /// Format minor version written by this build.
-pub const FORMAT_MINOR: u16 = 0;
+pub const FORMAT_MINOR: u16 = 1;
 /// Page granularity of the sparse RAM section.
 pub const RAM_PAGE: usize = 4096;
 /// Largest chunk of page data in the RAM section.
@@ -61,7 +71,7 @@ pub const MAX_FILE_BYTES: u64 = 16 << 30;
 #[derive(Debug, Error)]
 pub enum SnapshotError {
     /// Reading or writing the file failed.
-    #[error("snapshot file {path}: {source}")]
+    #[error("{}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
@@ -98,7 +108,7 @@ pub enum SnapshotError {
     #[error("snapshot is incomplete: no {0} section")]
     Missing(&'static str),
     /// The saved machine cannot be rebuilt here.
-    #[error("cannot rebuild the saved machine: {0}")]
+    #[error("cannot rebuild the saved machine")]
     Machine(#[from] MachineError),
     /// A disk could not be snapshotted or reattached.
     #[error("disk {index}: {reason}")]
@@ -128,320 +138,54 @@ pub struct SavedConfig {
     pub rtc_unix_seconds: i64,
 }
 
-/// A segment register as saved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SegmentSnapshot {
-    /// Selector.
-    pub selector: u16,
-    /// Attributes.
-    pub attr: u16,
-    /// Limit.
-    pub limit: u32,
-    /// Base.
-    pub base: u64,
-}
+/// The RAM section's codec: [`RamState`] (the sparse pages [`mmu::PhysMemory`]'s `Persist`
+/// gives) with its page data cut into chunks of at most [`RAM_CHUNK`] bytes, each compressed
+/// with zlib on every host core, or stored as it is when a probe of its start barely shrinks.
+mod ram_section {
+    use super::{RAM_CHUNK, RAM_PAGE};
+    use mmu::RamState;
+    use std::io::{Read, Write};
 
-impl From<Segment> for SegmentSnapshot {
-    fn from(s: Segment) -> Self {
-        SegmentSnapshot { selector: s.selector, attr: s.attr, limit: s.limit, base: s.base }
-    }
-}
-
-impl From<SegmentSnapshot> for Segment {
-    fn from(s: SegmentSnapshot) -> Self {
-        Segment { selector: s.selector, attr: s.attr, limit: s.limit, base: s.base }
-    }
-}
-
-/// The model-specific registers as saved.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MsrSnapshot {
-    /// IA32_STAR, LSTAR, CSTAR, FMASK.
-    pub star: [u64; 4],
-    /// IA32_KERNEL_GS_BASE.
-    pub kernel_gs_base: u64,
-    /// SYSENTER CS, ESP, EIP.
-    pub sysenter: [u64; 3],
-    /// IA32_APIC_BASE.
-    pub apic_base: u64,
-    /// IA32_PAT.
-    pub pat: u64,
-    /// IA32_MISC_ENABLE.
-    pub misc_enable: u64,
-    /// TSC offset.
-    pub tsc_offset: u64,
-    /// IA32_TSC_AUX.
-    pub tsc_aux: u64,
-    /// MTRR default type.
-    pub mtrr_def_type: u64,
-    /// Variable MTRRs.
-    pub mtrr_var: Vec<u64>,
-    /// Fixed MTRRs.
-    pub mtrr_fixed: Vec<u64>,
-}
-
-/// The CPU as saved: built field by field from [`CpuState`]'s public fields, so the file does not
-/// change when the in-memory layout does. Caches (the soft TLB, lazy-flag bookkeeping) are not
-/// state: RFLAGS is saved evaluated and the TLB starts empty.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CpuSnapshot {
-    /// RAX..R15.
-    pub gpr: Vec<u64>,
-    /// RIP.
-    pub rip: u64,
-    /// RFLAGS, evaluated.
-    pub rflags: u64,
-    /// ES, CS, SS, DS, FS, GS.
-    pub seg: Vec<SegmentSnapshot>,
-    /// LDTR.
-    pub ldtr: SegmentSnapshot,
-    /// TR.
-    pub tr: SegmentSnapshot,
-    /// GDTR (base, limit).
-    pub gdtr: (u64, u16),
-    /// IDTR (base, limit).
-    pub idtr: (u64, u16),
-    /// CR0, CR2, CR3, CR4, CR8.
-    pub cr: [u64; 5],
-    /// IA32_EFER.
-    pub efer: u64,
-    /// DR0..DR7.
-    pub dr: Vec<u64>,
-    /// MSRs.
-    pub msr: MsrSnapshot,
-    /// CPL.
-    pub cpl: u8,
-    /// Halted by HLT.
-    pub halted: bool,
-    /// STI/MOV SS shadow.
-    pub interrupt_shadow: bool,
-    /// Instructions retired.
-    pub icount: u64,
-    /// The x87/SSE state as a 512-byte FXSAVE image (Intel SDM Vol. 1, Table 10-2).
-    pub fxsave: Vec<u8>,
-}
-
-/// The FXSAVE image of the FPU state (the layout the FPU state is moving to).
-fn fxsave_image(f: &cpu::state::FpuState) -> Vec<u8> {
-    let mut b = vec![0u8; 512];
-    b[0..2].copy_from_slice(&f.fcw.to_le_bytes());
-    b[2..4].copy_from_slice(&f.fsw.to_le_bytes());
-    b[4] = f.ftw;
-    b[24..28].copy_from_slice(&f.mxcsr.to_le_bytes());
-    b[28..32].copy_from_slice(&0xFFFFu32.to_le_bytes()); // MXCSR_MASK
-    for (i, st) in f.st.iter().enumerate() {
-        b[32 + 16 * i..48 + 16 * i].copy_from_slice(st);
-    }
-    for (i, x) in f.xmm.iter().enumerate() {
-        b[160 + 16 * i..176 + 16 * i].copy_from_slice(x);
-    }
-    b
-}
-
-/// The FPU state from an FXSAVE image.
-#[allow(clippy::field_reassign_with_default)] // one line per FXSAVE field, in layout order
-fn fpu_from_image(b: &[u8]) -> Option<cpu::state::FpuState> {
-    if b.len() != 512 {
-        return None;
-    }
-    let mut f = cpu::state::FpuState::default();
-    f.fcw = u16::from_le_bytes([b[0], b[1]]);
-    f.fsw = u16::from_le_bytes([b[2], b[3]]);
-    f.ftw = b[4];
-    f.mxcsr = u32::from_le_bytes([b[24], b[25], b[26], b[27]]);
-    for (i, st) in f.st.iter_mut().enumerate() {
-        st.copy_from_slice(&b[32 + 16 * i..48 + 16 * i]);
-    }
-    for (i, x) in f.xmm.iter_mut().enumerate() {
-        x.copy_from_slice(&b[160 + 16 * i..176 + 16 * i]);
-    }
-    Some(f)
-}
-
-impl CpuSnapshot {
-    /// The snapshot of `c`.
-    pub fn of(c: &CpuState) -> Self {
-        let m = &c.msr;
-        CpuSnapshot {
-            gpr: c.gpr.to_vec(),
-            rip: c.rip,
-            rflags: c.rflags(),
-            seg: c.seg.iter().map(|&s| s.into()).collect(),
-            ldtr: c.ldtr.into(),
-            tr: c.tr.into(),
-            gdtr: (c.gdtr.base, c.gdtr.limit),
-            idtr: (c.idtr.base, c.idtr.limit),
-            cr: [c.cr0, c.cr2, c.cr3, c.cr4, c.cr8],
-            efer: c.efer,
-            dr: c.dr.to_vec(),
-            msr: MsrSnapshot {
-                star: [m.star, m.lstar, m.cstar, m.sfmask],
-                kernel_gs_base: m.kernel_gs_base,
-                sysenter: [m.sysenter_cs, m.sysenter_esp, m.sysenter_eip],
-                apic_base: m.apic_base,
-                pat: m.pat,
-                misc_enable: m.misc_enable,
-                tsc_offset: m.tsc_offset,
-                tsc_aux: m.tsc_aux,
-                mtrr_def_type: m.mtrr_def_type,
-                mtrr_var: m.mtrr_var.to_vec(),
-                mtrr_fixed: m.mtrr_fixed.to_vec(),
-            },
-            cpl: c.cpl,
-            halted: c.halted,
-            interrupt_shadow: c.interrupt_shadow,
-            icount: c.icount,
-            fxsave: fxsave_image(&c.fpu),
-        }
-    }
-
-    /// The CPU state this snapshot describes (fields this build does not save keep their
-    /// reset values).
-    pub fn to_state(&self) -> Result<CpuState, String> {
-        fn arr<const N: usize>(v: &[u64], what: &str) -> Result<[u64; N], String> {
-            v.try_into().map_err(|_| format!("{what}: {} values, expected {N}", v.len()))
-        }
-        let mut c = CpuState::new();
-        c.gpr = arr(&self.gpr, "gpr")?;
-        c.rip = self.rip;
-        c.set_rflags(self.rflags);
-        if self.seg.len() != 6 {
-            return Err(format!("seg: {} segments, expected 6", self.seg.len()));
-        }
-        for (d, s) in c.seg.iter_mut().zip(&self.seg) {
-            *d = (*s).into();
-        }
-        c.ldtr = self.ldtr.into();
-        c.tr = self.tr.into();
-        c.gdtr = DescriptorTable { base: self.gdtr.0, limit: self.gdtr.1 };
-        c.idtr = DescriptorTable { base: self.idtr.0, limit: self.idtr.1 };
-        [c.cr0, c.cr2, c.cr3, c.cr4, c.cr8] = self.cr;
-        c.efer = self.efer;
-        c.dr = arr(&self.dr, "dr")?;
-        let m = &self.msr;
-        let msr: &mut Msrs = &mut c.msr;
-        [msr.star, msr.lstar, msr.cstar, msr.sfmask] = m.star;
-        msr.kernel_gs_base = m.kernel_gs_base;
-        [msr.sysenter_cs, msr.sysenter_esp, msr.sysenter_eip] = m.sysenter;
-        msr.apic_base = m.apic_base;
-        msr.pat = m.pat;
-        msr.misc_enable = m.misc_enable;
-        msr.tsc_offset = m.tsc_offset;
-        msr.tsc_aux = m.tsc_aux;
-        msr.mtrr_def_type = m.mtrr_def_type;
-        msr.mtrr_var = arr(&m.mtrr_var, "mtrr_var")?;
-        msr.mtrr_fixed = arr(&m.mtrr_fixed, "mtrr_fixed")?;
-        if self.cpl > 3 {
-            return Err(format!("cpl {}", self.cpl));
-        }
-        c.cpl = self.cpl;
-        c.halted = self.halted;
-        c.interrupt_shadow = self.interrupt_shadow;
-        c.icount = self.icount;
-        c.fpu =
-            fpu_from_image(&self.fxsave).ok_or_else(|| format!("fxsave: {} bytes, expected 512", self.fxsave.len()))?;
-        Ok(c)
-    }
-}
-
-/// Guest RAM (the whole backing store), sparse and compressed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RamSnapshot {
-    /// Bytes of backing store.
-    pub len: u64,
-    /// Runs of non-zero pages: (first page, page count).
-    pub runs: Vec<(u64, u64)>,
-    /// The pages of every run, concatenated, as chunks (stored or zlib-compressed).
-    pub compressed: Vec<u8>,
-}
-
-fn page_is_zero(p: &[u8]) -> bool {
-    let (pre, mid, post) = {
-        // SAFETY: every bit pattern is a valid u64; align_to only reinterprets the aligned middle.
-        unsafe { p.align_to::<u64>() }
-    };
-    pre.iter().all(|&b| b == 0) && mid.iter().all(|&w| w == 0) && post.iter().all(|&b| b == 0)
-}
-
-impl RamSnapshot {
-    /// Compresses `mem`, skipping zero pages. The non-zero pages are cut into chunks of up to
-    /// [`RAM_CHUNK`] bytes, compressed on every host core; a chunk that does not compress (a probe
-    /// of its start barely shrinks) is stored as it is.
-    pub fn of(mem: &[u8]) -> Self {
-        let mut runs: Vec<(u64, u64)> = Vec::new();
-        for (i, page) in mem.chunks(RAM_PAGE).enumerate() {
-            if page_is_zero(page) {
-                continue;
-            }
-            let i = i as u64;
-            match runs.last_mut() {
-                Some((first, n)) if *first + *n == i => *n += 1,
-                _ => runs.push((i, 1)),
-            }
-        }
-        // The chunks: lists of (offset, length) slices of `mem`, RAM_CHUNK bytes each at most.
-        let mut chunks: Vec<Vec<(usize, usize)>> = vec![Vec::new()];
-        let mut fill = 0usize;
-        for &(first, n) in &runs {
-            let mut off = first as usize * RAM_PAGE;
-            let end = (off + n as usize * RAM_PAGE).min(mem.len());
-            while off < end {
-                if fill == RAM_CHUNK {
-                    chunks.push(Vec::new());
-                    fill = 0;
-                }
-                let take = (end - off).min(RAM_CHUNK - fill);
-                if let Some(c) = chunks.last_mut() {
-                    c.push((off, take));
-                }
-                fill += take;
-                off += take;
-            }
-        }
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
-        let encode_chunk = |parts: &Vec<(usize, usize)>| -> Vec<u8> {
-            let raw_len: usize = parts.iter().map(|p| p.1).sum();
-            let mut out = Vec::with_capacity(9 + raw_len);
-            out.extend_from_slice(&(raw_len as u32).to_le_bytes());
-            let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
-            // Probe: does the first 16 KiB shrink by at least 1/16?
-            let (o, l) = parts.first().copied().unwrap_or((0, 0));
-            let probe = &mem[o..o + l.min(16 << 10)];
-            let _ = enc.write_all(probe);
-            let _ = enc.flush();
-            let compressible = enc.get_ref().len() < probe.len() - probe.len() / 16;
-            let payload = if compressible {
-                let mut first = true;
-                for &(o, l) in parts {
-                    let s = if first { &mem[o + probe.len()..o + l] } else { &mem[o..o + l] };
-                    first = false;
-                    let _ = enc.write_all(s);
-                }
-                enc.finish().ok().filter(|c| c.len() < raw_len)
-            } else {
-                None
-            };
-            match payload {
-                Some(c) => {
-                    out.push(1);
-                    out.extend_from_slice(&(c.len() as u32).to_le_bytes());
-                    out.extend_from_slice(&c);
-                }
-                None => {
-                    out.push(0);
-                    out.extend_from_slice(&(raw_len as u32).to_le_bytes());
-                    for &(o, l) in parts {
-                        out.extend_from_slice(&mem[o..o + l]);
-                    }
-                }
-            }
-            out
+    /// One chunk: `raw_len u32`, `kind u8` (0 stored, 1 zlib), `stored_len u32`, data.
+    fn encode_chunk(raw: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(9 + raw.len());
+        out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+        let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        // Probe: does the first 16 KiB shrink by at least 1/16?
+        let probe = &raw[..raw.len().min(16 << 10)];
+        let _ = enc.write_all(probe);
+        let _ = enc.flush();
+        let compressible = enc.get_ref().len() < probe.len() - probe.len() / 16;
+        let payload = if compressible {
+            let _ = enc.write_all(&raw[probe.len()..]);
+            enc.finish().ok().filter(|c| c.len() < raw.len())
+        } else {
+            None
         };
+        match payload {
+            Some(c) => {
+                out.push(1);
+                out.extend_from_slice(&(c.len() as u32).to_le_bytes());
+                out.extend_from_slice(&c);
+            }
+            None => {
+                out.push(0);
+                out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+                out.extend_from_slice(raw);
+            }
+        }
+        out
+    }
+
+    /// The section: `len u64`, `page_size u32`, `runs u32`, `runs` × (`first_page u64`,
+    /// `pages u64`), then the chunks.
+    pub(super) fn encode(s: &RamState) -> Vec<u8> {
+        let chunks: Vec<&[u8]> = s.pages.chunks(RAM_CHUNK).collect();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
         let mut encoded: Vec<Vec<u8>> = vec![Vec::new(); chunks.len()];
         std::thread::scope(|sc| {
             let per = chunks.len().div_ceil(threads).max(1);
             for (cs, outs) in chunks.chunks(per).zip(encoded.chunks_mut(per)) {
-                let encode_chunk = &encode_chunk;
                 sc.spawn(move || {
                     for (c, o) in cs.iter().zip(outs.iter_mut()) {
                         *o = encode_chunk(c);
@@ -449,76 +193,24 @@ impl RamSnapshot {
                 });
             }
         });
-        RamSnapshot { len: mem.len() as u64, runs, compressed: encoded.concat() }
-    }
-
-    /// Writes the pages into `mem` (which must be `len` bytes), zeroing the rest.
-    pub fn restore_into(&self, mem: &mut [u8]) -> Result<(), String> {
-        if mem.len() as u64 != self.len {
-            return Err(format!("RAM of {} bytes, this machine has {}", self.len, mem.len()));
-        }
-        // The page data: every chunk, decoded, in order.
-        let mut data = Vec::new();
-        let mut r = Reader { b: &self.compressed, pos: 0 };
-        while r.pos < self.compressed.len() {
-            let raw_len = r.u32()? as usize;
-            let kind = r.take(1)?[0];
-            let stored = r.u32()? as usize;
-            if raw_len > RAM_CHUNK {
-                return Err(format!("chunk of {raw_len} bytes"));
-            }
-            let body = r.take(stored)?;
-            let before = data.len();
-            match kind {
-                0 if stored == raw_len => data.extend_from_slice(body),
-                1 => {
-                    data.resize(before + raw_len, 0);
-                    let mut dec = flate2::read::ZlibDecoder::new(body);
-                    dec.read_exact(&mut data[before..]).map_err(|e| format!("compressed pages: {e}"))?;
-                }
-                k => return Err(format!("chunk kind {k} with {stored} bytes for {raw_len}")),
-            }
-        }
-        // Pages outside the runs become zero. Fresh guest memory mostly is already: writing only
-        // the pages that are not avoids touching (allocating) all of RAM.
-        for page in mem.chunks_mut(RAM_PAGE) {
-            if !page_is_zero(page) {
-                page.fill(0);
-            }
-        }
-        let mut pos = 0usize;
-        for &(first, n) in &self.runs {
-            let start = first.checked_mul(RAM_PAGE as u64).ok_or("run start overflows")?;
-            let bytes = n.checked_mul(RAM_PAGE as u64).ok_or("run length overflows")?;
-            let end = start.checked_add(bytes).ok_or("run end overflows")?.min(self.len);
-            if start >= end {
-                return Err(format!("run at page {first} lies outside RAM"));
-            }
-            let len = (end - start) as usize;
-            let src = data.get(pos..pos + len).ok_or("fewer page bytes than the runs need")?;
-            mem[start as usize..end as usize].copy_from_slice(src);
-            pos += len;
-        }
-        if pos != data.len() {
-            return Err(format!("{} page bytes more than the runs need", data.len() - pos));
-        }
-        Ok(())
-    }
-
-    fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(16 + self.runs.len() * 16 + self.compressed.len());
-        b.extend_from_slice(&self.len.to_le_bytes());
+        let body: usize = encoded.iter().map(Vec::len).sum();
+        let mut b = Vec::with_capacity(16 + s.runs.len() * 16 + body);
+        b.extend_from_slice(&s.len.to_le_bytes());
         b.extend_from_slice(&(RAM_PAGE as u32).to_le_bytes());
-        b.extend_from_slice(&(self.runs.len() as u32).to_le_bytes());
-        for &(f, n) in &self.runs {
+        b.extend_from_slice(&(s.runs.len() as u32).to_le_bytes());
+        for &(f, n) in &s.runs {
             b.extend_from_slice(&f.to_le_bytes());
             b.extend_from_slice(&n.to_le_bytes());
         }
-        b.extend_from_slice(&self.compressed);
+        for e in encoded {
+            b.extend_from_slice(&e);
+        }
         b
     }
 
-    fn decode(b: &[u8]) -> Result<Self, String> {
+    /// Reads the section back. The page data may not exceed what the runs can cover, so a
+    /// crafted chunk length cannot make the reader allocate more than the saved RAM.
+    pub(super) fn decode(b: &[u8]) -> Result<RamState, String> {
         let mut r = Reader { b, pos: 0 };
         let len = r.u64()?;
         let page = r.u32()?;
@@ -530,30 +222,57 @@ impl RamSnapshot {
             return Err(format!("{n} runs do not fit"));
         }
         let mut runs = Vec::with_capacity(n);
+        let mut cover = 0u64;
         for _ in 0..n {
-            runs.push((r.u64()?, r.u64()?));
+            let run = (r.u64()?, r.u64()?);
+            let range = RamState::run_bytes(len, run).map_err(|e| e.0)?;
+            cover = cover.saturating_add(range.len() as u64);
+            runs.push(run);
         }
-        Ok(RamSnapshot { len, runs, compressed: b[r.pos..].to_vec() })
+        if cover > len {
+            return Err(format!("runs cover {cover} bytes of a {len}-byte RAM"));
+        }
+        let mut pages = Vec::new();
+        while r.pos < b.len() {
+            let raw_len = r.u32()? as usize;
+            let kind = r.take(1)?[0];
+            let stored = r.u32()? as usize;
+            if raw_len > RAM_CHUNK || (pages.len() + raw_len) as u64 > cover {
+                return Err(format!("chunk of {raw_len} bytes"));
+            }
+            let body = r.take(stored)?;
+            let before = pages.len();
+            match kind {
+                0 if stored == raw_len => pages.extend_from_slice(body),
+                1 => {
+                    pages.resize(before + raw_len, 0);
+                    let mut dec = flate2::read::ZlibDecoder::new(body);
+                    dec.read_exact(&mut pages[before..]).map_err(|e| format!("compressed pages: {e}"))?;
+                }
+                k => return Err(format!("chunk kind {k} with {stored} bytes for {raw_len}")),
+            }
+        }
+        Ok(RamState { len, runs, pages })
     }
-}
 
-struct Reader<'a> {
-    b: &'a [u8],
-    pos: usize,
-}
+    struct Reader<'a> {
+        b: &'a [u8],
+        pos: usize,
+    }
 
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], String> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.b.len()).ok_or("ends early")?;
-        let s = &self.b[self.pos..end];
-        self.pos = end;
-        Ok(s)
-    }
-    fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap_or_default()))
-    }
-    fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap_or_default()))
+    impl Reader<'_> {
+        fn take(&mut self, n: usize) -> Result<&[u8], String> {
+            let end = self.pos.checked_add(n).filter(|&e| e <= self.b.len()).ok_or("ends early")?;
+            let s = &self.b[self.pos..end];
+            self.pos = end;
+            Ok(s)
+        }
+        fn u32(&mut self) -> Result<u32, String> {
+            Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap_or_default()))
+        }
+        fn u64(&mut self) -> Result<u64, String> {
+            Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap_or_default()))
+        }
     }
 }
 
@@ -572,14 +291,14 @@ pub struct MachineState {
     /// Guest-visible configuration.
     pub config: SavedConfig,
     /// The CPU.
-    pub cpu: CpuSnapshot,
+    pub cpu: CpuStateSnapshot,
     /// The chips.
     pub board: BoardState,
-    /// RAM.
-    pub ram: RamSnapshot,
+    /// RAM (the backing store: RAM and ROM), zero pages left out.
+    pub ram: RamState,
     /// The firmware image, if one was loaded.
     pub bios: Option<Vec<u8>>,
-    /// Disks frozen at the snapshot (filled in by [`Machine::snapshot_disks`]'s caller).
+    /// Disks frozen at the snapshot (filled in by the caller of [`Machine::snapshot_disk`]).
     pub disks: Vec<DiskSnapshot>,
 }
 
@@ -609,9 +328,9 @@ impl Persist for Machine {
                 no_reboot: self.no_reboot,
                 rtc_unix_seconds: self.board.save_state().rtc_base,
             },
-            cpu: CpuSnapshot::of(&self.cpu),
+            cpu: self.cpu.save(),
             board: self.board.save_state(),
-            ram: RamSnapshot::of(self.board.mem.backing()),
+            ram: self.board.mem.save(),
             bios: self.bios.clone(),
             disks: Vec::new(),
         }
@@ -632,9 +351,14 @@ impl Persist for Machine {
             m.attach_disk(index, backend)?;
         }
         let malformed = |section: &str, reason: String| SnapshotError::Malformed { section: section.into(), reason };
-        s.ram.restore_into(m.board.mem.backing_mut()).map_err(|e| malformed("RAM", e))?;
-        *m.cpu = s.cpu.to_state().map_err(|e| malformed("CPU", e))?;
+        // The map Machine::new laid out keeps its mapping and takes the saved contents.
+        let placeholder = PhysMemory::new(RAM_PAGE as u64).map_err(|e| malformed("RAM", e.to_string()))?;
+        let map = std::mem::replace(&mut m.board.mem, placeholder);
+        m.board.mem = PhysMemory::restore(map, &s.ram).map_err(|e| malformed("RAM", e.0))?;
+        *m.cpu = CpuState::restore((), &s.cpu).map_err(|e| malformed("CPU", e.0))?;
         m.board.restore_state(&s.board);
+        m.board.serial_in = crate::serial_input::SerialInput::restore(None, &s.board.serial_in)
+            .map_err(|e| malformed("DEVICES", e.0))?;
         // A local APIC the guest moved answers at its new base again.
         if m.cpu.msr.apic_base & !0xFFF != devices::lapic::LAPIC_DEFAULT_BASE {
             cpu::CpuBus::apic_base_written(&mut m.board, m.cpu.msr.apic_base);
@@ -660,8 +384,12 @@ fn crc(b: &[u8]) -> u32 {
 /// Encodes a machine state as a snapshot file image.
 pub fn encode(s: &MachineState) -> Vec<u8> {
     let json = |v: &dyn erased::Json| v.to_json();
-    let mut sections: Vec<(&str, Vec<u8>)> =
-        vec![("CONFIG", json(&s.config)), ("CPU", json(&s.cpu)), ("DEVICES", json(&s.board)), ("RAM", s.ram.encode())];
+    let mut sections: Vec<(&str, Vec<u8>)> = vec![
+        ("CONFIG", json(&s.config)),
+        ("CPU", json(&s.cpu)),
+        ("DEVICES", json(&s.board)),
+        ("RAM", ram_section::encode(&s.ram)),
+    ];
     if let Some(b) = &s.bios {
         sections.push(("BIOS", b.clone()));
     }
@@ -765,7 +493,7 @@ pub fn decode(b: &[u8]) -> Result<MachineState, SnapshotError> {
         let p = found.get(name).ok_or(SnapshotError::Missing(name))?;
         serde_json::from_slice(p).map_err(|e| SnapshotError::Malformed { section: name.into(), reason: e.to_string() })
     }
-    let ram = RamSnapshot::decode(found.get("RAM").ok_or(SnapshotError::Missing("RAM"))?)
+    let ram = ram_section::decode(found.get("RAM").ok_or(SnapshotError::Missing("RAM"))?)
         .map_err(|reason| SnapshotError::Malformed { section: "RAM".into(), reason })?;
     Ok(MachineState {
         config: json(&found, "CONFIG")?,
@@ -816,7 +544,7 @@ impl Machine {
         let mut h = Crc::new();
         h.update(self.board.mem.backing());
         serde_json::json!({
-            "cpu": CpuSnapshot::of(&self.cpu),
+            "cpu": self.cpu.save(),
             "devices": self.board.save_state(),
             "ram_crc32": h.sum(),
             "ram_bytes": self.board.mem.backing().len(),

@@ -14,6 +14,15 @@ pub enum Endpoint {
     Tcp(String),
 }
 
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Unix(p) => write!(f, "unix socket {}", p.display()),
+            Endpoint::Tcp(a) => write!(f, "tcp {a}"),
+        }
+    }
+}
+
 /// A response: status and body.
 #[derive(Debug, Clone)]
 pub struct Reply {

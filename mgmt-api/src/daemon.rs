@@ -2,8 +2,19 @@
 //!
 //! Each VM runs in its own `ferrovisor run` process with a QMP socket in its directory; the
 //! daemon drives it over QMP and watches it with `wait`. A VM process that dies marks only that
-//! VM `crashed`. VM processes get `PR_SET_PDEATHSIG`, so none outlives the daemon; after a
-//! restart every VM is `stopped` (reason `daemon-restart`) and keeps its configuration.
+//! VM `crashed`.
+//!
+//! Daemon restart (libvirt's model for domains without autostart: they come back shut off):
+//! - every configuration is loaded again from the data directory;
+//! - a VM whose process was running (or paused) when the daemon died is `stopped`, reason
+//!   `daemon-restart`; the others keep the state and reason last reported (`created`,
+//!   `stopped`, `crashed`), which the daemon records in `state.json` at every change;
+//! - VM processes get `PR_SET_PDEATHSIG` (SIGKILL), so none normally outlives the daemon. The
+//!   daemon records each process it starts as its pid and start time (`vm.pid`); after a restart
+//!   a recorded process that still exists (same pid, same start time, the same `ferrovisor`
+//!   binary) escaped that and is killed before the VM is listed, so it never runs twice on the
+//!   same disks. A recorded pid that now names another process (pids are reused) is never
+//!   signalled, and no pid from before the restart is ever reported.
 //!
 //! Locking: the VM table is a `std::sync::Mutex` held only for short bookkeeping; operations on
 //! one VM are serialized by that VM's `tokio::sync::Mutex` (held across awaits), never the table.
@@ -92,14 +103,11 @@ impl Daemon {
         let mut vms = BTreeMap::new();
         for c in store.load_configs() {
             store.recover_snapshots(&c.name);
-            let restarted = store.vm_dir(&c.name).join("started").exists();
-            let vm = Vm {
-                state: if restarted { VmState::Stopped } else { VmState::Created },
-                reason: if restarted { "daemon-restart".into() } else { "defined".into() },
-                pid: None,
-                op: Arc::default(),
-                config: c,
-            };
+            let (state, reason) = recover_state(&store, &cfg.vmm, &c.name);
+            if let Err(e) = store.save_state(&c.name, state, &reason) {
+                log::error!("{}: recording the state: {e}", c.name);
+            }
+            let vm = Vm { state, reason, pid: None, op: Arc::default(), config: c };
             vms.insert(vm.config.name.clone(), vm);
         }
         Ok(Arc::new(Daemon { cfg, store, vms: Mutex::new(vms), events }))
@@ -114,9 +122,16 @@ impl Daemon {
     }
 
     fn set_state(&self, id: &str, state: VmState, reason: &str) {
-        if let Some(v) = self.table().get_mut(id) {
-            v.state = state;
-            v.reason = reason.to_string();
+        {
+            // Recorded under the table lock, so the file ends with the state the table ends with.
+            let mut t = self.table();
+            if let Some(v) = t.get_mut(id) {
+                v.state = state;
+                v.reason = reason.to_string();
+            }
+            if let Err(e) = self.store.save_state(id, state, reason) {
+                log::error!("{id}: recording the state: {e}");
+            }
         }
         self.emit(id, "state", json!({"state": state, "reason": reason}));
     }
@@ -157,7 +172,10 @@ impl Daemon {
         if let Some(f) = &c.firmware {
             cmd.arg("--bios").arg(img(f));
         } else if let Some(k) = &c.kernel {
-            cmd.arg("--multiboot").arg(img(k));
+            cmd.arg("--kernel").arg(img(k));
+            if let Some(i) = &c.initrd {
+                cmd.arg("--initrd").arg(img(i));
+            }
             if let Some(a) = &c.cmdline {
                 cmd.arg("--append").arg(a);
             }
@@ -178,18 +196,29 @@ impl Daemon {
                 .map_err(|e| ApiError::internal(format!("{name}: {e}")))
         };
         cmd.stdout(open_log("serial.log")?).stderr(open_log("vm.log")?).stdin(std::process::Stdio::null());
-        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the
-        // parent; it runs in the forked child before exec.
+        // The death signal is tied to the forking thread: a tokio worker, which lives as long as
+        // the daemon. A daemon that died before prctl took effect is caught by the getppid check.
+        let daemon_pid = std::process::id();
+        // SAFETY: prctl(PR_SET_PDEATHSIG) and getppid are async-signal-safe and touch no memory
+        // of the parent; the closure runs in the forked child before exec.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if libc::getppid() as u32 != daemon_pid {
+                    return Err(std::io::Error::other("the daemon exited"));
+                }
                 Ok(())
             });
         }
         let mut child =
             cmd.spawn().map_err(|e| ApiError::internal(format!("cannot start {}: {e}", self.cfg.vmm.display())))?;
         let pid = child.id();
-        let _ = std::fs::write(dir.join("started"), b"");
+        if let Some(p) = pid {
+            let rec = crate::store::PidFile { pid: p, start_time: crate::store::process_start_time(p).unwrap_or(0) };
+            if let Err(e) = self.store.save_pid(&c.name, &rec) {
+                log::error!("{}: recording the VM process: {e}", c.name);
+            }
+        }
         if let Some(v) = self.table().get_mut(&c.name) {
             v.pid = pid;
         }
@@ -212,6 +241,7 @@ impl Daemon {
                 match t.get_mut(&id) {
                     Some(v) if v.pid == pid => {
                         v.pid = None;
+                        me.store.clear_pid(&id);
                         false
                     }
                     _ => true,
@@ -235,6 +265,53 @@ impl Daemon {
                 Err(ApiError::vm(format!("the VM process did not come up: {} {last}", e.body.message)))
             }
         }
+    }
+}
+
+/// The state a stored VM is listed in after a daemon restart (see the module doc), after making
+/// sure no VM process of the previous daemon still runs.
+fn recover_state(store: &Store, vmm: &std::path::Path, id: &str) -> (VmState, String) {
+    let was_running = match store.take_pid(id) {
+        Some(p) => {
+            kill_orphan(vmm, id, p);
+            true
+        }
+        None => false,
+    };
+    match store.load_state(id) {
+        _ if was_running => (VmState::Stopped, "daemon-restart".into()),
+        Some(s) if matches!(s.state, VmState::Running | VmState::Paused) => (VmState::Stopped, "daemon-restart".into()),
+        Some(s) => (s.state, s.reason),
+        // A data directory from before state.json: started once means stopped now.
+        None if store.vm_dir(id).join("started").exists() => (VmState::Stopped, "daemon-restart".into()),
+        None => (VmState::Created, "defined".into()),
+    }
+}
+
+/// Kills the recorded VM process `p` of `id` if it is still that process (same start time, the
+/// `vmm` binary) and waits until it is gone; anything else with that pid is left alone.
+fn kill_orphan(vmm: &std::path::Path, id: &str, p: crate::store::PidFile) {
+    use crate::store::process_start_time;
+    let same = |p: crate::store::PidFile| {
+        p.pid > 1
+            && process_start_time(p.pid) == Some(p.start_time)
+            && std::fs::read_link(format!("/proc/{}/exe", p.pid))
+                .ok()
+                .zip(std::fs::canonicalize(vmm).ok())
+                .is_some_and(|(a, b)| a == b)
+    };
+    if !same(p) {
+        return;
+    }
+    log::warn!("{id}: VM process {} outlived the previous daemon; killing it", p.pid);
+    // SAFETY: kill(2) on a pid whose start time and executable were just checked to be the VM
+    // process the previous daemon recorded; no memory is involved.
+    unsafe {
+        libc::kill(p.pid as libc::pid_t, libc::SIGKILL);
+    }
+    let t = std::time::Instant::now();
+    while process_start_time(p.pid) == Some(p.start_time) && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -656,6 +733,15 @@ pub enum Bind {
     Unix(PathBuf),
     /// A loopback TCP address.
     Tcp(std::net::SocketAddr),
+}
+
+impl std::fmt::Display for Bind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Bind::Unix(p) => write!(f, "unix socket {}", p.display()),
+            Bind::Tcp(a) => write!(f, "tcp {a}"),
+        }
+    }
 }
 
 /// Serves until the process ends.

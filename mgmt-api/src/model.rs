@@ -20,12 +20,16 @@ pub struct VmConfig {
     /// PC firmware to boot (e.g. SeaBIOS's bios.bin).
     #[serde(default)]
     pub firmware: Option<String>,
-    /// A Multiboot kernel to boot instead of firmware.
+    /// A kernel to boot directly instead of firmware, as `ferrovisor run --kernel` does: a Linux
+    /// bzImage, an ELF vmlinux with a PVH note, or a Multiboot kernel.
     #[serde(default)]
     pub kernel: Option<String>,
     /// The kernel's command line.
     #[serde(default)]
     pub cmdline: Option<String>,
+    /// An initial RAM disk for a Linux kernel.
+    #[serde(default)]
+    pub initrd: Option<String>,
     /// A flat real-mode image loaded at 0x7C00 instead of firmware or a kernel.
     #[serde(default)]
     pub flat: Option<String>,

@@ -79,10 +79,13 @@ pub fn validate_vm_config(c: &VmConfig, images: &Path) -> Result<(), ApiError> {
     if boots > 1 {
         return Err(ApiError::field("firmware", "give at most one of firmware, kernel and flat"));
     }
-    for (field, v) in [("firmware", &c.firmware), ("kernel", &c.kernel), ("flat", &c.flat)] {
+    for (field, v) in [("firmware", &c.firmware), ("kernel", &c.kernel), ("initrd", &c.initrd), ("flat", &c.flat)] {
         if let Some(p) = v {
             contained_path(images, field, p)?;
         }
+    }
+    if c.initrd.is_some() && c.kernel.is_none() {
+        return Err(ApiError::field("initrd", "only with kernel"));
     }
     if c.cmdline.is_some() && c.kernel.is_none() {
         return Err(ApiError::field("cmdline", "only with kernel"));
@@ -131,6 +134,8 @@ mod tests {
             (br#"{"name":"a1","memory_mib":64,"disks":[{"path":"/etc/passwd"}]}"#, "invalid_field", "disks[0].path"),
             (br#"{"name":"a1","memory_mib":64,"firmware":"a/../../b"}"#, "invalid_field", "firmware"),
             (br#"{"name":"a1","memory_mib":64,"firmware":"a","flat":"b"}"#, "invalid_field", "at most one"),
+            (br#"{"name":"a1","memory_mib":64,"initrd":"i.gz"}"#, "invalid_field", "initrd: only with kernel"),
+            (br#"{"name":"a1","memory_mib":64,"kernel":"k","initrd":"/etc/passwd"}"#, "invalid_field", "initrd"),
             (b"{\"name\":", "invalid_json", "EOF"),
             (b"[1,2]", "invalid_json", "invalid type"),
         ] {

@@ -4,6 +4,9 @@
 //!
 //! ```text
 //! DATA/vms/ID/config.json            the VmConfig
+//! DATA/vms/ID/state.json             the last state and reason the daemon reported
+//! DATA/vms/ID/vm.pid                 the running VM process: {"pid", "start_time"} (removed
+//!                                    when the daemon reaps it)
 //! DATA/vms/ID/snapshots/NAME.json    SnapshotInfo (status in_progress → complete)
 //! DATA/vms/ID/snapshots/NAME.fvsnap  the snapshot (written by the VM process, atomically too)
 //! DATA/vms/ID/serial.log             COM1 output
@@ -11,7 +14,8 @@
 //! DATA/vms/ID/qmp.sock               the VM process's QMP socket
 //! ```
 
-use crate::model::{SnapshotInfo, SnapshotStatus, VmConfig};
+use crate::model::{SnapshotInfo, SnapshotStatus, VmConfig, VmState};
+use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -25,7 +29,10 @@ pub struct Store {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp"));
+    // A name of its own per write: two writers of one file never share a temporary file.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.{}.{seq}.tmp", std::process::id()));
     {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -77,6 +84,41 @@ impl Store {
         out
     }
 
+    /// Records the state the daemon reports for `id` (a VM deleted meanwhile is left deleted).
+    pub fn save_state(&self, id: &str, state: VmState, reason: &str) -> std::io::Result<()> {
+        let dir = self.vm_dir(id);
+        if !dir.join("config.json").exists() {
+            return Ok(());
+        }
+        let v = SavedState { state, reason: reason.to_string() };
+        write_atomic(&dir.join("state.json"), &serde_json::to_vec(&v).map_err(std::io::Error::other)?)
+    }
+
+    /// The last recorded state of `id`, if any.
+    pub fn load_state(&self, id: &str) -> Option<SavedState> {
+        let b = std::fs::read(self.vm_dir(id).join("state.json")).ok()?;
+        serde_json::from_slice(&b).ok()
+    }
+
+    /// Records the VM process of `id`.
+    pub fn save_pid(&self, id: &str, p: &PidFile) -> std::io::Result<()> {
+        write_atomic(&self.vm_dir(id).join("vm.pid"), &serde_json::to_vec(p).map_err(std::io::Error::other)?)
+    }
+
+    /// Forgets the VM process of `id` (it was reaped).
+    pub fn clear_pid(&self, id: &str) {
+        let _ = std::fs::remove_file(self.vm_dir(id).join("vm.pid"));
+    }
+
+    /// The VM process recorded for `id` (removing the record): after a restart, one the old daemon
+    /// started and never saw end. The pid alone proves nothing (pids are reused).
+    pub fn take_pid(&self, id: &str) -> Option<PidFile> {
+        let p = self.vm_dir(id).join("vm.pid");
+        let b = std::fs::read(&p).ok()?;
+        let _ = std::fs::remove_file(&p);
+        Some(serde_json::from_slice(&b).unwrap_or(PidFile { pid: 0, start_time: 0 }))
+    }
+
     /// Removes a VM's directory.
     pub fn delete_vm(&self, id: &str) -> std::io::Result<()> {
         std::fs::remove_dir_all(self.vm_dir(id))
@@ -126,4 +168,36 @@ impl Store {
             }
         }
     }
+}
+
+/// A VM's last reported state, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedState {
+    /// The state.
+    pub state: VmState,
+    /// Why.
+    pub reason: String,
+}
+
+/// A VM process as recorded: its pid and its start time (field 22 of `/proc/PID/stat`, clock
+/// ticks since boot), which together name one process even when the pid is reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PidFile {
+    /// The process id (0: unreadable record).
+    pub pid: u32,
+    /// Its start time.
+    pub start_time: u64,
+}
+
+/// The start time of process `pid` (`/proc/PID/stat` field 22), if it exists and is not a zombie.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may contain spaces: split after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state); field 22 is index 19.
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
 }

@@ -3,6 +3,7 @@
 
 pub mod code;
 pub mod paging;
+pub mod persist;
 pub mod phys;
 pub mod ram;
 pub mod tlb;
@@ -12,6 +13,7 @@ pub use paging::{
     translate, PageFault, PagingMode, Translation, WalkAccess, WalkRegs, MAX_PHYS_BITS, PF_FETCH, PF_PRESENT, PF_RSVD,
     PF_USER, PF_WRITE,
 };
+pub use persist::RamState;
 pub use phys::{PhysMemory, PhysMemoryError, Region, RegionKind};
 pub use ram::{GuestRam, GuestRamError};
 pub use tlb::{SoftTlb, TlbAccess, TlbEntry, TlbSide, TlbStats, TLB_ENTRIES, TLB_GEN_MASK, TLB_INVALID, TLB_SLOW};

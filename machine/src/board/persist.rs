@@ -55,12 +55,27 @@ pub struct BoardState {
     /// A pending reset request.
     #[serde(default)]
     pub reset_requested: bool,
+    /// The local APIC accepted an NMI the CPU has not taken yet.
+    #[serde(default)]
+    pub nmi_pending: bool,
+    /// A timer was reprogrammed and the run slice has not ended for it yet. It decides where
+    /// the next slice ends, so a restored machine slices its run as the original did (files
+    /// before it: set, which only ends the first slice early).
+    #[serde(default = "set")]
+    pub timers_dirty: bool,
+    /// COM1 input stamped but not yet in the UART's FIFO (files before it: none).
+    #[serde(default)]
+    pub serial_in: crate::serial_input::SerialInputState,
     /// Virtual time of the board.
     pub now: u64,
     /// Virtual time skipped while halted.
     pub idle_time: u64,
     /// Unix time the RTC showed at virtual time 0.
     pub rtc_base: i64,
+}
+
+fn set() -> bool {
+    true
 }
 
 /// A restore that cannot work.
@@ -86,12 +101,15 @@ impl Board {
             ide: root.ide.save(),
             fw_cfg: c.fw_cfg.save(),
             pm: Some(root.pm.save()),
-            virtio: root.virtio.as_ref().map(|v| v.state()),
+            virtio: root.virtio.as_ref().map(|v| v.save()),
             power_off: self.power_off,
             lapic: c.lapic.save(),
             ioapic: c.ioapic.save(),
             exit_value: self.exit_value,
             reset_requested: self.reset_requested,
+            nmi_pending: self.nmi_pending,
+            timers_dirty: self.timers_dirty,
+            serial_in: self.serial_in.save(),
             now: self.now.0,
             idle_time: self.idle_time,
             rtc_base: self.rtc_base,
@@ -133,7 +151,7 @@ impl Board {
         let virtio = old_pci.root_mut().virtio.take().map(|v| {
             let line = irqs.line(super::PIRQ_LINE_BASE + pirq);
             match &s.virtio {
-                Some(st) => devices::VirtioBlk::from_state(line, v.into_disk(), st.clone()),
+                Some(st) => devices::VirtioBlk::restore((line, v.into_disk()), st).unwrap_or_else(|e| never(e)),
                 None => devices::VirtioBlk::new(line, v.into_disk()),
             }
         });
@@ -161,9 +179,10 @@ impl Board {
         self.exit_value = s.exit_value;
         self.power_off = s.power_off;
         self.reset_requested = s.reset_requested;
+        self.nmi_pending = s.nmi_pending;
         self.now = VirtualInstant(s.now);
         self.idle_time = s.idle_time;
-        self.timers_dirty = true;
+        self.timers_dirty = s.timers_dirty;
         self.sync_irqs();
     }
 }
