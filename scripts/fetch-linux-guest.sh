@@ -222,19 +222,27 @@ while read -r m; do insmod /lib/modules/$m || echo "D-INSMOD-FAILED $m"; done < 
 '''
 # `ferro.run=disk`: for each device of `ferro.disks=sda,vda,...` (waited for: the drivers probe
 # asynchronously), the sha256 of the whole device; then for each of `ferro.write=vda,...` the
-# text of `seq 1 20000` written at byte offset 1 MiB and synced; then the kernel's lines saying
-# how the ATA devices were configured.
+# text of `seq 1 20000` written at byte offset 1 MiB and synced; then the kernel's lines about
+# the ATA and virtio disks. D-TIME lines give each step's guest (virtual) time in microseconds.
 DISK = r'''#!/bin/sh
+us() { t=$EPOCHREALTIME; echo ${t%.*}${t#*.}; }
+t0=$(us)
 /ferro/mods
+echo "D-TIME insmod $(($(us) - t0))"
 opt() { for o in $(cat /proc/cmdline); do case $o in "ferro.$1="*) echo "${o#*=}" | tr , ' ';; esac; done; }
 for d in $(opt disks); do
+  t0=$(us)
   n=0
   while [ ! -b /dev/$d ] && [ $n -lt 3000 ]; do usleep 10000; n=$((n + 1)); done
+  t1=$(us)
   if [ -b /dev/$d ]; then echo "D-SHA256 $d $(sha256sum < /dev/$d | cut -c1-64)"; else echo "D-MISSING $d"; fi
+  echo "D-TIME $d-wait $((t1 - t0)) $d-sha256 $(($(us) - t1))"
 done
 seq 1 20000 > /tmp/ferro.pat
 for d in $(opt write); do
+  t0=$(us)
   dd if=/tmp/ferro.pat of=/dev/$d bs=4096 seek=256 conv=fsync 2>/dev/null && sync && echo "D-WROTE $d $(wc -c < /tmp/ferro.pat)"
+  echo "D-TIME $d-write $(($(us) - t0))"
 done
 dmesg | grep -E 'ata[0-9]|virtio_blk' | sed 's/^/D-LOG /'
 '''
