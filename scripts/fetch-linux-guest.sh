@@ -222,8 +222,9 @@ while read -r m; do insmod /lib/modules/$m || echo "D-INSMOD-FAILED $m"; done < 
 '''
 # `ferro.run=disk`: for each device of `ferro.disks=sda,vda,...` (waited for: the drivers probe
 # asynchronously), the sha256 of the whole device; then for each of `ferro.write=vda,...` the
-# text of `seq 1 20000` written at byte offset 1 MiB and synced; then the kernel's lines about
-# the ATA and virtio disks. D-TIME lines give each step's guest (virtual) time in microseconds.
+# text of `seq 1 20000` written at byte offset 1 MiB and synced; then each ATA device's transfer
+# mode (D-XFER 1.0 MWDMA2) and the kernel's lines about the ATA and virtio disks. D-TIME lines
+# give each step's guest (virtual) time in microseconds.
 DISK = r'''#!/bin/sh
 us() { t=$EPOCHREALTIME; echo ${t%.*}${t#*.}; }
 t0=$(us)
@@ -244,6 +245,8 @@ for d in $(opt write); do
   dd if=/tmp/ferro.pat of=/dev/$d bs=4096 seek=256 conv=fsync 2>/dev/null && sync && echo "D-WROTE $d $(wc -c < /tmp/ferro.pat)"
   echo "D-TIME $d-write $(($(us) - t0))"
 done
+# The transfer mode libata chose for each ATA device (the probe does not log it).
+for f in /sys/class/ata_device/*/xfer_mode; do [ -f $f ] && echo "D-XFER ${f#/sys/class/ata_device/dev} $(cat $f)"; done | sed 's,/xfer_mode,,'
 dmesg | grep -E 'ata[0-9]|virtio_blk' | sed 's/^/D-LOG /'
 '''
 INIT = r'''#!/bin/sh

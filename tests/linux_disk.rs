@@ -183,6 +183,12 @@ fn test_linux_reads_and_writes_ide_dma_and_virtio_disks() {
     assert!(dma_read >= (a.len() + b.len()) as u64, "{ide}");
     assert!(dma_written >= written_pattern().len() as u64, "{ide}");
     assert_eq!((pio_read, pio_written), (0, 0), "{ide}");
+    // ... and libata says so: the PIIX3 does multiword DMA (ata_piix: "max MWDMA2").
+    let xfer = disk_lines(&console, "XFER");
+    for dev in ["1.0", "1.1"] {
+        let mode = xfer.iter().find(|(d, _)| d == dev).map(|(_, m)| m.as_str());
+        assert_eq!(mode, Some("MWDMA2"), "ATA device {dev}; console tail:\n{t}");
+    }
 
     // Writes: both VMDKs are consistent, and hold exactly the pattern over the original data.
     let pattern = written_pattern();

@@ -969,6 +969,16 @@ mod tests {
         assert_eq!(bm_status & 0x05, 0x04, "interrupt set, no longer active: {bm_status:#x}");
         assert!(b.chips.pic.has_interrupt() || b.irq_pending(), "IRQ 14");
         assert_eq!(b.port_read(PortAddr(0x1F7), AccessSize::Byte) & 0x89, 0, "not busy, no DRQ, no error");
+        let moved = b.ide_transfer_stats();
+        assert_eq!((moved.dma_read_bytes, moved.dma_write_bytes, moved.pio_read_bytes), (1024, 0, 0));
+        // The same two sectors by PIO (READ SECTORS) count as PIO.
+        for (port, v) in [(0x1F6u16, 0xE0u32), (0x1F2, 2), (0x1F3, 5), (0x1F4, 0), (0x1F5, 0), (0x1F7, 0x20)] {
+            out(&mut b, port, AccessSize::Byte, v);
+        }
+        for _ in 0..512 {
+            b.port_read(PortAddr(0x1F0), AccessSize::Word);
+        }
+        assert_eq!(b.ide_transfer_stats().pio_read_bytes, 1024);
     }
 
     /// IA32_APIC_BASE (SDM vol. 3, 11.4.4/11.4.5): clearing the global enable makes the
