@@ -187,7 +187,7 @@ fn test_linux_reads_and_writes_ide_dma_and_virtio_disks() {
     let xfer = disk_lines(&console, "XFER");
     for dev in ["1.0", "1.1"] {
         let mode = xfer.iter().find(|(d, _)| d == dev).map(|(_, m)| m.as_str());
-        assert_eq!(mode, Some("MWDMA2"), "ATA device {dev}; console tail:\n{t}");
+        assert_eq!(mode, Some("XFER_MW_DMA_2"), "ATA device {dev}; console tail:\n{t}");
     }
 
     // Writes: both VMDKs are consistent, and hold exactly the pattern over the original data.
