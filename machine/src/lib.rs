@@ -162,8 +162,9 @@ pub enum Exit {
     InstructionLimit,
     /// A triple fault with `no_reboot`, or with nothing to reboot into (a `load_flat` image).
     TripleFault,
-    /// The guest asked for a reset (keyboard controller, port 0x92, the ACPI reset register or
-    /// 0xCF9) with `no_reboot`, or with nothing to reboot into (a `load_flat` image).
+    /// The guest asked for a reset (keyboard controller, port 0x92, or the reset control register
+    /// 0xCF9, which is the ACPI reset register) with `no_reboot`, or with nothing to reboot into
+    /// (a `load_flat` image).
     Reset,
     /// The guest halted with interrupts enabled and nothing will ever interrupt it.
     IdleForever,
