@@ -83,7 +83,8 @@ DISK_MODULES="ata_piix sd_mod virtio_pci virtio_blk"
 if [ ! -s "$OUT/vmlinuz" ] || { [ "$DISK" = 1 ] && [ ! -s "$OUT/modules/load-order" ]; }; then
   pkg=$(kernel_pkg)
   log "kernel package $pkg"
-  if ! deb=$(download "$pkg$SUFFIX"); then
+  deb=$(download "$pkg$SUFFIX" || true)
+  if [ ! -f "$deb" ]; then
     [ -s "$OUT/vmlinuz" ] && [ -z "${KERNEL_PKG:-}" ] || { log "cannot download $pkg"; exit 1; }
     # The archive has moved on from the kernel fetched earlier: start over with the current one.
     log "$pkg is no longer available; fetching the current kernel instead"
@@ -91,7 +92,8 @@ if [ ! -s "$OUT/vmlinuz" ] || { [ "$DISK" = 1 ] && [ ! -s "$OUT/modules/load-ord
     sed -i '/^linux-image-[0-9]/d' "$OUT/versions.txt"
     pkg=$(kernel_pkg)
     log "kernel package $pkg"
-    deb=$(download "$pkg$SUFFIX")
+    deb=$(download "$pkg$SUFFIX" || true)
+    [ -f "$deb" ] || { log "cannot download $pkg"; exit 1; }
   fi
   kver=${pkg#linux-image-}
   # One pass over the package's data: the kernel image, the list of built-in modules and the
