@@ -17,8 +17,8 @@ Exit status (the guest's isa-debug-exit values are odd, Ferrovisor's own outcome
   (v << 1) | 1  the guest wrote v to the exit port 0xF4 (QEMU's isa-debug-exit convention)
   2             bad command line (usage error)
   4             error: a file could not be read or loaded, a disk could not be opened, ...
-  6             the guest triple-faulted (with --no-reboot, or with no firmware to reboot)
-  8             the guest asked for a reset (with --no-reboot, or with no firmware to reboot)
+  6             the guest triple-faulted (with --no-reboot, or a --flat image: nothing to reboot)
+  8             the guest asked for a reset (with --no-reboot, or a --flat image: nothing to reboot)
   10            the --max-insns or --max-time limit was reached
   12            the guest halted with interrupts enabled and nothing can ever wake it
   14            --engine lockstep found a divergence between the engines
@@ -264,7 +264,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
     if !a.disk.is_empty() && !booted_image {
         bail!("--disk needs a guest that uses it: add --bios FILE (firmware that boots the disk), --flat or --kernel");
     }
-    if !a.disk.is_empty() && a.bios.is_none() {
+    if !a.disk.is_empty() && a.bios.is_none() && a.kernel.is_none() {
         eprintln!(
             "ferrovisor: warning: --disk without --bios: no firmware boots the disk; the guest reaches it only \
              through the IDE ports"
@@ -324,8 +324,23 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
             if a.stats {
                 let (name, text) = m.engine_stats();
                 print_stats(name, text.as_deref(), m.instructions());
+                let ide = m.ide_transfer_stats();
+                eprintln!(
+                    "ferrovisor: ide: bus-master DMA read {} bytes, written {} bytes; PIO data read {} bytes, \
+                     written {} bytes",
+                    ide.dma_read_bytes, ide.dma_write_bytes, ide.pio_read_bytes, ide.pio_write_bytes
+                );
+                eprintln!("ferrovisor: reboots: {}", m.reboots());
             }
-            (exit, m.instructions())
+            let secs = start.elapsed().as_secs_f64();
+            let n = m.instructions();
+            if !a.quiet {
+                eprintln!(
+                    "ferrovisor: {n} guest instructions in {secs:.3} s ({:.1} MIPS)",
+                    n as f64 / secs.max(1e-9) / 1e6
+                );
+            }
+            return Ok(exit_status_because(exit, m.last_reset_cause(), a.no_reboot));
         }
         Engine::Lockstep => {
             // Both machines capture their console; the interpreter's copy is printed.
@@ -354,6 +369,23 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
         eprintln!("ferrovisor: {n} guest instructions in {:.3} s ({:.1} MIPS)", secs, n as f64 / secs.max(1e-9) / 1e6);
     }
     Ok(exit_status(exit))
+}
+
+/// [`exit_status`], with a reset's message naming what the guest did (`cause`, from
+/// [`Machine::last_reset_cause`]) and why the run ends instead of rebooting.
+fn exit_status_because(exit: Exit, cause: Option<&str>, no_reboot: bool) -> i32 {
+    let why = if no_reboot { "--no-reboot ends the run" } else { "a --flat image has nothing to reboot into" };
+    match (exit, cause) {
+        (Exit::TripleFault, _) => {
+            eprintln!("ferrovisor: the guest triple-faulted; {why}");
+            status::TRIPLE_FAULT
+        }
+        (Exit::Reset, Some(cause)) => {
+            eprintln!("ferrovisor: the guest requested a reset through {cause}; {why}");
+            status::RESET
+        }
+        _ => exit_status(exit),
+    }
 }
 
 /// The process exit status for a run's end (see `ferrovisor run --help`).

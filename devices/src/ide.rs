@@ -227,6 +227,8 @@ pub const BM_STATUS_DMA_CAPABLE: u8 = 0x60;
 
 /// PIIX IDE timing registers (IDETIM primary/secondary, SIDETIM), stored only.
 const PIIX_IDETIM: usize = 0x40;
+/// IDETIM bit 15: IDE Decode Enable (the channel's legacy ports decode).
+const PIIX_IDETIM_IDE_DECODE_ENABLE: u16 = 0x8000;
 
 /// Cylinders, heads and sectors per track.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -421,6 +423,29 @@ impl std::fmt::Debug for Disk {
     }
 }
 
+/// How much sector data a controller moved, by path: an observation for `--stats` (which
+/// path a guest's driver took), not guest-visible state (not snapshotted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IdeTransferStats {
+    /// Bytes the bus master moved from disk to guest memory (READ DMA).
+    pub dma_read_bytes: u64,
+    /// Bytes the bus master moved from guest memory to disk (WRITE DMA).
+    pub dma_write_bytes: u64,
+    /// Sector bytes the guest read through the data port (PIO READ SECTOR(S)/MULTIPLE).
+    pub pio_read_bytes: u64,
+    /// Sector bytes the guest wrote through the data port (PIO WRITE SECTOR(S)/MULTIPLE).
+    pub pio_write_bytes: u64,
+}
+
+impl std::ops::AddAssign for IdeTransferStats {
+    fn add_assign(&mut self, o: Self) {
+        self.dma_read_bytes += o.dma_read_bytes;
+        self.dma_write_bytes += o.dma_write_bytes;
+        self.pio_read_bytes += o.pio_read_bytes;
+        self.pio_write_bytes += o.pio_write_bytes;
+    }
+}
+
 /// One IDE channel with up to two ATA disks, driving `I` (IRQ 14 or 15).
 #[derive(Debug)]
 pub struct IdeChannel<I: IrqLine> {
@@ -429,6 +454,7 @@ pub struct IdeChannel<I: IrqLine> {
     irq: I,
     irq_level: bool,
     dma_advertised: bool,
+    stats: IdeTransferStats,
 }
 
 /// Writes `text` into IDENTIFY words `[start, start + len / 2)`, space padded, each word
@@ -444,7 +470,14 @@ fn ata_string(words: &mut [u16; 256], start: usize, len: usize, text: &str) {
 impl<I: IrqLine> IdeChannel<I> {
     /// A channel with no disks.
     pub fn new(irq: I) -> Self {
-        IdeChannel { s: IdeChannelState::new(), disks: [None, None], irq, irq_level: false, dma_advertised: false }
+        IdeChannel {
+            s: IdeChannelState::new(),
+            disks: [None, None],
+            irq,
+            irq_level: false,
+            dma_advertised: false,
+            stats: IdeTransferStats::default(),
+        }
     }
 
     /// Attaches `backend` as device 0 (`slave == false`) or device 1, replacing any disk there.
@@ -860,6 +893,11 @@ impl<I: IrqLine> IdeChannel<I> {
                     return;
                 }
             }
+            if to_disk {
+                self.stats.dma_write_bytes += n;
+            } else {
+                self.stats.dma_read_bytes += n;
+            }
             left -= n;
             disk_off += n;
             let eot = flags & PRD_EOT != 0;
@@ -1147,6 +1185,9 @@ impl<I: IrqLine> IdeChannel<I> {
         }
         let w = u16::from_le_bytes([self.s.buffer[self.s.pos], self.s.buffer[self.s.pos + 1]]);
         self.s.pos += 2;
+        if self.s.transfer == Transfer::Read {
+            self.stats.pio_read_bytes += 2;
+        }
         if self.s.pos >= self.s.buffer.len() {
             self.read_block_done();
         }
@@ -1161,6 +1202,7 @@ impl<I: IrqLine> IdeChannel<I> {
         }
         self.s.buffer[self.s.pos..self.s.pos + 2].copy_from_slice(&w.to_le_bytes());
         self.s.pos += 2;
+        self.stats.pio_write_bytes += 2;
         if self.s.pos >= self.s.buffer.len() {
             self.write_block_done();
         }
@@ -1336,11 +1378,28 @@ impl<I: IrqLine> PiixIde<I> {
         &self.config
     }
 
+    /// Turns on both channels' IDE decode (IDE Decode Enable, bit 15 of IDETIM at 0x40 and
+    /// 0x42), which is off at power-on: what PC firmware does before it boots anything
+    /// (SeaBIOS's `piix_ide_setup`). Linux's ata_piix treats a channel whose decode is off as
+    /// disabled, so a directly booted kernel needs this done by the machine.
+    pub fn enable_decode(&mut self) {
+        for reg in [PIIX_IDETIM, PIIX_IDETIM + 2] {
+            self.config.write(reg, &PIIX_IDETIM_IDE_DECODE_ENABLE.to_le_bytes());
+        }
+    }
+
     /// Makes IDENTIFY advertise DMA modes (call once [`PiixIde::run_dma`] is wired).
     pub fn set_dma_advertised(&mut self, on: bool) {
         for c in &mut self.channels {
             c.dma_advertised = on;
         }
+    }
+
+    /// The sector data both channels moved so far, by path (DMA or PIO).
+    pub fn transfer_stats(&self) -> IdeTransferStats {
+        let mut t = self.channels[0].stats;
+        t += self.channels[1].stats;
+        t
     }
 
     /// Whether a channel has a DMA transfer ready for [`PiixIde::run_dma`].

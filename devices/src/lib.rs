@@ -34,7 +34,9 @@ pub use dma::{DmaFault, DmaMemory};
 pub use exit::{exit_status, ExitDevice, EXIT_PORT};
 pub use fw_cfg::{E820Entry, FwCfg, FwCfgBuilder, FwCfgError, FwCfgState};
 pub use i8042::{I8042State, I8042};
-pub use ide::{AtaDiskConfig, AtaDriveState, Chs, IdeChannel, IdeChannelState, IdeError, PiixIde, PiixIdeState};
+pub use ide::{
+    AtaDiskConfig, AtaDriveState, Chs, IdeChannel, IdeChannelState, IdeError, IdeTransferStats, PiixIde, PiixIdeState,
+};
 pub use ioapic::{IoApic, IoApicState};
 pub use lapic::{ApicMessage, Ipi, LocalApic, LocalApicState};
 pub use pci::{

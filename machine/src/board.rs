@@ -212,6 +212,8 @@ pub(crate) struct Board {
     pub(crate) exit_value: Option<u32>,
     /// The guest asked for a reset (keyboard controller, port 0x92).
     pub(crate) reset_requested: bool,
+    /// Through what the guest last asked for a reset (for the message that ends a run).
+    pub(crate) reset_cause: Option<&'static str>,
     /// The guest entered S5 (soft-off) through the PIIX4 PM control register.
     pub(crate) power_off: bool,
     /// Guest-physical pages mapped for the local APIC (its default base, and each base the
@@ -284,6 +286,7 @@ impl Board {
             ram_bytes,
             exit_value: None,
             reset_requested: false,
+            reset_cause: None,
             power_off: false,
             serial_in: Default::default(),
             lapic_windows: vec![devices::lapic::LAPIC_DEFAULT_BASE],
@@ -384,6 +387,16 @@ impl Board {
     /// Programs the PM I/O block at [`PM_IO_BASE`] as firmware would (direct kernel boot).
     pub(crate) fn enable_pm_io(&mut self) {
         self.chips.pci.root_mut().pm.enable_pm_io(PM_IO_BASE);
+    }
+
+    /// The sector data the IDE controller moved, by path (DMA or PIO).
+    pub(crate) fn ide_transfer_stats(&self) -> devices::IdeTransferStats {
+        self.chips.pci.root().ide.transfer_stats()
+    }
+
+    /// Turns on the IDE channels' decode as firmware would (direct kernel boot).
+    pub(crate) fn enable_ide_decode(&mut self) {
+        self.chips.pci.root_mut().ide.enable_decode();
     }
 
     /// Presses the ACPI power button (PWRBTN_STS; an OS that enabled the event gets an SCI).
@@ -531,9 +544,18 @@ impl Board {
                     self.exit_value = Some(v);
                 }
             }
-            Port::Kbc if self.chips.kbc.take_reset_request() => self.reset_requested = true,
-            Port::Port92 if self.chips.port92.take_reset_request() => self.reset_requested = true,
-            Port::PciConfig if self.chips.pci.take_reset_request().is_some() => self.reset_requested = true,
+            Port::Kbc if self.chips.kbc.take_reset_request() => {
+                self.reset_requested = true;
+                self.reset_cause = Some("the keyboard controller (command 0xFE)");
+            }
+            Port::Port92 if self.chips.port92.take_reset_request() => {
+                self.reset_requested = true;
+                self.reset_cause = Some("port 0x92 (fast reset)");
+            }
+            Port::PciConfig if self.chips.pci.take_reset_request().is_some() => {
+                self.reset_requested = true;
+                self.reset_cause = Some("the reset control register 0xCF9 (the ACPI reset register)");
+            }
             Port::Pit | Port::PortB | Port::Rtc => self.timers_dirty = true,
             Port::Ide if self.chips.pci.root().ide.dma_pending() => {
                 let Board { mem, chips, code_written, .. } = self;
@@ -947,6 +969,16 @@ mod tests {
         assert_eq!(bm_status & 0x05, 0x04, "interrupt set, no longer active: {bm_status:#x}");
         assert!(b.chips.pic.has_interrupt() || b.irq_pending(), "IRQ 14");
         assert_eq!(b.port_read(PortAddr(0x1F7), AccessSize::Byte) & 0x89, 0, "not busy, no DRQ, no error");
+        let moved = b.ide_transfer_stats();
+        assert_eq!((moved.dma_read_bytes, moved.dma_write_bytes, moved.pio_read_bytes), (1024, 0, 0));
+        // The same two sectors by PIO (READ SECTORS) count as PIO.
+        for (port, v) in [(0x1F6u16, 0xE0u32), (0x1F2, 2), (0x1F3, 5), (0x1F4, 0), (0x1F5, 0), (0x1F7, 0x20)] {
+            out(&mut b, port, AccessSize::Byte, v);
+        }
+        for _ in 0..512 {
+            b.port_read(PortAddr(0x1F0), AccessSize::Word);
+        }
+        assert_eq!(b.ide_transfer_stats().pio_read_bytes, 1024);
     }
 
     /// IA32_APIC_BASE (SDM vol. 3, 11.4.4/11.4.5): clearing the global enable makes the

@@ -160,10 +160,11 @@ pub enum Exit {
     Halted,
     /// The instruction limit was reached.
     InstructionLimit,
-    /// A triple fault with `no_reboot`, or with no firmware to reboot into.
+    /// A triple fault with `no_reboot`, or with nothing to reboot into (a `load_flat` image).
     TripleFault,
-    /// The guest asked for a reset (keyboard controller or port 0x92) with `no_reboot`, or with no
-    /// firmware to reboot into.
+    /// The guest asked for a reset (keyboard controller, port 0x92, or the reset control register
+    /// 0xCF9, which is the ACPI reset register) with `no_reboot`, or with nothing to reboot into
+    /// (a `load_flat` image).
     Reset,
     /// The guest halted with interrupts enabled and nothing will ever interrupt it.
     IdleForever,
@@ -186,6 +187,27 @@ pub enum KernelKind {
     Multiboot,
 }
 
+/// What [`Machine::load_kernel`] booted, kept because a reset boots it again as QEMU's
+/// `-kernel` does: the kernel overwrote its own image (decompressed over it, freed its init
+/// sections), so the image, initrd and command line are loaded afresh. RAM is not cleared.
+struct DirectBoot {
+    kernel: Vec<u8>,
+    initrd: Option<Vec<u8>>,
+    append: String,
+    name: String,
+}
+
+impl std::fmt::Debug for DirectBoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectBoot")
+            .field("kernel_bytes", &self.kernel.len())
+            .field("initrd_bytes", &self.initrd.as_ref().map(Vec::len))
+            .field("append", &self.append)
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
 /// A virtual PC.
 #[derive(Debug)]
 pub struct Machine {
@@ -198,6 +220,12 @@ pub struct Machine {
     no_reboot: bool,
     /// The firmware image, kept to restore the BIOS shadow area on a reset.
     bios: Option<Vec<u8>>,
+    /// The kernel of a direct boot, kept to load it again on a reset.
+    direct_boot: Option<DirectBoot>,
+    /// What caused the last reset ([`Machine::last_reset_cause`]).
+    last_reset_cause: Option<&'static str>,
+    /// Resets that rebooted.
+    reboots: u64,
     /// How many times a halted CPU skipped virtual time ahead (host work spent idle).
     idle_skips: u64,
 }
@@ -259,6 +287,9 @@ impl Machine {
             ram_bytes: ram,
             no_reboot: config.no_reboot,
             bios: None,
+            direct_boot: None,
+            last_reset_cause: None,
+            reboots: 0,
             idle_skips: 0,
         })
     }
@@ -284,6 +315,7 @@ impl Machine {
             return Err(MachineError::BadEntry(entry));
         }
         self.board.mem.load(GuestPhysAddr(load), image)?;
+        self.direct_boot = None;
         self.engine.invalidate_phys(load, image.len() as u64);
         let mut cpu = CpuState::new();
         let (cs, ip) = if entry < 0x1_0000 { (0, entry) } else { ((entry >> 4) as u16, entry & 0xF) };
@@ -306,6 +338,7 @@ impl Machine {
         }
         self.board.mem.map_rom((1u64 << 32) - len, image)?;
         self.bios = Some(image.to_vec());
+        self.direct_boot = None;
         self.reset_cpu_to_firmware()
     }
 
@@ -385,24 +418,36 @@ impl Machine {
         self.attach_virtio_disk(Box::new(backend))
     }
 
-    /// A machine reset: chips to their power-on state, the CPU to the reset vector. Returns
-    /// false when there is no firmware to reboot into.
+    /// A machine reset: chips to their power-on state, then the CPU to the firmware's reset
+    /// vector, or, after a direct kernel boot, the kernel loaded and entered again. Returns
+    /// false when there is nothing to reboot into (a flat image).
     fn reboot(&mut self) -> bool {
-        if self.bios.is_none() {
+        if self.bios.is_none() && self.direct_boot.is_none() {
             return false;
         }
         log::info!("machine reset at instruction {}", self.cpu.icount);
         self.board.reset_chips();
         let icount = self.cpu.icount;
         let tsc = self.cpu.msr.tsc_offset;
-        if self.reset_cpu_to_firmware().is_err() {
+        let restarted = if self.bios.is_some() {
+            self.reset_cpu_to_firmware().map(drop)
+        } else {
+            let boot = self.direct_boot.take().expect("checked above");
+            let r = self.boot_kernel(&boot.kernel, boot.initrd.as_deref(), &boot.append, &boot.name);
+            self.direct_boot = Some(boot);
+            r.map(drop)
+        };
+        if let Err(e) = restarted {
+            log::error!("reboot failed: {e}");
             return false;
         }
+        self.reboots += 1;
         // Virtual time runs on across a reset.
         self.cpu.icount = icount;
         self.cpu.msr.tsc_offset = tsc;
         true
     }
+
     /// The memory map reported to a directly booted kernel (E820 / PVH memmap).
     fn e820(&self) -> Vec<linux::E820> {
         vec![
@@ -417,7 +462,27 @@ impl Machine {
     /// Boots a kernel directly, as QEMU's `-kernel`: a Linux bzImage (64-bit entry when the
     /// kernel has one, else 32-bit), an ELF `vmlinux` with a PVH note, or a Multiboot v1 kernel
     /// (whose command line is `"<name> <append>"`, as QEMU passes it). Returns which it was.
+    ///
+    /// A guest reset (unless `no_reboot`) boots the same kernel, initrd and command line again.
     pub fn load_kernel(
+        &mut self,
+        file: &[u8],
+        initrd: Option<&[u8]>,
+        append: &str,
+        name: &str,
+    ) -> Result<KernelKind, MachineError> {
+        let kind = self.boot_kernel(file, initrd, append, name)?;
+        self.direct_boot = Some(DirectBoot {
+            kernel: file.to_vec(),
+            initrd: initrd.map(<[u8]>::to_vec),
+            append: append.to_owned(),
+            name: name.to_owned(),
+        });
+        Ok(kind)
+    }
+
+    /// [`Machine::load_kernel`] without remembering the kernel (power-on and every reset).
+    fn boot_kernel(
         &mut self,
         file: &[u8],
         initrd: Option<&[u8]>,
@@ -427,6 +492,8 @@ impl Machine {
         let linux_kernel = linux::is_bzimage(file) || linux::pvh_entry(file).is_some();
         let rsdp = if linux_kernel {
             self.install_acpi(acpi::DIRECT_BOOT_TABLES, acpi::DIRECT_BOOT_RSDP)?;
+            // What firmware does before it boots anything: the IDE channels decode.
+            self.board.enable_ide_decode();
             Some(u64::from(acpi::DIRECT_BOOT_RSDP))
         } else {
             None
@@ -617,6 +684,7 @@ impl Machine {
             }
             if self.board.reset_requested {
                 self.board.reset_requested = false;
+                self.last_reset_cause = self.board.reset_cause.take();
                 if self.no_reboot || !self.reboot() {
                     return Exit::Reset;
                 }
@@ -643,6 +711,7 @@ impl Machine {
             match self.engine.run(&mut self.cpu, &mut self.board, budget) {
                 RunExit::BudgetExhausted | RunExit::Stopped => {}
                 RunExit::TripleFault => {
+                    self.last_reset_cause = Some("a triple fault");
                     if self.no_reboot || !self.reboot() {
                         return Exit::TripleFault;
                     }
@@ -728,6 +797,23 @@ impl Machine {
     /// The engine's name and statistics (`--stats`).
     pub fn engine_stats(&self) -> (&'static str, Option<String>) {
         (self.engine.name(), self.engine.stats_text())
+    }
+
+    /// What caused the last reset, rebooted or not: "a triple fault", or the register the guest
+    /// wrote ("the keyboard controller (command 0xFE)", ...).
+    pub fn last_reset_cause(&self) -> Option<&'static str> {
+        self.last_reset_cause
+    }
+
+    /// How many times the machine rebooted (resets that did not end the run).
+    pub fn reboots(&self) -> u64 {
+        self.reboots
+    }
+
+    /// The sector data the IDE controller moved since the last reset, by path: bus-master DMA
+    /// or PIO through the data port (`--stats`).
+    pub fn ide_transfer_stats(&self) -> devices::IdeTransferStats {
+        self.board.ide_transfer_stats()
     }
 
     /// The CPU state (for tests and debugging).
