@@ -27,6 +27,7 @@ Examples:
   ferrovisor run                                    the demo guest
   ferrovisor run --bios bios.bin --disk disk.img    a PC: SeaBIOS boots the IDE disk
   ferrovisor run --flat boot.bin --load 0x7c00      a flat real-mode image")]
+#[group(id = "any_disk", args = ["disk", "virtio_disk"], multiple = true)]
 pub struct RunArgs {
     /// Load a flat binary image (started in real mode; see --load and --entry).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "bios"])]
@@ -40,7 +41,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     disk: Vec<PathBuf>,
     /// Open the disks read-only: guest writes fail with an ATA error instead of changing them.
-    #[arg(long)]
+    #[arg(long, requires = "any_disk")]
     read_only: bool,
     /// How to read the --disk and --virtio-disk files: `auto` detects a VMDK by its header or
     /// descriptor and takes anything else as raw; `raw` or `vmdk` say so. A raw image found by
@@ -244,9 +245,6 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
     };
     if a.disk.len() > 4 {
         bail!("at most 4 IDE disks");
-    }
-    if a.read_only && a.disk.is_empty() && a.virtio_disk.is_none() {
-        bail!("--read-only needs a --disk or --virtio-disk");
     }
     let mut disks = crate::vm::Disks { read_only: a.read_only, ..Default::default() };
     for (i, path) in a.disk.iter().enumerate() {
