@@ -11,6 +11,8 @@
 #                      kit's vmlinuz and initramfs.cpio.gz copied in with mcopy
 #   OUTDIR/boot.vmdk   the same disk as a monolithicSparse VMDK (`ferrovisor disk convert`)
 #   OUTDIR/boot-stream.vmdk  the same disk as a streamOptimized VMDK
+#   OUTDIR/boot-split.vmdk   the same disk as a twoGbMaxExtentSparse VMDK (its extent is
+#                            boot-split-s001.vmdk)
 #   OUTDIR/versions.txt      the package versions of the tools used
 # The ferrovisor binary is $FERROVISOR (default: target/release/ferrovisor of this checkout).
 # syslinux, mtools and dosfstools are used from the system when installed; otherwise their Debian
@@ -34,6 +36,7 @@ WORK=$OUT/.work
 
 stamp=$(cat "$0" "$KIT/vmlinuz" "$KIT/initramfs.cpio.gz" | sha256sum | cut -c1-16)
 if [ -s "$OUT/boot.img" ] && [ -s "$OUT/boot.vmdk" ] && [ -s "$OUT/boot-stream.vmdk" ] &&
+  [ -s "$OUT/boot-split.vmdk" ] && [ -s "$OUT/boot-split-s001.vmdk" ] &&
   [ "$(cat "$OUT/.stamp" 2>/dev/null)" = "$stamp" ]; then
   log "up to date in $OUT"
   exit 0
@@ -124,13 +127,11 @@ mcopy -i "$part" "$KIT/initramfs.cpio.gz" ::/initrd.gz
 syslinux --install --offset $((START * 512)) "$IMG"
 mdir -i "$part" ::/ >&2
 
-rm -f "$WORK/boot.vmdk" "$WORK/boot-stream.vmdk"
 "$FERROVISOR" disk convert -q -O vmdk "$IMG" "$WORK/boot.vmdk"
 "$FERROVISOR" disk convert -q -O vmdk --subformat streamOptimized "$IMG" "$WORK/boot-stream.vmdk"
-mv "$IMG" "$OUT/boot.img"
-rm -f "$OUT/boot.vmdk" "$OUT/boot-stream.vmdk"
-mv "$WORK/boot.vmdk" "$OUT/boot.vmdk"
-mv "$WORK/boot-stream.vmdk" "$OUT/boot-stream.vmdk"
+"$FERROVISOR" disk convert -q -O vmdk --subformat twoGbMaxExtentSparse "$IMG" "$WORK/boot-split.vmdk"
+rm -f "$OUT"/boot*.vmdk "$OUT/boot.img"
+mv "$WORK"/boot*.vmdk "$IMG" "$OUT"/
 echo "$stamp" > "$OUT/.stamp"
 rm -rf "$WORK"
 log "ready in $OUT"
