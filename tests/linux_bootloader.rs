@@ -1,18 +1,19 @@
 //! Debian's stock Linux kernel (linux-image-amd64, 6.1) booted as a PC boots it: SeaBIOS reads
-//! the disk's MBR (syslinux-common's mbr.bin), which starts SYSLINUX in the active FAT partition,
-//! which loads the bzImage and the busybox initramfs with BIOS disk calls and enters the kernel
-//! through the Linux boot protocol. The kernel decompresses itself in the guest, finds the ACPI
-//! tables that Ferrovisor serves to SeaBIOS through fw_cfg, runs with the LAPIC and the IOAPIC,
-//! reaches user space and powers off through ACPI S5.
+//! the disk's MBR, whose code (syslinux-common's mbr.bin, or GRUB 2's boot.img and core.img)
+//! starts a boot loader (SYSLINUX from the active FAT partition, or GRUB), which loads the bzImage
+//! and the busybox initramfs with BIOS disk calls and enters the kernel through the Linux boot
+//! protocol. The kernel decompresses itself in the guest, finds the ACPI tables that Ferrovisor
+//! serves to SeaBIOS through fw_cfg, runs with the LAPIC and the IOAPIC, reaches user space and
+//! powers off through ACPI S5.
 //!
-//! The disk is built from Debian packages by scripts/make-boot-disk.sh (no root, no loop mounts)
-//! into target/guest-cache/bootdisk, from the guest kit of scripts/fetch-linux-guest.sh. In CI
-//! that must work; elsewhere the tests skip (and `scripts/test` says so).
+//! The disks are built from Debian packages by scripts/make-boot-disk.sh (no root, no loop
+//! mounts) into target/guest-cache/bootdisk, from the guest kit of scripts/fetch-linux-guest.sh.
+//! In CI that must work; elsewhere the tests skip (and `scripts/test` says so).
 //!
 //! What the console must show comes from the programs that print it, not from Ferrovisor:
-//! SYSLINUX's banner and its `SAY` line from syslinux.cfg, the `BOOT_IMAGE=` that SYSLINUX adds
-//! to the kernel command line, the initrd size the kernel freed (the file's size in pages), the
-//! kernel's ACPI and APIC lines, and /init's marker.
+//! SYSLINUX's banner and the `SAY` line of syslinux.cfg (GRUB: its `echo`), the `BOOT_IMAGE=` that
+//! the boot loader puts on the kernel command line, the initrd size the kernel freed (the file's
+//! size in pages), the kernel's ACPI and APIC lines, and /init's marker.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -52,7 +53,7 @@ fn kit_and_disk() -> Option<(PathBuf, PathBuf)> {
             .env("FERROVISOR", env!("CARGO_BIN_EXE_ferrovisor"))
             .status();
         if !matches!(status, Ok(s) if s.success()) || !disk.join("boot.vmdk").exists() {
-            unavailable("cannot build the SYSLINUX boot disk from Debian packages")?;
+            unavailable("cannot build the boot disks (SYSLINUX, GRUB) from Debian packages")?;
         }
         Some((kit, disk))
     })
@@ -92,23 +93,12 @@ fn assert_syslinux_started_kernel(console: &str) {
     assert!(console.contains("Probing EDD"), "the kernel's setup code did not run:\n{t}");
 }
 
-/// SeaBIOS → MBR → SYSLINUX → Linux from a monolithicSparse VMDK, to user space and power-off,
-/// with ACPI and both APICs.
-#[test]
-fn test_linux_boots_through_seabios_and_syslinux_from_vmdk() {
-    let Some(bios) = support::seabios("tests/linux_bootloader.rs") else { return };
-    let Some((kit, disk)) = kit_and_disk() else { return };
-    let (out, console) = run_pc(&bios, &disk.join("boot.vmdk"), "20000000000");
-    let t = tail(&console);
-    assert_syslinux_started_kernel(&console);
-
-    // The command line came from syslinux.cfg through SYSLINUX, which prepends BOOT_IMAGE= and
-    // appends the initrd= of its INITRD line.
-    let cmdline = console.lines().find(|l| l.contains("] Command line:")).unwrap_or_else(|| panic!("no kernel:\n{t}"));
-    assert!(
-        cmdline.ends_with("Command line: BOOT_IMAGE=/vmlinuz console=ttyS0 nokaslr initrd=/initrd.gz"),
-        "{cmdline}"
-    );
+/// What a boot to user space with ACPI and both APICs prints, after a boot loader that passed
+/// `cmdline` and the kit's initramfs; and the run's end by ACPI power-off (status 0).
+fn assert_linux_reached_userspace(kit: &Path, out: &Output, console: &str, cmdline: &str) {
+    let t = tail(console);
+    let line = console.lines().find(|l| l.contains("] Command line:")).unwrap_or_else(|| panic!("no kernel:\n{t}"));
+    assert!(line.ends_with(&format!("Command line: {cmdline}")), "{line}");
     // The kernel got the whole initramfs: it frees the initrd's pages once unpacked.
     let initrd_len = std::fs::metadata(kit.join("initramfs.cpio.gz")).unwrap().len();
     let freed = format!("Freeing initrd memory: {}K", initrd_len.div_ceil(4096) * 4);
@@ -148,6 +138,36 @@ fn test_linux_boots_through_seabios_and_syslinux_from_vmdk() {
         "poweroff ends the run with 0; stderr: {}\n{t}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// SeaBIOS → MBR → SYSLINUX → Linux from a monolithicSparse VMDK, to user space and power-off,
+/// with ACPI and both APICs. SYSLINUX enters the kernel's 16-bit setup code.
+#[test]
+fn test_linux_boots_through_seabios_and_syslinux_from_vmdk() {
+    let Some(bios) = support::seabios("tests/linux_bootloader.rs") else { return };
+    let Some((kit, disk)) = kit_and_disk() else { return };
+    let (out, console) = run_pc(&bios, &disk.join("boot.vmdk"), "20000000000");
+    assert_syslinux_started_kernel(&console);
+    // SYSLINUX prepends BOOT_IMAGE= to syslinux.cfg's APPEND and appends its INITRD as initrd=.
+    let cmdline = "BOOT_IMAGE=/vmlinuz console=ttyS0 nokaslr initrd=/initrd.gz";
+    assert_linux_reached_userspace(&kit, &out, &console, cmdline);
+}
+
+/// SeaBIOS → GRUB 2 (boot.img in the MBR, core.img behind it) → Linux from a monolithicSparse
+/// VMDK, to user space and power-off. GRUB's `linux` enters the kernel at its 32-bit entry with
+/// the boot parameters GRUB filled in, so the kernel's 16-bit setup code never runs.
+#[test]
+fn test_linux_boots_through_seabios_and_grub_from_vmdk() {
+    let Some(bios) = support::seabios("tests/linux_bootloader.rs") else { return };
+    let Some((kit, disk)) = kit_and_disk() else { return };
+    let (out, console) = run_pc(&bios, &disk.join("boot-grub.vmdk"), "20000000000");
+    let t = tail(&console);
+    assert!(console.contains("Booting from Hard Disk"), "SeaBIOS did not boot the disk:\n{t}");
+    assert!(console.contains("FERROVISOR-GRUB: booting Linux"), "GRUB's embedded configuration did not run:\n{t}");
+    assert!(!console.contains("error:"), "GRUB reported an error:\n{t}");
+    assert!(!console.contains("Probing EDD"), "the kernel's 16-bit setup code ran under GRUB's `linux`:\n{t}");
+    // GRUB prepends BOOT_IMAGE= (the kernel's path) to the `linux` line's arguments.
+    assert_linux_reached_userspace(&kit, &out, &console, "BOOT_IMAGE=/vmlinuz console=ttyS0 nokaslr");
 }
 
 /// The same disk as a raw image, a streamOptimized VMDK and a twoGbMaxExtentSparse VMDK, as far
