@@ -7,7 +7,8 @@
 # nokaslr`. Both disks have an MBR partition table with one active FAT16 partition at sector
 # 2048, made with mkfs.fat (dosfstools), holding the kit's vmlinuz and initramfs.cpio.gz (as
 # /vmlinuz and /initrd.gz, copied in with mcopy) and SYSLINUX (installed with the mtools-based
-# `syslinux --install --offset`, with a syslinux.cfg that also drives COM1).
+# `syslinux --install --offset`). Neither boot loader is told to use COM1 itself: SeaBIOS copies
+# the BIOS video console to COM1 (sercon), and both outputs would interleave.
 #   OUTDIR/boot.img          raw disk whose MBR code is syslinux-common's mbr.bin: MBR -> SYSLINUX
 #   OUTDIR/boot.vmdk         the same disk as a monolithicSparse VMDK (`ferrovisor disk convert`)
 #   OUTDIR/boot-stream.vmdk  the same disk as a streamOptimized VMDK
@@ -133,7 +134,6 @@ PY
 mkfs.fat -F 16 --invariant -n FERROBOOT -i 46455252 -h $START --offset $START "$IMG" $((SECTORS / 2)) >&2
 
 cat > "$WORK/syslinux.cfg" <<'CFG'
-SERIAL 0 115200
 SAY FERROVISOR-SYSLINUX: booting Linux
 DEFAULT linux
 PROMPT 0
@@ -155,9 +155,6 @@ mdir -i "$part" ::/ >&2
 # image from sector 1 (boot.img's default); the core image's first sector (diskboot.img) lists
 # the sectors of the rest, which grub-mkimage fills in for sector 2 onwards.
 cat > "$WORK/grub.cfg" <<'CFG'
-serial --unit=0 --speed=115200
-terminal_input serial console
-terminal_output serial console
 set root=(hd0,msdos1)
 echo FERROVISOR-GRUB: booting Linux
 linux /vmlinuz console=ttyS0 nokaslr
@@ -165,7 +162,7 @@ initrd /initrd.gz
 boot
 CFG
 grub-mkimage -d "$GRUB" -O i386-pc -o "$WORK/core.img" -c "$WORK/grub.cfg" -p '(hd0,msdos1)/boot/grub' \
-  biosdisk part_msdos fat linux serial terminal echo boot
+  biosdisk part_msdos fat linux echo boot
 cp "$IMG" "$WORK/boot-grub.img"
 python3 - "$WORK/boot-grub.img" "$GRUB/boot.img" "$WORK/core.img" $START <<'PY'
 import struct, sys

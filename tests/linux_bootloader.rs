@@ -88,8 +88,8 @@ fn assert_syslinux_started_kernel(console: &str) {
     assert!(console.contains("Booting from Hard Disk"), "SeaBIOS did not boot the disk:\n{t}");
     assert!(console.contains("SYSLINUX 6.04"), "no SYSLINUX banner:\n{t}");
     assert!(console.contains("FERROVISOR-SYSLINUX: booting Linux"), "syslinux.cfg not read:\n{t}");
-    assert!(console.contains("Loading /vmlinuz"), "SYSLINUX did not load the kernel:\n{t}");
-    assert!(console.contains("Loading /initrd.gz"), "SYSLINUX did not load the initrd:\n{t}");
+    assert!(console.contains("Loading /vmlinuz... ok"), "SYSLINUX did not load the kernel:\n{t}");
+    assert!(console.contains("Loading /initrd.gz...ok"), "SYSLINUX did not load the initrd:\n{t}");
     assert!(console.contains("Probing EDD"), "the kernel's setup code did not run:\n{t}");
 }
 
