@@ -94,7 +94,12 @@ if [ -z "$GRUB" ]; then
   GRUB=$TOOLS/usr/lib/grub/i386-pc
 fi
 [ -s "$GRUB/boot.img" ] || { log "no boot.img in grub-pc-bin"; exit 1; }
-grub-mkimage --version >/dev/null || { log "grub-mkimage does not run (missing libraries?)"; exit 1; }
+if ! grub-mkimage --version >/dev/null 2>&1; then
+  # Its one library that a minimal system may lack (the others are libc, lzma, udev, selinux).
+  unpack libdevmapper1.02.1
+  export LD_LIBRARY_PATH=$TOOLS/lib/x86_64-linux-gnu:$TOOLS/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  grub-mkimage --version >/dev/null || { log "grub-mkimage does not run (missing libraries?)"; exit 1; }
+fi
 { # (sed, not head: a writer cut off by head fails the pipeline under pipefail)
   syslinux --version 2>&1 | sed -n 1p
   mcopy --version 2>&1 | sed -n 1p
