@@ -63,6 +63,11 @@ pub struct RunArgs {
     /// A guest reset or triple fault ends the run with a message instead of rebooting.
     #[arg(long)]
     no_reboot: bool,
+    /// The time the RTC starts from: `now` (the host's clock, the default), seconds since the
+    /// Unix epoch, or a UTC date `YYYY-MM-DD[THH:MM:SS]`. From there the RTC runs on virtual
+    /// time, so a fixed base makes runs reproducible (as QEMU's `-rtc base=...,clock=vm`).
+    #[arg(long, value_name = "TIME", value_parser = parse_rtc_base, default_value = "now")]
+    rtc_base: RtcBase,
     /// Where COM1 and the debug console (port 0xE9) go: the terminal (stdio) or nowhere (none).
     #[arg(long, value_enum, value_name = "WHERE", default_value = "stdio")]
     serial: Serial,
@@ -172,6 +177,47 @@ fn parse_u64(s: &str) -> Result<u64, String> {
     r.map_err(|_| format!("'{s}' is not a number (use decimal or 0x hex)"))
 }
 
+/// `--rtc-base` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RtcBase {
+    /// The host's clock at start-up.
+    Now,
+    /// Seconds since the Unix epoch.
+    At(i64),
+}
+
+fn parse_rtc_base(s: &str) -> Result<RtcBase, String> {
+    let bad = || format!("{s:?} is not `now`, seconds since 1970 or a date YYYY-MM-DD[THH:MM:SS]");
+    if s == "now" {
+        return Ok(RtcBase::Now);
+    }
+    if let Ok(n) = s.parse::<i64>() {
+        return Ok(RtcBase::At(n));
+    }
+    let (date, time) = s.split_once(['T', ' ']).unwrap_or((s, "00:00:00"));
+    let num = |t: &str| t.parse::<i64>().map_err(|_| bad());
+    let d: Vec<&str> = date.split('-').collect();
+    let t: Vec<&str> = time.split(':').collect();
+    if d.len() != 3 || t.len() != 3 || d[0].len() != 4 {
+        return Err(bad());
+    }
+    let (y, m, day) = (num(d[0])?, num(d[1])?, num(d[2])?);
+    let (hh, mm, ss) = (num(t[0])?, num(t[1])?, num(t[2])?);
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let month_days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    if !(1..=12).contains(&m) || day < 1 || day > month_days[(m - 1) as usize] || hh > 23 || mm > 59 || ss > 59 {
+        return Err(bad());
+    }
+    // Days from 1970-01-01 to the civil date (proleptic Gregorian).
+    let (y2, m2) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * m2 + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Ok(RtcBase::At(days * 86_400 + hh * 3600 + mm * 60 + ss))
+}
+
 fn parse_size(s: &str) -> Result<u64, String> {
     crate::size::parse_size(s, 1 << 20)
 }
@@ -225,9 +271,14 @@ fn stdin_serial_source() -> std::sync::mpsc::Receiver<Vec<u8>> {
 
 /// Runs a guest; returns the process exit status.
 pub fn run(a: RunArgs) -> anyhow::Result<i32> {
-    // The host clock enters the guest here, once, as the RTC's starting time.
-    let host_time =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    // The host clock enters the guest here, once, as the RTC's starting time (unless
+    // --rtc-base fixes it).
+    let host_time = match a.rtc_base {
+        RtcBase::At(t) => t,
+        RtcBase::Now => {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+        }
+    };
     if a.max_insns == Some(0) {
         bail!("--max-insns must be at least 1");
     }

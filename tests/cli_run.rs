@@ -186,3 +186,30 @@ fn test_cli_run_disk_format_is_honoured_and_checked() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--read-only"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `--rtc-base` fixes what the guest's RTC reads: a guest that reads one CMOS register and
+/// exits with it sees the date given on the command line, in BCD, whatever the host's clock.
+#[test]
+fn test_cli_run_rtc_base_fixes_the_guest_clock() {
+    let dir = std::env::temp_dir().join(format!("ferro-cli-rtc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let read_cmos = |reg: u8| {
+        let img = dir.join(format!("cmos{reg}.bin"));
+        // mov al, reg; out 0x70, al; in al, 0x71; out 0xF4, al
+        std::fs::write(&img, [0xB0, reg, 0xE6, 0x70, 0xE4, 0x71, 0xE6, 0xF4]).unwrap();
+        img
+    };
+    // 2024-02-29T13:47:38 UTC (a leap day) is 1709214458 seconds after the epoch.
+    for base in ["2024-02-29T13:47:38", "1709214458"] {
+        for (reg, bcd) in [(0u8, 0x38), (2, 0x47), (4, 0x13), (7, 0x29), (8, 0x02), (9, 0x24)] {
+            let img = read_cmos(reg);
+            let out = ferrovisor(&["run", "-q", "--flat", img.to_str().unwrap(), "--rtc-base", base]);
+            assert_eq!(out.status.code(), Some((bcd << 1) | 1), "{base}: CMOS register {reg}");
+        }
+    }
+    for bad in ["2023-02-29", "2024-13-01", "yesterday", "2024-01-01T25:00:00"] {
+        let out = ferrovisor(&["run", "-q", "--rtc-base", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
