@@ -1482,21 +1482,20 @@ fn block_for(
 /// The dispatcher: runs blocks (or single interpreted instructions) until the budget is used up
 /// or something ends the run.
 pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, budget: u64) -> RunExit {
-    // A latched NMI is delivered at the start of a run, exactly as the interpreter does it (a
-    // zero-budget interpreter run services it and executes nothing).
-    if !cpu.nmi_blocked && bus.take_nmi() {
-        cpu.nmi_pending = true;
-    }
-    if cpu.nmi_pending
-        && !cpu.nmi_blocked
-        && cpu::ExecutionEngine::run(&mut t.interp, cpu, bus, 0) == RunExit::TripleFault
-    {
-        return RunExit::TripleFault;
-    }
-    let end = cpu.icount.saturating_add(budget);
+    // The start of a run, call for call as the interpreter does it (see the rule on
+    // `Interpreter::run`): one interrupt poll, then a latched NMI is delivered; an NMI held by
+    // an interrupt shadow ends the run after one instruction (`budget_end` stays, so a REP
+    // there runs on as under the interpreter).
+    let mut end = cpu.icount.saturating_add(budget);
     cpu.budget_end = end;
     cpu.irq_pending = bus.interrupt_pending();
     cpu.stop_requested = false;
+    cpu.refresh_mode_key();
+    match t.interp.service_nmi_for_jit(cpu, bus) {
+        Err(x) => return x,
+        Ok(true) => end = end.min(cpu.icount + 1),
+        Ok(false) => {}
+    }
     let Translator { interp, cache, stats, trace } = t;
     let mut env = HelperEnv::new(interp, bus, *trace);
     let mut chain_req: Option<usize> = None;
