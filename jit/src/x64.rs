@@ -43,6 +43,10 @@ struct Block {
     /// After the prologue: where chained jumps from other blocks land.
     body: AssemblyOffset,
     len: usize,
+    /// Bytes of guest code translated (from the key's backing offset; within one page).
+    guest_len: u64,
+    /// The chain slots this block emitted (ids into `CodeCache::slots`).
+    slot_ids: (u32, u32),
 }
 
 /// Exit code of a chain slot not patched yet (bits 8.. hold the slot number).
@@ -114,13 +118,27 @@ impl CodeCache {
         self.ops = new_assembler();
     }
 
-    /// Drops the blocks that start in pages overlapping `[start, start + len)`; returns how many.
+    /// Drops the blocks whose guest code overlaps `[start, start + len)` (backing offsets) and
+    /// the blocks of their page chained into them; returns how many. Ranges of whole pages drop
+    /// whole pages.
     pub(crate) fn invalidate(&mut self, start: u64, len: u64) -> u64 {
         if len == 0 {
             return 0;
         }
+        if start == 0 && len == u64::MAX {
+            // Everything: start a fresh code buffer too (committing into a large buffer
+            // costs more, and nothing in the old one can run again).
+            let n = self.blocks.len() as u64;
+            if n > 0 {
+                self.flush();
+            }
+            return n;
+        }
         let first = start / PAGE_SIZE;
         let last = start.saturating_add(len - 1) / PAGE_SIZE;
+        if first == last && len < PAGE_SIZE {
+            return self.drop_overlapping(first, start, start + len);
+        }
         let mut n = 0;
         if last - first >= self.pages.len() as u64 {
             let pages: Vec<u64> = self.pages.keys().copied().filter(|p| (first..=last).contains(p)).collect();
@@ -133,6 +151,53 @@ impl CodeCache {
             }
         }
         n
+    }
+
+    /// Drops the blocks of `page` whose guest bytes overlap `[start, end)`, then, until none
+    /// is left, the blocks of the page with a chain slot aimed at a dropped block (a patched
+    /// jump would run the stale translation; chains never leave a page).
+    fn drop_overlapping(&mut self, page: u64, start: u64, end: u64) -> u64 {
+        let Some(keys) = self.pages.get(&page) else { return 0 };
+        let mut keep = Vec::with_capacity(keys.len());
+        let mut drop = Vec::new();
+        for &k in keys {
+            match self.blocks.get(&k) {
+                Some(b) if k.0 < end && k.0 + b.guest_len > start => drop.push(k),
+                Some(_) => keep.push(k),
+                None => {}
+            }
+        }
+        if drop.is_empty() {
+            return 0;
+        }
+        loop {
+            let before = drop.len();
+            keep.retain(|k| {
+                let b = &self.blocks[k];
+                let chained_to_dropped = (b.slot_ids.0..b.slot_ids.1)
+                    .any(|id| self.slots.get(id as usize).is_some_and(|&(_, t)| drop.iter().any(|d| d.0 == t)));
+                if chained_to_dropped {
+                    drop.push(*k);
+                }
+                !chained_to_dropped
+            });
+            if drop.len() == before {
+                break;
+            }
+        }
+        for k in &drop {
+            let j = jc_index(*k);
+            if matches!(self.jc[j], Some((jk, _)) if jk == *k) {
+                self.jc[j] = None;
+            }
+            self.blocks.remove(k);
+        }
+        if keep.is_empty() {
+            self.pages.remove(&page);
+        } else {
+            self.pages.insert(page, keep);
+        }
+        drop.len() as u64
     }
 
     fn drop_page(&mut self, page: u64) -> u64 {
@@ -184,12 +249,14 @@ impl CodeCache {
         if insns.is_empty() {
             return None;
         }
+        let guest_len = insns.iter().map(|i| i.len() as u64).sum();
         let (ops, _) = self.ops.as_mut()?;
         let start = ops.offset();
+        let first_slot = self.slots.len() as u32;
         let body = emit_block(ops, &insns, bitness, inline, user, big_stack, rip, backing, &mut self.slots);
         ops.commit().ok()?;
         let len = ops.offset().0 - start.0;
-        let b = Block { entry: start, body, len };
+        let b = Block { entry: start, body, len, guest_len, slot_ids: (first_slot, self.slots.len() as u32) };
         self.blocks.insert(key, b);
         self.pages.entry(backing >> 12).or_default().push(key);
         Some(b)
@@ -1459,10 +1526,6 @@ fn block_for(
         return Some((*blk, b));
     }
     let mem = bus.memory();
-    let page = b >> 12;
-    if mem.code_pages().is_hot_data(page) {
-        return None;
-    }
     if cache.full() {
         cache.flush();
         stats.cache_flushes += 1;
@@ -1472,8 +1535,10 @@ fn block_for(
     let inline = matches!(k & 3, 2 | 3) && k & (1 << 7) != 0 && k & (1 << 6) == 0;
     let big_stack = k & (1 << 4) != 0;
     let blk = cache.translate(mem.backing(), key, cpu.mode().bitness(), inline, cpu.cpl == 3, big_stack, cpu.rip)?;
-    if mem.mark_code_page(page) {
-        cpu.tlb.protect_backing_page(page << 12);
+    // Pages that mix code and data are tracked per chunk (see `mmu::CodePages`): mark the
+    // bytes translated, so writes next to them do not drop the block.
+    if mem.mark_code_range(b, blk.guest_len) {
+        cpu.tlb.protect_backing_page(b & PAGE_MASK);
     }
     stats.blocks_translated += 1;
     Some((blk, b))

@@ -436,7 +436,7 @@ impl<'a> Cx<'a> {
                         return Err(Exception::InvalidOpcode);
                     }
                     wrap_next_ip(&mut instr, bitness);
-                    if mem.mark_code_page(b >> 12) {
+                    if mem.mark_code_range(b, instr.len() as u64) {
                         self.cpu.tlb.protect_backing_page(b & PAGE_MASK);
                     }
                     self.cache.tags[slot] = (key, rip);
