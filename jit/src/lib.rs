@@ -85,6 +85,20 @@ impl Translator {
         }
     }
 
+    /// A translator whose cache flushes once it holds `max_blocks` blocks (the default bound
+    /// is 65,536 blocks or 16 MiB of host code), so tests can cross the bound quickly.
+    pub fn with_max_blocks(max_blocks: usize) -> Self {
+        #[allow(unused_mut)]
+        let mut t = Self::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            t.cache.max_blocks = max_blocks.max(1);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = max_blocks;
+        t
+    }
+
     /// Statistics so far.
     pub fn stats(&self) -> JitStats {
         self.stats

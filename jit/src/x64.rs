@@ -66,6 +66,8 @@ pub(crate) struct CodeCache {
     pub(crate) chained: u64,
     /// A direct-mapped cache in front of `blocks` for the dispatcher (indirect branches, RET).
     jc: Vec<Option<(BlockKey, Block)>>,
+    /// The cache is flushed once it holds this many blocks ([`MAX_BLOCKS`] but in tests).
+    pub(crate) max_blocks: usize,
 }
 
 /// Entries of the dispatcher's jump cache.
@@ -103,11 +105,12 @@ impl CodeCache {
             slots: Vec::new(),
             chained: 0,
             jc: vec![None; JC_SIZE],
+            max_blocks: MAX_BLOCKS,
         }
     }
 
     fn full(&self) -> bool {
-        self.blocks.len() >= MAX_BLOCKS || self.ops.as_ref().is_some_and(|(a, _)| a.offset().0 >= CODE_LIMIT)
+        self.blocks.len() >= self.max_blocks || self.ops.as_ref().is_some_and(|(a, _)| a.offset().0 >= CODE_LIMIT)
     }
 
     fn flush(&mut self) {
