@@ -68,6 +68,8 @@ pub(crate) struct CodeCache {
     jc: Vec<Option<(BlockKey, Block)>>,
     /// The cache is flushed once it holds this many blocks ([`MAX_BLOCKS`] but in tests).
     pub(crate) max_blocks: usize,
+    /// Flushes so far: a chain slot id is only meaningful in the generation that made it.
+    generation: u64,
 }
 
 /// Entries of the dispatcher's jump cache.
@@ -106,6 +108,7 @@ impl CodeCache {
             chained: 0,
             jc: vec![None; JC_SIZE],
             max_blocks: MAX_BLOCKS,
+            generation: 0,
         }
     }
 
@@ -114,6 +117,7 @@ impl CodeCache {
     }
 
     fn flush(&mut self) {
+        self.generation += 1;
         self.blocks.clear();
         self.pages.clear();
         self.slots.clear();
@@ -1566,7 +1570,8 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
     }
     let Translator { interp, cache, stats, trace } = t;
     let mut env = HelperEnv::new(interp, bus, *trace);
-    let mut chain_req: Option<usize> = None;
+    // (cache generation, chain slot) of the last block exit through an unpatched chain slot.
+    let mut chain_req: Option<(u64, usize)> = None;
     let r = loop {
         if cpu.icount >= end {
             break RunExit::BudgetExhausted;
@@ -1585,8 +1590,11 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
         let debug = cpu.rflags & (TF | RF) != 0 || cpu.dr[7] & 0xFF != 0 || cpu.nmi_pending;
         let due = debug || cpu.interrupt_shadow || (cpu.rflags & IF != 0 && cpu.irq_pending);
         let code = if cpu.halted || due { None } else { block_for(cache, stats, cpu, env.bus()) };
-        if let (Some(id), Some((blk, b))) = (chain_req.take(), &code) {
-            cache.chain(id, *b, blk);
+        if let (Some((generation, id)), Some((blk, b))) = (chain_req.take(), &code) {
+            // A flush in between (cache full, everything invalidated) took the slot away.
+            if generation == cache.generation {
+                cache.chain(id, *b, blk);
+            }
         }
         let c = match code {
             Some((blk, _)) => {
@@ -1602,7 +1610,7 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
             exit::HALTED => break RunExit::Halted,
             exit::TRIPLE_FAULT => break RunExit::TripleFault,
             exit::STOPPED => break RunExit::Stopped,
-            CHAIN => chain_req = Some((c >> 8) as usize),
+            CHAIN => chain_req = Some((cache.generation, (c >> 8) as usize)),
             // The block that did not fit may have been reached by a chained jump after other
             // blocks ran: the budget may be used up already.
             exit::NO_BUDGET if cpu.icount < end => {

@@ -4,7 +4,8 @@
 //! runs end inside blocks and blocks are entered part-way. The only masks are the harness's two
 //! tables: what the SDM leaves undefined and what differs between real CPU models.
 //!
-//! The x87/MMX/SSE cases of cpu/tests/differential_fpu.rs run through the JIT too.
+//! The x87/MMX/SSE cases run through the JIT in differential_fpu_jit.rs (a test binary of its
+//! own: each harness installs its own process-wide fault handler).
 //!
 //! Environment: as cpu/tests/differential.rs (`FERRO_DIFF_SEED`, `FERRO_DIFF_CASES`,
 //! `FERRO_DIFF_CASE`, `FERRO_DIFF_TRACE`, ...).
@@ -27,16 +28,4 @@ mod differential_setup;
 #[test]
 fn test_jit_differential_against_host() {
     differential_setup::run_all(jit::Translator::new(), differential_setup::Slicing::Sliced);
-}
-
-#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-#[path = "../../cpu/tests/differential_fpu_setup/mod.rs"]
-mod differential_fpu_setup;
-
-/// The x87/MMX/SSE differential (cpu/tests/differential_fpu.rs) through the JIT: these
-/// instructions run through its per-instruction helper, between translated code.
-#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-#[test]
-fn test_jit_differential_fpu_against_host() {
-    differential_fpu_setup::run_all(jit::Translator::new(), differential_fpu_setup::Slicing::Sliced);
 }
