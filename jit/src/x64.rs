@@ -1465,7 +1465,13 @@ fn emit_block(
         let end = insns.last().map_or(0, |i| i.next_ip());
         em.sync_flags();
         em.sync_count_rip(end);
-        em.leave_to(end);
+        if insns.last().is_some_and(ends_block) {
+            // POPF, STI, MOV SS, ...: the dispatcher must see the state they leave (TF, an
+            // interrupt shadow, breakpoints) before the next instruction, so no chained jump.
+            em.leave();
+        } else {
+            em.leave_to(end);
+        }
     }
     let ops = em.ops;
     dynasm!(ops ; .arch x64 ; =>no_budget ; mov eax, exit::NO_BUDGET as i32 ; jmp =>out);

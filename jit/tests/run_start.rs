@@ -126,3 +126,61 @@ fn test_nmi_at_run_start_polls_the_bus_like_the_interpreter() {
     assert_eq!(polls[0..2], [("interp", 1, 1), ("interp", 1, 1)]);
     assert_eq!(polls[2..4], [("jit", 1, 1), ("jit", 1, 1)], "the JIT polls the bus as the interpreter does");
 }
+
+/// Regression (hostile lockstep campaign, Prot32 stream 1295): a block ended by POPF left
+/// through a chained jump into the next block, so a TF that POPF set was not seen by the
+/// dispatcher and the next block's inline code ran on: the single-step trap came instructions
+/// late. SDM vol. 3 17.3.1.4: with TF set by POPF, the trap follows the first instruction after
+/// the POPF.
+#[test]
+fn test_single_step_armed_by_popf_traps_after_one_instruction() {
+    use iced_x86::code_asm::*;
+    // Flat 32-bit protected mode, ring 0: GDT at 0 (0x08 code, 0x10 data), IDT at 0x800 with
+    // vector 1 (#DB) on the halting handler.
+    let mut a = CodeAssembler::new(32).unwrap();
+    let mut top = a.create_label();
+    let mut step = a.create_label();
+    a.mov(ecx, 3u32).unwrap();
+    a.set_label(&mut top).unwrap();
+    // EBX = 0x102 (TF) in the last round, else 2: no branch, so the block that ends with the
+    // POPF is the same in every round and its exit is chained after the first.
+    a.xor(ebx, ebx).unwrap();
+    a.cmp(ecx, 1).unwrap();
+    a.sete(bl).unwrap();
+    a.shl(ebx, 8).unwrap();
+    a.or(ebx, 2).unwrap();
+    a.push(ebx).unwrap();
+    a.popfd().unwrap();
+    a.inc(edx).unwrap();
+    a.set_label(&mut step).unwrap();
+    a.inc(esi).unwrap();
+    a.dec(ecx).unwrap();
+    a.jnz(top).unwrap();
+    a.hlt().unwrap();
+    let r = a.assemble_options(CODE, iced_x86::BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS).unwrap();
+    let code = r.inner.code_buffer.clone();
+    let after_first = r.label_ip(&step).unwrap();
+    const IDT: u64 = 0x800;
+    for (name, mut e) in engines() {
+        let mut ram = RamBus::with_code(1 << 20, &code, CODE).unwrap();
+        let w = |ram: &mut RamBus, at: u64, v: u64| ram.mem.load(GuestPhysAddr(at), &v.to_le_bytes()).unwrap();
+        w(&mut ram, 8, 0x00CF_9A00_0000_FFFF);
+        w(&mut ram, 16, 0x00CF_9200_0000_FFFF);
+        w(&mut ram, IDT + 8, (NMI_HANDLER & 0xFFFF) | (8 << 16) | (0x8E << 40) | ((NMI_HANDLER >> 16) << 48));
+        ram.mem.load(GuestPhysAddr(NMI_HANDLER), &[0xF4]).unwrap();
+        let mut bus = NmiBus { ram, nmi: false, intr_polls: 0, nmi_polls: 0 };
+        let mut cpu = CpuState::new_flat32();
+        cpu.gdtr = cpu::DescriptorTable { base: 0, limit: 23 };
+        cpu.idtr = cpu::DescriptorTable { base: IDT, limit: 0x7FF };
+        cpu.rip = CODE;
+        cpu.gpr = [0; 16];
+        cpu.gpr[4] = STACK;
+        assert_eq!(e.run(&mut cpu, &mut bus, 1000), RunExit::Halted, "{name}");
+        assert_eq!(cpu.rip, NMI_HANDLER + 1, "{name}: halted in the #DB handler");
+        let mut b = [0u8; 4];
+        bus.ram.mem.read(GuestPhysAddr(cpu.gpr[4]), &mut b).unwrap();
+        assert_eq!(u64::from(u32::from_le_bytes(b)), after_first, "{name}: the trap came right after INC EDX");
+        assert_eq!(cpu.gpr[2], 3, "{name}: INC EDX ran in each of the 3 rounds");
+        assert_eq!(cpu.gpr[6], 2, "{name}: INC ESI did not run in the last round");
+    }
+}
