@@ -8,8 +8,8 @@ use cpu::{CpuBus, CpuState, RunExit};
 use dynasmrt::x64::Assembler;
 use dynasmrt::{dynasm, AssemblyOffset, DynamicLabel, DynasmApi, DynasmLabelApi, Executor};
 use iced_x86::{
-    ConditionCode, Decoder, DecoderOptions, FlowControl, Formatter, Instruction, IntelFormatter, Mnemonic, OpKind,
-    Register,
+    Code, ConditionCode, Decoder, DecoderOptions, FlowControl, Formatter, Instruction, IntelFormatter, Mnemonic,
+    OpKind, Register,
 };
 use mmu::{TlbAccess, PAGE_MASK, PAGE_SIZE};
 use std::collections::HashMap;
@@ -537,6 +537,11 @@ fn effective_address(i: &Instruction, bitness: u32) -> Option<Ea> {
     if matches!(i.memory_segment(), Register::FS | Register::GS) {
         return None;
     }
+    // Outside 64-bit mode a CS override reaches a code segment: never writable, maybe not
+    // readable (#GP). The helper checks it.
+    if bitness != 64 && i.memory_segment() == Register::CS {
+        return None;
+    }
     effective_address_any_segment(i, bitness)
 }
 
@@ -608,7 +613,8 @@ fn classify_stack(i: &Instruction, bitness: u32, big_stack: bool, user: bool) ->
         Mnemonic::Call if matches!(i.op0_kind(), OpKind::NearBranch32 | OpKind::NearBranch64) => {
             StackOp::Call(i.near_branch_target())
         }
-        Mnemonic::Ret if i.op_count() == 0 => StackOp::Ret,
+        // Only the full-width forms: `66 C3` pops a 16-bit IP.
+        Mnemonic::Ret if i.op_count() == 0 && matches!(i.code(), Code::Retnd | Code::Retnq) => StackOp::Ret,
         _ => return None,
     };
     Some(Inline::Stack { op, w64, user })
