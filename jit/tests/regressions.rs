@@ -41,3 +41,27 @@ fn test_issue_9_store_through_cs_override_faults() {
     bus.mem.read(base::GuestPhysAddr(0x2000), &mut b).unwrap();
     assert_eq!(b, [0x11, 0, 0, 0], "the SUB wrote nothing");
 }
+
+/// A store through a DS holding a readable code segment (flat base and limit) must #GP (SDM
+/// vol. 3 5.4.1) even when the TLB already allows writes to the page: the mode key's "flat"
+/// bit, which lets the JIT access memory inline, requires SS, DS and ES to be writable data
+/// segments.
+#[test]
+fn test_issue_9_store_through_read_only_ds_faults() {
+    // mov eax, 0x11 ; mov es:[0x2000], eax (fills the TLB's write entry) ; mov [0x2000], esp ;
+    // hlt. No IDT: the #GP escalates to a triple fault.
+    let code = [
+        0xB8, 0x11, 0, 0, 0, // mov eax, 0x11
+        0x26, 0xA3, 0x00, 0x20, 0x00, 0x00, // mov es:[0x2000], eax
+        0x89, 0x25, 0x00, 0x20, 0x00, 0x00, // mov [0x2000], esp
+        0xF4,
+    ];
+    let mut start = state(32);
+    start.seg[cpu::SegReg::Ds as usize] = start.seg[cpu::SegReg::Cs as usize];
+    let (exit, c, bus) = lockstep("ds-code-store", &code, &start, 100);
+    assert_eq!(exit, RunExit::TripleFault);
+    assert_eq!(c.icount, 3);
+    let mut b = [0u8; 4];
+    bus.mem.read(base::GuestPhysAddr(0x2000), &mut b).unwrap();
+    assert_eq!(b, [0x11, 0, 0, 0], "the store through DS wrote nothing");
+}
