@@ -455,8 +455,9 @@ impl CpuState {
     /// The mode key: everything about the mode that decoding or translated code depends on.
     ///
     /// Bits 0-1 code size ([`CpuMode`] order), 2-3 CPL, 4 big stack (SS.B or 64-bit), 5 paging,
-    /// 6 virtual-8086, 7 flat segments (CS, SS, DS, ES with base 0 and a 4 GiB limit, or 64-bit
-    /// mode), 8 EFER.NXE, 9 CR0.WP, 10 alignment checks possible (CR0.AM and EFLAGS.AC).
+    /// 6 virtual-8086, 7 flat segments (CS a readable code segment, SS, DS, ES writable data
+    /// segments, all with base 0 and a 4 GiB limit; or 64-bit mode), 8 EFER.NXE, 9 CR0.WP,
+    /// 10 alignment checks possible (CR0.AM and EFLAGS.AC).
     pub fn compute_mode_key(&self) -> u32 {
         let mode = self.mode();
         let mut k = match mode {
@@ -475,10 +476,13 @@ impl CpuState {
         if self.rflags & rflags::VM != 0 {
             k |= 1 << 6;
         }
+        // Flat also means every access through them is allowed: CS a readable code segment,
+        // SS, DS and ES writable data segments (a store through a read-only DS must #GP).
         let flat = mode == CpuMode::Long64
             || [SegReg::Cs, SegReg::Ss, SegReg::Ds, SegReg::Es].iter().all(|&r| {
                 let s = &self.seg[r as usize];
-                s.base == 0 && s.limit == u32::MAX
+                let want = if r == SegReg::Cs { 0x1A } else { 0x12 };
+                s.base == 0 && s.limit == u32::MAX && s.attr & 0x1A == want
             });
         if flat {
             k |= 1 << 7;

@@ -19,10 +19,13 @@
 //! flush, mode change, budget end): faults, interrupts, port and MMIO accesses happen at the same
 //! instruction count, with the same state, as under the interpreter.
 //!
-//! Self-modifying code: the translator marks every page it translates in the
-//! [`mmu::CodePages`] tracker, which forces stores there through the slow path; a store clears
-//! the mark and queues the page, and the translator drops that page's blocks before it runs the
-//! next block. A store into the running block ends the block after the store.
+//! Self-modifying code: the translator marks the guest bytes of every block it translates in
+//! the [`mmu::CodePages`] tracker, which forces stores to their page through the slow path; a
+//! store that hits marked code clears the mark and queues the range, and the translator drops
+//! the blocks overlapping it (and the blocks of the page chained into them) before it runs the
+//! next block. A store into the running block ends the block after the store. A page written
+//! [`mmu::code::HOT_DATA_WRITES`] times is tracked per 64-byte chunk from then on, so stores to
+//! data next to code stop dropping that code.
 //!
 //! On hosts other than x86-64, [`Translator`] runs the interpreter.
 
@@ -80,6 +83,20 @@ impl Translator {
             stats: JitStats::default(),
             trace: false,
         }
+    }
+
+    /// A translator whose cache flushes once it holds `max_blocks` blocks (the default bound
+    /// is 65,536 blocks or 16 MiB of host code), so tests can cross the bound quickly.
+    pub fn with_max_blocks(max_blocks: usize) -> Self {
+        #[allow(unused_mut)]
+        let mut t = Self::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            t.cache.max_blocks = max_blocks.max(1);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = max_blocks;
+        t
     }
 
     /// Statistics so far.

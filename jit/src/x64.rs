@@ -8,8 +8,8 @@ use cpu::{CpuBus, CpuState, RunExit};
 use dynasmrt::x64::Assembler;
 use dynasmrt::{dynasm, AssemblyOffset, DynamicLabel, DynasmApi, DynasmLabelApi, Executor};
 use iced_x86::{
-    ConditionCode, Decoder, DecoderOptions, FlowControl, Formatter, Instruction, IntelFormatter, Mnemonic, OpKind,
-    Register,
+    Code, ConditionCode, Decoder, DecoderOptions, FlowControl, Formatter, Instruction, IntelFormatter, Mnemonic,
+    OpKind, Register,
 };
 use mmu::{TlbAccess, PAGE_MASK, PAGE_SIZE};
 use std::collections::HashMap;
@@ -43,6 +43,10 @@ struct Block {
     /// After the prologue: where chained jumps from other blocks land.
     body: AssemblyOffset,
     len: usize,
+    /// Bytes of guest code translated (from the key's backing offset; within one page).
+    guest_len: u64,
+    /// The chain slots this block emitted (ids into `CodeCache::slots`).
+    slot_ids: (u32, u32),
 }
 
 /// Exit code of a chain slot not patched yet (bits 8.. hold the slot number).
@@ -62,6 +66,10 @@ pub(crate) struct CodeCache {
     pub(crate) chained: u64,
     /// A direct-mapped cache in front of `blocks` for the dispatcher (indirect branches, RET).
     jc: Vec<Option<(BlockKey, Block)>>,
+    /// The cache is flushed once it holds this many blocks ([`MAX_BLOCKS`] but in tests).
+    pub(crate) max_blocks: usize,
+    /// Flushes so far: a chain slot id is only meaningful in the generation that made it.
+    generation: u64,
 }
 
 /// Entries of the dispatcher's jump cache.
@@ -99,14 +107,17 @@ impl CodeCache {
             slots: Vec::new(),
             chained: 0,
             jc: vec![None; JC_SIZE],
+            max_blocks: MAX_BLOCKS,
+            generation: 0,
         }
     }
 
     fn full(&self) -> bool {
-        self.blocks.len() >= MAX_BLOCKS || self.ops.as_ref().is_some_and(|(a, _)| a.offset().0 >= CODE_LIMIT)
+        self.blocks.len() >= self.max_blocks || self.ops.as_ref().is_some_and(|(a, _)| a.offset().0 >= CODE_LIMIT)
     }
 
     fn flush(&mut self) {
+        self.generation += 1;
         self.blocks.clear();
         self.pages.clear();
         self.slots.clear();
@@ -114,13 +125,27 @@ impl CodeCache {
         self.ops = new_assembler();
     }
 
-    /// Drops the blocks that start in pages overlapping `[start, start + len)`; returns how many.
+    /// Drops the blocks whose guest code overlaps `[start, start + len)` (backing offsets) and
+    /// the blocks of their page chained into them; returns how many. Ranges of whole pages drop
+    /// whole pages.
     pub(crate) fn invalidate(&mut self, start: u64, len: u64) -> u64 {
         if len == 0 {
             return 0;
         }
+        if start == 0 && len == u64::MAX {
+            // Everything: start a fresh code buffer too (committing into a large buffer
+            // costs more, and nothing in the old one can run again).
+            let n = self.blocks.len() as u64;
+            if n > 0 {
+                self.flush();
+            }
+            return n;
+        }
         let first = start / PAGE_SIZE;
         let last = start.saturating_add(len - 1) / PAGE_SIZE;
+        if first == last && len < PAGE_SIZE {
+            return self.drop_overlapping(first, start, start + len);
+        }
         let mut n = 0;
         if last - first >= self.pages.len() as u64 {
             let pages: Vec<u64> = self.pages.keys().copied().filter(|p| (first..=last).contains(p)).collect();
@@ -133,6 +158,53 @@ impl CodeCache {
             }
         }
         n
+    }
+
+    /// Drops the blocks of `page` whose guest bytes overlap `[start, end)`, then, until none
+    /// is left, the blocks of the page with a chain slot aimed at a dropped block (a patched
+    /// jump would run the stale translation; chains never leave a page).
+    fn drop_overlapping(&mut self, page: u64, start: u64, end: u64) -> u64 {
+        let Some(keys) = self.pages.get(&page) else { return 0 };
+        let mut keep = Vec::with_capacity(keys.len());
+        let mut drop = Vec::new();
+        for &k in keys {
+            match self.blocks.get(&k) {
+                Some(b) if k.0 < end && k.0 + b.guest_len > start => drop.push(k),
+                Some(_) => keep.push(k),
+                None => {}
+            }
+        }
+        if drop.is_empty() {
+            return 0;
+        }
+        loop {
+            let before = drop.len();
+            keep.retain(|k| {
+                let b = &self.blocks[k];
+                let chained_to_dropped = (b.slot_ids.0..b.slot_ids.1)
+                    .any(|id| self.slots.get(id as usize).is_some_and(|&(_, t)| drop.iter().any(|d| d.0 == t)));
+                if chained_to_dropped {
+                    drop.push(*k);
+                }
+                !chained_to_dropped
+            });
+            if drop.len() == before {
+                break;
+            }
+        }
+        for k in &drop {
+            let j = jc_index(*k);
+            if matches!(self.jc[j], Some((jk, _)) if jk == *k) {
+                self.jc[j] = None;
+            }
+            self.blocks.remove(k);
+        }
+        if keep.is_empty() {
+            self.pages.remove(&page);
+        } else {
+            self.pages.insert(page, keep);
+        }
+        drop.len() as u64
     }
 
     fn drop_page(&mut self, page: u64) -> u64 {
@@ -184,12 +256,14 @@ impl CodeCache {
         if insns.is_empty() {
             return None;
         }
+        let guest_len = insns.iter().map(|i| i.len() as u64).sum();
         let (ops, _) = self.ops.as_mut()?;
         let start = ops.offset();
+        let first_slot = self.slots.len() as u32;
         let body = emit_block(ops, &insns, bitness, inline, user, big_stack, rip, backing, &mut self.slots);
         ops.commit().ok()?;
         let len = ops.offset().0 - start.0;
-        let b = Block { entry: start, body, len };
+        let b = Block { entry: start, body, len, guest_len, slot_ids: (first_slot, self.slots.len() as u32) };
         self.blocks.insert(key, b);
         self.pages.entry(backing >> 12).or_default().push(key);
         Some(b)
@@ -463,6 +537,11 @@ fn effective_address(i: &Instruction, bitness: u32) -> Option<Ea> {
     if matches!(i.memory_segment(), Register::FS | Register::GS) {
         return None;
     }
+    // Outside 64-bit mode a CS override reaches a code segment: never writable, maybe not
+    // readable (#GP). The helper checks it.
+    if bitness != 64 && i.memory_segment() == Register::CS {
+        return None;
+    }
     effective_address_any_segment(i, bitness)
 }
 
@@ -534,7 +613,8 @@ fn classify_stack(i: &Instruction, bitness: u32, big_stack: bool, user: bool) ->
         Mnemonic::Call if matches!(i.op0_kind(), OpKind::NearBranch32 | OpKind::NearBranch64) => {
             StackOp::Call(i.near_branch_target())
         }
-        Mnemonic::Ret if i.op_count() == 0 => StackOp::Ret,
+        // Only the full-width forms: `66 C3` pops a 16-bit IP.
+        Mnemonic::Ret if i.op_count() == 0 && matches!(i.code(), Code::Retnd | Code::Retnq) => StackOp::Ret,
         _ => return None,
     };
     Some(Inline::Stack { op, w64, user })
@@ -1391,7 +1471,13 @@ fn emit_block(
         let end = insns.last().map_or(0, |i| i.next_ip());
         em.sync_flags();
         em.sync_count_rip(end);
-        em.leave_to(end);
+        if insns.last().is_some_and(ends_block) {
+            // POPF, STI, MOV SS, ...: the dispatcher must see the state they leave (TF, an
+            // interrupt shadow, breakpoints) before the next instruction, so no chained jump.
+            em.leave();
+        } else {
+            em.leave_to(end);
+        }
     }
     let ops = em.ops;
     dynasm!(ops ; .arch x64 ; =>no_budget ; mov eax, exit::NO_BUDGET as i32 ; jmp =>out);
@@ -1459,10 +1545,6 @@ fn block_for(
         return Some((*blk, b));
     }
     let mem = bus.memory();
-    let page = b >> 12;
-    if mem.code_pages().is_hot_data(page) {
-        return None;
-    }
     if cache.full() {
         cache.flush();
         stats.cache_flushes += 1;
@@ -1472,8 +1554,10 @@ fn block_for(
     let inline = matches!(k & 3, 2 | 3) && k & (1 << 7) != 0 && k & (1 << 6) == 0;
     let big_stack = k & (1 << 4) != 0;
     let blk = cache.translate(mem.backing(), key, cpu.mode().bitness(), inline, cpu.cpl == 3, big_stack, cpu.rip)?;
-    if mem.mark_code_page(page) {
-        cpu.tlb.protect_backing_page(page << 12);
+    // Pages that mix code and data are tracked per chunk (see `mmu::CodePages`): mark the
+    // bytes translated, so writes next to them do not drop the block.
+    if mem.mark_code_range(b, blk.guest_len) {
+        cpu.tlb.protect_backing_page(b & PAGE_MASK);
     }
     stats.blocks_translated += 1;
     Some((blk, b))
@@ -1482,24 +1566,24 @@ fn block_for(
 /// The dispatcher: runs blocks (or single interpreted instructions) until the budget is used up
 /// or something ends the run.
 pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, budget: u64) -> RunExit {
-    // A latched NMI is delivered at the start of a run, exactly as the interpreter does it (a
-    // zero-budget interpreter run services it and executes nothing).
-    if !cpu.nmi_blocked && bus.take_nmi() {
-        cpu.nmi_pending = true;
-    }
-    if cpu.nmi_pending
-        && !cpu.nmi_blocked
-        && cpu::ExecutionEngine::run(&mut t.interp, cpu, bus, 0) == RunExit::TripleFault
-    {
-        return RunExit::TripleFault;
-    }
-    let end = cpu.icount.saturating_add(budget);
+    // The start of a run, call for call as the interpreter does it (see the rule on
+    // `Interpreter::run`): one interrupt poll, then a latched NMI is delivered; an NMI held by
+    // an interrupt shadow ends the run after one instruction (`budget_end` stays, so a REP
+    // there runs on as under the interpreter).
+    let mut end = cpu.icount.saturating_add(budget);
     cpu.budget_end = end;
     cpu.irq_pending = bus.interrupt_pending();
     cpu.stop_requested = false;
+    cpu.refresh_mode_key();
+    match t.interp.service_nmi_for_jit(cpu, bus) {
+        Err(x) => return x,
+        Ok(true) => end = end.min(cpu.icount + 1),
+        Ok(false) => {}
+    }
     let Translator { interp, cache, stats, trace } = t;
     let mut env = HelperEnv::new(interp, bus, *trace);
-    let mut chain_req: Option<usize> = None;
+    // (cache generation, chain slot) of the last block exit through an unpatched chain slot.
+    let mut chain_req: Option<(u64, usize)> = None;
     let r = loop {
         if cpu.icount >= end {
             break RunExit::BudgetExhausted;
@@ -1518,8 +1602,11 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
         let debug = cpu.rflags & (TF | RF) != 0 || cpu.dr[7] & 0xFF != 0 || cpu.nmi_pending;
         let due = debug || cpu.interrupt_shadow || (cpu.rflags & IF != 0 && cpu.irq_pending);
         let code = if cpu.halted || due { None } else { block_for(cache, stats, cpu, env.bus()) };
-        if let (Some(id), Some((blk, b))) = (chain_req.take(), &code) {
-            cache.chain(id, *b, blk);
+        if let (Some((generation, id)), Some((blk, b))) = (chain_req.take(), &code) {
+            // A flush in between (cache full, everything invalidated) took the slot away.
+            if generation == cache.generation {
+                cache.chain(id, *b, blk);
+            }
         }
         let c = match code {
             Some((blk, _)) => {
@@ -1535,7 +1622,7 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
             exit::HALTED => break RunExit::Halted,
             exit::TRIPLE_FAULT => break RunExit::TripleFault,
             exit::STOPPED => break RunExit::Stopped,
-            CHAIN => chain_req = Some((c >> 8) as usize),
+            CHAIN => chain_req = Some((cache.generation, (c >> 8) as usize)),
             // The block that did not fit may have been reached by a chained jump after other
             // blocks ran: the budget may be used up already.
             exit::NO_BUDGET if cpu.icount < end => {

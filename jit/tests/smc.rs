@@ -129,3 +129,51 @@ fn test_smc_dma_into_translated_code_is_seen() {
     assert_eq!(c.gpr[3], 7, "the block translated before the DMA was dropped");
     assert!(jit.stats().smc_invalidations >= 1);
 }
+
+#[test]
+fn test_smc_data_next_to_a_hot_loop_does_not_drop_it() {
+    // A loop stores to a variable in its own page, 2 KiB away (another 64-byte chunk). At
+    // ECX = 500 it patches its own ADD (imm8 1 -> 2) once: that store hits code.
+    let code = assemble(64, |a| {
+        let mut top = a.create_label();
+        let mut patch = a.create_label();
+        let mut var = a.create_label();
+        a.mov(ecx, 1000u32).unwrap();
+        a.xor(ebx, ebx).unwrap();
+        a.set_label(&mut top).unwrap();
+        a.mov(qword_ptr(var), rcx).unwrap();
+        a.cmp(ecx, 500).unwrap();
+        a.jne(patch).unwrap();
+        a.lea(rdi, qword_ptr(patch)).unwrap();
+        a.mov(byte_ptr(rdi + 2), 2).unwrap();
+        a.set_label(&mut patch).unwrap();
+        a.add(ebx, 1).unwrap(); // 83 C3 01
+        a.dec(ecx).unwrap();
+        a.jnz(top).unwrap();
+        a.hlt().unwrap();
+        a.db(&[0u8; 0x800]).unwrap();
+        a.set_label(&mut var).unwrap();
+        a.dq(&[0]).unwrap();
+    });
+    assert_eq!(code[code.len() - 8..], [0; 8]);
+    let (exit, c, _) = lockstep("data-next-to-loop", &code, &state(64), 20_000);
+    assert_eq!(exit, RunExit::Halted);
+    assert_eq!(c.gpr[3], 500 + 2 * 500, "500 ADDs of 1, then the patched ADD of 2 ran 500 times");
+    // One run: after HOT_DATA_WRITES invalidations the page is tracked per chunk, and stores
+    // to the variable stop dropping the loop (which keeps running as translated code).
+    let mut jit = jit::Translator::new();
+    let (exit, c, mut bus) = run(&mut jit, &code, &state(64), 20_000, &[]);
+    assert_eq!(exit, RunExit::Halted);
+    assert_eq!(c.gpr[3], 1500);
+    let s = jit.stats();
+    let hot = u64::from(mmu::code::HOT_DATA_WRITES);
+    let code_pages = bus.mem.code_pages();
+    // HOT_DATA_WRITES whole-page invalidations, then only the patch (one chunk).
+    assert_eq!(code_pages.invalidations, hot + 1, "{s:?}: writes to the variable kept invalidating the loop");
+    // Each whole-page invalidation drops the few blocks of the loop; 1000 iterations would drop
+    // (and translate) thousands.
+    assert!(s.smc_invalidations <= 4 * (hot + 1), "{s:?}");
+    assert!(s.blocks_translated <= 4 * (hot + 2), "{s:?}");
+    assert!(s.interpreted < 100, "{s:?}: the loop ran as translated code, not interpreted");
+    assert!(bus.mem.code_pages().fine_misses >= 900, "stores to the variable hit no code");
+}

@@ -1,13 +1,16 @@
 //! Which backing pages hold code the CPU has cached (decoded or translated): the single owner of
-//! that knowledge. CPU stores, DMA and image loads all clear marks through [`CodePages::clear`],
-//! which queues the page for the engines to invalidate ([`CodePages::take_invalidated`]).
+//! that knowledge. CPU stores, DMA and image loads all clear marks through
+//! [`CodePages::clear_range`] (or [`CodePages::clear`] for a whole page), which queues what was
+//! invalidated for the engines ([`CodePages::take_invalidated`]).
 //!
 //! Pages that mix code and data would thrash (translate, write, invalidate, translate again).
-//! Every invalidation of a page bumps a saturating per-page counter; an engine asks
-//! [`CodePages::is_hot_data`] and stops translating such a page (it interprets it instead, the
-//! interpreter's per-instruction decode cache being cheap to refill).
-
+//! As QEMU does (its per-page write counter and SMC bitmap), every invalidation of a page bumps
+//! a saturating per-page counter; once it reaches [`HOT_DATA_WRITES`] the page is tracked per
+//! [`CHUNK`]-byte chunk: the engines mark the bytes their cached code came from
+//! ([`CodePages::mark_range`]), and a write invalidates only when it hits a chunk that holds
+//! code, and then only the chunks it hit (a write elsewhere in the page keeps the code).
 use crate::PAGE_SIZE;
+use std::collections::HashMap;
 
 /// A range of backing offsets whose cached code is stale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,20 +21,35 @@ pub struct CodeRange {
     pub len: u64,
 }
 
-/// Invalidations after which a page counts as mixed code and data.
+/// Invalidations after which a page counts as mixed code and data, tracked per chunk.
 pub const HOT_DATA_WRITES: u8 = 32;
+/// Bytes per chunk of a finely tracked page (64 chunks per page: one `u64` of marks).
+pub const CHUNK: u64 = 64;
 /// Queued invalidations kept before the queue collapses into "everything".
 const QUEUE_MAX: usize = 4096;
 
-/// Code marks, per-page invalidation counters and the queue of pages invalidated.
+/// Code marks, per-page invalidation counters and the queue of ranges invalidated.
 #[derive(Debug, Clone, Default)]
 pub struct CodePages {
     bits: Vec<u64>,
     writes: Vec<u8>,
-    queue: Vec<u64>,
+    /// Finely tracked pages: page -> one bit per chunk holding cached code.
+    fine: HashMap<u64, u64>,
+    queue: Vec<CodeRange>,
     overflow: bool,
-    /// Total pages invalidated (statistics).
+    /// Total invalidations queued (statistics).
     pub invalidations: u64,
+    /// Writes into a finely tracked code page that hit no code and invalidated nothing
+    /// (statistics).
+    pub fine_misses: u64,
+}
+
+/// The chunk bits of the bytes `[off, off + len)` of one page (`off` within the page).
+fn chunk_mask(off: u64, len: u64) -> u64 {
+    let first = off / CHUNK;
+    let last = (off + len.max(1) - 1).min(PAGE_SIZE - 1) / CHUNK;
+    let n = last - first + 1;
+    (if n >= 64 { u64::MAX } else { (1u64 << n) - 1 }) << first
 }
 
 impl CodePages {
@@ -41,15 +59,26 @@ impl CodePages {
         CodePages { bits: vec![0; n.div_ceil(64)], writes: vec![0; n], ..Default::default() }
     }
 
-    /// Marks a backing page as holding cached code; returns true if it was not before.
+    /// Marks a whole backing page as holding cached code; returns true if it was not marked
+    /// before (the caller then makes writes to it take the slow path).
     pub fn mark(&mut self, page: u64) -> bool {
+        self.mark_range(page * PAGE_SIZE, PAGE_SIZE)
+    }
+
+    /// Marks the code bytes `[off, off + len)` (backing offsets, within one page) as cached;
+    /// returns true if their page was not marked before.
+    pub fn mark_range(&mut self, off: u64, len: u64) -> bool {
+        let page = off / PAGE_SIZE;
         let (w, b) = ((page / 64) as usize, page % 64);
-        match self.bits.get_mut(w) {
-            Some(word) if *word & (1 << b) == 0 => {
-                *word |= 1 << b;
-                true
-            }
-            _ => false,
+        let Some(word) = self.bits.get_mut(w) else { return false };
+        if let Some(m) = self.fine.get_mut(&page) {
+            *m |= chunk_mask(off % PAGE_SIZE, len);
+        }
+        if *word & (1 << b) == 0 {
+            *word |= 1 << b;
+            true
+        } else {
+            false
         }
     }
 
@@ -60,36 +89,76 @@ impl CodePages {
         self.bits.get(w).is_some_and(|word| word & (1 << b) != 0)
     }
 
-    /// Clears a page's mark after a write into it; returns true if it was set, in which case
-    /// the page is queued for invalidation and its counter bumped.
+    /// Clears a page's mark after a write into it that may have hit any of its bytes (DMA
+    /// by page); returns true if it was set, in which case the whole page is queued for
+    /// invalidation and its counter bumped.
     pub fn clear(&mut self, page: u64) -> bool {
-        let (w, b) = ((page / 64) as usize, page % 64);
-        match self.bits.get_mut(w) {
-            Some(word) if *word & (1 << b) != 0 => {
-                *word &= !(1 << b);
-                if let Some(c) = self.writes.get_mut(page as usize) {
-                    *c = c.saturating_add(1);
-                }
-                self.invalidations += 1;
-                if self.queue.len() < QUEUE_MAX {
-                    self.queue.push(page);
-                } else {
-                    self.overflow = true;
-                }
-                true
+        self.clear_in_page(page, 0, PAGE_SIZE)
+    }
+
+    /// A write of `len` bytes at page offset `off` of `page`: returns true if it invalidated
+    /// cached code (queued).
+    fn clear_in_page(&mut self, page: u64, off: u64, len: u64) -> bool {
+        if !self.is_marked(page) {
+            return false;
+        }
+        let start = page * PAGE_SIZE;
+        let range = if let Some(m) = self.fine.get_mut(&page) {
+            let hit = *m & chunk_mask(off, len);
+            if hit == 0 {
+                self.fine_misses += 1;
+                return false;
             }
-            _ => false,
+            *m &= !hit;
+            let (lo, hi) = (u64::from(hit.trailing_zeros()), 64 - u64::from(hit.leading_zeros()));
+            if *m != 0 {
+                // Other chunks still hold code: the page stays marked (writes stay slow).
+                self.queue_range(CodeRange { start: start + lo * CHUNK, len: (hi - lo) * CHUNK });
+                return true;
+            }
+            CodeRange { start: start + lo * CHUNK, len: (hi - lo) * CHUNK }
+        } else {
+            CodeRange { start, len: PAGE_SIZE }
+        };
+        let (w, b) = ((page / 64) as usize, page % 64);
+        self.bits[w] &= !(1 << b);
+        if let Some(c) = self.writes.get_mut(page as usize) {
+            *c = c.saturating_add(1);
+            if *c >= HOT_DATA_WRITES {
+                // From now on, track this page's code per chunk (empty until marked again).
+                self.fine.entry(page).or_insert(0);
+            }
+        }
+        self.queue_range(range);
+        true
+    }
+
+    fn queue_range(&mut self, r: CodeRange) {
+        self.invalidations += 1;
+        if self.queue.len() < QUEUE_MAX {
+            self.queue.push(r);
+        } else {
+            self.overflow = true;
         }
     }
 
-    /// Clears the marks of every page overlapping `len` bytes at backing offset `off`.
-    pub fn clear_range(&mut self, off: u64, len: u64) {
+    /// A write of `len` bytes at backing offset `off` (CPU store, DMA, image load): invalidates
+    /// the cached code it hits (whole pages, or in finely tracked pages the chunks hit);
+    /// returns true if it hit any.
+    pub fn clear_range(&mut self, off: u64, len: u64) -> bool {
         if len == 0 {
-            return;
+            return false;
         }
-        for page in off / PAGE_SIZE..=(off + len - 1) / PAGE_SIZE {
-            self.clear(page);
+        let mut hit = false;
+        let end = off.saturating_add(len);
+        let mut a = off;
+        while a < end {
+            let page = a / PAGE_SIZE;
+            let n = ((page + 1) * PAGE_SIZE).min(end) - a;
+            hit |= self.clear_in_page(page, a % PAGE_SIZE, n);
+            a += n;
         }
+        hit
     }
 
     /// Whether invalidations are queued.
@@ -106,12 +175,13 @@ impl CodePages {
             f(CodeRange { start: 0, len: u64::MAX });
             return;
         }
-        for page in self.queue.drain(..) {
-            f(CodeRange { start: page * PAGE_SIZE, len: PAGE_SIZE });
+        for r in self.queue.drain(..) {
+            f(r);
         }
     }
 
-    /// Whether a page was invalidated so often that it holds data written next to code.
+    /// Whether a page was invalidated so often that it holds data written next to code (it is
+    /// tracked per chunk).
     #[inline]
     pub fn is_hot_data(&self, page: u64) -> bool {
         self.writes.get(page as usize).is_some_and(|&c| c >= HOT_DATA_WRITES)
@@ -143,6 +213,34 @@ mod tests {
         }
         assert!(c.is_hot_data(7));
         assert!(!c.mark(1000) && !c.is_marked(1000), "out of range pages are never code");
+    }
+
+    #[test]
+    fn test_code_pages_hot_page_is_tracked_per_chunk() {
+        let mut c = CodePages::new(16);
+        let page = 7u64;
+        let base = page * PAGE_SIZE;
+        for _ in 0..HOT_DATA_WRITES {
+            c.mark(page);
+            assert!(c.clear_range(base + 0x800, 8), "whole-page tracking: any write invalidates");
+        }
+        c.take_invalidated(|_| {});
+        // Code in bytes 0x100..0x10A (chunk 4) and 0x13E..0x142 (chunks 4 and 5).
+        assert!(c.mark_range(base + 0x100, 10), "the page was unmarked by the last write");
+        assert!(!c.mark_range(base + 0x13E, 4));
+        assert!(!c.clear_range(base + 0x800, 8), "a write into a chunk without code");
+        assert!(!c.clear_range(base + 0xC0, 0x40), "chunk 3 ends where the code's chunk begins");
+        assert!(c.is_marked(page) && !c.has_invalidated() && c.fine_misses == 2);
+        assert!(c.clear_range(base + 0x17F, 2), "bytes 0x17F..0x181: chunks 5 and 6");
+        let mut got = Vec::new();
+        c.take_invalidated(|r| got.push(r));
+        assert_eq!(got, vec![CodeRange { start: base + 0x140, len: 0x40 }], "only chunk 5 held code");
+        assert!(c.is_marked(page), "chunk 4 still holds code");
+        assert!(c.clear(page), "a whole-page write (DMA by page) hits chunk 4");
+        c.take_invalidated(|r| got.push(r));
+        assert_eq!(got[1], CodeRange { start: base + 0x100, len: 0x40 });
+        assert!(!c.is_marked(page));
+        assert!(!c.clear_range(base, PAGE_SIZE), "no code left");
     }
 
     #[test]

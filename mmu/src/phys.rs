@@ -222,12 +222,24 @@ impl PhysMemory {
     }
 
     fn clear_code_range(&mut self, off: u64, len: u64) {
-        self.code.clear_range(off, len);
+        let _ = self.code.clear_range(off, len);
     }
 
     /// Marks a backing page as holding code the CPU has cached; returns true if it was not before.
     pub fn mark_code_page(&mut self, backing_page: u64) -> bool {
         self.code.mark(backing_page)
+    }
+
+    /// Marks the bytes `[off, off + len)` (backing offsets, within one page) as code the CPU
+    /// has cached; returns true if their page was not marked before.
+    pub fn mark_code_range(&mut self, off: u64, len: u64) -> bool {
+        self.code.mark_range(off, len)
+    }
+
+    /// A CPU store of `len` bytes at backing offset `off`: invalidates the cached code it hits
+    /// (see [`CodePages::clear_range`]); returns true if it hit any.
+    pub fn code_write(&mut self, off: u64, len: u64) -> bool {
+        self.code.clear_range(off, len)
     }
 
     /// Whether a backing page holds cached code.
@@ -249,7 +261,7 @@ impl PhysMemory {
         let n = data.len().min(b.len().saturating_sub(start));
         if n > 0 {
             b[start..start + n].copy_from_slice(&data[..n]);
-            self.code.clear_range(off, n as u64);
+            let _ = self.code.clear_range(off, n as u64);
         }
     }
 

@@ -241,7 +241,7 @@ impl Cx<'_> {
         match region.map(|r| r.kind) {
             Some(RegionKind::Ram { backing }) => {
                 let bpage = backing + (side.phys_page - region.map_or(0, |r| r.start));
-                if self.bus.memory().clear_code_page(bpage >> 12) {
+                if self.bus.memory().code_write(bpage | (lin & 0xFFF), size as u64) {
                     self.cache.invalidate_page(bpage);
                     self.code_written = true;
                     // The fetch shortcut carries the old generation of the page's bank.
@@ -251,8 +251,12 @@ impl Cx<'_> {
                 if let Some(s) = self.bus.memory().backing_mut().get_mut(b..b + size) {
                     s.copy_from_slice(&val.to_le_bytes()[..size]);
                 }
-                // The page is dirty and holds no cached code now: let later writes go fast.
-                if !(self.page_watched(lin & PAGE_MASK) || self.ac_active && user) {
+                // The page is dirty and holds no cached code now: let later writes go fast
+                // (a finely tracked page keeps code in other chunks: writes stay slow).
+                if !(self.page_watched(lin & PAGE_MASK)
+                    || self.ac_active && user
+                    || self.bus.memory().is_code_page(bpage >> 12))
+                {
                     let mut e2 = e;
                     e2.write_tag = lin & PAGE_MASK;
                     self.cpu.tlb.fill(user, lin, e2, side);

@@ -221,6 +221,21 @@ impl Interpreter {
         Interpreter { cache: DecodeCache::new(), trace: false }
     }
 
+    /// The NMI part of the start of a run, for an engine that runs the rest itself (the JIT):
+    /// exactly what [`ExecutionEngine::run`] does after setting up `budget_end`, `irq_pending`
+    /// and `stop_requested`, and nothing else. Unless NMIs are blocked, a latched NMI
+    /// ([`CpuBus::take_nmi`], the only bus call) is delivered (counts 0 instructions).
+    /// `Ok(true)`: an interrupt shadow holds it back, so the run must end after one instruction
+    /// (the next run delivers it). `Err(RunExit::TripleFault)`: delivering it triple-faulted.
+    ///
+    /// Why not `run(cpu, bus, 0)`: see the start-of-run rule on [`ExecutionEngine::run`] for
+    /// the interpreter; a zero-budget run polls the bus again.
+    pub fn service_nmi_for_jit(&mut self, cpu: &mut CpuState, bus: &mut dyn CpuBus) -> Result<bool, RunExit> {
+        let end = cpu.budget_end;
+        let mut cx = Cx::new(cpu, bus, &mut self.cache, end, true);
+        cx.service_nmi().map_err(|()| RunExit::TripleFault)
+    }
+
     /// One turn of the run loop for the JIT's per-instruction helper (see
     /// [`crate::helpers::helper_step`]): the run's end is `cpu.budget_end`.
     pub fn step_for_jit(&mut self, cpu: &mut CpuState, bus: &mut dyn CpuBus, trace: bool) -> u32 {
@@ -421,7 +436,7 @@ impl<'a> Cx<'a> {
                         return Err(Exception::InvalidOpcode);
                     }
                     wrap_next_ip(&mut instr, bitness);
-                    if mem.mark_code_page(b >> 12) {
+                    if mem.mark_code_range(b, instr.len() as u64) {
                         self.cpu.tlb.protect_backing_page(b & PAGE_MASK);
                     }
                     self.cache.tags[slot] = (key, rip);
@@ -658,6 +673,20 @@ fn trace_instr(cpu: &CpuState, instr: &Instruction) {
 }
 
 impl ExecutionEngine for Interpreter {
+    /// The start of a run, which every engine must reproduce call for call (a bus may answer
+    /// differently the second time it is asked, and the hostile tests' noisy bus does):
+    /// 1. `budget_end = icount + budget`;
+    /// 2. `irq_pending = bus.interrupt_pending()`: exactly one poll;
+    /// 3. `stop_requested = false`, mode key refreshed;
+    /// 4. unless NMIs are blocked, `bus.take_nmi()`; a latched NMI is delivered now (counts 0),
+    ///    or, if an interrupt shadow (MOV SS, POP SS, STI) holds it back, the run ends after
+    ///    one instruction so that the next run delivers it.
+    ///
+    /// So a zero-budget run executes nothing but is not a no-op: it polls the bus (steps 2
+    /// and 4) and may deliver an NMI. Calling it at the start of every JIT run put one extra
+    /// `interrupt_pending` poll into each run, which shifted the noisy bus's answers (port
+    /// reads, interrupt vectors) and made hostile streams diverge; the JIT calls
+    /// [`Interpreter::service_nmi_for_jit`] (step 4 only) instead.
     fn run(&mut self, cpu: &mut CpuState, bus: &mut dyn CpuBus, budget: base::InstrCount) -> RunExit {
         let end = cpu.icount.saturating_add(budget);
         cpu.budget_end = end;

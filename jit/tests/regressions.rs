@@ -1,0 +1,67 @@
+//! Divergences the 10,000-stream hostile lockstep campaign found, as small guests run under
+//! both engines (the JIT one-shot and sliced, against the interpreter) with the result the SDM
+//! gives checked by hand.
+
+mod common;
+
+use common::*;
+use cpu::RunExit;
+
+/// Prot32 stream 4609: `66 C3` in 32-bit code is RET with a 16-bit operand size: it pops two
+/// bytes into IP (EIP = IP) — SDM vol. 2 RET. The inline RET popped four.
+#[test]
+fn test_issue_9_ret_with_operand_size_prefix_pops_16_bits() {
+    let mut code = vec![0x68, 0x10, 0x10, 0, 0]; // 1000: push 0x1010
+    code.extend_from_slice(&[0x66, 0xC3]); // 1005: ret (16-bit)
+    code.resize(0x10, 0xCC);
+    code.push(0xF4); // 1010: hlt
+    let (exit, c, _) = lockstep("retw", &code, &state(32), 100);
+    assert_eq!(exit, RunExit::Halted);
+    assert_eq!(c.rip, 0x1011, "returned to IP 0x1010");
+    assert_eq!(c.gpr[4], 0x7_0000 - 4 + 2, "ESP: four pushed, two popped");
+}
+
+/// Prot32Ring3 stream 5648: a store with a CS override in protected mode writes to a code
+/// segment, which is never writable: #GP (SDM vol. 3 5.4.1). The inline store wrote.
+#[test]
+fn test_issue_9_store_through_cs_override_faults() {
+    // mov eax, 0x11 ; mov [0x2000], eax (its slow path fills the TLB, so the next access
+    // would take the inline fast path) ; sub cs:[0x2000], esp ; hlt. No IDT here: the #GP
+    // escalates to a triple fault.
+    let code = [
+        0xB8, 0x11, 0, 0, 0, // mov eax, 0x11
+        0xA3, 0x00, 0x20, 0x00, 0x00, // mov [0x2000], eax
+        0x2E, 0x29, 0x25, 0x00, 0x20, 0x00, 0x00, // sub cs:[0x2000], esp
+        0xF4,
+    ];
+    let (exit, c, bus) = lockstep("cs-store", &code, &state(32), 100);
+    assert_eq!(exit, RunExit::TripleFault);
+    assert_eq!(c.icount, 3);
+    let mut b = [0u8; 4];
+    bus.mem.read(base::GuestPhysAddr(0x2000), &mut b).unwrap();
+    assert_eq!(b, [0x11, 0, 0, 0], "the SUB wrote nothing");
+}
+
+/// A store through a DS holding a readable code segment (flat base and limit) must #GP (SDM
+/// vol. 3 5.4.1) even when the TLB already allows writes to the page: the mode key's "flat"
+/// bit, which lets the JIT access memory inline, requires SS, DS and ES to be writable data
+/// segments.
+#[test]
+fn test_issue_9_store_through_read_only_ds_faults() {
+    // mov eax, 0x11 ; mov es:[0x2000], eax (fills the TLB's write entry) ; mov [0x2000], esp ;
+    // hlt. No IDT: the #GP escalates to a triple fault.
+    let code = [
+        0xB8, 0x11, 0, 0, 0, // mov eax, 0x11
+        0x26, 0xA3, 0x00, 0x20, 0x00, 0x00, // mov es:[0x2000], eax
+        0x89, 0x25, 0x00, 0x20, 0x00, 0x00, // mov [0x2000], esp
+        0xF4,
+    ];
+    let mut start = state(32);
+    start.seg[cpu::SegReg::Ds as usize] = start.seg[cpu::SegReg::Cs as usize];
+    let (exit, c, bus) = lockstep("ds-code-store", &code, &start, 100);
+    assert_eq!(exit, RunExit::TripleFault);
+    assert_eq!(c.icount, 3);
+    let mut b = [0u8; 4];
+    bus.mem.read(base::GuestPhysAddr(0x2000), &mut b).unwrap();
+    assert_eq!(b, [0x11, 0, 0, 0], "the store through DS wrote nothing");
+}
