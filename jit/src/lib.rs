@@ -27,6 +27,8 @@
 //! On hosts other than x86-64, [`Translator`] runs the interpreter.
 
 #[cfg(target_arch = "x86_64")]
+mod profile;
+#[cfg(target_arch = "x86_64")]
 mod x64;
 
 use cpu::{CpuBus, CpuState, ExecutionEngine, Interpreter, RunExit};
@@ -62,6 +64,9 @@ pub struct Translator {
     stats: JitStats,
     /// Log each instruction (`--trace`).
     pub trace: bool,
+    /// Counts of helper-served instruction forms (`FERRO_JIT_PROFILE=1`), shown by `--stats`.
+    #[cfg(target_arch = "x86_64")]
+    profile: Option<profile::Profile>,
 }
 
 impl Default for Translator {
@@ -79,6 +84,8 @@ impl Translator {
             cache: x64::CodeCache::new(),
             stats: JitStats::default(),
             trace: false,
+            #[cfg(target_arch = "x86_64")]
+            profile: profile::Profile::from_env(),
         }
     }
 
@@ -131,8 +138,12 @@ impl ExecutionEngine for Translator {
 
     fn stats_text(&self) -> Option<String> {
         let s = self.stats;
+        #[cfg(target_arch = "x86_64")]
+        let profile = self.profile.as_ref().map(|p| format!("\n{}", p.table(20))).unwrap_or_default();
+        #[cfg(not(target_arch = "x86_64"))]
+        let profile = String::new();
         Some(format!(
-            "blocks translated: {}\ncache flushes: {}\nSMC invalidations: {}\nhelper calls: {}\ninterpreted outside blocks: {}\nblock entries: {}\nchains patched: {}",
+            "blocks translated: {}\ncache flushes: {}\nSMC invalidations: {}\nhelper calls: {}\ninterpreted outside blocks: {}\nblock entries: {}\nchains patched: {}{profile}",
             s.blocks_translated, s.cache_flushes, s.smc_invalidations, s.helper_calls, s.interpreted, s.block_runs, s.chains_patched
         ))
     }

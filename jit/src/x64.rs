@@ -1,5 +1,6 @@
 //! The x86-64 back end: the code cache, block translation and the dispatcher.
 
+use crate::profile::Profile;
 use crate::{JitStats, Translator, MAX_BLOCK_INSNS};
 use cpu::helpers::{exit, helper_flags, helper_step, offsets, HelperEnv};
 use cpu::state::rflags::{AF, IF, RF, STATUS, TF};
@@ -13,6 +14,9 @@ use iced_x86::{
 };
 use mmu::{TlbAccess, PAGE_MASK, PAGE_SIZE};
 use std::collections::HashMap;
+
+mod ext;
+use ext::{classify_ext, gpr_loc, imm_of, Ext, FlagUse, Sz};
 
 /// The helpers generated code calls, reached through r14 (so emitted code holds no absolute
 /// addresses and its disassembly is the same on every build).
@@ -163,6 +167,7 @@ impl CodeCache {
         user: bool,
         big_stack: bool,
         rip: u64,
+        profile: Option<&mut Profile>,
     ) -> Option<Block> {
         let backing = key.0;
         let page_end = (backing & PAGE_MASK) + PAGE_SIZE;
@@ -186,7 +191,7 @@ impl CodeCache {
         }
         let (ops, _) = self.ops.as_mut()?;
         let start = ops.offset();
-        let body = emit_block(ops, &insns, bitness, inline, user, big_stack, rip, backing, &mut self.slots);
+        let body = emit_block(ops, &insns, bitness, inline, user, big_stack, rip, backing, &mut self.slots, profile);
         ops.commit().ok()?;
         let len = ops.offset().0 - start.0;
         let b = Block { entry: start, body, len };
@@ -278,12 +283,48 @@ enum Inline {
     /// JMP to `target`.
     Jmp { target: u64 },
     /// A MOV or ALU instruction with one memory operand, through the inline TLB probe.
-    Mem { kind: MemKind, ea: Ea, w64: bool, user: bool },
+    Mem { kind: MemKind, ea: Ea, sz: Sz, user: bool },
     /// LEA (no memory access, no flags).
     Lea { dst: i32, ea: Ea, w64: bool },
     /// PUSH/POP of a register, near CALL rel and near RET, through the inline TLB probe
     /// (`w64`: 64-bit mode, else a flat 32-bit stack).
     Stack { op: StackOp, w64: bool, user: bool },
+    /// The forms of [`ext`].
+    Ext(Ext),
+}
+
+impl Inline {
+    fn flag_use(self) -> FlagUse {
+        match self {
+            Inline::MovRR { .. } | Inline::MovRI { .. } | Inline::Lea { .. } => FlagUse::None,
+            Inline::Alu { op: AluOp::Adc | AluOp::Sbb, .. } => FlagUse::Observes,
+            Inline::Alu { .. } | Inline::Shift1 { .. } => FlagUse::WritesAll,
+            Inline::Ext(e) => e.flag_use(),
+            Inline::IncDec { .. }
+            | Inline::Jcc { .. }
+            | Inline::Jmp { .. }
+            | Inline::Mem { .. }
+            | Inline::Stack { .. } => FlagUse::Observes,
+        }
+    }
+}
+
+/// Flag liveness: for each planned instruction, whether the status flags it writes are
+/// overwritten before anything can see them (a reader, a helper, a possible fault, the block's
+/// end). Only register-only writers of all six flags end a dead range.
+fn dead_flags(plan: &[Option<Inline>]) -> Vec<bool> {
+    let mut dead = vec![false; plan.len()];
+    // Scanning backwards: does the code after this point overwrite the flags before any use?
+    let mut overwritten = false;
+    for (k, p) in plan.iter().enumerate().rev() {
+        dead[k] = overwritten;
+        match p.map_or(FlagUse::Observes, |p| p.flag_use()) {
+            FlagUse::None => {}
+            FlagUse::WritesAll => overwritten = true,
+            FlagUse::Observes => overwritten = false,
+        }
+    }
+    dead
 }
 
 /// A stack operation.
@@ -304,6 +345,8 @@ enum StackOp {
 enum MemKind {
     /// `reg = [m]`.
     Load { reg: i32 },
+    /// MOVZX/MOVSX/MOVSXD: `reg` (of size `dsz`) = the extension of `[m]`.
+    LoadExt { reg: i32, dsz: Sz, signed: bool },
     /// `[m] = reg`.
     Store { reg: i32 },
     /// `[m] = imm` (sign-extended for 64-bit).
@@ -319,7 +362,7 @@ enum MemKind {
 impl MemKind {
     fn writes(self) -> bool {
         match self {
-            MemKind::Load { .. } | MemKind::AluRM { .. } => false,
+            MemKind::Load { .. } | MemKind::LoadExt { .. } | MemKind::AluRM { .. } => false,
             MemKind::Store { .. } | MemKind::StoreImm { .. } => true,
             MemKind::AluMR { op, .. } | MemKind::AluMI { op, .. } => !matches!(op, AluOp::Cmp | AluOp::Test),
         }
@@ -552,6 +595,13 @@ fn classify_mem(i: &Instruction, bitness: u32, user: bool) -> Option<Inline> {
     }
     let op = match i.mnemonic() {
         Mnemonic::Mov => None,
+        Mnemonic::Movzx | Mnemonic::Movsx | Mnemonic::Movsxd => {
+            let (reg, dsz) = if i.op0_kind() == OpKind::Register { gpr_loc(i.op0_register())? } else { return None };
+            let sz = Sz::from_bytes(i.memory_size().size())?;
+            let ea = effective_address(i, bitness)?;
+            let kind = MemKind::LoadExt { reg, dsz, signed: i.mnemonic() != Mnemonic::Movzx };
+            return Some(Inline::Mem { kind, ea, sz, user });
+        }
         Mnemonic::Add => Some(AluOp::Add),
         Mnemonic::Sub => Some(AluOp::Sub),
         Mnemonic::And => Some(AluOp::And),
@@ -561,23 +611,12 @@ fn classify_mem(i: &Instruction, bitness: u32, user: bool) -> Option<Inline> {
         Mnemonic::Test => Some(AluOp::Test),
         _ => return None,
     };
-    let size = i.memory_size().size();
-    let w64 = match size {
-        8 => true,
-        4 => false,
-        _ => return None,
-    };
+    let sz = Sz::from_bytes(i.memory_size().size())?;
     let reg = |r: Register| {
-        let (o, w) = gpr_off(r)?;
-        (w == w64).then_some(o)
+        let (o, s) = gpr_loc(r)?;
+        (s == sz).then_some(o)
     };
-    let imm = || -> Option<i32> {
-        match i.op1_kind() {
-            OpKind::Immediate32 | OpKind::Immediate8to32 if !w64 => Some(i.immediate(1) as u32 as i32),
-            OpKind::Immediate32to64 | OpKind::Immediate8to64 if w64 => i32::try_from(i.immediate(1) as i64).ok(),
-            _ => None,
-        }
-    };
+    let imm = || imm_of(i, 1, sz);
     let kind = match (i.op0_kind(), i.op1_kind(), op) {
         (OpKind::Register, OpKind::Memory, None) => MemKind::Load { reg: reg(i.op0_register())? },
         (OpKind::Memory, OpKind::Register, None) => MemKind::Store { reg: reg(i.op1_register())? },
@@ -588,7 +627,7 @@ fn classify_mem(i: &Instruction, bitness: u32, user: bool) -> Option<Inline> {
         _ => return None,
     };
     let ea = effective_address(i, bitness)?;
-    Some(Inline::Mem { kind, ea, w64, user })
+    Some(Inline::Mem { kind, ea, sz, user })
 }
 
 /// Block emission state.
@@ -612,6 +651,10 @@ struct Emitter<'a> {
     flags_in_host: bool,
     /// The last flag writer was a logic operation (AF is 0 for the guest).
     last_logic: bool,
+    /// The instruction being emitted.
+    cur: Instruction,
+    /// Counters of helper-served instructions (`FERRO_JIT_PROFILE=1`).
+    profile: Option<&'a mut Profile>,
 }
 
 macro_rules! alu_emit {
@@ -678,6 +721,12 @@ macro_rules! with_alu {
     };
 }
 macro_rules! rm64 { ($o:tt, $ops:expr) => { dynasm!($ops ; .arch x64 ; $o rcx, QWORD [rax]) }; }
+macro_rules! rm16 { ($o:tt, $ops:expr) => { dynasm!($ops ; .arch x64 ; $o cx, WORD [rax]) }; }
+macro_rules! rm8 { ($o:tt, $ops:expr) => { dynasm!($ops ; .arch x64 ; $o cl, BYTE [rax]) }; }
+macro_rules! mr16 { ($o:tt, $ops:expr) => { dynasm!($ops ; .arch x64 ; $o WORD [rax], cx) }; }
+macro_rules! mr8 { ($o:tt, $ops:expr) => { dynasm!($ops ; .arch x64 ; $o BYTE [rax], cl) }; }
+macro_rules! mi16 { ($o:tt, $ops:expr, $v:expr) => { dynasm!($ops ; .arch x64 ; $o WORD [rax], $v) }; }
+macro_rules! mi8 { ($o:tt, $ops:expr, $v:expr) => { dynasm!($ops ; .arch x64 ; $o BYTE [rax], $v) }; }
 macro_rules! rm32 { ($o:tt, $ops:expr) => { dynasm!($ops ; .arch x64 ; $o ecx, DWORD [rax]) }; }
 macro_rules! mr64 { ($o:tt, $ops:expr) => { dynasm!($ops ; .arch x64 ; $o QWORD [rax], rcx) }; }
 macro_rules! mr32 { ($o:tt, $ops:expr) => { dynasm!($ops ; .arch x64 ; $o DWORD [rax], ecx) }; }
@@ -798,8 +847,18 @@ impl Emitter<'_> {
         dynasm!(self.ops ; .arch x64 ; mov eax, code ; jmp =>out);
     }
 
+    /// Counts the current instruction in the profile, if one is kept: `++*counter`. Clobbers
+    /// RAX and the host flags.
+    fn count(&mut self, slow: bool) {
+        if let Some(p) = self.profile.as_deref_mut() {
+            let c = p.counter(&self.cur, slow) as i64;
+            dynasm!(self.ops ; .arch x64 ; mov rax, QWORD c ; add QWORD [rax], 1);
+        }
+    }
+
     fn helper(&mut self, at: u64, next: u64) {
         self.sync_flags();
+        self.count(false);
         self.sync_count_rip(at);
         let out = self.out;
         dynasm!(self.ops
@@ -876,6 +935,7 @@ impl Emitter<'_> {
     /// then the state is put back to what the fast path leaves (`pending0 + 1` instructions
     /// pending, RIP at `synced0`, the flags in the host for an ALU operation).
     fn slow_path(&mut self, at: u64, next: u64, synced0: u64, pending0: i32, alu: bool) {
+        self.count(true);
         self.sync_count_rip(at);
         let out = self.out;
         let undo = pending0 + 1;
@@ -996,6 +1056,7 @@ impl Emitter<'_> {
                 self.pending = pending0;
                 // Slow path: the interpreter runs the CALL; the block ends either way.
                 dynasm!(self.ops ; .arch x64 ; =>slow);
+                self.count(true);
                 self.sync_count_rip(at);
                 self.helper_then_leave();
             }
@@ -1010,6 +1071,7 @@ impl Emitter<'_> {
                     ; jmp =>out
                     ; =>slow
                 );
+                self.count(true);
                 self.sync_count_rip(at);
                 self.helper_then_leave();
             }
@@ -1032,85 +1094,106 @@ impl Emitter<'_> {
         );
     }
 
-    fn mem(&mut self, kind: MemKind, ea: Ea, w64: bool, user: bool, at: u64, next: u64) {
+    fn mem(&mut self, kind: MemKind, ea: Ea, sz: Sz, user: bool, at: u64, next: u64) {
         self.sync_flags();
         let (synced0, pending0) = (self.synced, self.pending);
         let slow = self.ops.new_dynamic_label();
         let cont = self.ops.new_dynamic_label();
         self.effective_address(ea);
-        let size = if w64 { 8 } else { 4 };
-        let set = if user { (mmu::TLB_ENTRIES * 32) as i32 } else { 0 };
-        let tag = TLB + set + if kind.writes() { 8 } else { 0 };
-        let addend = TLB + set + 24;
-        let idx_mask = (mmu::TLB_ENTRIES - 1) as i32;
-        dynasm!(self.ops
-            ; .arch x64
-            ; mov rcx, rax
-            ; shr rcx, 12
-            ; and ecx, idx_mask
-            ; shl ecx, 5
-            ; lea rdx, [rax + size - 1]
-            ; and rdx, -4096
-            ; or rdx, QWORD [r12 + TLB_GEN]
-            ; cmp rdx, QWORD [r12 + rcx + tag]
-            ; jne =>slow
-            ; add rax, QWORD [r12 + rcx + addend]
-            ; add rax, QWORD [r13 + MEM_BASE]
-        );
+        self.probe(kind.writes(), sz.bytes(), user, slow);
         let ops = &mut *self.ops;
         match kind {
-            MemKind::Load { reg } => {
-                if w64 {
-                    dynasm!(ops ; .arch x64 ; mov rcx, QWORD [rax] ; mov QWORD [r12 + reg], rcx);
-                } else {
-                    dynasm!(ops ; .arch x64 ; mov ecx, DWORD [rax] ; mov QWORD [r12 + reg], rcx);
+            MemKind::Load { reg } => match sz {
+                Sz::B => dynasm!(ops ; .arch x64 ; mov cl, BYTE [rax] ; mov BYTE [r12 + reg], cl),
+                Sz::W => dynasm!(ops ; .arch x64 ; mov cx, WORD [rax] ; mov WORD [r12 + reg], cx),
+                Sz::D => dynasm!(ops ; .arch x64 ; mov ecx, DWORD [rax] ; mov QWORD [r12 + reg], rcx),
+                Sz::Q => dynasm!(ops ; .arch x64 ; mov rcx, QWORD [rax] ; mov QWORD [r12 + reg], rcx),
+            },
+            MemKind::LoadExt { reg, dsz, signed } => {
+                match (dsz, sz, signed) {
+                    (_, Sz::B, false) => dynasm!(ops ; .arch x64 ; movzx ecx, BYTE [rax]),
+                    (_, Sz::W, false) => dynasm!(ops ; .arch x64 ; movzx ecx, WORD [rax]),
+                    (Sz::Q, Sz::B, true) => dynasm!(ops ; .arch x64 ; movsx rcx, BYTE [rax]),
+                    (Sz::Q, Sz::W, true) => dynasm!(ops ; .arch x64 ; movsx rcx, WORD [rax]),
+                    (Sz::Q, Sz::D, true) => dynasm!(ops ; .arch x64 ; movsxd rcx, DWORD [rax]),
+                    (_, Sz::B, true) => dynasm!(ops ; .arch x64 ; movsx ecx, BYTE [rax]),
+                    (_, Sz::W, true) => dynasm!(ops ; .arch x64 ; movsx ecx, WORD [rax]),
+                    (_, Sz::D, _) => dynasm!(ops ; .arch x64 ; mov ecx, DWORD [rax]),
+                    (_, Sz::Q, _) => dynasm!(ops ; .arch x64 ; mov rcx, QWORD [rax]),
+                }
+                match dsz {
+                    Sz::B => dynasm!(ops ; .arch x64 ; mov BYTE [r12 + reg], cl),
+                    Sz::W => dynasm!(ops ; .arch x64 ; mov WORD [r12 + reg], cx),
+                    Sz::D | Sz::Q => dynasm!(ops ; .arch x64 ; mov QWORD [r12 + reg], rcx),
                 }
             }
-            MemKind::Store { reg } => {
-                if w64 {
-                    dynasm!(ops ; .arch x64 ; mov rcx, QWORD [r12 + reg] ; mov QWORD [rax], rcx);
-                } else {
-                    dynasm!(ops ; .arch x64 ; mov ecx, DWORD [r12 + reg] ; mov DWORD [rax], ecx);
-                }
-            }
-            MemKind::StoreImm { imm } => {
-                if w64 {
-                    dynasm!(ops ; .arch x64 ; mov QWORD [rax], imm);
-                } else {
-                    dynasm!(ops ; .arch x64 ; mov DWORD [rax], imm);
-                }
-            }
+            MemKind::Store { reg } => match sz {
+                Sz::B => dynasm!(ops ; .arch x64 ; mov cl, BYTE [r12 + reg] ; mov BYTE [rax], cl),
+                Sz::W => dynasm!(ops ; .arch x64 ; mov cx, WORD [r12 + reg] ; mov WORD [rax], cx),
+                Sz::D => dynasm!(ops ; .arch x64 ; mov ecx, DWORD [r12 + reg] ; mov DWORD [rax], ecx),
+                Sz::Q => dynasm!(ops ; .arch x64 ; mov rcx, QWORD [r12 + reg] ; mov QWORD [rax], rcx),
+            },
+            MemKind::StoreImm { imm } => match sz {
+                Sz::B => dynasm!(ops ; .arch x64 ; mov BYTE [rax], imm as i8),
+                Sz::W => dynasm!(ops ; .arch x64 ; mov WORD [rax], imm as i16),
+                Sz::D => dynasm!(ops ; .arch x64 ; mov DWORD [rax], imm),
+                Sz::Q => dynasm!(ops ; .arch x64 ; mov QWORD [rax], imm),
+            },
             MemKind::AluRM { op, reg } => {
-                if w64 {
-                    dynasm!(ops ; .arch x64 ; mov rcx, QWORD [r12 + reg]);
-                    with_alu!(op, rm64, ops);
-                } else {
-                    dynasm!(ops ; .arch x64 ; mov ecx, DWORD [r12 + reg]);
-                    with_alu!(op, rm32, ops);
+                match sz {
+                    Sz::B => {
+                        dynasm!(ops ; .arch x64 ; mov cl, BYTE [r12 + reg]);
+                        with_alu!(op, rm8, ops);
+                    }
+                    Sz::W => {
+                        dynasm!(ops ; .arch x64 ; mov cx, WORD [r12 + reg]);
+                        with_alu!(op, rm16, ops);
+                    }
+                    Sz::D => {
+                        dynasm!(ops ; .arch x64 ; mov ecx, DWORD [r12 + reg]);
+                        with_alu!(op, rm32, ops);
+                    }
+                    Sz::Q => {
+                        dynasm!(ops ; .arch x64 ; mov rcx, QWORD [r12 + reg]);
+                        with_alu!(op, rm64, ops);
+                    }
                 }
                 if !matches!(op, AluOp::Cmp | AluOp::Test) {
-                    dynasm!(ops ; .arch x64 ; mov QWORD [r12 + reg], rcx);
+                    match sz {
+                        Sz::B => dynasm!(ops ; .arch x64 ; mov BYTE [r12 + reg], cl),
+                        Sz::W => dynasm!(ops ; .arch x64 ; mov WORD [r12 + reg], cx),
+                        Sz::D | Sz::Q => dynasm!(ops ; .arch x64 ; mov QWORD [r12 + reg], rcx),
+                    }
                 }
             }
-            MemKind::AluMR { op, reg } => {
-                if w64 {
-                    dynasm!(ops ; .arch x64 ; mov rcx, QWORD [r12 + reg]);
-                    with_alu!(op, mr64, ops);
-                } else {
+            MemKind::AluMR { op, reg } => match sz {
+                Sz::B => {
+                    dynasm!(ops ; .arch x64 ; mov cl, BYTE [r12 + reg]);
+                    with_alu!(op, mr8, ops);
+                }
+                Sz::W => {
+                    dynasm!(ops ; .arch x64 ; mov cx, WORD [r12 + reg]);
+                    with_alu!(op, mr16, ops);
+                }
+                Sz::D => {
                     dynasm!(ops ; .arch x64 ; mov ecx, DWORD [r12 + reg]);
                     with_alu!(op, mr32, ops);
                 }
-            }
-            MemKind::AluMI { op, imm } => {
-                if w64 {
-                    with_alu!(op, mi64, ops, imm);
-                } else {
-                    with_alu!(op, mi32, ops, imm);
+                Sz::Q => {
+                    dynasm!(ops ; .arch x64 ; mov rcx, QWORD [r12 + reg]);
+                    with_alu!(op, mr64, ops);
                 }
-            }
+            },
+            MemKind::AluMI { op, imm } => match sz {
+                Sz::B => with_alu!(op, mi8, ops, imm as i8),
+                Sz::W => with_alu!(op, mi16, ops, imm as i16),
+                Sz::D => with_alu!(op, mi32, ops, imm),
+                Sz::Q => with_alu!(op, mi64, ops, imm),
+            },
         }
         dynasm!(self.ops ; .arch x64 ; jmp =>cont ; =>slow);
         // Slow path.
+        self.count(true);
         self.sync_count_rip(at);
         let out = self.out;
         let undo = pending0 + 1;
@@ -1146,10 +1229,11 @@ impl Emitter<'_> {
         }
     }
 
-    fn inline(&mut self, op: Inline, at: u64, next: u64) {
+    fn inline(&mut self, op: Inline, at: u64, next: u64, dead: bool) {
         match op {
-            Inline::Mem { kind, ea, w64, user } => {
-                self.mem(kind, ea, w64, user, at, next);
+            Inline::Ext(e) => self.inline_ext(e, dead),
+            Inline::Mem { kind, ea, sz, user } => {
+                self.mem(kind, ea, sz, user, at, next);
                 return;
             }
             Inline::Stack { op, w64, user } => {
@@ -1303,6 +1387,7 @@ fn emit_block(
     entry_rip: u64,
     entry_backing: u64,
     slots: &mut Vec<(AssemblyOffset, u64)>,
+    profile: Option<&mut Profile>,
 ) -> AssemblyOffset {
     let out = ops.new_dynamic_label();
     let no_budget = ops.new_dynamic_label();
@@ -1312,7 +1397,7 @@ fn emit_block(
         let a = entry_rip.wrapping_add(t);
         bitness != 64 || ((a << 16) as i64 >> 16) as u64 == a
     };
-    let plan: Vec<Option<Inline>> = insns
+    let mut plan: Vec<Option<Inline>> = insns
         .iter()
         .map(|i| {
             if !inline {
@@ -1323,7 +1408,7 @@ fn emit_block(
             } else if let Some(p) = classify_stack(i, bitness, big_stack, user) {
                 Some(p)
             } else {
-                classify(i)
+                classify(i).or_else(|| classify_ext(i).map(Inline::Ext))
             };
             match p {
                 Some(Inline::Jcc { target, .. } | Inline::Jmp { target })
@@ -1336,6 +1421,14 @@ fn emit_block(
             }
         })
         .collect();
+    let mut dead = dead_flags(&plan);
+    // A shift by CL keeps the flags when CL is 0: inline only when they are dead anyway.
+    for (p, d) in plan.iter_mut().zip(&dead) {
+        if matches!(p, Some(Inline::Ext(Ext::ShiftCl { .. }))) && !d {
+            *p = None;
+        }
+    }
+    dead = dead_flags(&plan);
     dynasm!(ops
         ; .arch x64
         ; push r12
@@ -1369,14 +1462,17 @@ fn emit_block(
         pending: 0,
         flags_in_host: false,
         last_logic: false,
+        cur: Instruction::default(),
+        profile,
     };
     let mut ended = false;
-    for (i, p) in insns.iter().zip(&plan) {
+    for ((i, p), &dead) in insns.iter().zip(&plan).zip(&dead) {
         let at = i.ip();
         let next = i.next_ip();
+        em.cur = *i;
         match p {
             Some(op) => {
-                em.inline(*op, at, next);
+                em.inline(*op, at, next, dead);
                 if matches!(
                     op,
                     Inline::Jcc { .. } | Inline::Jmp { .. } | Inline::Stack { op: StackOp::Call(_) | StackOp::Ret, .. }
@@ -1441,6 +1537,7 @@ fn code_backing(cpu: &CpuState) -> Option<u64> {
 fn block_for(
     cache: &mut CodeCache,
     stats: &mut JitStats,
+    profile: Option<&mut Profile>,
     cpu: &mut CpuState,
     bus: &mut dyn CpuBus,
 ) -> Option<(Block, u64)> {
@@ -1471,7 +1568,8 @@ fn block_for(
     let k = cpu.mode_key;
     let inline = matches!(k & 3, 2 | 3) && k & (1 << 7) != 0 && k & (1 << 6) == 0;
     let big_stack = k & (1 << 4) != 0;
-    let blk = cache.translate(mem.backing(), key, cpu.mode().bitness(), inline, cpu.cpl == 3, big_stack, cpu.rip)?;
+    let blk =
+        cache.translate(mem.backing(), key, cpu.mode().bitness(), inline, cpu.cpl == 3, big_stack, cpu.rip, profile)?;
     if mem.mark_code_page(page) {
         cpu.tlb.protect_backing_page(page << 12);
     }
@@ -1497,7 +1595,7 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
     cpu.budget_end = end;
     cpu.irq_pending = bus.interrupt_pending();
     cpu.stop_requested = false;
-    let Translator { interp, cache, stats, trace } = t;
+    let Translator { interp, cache, stats, trace, profile } = t;
     let mut env = HelperEnv::new(interp, bus, *trace);
     let mut chain_req: Option<usize> = None;
     let r = loop {
@@ -1517,7 +1615,7 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
         // pending NMIs are the interpreter's, one instruction at a time.
         let debug = cpu.rflags & (TF | RF) != 0 || cpu.dr[7] & 0xFF != 0 || cpu.nmi_pending;
         let due = debug || cpu.interrupt_shadow || (cpu.rflags & IF != 0 && cpu.irq_pending);
-        let code = if cpu.halted || due { None } else { block_for(cache, stats, cpu, env.bus()) };
+        let code = if cpu.halted || due { None } else { block_for(cache, stats, profile.as_mut(), cpu, env.bus()) };
         if let (Some(id), Some((blk, b))) = (chain_req.take(), &code) {
             cache.chain(id, *b, blk);
         }
