@@ -265,3 +265,292 @@ fn test_jit_lea_between_flag_writer_and_reader() {
         assert_eq!(c.gpr[3], 21, "{bits}-bit: ECX = 40..20 are not below 20");
     }
 }
+
+/// Status-flag bits (SDM vol. 1, 3.4.3).
+const CF: u64 = 1;
+const PF: u64 = 1 << 2;
+const ZF: u64 = 1 << 6;
+const SF: u64 = 1 << 7;
+const OF: u64 = 1 << 11;
+
+/// Stores RFLAGS at [rsi] (through R15) and advances RSI (64-bit code; PUSHFQ goes through the helper, so
+/// the flags of the instruction before are observed).
+fn save_flags(a: &mut CodeAssembler) {
+    a.pushfq().unwrap();
+    a.pop(r15).unwrap();
+    a.mov(qword_ptr(rsi), r15).unwrap();
+    a.add(rsi, 8).unwrap();
+}
+
+/// The saved RFLAGS values (status bits) from the data area at 0x8000.
+fn saved_flags(bus: &cpu::RamBus, n: usize) -> Vec<u64> {
+    let m = bus.mem.backing();
+    (0..n).map(|k| u64::from_le_bytes(m[0x8000 + 8 * k..0x8008 + 8 * k].try_into().unwrap()) & 0x8D5).collect()
+}
+
+#[test]
+fn test_jit_partial_registers_8_and_16_bit() {
+    let code = assemble(64, |a| {
+        a.mov(rsi, 0x8000u64).unwrap();
+        a.mov(rax, 0x1122_3344_5566_7788u64).unwrap();
+        a.mov(rbx, 0x0102_0304_0506_07F0u64).unwrap();
+        a.mov(ah, 0x99u32).unwrap(); // rax = ..99 88
+        a.add(al, bl).unwrap(); // 0x88 + 0xF0 = 0x178: al = 0x78, CF
+        save_flags(a);
+        a.adc(bh, ah).unwrap(); // 0x07 + 0x99 + 1 = 0xA1
+        a.mov(cx, 0xFFFFu32).unwrap();
+        a.mov(rcx, 0x7777_0000_0000_FFFFu64).unwrap();
+        a.add(cx, 1).unwrap(); // 16-bit wraparound: cx = 0, CF ZF; upper bits kept
+        save_flags(a);
+        a.mov(dx, 0x7FFFu32).unwrap();
+        a.inc(dx).unwrap(); // 0x8000: OF SF
+        save_flags(a);
+        a.dec(cl).unwrap(); // 0xFF, CF from before? INC/DEC keep CF
+        a.xor(ch, dh).unwrap();
+        a.test(ah, ah).unwrap();
+        save_flags(a);
+        a.cmp(bl, 0x80).unwrap();
+        save_flags(a);
+        a.sub(r9w, r10w).unwrap();
+        a.sbb(r9b, 1).unwrap();
+        a.mov(sil, 0x42u32).unwrap(); // REX: SIL, the low byte of RSI
+        a.mov(rsi, 0x8100u64).unwrap();
+        a.mov(r8b, bl).unwrap();
+        a.neg(r8b).unwrap();
+        save_flags(a);
+        a.not(cx).unwrap();
+        a.not(ebx).unwrap(); // zero-extends
+        a.neg(bp).unwrap();
+        a.xchg(al, ah).unwrap();
+        a.xchg(r11d, r12d).unwrap();
+        a.xchg(r13w, r14w).unwrap();
+        a.nop().unwrap();
+        a.nop_1(dword_ptr(rax + 0x1234_5678)).unwrap(); // no memory access
+        a.hlt().unwrap();
+    });
+    let mut s = state(64);
+    s.gpr[9] = 0x1234;
+    s.gpr[10] = 0x1235;
+    s.gpr[11] = 0xFFFF_FFFF_0000_0001;
+    s.gpr[12] = 0x2222_2222_3333_3333;
+    s.gpr[13] = 0xAAAA;
+    s.gpr[14] = 0xBBBB_CCCC;
+    s.gpr[5] = 0x1_0000;
+    let (exit, c, bus) = lockstep("partial", &code, &s, 1000);
+    assert_eq!(exit, RunExit::Halted);
+    // By hand from the SDM: 0x88 + 0xF0 = 0x178 -> AL = 0x78; AH = 0x99; XCHG AL, AH.
+    assert_eq!(c.gpr[0] & 0xFFFF, 0x7899, "AL and AH exchanged at the end");
+    assert_eq!(c.gpr[0] >> 16, 0x1122_3344_5566, "8-bit writes keep the upper bits");
+    assert_eq!(c.gpr[1] >> 16, 0x7777_0000_0000, "16-bit writes keep the upper bits");
+    assert_eq!(c.gpr[3] >> 32, 0, "NOT EBX zero-extends");
+    assert_eq!(c.gpr[5], 0x1_0000, "NEG BP of 0 is 0, the upper bits kept");
+    assert_eq!(c.gpr[11], 0x3333_3333);
+    assert_eq!(c.gpr[12], 1);
+    assert_eq!(c.gpr[13], 0xCCCC);
+    assert_eq!(c.gpr[14], 0xBBBB_AAAA);
+    let f = saved_flags(&bus, 5);
+    assert_eq!(f[0], CF | OF | PF, "0x88 + 0xF0 = 0x178: -120 + -16 overflows, 0x78 has four 1 bits");
+    assert_eq!(f[1], CF | ZF | PF | 0x10, "0xFFFF + 1 wraps (AF from the low nibble)");
+    assert_eq!(f[2], OF | SF | PF | 0x10, "0x7FFF + 1");
+    assert_eq!(f[3] & (SF | ZF | CF | OF), SF, "TEST AH, AH with AH = 0x99");
+}
+
+#[test]
+fn test_jit_shift_flags_every_count() {
+    // Each shift's flags are saved by PUSHFQ (live flags: the OF rules) and also overwritten
+    // by ADD right after a second copy (dead flags: inline by CL).
+    let values = [0x8000_0000_0000_0001u64, 0x4000_0000_C000_0003, 1, 0xFFFF_FFFF_FFFF_FFFF];
+    let counts = [0u32, 1, 2, 5, 31, 32, 33, 63, 64];
+    let code = assemble(64, |a| {
+        a.mov(rsi, 0x8000u64).unwrap();
+        for v in values {
+            for c in counts {
+                for (wide, op) in [(true, 0), (true, 1), (true, 2), (false, 0), (false, 1), (false, 2)] {
+                    a.mov(rax, v).unwrap();
+                    a.mov(ecx, c).unwrap();
+                    macro_rules! sh {
+                        ($m:ident) => {
+                            if wide {
+                                a.$m(rax, cl).unwrap();
+                                a.mov(rbx, v).unwrap();
+                                a.$m(rbx, c).unwrap();
+                            } else {
+                                a.$m(eax, cl).unwrap();
+                                a.mov(rbx, v).unwrap();
+                                a.$m(ebx, c).unwrap();
+                            }
+                        };
+                    }
+                    match op {
+                        0 => sh!(shl),
+                        1 => sh!(shr),
+                        _ => sh!(sar),
+                    }
+                    save_flags(a);
+                    // Dead flags: a CL shift followed by a flag writer.
+                    a.mov(rdi, v).unwrap();
+                    match op {
+                        0 => a.shl(rdi, cl).unwrap(),
+                        1 => a.shr(rdi, cl).unwrap(),
+                        _ => a.sar(rdi, cl).unwrap(),
+                    }
+                    a.add(rdi, rax).unwrap();
+                    a.mov(qword_ptr(rsi), rdi).unwrap();
+                    a.add(rsi, 8).unwrap();
+                }
+            }
+        }
+        a.hlt().unwrap();
+    });
+    let (exit, _, bus) = lockstep("shifts", &code, &state(64), 100_000);
+    assert_eq!(exit, RunExit::Halted);
+    // By hand (SDM SHL/SHR/SAR): the first entries are value 0x8000_0000_0000_0001.
+    let f = saved_flags(&bus, 1);
+    // SHL RBX, 0 keeps the flags: none was set at the start.
+    assert_eq!(f[0], 0);
+    let m = bus.mem.backing();
+    let at = |k: usize| u64::from_le_bytes(m[0x8000 + 8 * k..0x8008 + 8 * k].try_into().unwrap()) & 0x8D5;
+    // Count 1, SHL r64: result 2, CF = 1, OF = MSB(result) ^ CF = 1.
+    assert_eq!(at(12), CF | OF);
+    // Count 2, SHR r64 of 0x8000_0000_0000_0001: result 0x2000_0000_0000_0000, CF = 0,
+    // OF = MSB of the operand = 1 (the interpreter's value for every count), PF (low byte 0).
+    assert_eq!(at(2 * 12 + 2), OF | PF);
+}
+
+#[test]
+fn test_jit_imul_flags_and_widths() {
+    let code = assemble(64, |a| {
+        a.mov(rsi, 0x8000u64).unwrap();
+        a.mov(eax, 0x1_0000u32).unwrap();
+        a.imul_2(eax, eax).unwrap(); // 2^32 truncated to 0: CF OF, ZF, PF
+        save_flags(a);
+        a.mov(rbx, -3i64).unwrap();
+        a.mov(rcx, 7u64).unwrap();
+        a.imul_2(rbx, rcx).unwrap(); // -21: SF, fits
+        save_flags(a);
+        a.imul_3(rdx, rcx, -0x4000_0000).unwrap();
+        save_flags(a);
+        a.mov(r8w, 0x100u32).unwrap();
+        a.imul_3(r9w, r8w, 0x100).unwrap(); // 0x10000 -> 0 in 16 bits: CF OF ZF
+        save_flags(a);
+        a.mov(rdi, 0x7FFF_FFFF_FFFF_FFFFu64).unwrap();
+        a.imul_2(rdi, rdi).unwrap();
+        save_flags(a);
+        // Dead flags: IMUL then CMP.
+        a.imul_2(r10, rcx).unwrap();
+        a.cmp(r10, rbx).unwrap();
+        a.setl(r11b).unwrap();
+        a.hlt().unwrap();
+    });
+    let mut s = state(64);
+    s.gpr[9] = 0xFFFF_FFFF_FFFF_FFFF;
+    s.gpr[10] = 5;
+    let (exit, c, bus) = lockstep("imul", &code, &s, 1000);
+    assert_eq!(exit, RunExit::Halted);
+    assert_eq!(c.gpr[0], 0);
+    assert_eq!(c.gpr[3] as i64, -21);
+    assert_eq!(c.gpr[2] as i64, -0x1_C000_0000);
+    assert_eq!(c.gpr[9], 0xFFFF_FFFF_FFFF_0000, "16-bit IMUL keeps the upper bits");
+    let f = saved_flags(&bus, 5);
+    assert_eq!(f[0], CF | OF | ZF | PF);
+    assert_eq!(f[1] & (CF | OF | SF | ZF), SF);
+    assert_eq!(f[2] & (CF | OF | SF), SF);
+    assert_eq!(f[3], CF | OF | ZF | PF);
+    assert_eq!(f[4] & (CF | OF), CF | OF);
+    assert_eq!(c.gpr[11] & 0xFF, 0, "35 is not less than -21");
+}
+
+#[test]
+fn test_jit_extend_setcc_cmov_convert() {
+    let code = assemble(64, |a| {
+        a.mov(rsi, 0x8000u64).unwrap();
+        a.mov(qword_ptr(rsi), -2i32).unwrap(); // 0xFFFF_FFFF_FFFF_FFFE
+        a.mov(rax, 0x8081u64).unwrap();
+        a.movzx(ebx, al).unwrap();
+        a.movsx(rcx, al).unwrap();
+        a.movsx(dx, al).unwrap();
+        a.movzx(edi, ah).unwrap();
+        a.movsx(r8d, ax).unwrap();
+        a.movsxd(r9, eax).unwrap();
+        a.movzx(r10d, byte_ptr(rsi)).unwrap();
+        a.movsx(r11, word_ptr(rsi)).unwrap();
+        a.movsxd(r12, dword_ptr(rsi + 4)).unwrap();
+        a.movzx(r13w, byte_ptr(rsi + 1)).unwrap();
+        a.mov(byte_ptr(rsi + 0x10), ah).unwrap();
+        a.mov(word_ptr(rsi + 0xFFF), 0x1234).unwrap(); // crosses a page: slow path
+        a.add(byte_ptr(rsi + 0x10), 0x7F).unwrap();
+        a.cmp(byte_ptr(rsi + 0x10), 0x80u32 as i32).unwrap();
+        a.seto(ah).unwrap(); // no REX: AH
+        a.setb(spl).unwrap(); // REX: SPL
+        a.test(word_ptr(rsi + 0xFFF), 0x0204).unwrap();
+        a.setne(bh).unwrap();
+        a.sub(r14w, word_ptr(rsi)).unwrap();
+        a.setc(r14b).unwrap();
+        // CMOV: a false condition still zero-extends a 32-bit destination.
+        a.mov(r15, -1i64).unwrap();
+        a.xor(ecx, ecx).unwrap();
+        a.cmovne(r15d, eax).unwrap();
+        a.cmove(bp, ax).unwrap();
+        a.cmovl(rdx, rax).unwrap();
+        a.cwde().unwrap();
+        a.cdqe().unwrap();
+        a.cdq().unwrap();
+        a.mov(rdi, rdx).unwrap();
+        a.cqo().unwrap();
+        a.hlt().unwrap();
+    });
+    let mut s = state(64);
+    s.gpr[4] = 0x7_0000;
+    s.gpr[14] = 1;
+    let (exit, c, bus) = lockstep("extend", &code, &s, 1000);
+    assert_eq!(exit, RunExit::Halted);
+    assert_eq!(c.gpr[3] & 0xFF, 0x81, "MOVZX EBX, AL");
+    assert_eq!(c.gpr[10], 0xFE);
+    assert_eq!(c.gpr[11], u64::MAX - 1);
+    assert_eq!(c.gpr[12], u64::MAX);
+    assert_eq!(c.gpr[9], 0x8081);
+    assert_eq!(c.gpr[8], 0xFFFF_8081);
+    assert_eq!(c.gpr[15], 0xFFFF_FFFF, "CMOVNE not taken still clears bits 63..32");
+    assert_eq!(c.gpr[4] & 0xFF, 0, "0x80 is not below 0x80 (SETB SPL)");
+    let m = bus.mem.backing();
+    assert_eq!(m[0x8010], 0x80u8.wrapping_add(0x7F));
+    assert_eq!(m[0x8FFF], 0x34);
+    assert_eq!(m[0x9000], 0x12);
+}
+
+#[test]
+fn test_jit_cmov_with_false_condition_still_faults() {
+    // CMOVcc reads its memory operand whatever the condition: a non-canonical address is #GP
+    // (no IDT: a triple fault) even though nothing is moved.
+    let code = assemble(64, |a| {
+        a.mov(rbx, 0x8000_0000_0000_0000u64).unwrap();
+        a.xor(eax, eax).unwrap();
+        a.cmovne(rcx, qword_ptr(rbx)).unwrap();
+        a.inc(eax).unwrap();
+        a.hlt().unwrap();
+    });
+    let (exit, c, _) = lockstep("cmov-fault", &code, &state(64), 100);
+    assert_eq!(exit, RunExit::TripleFault);
+    assert_eq!(c.gpr[0], 0);
+}
+
+#[test]
+fn test_jit_flags_live_at_a_possible_fault() {
+    // The flags of SHL/IMUL are overwritten by the ADD after the load, but the load faults
+    // first: the state at the fault (compared in lockstep) holds their flags.
+    for bad in [0x8000_0000_0000_0000u64, 0x9000] {
+        let code = assemble(64, |a| {
+            a.mov(rbx, bad).unwrap();
+            a.mov(rax, 0x4000_0000_0000_0001u64).unwrap();
+            a.shl(rax, 2).unwrap();
+            a.imul_2(rcx, rax).unwrap();
+            a.mov(rdx, qword_ptr(rbx)).unwrap();
+            a.add(rax, rax).unwrap();
+            a.hlt().unwrap();
+        });
+        let mut s = state(64);
+        s.gpr[1] = 3;
+        let (exit, _, _) = lockstep("live-at-fault", &code, &s, 100);
+        assert_eq!(exit, if bad == 0x9000 { RunExit::Halted } else { RunExit::TripleFault });
+    }
+}
