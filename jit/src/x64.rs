@@ -6,8 +6,8 @@ use cpu::helpers::{exit, helper_flags, helper_step, offsets, HelperEnv};
 use cpu::state::rflags::{AF, IF, RF, STATUS, TF};
 use cpu::state::{CpuMode, SegReg};
 use cpu::{CpuBus, CpuState, RunExit};
-use dynasmrt::x64::Assembler;
-use dynasmrt::{dynasm, AssemblyOffset, DynamicLabel, DynasmApi, DynasmLabelApi, Executor};
+use dynasmrt::x64::X64Relocation;
+use dynasmrt::{dynasm, AssemblyOffset, DynamicLabel, DynasmApi, DynasmLabelApi, VecAssembler};
 use iced_x86::{
     ConditionCode, Decoder, DecoderOptions, FlowControl, Formatter, Instruction, IntelFormatter, Mnemonic, OpKind,
     Register,
@@ -15,7 +15,12 @@ use iced_x86::{
 use mmu::{TlbAccess, PAGE_MASK, PAGE_SIZE};
 use std::collections::HashMap;
 
+mod codebuf;
 mod ext;
+use codebuf::CodeBuf;
+
+/// Emits one block (position-independent: only relative jumps inside it).
+type Assembler = VecAssembler<X64Relocation>;
 use ext::{classify_ext, gpr_loc, imm_of, Ext, FlagUse, Sz};
 
 /// The helpers generated code calls, reached through r14 (so emitted code holds no absolute
@@ -35,6 +40,8 @@ type BlockFn = for<'a> unsafe extern "sysv64" fn(*mut CpuState, *mut HelperEnv<'
 
 /// Emitted code is flushed once it reaches this size.
 const CODE_LIMIT: usize = 16 << 20;
+/// The code buffer: the limit plus room for the largest block.
+const CODE_SIZE: usize = CODE_LIMIT + (4 << 20);
 /// The cache is flushed once it holds this many blocks.
 const MAX_BLOCKS: usize = 1 << 16;
 
@@ -55,7 +62,7 @@ const CHAIN: u32 = 6;
 /// Translated blocks and the executable buffer that holds them.
 pub(crate) struct CodeCache {
     /// `None` if the host refused executable memory: everything is interpreted.
-    ops: Option<(Assembler, Executor)>,
+    code: Option<CodeBuf>,
     blocks: HashMap<BlockKey, Block>,
     /// Backing page number -> blocks starting in it.
     pages: HashMap<u64, Vec<BlockKey>>,
@@ -64,6 +71,8 @@ pub(crate) struct CodeCache {
     slots: Vec<(AssemblyOffset, u64)>,
     /// Chains patched (statistics).
     pub(crate) chained: u64,
+    /// Flushes so far: a chain request from before a flush names a slot that is gone.
+    flushes: u64,
     /// A direct-mapped cache in front of `blocks` for the dispatcher (indirect branches, RET).
     jc: Vec<Option<(BlockKey, Block)>>,
 }
@@ -81,33 +90,29 @@ impl std::fmt::Debug for CodeCache {
     }
 }
 
-fn new_assembler() -> Option<(Assembler, Executor)> {
-    match Assembler::new() {
-        Ok(a) => {
-            let r = a.reader();
-            Some((a, r))
-        }
-        Err(e) => {
-            log::warn!("no executable memory for the JIT ({e}): interpreting");
-            None
-        }
+fn new_code_buffer() -> Option<CodeBuf> {
+    let b = CodeBuf::new(CODE_SIZE);
+    if b.is_none() {
+        log::warn!("no executable memory for the JIT: interpreting");
     }
+    b
 }
 
 impl CodeCache {
     pub(crate) fn new() -> Self {
         CodeCache {
-            ops: new_assembler(),
+            code: new_code_buffer(),
             blocks: HashMap::new(),
             pages: HashMap::new(),
             slots: Vec::new(),
             chained: 0,
+            flushes: 0,
             jc: vec![None; JC_SIZE],
         }
     }
 
     fn full(&self) -> bool {
-        self.blocks.len() >= MAX_BLOCKS || self.ops.as_ref().is_some_and(|(a, _)| a.offset().0 >= CODE_LIMIT)
+        self.blocks.len() >= MAX_BLOCKS || self.code.as_ref().is_some_and(|c| c.len() >= CODE_LIMIT)
     }
 
     fn flush(&mut self) {
@@ -115,7 +120,10 @@ impl CodeCache {
         self.pages.clear();
         self.slots.clear();
         self.jc.fill(None);
-        self.ops = new_assembler();
+        self.flushes += 1;
+        if let Some(c) = &mut self.code {
+            c.clear();
+        }
     }
 
     /// Drops the blocks that start in pages overlapping `[start, start + len)`; returns how many.
@@ -189,12 +197,21 @@ impl CodeCache {
         if insns.is_empty() {
             return None;
         }
-        let (ops, _) = self.ops.as_mut()?;
-        let start = ops.offset();
-        let body = emit_block(ops, &insns, bitness, inline, user, big_stack, rip, backing, &mut self.slots, profile);
-        ops.commit().ok()?;
-        let len = ops.offset().0 - start.0;
-        let b = Block { entry: start, body, len };
+        let code = self.code.as_mut()?;
+        let mut ops = Assembler::new(0);
+        let slots0 = self.slots.len();
+        let body =
+            emit_block(&mut ops, &insns, bitness, inline, user, big_stack, rip, backing, &mut self.slots, profile);
+        let bytes = ops.finalize().ok()?;
+        let Some(start) = code.append(&bytes) else {
+            self.slots.truncate(slots0);
+            return None;
+        };
+        // Offsets were relative to the block's start.
+        for s in &mut self.slots[slots0..] {
+            s.0 = AssemblyOffset(s.0 .0 + start);
+        }
+        let b = Block { entry: AssemblyOffset(start), body: AssemblyOffset(start + body.0), len: bytes.len() };
         self.blocks.insert(key, b);
         self.pages.entry(backing >> 12).or_default().push(key);
         Some(b)
@@ -206,39 +223,31 @@ impl CodeCache {
         if want != target_backing {
             return;
         }
-        let Some((ops, _)) = self.ops.as_mut() else { return };
+        let Some(code) = self.code.as_mut() else { return };
         let Ok(rel) = i32::try_from(target.body.0 as i64 - (slot.0 as i64 + 5)) else { return };
-        if ops
-            .alter(|m| {
-                m.goto(slot);
-                m.push(0xE9);
-                m.push_i32(rel);
-            })
-            .is_ok()
-        {
+        let mut jmp = [0xE9, 0, 0, 0, 0];
+        jmp[1..].copy_from_slice(&rel.to_le_bytes());
+        if code.patch(slot.0, &jmp) {
             self.chained += 1;
         }
     }
 
     /// Runs the block at `entry` until it exits; returns its exit code.
     fn enter(&self, entry: AssemblyOffset, cpu: &mut CpuState, env: &mut HelperEnv<'_>) -> u32 {
-        let Some((_, exec)) = &self.ops else { return env.step(cpu) };
-        let buf = exec.lock();
-        let code = buf.ptr(entry);
-        // SAFETY: `code` is the entry of a block `translate` emitted and committed into this
-        // buffer (blocks are only looked up in the cache that emitted them, and the cache is
-        // replaced, never modified, on a flush), and the read lock held in `buf` keeps the
-        // buffer mapped and unchanged until the block returns. `cpu` and `env` are exclusive
-        // borrows that outlive the call.
+        let Some(buf) = &self.code else { return env.step(cpu) };
+        let code = buf.entry(entry.0);
+        // SAFETY: `code` is the entry of a block `translate` copied into this buffer (blocks
+        // are only looked up in the cache that emitted them, and a flush forgets every block
+        // before their bytes are reused); `&self` keeps the buffer mapped and unmodified until
+        // the block returns (only the dispatcher, between blocks, writes it). `cpu` and `env`
+        // are exclusive borrows that outlive the call.
         unsafe { enter_block(code, cpu, env) }
     }
 
     /// The disassembly of a block's host code.
     pub(crate) fn disassemble(&self, backing: u64, mode_key: u32) -> Option<String> {
         let b = self.blocks.get(&(backing, mode_key))?;
-        let (_, exec) = self.ops.as_ref()?;
-        let buf = exec.lock();
-        let bytes = buf.get(b.entry.0..b.entry.0 + b.len)?;
+        let bytes = self.code.as_ref()?.bytes(b.entry.0, b.len)?;
         let mut dec = Decoder::with_ip(64, bytes, 0, DecoderOptions::NONE);
         let mut fmt = IntelFormatter::new();
         let mut out = String::new();
@@ -1541,7 +1550,7 @@ fn block_for(
     cpu: &mut CpuState,
     bus: &mut dyn CpuBus,
 ) -> Option<(Block, u64)> {
-    cache.ops.as_ref()?;
+    cache.code.as_ref()?;
     cpu.refresh_mode_key();
     let b = code_backing(cpu)?;
     let key = (b, cpu.mode_key);
@@ -1597,7 +1606,7 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
     cpu.stop_requested = false;
     let Translator { interp, cache, stats, trace, profile } = t;
     let mut env = HelperEnv::new(interp, bus, *trace);
-    let mut chain_req: Option<usize> = None;
+    let mut chain_req: Option<(usize, u64)> = None;
     let r = loop {
         if cpu.icount >= end {
             break RunExit::BudgetExhausted;
@@ -1616,8 +1625,10 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
         let debug = cpu.rflags & (TF | RF) != 0 || cpu.dr[7] & 0xFF != 0 || cpu.nmi_pending;
         let due = debug || cpu.interrupt_shadow || (cpu.rflags & IF != 0 && cpu.irq_pending);
         let code = if cpu.halted || due { None } else { block_for(cache, stats, profile.as_mut(), cpu, env.bus()) };
-        if let (Some(id), Some((blk, b))) = (chain_req.take(), &code) {
-            cache.chain(id, *b, blk);
+        if let (Some((id, gen)), Some((blk, b))) = (chain_req.take(), &code) {
+            if gen == cache.flushes {
+                cache.chain(id, *b, blk);
+            }
         }
         let c = match code {
             Some((blk, _)) => {
@@ -1633,7 +1644,7 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
             exit::HALTED => break RunExit::Halted,
             exit::TRIPLE_FAULT => break RunExit::TripleFault,
             exit::STOPPED => break RunExit::Stopped,
-            CHAIN => chain_req = Some((c >> 8) as usize),
+            CHAIN => chain_req = Some(((c >> 8) as usize, cache.flushes)),
             // The block that did not fit may have been reached by a chained jump after other
             // blocks ran: the budget may be used up already.
             exit::NO_BUDGET if cpu.icount < end => {
