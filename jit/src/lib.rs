@@ -49,6 +49,9 @@ pub struct JitStats {
     pub helper_calls: u64,
     /// Instructions executed by the interpreter outside any block (no translation possible).
     pub interpreted: u64,
+    /// `interpreted` by reason: an interrupt or debug event due (or halted), no TLB entry for
+    /// the fetch, a hot data page, nothing translatable, the block not fitting in the budget.
+    pub interpreted_why: [u64; 5],
     /// Block entries from the dispatcher.
     pub block_runs: u64,
     /// Direct jumps between blocks patched to go straight from one to the other.
@@ -143,8 +146,15 @@ impl ExecutionEngine for Translator {
         #[cfg(not(target_arch = "x86_64"))]
         let profile = String::new();
         Some(format!(
-            "blocks translated: {}\ncache flushes: {}\nSMC invalidations: {}\nhelper calls: {}\ninterpreted outside blocks: {}\nblock entries: {}\nchains patched: {}{profile}",
-            s.blocks_translated, s.cache_flushes, s.smc_invalidations, s.helper_calls, s.interpreted, s.block_runs, s.chains_patched
+            "blocks translated: {}\ncache flushes: {}\nSMC invalidations: {}\nhelper calls: {}\ninterpreted outside blocks: {} (interrupt/debug due {}, no TLB entry {}, hot data page {}, untranslatable {}, budget {})\nblock entries: {}\nchains patched: {}{profile}",
+            s.blocks_translated, s.cache_flushes, s.smc_invalidations, s.helper_calls,
+            s.interpreted,
+            s.interpreted_why[0],
+            s.interpreted_why[1],
+            s.interpreted_why[2],
+            s.interpreted_why[3],
+            s.interpreted_why[4],
+            s.block_runs, s.chains_patched
         ))
     }
 }

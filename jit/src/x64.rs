@@ -1542,32 +1542,48 @@ fn code_backing(cpu: &CpuState) -> Option<u64> {
     cpu.tlb.lookup(cpu.cpl == 3, TlbAccess::Exec, lin, 1)
 }
 
-/// Finds or makes the block for CS:RIP; `None` when the instruction must be interpreted.
+/// Why an instruction was interpreted outside any block (an index into
+/// `JitStats::interpreted_why`).
+#[derive(Debug, Clone, Copy)]
+enum NoBlock {
+    /// Halted, an interrupt due, an interrupt shadow or a debug feature armed.
+    Due = 0,
+    /// No TLB entry for the instruction fetch (the interpreter's fetch walks and fills it).
+    NoTlb = 1,
+    /// The page is hot data (written often): not translated.
+    HotData = 2,
+    /// Nothing translatable (no executable memory, no decodable instruction).
+    NoCode = 3,
+    /// The block did not fit in the remaining budget.
+    NoBudget = 4,
+}
+
+/// Finds or makes the block for CS:RIP; `Err` when the instruction must be interpreted.
 fn block_for(
     cache: &mut CodeCache,
     stats: &mut JitStats,
     profile: Option<&mut Profile>,
     cpu: &mut CpuState,
     bus: &mut dyn CpuBus,
-) -> Option<(Block, u64)> {
-    cache.code.as_ref()?;
+) -> Result<(Block, u64), NoBlock> {
+    cache.code.as_ref().ok_or(NoBlock::NoCode)?;
     cpu.refresh_mode_key();
-    let b = code_backing(cpu)?;
+    let b = code_backing(cpu).ok_or(NoBlock::NoTlb)?;
     let key = (b, cpu.mode_key);
     let j = jc_index(key);
     if let Some((k, blk)) = cache.jc[j] {
         if k == key {
-            return Some((blk, b));
+            return Ok((blk, b));
         }
     }
     if let Some(blk) = cache.blocks.get(&key) {
         cache.jc[j] = Some((key, *blk));
-        return Some((*blk, b));
+        return Ok((*blk, b));
     }
     let mem = bus.memory();
     let page = b >> 12;
     if mem.code_pages().is_hot_data(page) {
-        return None;
+        return Err(NoBlock::HotData);
     }
     if cache.full() {
         cache.flush();
@@ -1577,13 +1593,14 @@ fn block_for(
     let k = cpu.mode_key;
     let inline = matches!(k & 3, 2 | 3) && k & (1 << 7) != 0 && k & (1 << 6) == 0;
     let big_stack = k & (1 << 4) != 0;
-    let blk =
-        cache.translate(mem.backing(), key, cpu.mode().bitness(), inline, cpu.cpl == 3, big_stack, cpu.rip, profile)?;
+    let blk = cache
+        .translate(mem.backing(), key, cpu.mode().bitness(), inline, cpu.cpl == 3, big_stack, cpu.rip, profile)
+        .ok_or(NoBlock::NoCode)?;
     if mem.mark_code_page(page) {
         cpu.tlb.protect_backing_page(page << 12);
     }
     stats.blocks_translated += 1;
-    Some((blk, b))
+    Ok((blk, b))
 }
 
 /// The dispatcher: runs blocks (or single interpreted instructions) until the budget is used up
@@ -1624,19 +1641,24 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
         // pending NMIs are the interpreter's, one instruction at a time.
         let debug = cpu.rflags & (TF | RF) != 0 || cpu.dr[7] & 0xFF != 0 || cpu.nmi_pending;
         let due = debug || cpu.interrupt_shadow || (cpu.rflags & IF != 0 && cpu.irq_pending);
-        let code = if cpu.halted || due { None } else { block_for(cache, stats, profile.as_mut(), cpu, env.bus()) };
-        if let (Some((id, gen)), Some((blk, b))) = (chain_req.take(), &code) {
+        let code = if cpu.halted || due {
+            Err(NoBlock::Due)
+        } else {
+            block_for(cache, stats, profile.as_mut(), cpu, env.bus())
+        };
+        if let (Some((id, gen)), Ok((blk, b))) = (chain_req.take(), &code) {
             if gen == cache.flushes {
                 cache.chain(id, *b, blk);
             }
         }
         let c = match code {
-            Some((blk, _)) => {
+            Ok((blk, _)) => {
                 stats.block_runs += 1;
                 cache.enter(blk.entry, cpu, &mut env)
             }
-            None => {
+            Err(why) => {
                 stats.interpreted += 1;
+                stats.interpreted_why[why as usize] += 1;
                 env.step(cpu)
             }
         };
@@ -1649,6 +1671,7 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
             // blocks ran: the budget may be used up already.
             exit::NO_BUDGET if cpu.icount < end => {
                 stats.interpreted += 1;
+                stats.interpreted_why[NoBlock::NoBudget as usize] += 1;
                 match env.step(cpu) {
                     exit::HALTED => break RunExit::Halted,
                     exit::TRIPLE_FAULT => break RunExit::TripleFault,
