@@ -73,9 +73,20 @@ pub(crate) struct CodeCache {
     pub(crate) chained: u64,
     /// Flushes so far: a chain request from before a flush names a slot that is gone.
     flushes: u64,
+    /// Hot data pages (see [`mmu::CodePages::is_hot_data`]) -> instructions interpreted there
+    /// since the page was last written. The tracker's write counter never decays, and a
+    /// recycled frame (freed code, reused for data, then for code again) stays "hot" for good;
+    /// a hot page that keeps being executed without being written is translated again after
+    /// [`HOT_RETRY`] interpreted instructions, bounding the cost of thrashing to one
+    /// translation per that many instructions.
+    hot_runs: HashMap<u64, u32>,
     /// A direct-mapped cache in front of `blocks` for the dispatcher (indirect branches, RET).
     jc: Vec<Option<(BlockKey, Block)>>,
 }
+
+/// Instructions interpreted in a hot data page, without a write to it, before it is translated
+/// again.
+const HOT_RETRY: u32 = 1024;
 
 /// Entries of the dispatcher's jump cache.
 const JC_SIZE: usize = 4096;
@@ -107,6 +118,7 @@ impl CodeCache {
             slots: Vec::new(),
             chained: 0,
             flushes: 0,
+            hot_runs: HashMap::new(),
             jc: vec![None; JC_SIZE],
         }
     }
@@ -133,6 +145,13 @@ impl CodeCache {
         }
         let first = start / PAGE_SIZE;
         let last = start.saturating_add(len - 1) / PAGE_SIZE;
+        if last - first >= self.hot_runs.len() as u64 {
+            self.hot_runs.retain(|p, _| !(first..=last).contains(p));
+        } else {
+            for p in first..=last {
+                self.hot_runs.remove(&p);
+            }
+        }
         let mut n = 0;
         if last - first >= self.pages.len() as u64 {
             let pages: Vec<u64> = self.pages.keys().copied().filter(|p| (first..=last).contains(p)).collect();
@@ -389,6 +408,8 @@ impl MemKind {
 /// target's offset from the block's entry RIP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Ea {
+    /// Offset in `CpuState` of a segment base to add (FS/GS in 64-bit mode).
+    seg_base: Option<i32>,
     base: Option<i32>,
     index: Option<(i32, u32)>,
     disp: i32,
@@ -512,10 +533,16 @@ fn classify(i: &Instruction) -> Option<Inline> {
 /// The effective address of `i`'s memory operand, if the inline path handles it: DS/ES/SS/CS
 /// (flat in the modes that inline), 32- or 64-bit addressing, no RIP-relative 32-bit form.
 fn effective_address(i: &Instruction, bitness: u32) -> Option<Ea> {
-    if matches!(i.memory_segment(), Register::FS | Register::GS) {
-        return None;
-    }
-    effective_address_any_segment(i, bitness)
+    let seg = match i.memory_segment() {
+        // 64-bit mode: FS and GS add their base, nothing else (no limit).
+        Register::FS if bitness == 64 => Some(4),
+        Register::GS if bitness == 64 => Some(5),
+        Register::FS | Register::GS => return None,
+        _ => None,
+    };
+    let mut ea = effective_address_any_segment(i, bitness)?;
+    ea.seg_base = seg.map(|n| (offsets::SEG_BASE + n * offsets::SEG_SIZE) as i32);
+    Some(ea)
 }
 
 /// The offset part of the memory operand (LEA ignores the segment).
@@ -524,7 +551,7 @@ fn effective_address_any_segment(i: &Instruction, bitness: u32) -> Option<Ea> {
     let index = i.memory_index();
     if base == Register::RIP {
         let disp = i32::try_from(i.memory_displacement64() as i64).ok()?;
-        return Some(Ea { base: None, index: None, disp, addr32: false, rip_rel: true });
+        return Some(Ea { seg_base: None, base: None, index: None, disp, addr32: false, rip_rel: true });
     }
     if base == Register::EIP {
         return None;
@@ -559,6 +586,7 @@ fn effective_address_any_segment(i: &Instruction, bitness: u32) -> Option<Ea> {
         i32::try_from(i.memory_displacement64() as i64).ok()?
     };
     Some(Ea {
+        seg_base: None,
         base: (base != Register::None).then(|| off(base)),
         index: (index != Register::None).then(|| (off(index), i.memory_index_scale())),
         disp,
@@ -888,8 +916,17 @@ impl Emitter<'_> {
         if ea.rip_rel {
             let back = -(self.synced as i32);
             dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + RIP] ; lea rax, [rax + disp] ; lea rax, [rax + back]);
-            return;
+        } else {
+            self.offset_part(ea);
         }
+        if let Some(sb) = ea.seg_base {
+            dynasm!(self.ops ; .arch x64 ; mov rcx, QWORD [r12 + sb] ; lea rax, [rax + rcx]);
+        }
+    }
+
+    /// The offset part of an effective address (no RIP-relative form) into RAX.
+    fn offset_part(&mut self, ea: Ea) {
+        let disp = ea.disp;
         match ea.base {
             Some(b) if ea.addr32 => dynasm!(self.ops ; .arch x64 ; mov eax, DWORD [r12 + b]),
             Some(b) => dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + b]),
@@ -1431,9 +1468,10 @@ fn emit_block(
         })
         .collect();
     let mut dead = dead_flags(&plan);
-    // A shift by CL keeps the flags when CL is 0: inline only when they are dead anyway.
+    // A shift by CL keeps the flags when CL is 0, and the host's rotates leave OF undefined
+    // where the interpreter defines it: inline only when the flags are dead anyway.
     for (p, d) in plan.iter_mut().zip(&dead) {
-        if matches!(p, Some(Inline::Ext(Ext::ShiftCl { .. }))) && !d {
+        if matches!(p, Some(Inline::Ext(Ext::ShiftCl { .. } | Ext::RotDead { .. }))) && !d {
             *p = None;
         }
     }
@@ -1583,7 +1621,11 @@ fn block_for(
     let mem = bus.memory();
     let page = b >> 12;
     if mem.code_pages().is_hot_data(page) {
-        return Err(NoBlock::HotData);
+        let runs = cache.hot_runs.entry(page).or_insert(0);
+        if *runs < HOT_RETRY {
+            *runs += 1;
+            return Err(NoBlock::HotData);
+        }
     }
     if cache.full() {
         cache.flush();

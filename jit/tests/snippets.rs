@@ -554,3 +554,73 @@ fn test_jit_flags_live_at_a_possible_fault() {
         assert_eq!(exit, if bad == 0x9000 { RunExit::Halted } else { RunExit::TripleFault });
     }
 }
+
+#[test]
+fn test_jit_fs_gs_bases_in_64_bit_mode() {
+    let code = assemble(64, |a| {
+        a.mov(rbx, 0x10u64).unwrap();
+        a.mov(rax, 0x1111_2222_3333_4444u64).unwrap();
+        a.mov(qword_ptr(rbx + 8).gs(), rax).unwrap(); // 0x8000 + 0x18
+        a.mov(rcx, qword_ptr(0x18u64).gs()).unwrap();
+        a.add(dword_ptr(rbx).fs(), 5).unwrap(); // 0x8800 + 0x10
+        a.movzx(edx, byte_ptr(rbx + 3).gs()).unwrap();
+        a.sub(rcx, qword_ptr(rbx + 8).gs()).unwrap();
+        a.mov(esi, dword_ptr(ebx + 0x10).fs()).unwrap(); // 32-bit address, 64-bit base
+        a.mov(rdi, qword_ptr(rbx).gs()).unwrap(); // GS base non-canonical after the write below
+        a.hlt().unwrap();
+    });
+    let mut s = state(64);
+    s.seg[5].base = 0x8000;
+    s.seg[4].base = 0x8800;
+    let (exit, c, bus) = lockstep("fs-gs", &code, &s, 100);
+    assert_eq!(exit, RunExit::Halted);
+    assert_eq!(c.gpr[1], 0, "GS:[0x18] read back what GS:[RBX + 8] wrote");
+    let m = bus.mem.backing();
+    assert_eq!(u64::from_le_bytes(m[0x8018..0x8020].try_into().unwrap()), 0x1111_2222_3333_4444);
+    assert_eq!(m[0x8810], 5);
+    // A base that makes the address non-canonical: #GP (no IDT: triple fault), in lockstep.
+    let mut s = state(64);
+    s.seg[5].base = 0x7FFF_FFFF_FFFF_FFF8;
+    let (exit, _, _) = lockstep("gs-noncanonical", &code, &s, 100);
+    assert_eq!(exit, RunExit::TripleFault);
+}
+
+#[test]
+fn test_jit_rotates_with_dead_flags_and_pause() {
+    // ROL/ROR run inline only when a flag writer follows; with a reader (ADC, PUSHFQ) they go
+    // through the interpreter. Both must agree with it.
+    let code = assemble(64, |a| {
+        a.mov(rsi, 0x8000u64).unwrap();
+        a.mov(rax, 0x8000_0000_0000_0001u64).unwrap();
+        for c in [0u32, 1, 2, 31, 32, 63, 64] {
+            a.mov(ecx, c).unwrap();
+            a.mov(rbx, rax).unwrap();
+            a.rol(rbx, c).unwrap();
+            a.add(rbx, 1).unwrap(); // dead
+            a.mov(rdx, rax).unwrap();
+            a.ror(edx, cl).unwrap();
+            a.xor(rdx, rbx).unwrap(); // dead
+            a.mov(rdi, rax).unwrap();
+            a.rol(rdi, cl).unwrap();
+            a.adc(rdi, 0).unwrap(); // live: reads CF
+            a.ror(eax, c).unwrap();
+            save_flags(a); // live
+            a.pause().unwrap();
+            a.add(r8, rbx).unwrap();
+            a.add(r9, rdx).unwrap();
+            a.add(r10, rdi).unwrap();
+        }
+        a.hlt().unwrap();
+    });
+    let (exit, c, _) = lockstep("rotates", &code, &state(64), 1000);
+    assert_eq!(exit, RunExit::Halted);
+    // R8 sums ROL(RAX, c) + 1 (Rust's rotate_left as the reference; counts masked to 6 bits),
+    // and ROR EAX, c zero-extends RAX on the way.
+    let (mut v, mut want) = (0x8000_0000_0000_0001u64, 0u64);
+    for c in [0u32, 1, 2, 31, 32, 63, 64] {
+        want = want.wrapping_add(v.rotate_left(c & 63).wrapping_add(1));
+        v = u64::from((v as u32).rotate_right(c & 31));
+    }
+    assert_eq!(c.gpr[8], want);
+    assert_eq!(c.gpr[0], v);
+}

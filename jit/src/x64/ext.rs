@@ -116,6 +116,9 @@ pub(super) enum Ext {
     ShiftImm { kind: ShiftKind, dst: i32, count: i8, sz: Sz },
     /// SHL/SHR/SAR of a 32/64-bit register by CL: inline only when its flags are dead.
     ShiftCl { kind: ShiftKind, dst: i32, sz: Sz },
+    /// ROL/ROR of a 32/64-bit register by an immediate (`cl`: false) or by CL: inline only when
+    /// its flags are dead (the host's OF differs for counts above 1; count 0 keeps the flags).
+    RotDead { left: bool, dst: i32, cl: bool, count: i8, sz: Sz },
     /// SETcc to a byte register.
     Setcc { cc: ConditionCode, dst: i32 },
     /// CMOVcc between registers (16/32/64-bit).
@@ -147,7 +150,9 @@ impl Ext {
             }
             Ext::AluN { op: AluOp::Adc | AluOp::Sbb, .. } => FlagUse::Observes,
             Ext::AluN { .. } | Ext::Neg { .. } | Ext::Imul { .. } | Ext::ShiftImm { .. } => FlagUse::WritesAll,
-            Ext::IncDecN { .. } | Ext::ShiftCl { .. } | Ext::Setcc { .. } | Ext::Cmov { .. } => FlagUse::Observes,
+            Ext::IncDecN { .. } | Ext::ShiftCl { .. } | Ext::RotDead { .. } | Ext::Setcc { .. } | Ext::Cmov { .. } => {
+                FlagUse::Observes
+            }
         }
     }
 }
@@ -167,7 +172,7 @@ pub(super) fn classify_ext(i: &Instruction) -> Option<Ext> {
         return None;
     }
     let m = i.mnemonic();
-    if matches!(m, Mnemonic::Nop | Mnemonic::Endbr32 | Mnemonic::Endbr64) {
+    if matches!(m, Mnemonic::Nop | Mnemonic::Pause | Mnemonic::Endbr32 | Mnemonic::Endbr64) {
         return Some(Ext::Nop);
     }
     if matches!(i.code(), Code::Cwde | Code::Cdqe | Code::Cdq | Code::Cqo) {
@@ -240,6 +245,15 @@ pub(super) fn classify_ext(i: &Instruction) -> Option<Ext> {
                 let mask = if sz == Sz::Q { 63 } else { 31 };
                 let count = (i.immediate(1) & mask) as i8;
                 (count >= 2).then_some(Ext::ShiftImm { kind, dst, count, sz })
+            }
+        }
+        Mnemonic::Rol | Mnemonic::Ror if !small && i.op_count() == 2 => {
+            let left = m == Mnemonic::Rol;
+            if i.op1_kind() == OpKind::Register {
+                (i.op1_register() == Register::CL).then_some(Ext::RotDead { left, dst, cl: true, count: 0, sz })
+            } else {
+                let mask = if sz == Sz::Q { 63 } else { 31 };
+                Some(Ext::RotDead { left, dst, cl: false, count: (i.immediate(1) & mask) as i8, sz })
             }
         }
         _ if sz == Sz::B && i.op_count() == 1 && is_setcc(m) => Some(Ext::Setcc { cc: i.condition_code(), dst }),
@@ -483,6 +497,27 @@ impl Emitter<'_> {
                     (ShiftKind::Shl, _) => dynasm!(self.ops ; .arch x64 ; shl eax, cl),
                     (ShiftKind::Shr, _) => dynasm!(self.ops ; .arch x64 ; shr eax, cl),
                     (ShiftKind::Sar, _) => dynasm!(self.ops ; .arch x64 ; sar eax, cl),
+                }
+                self.store_rax(dst, sz);
+                self.flags_in_host = true;
+                self.last_logic = true;
+            }
+            Ext::RotDead { left, dst, cl, count, sz } => {
+                // Only planned with dead flags.
+                if cl {
+                    let guest_cl = offsets::GPR as i32 + 8;
+                    dynasm!(self.ops ; .arch x64 ; mov cl, BYTE [r12 + guest_cl]);
+                }
+                self.load_rax(dst, sz);
+                match (left, cl, sz) {
+                    (true, true, Sz::Q) => dynasm!(self.ops ; .arch x64 ; rol rax, cl),
+                    (false, true, Sz::Q) => dynasm!(self.ops ; .arch x64 ; ror rax, cl),
+                    (true, true, _) => dynasm!(self.ops ; .arch x64 ; rol eax, cl),
+                    (false, true, _) => dynasm!(self.ops ; .arch x64 ; ror eax, cl),
+                    (true, false, Sz::Q) => dynasm!(self.ops ; .arch x64 ; rol rax, count),
+                    (false, false, Sz::Q) => dynasm!(self.ops ; .arch x64 ; ror rax, count),
+                    (true, false, _) => dynasm!(self.ops ; .arch x64 ; rol eax, count),
+                    (false, false, _) => dynasm!(self.ops ; .arch x64 ; ror eax, count),
                 }
                 self.store_rax(dst, sz);
                 self.flags_in_host = true;
