@@ -690,6 +690,9 @@ struct Emitter<'a> {
     last_logic: bool,
     /// The instruction being emitted.
     cur: Instruction,
+    /// The guest's flags are in R9 (from PUSHFQ) for the slow path of the current memory
+    /// instruction, not in `CpuState` (see [`Emitter::stash_or_sync_flags`]).
+    stashed: bool,
     /// Counters of helper-served instructions (`FERRO_JIT_PROFILE=1`).
     profile: Option<&'a mut Profile>,
 }
@@ -893,6 +896,38 @@ impl Emitter<'_> {
         }
     }
 
+    /// Before a memory access: the guest's flags, if in the host, must reach `CpuState` if the
+    /// access faults (the slow path), but are needed afterwards only if live. If they are dead
+    /// after the instruction, or the instruction overwrites them (`writes_flags`), they are only
+    /// kept in R9 (PUSHFQ; POP) for the slow path, which merges them ([`Self::unstash`]);
+    /// otherwise they are written back now.
+    fn stash_or_sync_flags(&mut self, dead: bool, writes_flags: bool) {
+        self.stashed = false;
+        if self.flags_in_host && (dead || writes_flags) {
+            dynasm!(self.ops ; .arch x64 ; pushfq ; pop r9);
+            self.stashed = true;
+        } else {
+            self.sync_flags();
+        }
+    }
+
+    /// On a slow path: writes the flags kept in R9 back to `CpuState` (see
+    /// [`Self::stash_or_sync_flags`]).
+    fn unstash(&mut self) {
+        if self.stashed {
+            dynasm!(self.ops ; .arch x64 ; mov rax, r9);
+            self.merge_flags_from_rax();
+        }
+    }
+
+    /// After a memory instruction that stashed the flags: they were dead after it, and the host
+    /// holds garbage that the next flag writer replaces.
+    fn after_stash(&mut self) {
+        if std::mem::take(&mut self.stashed) {
+            self.flags_in_host = true;
+        }
+    }
+
     fn helper(&mut self, at: u64, next: u64) {
         self.sync_flags();
         self.count(false);
@@ -960,13 +995,15 @@ impl Emitter<'_> {
         let set = if user { (mmu::TLB_ENTRIES * 32) as i32 } else { 0 };
         let tag = TLB + set + if write { 8 } else { 0 };
         let addend = TLB + set + 24;
-        let idx_mask = (mmu::TLB_ENTRIES - 1) as i32;
+        // The entry's byte offset, ((addr >> 12) & (entries - 1)) * 32, as (addr >> 7) & mask.
+        const _: () = assert!(mmu::TLB_ENTRIES.is_power_of_two() && mmu::TLB_ENTRIES <= 1 << 20);
+        const _: () = assert!(core::mem::size_of::<mmu::TlbEntry>() == 32);
+        let idx_mask = ((mmu::TLB_ENTRIES - 1) << 5) as i32;
         dynasm!(self.ops
             ; .arch x64
-            ; mov rcx, rax
-            ; shr rcx, 12
+            ; mov ecx, eax
+            ; shr ecx, 7
             ; and ecx, idx_mask
-            ; shl ecx, 5
             ; lea rdx, [rax + size - 1]
             ; and rdx, -4096
             ; or rdx, QWORD [r12 + TLB_GEN]
@@ -982,6 +1019,7 @@ impl Emitter<'_> {
     /// pending, RIP at `synced0`, the flags in the host for an ALU operation).
     fn slow_path(&mut self, at: u64, next: u64, synced0: u64, pending0: i32, alu: bool) {
         self.count(true);
+        self.unstash();
         self.sync_count_rip(at);
         let out = self.out;
         let undo = pending0 + 1;
@@ -1016,8 +1054,10 @@ impl Emitter<'_> {
     /// r8 = rsp (- size for a push); rax = r8; probe; access [rax]; rsp = r8 (+ size for a pop)
     /// CALL: value = entry RIP + next; then on to the target.  RET: RIP = the value popped.
     /// ```
-    fn stack(&mut self, op: StackOp, w64: bool, user: bool, at: u64, next: u64) {
-        self.sync_flags();
+    fn stack(&mut self, op: StackOp, w64: bool, user: bool, at: u64, next: u64, dead: bool) {
+        // CALL and RET end the block: the flags go to `CpuState` first.
+        let ends = matches!(op, StackOp::Call(_) | StackOp::Ret);
+        self.stash_or_sync_flags(dead && !ends, false);
         let (synced0, pending0) = (self.synced, self.pending);
         let slow = self.ops.new_dynamic_label();
         let cont = self.ops.new_dynamic_label();
@@ -1086,6 +1126,7 @@ impl Emitter<'_> {
                 dynasm!(self.ops ; .arch x64 ; =>cont);
                 self.synced = synced0;
                 self.pending = pending0 + 1;
+                self.after_stash();
             }
             StackOp::Push(_) => {
                 dynasm!(self.ops ; .arch x64 ; jmp =>cont ; =>slow);
@@ -1093,6 +1134,7 @@ impl Emitter<'_> {
                 dynasm!(self.ops ; .arch x64 ; =>cont);
                 self.synced = synced0;
                 self.pending = pending0 + 1;
+                self.after_stash();
             }
             StackOp::Call(target) => {
                 self.pending = pending0 + 1;
@@ -1140,8 +1182,8 @@ impl Emitter<'_> {
         );
     }
 
-    fn mem(&mut self, kind: MemKind, ea: Ea, sz: Sz, user: bool, at: u64, next: u64) {
-        self.sync_flags();
+    fn mem(&mut self, kind: MemKind, ea: Ea, sz: Sz, user: bool, at: u64, next: u64, dead: bool) {
+        self.stash_or_sync_flags(dead, kind.flags().is_some());
         let (synced0, pending0) = (self.synced, self.pending);
         let slow = self.ops.new_dynamic_label();
         let cont = self.ops.new_dynamic_label();
@@ -1240,6 +1282,7 @@ impl Emitter<'_> {
         dynasm!(self.ops ; .arch x64 ; jmp =>cont ; =>slow);
         // Slow path.
         self.count(true);
+        self.unstash();
         self.sync_count_rip(at);
         let out = self.out;
         let undo = pending0 + 1;
@@ -1269,6 +1312,7 @@ impl Emitter<'_> {
         dynasm!(self.ops ; .arch x64 ; =>cont);
         self.synced = synced0;
         self.pending = pending0 + 1;
+        self.after_stash();
         if let Some(op) = alu {
             self.flags_in_host = true;
             self.last_logic = matches!(op, AluOp::And | AluOp::Or | AluOp::Xor | AluOp::Test);
@@ -1279,11 +1323,11 @@ impl Emitter<'_> {
         match op {
             Inline::Ext(e) => self.inline_ext(e, dead),
             Inline::Mem { kind, ea, sz, user } => {
-                self.mem(kind, ea, sz, user, at, next);
+                self.mem(kind, ea, sz, user, at, next, dead);
                 return;
             }
             Inline::Stack { op, w64, user } => {
-                self.stack(op, w64, user, at, next);
+                self.stack(op, w64, user, at, next, dead);
                 return;
             }
             Inline::Lea { dst, ea, w64 } => {
@@ -1510,6 +1554,7 @@ fn emit_block(
         flags_in_host: false,
         last_logic: false,
         cur: Instruction::default(),
+        stashed: false,
         profile,
     };
     let mut ended = false;

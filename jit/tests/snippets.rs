@@ -624,3 +624,32 @@ fn test_jit_rotates_with_dead_flags_and_pause() {
     assert_eq!(c.gpr[8], want);
     assert_eq!(c.gpr[0], v);
 }
+
+#[test]
+fn test_jit_flags_live_at_a_faulting_push_and_store() {
+    // ADD's flags are dead after the PUSH/store (SUB overwrites them) but the access faults
+    // first (RSP or RBX non-canonical): the fault sees them (the JIT keeps them only for its
+    // slow path).
+    for (stack_ptr, base) in [(0x8000_0000_0000_0008u64, 0x8000u64), (0x7_0000, 0x8000_0000_0000_0000)] {
+        let code = assemble(64, |a| {
+            a.add(rax, rcx).unwrap();
+            a.push(rdx).unwrap();
+            a.sub(rdx, 1).unwrap();
+            a.add(rax, rcx).unwrap();
+            a.mov(qword_ptr(rbx), rdx).unwrap();
+            a.sub(rdx, 1).unwrap();
+            a.hlt().unwrap();
+        });
+        let mut s = state(64);
+        s.gpr[0] = 0x8000_0000_0000_0000;
+        s.gpr[1] = 0x8000_0000_0000_0000;
+        s.gpr[3] = base;
+        s.gpr[4] = stack_ptr;
+        let (exit, c, _) = lockstep("flags-at-fault", &code, &s, 100);
+        assert_eq!(exit, RunExit::TripleFault);
+        // By hand: the first ADD gives 0 (CF, OF, ZF, PF), the second 0x8000_0000_0000_0000
+        // (SF, PF).
+        let want = if c.icount == 2 { CF | OF | ZF | PF } else { SF | PF };
+        assert_eq!(c.rflags() & 0x8D5, want, "flags at the fault (after {} instructions)", c.icount);
+    }
+}
