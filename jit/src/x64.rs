@@ -339,8 +339,9 @@ impl Inline {
 
 /// Flag liveness: for each planned instruction, whether the status flags it writes are
 /// overwritten before anything can see them (a reader, a helper, a possible fault, the block's
-/// end). Only register-only writers of all six flags end a dead range.
-fn dead_flags(plan: &[Option<Inline>]) -> Vec<bool> {
+/// end). Only register-only writers of all six flags end a dead range. Also returns whether the
+/// flags are dead at the block's entry.
+fn dead_flags(plan: &[Option<Inline>]) -> (Vec<bool>, bool) {
     let mut dead = vec![false; plan.len()];
     // Scanning backwards: does the code after this point overwrite the flags before any use?
     let mut overwritten = false;
@@ -352,7 +353,7 @@ fn dead_flags(plan: &[Option<Inline>]) -> Vec<bool> {
             FlagUse::Observes => overwritten = false,
         }
     }
-    dead
+    (dead, overwritten)
 }
 
 /// A stack operation.
@@ -690,6 +691,10 @@ struct Emitter<'a> {
     last_logic: bool,
     /// The instruction being emitted.
     cur: Instruction,
+    /// The block overwrites the flags before reading them: a branch back to its entry keeps
+    /// them in R9 and writes them back only if the budget check fails (label after the check,
+    /// instructions in the block).
+    loop_back: Option<(DynamicLabel, i32)>,
     /// The guest's flags are in R9 (from PUSHFQ) for the slow path of the current memory
     /// instruction, not in `CpuState` (see [`Emitter::stash_or_sync_flags`]).
     stashed: bool,
@@ -1409,6 +1414,26 @@ impl Emitter<'_> {
                             dynasm!(self.ops ; .arch x64 ; =>l);
                         }
                         let (synced, pending) = (self.synced, self.pending);
+                        if let (0, Some((checked, n))) = (to, self.loop_back) {
+                            // Back to the entry, whose code overwrites the flags first: they go
+                            // to `CpuState` only if the loop stops here for the budget.
+                            dynasm!(self.ops ; .arch x64 ; pop r9);
+                            self.sync_count_rip(0);
+                            let out = self.out;
+                            dynasm!(self.ops
+                                ; .arch x64
+                                ; mov rax, QWORD [r12 + ICOUNT]
+                                ; add rax, n
+                                ; cmp rax, QWORD [r12 + BUDGET_END]
+                                ; jbe =>checked
+                                ; mov rax, r9
+                            );
+                            self.merge_flags_from_rax();
+                            dynasm!(self.ops ; .arch x64 ; mov eax, exit::NO_BUDGET as i32 ; jmp =>out);
+                            self.synced = synced;
+                            self.pending = pending;
+                            continue;
+                        }
                         dynasm!(self.ops ; .arch x64 ; pop rax);
                         self.merge_flags_from_rax();
                         self.sync_count_rip(to);
@@ -1511,7 +1536,7 @@ fn emit_block(
             }
         })
         .collect();
-    let mut dead = dead_flags(&plan);
+    let (dead, _) = dead_flags(&plan);
     // A shift by CL keeps the flags when CL is 0, and the host's rotates leave OF undefined
     // where the interpreter defines it: inline only when the flags are dead anyway.
     for (p, d) in plan.iter_mut().zip(&dead) {
@@ -1519,7 +1544,7 @@ fn emit_block(
             *p = None;
         }
     }
-    dead = dead_flags(&plan);
+    let (dead, entry_dead) = dead_flags(&plan);
     dynasm!(ops
         ; .arch x64
         ; push r12
@@ -1531,8 +1556,10 @@ fn emit_block(
     );
     let body_off = ops.offset();
     let body = Some(ops.new_dynamic_label());
+    let checked = ops.new_dynamic_label();
+    let n_insns = insns.len() as i32;
     if let Some(body) = body {
-        let n = insns.len() as i32;
+        let n = n_insns;
         dynasm!(ops
             ; .arch x64
             ; =>body
@@ -1540,6 +1567,7 @@ fn emit_block(
             ; add rax, n
             ; cmp rax, QWORD [r12 + BUDGET_END]
             ; ja =>no_budget
+            ; =>checked
         );
     }
     let mut em = Emitter {
@@ -1555,6 +1583,7 @@ fn emit_block(
         last_logic: false,
         cur: Instruction::default(),
         stashed: false,
+        loop_back: entry_dead.then_some((checked, n_insns)),
         profile,
     };
     let mut ended = false;
