@@ -52,6 +52,8 @@ pub mod offsets {
     pub const SEG_BASE: usize = offset_of!(CpuState, seg) + offset_of!(crate::state::Segment, base);
     /// `size_of::<Segment>()`.
     pub const SEG_SIZE: usize = size_of::<crate::state::Segment>();
+    /// `CpuState::msr.tsc_offset` (TSC = instruction count + this).
+    pub const TSC_OFFSET: usize = offset_of!(CpuState, msr) + offset_of!(crate::state::Msrs, tsc_offset);
     /// `CpuState::lazy.mask` (which status flags are held lazily).
     pub const LAZY_MASK: usize = offset_of!(CpuState, lazy) + offset_of!(crate::flags::LazyFlags, mask);
 
@@ -63,6 +65,7 @@ pub mod offsets {
     const _: () = assert!(offset_of!(CpuState, rflags).is_multiple_of(8) && LAZY_MASK.is_multiple_of(8));
     const _: () = assert!(size_of::<CpuState>() < i32::MAX as usize);
     const _: () = assert!(SEG_BASE.is_multiple_of(8) && SEG_SIZE.is_multiple_of(8));
+    const _: () = assert!(TSC_OFFSET.is_multiple_of(8));
     const _: () = assert!(offset_of!(mmu::SoftTlb, sets) == 0);
 }
 

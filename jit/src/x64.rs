@@ -219,8 +219,21 @@ impl CodeCache {
         let code = self.code.as_mut()?;
         let mut ops = Assembler::new(0);
         let slots0 = self.slots.len();
-        let body =
-            emit_block(&mut ops, &insns, bitness, inline, user, big_stack, rip, backing, &mut self.slots, profile);
+        // RDTSC faults only outside CPL 0 (with CR4.TSD); the mode key holds the CPL.
+        let cpl0 = (key.1 >> 2) & 3 == 0;
+        let body = emit_block(
+            &mut ops,
+            &insns,
+            bitness,
+            inline,
+            user,
+            big_stack,
+            cpl0,
+            rip,
+            backing,
+            &mut self.slots,
+            profile,
+        );
         let bytes = ops.finalize().ok()?;
         let Some(start) = code.append(&bytes) else {
             self.slots.truncate(slots0);
@@ -386,13 +399,15 @@ enum MemKind {
     AluMR { op: AluOp, reg: i32 },
     /// `[m] op= imm`.
     AluMI { op: AluOp, imm: i32 },
+    /// INC/DEC `[m]` (CF kept: the guest's CF is put in the host's first).
+    IncDec { inc: bool },
 }
 
 impl MemKind {
     fn writes(self) -> bool {
         match self {
             MemKind::Load { .. } | MemKind::LoadExt { .. } | MemKind::AluRM { .. } => false,
-            MemKind::Store { .. } | MemKind::StoreImm { .. } => true,
+            MemKind::Store { .. } | MemKind::StoreImm { .. } | MemKind::IncDec { .. } => true,
             MemKind::AluMR { op, .. } | MemKind::AluMI { op, .. } => !matches!(op, AluOp::Cmp | AluOp::Test),
         }
     }
@@ -567,6 +582,12 @@ fn effective_address_any_segment(i: &Instruction, bitness: u32) -> Option<Ea> {
         }
     };
     let width = match (base, index) {
+        (Register::None, Register::None) if bitness == 64 => {
+            // Absolute in 64-bit mode (per-CPU data: `gs:[disp32]`): a displacement that is the
+            // same sign- or zero-extended (below 2 GiB), so the address size does not matter.
+            let disp = i32::try_from(i.memory_displacement64()).ok()?;
+            return Some(Ea { seg_base: None, base: None, index: None, disp, addr32: false, rip_rel: false });
+        }
         (Register::None, Register::None) => {
             // Absolute: only the plain 32-bit form of 32-bit code.
             if bitness != 32 || i.memory_displ_size() != 4 {
@@ -623,7 +644,15 @@ fn classify_stack(i: &Instruction, bitness: u32, big_stack: bool, user: bool) ->
 
 /// Whether (and how) a MOV/ALU instruction with a memory operand runs inline.
 fn classify_mem(i: &Instruction, bitness: u32, user: bool) -> Option<Inline> {
-    if i.has_lock_prefix() || i.op_count() != 2 {
+    if i.has_lock_prefix() {
+        return None;
+    }
+    if matches!(i.mnemonic(), Mnemonic::Inc | Mnemonic::Dec) && i.op_count() == 1 {
+        let sz = Sz::from_bytes(i.memory_size().size())?;
+        let ea = effective_address(i, bitness)?;
+        return Some(Inline::Mem { kind: MemKind::IncDec { inc: i.mnemonic() == Mnemonic::Inc }, ea, sz, user });
+    }
+    if i.op_count() != 2 {
         return None;
     }
     if i.mnemonic() == Mnemonic::Lea {
@@ -1188,7 +1217,14 @@ impl Emitter<'_> {
     }
 
     fn mem(&mut self, kind: MemKind, ea: Ea, sz: Sz, user: bool, at: u64, next: u64, dead: bool) {
-        self.stash_or_sync_flags(dead, kind.flags().is_some());
+        if let MemKind::IncDec { .. } = kind {
+            // The guest's CF must be in CpuState for the host's CF below.
+            self.stashed = false;
+            self.sync_flags();
+            self.materialize_lazy();
+        } else {
+            self.stash_or_sync_flags(dead, kind.flags().is_some());
+        }
         let (synced0, pending0) = (self.synced, self.pending);
         let slow = self.ops.new_dynamic_label();
         let cont = self.ops.new_dynamic_label();
@@ -1283,6 +1319,19 @@ impl Emitter<'_> {
                 Sz::D => with_alu!(op, mi32, ops, imm),
                 Sz::Q => with_alu!(op, mi64, ops, imm),
             },
+            MemKind::IncDec { inc } => {
+                dynasm!(ops ; .arch x64 ; bt QWORD [r12 + RFLAGS], 0);
+                match (inc, sz) {
+                    (true, Sz::B) => dynasm!(ops ; .arch x64 ; inc BYTE [rax]),
+                    (true, Sz::W) => dynasm!(ops ; .arch x64 ; inc WORD [rax]),
+                    (true, Sz::D) => dynasm!(ops ; .arch x64 ; inc DWORD [rax]),
+                    (true, Sz::Q) => dynasm!(ops ; .arch x64 ; inc QWORD [rax]),
+                    (false, Sz::B) => dynasm!(ops ; .arch x64 ; dec BYTE [rax]),
+                    (false, Sz::W) => dynasm!(ops ; .arch x64 ; dec WORD [rax]),
+                    (false, Sz::D) => dynasm!(ops ; .arch x64 ; dec DWORD [rax]),
+                    (false, Sz::Q) => dynasm!(ops ; .arch x64 ; dec QWORD [rax]),
+                }
+            }
         }
         dynasm!(self.ops ; .arch x64 ; jmp =>cont ; =>slow);
         // Slow path.
@@ -1309,7 +1358,8 @@ impl Emitter<'_> {
             dynasm!(self.ops ; .arch x64 ; sub QWORD [r12 + RIP], b);
         }
         let alu = kind.flags();
-        if alu.is_some() {
+        let incdec = matches!(kind, MemKind::IncDec { .. });
+        if alu.is_some() || incdec {
             self.materialize_lazy();
             let status = STATUS as i32;
             dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + RFLAGS] ; and eax, status ; push rax ; popfq);
@@ -1318,6 +1368,10 @@ impl Emitter<'_> {
         self.synced = synced0;
         self.pending = pending0 + 1;
         self.after_stash();
+        if incdec {
+            self.flags_in_host = true;
+            self.last_logic = false;
+        }
         if let Some(op) = alu {
             self.flags_in_host = true;
             self.last_logic = matches!(op, AluOp::And | AluOp::Or | AluOp::Xor | AluOp::Test);
@@ -1499,6 +1553,7 @@ fn emit_block(
     inline: bool,
     user: bool,
     big_stack: bool,
+    cpl0: bool,
     entry_rip: u64,
     entry_backing: u64,
     slots: &mut Vec<(AssemblyOffset, u64)>,
@@ -1518,10 +1573,13 @@ fn emit_block(
             if !inline {
                 return None;
             }
-            let p = if i.op_count() == 2 && (i.op0_kind() == OpKind::Memory || i.op1_kind() == OpKind::Memory) {
+            let mem_op = (0..i.op_count()).any(|k| i.op_kind(k) == OpKind::Memory);
+            let p = if mem_op && (i.op_count() == 2 || matches!(i.mnemonic(), Mnemonic::Inc | Mnemonic::Dec)) {
                 classify_mem(i, bitness, user)
             } else if let Some(p) = classify_stack(i, bitness, big_stack, user) {
                 Some(p)
+            } else if i.mnemonic() == Mnemonic::Rdtsc {
+                cpl0.then_some(Inline::Ext(Ext::Rdtsc))
             } else {
                 classify(i).or_else(|| classify_ext(i).map(Inline::Ext))
             };

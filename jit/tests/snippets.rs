@@ -653,3 +653,39 @@ fn test_jit_flags_live_at_a_faulting_push_and_store() {
         assert_eq!(c.rflags() & 0x8D5, want, "flags at the fault (after {} instructions)", c.icount);
     }
 }
+
+#[test]
+fn test_jit_absolute_gs_inc_dec_memory_and_rdtsc() {
+    let code = assemble(64, |a| {
+        a.mov(rax, 0x1234u64).unwrap();
+        a.mov(qword_ptr(0x40u64).gs(), rax).unwrap(); // absolute disp32, GS base 0x8000
+        a.add(rax, qword_ptr(0x40u64).gs()).unwrap();
+        a.inc(dword_ptr(0x40u64).gs()).unwrap();
+        a.stc().unwrap();
+        a.dec(byte_ptr(0x48u64).gs()).unwrap(); // 0 - 1: CF kept (1), SF, AF
+        a.setc(bl).unwrap();
+        a.inc(word_ptr(0x8fffu64)).unwrap(); // crosses a page: slow path
+        a.dec(qword_ptr(0x40u64).gs()).unwrap();
+        a.rdtsc().unwrap();
+        a.mov(rsi, rax).unwrap();
+        a.mov(rdi, rdx).unwrap();
+        a.nop().unwrap();
+        a.rdtsc().unwrap();
+        a.sub(rax, rsi).unwrap();
+        a.hlt().unwrap();
+    });
+    let mut s = state(64);
+    s.seg[5].base = 0x8000;
+    s.msr.tsc_offset = 0x1_FFFF_FFF0;
+    let (exit, c, bus) = lockstep("gs-incdec-rdtsc", &code, &s, 100);
+    assert_eq!(exit, RunExit::Halted);
+    let m = bus.mem.backing();
+    assert_eq!(u64::from_le_bytes(m[0x8040..0x8048].try_into().unwrap()), 0x1234, "INC then DEC");
+    assert_eq!(m[0x8048], 0xFF);
+    assert_eq!(c.gpr[3] & 0xFF, 1, "DEC kept the CF that STC set");
+    // By the TSC rule (instructions retired before the RDTSC + offset): the first RDTSC is the
+    // 10th instruction (9 before it), the second the 14th.
+    assert_eq!(c.gpr[6], (0x1_FFFF_FFF0u64 + 9) & 0xFFFF_FFFF);
+    assert_eq!(c.gpr[7], (0x1_FFFF_FFF0u64 + 9) >> 32);
+    assert_eq!(c.gpr[0], 4, "4 instructions between the two");
+}

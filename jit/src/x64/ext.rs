@@ -129,6 +129,8 @@ pub(super) enum Ext {
     Nop,
     /// CWDE, CDQE, CDQ, CQO.
     Convert(Code),
+    /// RDTSC at CPL 0 (no fault possible): EDX:EAX = instruction count + TSC offset.
+    Rdtsc,
 }
 
 /// What an instruction does to the guest's status flags, for liveness.
@@ -145,9 +147,13 @@ pub(super) enum FlagUse {
 impl Ext {
     pub(super) fn flag_use(self) -> FlagUse {
         match self {
-            Ext::MovN { .. } | Ext::Not { .. } | Ext::Extend { .. } | Ext::Xchg { .. } | Ext::Nop | Ext::Convert(_) => {
-                FlagUse::None
-            }
+            Ext::MovN { .. }
+            | Ext::Not { .. }
+            | Ext::Extend { .. }
+            | Ext::Xchg { .. }
+            | Ext::Nop
+            | Ext::Convert(_)
+            | Ext::Rdtsc => FlagUse::None,
             Ext::AluN { op: AluOp::Adc | AluOp::Sbb, .. } => FlagUse::Observes,
             Ext::AluN { .. } | Ext::Neg { .. } | Ext::Imul { .. } | Ext::ShiftImm { .. } => FlagUse::WritesAll,
             Ext::IncDecN { .. } | Ext::ShiftCl { .. } | Ext::RotDead { .. } | Ext::Setcc { .. } | Ext::Cmov { .. } => {
@@ -586,6 +592,24 @@ impl Emitter<'_> {
                     Sz::W => dynasm!(self.ops ; .arch x64 ; mov WORD [r12 + b], ax ; mov WORD [r12 + a], cx),
                     _ => dynasm!(self.ops ; .arch x64 ; mov QWORD [r12 + b], rax ; mov QWORD [r12 + a], rcx),
                 }
+            }
+            Ext::Rdtsc => {
+                // The count the interpreter sees: the instructions before this one. No flags
+                // touched (LEA, MOV).
+                let (gax, gdx) = (offsets::GPR as i32, offsets::GPR as i32 + 16);
+                let (icount, tsc) = (offsets::ICOUNT as i32, offsets::TSC_OFFSET as i32);
+                let pending = self.pending;
+                dynasm!(self.ops
+                    ; .arch x64
+                    ; mov rax, QWORD [r12 + icount]
+                    ; mov rcx, QWORD [r12 + tsc]
+                    ; lea rax, [rax + rcx + pending]
+                    ; mov QWORD [r12 + gdx], rax
+                    ; mov ecx, DWORD [r12 + gdx + 4]
+                    ; mov QWORD [r12 + gdx], rcx
+                    ; mov ecx, eax
+                    ; mov QWORD [r12 + gax], rcx
+                );
             }
             Ext::Convert(code) => {
                 let (gax, gdx) = (offsets::GPR as i32, offsets::GPR as i32 + 16);
