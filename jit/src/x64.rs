@@ -1598,7 +1598,7 @@ fn emit_block(
     // A shift by CL keeps the flags when CL is 0, and the host's rotates leave OF undefined
     // where the interpreter defines it: inline only when the flags are dead anyway.
     for (p, d) in plan.iter_mut().zip(&dead) {
-        if matches!(p, Some(Inline::Ext(Ext::ShiftCl { .. } | Ext::RotDead { .. }))) && !d {
+        if matches!(p, Some(Inline::Ext(Ext::ShiftCl { .. } | Ext::RotDead { cl: true, .. }))) && !d {
             *p = None;
         }
     }

@@ -605,6 +605,10 @@ fn test_jit_rotates_with_dead_flags_and_pause() {
             a.adc(rdi, 0).unwrap(); // live: reads CF
             a.ror(eax, c).unwrap();
             save_flags(a); // live
+            a.rol(r11, c).unwrap();
+            save_flags(a); // live
+            a.ror(r12, c).unwrap();
+            save_flags(a); // live
             a.pause().unwrap();
             a.add(r8, rbx).unwrap();
             a.add(r9, rdx).unwrap();
@@ -612,7 +616,10 @@ fn test_jit_rotates_with_dead_flags_and_pause() {
         }
         a.hlt().unwrap();
     });
-    let (exit, c, _) = lockstep("rotates", &code, &state(64), 1000);
+    let mut s = state(64);
+    s.gpr[11] = 0xC000_0000_0000_0001;
+    s.gpr[12] = 0x4000_0000_0000_0003;
+    let (exit, c, _) = lockstep("rotates", &code, &s, 1000);
     assert_eq!(exit, RunExit::Halted);
     // R8 sums ROL(RAX, c) + 1 (Rust's rotate_left as the reference; counts masked to 6 bits),
     // and ROR EAX, c zero-extends RAX on the way.

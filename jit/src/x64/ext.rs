@@ -178,7 +178,22 @@ pub(super) fn classify_ext(i: &Instruction) -> Option<Ext> {
         return None;
     }
     let m = i.mnemonic();
-    if matches!(m, Mnemonic::Nop | Mnemonic::Pause | Mnemonic::Endbr32 | Mnemonic::Endbr64) {
+    // What the interpreter runs as a no-op (no memory access, no fault).
+    if matches!(
+        m,
+        Mnemonic::Nop
+            | Mnemonic::Pause
+            | Mnemonic::Endbr32
+            | Mnemonic::Endbr64
+            | Mnemonic::Lfence
+            | Mnemonic::Mfence
+            | Mnemonic::Sfence
+            | Mnemonic::Prefetchnta
+            | Mnemonic::Prefetcht0
+            | Mnemonic::Prefetcht1
+            | Mnemonic::Prefetcht2
+            | Mnemonic::Prefetchw
+    ) {
         return Some(Ext::Nop);
     }
     if matches!(i.code(), Code::Cwde | Code::Cdqe | Code::Cdq | Code::Cqo) {
@@ -508,8 +523,9 @@ impl Emitter<'_> {
                 self.flags_in_host = true;
                 self.last_logic = true;
             }
+            Ext::RotDead { left, dst, cl: false, count, sz } if !dead => self.rotate_live(left, dst, count, sz),
             Ext::RotDead { left, dst, cl, count, sz } => {
-                // Only planned with dead flags.
+                // By CL: only planned with dead flags.
                 if cl {
                     let guest_cl = offsets::GPR as i32 + 8;
                     dynasm!(self.ops ; .arch x64 ; mov cl, BYTE [r12 + guest_cl]);
@@ -688,6 +704,54 @@ impl Emitter<'_> {
             ; popfq
             ; =>done
         );
+    }
+
+    /// ROL/ROR by an immediate with live flags: SF, ZF, AF and PF are kept (the guest's are
+    /// put in the host first), CF is the host's; OF is the interpreter's for every count (ROL:
+    /// MSB(result) ^ CF; ROR: the two top bits of the result XORed), which the host defines for
+    /// a count of 1 only. A count of 0 changes nothing but the zero-extension of a 32-bit
+    /// register.
+    fn rotate_live(&mut self, left: bool, dst: i32, count: i8, sz: Sz) {
+        self.flags_to_host();
+        self.load_rax(dst, sz);
+        match (left, sz) {
+            (true, Sz::Q) => dynasm!(self.ops ; .arch x64 ; rol rax, count),
+            (false, Sz::Q) => dynasm!(self.ops ; .arch x64 ; ror rax, count),
+            (true, _) => dynasm!(self.ops ; .arch x64 ; rol eax, count),
+            (false, _) => dynasm!(self.ops ; .arch x64 ; ror eax, count),
+        }
+        self.store_rax(dst, sz);
+        if count <= 1 {
+            // The host's flags are exact (count 0: unchanged).
+            return;
+        }
+        let top = if sz == Sz::Q { 63 } else { 31 };
+        if left {
+            dynasm!(self.ops ; .arch x64 ; mov rdx, rax ; pushfq ; pop rax ; shr rdx, top ; xor edx, eax);
+        } else {
+            dynasm!(self.ops
+                ; .arch x64
+                ; mov rdx, rax
+                ; mov rcx, rax
+                ; pushfq
+                ; pop rax
+                ; shr rdx, top
+                ; shr rcx, top - 1
+                ; xor edx, ecx
+            );
+        }
+        // Keep AF (the guest's, loaded above), replace OF.
+        let keep = (STATUS & !OF) as i32;
+        dynasm!(self.ops
+            ; .arch x64
+            ; and eax, keep
+            ; and edx, 1
+            ; shl edx, 11
+            ; or eax, edx
+        );
+        self.last_logic = false;
+        self.merge_flags_from_rax();
+        self.flags_in_host = false;
     }
 
     fn test_rax(&mut self, sz: Sz) {
