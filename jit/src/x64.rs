@@ -1216,6 +1216,7 @@ impl Emitter<'_> {
         );
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn mem(&mut self, kind: MemKind, ea: Ea, sz: Sz, user: bool, at: u64, next: u64, dead: bool) {
         if let MemKind::IncDec { .. } = kind {
             // The guest's CF must be in CpuState for the host's CF below.
