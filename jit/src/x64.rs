@@ -356,6 +356,9 @@ impl Inline {
 /// flags are dead at the block's entry.
 fn dead_flags(plan: &[Option<Inline>]) -> (Vec<bool>, bool) {
     let mut dead = vec![false; plan.len()];
+    if !liveness_enabled() {
+        return (dead, false);
+    }
     // Scanning backwards: does the code after this point overwrite the flags before any use?
     let mut overwritten = false;
     for (k, p) in plan.iter().enumerate().rev() {
@@ -367,6 +370,12 @@ fn dead_flags(plan: &[Option<Inline>]) -> (Vec<bool>, bool) {
         }
     }
     (dead, overwritten)
+}
+
+/// Flag liveness is on unless `FERRO_JIT_LIVENESS=0` (for measuring what it gains).
+fn liveness_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("FERRO_JIT_LIVENESS").map_or(true, |v| v != "0"))
 }
 
 /// A stack operation.
