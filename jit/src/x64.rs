@@ -332,6 +332,9 @@ enum Inline {
     Stack { op: StackOp, w64: bool, user: bool },
     /// The forms of [`ext`].
     Ext(Ext),
+    /// JMP through a 64-bit register (`Some(offset)`) or memory operand (64-bit mode): RIP is
+    /// set and the dispatcher's jump cache finds the target.
+    JmpInd { reg: Option<i32>, ea: Option<Ea>, user: bool },
 }
 
 impl Inline {
@@ -345,7 +348,8 @@ impl Inline {
             | Inline::Jcc { .. }
             | Inline::Jmp { .. }
             | Inline::Mem { .. }
-            | Inline::Stack { .. } => FlagUse::Observes,
+            | Inline::Stack { .. }
+            | Inline::JmpInd { .. } => FlagUse::Observes,
         }
     }
 }
@@ -594,7 +598,7 @@ fn effective_address_any_segment(i: &Instruction, bitness: u32) -> Option<Ea> {
         (Register::None, Register::None) if bitness == 64 => {
             // Absolute in 64-bit mode (per-CPU data: `gs:[disp32]`): a displacement that is the
             // same sign- or zero-extended (below 2 GiB), so the address size does not matter.
-            let disp = i32::try_from(i.memory_displacement64()).ok()?;
+            let disp = i32::try_from(i.memory_displacement64() as i64).ok()?;
             return Some(Ea { seg_base: None, base: None, index: None, disp, addr32: false, rip_rel: false });
         }
         (Register::None, Register::None) => {
@@ -1209,6 +1213,41 @@ impl Emitter<'_> {
         }
     }
 
+    /// JMP r64 / JMP m64 (64-bit mode): the target is loaded (through the TLB probe for a
+    /// memory operand), checked canonical (else the interpreter raises #GP), then RIP is set and
+    /// the block ends; the dispatcher's jump cache finds the next block.
+    fn jmp_indirect(&mut self, reg: Option<i32>, ea: Option<Ea>, user: bool, at: u64) {
+        self.sync_flags();
+        let slow = self.ops.new_dynamic_label();
+        match (reg, ea) {
+            (Some(r), _) => dynasm!(self.ops ; .arch x64 ; mov rcx, QWORD [r12 + r]),
+            (None, Some(ea)) => {
+                self.effective_address(ea);
+                self.probe(false, 8, user, slow);
+                dynasm!(self.ops ; .arch x64 ; mov rcx, QWORD [rax]);
+            }
+            (None, None) => unreachable!("JmpInd has a register or a memory operand"),
+        }
+        let n = self.pending + 1;
+        let out = self.out;
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov rdx, rcx
+            ; shl rdx, 16
+            ; sar rdx, 16
+            ; cmp rdx, rcx
+            ; jne =>slow
+            ; add QWORD [r12 + ICOUNT], n
+            ; mov QWORD [r12 + RIP], rcx
+            ; mov eax, exit::BLOCK_END as i32
+            ; jmp =>out
+            ; =>slow
+        );
+        self.count(true);
+        self.sync_count_rip(at);
+        self.helper_then_leave();
+    }
+
     /// Runs the instruction through the interpreter and leaves the block (with the helper's
     /// exit code, or `BLOCK_END` if it said `CONTINUE`).
     fn helper_then_leave(&mut self) {
@@ -1391,6 +1430,10 @@ impl Emitter<'_> {
     fn inline(&mut self, op: Inline, at: u64, next: u64, dead: bool) {
         match op {
             Inline::Ext(e) => self.inline_ext(e, dead),
+            Inline::JmpInd { reg, ea, user } => {
+                self.jmp_indirect(reg, ea, user, at);
+                return;
+            }
             Inline::Mem { kind, ea, sz, user } => {
                 self.mem(kind, ea, sz, user, at, next, dead);
                 return;
@@ -1584,7 +1627,17 @@ fn emit_block(
                 return None;
             }
             let mem_op = (0..i.op_count()).any(|k| i.op_kind(k) == OpKind::Memory);
-            let p = if mem_op && (i.op_count() == 2 || matches!(i.mnemonic(), Mnemonic::Inc | Mnemonic::Dec)) {
+            let p = if i.mnemonic() == Mnemonic::Jmp && bitness == 64 && i.op_count() == 1 && !i.has_lock_prefix() {
+                match i.op0_kind() {
+                    OpKind::Register if i.op0_register().is_gpr64() => {
+                        gpr_off(i.op0_register()).map(|(reg, _)| Inline::JmpInd { reg: Some(reg), ea: None, user })
+                    }
+                    OpKind::Memory if i.memory_size().size() == 8 => {
+                        effective_address(i, bitness).map(|ea| Inline::JmpInd { reg: None, ea: Some(ea), user })
+                    }
+                    _ => None,
+                }
+            } else if mem_op && (i.op_count() == 2 || matches!(i.mnemonic(), Mnemonic::Inc | Mnemonic::Dec)) {
                 classify_mem(i, bitness, user)
             } else if let Some(p) = classify_stack(i, bitness, big_stack, user) {
                 Some(p)
@@ -1664,7 +1717,10 @@ fn emit_block(
                 em.inline(*op, at, next, dead);
                 if matches!(
                     op,
-                    Inline::Jcc { .. } | Inline::Jmp { .. } | Inline::Stack { op: StackOp::Call(_) | StackOp::Ret, .. }
+                    Inline::Jcc { .. }
+                        | Inline::Jmp { .. }
+                        | Inline::JmpInd { .. }
+                        | Inline::Stack { op: StackOp::Call(_) | StackOp::Ret, .. }
                 ) {
                     ended = true;
                 }

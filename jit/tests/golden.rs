@@ -104,6 +104,11 @@ fn snippets() -> Vec<Snippet> {
             a.rdtsc().unwrap();
             a.hlt().unwrap();
         }),
+        ("fs_absolute_bt", 64, |a| {
+            a.mov(rax, qword_ptr(0x28u64).fs()).unwrap();
+            a.bt(dword_ptr(rsi + 4), 3).unwrap();
+            a.hlt().unwrap();
+        }),
         ("real_mode_helpers_only", 16, |a| {
             a.mov(ax, 0x1234u32).unwrap();
             a.add(ax, bx).unwrap();

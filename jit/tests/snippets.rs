@@ -696,3 +696,39 @@ fn test_jit_absolute_gs_inc_dec_memory_and_rdtsc() {
     assert_eq!(c.gpr[7], (0x1_FFFF_FFF0u64 + 9) >> 32);
     assert_eq!(c.gpr[0], 4, "4 instructions between the two");
 }
+
+#[test]
+fn test_jit_indirect_jumps() {
+    // A loop whose body jumps through a register and through a table in memory; then a jump to
+    // a non-canonical address (#GP with RIP unchanged: no IDT, so a triple fault).
+    let code = assemble(64, |a| {
+        let mut top = a.create_label();
+        let mut via_reg = a.create_label();
+        let mut via_mem = a.create_label();
+        let mut table = a.create_label();
+        a.mov(ecx, 50u32).unwrap();
+        a.lea(rax, qword_ptr(via_mem)).unwrap();
+        a.mov(qword_ptr(table), rax).unwrap();
+        a.set_label(&mut top).unwrap();
+        a.lea(rax, qword_ptr(via_reg)).unwrap();
+        a.jmp(rax).unwrap();
+        a.set_label(&mut via_reg).unwrap();
+        a.inc(ebx).unwrap();
+        a.jmp(qword_ptr(table)).unwrap();
+        a.set_label(&mut via_mem).unwrap();
+        a.add(edx, 3).unwrap();
+        a.dec(ecx).unwrap();
+        a.jnz(top).unwrap();
+        a.mov(rax, 0x8000_0000_0000_0000u64).unwrap();
+        a.mov(qword_ptr(table), rax).unwrap();
+        a.jmp(qword_ptr(table)).unwrap();
+        a.hlt().unwrap();
+        a.set_label(&mut table).unwrap();
+        a.dq(&[0]).unwrap();
+    });
+    let mut s = state(64);
+    s.gpr[2] = 0; // (EDX holds the CPU signature after reset)
+    let (exit, c, _) = lockstep("indirect", &code, &s, 10_000);
+    assert_eq!(exit, RunExit::TripleFault);
+    assert_eq!((c.gpr[3], c.gpr[2]), (50, 150));
+}
