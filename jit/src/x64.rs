@@ -414,12 +414,14 @@ enum MemKind {
     AluMI { op: AluOp, imm: i32 },
     /// INC/DEC `[m]` (CF kept: the guest's CF is put in the host's first).
     IncDec { inc: bool },
+    /// BT `[m]`, imm: CF = the bit; the other flags kept (the interpreter's rule).
+    Bt { bit: i8 },
 }
 
 impl MemKind {
     fn writes(self) -> bool {
         match self {
-            MemKind::Load { .. } | MemKind::LoadExt { .. } | MemKind::AluRM { .. } => false,
+            MemKind::Load { .. } | MemKind::LoadExt { .. } | MemKind::AluRM { .. } | MemKind::Bt { .. } => false,
             MemKind::Store { .. } | MemKind::StoreImm { .. } | MemKind::IncDec { .. } => true,
             MemKind::AluMR { op, .. } | MemKind::AluMI { op, .. } => !matches!(op, AluOp::Cmp | AluOp::Test),
         }
@@ -667,6 +669,11 @@ fn classify_mem(i: &Instruction, bitness: u32, user: bool) -> Option<Inline> {
     }
     if i.op_count() != 2 {
         return None;
+    }
+    if i.mnemonic() == Mnemonic::Bt && i.op0_kind() == OpKind::Memory && i.op1_kind() == OpKind::Immediate8 {
+        let sz = Sz::from_bytes(i.memory_size().size())?;
+        let ea = effective_address(i, bitness)?;
+        return Some(Inline::Mem { kind: MemKind::Bt { bit: i.immediate8() as i8 }, ea, sz, user });
     }
     if i.mnemonic() == Mnemonic::Lea {
         let (dst, w64) = if i.op0_kind() == OpKind::Register { gpr_off(i.op0_register())? } else { return None };
@@ -1266,8 +1273,9 @@ impl Emitter<'_> {
 
     #[allow(clippy::too_many_arguments)]
     fn mem(&mut self, kind: MemKind, ea: Ea, sz: Sz, user: bool, at: u64, next: u64, dead: bool) {
-        if let MemKind::IncDec { .. } = kind {
-            // The guest's CF must be in CpuState for the host's CF below.
+        if let MemKind::IncDec { .. } | MemKind::Bt { .. } = kind {
+            // INC/DEC: the guest's CF must be in CpuState for the host's CF below; BT: the
+            // guest's flags are updated there.
             self.stashed = false;
             self.sync_flags();
             self.materialize_lazy();
@@ -1368,6 +1376,23 @@ impl Emitter<'_> {
                 Sz::D => with_alu!(op, mi32, ops, imm),
                 Sz::Q => with_alu!(op, mi64, ops, imm),
             },
+            MemKind::Bt { bit } => {
+                // The host's BT leaves OF, SF, AF and PF undefined: only its CF is taken.
+                match sz {
+                    Sz::W => dynasm!(ops ; .arch x64 ; bt WORD [rax], bit),
+                    Sz::D => dynasm!(ops ; .arch x64 ; bt DWORD [rax], bit),
+                    _ => dynasm!(ops ; .arch x64 ; bt QWORD [rax], bit),
+                }
+                dynasm!(ops
+                    ; .arch x64
+                    ; setc cl
+                    ; movzx ecx, cl
+                    ; mov rdx, QWORD [r12 + RFLAGS]
+                    ; and rdx, -2
+                    ; or rdx, rcx
+                    ; mov QWORD [r12 + RFLAGS], rdx
+                );
+            }
             MemKind::IncDec { inc } => {
                 dynasm!(ops ; .arch x64 ; bt QWORD [r12 + RFLAGS], 0);
                 match (inc, sz) {

@@ -732,3 +732,32 @@ fn test_jit_indirect_jumps() {
     assert_eq!(exit, RunExit::TripleFault);
     assert_eq!((c.gpr[3], c.gpr[2]), (50, 150));
 }
+
+#[test]
+fn test_jit_bt_memory_immediate_keeps_other_flags() {
+    let code = assemble(64, |a| {
+        a.mov(rsi, 0x8000u64).unwrap();
+        a.mov(rdi, 0x9000u64).unwrap();
+        a.mov(qword_ptr(rdi), 0x21).unwrap(); // bits 0 and 5
+        a.mov(eax, 0x7FFF_FFFFu32).unwrap();
+        a.add(eax, 1).unwrap(); // OF, SF, AF, PF
+        a.bt(dword_ptr(rdi), 5).unwrap(); // CF = 1, the rest kept
+        save_flags(a);
+        a.bt(qword_ptr(rdi), 63).unwrap(); // CF = 0
+        save_flags(a);
+        a.xor(eax, eax).unwrap(); // ZF PF
+        a.bt(word_ptr(rdi), 16).unwrap(); // count masked to 0: bit 0 = 1
+        save_flags(a);
+        a.mov(rbx, 0x8000_0000_0000_0000u64).unwrap();
+        a.bt(dword_ptr(rbx), 1).unwrap(); // #GP (no IDT: triple fault)
+        a.hlt().unwrap();
+    });
+    let (exit, _, bus) = lockstep("bt", &code, &state(64), 100);
+    assert_eq!(exit, RunExit::TripleFault);
+    let f = saved_flags(&bus, 3);
+    // By hand: 0x7FFF_FFFF + 1 = 0x8000_0000 sets OF, SF, AF (and PF: low byte 0).
+    assert_eq!(f[0], OF | SF | 0x10 | PF | CF);
+    // SAVE's ADD RSI, 8 (0x8008) cleared every flag; BT bit 63 = 0 keeps them clear.
+    assert_eq!(f[1], 0);
+    assert_eq!(f[2], ZF | PF | CF);
+}
