@@ -1652,7 +1652,12 @@ fn emit_block(
                 return None;
             }
             let mem_op = (0..i.op_count()).any(|k| i.op_kind(k) == OpKind::Memory);
-            let p = if i.mnemonic() == Mnemonic::Jmp && bitness == 64 && i.op_count() == 1 && !i.has_lock_prefix() {
+            let p = if i.mnemonic() == Mnemonic::Jmp
+                && bitness == 64
+                && i.op_count() == 1
+                && matches!(i.op0_kind(), OpKind::Register | OpKind::Memory)
+                && !i.has_lock_prefix()
+            {
                 match i.op0_kind() {
                     OpKind::Register if i.op0_register().is_gpr64() => {
                         gpr_off(i.op0_register()).map(|(reg, _)| Inline::JmpInd { reg: Some(reg), ea: None, user })

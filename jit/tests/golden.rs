@@ -109,6 +109,17 @@ fn snippets() -> Vec<Snippet> {
             a.bt(dword_ptr(rsi + 4), 3).unwrap();
             a.hlt().unwrap();
         }),
+        ("jmp_direct_64", 64, |a| {
+            let mut l = a.create_label();
+            a.inc(eax).unwrap();
+            a.jmp(l).unwrap();
+            a.set_label(&mut l).unwrap();
+            a.hlt().unwrap();
+        }),
+        ("jmp_indirect_64", 64, |a| {
+            a.inc(eax).unwrap();
+            a.jmp(rbx).unwrap();
+        }),
         ("real_mode_helpers_only", 16, |a| {
             a.mov(ax, 0x1234u32).unwrap();
             a.add(ax, bx).unwrap();
