@@ -416,12 +416,19 @@ enum MemKind {
     IncDec { inc: bool },
     /// BT `[m]`, imm: CF = the bit; the other flags kept (the interpreter's rule).
     Bt { bit: i8 },
+    /// CMOVcc `reg, [m]`: the memory is read whatever the condition (a fault is taken even
+    /// when nothing moves), and a 32-bit destination is zero-extended either way.
+    Cmov { cc: ConditionCode, reg: i32 },
 }
 
 impl MemKind {
     fn writes(self) -> bool {
         match self {
-            MemKind::Load { .. } | MemKind::LoadExt { .. } | MemKind::AluRM { .. } | MemKind::Bt { .. } => false,
+            MemKind::Load { .. }
+            | MemKind::LoadExt { .. }
+            | MemKind::AluRM { .. }
+            | MemKind::Bt { .. }
+            | MemKind::Cmov { .. } => false,
             MemKind::Store { .. } | MemKind::StoreImm { .. } | MemKind::IncDec { .. } => true,
             MemKind::AluMR { op, .. } | MemKind::AluMI { op, .. } => !matches!(op, AluOp::Cmp | AluOp::Test),
         }
@@ -674,6 +681,14 @@ fn classify_mem(i: &Instruction, bitness: u32, user: bool) -> Option<Inline> {
         let sz = Sz::from_bytes(i.memory_size().size())?;
         let ea = effective_address(i, bitness)?;
         return Some(Inline::Mem { kind: MemKind::Bt { bit: i.immediate8() as i8 }, ea, sz, user });
+    }
+    if ext::is_cmovcc(i.mnemonic()) && i.op0_kind() == OpKind::Register && i.op1_kind() == OpKind::Memory {
+        let (reg, sz) = gpr_loc(i.op0_register())?;
+        if Sz::from_bytes(i.memory_size().size())? != sz {
+            return None;
+        }
+        let ea = effective_address(i, bitness)?;
+        return Some(Inline::Mem { kind: MemKind::Cmov { cc: i.condition_code(), reg }, ea, sz, user });
     }
     if i.mnemonic() == Mnemonic::Lea {
         let (dst, w64) = if i.op0_kind() == OpKind::Register { gpr_off(i.op0_register())? } else { return None };
@@ -1273,7 +1288,7 @@ impl Emitter<'_> {
 
     #[allow(clippy::too_many_arguments)]
     fn mem(&mut self, kind: MemKind, ea: Ea, sz: Sz, user: bool, at: u64, next: u64, dead: bool) {
-        if let MemKind::IncDec { .. } | MemKind::Bt { .. } = kind {
+        if let MemKind::IncDec { .. } | MemKind::Bt { .. } | MemKind::Cmov { .. } = kind {
             // INC/DEC: the guest's CF must be in CpuState for the host's CF below; BT: the
             // guest's flags are updated there.
             self.stashed = false;
@@ -1393,6 +1408,28 @@ impl Emitter<'_> {
                     ; mov QWORD [r12 + RFLAGS], rdx
                 );
             }
+            MemKind::Cmov { cc, reg } => {
+                // The guest's flags (in CpuState) into the host's for the condition.
+                let status = STATUS as i32;
+                dynasm!(ops ; .arch x64 ; mov rdx, QWORD [r12 + RFLAGS] ; and edx, status ; push rdx ; popfq);
+                match sz {
+                    Sz::W => {
+                        dynasm!(ops ; .arch x64 ; mov cx, WORD [r12 + reg]);
+                        ext::cmov_from_rax(ops, cc, Sz::W);
+                        dynasm!(ops ; .arch x64 ; mov WORD [r12 + reg], cx);
+                    }
+                    Sz::D => {
+                        dynasm!(ops ; .arch x64 ; mov ecx, DWORD [r12 + reg]);
+                        ext::cmov_from_rax(ops, cc, Sz::D);
+                        dynasm!(ops ; .arch x64 ; mov QWORD [r12 + reg], rcx);
+                    }
+                    _ => {
+                        dynasm!(ops ; .arch x64 ; mov rcx, QWORD [r12 + reg]);
+                        ext::cmov_from_rax(ops, cc, Sz::Q);
+                        dynasm!(ops ; .arch x64 ; mov QWORD [r12 + reg], rcx);
+                    }
+                }
+            }
             MemKind::IncDec { inc } => {
                 dynasm!(ops ; .arch x64 ; bt QWORD [r12 + RFLAGS], 0);
                 match (inc, sz) {
@@ -1432,7 +1469,8 @@ impl Emitter<'_> {
             dynasm!(self.ops ; .arch x64 ; sub QWORD [r12 + RIP], b);
         }
         let alu = kind.flags();
-        let incdec = matches!(kind, MemKind::IncDec { .. });
+        // INC/DEC: the flags they wrote; CMOV: the guest's, loaded for the condition.
+        let incdec = matches!(kind, MemKind::IncDec { .. } | MemKind::Cmov { .. });
         if alu.is_some() || incdec {
             self.materialize_lazy();
             let status = STATUS as i32;

@@ -761,3 +761,27 @@ fn test_jit_bt_memory_immediate_keeps_other_flags() {
     assert_eq!(f[1], 0);
     assert_eq!(f[2], ZF | PF | CF);
 }
+
+#[test]
+fn test_jit_cmov_from_memory() {
+    let code = assemble(64, |a| {
+        a.mov(rsi, 0x8000u64).unwrap();
+        a.mov(qword_ptr(rsi), -5i32).unwrap();
+        a.mov(rax, -1i64).unwrap();
+        a.mov(rbx, -1i64).unwrap();
+        a.mov(rcx, -1i64).unwrap();
+        a.mov(rdx, 7u64).unwrap();
+        a.cmp(edx, 7).unwrap(); // ZF
+        a.cmove(eax, dword_ptr(rsi)).unwrap(); // taken
+        a.cmovne(ebx, dword_ptr(rsi)).unwrap(); // not taken: still zero-extends
+        a.cmovl(cx, word_ptr(rsi + 0xFFF)).unwrap(); // crosses a page: slow path; not taken
+        a.cmovge(rdx, qword_ptr(rsi)).unwrap(); // taken
+        a.hlt().unwrap();
+    });
+    let (exit, c, _) = lockstep("cmov-mem", &code, &state(64), 100);
+    assert_eq!(exit, RunExit::Halted);
+    assert_eq!(c.gpr[0], 0xFFFF_FFFB);
+    assert_eq!(c.gpr[3], 0xFFFF_FFFF, "CMOVNE EBX not taken: bits 63..32 cleared");
+    assert_eq!(c.gpr[1], u64::MAX, "CMOVL CX not taken: a 16-bit destination is untouched");
+    assert_eq!(c.gpr[2] as i64, -5);
+}

@@ -313,7 +313,7 @@ fn is_setcc(m: Mnemonic) -> bool {
     )
 }
 
-fn is_cmovcc(m: Mnemonic) -> bool {
+pub(super) fn is_cmovcc(m: Mnemonic) -> bool {
     use Mnemonic as M;
     matches!(
         m,
@@ -360,6 +360,44 @@ macro_rules! with_cc {
             ConditionCode::g | ConditionCode::None => $m!($g, $($args)*),
         }
     };
+}
+
+macro_rules! cmovm16_m { ($o:ident, $ops:expr) => { dynasm!($ops ; .arch x64 ; $o cx, WORD [rax]) }; }
+macro_rules! cmovm32_m { ($o:ident, $ops:expr) => { dynasm!($ops ; .arch x64 ; $o ecx, DWORD [rax]) }; }
+macro_rules! cmovm64_m { ($o:ident, $ops:expr) => { dynasm!($ops ; .arch x64 ; $o rcx, QWORD [rax]) }; }
+
+/// `CMOVcc CX/ECX/RCX, [RAX]` (the host's CMOV reads its memory operand whatever the
+/// condition, and zero-extends ECX either way).
+pub(super) fn cmov_from_rax(ops: &mut super::Assembler, cc: ConditionCode, sz: Sz) {
+    match sz {
+        Sz::W => with_cc!(
+            cc,
+            cmovm16_m,
+            [
+                cmovo, cmovno, cmovb, cmovae, cmove, cmovne, cmovbe, cmova, cmovs, cmovns, cmovp, cmovnp, cmovl,
+                cmovge, cmovle, cmovg
+            ],
+            ops
+        ),
+        Sz::D => with_cc!(
+            cc,
+            cmovm32_m,
+            [
+                cmovo, cmovno, cmovb, cmovae, cmove, cmovne, cmovbe, cmova, cmovs, cmovns, cmovp, cmovnp, cmovl,
+                cmovge, cmovle, cmovg
+            ],
+            ops
+        ),
+        _ => with_cc!(
+            cc,
+            cmovm64_m,
+            [
+                cmovo, cmovno, cmovb, cmovae, cmove, cmovne, cmovbe, cmova, cmovs, cmovns, cmovp, cmovnp, cmovl,
+                cmovge, cmovle, cmovg
+            ],
+            ops
+        ),
+    }
 }
 
 macro_rules! setcc_m { ($o:ident, $ops:expr, $d:expr) => { dynasm!($ops ; .arch x64 ; $o BYTE [r12 + $d]) }; }
