@@ -334,7 +334,7 @@ enum Inline {
     Ext(Ext),
     /// JMP through a 64-bit register (`Some(offset)`) or memory operand (64-bit mode): RIP is
     /// set and the dispatcher's jump cache finds the target.
-    JmpInd { reg: Option<i32>, ea: Option<Ea>, user: bool },
+    JmpInd { reg: Option<i32>, ea: Option<Ea>, user: bool, call: bool },
 }
 
 impl Inline {
@@ -1235,32 +1235,51 @@ impl Emitter<'_> {
         }
     }
 
-    /// JMP r64 / JMP m64 (64-bit mode): the target is loaded (through the TLB probe for a
-    /// memory operand), checked canonical (else the interpreter raises #GP), then RIP is set and
-    /// the block ends; the dispatcher's jump cache finds the next block.
-    fn jmp_indirect(&mut self, reg: Option<i32>, ea: Option<Ea>, user: bool, at: u64) {
+    /// JMP/CALL r64 and m64 (64-bit mode), as the interpreter runs them: the target is loaded
+    /// (through the TLB probe for a memory operand) and checked canonical (else #GP), a CALL
+    /// pushes the next RIP (through the probe; RSP changes only once the store is done), then
+    /// RIP is set and the block ends: the dispatcher's jump cache finds the next block. Any
+    /// miss or fault: the interpreter runs the instruction.
+    #[allow(clippy::too_many_arguments)]
+    fn jmp_indirect(&mut self, reg: Option<i32>, ea: Option<Ea>, user: bool, call: bool, at: u64, next: u64) {
         self.sync_flags();
         let slow = self.ops.new_dynamic_label();
         match (reg, ea) {
-            (Some(r), _) => dynasm!(self.ops ; .arch x64 ; mov rcx, QWORD [r12 + r]),
+            (Some(r), _) => dynasm!(self.ops ; .arch x64 ; mov r10, QWORD [r12 + r]),
             (None, Some(ea)) => {
                 self.effective_address(ea);
                 self.probe(false, 8, user, slow);
-                dynasm!(self.ops ; .arch x64 ; mov rcx, QWORD [rax]);
+                dynasm!(self.ops ; .arch x64 ; mov r10, QWORD [rax]);
             }
             (None, None) => unreachable!("JmpInd has a register or a memory operand"),
+        }
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov rdx, r10
+            ; shl rdx, 16
+            ; sar rdx, 16
+            ; cmp rdx, r10
+            ; jne =>slow
+        );
+        if call {
+            let stk = (offsets::GPR + 8 * 4) as i32;
+            let d = next.wrapping_sub(self.synced) as i64 as i32;
+            dynasm!(self.ops ; .arch x64 ; mov r8, QWORD [r12 + stk] ; sub r8, 8 ; mov rax, r8);
+            self.probe(true, 8, user, slow);
+            dynasm!(self.ops
+                ; .arch x64
+                ; mov rcx, QWORD [r12 + RIP]
+                ; add rcx, d
+                ; mov QWORD [rax], rcx
+                ; mov QWORD [r12 + stk], r8
+            );
         }
         let n = self.pending + 1;
         let out = self.out;
         dynasm!(self.ops
             ; .arch x64
-            ; mov rdx, rcx
-            ; shl rdx, 16
-            ; sar rdx, 16
-            ; cmp rdx, rcx
-            ; jne =>slow
             ; add QWORD [r12 + ICOUNT], n
-            ; mov QWORD [r12 + RIP], rcx
+            ; mov QWORD [r12 + RIP], r10
             ; mov eax, exit::BLOCK_END as i32
             ; jmp =>out
             ; =>slow
@@ -1493,8 +1512,8 @@ impl Emitter<'_> {
     fn inline(&mut self, op: Inline, at: u64, next: u64, dead: bool) {
         match op {
             Inline::Ext(e) => self.inline_ext(e, dead),
-            Inline::JmpInd { reg, ea, user } => {
-                self.jmp_indirect(reg, ea, user, at);
+            Inline::JmpInd { reg, ea, user, call } => {
+                self.jmp_indirect(reg, ea, user, call, at, next);
                 return;
             }
             Inline::Mem { kind, ea, sz, user } => {
@@ -1690,18 +1709,18 @@ fn emit_block(
                 return None;
             }
             let mem_op = (0..i.op_count()).any(|k| i.op_kind(k) == OpKind::Memory);
-            let p = if i.mnemonic() == Mnemonic::Jmp
+            let p = if matches!(i.mnemonic(), Mnemonic::Jmp | Mnemonic::Call)
                 && bitness == 64
                 && i.op_count() == 1
                 && matches!(i.op0_kind(), OpKind::Register | OpKind::Memory)
                 && !i.has_lock_prefix()
             {
+                let call = i.mnemonic() == Mnemonic::Call;
                 match i.op0_kind() {
-                    OpKind::Register if i.op0_register().is_gpr64() => {
-                        gpr_off(i.op0_register()).map(|(reg, _)| Inline::JmpInd { reg: Some(reg), ea: None, user })
-                    }
-                    OpKind::Memory if i.memory_size().size() == 8 => {
-                        effective_address(i, bitness).map(|ea| Inline::JmpInd { reg: None, ea: Some(ea), user })
+                    OpKind::Register if i.op0_register().is_gpr64() => gpr_off(i.op0_register())
+                        .map(|(reg, _)| Inline::JmpInd { reg: Some(reg), ea: None, user, call }),
+                    OpKind::Memory if i.memory_size().size() == 8 && !i.is_call_far_indirect() => {
+                        effective_address(i, bitness).map(|ea| Inline::JmpInd { reg: None, ea: Some(ea), user, call })
                     }
                     _ => None,
                 }

@@ -785,3 +785,37 @@ fn test_jit_cmov_from_memory() {
     assert_eq!(c.gpr[1], u64::MAX, "CMOVL CX not taken: a 16-bit destination is untouched");
     assert_eq!(c.gpr[2] as i64, -5);
 }
+
+#[test]
+fn test_jit_indirect_calls() {
+    // CALL through a register and through memory, RET back; then CALL RSP-relative memory and
+    // a CALL whose push faults (RSP non-canonical after the first loop).
+    let code = assemble(64, |a| {
+        let mut top = a.create_label();
+        let mut f = a.create_label();
+        let mut slot = a.create_label();
+        a.mov(ecx, 30u32).unwrap();
+        a.lea(rax, qword_ptr(f)).unwrap();
+        a.mov(qword_ptr(slot), rax).unwrap();
+        a.set_label(&mut top).unwrap();
+        a.call(rax).unwrap();
+        a.call(qword_ptr(slot)).unwrap();
+        a.push(rax).unwrap();
+        a.call(qword_ptr(rsp)).unwrap();
+        a.pop(rdi).unwrap();
+        a.dec(ecx).unwrap();
+        a.jnz(top).unwrap();
+        a.mov(rsp, 0x8000_0000_0000_0010u64).unwrap();
+        a.call(rax).unwrap();
+        a.hlt().unwrap();
+        a.set_label(&mut f).unwrap();
+        a.inc(ebx).unwrap();
+        a.ret().unwrap();
+        a.set_label(&mut slot).unwrap();
+        a.dq(&[0]).unwrap();
+    });
+    let (exit, c, _) = lockstep("indirect-call", &code, &state(64), 10_000);
+    assert_eq!(exit, RunExit::TripleFault);
+    assert_eq!(c.gpr[3], 90);
+    assert_eq!(c.gpr[4], 0x8000_0000_0000_0010, "RSP unchanged by the faulting CALL");
+}
