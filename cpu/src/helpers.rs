@@ -48,6 +48,12 @@ pub mod offsets {
     pub const TLB_GEN: usize = offset_of!(CpuState, tlb) + offset_of!(mmu::SoftTlb, gen);
     /// `CpuState::rflags`.
     pub const RFLAGS: usize = offset_of!(CpuState, rflags);
+    /// `CpuState::seg[0].base`; segment register `n`'s base is at `SEG_BASE + n * SEG_SIZE`.
+    pub const SEG_BASE: usize = offset_of!(CpuState, seg) + offset_of!(crate::state::Segment, base);
+    /// `size_of::<Segment>()`.
+    pub const SEG_SIZE: usize = size_of::<crate::state::Segment>();
+    /// `CpuState::msr.tsc_offset` (TSC = instruction count + this).
+    pub const TSC_OFFSET: usize = offset_of!(CpuState, msr) + offset_of!(crate::state::Msrs, tsc_offset);
     /// `CpuState::lazy.mask` (which status flags are held lazily).
     pub const LAZY_MASK: usize = offset_of!(CpuState, lazy) + offset_of!(crate::flags::LazyFlags, mask);
 
@@ -58,6 +64,8 @@ pub mod offsets {
     const _: () = assert!(offset_of!(CpuState, rip).is_multiple_of(8) && offset_of!(CpuState, gpr).is_multiple_of(8));
     const _: () = assert!(offset_of!(CpuState, rflags).is_multiple_of(8) && LAZY_MASK.is_multiple_of(8));
     const _: () = assert!(size_of::<CpuState>() < i32::MAX as usize);
+    const _: () = assert!(SEG_BASE.is_multiple_of(8) && SEG_SIZE.is_multiple_of(8));
+    const _: () = assert!(TSC_OFFSET.is_multiple_of(8));
     const _: () = assert!(offset_of!(mmu::SoftTlb, sets) == 0);
 }
 

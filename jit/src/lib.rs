@@ -30,6 +30,8 @@
 //! On hosts other than x86-64, [`Translator`] runs the interpreter.
 
 #[cfg(target_arch = "x86_64")]
+mod profile;
+#[cfg(target_arch = "x86_64")]
 mod x64;
 
 use cpu::{CpuBus, CpuState, ExecutionEngine, Interpreter, RunExit};
@@ -50,6 +52,9 @@ pub struct JitStats {
     pub helper_calls: u64,
     /// Instructions executed by the interpreter outside any block (no translation possible).
     pub interpreted: u64,
+    /// `interpreted` by reason: an interrupt or debug event due (or halted), no TLB entry for
+    /// the fetch, nothing translatable, the block not fitting in the budget.
+    pub interpreted_why: [u64; 4],
     /// Block entries from the dispatcher.
     pub block_runs: u64,
     /// Direct jumps between blocks patched to go straight from one to the other.
@@ -65,6 +70,9 @@ pub struct Translator {
     stats: JitStats,
     /// Log each instruction (`--trace`).
     pub trace: bool,
+    /// Counts of helper-served instruction forms (`FERRO_JIT_PROFILE=1`), shown by `--stats`.
+    #[cfg(target_arch = "x86_64")]
+    profile: Option<profile::Profile>,
 }
 
 impl Default for Translator {
@@ -82,6 +90,8 @@ impl Translator {
             cache: x64::CodeCache::new(),
             stats: JitStats::default(),
             trace: false,
+            #[cfg(target_arch = "x86_64")]
+            profile: profile::Profile::from_env(),
         }
     }
 
@@ -148,9 +158,19 @@ impl ExecutionEngine for Translator {
 
     fn stats_text(&self) -> Option<String> {
         let s = self.stats;
+        #[cfg(target_arch = "x86_64")]
+        let profile = self.profile.as_ref().map(|p| format!("\n{}", p.table(20))).unwrap_or_default();
+        #[cfg(not(target_arch = "x86_64"))]
+        let profile = String::new();
         Some(format!(
-            "blocks translated: {}\ncache flushes: {}\nSMC invalidations: {}\nhelper calls: {}\ninterpreted outside blocks: {}\nblock entries: {}\nchains patched: {}",
-            s.blocks_translated, s.cache_flushes, s.smc_invalidations, s.helper_calls, s.interpreted, s.block_runs, s.chains_patched
+            "blocks translated: {}\ncache flushes: {}\nSMC invalidations: {}\nhelper calls: {}\ninterpreted outside blocks: {} (interrupt/debug due {}, no TLB entry {}, untranslatable {}, budget {})\nblock entries: {}\nchains patched: {}{profile}",
+            s.blocks_translated, s.cache_flushes, s.smc_invalidations, s.helper_calls,
+            s.interpreted,
+            s.interpreted_why[0],
+            s.interpreted_why[1],
+            s.interpreted_why[2],
+            s.interpreted_why[3],
+            s.block_runs, s.chains_patched
         ))
     }
 }

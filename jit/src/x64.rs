@@ -1,18 +1,27 @@
 //! The x86-64 back end: the code cache, block translation and the dispatcher.
 
+use crate::profile::Profile;
 use crate::{JitStats, Translator, MAX_BLOCK_INSNS};
 use cpu::helpers::{exit, helper_flags, helper_step, offsets, HelperEnv};
 use cpu::state::rflags::{AF, IF, RF, STATUS, TF};
 use cpu::state::{CpuMode, SegReg};
 use cpu::{CpuBus, CpuState, RunExit};
-use dynasmrt::x64::Assembler;
-use dynasmrt::{dynasm, AssemblyOffset, DynamicLabel, DynasmApi, DynasmLabelApi, Executor};
+use dynasmrt::x64::X64Relocation;
+use dynasmrt::{dynasm, AssemblyOffset, DynamicLabel, DynasmApi, DynasmLabelApi, VecAssembler};
 use iced_x86::{
     Code, ConditionCode, Decoder, DecoderOptions, FlowControl, Formatter, Instruction, IntelFormatter, Mnemonic,
     OpKind, Register,
 };
 use mmu::{TlbAccess, PAGE_MASK, PAGE_SIZE};
 use std::collections::HashMap;
+
+mod codebuf;
+mod ext;
+use codebuf::CodeBuf;
+
+/// Emits one block (position-independent: only relative jumps inside it).
+type Assembler = VecAssembler<X64Relocation>;
+use ext::{classify_ext, gpr_loc, imm_of, Ext, FlagUse, Sz};
 
 /// The helpers generated code calls, reached through r14 (so emitted code holds no absolute
 /// addresses and its disassembly is the same on every build).
@@ -31,6 +40,8 @@ type BlockFn = for<'a> unsafe extern "sysv64" fn(*mut CpuState, *mut HelperEnv<'
 
 /// Emitted code is flushed once it reaches this size.
 const CODE_LIMIT: usize = 16 << 20;
+/// The code buffer: the limit plus room for the largest block.
+const CODE_SIZE: usize = CODE_LIMIT + (4 << 20);
 /// The cache is flushed once it holds this many blocks.
 const MAX_BLOCKS: usize = 1 << 16;
 
@@ -55,7 +66,7 @@ const CHAIN: u32 = 6;
 /// Translated blocks and the executable buffer that holds them.
 pub(crate) struct CodeCache {
     /// `None` if the host refused executable memory: everything is interpreted.
-    ops: Option<(Assembler, Executor)>,
+    code: Option<CodeBuf>,
     blocks: HashMap<BlockKey, Block>,
     /// Backing page number -> blocks starting in it.
     pages: HashMap<u64, Vec<BlockKey>>,
@@ -85,23 +96,18 @@ impl std::fmt::Debug for CodeCache {
     }
 }
 
-fn new_assembler() -> Option<(Assembler, Executor)> {
-    match Assembler::new() {
-        Ok(a) => {
-            let r = a.reader();
-            Some((a, r))
-        }
-        Err(e) => {
-            log::warn!("no executable memory for the JIT ({e}): interpreting");
-            None
-        }
+fn new_code_buffer() -> Option<CodeBuf> {
+    let b = CodeBuf::new(CODE_SIZE);
+    if b.is_none() {
+        log::warn!("no executable memory for the JIT: interpreting");
     }
+    b
 }
 
 impl CodeCache {
     pub(crate) fn new() -> Self {
         CodeCache {
-            ops: new_assembler(),
+            code: new_code_buffer(),
             blocks: HashMap::new(),
             pages: HashMap::new(),
             slots: Vec::new(),
@@ -113,7 +119,7 @@ impl CodeCache {
     }
 
     fn full(&self) -> bool {
-        self.blocks.len() >= self.max_blocks || self.ops.as_ref().is_some_and(|(a, _)| a.offset().0 >= CODE_LIMIT)
+        self.blocks.len() >= self.max_blocks || self.code.as_ref().is_some_and(|c| c.len() >= CODE_LIMIT)
     }
 
     fn flush(&mut self) {
@@ -122,7 +128,9 @@ impl CodeCache {
         self.pages.clear();
         self.slots.clear();
         self.jc.fill(None);
-        self.ops = new_assembler();
+        if let Some(c) = &mut self.code {
+            c.clear();
+        }
     }
 
     /// Drops the blocks whose guest code overlaps `[start, start + len)` (backing offsets) and
@@ -235,6 +243,7 @@ impl CodeCache {
         user: bool,
         big_stack: bool,
         rip: u64,
+        profile: Option<&mut Profile>,
     ) -> Option<Block> {
         let backing = key.0;
         let page_end = (backing & PAGE_MASK) + PAGE_SIZE;
@@ -257,13 +266,40 @@ impl CodeCache {
             return None;
         }
         let guest_len = insns.iter().map(|i| i.len() as u64).sum();
-        let (ops, _) = self.ops.as_mut()?;
-        let start = ops.offset();
-        let first_slot = self.slots.len() as u32;
-        let body = emit_block(ops, &insns, bitness, inline, user, big_stack, rip, backing, &mut self.slots);
-        ops.commit().ok()?;
-        let len = ops.offset().0 - start.0;
-        let b = Block { entry: start, body, len, guest_len, slot_ids: (first_slot, self.slots.len() as u32) };
+        let code = self.code.as_mut()?;
+        let mut ops = Assembler::new(0);
+        let slots0 = self.slots.len();
+        // RDTSC faults only outside CPL 0 (with CR4.TSD); the mode key holds the CPL.
+        let cpl0 = (key.1 >> 2) & 3 == 0;
+        let body = emit_block(
+            &mut ops,
+            &insns,
+            bitness,
+            inline,
+            user,
+            big_stack,
+            cpl0,
+            rip,
+            backing,
+            &mut self.slots,
+            profile,
+        );
+        let bytes = ops.finalize().ok()?;
+        let Some(start) = code.append(&bytes) else {
+            self.slots.truncate(slots0);
+            return None;
+        };
+        // Offsets were relative to the block's start.
+        for s in &mut self.slots[slots0..] {
+            s.0 = AssemblyOffset(s.0 .0 + start);
+        }
+        let b = Block {
+            entry: AssemblyOffset(start),
+            body: AssemblyOffset(start + body.0),
+            len: bytes.len(),
+            guest_len,
+            slot_ids: (slots0 as u32, self.slots.len() as u32),
+        };
         self.blocks.insert(key, b);
         self.pages.entry(backing >> 12).or_default().push(key);
         Some(b)
@@ -275,39 +311,31 @@ impl CodeCache {
         if want != target_backing {
             return;
         }
-        let Some((ops, _)) = self.ops.as_mut() else { return };
+        let Some(code) = self.code.as_mut() else { return };
         let Ok(rel) = i32::try_from(target.body.0 as i64 - (slot.0 as i64 + 5)) else { return };
-        if ops
-            .alter(|m| {
-                m.goto(slot);
-                m.push(0xE9);
-                m.push_i32(rel);
-            })
-            .is_ok()
-        {
+        let mut jmp = [0xE9, 0, 0, 0, 0];
+        jmp[1..].copy_from_slice(&rel.to_le_bytes());
+        if code.patch(slot.0, &jmp) {
             self.chained += 1;
         }
     }
 
     /// Runs the block at `entry` until it exits; returns its exit code.
     fn enter(&self, entry: AssemblyOffset, cpu: &mut CpuState, env: &mut HelperEnv<'_>) -> u32 {
-        let Some((_, exec)) = &self.ops else { return env.step(cpu) };
-        let buf = exec.lock();
-        let code = buf.ptr(entry);
-        // SAFETY: `code` is the entry of a block `translate` emitted and committed into this
-        // buffer (blocks are only looked up in the cache that emitted them, and the cache is
-        // replaced, never modified, on a flush), and the read lock held in `buf` keeps the
-        // buffer mapped and unchanged until the block returns. `cpu` and `env` are exclusive
-        // borrows that outlive the call.
+        let Some(buf) = &self.code else { return env.step(cpu) };
+        let code = buf.entry(entry.0);
+        // SAFETY: `code` is the entry of a block `translate` copied into this buffer (blocks
+        // are only looked up in the cache that emitted them, and a flush forgets every block
+        // before their bytes are reused); `&self` keeps the buffer mapped and unmodified until
+        // the block returns (only the dispatcher, between blocks, writes it). `cpu` and `env`
+        // are exclusive borrows that outlive the call.
         unsafe { enter_block(code, cpu, env) }
     }
 
     /// The disassembly of a block's host code.
     pub(crate) fn disassemble(&self, backing: u64, mode_key: u32) -> Option<String> {
         let b = self.blocks.get(&(backing, mode_key))?;
-        let (_, exec) = self.ops.as_ref()?;
-        let buf = exec.lock();
-        let bytes = buf.get(b.entry.0..b.entry.0 + b.len)?;
+        let bytes = self.code.as_ref()?.bytes(b.entry.0, b.len)?;
         let mut dec = Decoder::with_ip(64, bytes, 0, DecoderOptions::NONE);
         let mut fmt = IntelFormatter::new();
         let mut out = String::new();
@@ -352,12 +380,62 @@ enum Inline {
     /// JMP to `target`.
     Jmp { target: u64 },
     /// A MOV or ALU instruction with one memory operand, through the inline TLB probe.
-    Mem { kind: MemKind, ea: Ea, w64: bool, user: bool },
+    Mem { kind: MemKind, ea: Ea, sz: Sz, user: bool },
     /// LEA (no memory access, no flags).
     Lea { dst: i32, ea: Ea, w64: bool },
     /// PUSH/POP of a register, near CALL rel and near RET, through the inline TLB probe
     /// (`w64`: 64-bit mode, else a flat 32-bit stack).
     Stack { op: StackOp, w64: bool, user: bool },
+    /// The forms of [`ext`].
+    Ext(Ext),
+    /// JMP through a 64-bit register (`Some(offset)`) or memory operand (64-bit mode): RIP is
+    /// set and the dispatcher's jump cache finds the target.
+    JmpInd { reg: Option<i32>, ea: Option<Ea>, user: bool, call: bool },
+}
+
+impl Inline {
+    fn flag_use(self) -> FlagUse {
+        match self {
+            Inline::MovRR { .. } | Inline::MovRI { .. } | Inline::Lea { .. } => FlagUse::None,
+            Inline::Alu { op: AluOp::Adc | AluOp::Sbb, .. } => FlagUse::Observes,
+            Inline::Alu { .. } | Inline::Shift1 { .. } => FlagUse::WritesAll,
+            Inline::Ext(e) => e.flag_use(),
+            Inline::IncDec { .. }
+            | Inline::Jcc { .. }
+            | Inline::Jmp { .. }
+            | Inline::Mem { .. }
+            | Inline::Stack { .. }
+            | Inline::JmpInd { .. } => FlagUse::Observes,
+        }
+    }
+}
+
+/// Flag liveness: for each planned instruction, whether the status flags it writes are
+/// overwritten before anything can see them (a reader, a helper, a possible fault, the block's
+/// end). Only register-only writers of all six flags end a dead range. Also returns whether the
+/// flags are dead at the block's entry.
+fn dead_flags(plan: &[Option<Inline>]) -> (Vec<bool>, bool) {
+    let mut dead = vec![false; plan.len()];
+    if !liveness_enabled() {
+        return (dead, false);
+    }
+    // Scanning backwards: does the code after this point overwrite the flags before any use?
+    let mut overwritten = false;
+    for (k, p) in plan.iter().enumerate().rev() {
+        dead[k] = overwritten;
+        match p.map_or(FlagUse::Observes, |p| p.flag_use()) {
+            FlagUse::None => {}
+            FlagUse::WritesAll => overwritten = true,
+            FlagUse::Observes => overwritten = false,
+        }
+    }
+    (dead, overwritten)
+}
+
+/// Flag liveness is on unless `FERRO_JIT_LIVENESS=0` (for measuring what it gains).
+fn liveness_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("FERRO_JIT_LIVENESS").map_or(true, |v| v != "0"))
 }
 
 /// A stack operation.
@@ -378,6 +456,8 @@ enum StackOp {
 enum MemKind {
     /// `reg = [m]`.
     Load { reg: i32 },
+    /// MOVZX/MOVSX/MOVSXD: `reg` (of size `dsz`) = the extension of `[m]`.
+    LoadExt { reg: i32, dsz: Sz, signed: bool },
     /// `[m] = reg`.
     Store { reg: i32 },
     /// `[m] = imm` (sign-extended for 64-bit).
@@ -388,13 +468,24 @@ enum MemKind {
     AluMR { op: AluOp, reg: i32 },
     /// `[m] op= imm`.
     AluMI { op: AluOp, imm: i32 },
+    /// INC/DEC `[m]` (CF kept: the guest's CF is put in the host's first).
+    IncDec { inc: bool },
+    /// BT `[m]`, imm: CF = the bit; the other flags kept (the interpreter's rule).
+    Bt { bit: i8 },
+    /// CMOVcc `reg, [m]`: the memory is read whatever the condition (a fault is taken even
+    /// when nothing moves), and a 32-bit destination is zero-extended either way.
+    Cmov { cc: ConditionCode, reg: i32 },
 }
 
 impl MemKind {
     fn writes(self) -> bool {
         match self {
-            MemKind::Load { .. } | MemKind::AluRM { .. } => false,
-            MemKind::Store { .. } | MemKind::StoreImm { .. } => true,
+            MemKind::Load { .. }
+            | MemKind::LoadExt { .. }
+            | MemKind::AluRM { .. }
+            | MemKind::Bt { .. }
+            | MemKind::Cmov { .. } => false,
+            MemKind::Store { .. } | MemKind::StoreImm { .. } | MemKind::IncDec { .. } => true,
             MemKind::AluMR { op, .. } | MemKind::AluMI { op, .. } => !matches!(op, AluOp::Cmp | AluOp::Test),
         }
     }
@@ -411,6 +502,8 @@ impl MemKind {
 /// target's offset from the block's entry RIP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Ea {
+    /// Offset in `CpuState` of a segment base to add (FS/GS in 64-bit mode).
+    seg_base: Option<i32>,
     base: Option<i32>,
     index: Option<(i32, u32)>,
     disp: i32,
@@ -534,15 +627,21 @@ fn classify(i: &Instruction) -> Option<Inline> {
 /// The effective address of `i`'s memory operand, if the inline path handles it: DS/ES/SS/CS
 /// (flat in the modes that inline), 32- or 64-bit addressing, no RIP-relative 32-bit form.
 fn effective_address(i: &Instruction, bitness: u32) -> Option<Ea> {
-    if matches!(i.memory_segment(), Register::FS | Register::GS) {
-        return None;
-    }
     // Outside 64-bit mode a CS override reaches a code segment: never writable, maybe not
     // readable (#GP). The helper checks it.
     if bitness != 64 && i.memory_segment() == Register::CS {
         return None;
     }
-    effective_address_any_segment(i, bitness)
+    let seg = match i.memory_segment() {
+        // 64-bit mode: FS and GS add their base, nothing else (no limit).
+        Register::FS if bitness == 64 => Some(4),
+        Register::GS if bitness == 64 => Some(5),
+        Register::FS | Register::GS => return None,
+        _ => None,
+    };
+    let mut ea = effective_address_any_segment(i, bitness)?;
+    ea.seg_base = seg.map(|n| (offsets::SEG_BASE + n * offsets::SEG_SIZE) as i32);
+    Some(ea)
 }
 
 /// The offset part of the memory operand (LEA ignores the segment).
@@ -551,7 +650,7 @@ fn effective_address_any_segment(i: &Instruction, bitness: u32) -> Option<Ea> {
     let index = i.memory_index();
     if base == Register::RIP {
         let disp = i32::try_from(i.memory_displacement64() as i64).ok()?;
-        return Some(Ea { base: None, index: None, disp, addr32: false, rip_rel: true });
+        return Some(Ea { seg_base: None, base: None, index: None, disp, addr32: false, rip_rel: true });
     }
     if base == Register::EIP {
         return None;
@@ -566,6 +665,12 @@ fn effective_address_any_segment(i: &Instruction, bitness: u32) -> Option<Ea> {
         }
     };
     let width = match (base, index) {
+        (Register::None, Register::None) if bitness == 64 => {
+            // Absolute in 64-bit mode (per-CPU data: `gs:[disp32]`): a displacement that is the
+            // same sign- or zero-extended (below 2 GiB), so the address size does not matter.
+            let disp = i32::try_from(i.memory_displacement64() as i64).ok()?;
+            return Some(Ea { seg_base: None, base: None, index: None, disp, addr32: false, rip_rel: false });
+        }
         (Register::None, Register::None) => {
             // Absolute: only the plain 32-bit form of 32-bit code.
             if bitness != 32 || i.memory_displ_size() != 4 {
@@ -586,6 +691,7 @@ fn effective_address_any_segment(i: &Instruction, bitness: u32) -> Option<Ea> {
         i32::try_from(i.memory_displacement64() as i64).ok()?
     };
     Some(Ea {
+        seg_base: None,
         base: (base != Register::None).then(|| off(base)),
         index: (index != Register::None).then(|| (off(index), i.memory_index_scale())),
         disp,
@@ -622,8 +728,29 @@ fn classify_stack(i: &Instruction, bitness: u32, big_stack: bool, user: bool) ->
 
 /// Whether (and how) a MOV/ALU instruction with a memory operand runs inline.
 fn classify_mem(i: &Instruction, bitness: u32, user: bool) -> Option<Inline> {
-    if i.has_lock_prefix() || i.op_count() != 2 {
+    if i.has_lock_prefix() {
         return None;
+    }
+    if matches!(i.mnemonic(), Mnemonic::Inc | Mnemonic::Dec) && i.op_count() == 1 {
+        let sz = Sz::from_bytes(i.memory_size().size())?;
+        let ea = effective_address(i, bitness)?;
+        return Some(Inline::Mem { kind: MemKind::IncDec { inc: i.mnemonic() == Mnemonic::Inc }, ea, sz, user });
+    }
+    if i.op_count() != 2 {
+        return None;
+    }
+    if i.mnemonic() == Mnemonic::Bt && i.op0_kind() == OpKind::Memory && i.op1_kind() == OpKind::Immediate8 {
+        let sz = Sz::from_bytes(i.memory_size().size())?;
+        let ea = effective_address(i, bitness)?;
+        return Some(Inline::Mem { kind: MemKind::Bt { bit: i.immediate8() as i8 }, ea, sz, user });
+    }
+    if ext::is_cmovcc(i.mnemonic()) && i.op0_kind() == OpKind::Register && i.op1_kind() == OpKind::Memory {
+        let (reg, sz) = gpr_loc(i.op0_register())?;
+        if Sz::from_bytes(i.memory_size().size())? != sz {
+            return None;
+        }
+        let ea = effective_address(i, bitness)?;
+        return Some(Inline::Mem { kind: MemKind::Cmov { cc: i.condition_code(), reg }, ea, sz, user });
     }
     if i.mnemonic() == Mnemonic::Lea {
         let (dst, w64) = if i.op0_kind() == OpKind::Register { gpr_off(i.op0_register())? } else { return None };
@@ -632,6 +759,13 @@ fn classify_mem(i: &Instruction, bitness: u32, user: bool) -> Option<Inline> {
     }
     let op = match i.mnemonic() {
         Mnemonic::Mov => None,
+        Mnemonic::Movzx | Mnemonic::Movsx | Mnemonic::Movsxd => {
+            let (reg, dsz) = if i.op0_kind() == OpKind::Register { gpr_loc(i.op0_register())? } else { return None };
+            let sz = Sz::from_bytes(i.memory_size().size())?;
+            let ea = effective_address(i, bitness)?;
+            let kind = MemKind::LoadExt { reg, dsz, signed: i.mnemonic() != Mnemonic::Movzx };
+            return Some(Inline::Mem { kind, ea, sz, user });
+        }
         Mnemonic::Add => Some(AluOp::Add),
         Mnemonic::Sub => Some(AluOp::Sub),
         Mnemonic::And => Some(AluOp::And),
@@ -641,23 +775,12 @@ fn classify_mem(i: &Instruction, bitness: u32, user: bool) -> Option<Inline> {
         Mnemonic::Test => Some(AluOp::Test),
         _ => return None,
     };
-    let size = i.memory_size().size();
-    let w64 = match size {
-        8 => true,
-        4 => false,
-        _ => return None,
-    };
+    let sz = Sz::from_bytes(i.memory_size().size())?;
     let reg = |r: Register| {
-        let (o, w) = gpr_off(r)?;
-        (w == w64).then_some(o)
+        let (o, s) = gpr_loc(r)?;
+        (s == sz).then_some(o)
     };
-    let imm = || -> Option<i32> {
-        match i.op1_kind() {
-            OpKind::Immediate32 | OpKind::Immediate8to32 if !w64 => Some(i.immediate(1) as u32 as i32),
-            OpKind::Immediate32to64 | OpKind::Immediate8to64 if w64 => i32::try_from(i.immediate(1) as i64).ok(),
-            _ => None,
-        }
-    };
+    let imm = || imm_of(i, 1, sz);
     let kind = match (i.op0_kind(), i.op1_kind(), op) {
         (OpKind::Register, OpKind::Memory, None) => MemKind::Load { reg: reg(i.op0_register())? },
         (OpKind::Memory, OpKind::Register, None) => MemKind::Store { reg: reg(i.op1_register())? },
@@ -668,7 +791,7 @@ fn classify_mem(i: &Instruction, bitness: u32, user: bool) -> Option<Inline> {
         _ => return None,
     };
     let ea = effective_address(i, bitness)?;
-    Some(Inline::Mem { kind, ea, w64, user })
+    Some(Inline::Mem { kind, ea, sz, user })
 }
 
 /// Block emission state.
@@ -692,6 +815,17 @@ struct Emitter<'a> {
     flags_in_host: bool,
     /// The last flag writer was a logic operation (AF is 0 for the guest).
     last_logic: bool,
+    /// The instruction being emitted.
+    cur: Instruction,
+    /// The block overwrites the flags before reading them: a branch back to its entry keeps
+    /// them in R9 and writes them back only if the budget check fails (label after the check,
+    /// instructions in the block).
+    loop_back: Option<(DynamicLabel, i32)>,
+    /// The guest's flags are in R9 (from PUSHFQ) for the slow path of the current memory
+    /// instruction, not in `CpuState` (see [`Emitter::stash_or_sync_flags`]).
+    stashed: bool,
+    /// Counters of helper-served instructions (`FERRO_JIT_PROFILE=1`).
+    profile: Option<&'a mut Profile>,
 }
 
 macro_rules! alu_emit {
@@ -758,6 +892,12 @@ macro_rules! with_alu {
     };
 }
 macro_rules! rm64 { ($o:tt, $ops:expr) => { dynasm!($ops ; .arch x64 ; $o rcx, QWORD [rax]) }; }
+macro_rules! rm16 { ($o:tt, $ops:expr) => { dynasm!($ops ; .arch x64 ; $o cx, WORD [rax]) }; }
+macro_rules! rm8 { ($o:tt, $ops:expr) => { dynasm!($ops ; .arch x64 ; $o cl, BYTE [rax]) }; }
+macro_rules! mr16 { ($o:tt, $ops:expr) => { dynasm!($ops ; .arch x64 ; $o WORD [rax], cx) }; }
+macro_rules! mr8 { ($o:tt, $ops:expr) => { dynasm!($ops ; .arch x64 ; $o BYTE [rax], cl) }; }
+macro_rules! mi16 { ($o:tt, $ops:expr, $v:expr) => { dynasm!($ops ; .arch x64 ; $o WORD [rax], $v) }; }
+macro_rules! mi8 { ($o:tt, $ops:expr, $v:expr) => { dynasm!($ops ; .arch x64 ; $o BYTE [rax], $v) }; }
 macro_rules! rm32 { ($o:tt, $ops:expr) => { dynasm!($ops ; .arch x64 ; $o ecx, DWORD [rax]) }; }
 macro_rules! mr64 { ($o:tt, $ops:expr) => { dynasm!($ops ; .arch x64 ; $o QWORD [rax], rcx) }; }
 macro_rules! mr32 { ($o:tt, $ops:expr) => { dynasm!($ops ; .arch x64 ; $o DWORD [rax], ecx) }; }
@@ -878,8 +1018,50 @@ impl Emitter<'_> {
         dynasm!(self.ops ; .arch x64 ; mov eax, code ; jmp =>out);
     }
 
+    /// Counts the current instruction in the profile, if one is kept: `++*counter`. Clobbers
+    /// RAX and the host flags.
+    fn count(&mut self, slow: bool) {
+        if let Some(p) = self.profile.as_deref_mut() {
+            let c = p.counter(&self.cur, slow) as i64;
+            dynasm!(self.ops ; .arch x64 ; mov rax, QWORD c ; add QWORD [rax], 1);
+        }
+    }
+
+    /// Before a memory access: the guest's flags, if in the host, must reach `CpuState` if the
+    /// access faults (the slow path), but are needed afterwards only if live. If they are dead
+    /// after the instruction, or the instruction overwrites them (`writes_flags`), they are only
+    /// kept in R9 (PUSHFQ; POP) for the slow path, which merges them ([`Self::unstash`]);
+    /// otherwise they are written back now.
+    fn stash_or_sync_flags(&mut self, dead: bool, writes_flags: bool) {
+        self.stashed = false;
+        if self.flags_in_host && (dead || writes_flags) {
+            dynasm!(self.ops ; .arch x64 ; pushfq ; pop r9);
+            self.stashed = true;
+        } else {
+            self.sync_flags();
+        }
+    }
+
+    /// On a slow path: writes the flags kept in R9 back to `CpuState` (see
+    /// [`Self::stash_or_sync_flags`]).
+    fn unstash(&mut self) {
+        if self.stashed {
+            dynasm!(self.ops ; .arch x64 ; mov rax, r9);
+            self.merge_flags_from_rax();
+        }
+    }
+
+    /// After a memory instruction that stashed the flags: they were dead after it, and the host
+    /// holds garbage that the next flag writer replaces.
+    fn after_stash(&mut self) {
+        if std::mem::take(&mut self.stashed) {
+            self.flags_in_host = true;
+        }
+    }
+
     fn helper(&mut self, at: u64, next: u64) {
         self.sync_flags();
+        self.count(false);
         self.sync_count_rip(at);
         let out = self.out;
         dynasm!(self.ops
@@ -900,8 +1082,17 @@ impl Emitter<'_> {
         if ea.rip_rel {
             let back = -(self.synced as i32);
             dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + RIP] ; lea rax, [rax + disp] ; lea rax, [rax + back]);
-            return;
+        } else {
+            self.offset_part(ea);
         }
+        if let Some(sb) = ea.seg_base {
+            dynasm!(self.ops ; .arch x64 ; mov rcx, QWORD [r12 + sb] ; lea rax, [rax + rcx]);
+        }
+    }
+
+    /// The offset part of an effective address (no RIP-relative form) into RAX.
+    fn offset_part(&mut self, ea: Ea) {
+        let disp = ea.disp;
         match ea.base {
             Some(b) if ea.addr32 => dynasm!(self.ops ; .arch x64 ; mov eax, DWORD [r12 + b]),
             Some(b) => dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + b]),
@@ -935,13 +1126,15 @@ impl Emitter<'_> {
         let set = if user { (mmu::TLB_ENTRIES * 32) as i32 } else { 0 };
         let tag = TLB + set + if write { 8 } else { 0 };
         let addend = TLB + set + 24;
-        let idx_mask = (mmu::TLB_ENTRIES - 1) as i32;
+        // The entry's byte offset, ((addr >> 12) & (entries - 1)) * 32, as (addr >> 7) & mask.
+        const _: () = assert!(mmu::TLB_ENTRIES.is_power_of_two() && mmu::TLB_ENTRIES <= 1 << 20);
+        const _: () = assert!(core::mem::size_of::<mmu::TlbEntry>() == 32);
+        let idx_mask = ((mmu::TLB_ENTRIES - 1) << 5) as i32;
         dynasm!(self.ops
             ; .arch x64
-            ; mov rcx, rax
-            ; shr rcx, 12
+            ; mov ecx, eax
+            ; shr ecx, 7
             ; and ecx, idx_mask
-            ; shl ecx, 5
             ; lea rdx, [rax + size - 1]
             ; and rdx, -4096
             ; or rdx, QWORD [r12 + TLB_GEN]
@@ -956,6 +1149,8 @@ impl Emitter<'_> {
     /// then the state is put back to what the fast path leaves (`pending0 + 1` instructions
     /// pending, RIP at `synced0`, the flags in the host for an ALU operation).
     fn slow_path(&mut self, at: u64, next: u64, synced0: u64, pending0: i32, alu: bool) {
+        self.count(true);
+        self.unstash();
         self.sync_count_rip(at);
         let out = self.out;
         let undo = pending0 + 1;
@@ -990,8 +1185,10 @@ impl Emitter<'_> {
     /// r8 = rsp (- size for a push); rax = r8; probe; access [rax]; rsp = r8 (+ size for a pop)
     /// CALL: value = entry RIP + next; then on to the target.  RET: RIP = the value popped.
     /// ```
-    fn stack(&mut self, op: StackOp, w64: bool, user: bool, at: u64, next: u64) {
-        self.sync_flags();
+    fn stack(&mut self, op: StackOp, w64: bool, user: bool, at: u64, next: u64, dead: bool) {
+        // CALL and RET end the block: the flags go to `CpuState` first.
+        let ends = matches!(op, StackOp::Call(_) | StackOp::Ret);
+        self.stash_or_sync_flags(dead && !ends, false);
         let (synced0, pending0) = (self.synced, self.pending);
         let slow = self.ops.new_dynamic_label();
         let cont = self.ops.new_dynamic_label();
@@ -1060,6 +1257,7 @@ impl Emitter<'_> {
                 dynasm!(self.ops ; .arch x64 ; =>cont);
                 self.synced = synced0;
                 self.pending = pending0 + 1;
+                self.after_stash();
             }
             StackOp::Push(_) => {
                 dynasm!(self.ops ; .arch x64 ; jmp =>cont ; =>slow);
@@ -1067,6 +1265,7 @@ impl Emitter<'_> {
                 dynasm!(self.ops ; .arch x64 ; =>cont);
                 self.synced = synced0;
                 self.pending = pending0 + 1;
+                self.after_stash();
             }
             StackOp::Call(target) => {
                 self.pending = pending0 + 1;
@@ -1076,6 +1275,7 @@ impl Emitter<'_> {
                 self.pending = pending0;
                 // Slow path: the interpreter runs the CALL; the block ends either way.
                 dynasm!(self.ops ; .arch x64 ; =>slow);
+                self.count(true);
                 self.sync_count_rip(at);
                 self.helper_then_leave();
             }
@@ -1090,10 +1290,65 @@ impl Emitter<'_> {
                     ; jmp =>out
                     ; =>slow
                 );
+                self.count(true);
                 self.sync_count_rip(at);
                 self.helper_then_leave();
             }
         }
+    }
+
+    /// JMP/CALL r64 and m64 (64-bit mode), as the interpreter runs them: the target is loaded
+    /// (through the TLB probe for a memory operand) and checked canonical (else #GP), a CALL
+    /// pushes the next RIP (through the probe; RSP changes only once the store is done), then
+    /// RIP is set and the block ends: the dispatcher's jump cache finds the next block. Any
+    /// miss or fault: the interpreter runs the instruction.
+    #[allow(clippy::too_many_arguments)]
+    fn jmp_indirect(&mut self, reg: Option<i32>, ea: Option<Ea>, user: bool, call: bool, at: u64, next: u64) {
+        self.sync_flags();
+        let slow = self.ops.new_dynamic_label();
+        match (reg, ea) {
+            (Some(r), _) => dynasm!(self.ops ; .arch x64 ; mov r10, QWORD [r12 + r]),
+            (None, Some(ea)) => {
+                self.effective_address(ea);
+                self.probe(false, 8, user, slow);
+                dynasm!(self.ops ; .arch x64 ; mov r10, QWORD [rax]);
+            }
+            (None, None) => unreachable!("JmpInd has a register or a memory operand"),
+        }
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov rdx, r10
+            ; shl rdx, 16
+            ; sar rdx, 16
+            ; cmp rdx, r10
+            ; jne =>slow
+        );
+        if call {
+            let stk = (offsets::GPR + 8 * 4) as i32;
+            let d = next.wrapping_sub(self.synced) as i64 as i32;
+            dynasm!(self.ops ; .arch x64 ; mov r8, QWORD [r12 + stk] ; sub r8, 8 ; mov rax, r8);
+            self.probe(true, 8, user, slow);
+            dynasm!(self.ops
+                ; .arch x64
+                ; mov rcx, QWORD [r12 + RIP]
+                ; add rcx, d
+                ; mov QWORD [rax], rcx
+                ; mov QWORD [r12 + stk], r8
+            );
+        }
+        let n = self.pending + 1;
+        let out = self.out;
+        dynasm!(self.ops
+            ; .arch x64
+            ; add QWORD [r12 + ICOUNT], n
+            ; mov QWORD [r12 + RIP], r10
+            ; mov eax, exit::BLOCK_END as i32
+            ; jmp =>out
+            ; =>slow
+        );
+        self.count(true);
+        self.sync_count_rip(at);
+        self.helper_then_leave();
     }
 
     /// Runs the instruction through the interpreter and leaves the block (with the helper's
@@ -1112,85 +1367,168 @@ impl Emitter<'_> {
         );
     }
 
-    fn mem(&mut self, kind: MemKind, ea: Ea, w64: bool, user: bool, at: u64, next: u64) {
-        self.sync_flags();
+    #[allow(clippy::too_many_arguments)]
+    fn mem(&mut self, kind: MemKind, ea: Ea, sz: Sz, user: bool, at: u64, next: u64, dead: bool) {
+        if let MemKind::IncDec { .. } | MemKind::Bt { .. } | MemKind::Cmov { .. } = kind {
+            // INC/DEC: the guest's CF must be in CpuState for the host's CF below; BT: the
+            // guest's flags are updated there.
+            self.stashed = false;
+            self.sync_flags();
+            self.materialize_lazy();
+        } else {
+            self.stash_or_sync_flags(dead, kind.flags().is_some());
+        }
         let (synced0, pending0) = (self.synced, self.pending);
         let slow = self.ops.new_dynamic_label();
         let cont = self.ops.new_dynamic_label();
         self.effective_address(ea);
-        let size = if w64 { 8 } else { 4 };
-        let set = if user { (mmu::TLB_ENTRIES * 32) as i32 } else { 0 };
-        let tag = TLB + set + if kind.writes() { 8 } else { 0 };
-        let addend = TLB + set + 24;
-        let idx_mask = (mmu::TLB_ENTRIES - 1) as i32;
-        dynasm!(self.ops
-            ; .arch x64
-            ; mov rcx, rax
-            ; shr rcx, 12
-            ; and ecx, idx_mask
-            ; shl ecx, 5
-            ; lea rdx, [rax + size - 1]
-            ; and rdx, -4096
-            ; or rdx, QWORD [r12 + TLB_GEN]
-            ; cmp rdx, QWORD [r12 + rcx + tag]
-            ; jne =>slow
-            ; add rax, QWORD [r12 + rcx + addend]
-            ; add rax, QWORD [r13 + MEM_BASE]
-        );
+        self.probe(kind.writes(), sz.bytes(), user, slow);
         let ops = &mut *self.ops;
         match kind {
-            MemKind::Load { reg } => {
-                if w64 {
-                    dynasm!(ops ; .arch x64 ; mov rcx, QWORD [rax] ; mov QWORD [r12 + reg], rcx);
-                } else {
-                    dynasm!(ops ; .arch x64 ; mov ecx, DWORD [rax] ; mov QWORD [r12 + reg], rcx);
+            MemKind::Load { reg } => match sz {
+                Sz::B => dynasm!(ops ; .arch x64 ; mov cl, BYTE [rax] ; mov BYTE [r12 + reg], cl),
+                Sz::W => dynasm!(ops ; .arch x64 ; mov cx, WORD [rax] ; mov WORD [r12 + reg], cx),
+                Sz::D => dynasm!(ops ; .arch x64 ; mov ecx, DWORD [rax] ; mov QWORD [r12 + reg], rcx),
+                Sz::Q => dynasm!(ops ; .arch x64 ; mov rcx, QWORD [rax] ; mov QWORD [r12 + reg], rcx),
+            },
+            MemKind::LoadExt { reg, dsz, signed } => {
+                match (dsz, sz, signed) {
+                    (_, Sz::B, false) => dynasm!(ops ; .arch x64 ; movzx ecx, BYTE [rax]),
+                    (_, Sz::W, false) => dynasm!(ops ; .arch x64 ; movzx ecx, WORD [rax]),
+                    (Sz::Q, Sz::B, true) => dynasm!(ops ; .arch x64 ; movsx rcx, BYTE [rax]),
+                    (Sz::Q, Sz::W, true) => dynasm!(ops ; .arch x64 ; movsx rcx, WORD [rax]),
+                    (Sz::Q, Sz::D, true) => dynasm!(ops ; .arch x64 ; movsxd rcx, DWORD [rax]),
+                    (_, Sz::B, true) => dynasm!(ops ; .arch x64 ; movsx ecx, BYTE [rax]),
+                    (_, Sz::W, true) => dynasm!(ops ; .arch x64 ; movsx ecx, WORD [rax]),
+                    (_, Sz::D, _) => dynasm!(ops ; .arch x64 ; mov ecx, DWORD [rax]),
+                    (_, Sz::Q, _) => dynasm!(ops ; .arch x64 ; mov rcx, QWORD [rax]),
+                }
+                match dsz {
+                    Sz::B => dynasm!(ops ; .arch x64 ; mov BYTE [r12 + reg], cl),
+                    Sz::W => dynasm!(ops ; .arch x64 ; mov WORD [r12 + reg], cx),
+                    Sz::D | Sz::Q => dynasm!(ops ; .arch x64 ; mov QWORD [r12 + reg], rcx),
                 }
             }
-            MemKind::Store { reg } => {
-                if w64 {
-                    dynasm!(ops ; .arch x64 ; mov rcx, QWORD [r12 + reg] ; mov QWORD [rax], rcx);
-                } else {
-                    dynasm!(ops ; .arch x64 ; mov ecx, DWORD [r12 + reg] ; mov DWORD [rax], ecx);
-                }
-            }
-            MemKind::StoreImm { imm } => {
-                if w64 {
-                    dynasm!(ops ; .arch x64 ; mov QWORD [rax], imm);
-                } else {
-                    dynasm!(ops ; .arch x64 ; mov DWORD [rax], imm);
-                }
-            }
+            MemKind::Store { reg } => match sz {
+                Sz::B => dynasm!(ops ; .arch x64 ; mov cl, BYTE [r12 + reg] ; mov BYTE [rax], cl),
+                Sz::W => dynasm!(ops ; .arch x64 ; mov cx, WORD [r12 + reg] ; mov WORD [rax], cx),
+                Sz::D => dynasm!(ops ; .arch x64 ; mov ecx, DWORD [r12 + reg] ; mov DWORD [rax], ecx),
+                Sz::Q => dynasm!(ops ; .arch x64 ; mov rcx, QWORD [r12 + reg] ; mov QWORD [rax], rcx),
+            },
+            MemKind::StoreImm { imm } => match sz {
+                Sz::B => dynasm!(ops ; .arch x64 ; mov BYTE [rax], imm as i8),
+                Sz::W => dynasm!(ops ; .arch x64 ; mov WORD [rax], imm as i16),
+                Sz::D => dynasm!(ops ; .arch x64 ; mov DWORD [rax], imm),
+                Sz::Q => dynasm!(ops ; .arch x64 ; mov QWORD [rax], imm),
+            },
             MemKind::AluRM { op, reg } => {
-                if w64 {
-                    dynasm!(ops ; .arch x64 ; mov rcx, QWORD [r12 + reg]);
-                    with_alu!(op, rm64, ops);
-                } else {
-                    dynasm!(ops ; .arch x64 ; mov ecx, DWORD [r12 + reg]);
-                    with_alu!(op, rm32, ops);
+                match sz {
+                    Sz::B => {
+                        dynasm!(ops ; .arch x64 ; mov cl, BYTE [r12 + reg]);
+                        with_alu!(op, rm8, ops);
+                    }
+                    Sz::W => {
+                        dynasm!(ops ; .arch x64 ; mov cx, WORD [r12 + reg]);
+                        with_alu!(op, rm16, ops);
+                    }
+                    Sz::D => {
+                        dynasm!(ops ; .arch x64 ; mov ecx, DWORD [r12 + reg]);
+                        with_alu!(op, rm32, ops);
+                    }
+                    Sz::Q => {
+                        dynasm!(ops ; .arch x64 ; mov rcx, QWORD [r12 + reg]);
+                        with_alu!(op, rm64, ops);
+                    }
                 }
                 if !matches!(op, AluOp::Cmp | AluOp::Test) {
-                    dynasm!(ops ; .arch x64 ; mov QWORD [r12 + reg], rcx);
+                    match sz {
+                        Sz::B => dynasm!(ops ; .arch x64 ; mov BYTE [r12 + reg], cl),
+                        Sz::W => dynasm!(ops ; .arch x64 ; mov WORD [r12 + reg], cx),
+                        Sz::D | Sz::Q => dynasm!(ops ; .arch x64 ; mov QWORD [r12 + reg], rcx),
+                    }
                 }
             }
-            MemKind::AluMR { op, reg } => {
-                if w64 {
-                    dynasm!(ops ; .arch x64 ; mov rcx, QWORD [r12 + reg]);
-                    with_alu!(op, mr64, ops);
-                } else {
+            MemKind::AluMR { op, reg } => match sz {
+                Sz::B => {
+                    dynasm!(ops ; .arch x64 ; mov cl, BYTE [r12 + reg]);
+                    with_alu!(op, mr8, ops);
+                }
+                Sz::W => {
+                    dynasm!(ops ; .arch x64 ; mov cx, WORD [r12 + reg]);
+                    with_alu!(op, mr16, ops);
+                }
+                Sz::D => {
                     dynasm!(ops ; .arch x64 ; mov ecx, DWORD [r12 + reg]);
                     with_alu!(op, mr32, ops);
                 }
+                Sz::Q => {
+                    dynasm!(ops ; .arch x64 ; mov rcx, QWORD [r12 + reg]);
+                    with_alu!(op, mr64, ops);
+                }
+            },
+            MemKind::AluMI { op, imm } => match sz {
+                Sz::B => with_alu!(op, mi8, ops, imm as i8),
+                Sz::W => with_alu!(op, mi16, ops, imm as i16),
+                Sz::D => with_alu!(op, mi32, ops, imm),
+                Sz::Q => with_alu!(op, mi64, ops, imm),
+            },
+            MemKind::Bt { bit } => {
+                // The host's BT leaves OF, SF, AF and PF undefined: only its CF is taken.
+                match sz {
+                    Sz::W => dynasm!(ops ; .arch x64 ; bt WORD [rax], bit),
+                    Sz::D => dynasm!(ops ; .arch x64 ; bt DWORD [rax], bit),
+                    _ => dynasm!(ops ; .arch x64 ; bt QWORD [rax], bit),
+                }
+                dynasm!(ops
+                    ; .arch x64
+                    ; setc cl
+                    ; movzx ecx, cl
+                    ; mov rdx, QWORD [r12 + RFLAGS]
+                    ; and rdx, -2
+                    ; or rdx, rcx
+                    ; mov QWORD [r12 + RFLAGS], rdx
+                );
             }
-            MemKind::AluMI { op, imm } => {
-                if w64 {
-                    with_alu!(op, mi64, ops, imm);
-                } else {
-                    with_alu!(op, mi32, ops, imm);
+            MemKind::Cmov { cc, reg } => {
+                // The guest's flags (in CpuState) into the host's for the condition.
+                let status = STATUS as i32;
+                dynasm!(ops ; .arch x64 ; mov rdx, QWORD [r12 + RFLAGS] ; and edx, status ; push rdx ; popfq);
+                match sz {
+                    Sz::W => {
+                        dynasm!(ops ; .arch x64 ; mov cx, WORD [r12 + reg]);
+                        ext::cmov_from_rax(ops, cc, Sz::W);
+                        dynasm!(ops ; .arch x64 ; mov WORD [r12 + reg], cx);
+                    }
+                    Sz::D => {
+                        dynasm!(ops ; .arch x64 ; mov ecx, DWORD [r12 + reg]);
+                        ext::cmov_from_rax(ops, cc, Sz::D);
+                        dynasm!(ops ; .arch x64 ; mov QWORD [r12 + reg], rcx);
+                    }
+                    _ => {
+                        dynasm!(ops ; .arch x64 ; mov rcx, QWORD [r12 + reg]);
+                        ext::cmov_from_rax(ops, cc, Sz::Q);
+                        dynasm!(ops ; .arch x64 ; mov QWORD [r12 + reg], rcx);
+                    }
+                }
+            }
+            MemKind::IncDec { inc } => {
+                dynasm!(ops ; .arch x64 ; bt QWORD [r12 + RFLAGS], 0);
+                match (inc, sz) {
+                    (true, Sz::B) => dynasm!(ops ; .arch x64 ; inc BYTE [rax]),
+                    (true, Sz::W) => dynasm!(ops ; .arch x64 ; inc WORD [rax]),
+                    (true, Sz::D) => dynasm!(ops ; .arch x64 ; inc DWORD [rax]),
+                    (true, Sz::Q) => dynasm!(ops ; .arch x64 ; inc QWORD [rax]),
+                    (false, Sz::B) => dynasm!(ops ; .arch x64 ; dec BYTE [rax]),
+                    (false, Sz::W) => dynasm!(ops ; .arch x64 ; dec WORD [rax]),
+                    (false, Sz::D) => dynasm!(ops ; .arch x64 ; dec DWORD [rax]),
+                    (false, Sz::Q) => dynasm!(ops ; .arch x64 ; dec QWORD [rax]),
                 }
             }
         }
         dynasm!(self.ops ; .arch x64 ; jmp =>cont ; =>slow);
         // Slow path.
+        self.count(true);
+        self.unstash();
         self.sync_count_rip(at);
         let out = self.out;
         let undo = pending0 + 1;
@@ -1212,7 +1550,9 @@ impl Emitter<'_> {
             dynasm!(self.ops ; .arch x64 ; sub QWORD [r12 + RIP], b);
         }
         let alu = kind.flags();
-        if alu.is_some() {
+        // INC/DEC: the flags they wrote; CMOV: the guest's, loaded for the condition.
+        let incdec = matches!(kind, MemKind::IncDec { .. } | MemKind::Cmov { .. });
+        if alu.is_some() || incdec {
             self.materialize_lazy();
             let status = STATUS as i32;
             dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + RFLAGS] ; and eax, status ; push rax ; popfq);
@@ -1220,20 +1560,30 @@ impl Emitter<'_> {
         dynasm!(self.ops ; .arch x64 ; =>cont);
         self.synced = synced0;
         self.pending = pending0 + 1;
+        self.after_stash();
+        if incdec {
+            self.flags_in_host = true;
+            self.last_logic = false;
+        }
         if let Some(op) = alu {
             self.flags_in_host = true;
             self.last_logic = matches!(op, AluOp::And | AluOp::Or | AluOp::Xor | AluOp::Test);
         }
     }
 
-    fn inline(&mut self, op: Inline, at: u64, next: u64) {
+    fn inline(&mut self, op: Inline, at: u64, next: u64, dead: bool) {
         match op {
-            Inline::Mem { kind, ea, w64, user } => {
-                self.mem(kind, ea, w64, user, at, next);
+            Inline::Ext(e) => self.inline_ext(e, dead),
+            Inline::JmpInd { reg, ea, user, call } => {
+                self.jmp_indirect(reg, ea, user, call, at, next);
+                return;
+            }
+            Inline::Mem { kind, ea, sz, user } => {
+                self.mem(kind, ea, sz, user, at, next, dead);
                 return;
             }
             Inline::Stack { op, w64, user } => {
-                self.stack(op, w64, user, at, next);
+                self.stack(op, w64, user, at, next, dead);
                 return;
             }
             Inline::Lea { dst, ea, w64 } => {
@@ -1315,6 +1665,26 @@ impl Emitter<'_> {
                             dynasm!(self.ops ; .arch x64 ; =>l);
                         }
                         let (synced, pending) = (self.synced, self.pending);
+                        if let (0, Some((checked, n))) = (to, self.loop_back) {
+                            // Back to the entry, whose code overwrites the flags first: they go
+                            // to `CpuState` only if the loop stops here for the budget.
+                            dynasm!(self.ops ; .arch x64 ; pop r9);
+                            self.sync_count_rip(0);
+                            let out = self.out;
+                            dynasm!(self.ops
+                                ; .arch x64
+                                ; mov rax, QWORD [r12 + ICOUNT]
+                                ; add rax, n
+                                ; cmp rax, QWORD [r12 + BUDGET_END]
+                                ; jbe =>checked
+                                ; mov rax, r9
+                            );
+                            self.merge_flags_from_rax();
+                            dynasm!(self.ops ; .arch x64 ; mov eax, exit::NO_BUDGET as i32 ; jmp =>out);
+                            self.synced = synced;
+                            self.pending = pending;
+                            continue;
+                        }
                         dynasm!(self.ops ; .arch x64 ; pop rax);
                         self.merge_flags_from_rax();
                         self.sync_count_rip(to);
@@ -1380,9 +1750,11 @@ fn emit_block(
     inline: bool,
     user: bool,
     big_stack: bool,
+    cpl0: bool,
     entry_rip: u64,
     entry_backing: u64,
     slots: &mut Vec<(AssemblyOffset, u64)>,
+    profile: Option<&mut Profile>,
 ) -> AssemblyOffset {
     let out = ops.new_dynamic_label();
     let no_budget = ops.new_dynamic_label();
@@ -1392,18 +1764,36 @@ fn emit_block(
         let a = entry_rip.wrapping_add(t);
         bitness != 64 || ((a << 16) as i64 >> 16) as u64 == a
     };
-    let plan: Vec<Option<Inline>> = insns
+    let mut plan: Vec<Option<Inline>> = insns
         .iter()
         .map(|i| {
             if !inline {
                 return None;
             }
-            let p = if i.op_count() == 2 && (i.op0_kind() == OpKind::Memory || i.op1_kind() == OpKind::Memory) {
+            let mem_op = (0..i.op_count()).any(|k| i.op_kind(k) == OpKind::Memory);
+            let p = if matches!(i.mnemonic(), Mnemonic::Jmp | Mnemonic::Call)
+                && bitness == 64
+                && i.op_count() == 1
+                && matches!(i.op0_kind(), OpKind::Register | OpKind::Memory)
+                && !i.has_lock_prefix()
+            {
+                let call = i.mnemonic() == Mnemonic::Call;
+                match i.op0_kind() {
+                    OpKind::Register if i.op0_register().is_gpr64() => gpr_off(i.op0_register())
+                        .map(|(reg, _)| Inline::JmpInd { reg: Some(reg), ea: None, user, call }),
+                    OpKind::Memory if i.memory_size().size() == 8 && !i.is_call_far_indirect() => {
+                        effective_address(i, bitness).map(|ea| Inline::JmpInd { reg: None, ea: Some(ea), user, call })
+                    }
+                    _ => None,
+                }
+            } else if mem_op && (i.op_count() == 2 || matches!(i.mnemonic(), Mnemonic::Inc | Mnemonic::Dec)) {
                 classify_mem(i, bitness, user)
             } else if let Some(p) = classify_stack(i, bitness, big_stack, user) {
                 Some(p)
+            } else if i.mnemonic() == Mnemonic::Rdtsc {
+                cpl0.then_some(Inline::Ext(Ext::Rdtsc))
             } else {
-                classify(i)
+                classify(i).or_else(|| classify_ext(i).map(Inline::Ext))
             };
             match p {
                 Some(Inline::Jcc { target, .. } | Inline::Jmp { target })
@@ -1416,6 +1806,15 @@ fn emit_block(
             }
         })
         .collect();
+    let (dead, _) = dead_flags(&plan);
+    // A shift by CL keeps the flags when CL is 0, and the host's rotates leave OF undefined
+    // where the interpreter defines it: inline only when the flags are dead anyway.
+    for (p, d) in plan.iter_mut().zip(&dead) {
+        if matches!(p, Some(Inline::Ext(Ext::ShiftCl { .. } | Ext::RotDead { cl: true, .. }))) && !d {
+            *p = None;
+        }
+    }
+    let (dead, entry_dead) = dead_flags(&plan);
     dynasm!(ops
         ; .arch x64
         ; push r12
@@ -1427,8 +1826,10 @@ fn emit_block(
     );
     let body_off = ops.offset();
     let body = Some(ops.new_dynamic_label());
+    let checked = ops.new_dynamic_label();
+    let n_insns = insns.len() as i32;
     if let Some(body) = body {
-        let n = insns.len() as i32;
+        let n = n_insns;
         dynasm!(ops
             ; .arch x64
             ; =>body
@@ -1436,6 +1837,7 @@ fn emit_block(
             ; add rax, n
             ; cmp rax, QWORD [r12 + BUDGET_END]
             ; ja =>no_budget
+            ; =>checked
         );
     }
     let mut em = Emitter {
@@ -1449,17 +1851,25 @@ fn emit_block(
         pending: 0,
         flags_in_host: false,
         last_logic: false,
+        cur: Instruction::default(),
+        stashed: false,
+        loop_back: entry_dead.then_some((checked, n_insns)),
+        profile,
     };
     let mut ended = false;
-    for (i, p) in insns.iter().zip(&plan) {
+    for ((i, p), &dead) in insns.iter().zip(&plan).zip(&dead) {
         let at = i.ip();
         let next = i.next_ip();
+        em.cur = *i;
         match p {
             Some(op) => {
-                em.inline(*op, at, next);
+                em.inline(*op, at, next, dead);
                 if matches!(
                     op,
-                    Inline::Jcc { .. } | Inline::Jmp { .. } | Inline::Stack { op: StackOp::Call(_) | StackOp::Ret, .. }
+                    Inline::Jcc { .. }
+                        | Inline::Jmp { .. }
+                        | Inline::JmpInd { .. }
+                        | Inline::Stack { op: StackOp::Call(_) | StackOp::Ret, .. }
                 ) {
                     ended = true;
                 }
@@ -1523,26 +1933,41 @@ fn code_backing(cpu: &CpuState) -> Option<u64> {
     cpu.tlb.lookup(cpu.cpl == 3, TlbAccess::Exec, lin, 1)
 }
 
-/// Finds or makes the block for CS:RIP; `None` when the instruction must be interpreted.
+/// Why an instruction was interpreted outside any block (an index into
+/// `JitStats::interpreted_why`).
+#[derive(Debug, Clone, Copy)]
+enum NoBlock {
+    /// Halted, an interrupt due, an interrupt shadow or a debug feature armed.
+    Due = 0,
+    /// No TLB entry for the instruction fetch (the interpreter's fetch walks and fills it).
+    NoTlb = 1,
+    /// Nothing translatable (no executable memory, no decodable instruction).
+    NoCode = 2,
+    /// The block did not fit in the remaining budget.
+    NoBudget = 3,
+}
+
+/// Finds or makes the block for CS:RIP; `Err` when the instruction must be interpreted.
 fn block_for(
     cache: &mut CodeCache,
     stats: &mut JitStats,
+    profile: Option<&mut Profile>,
     cpu: &mut CpuState,
     bus: &mut dyn CpuBus,
-) -> Option<(Block, u64)> {
-    cache.ops.as_ref()?;
+) -> Result<(Block, u64), NoBlock> {
+    cache.code.as_ref().ok_or(NoBlock::NoCode)?;
     cpu.refresh_mode_key();
-    let b = code_backing(cpu)?;
+    let b = code_backing(cpu).ok_or(NoBlock::NoTlb)?;
     let key = (b, cpu.mode_key);
     let j = jc_index(key);
     if let Some((k, blk)) = cache.jc[j] {
         if k == key {
-            return Some((blk, b));
+            return Ok((blk, b));
         }
     }
     if let Some(blk) = cache.blocks.get(&key) {
         cache.jc[j] = Some((key, *blk));
-        return Some((*blk, b));
+        return Ok((*blk, b));
     }
     let mem = bus.memory();
     if cache.full() {
@@ -1553,14 +1978,16 @@ fn block_for(
     let k = cpu.mode_key;
     let inline = matches!(k & 3, 2 | 3) && k & (1 << 7) != 0 && k & (1 << 6) == 0;
     let big_stack = k & (1 << 4) != 0;
-    let blk = cache.translate(mem.backing(), key, cpu.mode().bitness(), inline, cpu.cpl == 3, big_stack, cpu.rip)?;
+    let blk = cache
+        .translate(mem.backing(), key, cpu.mode().bitness(), inline, cpu.cpl == 3, big_stack, cpu.rip, profile)
+        .ok_or(NoBlock::NoCode)?;
     // Pages that mix code and data are tracked per chunk (see `mmu::CodePages`): mark the
     // bytes translated, so writes next to them do not drop the block.
     if mem.mark_code_range(b, blk.guest_len) {
         cpu.tlb.protect_backing_page(b & PAGE_MASK);
     }
     stats.blocks_translated += 1;
-    Some((blk, b))
+    Ok((blk, b))
 }
 
 /// The dispatcher: runs blocks (or single interpreted instructions) until the budget is used up
@@ -1580,7 +2007,7 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
         Ok(true) => end = end.min(cpu.icount + 1),
         Ok(false) => {}
     }
-    let Translator { interp, cache, stats, trace } = t;
+    let Translator { interp, cache, stats, trace, profile } = t;
     let mut env = HelperEnv::new(interp, bus, *trace);
     // (cache generation, chain slot) of the last block exit through an unpatched chain slot.
     let mut chain_req: Option<(u64, usize)> = None;
@@ -1601,20 +2028,25 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
         // pending NMIs are the interpreter's, one instruction at a time.
         let debug = cpu.rflags & (TF | RF) != 0 || cpu.dr[7] & 0xFF != 0 || cpu.nmi_pending;
         let due = debug || cpu.interrupt_shadow || (cpu.rflags & IF != 0 && cpu.irq_pending);
-        let code = if cpu.halted || due { None } else { block_for(cache, stats, cpu, env.bus()) };
-        if let (Some((generation, id)), Some((blk, b))) = (chain_req.take(), &code) {
+        let code = if cpu.halted || due {
+            Err(NoBlock::Due)
+        } else {
+            block_for(cache, stats, profile.as_mut(), cpu, env.bus())
+        };
+        if let (Some((generation, id)), Ok((blk, b))) = (chain_req.take(), &code) {
             // A flush in between (cache full, everything invalidated) took the slot away.
             if generation == cache.generation {
                 cache.chain(id, *b, blk);
             }
         }
         let c = match code {
-            Some((blk, _)) => {
+            Ok((blk, _)) => {
                 stats.block_runs += 1;
                 cache.enter(blk.entry, cpu, &mut env)
             }
-            None => {
+            Err(why) => {
                 stats.interpreted += 1;
+                stats.interpreted_why[why as usize] += 1;
                 env.step(cpu)
             }
         };
@@ -1627,6 +2059,7 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
             // blocks ran: the budget may be used up already.
             exit::NO_BUDGET if cpu.icount < end => {
                 stats.interpreted += 1;
+                stats.interpreted_why[NoBlock::NoBudget as usize] += 1;
                 match env.step(cpu) {
                     exit::HALTED => break RunExit::Halted,
                     exit::TRIPLE_FAULT => break RunExit::TripleFault,

@@ -82,6 +82,44 @@ fn snippets() -> Vec<Snippet> {
             a.je(0x1000u64).unwrap();
             a.hlt().unwrap();
         }),
+        ("partial_regs", 64, |a| {
+            a.add(al, bl).unwrap();
+            a.mov(ah, cl).unwrap();
+            a.inc(dx).unwrap();
+            a.movzx(esi, ah).unwrap();
+            a.setb(spl).unwrap();
+            a.cmovne(rdi, rax).unwrap();
+            a.hlt().unwrap();
+        }),
+        ("imul_shifts_liveness", 64, |a| {
+            a.imul_2(rax, rbx).unwrap(); // flags dead: the SHL overwrites them
+            a.shl(rax, 5).unwrap(); // live: JC reads them
+            a.jc(0x1000u64).unwrap();
+            a.hlt().unwrap();
+        }),
+        ("gs_incdec_rdtsc", 64, |a| {
+            a.mov(rax, qword_ptr(0x40u64).gs()).unwrap();
+            a.inc(dword_ptr(rax + 8)).unwrap();
+            a.movzx(ecx, byte_ptr(rax)).unwrap();
+            a.rdtsc().unwrap();
+            a.hlt().unwrap();
+        }),
+        ("fs_absolute_bt", 64, |a| {
+            a.mov(rax, qword_ptr(0x28u64).fs()).unwrap();
+            a.bt(dword_ptr(rsi + 4), 3).unwrap();
+            a.hlt().unwrap();
+        }),
+        ("jmp_direct_64", 64, |a| {
+            let mut l = a.create_label();
+            a.inc(eax).unwrap();
+            a.jmp(l).unwrap();
+            a.set_label(&mut l).unwrap();
+            a.hlt().unwrap();
+        }),
+        ("jmp_indirect_64", 64, |a| {
+            a.inc(eax).unwrap();
+            a.jmp(rbx).unwrap();
+        }),
         ("real_mode_helpers_only", 16, |a| {
             a.mov(ax, 0x1234u32).unwrap();
             a.add(ax, bx).unwrap();
