@@ -4,11 +4,16 @@
 //! **How.** Blocks are keyed by (backing offset of the first instruction,
 //! [`cpu::CpuState::mode_key`]) and end at a control transfer, a HLT, the end of the page or
 //! after [`MAX_BLOCK_INSNS`] instructions. In flat 32- and 64-bit code these run as host code on
-//! the `CpuState` fields: MOV, ADD/ADC/SUB/SBB/AND/OR/XOR/CMP/TEST, INC/DEC, SHL/SHR/SAR by 1 and
-//! LEA on 32/64-bit registers and immediates; MOV and ALU with one memory operand, PUSH/POP,
-//! CALL rel and RET through an inline soft-TLB probe (one compare; a miss runs the instruction
-//! through the interpreter); Jcc and JMP. The host ALU computes the flags; they stay in the
-//! host's RFLAGS until an instruction or the block exit needs them in `CpuState`. Direct
+//! the `CpuState` fields: MOV and the ALU operations of every width (AH..BH included), INC/DEC,
+//! NOT/NEG, MOVZX/MOVSX/MOVSXD, IMUL (2/3 operands), shifts and rotates by an immediate or CL,
+//! SETcc, CMOVcc, XCHG, CWDE/CDQE/CDQ/CQO, NOPs, RDTSC at CPL 0, LEA; MOV/ALU/INC/DEC/BT/CMOV/
+//! MOVZX with one memory operand (FS/GS in 64-bit mode too), PUSH/POP, CALL rel and RET, JMP and
+//! CALL through a 64-bit register or memory, all through an inline soft-TLB probe (one compare;
+//! a miss runs the instruction through the interpreter); Jcc and JMP. The host ALU computes the
+//! flags; they stay in the host's RFLAGS until an instruction or the block exit needs them in
+//! `CpuState`, and are not computed at all where liveness within the block shows them
+//! overwritten before anything (a reader, a helper, a possible fault, the exit) can see them
+//! (`FERRO_JIT_LIVENESS=0` turns that off). Direct
 //! branches within a guest page are chained through patched `jmp rel32`; a branch back to the
 //! block's entry loops inside it; RET and indirect branches go through the dispatcher's jump
 //! cache. Every other instruction is one call of [`cpu::helpers::helper_step`], which runs the
@@ -18,6 +23,9 @@
 //! did not simply fall through (branch, fault, interrupt, I/O, a store into cached code, TLB
 //! flush, mode change, budget end): faults, interrupts, port and MMIO accesses happen at the same
 //! instruction count, with the same state, as under the interpreter.
+//!
+//! `FERRO_JIT_PROFILE=1` counts the instructions served by the per-instruction helper by form;
+//! `--stats` prints the top 20.
 //!
 //! Self-modifying code: the translator marks the guest bytes of every block it translates in
 //! the [`mmu::CodePages`] tracker, which forces stores to their page through the slow path; a
