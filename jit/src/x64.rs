@@ -744,7 +744,7 @@ fn classify_mem(i: &Instruction, bitness: u32, user: bool) -> Option<Inline> {
         let ea = effective_address(i, bitness)?;
         return Some(Inline::Mem { kind: MemKind::Bt { bit: i.immediate8() as i8 }, ea, sz, user });
     }
-    if ext::is_cmovcc(i.mnemonic()) && i.op0_kind() == OpKind::Register && i.op1_kind() == OpKind::Memory {
+    if cpu::flags::is_cmovcc(i.mnemonic()) && i.op0_kind() == OpKind::Register && i.op1_kind() == OpKind::Memory {
         let (reg, sz) = gpr_loc(i.op0_register())?;
         if Sz::from_bytes(i.memory_size().size())? != sz {
             return None;

@@ -496,12 +496,12 @@ impl Cx<'_> {
                     } else {
                         self.next(i);
                     }
-                } else if is_setcc(i.mnemonic()) {
+                } else if crate::flags::is_setcc(i.mnemonic()) {
                     let v = u64::from(test_cc(self.cpu, i.condition_code()));
                     let l = self.loc(i, 0);
                     self.set(l, 8, v)?;
                     self.next(i);
-                } else if is_cmovcc(i.mnemonic()) {
+                } else if crate::flags::is_cmovcc(i.mnemonic()) {
                     let bits = self.op_bits(i, 0);
                     let v = self.val(i, 1, bits)?;
                     let r = i.op0_register();
@@ -1604,52 +1604,6 @@ impl Cx<'_> {
         }
         Ok(())
     }
-}
-
-fn is_setcc(m: Mnemonic) -> bool {
-    use Mnemonic as M;
-    matches!(
-        m,
-        M::Seto
-            | M::Setno
-            | M::Setb
-            | M::Setae
-            | M::Sete
-            | M::Setne
-            | M::Setbe
-            | M::Seta
-            | M::Sets
-            | M::Setns
-            | M::Setp
-            | M::Setnp
-            | M::Setl
-            | M::Setge
-            | M::Setle
-            | M::Setg
-    )
-}
-
-fn is_cmovcc(m: Mnemonic) -> bool {
-    use Mnemonic as M;
-    matches!(
-        m,
-        M::Cmovo
-            | M::Cmovno
-            | M::Cmovb
-            | M::Cmovae
-            | M::Cmove
-            | M::Cmovne
-            | M::Cmovbe
-            | M::Cmova
-            | M::Cmovs
-            | M::Cmovns
-            | M::Cmovp
-            | M::Cmovnp
-            | M::Cmovl
-            | M::Cmovge
-            | M::Cmovle
-            | M::Cmovg
-    )
 }
 
 /// The `r`-th register of the AX.. or EAX.. family (encoding order).

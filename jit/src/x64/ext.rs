@@ -277,8 +277,10 @@ pub(super) fn classify_ext(i: &Instruction) -> Option<Ext> {
                 Some(Ext::RotDead { left, dst, cl: false, count: (i.immediate(1) & mask) as i8, sz })
             }
         }
-        _ if sz == Sz::B && i.op_count() == 1 && is_setcc(m) => Some(Ext::Setcc { cc: i.condition_code(), dst }),
-        _ if sz != Sz::B && i.op_count() == 2 && is_cmovcc(m) => {
+        _ if sz == Sz::B && i.op_count() == 1 && cpu::flags::is_setcc(m) => {
+            Some(Ext::Setcc { cc: i.condition_code(), dst })
+        }
+        _ if sz != Sz::B && i.op_count() == 2 && cpu::flags::is_cmovcc(m) => {
             let (src, ssz) = reg(1)?;
             (ssz == sz).then_some(Ext::Cmov { cc: i.condition_code(), dst, src, sz })
         }
@@ -288,52 +290,6 @@ pub(super) fn classify_ext(i: &Instruction) -> Option<Ext> {
         }
         _ => None,
     }
-}
-
-fn is_setcc(m: Mnemonic) -> bool {
-    use Mnemonic as M;
-    matches!(
-        m,
-        M::Seto
-            | M::Setno
-            | M::Setb
-            | M::Setae
-            | M::Sete
-            | M::Setne
-            | M::Setbe
-            | M::Seta
-            | M::Sets
-            | M::Setns
-            | M::Setp
-            | M::Setnp
-            | M::Setl
-            | M::Setge
-            | M::Setle
-            | M::Setg
-    )
-}
-
-pub(super) fn is_cmovcc(m: Mnemonic) -> bool {
-    use Mnemonic as M;
-    matches!(
-        m,
-        M::Cmovo
-            | M::Cmovno
-            | M::Cmovb
-            | M::Cmovae
-            | M::Cmove
-            | M::Cmovne
-            | M::Cmovbe
-            | M::Cmova
-            | M::Cmovs
-            | M::Cmovns
-            | M::Cmovp
-            | M::Cmovnp
-            | M::Cmovl
-            | M::Cmovge
-            | M::Cmovle
-            | M::Cmovg
-    )
 }
 
 /// `$m!(<mnemonic for cc>, args...)` for the 16 condition codes, mnemonics listed in the order
