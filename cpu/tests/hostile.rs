@@ -7,7 +7,7 @@
 //! Environment: `FERRO_HOSTILE_SEED` (replay), `FERRO_HOSTILE_STREAMS` (per mode, default 1000),
 //! `FERRO_HOSTILE_BUDGET` (instructions per stream, default 20000).
 
-use cpu::{CpuState, ExecutionEngine, Interpreter, RunExit};
+use cpu::{ExecutionEngine, Interpreter, RunExit};
 use mmu::PhysMemory;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -119,25 +119,6 @@ fn test_hostile_protected32_ring3() {
 #[test]
 fn test_hostile_long64_ring3() {
     run_mode(Mode::Long64Ring3);
-}
-
-/// The observable outcome of a run: exit and architectural state (memory is compared apart).
-fn outcome(exit: RunExit, cpu: &CpuState) -> String {
-    format!(
-        "{exit:?} icount={} rip={:#x} gpr={:x?} rflags={:#x} seg={:x?} cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x} cpl={} \
-         halted={}",
-        cpu.icount,
-        cpu.rip,
-        cpu.gpr,
-        cpu.rflags(),
-        cpu.seg.map(|s| (s.selector, s.base, s.limit, s.attr)),
-        cpu.cr0,
-        cpu.cr3,
-        cpu.cr4,
-        cpu.efer,
-        cpu.cpl,
-        cpu.halted
-    )
 }
 
 /// Self-consistency: the same stream run in one go and in slices of 1..64 instructions (each

@@ -13,31 +13,12 @@
 //! test, kept out of the default run for time:
 //! `cargo test --release -p jit --test hostile_lockstep -- --ignored campaign`.
 
-use cpu::{CpuState, ExecutionEngine, Interpreter, RunExit};
+use cpu::{ExecutionEngine, Interpreter, RunExit};
 use mmu::PhysMemory;
 
 #[path = "../../cpu/tests/hostile_setup/mod.rs"]
 mod hostile_setup;
 use hostile_setup::*;
-
-/// The observable outcome of a run: exit and architectural state (memory is compared apart).
-fn outcome(exit: RunExit, cpu: &CpuState) -> String {
-    format!(
-        "{exit:?} icount={} rip={:#x} gpr={:x?} rflags={:#x} seg={:x?} cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x} cpl={} \
-         halted={}",
-        cpu.icount,
-        cpu.rip,
-        cpu.gpr,
-        cpu.rflags(),
-        cpu.seg.map(|s| (s.selector, s.base, s.limit, s.attr)),
-        cpu.cr0,
-        cpu.cr3,
-        cpu.cr4,
-        cpu.efer,
-        cpu.cpl,
-        cpu.halted
-    )
-}
 
 fn new_bus(ram: u64, noise: u64, irqs: bool) -> Bus {
     let mut mem = PhysMemory::new(ram).unwrap();

@@ -6,8 +6,27 @@
 
 use base::{AccessSize, GuestPhysAddr, PortAddr};
 use cpu::state::{cr, seg_attr};
-use cpu::{CpuBus, CpuState, SegReg, Segment};
+use cpu::{CpuBus, CpuState, RunExit, SegReg, Segment};
 use mmu::PhysMemory;
+
+/// The observable outcome of a run: exit and architectural state (memory is compared apart).
+pub fn outcome(exit: RunExit, cpu: &CpuState) -> String {
+    format!(
+        "{exit:?} icount={} rip={:#x} gpr={:x?} rflags={:#x} seg={:x?} cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x} cpl={} \
+         halted={}",
+        cpu.icount,
+        cpu.rip,
+        cpu.gpr,
+        cpu.rflags(),
+        cpu.seg.map(|s| (s.selector, s.base, s.limit, s.attr)),
+        cpu.cr0,
+        cpu.cr3,
+        cpu.cr4,
+        cpu.efer,
+        cpu.cpl,
+        cpu.halted
+    )
+}
 
 pub const RAM: u64 = 4 << 20;
 pub const MMIO_BASE: u64 = 0x0080_0000;
