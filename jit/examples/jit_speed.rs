@@ -1,27 +1,16 @@
 //! Guest MIPS of the interpreter and the JIT on the same 64-bit integer loop, in one run
-//! (`FERRO_SPEED_ITERS` scales it; the loop is the one of `cpu/examples/speed.rs`).
+//! (`FERRO_SPEED_ITERS` scales it; the loop is cpu/examples/speed_loop, also timed by
+//! `cpu/examples/speed.rs`).
 //! `FERRO_SPEED_ENGINE=jit` or `interp` runs one engine only (for instruction counting, e.g.
 //! `valgrind --tool=callgrind --smc-check=all-non-file`).
 
 use cpu::{CpuState, ExecutionEngine, Interpreter, RamBus};
-use iced_x86::code_asm::*;
+
+#[path = "../../cpu/examples/speed_loop/mod.rs"]
+mod speed_loop;
 
 fn main() {
-    let mut a = CodeAssembler::new(64).unwrap();
-    let mut top = a.create_label();
-    a.xor(eax, eax).unwrap();
-    let iters: u32 = std::env::var("FERRO_SPEED_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(30_000_000);
-    a.mov(ecx, iters).unwrap();
-    a.mov(rsi, 0x8000u64).unwrap();
-    a.set_label(&mut top).unwrap();
-    a.add(rax, rcx).unwrap();
-    a.mov(qword_ptr(rsi), rax).unwrap();
-    a.xor(rdx, qword_ptr(rsi)).unwrap();
-    a.shl(rdx, 1).unwrap();
-    a.dec(ecx).unwrap();
-    a.jnz(top).unwrap();
-    a.hlt().unwrap();
-    let code = a.assemble(0x1000).unwrap();
+    let code = speed_loop::code();
     let only = std::env::var("FERRO_SPEED_ENGINE").ok();
     let mut engines: Vec<Box<dyn ExecutionEngine>> = match only.as_deref() {
         Some("jit") => vec![Box::new(jit::Translator::new())],
@@ -30,9 +19,9 @@ fn main() {
     };
     let mut results = Vec::new();
     for e in &mut engines {
-        let mut bus = RamBus::with_code(1 << 20, &code, 0x1000).unwrap();
+        let mut bus = RamBus::with_code(1 << 20, &code, speed_loop::CODE).unwrap();
         let mut cpu = CpuState::new_flat64();
-        cpu.rip = 0x1000;
+        cpu.rip = speed_loop::CODE;
         let t = std::time::Instant::now();
         let exit = e.run(&mut cpu, &mut bus, u64::MAX);
         let s = t.elapsed().as_secs_f64();
