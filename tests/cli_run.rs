@@ -22,6 +22,31 @@ fn test_cli_run_demo_prints_and_exits_zero() {
     assert!(stderr.contains("guest instructions") && stderr.contains("MIPS"), "{stderr}");
 }
 
+/// Issue 9's acceptance: `ferrovisor run` (the JIT) prints exactly what `--engine interp`
+/// prints, and both report the same instruction count, followed by their MIPS. The
+/// interpreter is the oracle; the RTC is pinned so nothing depends on the host's clock.
+#[test]
+fn test_cli_run_demo_jit_prints_exactly_what_the_interpreter_prints() {
+    let run = |engine: &str| {
+        let out = ferrovisor(&["run", "--engine", engine, "--rtc-base", "2026-01-01"]);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{engine}: stdout:\n{stdout}\nstderr:\n{stderr}");
+        let summary = stderr
+            .lines()
+            .find(|l| l.contains("guest instructions in") && l.ends_with("MIPS)"))
+            .unwrap_or_else(|| panic!("{engine}: no instruction summary in {stderr}"))
+            .to_string();
+        let count = summary.split_whitespace().nth(1).expect("count").to_string();
+        (stdout, count)
+    };
+    let (interp_out, interp_count) = run("interp");
+    let (jit_out, jit_count) = run("jit");
+    assert!(interp_out.starts_with(test_roms::DEMO_BANNER), "{interp_out}");
+    assert_eq!(jit_out, interp_out, "the JIT's output differs from the interpreter's");
+    assert_eq!(jit_count, interp_count, "instruction counts differ");
+}
+
 #[test]
 fn test_cli_run_exit_port_sets_status() {
     let dir = std::env::temp_dir().join(format!("ferro-cli-{}", std::process::id()));
