@@ -2007,7 +2007,8 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
         Ok(true) => end = end.min(cpu.icount + 1),
         Ok(false) => {}
     }
-    let Translator { interp, cache, stats, trace, profile } = t;
+    let Translator { interp, cache, stats, trace, profile, block_step } = t;
+    let block_step = *block_step;
     let mut env = HelperEnv::new(interp, bus, *trace);
     // (cache generation, chain slot) of the last block exit through an unpatched chain slot.
     let mut chain_req: Option<(u64, usize)> = None;
@@ -2033,7 +2034,8 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
         } else {
             block_for(cache, stats, profile.as_mut(), cpu, env.bus())
         };
-        if let (Some((generation, id)), Ok((blk, b))) = (chain_req.take(), &code) {
+        // Block stepping: no chaining (every block returns to the dispatcher, so to the caller).
+        if let (Some((generation, id)), Ok((blk, b)), false) = (chain_req.take(), &code, block_step) {
             // A flush in between (cache full, everything invalidated) took the slot away.
             if generation == cache.generation {
                 cache.chain(id, *b, blk);
@@ -2068,6 +2070,9 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
                 }
             }
             _ => {}
+        }
+        if block_step {
+            break RunExit::BudgetExhausted;
         }
     };
     stats.helper_calls += env.helper_calls;

@@ -630,6 +630,7 @@ impl devices::DmaMemory for BoardDma<'_> {
                     *self.code_written = true;
                 }
             }
+            self.mem.dirty_log().record(off as u64, n as u64);
             let dst = self.mem.backing_mut().get_mut(off..off + n).ok_or(devices::DmaFault { addr })?;
             dst.copy_from_slice(&buf[done..done + n]);
             done += n;

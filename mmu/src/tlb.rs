@@ -298,6 +298,33 @@ impl SoftTlb {
         }
     }
 
+    /// Forces the writes of the given slots (`user as usize * TLB_ENTRIES + index`, see
+    /// [`SoftTlb::slot`]) through the slow path, or of every slot: what taking the dirty log
+    /// asks for (see [`crate::dirty`]).
+    pub fn protect_write_slots(&mut self, slots: &crate::ProtectSlots) {
+        match slots {
+            crate::ProtectSlots::Slots(list) => {
+                for &s in list {
+                    let s = usize::from(s);
+                    if let Some(e) = self.sets.get_mut(s / TLB_ENTRIES).and_then(|set| set.get_mut(s % TLB_ENTRIES)) {
+                        e.write_tag |= TLB_SLOW;
+                    }
+                }
+            }
+            crate::ProtectSlots::All => {
+                for e in self.sets.iter_mut().flat_map(|s| s.iter_mut()) {
+                    e.write_tag |= TLB_SLOW;
+                }
+            }
+        }
+    }
+
+    /// The slot number of `linear`'s entry for `user` (as [`crate::DirtyLog::granted`] takes it).
+    #[inline]
+    pub fn slot(user: bool, linear: u64) -> usize {
+        user as usize * TLB_ENTRIES + Self::index(linear)
+    }
+
     /// Forces writes to a backing page through the slow path (it now holds cached code).
     pub fn protect_backing_page(&mut self, backing_page_addr: u64) {
         for e in self.sets.iter_mut().flat_map(|s| s.iter_mut()) {
