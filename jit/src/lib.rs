@@ -109,7 +109,8 @@ impl Translator {
     /// Block stepping (see [`ExecutionEngine::set_block_step`]): `run` returns after each
     /// translated block or interpreted instruction, and blocks are not chained (a block runs
     /// alone and returns to the dispatcher), so the caller can compare state at every block
-    /// boundary.
+    /// boundary. A block that jumps back to its own entry goes round only while its iterations
+    /// fit in [`MAX_BLOCK_INSNS`] instructions (the budget of the block's run is cut to that).
     pub fn set_block_step(&mut self, on: bool) {
         self.block_step = on;
     }

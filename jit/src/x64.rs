@@ -2041,9 +2041,15 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
                 cache.chain(id, *b, blk);
             }
         }
+        let before = cpu.icount;
         let c = match code {
             Ok((blk, _)) => {
                 stats.block_runs += 1;
+                if block_step {
+                    // A block that jumps back to its own entry checks the budget each time
+                    // round: one unit runs at most one block's worth of instructions.
+                    cpu.budget_end = end.min(cpu.icount + crate::MAX_BLOCK_INSNS as u64);
+                }
                 cache.enter(blk.entry, cpu, &mut env)
             }
             Err(why) => {
@@ -2059,7 +2065,8 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
             CHAIN => chain_req = Some((cache.generation, (c >> 8) as usize)),
             // The block that did not fit may have been reached by a chained jump after other
             // blocks ran: the budget may be used up already.
-            exit::NO_BUDGET if cpu.icount < end => {
+            // (Block stepping: a block that stopped looping for the unit's budget is a unit.)
+            exit::NO_BUDGET if cpu.icount < end && !(block_step && cpu.icount > before) => {
                 stats.interpreted += 1;
                 stats.interpreted_why[NoBlock::NoBudget as usize] += 1;
                 match env.step(cpu) {
