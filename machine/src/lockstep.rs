@@ -64,7 +64,8 @@ impl std::fmt::Display for MemDiff {
 pub struct Divergence {
     /// Instructions both had executed identically before the divergent unit.
     pub icount: u64,
-    /// Instructions in the divergent unit (1: `icount` names the divergent instruction).
+    /// Instructions in the divergent unit (1: `icount` names the divergent instruction; 0: the
+    /// machines differed before running).
     pub len: u64,
     /// What differs, in short (exit, CPU state, console output, memory).
     pub what: String,
@@ -82,7 +83,9 @@ pub struct Divergence {
 
 impl std::fmt::Display for Divergence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.len == 1 {
+        if self.len == 0 {
+            writeln!(f, "engines differ before instruction {}: {}", self.icount, self.what)?;
+        } else if self.len == 1 {
             writeln!(f, "engines diverge at instruction {}: {}", self.icount, self.what)?;
         } else {
             writeln!(
@@ -134,6 +137,9 @@ pub struct LockstepOptions<'a> {
     /// Test hook (fault injection): called on the JIT machine after each of its turns, before
     /// the comparison.
     pub plant: Option<&'a mut dyn FnMut(&mut Machine)>,
+    /// Do not compare all of memory before the first instruction (tests that build a
+    /// difference into one machine's image and want to see where it shows).
+    pub skip_start_check: bool,
 }
 
 /// The architectural state as text, for printing (caches and engine bookkeeping such as the
@@ -291,7 +297,7 @@ pub fn run_lockstep<E>(
     max_insns: Option<u64>,
     slice: u64,
 ) -> Result<Result<LockstepReport, Divergence>, E> {
-    run_lockstep_with(build, LockstepOptions { max_insns, slice, plant: None })
+    run_lockstep_with(build, LockstepOptions { max_insns, slice, ..Default::default() })
 }
 
 /// [`run_lockstep`] with all its settings.
@@ -299,11 +305,25 @@ pub fn run_lockstep_with<E>(
     build: &dyn Fn(EngineKind) -> Result<Machine, E>,
     opts: LockstepOptions<'_>,
 ) -> Result<Result<LockstepReport, Divergence>, E> {
-    let LockstepOptions { max_insns, slice, mut plant } = opts;
+    let LockstepOptions { max_insns, slice, mut plant, skip_start_check } = opts;
     let a = build(EngineKind::Interp)?;
     let mut b = build(EngineKind::Jit)?;
     b.set_block_step(true);
     let mut p = Pair::new(a, b);
+    // The machines must start equal (all of memory: the dirty logs start now).
+    let start = Turn { exit: None, ran: None };
+    if let Some(d) = p.compare(&start, &start, !skip_start_check) {
+        return Ok(Err(Divergence {
+            icount: p.a.instructions(),
+            len: 0,
+            what: format!("{} (the machines differ as built)", d.what),
+            fields: d.fields,
+            memory: d.memory,
+            pinpoint: String::new(),
+            reference: arch_state(p.a.cpu()),
+            other: arch_state(p.b.cpu()),
+        }));
+    }
     let (mut sa, mut sb) = (p.a.run_state(max_insns, None), p.b.run_state(max_insns, None));
     let (mut comparisons, mut turns) = (0u64, 0u64);
     // The instruction count at the last comparison that found the machines equal.

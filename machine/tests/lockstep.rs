@@ -96,6 +96,8 @@ fn test_lockstep_finds_a_divergence_when_engines_differ() {
     };
     let d = run_lockstep::<MachineError>(&build, Some(1_000_000), SLICE).expect("machine").expect_err("a divergence");
     assert!(d.what.contains("memory"), "{d}");
+    assert_eq!((d.icount, d.len), (0, 0), "{d}");
+    assert_eq!(d.memory.first().map(|m| (m.phys, m.interp, m.jit)), Some((Some(0x3_0000), 0, 1)), "{d}");
 }
 
 /// The benchmark guest (flat 32-bit code: the JIT runs it as host code with inline stores).
@@ -119,7 +121,7 @@ fn test_lockstep_names_a_planted_register_difference() {
             planted = Some((m.instructions(), v));
         }
     };
-    let opts = LockstepOptions { max_insns: Some(2_000_000), slice: 0, plant: Some(&mut plant) };
+    let opts = LockstepOptions { max_insns: Some(2_000_000), plant: Some(&mut plant), ..Default::default() };
     let d = run_lockstep_with::<MachineError>(&bench_machine, opts).expect("machine").expect_err("a divergence");
     let (at, v) = planted.expect("planted");
     println!("{d}");
@@ -146,7 +148,7 @@ fn test_lockstep_names_a_planted_memory_difference() {
             planted = Some((m.instructions(), b[0]));
         }
     };
-    let opts = LockstepOptions { max_insns: Some(2_000_000), slice: 0, plant: Some(&mut plant) };
+    let opts = LockstepOptions { max_insns: Some(2_000_000), plant: Some(&mut plant), ..Default::default() };
     let d = run_lockstep_with::<MachineError>(&bench_machine, opts).expect("machine").expect_err("a divergence");
     let (at, v) = planted.expect("planted");
     println!("{d}");
@@ -186,7 +188,8 @@ fn test_lockstep_exact_instruction_of_a_planted_difference_in_real_mode() {
         }
         Ok(m)
     };
-    let d = run_lockstep::<MachineError>(&build, Some(1_000_000), 0).expect("machine").expect_err("a divergence");
+    let opts = LockstepOptions { max_insns: Some(1_000_000), skip_start_check: true, ..Default::default() };
+    let d = run_lockstep_with::<MachineError>(&build, opts).expect("machine").expect_err("a divergence");
     println!("{d}");
     // The changed byte was loaded before the dirty logs started, so it is not itself reported;
     // the first difference is what the changed instruction does.
