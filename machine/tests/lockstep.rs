@@ -201,15 +201,28 @@ fn test_dirty_log_covers_every_page_the_jit_writes() {
     // The oracle is a full copy of memory: every page that changed between two checks must
     // have been handed out by the dirty log in between, although the JIT writes most of them
     // with inline stores (after the first, recorded, write of each page per interval).
-    let mut m = bench_machine(EngineKind::Jit).expect("machine");
-    assert!(m.set_block_step(true));
+    let (instructions, helper_calls) = dirty_log_against_full_copies(EngineKind::Jit);
+    assert!(helper_calls * 4 < instructions, "most instructions ran as host code");
+}
+
+#[test]
+fn test_dirty_log_covers_every_page_the_interpreter_writes() {
+    dirty_log_against_full_copies(EngineKind::Interp);
+}
+
+/// Runs the benchmark guest on `engine` in turns of one block (the interpreter: 50
+/// instructions), taking the dirty log after every turn and checking it against a full copy of
+/// memory every 2048 turns; returns the instructions run and the JIT's helper calls.
+fn dirty_log_against_full_copies(engine: EngineKind) -> (u64, u64) {
+    let mut m = bench_machine(engine).expect("machine");
+    let cap = if m.set_block_step(true) { None } else { Some(50) };
     m.set_dirty_log(true);
     let mut shadow = m.memory().backing().to_vec();
     let mut logged = std::collections::BTreeSet::new();
     let mut st = m.run_state(None, None);
     let (mut checks, mut changed_pages) = (0, 0);
     for turn in 0u64.. {
-        let t = m.run_turn(&mut st, None);
+        let t = m.run_turn(&mut st, cap);
         m.take_dirty_pages(|p| {
             logged.insert(p);
         });
@@ -219,27 +232,28 @@ fn test_dirty_log_covers_every_page_the_jit_writes() {
             for (i, (x, y)) in now.chunks(4096).zip(shadow.chunks(4096)).enumerate() {
                 if x != y {
                     changed_pages += 1;
-                    assert!(logged.contains(&(i as u64)), "page {i:#x} changed but was not logged (turn {turn})");
+                    assert!(
+                        logged.contains(&(i as u64)),
+                        "{engine:?}: page {i:#x} changed but was not logged (turn {turn})"
+                    );
                 }
             }
             shadow.copy_from_slice(now);
             logged.clear();
         }
-        if t.exit.is_some() {
+        if let Some(e) = t.exit {
+            assert_eq!(e, Exit::ExitDevice(u32::from(PASS)), "{engine:?}: the guest ran to its end");
             break;
         }
     }
     let (_, stats) = m.engine_stats();
     let stats = stats.unwrap_or_default();
-    let helper_calls: u64 = stats
-        .lines()
-        .find_map(|l| l.strip_prefix("helper calls: "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("helper calls in the stats");
+    let helper_calls: u64 =
+        stats.lines().find_map(|l| l.strip_prefix("helper calls: ")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
     println!(
-        "checks {checks}, changed pages {changed_pages}, {} instructions, helper calls {helper_calls}",
+        "{engine:?}: checks {checks}, changed pages {changed_pages}, {} instructions, helper calls {helper_calls}",
         m.instructions()
     );
-    assert!(changed_pages > 100, "the guest wrote memory");
-    assert!(helper_calls * 4 < m.instructions(), "most instructions ran as host code: {stats}");
+    assert!(changed_pages > 20, "the guest wrote memory");
+    (m.instructions(), helper_calls)
 }
