@@ -395,7 +395,22 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
         Engine::Lockstep => {
             // Both machines capture their console; the interpreter's copy is printed.
             let build_quiet = |e: EngineKind| build(e, false);
-            let r = machine::lockstep::run_lockstep(&build_quiet, a.max_insns, a.lockstep_slice)?;
+            let mut progress = |n: u64, c: u64| {
+                if !a.quiet {
+                    let secs = start.elapsed().as_secs_f64().max(1e-9);
+                    eprintln!(
+                        "ferrovisor: lockstep: {n} instructions, {c} comparisons in {secs:.0} s ({:.1} MIPS)",
+                        n as f64 / secs / 1e6
+                    );
+                }
+            };
+            let opts = machine::lockstep::LockstepOptions {
+                max_insns: a.max_insns,
+                slice: a.lockstep_slice,
+                progress: Some(&mut progress),
+                ..Default::default()
+            };
+            let r = machine::lockstep::run_lockstep_with(&build_quiet, opts)?;
             match r {
                 Ok(rep) => {
                     if stdout {

@@ -137,6 +137,9 @@ pub struct LockstepOptions<'a> {
     /// Test hook (fault injection): called on the JIT machine after each of its turns, before
     /// the comparison.
     pub plant: Option<&'a mut dyn FnMut(&mut Machine)>,
+    /// Called about every 2^28 instructions with the instructions run and the comparisons
+    /// made so far (progress of long runs).
+    pub progress: Option<&'a mut dyn FnMut(u64, u64)>,
     /// Do not compare all of memory before the first instruction (tests that build a
     /// difference into one machine's image and want to see where it shows).
     pub skip_start_check: bool,
@@ -305,7 +308,7 @@ pub fn run_lockstep_with<E>(
     build: &dyn Fn(EngineKind) -> Result<Machine, E>,
     opts: LockstepOptions<'_>,
 ) -> Result<Result<LockstepReport, Divergence>, E> {
-    let LockstepOptions { max_insns, slice, mut plant, skip_start_check } = opts;
+    let LockstepOptions { max_insns, slice, mut plant, mut progress, skip_start_check } = opts;
     let a = build(EngineKind::Interp)?;
     let mut b = build(EngineKind::Jit)?;
     b.set_block_step(true);
@@ -369,6 +372,11 @@ pub fn run_lockstep_with<E>(
                 pinpoint(build, &mut div)?;
             }
             return Ok(Err(div));
+        }
+        if let Some(f) = progress.as_mut() {
+            if now >> 28 != good >> 28 {
+                f(now, comparisons);
+            }
         }
         good = now;
         if let Some(exit) = ta.exit {
