@@ -21,6 +21,8 @@ const SLOTS_MAX: usize = 4096;
 #[derive(Debug, Clone, Default)]
 pub struct DirtyLog {
     on: bool,
+    /// Backing pages tracked.
+    total: u64,
     bits: Vec<u64>,
     pages: Vec<u64>,
     slots: Vec<u16>,
@@ -40,7 +42,7 @@ impl DirtyLog {
     /// A log (off) for `pages` backing pages.
     pub fn new(pages: u64) -> Self {
         let n = usize::try_from(pages).unwrap_or(0);
-        DirtyLog { bits: vec![0; n.div_ceil(64)], ..Default::default() }
+        DirtyLog { bits: vec![0; n.div_ceil(64)], total: pages, ..Default::default() }
     }
 
     /// Whether the log is recording.
@@ -82,7 +84,7 @@ impl DirtyLog {
         if !self.on || len == 0 {
             return;
         }
-        let last = off.saturating_add(len - 1) / PAGE_SIZE;
+        let last = (off.saturating_add(len - 1) / PAGE_SIZE).min(self.total.saturating_sub(1));
         for page in off / PAGE_SIZE..=last {
             let (w, b) = ((page / 64) as usize, page % 64);
             let Some(word) = self.bits.get_mut(w) else { return };

@@ -376,6 +376,21 @@ mod tests {
     }
 
     #[test]
+    fn test_tlb_protect_write_slots() {
+        let mut t = SoftTlb::default();
+        let (a, b) = (0x40_0000u64, 0x41_0000u64);
+        t.fill(false, a, ent(a, 0x9000, 0), TlbSide::new(0x9000, false, 12));
+        t.fill(true, b, ent(b, 0xA000, 0), TlbSide::new(0xA000, false, 12));
+        t.protect_write_slots(&crate::ProtectSlots::Slots(vec![SoftTlb::slot(true, b) as u16]));
+        assert!(t.lookup(false, TlbAccess::Write, a, 4).is_some(), "other slots keep fast writes");
+        assert!(t.lookup(true, TlbAccess::Write, b, 4).is_none());
+        assert!(t.lookup(true, TlbAccess::Read, b, 4).is_some(), "reads stay fast");
+        t.protect_write_slots(&crate::ProtectSlots::All);
+        assert!(t.lookup(false, TlbAccess::Write, a, 4).is_none());
+        assert!(t.lookup(false, TlbAccess::Exec, a, 1).is_some());
+    }
+
+    #[test]
     fn test_tlb_generation_flush_and_wrap() {
         let mut t = SoftTlb::default();
         let (g, n) = (0x1000u64, 0x2000u64);
