@@ -348,8 +348,14 @@ impl Cx<'_> {
     /// Fetches up to 15 instruction bytes at linear `lin`; returns the bytes available and the
     /// fault that stopped the fetch early, if any.
     pub(crate) fn fetch_bytes(&mut self, lin: u64, out: &mut [u8; 15]) -> (usize, Option<Exception>) {
+        self.fetch_bytes_upto(lin, out, 15)
+    }
+
+    /// [`Cx::fetch_bytes`] of the first `want` (at most 15) bytes only.
+    pub(crate) fn fetch_bytes_upto(&mut self, lin: u64, out: &mut [u8; 15], want: usize) -> (usize, Option<Exception>) {
         let user = self.user();
-        for (i, slot) in out.iter_mut().enumerate() {
+        let want = want.min(15);
+        for (i, slot) in out.iter_mut().enumerate().take(want) {
             let a = lin.wrapping_add(i as u64);
             let a = if self.mode == CpuMode::Long64 { a } else { a & 0xFFFF_FFFF };
             let b = match self.cpu.tlb.lookup(user, TlbAccess::Exec, a, 1) {
@@ -373,6 +379,6 @@ impl Cx<'_> {
                 *slot = self.bus.memory().backing().get(b as usize).copied().unwrap_or(0xFF);
             }
         }
-        (15, None)
+        (want, None)
     }
 }
