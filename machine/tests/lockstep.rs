@@ -257,3 +257,69 @@ fn dirty_log_against_full_copies(engine: EngineKind) -> (u64, u64) {
     assert!(changed_pages > 20, "the guest wrote memory");
     (m.instructions(), helper_calls)
 }
+
+/// Debian's Linux kit for `arch` (amd64 or i386), fetched by scripts/fetch-linux-guest.sh.
+fn linux_kit(arch: &str) -> Option<std::path::PathBuf> {
+    let root = support::workspace_root();
+    let dir = root.join(if arch == "amd64" {
+        "target/guest-cache/linux".to_owned()
+    } else {
+        format!("target/guest-cache/linux-{arch}")
+    });
+    let status =
+        std::process::Command::new("bash").arg(root.join("scripts/fetch-linux-guest.sh")).arg(&dir).arg(arch).status();
+    if matches!(status, Ok(s) if s.success()) && dir.join("vmlinux").exists() {
+        return Some(dir);
+    }
+    assert!(std::env::var_os("CI").is_none(), "cannot build the Linux guest kit (required in CI)");
+    support::report_skip("machine/tests/lockstep.rs: cannot build the Linux guest kit from Debian packages");
+    None
+}
+
+/// Boots the kit's kernel to user space and power-off under per-block lockstep.
+fn lockstep_linux(arch: &str) {
+    let Some(kit) = linux_kit(arch) else { return };
+    let kernel = std::fs::read(kit.join("vmlinux")).expect("vmlinux");
+    let initrd = std::fs::read(kit.join("initramfs.cpio.gz")).expect("initramfs");
+    let build = |engine| {
+        let mut m = Machine::new(MachineConfig {
+            ram_bytes: 512 << 20,
+            capture_serial: true,
+            no_reboot: true,
+            engine,
+            ..Default::default()
+        })?;
+        m.load_kernel(&kernel, Some(&initrd), "console=ttyS0 nokaslr panic=-1", "vmlinux")?;
+        Ok(m)
+    };
+    match run_lockstep::<MachineError>(&build, Some(30_000_000_000), SLICE).expect("machine") {
+        Ok(r) => {
+            let console = String::from_utf8_lossy(&r.serial);
+            println!(
+                "{arch}: {} instructions, {} comparisons, {} pages compared",
+                r.instructions, r.comparisons, r.pages_compared
+            );
+            assert!(console.contains("FERROVISOR-USERSPACE-OK"), "{arch}: no user space:\n{console}");
+            assert_eq!(r.exit, Exit::PowerOff, "{arch}");
+        }
+        Err(d) => panic!("{arch}: {d}"),
+    }
+}
+
+/// 64-bit Linux to user space under per-block lockstep: about 1.5 billion instructions, a few
+/// minutes; the same as `ferrovisor run --engine lockstep -m 512M --serial stdio --kernel
+/// target/guest-cache/linux/vmlinux --initrd target/guest-cache/linux/initramfs.cpio.gz
+/// --append "console=ttyS0 nokaslr panic=-1" --no-reboot`. Run with `--ignored`.
+#[test]
+#[ignore = "minutes: run with --ignored"]
+fn test_lockstep_linux_64bit_to_userspace() {
+    lockstep_linux("amd64");
+}
+
+/// 32-bit (PAE) Linux to user space under per-block lockstep (the i386 kit,
+/// target/guest-cache/linux-i386, as above). Run with `--ignored`.
+#[test]
+#[ignore = "minutes: run with --ignored"]
+fn test_lockstep_linux_32bit_to_userspace() {
+    lockstep_linux("i386");
+}
