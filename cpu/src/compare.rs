@@ -5,7 +5,7 @@
 //! bookkeeping are left out: the TLB, the lazy-flags representation (RFLAGS is compared as
 //! evaluated), the budget, the stop request and the mode key.
 
-use crate::state::CpuState;
+use crate::state::{CpuState, FpuState, Msrs};
 
 /// One differing field: its name and both values, formatted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,19 +29,90 @@ pub const GPR_NAMES: [&str; 16] =
     ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"];
 const SEG_NAMES: [&str; 6] = ["es", "cs", "ss", "ds", "fs", "gs"];
 
-/// Whether two CPUs' architectural states are equal.
+/// Whether two slices of words are equal, without a library call (the comparison runs at
+/// every block boundary; `==` on arrays calls `memcmp`).
+#[inline]
+fn same_words(a: &[u64], b: &[u64]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Whether two byte slices of a length divisible by 8 are equal (as [`same_words`]).
+#[inline]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let word = |c: &[u8]| u64::from_ne_bytes(c.try_into().unwrap_or([0; 8]));
+    a.len() == b.len()
+        && a.len() % 8 == 0
+        && a.chunks_exact(8).zip(b.chunks_exact(8)).fold(0, |acc, (x, y)| acc | (word(x) ^ word(y))) == 0
+}
+
+#[inline]
+fn same_msrs(a: &Msrs, b: &Msrs) -> bool {
+    same_words(
+        &[
+            a.star,
+            a.lstar,
+            a.cstar,
+            a.sfmask,
+            a.kernel_gs_base,
+            a.sysenter_cs,
+            a.sysenter_esp,
+            a.sysenter_eip,
+            a.apic_base,
+            a.pat,
+            a.misc_enable,
+            a.tsc_offset,
+            a.tsc_aux,
+            a.mtrr_def_type,
+        ],
+        &[
+            b.star,
+            b.lstar,
+            b.cstar,
+            b.sfmask,
+            b.kernel_gs_base,
+            b.sysenter_cs,
+            b.sysenter_esp,
+            b.sysenter_eip,
+            b.apic_base,
+            b.pat,
+            b.misc_enable,
+            b.tsc_offset,
+            b.tsc_aux,
+            b.mtrr_def_type,
+        ],
+    ) && same_words(&a.mtrr_var, &b.mtrr_var)
+        && same_words(&a.mtrr_fixed, &b.mtrr_fixed)
+}
+
+#[inline]
+fn same_fpu(a: &FpuState, b: &FpuState) -> bool {
+    a.fcw == b.fcw
+        && a.fsw == b.fsw
+        && a.ftw == b.ftw
+        && a.rsvd5 == b.rsvd5
+        && a.fop == b.fop
+        && a.fip == b.fip
+        && a.fdp == b.fdp
+        && a.mxcsr == b.mxcsr
+        && a.mxcsr_mask == b.mxcsr_mask
+        && a.fcs == b.fcs
+        && a.fds == b.fds
+        && a.pad == b.pad
+        && a.xcr0 == b.xcr0
+        && same_bytes(a.st.as_flattened(), b.st.as_flattened())
+        && same_bytes(a.xmm.as_flattened(), b.xmm.as_flattened())
+        && same_bytes(&a.rsvd, &b.rsvd)
+}
+
+/// Whether two CPUs' architectural states are equal (exactly when [`arch_diff`] finds
+/// nothing).
 pub fn arch_eq(a: &CpuState, b: &CpuState) -> bool {
     a.icount == b.icount
         && a.rip == b.rip
-        && a.gpr == b.gpr
+        && same_words(&a.gpr, &b.gpr)
         && a.rflags() == b.rflags()
         && a.seg == b.seg
-        && a.cr0 == b.cr0
-        && a.cr2 == b.cr2
-        && a.cr3 == b.cr3
-        && a.cr4 == b.cr4
-        && a.cr8 == b.cr8
-        && a.efer == b.efer
+        && same_words(&[a.cr0, a.cr2, a.cr3, a.cr4, a.cr8, a.efer], &[b.cr0, b.cr2, b.cr3, b.cr4, b.cr8, b.efer])
         && a.cpl == b.cpl
         && a.halted == b.halted
         && a.interrupt_shadow == b.interrupt_shadow
@@ -52,9 +123,9 @@ pub fn arch_eq(a: &CpuState, b: &CpuState) -> bool {
         && a.tr == b.tr
         && a.gdtr == b.gdtr
         && a.idtr == b.idtr
-        && a.dr == b.dr
-        && a.msr == b.msr
-        && a.fpu == b.fpu
+        && same_words(&a.dr, &b.dr)
+        && same_msrs(&a.msr, &b.msr)
+        && same_fpu(&a.fpu, &b.fpu)
 }
 
 /// Every architectural field that differs between `a` and `b`, named, in a fixed order
@@ -146,5 +217,39 @@ mod tests {
         assert!(d.iter().any(|s| s.starts_with("cs: ")), "{d:?}");
         assert!(d.iter().any(|s| s.starts_with("fpu.xmm3: ")), "{d:?}");
         assert_eq!(d.len(), 3, "{d:?}");
+    }
+
+    #[test]
+    fn test_arch_eq_sees_every_fpu_and_msr_byte() {
+        let a = CpuState::new();
+        // Every byte of the FPU image and every MSR word, one at a time.
+        for i in 0..core::mem::size_of::<FpuState>() {
+            let mut b = a.clone();
+            // SAFETY: FpuState is plain old data (repr(C), integers and byte arrays); `i` is
+            // within it.
+            let bytes = unsafe {
+                core::slice::from_raw_parts_mut(
+                    (&mut b.fpu as *mut FpuState).cast::<u8>(),
+                    core::mem::size_of::<FpuState>(),
+                )
+            };
+            bytes[i] ^= 0x10;
+            let padding = a.fpu == b.fpu;
+            assert_eq!(arch_eq(&a, &b), padding, "FPU byte {i}");
+            assert_eq!(arch_diff(&a, &b).is_empty(), padding, "FPU byte {i}");
+        }
+        for i in 0..core::mem::size_of::<Msrs>() / 8 {
+            let mut b = a.clone();
+            // SAFETY: Msrs is a repr(C) struct of u64 fields and u64 arrays only; `i` is within it.
+            let words = unsafe {
+                core::slice::from_raw_parts_mut(
+                    (&mut b.msr as *mut Msrs).cast::<u64>(),
+                    core::mem::size_of::<Msrs>() / 8,
+                )
+            };
+            words[i] ^= 1;
+            assert!(!arch_eq(&a, &b), "MSR word {i}");
+            assert!(!arch_diff(&a, &b).is_empty(), "MSR word {i}");
+        }
     }
 }
