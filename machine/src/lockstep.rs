@@ -24,8 +24,10 @@
 //! divergent instruction exactly). For a longer unit, both machines are rebuilt and run (at
 //! full speed, unpaired: the board's behaviour does not depend on how runs are split) to the
 //! unit's start, then stepped one instruction at a time through it to find the first divergent
-//! instruction; when single steps agree (the difference comes from a translated block, which
-//! cannot be split), the report lists the block's instructions as the interpreter ran them.
+//! instruction; when single steps agree, the unit is re-run once more as lockstep ran it (the JIT
+//! block-stepping) to tell whether the translated block reproduces the difference (a translated
+//! block cannot be split), and the report lists the block's instructions as the interpreter ran
+//! them. No snapshot of the last good boundary is kept: the re-runs start from the beginning.
 
 use crate::{EngineKind, Exit, Machine, Turn};
 use cpu::compare::{arch_diff, arch_eq, FieldDiff};
@@ -393,10 +395,9 @@ pub fn run_lockstep_with<E>(
     }
 }
 
-/// Narrows a divergence in `div.len` instructions from `div.icount` down: rebuilds both
-/// machines, runs them to `div.icount`, then steps both one instruction at a time.
-fn pinpoint<E>(build: &dyn Fn(EngineKind) -> Result<Machine, E>, div: &mut Divergence) -> Result<(), E> {
-    let (start, end) = (div.icount, div.icount + div.len);
+/// Rebuilds both machines and runs them (unpaired, at full speed: the board does not depend on
+/// how runs are split) to instruction `start`; `Err` says why they cannot be compared there.
+fn rerun_to<E>(build: &dyn Fn(EngineKind) -> Result<Machine, E>, start: u64) -> Result<Result<Pair, String>, E> {
     let mut a = build(EngineKind::Interp)?;
     let mut b = build(EngineKind::Jit)?;
     let (ea, eb) = if start > 0 {
@@ -405,20 +406,34 @@ fn pinpoint<E>(build: &dyn Fn(EngineKind) -> Result<Machine, E>, div: &mut Diver
         (Exit::InstructionLimit, Exit::InstructionLimit)
     };
     if ea != Exit::InstructionLimit || eb != Exit::InstructionLimit || a.instructions() != start {
-        div.pinpoint = format!("(a re-run to instruction {start} ended early: {ea:?} vs {eb:?}; not narrowed)");
-        return Ok(());
+        return Ok(Err(format!("a re-run to instruction {start} ended early: {ea:?} vs {eb:?}")));
     }
     // The CPU states only: memory may differ where neither machine wrote since it was built
     // (a difference built in); the dirty logs start now.
     if !arch_eq(a.cpu(), b.cpu()) {
-        div.pinpoint = format!("(a re-run differs already at instruction {start}; not narrowed)");
-        return Ok(());
+        return Ok(Err(format!("a re-run differs already at instruction {start}")));
     }
-    let mut p = Pair::new(a, b);
+    Ok(Ok(Pair::new(a, b)))
+}
+
+/// Narrows a divergence in `div.len` instructions from `div.icount` down: rebuilds both
+/// machines, runs them to `div.icount`, then steps both one instruction at a time. If single
+/// steps agree, runs the unit again as in lockstep (the JIT block-stepping) to tell whether
+/// the translated code reproduces the difference.
+fn pinpoint<E>(build: &dyn Fn(EngineKind) -> Result<Machine, E>, div: &mut Divergence) -> Result<(), E> {
+    let (start, end) = (div.icount, div.icount + div.len);
+    let mut p = match rerun_to(build, start)? {
+        Ok(p) => p,
+        Err(why) => {
+            div.pinpoint = format!("({why}; not narrowed)");
+            return Ok(());
+        }
+    };
     let (mut sa, mut sb) = (p.a.run_state(None, None), p.b.run_state(None, None));
     let mut listed = Vec::new();
     // Bounded: a halted CPU makes turns that execute nothing.
-    for _ in 0..div.len.saturating_mul(4).saturating_add(10_000) {
+    let turns = div.len.saturating_mul(4).saturating_add(10_000);
+    for _ in 0..turns {
         if p.a.instructions() >= end {
             break;
         }
@@ -447,9 +462,35 @@ fn pinpoint<E>(build: &dyn Fn(EngineKind) -> Result<Machine, E>, div: &mut Diver
             break;
         }
     }
+    drop(p);
+    // Single steps agree: run the unit again as lockstep did.
+    let mut reproduced = None;
+    if let Ok(mut p) = rerun_to(build, start)? {
+        p.b.set_block_step(true);
+        let (mut sa, mut sb) = (p.a.run_state(None, None), p.b.run_state(None, None));
+        reproduced = Some(false);
+        for _ in 0..turns {
+            if p.a.instructions() >= end {
+                break;
+            }
+            let tb = p.b.run_turn(&mut sb, None);
+            let ta = p.a.run_turn(&mut sa, Some(tb.ran.map_or(1, |(_, n)| n)));
+            if p.compare(&ta, &tb, false).is_some() {
+                reproduced = Some(true);
+                break;
+            }
+            if ta.exit.is_some() {
+                break;
+            }
+        }
+    }
+    let how = match reproduced {
+        Some(true) => "a re-run of the translated code reproduces it: the difference comes from a translated block",
+        Some(false) => "a re-run of the translated code does not reproduce it either (something outside the engines?)",
+        None => "a second re-run failed",
+    };
     div.pinpoint = format!(
-        "single steps from instruction {start} do not reproduce it (the difference comes from translated \
-         code); the interpreter ran:\n{}",
+        "single steps from instruction {start} do not reproduce it; {how}; the interpreter ran:\n{}",
         listed.join("\n")
     );
     Ok(())
