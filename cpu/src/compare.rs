@@ -41,7 +41,7 @@ fn same_words(a: &[u64], b: &[u64]) -> bool {
 fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     let word = |c: &[u8]| u64::from_ne_bytes(c.try_into().unwrap_or([0; 8]));
     a.len() == b.len()
-        && a.len() % 8 == 0
+        && a.len().is_multiple_of(8)
         && a.chunks_exact(8).zip(b.chunks_exact(8)).fold(0, |acc, (x, y)| acc | (word(x) ^ word(y))) == 0
 }
 
