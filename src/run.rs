@@ -111,12 +111,13 @@ pub struct RunArgs {
     #[arg(short, long)]
     quiet: bool,
     /// The execution engine: the interpreter, the binary translator, or both in lockstep
-    /// (two machines compared every --lockstep-slice instructions; stops at the first
-    /// divergent instruction and prints both states).
+    /// (two machines compared at every block boundary, CPU state and the memory written;
+    /// stops at the first divergence and prints what differs and both states).
     #[arg(long, value_enum, value_name = "ENGINE", default_value = "jit")]
     engine: Engine,
-    /// Instructions between lockstep comparisons.
-    #[arg(long, value_name = "N", default_value = "10000")]
+    /// Compare lockstep machines only once at least N instructions ran since the last
+    /// comparison (0: at every block boundary).
+    #[arg(long, value_name = "N", default_value = "0")]
     lockstep_slice: u64,
     /// Print engine statistics at exit (blocks translated, cache flushes, SMC invalidations,
     /// helper calls per 1000 guest instructions).
@@ -394,7 +395,22 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
         Engine::Lockstep => {
             // Both machines capture their console; the interpreter's copy is printed.
             let build_quiet = |e: EngineKind| build(e, false);
-            let r = machine::lockstep::run_lockstep(&build_quiet, a.max_insns, a.lockstep_slice.max(1))?;
+            let mut progress = |n: u64, c: u64| {
+                if !a.quiet {
+                    let secs = start.elapsed().as_secs_f64().max(1e-9);
+                    eprintln!(
+                        "ferrovisor: lockstep: {n} instructions, {c} comparisons in {secs:.0} s ({:.1} MIPS)",
+                        n as f64 / secs / 1e6
+                    );
+                }
+            };
+            let opts = machine::lockstep::LockstepOptions {
+                max_insns: a.max_insns,
+                slice: a.lockstep_slice,
+                progress: Some(&mut progress),
+                ..Default::default()
+            };
+            let r = machine::lockstep::run_lockstep_with(&build_quiet, opts)?;
             match r {
                 Ok(rep) => {
                     if stdout {
@@ -403,7 +419,15 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
                         o.write_all(&rep.serial)?;
                         o.flush()?;
                     }
-                    eprintln!("ferrovisor: lockstep: 0 divergences in {} comparisons", rep.comparisons);
+                    let secs = start.elapsed().as_secs_f64().max(1e-9);
+                    eprintln!(
+                        "ferrovisor: lockstep: 0 divergences in {} comparisons ({:.0}/s; {} blocks or \
+                         interpreted instructions, {} pages compared)",
+                        rep.comparisons,
+                        rep.comparisons as f64 / secs,
+                        rep.turns,
+                        rep.pages_compared
+                    );
                     (rep.exit, rep.instructions)
                 }
                 Err(d) => {

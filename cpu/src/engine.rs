@@ -25,6 +25,15 @@ pub trait ExecutionEngine: std::fmt::Debug {
     fn invalidate_phys(&mut self, start: u64, len: u64);
     /// Forgets everything that depends on the CPU mode (CR0/CR3/CR4/EFER/CS changes).
     fn flush_for_mode_change(&mut self, cpu: &mut CpuState);
+    /// Block stepping (for lockstep): when on, a run returns after one unit of work, a
+    /// translated block or one interpreted instruction, with [`RunExit::BudgetExhausted`] unless
+    /// the unit ended otherwise (the budget is then not necessarily used up; the caller reads
+    /// how far it got from `icount`). Returns false if the engine has no such mode (it then
+    /// runs as before: the interpreter's unit is already one instruction per `run` of budget 1).
+    fn set_block_step(&mut self, on: bool) -> bool {
+        let _ = on;
+        false
+    }
     /// A short name for messages (`interp`, `jit`).
     fn name(&self) -> &'static str {
         "engine"

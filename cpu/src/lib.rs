@@ -6,6 +6,7 @@
 //! [`CpuBus`], which the machine implements.
 
 pub mod bus;
+pub mod compare;
 pub mod cpuid;
 pub mod engine;
 pub mod exception;

@@ -81,6 +81,8 @@ pub struct Translator {
     /// Counts of helper-served instruction forms (`FERRO_JIT_PROFILE=1`), shown by `--stats`.
     #[cfg(target_arch = "x86_64")]
     profile: Option<profile::Profile>,
+    /// Return from `run` after each block or interpreted instruction (lockstep); no chaining.
+    block_step: bool,
 }
 
 impl Default for Translator {
@@ -100,7 +102,22 @@ impl Translator {
             trace: false,
             #[cfg(target_arch = "x86_64")]
             profile: profile::Profile::from_env(),
+            block_step: false,
         }
+    }
+
+    /// Block stepping (see [`ExecutionEngine::set_block_step`]): `run` returns after each
+    /// translated block or interpreted instruction, and blocks are not chained (a block runs
+    /// alone and returns to the dispatcher), so the caller can compare state at every block
+    /// boundary. A block that jumps back to its own entry goes round only while its iterations
+    /// fit in [`MAX_BLOCK_INSNS`] instructions (the budget of the block's run is cut to that).
+    pub fn set_block_step(&mut self, on: bool) {
+        self.block_step = on;
+    }
+
+    /// Whether block stepping is on.
+    pub fn block_step(&self) -> bool {
+        self.block_step
     }
 
     /// A translator whose cache flushes once it holds `max_blocks` blocks (the default bound
@@ -141,6 +158,11 @@ impl ExecutionEngine for Translator {
             self.interp.trace = self.trace;
             self.interp.run(cpu, bus, budget)
         }
+    }
+
+    fn set_block_step(&mut self, on: bool) -> bool {
+        Translator::set_block_step(self, on);
+        true
     }
 
     fn invalidate_phys(&mut self, start: u64, len: u64) {

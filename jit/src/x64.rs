@@ -2007,7 +2007,8 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
         Ok(true) => end = end.min(cpu.icount + 1),
         Ok(false) => {}
     }
-    let Translator { interp, cache, stats, trace, profile } = t;
+    let Translator { interp, cache, stats, trace, profile, block_step } = t;
+    let block_step = *block_step;
     let mut env = HelperEnv::new(interp, bus, *trace);
     // (cache generation, chain slot) of the last block exit through an unpatched chain slot.
     let mut chain_req: Option<(u64, usize)> = None;
@@ -2033,15 +2034,22 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
         } else {
             block_for(cache, stats, profile.as_mut(), cpu, env.bus())
         };
-        if let (Some((generation, id)), Ok((blk, b))) = (chain_req.take(), &code) {
+        // Block stepping: no chaining (every block returns to the dispatcher, so to the caller).
+        if let (Some((generation, id)), Ok((blk, b)), false) = (chain_req.take(), &code, block_step) {
             // A flush in between (cache full, everything invalidated) took the slot away.
             if generation == cache.generation {
                 cache.chain(id, *b, blk);
             }
         }
+        let before = cpu.icount;
         let c = match code {
             Ok((blk, _)) => {
                 stats.block_runs += 1;
+                if block_step {
+                    // A block that jumps back to its own entry checks the budget each time
+                    // round: one unit runs at most one block's worth of instructions.
+                    cpu.budget_end = end.min(cpu.icount + crate::MAX_BLOCK_INSNS as u64);
+                }
                 cache.enter(blk.entry, cpu, &mut env)
             }
             Err(why) => {
@@ -2057,7 +2065,8 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
             CHAIN => chain_req = Some((cache.generation, (c >> 8) as usize)),
             // The block that did not fit may have been reached by a chained jump after other
             // blocks ran: the budget may be used up already.
-            exit::NO_BUDGET if cpu.icount < end => {
+            // (Block stepping: a block that stopped looping for the unit's budget is a unit.)
+            exit::NO_BUDGET if cpu.icount < end && !(block_step && cpu.icount > before) => {
                 stats.interpreted += 1;
                 stats.interpreted_why[NoBlock::NoBudget as usize] += 1;
                 match env.step(cpu) {
@@ -2068,6 +2077,9 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
                 }
             }
             _ => {}
+        }
+        if block_step {
+            break RunExit::BudgetExhausted;
         }
     };
     stats.helper_calls += env.helper_calls;

@@ -148,3 +148,73 @@ fn test_jit_lockstep_hostile_campaign_10000_per_mode() {
         lockstep_streams(mode, true, per_mode);
     }
 }
+
+/// `streams` streams of `mode` compared at every block boundary, as `ferrovisor run --engine
+/// lockstep` does: the JIT block-steps (one translated block or one interpreted instruction
+/// per run), the interpreter then runs exactly as many instructions; both make the same run
+/// calls, so the noisy bus answers both alike. After every unit the architectural state and
+/// the pages either wrote (dirty logs) must be equal, and at the end all of memory.
+fn lockstep_per_block(mode: Mode, streams: u64) {
+    use cpu::compare::{arch_diff, arch_eq};
+    let seed = env_u64("FERRO_HOSTILE_SEED").unwrap_or(0x005E_ED0F_FE44) ^ 0xB10C;
+    let budget = 5_000;
+    let mut it = Interpreter::new();
+    let mut jit = jit::Translator::new();
+    jit.set_block_step(true);
+    let (mut a, mut b) = (new_bus(RAM, 0, true), new_bus(RAM, 0, true));
+    let (mut units, mut pages) = (0u64, Vec::new());
+    for stream in 0..streams {
+        let rng_seed = seed ^ (stream.wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ (mode as u64) << 56;
+        a.noise = seed ^ stream;
+        b.noise = seed ^ stream;
+        let mut ca = setup(mode, &mut a.mem, &mut Rng(rng_seed));
+        let mut cb = setup(mode, &mut b.mem, &mut Rng(rng_seed));
+        it.invalidate_phys(0, u64::MAX);
+        jit.invalidate_phys(0, u64::MAX);
+        it.flush_for_mode_change(&mut ca);
+        jit.flush_for_mode_change(&mut cb);
+        for (m, c) in [(&mut a.mem, &mut ca), (&mut b.mem, &mut cb)] {
+            m.dirty_log().set_on(true);
+            c.tlb.protect_write_slots(&mmu::ProtectSlots::All);
+        }
+        let what = |u: u64| format!("{mode:?} stream {stream} (seed {seed:#x}) unit {u}");
+        while cb.icount < budget {
+            let start = cb.icount;
+            let rb = jit.run(&mut cb, &mut b, budget - start);
+            let n = cb.icount - start;
+            let ra = it.run(&mut ca, &mut a, n.max(1));
+            units += 1;
+            assert_eq!(ra, rb, "{}: run exits differ after {n} instructions from {start}", what(units));
+            assert!(
+                arch_eq(&ca, &cb),
+                "{}: from instruction {start} ({n} instructions): {:?}",
+                what(units),
+                arch_diff(&ca, &cb).iter().map(ToString::to_string).collect::<Vec<_>>()
+            );
+            pages.clear();
+            for (m, c) in [(&mut a.mem, &mut ca), (&mut b.mem, &mut cb)] {
+                let slots = m.dirty_log().take(|p| pages.push(p));
+                c.tlb.protect_write_slots(&slots);
+            }
+            for &p in &pages {
+                let r = (p * 4096) as usize..(p * 4096 + 4096) as usize;
+                assert!(a.mem.backing()[r.clone()] == b.mem.backing()[r], "{}: page {p:#x} differs", what(units));
+            }
+            if rb != RunExit::BudgetExhausted {
+                break;
+            }
+        }
+        assert!(a.mem.backing() == b.mem.backing(), "{}: memory differs at the end", what(units));
+        a.mem.dirty_log().set_on(false);
+        b.mem.dirty_log().set_on(false);
+    }
+    println!("per-block lockstep {mode:?}: {streams} streams, {units} units identical; {:?}", jit.stats());
+}
+
+#[test]
+fn test_jit_lockstep_hostile_per_block_every_mode() {
+    let streams = env_u64("FERRO_HOSTILE_STREAMS").map_or(150, |s| s / 4);
+    for mode in MODES {
+        lockstep_per_block(mode, streams);
+    }
+}

@@ -630,6 +630,7 @@ impl devices::DmaMemory for BoardDma<'_> {
                     *self.code_written = true;
                 }
             }
+            self.mem.dirty_log().record(off as u64, n as u64);
             let dst = self.mem.backing_mut().get_mut(off..off + n).ok_or(devices::DmaFault { addr })?;
             dst.copy_from_slice(&buf[done..done + n]);
             done += n;
@@ -959,10 +960,14 @@ mod tests {
             out(&mut b, port, AccessSize::Byte, v);
         }
         assert!(!b.code_written);
+        b.mem.dirty_log().set_on(true);
         out(&mut b, 0xC000, AccessSize::Byte, 0x09);
         let mut got = vec![0u8; 1024];
         b.mem.read(GuestPhysAddr(0x20000), &mut got).unwrap();
         assert_eq!(got, disk[5 * 512..7 * 512]);
+        let mut dirty = Vec::new();
+        let _ = b.mem.dirty_log().take(|p| dirty.push(p));
+        assert_eq!(dirty, [0x20], "the page the DMA wrote is in the dirty log (lockstep compares it)");
         assert!(b.code_written, "DMA over decoded code must invalidate it");
         assert!(!b.mem.is_code_page(0x20));
         let bm_status = b.port_read(PortAddr(0xC002), AccessSize::Byte);

@@ -208,6 +208,28 @@ impl std::fmt::Debug for DirectBoot {
     }
 }
 
+/// The state of a run loop driven a turn at a time ([`Machine::run_state`],
+/// [`Machine::run_turn`]): its limits and what it knows about an idle CPU.
+#[derive(Debug, Clone)]
+pub struct RunState {
+    limit: Option<u64>,
+    time_limit: Option<u64>,
+    idle_since: Option<VirtualInstant>,
+    /// Consecutive firings per timer that woke nothing during this halt.
+    idle_fires: [u8; board::TIMERS],
+    /// The instruction count at the last halt seen.
+    halt_icount: Option<u64>,
+}
+
+/// What one [`Machine::run_turn`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Turn {
+    /// The run is over.
+    pub exit: Option<Exit>,
+    /// The engine ran: how its run ended and how many instructions it executed.
+    pub ran: Option<(RunExit, u64)>,
+}
+
 /// A virtual PC.
 #[derive(Debug)]
 pub struct Machine {
@@ -666,17 +688,52 @@ impl Machine {
     /// alarm can match at a later second, and it has at most one deadline per second (or none
     /// while its interrupt flag is set).
     pub fn run_limited(&mut self, max_insns: Option<u64>, max_time_ns: Option<u64>) -> Exit {
-        let limit = max_insns.map(|m| self.cpu.icount.saturating_add(m));
-        let time_limit = max_time_ns.map(|t| self.now().0.saturating_add(t));
-        let mut idle_since: Option<VirtualInstant> = None;
-        // Consecutive firings per timer that woke nothing during this halt.
-        let mut idle_fires = [0u8; board::TIMERS];
+        let mut st = self.run_state(max_insns, max_time_ns);
         loop {
+            if let Some(e) = self.run_turn(&mut st, None).exit {
+                return e;
+            }
+        }
+    }
+
+    /// The state of a run loop ([`Machine::run_limited`]) over `max_insns` instructions and
+    /// `max_time_ns` of virtual time from now, for driving it one turn at a time
+    /// ([`Machine::run_turn`]).
+    pub fn run_state(&self, max_insns: Option<u64>, max_time_ns: Option<u64>) -> RunState {
+        RunState {
+            limit: max_insns.map(|m| self.cpu.icount.saturating_add(m)),
+            time_limit: max_time_ns.map(|t| self.now().0.saturating_add(t)),
+            idle_since: None,
+            idle_fires: [0; board::TIMERS],
+            halt_icount: None,
+        }
+    }
+
+    /// One turn of the run loop of [`Machine::run_limited`]: the device and limit checks, then
+    /// at most one call of the engine's `run`, with its budget capped at `budget_cap` if given
+    /// (lockstep makes the reference machine run exactly as many instructions as the other one
+    /// ran in its turn), then what follows it (reboot, idle skip). Two identical machines
+    /// driven turn by turn make identical calls on their boards.
+    pub fn run_turn(&mut self, st: &mut RunState, budget_cap: Option<u64>) -> Turn {
+        let mut turn = Turn { exit: None, ran: None };
+        turn.exit = self.turn_inner(st, budget_cap, &mut turn.ran);
+        turn
+    }
+
+    fn turn_inner(
+        &mut self,
+        st: &mut RunState,
+        budget_cap: Option<u64>,
+        ran: &mut Option<(RunExit, u64)>,
+    ) -> Option<Exit> {
+        let RunState { limit, time_limit, idle_since, idle_fires, halt_icount } = st;
+        let (limit, time_limit) = (*limit, *time_limit);
+        {
             if let Some(v) = self.board.exit_value.take() {
-                return Exit::ExitDevice(v);
+                return Some(Exit::ExitDevice(v));
             }
             if std::mem::take(&mut self.board.power_off) {
-                return Exit::PowerOff;
+                return Some(Exit::PowerOff);
             }
             if std::mem::take(&mut self.board.code_written) {
                 // Device DMA overwrote decoded code.
@@ -686,7 +743,7 @@ impl Machine {
                 self.board.reset_requested = false;
                 self.last_reset_cause = self.board.reset_cause.take();
                 if self.no_reboot || !self.reboot() {
-                    return Exit::Reset;
+                    return Some(Exit::Reset);
                 }
             }
             let now = self.now();
@@ -694,45 +751,53 @@ impl Machine {
             let mut budget = SLICE;
             if let Some(l) = limit {
                 if self.cpu.icount >= l {
-                    return Exit::InstructionLimit;
+                    return Some(Exit::InstructionLimit);
                 }
                 budget = budget.min(l - self.cpu.icount);
             }
             if let Some(t) = time_limit {
                 if now.0 >= t {
-                    return Exit::TimeLimit;
+                    return Some(Exit::TimeLimit);
                 }
                 budget = budget.min(t - now.0);
             }
             if let Some(d) = self.board.next_deadline() {
                 budget = budget.min(d.0.saturating_sub(now.0).max(1));
             }
+            if let Some(c) = budget_cap {
+                budget = budget.min(c.max(1));
+            }
             let before = self.cpu.icount;
-            match self.engine.run(&mut self.cpu, &mut self.board, budget) {
+            let r = self.engine.run(&mut self.cpu, &mut self.board, budget);
+            *ran = Some((r, self.cpu.icount.wrapping_sub(before)));
+            match r {
                 RunExit::BudgetExhausted | RunExit::Stopped => {}
                 RunExit::TripleFault => {
                     self.last_reset_cause = Some("a triple fault");
                     if self.no_reboot || !self.reboot() {
-                        return Exit::TripleFault;
+                        return Some(Exit::TripleFault);
                     }
                 }
                 RunExit::Halted => {
                     if self.board.exit_value.is_some() || self.board.reset_requested || self.board.power_off {
-                        continue;
+                        return None;
                     }
                     if self.cpu.rflags() & rflags::IF == 0 {
-                        return Exit::Halted;
+                        return Some(Exit::Halted);
                     }
-                    if self.cpu.icount != before {
-                        idle_since = None;
-                        idle_fires = [0; board::TIMERS];
+                    // The CPU ran since the last halt (in this engine run or an earlier one:
+                    // a block-stepping engine returns before it halts): a new halt.
+                    if *halt_icount != Some(self.cpu.icount) {
+                        *halt_icount = Some(self.cpu.icount);
+                        *idle_since = None;
+                        *idle_fires = [0; board::TIMERS];
                     }
                     // Idle: skip virtual time to the next deadline of a timer that may still
                     // wake the CPU (the TSC moves too).
                     let now = self.now();
                     let deadlines = self.board.timer_deadlines();
                     if deadlines.iter().all(Option::is_none) {
-                        return Exit::IdleForever;
+                        return Some(Exit::IdleForever);
                     }
                     let since = *idle_since.get_or_insert(now);
                     let forever = since.0.saturating_add(IDLE_FOREVER_NS);
@@ -753,10 +818,10 @@ impl Machine {
                     let now = self.now();
                     self.board.advance_timers(now);
                     if self.board.irq_pending() {
-                        continue;
+                        return None;
                     }
                     if now.0 >= forever {
-                        return Exit::IdleForever;
+                        return Some(Exit::IdleForever);
                     }
                     for (n, d) in idle_fires.iter_mut().zip(deadlines) {
                         if d.is_some_and(|d| d <= now) {
@@ -766,11 +831,47 @@ impl Machine {
                 }
             }
         }
+        None
+    }
+
+    /// Turns block stepping on or off in the engine (see
+    /// [`cpu::ExecutionEngine::set_block_step`]); false if the engine has no such mode.
+    pub fn set_block_step(&mut self, on: bool) -> bool {
+        self.engine.set_block_step(on)
+    }
+
+    /// Starts or stops the dirty log of guest memory (see [`mmu::dirty`]), emptied either way;
+    /// starting forces every write in the soft TLB back through the slow path once.
+    pub fn set_dirty_log(&mut self, on: bool) {
+        self.board.mem.dirty_log().set_on(on);
+        self.cpu.tlb.protect_write_slots(&mmu::ProtectSlots::All);
+    }
+
+    /// Hands every backing page written since the last call (or since the log started) to `f`,
+    /// empties the log and protects those pages' TLB write entries again.
+    pub fn take_dirty_pages(&mut self, f: impl FnMut(u64)) {
+        let slots = self.board.mem.dirty_log().take(f);
+        self.cpu.tlb.protect_write_slots(&slots);
+    }
+
+    /// The CPU state, writable: for tests that plant a difference (lockstep) and debugging.
+    #[doc(hidden)]
+    pub fn cpu_mut(&mut self) -> &mut CpuState {
+        &mut self.cpu
     }
 
     /// Everything written to COM1 and the debug console so far (with `capture_serial`).
     pub fn serial_output(&self) -> Vec<u8> {
         self.capture.as_ref().map(|c| c.borrow().clone()).unwrap_or_default()
+    }
+
+    /// The console output captured so far from byte `from` on: COM1 and the debug console,
+    /// then the firmware log (with `capture_serial`), without copying what came before.
+    pub fn console_from(&self, from: (usize, usize)) -> (Vec<u8>, Vec<u8>) {
+        let tail = |c: &Option<Rc<RefCell<Vec<u8>>>>, f: usize| {
+            c.as_ref().map(|c| c.borrow().get(f..).map(<[u8]>::to_vec).unwrap_or_default()).unwrap_or_default()
+        };
+        (tail(&self.capture, from.0), tail(&self.fwlog_capture, from.1))
     }
 
     /// Everything the firmware wrote to its log port 0x402 so far (with `capture_serial`).

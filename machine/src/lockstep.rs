@@ -1,29 +1,110 @@
-//! Lockstep: two identical machines, one per engine, run side by side in equal slices; after
-//! every slice their CPU state, memory, console output and exit must be equal. Everything a
-//! guest sees is deterministic (virtual time is the instruction count), so any difference is an
-//! engine bug. On a difference, both machines are rebuilt and re-run to the start of the
-//! divergent slice, then stepped one instruction at a time to name the first divergent
-//! instruction.
+//! Lockstep: two identical machines, one per engine, compared at every block boundary. Everything
+//! a guest sees is deterministic (virtual time is the instruction count), so any difference is
+//! an engine bug.
+//!
+//! **Pairing.** The JIT machine block-steps ([`cpu::ExecutionEngine::set_block_step`]): each
+//! turn of its run loop ([`Machine::run_turn`]) runs one translated block or one interpreted
+//! instruction and reports how many instructions that was, `n`. The interpreter machine then
+//! makes the same turn with its budget capped at `n` (1 if the JIT stopped without executing
+//! anything, halted or faulting: the interpreter then stops at the same point). Both machines
+//! thus make the same calls on their boards: one engine run per turn, each opening with the one
+//! interrupt poll and NMI check of the rule on `Interpreter::run`, the same timer advances and
+//! idle skips. A block that loops back to its own entry goes round as long as its iterations
+//! fit in [`jit::MAX_BLOCK_INSNS`] instructions in one unit (its budget, as a run's, stops it).
+//!
+//! **Comparison** (after every turn, or every `slice` instructions): the engines' exits, the
+//! architectural CPU state field by field ([`cpu::compare::arch_eq`]), the console output
+//! written since the last comparison, and the memory pages either machine wrote since then,
+//! from each machine's dirty log ([`mmu::dirty`]: DMA, loads and the JIT's inline stores
+//! included). At the end, all of memory once more, which checks the dirty log itself.
+//!
+//! **On a difference** the report names the differing fields (`rax: 0x1 vs 0x2`) and memory
+//! bytes (guest-physical address, both values) and the unit it appeared in: `icount` is the
+//! number of instructions both executed identically before it, `len` its length (1 names the
+//! divergent instruction exactly). For a longer unit, both machines are rebuilt and run (at
+//! full speed, unpaired: the board's behaviour does not depend on how runs are split) to the
+//! unit's start, then stepped one instruction at a time through it to find the first divergent
+//! instruction; when single steps agree, the unit is re-run once more as lockstep ran it (the JIT
+//! block-stepping) to tell whether the translated block reproduces the difference (a translated
+//! block cannot be split), and the report lists the block's instructions as the interpreter ran
+//! them. No snapshot of the last good boundary is kept: the re-runs start from the beginning.
 
-use crate::{EngineKind, Exit, Machine};
+use crate::{EngineKind, Exit, Machine, Turn};
+use cpu::compare::{arch_diff, arch_eq, FieldDiff};
 use cpu::CpuState;
+use mmu::{RegionKind, PAGE_SIZE};
+
+/// Most differing memory bytes listed in a report.
+const MAX_MEM_DIFFS: usize = 16;
+/// Most instructions listed for a block that single steps do not reproduce.
+const MAX_LISTED: usize = 80;
+
+/// One differing byte of guest memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemDiff {
+    /// Offset in the backing store.
+    pub backing: u64,
+    /// The guest-physical address of that byte (the lowest one that maps it), if mapped.
+    pub phys: Option<u64>,
+    /// The interpreter's byte.
+    pub interp: u8,
+    /// The JIT's byte.
+    pub jit: u8,
+}
+
+impl std::fmt::Display for MemDiff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.phys {
+            Some(p) => write!(f, "memory {p:#x}: {:#04x} vs {:#04x}", self.interp, self.jit),
+            None => write!(f, "backing {:#x}: {:#04x} vs {:#04x}", self.backing, self.interp, self.jit),
+        }
+    }
+}
 
 /// Where two engines first disagreed.
 #[derive(Debug, Clone)]
 pub struct Divergence {
-    /// Instructions both had executed identically before the divergent one (by the reference).
+    /// Instructions both had executed identically before the divergent unit.
     pub icount: u64,
-    /// What differs (state, memory, output, exit).
+    /// Instructions in the divergent unit (1: `icount` names the divergent instruction; 0: the
+    /// machines differed before running).
+    pub len: u64,
+    /// What differs, in short (exit, CPU state, console output, memory).
     pub what: String,
-    /// The reference engine's state after the divergent instruction.
+    /// The differing CPU fields (interpreter vs JIT).
+    pub fields: Vec<FieldDiff>,
+    /// The first differing memory bytes (interpreter vs JIT).
+    pub memory: Vec<MemDiff>,
+    /// What narrowing the unit down found (or why it could not).
+    pub pinpoint: String,
+    /// The interpreter's state after the divergent unit.
     pub reference: String,
-    /// The other engine's state after the divergent instruction.
+    /// The JIT's state after the divergent unit.
     pub other: String,
 }
 
 impl std::fmt::Display for Divergence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "engines diverge at instruction {}: {}", self.icount, self.what)?;
+        if self.len == 0 {
+            writeln!(f, "engines differ before instruction {}: {}", self.icount, self.what)?;
+        } else if self.len == 1 {
+            writeln!(f, "engines diverge at instruction {}: {}", self.icount, self.what)?;
+        } else {
+            writeln!(
+                f,
+                "engines diverge in the {} instructions from instruction {}: {}",
+                self.len, self.icount, self.what
+            )?;
+        }
+        for d in &self.fields {
+            writeln!(f, "  {d}")?;
+        }
+        for d in &self.memory {
+            writeln!(f, "  {d}")?;
+        }
+        if !self.pinpoint.is_empty() {
+            writeln!(f, "{}", self.pinpoint)?;
+        }
         writeln!(f, "interp: {}", self.reference)?;
         write!(f, "jit:    {}", self.other)
     }
@@ -36,20 +117,43 @@ pub struct LockstepReport {
     pub exit: Exit,
     /// Instructions executed.
     pub instructions: u64,
-    /// Slices compared.
+    /// Comparisons made.
     pub comparisons: u64,
+    /// Turns (JIT blocks or interpreted instructions) run.
+    pub turns: u64,
+    /// Memory pages compared (written by either machine since the previous comparison).
+    pub pages_compared: u64,
     /// What the guest wrote to its console (COM1 and the debug console; the machines must
     /// capture it).
     pub serial: Vec<u8>,
 }
 
-/// The architectural state as text, for comparison and printing (caches and engine bookkeeping
-/// such as the TLB, the budget and the mode key are left out).
+/// Settings of [`run_lockstep_with`].
+#[derive(Default)]
+pub struct LockstepOptions<'a> {
+    /// Stop after this many instructions.
+    pub max_insns: Option<u64>,
+    /// Compare once at least this many instructions ran since the last comparison (0 or 1:
+    /// after every block).
+    pub slice: u64,
+    /// Test hook (fault injection): called on the JIT machine after each of its turns, before
+    /// the comparison.
+    pub plant: Option<&'a mut dyn FnMut(&mut Machine)>,
+    /// Called about every 2^28 instructions with the instructions run and the comparisons
+    /// made so far (progress of long runs).
+    pub progress: Option<&'a mut dyn FnMut(u64, u64)>,
+    /// Do not compare all of memory before the first instruction (tests that build a
+    /// difference into one machine's image and want to see where it shows).
+    pub skip_start_check: bool,
+}
+
+/// The architectural state as text, for printing (caches and engine bookkeeping such as the
+/// TLB, the budget and the mode key are left out).
 pub fn arch_state(c: &CpuState) -> String {
     format!(
         "icount={} rip={:#x} rflags={:#x} gpr={:x?} seg={:x?} ldtr={:x?} tr={:x?} gdtr={:x?} idtr={:x?} \
-         cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} cr8={:#x} efer={:#x} dr={:x?} msr={:x?} cpl={} halted={} \
-         shadow={} irq_pending={} fpu={:x?}",
+         cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} cr8={:#x} efer={:#x} dr={:x?} cpl={} halted={} \
+         shadow={} irq_pending={} nmi_pending={} nmi_blocked={}",
         c.icount,
         c.rip,
         c.rflags(),
@@ -66,107 +170,328 @@ pub fn arch_state(c: &CpuState) -> String {
         c.cr8,
         c.efer,
         c.dr,
-        c.msr,
         c.cpl,
         c.halted,
         c.interrupt_shadow,
         c.irq_pending,
-        c.fpu
+        c.nmi_pending,
+        c.nmi_blocked,
     )
 }
 
-/// The first difference between two machines, if any.
-fn compare(a: &mut Machine, b: &mut Machine, ea: Option<Exit>, eb: Option<Exit>) -> Option<String> {
-    if ea != eb {
-        return Some(format!("exit {ea:?} vs {eb:?}"));
-    }
-    let (sa, sb) = (arch_state(a.cpu()), arch_state(b.cpu()));
-    if sa != sb {
-        return Some("CPU state".into());
-    }
-    if a.serial_output() != b.serial_output() || a.firmware_log() != b.firmware_log() {
-        return Some("console output".into());
-    }
-    let ma = a.memory().backing();
-    let mb = b.memory().backing();
-    if ma != mb {
-        let first = ma.iter().zip(mb).position(|(x, y)| x != y).unwrap_or(0);
-        return Some(format!("memory (first differing backing byte {first:#x})"));
-    }
-    None
+/// The lowest guest-physical address mapping backing offset `b`, if any.
+fn phys_of(m: &mut Machine, b: u64) -> Option<u64> {
+    m.memory()
+        .regions()
+        .iter()
+        .filter_map(|r| match r.kind {
+            RegionKind::Ram { backing } | RegionKind::Rom { backing } if (backing..backing + r.len).contains(&b) => {
+                Some(r.start + (b - backing))
+            }
+            _ => None,
+        })
+        .min()
 }
 
-/// Runs `build(EngineKind::Interp)` and `build(EngineKind::Jit)` side by side in slices of
-/// `slice` instructions until the guest exits or `max_insns` have run, comparing after every
-/// slice. The builder must make identical machines (same images, no host input).
+/// The differing bytes of two backing stores within `[start, start + len)` (at most `room`).
+fn mem_diffs(a: &mut Machine, b: &mut Machine, start: usize, len: usize, out: &mut Vec<MemDiff>) {
+    let mut found = Vec::new();
+    {
+        let (ma, mb) = (a.memory().backing(), b.memory().backing());
+        let end = (start + len).min(ma.len()).min(mb.len());
+        for i in start..end {
+            if ma[i] != mb[i] {
+                found.push((i as u64, ma[i], mb[i]));
+                if out.len() + found.len() >= MAX_MEM_DIFFS {
+                    break;
+                }
+            }
+        }
+    }
+    for (off, x, y) in found {
+        let phys = phys_of(a, off);
+        out.push(MemDiff { backing: off, phys, interp: x, jit: y });
+    }
+}
+
+/// Two machines compared as they go: the console bytes and dirty pages seen so far.
+struct Pair {
+    a: Machine,
+    b: Machine,
+    console: (usize, usize),
+    pages: Vec<u64>,
+    pages_compared: u64,
+}
+
+/// A difference found by [`Pair::compare`].
+struct Diff {
+    what: String,
+    fields: Vec<FieldDiff>,
+    memory: Vec<MemDiff>,
+}
+
+impl Pair {
+    fn new(a: Machine, b: Machine) -> Self {
+        let mut p = Pair { a, b, console: (0, 0), pages: Vec::new(), pages_compared: 0 };
+        p.a.set_dirty_log(true);
+        p.b.set_dirty_log(true);
+        p
+    }
+
+    /// Compares the turns' outcomes, the CPU state, the console output since the last call and
+    /// the pages either machine wrote since then (all of memory with `full`).
+    fn compare(&mut self, ta: &Turn, tb: &Turn, full: bool) -> Option<Diff> {
+        let mut whats = Vec::new();
+        if ta != tb {
+            whats.push(format!("exit {:?} vs {:?}", (ta.exit, ta.ran), (tb.exit, tb.ran)));
+        }
+        let fields =
+            if arch_eq(self.a.cpu(), self.b.cpu()) { Vec::new() } else { arch_diff(self.a.cpu(), self.b.cpu()) };
+        if !fields.is_empty() {
+            whats.push("CPU state".into());
+        }
+        let (ca, cb) = (self.a.console_from(self.console), self.b.console_from(self.console));
+        if ca != cb {
+            whats.push(format!(
+                "console output {:?} vs {:?}",
+                String::from_utf8_lossy(&[ca.0, ca.1].concat()),
+                String::from_utf8_lossy(&[cb.0, cb.1].concat())
+            ));
+        } else {
+            self.console.0 += ca.0.len();
+            self.console.1 += ca.1.len();
+        }
+        let mut memory = Vec::new();
+        self.pages.clear();
+        let pages = &mut self.pages;
+        self.a.take_dirty_pages(|p| pages.push(p));
+        self.b.take_dirty_pages(|p| pages.push(p));
+        if full {
+            let (ma, mb) = (self.a.memory().backing().len(), self.b.memory().backing().len());
+            if ma != mb || self.a.memory().backing() != self.b.memory().backing() {
+                mem_diffs(&mut self.a, &mut self.b, 0, ma.min(mb), &mut memory);
+                if memory.is_empty() {
+                    whats.push("memory size".into());
+                }
+            }
+        } else {
+            pages.sort_unstable();
+            pages.dedup();
+            self.pages_compared += pages.len() as u64;
+            for i in 0..self.pages.len() {
+                let start = (self.pages[i] * PAGE_SIZE) as usize;
+                let end = start + PAGE_SIZE as usize;
+                let (ma, mb) = (self.a.memory().backing(), self.b.memory().backing());
+                if ma.get(start..end) != mb.get(start..end) && memory.len() < MAX_MEM_DIFFS {
+                    mem_diffs(&mut self.a, &mut self.b, start, PAGE_SIZE as usize, &mut memory);
+                }
+            }
+        }
+        if !memory.is_empty() {
+            whats.push("memory".into());
+        }
+        (!whats.is_empty()).then(|| Diff { what: whats.join(", "), fields, memory })
+    }
+}
+
+/// Runs `build(EngineKind::Interp)` and `build(EngineKind::Jit)` side by side, comparing at
+/// every block boundary (or every `slice` instructions) until the guest exits or `max_insns`
+/// have run. The builder must make identical machines (same images, no host input).
 pub fn run_lockstep<E>(
     build: &dyn Fn(EngineKind) -> Result<Machine, E>,
     max_insns: Option<u64>,
     slice: u64,
 ) -> Result<Result<LockstepReport, Divergence>, E> {
-    let slice = slice.max(1);
-    let mut a = build(EngineKind::Interp)?;
+    run_lockstep_with(build, LockstepOptions { max_insns, slice, ..Default::default() })
+}
+
+/// [`run_lockstep`] with all its settings.
+pub fn run_lockstep_with<E>(
+    build: &dyn Fn(EngineKind) -> Result<Machine, E>,
+    opts: LockstepOptions<'_>,
+) -> Result<Result<LockstepReport, Divergence>, E> {
+    let LockstepOptions { max_insns, slice, mut plant, mut progress, skip_start_check } = opts;
+    let a = build(EngineKind::Interp)?;
     let mut b = build(EngineKind::Jit)?;
-    let mut comparisons = 0;
+    b.set_block_step(true);
+    let mut p = Pair::new(a, b);
+    // The machines must start equal (all of memory: the dirty logs start now).
+    let start = Turn { exit: None, ran: None };
+    if let Some(d) = p.compare(&start, &start, !skip_start_check) {
+        return Ok(Err(Divergence {
+            icount: p.a.instructions(),
+            len: 0,
+            what: format!("{} (the machines differ as built)", d.what),
+            fields: d.fields,
+            memory: d.memory,
+            pinpoint: String::new(),
+            reference: arch_state(p.a.cpu()),
+            other: arch_state(p.b.cpu()),
+        }));
+    }
+    let (mut sa, mut sb) = (p.a.run_state(max_insns, None), p.b.run_state(max_insns, None));
+    let (mut comparisons, mut turns) = (0u64, 0u64);
+    // The instruction count at the last comparison that found the machines equal.
+    let mut good = p.a.instructions();
     loop {
-        let start = a.instructions();
-        let mut n = slice;
-        if let Some(m) = max_insns {
-            n = n.min(m.saturating_sub(start));
-            if n == 0 {
-                let serial = a.serial_output();
-                return Ok(Ok(LockstepReport {
-                    exit: Exit::InstructionLimit,
-                    instructions: start,
-                    comparisons,
-                    serial,
-                }));
-            }
+        let tb = p.b.run_turn(&mut sb, None);
+        if let Some(f) = plant.as_mut() {
+            f(&mut p.b);
         }
-        let ea = a.run(Some(n));
-        let eb = b.run(Some(n));
+        // The reference runs exactly as far; if the JIT made no engine run, at most one
+        // instruction (it makes none either when the two agree).
+        let cap = tb.ran.map_or(1, |(_, n)| n);
+        let ta = p.a.run_turn(&mut sa, Some(cap));
+        turns += 1;
+        let done = ta.exit.is_some() || tb.exit.is_some();
+        let now = p.a.instructions();
+        if !done && ta == tb && now.saturating_sub(good) < slice {
+            continue;
+        }
         comparisons += 1;
-        let (ea, eb) = ((ea != Exit::InstructionLimit).then_some(ea), (eb != Exit::InstructionLimit).then_some(eb));
-        if let Some(what) = compare(&mut a, &mut b, ea, eb) {
-            let mut d = pinpoint(build, start, slice)?;
-            if d.what.starts_with("a difference in the slice") {
-                d.what = format!("{what} after the slice from {start}, which single steps do not reproduce");
-            }
-            return Ok(Err(d));
+        let mut diff = p.compare(&ta, &tb, false);
+        if diff.is_none() && done {
+            // The dirty log must have covered every write: check all of memory once.
+            diff = p.compare(&ta, &tb, true).map(|mut d| {
+                d.what = format!("{} (missed by the dirty log)", d.what);
+                d
+            });
         }
-        if let Some(e) = ea {
-            let serial = a.serial_output();
-            return Ok(Ok(LockstepReport { exit: e, instructions: a.instructions(), comparisons, serial }));
+        if let Some(d) = diff {
+            let len = now.max(p.b.instructions()).saturating_sub(good).max(1);
+            let mut div = Divergence {
+                icount: good,
+                len,
+                what: d.what,
+                fields: d.fields,
+                memory: d.memory,
+                pinpoint: String::new(),
+                reference: arch_state(p.a.cpu()),
+                other: arch_state(p.b.cpu()),
+            };
+            if len > 1 {
+                drop(p);
+                pinpoint(build, &mut div)?;
+            }
+            return Ok(Err(div));
+        }
+        if let Some(f) = progress.as_mut() {
+            if now >> 28 != good >> 28 {
+                f(now, comparisons);
+            }
+        }
+        good = now;
+        if let Some(exit) = ta.exit {
+            let serial = p.a.serial_output();
+            return Ok(Ok(LockstepReport {
+                exit,
+                instructions: now,
+                comparisons,
+                turns,
+                pages_compared: p.pages_compared,
+                serial,
+            }));
         }
     }
 }
 
-/// Re-runs both engines to `start` (in the same slices as before), then one instruction at a
-/// time until they differ.
-fn pinpoint<E>(build: &dyn Fn(EngineKind) -> Result<Machine, E>, start: u64, slice: u64) -> Result<Divergence, E> {
+/// Rebuilds both machines and runs them (unpaired, at full speed: the board does not depend on
+/// how runs are split) to instruction `start`; `Err` says why they cannot be compared there.
+fn rerun_to<E>(build: &dyn Fn(EngineKind) -> Result<Machine, E>, start: u64) -> Result<Result<Pair, String>, E> {
     let mut a = build(EngineKind::Interp)?;
     let mut b = build(EngineKind::Jit)?;
-    while a.instructions() < start {
-        let n = slice.min(start - a.instructions());
-        a.run(Some(n));
-        b.run(Some(n));
+    let (ea, eb) = if start > 0 {
+        (a.run(Some(start)), b.run(Some(start)))
+    } else {
+        (Exit::InstructionLimit, Exit::InstructionLimit)
+    };
+    if ea != Exit::InstructionLimit || eb != Exit::InstructionLimit || a.instructions() != start {
+        return Ok(Err(format!("a re-run to instruction {start} ended early: {ea:?} vs {eb:?}")));
     }
-    for _ in 0..slice.saturating_mul(2) {
-        let at = a.instructions();
-        let ea = a.run(Some(1));
-        let eb = b.run(Some(1));
-        let (ea, eb) = ((ea != Exit::InstructionLimit).then_some(ea), (eb != Exit::InstructionLimit).then_some(eb));
-        if let Some(what) = compare(&mut a, &mut b, ea, eb) {
-            return Ok(Divergence { icount: at, what, reference: arch_state(a.cpu()), other: arch_state(b.cpu()) });
+    // The CPU states only: memory may differ where neither machine wrote since it was built
+    // (a difference built in); the dirty logs start now.
+    if !arch_eq(a.cpu(), b.cpu()) {
+        return Ok(Err(format!("a re-run differs already at instruction {start}")));
+    }
+    Ok(Ok(Pair::new(a, b)))
+}
+
+/// Narrows a divergence in `div.len` instructions from `div.icount` down: rebuilds both
+/// machines, runs them to `div.icount`, then steps both one instruction at a time. If single
+/// steps agree, runs the unit again as in lockstep (the JIT block-stepping) to tell whether
+/// the translated code reproduces the difference.
+fn pinpoint<E>(build: &dyn Fn(EngineKind) -> Result<Machine, E>, div: &mut Divergence) -> Result<(), E> {
+    let (start, end) = (div.icount, div.icount + div.len);
+    let mut p = match rerun_to(build, start)? {
+        Ok(p) => p,
+        Err(why) => {
+            div.pinpoint = format!("({why}; not narrowed)");
+            return Ok(());
         }
-        if ea.is_some() {
+    };
+    let (mut sa, mut sb) = (p.a.run_state(None, None), p.b.run_state(None, None));
+    let mut listed = Vec::new();
+    // Bounded: a halted CPU makes turns that execute nothing.
+    let turns = div.len.saturating_mul(4).saturating_add(10_000);
+    for _ in 0..turns {
+        if p.a.instructions() >= end {
+            break;
+        }
+        let at = p.a.instructions();
+        let c = p.a.cpu();
+        if listed.len() < MAX_LISTED {
+            listed.push(format!("  {at}: {:04x}:{:#x}", c.seg[cpu::SegReg::Cs as usize].selector, c.rip));
+        }
+        let ta = p.a.run_turn(&mut sa, Some(1));
+        let tb = p.b.run_turn(&mut sb, Some(1));
+        if let Some(d) = p.compare(&ta, &tb, false) {
+            let executed = p.a.instructions().max(p.b.instructions()) - at;
+            *div = Divergence {
+                icount: at,
+                len: executed.max(1),
+                what: d.what,
+                fields: d.fields,
+                memory: d.memory,
+                pinpoint: format!("(found by single steps from instruction {start})"),
+                reference: arch_state(p.a.cpu()),
+                other: arch_state(p.b.cpu()),
+            };
+            return Ok(());
+        }
+        if ta.exit.is_some() {
             break;
         }
     }
-    Ok(Divergence {
-        icount: start,
-        what: "a difference in the slice that single steps do not reproduce".into(),
-        reference: arch_state(a.cpu()),
-        other: arch_state(b.cpu()),
-    })
+    drop(p);
+    // Single steps agree: run the unit again as lockstep did.
+    let mut reproduced = None;
+    if let Ok(mut p) = rerun_to(build, start)? {
+        p.b.set_block_step(true);
+        let (mut sa, mut sb) = (p.a.run_state(None, None), p.b.run_state(None, None));
+        reproduced = Some(false);
+        for _ in 0..turns {
+            if p.a.instructions() >= end {
+                break;
+            }
+            let tb = p.b.run_turn(&mut sb, None);
+            let ta = p.a.run_turn(&mut sa, Some(tb.ran.map_or(1, |(_, n)| n)));
+            if p.compare(&ta, &tb, false).is_some() {
+                reproduced = Some(true);
+                break;
+            }
+            if ta.exit.is_some() {
+                break;
+            }
+        }
+    }
+    let how = match reproduced {
+        Some(true) => "a re-run of the translated code reproduces it: the difference comes from a translated block",
+        Some(false) => "a re-run of the translated code does not reproduce it either (something outside the engines?)",
+        None => "a second re-run failed",
+    };
+    div.pinpoint = format!(
+        "single steps from instruction {start} do not reproduce it; {how}; the interpreter ran:\n{}",
+        listed.join("\n")
+    );
+    Ok(())
 }

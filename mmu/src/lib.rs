@@ -2,6 +2,7 @@
 //! a soft TLB shared by the interpreter and the future JIT, and the x86 page walk.
 
 pub mod code;
+pub mod dirty;
 pub mod paging;
 pub mod persist;
 pub mod phys;
@@ -9,6 +10,7 @@ pub mod ram;
 pub mod tlb;
 
 pub use code::{CodePages, CodeRange};
+pub use dirty::{DirtyLog, ProtectSlots};
 pub use paging::{
     translate, PageFault, PagingMode, Translation, WalkAccess, WalkRegs, MAX_PHYS_BITS, PF_FETCH, PF_PRESENT, PF_RSVD,
     PF_USER, PF_WRITE,

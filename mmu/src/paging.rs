@@ -144,6 +144,7 @@ fn set_bits(mem: &mut PhysMemory, addr: u64, wide: bool, old: u64, bits: u64) {
     }
     let Some((off, true)) = mem.backing_offset(GuestPhysAddr(addr)) else { return };
     let new = old | bits;
+    mem.dirty_log().record(off, if wide { 8 } else { 4 });
     let off = off as usize;
     let b = mem.backing_mut();
     if wide {

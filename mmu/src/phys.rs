@@ -5,6 +5,7 @@
 //! MMIO regions carry an id that the machine dispatches to a device.
 
 use crate::code::CodePages;
+use crate::dirty::DirtyLog;
 use crate::ram::{GuestRam, GuestRamError};
 use crate::PAGE_SIZE;
 use base::GuestPhysAddr;
@@ -83,6 +84,8 @@ pub struct PhysMemory {
     regions: Vec<Region>,
     /// Which backing pages hold decoded or translated code.
     code: CodePages,
+    /// Which backing pages were written since the log was last taken (while logging).
+    dirty: DirtyLog,
 }
 
 impl PhysMemory {
@@ -92,7 +95,13 @@ impl PhysMemory {
         let size = usize::try_from(bytes).map_err(|_| PhysMemoryError::BadRegion { start: 0, len: backing_bytes })?;
         let backing = GuestRam::new(size)?;
         let pages = bytes / PAGE_SIZE;
-        Ok(PhysMemory { backing, next_backing: 0, regions: Vec::new(), code: CodePages::new(pages) })
+        Ok(PhysMemory {
+            backing,
+            next_backing: 0,
+            regions: Vec::new(),
+            code: CodePages::new(pages),
+            dirty: DirtyLog::new(pages),
+        })
     }
 
     fn insert(&mut self, region: Region) -> Result<(), PhysMemoryError> {
@@ -216,6 +225,7 @@ impl PhysMemory {
             let off = (backing + a - r.start) as usize;
             self.backing.as_mut_slice()[off..off + n].copy_from_slice(&data[done..done + n]);
             self.clear_code_range(off as u64, n as u64);
+            self.dirty.record(off as u64, n as u64);
             done += n;
         }
         Ok(())
@@ -262,12 +272,25 @@ impl PhysMemory {
         if n > 0 {
             b[start..start + n].copy_from_slice(&data[..n]);
             let _ = self.code.clear_range(off, n as u64);
+            self.dirty.record(off, n as u64);
         }
     }
 
     /// The code-page tracker (marks, invalidation queue, per-page counters).
     pub fn code_pages(&mut self) -> &mut CodePages {
         &mut self.code
+    }
+
+    /// The dirty log (see [`crate::dirty`]).
+    pub fn dirty_log(&mut self) -> &mut DirtyLog {
+        &mut self.dirty
+    }
+
+    /// Whether a TLB entry may allow fast writes to a backing page: no cached code there and,
+    /// while the dirty log records, the page already logged (see [`crate::dirty`]).
+    #[inline]
+    pub fn allows_fast_write(&self, backing_page: u64) -> bool {
+        !self.code.is_marked(backing_page) && self.dirty.allows_fast_write(backing_page)
     }
 }
 

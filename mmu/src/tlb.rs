@@ -298,6 +298,33 @@ impl SoftTlb {
         }
     }
 
+    /// Forces the writes of the given slots (`user as usize * TLB_ENTRIES + index`, see
+    /// [`SoftTlb::slot`]) through the slow path, or of every slot: what taking the dirty log
+    /// asks for (see [`crate::dirty`]).
+    pub fn protect_write_slots(&mut self, slots: &crate::ProtectSlots) {
+        match slots {
+            crate::ProtectSlots::Slots(list) => {
+                for &s in list {
+                    let s = usize::from(s);
+                    if let Some(e) = self.sets.get_mut(s / TLB_ENTRIES).and_then(|set| set.get_mut(s % TLB_ENTRIES)) {
+                        e.write_tag |= TLB_SLOW;
+                    }
+                }
+            }
+            crate::ProtectSlots::All => {
+                for e in self.sets.iter_mut().flat_map(|s| s.iter_mut()) {
+                    e.write_tag |= TLB_SLOW;
+                }
+            }
+        }
+    }
+
+    /// The slot number of `linear`'s entry for `user` (as [`crate::DirtyLog::granted`] takes it).
+    #[inline]
+    pub fn slot(user: bool, linear: u64) -> usize {
+        user as usize * TLB_ENTRIES + Self::index(linear)
+    }
+
     /// Forces writes to a backing page through the slow path (it now holds cached code).
     pub fn protect_backing_page(&mut self, backing_page_addr: u64) {
         for e in self.sets.iter_mut().flat_map(|s| s.iter_mut()) {
@@ -346,6 +373,21 @@ mod tests {
         assert!(t.lookup(false, TlbAccess::Read, lin, 8).is_some(), "global survives");
         t.flush_all();
         assert!(t.lookup(false, TlbAccess::Read, lin, 8).is_none());
+    }
+
+    #[test]
+    fn test_tlb_protect_write_slots() {
+        let mut t = SoftTlb::default();
+        let (a, b) = (0x40_0000u64, 0x41_0000u64);
+        t.fill(false, a, ent(a, 0x9000, 0), TlbSide::new(0x9000, false, 12));
+        t.fill(true, b, ent(b, 0xA000, 0), TlbSide::new(0xA000, false, 12));
+        t.protect_write_slots(&crate::ProtectSlots::Slots(vec![SoftTlb::slot(true, b) as u16]));
+        assert!(t.lookup(false, TlbAccess::Write, a, 4).is_some(), "other slots keep fast writes");
+        assert!(t.lookup(true, TlbAccess::Write, b, 4).is_none());
+        assert!(t.lookup(true, TlbAccess::Read, b, 4).is_some(), "reads stay fast");
+        t.protect_write_slots(&crate::ProtectSlots::All);
+        assert!(t.lookup(false, TlbAccess::Write, a, 4).is_none());
+        assert!(t.lookup(false, TlbAccess::Exec, a, 1).is_some());
     }
 
     #[test]

@@ -128,8 +128,11 @@ impl Cx<'_> {
                         e.exec_tag = page;
                     }
                     let ram = matches!(r.kind, RegionKind::Ram { .. });
-                    if ram && t.writable && t.dirty && !mem.is_code_page(bpage >> 12) {
+                    // No cached code on the page and, while the dirty log records, the page
+                    // already logged (see `mmu::dirty`).
+                    if ram && t.writable && t.dirty && mem.allows_fast_write(bpage >> 12) {
                         e.write_tag = page;
+                        mem.dirty_log().granted(mmu::SoftTlb::slot(user, lin));
                     }
                 }
                 RegionKind::Mmio { .. } => {}
@@ -248,6 +251,7 @@ impl Cx<'_> {
                     self.fetch_lin_page = u64::MAX;
                 }
                 let b = (bpage | (lin & 0xFFF)) as usize;
+                self.bus.memory().dirty_log().record(b as u64, size as u64);
                 if let Some(s) = self.bus.memory().backing_mut().get_mut(b..b + size) {
                     s.copy_from_slice(&val.to_le_bytes()[..size]);
                 }
@@ -255,11 +259,12 @@ impl Cx<'_> {
                 // (a finely tracked page keeps code in other chunks: writes stay slow).
                 if !(self.page_watched(lin & PAGE_MASK)
                     || self.ac_active && user
-                    || self.bus.memory().is_code_page(bpage >> 12))
+                    || !self.bus.memory().allows_fast_write(bpage >> 12))
                 {
                     let mut e2 = e;
                     e2.write_tag = lin & PAGE_MASK;
                     self.cpu.tlb.fill(user, lin, e2, side);
+                    self.bus.memory().dirty_log().granted(mmu::SoftTlb::slot(user, lin));
                 }
                 Ok(())
             }
@@ -343,8 +348,14 @@ impl Cx<'_> {
     /// Fetches up to 15 instruction bytes at linear `lin`; returns the bytes available and the
     /// fault that stopped the fetch early, if any.
     pub(crate) fn fetch_bytes(&mut self, lin: u64, out: &mut [u8; 15]) -> (usize, Option<Exception>) {
+        self.fetch_bytes_upto(lin, out, 15)
+    }
+
+    /// [`Cx::fetch_bytes`] of the first `want` (at most 15) bytes only.
+    pub(crate) fn fetch_bytes_upto(&mut self, lin: u64, out: &mut [u8; 15], want: usize) -> (usize, Option<Exception>) {
         let user = self.user();
-        for (i, slot) in out.iter_mut().enumerate() {
+        let want = want.min(15);
+        for (i, slot) in out.iter_mut().enumerate().take(want) {
             let a = lin.wrapping_add(i as u64);
             let a = if self.mode == CpuMode::Long64 { a } else { a & 0xFFFF_FFFF };
             let b = match self.cpu.tlb.lookup(user, TlbAccess::Exec, a, 1) {
@@ -368,6 +379,6 @@ impl Cx<'_> {
                 *slot = self.bus.memory().backing().get(b as usize).copied().unwrap_or(0xFF);
             }
         }
-        (15, None)
+        (want, None)
     }
 }

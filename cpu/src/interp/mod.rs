@@ -444,12 +444,20 @@ impl<'a> Cx<'a> {
                 }
             }
         }
-        // Slow path: near a page end, or the TLB has no entry yet.
+        // Slow path: near a page end, or the TLB has no entry yet. The bytes up to the end of
+        // the page first: an instruction that ends there must not touch the next page (a walk
+        // of it would set its accessed bit; the JIT, which decodes within the page, does not).
         let mut bytes = [0u8; 15];
-        let (n, fault) = self.fetch_bytes(lin, &mut bytes);
+        let in_page = (0x1000 - (lin & 0xFFF)).min(15) as usize;
+        let (mut n, mut fault) = self.fetch_bytes_upto(lin, &mut bytes, in_page);
         let mut instr = Instruction::default();
         let mut dec = Decoder::with_ip(bitness, &bytes[..n], rip, DecoderOptions::NONE);
         dec.decode_out(&mut instr);
+        if instr.is_invalid() && n == in_page && in_page < 15 && dec.last_error() == DecoderError::NoMoreBytes {
+            (n, fault) = self.fetch_bytes(lin, &mut bytes);
+            dec = Decoder::with_ip(bitness, &bytes[..n], rip, DecoderOptions::NONE);
+            dec.decode_out(&mut instr);
+        }
         if instr.is_invalid() {
             if dec.last_error() == DecoderError::NoMoreBytes {
                 if let Some(f) = fault {
