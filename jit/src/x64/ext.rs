@@ -145,6 +145,32 @@ pub(super) enum FlagUse {
 }
 
 impl Ext {
+    /// The `CpuState` offsets of the guest registers (and count) this form's emitter reads or
+    /// writes, implicit operands included.
+    pub(super) fn regs(self) -> [Option<i32>; 3] {
+        let gpr = |n: usize| Some((offsets::GPR + 8 * n) as i32);
+        let src = |s: Src| match s {
+            Src::Reg(r) => Some(r),
+            Src::Imm(_) => None,
+        };
+        match self {
+            Ext::MovN { dst, src: s, .. } | Ext::AluN { dst, src: s, .. } => [Some(dst), src(s), None],
+            Ext::IncDecN { dst, .. }
+            | Ext::Not { dst, .. }
+            | Ext::Neg { dst, .. }
+            | Ext::ShiftImm { dst, .. }
+            | Ext::Setcc { dst, .. } => [Some(dst), None, None],
+            Ext::Extend { dst, src, .. } | Ext::Cmov { dst, src, .. } => [Some(dst), Some(src), None],
+            Ext::Xchg { a, b, .. } => [Some(a), Some(b), None],
+            Ext::Imul { dst, src1, src2, .. } => [Some(dst), Some(src1), src(src2)],
+            Ext::ShiftCl { dst, .. } => [Some(dst), gpr(1), None],
+            Ext::RotDead { dst, cl, .. } => [Some(dst), if cl { gpr(1) } else { None }, None],
+            Ext::Nop => [None, None, None],
+            Ext::Convert(_) => [gpr(0), gpr(2), None],
+            Ext::Rdtsc => [gpr(0), gpr(2), Some(offsets::ICOUNT as i32)],
+        }
+    }
+
     pub(super) fn flag_use(self) -> FlagUse {
         match self {
             Ext::MovN { .. }
