@@ -1951,6 +1951,9 @@ impl Emitter<'_> {
     /// state is known: they are the guest's there, live only on that path.
     fn fast_loop_back(&mut self, cc: ConditionCode, next: u64, fast: FastLoop) {
         debug_assert_eq!((self.synced, self.pending), (0, fast.n), "fast loops have no helper");
+        // The condition on the host's flags (from `CpuState` if a slow path or a POP synced
+        // them).
+        self.flags_to_host();
         // The top expects every cached register loaded (MOVs: the flags stay).
         let missing = self.regs.allocated() & !self.regs.loaded;
         self.reload(missing);
