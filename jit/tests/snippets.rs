@@ -819,3 +819,159 @@ fn test_jit_indirect_calls() {
     assert_eq!(c.gpr[3], 90);
     assert_eq!(c.gpr[4], 0x8000_0000_0000_0010, "RSP unchanged by the faulting CALL");
 }
+
+// The register cache: guest registers in host registers within a block.
+
+#[test]
+fn test_jit_cached_registers_at_a_page_fault() {
+    // EAX and ECX are changed in host registers, then a load from a page that is not present
+    // faults (#PF; no IDT, so it escalates to a triple fault): the state at the fault must hold
+    // their new values. PSE: PDE 0 maps 0..4 MiB, PDE 1 is not present.
+    let pd = 0x1_0000u64;
+    let code = assemble(32, |a| {
+        a.mov(eax, 5u32).unwrap();
+        a.mov(ecx, 7u32).unwrap();
+        a.add(eax, ecx).unwrap();
+        a.add(ecx, eax).unwrap();
+        a.mov(ebx, 0x40_0010u32).unwrap();
+        a.mov(edx, dword_ptr(ebx)).unwrap();
+        a.add(eax, ecx).unwrap();
+        a.hlt().unwrap();
+    });
+    let mut start = state(32);
+    start.cr3 = pd;
+    start.cr4 |= cpu::state::cr::CR4_PSE;
+    start.cr0 |= cpu::state::cr::CR0_PG;
+    let (e0, c0, _) = {
+        let mut bus = cpu::RamBus::with_code(RAM, &code, CODE).unwrap();
+        bus.mem.load(base::GuestPhysAddr(pd), &0x83u32.to_le_bytes()).unwrap();
+        let mut c = start.clone();
+        let e = cpu::ExecutionEngine::run(&mut cpu::Interpreter::new(), &mut c, &mut bus, 100);
+        (e, c, bus)
+    };
+    for slices in [&[][..], &[1], &[2, 3]] {
+        let mut bus = cpu::RamBus::with_code(RAM, &code, CODE).unwrap();
+        bus.mem.load(base::GuestPhysAddr(pd), &0x83u32.to_le_bytes()).unwrap();
+        let mut jit = jit::Translator::new();
+        let mut c = start.clone();
+        let mut k = 0;
+        let e = loop {
+            let n = if slices.is_empty() { 100 } else { slices[k % slices.len()] };
+            k += 1;
+            let e = cpu::ExecutionEngine::run(&mut jit, &mut c, &mut bus, n);
+            if e != RunExit::BudgetExhausted || c.icount >= 100 {
+                break e;
+            }
+        };
+        assert_eq!((e, arch(&c)), (e0, arch(&c0)), "slices {slices:?}");
+    }
+    assert_eq!(e0, RunExit::TripleFault);
+    // By hand: EAX = 5 + 7, ECX = 7 + 12; the faulting load counts (6 instructions).
+    assert_eq!((c0.gpr[0], c0.gpr[1], c0.icount), (12, 19, 6));
+}
+
+#[test]
+fn test_jit_helper_between_cached_uses() {
+    // BSWAP runs in the interpreter between inline uses of EAX and ECX: it must read the value
+    // the host register holds, and the inline code after it must see its result.
+    for bits in [32u32, 64] {
+        let code = assemble(bits, |a| {
+            a.mov(eax, 1u32).unwrap();
+            a.mov(ecx, 2u32).unwrap();
+            a.add(eax, ecx).unwrap();
+            a.bswap(eax).unwrap();
+            a.add(eax, ecx).unwrap();
+            a.add(ecx, eax).unwrap();
+            a.hlt().unwrap();
+        });
+        let (exit, c, _) = lockstep("helper-between", &code, &state(bits), 100);
+        assert_eq!(exit, RunExit::Halted);
+        assert_eq!((c.gpr[0], c.gpr[1]), (0x0300_0002, 0x0300_0004));
+    }
+}
+
+#[test]
+fn test_jit_partial_writes_to_cached_registers() {
+    // AH and 16-bit writes to a register cached in a host register keep its other bits.
+    let code = assemble(64, |a| {
+        a.mov(rax, 0x1122_3344_5566_7788u64).unwrap();
+        a.mov(ebx, 1u32).unwrap();
+        a.add(rax, rbx).unwrap();
+        a.mov(ah, 0x99).unwrap();
+        a.add(rax, rbx).unwrap();
+        a.mov(ax, 0x1234u32).unwrap();
+        a.add(rax, rbx).unwrap();
+        a.inc(al).unwrap();
+        a.add(bh, ah).unwrap();
+        a.add(rax, rbx).unwrap();
+        a.hlt().unwrap();
+    });
+    let (exit, c, _) = lockstep("partial-cached", &code, &state(64), 100);
+    assert_eq!(exit, RunExit::Halted);
+    // By hand: ...7789 -> AH=99 -> ...998a -> AX=1234 -> ...1235 -> AL=36 -> BH=12 (RBX 0x1201)
+    // -> RAX + 0x1201.
+    assert_eq!(c.gpr[3], 0x1201);
+    assert_eq!(c.gpr[0], 0x1122_3344_5566_1236 + 0x1201);
+}
+
+#[test]
+fn test_jit_32_bit_writes_to_cached_registers_zero_extend() {
+    let code = assemble(64, |a| {
+        a.mov(rax, -1i64).unwrap();
+        a.mov(rcx, -1i64).unwrap();
+        a.mov(rdx, -1i64).unwrap();
+        a.mov(rsi, 0x8000u64).unwrap();
+        a.mov(qword_ptr(rsi), rax).unwrap();
+        a.add(eax, 1).unwrap(); // 0
+        a.add(rax, rcx).unwrap(); // -1
+        a.mov(ecx, eax).unwrap(); // 0xFFFF_FFFF
+        a.lea(edx, dword_ptr(rax + rcx)).unwrap(); // low half of -1 + 0xFFFF_FFFF
+        a.mov(edi, dword_ptr(rsi)).unwrap(); // 0xFFFF_FFFF
+        a.add(rdi, rcx).unwrap();
+        a.add(rdx, rcx).unwrap();
+        a.add(rax, rcx).unwrap();
+        a.hlt().unwrap();
+    });
+    let (exit, c, _) = lockstep("zext-cached", &code, &state(64), 100);
+    assert_eq!(exit, RunExit::Halted);
+    assert_eq!(c.gpr[1], 0xFFFF_FFFF);
+    assert_eq!(c.gpr[2], 0xFFFF_FFFE + 0xFFFF_FFFF);
+    assert_eq!(c.gpr[7], 0x1_FFFF_FFFE);
+    assert_eq!(c.gpr[0], 0xFFFF_FFFE);
+}
+
+#[test]
+fn test_jit_register_self_loop_ends_at_the_exact_budget() {
+    // A register-only self-loop (the benchmark guest's integer loop) runs on host registers
+    // with a countdown of whole iterations: every budget must still end exactly, and the
+    // flags at the stop are those of the last iteration's DEC.
+    let code = assemble(32, |a| {
+        let mut top = a.create_label();
+        a.mov(eax, 1u32).unwrap();
+        a.mov(ecx, 50u32).unwrap();
+        a.set_label(&mut top).unwrap();
+        a.add(eax, ecx).unwrap();
+        a.mov(edx, eax).unwrap();
+        a.shl(edx, 1).unwrap();
+        a.add(eax, edx).unwrap();
+        a.xor(eax, ecx).unwrap();
+        a.dec(ecx).unwrap();
+        a.jnz(top).unwrap();
+        a.hlt().unwrap();
+    });
+    let (exit, c, _) = lockstep("self-loop", &code, &state(32), 1000);
+    assert_eq!(exit, RunExit::Halted);
+    assert_eq!(c.icount, 2 + 7 * 50 + 1);
+    let mut want = 1u32;
+    for k in (1..=50u32).rev() {
+        want = want.wrapping_add(k);
+        want = want.wrapping_add(want << 1) ^ k;
+    }
+    assert_eq!(c.gpr[0], u64::from(want), "the loop's result, computed on the host");
+    for budget in (1u64..=40).chain([100, 351, 352, 353]) {
+        let (e0, c0, _) = run(&mut cpu::Interpreter::new(), &code, &state(32), budget, &[]);
+        let (e1, c1, _) = run(&mut jit::Translator::new(), &code, &state(32), budget, &[]);
+        assert_eq!((e1, arch(&c1)), (e0, arch(&c0)), "budget {budget}");
+        assert_eq!(c1.icount, budget.min(353));
+    }
+}
