@@ -260,7 +260,16 @@ impl CodeCache {
                 break;
             }
             insns.push(insn);
-            if insn.flow_control() != FlowControl::Next || insn.mnemonic() == Mnemonic::Hlt || ends_block(&insn) {
+            // A conditional branch does not end the block (its taken path leaves, the code after
+            // it goes on in the block: a loop with exits in it is one block), unless it goes back
+            // to the block's entry (a self-loop).
+            let flow = insn.flow_control();
+            let back = flow == FlowControl::ConditionalBranch && insn.near_branch_target() == 0;
+            if !matches!(flow, FlowControl::Next | FlowControl::ConditionalBranch)
+                || back
+                || insn.mnemonic() == Mnemonic::Hlt
+                || ends_block(&insn)
+            {
                 break;
             }
         }
@@ -940,6 +949,8 @@ struct Emitter<'a> {
     regs: RegCache,
     /// The block is a self-loop on host registers.
     fast_loop: Option<FastLoop>,
+    /// The instruction being emitted is the block's last.
+    last: bool,
 }
 
 macro_rules! jcc_emit {
@@ -1864,8 +1875,12 @@ impl Emitter<'_> {
             }
             Inline::Jcc { cc, target } => {
                 self.pending += 1;
-                if let (0, Some(fast)) = (target, self.fast_loop) {
-                    self.fast_loop_back(cc, next, fast);
+                if let (0, Some(fast), true) = (target, self.fast_loop, self.last) {
+                    self.fast_loop_back(Some(cc), next, fast);
+                    return;
+                }
+                if !self.last {
+                    self.side_exit(cc, target);
                     return;
                 }
                 let taken = self.ops.new_dynamic_label();
@@ -1936,6 +1951,10 @@ impl Emitter<'_> {
             }
             Inline::Jmp { target } => {
                 self.pending += 1;
+                if let (0, Some(fast)) = (target, self.fast_loop) {
+                    self.fast_loop_back(None, next, fast);
+                    return;
+                }
                 self.sync_flags();
                 self.sync_count_rip(target);
                 self.exit_to(target);
@@ -1945,15 +1964,23 @@ impl Emitter<'_> {
         self.pending += 1;
     }
 
-    /// The Jcc at the end of a self-loop block (see [`FastLoop`]): taken, straight back to the
-    /// loop top with every cached register (and the count) in its host register; not taken, out
-    /// of the block. The stop path of the top's budget check is emitted here, where the flags'
-    /// state is known: they are the guest's there, live only on that path.
-    fn fast_loop_back(&mut self, cc: ConditionCode, next: u64, fast: FastLoop) {
+    /// The Jcc (or JMP: `cc` None) at the end of a self-loop block (see [`FastLoop`]): taken,
+    /// straight back to the loop top with every cached register (and the count) in its host
+    /// register; not taken, out of the block. The stop path of the top's budget check is
+    /// emitted here, where the flags' state is known: they are the guest's there.
+    fn fast_loop_back(&mut self, cc: Option<ConditionCode>, next: u64, fast: FastLoop) {
         debug_assert_eq!((self.synced, self.pending), (0, fast.n), "fast loops have no helper");
-        // The condition on the host's flags (from `CpuState` if a slow path or a POP synced
-        // them).
-        self.flags_to_host();
+        if cc.is_some() || fast.flags_live {
+            // The condition (and the top, if the flags are live there) on the host's flags,
+            // from `CpuState` if a slow path or a POP synced them.
+            self.flags_to_host();
+        }
+        if fast.flags_live && self.last_logic {
+            // The top expects the guest's AF in the host's (0 after a logic operation).
+            let not_af = !(AF as i32);
+            dynasm!(self.ops ; .arch x64 ; pushfq ; and QWORD [rsp], not_af ; popfq);
+            self.last_logic = false;
+        }
         // The top expects every cached register loaded (MOVs: the flags stay).
         let missing = self.regs.allocated() & !self.regs.loaded;
         self.reload(missing);
@@ -1961,14 +1988,19 @@ impl Emitter<'_> {
         let mut top_regs = self.regs;
         top_regs.loaded = self.regs.allocated();
         top_regs.dirty = self.regs.allocated();
-        jcc_emit!(self.ops, cc, fast.top);
-        // Not taken: out of the block.
         let (flags_in_host, last_logic) = (self.flags_in_host, self.last_logic);
-        self.sync_flags();
-        self.sync_count_rip(next);
-        self.exit_to(next);
+        match cc {
+            Some(cc) => {
+                jcc_emit!(self.ops, cc, fast.top);
+                // Not taken: out of the block.
+                self.sync_flags();
+                self.sync_count_rip(next);
+                self.exit_to(next);
+            }
+            None => dynasm!(self.ops ; .arch x64 ; jmp =>fast.top),
+        }
         // The budget is used up at the top: the state is the top's (count exact, RIP at the
-        // entry), the flags those of this Jcc.
+        // entry), the flags those of this back edge.
         dynasm!(self.ops ; .arch x64 ; =>fast.stop);
         self.regs = top_regs;
         self.pending = 0;
@@ -1981,15 +2013,105 @@ impl Emitter<'_> {
         dynasm!(self.ops ; .arch x64 ; mov eax, exit::NO_BUDGET as i32 ; jmp =>out);
         self.flags_in_host = false;
     }
+
+    /// The entry of a self-loop block, after the budget check (see [`FastLoop`]).
+    fn fast_loop_entry(&mut self, fast: FastLoop) {
+        let all = self.regs.allocated();
+        for g in 0..16 {
+            if all & (1 << g) != 0 {
+                if let Some(h) = self.regs.host_of(g) {
+                    regcache::emit_load(self.ops, h, regcache::off_of(g));
+                }
+            }
+        }
+        let ic = regcache::ICOUNT_HOST;
+        let n = fast.n;
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov Rq(ic), QWORD [r12 + ICOUNT]
+            ; mov rax, QWORD [r12 + BUDGET_END]
+            ; sub rax, Rq(ic)
+            ; xor edx, edx
+            ; mov ecx, n
+            ; div rcx
+            ; mov r15, rax
+            ; lea Rq(ic), [Rq(ic) - n]
+        );
+        self.regs.loaded = all;
+        self.regs.dirty = all;
+        if fast.flags_live {
+            self.flags_to_host();
+        }
+        let tramp = self.ops.new_dynamic_label();
+        let (top, stop) = (fast.top, fast.stop);
+        dynasm!(self.ops
+            ; .arch x64
+            ; jmp =>top
+            ; =>tramp
+            ; jmp =>stop
+            ; =>top
+            ; lea Rq(ic), [Rq(ic) + n]
+            ; mov rcx, r15
+            ; jrcxz =>tramp
+            ; lea r15, [r15 - 1]
+        );
+        self.flags_in_host = fast.flags_live;
+        self.last_logic = false;
+    }
+
+    /// A Jcc inside a block: taken, out of the block (to `target`); not taken, on with the
+    /// flags where they are.
+    fn side_exit(&mut self, cc: ConditionCode, target: u64) {
+        let in_host = self.flags_in_host;
+        if !in_host {
+            self.materialize_lazy();
+            let status = STATUS as i32;
+            dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + RFLAGS] ; and eax, status ; push rax ; popfq);
+        }
+        let cont = self.ops.new_dynamic_label();
+        jcc_emit!(self.ops, negate(cc), cont);
+        let keep = (self.synced, self.pending, self.regs, self.last_logic);
+        self.sync_flags();
+        self.sync_count_rip(target);
+        self.exit_to(target);
+        (self.synced, self.pending, self.regs, self.last_logic) = keep;
+        self.flags_in_host = in_host;
+        dynasm!(self.ops ; .arch x64 ; =>cont);
+    }
 }
 
-/// A block whose last instruction is a Jcc back to its entry, whose instructions all run
-/// inline (no helper: RIP stays at the entry, the count of one iteration is `n`), and whose
-/// flags are dead at the entry. Its loop runs on host registers:
+/// The opposite condition.
+fn negate(cc: ConditionCode) -> ConditionCode {
+    use ConditionCode as C;
+    match cc {
+        C::o => C::no,
+        C::no => C::o,
+        C::b => C::ae,
+        C::ae => C::b,
+        C::e => C::ne,
+        C::ne => C::e,
+        C::be => C::a,
+        C::a => C::be,
+        C::s => C::ns,
+        C::ns => C::s,
+        C::p => C::np,
+        C::np => C::p,
+        C::l => C::ge,
+        C::ge => C::l,
+        C::le => C::g,
+        C::g => C::le,
+        C::None => C::None,
+    }
+}
+
+/// A block whose last instruction is a Jcc or JMP back to its entry and whose instructions all
+/// run inline (no helper: RIP stays at the entry, the count of one iteration is `n`). Its loop
+/// runs on host registers:
 ///
 /// ```text
 /// checked:  load every cached register; rIC = icount - n
 ///           r15 = (budget_end - icount) / n        ; iterations that fit (>= 1: checked)
+///           flags live at the entry: the guest's into the host's
 ///           jmp top
 /// tramp:    jmp stop
 /// top:      rIC += n; if r15 == 0 goto tramp; r15 -= 1   ; LEA, MOV, JRCXZ: flags kept
@@ -2004,6 +2126,9 @@ struct FastLoop {
     stop: DynamicLabel,
     /// Instructions per iteration.
     n: i32,
+    /// The flags are live at the entry: the loop keeps them in the host's from the top (loaded
+    /// once before it; AF cleared at the back edge after a logic operation, as the merge would).
+    flags_live: bool,
 }
 
 /// Emits a block.
@@ -2094,15 +2219,14 @@ fn emit_block(
     let (dead, entry_dead) = dead_flags(&plan);
     let n_insns = insns.len() as i32;
     // A self-loop running on host registers (see `FastLoop`).
-    let fast = entry_dead
-        && plan.iter().all(Option::is_some)
-        && matches!(plan.last(), Some(Some(Inline::Jcc { target: 0, .. })))
+    let fast = plan.iter().all(Option::is_some)
+        && matches!(plan.last(), Some(Some(Inline::Jcc { target: 0, .. } | Inline::Jmp { target: 0 })))
         && regcache_enabled();
     let mut uses = [0u32; 16];
     for p in plan.iter().flatten() {
         cached_uses(p, &mut uses);
     }
-    let mut regs = if !regcache_enabled() {
+    let regs = if !regcache_enabled() {
         RegCache::default()
     } else if fast {
         let mut r = RegCache::allocate(&uses, 1, &regcache::HOST_REGS[..4]);
@@ -2141,40 +2265,11 @@ fn emit_block(
             ; =>checked
         );
     }
-    let fast_loop = fast.then(|| {
-        let (top, stop, tramp) = (ops.new_dynamic_label(), ops.new_dynamic_label(), ops.new_dynamic_label());
-        let all = regs.allocated();
-        for g in 0..16 {
-            if all & (1 << g) != 0 {
-                if let Some(h) = regs.host_of(g) {
-                    regcache::emit_load(ops, h, regcache::off_of(g));
-                }
-            }
-        }
-        let ic = regcache::ICOUNT_HOST;
-        let n = n_insns;
-        dynasm!(ops
-            ; .arch x64
-            ; mov Rq(ic), QWORD [r12 + ICOUNT]
-            ; mov rax, QWORD [r12 + BUDGET_END]
-            ; sub rax, Rq(ic)
-            ; xor edx, edx
-            ; mov ecx, n
-            ; div rcx
-            ; mov r15, rax
-            ; lea Rq(ic), [Rq(ic) - n]
-            ; jmp =>top
-            ; =>tramp
-            ; jmp =>stop
-            ; =>top
-            ; lea Rq(ic), [Rq(ic) + n]
-            ; mov rcx, r15
-            ; jrcxz =>tramp
-            ; lea r15, [r15 - 1]
-        );
-        regs.loaded = all;
-        regs.dirty = all;
-        FastLoop { top, stop, n }
+    let fast_loop = fast.then(|| FastLoop {
+        top: ops.new_dynamic_label(),
+        stop: ops.new_dynamic_label(),
+        n: n_insns,
+        flags_live: !entry_dead,
     });
     let mut em = Emitter {
         ops,
@@ -2193,12 +2288,17 @@ fn emit_block(
         profile,
         regs,
         fast_loop,
+        last: false,
     };
+    if let Some(fast) = fast_loop {
+        em.fast_loop_entry(fast);
+    }
     let mut ended = false;
     for ((i, p), &dead) in insns.iter().zip(&plan).zip(&dead) {
         let at = i.ip();
         let next = i.next_ip();
         em.cur = *i;
+        em.last = std::ptr::eq(i, insns.last().unwrap_or(i));
         match p {
             Some(op) => {
                 // What the emitter runs on `CpuState` fields: written back and dropped.
@@ -2207,10 +2307,10 @@ fn emit_block(
                 em.inline(*op, at, next, dead);
                 em.regs.loaded &= !m;
                 em.regs.dirty &= !m;
-                if matches!(
-                    op,
-                    Inline::Jcc { .. }
-                        | Inline::Jmp { .. }
+                if em.last && matches!(op, Inline::Jcc { .. })
+                    || matches!(
+                        op,
+                        Inline::Jmp { .. }
                         | Inline::JmpInd { .. }
                         | Inline::Stack { op: StackOp::Call(_) | StackOp::Ret, .. }
                 ) {
