@@ -1,5 +1,8 @@
 //! The x86-64 back end: the code cache, block translation and the dispatcher.
 
+// dynasm's dynamic registers (`Rq(h)` with `h: u8`) expand to `h.into()`.
+#![allow(clippy::useless_conversion)]
+
 use crate::profile::Profile;
 use crate::{JitStats, Translator, MAX_BLOCK_INSNS};
 use cpu::helpers::{exit, helper_flags, helper_step, offsets, HelperEnv};
@@ -467,9 +470,7 @@ fn memory_regs(op: &Inline) -> u32 {
         | Inline::Lea { .. }
         | Inline::Jcc { .. }
         | Inline::Jmp { .. } => 0,
-        Inline::Mem { kind, sz, .. } => {
-            kind_reg(kind).filter(|_| kind.cacheable_reg(sz).is_none()).map_or(0, reg_bit)
-        }
+        Inline::Mem { kind, sz, .. } => kind_reg(kind).filter(|_| kind.cacheable_reg(sz).is_none()).map_or(0, reg_bit),
         Inline::Stack { op, .. } => match op {
             StackOp::Push(r) | StackOp::Pop(r) => rsp | reg_bit(r),
             StackOp::Call(_) | StackOp::Ret => rsp,
@@ -574,8 +575,10 @@ impl MemKind {
             Some(reg)
                 if matches!(
                     (self, sz),
-                    (MemKind::Load { .. } | MemKind::Store { .. } | MemKind::AluRM { .. } | MemKind::AluMR { .. }, Sz::D | Sz::Q)
-                        | (MemKind::LoadExt { dsz: Sz::D | Sz::Q, .. }, _)
+                    (
+                        MemKind::Load { .. } | MemKind::Store { .. } | MemKind::AluRM { .. } | MemKind::AluMR { .. },
+                        Sz::D | Sz::Q
+                    ) | (MemKind::LoadExt { dsz: Sz::D | Sz::Q, .. }, _)
                 ) =>
             {
                 Some(reg)
@@ -2303,7 +2306,7 @@ fn emit_block(
             Some(op) => {
                 // What the emitter runs on `CpuState` fields: written back and dropped.
                 let m = memory_regs(op);
-                em.to_memory(m);
+                em.spill(m);
                 em.inline(*op, at, next, dead);
                 em.regs.loaded &= !m;
                 em.regs.dirty &= !m;
@@ -2311,9 +2314,10 @@ fn emit_block(
                     || matches!(
                         op,
                         Inline::Jmp { .. }
-                        | Inline::JmpInd { .. }
-                        | Inline::Stack { op: StackOp::Call(_) | StackOp::Ret, .. }
-                ) {
+                            | Inline::JmpInd { .. }
+                            | Inline::Stack { op: StackOp::Call(_) | StackOp::Ret, .. }
+                    )
+                {
                     ended = true;
                 }
             }

@@ -170,7 +170,7 @@ impl Emitter<'_> {
 
     /// Before an instruction emitted on `CpuState` fields: writes back and drops the cached
     /// copies of the guest registers in `mask`.
-    pub(super) fn to_memory(&mut self, mask: u32) {
+    pub(super) fn spill(&mut self, mask: u32) {
         self.writeback(mask);
         self.regs.loaded &= !mask;
         self.regs.dirty &= !mask;
