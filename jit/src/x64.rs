@@ -1114,6 +1114,10 @@ impl Emitter<'_> {
     }
 
     /// Leaves the block with `BLOCK_END` (state already synced).
+    ///
+    /// Callers write the cached guest registers back first ([`Self::exit_to`],
+    /// [`Self::writeback_all`]): `CpuState` is exact whenever control reaches `out`, a chain
+    /// slot or another block's body, so code there may rely on it.
     fn leave(&mut self) {
         let out = self.out;
         dynasm!(self.ops ; .arch x64 ; mov eax, exit::BLOCK_END as i32 ; jmp =>out);
