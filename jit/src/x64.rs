@@ -946,6 +946,11 @@ struct Emitter<'a> {
     /// The guest's flags are in R9 (from PUSHFQ) for the slow path of the current memory
     /// instruction, not in `CpuState` (see [`Emitter::stash_or_sync_flags`]).
     stashed: bool,
+    /// The stashed flags are live after the current instruction: R9 keeps them.
+    keep_r9: bool,
+    /// The guest's flags are in R9 (a PUSHFQ image or their status bits), not in the host's
+    /// flags nor in `CpuState`.
+    flags_in_r9: bool,
     /// Counters of helper-served instructions (`FERRO_JIT_PROFILE=1`).
     profile: Option<&'a mut Profile>,
     /// Guest registers in host registers (see [`regcache`]).
@@ -1038,12 +1043,35 @@ impl Emitter<'_> {
         );
     }
 
-    /// Writes the host's flags back if they are the guest's.
+    /// Writes the host's flags (or those kept in R9) back if they are the guest's.
     fn sync_flags(&mut self) {
         if self.flags_in_host {
             dynasm!(self.ops ; .arch x64 ; pushfq ; pop rax);
             self.merge_flags_from_rax();
-            self.flags_in_host = false;
+        } else if self.flags_in_r9 {
+            dynasm!(self.ops ; .arch x64 ; mov rax, r9);
+            self.merge_flags_from_rax();
+        }
+        self.flags_now_synced();
+    }
+
+    /// The host's flags are the guest's (a flag writer ran).
+    fn flags_now_in_host(&mut self) {
+        self.flags_in_host = true;
+        self.flags_in_r9 = false;
+    }
+
+    /// The guest's flags are in `CpuState` only.
+    fn flags_now_synced(&mut self) {
+        self.flags_in_host = false;
+        self.flags_in_r9 = false;
+    }
+
+    /// Flags kept in R9 (see [`Self::stash_or_sync_flags`]) back into the host's.
+    fn flags_from_r9(&mut self) {
+        if self.flags_in_r9 {
+            dynasm!(self.ops ; .arch x64 ; push r9 ; popfq);
+            self.flags_now_in_host();
         }
     }
 
@@ -1066,7 +1094,9 @@ impl Emitter<'_> {
     /// Makes the host's CF the guest's (for ADC/SBB and for INC/DEC, which keep it). The
     /// `mov` loads below leave the host flags alone until the instruction itself.
     fn load_guest_cf(&mut self) {
-        if !self.flags_in_host {
+        if self.flags_in_r9 {
+            dynasm!(self.ops ; .arch x64 ; bt r9d, 0);
+        } else if !self.flags_in_host {
             self.materialize_lazy();
             dynasm!(self.ops ; .arch x64 ; bt QWORD [r12 + RFLAGS], 0);
         }
@@ -1159,19 +1189,22 @@ impl Emitter<'_> {
         }
     }
 
-    /// Before a memory access: the guest's flags, if in the host, must reach `CpuState` if the
-    /// access faults (the slow path), but are needed afterwards only if live. If they are dead
-    /// after the instruction, or the instruction overwrites them (`writes_flags`), they are only
-    /// kept in R9 (PUSHFQ; POP) for the slow path, which merges them ([`Self::unstash`]);
-    /// otherwise they are written back now.
+    /// Before a memory access (the TLB probe clobbers the host's flags): the guest's flags, if
+    /// in the host, are kept in R9 (PUSHFQ; POP) for the slow path, which merges them if the
+    /// access faults ([`Self::unstash`]). If they are live after an instruction that does not
+    /// write them (`dead`, `writes_flags` false), they stay in R9 after it (the slow path puts
+    /// them back there): a later reader takes them from R9, a later writer replaces them.
     fn stash_or_sync_flags(&mut self, dead: bool, writes_flags: bool) {
         self.stashed = false;
-        if self.flags_in_host && (dead || writes_flags) {
+        if self.flags_in_host {
             dynasm!(self.ops ; .arch x64 ; pushfq ; pop r9);
             self.stashed = true;
-        } else {
-            self.sync_flags();
+        } else if self.flags_in_r9 {
+            self.stashed = true;
         }
+        self.keep_r9 = self.stashed && !dead && !writes_flags;
+        self.flags_in_host = false;
+        self.flags_in_r9 = self.stashed;
     }
 
     /// On a slow path: writes the flags kept in R9 back to `CpuState` (see
@@ -1183,11 +1216,16 @@ impl Emitter<'_> {
         }
     }
 
-    /// After a memory instruction that stashed the flags: they were dead after it, and the host
+    /// After a memory instruction that stashed the flags: live, they stay in R9; dead, the host
     /// holds garbage that the next flag writer replaces.
     fn after_stash(&mut self) {
         if std::mem::take(&mut self.stashed) {
-            self.flags_in_host = true;
+            if std::mem::take(&mut self.keep_r9) {
+                self.flags_in_host = false;
+                self.flags_in_r9 = true;
+            } else {
+                self.flags_now_in_host();
+            }
         }
     }
 
@@ -1320,6 +1358,12 @@ impl Emitter<'_> {
             let b = back as i64 as i32;
             dynasm!(self.ops ; .arch x64 ; sub QWORD [r12 + RIP], b);
         }
+        if self.stashed && self.keep_r9 {
+            // The instruction left the flags (merged above) alone: back into R9, status
+            // bits only (R9 may be loaded into the host's flags).
+            let status = STATUS as i32;
+            dynasm!(self.ops ; .arch x64 ; mov r9, QWORD [r12 + RFLAGS] ; and r9d, status);
+        }
         if alu {
             self.materialize_lazy();
             let status = STATUS as i32;
@@ -1351,7 +1395,13 @@ impl Emitter<'_> {
     fn stack(&mut self, op: StackOp, w64: bool, user: bool, at: u64, next: u64, dead: bool) {
         // CALL and RET end the block: the flags go to `CpuState` first.
         let ends = matches!(op, StackOp::Call(_) | StackOp::Ret);
-        self.stash_or_sync_flags(dead && !ends, false);
+        if ends {
+            self.stashed = false;
+            self.keep_r9 = false;
+            self.sync_flags();
+        } else {
+            self.stash_or_sync_flags(dead, false);
+        }
         let (synced0, pending0) = (self.synced, self.pending);
         // Stack operations run on `CpuState` (their registers were written back before).
         let pre = self.regs;
@@ -1583,6 +1633,7 @@ impl Emitter<'_> {
             // INC/DEC: the guest's CF must be in CpuState for the host's CF below; BT: the
             // guest's flags are updated there.
             self.stashed = false;
+            self.keep_r9 = false;
             self.sync_flags();
             self.materialize_lazy();
         } else {
@@ -1603,7 +1654,7 @@ impl Emitter<'_> {
             self.pending = pending0 + 1;
             self.after_stash();
             if let Some(op) = kind.flags() {
-                self.flags_in_host = true;
+                self.flags_now_in_host();
                 self.last_logic = matches!(op, AluOp::And | AluOp::Or | AluOp::Xor | AluOp::Test);
             }
             return;
@@ -1760,11 +1811,11 @@ impl Emitter<'_> {
         self.pending = pending0 + 1;
         self.after_stash();
         if incdec {
-            self.flags_in_host = true;
+            self.flags_now_in_host();
             self.last_logic = false;
         }
         if let Some(op) = alu {
-            self.flags_in_host = true;
+            self.flags_now_in_host();
             self.last_logic = matches!(op, AluOp::And | AluOp::Or | AluOp::Xor | AluOp::Test);
         }
     }
@@ -1849,7 +1900,7 @@ impl Emitter<'_> {
                 if store {
                     self.dst_end(dst, d);
                 }
-                self.flags_in_host = true;
+                self.flags_now_in_host();
                 self.last_logic = matches!(op, AluOp::And | AluOp::Or | AluOp::Xor | AluOp::Test);
             }
             Inline::IncDec { inc, dst, w64 } => {
@@ -1863,7 +1914,7 @@ impl Emitter<'_> {
                     (false, false) => dynasm!(self.ops ; .arch x64 ; dec Rd(d)),
                 }
                 self.dst_end(dst, d);
-                self.flags_in_host = true;
+                self.flags_now_in_host();
                 self.last_logic = false;
             }
             Inline::Shift1 { op, dst, w64 } => {
@@ -1877,7 +1928,7 @@ impl Emitter<'_> {
                     (_, false) => dynasm!(self.ops ; .arch x64 ; sar Rd(d), 1),
                 }
                 self.dst_end(dst, d);
-                self.flags_in_host = true;
+                self.flags_now_in_host();
                 self.last_logic = true;
             }
             Inline::Jcc { cc, target } => {
@@ -1890,6 +1941,7 @@ impl Emitter<'_> {
                     self.side_exit(cc, target);
                     return;
                 }
+                self.flags_from_r9();
                 let taken = self.ops.new_dynamic_label();
                 if self.flags_in_host {
                     // Branch on the host flags; each path then writes them back.
@@ -1953,7 +2005,7 @@ impl Emitter<'_> {
                         self.regs = regs;
                     }
                 }
-                self.flags_in_host = false;
+                self.flags_now_synced();
                 return;
             }
             Inline::Jmp { target } => {
@@ -1995,7 +2047,7 @@ impl Emitter<'_> {
         let mut top_regs = self.regs;
         top_regs.loaded = self.regs.allocated();
         top_regs.dirty = self.regs.allocated();
-        let (flags_in_host, last_logic) = (self.flags_in_host, self.last_logic);
+        let (flags_in_host, flags_in_r9, last_logic) = (self.flags_in_host, self.flags_in_r9, self.last_logic);
         match cc {
             Some(cc) => {
                 jcc_emit!(self.ops, cc, fast.top);
@@ -2013,12 +2065,13 @@ impl Emitter<'_> {
         self.pending = 0;
         self.synced = 0;
         self.flags_in_host = flags_in_host;
+        self.flags_in_r9 = flags_in_r9;
         self.last_logic = last_logic;
         self.sync_flags();
         self.writeback_all();
         let out = self.out;
         dynasm!(self.ops ; .arch x64 ; mov eax, exit::NO_BUDGET as i32 ; jmp =>out);
-        self.flags_in_host = false;
+        self.flags_now_synced();
     }
 
     /// The entry of a self-loop block, after the budget check (see [`FastLoop`]).
@@ -2063,12 +2116,14 @@ impl Emitter<'_> {
             ; lea r15, [r15 - 1]
         );
         self.flags_in_host = fast.flags_live;
+        self.flags_in_r9 = false;
         self.last_logic = false;
     }
 
     /// A Jcc inside a block: taken, out of the block (to `target`); not taken, on with the
     /// flags where they are.
     fn side_exit(&mut self, cc: ConditionCode, target: u64) {
+        self.flags_from_r9();
         let in_host = self.flags_in_host;
         if !in_host {
             self.materialize_lazy();
@@ -2291,6 +2346,8 @@ fn emit_block(
         last_logic: false,
         cur: Instruction::default(),
         stashed: false,
+        keep_r9: false,
+        flags_in_r9: false,
         loop_back: (entry_dead && !fast).then_some((checked, n_insns)),
         profile,
         regs,

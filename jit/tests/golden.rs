@@ -120,6 +120,19 @@ fn snippets() -> Vec<Snippet> {
             a.inc(eax).unwrap();
             a.jmp(rbx).unwrap();
         }),
+        // The loop jit_speed times (cpu/examples/speed_loop): a store and a load through the
+        // TLB probe in a self-loop.
+        ("speed_loop_64", 64, |a| {
+            let mut top = a.create_label();
+            a.set_label(&mut top).unwrap();
+            a.add(rax, rcx).unwrap();
+            a.mov(qword_ptr(rsi), rax).unwrap();
+            a.xor(rdx, qword_ptr(rsi)).unwrap();
+            a.shl(rdx, 1).unwrap();
+            a.dec(ecx).unwrap();
+            a.jnz(top).unwrap();
+            a.hlt().unwrap();
+        }),
         // The benchmark guest's hash loop (test-roms bench_guest): a self-loop with a memory
         // operand and live flags at the entry, on host registers.
         ("hash_loop_32", 32, |a| {

@@ -975,3 +975,38 @@ fn test_jit_register_self_loop_ends_at_the_exact_budget() {
         assert_eq!(c1.icount, budget.min(353));
     }
 }
+
+#[test]
+fn test_jit_flags_kept_across_loads_and_stores() {
+    // CMP's flags stay live across a store, a load and a push (kept in R9, not written back),
+    // then SETB, CMOV, a Jcc and ADC read them; with `bad`, the second store faults (#GP on a
+    // non-canonical address): the state at the fault holds the CMP's flags.
+    for bad in [0x8000u64, 0x8000_0000_0000_0000] {
+        let code = assemble(64, |a| {
+            let mut skip = a.create_label();
+            a.mov(rsi, 0x8000u64).unwrap();
+            a.mov(rdi, bad).unwrap();
+            a.mov(eax, 1u32).unwrap();
+            a.cmp(eax, 2).unwrap(); // CF = 1, SF = 1
+            a.mov(qword_ptr(rsi), rax).unwrap();
+            a.mov(rbx, qword_ptr(rsi)).unwrap();
+            a.push(rbx).unwrap();
+            a.mov(dword_ptr(rdi + 8), eax).unwrap();
+            a.setb(cl).unwrap();
+            a.cmovs(edx, ebx).unwrap();
+            a.jl(skip).unwrap();
+            a.mov(ebx, 99u32).unwrap();
+            a.set_label(&mut skip).unwrap();
+            a.adc(ebx, 0).unwrap(); // 1 + 0 + CF
+            a.hlt().unwrap();
+        });
+        let (exit, c, _) = lockstep("flags-r9", &code, &state(64), 100);
+        if bad == 0x8000 {
+            assert_eq!(exit, RunExit::Halted);
+            assert_eq!((c.gpr[3], c.gpr[1] & 0xFF, c.gpr[2]), (2, 1, 1), "SETB, CMOVS, JL taken, ADC saw CF");
+        } else {
+            assert_eq!(exit, RunExit::TripleFault);
+            assert_eq!(c.rflags() & 0x81, 0x81, "CF and SF of the CMP at the fault");
+        }
+    }
+}

@@ -424,6 +424,7 @@ impl Emitter<'_> {
 
     /// Makes the host's status flags the guest's (loading them from `CpuState` if needed).
     pub(super) fn flags_to_host(&mut self) {
+        self.flags_from_r9();
         if !self.flags_in_host {
             self.materialize_lazy();
             dynasm!(self.ops
@@ -433,7 +434,7 @@ impl Emitter<'_> {
                 ; push rax
                 ; popfq
             );
-            self.flags_in_host = true;
+            self.flags_now_in_host();
             self.last_logic = false;
         }
     }
@@ -451,7 +452,7 @@ impl Emitter<'_> {
         );
         self.last_logic = true;
         self.merge_flags_from_rax();
-        self.flags_in_host = false;
+        self.flags_now_synced();
     }
 
     pub(super) fn inline_ext(&mut self, op: Ext, dead: bool) {
@@ -484,7 +485,7 @@ impl Emitter<'_> {
                 if !matches!(op, AluOp::Cmp | AluOp::Test) {
                     self.store_rax(dst, sz);
                 }
-                self.flags_in_host = true;
+                self.flags_now_in_host();
                 self.last_logic = matches!(op, AluOp::And | AluOp::Or | AluOp::Xor | AluOp::Test);
             }
             Ext::IncDecN { inc, dst, sz } => {
@@ -497,7 +498,7 @@ impl Emitter<'_> {
                     (false, _) => dynasm!(self.ops ; .arch x64 ; dec ax),
                 }
                 self.store_rax(dst, sz);
-                self.flags_in_host = true;
+                self.flags_now_in_host();
                 self.last_logic = false;
             }
             Ext::Not { dst, sz } => match sz {
@@ -517,7 +518,7 @@ impl Emitter<'_> {
                     Sz::Q => dynasm!(self.ops ; .arch x64 ; neg rax),
                 }
                 self.store_rax(dst, sz);
-                self.flags_in_host = true;
+                self.flags_now_in_host();
                 self.last_logic = false;
             }
             Ext::Extend { dst, dsz, src, ssz, signed } => {
@@ -540,7 +541,7 @@ impl Emitter<'_> {
                     (ShiftKind::Sar, _) => dynasm!(self.ops ; .arch x64 ; sar eax, cl),
                 }
                 self.store_rax(dst, sz);
-                self.flags_in_host = true;
+                self.flags_now_in_host();
                 self.last_logic = true;
             }
             Ext::RotDead { left, dst, cl: false, count, sz } if !dead => self.rotate_live(left, dst, count, sz),
@@ -562,7 +563,7 @@ impl Emitter<'_> {
                     (false, false, _) => dynasm!(self.ops ; .arch x64 ; ror eax, count),
                 }
                 self.store_rax(dst, sz);
-                self.flags_in_host = true;
+                self.flags_now_in_host();
                 self.last_logic = true;
             }
             Ext::Setcc { cc, dst } => {
@@ -702,7 +703,7 @@ impl Emitter<'_> {
             (_, Src::Imm(v)) => dynasm!(self.ops ; .arch x64 ; imul rax, QWORD [r12 + src1], v),
         }
         self.store_rax(dst, sz);
-        self.flags_in_host = true;
+        self.flags_now_in_host();
         self.last_logic = true;
         if dead {
             return;
@@ -771,7 +772,7 @@ impl Emitter<'_> {
         );
         self.last_logic = false;
         self.merge_flags_from_rax();
-        self.flags_in_host = false;
+        self.flags_now_synced();
     }
 
     fn test_rax(&mut self, sz: Sz) {
@@ -800,7 +801,7 @@ impl Emitter<'_> {
             (ShiftKind::Sar, _) => dynasm!(self.ops ; .arch x64 ; sar eax, count),
         }
         self.store_rax(dst, sz);
-        self.flags_in_host = true;
+        self.flags_now_in_host();
         self.last_logic = true;
         if dead {
             return;
