@@ -951,6 +951,14 @@ struct Emitter<'a> {
     /// The guest's flags are in R9 (a PUSHFQ image or their status bits), not in the host's
     /// flags nor in `CpuState`.
     flags_in_r9: bool,
+    /// The last flag writer was this CMP/TEST and its registers have not changed since: its
+    /// flags can be recomputed by running it again instead of being saved.
+    recompute: Option<Recompute>,
+    /// The guest's flags are those [`Emitter::recompute`] gives (not in the host's flags, R9
+    /// nor `CpuState`).
+    flags_recomp: bool,
+    /// The current memory instruction's slow path recomputes the flags (see `stashed`).
+    stashed_recomp: bool,
     /// Counters of helper-served instructions (`FERRO_JIT_PROFILE=1`).
     profile: Option<&'a mut Profile>,
     /// Guest registers in host registers (see [`regcache`]).
@@ -1045,6 +1053,7 @@ impl Emitter<'_> {
 
     /// Writes the host's flags (or those kept in R9) back if they are the guest's.
     fn sync_flags(&mut self) {
+        self.recompute_to_host();
         if self.flags_in_host {
             dynasm!(self.ops ; .arch x64 ; pushfq ; pop rax);
             self.merge_flags_from_rax();
@@ -1059,19 +1068,74 @@ impl Emitter<'_> {
     fn flags_now_in_host(&mut self) {
         self.flags_in_host = true;
         self.flags_in_r9 = false;
+        self.flags_recomp = false;
+        self.recompute = None;
     }
 
     /// The guest's flags are in `CpuState` only.
     fn flags_now_synced(&mut self) {
         self.flags_in_host = false;
         self.flags_in_r9 = false;
+        self.flags_recomp = false;
+        self.recompute = None;
     }
 
-    /// Flags kept in R9 (see [`Self::stash_or_sync_flags`]) back into the host's.
+    /// Flags kept in R9 or recomputable (see [`Self::stash_or_sync_flags`]) back into the
+    /// host's.
     fn flags_from_r9(&mut self) {
+        self.recompute_to_host();
         if self.flags_in_r9 {
             dynasm!(self.ops ; .arch x64 ; push r9 ; popfq);
             self.flags_now_in_host();
+        }
+    }
+
+    /// Runs the CMP/TEST whose flags are the guest's again (see [`Emitter::recompute`]).
+    fn recompute_to_host(&mut self) {
+        if self.flags_recomp {
+            let r = self.recompute.expect("recomputable flags have their CMP/TEST");
+            self.emit_cmp_test(r);
+            self.flags_now_in_host();
+            self.recompute = Some(r);
+            self.last_logic = r.test;
+        }
+    }
+
+    /// CMP or TEST of guest registers (cached or loaded into RAX/RCX) into the host's flags.
+    fn emit_cmp_test(&mut self, r: Recompute) {
+        let d = self.src(r.dst, RAX);
+        let s = match r.src {
+            Src::Reg(s) => Some(self.src(s, RCX)),
+            Src::Imm(_) => None,
+        };
+        let ops = &mut *self.ops;
+        macro_rules! alu {
+            ($o:tt) => {
+                match (s, r.src, r.w64) {
+                    (Some(s), _, true) => dynasm!(ops ; .arch x64 ; $o Rq(d), Rq(s)),
+                    (Some(s), _, false) => dynasm!(ops ; .arch x64 ; $o Rd(d), Rd(s)),
+                    (None, Src::Imm(v), true) => dynasm!(ops ; .arch x64 ; $o Rq(d), v),
+                    (None, Src::Imm(v), false) => dynasm!(ops ; .arch x64 ; $o Rd(d), v),
+                    (None, Src::Reg(_), _) => unreachable!("register sources were loaded"),
+                }
+            };
+        }
+        if r.test {
+            alu!(test);
+        } else {
+            alu!(cmp);
+        }
+    }
+
+    /// Before an instruction that writes the guest registers in `written`: a recomputable
+    /// CMP/TEST reading one of them is run again now (if its flags are needed later) and no
+    /// longer recomputable.
+    fn before_writes(&mut self, written: u32) {
+        if let Some(r) = self.recompute {
+            if r.regs() & written != 0 {
+                self.recompute_to_host();
+                self.recompute = None;
+            }
         }
     }
 
@@ -1094,6 +1158,7 @@ impl Emitter<'_> {
     /// Makes the host's CF the guest's (for ADC/SBB and for INC/DEC, which keep it). The
     /// `mov` loads below leave the host flags alone until the instruction itself.
     fn load_guest_cf(&mut self) {
+        self.recompute_to_host();
         if self.flags_in_r9 {
             dynasm!(self.ops ; .arch x64 ; bt r9d, 0);
         } else if !self.flags_in_host {
@@ -1196,6 +1261,16 @@ impl Emitter<'_> {
     /// them back there): a later reader takes them from R9, a later writer replaces them.
     fn stash_or_sync_flags(&mut self, dead: bool, writes_flags: bool) {
         self.stashed = false;
+        self.stashed_recomp = false;
+        if self.flags_recomp || (self.flags_in_host && self.recompute.is_some()) {
+            // A CMP/TEST made them: the slow path runs it again, nothing is saved.
+            self.stashed_recomp = true;
+            self.keep_r9 = !dead && !writes_flags;
+            self.flags_in_host = false;
+            self.flags_in_r9 = false;
+            self.flags_recomp = true;
+            return;
+        }
         if self.flags_in_host {
             dynasm!(self.ops ; .arch x64 ; pushfq ; pop r9);
             self.stashed = true;
@@ -1213,12 +1288,30 @@ impl Emitter<'_> {
         if self.stashed {
             dynasm!(self.ops ; .arch x64 ; mov rax, r9);
             self.merge_flags_from_rax();
+        } else if self.stashed_recomp {
+            // On `CpuState` (the registers were written back): the CMP/TEST again.
+            let r = self.recompute.expect("recomputable flags have their CMP/TEST");
+            let logic = self.last_logic;
+            self.emit_cmp_test(r);
+            self.last_logic = r.test;
+            dynasm!(self.ops ; .arch x64 ; pushfq ; pop rax);
+            self.merge_flags_from_rax();
+            self.last_logic = logic;
         }
     }
 
     /// After a memory instruction that stashed the flags: live, they stay in R9; dead, the host
     /// holds garbage that the next flag writer replaces.
     fn after_stash(&mut self) {
+        if std::mem::take(&mut self.stashed_recomp) {
+            if std::mem::take(&mut self.keep_r9) {
+                // Still recomputable (the instruction wrote none of the CMP/TEST's registers:
+                // see `before_writes`).
+                self.flags_recomp = true;
+            } else {
+                self.flags_now_in_host();
+            }
+        }
         if std::mem::take(&mut self.stashed) {
             if std::mem::take(&mut self.keep_r9) {
                 self.flags_in_host = false;
@@ -1902,6 +1995,9 @@ impl Emitter<'_> {
                 }
                 self.flags_now_in_host();
                 self.last_logic = matches!(op, AluOp::And | AluOp::Or | AluOp::Xor | AluOp::Test);
+                if !store {
+                    self.recompute = Some(Recompute { test: op == AluOp::Test, dst, src, w64 });
+                }
             }
             Inline::IncDec { inc, dst, w64 } => {
                 // INC/DEC keep CF.
@@ -2048,6 +2144,7 @@ impl Emitter<'_> {
         top_regs.loaded = self.regs.allocated();
         top_regs.dirty = self.regs.allocated();
         let (flags_in_host, flags_in_r9, last_logic) = (self.flags_in_host, self.flags_in_r9, self.last_logic);
+        let (flags_recomp, recompute) = (self.flags_recomp, self.recompute);
         match cc {
             Some(cc) => {
                 jcc_emit!(self.ops, cc, fast.top);
@@ -2066,6 +2163,8 @@ impl Emitter<'_> {
         self.synced = 0;
         self.flags_in_host = flags_in_host;
         self.flags_in_r9 = flags_in_r9;
+        self.flags_recomp = flags_recomp;
+        self.recompute = recompute;
         self.last_logic = last_logic;
         self.sync_flags();
         self.writeback_all();
@@ -2117,6 +2216,8 @@ impl Emitter<'_> {
         );
         self.flags_in_host = fast.flags_live;
         self.flags_in_r9 = false;
+        self.flags_recomp = false;
+        self.recompute = None;
         self.last_logic = false;
     }
 
@@ -2132,13 +2233,64 @@ impl Emitter<'_> {
         }
         let cont = self.ops.new_dynamic_label();
         jcc_emit!(self.ops, negate(cc), cont);
-        let keep = (self.synced, self.pending, self.regs, self.last_logic);
+        let keep = (self.synced, self.pending, self.regs, self.last_logic, self.recompute);
         self.sync_flags();
         self.sync_count_rip(target);
         self.exit_to(target);
-        (self.synced, self.pending, self.regs, self.last_logic) = keep;
+        (self.synced, self.pending, self.regs, self.last_logic, self.recompute) = keep;
         self.flags_in_host = in_host;
         dynasm!(self.ops ; .arch x64 ; =>cont);
+    }
+}
+
+/// A CMP or TEST of guest registers whose flags can be made again (see
+/// [`Emitter::recompute`]).
+#[derive(Debug, Clone, Copy)]
+struct Recompute {
+    test: bool,
+    dst: i32,
+    src: Src,
+    w64: bool,
+}
+
+impl Recompute {
+    fn regs(self) -> u32 {
+        reg_bit(self.dst)
+            | match self.src {
+                Src::Reg(s) => reg_bit(s),
+                Src::Imm(_) => 0,
+            }
+    }
+}
+
+/// The guest registers (and count) `op` may write (conservative for the forms of [`ext`]).
+fn written_regs(op: &Inline) -> u32 {
+    let rsp = reg_bit((offsets::GPR + 8 * 4) as i32);
+    match *op {
+        Inline::MovRR { dst, .. }
+        | Inline::MovRI { dst, .. }
+        | Inline::Lea { dst, .. }
+        | Inline::IncDec { dst, .. }
+        | Inline::Shift1 { dst, .. } => reg_bit(dst),
+        Inline::Alu { op: AluOp::Cmp | AluOp::Test, .. } | Inline::Jcc { .. } | Inline::Jmp { .. } => 0,
+        Inline::Alu { dst, .. } => reg_bit(dst),
+        Inline::Mem { kind, .. } => match kind {
+            MemKind::Load { reg } | MemKind::LoadExt { reg, .. } | MemKind::Cmov { reg, .. } => reg_bit(reg),
+            MemKind::AluRM { op, reg } if !matches!(op, AluOp::Cmp | AluOp::Test) => reg_bit(reg),
+            _ => 0,
+        },
+        Inline::Stack { op, .. } => match op {
+            StackOp::Pop(r) => rsp | reg_bit(r),
+            _ => rsp,
+        },
+        Inline::JmpInd { call, .. } => {
+            if call {
+                rsp
+            } else {
+                0
+            }
+        }
+        Inline::Ext(e) => e.regs().into_iter().flatten().fold(0, |m, off| m | reg_bit(off)),
     }
 }
 
@@ -2348,6 +2500,9 @@ fn emit_block(
         stashed: false,
         keep_r9: false,
         flags_in_r9: false,
+        recompute: None,
+        flags_recomp: false,
+        stashed_recomp: false,
         loop_back: (entry_dead && !fast).then_some((checked, n_insns)),
         profile,
         regs,
@@ -2367,6 +2522,7 @@ fn emit_block(
             Some(op) => {
                 // What the emitter runs on `CpuState` fields: written back and dropped.
                 let m = memory_regs(op);
+                em.before_writes(written_regs(op));
                 em.spill(m);
                 em.inline(*op, at, next, dead);
                 em.regs.loaded &= !m;

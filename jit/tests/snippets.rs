@@ -1010,3 +1010,42 @@ fn test_jit_flags_kept_across_loads_and_stores() {
         }
     }
 }
+
+#[test]
+fn test_jit_cmp_flags_recomputed_after_loads_and_at_a_fault() {
+    // The flags of a CMP stay live across loads: instead of being saved they are made again by
+    // running the CMP once more (at a fault, on the slow path; before a load that overwrites
+    // one of its registers; at the reader).
+    for bad in [0x8000u64, 0x8000_0000_0000_0000] {
+        let code = assemble(64, |a| {
+            let mut l = a.create_label();
+            a.mov(rsi, 0x8000u64).unwrap();
+            a.mov(rdi, bad).unwrap();
+            a.mov(eax, 5u32).unwrap();
+            a.mov(ebx, 7u32).unwrap();
+            a.mov(qword_ptr(rsi), rbx).unwrap();
+            a.cmp(rax, rbx).unwrap(); // CF = 1, SF != OF
+            a.mov(rcx, qword_ptr(rsi)).unwrap();
+            a.mov(rdx, qword_ptr(rdi)).unwrap(); // faults with the non-canonical address
+            a.mov(rax, qword_ptr(rsi)).unwrap(); // overwrites a register of the CMP
+            a.jb(l).unwrap();
+            a.mov(r8d, 99u32).unwrap();
+            a.set_label(&mut l).unwrap();
+            a.setl(r9b).unwrap();
+            a.test(ecx, 0x10).unwrap(); // TEST: AF reads 0 afterwards
+            a.mov(r10, qword_ptr(rsi)).unwrap();
+            a.lahf().unwrap();
+            a.hlt().unwrap();
+        });
+        let (exit, c, _) = lockstep("cmp-recompute", &code, &state(64), 100);
+        if bad == 0x8000 {
+            assert_eq!(exit, RunExit::Halted);
+            assert_eq!((c.gpr[0] & 0xFF, c.gpr[1], c.gpr[2], c.gpr[8], c.gpr[9] & 0xFF), (7, 7, 7, 0, 1));
+            // LAHF after TEST ECX(7), 0x10: ZF = 1, PF = 1, the rest 0 (AF 0), bit 1 set.
+            assert_eq!((c.gpr[0] >> 8) & 0xFF, 0x46);
+        } else {
+            assert_eq!(exit, RunExit::TripleFault);
+            assert_eq!(c.rflags() & 0x881, 0x81, "CF and SF of the CMP (OF 0) at the fault");
+        }
+    }
+}
