@@ -2348,15 +2348,19 @@ struct FastLoop {
 /// Emits a block.
 ///
 /// ```text
-/// push r12; push r13; push r14          ; rsp 16-aligned for the calls below
+/// push r12..r14, r15, rbx, rbp; sub rsp, 8   ; one frame for every block (chains jump
+///                                             ; between bodies); rsp 16-aligned for calls
 /// r12 = cpu; r13 = env; r14 = helpers
-/// if icount + n > budget_end: return NO_BUDGET          (blocks with inline code)
-/// per instruction, inline:  host code on CpuState fields (flags left in the host's RFLAGS
-///                           until an instruction or the exit needs them in CpuState)
-///                 otherwise: sync flags, icount, RIP; eax = helpers.step(cpu, env);
+/// body: if icount + n > budget_end: return NO_BUDGET
+/// (self-loop: see `FastLoop`)
+/// per instruction, inline:  host code on guest registers in host registers (see `regcache`:
+///                           loaded on first use) or on CpuState fields; flags left in the
+///                           host's RFLAGS (or R9, or recomputable) until something needs them
+///                 a Jcc:     taken, out (a side exit); not taken, on
+///                 otherwise: sync flags, icount, RIP, registers; eax = helpers.step(cpu, env);
 ///                            if eax != CONTINUE goto out
-/// sync; eax = BLOCK_END
-/// out: pop r14; pop r13; pop r12; ret   ; eax = exit code
+/// sync (flags, icount, RIP, dirty registers); eax = BLOCK_END or a chain slot
+/// out: add rsp, 8; pop ...; ret               ; eax = exit code
 /// ```
 #[allow(clippy::too_many_arguments)]
 fn emit_block(

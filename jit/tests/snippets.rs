@@ -1049,3 +1049,47 @@ fn test_jit_cmp_flags_recomputed_after_loads_and_at_a_fault() {
         }
     }
 }
+
+#[test]
+fn test_jit_insertion_sort_with_side_exits() {
+    // The benchmark guest's insertion sort: its inner loop is one block with two side exits
+    // (Jcc inside the block) and a JMP back to its entry, run on host registers. The result
+    // must be the host's sort of the same words, under every slicing.
+    let words: Vec<u32> = (0..40u32).map(|k| k.wrapping_mul(2_654_435_761) >> 7).collect();
+    let code = assemble(32, |a| {
+        let (mut outer, mut inner, mut place) = (a.create_label(), a.create_label(), a.create_label());
+        a.mov(esi, 0x8000u32).unwrap();
+        a.mov(ecx, 1u32).unwrap();
+        a.set_label(&mut outer).unwrap();
+        a.mov(edx, dword_ptr(esi + ecx * 4)).unwrap();
+        a.mov(ebx, ecx).unwrap();
+        a.set_label(&mut inner).unwrap();
+        a.test(ebx, ebx).unwrap();
+        a.je(place).unwrap();
+        a.mov(eax, dword_ptr(esi + ebx * 4 - 4)).unwrap();
+        a.cmp(eax, edx).unwrap();
+        a.jbe(place).unwrap();
+        a.mov(dword_ptr(esi + ebx * 4), eax).unwrap();
+        a.sub(ebx, 1).unwrap();
+        a.jmp(inner).unwrap();
+        a.set_label(&mut place).unwrap();
+        a.mov(dword_ptr(esi + ebx * 4), edx).unwrap();
+        a.add(ecx, 1).unwrap();
+        a.cmp(ecx, words.len() as i32).unwrap();
+        a.jne(outer).unwrap();
+        a.hlt().unwrap();
+    });
+    let mut img = code.clone();
+    img.resize(0x8000 - CODE as usize, 0);
+    for w in &words {
+        img.extend_from_slice(&w.to_le_bytes());
+    }
+    let (exit, _, bus) = lockstep("insertion-sort", &img, &state(32), 100_000);
+    assert_eq!(exit, RunExit::Halted);
+    let mut sorted = words.clone();
+    sorted.sort_unstable();
+    let mut got = vec![0u8; 4 * words.len()];
+    bus.mem.read(base::GuestPhysAddr(0x8000), &mut got).unwrap();
+    let got: Vec<u32> = got.chunks(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect();
+    assert_eq!(got, sorted);
+}
