@@ -965,6 +965,10 @@ struct Emitter<'a> {
     regs: RegCache,
     /// The block is a self-loop on host registers.
     fast_loop: Option<FastLoop>,
+    /// Slow paths of memory instructions, emitted after the block's code.
+    deferred: Vec<SlowPath>,
+    /// Side exits (taken Jcc inside the block), emitted after the block's code.
+    exits: Vec<SideExit>,
     /// The instruction being emitted is the block's last.
     last: bool,
 }
@@ -1424,8 +1428,72 @@ impl Emitter<'_> {
     /// `pre` is the register cache where the fast path branched off (its dirty registers are
     /// written back for the interpreter); the registers loaded at the join (the current state)
     /// are reloaded after it.
+    ///
+    /// The slow path is emitted after the block's code (the fast path falls through to `cont`,
+    /// where the slow one jumps back): see [`Self::emit_slow_paths`].
     #[allow(clippy::too_many_arguments)]
-    fn slow_path(&mut self, at: u64, next: u64, synced0: u64, pending0: i32, alu: bool, pre: RegCache) {
+    fn slow_path(
+        &mut self,
+        slow: DynamicLabel,
+        cont: DynamicLabel,
+        at: u64,
+        next: u64,
+        synced0: u64,
+        pending0: i32,
+        alu: bool,
+        pre: RegCache,
+    ) {
+        self.deferred.push(SlowPath {
+            slow,
+            cont,
+            at,
+            next,
+            synced0,
+            pending0,
+            alu,
+            pre,
+            post: self.regs,
+            stashed: self.stashed,
+            stashed_recomp: self.stashed_recomp,
+            keep_r9: self.keep_r9,
+            recompute: self.recompute,
+            last_logic: self.last_logic,
+            cur: self.cur,
+        });
+    }
+
+    /// Emits the side exits and slow paths put off ([`Self::side_exit`], [`Self::slow_path`]),
+    /// each in the state its instruction left.
+    fn emit_slow_paths(&mut self) {
+        for e in std::mem::take(&mut self.exits) {
+            self.synced = e.synced;
+            self.pending = e.pending;
+            self.regs = e.regs;
+            self.flags_now_synced();
+            self.flags_in_host = e.flags_in_host;
+            self.last_logic = e.last_logic;
+            dynasm!(self.ops ; .arch x64 ; =>e.stub);
+            self.sync_flags();
+            self.sync_count_rip(e.target);
+            self.exit_to(e.target);
+        }
+        for d in std::mem::take(&mut self.deferred) {
+            self.regs = d.post;
+            self.stashed = d.stashed;
+            self.stashed_recomp = d.stashed_recomp;
+            self.keep_r9 = d.keep_r9;
+            self.recompute = d.recompute;
+            self.last_logic = d.last_logic;
+            self.cur = d.cur;
+            self.synced = d.synced0;
+            self.pending = d.pending0;
+            dynasm!(self.ops ; .arch x64 ; =>d.slow);
+            self.emit_slow_path(d.at, d.next, d.synced0, d.pending0, d.alu, d.pre);
+            dynasm!(self.ops ; .arch x64 ; jmp =>d.cont);
+        }
+    }
+
+    fn emit_slow_path(&mut self, at: u64, next: u64, synced0: u64, pending0: i32, alu: bool, pre: RegCache) {
         let post = self.regs;
         self.writeback_state(pre, u32::MAX);
         self.regs_to_memory_mode();
@@ -1560,16 +1628,15 @@ impl Emitter<'_> {
         }
         match op {
             StackOp::Pop(r) => {
-                dynasm!(self.ops ; .arch x64 ; mov QWORD [r12 + r], rcx ; jmp =>cont ; =>slow);
-                self.slow_path(at, next, synced0, pending0, false, pre);
+                dynasm!(self.ops ; .arch x64 ; mov QWORD [r12 + r], rcx);
+                self.slow_path(slow, cont, at, next, synced0, pending0, false, pre);
                 dynasm!(self.ops ; .arch x64 ; =>cont);
                 self.synced = synced0;
                 self.pending = pending0 + 1;
                 self.after_stash();
             }
             StackOp::Push(_) => {
-                dynasm!(self.ops ; .arch x64 ; jmp =>cont ; =>slow);
-                self.slow_path(at, next, synced0, pending0, false, pre);
+                self.slow_path(slow, cont, at, next, synced0, pending0, false, pre);
                 dynasm!(self.ops ; .arch x64 ; =>cont);
                 self.synced = synced0;
                 self.pending = pending0 + 1;
@@ -1740,8 +1807,7 @@ impl Emitter<'_> {
         // The cache where the fast path may branch to the slow one.
         let pre = self.regs;
         if self.mem_cached(kind, sz) {
-            dynasm!(self.ops ; .arch x64 ; jmp =>cont ; =>slow);
-            self.slow_path(at, next, synced0, pending0, kind.flags().is_some(), pre);
+            self.slow_path(slow, cont, at, next, synced0, pending0, kind.flags().is_some(), pre);
             dynasm!(self.ops ; .arch x64 ; =>cont);
             self.synced = synced0;
             self.pending = pending0 + 1;
@@ -1894,11 +1960,10 @@ impl Emitter<'_> {
                 }
             }
         }
-        dynasm!(self.ops ; .arch x64 ; jmp =>cont ; =>slow);
         let alu = kind.flags();
         // INC/DEC: the flags they wrote; CMOV: the guest's, loaded for the condition.
         let incdec = matches!(kind, MemKind::IncDec { .. } | MemKind::Cmov { .. });
-        self.slow_path(at, next, synced0, pending0, alu.is_some() || incdec, pre);
+        self.slow_path(slow, cont, at, next, synced0, pending0, alu.is_some() || incdec, pre);
         dynasm!(self.ops ; .arch x64 ; =>cont);
         self.synced = synced0;
         self.pending = pending0 + 1;
@@ -2231,16 +2296,51 @@ impl Emitter<'_> {
             let status = STATUS as i32;
             dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + RFLAGS] ; and eax, status ; push rax ; popfq);
         }
-        let cont = self.ops.new_dynamic_label();
-        jcc_emit!(self.ops, negate(cc), cont);
-        let keep = (self.synced, self.pending, self.regs, self.last_logic, self.recompute);
-        self.sync_flags();
-        self.sync_count_rip(target);
-        self.exit_to(target);
-        (self.synced, self.pending, self.regs, self.last_logic, self.recompute) = keep;
-        self.flags_in_host = in_host;
-        dynasm!(self.ops ; .arch x64 ; =>cont);
+        // The exit is emitted after the block's code: the usual path falls through.
+        let stub = self.ops.new_dynamic_label();
+        jcc_emit!(self.ops, cc, stub);
+        self.exits.push(SideExit {
+            stub,
+            target,
+            synced: self.synced,
+            pending: self.pending,
+            regs: self.regs,
+            flags_in_host: in_host,
+            last_logic: self.last_logic,
+        });
     }
+}
+
+/// A side exit put off to the end of the block, with the emitter state it needs.
+#[derive(Debug, Clone, Copy)]
+struct SideExit {
+    stub: DynamicLabel,
+    target: u64,
+    synced: u64,
+    pending: i32,
+    regs: RegCache,
+    flags_in_host: bool,
+    last_logic: bool,
+}
+
+/// A slow path put off to the end of the block, with the emitter state it needs.
+#[derive(Debug, Clone, Copy)]
+struct SlowPath {
+    slow: DynamicLabel,
+    cont: DynamicLabel,
+    at: u64,
+    next: u64,
+    synced0: u64,
+    pending0: i32,
+    alu: bool,
+    pre: RegCache,
+    post: RegCache,
+    stashed: bool,
+    stashed_recomp: bool,
+    keep_r9: bool,
+    recompute: Option<Recompute>,
+    last_logic: bool,
+    cur: Instruction,
 }
 
 /// A CMP or TEST of guest registers whose flags can be made again (see
@@ -2291,30 +2391,6 @@ fn written_regs(op: &Inline) -> u32 {
             }
         }
         Inline::Ext(e) => e.regs().into_iter().flatten().fold(0, |m, off| m | reg_bit(off)),
-    }
-}
-
-/// The opposite condition.
-fn negate(cc: ConditionCode) -> ConditionCode {
-    use ConditionCode as C;
-    match cc {
-        C::o => C::no,
-        C::no => C::o,
-        C::b => C::ae,
-        C::ae => C::b,
-        C::e => C::ne,
-        C::ne => C::e,
-        C::be => C::a,
-        C::a => C::be,
-        C::s => C::ns,
-        C::ns => C::s,
-        C::p => C::np,
-        C::np => C::p,
-        C::l => C::ge,
-        C::ge => C::l,
-        C::le => C::g,
-        C::g => C::le,
-        C::None => C::None,
     }
 }
 
@@ -2512,6 +2588,8 @@ fn emit_block(
         regs,
         fast_loop,
         last: false,
+        deferred: Vec::new(),
+        exits: Vec::new(),
     };
     if let Some(fast) = fast_loop {
         em.fast_loop_entry(fast);
@@ -2558,6 +2636,7 @@ fn emit_block(
             em.exit_to(end);
         }
     }
+    em.emit_slow_paths();
     let ops = em.ops;
     dynasm!(ops ; .arch x64 ; =>no_budget ; mov eax, exit::NO_BUDGET as i32 ; jmp =>out);
     dynasm!(ops
