@@ -969,6 +969,8 @@ struct Emitter<'a> {
     deferred: Vec<SlowPath>,
     /// Side exits (taken Jcc inside the block), emitted after the block's code.
     exits: Vec<SideExit>,
+    /// The flag-merge subroutines (plain, after a logic operation) the block calls.
+    merge_sub: [Option<DynamicLabel>; 2],
     /// The instruction being emitted is the block's last.
     last: bool,
 }
@@ -1041,18 +1043,34 @@ impl Emitter<'_> {
     /// ```text
     /// rflags = rflags & !STATUS | rax & STATUS (AF cleared after a logic op); lazy.mask = 0
     /// ```
+    ///
+    /// A call to the block's copy of that sequence ([`Self::emit_merge_subroutines`]): every
+    /// exit and slow path merges the flags, and code size decides how often the cache fills.
+    /// Clobbers RCX (and RAX).
     fn merge_flags_from_rax(&mut self) {
-        let keep = if self.last_logic { (STATUS & !AF) as i32 } else { STATUS as i32 };
-        let clear = !(STATUS as i32);
-        dynasm!(self.ops
-            ; .arch x64
-            ; and eax, keep
-            ; mov rcx, QWORD [r12 + RFLAGS]
-            ; and rcx, clear
-            ; or rcx, rax
-            ; mov QWORD [r12 + RFLAGS], rcx
-            ; mov QWORD [r12 + LAZY_MASK], 0
-        );
+        let logic = usize::from(self.last_logic);
+        let l = *self.merge_sub[logic].get_or_insert_with(|| self.ops.new_dynamic_label());
+        dynasm!(self.ops ; .arch x64 ; call =>l);
+    }
+
+    /// The merge subroutines the block called (see [`Self::merge_flags_from_rax`]).
+    fn emit_merge_subroutines(&mut self) {
+        for (logic, l) in self.merge_sub.into_iter().enumerate() {
+            let Some(l) = l else { continue };
+            let keep = if logic == 1 { (STATUS & !AF) as i32 } else { STATUS as i32 };
+            let clear = !(STATUS as i32);
+            dynasm!(self.ops
+                ; .arch x64
+                ; =>l
+                ; and eax, keep
+                ; mov rcx, QWORD [r12 + RFLAGS]
+                ; and rcx, clear
+                ; or rcx, rax
+                ; mov QWORD [r12 + RFLAGS], rcx
+                ; mov QWORD [r12 + LAZY_MASK], 0
+                ; ret
+            );
+        }
     }
 
     /// Writes the host's flags (or those kept in R9) back if they are the guest's.
@@ -2590,6 +2608,7 @@ fn emit_block(
         last: false,
         deferred: Vec::new(),
         exits: Vec::new(),
+        merge_sub: [None; 2],
     };
     if let Some(fast) = fast_loop {
         em.fast_loop_entry(fast);
@@ -2637,6 +2656,7 @@ fn emit_block(
         }
     }
     em.emit_slow_paths();
+    em.emit_merge_subroutines();
     let ops = em.ops;
     dynasm!(ops ; .arch x64 ; =>no_budget ; mov eax, exit::NO_BUDGET as i32 ; jmp =>out);
     dynasm!(ops
