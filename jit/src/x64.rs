@@ -1,5 +1,8 @@
 //! The x86-64 back end: the code cache, block translation and the dispatcher.
 
+// dynasm's dynamic registers (`Rq(h)` with `h: u8`) expand to `h.into()`.
+#![allow(clippy::useless_conversion)]
+
 use crate::profile::Profile;
 use crate::{JitStats, Translator, MAX_BLOCK_INSNS};
 use cpu::helpers::{exit, helper_flags, helper_step, offsets, HelperEnv};
@@ -17,7 +20,9 @@ use std::collections::HashMap;
 
 mod codebuf;
 mod ext;
+mod regcache;
 use codebuf::CodeBuf;
+use regcache::{gpr_index, RegCache, RAX, RCX};
 
 /// Emits one block (position-independent: only relative jumps inside it).
 type Assembler = VecAssembler<X64Relocation>;
@@ -258,7 +263,16 @@ impl CodeCache {
                 break;
             }
             insns.push(insn);
-            if insn.flow_control() != FlowControl::Next || insn.mnemonic() == Mnemonic::Hlt || ends_block(&insn) {
+            // A conditional branch does not end the block (its taken path leaves, the code after
+            // it goes on in the block: a loop with exits in it is one block), unless it goes back
+            // to the block's entry (a self-loop).
+            let flow = insn.flow_control();
+            let back = flow == FlowControl::ConditionalBranch && insn.near_branch_target() == 0;
+            if !matches!(flow, FlowControl::Next | FlowControl::ConditionalBranch)
+                || back
+                || insn.mnemonic() == Mnemonic::Hlt
+                || ends_block(&insn)
+            {
                 break;
             }
         }
@@ -432,6 +446,81 @@ fn dead_flags(plan: &[Option<Inline>]) -> (Vec<bool>, bool) {
     (dead, overwritten)
 }
 
+/// The register cache is on unless `FERRO_JIT_REGCACHE=0` (for measuring what it gains).
+fn regcache_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("FERRO_JIT_REGCACHE").map_or(true, |v| v != "0"))
+}
+
+/// Bit `n` for the guest register at `CpuState` offset `off` (any byte of it).
+fn reg_bit(off: i32) -> u32 {
+    gpr_index(off).map_or(0, |g| 1 << g)
+}
+
+/// The guest registers (and count) the emitter of `op` reads or writes as `CpuState` fields
+/// rather than through the register cache: written back and dropped around it.
+fn memory_regs(op: &Inline) -> u32 {
+    let rsp = reg_bit((offsets::GPR + 8 * 4) as i32);
+    match *op {
+        Inline::MovRR { .. }
+        | Inline::MovRI { .. }
+        | Inline::Alu { .. }
+        | Inline::IncDec { .. }
+        | Inline::Shift1 { .. }
+        | Inline::Lea { .. }
+        | Inline::Jcc { .. }
+        | Inline::Jmp { .. } => 0,
+        Inline::Mem { kind, sz, .. } => kind_reg(kind).filter(|_| kind.cacheable_reg(sz).is_none()).map_or(0, reg_bit),
+        Inline::Stack { op, .. } => match op {
+            StackOp::Push(r) | StackOp::Pop(r) => rsp | reg_bit(r),
+            StackOp::Call(_) | StackOp::Ret => rsp,
+        },
+        Inline::JmpInd { reg, call, .. } => reg.map_or(0, reg_bit) | if call { rsp } else { 0 },
+        Inline::Ext(e) => e.regs().into_iter().flatten().fold(0, |m, off| m | reg_bit(off)),
+    }
+}
+
+/// Counts the register operands of `op` that can live in host registers.
+fn cached_uses(op: &Inline, uses: &mut [u32; 16]) {
+    let mut add = |off: i32| {
+        if let Some(g) = gpr_index(off).filter(|&g| g < 16) {
+            uses[g] += 1;
+        }
+    };
+    let ea_uses = |ea: &Ea, add: &mut dyn FnMut(i32)| {
+        if let Some(b) = ea.base {
+            add(b);
+        }
+        if let Some((x, _)) = ea.index {
+            add(x);
+        }
+    };
+    match *op {
+        Inline::MovRR { dst, src, .. } => {
+            add(dst);
+            add(src);
+        }
+        Inline::Alu { dst, src, .. } => {
+            add(dst);
+            if let Src::Reg(s) = src {
+                add(s);
+            }
+        }
+        Inline::MovRI { dst, .. } | Inline::IncDec { dst, .. } | Inline::Shift1 { dst, .. } => add(dst),
+        Inline::Lea { dst, ea, .. } => {
+            add(dst);
+            ea_uses(&ea, &mut add);
+        }
+        Inline::Mem { kind, ea, sz, .. } => {
+            if let Some(r) = kind.cacheable_reg(sz) {
+                add(r);
+            }
+            ea_uses(&ea, &mut add);
+        }
+        _ => {}
+    }
+}
+
 /// Flag liveness is on unless `FERRO_JIT_LIVENESS=0` (for measuring what it gains).
 fn liveness_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -478,6 +567,26 @@ enum MemKind {
 }
 
 impl MemKind {
+    /// The register operand, if the emitter can use it from a host register (32/64-bit MOV,
+    /// MOVZX/MOVSX/MOVSXD to 32/64 bits, ALU); other register operands are read and written in
+    /// `CpuState`.
+    fn cacheable_reg(self, sz: Sz) -> Option<i32> {
+        match kind_reg(self) {
+            Some(reg)
+                if matches!(
+                    (self, sz),
+                    (
+                        MemKind::Load { .. } | MemKind::Store { .. } | MemKind::AluRM { .. } | MemKind::AluMR { .. },
+                        Sz::D | Sz::Q
+                    ) | (MemKind::LoadExt { dsz: Sz::D | Sz::Q, .. }, _)
+                ) =>
+            {
+                Some(reg)
+            }
+            _ => None,
+        }
+    }
+
     fn writes(self) -> bool {
         match self {
             MemKind::Load { .. }
@@ -495,6 +604,19 @@ impl MemKind {
             MemKind::AluRM { op, .. } | MemKind::AluMR { op, .. } | MemKind::AluMI { op, .. } => Some(op),
             _ => None,
         }
+    }
+}
+
+/// The register operand of a memory instruction.
+fn kind_reg(k: MemKind) -> Option<i32> {
+    match k {
+        MemKind::Load { reg }
+        | MemKind::LoadExt { reg, .. }
+        | MemKind::Store { reg }
+        | MemKind::AluRM { reg, .. }
+        | MemKind::AluMR { reg, .. }
+        | MemKind::Cmov { reg, .. } => Some(reg),
+        MemKind::StoreImm { .. } | MemKind::AluMI { .. } | MemKind::IncDec { .. } | MemKind::Bt { .. } => None,
     }
 }
 
@@ -824,31 +946,33 @@ struct Emitter<'a> {
     /// The guest's flags are in R9 (from PUSHFQ) for the slow path of the current memory
     /// instruction, not in `CpuState` (see [`Emitter::stash_or_sync_flags`]).
     stashed: bool,
+    /// The stashed flags are live after the current instruction: R9 keeps them.
+    keep_r9: bool,
+    /// The guest's flags are in R9 (a PUSHFQ image or their status bits), not in the host's
+    /// flags nor in `CpuState`.
+    flags_in_r9: bool,
+    /// The last flag writer was this CMP/TEST and its registers have not changed since: its
+    /// flags can be recomputed by running it again instead of being saved.
+    recompute: Option<Recompute>,
+    /// The guest's flags are those [`Emitter::recompute`] gives (not in the host's flags, R9
+    /// nor `CpuState`).
+    flags_recomp: bool,
+    /// The current memory instruction's slow path recomputes the flags (see `stashed`).
+    stashed_recomp: bool,
     /// Counters of helper-served instructions (`FERRO_JIT_PROFILE=1`).
     profile: Option<&'a mut Profile>,
-}
-
-macro_rules! alu_emit {
-    ($ops:expr, $op:tt, $w64:expr, $dst:expr, $src:expr, $store:expr) => {{
-        let (dst, w64) = ($dst, $w64);
-        if w64 {
-            dynasm!($ops ; .arch x64 ; mov rax, QWORD [r12 + dst]);
-            match $src {
-                Src::Reg(s) => dynasm!($ops ; .arch x64 ; $op rax, QWORD [r12 + s]),
-                Src::Imm(v) => dynasm!($ops ; .arch x64 ; $op rax, v),
-            }
-        } else {
-            dynasm!($ops ; .arch x64 ; mov eax, DWORD [r12 + dst]);
-            match $src {
-                Src::Reg(s) => dynasm!($ops ; .arch x64 ; $op eax, DWORD [r12 + s]),
-                Src::Imm(v) => dynasm!($ops ; .arch x64 ; $op eax, v),
-            }
-        }
-        if $store {
-            // A 32-bit operation zero-extended RAX, as a 32-bit register write does.
-            dynasm!($ops ; .arch x64 ; mov QWORD [r12 + dst], rax);
-        }
-    }};
+    /// Guest registers in host registers (see [`regcache`]).
+    regs: RegCache,
+    /// The block is a self-loop on host registers.
+    fast_loop: Option<FastLoop>,
+    /// Slow paths of memory instructions, emitted after the block's code.
+    deferred: Vec<SlowPath>,
+    /// Side exits (taken Jcc inside the block), emitted after the block's code.
+    exits: Vec<SideExit>,
+    /// The flag-merge subroutines (plain, after a logic operation) the block calls.
+    merge_sub: [Option<DynamicLabel>; 2],
+    /// The instruction being emitted is the block's last.
+    last: bool,
 }
 
 macro_rules! jcc_emit {
@@ -919,46 +1043,147 @@ impl Emitter<'_> {
     /// ```text
     /// rflags = rflags & !STATUS | rax & STATUS (AF cleared after a logic op); lazy.mask = 0
     /// ```
+    ///
+    /// A call to the block's copy of that sequence ([`Self::emit_merge_subroutines`]): every
+    /// exit and slow path merges the flags, and code size decides how often the cache fills.
+    /// Clobbers RCX (and RAX).
     fn merge_flags_from_rax(&mut self) {
-        let keep = if self.last_logic { (STATUS & !AF) as i32 } else { STATUS as i32 };
-        let clear = !(STATUS as i32);
-        dynasm!(self.ops
-            ; .arch x64
-            ; and eax, keep
-            ; mov rcx, QWORD [r12 + RFLAGS]
-            ; and rcx, clear
-            ; or rcx, rax
-            ; mov QWORD [r12 + RFLAGS], rcx
-            ; mov QWORD [r12 + LAZY_MASK], 0
-        );
+        let logic = usize::from(self.last_logic);
+        let l = *self.merge_sub[logic].get_or_insert_with(|| self.ops.new_dynamic_label());
+        dynasm!(self.ops ; .arch x64 ; call =>l);
     }
 
-    /// Writes the host's flags back if they are the guest's.
+    /// The merge subroutines the block called (see [`Self::merge_flags_from_rax`]).
+    fn emit_merge_subroutines(&mut self) {
+        for (logic, l) in self.merge_sub.into_iter().enumerate() {
+            let Some(l) = l else { continue };
+            let keep = if logic == 1 { (STATUS & !AF) as i32 } else { STATUS as i32 };
+            let clear = !(STATUS as i32);
+            dynasm!(self.ops
+                ; .arch x64
+                ; =>l
+                ; and eax, keep
+                ; mov rcx, QWORD [r12 + RFLAGS]
+                ; and rcx, clear
+                ; or rcx, rax
+                ; mov QWORD [r12 + RFLAGS], rcx
+                ; mov QWORD [r12 + LAZY_MASK], 0
+                ; ret
+            );
+        }
+    }
+
+    /// Writes the host's flags (or those kept in R9) back if they are the guest's.
     fn sync_flags(&mut self) {
+        self.recompute_to_host();
         if self.flags_in_host {
             dynasm!(self.ops ; .arch x64 ; pushfq ; pop rax);
             self.merge_flags_from_rax();
-            self.flags_in_host = false;
+        } else if self.flags_in_r9 {
+            dynasm!(self.ops ; .arch x64 ; mov rax, r9);
+            self.merge_flags_from_rax();
+        }
+        self.flags_now_synced();
+    }
+
+    /// The host's flags are the guest's (a flag writer ran).
+    fn flags_now_in_host(&mut self) {
+        self.flags_in_host = true;
+        self.flags_in_r9 = false;
+        self.flags_recomp = false;
+        self.recompute = None;
+    }
+
+    /// The guest's flags are in `CpuState` only.
+    fn flags_now_synced(&mut self) {
+        self.flags_in_host = false;
+        self.flags_in_r9 = false;
+        self.flags_recomp = false;
+        self.recompute = None;
+    }
+
+    /// Flags kept in R9 or recomputable (see [`Self::stash_or_sync_flags`]) back into the
+    /// host's.
+    fn flags_from_r9(&mut self) {
+        self.recompute_to_host();
+        if self.flags_in_r9 {
+            dynasm!(self.ops ; .arch x64 ; push r9 ; popfq);
+            self.flags_now_in_host();
+        }
+    }
+
+    /// Runs the CMP/TEST whose flags are the guest's again (see [`Emitter::recompute`]).
+    fn recompute_to_host(&mut self) {
+        if self.flags_recomp {
+            let r = self.recompute.expect("recomputable flags have their CMP/TEST");
+            self.emit_cmp_test(r);
+            self.flags_now_in_host();
+            self.recompute = Some(r);
+            self.last_logic = r.test;
+        }
+    }
+
+    /// CMP or TEST of guest registers (cached or loaded into RAX/RCX) into the host's flags.
+    fn emit_cmp_test(&mut self, r: Recompute) {
+        let d = self.src(r.dst, RAX);
+        let s = match r.src {
+            Src::Reg(s) => Some(self.src(s, RCX)),
+            Src::Imm(_) => None,
+        };
+        let ops = &mut *self.ops;
+        macro_rules! alu {
+            ($o:tt) => {
+                match (s, r.src, r.w64) {
+                    (Some(s), _, true) => dynasm!(ops ; .arch x64 ; $o Rq(d), Rq(s)),
+                    (Some(s), _, false) => dynasm!(ops ; .arch x64 ; $o Rd(d), Rd(s)),
+                    (None, Src::Imm(v), true) => dynasm!(ops ; .arch x64 ; $o Rq(d), v),
+                    (None, Src::Imm(v), false) => dynasm!(ops ; .arch x64 ; $o Rd(d), v),
+                    (None, Src::Reg(_), _) => unreachable!("register sources were loaded"),
+                }
+            };
+        }
+        if r.test {
+            alu!(test);
+        } else {
+            alu!(cmp);
+        }
+    }
+
+    /// Before an instruction that writes the guest registers in `written`: a recomputable
+    /// CMP/TEST reading one of them is run again now (if its flags are needed later) and no
+    /// longer recomputable.
+    fn before_writes(&mut self, written: u32) {
+        if let Some(r) = self.recompute {
+            if r.regs() & written != 0 {
+                self.recompute_to_host();
+                self.recompute = None;
+            }
         }
     }
 
     /// Makes `CpuState::rflags` hold every status flag (calls the flags helper if some are
     /// lazy): `if lazy.mask != 0 { helper_flags(cpu) }`.
     fn materialize_lazy(&mut self) {
+        let done = self.ops.new_dynamic_label();
         dynasm!(self.ops
             ; .arch x64
             ; cmp QWORD [r12 + LAZY_MASK], 0
-            ; je >done
-            ; mov rdi, r12
-            ; call QWORD [r14 + 8]
-            ; done:
+            ; je =>done
         );
+        // The helper leaves the guest registers alone but may clobber caller-saved hosts.
+        let saved = self.save_caller_saved();
+        dynasm!(self.ops ; .arch x64 ; mov rdi, r12 ; call QWORD [r14 + 8]);
+        self.restore_caller_saved(&saved);
+        dynasm!(self.ops ; .arch x64 ; =>done);
     }
 
     /// Makes the host's CF the guest's (for ADC/SBB and for INC/DEC, which keep it). The
     /// `mov` loads below leave the host flags alone until the instruction itself.
     fn load_guest_cf(&mut self) {
-        if !self.flags_in_host {
+        self.recompute_to_host();
+        if self.flags_in_r9 {
+            dynasm!(self.ops ; .arch x64 ; bt r9d, 0);
+        } else if !self.flags_in_host {
             self.materialize_lazy();
             dynasm!(self.ops ; .arch x64 ; bt QWORD [r12 + RFLAGS], 0);
         }
@@ -968,7 +1193,14 @@ impl Emitter<'_> {
     fn sync_count_rip(&mut self, to: u64) {
         if self.pending > 0 {
             let n = self.pending;
-            dynasm!(self.ops ; .arch x64 ; add QWORD [r12 + ICOUNT], n);
+            match self.icount_reg() {
+                // A self-loop block keeps the count in a host register (no flags touched).
+                Some(h) => {
+                    dynasm!(self.ops ; .arch x64 ; lea Rq(h), [Rq(h) + n]);
+                    self.regs.dirty |= 1 << regcache::ICOUNT_SLOT;
+                }
+                None => dynasm!(self.ops ; .arch x64 ; add QWORD [r12 + ICOUNT], n),
+            }
             self.pending = 0;
         }
         if to != self.synced {
@@ -985,7 +1217,24 @@ impl Emitter<'_> {
         }
     }
 
+    /// Writes the cached registers back, then [`Self::leave_to`] (every exit goes through here
+    /// or writes them back itself: `CpuState` is in sync at `out` and at chain slots).
+    fn exit_to(&mut self, to: u64) {
+        self.writeback_all();
+        self.leave_to(to);
+    }
+
+    /// The host register holding the instruction count, if it is loaded there.
+    fn icount_reg(&self) -> Option<u8> {
+        let g = regcache::ICOUNT_SLOT;
+        self.regs.host_of(g).filter(|_| self.regs.loaded & (1 << g) != 0)
+    }
+
     /// Leaves the block with `BLOCK_END` (state already synced).
+    ///
+    /// Callers write the cached guest registers back first ([`Self::exit_to`],
+    /// [`Self::writeback_all`]): `CpuState` is exact whenever control reaches `out`, a chain
+    /// slot or another block's body, so code there may rely on it.
     fn leave(&mut self) {
         let out = self.out;
         dynasm!(self.ops ; .arch x64 ; mov eax, exit::BLOCK_END as i32 ; jmp =>out);
@@ -1027,19 +1276,32 @@ impl Emitter<'_> {
         }
     }
 
-    /// Before a memory access: the guest's flags, if in the host, must reach `CpuState` if the
-    /// access faults (the slow path), but are needed afterwards only if live. If they are dead
-    /// after the instruction, or the instruction overwrites them (`writes_flags`), they are only
-    /// kept in R9 (PUSHFQ; POP) for the slow path, which merges them ([`Self::unstash`]);
-    /// otherwise they are written back now.
+    /// Before a memory access (the TLB probe clobbers the host's flags): the guest's flags, if
+    /// in the host, are kept in R9 (PUSHFQ; POP) for the slow path, which merges them if the
+    /// access faults ([`Self::unstash`]). If they are live after an instruction that does not
+    /// write them (`dead`, `writes_flags` false), they stay in R9 after it (the slow path puts
+    /// them back there): a later reader takes them from R9, a later writer replaces them.
     fn stash_or_sync_flags(&mut self, dead: bool, writes_flags: bool) {
         self.stashed = false;
-        if self.flags_in_host && (dead || writes_flags) {
+        self.stashed_recomp = false;
+        if self.flags_recomp || (self.flags_in_host && self.recompute.is_some()) {
+            // A CMP/TEST made them: the slow path runs it again, nothing is saved.
+            self.stashed_recomp = true;
+            self.keep_r9 = !dead && !writes_flags;
+            self.flags_in_host = false;
+            self.flags_in_r9 = false;
+            self.flags_recomp = true;
+            return;
+        }
+        if self.flags_in_host {
             dynasm!(self.ops ; .arch x64 ; pushfq ; pop r9);
             self.stashed = true;
-        } else {
-            self.sync_flags();
+        } else if self.flags_in_r9 {
+            self.stashed = true;
         }
+        self.keep_r9 = self.stashed && !dead && !writes_flags;
+        self.flags_in_host = false;
+        self.flags_in_r9 = self.stashed;
     }
 
     /// On a slow path: writes the flags kept in R9 back to `CpuState` (see
@@ -1048,14 +1310,37 @@ impl Emitter<'_> {
         if self.stashed {
             dynasm!(self.ops ; .arch x64 ; mov rax, r9);
             self.merge_flags_from_rax();
+        } else if self.stashed_recomp {
+            // On `CpuState` (the registers were written back): the CMP/TEST again.
+            let r = self.recompute.expect("recomputable flags have their CMP/TEST");
+            let logic = self.last_logic;
+            self.emit_cmp_test(r);
+            self.last_logic = r.test;
+            dynasm!(self.ops ; .arch x64 ; pushfq ; pop rax);
+            self.merge_flags_from_rax();
+            self.last_logic = logic;
         }
     }
 
-    /// After a memory instruction that stashed the flags: they were dead after it, and the host
+    /// After a memory instruction that stashed the flags: live, they stay in R9; dead, the host
     /// holds garbage that the next flag writer replaces.
     fn after_stash(&mut self) {
+        if std::mem::take(&mut self.stashed_recomp) {
+            if std::mem::take(&mut self.keep_r9) {
+                // Still recomputable (the instruction wrote none of the CMP/TEST's registers:
+                // see `before_writes`).
+                self.flags_recomp = true;
+            } else {
+                self.flags_now_in_host();
+            }
+        }
         if std::mem::take(&mut self.stashed) {
-            self.flags_in_host = true;
+            if std::mem::take(&mut self.keep_r9) {
+                self.flags_in_host = false;
+                self.flags_in_r9 = true;
+            } else {
+                self.flags_now_in_host();
+            }
         }
     }
 
@@ -1063,6 +1348,9 @@ impl Emitter<'_> {
         self.sync_flags();
         self.count(false);
         self.sync_count_rip(at);
+        // The interpreter sees (and may change) every guest register.
+        self.writeback_all();
+        self.forget_regs();
         let out = self.out;
         dynasm!(self.ops
             ; .arch x64
@@ -1090,33 +1378,39 @@ impl Emitter<'_> {
         }
     }
 
-    /// The offset part of an effective address (no RIP-relative form) into RAX.
+    /// The offset part of an effective address (no RIP-relative form) into RAX: one LEA on
+    /// the base and index registers (cached ones from their host registers, others loaded into
+    /// RAX and RCX). A 32-bit address is the low half of the 64-bit sum, zero-extended.
     fn offset_part(&mut self, ea: Ea) {
         let disp = ea.disp;
-        match ea.base {
-            Some(b) if ea.addr32 => dynasm!(self.ops ; .arch x64 ; mov eax, DWORD [r12 + b]),
-            Some(b) => dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + b]),
-            None => dynasm!(self.ops ; .arch x64 ; mov eax, 0),
+        let b = ea.base.map(|b| self.src(b, RAX));
+        let x = ea.index.map(|(x, scale)| (self.src(x, RCX), scale));
+        macro_rules! lea {
+            ($($m:tt)*) => {
+                if ea.addr32 {
+                    dynasm!(self.ops ; .arch x64 ; lea eax, [$($m)*])
+                } else {
+                    dynasm!(self.ops ; .arch x64 ; lea rax, [$($m)*])
+                }
+            };
         }
-        if let Some((x, scale)) = ea.index {
-            dynasm!(self.ops ; .arch x64 ; mov rcx, QWORD [r12 + x]);
-            match (ea.addr32, scale) {
-                (true, 1) => dynasm!(self.ops ; .arch x64 ; lea eax, [rax + rcx]),
-                (true, 2) => dynasm!(self.ops ; .arch x64 ; lea eax, [rax + rcx * 2]),
-                (true, 4) => dynasm!(self.ops ; .arch x64 ; lea eax, [rax + rcx * 4]),
-                (true, _) => dynasm!(self.ops ; .arch x64 ; lea eax, [rax + rcx * 8]),
-                (false, 1) => dynasm!(self.ops ; .arch x64 ; lea rax, [rax + rcx]),
-                (false, 2) => dynasm!(self.ops ; .arch x64 ; lea rax, [rax + rcx * 2]),
-                (false, 4) => dynasm!(self.ops ; .arch x64 ; lea rax, [rax + rcx * 4]),
-                (false, _) => dynasm!(self.ops ; .arch x64 ; lea rax, [rax + rcx * 8]),
+        match (b, x) {
+            (None, None) if ea.addr32 => dynasm!(self.ops ; .arch x64 ; mov eax, disp),
+            (None, None) => dynasm!(self.ops ; .arch x64 ; mov rax, disp),
+            (Some(b), None) if disp == 0 && !ea.addr32 => {
+                if b != RAX {
+                    dynasm!(self.ops ; .arch x64 ; mov rax, Rq(b));
+                }
             }
-        }
-        if disp != 0 {
-            if ea.addr32 {
-                dynasm!(self.ops ; .arch x64 ; lea eax, [rax + disp]);
-            } else {
-                dynasm!(self.ops ; .arch x64 ; lea rax, [rax + disp]);
-            }
+            (Some(b), None) => lea!(Rq(b) + disp),
+            (None, Some((x, 1))) => lea!(Rq(x) + disp),
+            (None, Some((x, 2))) => lea!(Rq(x) * 2 + disp),
+            (None, Some((x, 4))) => lea!(Rq(x) * 4 + disp),
+            (None, Some((x, _))) => lea!(Rq(x) * 8 + disp),
+            (Some(b), Some((x, 1))) => lea!(Rq(b) + Rq(x) + disp),
+            (Some(b), Some((x, 2))) => lea!(Rq(b) + Rq(x) * 2 + disp),
+            (Some(b), Some((x, 4))) => lea!(Rq(b) + Rq(x) * 4 + disp),
+            (Some(b), Some((x, _))) => lea!(Rq(b) + Rq(x) * 8 + disp),
         }
     }
 
@@ -1148,7 +1442,79 @@ impl Emitter<'_> {
     /// The slow path of an inline memory instruction at offset `at`: the interpreter runs it,
     /// then the state is put back to what the fast path leaves (`pending0 + 1` instructions
     /// pending, RIP at `synced0`, the flags in the host for an ALU operation).
-    fn slow_path(&mut self, at: u64, next: u64, synced0: u64, pending0: i32, alu: bool) {
+    ///
+    /// `pre` is the register cache where the fast path branched off (its dirty registers are
+    /// written back for the interpreter); the registers loaded at the join (the current state)
+    /// are reloaded after it.
+    ///
+    /// The slow path is emitted after the block's code (the fast path falls through to `cont`,
+    /// where the slow one jumps back): see [`Self::emit_slow_paths`].
+    #[allow(clippy::too_many_arguments)]
+    fn slow_path(
+        &mut self,
+        slow: DynamicLabel,
+        cont: DynamicLabel,
+        at: u64,
+        next: u64,
+        synced0: u64,
+        pending0: i32,
+        alu: bool,
+        pre: RegCache,
+    ) {
+        self.deferred.push(SlowPath {
+            slow,
+            cont,
+            at,
+            next,
+            synced0,
+            pending0,
+            alu,
+            pre,
+            post: self.regs,
+            stashed: self.stashed,
+            stashed_recomp: self.stashed_recomp,
+            keep_r9: self.keep_r9,
+            recompute: self.recompute,
+            last_logic: self.last_logic,
+            cur: self.cur,
+        });
+    }
+
+    /// Emits the side exits and slow paths put off ([`Self::side_exit`], [`Self::slow_path`]),
+    /// each in the state its instruction left.
+    fn emit_slow_paths(&mut self) {
+        for e in std::mem::take(&mut self.exits) {
+            self.synced = e.synced;
+            self.pending = e.pending;
+            self.regs = e.regs;
+            self.flags_now_synced();
+            self.flags_in_host = e.flags_in_host;
+            self.last_logic = e.last_logic;
+            dynasm!(self.ops ; .arch x64 ; =>e.stub);
+            self.sync_flags();
+            self.sync_count_rip(e.target);
+            self.exit_to(e.target);
+        }
+        for d in std::mem::take(&mut self.deferred) {
+            self.regs = d.post;
+            self.stashed = d.stashed;
+            self.stashed_recomp = d.stashed_recomp;
+            self.keep_r9 = d.keep_r9;
+            self.recompute = d.recompute;
+            self.last_logic = d.last_logic;
+            self.cur = d.cur;
+            self.synced = d.synced0;
+            self.pending = d.pending0;
+            dynasm!(self.ops ; .arch x64 ; =>d.slow);
+            self.emit_slow_path(d.at, d.next, d.synced0, d.pending0, d.alu, d.pre);
+            dynasm!(self.ops ; .arch x64 ; jmp =>d.cont);
+        }
+    }
+
+    fn emit_slow_path(&mut self, at: u64, next: u64, synced0: u64, pending0: i32, alu: bool, pre: RegCache) {
+        let post = self.regs;
+        self.writeback_state(pre, u32::MAX);
+        self.regs_to_memory_mode();
         self.count(true);
         self.unstash();
         self.sync_count_rip(at);
@@ -1171,11 +1537,31 @@ impl Emitter<'_> {
             let b = back as i64 as i32;
             dynasm!(self.ops ; .arch x64 ; sub QWORD [r12 + RIP], b);
         }
+        if self.stashed && self.keep_r9 {
+            // The instruction left the flags (merged above) alone: back into R9, status
+            // bits only (R9 may be loaded into the host's flags).
+            let status = STATUS as i32;
+            dynasm!(self.ops ; .arch x64 ; mov r9, QWORD [r12 + RFLAGS] ; and r9d, status);
+        }
         if alu {
             self.materialize_lazy();
             let status = STATUS as i32;
             dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + RFLAGS] ; and eax, status ; push rax ; popfq);
         }
+        self.reload(post.loaded);
+        self.regs = post;
+    }
+
+    /// The slow path of an instruction that ends the block (CALL, RET, indirect JMP/CALL):
+    /// the interpreter runs it with the registers of `pre` written back.
+    fn slow_exit(&mut self, at: u64, pre: RegCache) {
+        let keep = self.regs;
+        self.writeback_state(pre, u32::MAX);
+        self.regs_to_memory_mode();
+        self.count(true);
+        self.sync_count_rip(at);
+        self.helper_then_leave();
+        self.regs = keep;
     }
 
     /// PUSH, POP, CALL, RET. RSP changes only after the access succeeded; a miss runs the
@@ -1188,8 +1574,16 @@ impl Emitter<'_> {
     fn stack(&mut self, op: StackOp, w64: bool, user: bool, at: u64, next: u64, dead: bool) {
         // CALL and RET end the block: the flags go to `CpuState` first.
         let ends = matches!(op, StackOp::Call(_) | StackOp::Ret);
-        self.stash_or_sync_flags(dead && !ends, false);
+        if ends {
+            self.stashed = false;
+            self.keep_r9 = false;
+            self.sync_flags();
+        } else {
+            self.stash_or_sync_flags(dead, false);
+        }
         let (synced0, pending0) = (self.synced, self.pending);
+        // Stack operations run on `CpuState` (their registers were written back before).
+        let pre = self.regs;
         let slow = self.ops.new_dynamic_label();
         let cont = self.ops.new_dynamic_label();
         let stk = (offsets::GPR + 8 * 4) as i32;
@@ -1252,16 +1646,15 @@ impl Emitter<'_> {
         }
         match op {
             StackOp::Pop(r) => {
-                dynasm!(self.ops ; .arch x64 ; mov QWORD [r12 + r], rcx ; jmp =>cont ; =>slow);
-                self.slow_path(at, next, synced0, pending0, false);
+                dynasm!(self.ops ; .arch x64 ; mov QWORD [r12 + r], rcx);
+                self.slow_path(slow, cont, at, next, synced0, pending0, false, pre);
                 dynasm!(self.ops ; .arch x64 ; =>cont);
                 self.synced = synced0;
                 self.pending = pending0 + 1;
                 self.after_stash();
             }
             StackOp::Push(_) => {
-                dynasm!(self.ops ; .arch x64 ; jmp =>cont ; =>slow);
-                self.slow_path(at, next, synced0, pending0, false);
+                self.slow_path(slow, cont, at, next, synced0, pending0, false, pre);
                 dynasm!(self.ops ; .arch x64 ; =>cont);
                 self.synced = synced0;
                 self.pending = pending0 + 1;
@@ -1270,18 +1663,19 @@ impl Emitter<'_> {
             StackOp::Call(target) => {
                 self.pending = pending0 + 1;
                 self.sync_count_rip(target);
-                self.leave_to(target);
+                self.exit_to(target);
                 self.synced = synced0;
                 self.pending = pending0;
+                self.regs = pre;
                 // Slow path: the interpreter runs the CALL; the block ends either way.
                 dynasm!(self.ops ; .arch x64 ; =>slow);
-                self.count(true);
-                self.sync_count_rip(at);
-                self.helper_then_leave();
+                self.slow_exit(at, pre);
             }
             StackOp::Ret => {
                 let n = pending0 + 1;
                 let out = self.out;
+                self.writeback_all();
+                self.regs_to_memory_mode();
                 dynasm!(self.ops
                     ; .arch x64
                     ; add QWORD [r12 + ICOUNT], n
@@ -1290,9 +1684,7 @@ impl Emitter<'_> {
                     ; jmp =>out
                     ; =>slow
                 );
-                self.count(true);
-                self.sync_count_rip(at);
-                self.helper_then_leave();
+                self.slow_exit(at, pre);
             }
         }
     }
@@ -1305,6 +1697,8 @@ impl Emitter<'_> {
     #[allow(clippy::too_many_arguments)]
     fn jmp_indirect(&mut self, reg: Option<i32>, ea: Option<Ea>, user: bool, call: bool, at: u64, next: u64) {
         self.sync_flags();
+        // Run on `CpuState` (its registers were written back before).
+        let pre = self.regs;
         let slow = self.ops.new_dynamic_label();
         match (reg, ea) {
             (Some(r), _) => dynasm!(self.ops ; .arch x64 ; mov r10, QWORD [r12 + r]),
@@ -1338,6 +1732,8 @@ impl Emitter<'_> {
         }
         let n = self.pending + 1;
         let out = self.out;
+        self.writeback_all();
+        self.regs_to_memory_mode();
         dynasm!(self.ops
             ; .arch x64
             ; add QWORD [r12 + ICOUNT], n
@@ -1346,9 +1742,7 @@ impl Emitter<'_> {
             ; jmp =>out
             ; =>slow
         );
-        self.count(true);
-        self.sync_count_rip(at);
-        self.helper_then_leave();
+        self.slow_exit(at, pre);
     }
 
     /// Runs the instruction through the interpreter and leaves the block (with the helper's
@@ -1367,12 +1761,57 @@ impl Emitter<'_> {
         );
     }
 
+    /// The fast-path access of a 32/64-bit MOV or ALU instruction whose register operand is
+    /// in a host register (host address in RAX); false if it does not apply (nothing emitted).
+    fn mem_cached(&mut self, kind: MemKind, sz: Sz) -> bool {
+        let Some(reg) = kind.cacheable_reg(sz) else { return false };
+        let Some(h) = self.cached(reg) else { return false };
+        let ops = &mut *self.ops;
+        let q = sz == Sz::Q;
+        match kind {
+            MemKind::Load { .. } if q => dynasm!(ops ; .arch x64 ; mov Rq(h), QWORD [rax]),
+            MemKind::Load { .. } => dynasm!(ops ; .arch x64 ; mov Rd(h), DWORD [rax]),
+            MemKind::Store { .. } if q => dynasm!(ops ; .arch x64 ; mov QWORD [rax], Rq(h)),
+            MemKind::Store { .. } => dynasm!(ops ; .arch x64 ; mov DWORD [rax], Rd(h)),
+            MemKind::LoadExt { dsz, signed, .. } => match (dsz, sz, signed) {
+                (_, Sz::B, false) => dynasm!(ops ; .arch x64 ; movzx Rd(h), BYTE [rax]),
+                (_, Sz::W, false) => dynasm!(ops ; .arch x64 ; movzx Rd(h), WORD [rax]),
+                (Sz::Q, Sz::B, true) => dynasm!(ops ; .arch x64 ; movsx Rq(h), BYTE [rax]),
+                (Sz::Q, Sz::W, true) => dynasm!(ops ; .arch x64 ; movsx Rq(h), WORD [rax]),
+                (Sz::Q, Sz::D, true) => dynasm!(ops ; .arch x64 ; movsxd Rq(h), DWORD [rax]),
+                (_, Sz::B, true) => dynasm!(ops ; .arch x64 ; movsx Rd(h), BYTE [rax]),
+                (_, Sz::W, true) => dynasm!(ops ; .arch x64 ; movsx Rd(h), WORD [rax]),
+                (_, Sz::D, _) => dynasm!(ops ; .arch x64 ; mov Rd(h), DWORD [rax]),
+                (_, Sz::Q, _) => dynasm!(ops ; .arch x64 ; mov Rq(h), QWORD [rax]),
+            },
+            MemKind::AluRM { op, .. } => {
+                macro_rules! rm { ($o:tt, ) => { if q { dynasm!(ops ; .arch x64 ; $o Rq(h), QWORD [rax]) } else { dynasm!(ops ; .arch x64 ; $o Rd(h), DWORD [rax]) } }; }
+                with_alu!(op, rm,)
+            }
+            MemKind::AluMR { op, .. } => {
+                macro_rules! mr { ($o:tt, ) => { if q { dynasm!(ops ; .arch x64 ; $o QWORD [rax], Rq(h)) } else { dynasm!(ops ; .arch x64 ; $o DWORD [rax], Rd(h)) } }; }
+                with_alu!(op, mr,)
+            }
+            _ => unreachable!("filtered above"),
+        }
+        let writes_reg = match kind {
+            MemKind::Load { .. } | MemKind::LoadExt { .. } => true,
+            MemKind::AluRM { op, .. } => !matches!(op, AluOp::Cmp | AluOp::Test),
+            _ => false,
+        };
+        if writes_reg {
+            self.set_dirty(reg);
+        }
+        true
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn mem(&mut self, kind: MemKind, ea: Ea, sz: Sz, user: bool, at: u64, next: u64, dead: bool) {
         if let MemKind::IncDec { .. } | MemKind::Bt { .. } | MemKind::Cmov { .. } = kind {
             // INC/DEC: the guest's CF must be in CpuState for the host's CF below; BT: the
             // guest's flags are updated there.
             self.stashed = false;
+            self.keep_r9 = false;
             self.sync_flags();
             self.materialize_lazy();
         } else {
@@ -1383,6 +1822,20 @@ impl Emitter<'_> {
         let cont = self.ops.new_dynamic_label();
         self.effective_address(ea);
         self.probe(kind.writes(), sz.bytes(), user, slow);
+        // The cache where the fast path may branch to the slow one.
+        let pre = self.regs;
+        if self.mem_cached(kind, sz) {
+            self.slow_path(slow, cont, at, next, synced0, pending0, kind.flags().is_some(), pre);
+            dynasm!(self.ops ; .arch x64 ; =>cont);
+            self.synced = synced0;
+            self.pending = pending0 + 1;
+            self.after_stash();
+            if let Some(op) = kind.flags() {
+                self.flags_now_in_host();
+                self.last_logic = matches!(op, AluOp::And | AluOp::Or | AluOp::Xor | AluOp::Test);
+            }
+            return;
+        }
         let ops = &mut *self.ops;
         match kind {
             MemKind::Load { reg } => match sz {
@@ -1525,48 +1978,20 @@ impl Emitter<'_> {
                 }
             }
         }
-        dynasm!(self.ops ; .arch x64 ; jmp =>cont ; =>slow);
-        // Slow path.
-        self.count(true);
-        self.unstash();
-        self.sync_count_rip(at);
-        let out = self.out;
-        let undo = pending0 + 1;
-        let back = next.wrapping_sub(synced0);
-        dynasm!(self.ops
-            ; .arch x64
-            ; mov rdi, r12
-            ; mov rsi, r13
-            ; call QWORD [r14]
-            ; test eax, eax
-            ; jnz =>out
-            ; sub QWORD [r12 + ICOUNT], undo
-        );
-        if self.rip32 {
-            let b = back as u32 as i32;
-            dynasm!(self.ops ; .arch x64 ; sub DWORD [r12 + RIP], b);
-        } else {
-            let b = back as i64 as i32;
-            dynasm!(self.ops ; .arch x64 ; sub QWORD [r12 + RIP], b);
-        }
         let alu = kind.flags();
         // INC/DEC: the flags they wrote; CMOV: the guest's, loaded for the condition.
         let incdec = matches!(kind, MemKind::IncDec { .. } | MemKind::Cmov { .. });
-        if alu.is_some() || incdec {
-            self.materialize_lazy();
-            let status = STATUS as i32;
-            dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + RFLAGS] ; and eax, status ; push rax ; popfq);
-        }
+        self.slow_path(slow, cont, at, next, synced0, pending0, alu.is_some() || incdec, pre);
         dynasm!(self.ops ; .arch x64 ; =>cont);
         self.synced = synced0;
         self.pending = pending0 + 1;
         self.after_stash();
         if incdec {
-            self.flags_in_host = true;
+            self.flags_now_in_host();
             self.last_logic = false;
         }
         if let Some(op) = alu {
-            self.flags_in_host = true;
+            self.flags_now_in_host();
             self.last_logic = matches!(op, AluOp::And | AluOp::Or | AluOp::Xor | AluOp::Test);
         }
     }
@@ -1588,73 +2013,114 @@ impl Emitter<'_> {
             }
             Inline::Lea { dst, ea, w64 } => {
                 self.effective_address(ea);
-                if !w64 {
-                    dynasm!(self.ops ; .arch x64 ; mov eax, eax);
+                let d = self.def_begin(dst);
+                if w64 {
+                    if d != RAX {
+                        dynasm!(self.ops ; .arch x64 ; mov Rq(d), rax);
+                    }
+                } else {
+                    dynasm!(self.ops ; .arch x64 ; mov Rd(d), eax);
                 }
-                dynasm!(self.ops ; .arch x64 ; mov QWORD [r12 + dst], rax);
+                self.dst_end(dst, d);
             }
             Inline::MovRR { dst, src, w64 } => {
+                let s = self.src(src, RAX);
+                let d = self.def_begin(dst);
                 if w64 {
-                    dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + src] ; mov QWORD [r12 + dst], rax);
+                    if d != s {
+                        dynasm!(self.ops ; .arch x64 ; mov Rq(d), Rq(s));
+                    }
                 } else {
-                    dynasm!(self.ops ; .arch x64 ; mov eax, DWORD [r12 + src] ; mov QWORD [r12 + dst], rax);
+                    dynasm!(self.ops ; .arch x64 ; mov Rd(d), Rd(s));
                 }
+                self.dst_end(dst, d);
             }
             Inline::MovRI { dst, imm, w64 } => {
+                let d = self.def_begin(dst);
                 if w64 {
                     let v = imm as i64;
-                    dynasm!(self.ops ; .arch x64 ; mov rax, QWORD v ; mov QWORD [r12 + dst], rax);
+                    if i32::try_from(v).is_ok() {
+                        dynasm!(self.ops ; .arch x64 ; mov Rq(d), v as i32);
+                    } else {
+                        dynasm!(self.ops ; .arch x64 ; mov Rq(d), QWORD v);
+                    }
                 } else {
                     let v = imm as u32 as i32;
-                    dynasm!(self.ops ; .arch x64 ; mov eax, v ; mov QWORD [r12 + dst], rax);
+                    dynasm!(self.ops ; .arch x64 ; mov Rd(d), v);
                 }
+                self.dst_end(dst, d);
             }
             Inline::Alu { op, dst, src, w64 } => {
                 if matches!(op, AluOp::Adc | AluOp::Sbb) {
                     self.load_guest_cf();
                 }
-                match op {
-                    AluOp::Add => alu_emit!(self.ops, add, w64, dst, src, true),
-                    AluOp::Adc => alu_emit!(self.ops, adc, w64, dst, src, true),
-                    AluOp::Sbb => alu_emit!(self.ops, sbb, w64, dst, src, true),
-                    AluOp::Sub => alu_emit!(self.ops, sub, w64, dst, src, true),
-                    AluOp::And => alu_emit!(self.ops, and, w64, dst, src, true),
-                    AluOp::Or => alu_emit!(self.ops, or, w64, dst, src, true),
-                    AluOp::Xor => alu_emit!(self.ops, xor, w64, dst, src, true),
-                    AluOp::Cmp => alu_emit!(self.ops, cmp, w64, dst, src, false),
-                    AluOp::Test => alu_emit!(self.ops, test, w64, dst, src, false),
+                let store = !matches!(op, AluOp::Cmp | AluOp::Test);
+                let d = self.dst_begin(dst);
+                let s = match src {
+                    Src::Reg(s) => Some(self.src(s, RCX)),
+                    Src::Imm(_) => None,
+                };
+                let ops = &mut *self.ops;
+                macro_rules! alu {
+                    ($o:tt, ) => {
+                        match (s, src, w64) {
+                            (Some(s), _, true) => dynasm!(ops ; .arch x64 ; $o Rq(d), Rq(s)),
+                            (Some(s), _, false) => dynasm!(ops ; .arch x64 ; $o Rd(d), Rd(s)),
+                            (None, Src::Imm(v), true) => dynasm!(ops ; .arch x64 ; $o Rq(d), v),
+                            (None, Src::Imm(v), false) => dynasm!(ops ; .arch x64 ; $o Rd(d), v),
+                            (None, Src::Reg(_), _) => unreachable!("register sources were loaded"),
+                        }
+                    };
                 }
-                self.flags_in_host = true;
+                with_alu!(op, alu,);
+                if store {
+                    self.dst_end(dst, d);
+                }
+                self.flags_now_in_host();
                 self.last_logic = matches!(op, AluOp::And | AluOp::Or | AluOp::Xor | AluOp::Test);
+                if !store {
+                    self.recompute = Some(Recompute { test: op == AluOp::Test, dst, src, w64 });
+                }
             }
             Inline::IncDec { inc, dst, w64 } => {
                 // INC/DEC keep CF.
                 self.load_guest_cf();
+                let d = self.dst_begin(dst);
                 match (inc, w64) {
-                    (true, true) => dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + dst] ; inc rax),
-                    (false, true) => dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + dst] ; dec rax),
-                    (true, false) => dynasm!(self.ops ; .arch x64 ; mov eax, DWORD [r12 + dst] ; inc eax),
-                    (false, false) => dynasm!(self.ops ; .arch x64 ; mov eax, DWORD [r12 + dst] ; dec eax),
+                    (true, true) => dynasm!(self.ops ; .arch x64 ; inc Rq(d)),
+                    (false, true) => dynasm!(self.ops ; .arch x64 ; dec Rq(d)),
+                    (true, false) => dynasm!(self.ops ; .arch x64 ; inc Rd(d)),
+                    (false, false) => dynasm!(self.ops ; .arch x64 ; dec Rd(d)),
                 }
-                dynasm!(self.ops ; .arch x64 ; mov QWORD [r12 + dst], rax);
-                self.flags_in_host = true;
+                self.dst_end(dst, d);
+                self.flags_now_in_host();
                 self.last_logic = false;
             }
             Inline::Shift1 { op, dst, w64 } => {
+                let d = self.dst_begin(dst);
                 match (op, w64) {
-                    (Mnemonic::Shl, true) => dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + dst] ; shl rax, 1),
-                    (Mnemonic::Shr, true) => dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + dst] ; shr rax, 1),
-                    (_, true) => dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + dst] ; sar rax, 1),
-                    (Mnemonic::Shl, false) => dynasm!(self.ops ; .arch x64 ; mov eax, DWORD [r12 + dst] ; shl eax, 1),
-                    (Mnemonic::Shr, false) => dynasm!(self.ops ; .arch x64 ; mov eax, DWORD [r12 + dst] ; shr eax, 1),
-                    (_, false) => dynasm!(self.ops ; .arch x64 ; mov eax, DWORD [r12 + dst] ; sar eax, 1),
+                    (Mnemonic::Shl, true) => dynasm!(self.ops ; .arch x64 ; shl Rq(d), 1),
+                    (Mnemonic::Shr, true) => dynasm!(self.ops ; .arch x64 ; shr Rq(d), 1),
+                    (_, true) => dynasm!(self.ops ; .arch x64 ; sar Rq(d), 1),
+                    (Mnemonic::Shl, false) => dynasm!(self.ops ; .arch x64 ; shl Rd(d), 1),
+                    (Mnemonic::Shr, false) => dynasm!(self.ops ; .arch x64 ; shr Rd(d), 1),
+                    (_, false) => dynasm!(self.ops ; .arch x64 ; sar Rd(d), 1),
                 }
-                dynasm!(self.ops ; .arch x64 ; mov QWORD [r12 + dst], rax);
-                self.flags_in_host = true;
+                self.dst_end(dst, d);
+                self.flags_now_in_host();
                 self.last_logic = true;
             }
             Inline::Jcc { cc, target } => {
                 self.pending += 1;
+                if let (0, Some(fast), true) = (target, self.fast_loop, self.last) {
+                    self.fast_loop_back(Some(cc), next, fast);
+                    return;
+                }
+                if !self.last {
+                    self.side_exit(cc, target);
+                    return;
+                }
+                self.flags_from_r9();
                 let taken = self.ops.new_dynamic_label();
                 if self.flags_in_host {
                     // Branch on the host flags; each path then writes them back.
@@ -1664,11 +2130,12 @@ impl Emitter<'_> {
                         if let Some(l) = label {
                             dynasm!(self.ops ; .arch x64 ; =>l);
                         }
-                        let (synced, pending) = (self.synced, self.pending);
+                        let (synced, pending, regs) = (self.synced, self.pending, self.regs);
                         if let (0, Some((checked, n))) = (to, self.loop_back) {
                             // Back to the entry, whose code overwrites the flags first: they go
                             // to `CpuState` only if the loop stops here for the budget.
                             dynasm!(self.ops ; .arch x64 ; pop r9);
+                            self.writeback_all();
                             self.sync_count_rip(0);
                             let out = self.out;
                             dynasm!(self.ops
@@ -1683,14 +2150,16 @@ impl Emitter<'_> {
                             dynasm!(self.ops ; .arch x64 ; mov eax, exit::NO_BUDGET as i32 ; jmp =>out);
                             self.synced = synced;
                             self.pending = pending;
+                            self.regs = regs;
                             continue;
                         }
                         dynasm!(self.ops ; .arch x64 ; pop rax);
                         self.merge_flags_from_rax();
                         self.sync_count_rip(to);
-                        self.leave_to(to);
+                        self.exit_to(to);
                         self.synced = synced;
                         self.pending = pending;
+                        self.regs = regs;
                     }
                 } else {
                     self.materialize_lazy();
@@ -1707,40 +2176,285 @@ impl Emitter<'_> {
                         if let Some(l) = label {
                             dynasm!(self.ops ; .arch x64 ; =>l);
                         }
-                        let (synced, pending) = (self.synced, self.pending);
+                        let (synced, pending, regs) = (self.synced, self.pending, self.regs);
                         self.sync_count_rip(to);
-                        self.leave_to(to);
+                        self.exit_to(to);
                         self.synced = synced;
                         self.pending = pending;
+                        self.regs = regs;
                     }
                 }
-                self.flags_in_host = false;
+                self.flags_now_synced();
                 return;
             }
             Inline::Jmp { target } => {
                 self.pending += 1;
+                if let (0, Some(fast)) = (target, self.fast_loop) {
+                    self.fast_loop_back(None, next, fast);
+                    return;
+                }
                 self.sync_flags();
                 self.sync_count_rip(target);
-                self.leave_to(target);
+                self.exit_to(target);
                 return;
             }
         }
         self.pending += 1;
     }
+
+    /// The Jcc (or JMP: `cc` None) at the end of a self-loop block (see [`FastLoop`]): taken,
+    /// straight back to the loop top with every cached register (and the count) in its host
+    /// register; not taken, out of the block. The stop path of the top's budget check is
+    /// emitted here, where the flags' state is known: they are the guest's there.
+    fn fast_loop_back(&mut self, cc: Option<ConditionCode>, next: u64, fast: FastLoop) {
+        debug_assert_eq!((self.synced, self.pending), (0, fast.n), "fast loops have no helper");
+        if cc.is_some() || fast.flags_live {
+            // The condition (and the top, if the flags are live there) on the host's flags,
+            // from `CpuState` if a slow path or a POP synced them.
+            self.flags_to_host();
+        }
+        if fast.flags_live && self.last_logic {
+            // The top expects the guest's AF in the host's (0 after a logic operation).
+            let not_af = !(AF as i32);
+            dynasm!(self.ops ; .arch x64 ; pushfq ; and QWORD [rsp], not_af ; popfq);
+            self.last_logic = false;
+        }
+        // The top expects every cached register loaded (MOVs: the flags stay).
+        let missing = self.regs.allocated() & !self.regs.loaded;
+        self.reload(missing);
+        self.regs.loaded |= missing;
+        let mut top_regs = self.regs;
+        top_regs.loaded = self.regs.allocated();
+        top_regs.dirty = self.regs.allocated();
+        let (flags_in_host, flags_in_r9, last_logic) = (self.flags_in_host, self.flags_in_r9, self.last_logic);
+        let (flags_recomp, recompute) = (self.flags_recomp, self.recompute);
+        match cc {
+            Some(cc) => {
+                jcc_emit!(self.ops, cc, fast.top);
+                // Not taken: out of the block.
+                self.sync_flags();
+                self.sync_count_rip(next);
+                self.exit_to(next);
+            }
+            None => dynasm!(self.ops ; .arch x64 ; jmp =>fast.top),
+        }
+        // The budget is used up at the top: the state is the top's (count exact, RIP at the
+        // entry), the flags those of this back edge.
+        dynasm!(self.ops ; .arch x64 ; =>fast.stop);
+        self.regs = top_regs;
+        self.pending = 0;
+        self.synced = 0;
+        self.flags_in_host = flags_in_host;
+        self.flags_in_r9 = flags_in_r9;
+        self.flags_recomp = flags_recomp;
+        self.recompute = recompute;
+        self.last_logic = last_logic;
+        self.sync_flags();
+        self.writeback_all();
+        let out = self.out;
+        dynasm!(self.ops ; .arch x64 ; mov eax, exit::NO_BUDGET as i32 ; jmp =>out);
+        self.flags_now_synced();
+    }
+
+    /// The entry of a self-loop block, after the budget check (see [`FastLoop`]).
+    fn fast_loop_entry(&mut self, fast: FastLoop) {
+        let all = self.regs.allocated();
+        for g in 0..16 {
+            if all & (1 << g) != 0 {
+                if let Some(h) = self.regs.host_of(g) {
+                    regcache::emit_load(self.ops, h, regcache::off_of(g));
+                }
+            }
+        }
+        let ic = regcache::ICOUNT_HOST;
+        let n = fast.n;
+        dynasm!(self.ops
+            ; .arch x64
+            ; mov Rq(ic), QWORD [r12 + ICOUNT]
+            ; mov rax, QWORD [r12 + BUDGET_END]
+            ; sub rax, Rq(ic)
+            ; xor edx, edx
+            ; mov ecx, n
+            ; div rcx
+            ; mov r15, rax
+            ; lea Rq(ic), [Rq(ic) - n]
+        );
+        self.regs.loaded = all;
+        self.regs.dirty = all;
+        if fast.flags_live {
+            self.flags_to_host();
+        }
+        let tramp = self.ops.new_dynamic_label();
+        let (top, stop) = (fast.top, fast.stop);
+        dynasm!(self.ops
+            ; .arch x64
+            ; jmp =>top
+            ; =>tramp
+            ; jmp =>stop
+            ; =>top
+            ; lea Rq(ic), [Rq(ic) + n]
+            ; mov rcx, r15
+            ; jrcxz =>tramp
+            ; lea r15, [r15 - 1]
+        );
+        self.flags_in_host = fast.flags_live;
+        self.flags_in_r9 = false;
+        self.flags_recomp = false;
+        self.recompute = None;
+        self.last_logic = false;
+    }
+
+    /// A Jcc inside a block: taken, out of the block (to `target`); not taken, on with the
+    /// flags where they are.
+    fn side_exit(&mut self, cc: ConditionCode, target: u64) {
+        self.flags_from_r9();
+        let in_host = self.flags_in_host;
+        if !in_host {
+            self.materialize_lazy();
+            let status = STATUS as i32;
+            dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + RFLAGS] ; and eax, status ; push rax ; popfq);
+        }
+        // The exit is emitted after the block's code: the usual path falls through.
+        let stub = self.ops.new_dynamic_label();
+        jcc_emit!(self.ops, cc, stub);
+        self.exits.push(SideExit {
+            stub,
+            target,
+            synced: self.synced,
+            pending: self.pending,
+            regs: self.regs,
+            flags_in_host: in_host,
+            last_logic: self.last_logic,
+        });
+    }
+}
+
+/// A side exit put off to the end of the block, with the emitter state it needs.
+#[derive(Debug, Clone, Copy)]
+struct SideExit {
+    stub: DynamicLabel,
+    target: u64,
+    synced: u64,
+    pending: i32,
+    regs: RegCache,
+    flags_in_host: bool,
+    last_logic: bool,
+}
+
+/// A slow path put off to the end of the block, with the emitter state it needs.
+#[derive(Debug, Clone, Copy)]
+struct SlowPath {
+    slow: DynamicLabel,
+    cont: DynamicLabel,
+    at: u64,
+    next: u64,
+    synced0: u64,
+    pending0: i32,
+    alu: bool,
+    pre: RegCache,
+    post: RegCache,
+    stashed: bool,
+    stashed_recomp: bool,
+    keep_r9: bool,
+    recompute: Option<Recompute>,
+    last_logic: bool,
+    cur: Instruction,
+}
+
+/// A CMP or TEST of guest registers whose flags can be made again (see
+/// [`Emitter::recompute`]).
+#[derive(Debug, Clone, Copy)]
+struct Recompute {
+    test: bool,
+    dst: i32,
+    src: Src,
+    w64: bool,
+}
+
+impl Recompute {
+    fn regs(self) -> u32 {
+        reg_bit(self.dst)
+            | match self.src {
+                Src::Reg(s) => reg_bit(s),
+                Src::Imm(_) => 0,
+            }
+    }
+}
+
+/// The guest registers (and count) `op` may write (conservative for the forms of [`ext`]).
+fn written_regs(op: &Inline) -> u32 {
+    let rsp = reg_bit((offsets::GPR + 8 * 4) as i32);
+    match *op {
+        Inline::MovRR { dst, .. }
+        | Inline::MovRI { dst, .. }
+        | Inline::Lea { dst, .. }
+        | Inline::IncDec { dst, .. }
+        | Inline::Shift1 { dst, .. } => reg_bit(dst),
+        Inline::Alu { op: AluOp::Cmp | AluOp::Test, .. } | Inline::Jcc { .. } | Inline::Jmp { .. } => 0,
+        Inline::Alu { dst, .. } => reg_bit(dst),
+        Inline::Mem { kind, .. } => match kind {
+            MemKind::Load { reg } | MemKind::LoadExt { reg, .. } | MemKind::Cmov { reg, .. } => reg_bit(reg),
+            MemKind::AluRM { op, reg } if !matches!(op, AluOp::Cmp | AluOp::Test) => reg_bit(reg),
+            _ => 0,
+        },
+        Inline::Stack { op, .. } => match op {
+            StackOp::Pop(r) => rsp | reg_bit(r),
+            _ => rsp,
+        },
+        Inline::JmpInd { call, .. } => {
+            if call {
+                rsp
+            } else {
+                0
+            }
+        }
+        Inline::Ext(e) => e.regs().into_iter().flatten().fold(0, |m, off| m | reg_bit(off)),
+    }
+}
+
+/// A block whose last instruction is a Jcc or JMP back to its entry and whose instructions all
+/// run inline (no helper: RIP stays at the entry, the count of one iteration is `n`). Its loop
+/// runs on host registers:
+///
+/// ```text
+/// checked:  load every cached register; rIC = icount - n
+///           r15 = (budget_end - icount) / n        ; iterations that fit (>= 1: checked)
+///           flags live at the entry: the guest's into the host's
+///           jmp top
+/// tramp:    jmp stop
+/// top:      rIC += n; if r15 == 0 goto tramp; r15 -= 1   ; LEA, MOV, JRCXZ: flags kept
+///           ... body on host registers ...
+///           jcc top
+///           (not taken) flags, count and registers to CpuState; out
+/// stop:     flags, count and registers to CpuState; return NO_BUDGET
+/// ```
+#[derive(Debug, Clone, Copy)]
+struct FastLoop {
+    top: DynamicLabel,
+    stop: DynamicLabel,
+    /// Instructions per iteration.
+    n: i32,
+    /// The flags are live at the entry: the loop keeps them in the host's from the top (loaded
+    /// once before it; AF cleared at the back edge after a logic operation, as the merge would).
+    flags_live: bool,
 }
 
 /// Emits a block.
 ///
 /// ```text
-/// push r12; push r13; push r14          ; rsp 16-aligned for the calls below
+/// push r12..r14, r15, rbx, rbp; sub rsp, 8   ; one frame for every block (chains jump
+///                                             ; between bodies); rsp 16-aligned for calls
 /// r12 = cpu; r13 = env; r14 = helpers
-/// if icount + n > budget_end: return NO_BUDGET          (blocks with inline code)
-/// per instruction, inline:  host code on CpuState fields (flags left in the host's RFLAGS
-///                           until an instruction or the exit needs them in CpuState)
-///                 otherwise: sync flags, icount, RIP; eax = helpers.step(cpu, env);
+/// body: if icount + n > budget_end: return NO_BUDGET
+/// (self-loop: see `FastLoop`)
+/// per instruction, inline:  host code on guest registers in host registers (see `regcache`:
+///                           loaded on first use) or on CpuState fields; flags left in the
+///                           host's RFLAGS (or R9, or recomputable) until something needs them
+///                 a Jcc:     taken, out (a side exit); not taken, on
+///                 otherwise: sync flags, icount, RIP, registers; eax = helpers.step(cpu, env);
 ///                            if eax != CONTINUE goto out
-/// sync; eax = BLOCK_END
-/// out: pop r14; pop r13; pop r12; ret   ; eax = exit code
+/// sync (flags, icount, RIP, dirty registers); eax = BLOCK_END or a chain slot
+/// out: add rsp, 8; pop ...; ret               ; eax = exit code
 /// ```
 #[allow(clippy::too_many_arguments)]
 fn emit_block(
@@ -1815,11 +2529,35 @@ fn emit_block(
         }
     }
     let (dead, entry_dead) = dead_flags(&plan);
+    let n_insns = insns.len() as i32;
+    // A self-loop running on host registers (see `FastLoop`).
+    let fast = plan.iter().all(Option::is_some)
+        && matches!(plan.last(), Some(Some(Inline::Jcc { target: 0, .. } | Inline::Jmp { target: 0 })))
+        && regcache_enabled();
+    let mut uses = [0u32; 16];
+    for p in plan.iter().flatten() {
+        cached_uses(p, &mut uses);
+    }
+    let regs = if !regcache_enabled() {
+        RegCache::default()
+    } else if fast {
+        let mut r = RegCache::allocate(&uses, 1, &regcache::HOST_REGS[..4]);
+        r.set_icount_host(regcache::ICOUNT_HOST);
+        r
+    } else {
+        RegCache::allocate(&uses, 2, &regcache::HOST_REGS)
+    };
+    // The frame every block shares (chained blocks jump into each other's bodies): the
+    // callee-saved registers the cache may use are saved whether this block uses them or not.
     dynasm!(ops
         ; .arch x64
         ; push r12
         ; push r13
         ; push r14
+        ; push r15
+        ; push rbx
+        ; push rbp
+        ; sub rsp, 8
         ; mov r12, rdi
         ; mov r13, rsi
         ; mov r14, rdx
@@ -1827,7 +2565,6 @@ fn emit_block(
     let body_off = ops.offset();
     let body = Some(ops.new_dynamic_label());
     let checked = ops.new_dynamic_label();
-    let n_insns = insns.len() as i32;
     if let Some(body) = body {
         let n = n_insns;
         dynasm!(ops
@@ -1840,6 +2577,12 @@ fn emit_block(
             ; =>checked
         );
     }
+    let fast_loop = fast.then(|| FastLoop {
+        top: ops.new_dynamic_label(),
+        stop: ops.new_dynamic_label(),
+        n: n_insns,
+        flags_live: !entry_dead,
+    });
     let mut em = Emitter {
         ops,
         out,
@@ -1853,24 +2596,46 @@ fn emit_block(
         last_logic: false,
         cur: Instruction::default(),
         stashed: false,
-        loop_back: entry_dead.then_some((checked, n_insns)),
+        keep_r9: false,
+        flags_in_r9: false,
+        recompute: None,
+        flags_recomp: false,
+        stashed_recomp: false,
+        loop_back: (entry_dead && !fast).then_some((checked, n_insns)),
         profile,
+        regs,
+        fast_loop,
+        last: false,
+        deferred: Vec::new(),
+        exits: Vec::new(),
+        merge_sub: [None; 2],
     };
+    if let Some(fast) = fast_loop {
+        em.fast_loop_entry(fast);
+    }
     let mut ended = false;
     for ((i, p), &dead) in insns.iter().zip(&plan).zip(&dead) {
         let at = i.ip();
         let next = i.next_ip();
         em.cur = *i;
+        em.last = std::ptr::eq(i, insns.last().unwrap_or(i));
         match p {
             Some(op) => {
+                // What the emitter runs on `CpuState` fields: written back and dropped.
+                let m = memory_regs(op);
+                em.before_writes(written_regs(op));
+                em.spill(m);
                 em.inline(*op, at, next, dead);
-                if matches!(
-                    op,
-                    Inline::Jcc { .. }
-                        | Inline::Jmp { .. }
-                        | Inline::JmpInd { .. }
-                        | Inline::Stack { op: StackOp::Call(_) | StackOp::Ret, .. }
-                ) {
+                em.regs.loaded &= !m;
+                em.regs.dirty &= !m;
+                if em.last && matches!(op, Inline::Jcc { .. })
+                    || matches!(
+                        op,
+                        Inline::Jmp { .. }
+                            | Inline::JmpInd { .. }
+                            | Inline::Stack { op: StackOp::Call(_) | StackOp::Ret, .. }
+                    )
+                {
                     ended = true;
                 }
             }
@@ -1884,16 +2649,23 @@ fn emit_block(
         if insns.last().is_some_and(ends_block) {
             // POPF, STI, MOV SS, ...: the dispatcher must see the state they leave (TF, an
             // interrupt shadow, breakpoints) before the next instruction, so no chained jump.
+            em.writeback_all();
             em.leave();
         } else {
-            em.leave_to(end);
+            em.exit_to(end);
         }
     }
+    em.emit_slow_paths();
+    em.emit_merge_subroutines();
     let ops = em.ops;
     dynasm!(ops ; .arch x64 ; =>no_budget ; mov eax, exit::NO_BUDGET as i32 ; jmp =>out);
     dynasm!(ops
         ; .arch x64
         ; =>out
+        ; add rsp, 8
+        ; pop rbp
+        ; pop rbx
+        ; pop r15
         ; pop r14
         ; pop r13
         ; pop r12

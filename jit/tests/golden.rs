@@ -120,6 +120,53 @@ fn snippets() -> Vec<Snippet> {
             a.inc(eax).unwrap();
             a.jmp(rbx).unwrap();
         }),
+        // The loop jit_speed times (cpu/examples/speed_loop): a store and a load through the
+        // TLB probe in a self-loop.
+        ("speed_loop_64", 64, |a| {
+            let mut top = a.create_label();
+            a.set_label(&mut top).unwrap();
+            a.add(rax, rcx).unwrap();
+            a.mov(qword_ptr(rsi), rax).unwrap();
+            a.xor(rdx, qword_ptr(rsi)).unwrap();
+            a.shl(rdx, 1).unwrap();
+            a.dec(ecx).unwrap();
+            a.jnz(top).unwrap();
+            a.hlt().unwrap();
+        }),
+        // The benchmark guest's hash loop (test-roms bench_guest): a self-loop with a memory
+        // operand and live flags at the entry, on host registers.
+        ("hash_loop_32", 32, |a| {
+            let mut word = a.create_label();
+            a.set_label(&mut word).unwrap();
+            a.xor(eax, dword_ptr(ecx * 4 + 0x8000)).unwrap();
+            a.mov(edx, eax).unwrap();
+            a.shl(edx, 1).unwrap();
+            a.add(eax, edx).unwrap();
+            a.mov(edx, eax).unwrap();
+            a.shr(edx, 1).unwrap();
+            a.xor(eax, edx).unwrap();
+            a.add(ecx, 1).unwrap();
+            a.cmp(ecx, 16).unwrap();
+            a.jne(word).unwrap();
+            a.hlt().unwrap();
+        }),
+        // Its insertion sort's inner loop: two side exits (Jcc inside the block) and a JMP
+        // back to the entry.
+        ("sort_inner_32", 32, |a| {
+            let mut inner = a.create_label();
+            let mut place = a.create_label();
+            a.set_label(&mut inner).unwrap();
+            a.test(ebx, ebx).unwrap();
+            a.je(place).unwrap();
+            a.mov(eax, dword_ptr(esi + ebx * 4 - 4)).unwrap();
+            a.cmp(eax, edx).unwrap();
+            a.jbe(place).unwrap();
+            a.mov(dword_ptr(esi + ebx * 4), eax).unwrap();
+            a.sub(ebx, 1).unwrap();
+            a.jmp(inner).unwrap();
+            a.set_label(&mut place).unwrap();
+            a.hlt().unwrap();
+        }),
         ("real_mode_helpers_only", 16, |a| {
             a.mov(ax, 0x1234u32).unwrap();
             a.add(ax, bx).unwrap();

@@ -65,3 +65,20 @@ fn test_issue_9_store_through_read_only_ds_faults() {
     bus.mem.read(base::GuestPhysAddr(0x2000), &mut b).unwrap();
     assert_eq!(b, [0x11, 0, 0, 0], "the store through DS wrote nothing");
 }
+
+/// Prot32 stream 869 (found by the register-cache work): a self-loop `or al, bh; pop edx;
+/// jl <entry>` whose POP writes the flags back to `CpuState` (its slow path may fault): the
+/// loop's JL must branch on the guest's flags (SF != OF after the OR), loaded back into the
+/// host's, not on what the flag write-back left there.
+#[test]
+fn test_issue_9_self_loop_branches_on_flags_synced_by_a_pop() {
+    // 1000: mov al, 0x80 ; 1002: or al, bh ; 1004: pop edx ; 1005: jl 1002 ; hlt
+    let code = [0xB0, 0x80, 0x08, 0xF8, 0x5A, 0x7C, 0xFB, 0xF4];
+    let mut start = state(32);
+    start.gpr[3] = 0;
+    let (exit, c, _) = lockstep("jl-after-pop", &code, &start, 40);
+    // OR AL(0x80), BH(0): SF = 1, OF = 0, so JL is always taken: the budget ends the loop.
+    assert_eq!(exit, RunExit::BudgetExhausted);
+    assert_eq!(c.icount, 40);
+    assert_eq!(c.gpr[4], 0x7_0000 + 4 * 13, "13 POPs in 1 + 13 * 3 instructions");
+}

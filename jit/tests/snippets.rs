@@ -819,3 +819,277 @@ fn test_jit_indirect_calls() {
     assert_eq!(c.gpr[3], 90);
     assert_eq!(c.gpr[4], 0x8000_0000_0000_0010, "RSP unchanged by the faulting CALL");
 }
+
+// The register cache: guest registers in host registers within a block.
+
+#[test]
+fn test_jit_cached_registers_at_a_page_fault() {
+    // EAX and ECX are changed in host registers, then a load from a page that is not present
+    // faults (#PF; no IDT, so it escalates to a triple fault): the state at the fault must hold
+    // their new values. PSE: PDE 0 maps 0..4 MiB, PDE 1 is not present.
+    let pd = 0x1_0000u64;
+    let code = assemble(32, |a| {
+        a.mov(eax, 5u32).unwrap();
+        a.mov(ecx, 7u32).unwrap();
+        a.add(eax, ecx).unwrap();
+        a.add(ecx, eax).unwrap();
+        a.mov(ebx, 0x40_0010u32).unwrap();
+        a.mov(edx, dword_ptr(ebx)).unwrap();
+        a.add(eax, ecx).unwrap();
+        a.hlt().unwrap();
+    });
+    let mut start = state(32);
+    start.cr3 = pd;
+    start.cr4 |= cpu::state::cr::CR4_PSE;
+    start.cr0 |= cpu::state::cr::CR0_PG;
+    let (e0, c0, _) = {
+        let mut bus = cpu::RamBus::with_code(RAM, &code, CODE).unwrap();
+        bus.mem.load(base::GuestPhysAddr(pd), &0x83u32.to_le_bytes()).unwrap();
+        let mut c = start.clone();
+        let e = cpu::ExecutionEngine::run(&mut cpu::Interpreter::new(), &mut c, &mut bus, 100);
+        (e, c, bus)
+    };
+    for slices in [&[][..], &[1], &[2, 3]] {
+        let mut bus = cpu::RamBus::with_code(RAM, &code, CODE).unwrap();
+        bus.mem.load(base::GuestPhysAddr(pd), &0x83u32.to_le_bytes()).unwrap();
+        let mut jit = jit::Translator::new();
+        let mut c = start.clone();
+        let mut k = 0;
+        let e = loop {
+            let n = if slices.is_empty() { 100 } else { slices[k % slices.len()] };
+            k += 1;
+            let e = cpu::ExecutionEngine::run(&mut jit, &mut c, &mut bus, n);
+            if e != RunExit::BudgetExhausted || c.icount >= 100 {
+                break e;
+            }
+        };
+        assert_eq!((e, arch(&c)), (e0, arch(&c0)), "slices {slices:?}");
+    }
+    assert_eq!(e0, RunExit::TripleFault);
+    // By hand: EAX = 5 + 7, ECX = 7 + 12; the faulting load counts (6 instructions).
+    assert_eq!((c0.gpr[0], c0.gpr[1], c0.icount), (12, 19, 6));
+}
+
+#[test]
+fn test_jit_helper_between_cached_uses() {
+    // BSWAP runs in the interpreter between inline uses of EAX and ECX: it must read the value
+    // the host register holds, and the inline code after it must see its result.
+    for bits in [32u32, 64] {
+        let code = assemble(bits, |a| {
+            a.mov(eax, 1u32).unwrap();
+            a.mov(ecx, 2u32).unwrap();
+            a.add(eax, ecx).unwrap();
+            a.bswap(eax).unwrap();
+            a.add(eax, ecx).unwrap();
+            a.add(ecx, eax).unwrap();
+            a.hlt().unwrap();
+        });
+        let (exit, c, _) = lockstep("helper-between", &code, &state(bits), 100);
+        assert_eq!(exit, RunExit::Halted);
+        assert_eq!((c.gpr[0], c.gpr[1]), (0x0300_0002, 0x0300_0004));
+    }
+}
+
+#[test]
+fn test_jit_partial_writes_to_cached_registers() {
+    // AH and 16-bit writes to a register cached in a host register keep its other bits.
+    let code = assemble(64, |a| {
+        a.mov(rax, 0x1122_3344_5566_7788u64).unwrap();
+        a.mov(ebx, 1u32).unwrap();
+        a.add(rax, rbx).unwrap();
+        a.mov(ah, 0x99).unwrap();
+        a.add(rax, rbx).unwrap();
+        a.mov(ax, 0x1234u32).unwrap();
+        a.add(rax, rbx).unwrap();
+        a.inc(al).unwrap();
+        a.add(bh, ah).unwrap();
+        a.add(rax, rbx).unwrap();
+        a.hlt().unwrap();
+    });
+    let (exit, c, _) = lockstep("partial-cached", &code, &state(64), 100);
+    assert_eq!(exit, RunExit::Halted);
+    // By hand: ...7789 -> AH=99 -> ...998a -> AX=1234 -> ...1235 -> AL=36 -> BH=12 (RBX 0x1201)
+    // -> RAX + 0x1201.
+    assert_eq!(c.gpr[3], 0x1201);
+    assert_eq!(c.gpr[0], 0x1122_3344_5566_1236 + 0x1201);
+}
+
+#[test]
+fn test_jit_32_bit_writes_to_cached_registers_zero_extend() {
+    let code = assemble(64, |a| {
+        a.mov(rax, -1i64).unwrap();
+        a.mov(rcx, -1i64).unwrap();
+        a.mov(rdx, -1i64).unwrap();
+        a.mov(rsi, 0x8000u64).unwrap();
+        a.mov(qword_ptr(rsi), rax).unwrap();
+        a.add(eax, 1).unwrap(); // 0
+        a.add(rax, rcx).unwrap(); // -1
+        a.mov(ecx, eax).unwrap(); // 0xFFFF_FFFF
+        a.lea(edx, dword_ptr(rax + rcx)).unwrap(); // low half of -1 + 0xFFFF_FFFF
+        a.mov(edi, dword_ptr(rsi)).unwrap(); // 0xFFFF_FFFF
+        a.add(rdi, rcx).unwrap();
+        a.add(rdx, rcx).unwrap();
+        a.add(rax, rcx).unwrap();
+        a.hlt().unwrap();
+    });
+    let (exit, c, _) = lockstep("zext-cached", &code, &state(64), 100);
+    assert_eq!(exit, RunExit::Halted);
+    assert_eq!(c.gpr[1], 0xFFFF_FFFF);
+    assert_eq!(c.gpr[2], 0xFFFF_FFFE + 0xFFFF_FFFF);
+    assert_eq!(c.gpr[7], 0x1_FFFF_FFFE);
+    assert_eq!(c.gpr[0], 0xFFFF_FFFE);
+}
+
+#[test]
+fn test_jit_register_self_loop_ends_at_the_exact_budget() {
+    // A register-only self-loop (the benchmark guest's integer loop) runs on host registers
+    // with a countdown of whole iterations: every budget must still end exactly, and the
+    // flags at the stop are those of the last iteration's DEC.
+    let code = assemble(32, |a| {
+        let mut top = a.create_label();
+        a.mov(eax, 1u32).unwrap();
+        a.mov(ecx, 50u32).unwrap();
+        a.set_label(&mut top).unwrap();
+        a.add(eax, ecx).unwrap();
+        a.mov(edx, eax).unwrap();
+        a.shl(edx, 1).unwrap();
+        a.add(eax, edx).unwrap();
+        a.xor(eax, ecx).unwrap();
+        a.dec(ecx).unwrap();
+        a.jnz(top).unwrap();
+        a.hlt().unwrap();
+    });
+    let (exit, c, _) = lockstep("self-loop", &code, &state(32), 1000);
+    assert_eq!(exit, RunExit::Halted);
+    assert_eq!(c.icount, 2 + 7 * 50 + 1);
+    let mut want = 1u32;
+    for k in (1..=50u32).rev() {
+        want = want.wrapping_add(k);
+        want = want.wrapping_add(want << 1) ^ k;
+    }
+    assert_eq!(c.gpr[0], u64::from(want), "the loop's result, computed on the host");
+    for budget in (1u64..=40).chain([100, 351, 352, 353]) {
+        let (e0, c0, _) = run(&mut cpu::Interpreter::new(), &code, &state(32), budget, &[]);
+        let (e1, c1, _) = run(&mut jit::Translator::new(), &code, &state(32), budget, &[]);
+        assert_eq!((e1, arch(&c1)), (e0, arch(&c0)), "budget {budget}");
+        assert_eq!(c1.icount, budget.min(353));
+    }
+}
+
+#[test]
+fn test_jit_flags_kept_across_loads_and_stores() {
+    // CMP's flags stay live across a store, a load and a push (kept in R9, not written back),
+    // then SETB, CMOV, a Jcc and ADC read them; with `bad`, the second store faults (#GP on a
+    // non-canonical address): the state at the fault holds the CMP's flags.
+    for bad in [0x8000u64, 0x8000_0000_0000_0000] {
+        let code = assemble(64, |a| {
+            let mut skip = a.create_label();
+            a.mov(rsi, 0x8000u64).unwrap();
+            a.mov(rdi, bad).unwrap();
+            a.mov(eax, 1u32).unwrap();
+            a.cmp(eax, 2).unwrap(); // CF = 1, SF = 1
+            a.mov(qword_ptr(rsi), rax).unwrap();
+            a.mov(rbx, qword_ptr(rsi)).unwrap();
+            a.push(rbx).unwrap();
+            a.mov(dword_ptr(rdi + 8), eax).unwrap();
+            a.setb(cl).unwrap();
+            a.cmovs(edx, ebx).unwrap();
+            a.jl(skip).unwrap();
+            a.mov(ebx, 99u32).unwrap();
+            a.set_label(&mut skip).unwrap();
+            a.adc(ebx, 0).unwrap(); // 1 + 0 + CF
+            a.hlt().unwrap();
+        });
+        let (exit, c, _) = lockstep("flags-r9", &code, &state(64), 100);
+        if bad == 0x8000 {
+            assert_eq!(exit, RunExit::Halted);
+            assert_eq!((c.gpr[3], c.gpr[1] & 0xFF, c.gpr[2]), (2, 1, 1), "SETB, CMOVS, JL taken, ADC saw CF");
+        } else {
+            assert_eq!(exit, RunExit::TripleFault);
+            assert_eq!(c.rflags() & 0x81, 0x81, "CF and SF of the CMP at the fault");
+        }
+    }
+}
+
+#[test]
+fn test_jit_cmp_flags_recomputed_after_loads_and_at_a_fault() {
+    // The flags of a CMP stay live across loads: instead of being saved they are made again by
+    // running the CMP once more (at a fault, on the slow path; before a load that overwrites
+    // one of its registers; at the reader).
+    for bad in [0x8000u64, 0x8000_0000_0000_0000] {
+        let code = assemble(64, |a| {
+            let mut l = a.create_label();
+            a.mov(rsi, 0x8000u64).unwrap();
+            a.mov(rdi, bad).unwrap();
+            a.mov(eax, 5u32).unwrap();
+            a.mov(ebx, 7u32).unwrap();
+            a.mov(qword_ptr(rsi), rbx).unwrap();
+            a.cmp(rax, rbx).unwrap(); // CF = 1, SF != OF
+            a.mov(rcx, qword_ptr(rsi)).unwrap();
+            a.mov(rdx, qword_ptr(rdi)).unwrap(); // faults with the non-canonical address
+            a.mov(rax, qword_ptr(rsi)).unwrap(); // overwrites a register of the CMP
+            a.jb(l).unwrap();
+            a.mov(r8d, 99u32).unwrap();
+            a.set_label(&mut l).unwrap();
+            a.setl(r9b).unwrap();
+            a.test(ecx, 0x10).unwrap(); // TEST: AF reads 0 afterwards
+            a.mov(r10, qword_ptr(rsi)).unwrap();
+            a.lahf().unwrap();
+            a.hlt().unwrap();
+        });
+        let (exit, c, _) = lockstep("cmp-recompute", &code, &state(64), 100);
+        if bad == 0x8000 {
+            assert_eq!(exit, RunExit::Halted);
+            assert_eq!((c.gpr[0] & 0xFF, c.gpr[1], c.gpr[2], c.gpr[8], c.gpr[9] & 0xFF), (7, 7, 7, 0, 1));
+            // LAHF after TEST ECX(7), 0x10: ZF = 1, PF = 1, the rest 0 (AF 0), bit 1 set.
+            assert_eq!((c.gpr[0] >> 8) & 0xFF, 0x46);
+        } else {
+            assert_eq!(exit, RunExit::TripleFault);
+            assert_eq!(c.rflags() & 0x881, 0x81, "CF and SF of the CMP (OF 0) at the fault");
+        }
+    }
+}
+
+#[test]
+fn test_jit_insertion_sort_with_side_exits() {
+    // The benchmark guest's insertion sort: its inner loop is one block with two side exits
+    // (Jcc inside the block) and a JMP back to its entry, run on host registers. The result
+    // must be the host's sort of the same words, under every slicing.
+    let words: Vec<u32> = (0..40u32).map(|k| k.wrapping_mul(2_654_435_761) >> 7).collect();
+    let code = assemble(32, |a| {
+        let (mut outer, mut inner, mut place) = (a.create_label(), a.create_label(), a.create_label());
+        a.mov(esi, 0x8000u32).unwrap();
+        a.mov(ecx, 1u32).unwrap();
+        a.set_label(&mut outer).unwrap();
+        a.mov(edx, dword_ptr(esi + ecx * 4)).unwrap();
+        a.mov(ebx, ecx).unwrap();
+        a.set_label(&mut inner).unwrap();
+        a.test(ebx, ebx).unwrap();
+        a.je(place).unwrap();
+        a.mov(eax, dword_ptr(esi + ebx * 4 - 4)).unwrap();
+        a.cmp(eax, edx).unwrap();
+        a.jbe(place).unwrap();
+        a.mov(dword_ptr(esi + ebx * 4), eax).unwrap();
+        a.sub(ebx, 1).unwrap();
+        a.jmp(inner).unwrap();
+        a.set_label(&mut place).unwrap();
+        a.mov(dword_ptr(esi + ebx * 4), edx).unwrap();
+        a.add(ecx, 1).unwrap();
+        a.cmp(ecx, words.len() as i32).unwrap();
+        a.jne(outer).unwrap();
+        a.hlt().unwrap();
+    });
+    let mut img = code.clone();
+    img.resize(0x8000 - CODE as usize, 0);
+    for w in &words {
+        img.extend_from_slice(&w.to_le_bytes());
+    }
+    let (exit, _, bus) = lockstep("insertion-sort", &img, &state(32), 100_000);
+    assert_eq!(exit, RunExit::Halted);
+    let mut sorted = words.clone();
+    sorted.sort_unstable();
+    let mut got = vec![0u8; 4 * words.len()];
+    bus.mem.read(base::GuestPhysAddr(0x8000), &mut got).unwrap();
+    let got: Vec<u32> = got.chunks(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect();
+    assert_eq!(got, sorted);
+}

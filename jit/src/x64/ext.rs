@@ -145,6 +145,32 @@ pub(super) enum FlagUse {
 }
 
 impl Ext {
+    /// The `CpuState` offsets of the guest registers (and count) this form's emitter reads or
+    /// writes, implicit operands included.
+    pub(super) fn regs(self) -> [Option<i32>; 3] {
+        let gpr = |n: usize| Some((offsets::GPR + 8 * n) as i32);
+        let src = |s: Src| match s {
+            Src::Reg(r) => Some(r),
+            Src::Imm(_) => None,
+        };
+        match self {
+            Ext::MovN { dst, src: s, .. } | Ext::AluN { dst, src: s, .. } => [Some(dst), src(s), None],
+            Ext::IncDecN { dst, .. }
+            | Ext::Not { dst, .. }
+            | Ext::Neg { dst, .. }
+            | Ext::ShiftImm { dst, .. }
+            | Ext::Setcc { dst, .. } => [Some(dst), None, None],
+            Ext::Extend { dst, src, .. } | Ext::Cmov { dst, src, .. } => [Some(dst), Some(src), None],
+            Ext::Xchg { a, b, .. } => [Some(a), Some(b), None],
+            Ext::Imul { dst, src1, src2, .. } => [Some(dst), Some(src1), src(src2)],
+            Ext::ShiftCl { dst, .. } => [Some(dst), gpr(1), None],
+            Ext::RotDead { dst, cl, .. } => [Some(dst), if cl { gpr(1) } else { None }, None],
+            Ext::Nop => [None, None, None],
+            Ext::Convert(_) => [gpr(0), gpr(2), None],
+            Ext::Rdtsc => [gpr(0), gpr(2), Some(offsets::ICOUNT as i32)],
+        }
+    }
+
     pub(super) fn flag_use(self) -> FlagUse {
         match self {
             Ext::MovN { .. }
@@ -398,6 +424,7 @@ impl Emitter<'_> {
 
     /// Makes the host's status flags the guest's (loading them from `CpuState` if needed).
     pub(super) fn flags_to_host(&mut self) {
+        self.flags_from_r9();
         if !self.flags_in_host {
             self.materialize_lazy();
             dynasm!(self.ops
@@ -407,7 +434,7 @@ impl Emitter<'_> {
                 ; push rax
                 ; popfq
             );
-            self.flags_in_host = true;
+            self.flags_now_in_host();
             self.last_logic = false;
         }
     }
@@ -425,7 +452,7 @@ impl Emitter<'_> {
         );
         self.last_logic = true;
         self.merge_flags_from_rax();
-        self.flags_in_host = false;
+        self.flags_now_synced();
     }
 
     pub(super) fn inline_ext(&mut self, op: Ext, dead: bool) {
@@ -458,7 +485,7 @@ impl Emitter<'_> {
                 if !matches!(op, AluOp::Cmp | AluOp::Test) {
                     self.store_rax(dst, sz);
                 }
-                self.flags_in_host = true;
+                self.flags_now_in_host();
                 self.last_logic = matches!(op, AluOp::And | AluOp::Or | AluOp::Xor | AluOp::Test);
             }
             Ext::IncDecN { inc, dst, sz } => {
@@ -471,7 +498,7 @@ impl Emitter<'_> {
                     (false, _) => dynasm!(self.ops ; .arch x64 ; dec ax),
                 }
                 self.store_rax(dst, sz);
-                self.flags_in_host = true;
+                self.flags_now_in_host();
                 self.last_logic = false;
             }
             Ext::Not { dst, sz } => match sz {
@@ -491,7 +518,7 @@ impl Emitter<'_> {
                     Sz::Q => dynasm!(self.ops ; .arch x64 ; neg rax),
                 }
                 self.store_rax(dst, sz);
-                self.flags_in_host = true;
+                self.flags_now_in_host();
                 self.last_logic = false;
             }
             Ext::Extend { dst, dsz, src, ssz, signed } => {
@@ -514,7 +541,7 @@ impl Emitter<'_> {
                     (ShiftKind::Sar, _) => dynasm!(self.ops ; .arch x64 ; sar eax, cl),
                 }
                 self.store_rax(dst, sz);
-                self.flags_in_host = true;
+                self.flags_now_in_host();
                 self.last_logic = true;
             }
             Ext::RotDead { left, dst, cl: false, count, sz } if !dead => self.rotate_live(left, dst, count, sz),
@@ -536,7 +563,7 @@ impl Emitter<'_> {
                     (false, false, _) => dynasm!(self.ops ; .arch x64 ; ror eax, count),
                 }
                 self.store_rax(dst, sz);
-                self.flags_in_host = true;
+                self.flags_now_in_host();
                 self.last_logic = true;
             }
             Ext::Setcc { cc, dst } => {
@@ -676,7 +703,7 @@ impl Emitter<'_> {
             (_, Src::Imm(v)) => dynasm!(self.ops ; .arch x64 ; imul rax, QWORD [r12 + src1], v),
         }
         self.store_rax(dst, sz);
-        self.flags_in_host = true;
+        self.flags_now_in_host();
         self.last_logic = true;
         if dead {
             return;
@@ -745,7 +772,7 @@ impl Emitter<'_> {
         );
         self.last_logic = false;
         self.merge_flags_from_rax();
-        self.flags_in_host = false;
+        self.flags_now_synced();
     }
 
     fn test_rax(&mut self, sz: Sz) {
@@ -774,7 +801,7 @@ impl Emitter<'_> {
             (ShiftKind::Sar, _) => dynasm!(self.ops ; .arch x64 ; sar eax, count),
         }
         self.store_rax(dst, sz);
-        self.flags_in_host = true;
+        self.flags_now_in_host();
         self.last_logic = true;
         if dead {
             return;
