@@ -3,8 +3,11 @@
 //!
 //! **How.** Blocks are keyed by (backing offset of the first instruction,
 //! [`cpu::CpuState::mode_key`]) and end at a control transfer, a HLT, the end of the page or
-//! after [`MAX_BLOCK_INSNS`] instructions. In flat 32- and 64-bit code these run as host code on
-//! the `CpuState` fields: MOV and the ALU operations of every width (AH..BH included), INC/DEC,
+//! after [`MAX_BLOCK_INSNS`] instructions; a conditional branch ends a block only if it goes
+//! back to the block's entry (elsewhere its taken path is a side exit and the block goes on). In
+//! flat 32- and 64-bit code these run as host code, with the guest registers a block uses most
+//! held in host registers (loaded at first use, written back before every exit, helper call and
+//! slow path, so `CpuState` is exact whenever anything outside the block looks at it): MOV and the ALU operations of every width (AH..BH included), INC/DEC,
 //! NOT/NEG, MOVZX/MOVSX/MOVSXD, IMUL (2/3 operands), shifts and rotates by an immediate or CL,
 //! SETcc, CMOVcc, XCHG, CWDE/CDQE/CDQ/CQO, NOPs, RDTSC at CPL 0, LEA; MOV/ALU/INC/DEC/BT/CMOV/
 //! MOVZX with one memory operand (FS/GS in 64-bit mode too), PUSH/POP, CALL rel and RET, JMP and
