@@ -58,7 +58,12 @@ fn start_daemon(data: &Path) -> Daemon {
 
 fn call(d: &Daemon, method: &str, path: &str, body: Option<Value>) -> Reply {
     let b = body.map(|v| serde_json::to_vec(&v).unwrap());
-    request(&d.ep, method, path, b.as_deref()).unwrap()
+    let r = request(&d.ep, method, path, b.as_deref()).unwrap();
+    if r.status >= 400 {
+        // Shown with a failed assertion: the daemon's reason for an unexpected refusal.
+        eprintln!("{method} {path}: {} {}", r.status, String::from_utf8_lossy(&r.body));
+    }
+    r
 }
 
 fn spin_vm(name: &str) -> Value {

@@ -41,6 +41,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::broadcast;
 use tokio_stream::StreamExt;
 
+/// How long a VM process that was just started has to open its QMP socket.
+const SPAWN_WAIT: Duration = Duration::from_secs(30);
+
 /// How the daemon is set up.
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
@@ -148,7 +151,11 @@ impl Daemon {
     }
 
     async fn qmp(&self, id: &str) -> ApiResult<Qmp> {
-        Qmp::connect(&self.qmp_sock(id), Duration::from_secs(10)).await.map_err(ApiError::vm)
+        self.qmp_within(id, Duration::from_secs(10)).await
+    }
+
+    async fn qmp_within(&self, id: &str, wait: Duration) -> ApiResult<Qmp> {
+        Qmp::connect(&self.qmp_sock(id), wait).await.map_err(ApiError::vm)
     }
 
     /// Starts the VM process (optionally from a snapshot file).
@@ -251,18 +258,26 @@ impl Daemon {
                 me.set_state(&id, state, &reason);
             }
         });
-        // Wait until it answers QMP, so the next request finds it ready.
-        match self.qmp(&c.name).await {
-            Ok(mut q) => {
-                let _ = q.command("query-status", json!({})).await;
-                Ok(())
-            }
-            // A guest that powered off at once: the process has come and gone.
-            Err(_) if self.table().get(&c.name).is_some_and(|v| v.pid.is_none()) => Ok(()),
-            Err(e) => {
-                let log = std::fs::read_to_string(dir.join("vm.log")).unwrap_or_default();
-                let last = log.lines().last().unwrap_or_default().to_string();
-                Err(ApiError::vm(format!("the VM process did not come up: {} {last}", e.body.message)))
+        // Wait until it answers QMP, so the next request finds it ready. A new process on a
+        // loaded host can take seconds to open its socket: allow 30 s, as libvirt allows a new
+        // QEMU's monitor. A guest that powers off at once ends its process before that, maybe
+        // in the middle of the QMP greeting (connection reset or closed): that start succeeded,
+        // once the waiter above has recorded the exit.
+        let gone = || self.table().get(&c.name).is_none_or(|v| v.pid.is_none());
+        let t = tokio::time::Instant::now();
+        loop {
+            match self.qmp_within(&c.name, Duration::from_millis(200)).await {
+                Ok(mut q) => {
+                    let _ = q.command("query-status", json!({})).await;
+                    return Ok(());
+                }
+                Err(_) if gone() => return Ok(()),
+                Err(e) if t.elapsed() >= SPAWN_WAIT => {
+                    let log = std::fs::read_to_string(dir.join("vm.log")).unwrap_or_default();
+                    let last = log.lines().last().unwrap_or_default().to_string();
+                    return Err(ApiError::vm(format!("the VM process did not come up: {} {last}", e.body.message)));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         }
     }
