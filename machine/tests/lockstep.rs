@@ -196,6 +196,10 @@ fn test_lockstep_exact_instruction_of_a_planted_difference_in_real_mode() {
     // The changed byte was loaded before the dirty logs started, so it is not itself reported;
     // the first difference is what the changed instruction does.
     assert_eq!((d.icount, d.len), (count20, 1), "{d}");
+    // Named with its address (as the interpreter, with the original byte, ran it).
+    let i = d.insn.as_ref().unwrap_or_else(|| panic!("instruction named: {d}"));
+    assert_eq!((i.icount, (u64::from(i.cs) << 4) + i.rip), (count20, addr20), "{d}");
+    assert!(!i.text.is_empty(), "{d}");
 }
 
 #[test]
