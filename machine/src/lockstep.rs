@@ -21,7 +21,7 @@
 //! **On a difference** the report names the differing fields (`rax: 0x1 vs 0x2`) and memory
 //! bytes (guest-physical address, both values) and the unit it appeared in: `icount` is the
 //! number of instructions both executed identically before it, `len` its length (1 names the
-//! divergent instruction exactly). For a longer unit, both machines are rebuilt and run (at
+//! divergent instruction exactly). Then both machines are rebuilt and run (at
 //! full speed, unpaired: the board's behaviour does not depend on how runs are split) to the
 //! unit's start, then stepped one instruction at a time through it to find the first divergent
 //! instruction. When single steps agree (a JIT run of budget 1 interprets), the unit is re-run
@@ -425,10 +425,9 @@ pub fn run_lockstep_with<E>(
                 reference: arch_state(p.a.cpu()),
                 other: arch_state(p.b.cpu()),
             };
-            if len > 1 {
-                drop(p);
-                pinpoint(build, &mut div)?;
-            }
+            // Even a unit of one instruction is re-run: to name the instruction (where, what).
+            drop(p);
+            pinpoint(build, &mut div)?;
             return Ok(Err(div));
         }
         if let Some(f) = progress.as_mut() {
