@@ -21,12 +21,13 @@
 //! **On a difference** the report names the differing fields (`rax: 0x1 vs 0x2`) and memory
 //! bytes (guest-physical address, both values) and the unit it appeared in: `icount` is the
 //! number of instructions both executed identically before it, `len` its length (1 names the
-//! divergent instruction exactly). Then both machines are rebuilt and run (at
-//! full speed, unpaired: the board's behaviour does not depend on how runs are split) to the
-//! unit's start, then stepped one instruction at a time through it to find the first divergent
-//! instruction. When single steps agree (a JIT run of budget 1 interprets), the unit is re-run
-//! as lockstep ran it (the JIT block-stepping) to find the translated block that diverges, and
-//! that block is re-run from its start translated to at most `k` instructions
+//! divergent instruction exactly). Then both machines are rebuilt and run (at full speed,
+//! unpaired: the board's behaviour does not depend on how runs are split) to the unit's start,
+//! then stepped one instruction at a time through it to find the first divergent instruction
+//! and name it (CS:RIP, disassembly). When single steps agree (a JIT run of budget 1
+//! interprets), the unit is re-run as lockstep ran it (the JIT block-stepping) to find the
+//! translated block that diverges, and that block is re-run from its start translated to at
+//! most `k` instructions
 //! ([`jit::Translator::set_max_block_insns`]), `k` bisected over 1..=[`jit::MAX_BLOCK_INSNS`]:
 //! if the block truncated to `k` instructions diverges and truncated to `k - 1` agrees, and
 //! both ran to their end, instruction `k` of the block is the divergent one, and the report
@@ -35,7 +36,8 @@
 //! (the difference needs more of the block: flag liveness across instructions, a loop going
 //! round), the report says so and lists the block's instructions as the interpreter ran them.
 //! No snapshot of the last good boundary is kept: every re-run starts from the beginning, so
-//! the builder must make the same machines every time (the CLI fixes the RTC base once).
+//! the builder must make the same machines every time (the CLI reads the host clock for the
+//! RTC base once, and opens disks as snapshots: guest writes stay in each machine's memory).
 
 use crate::{EngineKind, Exit, Machine, Turn};
 use cpu::compare::{arch_diff, arch_eq, FieldDiff};
