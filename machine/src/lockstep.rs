@@ -30,7 +30,9 @@
 //! most `k` instructions
 //! ([`jit::Translator::set_max_block_insns`]), `k` bisected over 1..=[`jit::MAX_BLOCK_INSNS`]:
 //! if the block truncated to `k` instructions diverges and truncated to `k - 1` agrees, and
-//! both ran to their end, instruction `k` of the block is the divergent one, and the report
+//! both ran to their end, instruction `k` of the block is the divergent one (its own code is
+//! wrong, or the code of an earlier instruction translated differently because instruction `k`
+//! follows it, as flag liveness does; truncation cannot tell these apart), and the report
 //! names it (count, CS:RIP, disassembly) with the differences and both states right after it,
 //! and the host code of the truncated block. When truncation cannot isolate one instruction
 //! (the difference needs more of the block: flag liveness across instructions, a loop going
@@ -769,7 +771,8 @@ fn pinpoint<E>(build: &dyn Fn(EngineKind) -> Result<Machine, E>, div: &mut Diver
         memory: d.memory,
         pinpoint: format!(
             "{head}; truncated to its first {k} instructions it diverges, to {lo} it agrees: its instruction {k} \
-             is the first divergent one (the states below are right after it)"
+             is the first divergent one (its own code, or code before it translated differently because it \
+             follows, e.g. flags left uncomputed; the states below are right after it)"
         ),
         insn: ran.get(&icount).map(|r| r.0.clone()),
         host_code: t.host_code,
