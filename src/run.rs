@@ -112,7 +112,9 @@ pub struct RunArgs {
     quiet: bool,
     /// The execution engine: the interpreter, the binary translator, or both in lockstep
     /// (two machines compared at every block boundary, CPU state and the memory written;
-    /// stops at the first divergence and prints what differs and both states).
+    /// stops at the first divergence, narrows it down to the first divergent instruction, even
+    /// inside a translated block, and prints it, what differs, both states and the block's host
+    /// code). Under lockstep, guest writes to disks are kept in memory, not written to the file.
     #[arg(long, value_enum, value_name = "ENGINE", default_value = "jit")]
     engine: Engine,
     /// Compare lockstep machines only once at least N instructions ran since the last
@@ -252,6 +254,20 @@ pub mod status {
     pub const DIVERGENCE: i32 = 14;
 }
 
+/// A disk of a lockstep machine: the image file opened read-only, the guest's writes (unless
+/// `read_only`) kept in memory per machine and discarded at exit. Lockstep builds two machines
+/// and, to narrow a divergence down, builds them again and re-runs them from the start: each
+/// must see the disk as it was when the run began, which a shared writable file would not give
+/// (one machine's, or one run's, writes would reach the others).
+fn lockstep_disk(
+    path: &std::path::Path,
+    read_only: bool,
+    format: machine::disk::DiskFormat,
+) -> anyhow::Result<machine::disk::ImageBackend> {
+    machine::disk::ImageBackend::open_snapshot(path, read_only, format)
+        .with_context(|| format!("cannot open {}", path.display()))
+}
+
 /// Standard input as COM1's live source. The thread only enqueues; the machine takes the input
 /// at run-slice boundaries and stamps it with virtual time (the terminal stays in its usual line
 /// mode).
@@ -320,14 +336,24 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
              through the IDE ports"
         );
     }
-    // Builds a machine with the guest loaded (lockstep builds two).
+    // Builds a machine with the guest loaded (lockstep builds two, and rebuilds them to narrow
+    // a divergence down: their disks keep the guest's writes in memory, see `lockstep_disk`).
+    let lockstep = a.engine == Engine::Lockstep;
     let build = |engine: EngineKind, serial_stdout: bool| -> anyhow::Result<Machine> {
         let mut m = Machine::new(make_config(engine, serial_stdout))?;
         for (i, path) in a.disk.iter().enumerate() {
-            m.attach_disk_file_as(i, path, a.read_only, a.disk_format.into())?;
+            if lockstep {
+                m.attach_disk(i, Box::new(lockstep_disk(path, a.read_only, a.disk_format.into())?))?;
+            } else {
+                m.attach_disk_file_as(i, path, a.read_only, a.disk_format.into())?;
+            }
         }
         if let Some(path) = &a.virtio_disk {
-            m.attach_virtio_disk_file_as(path, a.read_only, a.disk_format.into())?;
+            if lockstep {
+                m.attach_virtio_disk(Box::new(lockstep_disk(path, a.read_only, a.disk_format.into())?))?;
+            } else {
+                m.attach_virtio_disk_file_as(path, a.read_only, a.disk_format.into())?;
+            }
         }
         if let Some(path) = &a.bios {
             let image = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;

@@ -40,6 +40,8 @@
 //!
 //! On hosts other than x86-64, [`Translator`] runs the interpreter.
 
+#[cfg(all(target_arch = "x86_64", feature = "test-plant"))]
+pub mod plant;
 #[cfg(target_arch = "x86_64")]
 mod profile;
 #[cfg(target_arch = "x86_64")]
@@ -116,6 +118,25 @@ impl Translator {
     /// fit in [`MAX_BLOCK_INSNS`] instructions (the budget of the block's run is cut to that).
     pub fn set_block_step(&mut self, on: bool) {
         self.block_step = on;
+    }
+
+    /// Translates blocks of at most `k` guest instructions from now on (`k` within
+    /// 1..=[`MAX_BLOCK_INSNS`]; the default is [`MAX_BLOCK_INSNS`]) and drops the blocks
+    /// translated so far. Lockstep uses it to narrow a divergence in a translated block down to
+    /// one instruction: the smallest prefix of the block that still diverges ends with it.
+    pub fn set_max_block_insns(&mut self, k: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let k = k.clamp(1, MAX_BLOCK_INSNS);
+            if self.cache.max_insns != k {
+                self.cache.max_insns = k;
+                if self.cache.invalidate(0, u64::MAX) > 0 {
+                    self.stats.cache_flushes += 1;
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = k;
     }
 
     /// Whether block stepping is on.

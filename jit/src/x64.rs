@@ -86,6 +86,9 @@ pub(crate) struct CodeCache {
     pub(crate) max_blocks: usize,
     /// Flushes so far: a chain slot id is only meaningful in the generation that made it.
     generation: u64,
+    /// Most guest instructions in a block ([`MAX_BLOCK_INSNS`] but when lockstep truncates
+    /// blocks to find the divergent instruction, see [`Translator::set_max_block_insns`]).
+    pub(crate) max_insns: usize,
 }
 
 /// Entries of the dispatcher's jump cache.
@@ -120,6 +123,7 @@ impl CodeCache {
             jc: vec![None; JC_SIZE],
             max_blocks: MAX_BLOCKS,
             generation: 0,
+            max_insns: MAX_BLOCK_INSNS,
         }
     }
 
@@ -257,7 +261,7 @@ impl CodeCache {
         // is right for every RIP that reaches this code (aliased pages, other CS bases).
         let mut dec = Decoder::with_ip(bitness, bytes, 0, DecoderOptions::NONE);
         let mut insns = Vec::new();
-        while dec.can_decode() && insns.len() < MAX_BLOCK_INSNS {
+        while dec.can_decode() && insns.len() < self.max_insns {
             let insn = dec.decode();
             if insn.is_invalid() {
                 break;
@@ -279,6 +283,8 @@ impl CodeCache {
         if insns.is_empty() {
             return None;
         }
+        #[cfg(feature = "test-plant")]
+        crate::plant::apply(&mut insns);
         let guest_len = insns.iter().map(|i| i.len() as u64).sum();
         let code = self.code.as_mut()?;
         let mut ops = Assembler::new(0);

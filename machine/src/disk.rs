@@ -97,6 +97,18 @@ impl ImageBackend {
         Ok(ImageBackend { image, len, read_only, probe_guard, overlay, dirty: false })
     }
 
+    /// Opens `path` as `format` read-only, with guest writes (unless `read_only`) going to a
+    /// temporary in-memory overlay (as QEMU's `-snapshot`): the file is never written. Lockstep
+    /// uses it so that its machines, and its re-runs of them, all start from the same disk.
+    pub fn open_snapshot(path: &Path, read_only: bool, format: DiskFormat) -> vmdk::Result<Self> {
+        let mut b = Self::open_format(path, true, format)?;
+        if !read_only {
+            b.read_only = false;
+            b.overlay = Some(HashMap::new());
+        }
+        Ok(b)
+    }
+
     /// Refuses a write of `buf` at `offset` that would make a detected raw image's first bytes
     /// detect as another format.
     fn check_probe_guard(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
@@ -291,6 +303,33 @@ mod tests {
         b.write_at(0, &vmdk_head).unwrap();
         b.flush().unwrap();
         assert_eq!(&std::fs::read(&raw).unwrap()[..512], &vmdk_head[..]);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn test_snapshot_keeps_writes_in_memory_and_the_file_unchanged() {
+        // What lockstep's machines get: each open starts from the file as it is, guest writes
+        // are read back from memory, the file never changes.
+        let d = scratch("snapshot");
+        let raw = d.join("r.raw");
+        let data: Vec<u8> = (0..(256u32 << 10)).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&raw, &data).unwrap();
+        let mut a = ImageBackend::open_snapshot(&raw, false, DiskFormat::Raw).unwrap();
+        assert!(a.has_overlay() && !a.read_only());
+        a.write_at(4000, &[0xAB; 300]).unwrap();
+        a.flush().unwrap();
+        let mut r = vec![0u8; 8192];
+        a.read_at(0, &mut r).unwrap();
+        let mut want = data[..8192].to_vec();
+        want[4000..4300].fill(0xAB);
+        assert!(r == want);
+        let b = ImageBackend::open_snapshot(&raw, false, DiskFormat::Raw).unwrap();
+        b.read_at(0, &mut r).unwrap();
+        assert!(r[..] == data[..8192], "a second open sees the file, not the first one's writes");
+        drop(a);
+        assert!(std::fs::read(&raw).unwrap() == data, "the file must not change");
+        let mut c = ImageBackend::open_snapshot(&raw, true, DiskFormat::Raw).unwrap();
+        assert!(c.read_only() && c.write_at(0, &[1]).is_err());
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -21,23 +21,65 @@
 //! **On a difference** the report names the differing fields (`rax: 0x1 vs 0x2`) and memory
 //! bytes (guest-physical address, both values) and the unit it appeared in: `icount` is the
 //! number of instructions both executed identically before it, `len` its length (1 names the
-//! divergent instruction exactly). For a longer unit, both machines are rebuilt and run (at
-//! full speed, unpaired: the board's behaviour does not depend on how runs are split) to the
-//! unit's start, then stepped one instruction at a time through it to find the first divergent
-//! instruction; when single steps agree, the unit is re-run once more as lockstep ran it (the JIT
-//! block-stepping) to tell whether the translated block reproduces the difference (a translated
-//! block cannot be split), and the report lists the block's instructions as the interpreter ran
-//! them. No snapshot of the last good boundary is kept: the re-runs start from the beginning.
+//! divergent instruction exactly). Then both machines are rebuilt and run (at full speed,
+//! unpaired: the board's behaviour does not depend on how runs are split) to the unit's start,
+//! then stepped one instruction at a time through it to find the first divergent instruction
+//! and name it (CS:RIP, disassembly). When single steps agree (a JIT run of budget 1
+//! interprets), the unit is re-run as lockstep ran it (the JIT block-stepping) to find the
+//! translated block that diverges, and that block is re-run from its start translated to at
+//! most `k` instructions
+//! ([`jit::Translator::set_max_block_insns`]), `k` bisected over 1..=[`jit::MAX_BLOCK_INSNS`]:
+//! if the block truncated to `k` instructions diverges and truncated to `k - 1` agrees, and
+//! both ran to their end, instruction `k` of the block is the divergent one (its own code is
+//! wrong, or the code of an earlier instruction translated differently because instruction `k`
+//! follows it, as flag liveness does; truncation cannot tell these apart), and the report
+//! names it (count, CS:RIP, disassembly) with the differences and both states right after it,
+//! and the host code of the truncated block. When truncation cannot isolate one instruction
+//! (the difference needs more of the block: flag liveness across instructions, a loop going
+//! round), the report says so and lists the block's instructions as the interpreter ran them.
+//! No snapshot of the last good boundary is kept: every re-run starts from the beginning, so
+//! the builder must make the same machines every time (the CLI reads the host clock for the
+//! RTC base once, and opens disks as snapshots: guest writes stay in each machine's memory).
 
 use crate::{EngineKind, Exit, Machine, Turn};
 use cpu::compare::{arch_diff, arch_eq, FieldDiff};
-use cpu::CpuState;
-use mmu::{RegionKind, PAGE_SIZE};
+use cpu::{CpuBus, CpuState, ExecutionEngine, RunExit};
+use mmu::{RegionKind, TlbAccess, PAGE_SIZE};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
 
 /// Most differing memory bytes listed in a report.
 const MAX_MEM_DIFFS: usize = 16;
 /// Most instructions listed for a block that single steps do not reproduce.
 const MAX_LISTED: usize = 80;
+/// Most instructions whose location and disassembly the single-step pass keeps.
+const MAX_RECORDED: usize = 1 << 16;
+
+/// One instruction as the interpreter ran it: where, and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InsnAt {
+    /// Instructions executed before it.
+    pub icount: u64,
+    /// CS selector.
+    pub cs: u16,
+    /// RIP.
+    pub rip: u64,
+    /// Intel-syntax disassembly (empty if its bytes were no longer mapped by the soft TLB
+    /// after it ran, e.g. it faulted on the fetch).
+    pub text: String,
+}
+
+impl std::fmt::Display for InsnAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "instruction {} at {:04x}:{:#x}", self.icount, self.cs, self.rip)?;
+        if self.text.is_empty() {
+            write!(f, " (bytes not available)")
+        } else {
+            write!(f, ": {}", self.text)
+        }
+    }
+}
 
 /// One differing byte of guest memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +119,11 @@ pub struct Divergence {
     pub memory: Vec<MemDiff>,
     /// What narrowing the unit down found (or why it could not).
     pub pinpoint: String,
+    /// The divergent instruction, when the unit was narrowed down to one (`len` 1).
+    pub insn: Option<InsnAt>,
+    /// The host code of the translated block that diverges (truncated to end with the
+    /// divergent instruction when narrowing found it), disassembled.
+    pub host_code: Option<String>,
     /// The interpreter's state after the divergent unit.
     pub reference: String,
     /// The JIT's state after the divergent unit.
@@ -102,8 +149,17 @@ impl std::fmt::Display for Divergence {
         for d in &self.memory {
             writeln!(f, "  {d}")?;
         }
+        if let Some(i) = &self.insn {
+            writeln!(f, "divergent {i}")?;
+        }
         if !self.pinpoint.is_empty() {
             writeln!(f, "{}", self.pinpoint)?;
+        }
+        if let Some(h) = &self.host_code {
+            writeln!(f, "host code of the block:")?;
+            for l in h.lines() {
+                writeln!(f, "  {l}")?;
+            }
         }
         writeln!(f, "interp: {}", self.reference)?;
         write!(f, "jit:    {}", self.other)
@@ -325,6 +381,8 @@ pub fn run_lockstep_with<E>(
             fields: d.fields,
             memory: d.memory,
             pinpoint: String::new(),
+            insn: None,
+            host_code: None,
             reference: arch_state(p.a.cpu()),
             other: arch_state(p.b.cpu()),
         }));
@@ -366,13 +424,14 @@ pub fn run_lockstep_with<E>(
                 fields: d.fields,
                 memory: d.memory,
                 pinpoint: String::new(),
+                insn: None,
+                host_code: None,
                 reference: arch_state(p.a.cpu()),
                 other: arch_state(p.b.cpu()),
             };
-            if len > 1 {
-                drop(p);
-                pinpoint(build, &mut div)?;
-            }
+            // Even a unit of one instruction is re-run: to name the instruction (where, what).
+            drop(p);
+            pinpoint(build, &mut div)?;
             return Ok(Err(div));
         }
         if let Some(f) = progress.as_mut() {
@@ -416,10 +475,138 @@ fn rerun_to<E>(build: &dyn Fn(EngineKind) -> Result<Machine, E>, start: u64) -> 
     Ok(Ok(Pair::new(a, b)))
 }
 
+/// Where an instruction starts, taken before the interpreter runs it; [`Where::insn`] reads its
+/// bytes afterwards (the fetch has then filled the soft TLB).
+struct Where {
+    icount: u64,
+    cs: u16,
+    rip: u64,
+    /// Linear address of the first byte.
+    lin: u64,
+    user: bool,
+    bitness: u32,
+    mode_key: u32,
+}
+
+impl Where {
+    fn of(c: &CpuState) -> Self {
+        let bitness = c.mode().bitness();
+        let cs = &c.seg[cpu::SegReg::Cs as usize];
+        let lin = if bitness == 64 { c.rip } else { cs.base.wrapping_add(c.rip) & 0xFFFF_FFFF };
+        Where {
+            icount: c.icount,
+            cs: cs.selector,
+            rip: c.rip,
+            lin,
+            user: c.cpl == 3,
+            bitness,
+            mode_key: c.compute_mode_key(),
+        }
+    }
+
+    /// The backing offset of byte `i` of the instruction, through `m`'s soft TLB.
+    fn backing(&self, m: &Machine, i: u64) -> Option<u64> {
+        m.cpu().tlb.lookup(self.user, TlbAccess::Exec, self.lin.wrapping_add(i), 1)
+    }
+
+    /// The instruction, disassembled from `m`'s memory (the machine that just ran it).
+    fn insn(&self, m: &mut Machine) -> InsnAt {
+        let mut bytes = Vec::new();
+        for i in 0..15 {
+            let Some(b) = self.backing(m, i) else { break };
+            match m.memory().backing().get(b as usize) {
+                Some(&x) => bytes.push(x),
+                None => break,
+            }
+        }
+        let mut text = String::new();
+        if !bytes.is_empty() {
+            use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
+            let i = Decoder::with_ip(self.bitness, &bytes, self.rip, DecoderOptions::NONE).decode();
+            if !i.is_invalid() {
+                IntelFormatter::new().format(&i, &mut text);
+            }
+        }
+        InsnAt { icount: self.icount, cs: self.cs, rip: self.rip, text }
+    }
+}
+
+/// A translator that a machine runs while the caller keeps a handle on it (to read the host
+/// code it made afterwards): the JIT machine's engine in the truncation re-runs.
+#[derive(Debug)]
+struct SharedJit(Rc<RefCell<jit::Translator>>);
+
+impl ExecutionEngine for SharedJit {
+    fn run(&mut self, cpu: &mut CpuState, bus: &mut dyn CpuBus, budget: base::InstrCount) -> RunExit {
+        self.0.borrow_mut().run(cpu, bus, budget)
+    }
+    fn invalidate_phys(&mut self, start: u64, len: u64) {
+        self.0.borrow_mut().invalidate_phys(start, len);
+    }
+    fn flush_for_mode_change(&mut self, cpu: &mut CpuState) {
+        self.0.borrow_mut().flush_for_mode_change(cpu);
+    }
+    fn set_block_step(&mut self, on: bool) -> bool {
+        ExecutionEngine::set_block_step(&mut *self.0.borrow_mut(), on)
+    }
+    fn name(&self) -> &'static str {
+        self.0.borrow().name()
+    }
+    fn stats_text(&self) -> Option<String> {
+        self.0.borrow().stats_text()
+    }
+}
+
+/// One re-run of the translated block at `at` truncated to `k` instructions.
+struct Trial {
+    /// What differs after it, if anything.
+    diff: Option<Diff>,
+    /// Instructions the JIT ran in that one turn.
+    ran: u64,
+    /// Both states after it.
+    reference: String,
+    other: String,
+    /// The host code of the block at `block` (backing offset, mode key), if translated.
+    host_code: Option<String>,
+}
+
+/// Rebuilds both machines, runs them to instruction `at`, gives the JIT machine a fresh
+/// translator whose blocks hold at most `k` instructions, and makes one lockstep turn (the JIT
+/// block-stepping, the interpreter as far).
+fn trial<E>(
+    build: &dyn Fn(EngineKind) -> Result<Machine, E>,
+    at: u64,
+    k: usize,
+    block: Option<(u64, u32)>,
+) -> Result<Result<Trial, String>, E> {
+    let mut p = match rerun_to(build, at)? {
+        Ok(p) => p,
+        Err(why) => return Ok(Err(why)),
+    };
+    let t = Rc::new(RefCell::new(jit::Translator::new()));
+    t.borrow_mut().set_max_block_insns(k);
+    p.b.engine = Box::new(SharedJit(t.clone()));
+    p.b.set_block_step(true);
+    let (mut sa, mut sb) = (p.a.run_state(None, None), p.b.run_state(None, None));
+    let tb = p.b.run_turn(&mut sb, None);
+    let ta = p.a.run_turn(&mut sa, Some(tb.ran.map_or(1, |(_, n)| n)));
+    let ran = p.b.instructions().saturating_sub(at);
+    let diff = p.compare(&ta, &tb, false);
+    #[cfg(target_arch = "x86_64")]
+    let host_code = block.and_then(|(b, key)| t.borrow().disassemble_block(b, key));
+    #[cfg(not(target_arch = "x86_64"))]
+    let host_code = {
+        let _ = block;
+        None
+    };
+    Ok(Ok(Trial { diff, ran, reference: arch_state(p.a.cpu()), other: arch_state(p.b.cpu()), host_code }))
+}
+
 /// Narrows a divergence in `div.len` instructions from `div.icount` down: rebuilds both
 /// machines, runs them to `div.icount`, then steps both one instruction at a time. If single
-/// steps agree, runs the unit again as in lockstep (the JIT block-stepping) to tell whether
-/// the translated code reproduces the difference.
+/// steps agree, runs the unit again as in lockstep (the JIT block-stepping) to find the
+/// translated block that diverges, then bisects the block's length (see the module
+/// documentation) for the first divergent instruction in it.
 fn pinpoint<E>(build: &dyn Fn(EngineKind) -> Result<Machine, E>, div: &mut Divergence) -> Result<(), E> {
     let (start, end) = (div.icount, div.icount + div.len);
     let mut p = match rerun_to(build, start)? {
@@ -431,6 +618,9 @@ fn pinpoint<E>(build: &dyn Fn(EngineKind) -> Result<Machine, E>, div: &mut Diver
     };
     let (mut sa, mut sb) = (p.a.run_state(None, None), p.b.run_state(None, None));
     let mut listed = Vec::new();
+    // Every instruction the interpreter ran, by count (the re-runs are deterministic: the
+    // same count is the same instruction), with its location and mode key for the block key.
+    let mut ran: BTreeMap<u64, (InsnAt, Option<u64>, u32)> = BTreeMap::new();
     // Bounded: a halted CPU makes turns that execute nothing.
     let turns = div.len.saturating_mul(4).saturating_add(10_000);
     for _ in 0..turns {
@@ -438,12 +628,19 @@ fn pinpoint<E>(build: &dyn Fn(EngineKind) -> Result<Machine, E>, div: &mut Diver
             break;
         }
         let at = p.a.instructions();
-        let c = p.a.cpu();
+        let w = Where::of(p.a.cpu());
         if listed.len() < MAX_LISTED {
-            listed.push(format!("  {at}: {:04x}:{:#x}", c.seg[cpu::SegReg::Cs as usize].selector, c.rip));
+            listed.push(format!("  {at}: {:04x}:{:#x}", w.cs, w.rip));
         }
         let ta = p.a.run_turn(&mut sa, Some(1));
         let tb = p.b.run_turn(&mut sb, Some(1));
+        if p.a.instructions() > at && ran.len() < MAX_RECORDED {
+            let i = w.insn(&mut p.a);
+            if let Some(l) = listed.last_mut().filter(|_| ran.len() < MAX_LISTED && !i.text.is_empty()) {
+                l.push_str(&format!(" {}", i.text));
+            }
+            ran.insert(at, (i, w.backing(&p.a, 0), w.mode_key));
+        }
         if let Some(d) = p.compare(&ta, &tb, false) {
             let executed = p.a.instructions().max(p.b.instructions()) - at;
             *div = Divergence {
@@ -453,6 +650,8 @@ fn pinpoint<E>(build: &dyn Fn(EngineKind) -> Result<Machine, E>, div: &mut Diver
                 fields: d.fields,
                 memory: d.memory,
                 pinpoint: format!("(found by single steps from instruction {start})"),
+                insn: ran.get(&at).map(|r| r.0.clone()),
+                host_code: None,
                 reference: arch_state(p.a.cpu()),
                 other: arch_state(p.b.cpu()),
             };
@@ -463,20 +662,28 @@ fn pinpoint<E>(build: &dyn Fn(EngineKind) -> Result<Machine, E>, div: &mut Diver
         }
     }
     drop(p);
-    // Single steps agree: run the unit again as lockstep did.
+    let listing = |ran: &BTreeMap<u64, (InsnAt, Option<u64>, u32)>, from: u64, to: u64| {
+        let mut l: Vec<String> = ran.range(from..to).take(MAX_LISTED).map(|(_, (i, _, _))| format!("  {i}")).collect();
+        if l.is_empty() {
+            l = listed.clone();
+        }
+        l.join("\n")
+    };
+    // Single steps agree: run the unit again as lockstep did, to find the divergent block.
     let mut reproduced = None;
     if let Ok(mut p) = rerun_to(build, start)? {
         p.b.set_block_step(true);
         let (mut sa, mut sb) = (p.a.run_state(None, None), p.b.run_state(None, None));
-        reproduced = Some(false);
+        reproduced = Some(None);
         for _ in 0..turns {
-            if p.a.instructions() >= end {
+            let at = p.a.instructions();
+            if at >= end {
                 break;
             }
             let tb = p.b.run_turn(&mut sb, None);
             let ta = p.a.run_turn(&mut sa, Some(tb.ran.map_or(1, |(_, n)| n)));
             if p.compare(&ta, &tb, false).is_some() {
-                reproduced = Some(true);
+                reproduced = Some(Some((at, p.b.instructions().saturating_sub(at))));
                 break;
             }
             if ta.exit.is_some() {
@@ -484,14 +691,93 @@ fn pinpoint<E>(build: &dyn Fn(EngineKind) -> Result<Machine, E>, div: &mut Diver
             }
         }
     }
-    let how = match reproduced {
-        Some(true) => "a re-run of the translated code reproduces it: the difference comes from a translated block",
-        Some(false) => "a re-run of the translated code does not reproduce it either (something outside the engines?)",
-        None => "a second re-run failed",
+    let Some(Some((at, n))) = reproduced else {
+        let how = match reproduced {
+            Some(_) => "a re-run of the translated code does not reproduce it either (something outside the engines?)",
+            None => "a second re-run failed",
+        };
+        div.pinpoint = format!(
+            "single steps from instruction {start} do not reproduce it; {how}; the interpreter ran:\n{}",
+            listing(&ran, start, end)
+        );
+        return Ok(());
     };
-    div.pinpoint = format!(
-        "single steps from instruction {start} do not reproduce it; {how}; the interpreter ran:\n{}",
-        listed.join("\n")
+    let head = format!(
+        "single steps from instruction {start} do not reproduce it; a re-run of the translated code does: \
+         the block run from instruction {at} ({n} instructions) diverges"
     );
+    let fallback = |div: &mut Divergence, why: String, host_code: Option<String>| {
+        div.pinpoint = format!("{head}; {why}; the interpreter ran:\n{}", listing(&ran, at, at + n.max(1)));
+        div.host_code = host_code;
+    };
+    let block = ran.get(&at).and_then(|r| r.1.map(|b| (b, r.2)));
+    // Truncated to every length from MAX_BLOCK_INSNS (the whole block) down: the shortest
+    // that diverges, by bisection (`lo` agrees, `hi` diverges).
+    let mut trials: BTreeMap<usize, Trial> = BTreeMap::new();
+    let max = jit::MAX_BLOCK_INSNS;
+    match trial(build, at, max, block)? {
+        Ok(t) if t.diff.is_some() => {
+            trials.insert(max, t);
+        }
+        Ok(t) => {
+            let why = "the block translated afresh does not diverge (the translation the re-run had cached did: \
+                       stale code in the cache?)"
+                .to_string();
+            fallback(div, why, t.host_code);
+            return Ok(());
+        }
+        Err(why) => {
+            fallback(div, format!("not narrowed further ({why})"), None);
+            return Ok(());
+        }
+    }
+    let (mut lo, mut hi) = (0usize, max);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        let t = match trial(build, at, mid, block)? {
+            Ok(t) => t,
+            Err(why) => {
+                fallback(div, format!("not narrowed further ({why})"), None);
+                return Ok(());
+            }
+        };
+        if t.diff.is_some() {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+        trials.insert(mid, t);
+    }
+    let Some(t) = trials.remove(&hi) else { return Ok(()) };
+    let ran_lo = trials.get(&lo).map_or(0, |t| t.ran);
+    let k = hi as u64;
+    if t.ran != k || ran_lo + 1 != k {
+        let why = format!(
+            "truncated to its first {k} instructions it diverges (running {}), to {lo} it agrees (running \
+             {ran_lo}): the difference needs more of the block than one instruction (flags live across \
+             instructions, a side exit, a loop going round), so no single instruction is named",
+            t.ran
+        );
+        fallback(div, why, t.host_code);
+        return Ok(());
+    }
+    let icount = at + k - 1;
+    let Some(d) = t.diff else { return Ok(()) };
+    *div = Divergence {
+        icount,
+        len: 1,
+        what: d.what,
+        fields: d.fields,
+        memory: d.memory,
+        pinpoint: format!(
+            "{head}; truncated to its first {k} instructions it diverges, to {lo} it agrees: its instruction {k} \
+             is the first divergent one (its own code, or code before it translated differently because it \
+             follows, e.g. flags left uncomputed; the states below are right after it)"
+        ),
+        insn: ran.get(&icount).map(|r| r.0.clone()),
+        host_code: t.host_code,
+        reference: t.reference,
+        other: t.other,
+    };
     Ok(())
 }

@@ -196,6 +196,10 @@ fn test_lockstep_exact_instruction_of_a_planted_difference_in_real_mode() {
     // The changed byte was loaded before the dirty logs started, so it is not itself reported;
     // the first difference is what the changed instruction does.
     assert_eq!((d.icount, d.len), (count20, 1), "{d}");
+    // Named with its address (as the interpreter, with the original byte, ran it).
+    let i = d.insn.as_ref().unwrap_or_else(|| panic!("instruction named: {d}"));
+    assert_eq!((i.icount, (u64::from(i.cs) << 4) + i.rip), (count20, addr20), "{d}");
+    assert!(!i.text.is_empty(), "{d}");
 }
 
 #[test]
@@ -324,4 +328,66 @@ fn test_lockstep_linux_64bit_to_userspace() {
 #[ignore = "minutes: run with --ignored"]
 fn test_lockstep_linux_32bit_to_userspace() {
     lockstep_linux("i386");
+}
+
+#[test]
+fn test_lockstep_names_the_instruction_of_a_planted_translator_fault() {
+    // Fault injection in the translator (`jit::plant`, test-only): translated code uses 12346
+    // where the guest's instruction has the immediate 12345, the benchmark guest's LCG step
+    // `add eax, 12345`, which runs as host code in the middle of a translated block. Single
+    // steps cannot show it (the JIT interprets a run of one instruction), so lockstep must
+    // narrow the block down by truncating it, and name exactly that instruction.
+    const IMM: u32 = 12_345;
+    // The oracle: an interpreter machine stepped to the first instruction that is that ADD,
+    // decoded from its memory (flat code, paging off: RIP is the physical address).
+    let mut m = bench_machine(EngineKind::Interp).expect("machine");
+    let (count, rip) = (0..20_000_000)
+        .find_map(|_| {
+            let (icount, rip) = (m.instructions(), m.cpu().rip);
+            let mut bytes = [0u8; 15];
+            m.memory().read(base::GuestPhysAddr(rip), &mut bytes).expect("read");
+            let i = iced_x86::Decoder::with_ip(32, &bytes, rip, iced_x86::DecoderOptions::NONE).decode();
+            if i.mnemonic() == iced_x86::Mnemonic::Add
+                && i.op0_register() == iced_x86::Register::EAX
+                && i.op1_kind() == iced_x86::OpKind::Immediate32
+                && i.immediate32() == IMM
+            {
+                return Some((icount, rip));
+            }
+            assert_eq!(m.run(Some(1)), Exit::InstructionLimit);
+            None
+        })
+        .expect("the guest runs `add eax, 12345`");
+    jit::plant::plant_imm32(Some((IMM, IMM + 1)));
+    let opts = LockstepOptions { max_insns: Some(count + 1_000_000), ..Default::default() };
+    let d = run_lockstep_with::<MachineError>(&bench_machine, opts).expect("machine");
+    jit::plant::plant_imm32(None);
+    let d = d.expect_err("a divergence");
+    println!("{d}");
+    // Not found by single steps: by truncating the translated block that starts earlier.
+    let from: u64 = d
+        .pinpoint
+        .split("the block run from instruction ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("narrowed within a translated block: {d}"));
+    assert!(from < count, "the block starts before the ADD: {d}");
+    assert!(d.pinpoint.contains("truncated to its first"), "{d}");
+    // Exactly the ADD: its count and address, disassembled.
+    assert_eq!((d.icount, d.len), (count, 1), "{d}");
+    let i = d.insn.as_ref().unwrap_or_else(|| panic!("instruction named: {d}"));
+    assert_eq!((i.icount, u64::from(i.cs), i.rip), (count, u64::from(m.cpu().seg[1].selector), rip), "{d}");
+    assert!(i.text.starts_with("add eax,"), "{d}");
+    // EAX differs by the planted 1 (both values as the states right after the ADD have them).
+    let rax = d.fields.iter().find(|f| f.field == "rax").unwrap_or_else(|| panic!("rax named: {d}"));
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).expect("hex");
+    assert_eq!(hex(&rax.b), u64::from((hex(&rax.a) as u32).wrapping_add(1)), "{d}");
+    assert!(d.fields.iter().all(|f| f.field == "rax" || f.field == "rflags"), "only EAX and flags: {d}");
+    assert!(d.memory.is_empty(), "{d}");
+    // The host code of the truncated block is shown.
+    assert!(d.host_code.as_ref().is_some_and(|h| !h.is_empty()), "{d}");
+    let text = d.to_string();
+    assert!(text.contains(&format!("divergent instruction {count} at ")), "{d}");
+    assert!(text.contains("host code of the block:"), "{d}");
 }
