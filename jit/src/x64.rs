@@ -20,28 +20,49 @@ use std::collections::HashMap;
 
 mod codebuf;
 mod ext;
+mod lookup;
 mod regcache;
 use codebuf::CodeBuf;
+use lookup::{jc_index, JcEntry, JC_SIZE};
 use regcache::{gpr_index, RegCache, RAX, RCX};
 
 /// Emits one block (position-independent: only relative jumps inside it).
 type Assembler = VecAssembler<X64Relocation>;
 use ext::{classify_ext, gpr_loc, imm_of, Ext, FlagUse, Sz};
 
-/// The helpers generated code calls, reached through r14 (so emitted code holds no absolute
-/// addresses and its disassembly is the same on every build).
+/// The helpers and run data generated code reaches through r14 (so emitted code holds no
+/// absolute addresses and its disassembly is the same on every build). One per run, on the
+/// dispatcher's stack.
 #[repr(C)]
 pub(crate) struct HelperTable {
     /// `[r14 + 0]`: one instruction through the interpreter.
     step: for<'a> unsafe extern "sysv64" fn(*mut CpuState, *mut HelperEnv<'a>) -> u32,
     /// `[r14 + 8]`: materialize lazy flags into `rflags`.
     flags: unsafe extern "sysv64" fn(*mut CpuState),
+    /// `[r14 + 16]`: the Rust half of the in-code lookup ([`lookup::lookup`]).
+    lookup: for<'a> unsafe extern "sysv64" fn(*mut CpuState, *mut HelperEnv<'a>, *mut HelperTable) -> *const u8,
+    /// `[r14 + 24]`: the lookup stub ([`lookup::emit_stub`]), where exits to unchained targets
+    /// jump.
+    stub: *const u8,
+    /// The jump cache ([`lookup::JcEntry`], [`lookup::JC_SIZE`] entries).
+    jc: *const lookup::JcEntry,
+    /// Stub hits (next block found in generated code).
+    hits: u64,
+    /// Non-zero: the stub looks up (else every exit returns to the dispatcher).
+    on: u64,
+    /// Stub misses that called [`lookup::lookup`], and those it resolved to a block.
+    misses: u64,
+    found: u64,
+    /// The run's end (the dispatcher's `end`).
+    end: u64,
+    /// The dispatcher's cache, statistics and profile (set before each block entry).
+    cache: *mut CodeCache,
+    stats: *mut JitStats,
+    profile: *mut Option<Profile>,
 }
 
-static HELPERS: HelperTable = HelperTable { step: helper_step, flags: helper_flags };
-
 /// A translated block's signature: (state, helper environment, helper table) -> exit code.
-type BlockFn = for<'a> unsafe extern "sysv64" fn(*mut CpuState, *mut HelperEnv<'a>, *const HelperTable) -> u32;
+type BlockFn = for<'a> unsafe extern "sysv64" fn(*mut CpuState, *mut HelperEnv<'a>, *mut HelperTable) -> u32;
 
 /// Emitted code is flushed once it reaches this size.
 const CODE_LIMIT: usize = 16 << 20;
@@ -80,20 +101,19 @@ pub(crate) struct CodeCache {
     slots: Vec<(AssemblyOffset, u64)>,
     /// Chains patched (statistics).
     pub(crate) chained: u64,
-    /// A direct-mapped cache in front of `blocks` for the dispatcher (indirect branches, RET).
-    jc: Vec<Option<(BlockKey, Block)>>,
+    /// A direct-mapped cache in front of `blocks` for the dispatcher and the lookup stub
+    /// (indirect branches, RET, exits into other pages); never reallocated (the stub reads it).
+    jc: Vec<JcEntry>,
+    /// The in-code lookup stub (its own small buffer: never flushed); `None`: no lookup.
+    stub: Option<CodeBuf>,
+    /// Blocks are emitted with exits through the lookup stub.
+    pub(crate) lookup: bool,
     /// The cache is flushed once it holds this many blocks ([`MAX_BLOCKS`] but in tests).
     pub(crate) max_blocks: usize,
     /// Flushes so far: a chain slot id is only meaningful in the generation that made it.
     generation: u64,
 }
 
-/// Entries of the dispatcher's jump cache.
-const JC_SIZE: usize = 4096;
-
-fn jc_index(key: BlockKey) -> usize {
-    ((key.0 ^ (key.0 >> 12) ^ u64::from(key.1).rotate_left(7)) as usize) & (JC_SIZE - 1)
-}
 
 impl std::fmt::Debug for CodeCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -109,15 +129,29 @@ fn new_code_buffer() -> Option<CodeBuf> {
     b
 }
 
+/// The lookup stub in a buffer of its own.
+fn new_stub() -> Option<CodeBuf> {
+    let mut ops = Assembler::new(0);
+    lookup::emit_stub(&mut ops);
+    let bytes = ops.finalize().ok()?;
+    let mut b = CodeBuf::new(4096)?;
+    b.append(&bytes)?;
+    Some(b)
+}
+
 impl CodeCache {
     pub(crate) fn new() -> Self {
+        let stub = if lookup::lookup_enabled() { new_stub() } else { None };
+        let lookup = stub.is_some();
         CodeCache {
             code: new_code_buffer(),
             blocks: HashMap::new(),
             pages: HashMap::new(),
             slots: Vec::new(),
             chained: 0,
-            jc: vec![None; JC_SIZE],
+            jc: vec![JcEntry::EMPTY; JC_SIZE],
+            stub,
+            lookup,
             max_blocks: MAX_BLOCKS,
             generation: 0,
         }
@@ -132,7 +166,7 @@ impl CodeCache {
         self.blocks.clear();
         self.pages.clear();
         self.slots.clear();
-        self.jc.fill(None);
+        self.jc.fill(JcEntry::EMPTY);
         if let Some(c) = &mut self.code {
             c.clear();
         }
@@ -207,8 +241,8 @@ impl CodeCache {
         }
         for k in &drop {
             let j = jc_index(*k);
-            if matches!(self.jc[j], Some((jk, _)) if jk == *k) {
-                self.jc[j] = None;
+            if self.jc[j].holds(*k) {
+                self.jc[j] = JcEntry::EMPTY;
             }
             self.blocks.remove(k);
         }
@@ -225,8 +259,8 @@ impl CodeCache {
         let mut n = 0;
         for k in keys {
             let j = jc_index(k);
-            if matches!(self.jc[j], Some((jk, _)) if jk == k) {
-                self.jc[j] = None;
+            if self.jc[j].holds(k) {
+                self.jc[j] = JcEntry::EMPTY;
             }
             if self.blocks.remove(&k).is_some() {
                 n += 1;
@@ -297,6 +331,7 @@ impl CodeCache {
             backing,
             &mut self.slots,
             profile,
+            self.lookup,
         );
         let bytes = ops.finalize().ok()?;
         let Some(start) = code.append(&bytes) else {
@@ -320,7 +355,7 @@ impl CodeCache {
     }
 
     /// Points chain slot `id` at the body of `target` (which must start at the slot's target).
-    fn chain(&mut self, id: usize, target_backing: u64, target: &Block) {
+    fn chain(&mut self, id: usize, target_backing: u64, target: &Found) {
         let Some(&(slot, want)) = self.slots.get(id) else { return };
         if want != target_backing {
             return;
@@ -334,16 +369,44 @@ impl CodeCache {
         }
     }
 
-    /// Runs the block at `entry` until it exits; returns its exit code.
-    fn enter(&self, entry: AssemblyOffset, cpu: &mut CpuState, env: &mut HelperEnv<'_>) -> u32 {
-        let Some(buf) = &self.code else { return env.step(cpu) };
-        let code = buf.entry(entry.0);
+    /// The jump-cache entry for `key` at `b`.
+    fn jc_fill(&mut self, key: BlockKey, b: &Block) {
+        let Some(code) = &self.code else { return };
+        self.jc[jc_index(key)] = JcEntry {
+            backing: key.0,
+            mode: u64::from(key.1),
+            body_ptr: code.entry(b.body.0) as u64,
+            entry: b.entry.0 as u32,
+            body: b.body.0 as u32,
+        };
+    }
+
+    /// Runs the block at `entry` until it exits; returns its exit code. The block may go on
+    /// into other blocks through the lookup stub, which reaches the cache through `table`
+    /// (`cache` points at `self`: no reference to the cache is held while the block runs).
+    ///
+    /// # Safety
+    /// `cache` must be valid, and not otherwise borrowed during the call; `table`'s pointers
+    /// must be valid for the call.
+    unsafe fn enter(
+        cache: *mut CodeCache,
+        entry: AssemblyOffset,
+        cpu: &mut CpuState,
+        env: &mut HelperEnv<'_>,
+        table: &mut HelperTable,
+    ) -> u32 {
+        // SAFETY: `cache` is valid (contract); the borrow ends before the block runs.
+        let code = match unsafe { &(*cache).code } {
+            Some(buf) => buf.entry(entry.0),
+            None => return env.step(cpu),
+        };
         // SAFETY: `code` is the entry of a block `translate` copied into this buffer (blocks
         // are only looked up in the cache that emitted them, and a flush forgets every block
-        // before their bytes are reused); `&self` keeps the buffer mapped and unmodified until
-        // the block returns (only the dispatcher, between blocks, writes it). `cpu` and `env`
-        // are exclusive borrows that outlive the call.
-        unsafe { enter_block(code, cpu, env) }
+        // before their bytes are reused); the buffer stays mapped, and the bytes of blocks in
+        // use unmodified, until the block returns: only the dispatcher flushes, and the
+        // lookup helper only appends past them or patches chain slots. `cpu`, `env` and
+        // `table` are exclusive borrows that outlive the call.
+        unsafe { enter_block(code, cpu, env, table) }
     }
 
     /// The disassembly of a block's host code.
@@ -973,6 +1036,8 @@ struct Emitter<'a> {
     merge_sub: [Option<DynamicLabel>; 2],
     /// The instruction being emitted is the block's last.
     last: bool,
+    /// Exits to unchained targets go through the lookup stub ([`lookup`]).
+    lookup: bool,
 }
 
 macro_rules! jcc_emit {
@@ -1240,6 +1305,18 @@ impl Emitter<'_> {
         dynasm!(self.ops ; .arch x64 ; mov eax, exit::BLOCK_END as i32 ; jmp =>out);
     }
 
+    /// Leaves the block to a target no chain reaches (state already synced, cached registers
+    /// written back): through the lookup stub, which jumps straight into the next block if it
+    /// finds it and may enter it, else returns `BLOCK_END` to the dispatcher as
+    /// [`Self::leave`] does.
+    fn leave_lookup(&mut self) {
+        if self.lookup {
+            dynasm!(self.ops ; .arch x64 ; jmp QWORD [r14 + lookup::STUB]);
+        } else {
+            self.leave();
+        }
+    }
+
     /// Goes on at offset `to` (state already synced there): back into the body if `to` is the
     /// entry, else out of the block.
     ///
@@ -1254,7 +1331,7 @@ impl Emitter<'_> {
         let delta = if self.rip32 { i64::from(to as u32 as i32) } else { to as i64 };
         let target = self.entry_backing.wrapping_add(delta as u64);
         if target & PAGE_MASK != self.entry_backing & PAGE_MASK || self.slots.len() >= 1 << 22 {
-            self.leave();
+            self.leave_lookup();
             return;
         }
         let id = self.slots.len();
@@ -1673,17 +1750,15 @@ impl Emitter<'_> {
             }
             StackOp::Ret => {
                 let n = pending0 + 1;
-                let out = self.out;
                 self.writeback_all();
                 self.regs_to_memory_mode();
                 dynasm!(self.ops
                     ; .arch x64
                     ; add QWORD [r12 + ICOUNT], n
                     ; mov QWORD [r12 + RIP], rcx
-                    ; mov eax, exit::BLOCK_END as i32
-                    ; jmp =>out
-                    ; =>slow
                 );
+                self.leave_lookup();
+                dynasm!(self.ops ; .arch x64 ; =>slow);
                 self.slow_exit(at, pre);
             }
         }
@@ -1731,17 +1806,15 @@ impl Emitter<'_> {
             );
         }
         let n = self.pending + 1;
-        let out = self.out;
         self.writeback_all();
         self.regs_to_memory_mode();
         dynasm!(self.ops
             ; .arch x64
             ; add QWORD [r12 + ICOUNT], n
             ; mov QWORD [r12 + RIP], r10
-            ; mov eax, exit::BLOCK_END as i32
-            ; jmp =>out
-            ; =>slow
         );
+        self.leave_lookup();
+        dynasm!(self.ops ; .arch x64 ; =>slow);
         self.slow_exit(at, pre);
     }
 
@@ -2469,6 +2542,7 @@ fn emit_block(
     entry_backing: u64,
     slots: &mut Vec<(AssemblyOffset, u64)>,
     profile: Option<&mut Profile>,
+    lookup: bool,
 ) -> AssemblyOffset {
     let out = ops.new_dynamic_label();
     let no_budget = ops.new_dynamic_label();
@@ -2609,6 +2683,7 @@ fn emit_block(
         deferred: Vec::new(),
         exits: Vec::new(),
         merge_sub: [None; 2],
+        lookup,
     };
     if let Some(fast) = fast_loop {
         em.fast_loop_entry(fast);
@@ -2680,14 +2755,14 @@ fn emit_block(
 /// `code` must point at the first byte of a block emitted by [`emit_block`] into an executable
 /// buffer that stays mapped and unmodified until this returns; `cpu` and `env` must be valid
 /// and exclusive for the duration of the call.
-unsafe fn enter_block(code: *const u8, cpu: &mut CpuState, env: &mut HelperEnv<'_>) -> u32 {
+unsafe fn enter_block(code: *const u8, cpu: &mut CpuState, env: &mut HelperEnv<'_>, table: &mut HelperTable) -> u32 {
     // SAFETY: by the contract above `code` is the entry of a function emitted with the
     // `BlockFn` signature (sysv64: three pointer arguments, u32 result; it saves and restores
     // the callee-saved registers it uses and keeps the stack aligned for its calls).
     let f: BlockFn = unsafe { std::mem::transmute::<*const u8, BlockFn>(code) };
     // SAFETY: the pointers come from exclusive borrows valid for the call; the block only
     // passes them on to `helper_step`, whose contract they meet.
-    unsafe { f(cpu, env, &HELPERS) }
+    unsafe { f(cpu, env, table) }
 }
 
 /// The backing offset of the instruction at CS:RIP, if the TLB can tell without a walk.
@@ -2719,30 +2794,58 @@ enum NoBlock {
     NoBudget = 3,
 }
 
-/// Finds or makes the block for CS:RIP; `Err` when the instruction must be interpreted.
+/// Where a block found by [`block_for`] is.
+#[derive(Debug, Clone, Copy)]
+struct Found {
+    entry: AssemblyOffset,
+    body: AssemblyOffset,
+}
+
+/// The checks the dispatcher makes before it enters a block, shared with the in-code lookup
+/// so the two never disagree: the run's budget left, no code invalidation queued, not halted,
+/// no interrupt due, no interrupt shadow, no debug feature armed (single-step TF, a pending RF,
+/// breakpoints in DR7, a pending NMI: the interpreter's, one instruction at a time), no stop
+/// asked for. Blocks assume all that when they start (helpers keep it so inside them).
+fn gate(cpu: &CpuState, bus: &mut dyn CpuBus, end: u64) -> bool {
+    cpu.icount < end && !bus.memory().code_pages().has_invalidated() && !cpu.stop_requested && !due(cpu)
+}
+
+/// Halted, an interrupt due, an interrupt shadow or a debug feature armed: the interpreter
+/// runs the next instruction.
+fn due(cpu: &CpuState) -> bool {
+    let debug = cpu.rflags & (TF | RF) != 0 || cpu.dr[7] & 0xFF != 0 || cpu.nmi_pending;
+    cpu.halted || debug || cpu.interrupt_shadow || (cpu.rflags & IF != 0 && cpu.irq_pending)
+}
+
+/// Finds or makes the block for CS:RIP; `Err` when the instruction must be interpreted (or,
+/// without `may_flush`, when the cache is full: the in-code lookup leaves that to the
+/// dispatcher, as a flush reuses the bytes of the code that called it).
 fn block_for(
     cache: &mut CodeCache,
     stats: &mut JitStats,
     profile: Option<&mut Profile>,
     cpu: &mut CpuState,
     bus: &mut dyn CpuBus,
-) -> Result<(Block, u64), NoBlock> {
+    may_flush: bool,
+) -> Result<(Found, u64), NoBlock> {
     cache.code.as_ref().ok_or(NoBlock::NoCode)?;
     cpu.refresh_mode_key();
     let b = code_backing(cpu).ok_or(NoBlock::NoTlb)?;
     let key = (b, cpu.mode_key);
     let j = jc_index(key);
-    if let Some((k, blk)) = cache.jc[j] {
-        if k == key {
-            return Ok((blk, b));
-        }
+    let e = cache.jc[j];
+    if e.holds(key) {
+        return Ok((Found { entry: AssemblyOffset(e.entry as usize), body: AssemblyOffset(e.body as usize) }, b));
     }
-    if let Some(blk) = cache.blocks.get(&key) {
-        cache.jc[j] = Some((key, *blk));
-        return Ok((*blk, b));
+    if let Some(blk) = cache.blocks.get(&key).copied() {
+        cache.jc_fill(key, &blk);
+        return Ok((Found { entry: blk.entry, body: blk.body }, b));
     }
     let mem = bus.memory();
     if cache.full() {
+        if !may_flush {
+            return Err(NoBlock::NoCode);
+        }
         cache.flush();
         stats.cache_flushes += 1;
     }
@@ -2759,7 +2862,8 @@ fn block_for(
         cpu.tlb.protect_backing_page(b & PAGE_MASK);
     }
     stats.blocks_translated += 1;
-    Ok((blk, b))
+    cache.jc_fill(key, &blk);
+    Ok((Found { entry: blk.entry, body: blk.body }, b))
 }
 
 /// The dispatcher: runs blocks (or single interpreted instructions) until the budget is used up
@@ -2779,9 +2883,26 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
         Ok(true) => end = end.min(cpu.icount + 1),
         Ok(false) => {}
     }
-    let Translator { interp, cache, stats, trace, profile, block_step } = t;
+    let Translator { interp, cache, stats, trace, profile, block_step, lookup } = t;
     let block_step = *block_step;
     let mut env = HelperEnv::new(interp, bus, *trace);
+    let mut table = HelperTable {
+        step: helper_step,
+        flags: helper_flags,
+        lookup: lookup::lookup,
+        stub: cache.stub.as_ref().map_or(std::ptr::null(), |b| b.entry(0)),
+        jc: cache.jc.as_ptr(),
+        hits: 0,
+        // Block stepping returns after every block; a run cut short for an NMI held by an
+        // interrupt shadow (`end` before `budget_end`) must not run on in generated code.
+        on: u64::from(*lookup && cache.stub.is_some() && !block_step && end == cpu.budget_end),
+        misses: 0,
+        found: 0,
+        end,
+        cache: std::ptr::null_mut(),
+        stats: std::ptr::null_mut(),
+        profile: std::ptr::null_mut(),
+    };
     // (cache generation, chain slot) of the last block exit through an unpatched chain slot.
     let mut chain_req: Option<(u64, usize)> = None;
     let r = loop {
@@ -2797,14 +2918,11 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
             }
         }
         // Blocks assume no interrupt is due when they start (helpers keep it so inside them),
-        // and no debug feature is armed: single-step (TF), a pending RF, breakpoints in DR7 and
-        // pending NMIs are the interpreter's, one instruction at a time.
-        let debug = cpu.rflags & (TF | RF) != 0 || cpu.dr[7] & 0xFF != 0 || cpu.nmi_pending;
-        let due = debug || cpu.interrupt_shadow || (cpu.rflags & IF != 0 && cpu.irq_pending);
-        let code = if cpu.halted || due {
+        // and no debug feature is armed (see `gate`, which the in-code lookup runs).
+        let code = if due(cpu) {
             Err(NoBlock::Due)
         } else {
-            block_for(cache, stats, profile.as_mut(), cpu, env.bus())
+            block_for(cache, stats, profile.as_mut(), cpu, env.bus(), true)
         };
         // Block stepping: no chaining (every block returns to the dispatcher, so to the caller).
         if let (Some((generation, id)), Ok((blk, b)), false) = (chain_req.take(), &code, block_step) {
@@ -2822,7 +2940,13 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
                     // round: one unit runs at most one block's worth of instructions.
                     cpu.budget_end = end.min(cpu.icount + crate::MAX_BLOCK_INSNS as u64);
                 }
-                cache.enter(blk.entry, cpu, &mut env)
+                // The lookup helper reaches these while the block runs; nothing else does.
+                table.cache = &mut *cache;
+                table.stats = &mut *stats;
+                table.profile = &mut *profile;
+                // SAFETY: the pointers were just made from the dispatcher's exclusive borrows,
+                // which it does not use again until the block returns.
+                unsafe { CodeCache::enter(table.cache, blk.entry, cpu, &mut env, &mut table) }
             }
             Err(why) => {
                 stats.interpreted += 1;
@@ -2856,5 +2980,8 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
     };
     stats.helper_calls += env.helper_calls;
     stats.chains_patched = cache.chained;
+    stats.lookup_hits += table.hits;
+    stats.lookup_misses += table.misses;
+    stats.lookup_found += table.found;
     r
 }
