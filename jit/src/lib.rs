@@ -18,8 +18,11 @@
 //! overwritten before anything (a reader, a helper, a possible fault, the exit) can see them
 //! (`FERRO_JIT_LIVENESS=0` turns that off). Direct
 //! branches within a guest page are chained through patched `jmp rel32`; a branch back to the
-//! block's entry loops inside it; RET and indirect branches go through the dispatcher's jump
-//! cache. Every other instruction is one call of [`cpu::helpers::helper_step`], which runs the
+//! block's entry loops inside it; RET, indirect branches and branches into another page jump
+//! to a shared stub that finds the next block in the jump cache (an inline soft-TLB probe of
+//! RIP, then the cache) and jumps into it, or asks a Rust helper making the dispatcher's own
+//! checks, so a run goes from block to block without returning to the dispatcher
+//! (`FERRO_JIT_LOOKUP=0` turns that off). Every other instruction is one call of [`cpu::helpers::helper_step`], which runs the
 //! interpreter on exactly that instruction with the guest state in sync, so the translator runs
 //! everything the interpreter runs. Each block checks at its top that it fits in the remaining
 //! budget (else one instruction is interpreted), and a helper ends the block whenever execution

@@ -114,7 +114,6 @@ pub(crate) struct CodeCache {
     generation: u64,
 }
 
-
 impl std::fmt::Debug for CodeCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CodeCache").field("blocks", &self.blocks.len()).finish()
@@ -2919,11 +2918,8 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
         }
         // Blocks assume no interrupt is due when they start (helpers keep it so inside them),
         // and no debug feature is armed (see `gate`, which the in-code lookup runs).
-        let code = if due(cpu) {
-            Err(NoBlock::Due)
-        } else {
-            block_for(cache, stats, profile.as_mut(), cpu, env.bus(), true)
-        };
+        let code =
+            if due(cpu) { Err(NoBlock::Due) } else { block_for(cache, stats, profile.as_mut(), cpu, env.bus(), true) };
         // Block stepping: no chaining (every block returns to the dispatcher, so to the caller).
         if let (Some((generation, id)), Ok((blk, b)), false) = (chain_req.take(), &code, block_step) {
             // A flush in between (cache full, everything invalidated) took the slot away.

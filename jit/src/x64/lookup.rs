@@ -180,7 +180,11 @@ pub(crate) fn emit_stub(ops: &mut Assembler) {
 /// Called only from the stub, with the pointers the block received: `cpu` and `env` valid and
 /// exclusive, `table` the run's table whose `cache`, `stats` and `profile` point at the
 /// dispatcher's (not borrowed by the dispatcher while a block runs).
-pub(crate) unsafe extern "sysv64" fn lookup(cpu: *mut CpuState, env: *mut HelperEnv<'_>, table: *mut HelperTable) -> *const u8 {
+pub(crate) unsafe extern "sysv64" fn lookup(
+    cpu: *mut CpuState,
+    env: *mut HelperEnv<'_>,
+    table: *mut HelperTable,
+) -> *const u8 {
     // SAFETY: by the contract above, each pointer is valid and nothing else uses its target
     // during the call (generated code waits for the return).
     let (cpu, env, t) = unsafe { (&mut *cpu, &mut *env, &mut *table) };
