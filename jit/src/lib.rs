@@ -22,8 +22,8 @@
 //! to a shared stub that finds the next block in the jump cache (an inline soft-TLB probe of
 //! RIP, then the cache) and jumps into it, or asks a Rust helper making the dispatcher's own
 //! checks, so a run goes from block to block without returning to the dispatcher
-//! (`FERRO_JIT_LOOKUP=0` turns that off). Every other instruction is one call of [`cpu::helpers::helper_step`], which runs the
-//! interpreter on exactly that instruction with the guest state in sync, so the translator runs
+//! (`FERRO_JIT_LOOKUP=0` turns that off). Every other instruction is one call of
+//! [`cpu::helpers::helper_step`], which runs the interpreter on exactly that instruction with the guest state in sync, so the translator runs
 //! everything the interpreter runs. Each block checks at its top that it fits in the remaining
 //! budget (else one instruction is interpreted), and a helper ends the block whenever execution
 //! did not simply fall through (branch, fault, interrupt, I/O, a store into cached code, TLB
