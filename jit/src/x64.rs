@@ -44,6 +44,9 @@ pub(crate) struct HelperTable {
     /// `[r14 + 24]`: the lookup stub ([`lookup::emit_stub`]), where exits to unchained targets
     /// jump.
     stub: *const u8,
+    /// `[r14 + 32]`: the stub's entry that skips the inline probe and asks
+    /// [`lookup::lookup`] (all of the dispatcher's checks), for exits after a helper.
+    stub_checked: *const u8,
     /// The jump cache ([`lookup::JcEntry`], [`lookup::JC_SIZE`] entries).
     jc: *const lookup::JcEntry,
     /// Stub hits (next block found in generated code).
@@ -108,6 +111,8 @@ pub(crate) struct CodeCache {
     stub: Option<CodeBuf>,
     /// Blocks are emitted with exits through the lookup stub.
     pub(crate) lookup: bool,
+    /// Offset of the stub's inline-probe entry (the checked entry is at 0).
+    stub_fast: usize,
     /// The cache is flushed once it holds this many blocks ([`MAX_BLOCKS`] but in tests).
     pub(crate) max_blocks: usize,
     /// Flushes so far: a chain slot id is only meaningful in the generation that made it.
@@ -128,20 +133,21 @@ fn new_code_buffer() -> Option<CodeBuf> {
     b
 }
 
-/// The lookup stub in a buffer of its own.
-fn new_stub() -> Option<CodeBuf> {
+/// The lookup stub in a buffer of its own, and the offset of its inline-probe entry.
+fn new_stub() -> Option<(CodeBuf, usize)> {
     let mut ops = Assembler::new(0);
-    lookup::emit_stub(&mut ops);
+    let fast = lookup::emit_stub(&mut ops);
     let bytes = ops.finalize().ok()?;
     let mut b = CodeBuf::new(4096)?;
     b.append(&bytes)?;
-    Some(b)
+    Some((b, fast))
 }
 
 impl CodeCache {
     pub(crate) fn new() -> Self {
-        let stub = if lookup::lookup_enabled() { new_stub() } else { None };
+        let (stub, stub_fast) = if lookup::lookup_enabled() { new_stub().unzip() } else { (None, None) };
         let lookup = stub.is_some();
+        let stub_fast = stub_fast.unwrap_or(0);
         CodeCache {
             code: new_code_buffer(),
             blocks: HashMap::new(),
@@ -151,6 +157,7 @@ impl CodeCache {
             jc: vec![JcEntry::EMPTY; JC_SIZE],
             stub,
             lookup,
+            stub_fast,
             max_blocks: MAX_BLOCKS,
             generation: 0,
         }
@@ -290,9 +297,12 @@ impl CodeCache {
         // is right for every RIP that reaches this code (aliased pages, other CS bases).
         let mut dec = Decoder::with_ip(bitness, bytes, 0, DecoderOptions::NONE);
         let mut insns = Vec::new();
+        // The block ends with an instruction that goes on into the next page (see below).
+        let mut straddle = false;
         while dec.can_decode() && insns.len() < MAX_BLOCK_INSNS {
             let insn = dec.decode();
             if insn.is_invalid() {
+                straddle = self.lookup && dec.last_error() == iced_x86::DecoderError::NoMoreBytes;
                 break;
             }
             insns.push(insn);
@@ -309,10 +319,23 @@ impl CodeCache {
                 break;
             }
         }
-        if insns.is_empty() {
+        if insns.is_empty() && !straddle {
             return None;
         }
-        let guest_len = insns.iter().map(|i| i.len() as u64).sum();
+        let mut guest_len = insns.iter().map(|i| i.len() as u64).sum();
+        if straddle {
+            // An instruction that crosses into the next page: the block runs it through the
+            // helper (the interpreter fetches it across the page, as the dispatcher would have)
+            // and then looks up the next block wherever the interpreter left RIP. Without this
+            // a hot loop over such an instruction went through the dispatcher twice per turn.
+            // A placeholder with no bytes stands for it (the emitter gives it to the helper);
+            // its bytes in this page are marked as code like the block's.
+            let mut s = Instruction::default();
+            s.set_ip(guest_len);
+            s.set_next_ip(guest_len);
+            insns.push(s);
+            guest_len = page_end - backing;
+        }
         let code = self.code.as_mut()?;
         let mut ops = Assembler::new(0);
         let slots0 = self.slots.len();
@@ -331,6 +354,7 @@ impl CodeCache {
             &mut self.slots,
             profile,
             self.lookup,
+            straddle,
         );
         let bytes = ops.finalize().ok()?;
         let Some(start) = code.append(&bytes) else {
@@ -1311,6 +1335,17 @@ impl Emitter<'_> {
     fn leave_lookup(&mut self) {
         if self.lookup {
             dynasm!(self.ops ; .arch x64 ; jmp QWORD [r14 + lookup::STUB]);
+        } else {
+            self.leave();
+        }
+    }
+
+    /// As [`Self::leave_lookup`], after a helper that may have left anything the dispatcher
+    /// checks (TF after POPF, DR7, ...) but said `CONTINUE`: the lookup skips the inline probe
+    /// and runs every check of the dispatcher.
+    fn leave_lookup_checked(&mut self) {
+        if self.lookup {
+            dynasm!(self.ops ; .arch x64 ; jmp QWORD [r14 + lookup::STUB_CHECKED]);
         } else {
             self.leave();
         }
@@ -2542,6 +2577,7 @@ fn emit_block(
     slots: &mut Vec<(AssemblyOffset, u64)>,
     profile: Option<&mut Profile>,
     lookup: bool,
+    straddle: bool,
 ) -> AssemblyOffset {
     let out = ops.new_dynamic_label();
     let no_budget = ops.new_dynamic_label();
@@ -2551,10 +2587,13 @@ fn emit_block(
         let a = entry_rip.wrapping_add(t);
         bitness != 64 || ((a << 16) as i64 >> 16) as u64 == a
     };
+    let n_real = insns.len() - usize::from(straddle);
     let mut plan: Vec<Option<Inline>> = insns
         .iter()
-        .map(|i| {
-            if !inline {
+        .enumerate()
+        .map(|(k, i)| {
+            // The placeholder of an instruction crossing the page end goes to the helper.
+            if !inline || k >= n_real {
                 return None;
             }
             let mem_op = (0..i.op_count()).any(|k| i.op_kind(k) == OpKind::Memory);
@@ -2716,7 +2755,12 @@ fn emit_block(
             None => em.helper(at, next),
         }
     }
-    if !ended {
+    if straddle {
+        // After the helper ran the instruction crossing the page end (and set RIP): the state
+        // is in `CpuState`, the count synced; the next block is looked up with every check
+        // (the instruction may be a POPF, a MOV to DR7, ...).
+        em.leave_lookup_checked();
+    } else if !ended {
         let end = insns.last().map_or(0, |i| i.next_ip());
         em.sync_flags();
         em.sync_count_rip(end);
@@ -2889,7 +2933,8 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
         step: helper_step,
         flags: helper_flags,
         lookup: lookup::lookup,
-        stub: cache.stub.as_ref().map_or(std::ptr::null(), |b| b.entry(0)),
+        stub: cache.stub.as_ref().map_or(std::ptr::null(), |b| b.entry(cache.stub_fast)),
+        stub_checked: cache.stub.as_ref().map_or(std::ptr::null(), |b| b.entry(0)),
         jc: cache.jc.as_ptr(),
         hits: 0,
         // Block stepping returns after every block; a run cut short for an NMI held by an

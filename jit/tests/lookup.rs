@@ -281,8 +281,12 @@ fn irq_run(engine: &mut dyn ExecutionEngine, code: &[u8], slices: &[u64]) -> (Ru
     w(&mut ram, 8, 0x00CF_9A00_0000_FFFF);
     w(&mut ram, 16, 0x00CF_9200_0000_FFFF);
     w(&mut ram, IDT + 0x20 * 8, (HANDLER & 0xFFFF) | (8 << 16) | (0x8E << 40) | ((HANDLER >> 16) << 48));
-    // handler: rdtsc; mov [edi], eax; add edi, 4; iretd
-    ram.mem.load(GuestPhysAddr(HANDLER), &[0x0F, 0x31, 0x89, 0x07, 0x83, 0xC7, 0x04, 0xCF]).unwrap();
+    // The same handler for the interrupt and for #DB (vector 1):
+    // rdtsc; mov [edi], eax; add edi, 4; and dword [esp + 8], ~TF; iretd
+    w(&mut ram, IDT + 8, (HANDLER & 0xFFFF) | (8 << 16) | (0x8E << 40) | ((HANDLER >> 16) << 48));
+    #[rustfmt::skip]
+    let handler = [0x0F, 0x31, 0x89, 0x07, 0x83, 0xC7, 0x04, 0x81, 0x64, 0x24, 0x08, 0xFF, 0xFE, 0xFF, 0xFF, 0xCF];
+    ram.mem.load(GuestPhysAddr(HANDLER), &handler).unwrap();
     let mut bus = IrqBus { ram, line: false };
     let mut cpu = CpuState::new_flat32();
     cpu.gdtr = cpu::DescriptorTable { base: 0, limit: 23 };
@@ -389,5 +393,56 @@ fn test_lookup_budget_ends_inside_chains() {
                 assert_eq!((e1, arch(&cpu)), (e0, arch(&c0)), "{bits}-bit {name} slices {slices:?}");
             }
         }
+    }
+}
+
+/// `code` placed at `CODE`, then `tail` at `at`, `CODE` jumping there (rel32) after `head`.
+fn placed(head: &[u8], at: u64, tail: &[u8]) -> Vec<u8> {
+    let mut v = head.to_vec();
+    let jmp_end = CODE + v.len() as u64 + 5;
+    v.push(0xE9);
+    v.extend_from_slice(&((at - jmp_end) as u32).to_le_bytes());
+    v.resize((at - CODE) as usize, 0xCC);
+    v.extend_from_slice(tail);
+    v
+}
+
+#[test]
+fn test_lookup_instruction_across_the_page_end_runs_in_blocks() {
+    // A loop whose ADD EAX, imm32 crosses from one page into the next:
+    // 1ff8: inc ebx; 3 x nop; 1ffd: add eax, 1 (to 2002); dec ecx; jnz 1ff8; hlt
+    #[rustfmt::skip]
+    let tail = [0xFF, 0xC3, 0x90, 0x90, 0x90, 0x05, 1, 0, 0, 0, 0xFF, 0xC9, 0x75, 0xF2, 0xF4];
+    let code = placed(&[0xB9, 0xE8, 0x03, 0, 0], 0x1FF8, &tail);
+    for bits in [32, 64] {
+        let (exit, c, _) = lockstep("across-page", &code, &state(bits), 100_000);
+        assert_eq!(exit, RunExit::Halted, "{bits}-bit");
+        assert_eq!((c.gpr[0] as u32, c.gpr[3] as u32), (1000, 1000), "{bits}-bit");
+        let (_, _, st) = jit_run(&code, bits, true, 100_000);
+        // The block ending with it runs it through the helper and looks up the next block.
+        assert!(st.interpreted < 10 && st.block_runs < 10, "{bits}-bit: {st:?}");
+    }
+}
+
+#[test]
+fn test_lookup_popfd_across_the_page_end_traps_after_it() {
+    // POPFD (with a DS prefix in the page before) sets TF in every other round; single-step
+    // traps follow, so the exit after it must not jump into the next block (translated and
+    // in the jump cache from the rounds without TF) unchecked.
+    // 1ff0: mov eax, ecx; and eax, 1; shl eax, 8; or eax, 2; push eax; 3 x nop;
+    // 1fff: ds popfd; 2001: inc ebx; dec ecx; jnz 1ff0; hlt
+    #[rustfmt::skip]
+    let tail = [
+        0x89, 0xC8, 0x83, 0xE0, 0x01, 0xC1, 0xE0, 0x08, 0x83, 0xC8, 0x02, 0x50, 0x90, 0x90, 0x90,
+        0x3E, 0x9D, 0xFF, 0xC3, 0xFF, 0xC9, 0x75, 0xE9, 0xF4,
+    ];
+    let code = placed(&[0xB9, 10, 0, 0, 0], 0x1FF0, &tail);
+    let (e0, s0, log0) = irq_run(&mut Interpreter::new(), &code, &[]);
+    assert_eq!(e0, RunExit::Halted);
+    assert!(log0.chunks(4).take_while(|c| c != &[0, 0, 0, 0]).count() >= 5, "traps after each POPFD with TF");
+    for slices in [&[][..], &[1], &[2, 3, 5], &[7, 1, 13]] {
+        let (e1, s1, log1) = irq_run(&mut jit::Translator::new(), &code, slices);
+        assert_eq!((e1, &s1), (e0, &s0), "slices {slices:?}");
+        assert!(log1 == log0, "slices {slices:?}: traps at other counts");
     }
 }

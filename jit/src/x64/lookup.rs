@@ -7,6 +7,7 @@
 //! registers, flags, RIP and count written back) to one shared stub, emitted once per cache:
 //!
 //! ```text
+//! checked:  jmp miss                                  ; entry 0: exits after a helper
 //! stub:  if !table.on: leave                          ; block stepping, FERRO_JIT_LOOKUP=0 at run
 //!        eax = cpu.mode_key; if !(eax & FLAT): miss   ; flat: CS base 0, linear = RIP
 //!        if cpu.irq_pending: miss                     ; (Rust decides with IF, shadow, ...)
@@ -17,6 +18,10 @@
 //!        if rax != 0: jmp rax
 //! leave: eax = BLOCK_END; the block epilogue; ret     ; to the dispatcher
 //! ```
+//!
+//! A block that ends with an instruction crossing into the next page runs it through the
+//! helper and leaves through the `checked` entry: the helper may have left what only the
+//! dispatcher's checks catch (TF after POPF, DR7), so the inline probe is skipped there.
 //!
 //! Every block shares the frame the prologue pushes, so any body can be entered from any exit.
 //! The Rust side ([`lookup`]) runs the very checks the dispatcher makes between blocks
@@ -85,6 +90,8 @@ pub(crate) fn lookup_enabled() -> bool {
 
 /// `[r14 + STUB]`: where block exits that look up the next block jump.
 pub(crate) const STUB: i32 = offset_of!(HelperTable, stub) as i32;
+/// `[r14 + STUB_CHECKED]`: the stub's entry straight to [`lookup`] (no inline probe).
+pub(crate) const STUB_CHECKED: i32 = offset_of!(HelperTable, stub_checked) as i32;
 const LOOKUP: i32 = offset_of!(HelperTable, lookup) as i32;
 const JC: i32 = offset_of!(HelperTable, jc) as i32;
 const HITS: i32 = offset_of!(HelperTable, hits) as i32;
@@ -101,11 +108,15 @@ const FLAT: i32 = 1 << 7;
 const _: () = assert!(std::mem::size_of::<bool>() == 1);
 const _: () = assert!(offset_of!(mmu::TlbEntry, exec_tag) == 16 && offset_of!(mmu::TlbEntry, addend) == 24);
 
-/// The shared lookup stub (see the module doc), position-independent.
-pub(crate) fn emit_stub(ops: &mut Assembler) {
+/// The shared lookup stub (see the module doc), position-independent. Its entry at offset 0
+/// goes straight to the Rust lookup (for exits after a helper, see
+/// [`super::Emitter::leave_lookup_checked`]); returns the offset of the inline-probe entry.
+pub(crate) fn emit_stub(ops: &mut Assembler) -> usize {
     let miss = ops.new_dynamic_label();
     let leave = ops.new_dynamic_label();
     let sup = ops.new_dynamic_label();
+    dynasm!(ops ; .arch x64 ; jmp =>miss);
+    let fast = ops.offset().0;
     const _: () = assert!(mmu::TLB_ENTRIES.is_power_of_two() && mmu::TLB_ENTRIES <= 1 << 20);
     let idx_mask = ((mmu::TLB_ENTRIES - 1) << 5) as i32;
     let user_set = (mmu::TLB_ENTRIES * 32) as i32;
@@ -170,6 +181,7 @@ pub(crate) fn emit_stub(ops: &mut Assembler) {
         ; pop r12
         ; ret
     );
+    fast
 }
 
 /// The Rust half of the lookup (a stub miss): the dispatcher's between-block checks, then its
