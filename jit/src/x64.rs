@@ -1061,6 +1061,10 @@ struct Emitter<'a> {
     last: bool,
     /// Exits to unchained targets go through the lookup stub ([`lookup`]).
     lookup: bool,
+    /// Where helper exits and plain `BLOCK_END` exits go (exit code in EAX): with the lookup,
+    /// a jump to the stub's checked entry (a `BLOCK_END` looks up the next block with every
+    /// check of the dispatcher, other codes leave); without, `out`.
+    hexit: DynamicLabel,
 }
 
 macro_rules! jcc_emit {
@@ -1318,14 +1322,16 @@ impl Emitter<'_> {
         self.regs.host_of(g).filter(|_| self.regs.loaded & (1 << g) != 0)
     }
 
-    /// Leaves the block with `BLOCK_END` (state already synced).
+    /// Leaves the block with `BLOCK_END` (state already synced): with the lookup, through the
+    /// stub's checked entry, which goes on into the next block if every check of the
+    /// dispatcher passes (see [`Emitter::hexit`]).
     ///
     /// Callers write the cached guest registers back first ([`Self::exit_to`],
     /// [`Self::writeback_all`]): `CpuState` is exact whenever control reaches `out`, a chain
     /// slot or another block's body, so code there may rely on it.
     fn leave(&mut self) {
-        let out = self.out;
-        dynasm!(self.ops ; .arch x64 ; mov eax, exit::BLOCK_END as i32 ; jmp =>out);
+        let hexit = self.hexit;
+        dynasm!(self.ops ; .arch x64 ; mov eax, exit::BLOCK_END as i32 ; jmp =>hexit);
     }
 
     /// Leaves the block to a target no chain reaches (state already synced, cached registers
@@ -1342,13 +1348,9 @@ impl Emitter<'_> {
 
     /// As [`Self::leave_lookup`], after a helper that may have left anything the dispatcher
     /// checks (TF after POPF, DR7, ...) but said `CONTINUE`: the lookup skips the inline probe
-    /// and runs every check of the dispatcher.
+    /// and runs every check of the dispatcher (what [`Self::leave`] does).
     fn leave_lookup_checked(&mut self) {
-        if self.lookup {
-            dynasm!(self.ops ; .arch x64 ; jmp QWORD [r14 + lookup::STUB_CHECKED]);
-        } else {
-            self.leave();
-        }
+        self.leave();
     }
 
     /// Goes on at offset `to` (state already synced there): back into the body if `to` is the
@@ -1462,14 +1464,14 @@ impl Emitter<'_> {
         // The interpreter sees (and may change) every guest register.
         self.writeback_all();
         self.forget_regs();
-        let out = self.out;
+        let hexit = self.hexit;
         dynasm!(self.ops
             ; .arch x64
             ; mov rdi, r12
             ; mov rsi, r13
             ; call QWORD [r14]
             ; test eax, eax
-            ; jnz =>out
+            ; jnz =>hexit
         );
         self.synced = next;
     }
@@ -1629,7 +1631,7 @@ impl Emitter<'_> {
         self.count(true);
         self.unstash();
         self.sync_count_rip(at);
-        let out = self.out;
+        let hexit = self.hexit;
         let undo = pending0 + 1;
         let back = next.wrapping_sub(synced0);
         dynasm!(self.ops
@@ -1638,7 +1640,7 @@ impl Emitter<'_> {
             ; mov rsi, r13
             ; call QWORD [r14]
             ; test eax, eax
-            ; jnz =>out
+            ; jnz =>hexit
             ; sub QWORD [r12 + ICOUNT], undo
         );
         if self.rip32 {
@@ -1855,16 +1857,16 @@ impl Emitter<'_> {
     /// Runs the instruction through the interpreter and leaves the block (with the helper's
     /// exit code, or `BLOCK_END` if it said `CONTINUE`).
     fn helper_then_leave(&mut self) {
-        let out = self.out;
+        let hexit = self.hexit;
         dynasm!(self.ops
             ; .arch x64
             ; mov rdi, r12
             ; mov rsi, r13
             ; call QWORD [r14]
             ; test eax, eax
-            ; jnz =>out
+            ; jnz =>hexit
             ; mov eax, exit::BLOCK_END as i32
-            ; jmp =>out
+            ; jmp =>hexit
         );
     }
 
@@ -2695,6 +2697,7 @@ fn emit_block(
         n: n_insns,
         flags_live: !entry_dead,
     });
+    let hexit = if lookup { ops.new_dynamic_label() } else { out };
     let mut em = Emitter {
         ops,
         out,
@@ -2722,6 +2725,7 @@ fn emit_block(
         exits: Vec::new(),
         merge_sub: [None; 2],
         lookup,
+        hexit,
     };
     if let Some(fast) = fast_loop {
         em.fast_loop_entry(fast);
@@ -2775,6 +2779,10 @@ fn emit_block(
     }
     em.emit_slow_paths();
     em.emit_merge_subroutines();
+    if lookup {
+        let hexit = em.hexit;
+        dynasm!(em.ops ; .arch x64 ; =>hexit ; jmp QWORD [r14 + lookup::STUB_CHECKED]);
+    }
     let ops = em.ops;
     dynasm!(ops ; .arch x64 ; =>no_budget ; mov eax, exit::NO_BUDGET as i32 ; jmp =>out);
     dynasm!(ops

@@ -7,7 +7,8 @@
 //! registers, flags, RIP and count written back) to one shared stub, emitted once per cache:
 //!
 //! ```text
-//! checked:  jmp miss                                  ; entry 0: exits after a helper
+//! checked:  if eax != BLOCK_END: epilogue            ; entry 0: helper exits, plain exits
+//!           jmp miss                                  ; (exit code in EAX)
 //! stub:  if !table.on: leave                          ; block stepping, FERRO_JIT_LOOKUP=0 at run
 //!        eax = cpu.mode_key; if !(eax & FLAT): miss   ; flat: CS base 0, linear = RIP
 //!        if cpu.irq_pending: miss                     ; (Rust decides with IF, shadow, ...)
@@ -19,9 +20,12 @@
 //! leave: eax = BLOCK_END; the block epilogue; ret     ; to the dispatcher
 //! ```
 //!
-//! A block that ends with an instruction crossing into the next page runs it through the
-//! helper and leaves through the `checked` entry: the helper may have left what only the
-//! dispatcher's checks catch (TF after POPF, DR7), so the inline probe is skipped there.
+//! Every other exit that would return `BLOCK_END` to the dispatcher (a helper that did not
+//! fall through: a branch, a fault, an interrupt, I/O, a store into code, a mode change; POPF,
+//! STI, MOV SS; an instruction crossing into the next page, run through the helper) goes
+//! through the `checked` entry: the state may be anything the dispatcher checks (TF after
+//! POPF, an interrupt shadow, a queued invalidation, a new mode), so the inline probe is
+//! skipped and [`lookup`] runs all of the dispatcher's checks, returning to it if any fails.
 //!
 //! Every block shares the frame the prologue pushes, so any body can be entered from any exit.
 //! The Rust side ([`lookup`]) runs the very checks the dispatcher makes between blocks
@@ -115,7 +119,13 @@ pub(crate) fn emit_stub(ops: &mut Assembler) -> usize {
     let miss = ops.new_dynamic_label();
     let leave = ops.new_dynamic_label();
     let sup = ops.new_dynamic_label();
-    dynasm!(ops ; .arch x64 ; jmp =>miss);
+    let epilogue = ops.new_dynamic_label();
+    dynasm!(ops
+        ; .arch x64
+        ; cmp eax, exit::BLOCK_END as i32
+        ; jne =>epilogue
+        ; jmp =>miss
+    );
     let fast = ops.offset().0;
     const _: () = assert!(mmu::TLB_ENTRIES.is_power_of_two() && mmu::TLB_ENTRIES <= 1 << 20);
     let idx_mask = ((mmu::TLB_ENTRIES - 1) << 5) as i32;
@@ -171,7 +181,8 @@ pub(crate) fn emit_stub(ops: &mut Assembler) -> usize {
         ; jmp rax
         ; =>leave
         ; mov eax, exit::BLOCK_END as i32
-        // The epilogue every block has (the frame is shared).
+        // The epilogue every block has (the frame is shared); EAX = the exit code.
+        ; =>epilogue
         ; add rsp, 8
         ; pop rbp
         ; pop rbx
