@@ -426,8 +426,8 @@ impl CodeCache {
         // SAFETY: `code` is the entry of a block `translate` copied into this buffer (blocks
         // are only looked up in the cache that emitted them, and a flush forgets every block
         // before their bytes are reused); the buffer stays mapped, and the bytes of blocks in
-        // use unmodified, until the block returns: only the dispatcher flushes, and the
-        // lookup helper only appends past them or patches chain slots. `cpu`, `env` and
+        // use unmodified, until the block returns: only the dispatcher flushes or patches
+        // chain slots, and the lookup helper only appends past them. `cpu`, `env` and
         // `table` are exclusive borrows that outlive the call.
         unsafe { enter_block(code, cpu, env, table) }
     }
