@@ -18,9 +18,12 @@
 //! overwritten before anything (a reader, a helper, a possible fault, the exit) can see them
 //! (`FERRO_JIT_LIVENESS=0` turns that off). Direct
 //! branches within a guest page are chained through patched `jmp rel32`; a branch back to the
-//! block's entry loops inside it; RET and indirect branches go through the dispatcher's jump
-//! cache. Every other instruction is one call of [`cpu::helpers::helper_step`], which runs the
-//! interpreter on exactly that instruction with the guest state in sync, so the translator runs
+//! block's entry loops inside it; RET, indirect branches and branches into another page jump
+//! to a shared stub that finds the next block in the jump cache (an inline soft-TLB probe of
+//! RIP, then the cache) and jumps into it, or asks a Rust helper making the dispatcher's own
+//! checks, so a run goes from block to block without returning to the dispatcher
+//! (`FERRO_JIT_LOOKUP=0` turns that off). Every other instruction is one call of
+//! [`cpu::helpers::helper_step`], which runs the interpreter on exactly that instruction with the guest state in sync, so the translator runs
 //! everything the interpreter runs. Each block checks at its top that it fits in the remaining
 //! budget (else one instruction is interpreted), and a helper ends the block whenever execution
 //! did not simply fall through (branch, fault, interrupt, I/O, a store into cached code, TLB
@@ -72,6 +75,15 @@ pub struct JitStats {
     pub block_runs: u64,
     /// Direct jumps between blocks patched to go straight from one to the other.
     pub chains_patched: u64,
+    /// Exits (RET, indirect branches, branches into other pages) whose next block generated
+    /// code found in the jump cache and jumped into, without the dispatcher.
+    pub lookup_hits: u64,
+    /// Exits the lookup stub could not resolve alone (calls of the Rust lookup).
+    pub lookup_misses: u64,
+    /// Of `lookup_misses`, those the Rust lookup resolved to a block (the rest returned to the
+    /// dispatcher: budget end, interrupt or debug event due, code invalidated, no TLB entry,
+    /// cache full).
+    pub lookup_found: u64,
 }
 
 /// The translating engine.
@@ -88,6 +100,8 @@ pub struct Translator {
     profile: Option<profile::Profile>,
     /// Return from `run` after each block or interpreted instruction (lockstep); no chaining.
     block_step: bool,
+    /// Exits find the next block in generated code (see [`Translator::set_lookup`]).
+    lookup: bool,
 }
 
 impl Default for Translator {
@@ -108,7 +122,17 @@ impl Translator {
             #[cfg(target_arch = "x86_64")]
             profile: profile::Profile::from_env(),
             block_step: false,
+            lookup: true,
         }
+    }
+
+    /// The in-code lookup of the next block (on by default): RET, indirect JMP/CALL and
+    /// branches into another guest page find and enter the next block from generated code
+    /// (jump cache, then a Rust helper making the dispatcher's checks) instead of returning
+    /// to the dispatcher. Off, those exits return to the dispatcher. It is off during block
+    /// stepping whatever this says; `FERRO_JIT_LOOKUP=0` also emits the exits without it.
+    pub fn set_lookup(&mut self, on: bool) {
+        self.lookup = on;
     }
 
     /// Block stepping (see [`ExecutionEngine::set_block_step`]): `run` returns after each
@@ -217,14 +241,20 @@ impl ExecutionEngine for Translator {
         #[cfg(not(target_arch = "x86_64"))]
         let profile = String::new();
         Some(format!(
-            "blocks translated: {}\ncache flushes: {}\nSMC invalidations: {}\nhelper calls: {}\ninterpreted outside blocks: {} (interrupt/debug due {}, no TLB entry {}, untranslatable {}, budget {})\nblock entries: {}\nchains patched: {}{profile}",
+            "blocks translated: {}\ncache flushes: {}\nSMC invalidations: {}\nhelper calls: {}\ninterpreted outside blocks: {} (interrupt/debug due {}, no TLB entry {}, untranslatable {}, budget {})\nblock entries from the dispatcher: {}\ndispatcher trips: {}\nin-code lookups: {} hits, {} misses ({} resolved in Rust, {} to the dispatcher)\nchains patched: {}{profile}",
             s.blocks_translated, s.cache_flushes, s.smc_invalidations, s.helper_calls,
             s.interpreted,
             s.interpreted_why[0],
             s.interpreted_why[1],
             s.interpreted_why[2],
             s.interpreted_why[3],
-            s.block_runs, s.chains_patched
+            s.block_runs,
+            s.block_runs + s.interpreted,
+            s.lookup_hits,
+            s.lookup_misses,
+            s.lookup_found,
+            s.lookup_misses - s.lookup_found,
+            s.chains_patched
         ))
     }
 }

@@ -20,28 +20,52 @@ use std::collections::HashMap;
 
 mod codebuf;
 mod ext;
+mod lookup;
 mod regcache;
 use codebuf::CodeBuf;
+use lookup::{jc_index, JcEntry, JC_SIZE};
 use regcache::{gpr_index, RegCache, RAX, RCX};
 
 /// Emits one block (position-independent: only relative jumps inside it).
 type Assembler = VecAssembler<X64Relocation>;
 use ext::{classify_ext, gpr_loc, imm_of, Ext, FlagUse, Sz};
 
-/// The helpers generated code calls, reached through r14 (so emitted code holds no absolute
-/// addresses and its disassembly is the same on every build).
+/// The helpers and run data generated code reaches through r14 (so emitted code holds no
+/// absolute addresses and its disassembly is the same on every build). One per run, on the
+/// dispatcher's stack.
 #[repr(C)]
 pub(crate) struct HelperTable {
     /// `[r14 + 0]`: one instruction through the interpreter.
     step: for<'a> unsafe extern "sysv64" fn(*mut CpuState, *mut HelperEnv<'a>) -> u32,
     /// `[r14 + 8]`: materialize lazy flags into `rflags`.
     flags: unsafe extern "sysv64" fn(*mut CpuState),
+    /// `[r14 + 16]`: the Rust half of the in-code lookup ([`lookup::lookup`]).
+    lookup: for<'a> unsafe extern "sysv64" fn(*mut CpuState, *mut HelperEnv<'a>, *mut HelperTable) -> *const u8,
+    /// `[r14 + 24]`: the lookup stub ([`lookup::emit_stub`]), where exits to unchained targets
+    /// jump.
+    stub: *const u8,
+    /// `[r14 + 32]`: the stub's entry that skips the inline probe and asks
+    /// [`lookup::lookup`] (all of the dispatcher's checks), for exits after a helper.
+    stub_checked: *const u8,
+    /// The jump cache ([`lookup::JcEntry`], [`lookup::JC_SIZE`] entries).
+    jc: *const lookup::JcEntry,
+    /// Stub hits (next block found in generated code).
+    hits: u64,
+    /// Non-zero: the stub looks up (else every exit returns to the dispatcher).
+    on: u64,
+    /// Stub misses that called [`lookup::lookup`], and those it resolved to a block.
+    misses: u64,
+    found: u64,
+    /// The run's end (the dispatcher's `end`).
+    end: u64,
+    /// The dispatcher's cache, statistics and profile (set before each block entry).
+    cache: *mut CodeCache,
+    stats: *mut JitStats,
+    profile: *mut Option<Profile>,
 }
 
-static HELPERS: HelperTable = HelperTable { step: helper_step, flags: helper_flags };
-
 /// A translated block's signature: (state, helper environment, helper table) -> exit code.
-type BlockFn = for<'a> unsafe extern "sysv64" fn(*mut CpuState, *mut HelperEnv<'a>, *const HelperTable) -> u32;
+type BlockFn = for<'a> unsafe extern "sysv64" fn(*mut CpuState, *mut HelperEnv<'a>, *mut HelperTable) -> u32;
 
 /// Emitted code is flushed once it reaches this size.
 const CODE_LIMIT: usize = 16 << 20;
@@ -80,8 +104,15 @@ pub(crate) struct CodeCache {
     slots: Vec<(AssemblyOffset, u64)>,
     /// Chains patched (statistics).
     pub(crate) chained: u64,
-    /// A direct-mapped cache in front of `blocks` for the dispatcher (indirect branches, RET).
-    jc: Vec<Option<(BlockKey, Block)>>,
+    /// A direct-mapped cache in front of `blocks` for the dispatcher and the lookup stub
+    /// (indirect branches, RET, exits into other pages); never reallocated (the stub reads it).
+    jc: Vec<JcEntry>,
+    /// The in-code lookup stub (its own small buffer: never flushed); `None`: no lookup.
+    stub: Option<CodeBuf>,
+    /// Blocks are emitted with exits through the lookup stub.
+    pub(crate) lookup: bool,
+    /// Offset of the stub's inline-probe entry (the checked entry is at 0).
+    stub_fast: usize,
     /// The cache is flushed once it holds this many blocks ([`MAX_BLOCKS`] but in tests).
     pub(crate) max_blocks: usize,
     /// Flushes so far: a chain slot id is only meaningful in the generation that made it.
@@ -89,13 +120,6 @@ pub(crate) struct CodeCache {
     /// Most guest instructions in a block ([`MAX_BLOCK_INSNS`] but when lockstep truncates
     /// blocks to find the divergent instruction, see [`Translator::set_max_block_insns`]).
     pub(crate) max_insns: usize,
-}
-
-/// Entries of the dispatcher's jump cache.
-const JC_SIZE: usize = 4096;
-
-fn jc_index(key: BlockKey) -> usize {
-    ((key.0 ^ (key.0 >> 12) ^ u64::from(key.1).rotate_left(7)) as usize) & (JC_SIZE - 1)
 }
 
 impl std::fmt::Debug for CodeCache {
@@ -112,15 +136,31 @@ fn new_code_buffer() -> Option<CodeBuf> {
     b
 }
 
+/// The lookup stub in a buffer of its own, and the offset of its inline-probe entry.
+fn new_stub() -> Option<(CodeBuf, usize)> {
+    let mut ops = Assembler::new(0);
+    let fast = lookup::emit_stub(&mut ops);
+    let bytes = ops.finalize().ok()?;
+    let mut b = CodeBuf::new(4096)?;
+    b.append(&bytes)?;
+    Some((b, fast))
+}
+
 impl CodeCache {
     pub(crate) fn new() -> Self {
+        let (stub, stub_fast) = if lookup::lookup_enabled() { new_stub().unzip() } else { (None, None) };
+        let lookup = stub.is_some();
+        let stub_fast = stub_fast.unwrap_or(0);
         CodeCache {
             code: new_code_buffer(),
             blocks: HashMap::new(),
             pages: HashMap::new(),
             slots: Vec::new(),
             chained: 0,
-            jc: vec![None; JC_SIZE],
+            jc: vec![JcEntry::EMPTY; JC_SIZE],
+            stub,
+            lookup,
+            stub_fast,
             max_blocks: MAX_BLOCKS,
             generation: 0,
             max_insns: MAX_BLOCK_INSNS,
@@ -136,7 +176,7 @@ impl CodeCache {
         self.blocks.clear();
         self.pages.clear();
         self.slots.clear();
-        self.jc.fill(None);
+        self.jc.fill(JcEntry::EMPTY);
         if let Some(c) = &mut self.code {
             c.clear();
         }
@@ -211,8 +251,8 @@ impl CodeCache {
         }
         for k in &drop {
             let j = jc_index(*k);
-            if matches!(self.jc[j], Some((jk, _)) if jk == *k) {
-                self.jc[j] = None;
+            if self.jc[j].holds(*k) {
+                self.jc[j] = JcEntry::EMPTY;
             }
             self.blocks.remove(k);
         }
@@ -229,8 +269,8 @@ impl CodeCache {
         let mut n = 0;
         for k in keys {
             let j = jc_index(k);
-            if matches!(self.jc[j], Some((jk, _)) if jk == k) {
-                self.jc[j] = None;
+            if self.jc[j].holds(k) {
+                self.jc[j] = JcEntry::EMPTY;
             }
             if self.blocks.remove(&k).is_some() {
                 n += 1;
@@ -261,9 +301,12 @@ impl CodeCache {
         // is right for every RIP that reaches this code (aliased pages, other CS bases).
         let mut dec = Decoder::with_ip(bitness, bytes, 0, DecoderOptions::NONE);
         let mut insns = Vec::new();
+        // The block ends with an instruction that goes on into the next page (see below).
+        let mut straddle = false;
         while dec.can_decode() && insns.len() < self.max_insns {
             let insn = dec.decode();
             if insn.is_invalid() {
+                straddle = self.lookup && dec.last_error() == iced_x86::DecoderError::NoMoreBytes;
                 break;
             }
             insns.push(insn);
@@ -280,12 +323,25 @@ impl CodeCache {
                 break;
             }
         }
-        if insns.is_empty() {
+        if insns.is_empty() && !straddle {
             return None;
         }
         #[cfg(feature = "test-plant")]
         crate::plant::apply(&mut insns);
-        let guest_len = insns.iter().map(|i| i.len() as u64).sum();
+        let mut guest_len = insns.iter().map(|i| i.len() as u64).sum();
+        if straddle {
+            // An instruction that crosses into the next page: the block runs it through the
+            // helper (the interpreter fetches it across the page, as the dispatcher would have)
+            // and then looks up the next block wherever the interpreter left RIP. Without this
+            // a hot loop over such an instruction went through the dispatcher twice per turn.
+            // A placeholder with no bytes stands for it (the emitter gives it to the helper);
+            // its bytes in this page are marked as code like the block's.
+            let mut s = Instruction::default();
+            s.set_ip(guest_len);
+            s.set_next_ip(guest_len);
+            insns.push(s);
+            guest_len = page_end - backing;
+        }
         let code = self.code.as_mut()?;
         let mut ops = Assembler::new(0);
         let slots0 = self.slots.len();
@@ -303,6 +359,8 @@ impl CodeCache {
             backing,
             &mut self.slots,
             profile,
+            self.lookup,
+            straddle,
         );
         let bytes = ops.finalize().ok()?;
         let Some(start) = code.append(&bytes) else {
@@ -326,7 +384,7 @@ impl CodeCache {
     }
 
     /// Points chain slot `id` at the body of `target` (which must start at the slot's target).
-    fn chain(&mut self, id: usize, target_backing: u64, target: &Block) {
+    fn chain(&mut self, id: usize, target_backing: u64, target: &Found) {
         let Some(&(slot, want)) = self.slots.get(id) else { return };
         if want != target_backing {
             return;
@@ -340,16 +398,44 @@ impl CodeCache {
         }
     }
 
-    /// Runs the block at `entry` until it exits; returns its exit code.
-    fn enter(&self, entry: AssemblyOffset, cpu: &mut CpuState, env: &mut HelperEnv<'_>) -> u32 {
-        let Some(buf) = &self.code else { return env.step(cpu) };
-        let code = buf.entry(entry.0);
+    /// The jump-cache entry for `key` at `b`.
+    fn jc_fill(&mut self, key: BlockKey, b: &Block) {
+        let Some(code) = &self.code else { return };
+        self.jc[jc_index(key)] = JcEntry {
+            backing: key.0,
+            mode: u64::from(key.1),
+            body_ptr: code.entry(b.body.0) as u64,
+            entry: b.entry.0 as u32,
+            body: b.body.0 as u32,
+        };
+    }
+
+    /// Runs the block at `entry` until it exits; returns its exit code. The block may go on
+    /// into other blocks through the lookup stub, which reaches the cache through `table`
+    /// (`cache` points at `self`: no reference to the cache is held while the block runs).
+    ///
+    /// # Safety
+    /// `cache` must be valid, and not otherwise borrowed during the call; `table`'s pointers
+    /// must be valid for the call.
+    unsafe fn enter(
+        cache: *mut CodeCache,
+        entry: AssemblyOffset,
+        cpu: &mut CpuState,
+        env: &mut HelperEnv<'_>,
+        table: &mut HelperTable,
+    ) -> u32 {
+        // SAFETY: `cache` is valid (contract); the borrow ends before the block runs.
+        let code = match unsafe { &(*cache).code } {
+            Some(buf) => buf.entry(entry.0),
+            None => return env.step(cpu),
+        };
         // SAFETY: `code` is the entry of a block `translate` copied into this buffer (blocks
         // are only looked up in the cache that emitted them, and a flush forgets every block
-        // before their bytes are reused); `&self` keeps the buffer mapped and unmodified until
-        // the block returns (only the dispatcher, between blocks, writes it). `cpu` and `env`
-        // are exclusive borrows that outlive the call.
-        unsafe { enter_block(code, cpu, env) }
+        // before their bytes are reused); the buffer stays mapped, and the bytes of blocks in
+        // use unmodified, until the block returns: only the dispatcher flushes or patches
+        // chain slots, and the lookup helper only appends past them. `cpu`, `env` and
+        // `table` are exclusive borrows that outlive the call.
+        unsafe { enter_block(code, cpu, env, table) }
     }
 
     /// The disassembly of a block's host code.
@@ -979,6 +1065,12 @@ struct Emitter<'a> {
     merge_sub: [Option<DynamicLabel>; 2],
     /// The instruction being emitted is the block's last.
     last: bool,
+    /// Exits to unchained targets go through the lookup stub ([`lookup`]).
+    lookup: bool,
+    /// Where helper exits and plain `BLOCK_END` exits go (exit code in EAX): with the lookup,
+    /// a jump to the stub's checked entry (a `BLOCK_END` looks up the next block with every
+    /// check of the dispatcher, other codes leave); without, `out`.
+    hexit: DynamicLabel,
 }
 
 macro_rules! jcc_emit {
@@ -1236,14 +1328,35 @@ impl Emitter<'_> {
         self.regs.host_of(g).filter(|_| self.regs.loaded & (1 << g) != 0)
     }
 
-    /// Leaves the block with `BLOCK_END` (state already synced).
+    /// Leaves the block with `BLOCK_END` (state already synced): with the lookup, through the
+    /// stub's checked entry, which goes on into the next block if every check of the
+    /// dispatcher passes (see [`Emitter::hexit`]).
     ///
     /// Callers write the cached guest registers back first ([`Self::exit_to`],
     /// [`Self::writeback_all`]): `CpuState` is exact whenever control reaches `out`, a chain
     /// slot or another block's body, so code there may rely on it.
     fn leave(&mut self) {
-        let out = self.out;
-        dynasm!(self.ops ; .arch x64 ; mov eax, exit::BLOCK_END as i32 ; jmp =>out);
+        let hexit = self.hexit;
+        dynasm!(self.ops ; .arch x64 ; mov eax, exit::BLOCK_END as i32 ; jmp =>hexit);
+    }
+
+    /// Leaves the block to a target no chain reaches (state already synced, cached registers
+    /// written back): through the lookup stub, which jumps straight into the next block if it
+    /// finds it and may enter it, else returns `BLOCK_END` to the dispatcher as
+    /// [`Self::leave`] does.
+    fn leave_lookup(&mut self) {
+        if self.lookup {
+            dynasm!(self.ops ; .arch x64 ; jmp QWORD [r14 + lookup::STUB]);
+        } else {
+            self.leave();
+        }
+    }
+
+    /// As [`Self::leave_lookup`], after a helper that may have left anything the dispatcher
+    /// checks (TF after POPF, DR7, ...) but said `CONTINUE`: the lookup skips the inline probe
+    /// and runs every check of the dispatcher (what [`Self::leave`] does).
+    fn leave_lookup_checked(&mut self) {
+        self.leave();
     }
 
     /// Goes on at offset `to` (state already synced there): back into the body if `to` is the
@@ -1260,7 +1373,7 @@ impl Emitter<'_> {
         let delta = if self.rip32 { i64::from(to as u32 as i32) } else { to as i64 };
         let target = self.entry_backing.wrapping_add(delta as u64);
         if target & PAGE_MASK != self.entry_backing & PAGE_MASK || self.slots.len() >= 1 << 22 {
-            self.leave();
+            self.leave_lookup();
             return;
         }
         let id = self.slots.len();
@@ -1357,14 +1470,14 @@ impl Emitter<'_> {
         // The interpreter sees (and may change) every guest register.
         self.writeback_all();
         self.forget_regs();
-        let out = self.out;
+        let hexit = self.hexit;
         dynasm!(self.ops
             ; .arch x64
             ; mov rdi, r12
             ; mov rsi, r13
             ; call QWORD [r14]
             ; test eax, eax
-            ; jnz =>out
+            ; jnz =>hexit
         );
         self.synced = next;
     }
@@ -1524,7 +1637,7 @@ impl Emitter<'_> {
         self.count(true);
         self.unstash();
         self.sync_count_rip(at);
-        let out = self.out;
+        let hexit = self.hexit;
         let undo = pending0 + 1;
         let back = next.wrapping_sub(synced0);
         dynasm!(self.ops
@@ -1533,7 +1646,7 @@ impl Emitter<'_> {
             ; mov rsi, r13
             ; call QWORD [r14]
             ; test eax, eax
-            ; jnz =>out
+            ; jnz =>hexit
             ; sub QWORD [r12 + ICOUNT], undo
         );
         if self.rip32 {
@@ -1679,17 +1792,15 @@ impl Emitter<'_> {
             }
             StackOp::Ret => {
                 let n = pending0 + 1;
-                let out = self.out;
                 self.writeback_all();
                 self.regs_to_memory_mode();
                 dynasm!(self.ops
                     ; .arch x64
                     ; add QWORD [r12 + ICOUNT], n
                     ; mov QWORD [r12 + RIP], rcx
-                    ; mov eax, exit::BLOCK_END as i32
-                    ; jmp =>out
-                    ; =>slow
                 );
+                self.leave_lookup();
+                dynasm!(self.ops ; .arch x64 ; =>slow);
                 self.slow_exit(at, pre);
             }
         }
@@ -1737,33 +1848,31 @@ impl Emitter<'_> {
             );
         }
         let n = self.pending + 1;
-        let out = self.out;
         self.writeback_all();
         self.regs_to_memory_mode();
         dynasm!(self.ops
             ; .arch x64
             ; add QWORD [r12 + ICOUNT], n
             ; mov QWORD [r12 + RIP], r10
-            ; mov eax, exit::BLOCK_END as i32
-            ; jmp =>out
-            ; =>slow
         );
+        self.leave_lookup();
+        dynasm!(self.ops ; .arch x64 ; =>slow);
         self.slow_exit(at, pre);
     }
 
     /// Runs the instruction through the interpreter and leaves the block (with the helper's
     /// exit code, or `BLOCK_END` if it said `CONTINUE`).
     fn helper_then_leave(&mut self) {
-        let out = self.out;
+        let hexit = self.hexit;
         dynasm!(self.ops
             ; .arch x64
             ; mov rdi, r12
             ; mov rsi, r13
             ; call QWORD [r14]
             ; test eax, eax
-            ; jnz =>out
+            ; jnz =>hexit
             ; mov eax, exit::BLOCK_END as i32
-            ; jmp =>out
+            ; jmp =>hexit
         );
     }
 
@@ -2475,6 +2584,8 @@ fn emit_block(
     entry_backing: u64,
     slots: &mut Vec<(AssemblyOffset, u64)>,
     profile: Option<&mut Profile>,
+    lookup: bool,
+    straddle: bool,
 ) -> AssemblyOffset {
     let out = ops.new_dynamic_label();
     let no_budget = ops.new_dynamic_label();
@@ -2484,10 +2595,13 @@ fn emit_block(
         let a = entry_rip.wrapping_add(t);
         bitness != 64 || ((a << 16) as i64 >> 16) as u64 == a
     };
+    let n_real = insns.len() - usize::from(straddle);
     let mut plan: Vec<Option<Inline>> = insns
         .iter()
-        .map(|i| {
-            if !inline {
+        .enumerate()
+        .map(|(k, i)| {
+            // The placeholder of an instruction crossing the page end goes to the helper.
+            if !inline || k >= n_real {
                 return None;
             }
             let mem_op = (0..i.op_count()).any(|k| i.op_kind(k) == OpKind::Memory);
@@ -2589,6 +2703,7 @@ fn emit_block(
         n: n_insns,
         flags_live: !entry_dead,
     });
+    let hexit = if lookup { ops.new_dynamic_label() } else { out };
     let mut em = Emitter {
         ops,
         out,
@@ -2615,6 +2730,8 @@ fn emit_block(
         deferred: Vec::new(),
         exits: Vec::new(),
         merge_sub: [None; 2],
+        lookup,
+        hexit,
     };
     if let Some(fast) = fast_loop {
         em.fast_loop_entry(fast);
@@ -2648,7 +2765,12 @@ fn emit_block(
             None => em.helper(at, next),
         }
     }
-    if !ended {
+    if straddle {
+        // After the helper ran the instruction crossing the page end (and set RIP): the state
+        // is in `CpuState`, the count synced; the next block is looked up with every check
+        // (the instruction may be a POPF, a MOV to DR7, ...).
+        em.leave_lookup_checked();
+    } else if !ended {
         let end = insns.last().map_or(0, |i| i.next_ip());
         em.sync_flags();
         em.sync_count_rip(end);
@@ -2663,6 +2785,10 @@ fn emit_block(
     }
     em.emit_slow_paths();
     em.emit_merge_subroutines();
+    if lookup {
+        let hexit = em.hexit;
+        dynasm!(em.ops ; .arch x64 ; =>hexit ; jmp QWORD [r14 + lookup::STUB_CHECKED]);
+    }
     let ops = em.ops;
     dynasm!(ops ; .arch x64 ; =>no_budget ; mov eax, exit::NO_BUDGET as i32 ; jmp =>out);
     dynasm!(ops
@@ -2686,14 +2812,14 @@ fn emit_block(
 /// `code` must point at the first byte of a block emitted by [`emit_block`] into an executable
 /// buffer that stays mapped and unmodified until this returns; `cpu` and `env` must be valid
 /// and exclusive for the duration of the call.
-unsafe fn enter_block(code: *const u8, cpu: &mut CpuState, env: &mut HelperEnv<'_>) -> u32 {
+unsafe fn enter_block(code: *const u8, cpu: &mut CpuState, env: &mut HelperEnv<'_>, table: &mut HelperTable) -> u32 {
     // SAFETY: by the contract above `code` is the entry of a function emitted with the
     // `BlockFn` signature (sysv64: three pointer arguments, u32 result; it saves and restores
     // the callee-saved registers it uses and keeps the stack aligned for its calls).
     let f: BlockFn = unsafe { std::mem::transmute::<*const u8, BlockFn>(code) };
     // SAFETY: the pointers come from exclusive borrows valid for the call; the block only
     // passes them on to `helper_step`, whose contract they meet.
-    unsafe { f(cpu, env, &HELPERS) }
+    unsafe { f(cpu, env, table) }
 }
 
 /// The backing offset of the instruction at CS:RIP, if the TLB can tell without a walk.
@@ -2725,30 +2851,58 @@ enum NoBlock {
     NoBudget = 3,
 }
 
-/// Finds or makes the block for CS:RIP; `Err` when the instruction must be interpreted.
+/// Where a block found by [`block_for`] is.
+#[derive(Debug, Clone, Copy)]
+struct Found {
+    entry: AssemblyOffset,
+    body: AssemblyOffset,
+}
+
+/// The checks the dispatcher makes before it enters a block, shared with the in-code lookup
+/// so the two never disagree: the run's budget left, no code invalidation queued, not halted,
+/// no interrupt due, no interrupt shadow, no debug feature armed (single-step TF, a pending RF,
+/// breakpoints in DR7, a pending NMI: the interpreter's, one instruction at a time), no stop
+/// asked for. Blocks assume all that when they start (helpers keep it so inside them).
+fn gate(cpu: &CpuState, bus: &mut dyn CpuBus, end: u64) -> bool {
+    cpu.icount < end && !bus.memory().code_pages().has_invalidated() && !cpu.stop_requested && !due(cpu)
+}
+
+/// Halted, an interrupt due, an interrupt shadow or a debug feature armed: the interpreter
+/// runs the next instruction.
+fn due(cpu: &CpuState) -> bool {
+    let debug = cpu.rflags & (TF | RF) != 0 || cpu.dr[7] & 0xFF != 0 || cpu.nmi_pending;
+    cpu.halted || debug || cpu.interrupt_shadow || (cpu.rflags & IF != 0 && cpu.irq_pending)
+}
+
+/// Finds or makes the block for CS:RIP; `Err` when the instruction must be interpreted (or,
+/// without `may_flush`, when the cache is full: the in-code lookup leaves that to the
+/// dispatcher, as a flush reuses the bytes of the code that called it).
 fn block_for(
     cache: &mut CodeCache,
     stats: &mut JitStats,
     profile: Option<&mut Profile>,
     cpu: &mut CpuState,
     bus: &mut dyn CpuBus,
-) -> Result<(Block, u64), NoBlock> {
+    may_flush: bool,
+) -> Result<(Found, u64), NoBlock> {
     cache.code.as_ref().ok_or(NoBlock::NoCode)?;
     cpu.refresh_mode_key();
     let b = code_backing(cpu).ok_or(NoBlock::NoTlb)?;
     let key = (b, cpu.mode_key);
     let j = jc_index(key);
-    if let Some((k, blk)) = cache.jc[j] {
-        if k == key {
-            return Ok((blk, b));
-        }
+    let e = cache.jc[j];
+    if e.holds(key) {
+        return Ok((Found { entry: AssemblyOffset(e.entry as usize), body: AssemblyOffset(e.body as usize) }, b));
     }
-    if let Some(blk) = cache.blocks.get(&key) {
-        cache.jc[j] = Some((key, *blk));
-        return Ok((*blk, b));
+    if let Some(blk) = cache.blocks.get(&key).copied() {
+        cache.jc_fill(key, &blk);
+        return Ok((Found { entry: blk.entry, body: blk.body }, b));
     }
     let mem = bus.memory();
     if cache.full() {
+        if !may_flush {
+            return Err(NoBlock::NoCode);
+        }
         cache.flush();
         stats.cache_flushes += 1;
     }
@@ -2765,7 +2919,8 @@ fn block_for(
         cpu.tlb.protect_backing_page(b & PAGE_MASK);
     }
     stats.blocks_translated += 1;
-    Ok((blk, b))
+    cache.jc_fill(key, &blk);
+    Ok((Found { entry: blk.entry, body: blk.body }, b))
 }
 
 /// The dispatcher: runs blocks (or single interpreted instructions) until the budget is used up
@@ -2785,9 +2940,27 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
         Ok(true) => end = end.min(cpu.icount + 1),
         Ok(false) => {}
     }
-    let Translator { interp, cache, stats, trace, profile, block_step } = t;
+    let Translator { interp, cache, stats, trace, profile, block_step, lookup } = t;
     let block_step = *block_step;
     let mut env = HelperEnv::new(interp, bus, *trace);
+    let mut table = HelperTable {
+        step: helper_step,
+        flags: helper_flags,
+        lookup: lookup::lookup,
+        stub: cache.stub.as_ref().map_or(std::ptr::null(), |b| b.entry(cache.stub_fast)),
+        stub_checked: cache.stub.as_ref().map_or(std::ptr::null(), |b| b.entry(0)),
+        jc: cache.jc.as_ptr(),
+        hits: 0,
+        // Block stepping returns after every block; a run cut short for an NMI held by an
+        // interrupt shadow (`end` before `budget_end`) must not run on in generated code.
+        on: u64::from(*lookup && cache.stub.is_some() && !block_step && end == cpu.budget_end),
+        misses: 0,
+        found: 0,
+        end,
+        cache: std::ptr::null_mut(),
+        stats: std::ptr::null_mut(),
+        profile: std::ptr::null_mut(),
+    };
     // (cache generation, chain slot) of the last block exit through an unpatched chain slot.
     let mut chain_req: Option<(u64, usize)> = None;
     let r = loop {
@@ -2803,15 +2976,9 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
             }
         }
         // Blocks assume no interrupt is due when they start (helpers keep it so inside them),
-        // and no debug feature is armed: single-step (TF), a pending RF, breakpoints in DR7 and
-        // pending NMIs are the interpreter's, one instruction at a time.
-        let debug = cpu.rflags & (TF | RF) != 0 || cpu.dr[7] & 0xFF != 0 || cpu.nmi_pending;
-        let due = debug || cpu.interrupt_shadow || (cpu.rflags & IF != 0 && cpu.irq_pending);
-        let code = if cpu.halted || due {
-            Err(NoBlock::Due)
-        } else {
-            block_for(cache, stats, profile.as_mut(), cpu, env.bus())
-        };
+        // and no debug feature is armed (see `gate`, which the in-code lookup runs).
+        let code =
+            if due(cpu) { Err(NoBlock::Due) } else { block_for(cache, stats, profile.as_mut(), cpu, env.bus(), true) };
         // Block stepping: no chaining (every block returns to the dispatcher, so to the caller).
         if let (Some((generation, id)), Ok((blk, b)), false) = (chain_req.take(), &code, block_step) {
             // A flush in between (cache full, everything invalidated) took the slot away.
@@ -2828,7 +2995,13 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
                     // round: one unit runs at most one block's worth of instructions.
                     cpu.budget_end = end.min(cpu.icount + crate::MAX_BLOCK_INSNS as u64);
                 }
-                cache.enter(blk.entry, cpu, &mut env)
+                // The lookup helper reaches these while the block runs; nothing else does.
+                table.cache = &mut *cache;
+                table.stats = &mut *stats;
+                table.profile = &mut *profile;
+                // SAFETY: the pointers were just made from the dispatcher's exclusive borrows,
+                // which it does not use again until the block returns.
+                unsafe { CodeCache::enter(table.cache, blk.entry, cpu, &mut env, &mut table) }
             }
             Err(why) => {
                 stats.interpreted += 1;
@@ -2862,5 +3035,8 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
     };
     stats.helper_calls += env.helper_calls;
     stats.chains_patched = cache.chained;
+    stats.lookup_hits += table.hits;
+    stats.lookup_misses += table.misses;
+    stats.lookup_found += table.found;
     r
 }

@@ -95,8 +95,9 @@ impl CodeBuf {
             return None;
         }
         // SAFETY: `at + code.len() <= size`, inside the writable mapping; no generated code
-        // runs while the dispatcher translates (single thread), and the range is past every
-        // block in use.
+        // runs while a block is translated (single thread: the dispatcher, or the lookup
+        // helper while the block that called it waits), and the range is past every block in
+        // use.
         unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), self.rw.as_ptr().add(at), code.len()) };
         // Keep blocks 16-byte aligned.
         self.len = (at + code.len() + 15) & !15;
