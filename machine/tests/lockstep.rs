@@ -82,6 +82,26 @@ fn test_lockstep_seabios_post_and_disk_boot() {
     }
 }
 
+/// SeaBIOS's POST with 128 MiB (the CLI's default) and no disk: it copies code over pages the
+/// JIT has translated, so REP MOVSB stops after each iteration in the JIT machine (a store into
+/// translated code) and at the unit's budget in the interpreter's; the two stops once left RF
+/// different (found by `ferrovisor run --engine lockstep`, instruction 6842863).
+#[test]
+fn test_lockstep_seabios_post_without_disk_over_translated_code() {
+    let Some(path) = seabios("machine/tests/lockstep.rs") else { return };
+    let bios = std::fs::read(&path).expect("read bios.bin");
+    let build = |engine| {
+        let mut m =
+            Machine::new(MachineConfig { ram_bytes: 128 << 20, capture_serial: true, engine, ..Default::default() })?;
+        m.load_bios(&bios)?;
+        Ok(m)
+    };
+    match run_lockstep::<MachineError>(&build, Some(30_000_000), SLICE).expect("machine") {
+        Ok(r) => println!("SeaBIOS without disk: {r:?}"),
+        Err(d) => panic!("SeaBIOS without disk: {d}"),
+    }
+}
+
 #[test]
 fn test_lockstep_finds_a_divergence_when_engines_differ() {
     // The two machines are built differently (the JIT one gets a changed byte of RAM): the

@@ -1462,7 +1462,12 @@ impl Cx<'_> {
                 // The string wrote over decoded code (perhaps its own bytes): stop here, as an
                 // interrupt would, so the rest runs from a fresh fetch. This also makes the
                 // outcome independent of where run budgets happen to split the instruction.
+                // RF as at a budget stop (above): which engine's code pages a store hits
+                // differs (the JIT's translated blocks, the interpreter's decode cache), so
+                // the state at either stop must be the same.
                 self.code_written = false;
+                self.cpu.rflags |= rf::RF;
+                self.fetch_lin_page = u64::MAX;
                 return Ok(());
             }
         }
