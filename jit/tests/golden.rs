@@ -133,6 +133,19 @@ fn snippets() -> Vec<Snippet> {
             a.jnz(top).unwrap();
             a.hlt().unwrap();
         }),
+        // The benchmark guest's integer loop (test-roms bench_guest; most of its instructions).
+        ("int_loop_32", 32, |a| {
+            let mut l1 = a.create_label();
+            a.set_label(&mut l1).unwrap();
+            a.add(eax, ecx).unwrap();
+            a.mov(edx, eax).unwrap();
+            a.shl(edx, 1).unwrap();
+            a.add(eax, edx).unwrap();
+            a.xor(eax, ecx).unwrap();
+            a.dec(ecx).unwrap();
+            a.jnz(l1).unwrap();
+            a.hlt().unwrap();
+        }),
         // The benchmark guest's hash loop (test-roms bench_guest): a self-loop with a memory
         // operand and live flags at the entry, on host registers.
         ("hash_loop_32", 32, |a| {
