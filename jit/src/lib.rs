@@ -28,7 +28,7 @@
 //! instruction count, with the same state, as under the interpreter.
 //!
 //! `FERRO_JIT_PROFILE=1` counts the instructions served by the per-instruction helper by form;
-//! `--stats` prints the top 20.
+//! `--stats` prints the top 20 (`FERRO_JIT_PROFILE_TOP=n`: the top n).
 //!
 //! Self-modifying code: the translator marks the guest bytes of every block it translates in
 //! the [`mmu::CodePages`] tracker, which forces stores to their page through the slow path; a
@@ -192,7 +192,7 @@ impl ExecutionEngine for Translator {
     fn stats_text(&self) -> Option<String> {
         let s = self.stats;
         #[cfg(target_arch = "x86_64")]
-        let profile = self.profile.as_ref().map(|p| format!("\n{}", p.table(20))).unwrap_or_default();
+        let profile = self.profile.as_ref().map(|p| format!("\n{}", p.table(profile_top()))).unwrap_or_default();
         #[cfg(not(target_arch = "x86_64"))]
         let profile = String::new();
         Some(format!(
@@ -206,4 +206,10 @@ impl ExecutionEngine for Translator {
             s.block_runs, s.chains_patched
         ))
     }
+}
+
+/// How many forms the profile table lists: `FERRO_JIT_PROFILE_TOP` (default 20).
+#[cfg(target_arch = "x86_64")]
+fn profile_top() -> usize {
+    std::env::var("FERRO_JIT_PROFILE_TOP").ok().and_then(|v| v.parse().ok()).unwrap_or(20)
 }

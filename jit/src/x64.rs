@@ -21,6 +21,7 @@ use std::collections::HashMap;
 mod codebuf;
 mod ext;
 mod regcache;
+mod sse;
 use codebuf::CodeBuf;
 use regcache::{gpr_index, RegCache, RAX, RCX};
 
@@ -285,6 +286,8 @@ impl CodeCache {
         let slots0 = self.slots.len();
         // RDTSC faults only outside CPL 0 (with CR4.TSD); the mode key holds the CPL.
         let cpl0 = (key.1 >> 2) & 3 == 0;
+        // SSE cannot fault for availability (mode key bit 11): its forms may run inline.
+        let sse = inline && (key.1 >> 11) & 1 != 0;
         let body = emit_block(
             &mut ops,
             &insns,
@@ -293,6 +296,7 @@ impl CodeCache {
             user,
             big_stack,
             cpl0,
+            sse,
             rip,
             backing,
             &mut self.slots,
@@ -1998,7 +2002,7 @@ impl Emitter<'_> {
 
     fn inline(&mut self, op: Inline, at: u64, next: u64, dead: bool) {
         match op {
-            Inline::Ext(e) => self.inline_ext(e, dead),
+            Inline::Ext(e) => self.inline_ext(e, at, next, dead),
             Inline::JmpInd { reg, ea, user, call } => {
                 self.jmp_indirect(reg, ea, user, call, at, next);
                 return;
@@ -2465,6 +2469,7 @@ fn emit_block(
     user: bool,
     big_stack: bool,
     cpl0: bool,
+    sse: bool,
     entry_rip: u64,
     entry_backing: u64,
     slots: &mut Vec<(AssemblyOffset, u64)>,
@@ -2483,6 +2488,9 @@ fn emit_block(
         .map(|i| {
             if !inline {
                 return None;
+            }
+            if let Some(s) = sse.then(|| sse::classify_sse(i, bitness, user)).flatten() {
+                return Some(Inline::Ext(Ext::Sse(s)));
             }
             let mem_op = (0..i.op_count()).any(|k| i.op_kind(k) == OpKind::Memory);
             let p = if matches!(i.mnemonic(), Mnemonic::Jmp | Mnemonic::Call)

@@ -131,6 +131,8 @@ pub(super) enum Ext {
     Convert(Code),
     /// RDTSC at CPL 0 (no fault possible): EDX:EAX = instruction count + TSC offset.
     Rdtsc,
+    /// An SSE form (see [`super::sse`]).
+    Sse(super::sse::Sse),
 }
 
 /// What an instruction does to the guest's status flags, for liveness.
@@ -168,6 +170,7 @@ impl Ext {
             Ext::Nop => [None, None, None],
             Ext::Convert(_) => [gpr(0), gpr(2), None],
             Ext::Rdtsc => [gpr(0), gpr(2), Some(offsets::ICOUNT as i32)],
+            Ext::Sse(s) => [s.gpr(), None, None],
         }
     }
 
@@ -180,6 +183,8 @@ impl Ext {
             | Ext::Nop
             | Ext::Convert(_)
             | Ext::Rdtsc => FlagUse::None,
+            Ext::Sse(s) if s.may_fault() => FlagUse::Observes,
+            Ext::Sse(_) => FlagUse::None,
             Ext::AluN { op: AluOp::Adc | AluOp::Sbb, .. } => FlagUse::Observes,
             Ext::AluN { .. } | Ext::Neg { .. } | Ext::Imul { .. } | Ext::ShiftImm { .. } => FlagUse::WritesAll,
             Ext::IncDecN { .. } | Ext::ShiftCl { .. } | Ext::RotDead { .. } | Ext::Setcc { .. } | Ext::Cmov { .. } => {
@@ -455,9 +460,10 @@ impl Emitter<'_> {
         self.flags_now_synced();
     }
 
-    pub(super) fn inline_ext(&mut self, op: Ext, dead: bool) {
+    pub(super) fn inline_ext(&mut self, op: Ext, at: u64, next: u64, dead: bool) {
         match op {
             Ext::Nop => {}
+            Ext::Sse(s) => self.inline_sse(s, at, next, dead),
             Ext::MovN { dst, src, sz } => match (sz, src) {
                 (Sz::B, Src::Imm(v)) => dynasm!(self.ops ; .arch x64 ; mov BYTE [r12 + dst], v as i8),
                 (_, Src::Imm(v)) => dynasm!(self.ops ; .arch x64 ; mov WORD [r12 + dst], v as i16),
