@@ -133,6 +133,32 @@ pub(super) enum Ext {
     Rdtsc,
     /// An SSE form (see [`super::sse`]).
     Sse(super::sse::Sse),
+    /// BSF/BSR (`rev`) of 32/64-bit registers: ZF = source is zero, the other flags kept; a zero
+    /// source leaves the destination as it was (all 64 bits).
+    BitScan { rev: bool, dst: i32, src: i32, sz: Sz },
+    /// TZCNT of 32/64-bit registers (host BMI1): CF = source is zero, ZF = result is zero, the
+    /// other flags kept.
+    Tzcnt { dst: i32, src: i32, sz: Sz },
+    /// BT/BTS/BTR/BTC of a 32/64-bit register by an immediate or a register (offset modulo the
+    /// width): CF = the bit, the other flags kept.
+    BitTest { op: BitOp, dst: i32, bit: Src, sz: Sz },
+    /// MUL/IMUL (`signed`) with one 32/64-bit register operand: EDX:EAX / RDX:RAX = EAX/RAX *
+    /// src; CF = OF = the high half is significant, SF/ZF/PF from the low half, AF = 0.
+    MulWide { signed: bool, src: i32, sz: Sz },
+    /// DIV by a 32/64-bit register; #DE (zero divisor, quotient overflow) through the
+    /// interpreter. Flags kept.
+    Div { src: i32, sz: Sz },
+    /// BSWAP of a 32/64-bit register.
+    Bswap { dst: i32, sz: Sz },
+}
+
+/// A bit-test operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BitOp {
+    Bt,
+    Bts,
+    Btr,
+    Btc,
 }
 
 /// What an instruction does to the guest's status flags, for liveness.
@@ -171,6 +197,10 @@ impl Ext {
             Ext::Convert(_) => [gpr(0), gpr(2), None],
             Ext::Rdtsc => [gpr(0), gpr(2), Some(offsets::ICOUNT as i32)],
             Ext::Sse(s) => [s.gpr(), None, None],
+            Ext::BitScan { dst, src, .. } | Ext::Tzcnt { dst, src, .. } => [Some(dst), Some(src), None],
+            Ext::BitTest { dst, bit, .. } => [Some(dst), src(bit), None],
+            Ext::MulWide { src, .. } | Ext::Div { src, .. } => [gpr(0), gpr(2), Some(src)],
+            Ext::Bswap { dst, .. } => [Some(dst), None, None],
         }
     }
 
@@ -184,7 +214,9 @@ impl Ext {
             | Ext::Convert(_)
             | Ext::Rdtsc => FlagUse::None,
             Ext::Sse(s) if s.may_fault() => FlagUse::Observes,
-            Ext::Sse(_) => FlagUse::None,
+            Ext::Sse(_) | Ext::Bswap { .. } => FlagUse::None,
+            Ext::MulWide { .. } => FlagUse::WritesAll,
+            Ext::BitScan { .. } | Ext::Tzcnt { .. } | Ext::BitTest { .. } | Ext::Div { .. } => FlagUse::Observes,
             Ext::AluN { op: AluOp::Adc | AluOp::Sbb, .. } => FlagUse::Observes,
             Ext::AluN { .. } | Ext::Neg { .. } | Ext::Imul { .. } | Ext::ShiftImm { .. } => FlagUse::WritesAll,
             Ext::IncDecN { .. } | Ext::ShiftCl { .. } | Ext::RotDead { .. } | Ext::Setcc { .. } | Ext::Cmov { .. } => {
@@ -192,6 +224,12 @@ impl Ext {
             }
         }
     }
+}
+
+/// The host has BMI1 (TZCNT; without it the encoding runs as BSF).
+fn host_bmi1() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::arch::is_x86_feature_detected!("bmi1"))
 }
 
 fn shift_kind(m: Mnemonic) -> Option<ShiftKind> {
@@ -279,6 +317,7 @@ pub(super) fn classify_ext(i: &Instruction) -> Option<Ext> {
             Some(Ext::Extend { dst, dsz: sz, src, ssz, signed: m != Mnemonic::Movzx })
         }
         Mnemonic::Imul if !small || sz == Sz::W => match i.op_count() {
+            1 if !small => Some(Ext::MulWide { signed: true, src: dst, sz }),
             2 => Some(Ext::Imul { dst, src1: dst, src2: src_of(sz)?, sz }),
             3 => {
                 let (s1, s1z) = reg(1)?;
@@ -308,6 +347,35 @@ pub(super) fn classify_ext(i: &Instruction) -> Option<Ext> {
                 Some(Ext::RotDead { left, dst, cl: false, count: (i.immediate(1) & mask) as i8, sz })
             }
         }
+        Mnemonic::Bsf | Mnemonic::Bsr if !small && i.op_count() == 2 => {
+            let (src, ssz) = reg(1)?;
+            (ssz == sz).then_some(Ext::BitScan { rev: m == Mnemonic::Bsr, dst, src, sz })
+        }
+        Mnemonic::Tzcnt if !small && i.op_count() == 2 && host_bmi1() => {
+            let (src, ssz) = reg(1)?;
+            (ssz == sz).then_some(Ext::Tzcnt { dst, src, sz })
+        }
+        Mnemonic::Bt | Mnemonic::Bts | Mnemonic::Btr | Mnemonic::Btc if !small && i.op_count() == 2 => {
+            let op = match m {
+                Mnemonic::Bt => BitOp::Bt,
+                Mnemonic::Bts => BitOp::Bts,
+                Mnemonic::Btr => BitOp::Btr,
+                _ => BitOp::Btc,
+            };
+            let bit = match reg(1) {
+                // (The assembler has the register-offset form of BT only.)
+                Some((b, bsz)) if bsz == sz && op == BitOp::Bt => Src::Reg(b),
+                Some(_) => return None,
+                None if i.op1_kind() == OpKind::Immediate8 => {
+                    Src::Imm(i32::from(i.immediate8()) & if sz == Sz::Q { 63 } else { 31 })
+                }
+                None => return None,
+            };
+            Some(Ext::BitTest { op, dst, bit, sz })
+        }
+        Mnemonic::Mul if !small && i.op_count() == 1 => Some(Ext::MulWide { signed: false, src: dst, sz }),
+        Mnemonic::Div if !small && i.op_count() == 1 => Some(Ext::Div { src: dst, sz }),
+        Mnemonic::Bswap if !small && i.op_count() == 1 => Some(Ext::Bswap { dst, sz }),
         _ if sz == Sz::B && i.op_count() == 1 && cpu::flags::is_setcc(m) => {
             Some(Ext::Setcc { cc: i.condition_code(), dst })
         }
@@ -464,6 +532,19 @@ impl Emitter<'_> {
         match op {
             Ext::Nop => {}
             Ext::Sse(s) => self.inline_sse(s, at, next, dead),
+            Ext::BitScan { rev, dst, src, sz } => self.bit_scan(rev, dst, src, sz, dead),
+            Ext::Tzcnt { dst, src, sz } => self.tzcnt(dst, src, sz, dead),
+            Ext::BitTest { op, dst, bit, sz } => self.bit_test(op, dst, bit, sz, dead),
+            Ext::MulWide { signed, src, sz } => self.mul_wide(signed, src, sz, dead),
+            Ext::Div { src, sz } => self.div(src, sz, at, next),
+            Ext::Bswap { dst, sz } => match sz {
+                Sz::Q => {
+                    dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + dst] ; bswap rax ; mov QWORD [r12 + dst], rax)
+                }
+                _ => {
+                    dynasm!(self.ops ; .arch x64 ; mov eax, DWORD [r12 + dst] ; bswap eax ; mov QWORD [r12 + dst], rax)
+                }
+            },
             Ext::MovN { dst, src, sz } => match (sz, src) {
                 (Sz::B, Src::Imm(v)) => dynasm!(self.ops ; .arch x64 ; mov BYTE [r12 + dst], v as i8),
                 (_, Src::Imm(v)) => dynasm!(self.ops ; .arch x64 ; mov WORD [r12 + dst], v as i16),
@@ -711,9 +792,15 @@ impl Emitter<'_> {
         self.store_rax(dst, sz);
         self.flags_now_in_host();
         self.last_logic = true;
-        if dead {
-            return;
+        if !dead {
+            self.mul_flags(sz);
         }
+    }
+
+    /// After a host multiply with the low half of the product in RAX: the flags as the
+    /// interpreter defines them (CF = OF from the host, SF/ZF/PF from the low half, AF = 0 at the
+    /// merge: `last_logic`).
+    fn mul_flags(&mut self, sz: Sz) {
         let ovf = self.ops.new_dynamic_label();
         let done = self.ops.new_dynamic_label();
         let (sf_zf_pf, cf_of) = ((SF | ZF | PF) as i32, (CF | OF) as i32);
@@ -731,6 +818,173 @@ impl Emitter<'_> {
             ; popfq
             ; =>done
         );
+    }
+
+    /// The guest's flags into the host's and their image into RDX (for a form that changes
+    /// some of them and keeps the others).
+    fn guest_flags_to_rdx(&mut self) {
+        self.flags_to_host();
+        dynasm!(self.ops ; .arch x64 ; pushfq ; pop rdx);
+    }
+
+    /// The flags image in RDX with the `mask` bits of the host's current flags, into the host's
+    /// flags (which are then the guest's, AF included).
+    fn merge_host_bits_from_rdx(&mut self, mask: u64) {
+        let (m, keep) = (mask as i32, !mask as i32);
+        dynasm!(self.ops
+            ; .arch x64
+            ; pushfq
+            ; pop rax
+            ; and eax, m
+            ; and edx, keep
+            ; or edx, eax
+            ; push rdx
+            ; popfq
+        );
+        self.flags_now_in_host();
+        self.last_logic = false;
+    }
+
+    /// BSF/BSR: the host's result where the source is not zero (CMOVNZ keeps the whole old
+    /// destination otherwise), its ZF, the guest's other flags.
+    fn bit_scan(&mut self, rev: bool, dst: i32, src: i32, sz: Sz, dead: bool) {
+        if !dead {
+            self.guest_flags_to_rdx();
+        }
+        dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + dst]);
+        match (rev, sz) {
+            (false, Sz::Q) => dynasm!(self.ops ; .arch x64 ; bsf rcx, QWORD [r12 + src]),
+            (true, Sz::Q) => dynasm!(self.ops ; .arch x64 ; bsr rcx, QWORD [r12 + src]),
+            (false, _) => dynasm!(self.ops ; .arch x64 ; bsf ecx, DWORD [r12 + src]),
+            (true, _) => dynasm!(self.ops ; .arch x64 ; bsr ecx, DWORD [r12 + src]),
+        }
+        // A 32-bit BSF/BSR with a source that is not zero wrote ECX, zero-extending RCX.
+        dynasm!(self.ops ; .arch x64 ; cmovnz rax, rcx ; mov QWORD [r12 + dst], rax);
+        if dead {
+            self.flags_now_in_host();
+            self.last_logic = false;
+        } else {
+            self.merge_host_bits_from_rdx(ZF);
+        }
+    }
+
+    /// TZCNT: the host's result, CF and ZF; the guest's other flags.
+    fn tzcnt(&mut self, dst: i32, src: i32, sz: Sz, dead: bool) {
+        if !dead {
+            self.guest_flags_to_rdx();
+        }
+        match sz {
+            Sz::Q => dynasm!(self.ops ; .arch x64 ; tzcnt rcx, QWORD [r12 + src]),
+            _ => dynasm!(self.ops ; .arch x64 ; tzcnt ecx, DWORD [r12 + src]),
+        }
+        dynasm!(self.ops ; .arch x64 ; mov QWORD [r12 + dst], rcx);
+        if dead {
+            self.flags_now_in_host();
+            self.last_logic = false;
+        } else {
+            self.merge_host_bits_from_rdx(CF | ZF);
+        }
+    }
+
+    /// BT/BTS/BTR/BTC on a register: the host's CF, the guest's other flags (the host leaves
+    /// OF, SF, AF and PF undefined). A 32-bit BTS/BTR/BTC zero-extends its register; BT writes
+    /// nothing (with dead flags it is no operation at all).
+    fn bit_test(&mut self, op: BitOp, dst: i32, bit: Src, sz: Sz, dead: bool) {
+        if dead && op == BitOp::Bt {
+            return;
+        }
+        if !dead {
+            self.guest_flags_to_rdx();
+        }
+        if let Src::Reg(b) = bit {
+            dynasm!(self.ops ; .arch x64 ; mov rcx, QWORD [r12 + b]);
+        }
+        self.load_rax(dst, sz);
+        let q = sz == Sz::Q;
+        let b = match bit {
+            Src::Imm(v) => v as i8,
+            Src::Reg(_) => 0,
+        };
+        match (op, bit, q) {
+            (_, Src::Reg(_), true) => dynasm!(self.ops ; .arch x64 ; bt rax, rcx),
+            (_, Src::Reg(_), false) => dynasm!(self.ops ; .arch x64 ; bt eax, ecx),
+            (BitOp::Bt, _, true) => dynasm!(self.ops ; .arch x64 ; bt rax, BYTE b),
+            (BitOp::Bt, _, false) => dynasm!(self.ops ; .arch x64 ; bt eax, BYTE b),
+            (BitOp::Bts, _, true) => dynasm!(self.ops ; .arch x64 ; bts rax, BYTE b),
+            (BitOp::Bts, _, false) => dynasm!(self.ops ; .arch x64 ; bts eax, BYTE b),
+            (BitOp::Btr, _, true) => dynasm!(self.ops ; .arch x64 ; btr rax, BYTE b),
+            (BitOp::Btr, _, false) => dynasm!(self.ops ; .arch x64 ; btr eax, BYTE b),
+            (BitOp::Btc, _, true) => dynasm!(self.ops ; .arch x64 ; btc rax, BYTE b),
+            (BitOp::Btc, _, false) => dynasm!(self.ops ; .arch x64 ; btc eax, BYTE b),
+        }
+        if op != BitOp::Bt {
+            self.store_rax(dst, sz);
+        }
+        if dead {
+            self.flags_now_in_host();
+            self.last_logic = false;
+        } else {
+            self.merge_host_bits_from_rdx(CF);
+        }
+    }
+
+    /// One-operand MUL/IMUL: the host's product into RAX/RDX (EAX/EDX zero-extended), flags as
+    /// for IMUL (see [`Self::mul_flags`]).
+    fn mul_wide(&mut self, signed: bool, src: i32, sz: Sz, dead: bool) {
+        let (gax, gdx) = (offsets::GPR as i32, offsets::GPR as i32 + 16);
+        match (signed, sz) {
+            (false, Sz::Q) => dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + gax] ; mul QWORD [r12 + src]),
+            (true, Sz::Q) => dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + gax] ; imul QWORD [r12 + src]),
+            (false, _) => dynasm!(self.ops ; .arch x64 ; mov eax, DWORD [r12 + gax] ; mul DWORD [r12 + src]),
+            (true, _) => dynasm!(self.ops ; .arch x64 ; mov eax, DWORD [r12 + gax] ; imul DWORD [r12 + src]),
+        }
+        dynasm!(self.ops ; .arch x64 ; mov QWORD [r12 + gax], rax ; mov QWORD [r12 + gdx], rdx);
+        self.flags_now_in_host();
+        self.last_logic = true;
+        if !dead {
+            self.mul_flags(sz);
+        }
+    }
+
+    /// DIV: the host's when it cannot fault (high half of the dividend below the divisor, so
+    /// the divisor is not zero and the quotient fits); otherwise the interpreter runs it (#DE).
+    /// The guest's flags go to `CpuState` first (the host's DIV and CMP clobber the host's).
+    fn div(&mut self, src: i32, sz: Sz, at: u64, next: u64) {
+        let (gax, gdx) = (offsets::GPR as i32, offsets::GPR as i32 + 16);
+        self.stashed = false;
+        self.stashed_recomp = false;
+        self.keep_r9 = false;
+        self.sync_flags();
+        let (synced0, pending0) = (self.synced, self.pending);
+        let slow = self.ops.new_dynamic_label();
+        let cont = self.ops.new_dynamic_label();
+        let pre = self.regs;
+        match sz {
+            Sz::Q => dynasm!(self.ops
+                ; .arch x64
+                ; mov rcx, QWORD [r12 + src]
+                ; mov rdx, QWORD [r12 + gdx]
+                ; cmp rdx, rcx
+                ; jae =>slow
+                ; mov rax, QWORD [r12 + gax]
+                ; div rcx
+            ),
+            _ => dynasm!(self.ops
+                ; .arch x64
+                ; mov ecx, DWORD [r12 + src]
+                ; mov edx, DWORD [r12 + gdx]
+                ; cmp edx, ecx
+                ; jae =>slow
+                ; mov eax, DWORD [r12 + gax]
+                ; div ecx
+            ),
+        }
+        dynasm!(self.ops ; .arch x64 ; mov QWORD [r12 + gax], rax ; mov QWORD [r12 + gdx], rdx);
+        self.slow_path(slow, cont, at, next, synced0, pending0, false, pre);
+        dynasm!(self.ops ; .arch x64 ; =>cont);
+        self.synced = synced0;
+        self.pending = pending0;
+        self.flags_now_synced();
     }
 
     /// ROL/ROR by an immediate with live flags: SF, ZF, AF and PF are kept (the guest's are
