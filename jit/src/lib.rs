@@ -12,7 +12,10 @@
 //! SETcc, CMOVcc, XCHG, CWDE/CDQE/CDQ/CQO, NOPs, RDTSC at CPL 0, LEA; MOV/ALU/INC/DEC/BT/CMOV/
 //! MOVZX with one memory operand (FS/GS in 64-bit mode too), PUSH/POP, CALL rel and RET, JMP and
 //! CALL through a 64-bit register or memory, all through an inline soft-TLB probe (one compare;
-//! a miss runs the instruction through the interpreter); Jcc and JMP. The host ALU computes the
+//! a miss runs the instruction through the interpreter); Jcc and JMP; the SSE integer, bitwise,
+//! shuffle and move forms on XMM registers and memory (when the mode key says SSE cannot fault),
+//! BSF/BSR/TZCNT, BT/BTS/BTR/BTC, one-operand MUL/IMUL, DIV and BSWAP on registers
+//! (`FERRO_JIT_FORMS=0` turns those off). The host ALU computes the
 //! flags; they stay in the host's RFLAGS until an instruction or the block exit needs them in
 //! `CpuState`, and are not computed at all where liveness within the block shows them
 //! overwritten before anything (a reader, a helper, a possible fault, the exit) can see them

@@ -226,6 +226,13 @@ impl Ext {
     }
 }
 
+/// The SSE forms and the bit-scan, bit-test, wide multiply, divide and byte-swap forms are on
+/// unless `FERRO_JIT_FORMS=0` (for measuring what they gain).
+pub(super) fn forms_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("FERRO_JIT_FORMS").map_or(true, |v| v != "0"))
+}
+
 /// The host has BMI1 (TZCNT; without it the encoding runs as BSF).
 fn host_bmi1() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -317,7 +324,7 @@ pub(super) fn classify_ext(i: &Instruction) -> Option<Ext> {
             Some(Ext::Extend { dst, dsz: sz, src, ssz, signed: m != Mnemonic::Movzx })
         }
         Mnemonic::Imul if !small || sz == Sz::W => match i.op_count() {
-            1 if !small => Some(Ext::MulWide { signed: true, src: dst, sz }),
+            1 if !small && forms_enabled() => Some(Ext::MulWide { signed: true, src: dst, sz }),
             2 => Some(Ext::Imul { dst, src1: dst, src2: src_of(sz)?, sz }),
             3 => {
                 let (s1, s1z) = reg(1)?;
@@ -346,6 +353,20 @@ pub(super) fn classify_ext(i: &Instruction) -> Option<Ext> {
                 let mask = if sz == Sz::Q { 63 } else { 31 };
                 Some(Ext::RotDead { left, dst, cl: false, count: (i.immediate(1) & mask) as i8, sz })
             }
+        }
+        Mnemonic::Bsf
+        | Mnemonic::Bsr
+        | Mnemonic::Tzcnt
+        | Mnemonic::Bt
+        | Mnemonic::Bts
+        | Mnemonic::Btr
+        | Mnemonic::Btc
+        | Mnemonic::Mul
+        | Mnemonic::Div
+        | Mnemonic::Bswap
+            if !forms_enabled() =>
+        {
+            None
         }
         Mnemonic::Bsf | Mnemonic::Bsr if !small && i.op_count() == 2 => {
             let (src, ssz) = reg(1)?;

@@ -222,7 +222,7 @@ fn is_host_op(m: Mnemonic) -> bool {
 /// cannot fault for availability, in flat 32- or 64-bit code.
 pub(super) fn classify_sse(i: &Instruction, bitness: u32, user: bool) -> Option<Sse> {
     use Mnemonic as M;
-    if i.has_lock_prefix() || i.encoding() != EncodingKind::Legacy {
+    if i.has_lock_prefix() || i.encoding() != EncodingKind::Legacy || !super::ext::forms_enabled() {
         return None;
     }
     let n = i.op_count();
