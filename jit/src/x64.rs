@@ -2529,10 +2529,10 @@ fn emit_block(
         })
         .collect();
     let (dead, _) = dead_flags(&plan);
-    // A shift by CL keeps the flags when CL is 0, and the host's rotates leave OF undefined
-    // where the interpreter defines it: inline only when the flags are dead anyway.
+    // The host's rotates by CL leave OF undefined where the interpreter defines it: inline
+    // only when the flags are dead anyway. (Shifts by CL with live flags: see `ext`.)
     for (p, d) in plan.iter_mut().zip(&dead) {
-        if matches!(p, Some(Inline::Ext(Ext::ShiftCl { .. } | Ext::RotDead { cl: true, .. }))) && !d {
+        if matches!(p, Some(Inline::Ext(Ext::RotDead { cl: true, .. }))) && !d {
             *p = None;
         }
     }

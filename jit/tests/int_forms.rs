@@ -253,3 +253,51 @@ fn test_jit_divide_errors_go_to_the_interpreter() {
         assert_eq!((e, c.icount, c.gpr[0]), (RunExit::TripleFault, 6, 0x1234), "{bits} {hi} {d}");
     }
 }
+
+#[test]
+fn test_jit_shifts_by_cl_with_live_flags() {
+    // Every masked count (0 keeps the flags and still zero-extends a 32-bit register), each
+    // result's flags pushed; the shifted register's CL among them.
+    for bits in [32u32, 64] {
+        let code = assemble(bits, |a| {
+            for (k, &v) in VALUES.iter().enumerate() {
+                for count in [0u32, 1, 2, 7, 31, 32, 33, 63, 64, 65, 255] {
+                    a.mov(ecx, count).unwrap();
+                    a.mov(eax, v as u32).unwrap();
+                    a.mov(edx, (v >> 32) as u32).unwrap();
+                    mix_flags_any(a, bits, k + count as usize);
+                    a.shl(eax, cl).unwrap();
+                    pushf(a, bits);
+                    a.shr(edx, cl).unwrap();
+                    pushf(a, bits);
+                    a.sar(eax, cl).unwrap();
+                    pushf(a, bits);
+                    a.shl(ecx, cl).unwrap();
+                    pushf(a, bits);
+                    if bits == 64 {
+                        a.mov(rbx, v).unwrap();
+                        a.mov(ecx, count).unwrap();
+                        mix_flags(a, k);
+                        a.shl(rbx, cl).unwrap();
+                        a.pushfq().unwrap();
+                        a.shr(rbx, cl).unwrap();
+                        a.pushfq().unwrap();
+                        a.sar(rbx, cl).unwrap();
+                        a.pushfq().unwrap();
+                        a.push(rbx).unwrap();
+                        a.push(rax).unwrap();
+                        a.push(rdx).unwrap();
+                        a.push(rcx).unwrap();
+                    } else {
+                        a.push(eax).unwrap();
+                        a.push(edx).unwrap();
+                        a.push(ecx).unwrap();
+                    }
+                }
+            }
+            a.hlt().unwrap();
+        });
+        let (e, _, _) = lockstep("shift cl", &code, &state(bits), 100_000);
+        assert_eq!(e, RunExit::Halted);
+    }
+}

@@ -114,7 +114,7 @@ pub(super) enum Ext {
     /// SHL/SHR/SAR of a 32/64-bit register by an immediate (masked count 2.. only; 1 is
     /// `Inline::Shift1`, 0 goes to the interpreter).
     ShiftImm { kind: ShiftKind, dst: i32, count: i8, sz: Sz },
-    /// SHL/SHR/SAR of a 32/64-bit register by CL: inline only when its flags are dead.
+    /// SHL/SHR/SAR of a 32/64-bit register by CL (a count of 0 keeps the flags).
     ShiftCl { kind: ShiftKind, dst: i32, sz: Sz },
     /// ROL/ROR of a 32/64-bit register by an immediate (`cl`: false) or by CL: inline only when
     /// its flags are dead (the host's OF differs for counts above 1; count 0 keeps the flags).
@@ -635,8 +635,9 @@ impl Emitter<'_> {
             }
             Ext::Imul { dst, src1, src2, sz } => self.imul(dst, src1, src2, sz, dead),
             Ext::ShiftImm { kind, dst, count, sz } => self.shift_imm(kind, dst, count, sz, dead),
+            Ext::ShiftCl { kind, dst, sz } if !dead => self.shift_cl_live(kind, dst, sz),
             Ext::ShiftCl { kind, dst, sz } => {
-                // Only planned with dead flags (a count of 0 would keep them).
+                // Dead flags: the host's shift alone.
                 let guest_cl = offsets::GPR as i32 + 8;
                 dynasm!(self.ops ; .arch x64 ; mov cl, BYTE [r12 + guest_cl]);
                 self.load_rax(dst, sz);
@@ -1063,6 +1064,64 @@ impl Emitter<'_> {
             Sz::D => dynasm!(self.ops ; .arch x64 ; test eax, eax),
             Sz::Q => dynasm!(self.ops ; .arch x64 ; test rax, rax),
         }
+    }
+
+    /// SHL/SHR/SAR by CL with live flags. A masked count of 0 keeps the guest's flags (loaded
+    /// into the host's first, which the host's shift by 0 leaves alone) and still writes a
+    /// 32-bit register (zero-extended); otherwise the host's CF, SF, ZF and PF, AF = 0 and OF as
+    /// the interpreter defines it for every count (SHL: MSB(result) ^ CF; SHR: MSB(operand);
+    /// SAR: 0), the host defining it for a count of 1 only.
+    fn shift_cl_live(&mut self, kind: ShiftKind, dst: i32, sz: Sz) {
+        self.flags_to_host();
+        let guest_cl = offsets::GPR as i32 + 8;
+        dynasm!(self.ops ; .arch x64 ; movzx ecx, BYTE [r12 + guest_cl]);
+        self.load_rax(dst, sz);
+        dynasm!(self.ops ; .arch x64 ; mov rdx, rax);
+        match (kind, sz) {
+            (ShiftKind::Shl, Sz::Q) => dynasm!(self.ops ; .arch x64 ; shl rax, cl),
+            (ShiftKind::Shr, Sz::Q) => dynasm!(self.ops ; .arch x64 ; shr rax, cl),
+            (ShiftKind::Sar, Sz::Q) => dynasm!(self.ops ; .arch x64 ; sar rax, cl),
+            (ShiftKind::Shl, _) => dynasm!(self.ops ; .arch x64 ; shl eax, cl),
+            (ShiftKind::Shr, _) => dynasm!(self.ops ; .arch x64 ; shr eax, cl),
+            (ShiftKind::Sar, _) => dynasm!(self.ops ; .arch x64 ; sar eax, cl),
+        }
+        self.store_rax(dst, sz);
+        let (top, mask) = if sz == Sz::Q { (63, 63) } else { (31, 31) };
+        let skip = self.ops.new_dynamic_label();
+        let keep = !(OF | AF) as i32;
+        dynasm!(self.ops
+            ; .arch x64
+            ; pushfq
+            ; pop r8
+            ; and ecx, mask
+            ; jz =>skip
+        );
+        match kind {
+            // OF = MSB(result) ^ CF.
+            ShiftKind::Shl => dynasm!(self.ops
+                ; .arch x64
+                ; mov rdx, rax
+                ; shr rdx, top
+                ; xor edx, r8d
+                ; and edx, 1
+                ; shl edx, 11
+                ; and r8d, keep
+                ; or r8d, edx
+            ),
+            // OF = MSB(operand).
+            ShiftKind::Shr => dynasm!(self.ops
+                ; .arch x64
+                ; shr rdx, top
+                ; and edx, 1
+                ; shl edx, 11
+                ; and r8d, keep
+                ; or r8d, edx
+            ),
+            ShiftKind::Sar => dynasm!(self.ops ; .arch x64 ; and r8d, keep),
+        }
+        dynasm!(self.ops ; .arch x64 ; =>skip ; push r8 ; popfq);
+        self.flags_now_in_host();
+        self.last_logic = false;
     }
 
     /// SHL/SHR/SAR by an immediate count of 2 or more. The host's CF, SF, ZF and PF are the
