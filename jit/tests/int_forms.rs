@@ -301,3 +301,55 @@ fn test_jit_shifts_by_cl_with_live_flags() {
         assert_eq!(e, RunExit::Halted);
     }
 }
+
+#[test]
+fn test_jit_double_shifts_by_cl_and_immediate() {
+    for bits in [32u32, 64] {
+        let code = assemble(bits, |a| {
+            for (k, &v) in VALUES.iter().enumerate() {
+                for count in [0u32, 1, 2, 17, 31, 32, 33, 63, 64, 200] {
+                    a.mov(ecx, count).unwrap();
+                    a.mov(eax, v as u32).unwrap();
+                    a.mov(edx, (v >> 32) as u32 ^ 0x8000_0001).unwrap();
+                    mix_flags_any(a, bits, k + count as usize);
+                    a.shld(eax, edx, cl).unwrap();
+                    pushf(a, bits);
+                    a.shrd(edx, eax, cl).unwrap();
+                    pushf(a, bits);
+                    if count & 31 != 0 {
+                        a.shld(eax, edx, count).unwrap();
+                        pushf(a, bits);
+                        a.shrd(edx, eax, count).unwrap();
+                        pushf(a, bits);
+                    }
+                    // Dead flags.
+                    a.shrd(eax, edx, cl).unwrap();
+                    a.add(eax, edx).unwrap();
+                    if bits == 64 {
+                        a.mov(rbx, v).unwrap();
+                        a.mov(rsi, v.rotate_left(13) ^ 0x8000_0000_0000_0000).unwrap();
+                        mix_flags(a, k);
+                        a.shld(rbx, rsi, cl).unwrap();
+                        a.pushfq().unwrap();
+                        a.shrd(rsi, rbx, cl).unwrap();
+                        a.pushfq().unwrap();
+                        if count & 63 != 0 {
+                            a.shrd(rbx, rsi, count).unwrap();
+                            a.pushfq().unwrap();
+                        }
+                        a.push(rbx).unwrap();
+                        a.push(rsi).unwrap();
+                        a.push(rax).unwrap();
+                        a.push(rdx).unwrap();
+                    } else {
+                        a.push(eax).unwrap();
+                        a.push(edx).unwrap();
+                    }
+                }
+            }
+            a.hlt().unwrap();
+        });
+        let (e, _, _) = lockstep("double shift", &code, &state(bits), 100_000);
+        assert_eq!(e, RunExit::Halted);
+    }
+}

@@ -150,6 +150,11 @@ pub(super) enum Ext {
     Div { src: i32, sz: Sz },
     /// BSWAP of a 32/64-bit register.
     Bswap { dst: i32, sz: Sz },
+    /// SHLD/SHRD (`left`) of 32/64-bit registers by CL (`count` None) or by an immediate
+    /// (masked, not 0): CF, SF, ZF, PF the host's, OF = MSB(result) ^ MSB(destination), AF = 0
+    /// (the interpreter's rule for every count); a count of 0 keeps the flags and still writes
+    /// a 32-bit destination (zero-extended).
+    DoubleShift { left: bool, dst: i32, src: i32, count: Option<i8>, sz: Sz },
 }
 
 /// A bit-test operation.
@@ -201,6 +206,9 @@ impl Ext {
             Ext::BitTest { dst, bit, .. } => [Some(dst), src(bit), None],
             Ext::MulWide { src, .. } | Ext::Div { src, .. } => [gpr(0), gpr(2), Some(src)],
             Ext::Bswap { dst, .. } => [Some(dst), None, None],
+            Ext::DoubleShift { dst, src, count, .. } => {
+                [Some(dst), Some(src), if count.is_none() { gpr(1) } else { None }]
+            }
         }
     }
 
@@ -215,7 +223,8 @@ impl Ext {
             | Ext::Rdtsc => FlagUse::None,
             Ext::Sse(s) if s.may_fault() => FlagUse::Observes,
             Ext::Sse(_) | Ext::Bswap { .. } => FlagUse::None,
-            Ext::MulWide { .. } => FlagUse::WritesAll,
+            Ext::MulWide { .. } | Ext::DoubleShift { count: Some(_), .. } => FlagUse::WritesAll,
+            Ext::DoubleShift { count: None, .. } => FlagUse::Observes,
             Ext::BitScan { .. } | Ext::Tzcnt { .. } | Ext::BitTest { .. } | Ext::Div { .. } => FlagUse::Observes,
             Ext::AluN { op: AluOp::Adc | AluOp::Sbb, .. } => FlagUse::Observes,
             Ext::AluN { .. } | Ext::Neg { .. } | Ext::Imul { .. } | Ext::ShiftImm { .. } => FlagUse::WritesAll,
@@ -397,6 +406,24 @@ pub(super) fn classify_ext(i: &Instruction) -> Option<Ext> {
         Mnemonic::Mul if !small && i.op_count() == 1 => Some(Ext::MulWide { signed: false, src: dst, sz }),
         Mnemonic::Div if !small && i.op_count() == 1 => Some(Ext::Div { src: dst, sz }),
         Mnemonic::Bswap if !small && i.op_count() == 1 => Some(Ext::Bswap { dst, sz }),
+        Mnemonic::Shld | Mnemonic::Shrd if !small && i.op_count() == 3 && forms_enabled() => {
+            let (src, ssz) = reg(1)?;
+            if ssz != sz {
+                return None;
+            }
+            let count = match i.op2_kind() {
+                OpKind::Register if i.op2_register() == Register::CL => None,
+                OpKind::Immediate8 => {
+                    let c = (i.immediate8() & if sz == Sz::Q { 63 } else { 31 }) as i8;
+                    if c == 0 {
+                        return None;
+                    }
+                    Some(c)
+                }
+                _ => return None,
+            };
+            Some(Ext::DoubleShift { left: m == Mnemonic::Shld, dst, src, count, sz })
+        }
         _ if sz == Sz::B && i.op_count() == 1 && cpu::flags::is_setcc(m) => {
             Some(Ext::Setcc { cc: i.condition_code(), dst })
         }
@@ -558,6 +585,7 @@ impl Emitter<'_> {
             Ext::BitTest { op, dst, bit, sz } => self.bit_test(op, dst, bit, sz, dead),
             Ext::MulWide { signed, src, sz } => self.mul_wide(signed, src, sz, dead),
             Ext::Div { src, sz } => self.div(src, sz, at, next),
+            Ext::DoubleShift { left, dst, src, count, sz } => self.double_shift(left, dst, src, count, sz, dead),
             Ext::Bswap { dst, sz } => match sz {
                 Sz::Q => {
                     dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + dst] ; bswap rax ; mov QWORD [r12 + dst], rax)
@@ -1120,6 +1148,65 @@ impl Emitter<'_> {
             ShiftKind::Sar => dynasm!(self.ops ; .arch x64 ; and r8d, keep),
         }
         dynasm!(self.ops ; .arch x64 ; =>skip ; push r8 ; popfq);
+        self.flags_now_in_host();
+        self.last_logic = false;
+    }
+
+    /// SHLD/SHRD (see [`Ext::DoubleShift`]). R8 holds the flags image, R10 the destination's
+    /// old value.
+    fn double_shift(&mut self, left: bool, dst: i32, src: i32, count: Option<i8>, sz: Sz, dead: bool) {
+        if count.is_none() && !dead {
+            // A count of 0 keeps them: the guest's in the host's, which the host's shift by 0
+            // leaves alone.
+            self.flags_to_host();
+        }
+        let guest_cl = offsets::GPR as i32 + 8;
+        if count.is_none() {
+            dynasm!(self.ops ; .arch x64 ; movzx ecx, BYTE [r12 + guest_cl]);
+        }
+        let q = sz == Sz::Q;
+        if q {
+            dynasm!(self.ops ; .arch x64 ; mov rdx, QWORD [r12 + src]);
+        } else {
+            dynasm!(self.ops ; .arch x64 ; mov edx, DWORD [r12 + src]);
+        }
+        self.load_rax(dst, sz);
+        dynasm!(self.ops ; .arch x64 ; mov r10, rax);
+        match (left, q, count) {
+            (true, true, None) => dynasm!(self.ops ; .arch x64 ; shld rax, rdx, cl),
+            (false, true, None) => dynasm!(self.ops ; .arch x64 ; shrd rax, rdx, cl),
+            (true, false, None) => dynasm!(self.ops ; .arch x64 ; shld eax, edx, cl),
+            (false, false, None) => dynasm!(self.ops ; .arch x64 ; shrd eax, edx, cl),
+            (true, true, Some(c)) => dynasm!(self.ops ; .arch x64 ; shld rax, rdx, c),
+            (false, true, Some(c)) => dynasm!(self.ops ; .arch x64 ; shrd rax, rdx, c),
+            (true, false, Some(c)) => dynasm!(self.ops ; .arch x64 ; shld eax, edx, c),
+            (false, false, Some(c)) => dynasm!(self.ops ; .arch x64 ; shrd eax, edx, c),
+        }
+        self.store_rax(dst, sz);
+        if dead {
+            self.flags_now_in_host();
+            self.last_logic = true;
+            return;
+        }
+        let (top, mask) = if q { (63, 63) } else { (31, 31) };
+        let skip = self.ops.new_dynamic_label();
+        let keep = !(OF | AF) as i32;
+        dynasm!(self.ops ; .arch x64 ; pushfq ; pop r8);
+        if count.is_none() {
+            dynasm!(self.ops ; .arch x64 ; and ecx, mask ; jz =>skip);
+        }
+        dynasm!(self.ops
+            ; .arch x64
+            ; xor r10, rax
+            ; shr r10, top
+            ; and r10d, 1
+            ; shl r10d, 11
+            ; and r8d, keep
+            ; or r8d, r10d
+            ; =>skip
+            ; push r8
+            ; popfq
+        );
         self.flags_now_in_host();
         self.last_logic = false;
     }
