@@ -244,7 +244,7 @@ pub(super) fn classify_sse(i: &Instruction, bitness: u32, user: bool) -> Option<
     };
     let m = i.mnemonic();
     let code = i.code();
-    let sse = |op, x, y| Some(Sse { op, x, y });
+    let sse = |op, x, y| encodable(op).then_some(Sse { op, x, y });
     match code {
         Code::Movdqa_xmm_xmmm128
         | Code::Movdqu_xmm_xmmm128
@@ -345,18 +345,34 @@ pub(super) fn classify_sse(i: &Instruction, bitness: u32, user: bool) -> Option<
     }
 }
 
-/// `code` re-encoded for the host with the given operands.
-fn encode(code: Code, ops: &[Register], imm: Option<u8>) -> Vec<u8> {
-    let r = match (ops, imm) {
+/// `code` re-encoded for the host with the given operands, if iced can encode that.
+fn try_encode(code: Code, ops: &[Register], imm: Option<u8>) -> Option<Vec<u8>> {
+    let instr = match (ops, imm) {
         ([a], Some(v)) => Instruction::with2(code, *a, u32::from(v)),
         ([a, b], None) => Instruction::with2(code, *a, *b),
         ([a, b], Some(v)) => Instruction::with3(code, *a, *b, u32::from(v)),
-        _ => panic!("sse: unexpected operand shape for {code:?}"),
-    };
-    let instr = r.unwrap_or_else(|e| panic!("sse: cannot build {code:?}: {e}"));
+        _ => return None,
+    }
+    .ok()?;
     let mut enc = iced_x86::Encoder::new(64);
-    enc.encode(&instr, 0).unwrap_or_else(|e| panic!("sse: cannot encode {code:?}: {e}"));
-    enc.take_buffer()
+    enc.encode(&instr, 0).ok()?;
+    Some(enc.take_buffer())
+}
+
+/// [`try_encode`] for a form [`classify_sse`] accepted (it checked that the encoding exists).
+fn encode(code: Code, ops: &[Register], imm: Option<u8>) -> Vec<u8> {
+    try_encode(code, ops, imm).expect("classify_sse checked the encoding")
+}
+
+/// Whether the host form of `op` can be encoded (classification refuses the instruction if not:
+/// a guest instruction must never make translation fail).
+fn encodable(op: SseOp) -> bool {
+    match op {
+        SseOp::Host { code, imm } => try_encode(code, &[Register::XMM0, Register::XMM1], imm).is_some(),
+        SseOp::HostShift { code, imm } => try_encode(code, &[Register::XMM0], Some(imm)).is_some(),
+        SseOp::Mask { code } => try_encode(code, &[Register::EAX, Register::XMM0], None).is_some(),
+        _ => true,
+    }
 }
 
 /// The fast path's state at a memory operand's probe (for its slow path).
