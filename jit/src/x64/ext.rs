@@ -1,13 +1,16 @@
 //! More inline forms: 8- and 16-bit register MOV and ALU operations (AH..BH included), INC/DEC
 //! and NOT/NEG of any width, MOVZX/MOVSX/MOVSXD, IMUL with two and three operands, shifts by an
-//! immediate and by CL, SETcc, CMOVcc, XCHG, NOP, CWDE/CDQE/CDQ/CQO; and the flag liveness the
-//! block planner computes for them.
+//! immediate and by CL, SHLD/SHRD, SETcc, CMOVcc, XCHG, NOP, CWDE/CDQE/CDQ/CQO, BSF/BSR/TZCNT,
+//! BT/BTS/BTR/BTC, one-operand MUL/IMUL, DIV, BSWAP, the SSE forms of [`super::sse`]; and the
+//! flag liveness the block planner computes for them.
 //!
 //! Flags are the interpreter's (`cpu::interp::alu`), which follows the SDM and, where the SDM
 //! leaves a flag undefined, fixes a value: AF = 0 after shifts and IMUL; SHL's OF = MSB(result)
 //! XOR CF and SHR's OF = MSB(operand) for every count; SAR's OF = 0; IMUL's SF/ZF/PF from the
-//! truncated result. Where the host leaves such a flag undefined the emitted code computes it,
-//! unless liveness shows that the flags are overwritten before anything can see them.
+//! truncated result; SHLD/SHRD's OF = MSB(result) XOR MSB(destination), AF = 0; MUL as IMUL;
+//! BSF/BSR change ZF only, TZCNT CF and ZF only, BT* CF only (the others kept). Where the host
+//! leaves such a flag undefined the emitted code computes it, unless liveness shows that the
+//! flags are overwritten before anything can see them.
 
 use super::{offsets, AluOp, Emitter, Src, RFLAGS};
 use cpu::state::rflags::{AF, CF, OF, PF, SF, STATUS, ZF};
