@@ -54,6 +54,8 @@ pub mod offsets {
     pub const SEG_SIZE: usize = size_of::<crate::state::Segment>();
     /// `CpuState::msr.tsc_offset` (TSC = instruction count + this).
     pub const TSC_OFFSET: usize = offset_of!(CpuState, msr) + offset_of!(crate::state::Msrs, tsc_offset);
+    /// `CpuState::fpu.xmm[0]`; XMM register `n` is the 16 bytes at `XMM + 16 * n`.
+    pub const XMM: usize = offset_of!(CpuState, fpu) + offset_of!(crate::state::FpuState, xmm);
     /// `CpuState::lazy.mask` (which status flags are held lazily).
     pub const LAZY_MASK: usize = offset_of!(CpuState, lazy) + offset_of!(crate::flags::LazyFlags, mask);
 

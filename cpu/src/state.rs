@@ -457,7 +457,8 @@ impl CpuState {
     /// Bits 0-1 code size ([`CpuMode`] order), 2-3 CPL, 4 big stack (SS.B or 64-bit), 5 paging,
     /// 6 virtual-8086, 7 flat segments (CS a readable code segment, SS, DS, ES writable data
     /// segments, all with base 0 and a 4 GiB limit; or 64-bit mode), 8 EFER.NXE, 9 CR0.WP,
-    /// 10 alignment checks possible (CR0.AM and EFLAGS.AC).
+    /// 10 alignment checks possible (CR0.AM and EFLAGS.AC), 11 SSE instructions cannot fault for
+    /// availability (CR0.EM = 0, CR0.TS = 0, CR4.OSFXSR = 1: no #UD or #NM before their operands).
     pub fn compute_mode_key(&self) -> u32 {
         let mode = self.mode();
         let mut k = match mode {
@@ -495,6 +496,9 @@ impl CpuState {
         }
         if self.cr0 & cr::CR0_AM != 0 && self.rflags & rflags::AC != 0 {
             k |= 1 << 10;
+        }
+        if self.cr0 & (cr::CR0_EM | cr::CR0_TS) == 0 && self.cr4 & cr::CR4_OSFXSR != 0 {
+            k |= 1 << 11;
         }
         k
     }

@@ -12,7 +12,10 @@
 //! SETcc, CMOVcc, XCHG, CWDE/CDQE/CDQ/CQO, NOPs, RDTSC at CPL 0, LEA; MOV/ALU/INC/DEC/BT/CMOV/
 //! MOVZX with one memory operand (FS/GS in 64-bit mode too), PUSH/POP, CALL rel and RET, JMP and
 //! CALL through a 64-bit register or memory, all through an inline soft-TLB probe (one compare;
-//! a miss runs the instruction through the interpreter); Jcc and JMP. The host ALU computes the
+//! a miss runs the instruction through the interpreter); Jcc and JMP; the SSE integer, bitwise,
+//! shuffle and move forms on XMM registers and memory (when the mode key says SSE cannot fault),
+//! BSF/BSR/TZCNT, BT/BTS/BTR/BTC, one-operand MUL/IMUL, DIV and BSWAP on registers
+//! (`FERRO_JIT_FORMS=0` turns those off). The host ALU computes the
 //! flags; they stay in the host's RFLAGS until an instruction or the block exit needs them in
 //! `CpuState`, and are not computed at all where liveness within the block shows them
 //! overwritten before anything (a reader, a helper, a possible fault, the exit) can see them
@@ -31,7 +34,7 @@
 //! instruction count, with the same state, as under the interpreter.
 //!
 //! `FERRO_JIT_PROFILE=1` counts the instructions served by the per-instruction helper by form;
-//! `--stats` prints the top 20.
+//! `--stats` prints the top 20 (`FERRO_JIT_PROFILE_TOP=n`: the top n).
 //!
 //! Self-modifying code: the translator marks the guest bytes of every block it translates in
 //! the [`mmu::CodePages`] tracker, which forces stores to their page through the slow path; a
@@ -237,7 +240,7 @@ impl ExecutionEngine for Translator {
     fn stats_text(&self) -> Option<String> {
         let s = self.stats;
         #[cfg(target_arch = "x86_64")]
-        let profile = self.profile.as_ref().map(|p| format!("\n{}", p.table(20))).unwrap_or_default();
+        let profile = self.profile.as_ref().map(|p| format!("\n{}", p.table(profile_top()))).unwrap_or_default();
         #[cfg(not(target_arch = "x86_64"))]
         let profile = String::new();
         Some(format!(
@@ -257,4 +260,10 @@ impl ExecutionEngine for Translator {
             s.chains_patched
         ))
     }
+}
+
+/// How many forms the profile table lists: `FERRO_JIT_PROFILE_TOP` (default 20).
+#[cfg(target_arch = "x86_64")]
+fn profile_top() -> usize {
+    std::env::var("FERRO_JIT_PROFILE_TOP").ok().and_then(|v| v.parse().ok()).unwrap_or(20)
 }

@@ -22,6 +22,7 @@ mod codebuf;
 mod ext;
 mod lookup;
 mod regcache;
+mod sse;
 use codebuf::CodeBuf;
 use lookup::{jc_index, JcEntry, JC_SIZE};
 use regcache::{gpr_index, RegCache, RAX, RCX};
@@ -347,6 +348,8 @@ impl CodeCache {
         let slots0 = self.slots.len();
         // RDTSC faults only outside CPL 0 (with CR4.TSD); the mode key holds the CPL.
         let cpl0 = (key.1 >> 2) & 3 == 0;
+        // SSE cannot fault for availability (mode key bit 11): its forms may run inline.
+        let sse = inline && (key.1 >> 11) & 1 != 0;
         let body = emit_block(
             &mut ops,
             &insns,
@@ -355,6 +358,7 @@ impl CodeCache {
             user,
             big_stack,
             cpl0,
+            sse,
             rip,
             backing,
             &mut self.slots,
@@ -2113,7 +2117,7 @@ impl Emitter<'_> {
 
     fn inline(&mut self, op: Inline, at: u64, next: u64, dead: bool) {
         match op {
-            Inline::Ext(e) => self.inline_ext(e, dead),
+            Inline::Ext(e) => self.inline_ext(e, at, next, dead),
             Inline::JmpInd { reg, ea, user, call } => {
                 self.jmp_indirect(reg, ea, user, call, at, next);
                 return;
@@ -2580,6 +2584,7 @@ fn emit_block(
     user: bool,
     big_stack: bool,
     cpl0: bool,
+    sse: bool,
     entry_rip: u64,
     entry_backing: u64,
     slots: &mut Vec<(AssemblyOffset, u64)>,
@@ -2603,6 +2608,9 @@ fn emit_block(
             // The placeholder of an instruction crossing the page end goes to the helper.
             if !inline || k >= n_real {
                 return None;
+            }
+            if let Some(s) = sse.then(|| sse::classify_sse(i, bitness, user)).flatten() {
+                return Some(Inline::Ext(Ext::Sse(s)));
             }
             let mem_op = (0..i.op_count()).any(|k| i.op_kind(k) == OpKind::Memory);
             let p = if matches!(i.mnemonic(), Mnemonic::Jmp | Mnemonic::Call)
@@ -2641,10 +2649,10 @@ fn emit_block(
         })
         .collect();
     let (dead, _) = dead_flags(&plan);
-    // A shift by CL keeps the flags when CL is 0, and the host's rotates leave OF undefined
-    // where the interpreter defines it: inline only when the flags are dead anyway.
+    // The host's rotates by CL leave OF undefined where the interpreter defines it: inline
+    // only when the flags are dead anyway. (Shifts by CL with live flags: see `ext`.)
     for (p, d) in plan.iter_mut().zip(&dead) {
-        if matches!(p, Some(Inline::Ext(Ext::ShiftCl { .. } | Ext::RotDead { cl: true, .. }))) && !d {
+        if matches!(p, Some(Inline::Ext(Ext::RotDead { cl: true, .. }))) && !d {
             *p = None;
         }
     }

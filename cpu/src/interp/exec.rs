@@ -1411,8 +1411,18 @@ impl Cx<'_> {
                 }
                 1 => {
                     let v = get_reg(self.cpu, acc);
-                    self.write_mem(SegReg::Es, di, bits, v)?;
-                    set_reg(self.cpu, di_r, di.wrapping_add(step));
+                    let run = if rep && abits == 64 { self.rep_stos_run(di, v, n, get_reg(self.cpu, creg)) } else { 0 };
+                    if run > 1 {
+                        // `run` iterations stored at once: this one and `run - 1` more, each
+                        // counted here as the iterations below would (the tail takes this one
+                        // off the count).
+                        self.cpu.icount += run - 1;
+                        set_reg(self.cpu, creg, get_reg(self.cpu, creg) - (run - 1));
+                        set_reg(self.cpu, di_r, di.wrapping_add(n * run));
+                    } else {
+                        self.write_mem(SegReg::Es, di, bits, v)?;
+                        set_reg(self.cpu, di_r, di.wrapping_add(step));
+                    }
                 }
                 2 => {
                     let v = self.read_mem(src_seg, si, bits)?;
@@ -1473,6 +1483,35 @@ impl Cx<'_> {
         }
         self.next(i);
         Ok(())
+    }
+
+    /// REP STOS in 64-bit mode with DF = 0: how many iterations, starting with the current one
+    /// at `di`, can be stored at once, and stores them. Only iterations whose every store the
+    /// loop above would make through the fast TLB path on the same page (RAM, writable, no
+    /// cached code, no watch or alignment check: the page's write tag is fast), within `count`
+    /// and within the run budget (the further iterations that the loop would run before
+    /// stopping at `budget_end`). 0 or 1: nothing done, the loop stores this one itself.
+    fn rep_stos_run(&mut self, di: u64, v: u64, n: u64, count: u64) -> u64 {
+        if self.mode != CpuMode::Long64 || self.cpu.rflags & DF != 0 || count < 2 {
+            return 0;
+        }
+        if ((di << 16) as i64 >> 16) as u64 != di {
+            return 0;
+        }
+        let room = (0x1000 - (di & 0xFFF)) / n;
+        let further = self.budget_end.saturating_sub(self.cpu.icount + 1);
+        let m = count.min(room).min(further.saturating_add(1));
+        if m < 2 {
+            return 0;
+        }
+        let user = self.cpu.cpl == 3 && !self.sys_access;
+        let Some(b) = self.cpu.tlb.lookup(user, mmu::TlbAccess::Write, di, m * n) else { return 0 };
+        let Some(dst) = self.bus.memory().backing_mut().get_mut(b as usize..(b + m * n) as usize) else { return 0 };
+        let pattern = v.to_le_bytes();
+        for chunk in dst.chunks_exact_mut(n as usize) {
+            chunk.copy_from_slice(&pattern[..n as usize]);
+        }
+        m
     }
 
     fn exec_mov(&mut self, i: &Instruction) -> R<()> {

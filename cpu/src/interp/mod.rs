@@ -258,7 +258,13 @@ impl Interpreter {
                 let deliverable = cx.cpu.rflags & rflags::IF != 0 && cx.cpu.irq_pending;
                 // Generated code after the helper assumes the mode it was translated for.
                 // ... and that the mapping of its code still holds (no TLB flush, no INVLPG).
-                let same_mode = cx.cpu.compute_mode_key() == cx.cpu.mode_key && cx.cpu.tlb.stats.epoch() == epoch;
+                // An instruction that kept the fetch page (`Fast::keeps_fetch_page`: it cannot
+                // change CS, the CPL, a segment register, a control register, EFLAGS.AC/VM or
+                // the mapping; `step_one` drops the page for every other instruction and for a
+                // fault) leaves the mode key as it was: no need to compute it.
+                let kept = cx.fetch_lin_page != u64::MAX;
+                let same_mode =
+                    cx.cpu.tlb.stats.epoch() == epoch && (kept || cx.cpu.compute_mode_key() == cx.cpu.mode_key);
                 if fell_through
                     && quiet
                     && !deliverable

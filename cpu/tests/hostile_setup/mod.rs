@@ -13,7 +13,7 @@ use mmu::PhysMemory;
 pub fn outcome(exit: RunExit, cpu: &CpuState) -> String {
     format!(
         "{exit:?} icount={} rip={:#x} gpr={:x?} rflags={:#x} seg={:x?} cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x} cpl={} \
-         halted={}",
+         halted={} xmm={:x?} mxcsr={:#x}",
         cpu.icount,
         cpu.rip,
         cpu.gpr,
@@ -24,7 +24,9 @@ pub fn outcome(exit: RunExit, cpu: &CpuState) -> String {
         cpu.cr4,
         cpu.efer,
         cpu.cpl,
-        cpu.halted
+        cpu.halted,
+        cpu.fpu.xmm.map(u128::from_le_bytes),
+        cpu.fpu.mxcsr
     )
 }
 
@@ -240,6 +242,9 @@ pub fn setup(mode: Mode, mem: &mut PhysMemory, rng: &mut Rng) -> CpuState {
     for g in cpu.gpr.iter_mut() {
         *g = rng.next() >> (rng.next() % 64);
     }
+    for x in cpu.fpu.xmm.iter_mut() {
+        *x = (u128::from(rng.next()) << 64 | u128::from(rng.next())).to_le_bytes();
+    }
     let sel_seg = |sel: u16, raw: u64| Segment::from_descriptor(sel, raw);
     let flat_data = sel_seg(DATA32, gdt[2] | (1 << 40));
     match mode {
@@ -256,6 +261,9 @@ pub fn setup(mode: Mode, mem: &mut PhysMemory, rng: &mut Rng) -> CpuState {
         }
         _ => {
             cpu.cr0 |= cr::CR0_PE;
+            // SSE enabled, so random streams reach the SSE instructions (and the JIT's inline
+            // forms of them) rather than #UD.
+            cpu.cr4 |= cr::CR4_OSFXSR;
             cpu.gdtr.base = GDT;
             cpu.gdtr.limit = (gdt.len() * 8 - 1) as u16;
             cpu.idtr.base = IDT;

@@ -1,13 +1,16 @@
 //! More inline forms: 8- and 16-bit register MOV and ALU operations (AH..BH included), INC/DEC
 //! and NOT/NEG of any width, MOVZX/MOVSX/MOVSXD, IMUL with two and three operands, shifts by an
-//! immediate and by CL, SETcc, CMOVcc, XCHG, NOP, CWDE/CDQE/CDQ/CQO; and the flag liveness the
-//! block planner computes for them.
+//! immediate and by CL, SHLD/SHRD, SETcc, CMOVcc, XCHG, NOP, CWDE/CDQE/CDQ/CQO, BSF/BSR/TZCNT,
+//! BT/BTS/BTR/BTC, one-operand MUL/IMUL, DIV, BSWAP, the SSE forms of [`super::sse`]; and the
+//! flag liveness the block planner computes for them.
 //!
 //! Flags are the interpreter's (`cpu::interp::alu`), which follows the SDM and, where the SDM
 //! leaves a flag undefined, fixes a value: AF = 0 after shifts and IMUL; SHL's OF = MSB(result)
 //! XOR CF and SHR's OF = MSB(operand) for every count; SAR's OF = 0; IMUL's SF/ZF/PF from the
-//! truncated result. Where the host leaves such a flag undefined the emitted code computes it,
-//! unless liveness shows that the flags are overwritten before anything can see them.
+//! truncated result; SHLD/SHRD's OF = MSB(result) XOR MSB(destination), AF = 0; MUL as IMUL;
+//! BSF/BSR change ZF only, TZCNT CF and ZF only, BT* CF only (the others kept). Where the host
+//! leaves such a flag undefined the emitted code computes it, unless liveness shows that the
+//! flags are overwritten before anything can see them.
 
 use super::{offsets, AluOp, Emitter, Src, RFLAGS};
 use cpu::state::rflags::{AF, CF, OF, PF, SF, STATUS, ZF};
@@ -114,7 +117,7 @@ pub(super) enum Ext {
     /// SHL/SHR/SAR of a 32/64-bit register by an immediate (masked count 2.. only; 1 is
     /// `Inline::Shift1`, 0 goes to the interpreter).
     ShiftImm { kind: ShiftKind, dst: i32, count: i8, sz: Sz },
-    /// SHL/SHR/SAR of a 32/64-bit register by CL: inline only when its flags are dead.
+    /// SHL/SHR/SAR of a 32/64-bit register by CL (a count of 0 keeps the flags).
     ShiftCl { kind: ShiftKind, dst: i32, sz: Sz },
     /// ROL/ROR of a 32/64-bit register by an immediate (`cl`: false) or by CL: inline only when
     /// its flags are dead (the host's OF differs for counts above 1; count 0 keeps the flags).
@@ -131,6 +134,39 @@ pub(super) enum Ext {
     Convert(Code),
     /// RDTSC at CPL 0 (no fault possible): EDX:EAX = instruction count + TSC offset.
     Rdtsc,
+    /// An SSE form (see [`super::sse`]).
+    Sse(super::sse::Sse),
+    /// BSF/BSR (`rev`) of 32/64-bit registers: ZF = source is zero, the other flags kept; a zero
+    /// source leaves the destination as it was (all 64 bits).
+    BitScan { rev: bool, dst: i32, src: i32, sz: Sz },
+    /// TZCNT of 32/64-bit registers (host BMI1): CF = source is zero, ZF = result is zero, the
+    /// other flags kept.
+    Tzcnt { dst: i32, src: i32, sz: Sz },
+    /// BT/BTS/BTR/BTC of a 32/64-bit register by an immediate or a register (offset modulo the
+    /// width): CF = the bit, the other flags kept.
+    BitTest { op: BitOp, dst: i32, bit: Src, sz: Sz },
+    /// MUL/IMUL (`signed`) with one 32/64-bit register operand: EDX:EAX / RDX:RAX = EAX/RAX *
+    /// src; CF = OF = the high half is significant, SF/ZF/PF from the low half, AF = 0.
+    MulWide { signed: bool, src: i32, sz: Sz },
+    /// DIV by a 32/64-bit register; #DE (zero divisor, quotient overflow) through the
+    /// interpreter. Flags kept.
+    Div { src: i32, sz: Sz },
+    /// BSWAP of a 32/64-bit register.
+    Bswap { dst: i32, sz: Sz },
+    /// SHLD/SHRD (`left`) of 32/64-bit registers by CL (`count` None) or by an immediate
+    /// (masked, not 0): CF, SF, ZF, PF the host's, OF = MSB(result) ^ MSB(destination), AF = 0
+    /// (the interpreter's rule for every count); a count of 0 keeps the flags and still writes
+    /// a 32-bit destination (zero-extended).
+    DoubleShift { left: bool, dst: i32, src: i32, count: Option<i8>, sz: Sz },
+}
+
+/// A bit-test operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BitOp {
+    Bt,
+    Bts,
+    Btr,
+    Btc,
 }
 
 /// What an instruction does to the guest's status flags, for liveness.
@@ -168,6 +204,14 @@ impl Ext {
             Ext::Nop => [None, None, None],
             Ext::Convert(_) => [gpr(0), gpr(2), None],
             Ext::Rdtsc => [gpr(0), gpr(2), Some(offsets::ICOUNT as i32)],
+            Ext::Sse(s) => [s.gpr(), None, None],
+            Ext::BitScan { dst, src, .. } | Ext::Tzcnt { dst, src, .. } => [Some(dst), Some(src), None],
+            Ext::BitTest { dst, bit, .. } => [Some(dst), src(bit), None],
+            Ext::MulWide { src, .. } | Ext::Div { src, .. } => [gpr(0), gpr(2), Some(src)],
+            Ext::Bswap { dst, .. } => [Some(dst), None, None],
+            Ext::DoubleShift { dst, src, count, .. } => {
+                [Some(dst), Some(src), if count.is_none() { gpr(1) } else { None }]
+            }
         }
     }
 
@@ -180,6 +224,11 @@ impl Ext {
             | Ext::Nop
             | Ext::Convert(_)
             | Ext::Rdtsc => FlagUse::None,
+            Ext::Sse(s) if s.may_fault() => FlagUse::Observes,
+            Ext::Sse(_) | Ext::Bswap { .. } => FlagUse::None,
+            Ext::MulWide { .. } | Ext::DoubleShift { count: Some(_), .. } => FlagUse::WritesAll,
+            Ext::DoubleShift { count: None, .. } => FlagUse::Observes,
+            Ext::BitScan { .. } | Ext::Tzcnt { .. } | Ext::BitTest { .. } | Ext::Div { .. } => FlagUse::Observes,
             Ext::AluN { op: AluOp::Adc | AluOp::Sbb, .. } => FlagUse::Observes,
             Ext::AluN { .. } | Ext::Neg { .. } | Ext::Imul { .. } | Ext::ShiftImm { .. } => FlagUse::WritesAll,
             Ext::IncDecN { .. } | Ext::ShiftCl { .. } | Ext::RotDead { .. } | Ext::Setcc { .. } | Ext::Cmov { .. } => {
@@ -187,6 +236,19 @@ impl Ext {
             }
         }
     }
+}
+
+/// The SSE forms and the bit-scan, bit-test, wide multiply, divide and byte-swap forms are on
+/// unless `FERRO_JIT_FORMS=0` (for measuring what they gain).
+pub(super) fn forms_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("FERRO_JIT_FORMS").map_or(true, |v| v != "0"))
+}
+
+/// The host has BMI1 (TZCNT; without it the encoding runs as BSF).
+fn host_bmi1() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::arch::is_x86_feature_detected!("bmi1"))
 }
 
 fn shift_kind(m: Mnemonic) -> Option<ShiftKind> {
@@ -274,6 +336,7 @@ pub(super) fn classify_ext(i: &Instruction) -> Option<Ext> {
             Some(Ext::Extend { dst, dsz: sz, src, ssz, signed: m != Mnemonic::Movzx })
         }
         Mnemonic::Imul if !small || sz == Sz::W => match i.op_count() {
+            1 if !small && forms_enabled() => Some(Ext::MulWide { signed: true, src: dst, sz }),
             2 => Some(Ext::Imul { dst, src1: dst, src2: src_of(sz)?, sz }),
             3 => {
                 let (s1, s1z) = reg(1)?;
@@ -302,6 +365,67 @@ pub(super) fn classify_ext(i: &Instruction) -> Option<Ext> {
                 let mask = if sz == Sz::Q { 63 } else { 31 };
                 Some(Ext::RotDead { left, dst, cl: false, count: (i.immediate(1) & mask) as i8, sz })
             }
+        }
+        Mnemonic::Bsf
+        | Mnemonic::Bsr
+        | Mnemonic::Tzcnt
+        | Mnemonic::Bt
+        | Mnemonic::Bts
+        | Mnemonic::Btr
+        | Mnemonic::Btc
+        | Mnemonic::Mul
+        | Mnemonic::Div
+        | Mnemonic::Bswap
+            if !forms_enabled() =>
+        {
+            None
+        }
+        Mnemonic::Bsf | Mnemonic::Bsr if !small && i.op_count() == 2 => {
+            let (src, ssz) = reg(1)?;
+            (ssz == sz).then_some(Ext::BitScan { rev: m == Mnemonic::Bsr, dst, src, sz })
+        }
+        Mnemonic::Tzcnt if !small && i.op_count() == 2 && host_bmi1() => {
+            let (src, ssz) = reg(1)?;
+            (ssz == sz).then_some(Ext::Tzcnt { dst, src, sz })
+        }
+        Mnemonic::Bt | Mnemonic::Bts | Mnemonic::Btr | Mnemonic::Btc if !small && i.op_count() == 2 => {
+            let op = match m {
+                Mnemonic::Bt => BitOp::Bt,
+                Mnemonic::Bts => BitOp::Bts,
+                Mnemonic::Btr => BitOp::Btr,
+                _ => BitOp::Btc,
+            };
+            let bit = match reg(1) {
+                // (The assembler has the register-offset form of BT only.)
+                Some((b, bsz)) if bsz == sz && op == BitOp::Bt => Src::Reg(b),
+                Some(_) => return None,
+                None if i.op1_kind() == OpKind::Immediate8 => {
+                    Src::Imm(i32::from(i.immediate8()) & if sz == Sz::Q { 63 } else { 31 })
+                }
+                None => return None,
+            };
+            Some(Ext::BitTest { op, dst, bit, sz })
+        }
+        Mnemonic::Mul if !small && i.op_count() == 1 => Some(Ext::MulWide { signed: false, src: dst, sz }),
+        Mnemonic::Div if !small && i.op_count() == 1 => Some(Ext::Div { src: dst, sz }),
+        Mnemonic::Bswap if !small && i.op_count() == 1 => Some(Ext::Bswap { dst, sz }),
+        Mnemonic::Shld | Mnemonic::Shrd if !small && i.op_count() == 3 && forms_enabled() => {
+            let (src, ssz) = reg(1)?;
+            if ssz != sz {
+                return None;
+            }
+            let count = match i.op2_kind() {
+                OpKind::Register if i.op2_register() == Register::CL => None,
+                OpKind::Immediate8 => {
+                    let c = (i.immediate8() & if sz == Sz::Q { 63 } else { 31 }) as i8;
+                    if c == 0 {
+                        return None;
+                    }
+                    Some(c)
+                }
+                _ => return None,
+            };
+            Some(Ext::DoubleShift { left: m == Mnemonic::Shld, dst, src, count, sz })
         }
         _ if sz == Sz::B && i.op_count() == 1 && cpu::flags::is_setcc(m) => {
             Some(Ext::Setcc { cc: i.condition_code(), dst })
@@ -455,9 +579,24 @@ impl Emitter<'_> {
         self.flags_now_synced();
     }
 
-    pub(super) fn inline_ext(&mut self, op: Ext, dead: bool) {
+    pub(super) fn inline_ext(&mut self, op: Ext, at: u64, next: u64, dead: bool) {
         match op {
             Ext::Nop => {}
+            Ext::Sse(s) => self.inline_sse(s, at, next, dead),
+            Ext::BitScan { rev, dst, src, sz } => self.bit_scan(rev, dst, src, sz, dead),
+            Ext::Tzcnt { dst, src, sz } => self.tzcnt(dst, src, sz, dead),
+            Ext::BitTest { op, dst, bit, sz } => self.bit_test(op, dst, bit, sz, dead),
+            Ext::MulWide { signed, src, sz } => self.mul_wide(signed, src, sz, dead),
+            Ext::Div { src, sz } => self.div(src, sz, at, next),
+            Ext::DoubleShift { left, dst, src, count, sz } => self.double_shift(left, dst, src, count, sz, dead),
+            Ext::Bswap { dst, sz } => match sz {
+                Sz::Q => {
+                    dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + dst] ; bswap rax ; mov QWORD [r12 + dst], rax)
+                }
+                _ => {
+                    dynasm!(self.ops ; .arch x64 ; mov eax, DWORD [r12 + dst] ; bswap eax ; mov QWORD [r12 + dst], rax)
+                }
+            },
             Ext::MovN { dst, src, sz } => match (sz, src) {
                 (Sz::B, Src::Imm(v)) => dynasm!(self.ops ; .arch x64 ; mov BYTE [r12 + dst], v as i8),
                 (_, Src::Imm(v)) => dynasm!(self.ops ; .arch x64 ; mov WORD [r12 + dst], v as i16),
@@ -527,8 +666,9 @@ impl Emitter<'_> {
             }
             Ext::Imul { dst, src1, src2, sz } => self.imul(dst, src1, src2, sz, dead),
             Ext::ShiftImm { kind, dst, count, sz } => self.shift_imm(kind, dst, count, sz, dead),
+            Ext::ShiftCl { kind, dst, sz } if !dead => self.shift_cl_live(kind, dst, sz),
             Ext::ShiftCl { kind, dst, sz } => {
-                // Only planned with dead flags (a count of 0 would keep them).
+                // Dead flags: the host's shift alone.
                 let guest_cl = offsets::GPR as i32 + 8;
                 dynasm!(self.ops ; .arch x64 ; mov cl, BYTE [r12 + guest_cl]);
                 self.load_rax(dst, sz);
@@ -705,9 +845,15 @@ impl Emitter<'_> {
         self.store_rax(dst, sz);
         self.flags_now_in_host();
         self.last_logic = true;
-        if dead {
-            return;
+        if !dead {
+            self.mul_flags(sz);
         }
+    }
+
+    /// After a host multiply with the low half of the product in RAX: the flags as the
+    /// interpreter defines them (CF = OF from the host, SF/ZF/PF from the low half, AF = 0 at the
+    /// merge: `last_logic`).
+    fn mul_flags(&mut self, sz: Sz) {
         let ovf = self.ops.new_dynamic_label();
         let done = self.ops.new_dynamic_label();
         let (sf_zf_pf, cf_of) = ((SF | ZF | PF) as i32, (CF | OF) as i32);
@@ -725,6 +871,173 @@ impl Emitter<'_> {
             ; popfq
             ; =>done
         );
+    }
+
+    /// The guest's flags into the host's and their image into RDX (for a form that changes
+    /// some of them and keeps the others).
+    fn guest_flags_to_rdx(&mut self) {
+        self.flags_to_host();
+        dynasm!(self.ops ; .arch x64 ; pushfq ; pop rdx);
+    }
+
+    /// The flags image in RDX with the `mask` bits of the host's current flags, into the host's
+    /// flags (which are then the guest's, AF included).
+    fn merge_host_bits_from_rdx(&mut self, mask: u64) {
+        let (m, keep) = (mask as i32, !mask as i32);
+        dynasm!(self.ops
+            ; .arch x64
+            ; pushfq
+            ; pop rax
+            ; and eax, m
+            ; and edx, keep
+            ; or edx, eax
+            ; push rdx
+            ; popfq
+        );
+        self.flags_now_in_host();
+        self.last_logic = false;
+    }
+
+    /// BSF/BSR: the host's result where the source is not zero (CMOVNZ keeps the whole old
+    /// destination otherwise), its ZF, the guest's other flags.
+    fn bit_scan(&mut self, rev: bool, dst: i32, src: i32, sz: Sz, dead: bool) {
+        if !dead {
+            self.guest_flags_to_rdx();
+        }
+        dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + dst]);
+        match (rev, sz) {
+            (false, Sz::Q) => dynasm!(self.ops ; .arch x64 ; bsf rcx, QWORD [r12 + src]),
+            (true, Sz::Q) => dynasm!(self.ops ; .arch x64 ; bsr rcx, QWORD [r12 + src]),
+            (false, _) => dynasm!(self.ops ; .arch x64 ; bsf ecx, DWORD [r12 + src]),
+            (true, _) => dynasm!(self.ops ; .arch x64 ; bsr ecx, DWORD [r12 + src]),
+        }
+        // A 32-bit BSF/BSR with a source that is not zero wrote ECX, zero-extending RCX.
+        dynasm!(self.ops ; .arch x64 ; cmovnz rax, rcx ; mov QWORD [r12 + dst], rax);
+        if dead {
+            self.flags_now_in_host();
+            self.last_logic = false;
+        } else {
+            self.merge_host_bits_from_rdx(ZF);
+        }
+    }
+
+    /// TZCNT: the host's result, CF and ZF; the guest's other flags.
+    fn tzcnt(&mut self, dst: i32, src: i32, sz: Sz, dead: bool) {
+        if !dead {
+            self.guest_flags_to_rdx();
+        }
+        match sz {
+            Sz::Q => dynasm!(self.ops ; .arch x64 ; tzcnt rcx, QWORD [r12 + src]),
+            _ => dynasm!(self.ops ; .arch x64 ; tzcnt ecx, DWORD [r12 + src]),
+        }
+        dynasm!(self.ops ; .arch x64 ; mov QWORD [r12 + dst], rcx);
+        if dead {
+            self.flags_now_in_host();
+            self.last_logic = false;
+        } else {
+            self.merge_host_bits_from_rdx(CF | ZF);
+        }
+    }
+
+    /// BT/BTS/BTR/BTC on a register: the host's CF, the guest's other flags (the host leaves
+    /// OF, SF, AF and PF undefined). A 32-bit BTS/BTR/BTC zero-extends its register; BT writes
+    /// nothing (with dead flags it is no operation at all).
+    fn bit_test(&mut self, op: BitOp, dst: i32, bit: Src, sz: Sz, dead: bool) {
+        if dead && op == BitOp::Bt {
+            return;
+        }
+        if !dead {
+            self.guest_flags_to_rdx();
+        }
+        if let Src::Reg(b) = bit {
+            dynasm!(self.ops ; .arch x64 ; mov rcx, QWORD [r12 + b]);
+        }
+        self.load_rax(dst, sz);
+        let q = sz == Sz::Q;
+        let b = match bit {
+            Src::Imm(v) => v as i8,
+            Src::Reg(_) => 0,
+        };
+        match (op, bit, q) {
+            (_, Src::Reg(_), true) => dynasm!(self.ops ; .arch x64 ; bt rax, rcx),
+            (_, Src::Reg(_), false) => dynasm!(self.ops ; .arch x64 ; bt eax, ecx),
+            (BitOp::Bt, _, true) => dynasm!(self.ops ; .arch x64 ; bt rax, BYTE b),
+            (BitOp::Bt, _, false) => dynasm!(self.ops ; .arch x64 ; bt eax, BYTE b),
+            (BitOp::Bts, _, true) => dynasm!(self.ops ; .arch x64 ; bts rax, BYTE b),
+            (BitOp::Bts, _, false) => dynasm!(self.ops ; .arch x64 ; bts eax, BYTE b),
+            (BitOp::Btr, _, true) => dynasm!(self.ops ; .arch x64 ; btr rax, BYTE b),
+            (BitOp::Btr, _, false) => dynasm!(self.ops ; .arch x64 ; btr eax, BYTE b),
+            (BitOp::Btc, _, true) => dynasm!(self.ops ; .arch x64 ; btc rax, BYTE b),
+            (BitOp::Btc, _, false) => dynasm!(self.ops ; .arch x64 ; btc eax, BYTE b),
+        }
+        if op != BitOp::Bt {
+            self.store_rax(dst, sz);
+        }
+        if dead {
+            self.flags_now_in_host();
+            self.last_logic = false;
+        } else {
+            self.merge_host_bits_from_rdx(CF);
+        }
+    }
+
+    /// One-operand MUL/IMUL: the host's product into RAX/RDX (EAX/EDX zero-extended), flags as
+    /// for IMUL (see [`Self::mul_flags`]).
+    fn mul_wide(&mut self, signed: bool, src: i32, sz: Sz, dead: bool) {
+        let (gax, gdx) = (offsets::GPR as i32, offsets::GPR as i32 + 16);
+        match (signed, sz) {
+            (false, Sz::Q) => dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + gax] ; mul QWORD [r12 + src]),
+            (true, Sz::Q) => dynasm!(self.ops ; .arch x64 ; mov rax, QWORD [r12 + gax] ; imul QWORD [r12 + src]),
+            (false, _) => dynasm!(self.ops ; .arch x64 ; mov eax, DWORD [r12 + gax] ; mul DWORD [r12 + src]),
+            (true, _) => dynasm!(self.ops ; .arch x64 ; mov eax, DWORD [r12 + gax] ; imul DWORD [r12 + src]),
+        }
+        dynasm!(self.ops ; .arch x64 ; mov QWORD [r12 + gax], rax ; mov QWORD [r12 + gdx], rdx);
+        self.flags_now_in_host();
+        self.last_logic = true;
+        if !dead {
+            self.mul_flags(sz);
+        }
+    }
+
+    /// DIV: the host's when it cannot fault (high half of the dividend below the divisor, so
+    /// the divisor is not zero and the quotient fits); otherwise the interpreter runs it (#DE).
+    /// The guest's flags go to `CpuState` first (the host's DIV and CMP clobber the host's).
+    fn div(&mut self, src: i32, sz: Sz, at: u64, next: u64) {
+        let (gax, gdx) = (offsets::GPR as i32, offsets::GPR as i32 + 16);
+        self.stashed = false;
+        self.stashed_recomp = false;
+        self.keep_r9 = false;
+        self.sync_flags();
+        let (synced0, pending0) = (self.synced, self.pending);
+        let slow = self.ops.new_dynamic_label();
+        let cont = self.ops.new_dynamic_label();
+        let pre = self.regs;
+        match sz {
+            Sz::Q => dynasm!(self.ops
+                ; .arch x64
+                ; mov rcx, QWORD [r12 + src]
+                ; mov rdx, QWORD [r12 + gdx]
+                ; cmp rdx, rcx
+                ; jae =>slow
+                ; mov rax, QWORD [r12 + gax]
+                ; div rcx
+            ),
+            _ => dynasm!(self.ops
+                ; .arch x64
+                ; mov ecx, DWORD [r12 + src]
+                ; mov edx, DWORD [r12 + gdx]
+                ; cmp edx, ecx
+                ; jae =>slow
+                ; mov eax, DWORD [r12 + gax]
+                ; div ecx
+            ),
+        }
+        dynasm!(self.ops ; .arch x64 ; mov QWORD [r12 + gax], rax ; mov QWORD [r12 + gdx], rdx);
+        self.slow_path(slow, cont, at, next, synced0, pending0, false, pre);
+        dynasm!(self.ops ; .arch x64 ; =>cont);
+        self.synced = synced0;
+        self.pending = pending0;
+        self.flags_now_synced();
     }
 
     /// ROL/ROR by an immediate with live flags: SF, ZF, AF and PF are kept (the guest's are
@@ -782,6 +1095,123 @@ impl Emitter<'_> {
             Sz::D => dynasm!(self.ops ; .arch x64 ; test eax, eax),
             Sz::Q => dynasm!(self.ops ; .arch x64 ; test rax, rax),
         }
+    }
+
+    /// SHL/SHR/SAR by CL with live flags. A masked count of 0 keeps the guest's flags (loaded
+    /// into the host's first, which the host's shift by 0 leaves alone) and still writes a
+    /// 32-bit register (zero-extended); otherwise the host's CF, SF, ZF and PF, AF = 0 and OF as
+    /// the interpreter defines it for every count (SHL: MSB(result) ^ CF; SHR: MSB(operand);
+    /// SAR: 0), the host defining it for a count of 1 only.
+    fn shift_cl_live(&mut self, kind: ShiftKind, dst: i32, sz: Sz) {
+        self.flags_to_host();
+        let guest_cl = offsets::GPR as i32 + 8;
+        dynasm!(self.ops ; .arch x64 ; movzx ecx, BYTE [r12 + guest_cl]);
+        self.load_rax(dst, sz);
+        dynasm!(self.ops ; .arch x64 ; mov rdx, rax);
+        match (kind, sz) {
+            (ShiftKind::Shl, Sz::Q) => dynasm!(self.ops ; .arch x64 ; shl rax, cl),
+            (ShiftKind::Shr, Sz::Q) => dynasm!(self.ops ; .arch x64 ; shr rax, cl),
+            (ShiftKind::Sar, Sz::Q) => dynasm!(self.ops ; .arch x64 ; sar rax, cl),
+            (ShiftKind::Shl, _) => dynasm!(self.ops ; .arch x64 ; shl eax, cl),
+            (ShiftKind::Shr, _) => dynasm!(self.ops ; .arch x64 ; shr eax, cl),
+            (ShiftKind::Sar, _) => dynasm!(self.ops ; .arch x64 ; sar eax, cl),
+        }
+        self.store_rax(dst, sz);
+        let (top, mask) = if sz == Sz::Q { (63, 63) } else { (31, 31) };
+        let skip = self.ops.new_dynamic_label();
+        let keep = !(OF | AF) as i32;
+        dynasm!(self.ops
+            ; .arch x64
+            ; pushfq
+            ; pop r8
+            ; and ecx, mask
+            ; jz =>skip
+        );
+        match kind {
+            // OF = MSB(result) ^ CF.
+            ShiftKind::Shl => dynasm!(self.ops
+                ; .arch x64
+                ; mov rdx, rax
+                ; shr rdx, top
+                ; xor edx, r8d
+                ; and edx, 1
+                ; shl edx, 11
+                ; and r8d, keep
+                ; or r8d, edx
+            ),
+            // OF = MSB(operand).
+            ShiftKind::Shr => dynasm!(self.ops
+                ; .arch x64
+                ; shr rdx, top
+                ; and edx, 1
+                ; shl edx, 11
+                ; and r8d, keep
+                ; or r8d, edx
+            ),
+            ShiftKind::Sar => dynasm!(self.ops ; .arch x64 ; and r8d, keep),
+        }
+        dynasm!(self.ops ; .arch x64 ; =>skip ; push r8 ; popfq);
+        self.flags_now_in_host();
+        self.last_logic = false;
+    }
+
+    /// SHLD/SHRD (see [`Ext::DoubleShift`]). R8 holds the flags image, R10 the destination's
+    /// old value.
+    fn double_shift(&mut self, left: bool, dst: i32, src: i32, count: Option<i8>, sz: Sz, dead: bool) {
+        if count.is_none() && !dead {
+            // A count of 0 keeps them: the guest's in the host's, which the host's shift by 0
+            // leaves alone.
+            self.flags_to_host();
+        }
+        let guest_cl = offsets::GPR as i32 + 8;
+        if count.is_none() {
+            dynasm!(self.ops ; .arch x64 ; movzx ecx, BYTE [r12 + guest_cl]);
+        }
+        let q = sz == Sz::Q;
+        if q {
+            dynasm!(self.ops ; .arch x64 ; mov rdx, QWORD [r12 + src]);
+        } else {
+            dynasm!(self.ops ; .arch x64 ; mov edx, DWORD [r12 + src]);
+        }
+        self.load_rax(dst, sz);
+        dynasm!(self.ops ; .arch x64 ; mov r10, rax);
+        match (left, q, count) {
+            (true, true, None) => dynasm!(self.ops ; .arch x64 ; shld rax, rdx, cl),
+            (false, true, None) => dynasm!(self.ops ; .arch x64 ; shrd rax, rdx, cl),
+            (true, false, None) => dynasm!(self.ops ; .arch x64 ; shld eax, edx, cl),
+            (false, false, None) => dynasm!(self.ops ; .arch x64 ; shrd eax, edx, cl),
+            (true, true, Some(c)) => dynasm!(self.ops ; .arch x64 ; shld rax, rdx, c),
+            (false, true, Some(c)) => dynasm!(self.ops ; .arch x64 ; shrd rax, rdx, c),
+            (true, false, Some(c)) => dynasm!(self.ops ; .arch x64 ; shld eax, edx, c),
+            (false, false, Some(c)) => dynasm!(self.ops ; .arch x64 ; shrd eax, edx, c),
+        }
+        self.store_rax(dst, sz);
+        if dead {
+            self.flags_now_in_host();
+            self.last_logic = true;
+            return;
+        }
+        let (top, mask) = if q { (63, 63) } else { (31, 31) };
+        let skip = self.ops.new_dynamic_label();
+        let keep = !(OF | AF) as i32;
+        dynasm!(self.ops ; .arch x64 ; pushfq ; pop r8);
+        if count.is_none() {
+            dynasm!(self.ops ; .arch x64 ; and ecx, mask ; jz =>skip);
+        }
+        dynasm!(self.ops
+            ; .arch x64
+            ; xor r10, rax
+            ; shr r10, top
+            ; and r10d, 1
+            ; shl r10d, 11
+            ; and r8d, keep
+            ; or r8d, r10d
+            ; =>skip
+            ; push r8
+            ; popfq
+        );
+        self.flags_now_in_host();
+        self.last_logic = false;
     }
 
     /// SHL/SHR/SAR by an immediate count of 2 or more. The host's CF, SF, ZF and PF are the

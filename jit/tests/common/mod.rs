@@ -11,7 +11,7 @@ pub const RAM: u64 = 1 << 20;
 /// The architectural state as text (lazy flags evaluated; caches and bookkeeping left out).
 pub fn arch(c: &CpuState) -> String {
     format!(
-        "icount={} rip={:#x} rflags={:#x} gpr={:x?} seg={:x?} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} cpl={} halted={}",
+        "icount={} rip={:#x} rflags={:#x} gpr={:x?} seg={:x?} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} cpl={} halted={} xmm={:x?} mxcsr={:#x}",
         c.icount,
         c.rip,
         c.rflags(),
@@ -23,7 +23,9 @@ pub fn arch(c: &CpuState) -> String {
         c.cr4,
         c.efer,
         c.cpl,
-        c.halted
+        c.halted,
+        c.fpu.xmm.map(u128::from_le_bytes),
+        c.fpu.mxcsr
     )
 }
 
