@@ -2799,9 +2799,17 @@ fn emit_block(
     }
     let ops = em.ops;
     dynasm!(ops ; .arch x64 ; =>no_budget ; mov eax, exit::NO_BUDGET as i32 ; jmp =>out);
+    dynasm!(ops ; .arch x64 ; =>out);
+    emit_epilogue(ops);
+    body_off
+}
+
+/// The epilogue of the frame every block shares (pushed by [`emit_block`]'s prologue: r12..r15,
+/// rbx, rbp and 8 bytes of alignment), also emitted by the lookup stub, which leaves from inside
+/// whichever block jumped to it; EAX holds the exit code.
+fn emit_epilogue(ops: &mut Assembler) {
     dynasm!(ops
         ; .arch x64
-        ; =>out
         ; add rsp, 8
         ; pop rbp
         ; pop rbx
@@ -2811,7 +2819,6 @@ fn emit_block(
         ; pop r12
         ; ret
     );
-    body_off
 }
 
 /// The one entry into generated code.

@@ -41,7 +41,7 @@
 // dynasm's dynamic registers expand to `.into()` calls.
 #![allow(clippy::useless_conversion)]
 
-use super::{block_for, gate, Assembler, CodeCache, HelperTable};
+use super::{block_for, emit_epilogue, gate, Assembler, CodeCache, HelperTable};
 use crate::profile::Profile;
 use crate::JitStats;
 use cpu::helpers::{exit, offsets, HelperEnv};
@@ -183,15 +183,8 @@ pub(crate) fn emit_stub(ops: &mut Assembler) -> usize {
         ; mov eax, exit::BLOCK_END as i32
         // The epilogue every block has (the frame is shared); EAX = the exit code.
         ; =>epilogue
-        ; add rsp, 8
-        ; pop rbp
-        ; pop rbx
-        ; pop r15
-        ; pop r14
-        ; pop r13
-        ; pop r12
-        ; ret
     );
+    emit_epilogue(ops);
     fast
 }
 
