@@ -296,17 +296,7 @@ fn irq_run(engine: &mut dyn ExecutionEngine, code: &[u8], slices: &[u64]) -> (Ru
     cpu.gpr[4] = 0x7_0000;
     cpu.gpr[7] = LOG;
     cpu.rflags |= cpu::state::rflags::IF;
-    let budget = 200_000;
-    let mut k = 0;
-    let exit = loop {
-        let left = budget - cpu.icount;
-        let n = if slices.is_empty() { left } else { slices[k % slices.len()].min(left) };
-        k += 1;
-        let e = engine.run(&mut cpu, &mut bus, n);
-        if e != RunExit::BudgetExhausted || cpu.icount >= budget {
-            break e;
-        }
-    };
+    let exit = run_sliced(engine, &mut cpu, &mut bus, 200_000, slices);
     let mut log = vec![0u8; 4096];
     bus.ram.mem.read(GuestPhysAddr(LOG), &mut log).unwrap();
     (exit, arch(&cpu), log)

@@ -2,7 +2,7 @@
 
 #![allow(dead_code)]
 
-use cpu::{CpuState, ExecutionEngine, Interpreter, RamBus, RunExit};
+use cpu::{CpuBus, CpuState, ExecutionEngine, Interpreter, RamBus, RunExit};
 use iced_x86::code_asm::CodeAssembler;
 
 pub const CODE: u64 = 0x1000;
@@ -52,17 +52,29 @@ pub fn run(
 ) -> (RunExit, CpuState, RamBus) {
     let mut bus = RamBus::with_code(RAM, code, CODE).unwrap();
     let mut cpu = start.clone();
+    let exit = run_sliced(engine, &mut cpu, &mut bus, budget, slices);
+    (exit, cpu, bus)
+}
+
+/// Runs `cpu` on `bus` until the instruction count reaches `budget` or a run ends otherwise, in
+/// runs of the lengths in `slices` (cycled; empty: one run).
+pub fn run_sliced(
+    engine: &mut dyn ExecutionEngine,
+    cpu: &mut CpuState,
+    bus: &mut dyn CpuBus,
+    budget: u64,
+    slices: &[u64],
+) -> RunExit {
     let mut k = 0;
-    let exit = loop {
+    loop {
         let left = budget - cpu.icount;
         let n = if slices.is_empty() { left } else { slices[k % slices.len()].min(left) };
         k += 1;
-        let e = engine.run(&mut cpu, &mut bus, n);
+        let e = engine.run(cpu, bus, n);
         if e != RunExit::BudgetExhausted || cpu.icount >= budget {
             break e;
         }
-    };
-    (exit, cpu, bus)
+    }
 }
 
 /// Runs `code` under the interpreter (one run) and the JIT (one run and several slicings);
