@@ -48,12 +48,17 @@ pub(crate) struct Decoded {
 pub(crate) struct DecodeCache {
     /// (key, rip) per slot.
     tags: Box<[(u64, u64); CACHE_ENTRIES]>,
-    /// Owner of the instruction buffer (never touched after `new` except by drop).
-    _instr_buf: Vec<Decoded>,
+    /// Owner of the instruction buffer (never touched after `new` except by drop). Left
+    /// uninitialised: a slot is only read after `put` wrote it (its tag matches only then), so
+    /// the 3.7 MB buffer costs no page faults until instructions are decoded into it.
+    _instr_buf: Box<[std::mem::MaybeUninit<Decoded>]>,
     /// `CACHE_ENTRIES + 1` decoded instructions.
     instrs: *mut Decoded,
     /// Per bank (see [`DecodeCache::bank`]): the generation bits entries must carry to match.
     bank_gen: [u64; 16],
+    /// Some tag may be valid (a `put` since the last `clear`): `clear` on an empty cache (the
+    /// image loads before the first instruction) does not touch the 1 MB of tags.
+    used: bool,
     pub(crate) hits: u64,
     pub(crate) misses: u64,
 }
@@ -75,11 +80,12 @@ impl std::fmt::Debug for DecodeCache {
 
 impl DecodeCache {
     fn new() -> Self {
-        let mut buf = vec![Decoded { instr: Instruction::default(), fast: Fast::default() }; CACHE_ENTRIES + 1];
-        let instrs = buf.as_mut_ptr();
+        let mut buf = Box::<[Decoded]>::new_uninit_slice(CACHE_ENTRIES + 1);
+        let instrs = buf.as_mut_ptr().cast::<Decoded>();
+        // Zeroed (no valid key has bit 63 clear): the allocator hands out untouched pages.
         let tags: Box<[(u64, u64); CACHE_ENTRIES]> =
             vec![(0, 0); CACHE_ENTRIES].into_boxed_slice().try_into().expect("CACHE_ENTRIES tags");
-        DecodeCache { tags, _instr_buf: buf, instrs, bank_gen: [0; 16], hits: 0, misses: 0 }
+        DecodeCache { tags, _instr_buf: buf, instrs, bank_gen: [0; 16], used: false, hits: 0, misses: 0 }
     }
 
     #[inline(always)]
@@ -91,12 +97,13 @@ impl DecodeCache {
     #[inline]
     fn put(&mut self, slot: usize, instr: &Instruction) -> *const Decoded {
         debug_assert!(slot <= CACHE_ENTRIES);
-        // SAFETY: `slot <= CACHE_ENTRIES` is inside the buffer of CACHE_ENTRIES + 1 elements;
+        // SAFETY: `slot <= CACHE_ENTRIES` is inside the buffer of CACHE_ENTRIES + 1 elements
+        // (`write` fills a slot that may be uninitialised; `Decoded` is `Copy`, nothing drops);
         // `&mut self` guarantees no instruction borrowed from the cache is alive (callers only
         // borrow one between `fetch` and the end of its execution, which never calls `put`).
         unsafe {
             let p = self.instrs.add(slot);
-            *p = Decoded { instr: *instr, fast: fast::predecode(instr) };
+            p.write(Decoded { instr: *instr, fast: fast::predecode(instr) });
             p
         }
     }
@@ -132,6 +139,9 @@ impl DecodeCache {
     }
 
     fn clear(&mut self) {
+        if !std::mem::take(&mut self.used) {
+            return;
+        }
         for e in self.tags.iter_mut() {
             e.0 = 0;
         }
@@ -446,6 +456,7 @@ impl<'a> Cx<'a> {
                         self.cpu.tlb.protect_backing_page(b & PAGE_MASK);
                     }
                     self.cache.tags[slot] = (key, rip);
+                    self.cache.used = true;
                     return Ok(self.cache.put(slot, &instr));
                 }
             }
