@@ -44,8 +44,6 @@ pub mod offsets {
     pub const IRQ_PENDING: usize = offset_of!(CpuState, irq_pending);
     /// `CpuState::tlb` (the fast-path entries are its first field).
     pub const TLB: usize = offset_of!(CpuState, tlb);
-    /// `CpuState::tlb.gen` (the current TLB generation, in tag position).
-    pub const TLB_GEN: usize = offset_of!(CpuState, tlb) + offset_of!(mmu::SoftTlb, gen);
     /// `CpuState::rflags`.
     pub const RFLAGS: usize = offset_of!(CpuState, rflags);
     /// `CpuState::seg[0].base`; segment register `n`'s base is at `SEG_BASE + n * SEG_SIZE`.
@@ -76,7 +74,8 @@ pub mod offsets {
 /// `#[repr(C)]`: generated code reads `mem_base` (offset [`HelperEnv::MEM_BASE`]).
 #[repr(C)]
 pub struct HelperEnv<'a> {
-    /// Host address of guest backing offset 0 (soft-TLB addends are relative to it).
+    /// Host address of guest backing offset 0 (soft-TLB addends are host addresses computed
+    /// from it: the JIT's run sets it as the TLB's host base, see [`mmu::SoftTlb::set_host_base`]).
     pub mem_base: *mut u8,
     interp: *mut Interpreter,
     bus: *mut (dyn CpuBus + 'a),

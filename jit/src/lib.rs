@@ -36,6 +36,9 @@
 //! `FERRO_JIT_PROFILE=1` counts the instructions served by the per-instruction helper by form;
 //! `--stats` prints the top 20 (`FERRO_JIT_PROFILE_TOP=n`: the top n).
 //!
+//! `FERRO_JIT_PERFMAP=1` names every block in `/tmp/perf-<pid>.map` (host address, size,
+//! guest RIP, backing offset, mode key), so `perf report` attributes generated code to guest code.
+//!
 //! Self-modifying code: the translator marks the guest bytes of every block it translates in
 //! the [`mmu::CodePages`] tracker, which forces stores to their page through the slow path; a
 //! store that hits marked code clears the mark and queues the range, and the translator drops

@@ -121,6 +121,24 @@ pub(crate) struct CodeCache {
     /// Most guest instructions in a block ([`MAX_BLOCK_INSNS`] but when lockstep truncates
     /// blocks to find the divergent instruction, see [`Translator::set_max_block_insns`]).
     pub(crate) max_insns: usize,
+    /// `FERRO_JIT_PERFMAP=1`: every block is named in `/tmp/perf-<pid>.map`, so `perf report`
+    /// shows generated code by guest address (QEMU's `-perfmap`).
+    perfmap: Option<std::fs::File>,
+}
+
+/// The perf map file, if `FERRO_JIT_PERFMAP=1` asks for one.
+fn open_perfmap() -> Option<std::fs::File> {
+    if std::env::var("FERRO_JIT_PERFMAP").ok().as_deref() != Some("1") {
+        return None;
+    }
+    let path = format!("/tmp/perf-{}.map", std::process::id());
+    match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            log::warn!("FERRO_JIT_PERFMAP: cannot open {path}: {e}");
+            None
+        }
+    }
 }
 
 impl std::fmt::Debug for CodeCache {
@@ -165,6 +183,7 @@ impl CodeCache {
             max_blocks: MAX_BLOCKS,
             generation: 0,
             max_insns: MAX_BLOCK_INSNS,
+            perfmap: open_perfmap(),
         }
     }
 
@@ -382,6 +401,12 @@ impl CodeCache {
             guest_len,
             slot_ids: (slots0 as u32, self.slots.len() as u32),
         };
+        if let Some(f) = &mut self.perfmap {
+            use std::io::Write;
+            let host = code.entry(start) as usize;
+            // Best effort: a profiling aid, not guest-visible.
+            let _ = writeln!(f, "{host:x} {:x} guest_{rip:x}_backing_{backing:x}_mode_{:x}", bytes.len(), key.1);
+        }
         self.blocks.insert(key, b);
         self.pages.entry(backing >> 12).or_default().push(key);
         Some(b)
@@ -1132,8 +1157,6 @@ macro_rules! mi32 { ($o:tt, $ops:expr, $v:expr) => { dynasm!($ops ; .arch x64 ; 
 
 const RFLAGS: i32 = offsets::RFLAGS as i32;
 const TLB: i32 = offsets::TLB as i32;
-const TLB_GEN: i32 = offsets::TLB_GEN as i32;
-const MEM_BASE: i32 = HelperEnv::MEM_BASE as i32;
 const LAZY_MASK: i32 = offsets::LAZY_MASK as i32;
 const ICOUNT: i32 = offsets::ICOUNT as i32;
 const RIP: i32 = offsets::RIP as i32;
@@ -1538,7 +1561,9 @@ impl Emitter<'_> {
     }
 
     /// The soft-TLB probe: linear address in RAX, host address out in RAX, or a jump to
-    /// `slow`. Clobbers RCX and RDX.
+    /// `slow`. Clobbers RCX and RDX. One compare checks the entry, the access kind and that
+    /// the access stays within the page (the tag is the page of its last byte); the addend
+    /// is a host address ([`mmu::SoftTlb::set_host_base`]).
     fn probe(&mut self, write: bool, size: i32, user: bool, slow: DynamicLabel) {
         let set = if user { (mmu::TLB_ENTRIES * 32) as i32 } else { 0 };
         let tag = TLB + set + if write { 8 } else { 0 };
@@ -1554,11 +1579,9 @@ impl Emitter<'_> {
             ; and ecx, idx_mask
             ; lea rdx, [rax + size - 1]
             ; and rdx, -4096
-            ; or rdx, QWORD [r12 + TLB_GEN]
             ; cmp rdx, QWORD [r12 + rcx + tag]
             ; jne =>slow
             ; add rax, QWORD [r12 + rcx + addend]
-            ; add rax, QWORD [r13 + MEM_BASE]
         );
     }
 
@@ -2958,6 +2981,8 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
     let Translator { interp, cache, stats, trace, profile, block_step, lookup } = t;
     let block_step = *block_step;
     let mut env = HelperEnv::new(interp, bus, *trace);
+    // The inline probes use the TLB's addends as host addresses of this memory.
+    cpu.tlb.set_host_base(env.mem_base as u64);
     let mut table = HelperTable {
         step: helper_step,
         flags: helper_flags,

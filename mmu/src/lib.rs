@@ -18,7 +18,7 @@ pub use paging::{
 pub use persist::RamState;
 pub use phys::{PhysMemory, PhysMemoryError, Region, RegionKind};
 pub use ram::{GuestRam, GuestRamError};
-pub use tlb::{SoftTlb, TlbAccess, TlbEntry, TlbSide, TlbStats, TLB_ENTRIES, TLB_GEN_MASK, TLB_INVALID, TLB_SLOW};
+pub use tlb::{SoftTlb, TlbAccess, TlbEntry, TlbSide, TlbStats, TLB_ENTRIES, TLB_INVALID, TLB_SLOW};
 
 /// Size of a guest page in bytes.
 pub const PAGE_SIZE: u64 = 4096;

@@ -6,26 +6,31 @@
 //! page, global bit, page size) lives in a separate array ([`TlbSide`]).
 //!
 //! ```text
-//! read_tag / write_tag / exec_tag = linear page (bits 63..12) | generation (11..2) | flags (1..0)
-//! addend                          = backing offset of the page - linear page address (wrapping)
+//! read_tag / write_tag / exec_tag = linear page (bits 63..12) | flags (1..0)
+//! addend                          = host address of the page - linear page address (wrapping)
 //! ```
 //!
-//! The fast path for an access of `size` bytes at linear address `a` is one compare against
-//! the page ORed with the current generation [`SoftTlb::gen`]:
+//! The addend is a host address (QEMU's layout), so generated code adds it and accesses
+//! memory with nothing else to add. [`SoftTlb::fill`] takes and [`SoftTlb::lookup`] returns
+//! backing offsets: the TLB holds the host address of backing offset 0
+//! ([`SoftTlb::set_host_base`]) and converts.
+//!
+//! The fast path for an access of `size` bytes at linear address `a` is one compare:
 //!
 //! ```text
-//! if tag == (a & PAGE_MASK) | gen && (a & 0xFFF) + size <= 0x1000 {  backing = a + addend  }
+//! if tag == (a + size - 1) & PAGE_MASK {  host = a + addend  }
 //! ```
 //!
 //! Any flag bit in the tag makes the compare fail, so these cases fall to the slow path without
 //! a separate test: an invalid entry ([`TLB_INVALID`]), an MMIO page, a write to ROM, a write to a
 //! page holding cached code (self-modifying code detection), and a write that must still set the
-//! page-table dirty bit ([`TLB_SLOW`] for all of those).
+//! page-table dirty bit ([`TLB_SLOW`] for all of those). So does an access that crosses into the
+//! next page.
 //!
-//! A flush (CR3 write) does not rewrite the entries: it bumps the generation, so every entry
-//! stamped with an older one stops matching. Global entries are re-stamped from a short list
-//! (PCID-less Linux with page-table isolation writes CR3 twice per system call). Only when the
-//! 10-bit generation wraps are all entries rewritten.
+//! A flush (CR3 write) does not rewrite the whole table: the slots filled since they were last
+//! emptied are listed, and a flush empties those (keeping the global ones on a non-global
+//! flush). A fill costs a page walk, so the flush costs at most one store per walk since the
+//! last one (PCID-less Linux with page-table isolation writes CR3 twice per system call).
 
 use crate::PAGE_MASK;
 
@@ -35,10 +40,6 @@ pub const TLB_ENTRIES: usize = 1024;
 pub const TLB_INVALID: u64 = 1;
 /// Tag flag: the translation is known but this access kind must take the slow path.
 pub const TLB_SLOW: u64 = 2;
-/// Tag bits that hold the generation the entry was filled in.
-pub const TLB_GEN_MASK: u64 = 0xFFC;
-/// One generation step.
-const GEN_STEP: u64 = 4;
 
 /// One cached translation as the fast path sees it. `#[repr(C)]` so generated code can address
 /// its fields; 32 bytes so an index scales by a shift.
@@ -51,7 +52,7 @@ pub struct TlbEntry {
     pub write_tag: u64,
     /// Tag checked by instruction fetches.
     pub exec_tag: u64,
-    /// Backing offset minus linear page address (wrapping arithmetic).
+    /// Host address of the page minus linear page address (wrapping arithmetic).
     pub addend: u64,
 }
 
@@ -72,14 +73,14 @@ pub struct TlbSide {
     pub global: bool,
     /// log2 of the size of the guest page the 4 KiB piece belongs to (12, 21, 22 or 30).
     pub page_bits: u8,
-    /// The slot is on the global re-stamp list.
-    listed: bool,
+    /// The slot is on the list of filled slots.
+    filled: bool,
 }
 
 impl TlbSide {
     /// Side data for a translation.
     pub fn new(phys_page: u64, global: bool, page_bits: u32) -> Self {
-        TlbSide { phys_page, global, page_bits: page_bits as u8, listed: false }
+        TlbSide { phys_page, global, page_bits: page_bits as u8, filled: false }
     }
 }
 
@@ -91,8 +92,6 @@ pub struct TlbStats {
     pub misses: u64,
     /// Full flushes (CR3 writes, mode changes).
     pub flushes: u64,
-    /// Flushes that had to rewrite every entry (generation wrap).
-    pub rewrites: u64,
     /// INVLPGs that hit a large page and dropped all its 4 KiB pieces.
     pub large_invlpg: u64,
     /// Single-page flushes (INVLPG).
@@ -113,14 +112,15 @@ impl TlbStats {
 pub struct SoftTlb {
     /// `sets[user as usize][index(page)]`: the fast-path entries (first field: offset 0).
     pub sets: [[TlbEntry; TLB_ENTRIES]; 2],
-    /// The current generation, already in tag position ([`TLB_GEN_MASK`]); never 0.
-    pub gen: u64,
+    /// Host address of backing offset 0: addends are host addresses, relative to this.
+    host_base: u64,
     /// Slow-path counters.
     pub stats: TlbStats,
     /// Side data, `side[user as usize * TLB_ENTRIES + index]`.
     side: Vec<TlbSide>,
-    /// Slots holding global entries, re-stamped on a non-global flush.
-    globals: Vec<u16>,
+    /// Slots filled since they were last emptied (each once: [`TlbSide::filled`]); a flush
+    /// empties these.
+    filled: Vec<u16>,
     /// Linear range `[large_lo, large_hi]` covered by cached pieces of large pages.
     large_lo: u64,
     large_hi: u64,
@@ -130,10 +130,10 @@ impl Default for SoftTlb {
     fn default() -> Self {
         SoftTlb {
             sets: [[TlbEntry::EMPTY; TLB_ENTRIES]; 2],
-            gen: GEN_STEP,
+            host_base: 0,
             stats: TlbStats::default(),
             side: vec![TlbSide::default(); 2 * TLB_ENTRIES],
-            globals: Vec::new(),
+            filled: Vec::new(),
             large_lo: u64::MAX,
             large_hi: 0,
         }
@@ -149,14 +149,6 @@ pub enum TlbAccess {
     Write,
     /// Instruction fetch.
     Exec,
-}
-
-fn restamp(tag: u64, gen: u64) -> u64 {
-    if tag & TLB_INVALID != 0 {
-        tag
-    } else {
-        (tag & !TLB_GEN_MASK) | gen
-    }
 }
 
 impl SoftTlb {
@@ -175,16 +167,30 @@ impl SoftTlb {
             TlbAccess::Write => e.write_tag,
             TlbAccess::Exec => e.exec_tag,
         };
-        if tag == (linear & PAGE_MASK) | self.gen && (linear & 0xFFF) + size <= 0x1000 {
-            Some(linear.wrapping_add(e.addend))
+        if tag == linear & PAGE_MASK && (linear & 0xFFF) + size <= 0x1000 {
+            Some(linear.wrapping_add(e.addend).wrapping_sub(self.host_base))
         } else {
             None
         }
     }
 
-    /// The entry for `linear`, whatever its tags say.
-    pub fn entry(&self, user: bool, linear: u64) -> &TlbEntry {
-        &self.sets[user as usize][Self::index(linear)]
+    /// Sets the host address of backing offset 0 (the memory the entries point into). If it
+    /// moved, every addend moves with it, so entries keep translating to the same backing
+    /// offsets: a CPU state run against another copy of guest memory sees no difference.
+    pub fn set_host_base(&mut self, base: u64) {
+        if base == self.host_base {
+            return;
+        }
+        let delta = base.wrapping_sub(self.host_base);
+        for e in self.sets.iter_mut().flat_map(|s| s.iter_mut()) {
+            e.addend = e.addend.wrapping_add(delta);
+        }
+        self.host_base = base;
+    }
+
+    /// The host address of backing offset 0 the addends are relative to.
+    pub fn host_base(&self) -> u64 {
+        self.host_base
     }
 
     /// The side data for `linear`'s slot, whatever the entry's tags say.
@@ -192,22 +198,17 @@ impl SoftTlb {
         &self.side[user as usize * TLB_ENTRIES + Self::index(linear)]
     }
 
-    /// Installs an entry for the page of `linear`. Tags are given without a generation (plain
-    /// page address, maybe with [`TLB_SLOW`]); the current one is stamped in.
+    /// Installs an entry for the page of `linear`. Tags are the plain page address, maybe with
+    /// [`TLB_SLOW`]; `entry.addend` is a backing offset minus the linear page address (the
+    /// host base is added here).
     pub fn fill(&mut self, user: bool, linear: u64, entry: TlbEntry, side: TlbSide) {
         let i = Self::index(linear);
-        let g = self.gen;
-        self.sets[user as usize][i] = TlbEntry {
-            read_tag: restamp(entry.read_tag, g),
-            write_tag: restamp(entry.write_tag, g),
-            exec_tag: restamp(entry.exec_tag, g),
-            addend: entry.addend,
-        };
+        self.sets[user as usize][i] = TlbEntry { addend: entry.addend.wrapping_add(self.host_base), ..entry };
         let slot = user as usize * TLB_ENTRIES + i;
-        let listed = self.side[slot].listed;
-        self.side[slot] = TlbSide { listed: listed || side.global, ..side };
-        if side.global && !listed {
-            self.globals.push(slot as u16);
+        let filled = self.side[slot].filled;
+        self.side[slot] = TlbSide { filled: true, ..side };
+        if !filled {
+            self.filled.push(slot as u16);
         }
         if side.page_bits > 12 {
             let size = 1u64 << side.page_bits;
@@ -217,58 +218,31 @@ impl SoftTlb {
         }
     }
 
-    /// Moves to the next generation; on a wrap, rewrites every entry. Returns false on a wrap.
-    fn bump(&mut self) -> bool {
-        self.gen += GEN_STEP;
-        if self.gen & !TLB_GEN_MASK == 0 {
-            return true;
-        }
-        self.stats.rewrites += 1;
-        self.gen = GEN_STEP;
-        for set in &mut self.sets {
-            set.fill(TlbEntry::EMPTY);
-        }
-        for s in &mut self.side {
-            s.listed = false;
-        }
-        self.globals.clear();
-        self.large_lo = u64::MAX;
-        self.large_hi = 0;
-        false
-    }
-
-    /// Drops every entry (O(1) except when the generation wraps).
+    /// Drops every entry: O(slots filled since the last flush).
     pub fn flush_all(&mut self) {
         self.stats.flushes += 1;
-        if self.bump() {
-            for &s in &self.globals {
-                self.side[s as usize].listed = false;
-            }
-            self.globals.clear();
-            self.large_lo = u64::MAX;
-            self.large_hi = 0;
+        for &slot in &self.filled {
+            let s = usize::from(slot);
+            self.sets[s / TLB_ENTRIES][s % TLB_ENTRIES] = TlbEntry::EMPTY;
+            self.side[s].filled = false;
         }
+        self.filled.clear();
+        self.large_lo = u64::MAX;
+        self.large_hi = 0;
     }
 
-    /// Drops every non-global entry (a CR3 write with CR4.PGE set): O(number of global entries).
+    /// Drops every non-global entry (a CR3 write with CR4.PGE set): O(slots filled since the
+    /// last flush, global ones included).
     pub fn flush_non_global(&mut self) {
         self.stats.flushes += 1;
-        let old = self.gen;
-        if !self.bump() {
-            return;
-        }
-        let g = self.gen;
         let (sets, side) = (&mut self.sets, &mut self.side);
-        self.globals.retain(|&slot| {
-            let s = slot as usize;
+        self.filled.retain(|&slot| {
+            let s = usize::from(slot);
             let e = &mut sets[s / TLB_ENTRIES][s % TLB_ENTRIES];
-            let live = side[s].global && e.read_tag & (TLB_INVALID | TLB_GEN_MASK) == old;
-            if live {
-                e.read_tag = restamp(e.read_tag, g);
-                e.write_tag = restamp(e.write_tag, g);
-                e.exec_tag = restamp(e.exec_tag, g);
-            } else {
-                side[s].listed = false;
+            let live = side[s].global && e.read_tag & TLB_INVALID == 0;
+            if !live {
+                *e = TlbEntry::EMPTY;
+                side[s].filled = false;
             }
             live
         });
@@ -329,7 +303,8 @@ impl SoftTlb {
     pub fn protect_backing_page(&mut self, backing_page_addr: u64) {
         for e in self.sets.iter_mut().flat_map(|s| s.iter_mut()) {
             if e.write_tag & (TLB_INVALID | TLB_SLOW) == 0
-                && ((e.write_tag & PAGE_MASK).wrapping_add(e.addend) & PAGE_MASK) == backing_page_addr
+                && ((e.write_tag & PAGE_MASK).wrapping_add(e.addend).wrapping_sub(self.host_base) & PAGE_MASK)
+                    == backing_page_addr
             {
                 e.write_tag |= TLB_SLOW;
             }
@@ -340,6 +315,12 @@ impl SoftTlb {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl SoftTlb {
+        fn entry_for_test(&self, lin: u64) -> &TlbEntry {
+            &self.sets[0][Self::index(lin)]
+        }
+    }
 
     fn ent(lin: u64, backing: u64, write_flags: u64) -> TlbEntry {
         TlbEntry { read_tag: lin, write_tag: lin | write_flags, exec_tag: lin, addend: backing.wrapping_sub(lin) }
@@ -391,25 +372,44 @@ mod tests {
     }
 
     #[test]
-    fn test_tlb_generation_flush_and_wrap() {
+    fn test_tlb_flushes_drop_filled_entries_and_keep_globals() {
         let mut t = SoftTlb::default();
         let (g, n) = (0x1000u64, 0x2000u64);
-        // Far more flushes than generations: entries filled before a flush never match after
-        // it, global ones always do, across every wrap.
+        // Many flushes: entries filled before a flush never match after it, global ones always
+        // do across non-global flushes, and the list of filled slots stays small.
         for round in 0..5000u64 {
             t.fill(false, g, ent(g, 0x3000, 0), TlbSide::new(0x3000, true, 12));
+            t.fill(true, n, ent(n, 0x4000, 0), TlbSide::new(0x4000, false, 12));
             t.fill(true, n, ent(n, 0x4000, 0), TlbSide::new(0x4000, false, 12));
             assert!(t.lookup(true, TlbAccess::Read, n, 1).is_some());
             t.flush_non_global();
             assert!(t.lookup(true, TlbAccess::Read, n, 1).is_none(), "round {round}");
-            if t.stats.rewrites == 0 {
-                assert!(t.lookup(false, TlbAccess::Read, g, 1).is_some(), "round {round}");
-            }
+            assert!(t.lookup(false, TlbAccess::Read, g, 1).is_some(), "round {round}");
+            assert!(t.filled.len() <= 2, "round {round}: {} slots listed", t.filled.len());
         }
-        assert!(t.stats.rewrites >= 4, "the generation wrapped");
+        // An INVLPG'd global slot is dropped from the list by the next flush.
+        t.flush_page(g);
+        t.flush_non_global();
+        assert!(t.filled.is_empty());
         t.fill(false, g, ent(g, 0x3000, 0), TlbSide::new(0x3000, true, 12));
         t.flush_all();
         assert!(t.lookup(false, TlbAccess::Read, g, 1).is_none(), "flush_all drops global entries");
+        assert!(t.sets.iter().flatten().all(|e| *e == TlbEntry::EMPTY), "flush_all empties every slot");
+    }
+
+    #[test]
+    fn test_tlb_host_base_moves_addends_not_backing_offsets() {
+        let mut t = SoftTlb::default();
+        t.set_host_base(0x7f00_0000_0000);
+        let lin = 0x40_1000u64;
+        t.fill(false, lin, ent(lin, 0x9000, 0), TlbSide::new(0x9000, false, 12));
+        assert_eq!(t.entry_for_test(lin).addend, 0x7f00_0000_9000u64.wrapping_sub(lin), "host addend");
+        assert_eq!(t.lookup(false, TlbAccess::Read, lin + 8, 4), Some(0x9008));
+        t.set_host_base(0x5500_0000_0000);
+        assert_eq!(t.entry_for_test(lin).addend, 0x5500_0000_9000u64.wrapping_sub(lin), "moved with the base");
+        assert_eq!(t.lookup(false, TlbAccess::Read, lin + 8, 4), Some(0x9008), "same backing offset");
+        t.protect_backing_page(0x9000);
+        assert!(t.lookup(false, TlbAccess::Write, lin, 4).is_none(), "found by its backing page");
     }
 
     #[test]

@@ -110,6 +110,9 @@ impl Cx<'_> {
         let regs = self.walk_regs();
         let walk = WalkAccess { write: access == TlbAccess::Write, user, fetch: access == TlbAccess::Exec };
         let mem = self.bus.memory();
+        // Addends are host addresses: the TLB must know where this memory lives (a state
+        // moved to another copy of memory moves its entries with it).
+        self.cpu.tlb.set_host_base(mem.host_base() as u64);
         let t = mmu::translate(&regs, lin & PAGE_MASK | (lin & 0xFFF), walk, mem)
             .map_err(|pf| Exception::PageFault { addr: pf.addr, code: pf.code })?;
         self.cpu.tlb.stats.misses += 1;

@@ -26,6 +26,12 @@ impl CodeBuf {
     /// A buffer of `size` bytes (a multiple of the page size), or `None` if the host gives no
     /// executable memory.
     pub(crate) fn new(size: usize) -> Option<CodeBuf> {
+        // perf reads `/tmp/perf-<pid>.map` only for anonymous mappings, not for a memfd.
+        if std::env::var("FERRO_JIT_PERFMAP").ok().as_deref() == Some("1") {
+            if let Some(b) = Self::rwx(size) {
+                return Some(b);
+            }
+        }
         Self::dual(size).or_else(|| Self::rwx(size))
     }
 

@@ -105,7 +105,7 @@ const CPL: i32 = offset_of!(CpuState, cpl) as i32;
 const IRQ_PENDING: i32 = offsets::IRQ_PENDING as i32;
 const RIP: i32 = offsets::RIP as i32;
 const TLB: i32 = offsets::TLB as i32;
-const TLB_GEN: i32 = offsets::TLB_GEN as i32;
+const MEM_BASE: i32 = HelperEnv::MEM_BASE as i32;
 /// Mode key bit 7: flat segments (CS base 0) or 64-bit mode.
 const FLAT: i32 = 1 << 7;
 
@@ -151,10 +151,11 @@ pub(crate) fn emit_stub(ops: &mut Assembler) -> usize {
         ; =>sup
         ; mov r8, rcx
         ; and r8, -4096
-        ; or r8, QWORD [r12 + TLB_GEN]
         ; cmp r8, QWORD [r12 + rdx + TLB + 16]
         ; jne =>miss
+        // The addend is a host address: less the host base, the backing offset.
         ; add rcx, QWORD [r12 + rdx + TLB + 24]
+        ; sub rcx, QWORD [r13 + MEM_BASE]
         // rcx = backing offset; the jump-cache slot as `jc_index` computes it.
         ; mov rdx, rcx
         ; shr rdx, 12
