@@ -1088,6 +1088,16 @@ struct Emitter<'a> {
     fast_loop: Option<FastLoop>,
     /// Slow paths of memory instructions, emitted after the block's code.
     deferred: Vec<SlowPath>,
+    /// Out-of-line per-access probes of grouped memory operands (see [`ProbeRole`]), emitted
+    /// after the block's code.
+    deferred_probes: Vec<DeferredProbe>,
+    /// The shared probe role of each instruction of the block ([`probe_groups`]).
+    roles: Vec<ProbeRole>,
+    /// Index of the instruction being emitted.
+    idx: usize,
+    /// Index of the last member of the probe group in progress: until then R10 holds the
+    /// group's TLB addend (or 0) and calls keep it.
+    group_until: Option<usize>,
     /// Side exits (taken Jcc inside the block), emitted after the block's code.
     exits: Vec<SideExit>,
     /// The flag-merge subroutines (plain, after a logic operation) the block calls.
@@ -1585,6 +1595,82 @@ impl Emitter<'_> {
         );
     }
 
+    /// The shared probe of a group's leader (see [`ProbeRole`]): its linear address in RAX,
+    /// the group's bytes at `[RAX + lo, RAX + lo + span)`. A hit leaves the entry's addend in
+    /// R10 and the leader's host address in RAX; a miss sets R10 to 0 and probes the leader's
+    /// own access (`own_write`, `own_size`; its miss goes to `slow`). Clobbers RCX and RDX.
+    #[allow(clippy::too_many_arguments)]
+    fn group_probe(
+        &mut self,
+        lo: i32,
+        span: i32,
+        write: bool,
+        addr32: bool,
+        user: bool,
+        own_write: bool,
+        own_size: i32,
+        slow: DynamicLabel,
+    ) {
+        let set = if user { (mmu::TLB_ENTRIES * 32) as i32 } else { 0 };
+        let tag = TLB + set + if write { 8 } else { 0 };
+        let addend = TLB + set + 24;
+        let idx_mask = ((mmu::TLB_ENTRIES - 1) << 5) as i32;
+        let (entry, join) = (self.ops.new_dynamic_label(), self.ops.new_dynamic_label());
+        // The group's first byte, wrapped as the guest's address size wraps.
+        match (addr32, lo) {
+            (true, 0) => dynasm!(self.ops ; .arch x64 ; mov ecx, eax),
+            (false, 0) => dynasm!(self.ops ; .arch x64 ; mov rcx, rax),
+            (true, _) => dynasm!(self.ops ; .arch x64 ; lea ecx, [rax + lo]),
+            (false, _) => dynasm!(self.ops ; .arch x64 ; lea rcx, [rax + lo]),
+        }
+        dynasm!(self.ops
+            ; .arch x64
+            ; lea rdx, [rcx + span - 1]
+            ; shr ecx, 7
+            ; and ecx, idx_mask
+            ; and rdx, -4096
+            ; cmp rdx, QWORD [r12 + rcx + tag]
+            ; jne =>entry
+            ; mov r10, QWORD [r12 + rcx + addend]
+            ; add rax, r10
+            ; =>join
+        );
+        self.deferred_probes.push(DeferredProbe {
+            entry,
+            join,
+            write: own_write,
+            size: own_size,
+            user,
+            slow,
+            zero_r10: true,
+        });
+        // This group's members: up to the next leader.
+        let rest = &self.roles[self.idx + 1..];
+        let end = rest.iter().position(|r| matches!(r, ProbeRole::Leader { .. })).unwrap_or(rest.len());
+        self.group_until = rest[..end].iter().rposition(|r| *r == ProbeRole::Member).map(|j| self.idx + 1 + j);
+    }
+
+    /// A group member's probe (see [`ProbeRole`]): linear address in RAX, host address out
+    /// in RAX; if the leader's probe missed (R10 = 0), the access probes alone (its miss goes
+    /// to `slow`). Clobbers RCX and RDX.
+    fn member_probe(&mut self, write: bool, size: i32, user: bool, slow: DynamicLabel) {
+        let (entry, join) = (self.ops.new_dynamic_label(), self.ops.new_dynamic_label());
+        dynasm!(self.ops
+            ; .arch x64
+            ; test r10, r10
+            ; jz =>entry
+            ; add rax, r10
+            ; =>join
+        );
+        self.deferred_probes.push(DeferredProbe { entry, join, write, size, user, slow, zero_r10: false });
+    }
+
+    /// Whether R10 holds a probe group's addend that later instructions of the block use
+    /// (calls must keep it).
+    pub(super) fn r10_live(&self) -> bool {
+        self.group_until.is_some_and(|last| self.idx < last)
+    }
+
     /// The slow path of an inline memory instruction at offset `at`: the interpreter runs it,
     /// then the state is put back to what the fast path leaves (`pending0 + 1` instructions
     /// pending, RIP at `synced0`, the flags in the host for an ALU operation).
@@ -1623,6 +1709,7 @@ impl Emitter<'_> {
             recompute: self.recompute,
             last_logic: self.last_logic,
             cur: self.cur,
+            zero_r10: self.roles.get(self.idx).is_some_and(|r| *r != ProbeRole::Own),
         });
     }
 
@@ -1653,7 +1740,20 @@ impl Emitter<'_> {
             self.pending = d.pending0;
             dynasm!(self.ops ; .arch x64 ; =>d.slow);
             self.emit_slow_path(d.at, d.next, d.synced0, d.pending0, d.alu, d.pre);
+            if d.zero_r10 {
+                // The helper may have left anything in R10: the members after this one must
+                // probe alone (flags untouched).
+                dynasm!(self.ops ; .arch x64 ; mov r10d, 0);
+            }
             dynasm!(self.ops ; .arch x64 ; jmp =>d.cont);
+        }
+        for p in std::mem::take(&mut self.deferred_probes) {
+            dynasm!(self.ops ; .arch x64 ; =>p.entry);
+            if p.zero_r10 {
+                dynasm!(self.ops ; .arch x64 ; mov r10d, 0);
+            }
+            self.probe(p.write, p.size, p.user, p.slow);
+            dynasm!(self.ops ; .arch x64 ; jmp =>p.join);
         }
     }
 
@@ -1747,7 +1847,11 @@ impl Emitter<'_> {
             }
         }
         dynasm!(self.ops ; .arch x64 ; mov rax, r8);
-        self.probe(push, size, user, slow);
+        match self.roles.get(self.idx).copied().unwrap_or(ProbeRole::Own) {
+            ProbeRole::Own => self.probe(push, size, user, slow),
+            ProbeRole::Leader { lo, span, write } => self.group_probe(lo, span, write, !w64, user, push, size, slow),
+            ProbeRole::Member => self.member_probe(push, size, user, slow),
+        }
         // The value to push or the value popped, in RCX.
         match op {
             StackOp::Push(r) => {
@@ -1963,7 +2067,13 @@ impl Emitter<'_> {
         let slow = self.ops.new_dynamic_label();
         let cont = self.ops.new_dynamic_label();
         self.effective_address(ea);
-        self.probe(kind.writes(), sz.bytes(), user, slow);
+        match self.roles.get(self.idx).copied().unwrap_or(ProbeRole::Own) {
+            ProbeRole::Own => self.probe(kind.writes(), sz.bytes(), user, slow),
+            ProbeRole::Leader { lo, span, write } => {
+                self.group_probe(lo, span, write, ea.addr32, user, kind.writes(), sz.bytes(), slow)
+            }
+            ProbeRole::Member => self.member_probe(kind.writes(), sz.bytes(), user, slow),
+        }
         // The cache where the fast path may branch to the slow one.
         let pre = self.regs;
         if self.mem_cached(kind, sz) {
@@ -2501,6 +2611,170 @@ struct SlowPath {
     recompute: Option<Recompute>,
     last_logic: bool,
     cur: Instruction,
+    /// The instruction belongs to a probe group: R10 is 0 again after the helper.
+    zero_r10: bool,
+}
+
+/// A per-access probe put off the fast path of a grouped memory operand: at `entry`, the
+/// usual probe of the access (linear address in RAX; a miss goes to `slow`), then back to
+/// `join` with the host address in RAX. `zero_r10` first sets R10 to 0 (the group's shared
+/// probe missed: the members after it probe alone too).
+#[derive(Debug, Clone, Copy)]
+struct DeferredProbe {
+    entry: DynamicLabel,
+    join: DynamicLabel,
+    write: bool,
+    size: i32,
+    user: bool,
+    slow: DynamicLabel,
+    zero_r10: bool,
+}
+
+/// How a memory operand of a block is probed. Memory operands with the same address
+/// registers (unchanged in between, no helper, slow path or other memory access in between,
+/// all bytes within [`GROUP_SPAN`]) share one probe: the first (the leader) checks in one
+/// compare that the page holds all of them (the union of their bytes, for a write if any
+/// writes: a page writable through the TLB is readable) and keeps the entry's addend in R10;
+/// the others (members) add R10 to their linear address. If the shared probe misses, R10 is
+/// 0 and every access probes alone, exactly as without the group; slow paths leave R10 at 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProbeRole {
+    /// Probes alone.
+    Own,
+    /// Probes for the group: its bytes are `[disp + lo, disp + lo + span)` relative to the
+    /// leader's own displacement `disp`.
+    Leader { lo: i32, span: i32, write: bool },
+    /// Uses the leader's probe.
+    Member,
+}
+
+/// Largest span of bytes one shared probe covers (a wider group crosses pages more often).
+const GROUP_SPAN: i64 = 256;
+
+fn groups_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("FERRO_JIT_GROUPS").map_or(true, |v| v != "0"))
+}
+
+/// The address registers of a memory access that can share a probe: base, index (with its
+/// scale) and address size. Linear addresses with one key differ by their offsets only.
+type GroupKey = (Option<i32>, Option<(i32, u32)>, bool);
+
+/// A planned memory access as a probe group sees it.
+#[derive(Debug, Clone, Copy)]
+struct GroupAccess {
+    key: GroupKey,
+    /// Offset of the first byte from what the key's registers give before the instruction.
+    off: i64,
+    size: i64,
+    write: bool,
+    user: bool,
+    /// How a stack operation moves RSP (after its access).
+    rsp_move: i64,
+}
+
+const RSP_OFF: i32 = (offsets::GPR + 8 * 4) as i32;
+
+/// The memory access of `op`, if it can be in a probe group: a MOV/ALU memory operand with no
+/// segment base and no RIP-relative address, or a PUSH/POP/CALL/RET (on RSP).
+fn group_access(op: &Inline) -> Option<GroupAccess> {
+    match *op {
+        Inline::Mem { kind, ea, sz, user } if ea.seg_base.is_none() && !ea.rip_rel => Some(GroupAccess {
+            key: (ea.base, ea.index, ea.addr32),
+            off: i64::from(ea.disp),
+            size: i64::from(sz.bytes()),
+            write: kind.writes(),
+            user,
+            rsp_move: 0,
+        }),
+        Inline::Stack { op, w64, user } => {
+            let size = if w64 { 8 } else { 4 };
+            let push = matches!(op, StackOp::Push(_) | StackOp::Call(_));
+            Some(GroupAccess {
+                key: (Some(RSP_OFF), None, !w64),
+                off: if push { -size } else { 0 },
+                size,
+                write: push,
+                user,
+                rsp_move: if push { -size } else { size },
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The probe role of every planned instruction (see [`ProbeRole`]).
+fn probe_groups(plan: &[Option<Inline>]) -> Vec<ProbeRole> {
+    let mut roles = vec![ProbeRole::Own; plan.len()];
+    if !groups_enabled() {
+        return roles;
+    }
+    let rsp = reg_bit(RSP_OFF);
+    // After `op` (an access with key `key`), by how much the key's registers moved: `Some(0)`
+    // if untouched, `Some(d)` if RSP alone is the key and a stack operation moved it by `d`,
+    // `None` if they changed otherwise.
+    let moved = |op: &Inline, a: Option<GroupAccess>, key: GroupKey| -> Option<i64> {
+        let regs = key.0.map_or(0, reg_bit) | key.1.map_or(0, |(x, _)| reg_bit(x));
+        let w = written_regs(op) & regs;
+        match (op, a) {
+            (_, _) if w == 0 => Some(0),
+            (Inline::Stack { op: sop, .. }, Some(a)) if a.key == key && regs == rsp => match sop {
+                StackOp::Pop(r) if reg_bit(*r) & regs != 0 => None,
+                _ => Some(a.rsp_move),
+            },
+            _ => None,
+        }
+    };
+    let mut i = 0;
+    while i < plan.len() {
+        let (Some(op), Some(a)) = (plan[i], plan[i].as_ref().and_then(group_access)) else {
+            i += 1;
+            continue;
+        };
+        let (mut lo, mut hi, mut write) = (a.off, a.off + a.size, a.write);
+        let mut delta = moved(&op, Some(a), a.key);
+        let mut last = None;
+        for (j, p) in plan.iter().enumerate().skip(i + 1) {
+            let Some(d) = delta else { break };
+            let Some(op2) = p else { break };
+            match group_access(op2) {
+                Some(b) if b.key == a.key && b.user == a.user => {
+                    let (l, h) = (lo.min(d + b.off), hi.max(d + b.off + b.size));
+                    if h - l > GROUP_SPAN {
+                        break;
+                    }
+                    (lo, hi, write, last) = (l, h, write || b.write, Some(j));
+                    delta = moved(op2, Some(b), a.key).map(|m| d + m);
+                }
+                // Register-only forms with no call that can clobber R10 unsaved and no slow
+                // path (a Jcc's taken path leaves the block).
+                None if matches!(
+                    op2,
+                    Inline::MovRR { .. }
+                        | Inline::MovRI { .. }
+                        | Inline::Alu { .. }
+                        | Inline::IncDec { .. }
+                        | Inline::Shift1 { .. }
+                        | Inline::Lea { .. }
+                        | Inline::Jcc { .. }
+                ) && moved(op2, None, a.key) == Some(0) => {}
+                _ => break,
+            }
+        }
+        let Some(last) = last else {
+            i += 1;
+            continue;
+        };
+        roles[i] = ProbeRole::Leader { lo: (lo - a.off) as i32, span: (hi - lo) as i32, write };
+        // Only the memory accesses are members (the forms in between keep `Own`).
+        for (r, p) in roles[i + 1..=last].iter_mut().zip(&plan[i + 1..=last]) {
+            if p.as_ref().and_then(group_access).is_some() {
+                *r = ProbeRole::Member;
+            }
+        }
+        i = last + 1;
+    }
+    roles
 }
 
 /// A CMP or TEST of guest registers whose flags can be made again (see
@@ -2759,6 +3033,10 @@ fn emit_block(
         fast_loop,
         last: false,
         deferred: Vec::new(),
+        deferred_probes: Vec::new(),
+        roles: probe_groups(&plan),
+        idx: 0,
+        group_until: None,
         exits: Vec::new(),
         merge_sub: [None; 2],
         lookup,
@@ -2768,10 +3046,11 @@ fn emit_block(
         em.fast_loop_entry(fast);
     }
     let mut ended = false;
-    for ((i, p), &dead) in insns.iter().zip(&plan).zip(&dead) {
+    for (k, ((i, p), &dead)) in insns.iter().zip(&plan).zip(&dead).enumerate() {
         let at = i.ip();
         let next = i.next_ip();
         em.cur = *i;
+        em.idx = k;
         em.last = std::ptr::eq(i, insns.last().unwrap_or(i));
         match p {
             Some(op) => {

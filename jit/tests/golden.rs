@@ -180,6 +180,23 @@ fn snippets() -> Vec<Snippet> {
             a.set_label(&mut place).unwrap();
             a.hlt().unwrap();
         }),
+        // Its recursion's first block (fib: CMP, JB, PUSH, SUB, CALL): a side exit and a CALL.
+        ("fib_entry_32", 32, |a| {
+            let mut small = a.create_label();
+            a.cmp(eax, 2).unwrap();
+            a.jb(small).unwrap();
+            a.push(eax).unwrap();
+            a.sub(eax, 1).unwrap();
+            a.call(small).unwrap();
+            a.set_label(&mut small).unwrap();
+            a.hlt().unwrap();
+        }),
+        // Its recursion's return path (fib: POP, ADD, RET): a RET through the lookup stub.
+        ("fib_return_32", 32, |a| {
+            a.pop(edx).unwrap();
+            a.add(eax, edx).unwrap();
+            a.ret().unwrap();
+        }),
         ("real_mode_helpers_only", 16, |a| {
             a.mov(ax, 0x1234u32).unwrap();
             a.add(ax, bx).unwrap();

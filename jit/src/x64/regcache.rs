@@ -250,6 +250,10 @@ impl Emitter<'_> {
             .filter_map(|g| c.host_of(g))
             .filter(|h| matches!(h, 11 | 6 | 7))
             .collect();
+        // A probe group's addend (see `ProbeRole`), when members still use it.
+        if self.r10_live() {
+            saved.push(10);
+        }
         saved.sort_unstable();
         for &h in &saved {
             dynasm!(self.ops ; .arch x64 ; push Rq(h));
