@@ -1258,6 +1258,59 @@ impl Emitter<'_> {
         }
     }
 
+    /// The back edge's flags into the host's again (the stop path of a counted loop), from
+    /// the registers as they are now: see [`StopFlags`].
+    fn emit_stop_flags(&mut self, f: StopFlags) {
+        match f {
+            StopFlags::Compare(r) => {
+                self.emit_cmp_test(r);
+                self.last_logic = r.test;
+            }
+            StopFlags::Logic { dst, w64 } => {
+                let d = self.src(dst, RAX);
+                if w64 {
+                    dynasm!(self.ops ; .arch x64 ; test Rq(d), Rq(d));
+                } else {
+                    dynasm!(self.ops ; .arch x64 ; test Rd(d), Rd(d));
+                }
+                self.last_logic = true;
+            }
+            StopFlags::Arith { sub, dst, src, w64 } => {
+                let d = self.src(dst, RAX);
+                let ops = &mut *self.ops;
+                match (src, sub, w64) {
+                    // RCX = the old destination (flagless), then the operation's flags.
+                    (Src::Imm(v), true, true) => dynasm!(ops ; .arch x64 ; lea rcx, [Rq(d) + v] ; cmp rcx, v),
+                    (Src::Imm(v), true, false) => dynasm!(ops ; .arch x64 ; lea ecx, [Rq(d) + v] ; cmp ecx, v),
+                    (Src::Imm(v), false, true) => {
+                        let nv = v.wrapping_neg();
+                        dynasm!(ops ; .arch x64 ; lea rcx, [Rq(d) + nv] ; add rcx, v)
+                    }
+                    (Src::Imm(v), false, false) => {
+                        let nv = v.wrapping_neg();
+                        dynasm!(ops ; .arch x64 ; lea ecx, [Rq(d) + nv] ; add ecx, v)
+                    }
+                    (Src::Reg(s), _, _) => {
+                        let s = self.src(s, 2);
+                        let ops = &mut *self.ops;
+                        match (sub, w64) {
+                            (true, true) => dynasm!(ops ; .arch x64 ; lea rcx, [Rq(d) + Rq(s)] ; cmp rcx, Rq(s)),
+                            (true, false) => dynasm!(ops ; .arch x64 ; lea ecx, [Rq(d) + Rq(s)] ; cmp ecx, Rd(s)),
+                            (false, true) => {
+                                dynasm!(ops ; .arch x64 ; mov rcx, Rq(d) ; sub rcx, Rq(s) ; add rcx, Rq(s))
+                            }
+                            (false, false) => {
+                                dynasm!(ops ; .arch x64 ; mov ecx, Rd(d) ; sub ecx, Rd(s) ; add ecx, Rd(s))
+                            }
+                        }
+                    }
+                }
+                self.last_logic = false;
+            }
+        }
+        self.flags_now_in_host();
+    }
+
     /// CMP or TEST of guest registers (cached or loaded into RAX/RCX) into the host's flags.
     fn emit_cmp_test(&mut self, r: Recompute) {
         let d = self.src(r.dst, RAX);
@@ -2501,6 +2554,10 @@ impl Emitter<'_> {
         self.flags_recomp = flags_recomp;
         self.recompute = recompute;
         self.last_logic = last_logic;
+        if let (true, Some(f)) = (flags_in_host, fast.stop_flags) {
+            // The top's DEC/JZ clobbered the host's flags: make them again.
+            self.emit_stop_flags(f);
+        }
         self.sync_flags();
         self.writeback_all();
         let out = self.out;
@@ -2531,6 +2588,10 @@ impl Emitter<'_> {
             ; mov r15, rax
             ; lea Rq(ic), [Rq(ic) - n]
         );
+        if fast.stop_flags.is_some() {
+            // Counted: the top decrements first.
+            dynasm!(self.ops ; .arch x64 ; lea r15, [r15 + 1]);
+        }
         self.regs.loaded = all;
         self.regs.dirty = all;
         if fast.flags_live {
@@ -2545,10 +2606,12 @@ impl Emitter<'_> {
             ; jmp =>stop
             ; =>top
             ; lea Rq(ic), [Rq(ic) + n]
-            ; mov rcx, r15
-            ; jrcxz =>tramp
-            ; lea r15, [r15 - 1]
         );
+        if fast.stop_flags.is_some() {
+            dynasm!(self.ops ; .arch x64 ; dec r15 ; jz =>tramp);
+        } else {
+            dynasm!(self.ops ; .arch x64 ; mov rcx, r15 ; jrcxz =>tramp ; lea r15, [r15 - 1]);
+        }
         self.flags_in_host = fast.flags_live;
         self.flags_in_r9 = false;
         self.flags_recomp = false;
@@ -2650,6 +2713,11 @@ enum ProbeRole {
 
 /// Largest span of bytes one shared probe covers (a wider group crosses pages more often).
 const GROUP_SPAN: i64 = 256;
+
+fn counted_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("FERRO_JIT_COUNTED").map_or(true, |v| v != "0"))
+}
 
 fn groups_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -2839,6 +2907,8 @@ fn written_regs(op: &Inline) -> u32 {
 ///           jmp top
 /// tramp:    jmp stop
 /// top:      rIC += n; if r15 == 0 goto tramp; r15 -= 1   ; LEA, MOV, JRCXZ: flags kept
+///           (counted loop, see `StopFlags`: r15 = iterations + 1; top: rIC += n; r15 -= 1;
+///           if r15 == 0 goto tramp, one DEC/JZ)
 ///           ... body on host registers ...
 ///           jcc top
 ///           (not taken) flags, count and registers to CpuState; out
@@ -2853,6 +2923,67 @@ struct FastLoop {
     /// The flags are live at the entry: the loop keeps them in the host's from the top (loaded
     /// once before it; AF cleared at the back edge after a logic operation, as the merge would).
     flags_live: bool,
+    /// A counted loop: the top's budget check may clobber the host's flags (dead at the
+    /// entry), and the stop path makes the back edge's flags again this way.
+    stop_flags: Option<StopFlags>,
+}
+
+/// How the stop path of a counted self-loop (see [`FastLoop`]) makes the back edge's flags
+/// again in the host's: the loop's last flag writer, run again on the registers as the back
+/// edge leaves them (nothing after it changes its operands).
+#[derive(Debug, Clone, Copy)]
+enum StopFlags {
+    /// CMP or TEST: run it again.
+    Compare(Recompute),
+    /// SUB or ADD `dst, src`: the old `dst` is `dst + src` (SUB) or `dst - src` (ADD); CMP or
+    /// ADD it with `src` again.
+    Arith { sub: bool, dst: i32, src: Src, w64: bool },
+    /// AND, OR or XOR: the flags of the result (TEST of it; AF 0 as after a logic operation).
+    Logic { dst: i32, w64: bool },
+}
+
+/// The [`StopFlags`] of a self-loop's plan, if its last flag writer is one of those forms and
+/// only forms that neither write flags nor its operands come after it.
+fn stop_flags(plan: &[Option<Inline>]) -> Option<StopFlags> {
+    let mut later = 0u32;
+    for p in plan.iter().rev() {
+        let op = (*p)?;
+        match op {
+            Inline::Alu { op: a, dst, src, w64 } if !matches!(a, AluOp::Adc | AluOp::Sbb) => {
+                let s = match src {
+                    Src::Reg(s) => Some(s),
+                    Src::Imm(_) => None,
+                };
+                if later & (reg_bit(dst) | s.map_or(0, reg_bit)) != 0 {
+                    return None;
+                }
+                return match a {
+                    AluOp::Cmp | AluOp::Test => {
+                        Some(StopFlags::Compare(Recompute { test: a == AluOp::Test, dst, src, w64 }))
+                    }
+                    AluOp::And | AluOp::Or | AluOp::Xor => Some(StopFlags::Logic { dst, w64 }),
+                    // The old value is lost when the source is the destination itself, or when
+                    // the immediate cannot be negated in a displacement.
+                    AluOp::Sub | AluOp::Add if s == Some(dst) => None,
+                    AluOp::Add if matches!(src, Src::Imm(i32::MIN)) => None,
+                    AluOp::Sub | AluOp::Add => Some(StopFlags::Arith { sub: a == AluOp::Sub, dst, src, w64 }),
+                    AluOp::Adc | AluOp::Sbb => None,
+                };
+            }
+            // Forms that leave the flags alone.
+            Inline::Jcc { .. }
+            | Inline::Jmp { .. }
+            | Inline::MovRR { .. }
+            | Inline::MovRI { .. }
+            | Inline::Lea { .. } => later |= written_regs(&op),
+            Inline::Mem {
+                kind: MemKind::Load { .. } | MemKind::LoadExt { .. } | MemKind::Store { .. } | MemKind::StoreImm { .. },
+                ..
+            } => later |= written_regs(&op),
+            _ => return None,
+        }
+    }
+    None
 }
 
 /// Emits a block.
@@ -3007,6 +3138,7 @@ fn emit_block(
         stop: ops.new_dynamic_label(),
         n: n_insns,
         flags_live: !entry_dead,
+        stop_flags: if entry_dead && counted_enabled() { stop_flags(&plan) } else { None },
     });
     let hexit = if lookup { ops.new_dynamic_label() } else { out };
     let mut em = Emitter {
