@@ -592,10 +592,9 @@ fn memory_regs(op: &Inline) -> u32 {
         | Inline::Jcc { .. }
         | Inline::Jmp { .. } => 0,
         Inline::Mem { kind, sz, .. } => kind_reg(kind).filter(|_| kind.cacheable_reg(sz).is_none()).map_or(0, reg_bit),
-        Inline::Stack { op, .. } => match op {
-            StackOp::Push(r) | StackOp::Pop(r) => rsp | reg_bit(r),
-            StackOp::Call(_) | StackOp::Ret => rsp,
-        },
+        // The pushed or popped register goes through the cache (see `Emitter::stack`); RSP is
+        // always run on `CpuState`.
+        Inline::Stack { .. } => rsp,
         Inline::JmpInd { reg, call, .. } => reg.map_or(0, reg_bit) | if call { rsp } else { 0 },
         Inline::Ext(e) => e.regs().into_iter().flatten().fold(0, |m, off| m | reg_bit(off)),
     }
@@ -638,6 +637,7 @@ fn cached_uses(op: &Inline, uses: &mut [u32; 16]) {
             }
             ea_uses(&ea, &mut add);
         }
+        Inline::Stack { op: StackOp::Push(r) | StackOp::Pop(r), .. } if r != RSP_OFF => add(r),
         _ => {}
     }
 }
@@ -1881,7 +1881,8 @@ impl Emitter<'_> {
             self.stash_or_sync_flags(dead, false);
         }
         let (synced0, pending0) = (self.synced, self.pending);
-        // Stack operations run on `CpuState` (their registers were written back before).
+        // RSP is run on `CpuState` (written back before); the register pushed or popped may be
+        // in the cache.
         let pre = self.regs;
         let slow = self.ops.new_dynamic_label();
         let cont = self.ops.new_dynamic_label();
@@ -1907,13 +1908,13 @@ impl Emitter<'_> {
         }
         // The value to push or the value popped, in RCX.
         match op {
-            StackOp::Push(r) => {
-                if w64 {
-                    dynasm!(self.ops ; .arch x64 ; mov rcx, QWORD [r12 + r] ; mov QWORD [rax], rcx);
-                } else {
-                    dynasm!(self.ops ; .arch x64 ; mov ecx, DWORD [r12 + r] ; mov DWORD [rax], ecx);
-                }
-            }
+            StackOp::Push(r) => match if r != RSP_OFF { self.cached(r) } else { None } {
+                // From its host register (loaded there first if need be).
+                Some(h) if w64 => dynasm!(self.ops ; .arch x64 ; mov QWORD [rax], Rq(h)),
+                Some(h) => dynasm!(self.ops ; .arch x64 ; mov DWORD [rax], Rd(h)),
+                None if w64 => dynasm!(self.ops ; .arch x64 ; mov rcx, QWORD [r12 + r] ; mov QWORD [rax], rcx),
+                None => dynasm!(self.ops ; .arch x64 ; mov ecx, DWORD [r12 + r] ; mov DWORD [rax], ecx),
+            },
             StackOp::Call(_) => {
                 let d = next.wrapping_sub(synced0);
                 if w64 {
@@ -1949,7 +1950,12 @@ impl Emitter<'_> {
         }
         match op {
             StackOp::Pop(r) => {
-                dynasm!(self.ops ; .arch x64 ; mov QWORD [r12 + r], rcx);
+                // Into its host register (all 64 bits: the load zero-extended a 32-bit value),
+                // else into `CpuState`. POP ESP keeps the value popped (written after ESP).
+                match if r != RSP_OFF { self.cached_def(r) } else { None } {
+                    Some(h) => dynasm!(self.ops ; .arch x64 ; mov Rq(h), rcx),
+                    None => dynasm!(self.ops ; .arch x64 ; mov QWORD [r12 + r], rcx),
+                }
                 self.slow_path(slow, cont, at, next, synced0, pending0, false, pre);
                 dynasm!(self.ops ; .arch x64 ; =>cont);
                 self.synced = synced0;
