@@ -11,8 +11,11 @@
 //! NOT/NEG, MOVZX/MOVSX/MOVSXD, IMUL (2/3 operands), shifts and rotates by an immediate or CL,
 //! SETcc, CMOVcc, XCHG, CWDE/CDQE/CDQ/CQO, NOPs, RDTSC at CPL 0, LEA; MOV/ALU/INC/DEC/BT/CMOV/
 //! MOVZX with one memory operand (FS/GS in 64-bit mode too), PUSH/POP, CALL rel and RET, JMP and
-//! CALL through a 64-bit register or memory, all through an inline soft-TLB probe (one compare;
-//! a miss runs the instruction through the interpreter); Jcc and JMP; the SSE integer, bitwise,
+//! CALL through a 64-bit register or memory, all through an inline soft-TLB probe (one compare,
+//! one add: the TLB holds host addresses; a miss runs the instruction through the interpreter;
+//! accesses with the same address registers, or on the stack, with no helper or other access
+//! between them share one probe that checks their page holds all their bytes,
+//! `FERRO_JIT_GROUPS=0` turns that off); Jcc and JMP; the SSE integer, bitwise,
 //! shuffle and move forms on XMM registers and memory (when the mode key says SSE cannot fault),
 //! BSF/BSR/TZCNT, BT/BTS/BTR/BTC, one-operand MUL/IMUL, DIV and BSWAP on registers
 //! (`FERRO_JIT_FORMS=0` turns those off). The host ALU computes the
@@ -21,7 +24,10 @@
 //! overwritten before anything (a reader, a helper, a possible fault, the exit) can see them
 //! (`FERRO_JIT_LIVENESS=0` turns that off). Direct
 //! branches within a guest page are chained through patched `jmp rel32`; a branch back to the
-//! block's entry loops inside it; RET, indirect branches and branches into another page jump
+//! block's entry loops inside it (on host registers, counting down the iterations the budget
+//! allows; where the flags are dead at the entry, with one DEC/JZ, the flags made again from the
+//! last flag writer if the budget runs out: `FERRO_JIT_COUNTED=0` turns that off); RET, indirect
+//! branches and branches into another page jump
 //! to a shared stub that finds the next block in the jump cache (an inline soft-TLB probe of
 //! RIP, then the cache) and jumps into it, or asks a Rust helper making the dispatcher's own
 //! checks, so a run goes from block to block without returning to the dispatcher
