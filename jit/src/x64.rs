@@ -529,6 +529,21 @@ enum Inline {
 }
 
 impl Inline {
+    /// Forms that run on registers only: no memory access, no call, no slow path (a Jcc's
+    /// taken path leaves the block).
+    fn register_only(self) -> bool {
+        matches!(
+            self,
+            Inline::MovRR { .. }
+                | Inline::MovRI { .. }
+                | Inline::Alu { .. }
+                | Inline::IncDec { .. }
+                | Inline::Shift1 { .. }
+                | Inline::Lea { .. }
+                | Inline::Jcc { .. }
+        )
+    }
+
     fn flag_use(self) -> FlagUse {
         match self {
             Inline::MovRR { .. } | Inline::MovRI { .. } | Inline::Lea { .. } => FlagUse::None,
@@ -573,6 +588,9 @@ fn regcache_enabled() -> bool {
     *ON.get_or_init(|| std::env::var("FERRO_JIT_REGCACHE").map_or(true, |v| v != "0"))
 }
 
+/// `CpuState` offset of RSP.
+const RSP_OFF: i32 = (offsets::GPR + 8 * 4) as i32;
+
 /// Bit `n` for the guest register at `CpuState` offset `off` (any byte of it).
 fn reg_bit(off: i32) -> u32 {
     gpr_index(off).map_or(0, |g| 1 << g)
@@ -581,7 +599,7 @@ fn reg_bit(off: i32) -> u32 {
 /// The guest registers (and count) the emitter of `op` reads or writes as `CpuState` fields
 /// rather than through the register cache: written back and dropped around it.
 fn memory_regs(op: &Inline) -> u32 {
-    let rsp = reg_bit((offsets::GPR + 8 * 4) as i32);
+    let rsp = reg_bit(RSP_OFF);
     match *op {
         Inline::MovRR { .. }
         | Inline::MovRI { .. }
@@ -1886,7 +1904,7 @@ impl Emitter<'_> {
         let pre = self.regs;
         let slow = self.ops.new_dynamic_label();
         let cont = self.ops.new_dynamic_label();
-        let stk = (offsets::GPR + 8 * 4) as i32;
+        let stk = RSP_OFF;
         let size = if w64 { 8 } else { 4 };
         let push = matches!(op, StackOp::Push(_) | StackOp::Call(_));
         if w64 {
@@ -2025,7 +2043,7 @@ impl Emitter<'_> {
             ; jne =>slow
         );
         if call {
-            let stk = (offsets::GPR + 8 * 4) as i32;
+            let stk = RSP_OFF;
             let d = next.wrapping_sub(self.synced) as i64 as i32;
             dynasm!(self.ops ; .arch x64 ; mov r8, QWORD [r12 + stk] ; sub r8, 8 ; mov rax, r8);
             self.probe(true, 8, user, slow);
@@ -2747,8 +2765,6 @@ struct GroupAccess {
     rsp_move: i64,
 }
 
-const RSP_OFF: i32 = (offsets::GPR + 8 * 4) as i32;
-
 /// The memory access of `op`, if it can be in a probe group: a MOV/ALU memory operand with no
 /// segment base and no RIP-relative address, or a PUSH/POP/CALL/RET (on RSP).
 fn group_access(op: &Inline) -> Option<GroupAccess> {
@@ -2820,18 +2836,9 @@ fn probe_groups(plan: &[Option<Inline>]) -> Vec<ProbeRole> {
                     (lo, hi, write, last) = (l, h, write || b.write, Some(j));
                     delta = moved(op2, Some(b), a.key).map(|m| d + m);
                 }
-                // Register-only forms with no call that can clobber R10 unsaved and no slow
-                // path (a Jcc's taken path leaves the block).
-                None if matches!(
-                    op2,
-                    Inline::MovRR { .. }
-                        | Inline::MovRI { .. }
-                        | Inline::Alu { .. }
-                        | Inline::IncDec { .. }
-                        | Inline::Shift1 { .. }
-                        | Inline::Lea { .. }
-                        | Inline::Jcc { .. }
-                ) && moved(op2, None, a.key) == Some(0) => {}
+                // Nothing in between may call anything that could clobber R10 unsaved or take a
+                // slow path that comes back.
+                None if op2.register_only() && moved(op2, None, a.key) == Some(0) => {}
                 _ => break,
             }
         }
@@ -2873,7 +2880,7 @@ impl Recompute {
 
 /// The guest registers (and count) `op` may write (conservative for the forms of [`ext`]).
 fn written_regs(op: &Inline) -> u32 {
-    let rsp = reg_bit((offsets::GPR + 8 * 4) as i32);
+    let rsp = reg_bit(RSP_OFF);
     match *op {
         Inline::MovRR { dst, .. }
         | Inline::MovRI { dst, .. }
