@@ -1681,6 +1681,7 @@ impl Emitter<'_> {
         own_write: bool,
         own_size: i32,
         slow: DynamicLabel,
+        add: bool,
     ) {
         let set = if user { (mmu::TLB_ENTRIES * 32) as i32 } else { 0 };
         let tag = TLB + set + if write { 8 } else { 0 };
@@ -1703,9 +1704,11 @@ impl Emitter<'_> {
             ; cmp rdx, QWORD [r12 + rcx + tag]
             ; jne =>entry
             ; mov r10, QWORD [r12 + rcx + addend]
-            ; add rax, r10
-            ; =>join
         );
+        if add {
+            dynasm!(self.ops ; .arch x64 ; add rax, r10);
+        }
+        dynasm!(self.ops ; .arch x64 ; =>join);
         self.deferred_probes.push(DeferredProbe {
             entry,
             join,
@@ -1724,15 +1727,13 @@ impl Emitter<'_> {
     /// A group member's probe (see [`ProbeRole`]): linear address in RAX, host address out
     /// in RAX; if the leader's probe missed (R10 = 0), the access probes alone (its miss goes
     /// to `slow`). Clobbers RCX and RDX.
-    fn member_probe(&mut self, write: bool, size: i32, user: bool, slow: DynamicLabel) {
+    fn member_probe(&mut self, write: bool, size: i32, user: bool, slow: DynamicLabel, add: bool) {
         let (entry, join) = (self.ops.new_dynamic_label(), self.ops.new_dynamic_label());
-        dynasm!(self.ops
-            ; .arch x64
-            ; test r10, r10
-            ; jz =>entry
-            ; add rax, r10
-            ; =>join
-        );
+        dynasm!(self.ops ; .arch x64 ; test r10, r10 ; jz =>entry);
+        if add {
+            dynasm!(self.ops ; .arch x64 ; add rax, r10);
+        }
+        dynasm!(self.ops ; .arch x64 ; =>join);
         self.deferred_probes.push(DeferredProbe { entry, join, write, size, user, slow, zero_r10: false });
     }
 
@@ -1921,8 +1922,10 @@ impl Emitter<'_> {
         dynasm!(self.ops ; .arch x64 ; mov rax, r8);
         match self.roles.get(self.idx).copied().unwrap_or(ProbeRole::Own) {
             ProbeRole::Own => self.probe(push, size, user, slow),
-            ProbeRole::Leader { lo, span, write } => self.group_probe(lo, span, write, !w64, user, push, size, slow),
-            ProbeRole::Member => self.member_probe(push, size, user, slow),
+            ProbeRole::Leader { lo, span, write } => {
+                self.group_probe(lo, span, write, !w64, user, push, size, slow, true)
+            }
+            ProbeRole::Member => self.member_probe(push, size, user, slow, true),
         }
         // The value to push or the value popped, in RCX.
         match op {
@@ -2128,6 +2131,25 @@ impl Emitter<'_> {
         true
     }
 
+    /// As [`Self::mem_cached`] for a grouped MOV (see [`ProbeRole`]): the host address is
+    /// RAX + R10 (the linear address and the group's addend, or the host address and 0).
+    fn mem_cached_indexed(&mut self, kind: MemKind, sz: Sz) -> bool {
+        let Some(reg) = kind.cacheable_reg(sz) else { return false };
+        let Some(h) = self.cached(reg) else { return false };
+        let ops = &mut *self.ops;
+        match (kind, sz) {
+            (MemKind::Load { .. }, Sz::Q) => dynasm!(ops ; .arch x64 ; mov Rq(h), QWORD [rax + r10]),
+            (MemKind::Load { .. }, _) => dynasm!(ops ; .arch x64 ; mov Rd(h), DWORD [rax + r10]),
+            (MemKind::Store { .. }, Sz::Q) => dynasm!(ops ; .arch x64 ; mov QWORD [rax + r10], Rq(h)),
+            (MemKind::Store { .. }, _) => dynasm!(ops ; .arch x64 ; mov DWORD [rax + r10], Rd(h)),
+            _ => unreachable!("only grouped MOVs"),
+        }
+        if matches!(kind, MemKind::Load { .. }) {
+            self.set_dirty(reg);
+        }
+        true
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn mem(&mut self, kind: MemKind, ea: Ea, sz: Sz, user: bool, at: u64, next: u64, dead: bool) {
         if let MemKind::IncDec { .. } | MemKind::Bt { .. } | MemKind::Cmov { .. } = kind {
@@ -2144,16 +2166,22 @@ impl Emitter<'_> {
         let slow = self.ops.new_dynamic_label();
         let cont = self.ops.new_dynamic_label();
         self.effective_address(ea);
-        match self.roles.get(self.idx).copied().unwrap_or(ProbeRole::Own) {
+        let role = self.roles.get(self.idx).copied().unwrap_or(ProbeRole::Own);
+        // A grouped MOV to or from a cached register addresses [RAX + R10] itself (see
+        // `ProbeRole`): the probe leaves RAX as it is.
+        let indexed = role != ProbeRole::Own
+            && matches!(kind, MemKind::Load { .. } | MemKind::Store { .. })
+            && kind.cacheable_reg(sz).is_some_and(|r| self.has_host(r));
+        match role {
             ProbeRole::Own => self.probe(kind.writes(), sz.bytes(), user, slow),
             ProbeRole::Leader { lo, span, write } => {
-                self.group_probe(lo, span, write, ea.addr32, user, kind.writes(), sz.bytes(), slow)
+                self.group_probe(lo, span, write, ea.addr32, user, kind.writes(), sz.bytes(), slow, !indexed)
             }
-            ProbeRole::Member => self.member_probe(kind.writes(), sz.bytes(), user, slow),
+            ProbeRole::Member => self.member_probe(kind.writes(), sz.bytes(), user, slow, !indexed),
         }
         // The cache where the fast path may branch to the slow one.
         let pre = self.regs;
-        if self.mem_cached(kind, sz) {
+        if if indexed { self.mem_cached_indexed(kind, sz) } else { self.mem_cached(kind, sz) } {
             self.slow_path(slow, cont, at, next, synced0, pending0, kind.flags().is_some(), pre);
             dynasm!(self.ops ; .arch x64 ; =>cont);
             self.synced = synced0;

@@ -188,6 +188,11 @@ impl Emitter<'_> {
         Some(h)
     }
 
+    /// Whether guest register `off` (a whole register) has a host register (no code emitted).
+    pub(super) fn has_host(&self, off: i32) -> bool {
+        whole(off).is_some_and(|g| self.regs.host_of(g).is_some())
+    }
+
     /// The host register of guest register `off` for a write of 32 or 64 bits (no load: the
     /// write defines all 64 bits); marks it dirty. `None` if not cached.
     pub(super) fn cached_def(&mut self, off: i32) -> Option<u8> {
