@@ -177,3 +177,31 @@ fn test_smc_data_next_to_a_hot_loop_does_not_drop_it() {
     assert!(s.interpreted < 100, "{s:?}: the loop ran as translated code, not interpreted");
     assert!(bus.mem.code_pages().fine_misses >= 900, "stores to the variable hit no code");
 }
+
+/// An instruction crossing a page end, rewritten in its second page while a loop runs it: each
+/// turn must run the bytes as they are now (the interpreter keeps such instructions decoded
+/// while both pages map where they did and neither part was written).
+#[test]
+fn test_smc_instruction_across_a_page_end() {
+    let mut code = vec![0x90u8; 0x1013];
+    // 1000: mov ecx, 5 ; xor ebx, ebx ; jmp 1ffe
+    code[..5].copy_from_slice(&[0xB9, 5, 0, 0, 0]);
+    code[5..7].copy_from_slice(&[0x31, 0xDB]);
+    code[7] = 0xE9;
+    code[8..12].copy_from_slice(&(0x1FFEi32 - 0x100C).to_le_bytes());
+    // 1ffe: mov eax, 1 (its immediate's last three bytes in the next page)
+    code[0xFFE..0x1003].copy_from_slice(&[0xB8, 1, 0, 0, 0]);
+    // 2003: add ebx, eax ; mov [0x2000], cl ; dec ecx ; jnz 1ffe ; hlt
+    code[0x1003..0x1005].copy_from_slice(&[0x01, 0xC3]);
+    code[0x1005..0x100B].copy_from_slice(&[0x88, 0x0D, 0x00, 0x20, 0x00, 0x00]);
+    code[0x100B] = 0x49;
+    code[0x100C..0x100E].copy_from_slice(&[0x0F, 0x85]);
+    code[0x100E..0x1012].copy_from_slice(&(0x1FFEi32 - 0x2012).to_le_bytes());
+    code[0x1012] = 0xF4;
+    let (exit, c, _) = lockstep("smc-straddle", &code, &state(32), 1000);
+    assert_eq!(exit, RunExit::Halted);
+    // By hand: EAX takes 0x001, 0x501, 0x401, 0x301, 0x201 (CL written over the immediate's
+    // second byte after each turn).
+    assert_eq!(c.gpr[3], 0x001 + 0x501 + 0x401 + 0x301 + 0x201);
+    assert_eq!(c.gpr[1], 0);
+}

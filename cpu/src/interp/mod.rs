@@ -37,6 +37,28 @@ pub(crate) struct Decoded {
     fast: Fast,
 }
 
+/// Entries of the cache of instructions that cross a page end.
+const STRADDLERS: usize = 16;
+
+/// An instruction that crosses a page end, decoded: valid while RIP, bitness and where both
+/// pages map are as when it was decoded and neither page's bank moved to a new generation (its
+/// bytes are marked as code in both pages, so a write to them does that). Without it, each run
+/// of such an instruction fetched and decoded it twice (a loop over one ran it 13 M times on
+/// the Linux workload).
+#[derive(Clone, Copy)]
+struct Straddler {
+    /// Linear address, RIP, bitness (0: empty).
+    lin: u64,
+    rip: u64,
+    bitness: u32,
+    /// Backing offsets of the first byte and of the next page, with their bank generations.
+    b1: u64,
+    b2: u64,
+    gen1: u64,
+    gen2: u64,
+    decoded: Decoded,
+}
+
 /// Decoded instructions keyed by backing offset (physical), bitness and RIP; a write to a page
 /// drops that page's entries.
 ///
@@ -59,6 +81,8 @@ pub(crate) struct DecodeCache {
     /// Some tag may be valid (a `put` since the last `clear`): `clear` on an empty cache (the
     /// image loads before the first instruction) does not touch the 1 MB of tags.
     used: bool,
+    /// Instructions that cross a page end (see [`Straddler`]), by linear page.
+    straddlers: Box<[Straddler; STRADDLERS]>,
     pub(crate) hits: u64,
     pub(crate) misses: u64,
 }
@@ -85,7 +109,26 @@ impl DecodeCache {
         // Zeroed (no valid key has bit 63 clear): the allocator hands out untouched pages.
         let tags: Box<[(u64, u64); CACHE_ENTRIES]> =
             vec![(0, 0); CACHE_ENTRIES].into_boxed_slice().try_into().expect("CACHE_ENTRIES tags");
-        DecodeCache { tags, _instr_buf: buf, instrs, bank_gen: [0; 16], used: false, hits: 0, misses: 0 }
+        let empty = Straddler {
+            lin: 0,
+            rip: 0,
+            bitness: 0,
+            b1: 0,
+            b2: 0,
+            gen1: 0,
+            gen2: 0,
+            decoded: Decoded { instr: Instruction::default(), fast: Fast::default() },
+        };
+        DecodeCache {
+            tags,
+            _instr_buf: buf,
+            instrs,
+            bank_gen: [0; 16],
+            used: false,
+            straddlers: Box::new([empty; STRADDLERS]),
+            hits: 0,
+            misses: 0,
+        }
     }
 
     #[inline(always)]
@@ -145,6 +188,14 @@ impl DecodeCache {
         for e in self.tags.iter_mut() {
             e.0 = 0;
         }
+        for s in self.straddlers.iter_mut() {
+            s.bitness = 0;
+        }
+    }
+
+    /// The straddler slot of a linear address.
+    fn straddler_slot(lin: u64) -> usize {
+        ((lin >> 12) as usize) & (STRADDLERS - 1)
     }
 }
 
@@ -461,11 +512,33 @@ impl<'a> Cx<'a> {
                 }
             }
         }
+        // An instruction crossing the page end, decoded before (see `Straddler`): both pages
+        // must still map where they did (no walk here: a TLB miss takes the slow path).
+        let in_page = (0x1000 - (lin & 0xFFF)).min(15) as usize;
+        let next_page = (lin & PAGE_MASK).wrapping_add(0x1000);
+        let b2 = match hit {
+            Some(_) if in_page < 15 => self.cpu.tlb.lookup(user, TlbAccess::Exec, next_page, 1),
+            _ => None,
+        };
+        if let (Some(b1), Some(b2)) = (hit, b2) {
+            let slot = DecodeCache::straddler_slot(lin);
+            let s = &self.cache.straddlers[slot];
+            if s.bitness == bitness
+                && s.lin == lin
+                && s.rip == rip
+                && s.b1 == b1
+                && s.b2 == b2
+                && s.gen1 == self.cache.gen_bits(b1)
+                && s.gen2 == self.cache.gen_bits(b2)
+            {
+                self.cache.hits += 1;
+                return Ok(&s.decoded);
+            }
+        }
         // Slow path: near a page end, or the TLB has no entry yet. The bytes up to the end of
         // the page first: an instruction that ends there must not touch the next page (a walk
         // of it would set its accessed bit; the JIT, which decodes within the page, does not).
         let mut bytes = [0u8; 15];
-        let in_page = (0x1000 - (lin & 0xFFF)).min(15) as usize;
         let (mut n, mut fault) = self.fetch_bytes_upto(lin, &mut bytes, in_page);
         let mut instr = Instruction::default();
         let mut dec = Decoder::with_ip(bitness, &bytes[..n], rip, DecoderOptions::NONE);
@@ -485,6 +558,34 @@ impl<'a> Cx<'a> {
             return Err(Exception::InvalidOpcode);
         }
         wrap_next_ip(&mut instr, bitness);
+        let len = instr.len();
+        if len > in_page {
+            // It crosses the page end: keep it (its bytes marked as code in both pages, so a
+            // write to either part moves that page's bank to a new generation).
+            let b1 = hit.or_else(|| self.cpu.tlb.lookup(user, TlbAccess::Exec, lin, 1));
+            let b2 = self.cpu.tlb.lookup(user, TlbAccess::Exec, next_page, 1);
+            if let (Some(b1), Some(b2)) = (b1, b2) {
+                let mem = self.bus.memory();
+                for (b, n) in [(b1, in_page), (b2, len - in_page)] {
+                    if mem.mark_code_range(b, n as u64) {
+                        self.cpu.tlb.protect_backing_page(b & PAGE_MASK);
+                    }
+                }
+                let slot = DecodeCache::straddler_slot(lin);
+                self.cache.straddlers[slot] = Straddler {
+                    lin,
+                    rip,
+                    bitness,
+                    b1,
+                    b2,
+                    gen1: self.cache.gen_bits(b1),
+                    gen2: self.cache.gen_bits(b2),
+                    decoded: Decoded { instr, fast: fast::predecode(&instr) },
+                };
+                self.cache.used = true;
+                return Ok(&self.cache.straddlers[slot].decoded);
+            }
+        }
         Ok(self.cache.put(CACHE_ENTRIES, &instr))
     }
 
