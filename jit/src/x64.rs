@@ -1185,6 +1185,20 @@ macro_rules! mi32 { ($o:tt, $ops:expr, $v:expr) => { dynasm!($ops ; .arch x64 ; 
 
 const RFLAGS: i32 = offsets::RFLAGS as i32;
 const TLB: i32 = offsets::TLB as i32;
+// A TLB entry's byte offset, ((addr >> 12) & (entries - 1)) * 32, is (addr >> 7) & TLB_IDX_MASK.
+const _: () = assert!(mmu::TLB_ENTRIES.is_power_of_two() && mmu::TLB_ENTRIES <= 1 << 20);
+const _: () = assert!(core::mem::size_of::<mmu::TlbEntry>() == 32);
+/// Mask of a TLB entry's byte offset within its set (see above).
+const TLB_IDX_MASK: i32 = ((mmu::TLB_ENTRIES - 1) << 5) as i32;
+/// Byte offset of the user set (CPL 3) from the supervisor set.
+const TLB_USER_SET: i32 = (mmu::TLB_ENTRIES * 32) as i32;
+
+/// `CpuState` offsets (from the entry's byte offset) of the tag an access compares and of the
+/// addend, for a data access of the given kind and privilege class.
+fn tlb_fields(write: bool, user: bool) -> (i32, i32) {
+    let set = TLB + if user { TLB_USER_SET } else { 0 };
+    (set + if write { 8 } else { 0 }, set + 24)
+}
 const LAZY_MASK: i32 = offsets::LAZY_MASK as i32;
 const ICOUNT: i32 = offsets::ICOUNT as i32;
 const RIP: i32 = offsets::RIP as i32;
@@ -1646,18 +1660,12 @@ impl Emitter<'_> {
     /// the access stays within the page (the tag is the page of its last byte); the addend
     /// is a host address ([`mmu::SoftTlb::set_host_base`]).
     fn probe(&mut self, write: bool, size: i32, user: bool, slow: DynamicLabel) {
-        let set = if user { (mmu::TLB_ENTRIES * 32) as i32 } else { 0 };
-        let tag = TLB + set + if write { 8 } else { 0 };
-        let addend = TLB + set + 24;
-        // The entry's byte offset, ((addr >> 12) & (entries - 1)) * 32, as (addr >> 7) & mask.
-        const _: () = assert!(mmu::TLB_ENTRIES.is_power_of_two() && mmu::TLB_ENTRIES <= 1 << 20);
-        const _: () = assert!(core::mem::size_of::<mmu::TlbEntry>() == 32);
-        let idx_mask = ((mmu::TLB_ENTRIES - 1) << 5) as i32;
+        let (tag, addend) = tlb_fields(write, user);
         dynasm!(self.ops
             ; .arch x64
             ; mov ecx, eax
             ; shr ecx, 7
-            ; and ecx, idx_mask
+            ; and ecx, TLB_IDX_MASK
             ; lea rdx, [rax + size - 1]
             ; and rdx, -4096
             ; cmp rdx, QWORD [r12 + rcx + tag]
@@ -1673,9 +1681,7 @@ impl Emitter<'_> {
     #[allow(clippy::too_many_arguments)]
     fn group_probe(
         &mut self,
-        lo: i32,
-        span: i32,
-        write: bool,
+        (lo, span, write, last): (i32, i32, bool, usize),
         addr32: bool,
         user: bool,
         own_write: bool,
@@ -1683,10 +1689,7 @@ impl Emitter<'_> {
         slow: DynamicLabel,
         add: bool,
     ) {
-        let set = if user { (mmu::TLB_ENTRIES * 32) as i32 } else { 0 };
-        let tag = TLB + set + if write { 8 } else { 0 };
-        let addend = TLB + set + 24;
-        let idx_mask = ((mmu::TLB_ENTRIES - 1) << 5) as i32;
+        let (tag, addend) = tlb_fields(write, user);
         let (entry, join) = (self.ops.new_dynamic_label(), self.ops.new_dynamic_label());
         // The group's first byte, wrapped as the guest's address size wraps.
         match (addr32, lo) {
@@ -1699,7 +1702,7 @@ impl Emitter<'_> {
             ; .arch x64
             ; lea rdx, [rcx + span - 1]
             ; shr ecx, 7
-            ; and ecx, idx_mask
+            ; and ecx, TLB_IDX_MASK
             ; and rdx, -4096
             ; cmp rdx, QWORD [r12 + rcx + tag]
             ; jne =>entry
@@ -1718,10 +1721,20 @@ impl Emitter<'_> {
             slow,
             zero_r10: true,
         });
-        // This group's members: up to the next leader.
-        let rest = &self.roles[self.idx + 1..];
-        let end = rest.iter().position(|r| matches!(r, ProbeRole::Leader { .. })).unwrap_or(rest.len());
-        self.group_until = rest[..end].iter().rposition(|r| *r == ProbeRole::Member).map(|j| self.idx + 1 + j);
+        self.group_until = Some(last);
+    }
+
+    /// The probe of the current instruction's access as its [`ProbeRole`] says: linear address
+    /// in RAX (`addr32`: wrapped at 4 GiB), host address out in RAX (or, unless `add`, RAX +
+    /// R10 is it), a miss to `slow`.
+    fn probe_for_role(&mut self, write: bool, size: i32, user: bool, addr32: bool, slow: DynamicLabel, add: bool) {
+        match self.roles.get(self.idx).copied().unwrap_or(ProbeRole::Own) {
+            ProbeRole::Own => self.probe(write, size, user, slow),
+            ProbeRole::Leader { lo, span, write: group_write, last } => {
+                self.group_probe((lo, span, group_write, last), addr32, user, write, size, slow, add)
+            }
+            ProbeRole::Member => self.member_probe(write, size, user, slow, add),
+        }
     }
 
     /// A group member's probe (see [`ProbeRole`]): linear address in RAX, host address out
@@ -1920,13 +1933,7 @@ impl Emitter<'_> {
             }
         }
         dynasm!(self.ops ; .arch x64 ; mov rax, r8);
-        match self.roles.get(self.idx).copied().unwrap_or(ProbeRole::Own) {
-            ProbeRole::Own => self.probe(push, size, user, slow),
-            ProbeRole::Leader { lo, span, write } => {
-                self.group_probe(lo, span, write, !w64, user, push, size, slow, true)
-            }
-            ProbeRole::Member => self.member_probe(push, size, user, slow, true),
-        }
+        self.probe_for_role(push, size, user, !w64, slow, true);
         // The value to push or the value popped, in RCX.
         match op {
             StackOp::Push(r) => match if r != RSP_OFF { self.cached(r) } else { None } {
@@ -2172,13 +2179,7 @@ impl Emitter<'_> {
         let indexed = role != ProbeRole::Own
             && matches!(kind, MemKind::Load { .. } | MemKind::Store { .. })
             && kind.cacheable_reg(sz).is_some_and(|r| self.has_host(r));
-        match role {
-            ProbeRole::Own => self.probe(kind.writes(), sz.bytes(), user, slow),
-            ProbeRole::Leader { lo, span, write } => {
-                self.group_probe(lo, span, write, ea.addr32, user, kind.writes(), sz.bytes(), slow, !indexed)
-            }
-            ProbeRole::Member => self.member_probe(kind.writes(), sz.bytes(), user, slow, !indexed),
-        }
+        self.probe_for_role(kind.writes(), sz.bytes(), user, ea.addr32, slow, !indexed);
         // The cache where the fast path may branch to the slow one.
         let pre = self.regs;
         if if indexed { self.mem_cached_indexed(kind, sz) } else { self.mem_cached(kind, sz) } {
@@ -2757,8 +2758,8 @@ enum ProbeRole {
     /// Probes alone.
     Own,
     /// Probes for the group: its bytes are `[disp + lo, disp + lo + span)` relative to the
-    /// leader's own displacement `disp`.
-    Leader { lo: i32, span: i32, write: bool },
+    /// leader's own displacement `disp`; `last` is the index of its last member.
+    Leader { lo: i32, span: i32, write: bool, last: usize },
     /// Uses the leader's probe.
     Member,
 }
@@ -2874,7 +2875,7 @@ fn probe_groups(plan: &[Option<Inline>]) -> Vec<ProbeRole> {
             i += 1;
             continue;
         };
-        roles[i] = ProbeRole::Leader { lo: (lo - a.off) as i32, span: (hi - lo) as i32, write };
+        roles[i] = ProbeRole::Leader { lo: (lo - a.off) as i32, span: (hi - lo) as i32, write, last };
         // Only the memory accesses are members (the forms in between keep `Own`).
         for (r, p) in roles[i + 1..=last].iter_mut().zip(&plan[i + 1..=last]) {
             if p.as_ref().and_then(group_access).is_some() {

@@ -41,7 +41,7 @@
 // dynasm's dynamic registers expand to `.into()` calls.
 #![allow(clippy::useless_conversion)]
 
-use super::{block_for, emit_epilogue, gate, Assembler, CodeCache, HelperTable};
+use super::{block_for, emit_epilogue, gate, Assembler, CodeCache, HelperTable, TLB_IDX_MASK, TLB_USER_SET};
 use crate::profile::Profile;
 use crate::JitStats;
 use cpu::helpers::{exit, offsets, HelperEnv};
@@ -127,9 +127,6 @@ pub(crate) fn emit_stub(ops: &mut Assembler) -> usize {
         ; jmp =>miss
     );
     let fast = ops.offset().0;
-    const _: () = assert!(mmu::TLB_ENTRIES.is_power_of_two() && mmu::TLB_ENTRIES <= 1 << 20);
-    let idx_mask = ((mmu::TLB_ENTRIES - 1) << 5) as i32;
-    let user_set = (mmu::TLB_ENTRIES * 32) as i32;
     let jc_mask = (JC_SIZE - 1) as i32;
     dynasm!(ops
         ; .arch x64
@@ -144,10 +141,10 @@ pub(crate) fn emit_stub(ops: &mut Assembler) -> usize {
         // The exec tag of the TLB entry for RIP's page (the set of CPL 3 for user code).
         ; mov edx, ecx
         ; shr edx, 7
-        ; and edx, idx_mask
+        ; and edx, TLB_IDX_MASK
         ; cmp BYTE [r12 + CPL], 3
         ; jne =>sup
-        ; add edx, user_set
+        ; add edx, TLB_USER_SET
         ; =>sup
         ; mov r8, rcx
         ; and r8, -4096
