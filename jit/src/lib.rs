@@ -114,6 +114,8 @@ pub struct Translator {
     block_step: bool,
     /// Exits find the next block in generated code (see [`Translator::set_lookup`]).
     lookup: bool,
+    /// Helper calls clobber every caller-saved register (see [`Translator::set_clobber_calls`]).
+    clobber: bool,
 }
 
 impl Default for Translator {
@@ -135,7 +137,21 @@ impl Translator {
             profile: profile::Profile::from_env(),
             block_step: false,
             lookup: true,
+            #[cfg(target_arch = "x86_64")]
+            clobber: x64::clobber_from_env(),
+            #[cfg(not(target_arch = "x86_64"))]
+            clobber: false,
         }
+    }
+
+    /// A check for the translator itself (off by default; `FERRO_JIT_CLOBBER=1` turns it on):
+    /// every call from generated code to a Rust helper returns with all caller-saved registers
+    /// (RCX, RDX, RSI, RDI, R8-R11, XMM0-XMM15) set to a non-canonical address, the worst a
+    /// callee may do under the System V ABI. Generated code that wrongly keeps a value in one
+    /// of them across a call then faults or diverges on every run, instead of on the few where
+    /// the helper's path happens to change that register. Results are otherwise identical.
+    pub fn set_clobber_calls(&mut self, on: bool) {
+        self.clobber = on;
     }
 
     /// The in-code lookup of the next block (on by default): RET, indirect JMP/CALL and

@@ -18,6 +18,7 @@ use iced_x86::{
 use mmu::{TlbAccess, PAGE_MASK, PAGE_SIZE};
 use std::collections::HashMap;
 
+mod clobber;
 mod codebuf;
 mod ext;
 mod lookup;
@@ -1750,10 +1751,11 @@ impl Emitter<'_> {
         self.deferred_probes.push(DeferredProbe { entry, join, write, size, user, slow, zero_r10: false });
     }
 
-    /// Whether R10 holds a probe group's addend that later instructions of the block use
-    /// (calls must keep it).
+    /// Whether R10 holds a probe group's addend that the current or a later instruction of the
+    /// block uses (calls must keep it). The last member counts: it may call the lazy-flags
+    /// helper before its own access (INC/DEC and ADC/SBB on memory need the guest's CF).
     pub(super) fn r10_live(&self) -> bool {
-        self.group_until.is_some_and(|last| self.idx < last)
+        self.group_until.is_some_and(|last| self.idx <= last)
     }
 
     /// The slow path of an inline memory instruction at offset `at`: the interpreter runs it,
@@ -3414,6 +3416,12 @@ fn block_for(
     Ok((Found { entry: blk.entry, body: blk.body }, b))
 }
 
+/// Whether `FERRO_JIT_CLOBBER=1` asks for the helper-call check (see
+/// [`Translator::set_clobber_calls`]).
+pub(crate) fn clobber_from_env() -> bool {
+    clobber::from_env()
+}
+
 /// The dispatcher: runs blocks (or single interpreted instructions) until the budget is used up
 /// or something ends the run.
 pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, budget: u64) -> RunExit {
@@ -3431,15 +3439,15 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
         Ok(true) => end = end.min(cpu.icount + 1),
         Ok(false) => {}
     }
-    let Translator { interp, cache, stats, trace, profile, block_step, lookup } = t;
+    let Translator { interp, cache, stats, trace, profile, block_step, lookup, clobber } = t;
     let block_step = *block_step;
     let mut env = HelperEnv::new(interp, bus, *trace);
     // The inline probes use the TLB's addends as host addresses of this memory.
     cpu.tlb.set_host_base(env.mem_base as u64);
     let mut table = HelperTable {
-        step: helper_step,
-        flags: helper_flags,
-        lookup: lookup::lookup,
+        step: if *clobber { clobber::step } else { helper_step },
+        flags: if *clobber { clobber::flags } else { helper_flags },
+        lookup: if *clobber { clobber::lookup } else { lookup::lookup },
         stub: cache.stub.as_ref().map_or(std::ptr::null(), |b| b.entry(cache.stub_fast)),
         stub_checked: cache.stub.as_ref().map_or(std::ptr::null(), |b| b.entry(0)),
         jc: cache.jc.as_ptr(),

@@ -76,6 +76,8 @@ fn lockstep_streams(mode: Mode, sliced: bool, per_mode: u64) {
     let ram = if sliced { 1 << 20 } else { RAM };
     let mut it = Interpreter::new();
     let mut jit = jit::Translator::new();
+    // The sliced streams also check the translator's helper calls (see `set_clobber_calls`).
+    jit.set_clobber_calls(sliced);
     let mut a = new_bus(ram, 0, !sliced);
     let mut b = new_bus(ram, 0, !sliced);
     let mut total = 0u64;
@@ -161,6 +163,7 @@ fn lockstep_per_block(mode: Mode, streams: u64) {
     let mut it = Interpreter::new();
     let mut jit = jit::Translator::new();
     jit.set_block_step(true);
+    jit.set_clobber_calls(true);
     let (mut a, mut b) = (new_bus(RAM, 0, true), new_bus(RAM, 0, true));
     let (mut units, mut pages) = (0u64, Vec::new());
     for stream in 0..streams {

@@ -212,3 +212,61 @@ fn test_stack_group_prologue_epilogue_and_page_end() {
         }
     }
 }
+
+#[test]
+fn test_group_last_member_that_calls_the_flags_helper() {
+    // The Linux workload's crash (a host SIGSEGV, CI of stop 16): a group's last member that
+    // needs the guest's CF (INC keeps it, ADC adds it) materializes lazy flags through a Rust
+    // helper before its own access, and the helper may change R10, which holds the group's
+    // addend. The interpreted CMPXCHG before the group leaves the flags lazy, so the helper
+    // really runs; the clobbering check (`set_clobber_calls`, on in the sliced runs of
+    // `lockstep`) makes it change R10 every time. By hand: each turn adds 1 (INC) or
+    // 1 + CF (ADC; CMPXCHG compared 7 with 9, so CF = 1) to the word at ESI + 4, reads the
+    // word at ESI, and CMPXCHG never stores (EAX = 7 differs from 9).
+    for bits in [32u32, 64] {
+        for adc in [false, true] {
+            let code = assemble(bits, |a| {
+                let mut top = a.create_label();
+                a.mov(esi, 0x8000u32).unwrap();
+                a.mov(edi, 0x8100u32).unwrap();
+                a.mov(ebx, 50u32).unwrap();
+                if bits == 64 {
+                    a.mov(dword_ptr(rdi), 9u32).unwrap();
+                    a.mov(dword_ptr(rsi), 0x1234u32).unwrap();
+                } else {
+                    a.mov(dword_ptr(edi), 9u32).unwrap();
+                    a.mov(dword_ptr(esi), 0x1234u32).unwrap();
+                }
+                a.set_label(&mut top).unwrap();
+                a.mov(eax, 7u32).unwrap();
+                a.mov(ecx, 1u32).unwrap();
+                if bits == 64 {
+                    a.cmpxchg(dword_ptr(rdi), ecx).unwrap();
+                    a.mov(edx, dword_ptr(rsi)).unwrap();
+                    if adc {
+                        a.adc(dword_ptr(rsi + 4), ecx).unwrap();
+                    } else {
+                        a.inc(dword_ptr(rsi + 4)).unwrap();
+                    }
+                } else {
+                    a.cmpxchg(dword_ptr(edi), ecx).unwrap();
+                    a.mov(edx, dword_ptr(esi)).unwrap();
+                    if adc {
+                        a.adc(dword_ptr(esi + 4), ecx).unwrap();
+                    } else {
+                        a.inc(dword_ptr(esi + 4)).unwrap();
+                    }
+                }
+                a.dec(ebx).unwrap();
+                a.jnz(top).unwrap();
+                a.hlt().unwrap();
+            });
+            let what = format!("{bits}-bit, {}", if adc { "ADC" } else { "INC" });
+            let (exit, c, bus) = lockstep(&what, &code, &state(bits), 10_000);
+            assert_eq!(exit, RunExit::Halted, "{what}");
+            assert_eq!((c.gpr[2], c.gpr[0]), (0x1234, 9), "{what}: EDX, EAX (CMPXCHG loads 9)");
+            assert_eq!(word(&bus, 0x8004), if adc { 100 } else { 50 }, "{what}");
+            assert_eq!(word(&bus, 0x8100), 9, "{what}");
+        }
+    }
+}
