@@ -82,3 +82,39 @@ fn test_issue_9_self_loop_branches_on_flags_synced_by_a_pop() {
     assert_eq!(c.icount, 40);
     assert_eq!(c.gpr[4], 0x7_0000 + 4 * 13, "13 POPs in 1 + 13 * 3 instructions");
 }
+
+/// Structured fuzzing (jit/tests/structured_fuzz.rs, Ring3Paged32 program 7410): ROR by 1
+/// right after a CMP whose flags the JIT could make again by running it, then a PUSH. The
+/// rotate put its CF and OF in the host's flags but the emitter still took the flags for the
+/// CMP's, so the PUSH's probe dropped them and the CMP ran again in their place: CF and OF
+/// were the CMP's. By hand (SDM vol. 2 ROR): EAX = 0xDDF42C10 rotated right by 1 is
+/// 0x6EFA1608, CF = bit 31 = 0, OF = bit 31 ^ bit 30 = 1; the CMP (0x1DCF5193 - 0x4A05F3E =
+/// 0x192EF255) leaves SF = 0, ZF = 0, PF = 1 (0x55 has four bits set) and AF = 1 (3 - E
+/// borrows from bit 4), which ROR keeps. (The CMP's own CF and OF are both 0.)
+#[test]
+fn test_issue_9_rotate_by_one_after_a_recomputable_cmp() {
+    use iced_x86::code_asm::*;
+    for bits in [32u32, 64] {
+        let code = assemble(bits, |a| {
+            a.mov(eax, 0xDDF4_2C10u32).unwrap();
+            a.mov(ecx, 0x1DCF_5193u32).unwrap();
+            a.cmp(ecx, 0x4A0_5F3E).unwrap();
+            a.ror(eax, 1).unwrap();
+            if bits == 64 {
+                a.push(rcx).unwrap();
+                a.pushfq().unwrap();
+                a.pop(rdx).unwrap();
+            } else {
+                a.push(ecx).unwrap();
+                a.pushfd().unwrap();
+                a.pop(edx).unwrap();
+            }
+            a.hlt().unwrap();
+        });
+        let (exit, c, _) = lockstep("ror1-after-cmp", &code, &state(bits), 100);
+        assert_eq!(exit, RunExit::Halted, "{bits}-bit");
+        assert_eq!(c.gpr[0], 0x6EFA_1608, "{bits}-bit: EAX");
+        // OF | AF | PF.
+        assert_eq!(c.gpr[2] & 0x8D5, 0x814, "{bits}-bit: status flags in {:#x}", c.gpr[2]);
+    }
+}

@@ -678,7 +678,13 @@ fn paging(bus: &mut RamBus, c: &mut CpuState) {
     c.cr0 |= cpu::state::cr::CR0_PG;
 }
 
-fn run_one(engine: &mut dyn ExecutionEngine, setup: Setup, code: &[u8], slices: &[u64]) -> (RunExit, CpuState, RamBus) {
+fn run_one(
+    engine: &mut dyn ExecutionEngine,
+    setup: Setup,
+    code: &[u8],
+    budget: u64,
+    slices: &[u64],
+) -> (RunExit, CpuState, RamBus) {
     let mut bus = RamBus::with_code(RAM, code, CODE).unwrap();
     let mut c = state(setup.bits());
     c.cr4 |= cpu::state::cr::CR4_OSFXSR | cpu::state::cr::CR4_OSXMMEXCPT;
@@ -702,8 +708,36 @@ fn run_one(engine: &mut dyn ExecutionEngine, setup: Setup, code: &[u8], slices: 
     // Data: a pattern, so loads see varied values.
     let pattern: Vec<u8> = (0..DATA_PAGES * 0x1000).map(|i| (i.wrapping_mul(0x9D) ^ (i >> 7)) as u8).collect();
     bus.mem.load(base::GuestPhysAddr(DATA), &pattern).unwrap();
-    let e = run_sliced(engine, &mut c, &mut bus, 200_000, slices);
+    let e = run_sliced(engine, &mut c, &mut bus, budget, slices);
     (e, c, bus)
+}
+
+/// Instructions run before each program's end (the longest program runs about 6,000).
+const BUDGET: u64 = 200_000;
+
+/// Where a failing program first diverges: the smallest budget after which the JIT (one run,
+/// blocks of at most `k` instructions, for the `k` that diverges first) and the interpreter
+/// differ, as text.
+fn first_divergence(setup: Setup, code: &[u8], total: u64) -> String {
+    for k in [1, 2, 4, 8, 16, 32, jit::MAX_BLOCK_INSNS] {
+        for n in 1..=total {
+            let (e0, c0, b0) = run_one(&mut Interpreter::new(), setup, code, n, &[]);
+            let mut t = jit::Translator::new();
+            t.set_max_block_insns(k);
+            let (e1, c1, b1) = run_one(&mut t, setup, code, n, &[]);
+            if e0 != e1 || arch(&c0) != arch(&c1) || b0.mem.backing() != b1.mem.backing() {
+                return format!(
+                    "first divergence with blocks of at most {k} instructions: after {n} instructions, \
+                     RIP {:#x} (JIT) / {:#x} (interpreter)\n jit: {}\nintp: {}",
+                    c1.rip,
+                    c0.rip,
+                    arch(&c1),
+                    arch(&c0)
+                );
+            }
+        }
+    }
+    "no divergence found with short budgets (only sliced runs diverge)".to_owned()
 }
 
 fn disassembly(bits: u32, code: &[u8]) -> String {
@@ -736,20 +770,27 @@ fn fuzz(setup: Setup) {
         if std::env::var_os("FERRO_FUZZ_TRACE").is_some() {
             eprintln!("{setup:?} program {k}:\n{}", disassembly(setup.bits(), &code));
         }
-        let (e0, c0, b0) = run_one(&mut Interpreter::new(), setup, &code, &[]);
+        let (e0, c0, b0) = run_one(&mut Interpreter::new(), setup, &code, BUDGET, &[]);
         for slices in [&[][..], &[1, 2, 3], &[17, 5, 1], &[300, 1, 40]] {
             let mut jit = jit::Translator::new();
             jit.set_clobber_calls(true);
-            let (e1, c1, b1) = run_one(&mut jit, setup, &code, slices);
+            let (e1, c1, b1) = run_one(&mut jit, setup, &code, BUDGET, slices);
             let same_mem = b1.mem.backing() == b0.mem.backing();
             if e1 != e0 || arch(&c1) != arch(&c0) || !same_mem {
+                // The first differing bytes (backing offsets: physical addresses here).
+                let diff: Vec<String> = (b1.mem.backing().iter().zip(b0.mem.backing()).enumerate())
+                    .filter(|(_, (x, y))| x != y)
+                    .take(16)
+                    .map(|(i, (x, y))| format!("{i:#x}: jit {x:#04x} interpreter {y:#04x}"))
+                    .collect();
                 panic!(
                     "{setup:?} program {k} (FERRO_FUZZ_SEED={:#x} FERRO_FUZZ_ONLY={k}), slices {slices:?}:\n\
-                     exit {e1:?} vs interpreter {e0:?}; memory {}\n jit: {}\nintp: {}\nprogram:\n{}",
+                     exit {e1:?} vs interpreter {e0:?}; memory {}\n jit: {}\nintp: {}\n{}\nprogram:\n{}",
                     seed ^ (setup as u64) << 48,
-                    if same_mem { "equal" } else { "differs" },
+                    if same_mem { "equal".to_owned() } else { format!("differs at {diff:?}") },
                     arch(&c1),
                     arch(&c0),
+                    first_divergence(setup, &code, c0.icount),
                     disassembly(setup.bits(), &code)
                 );
             }

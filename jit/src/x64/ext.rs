@@ -1056,7 +1056,10 @@ impl Emitter<'_> {
         }
         self.store_rax(dst, sz);
         if count <= 1 {
-            // The host's flags are exact (count 0: unchanged).
+            // The host's flags are exact (count 0: unchanged). They are no longer a CMP/TEST's
+            // (`flags_to_host` may have run one again): a later slow path must not run it
+            // again instead of keeping these (which lost this rotate's CF and OF).
+            self.flags_now_in_host();
             return;
         }
         let top = if sz == Sz::Q { 63 } else { 31 };
