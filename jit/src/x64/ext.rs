@@ -878,6 +878,11 @@ impl Emitter<'_> {
     fn guest_flags_to_rdx(&mut self) {
         self.flags_to_host();
         dynasm!(self.ops ; .arch x64 ; pushfq ; pop rdx);
+        if self.last_logic {
+            // After a logic operation the host leaves AF undefined; the guest's is 0.
+            let not_af = !(AF as i32);
+            dynasm!(self.ops ; .arch x64 ; and edx, not_af);
+        }
     }
 
     /// The flags image in RDX with the `mask` bits of the host's current flags, into the host's
@@ -1077,8 +1082,9 @@ impl Emitter<'_> {
                 ; xor edx, ecx
             );
         }
-        // Keep AF (the guest's, loaded above), replace OF.
-        let keep = (STATUS & !OF) as i32;
+        // Keep AF (the guest's, loaded above; after a logic operation the host's is undefined
+        // and the guest's 0), replace OF.
+        let keep = if self.last_logic { STATUS & !(OF | AF) } else { STATUS & !OF } as i32;
         dynasm!(self.ops
             ; .arch x64
             ; and eax, keep
@@ -1154,8 +1160,10 @@ impl Emitter<'_> {
             ShiftKind::Sar => dynasm!(self.ops ; .arch x64 ; and r8d, keep),
         }
         dynasm!(self.ops ; .arch x64 ; =>skip ; push r8 ; popfq);
+        // `last_logic` stays as `flags_to_host` left it: a count of 0 keeps the flags of the
+        // last writer (whose AF the merge must clear after a logic operation); other counts
+        // cleared AF above.
         self.flags_now_in_host();
-        self.last_logic = false;
     }
 
     /// SHLD/SHRD (see [`Ext::DoubleShift`]). R8 holds the flags image, R10 the destination's
@@ -1214,7 +1222,11 @@ impl Emitter<'_> {
             ; popfq
         );
         self.flags_now_in_host();
-        self.last_logic = false;
+        // By CL, `last_logic` stays as `flags_to_host` left it (see `shift_cl_live`); by an
+        // immediate (never 0) AF was cleared above.
+        if count.is_some() {
+            self.last_logic = false;
+        }
     }
 
     /// SHL/SHR/SAR by an immediate count of 2 or more. The host's CF, SF, ZF and PF are the
