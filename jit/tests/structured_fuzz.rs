@@ -4,7 +4,8 @@
 //! instructions, SSE2 integer and move forms) mixed with helper-served ones (CMPXCHG, XADD, XCHG, LAHF/SAHF, PUSHF), on 8- to
 //! 64-bit operands, with memory operands off a few base registers that start near page ends
 //! (so the JIT's probe groups form, straddle pages and miss), forward branches inside the body
-//! and a loop around it.
+//! and a loop around it (in some 64-bit programs counted in R15 and made only of inline forms,
+//! so that it becomes a self-loop block).
 //!
 //! Random bytes (jit/tests/hostile_lockstep.rs) rarely reach such sequences: the probe group
 //! whose last member called the lazy-flags helper (a host SIGSEGV on one Linux run in a
@@ -90,12 +91,18 @@ struct Gen<'a> {
     a: &'a mut CodeAssembler,
     rng: Rng,
     bits: u32,
+    /// R15 counts the loop (64-bit programs with a register-counted loop): not a data register.
+    r15_counter: bool,
+    /// Only forms the JIT runs inline (no helper), so the loop can become a self-loop block.
+    inline_only: bool,
 }
 
 impl Gen<'_> {
     /// A data register (never a base, never RSP).
     fn data_reg(&mut self) -> usize {
-        if self.bits == 64 {
+        if self.bits == 64 && self.r15_counter {
+            self.rng.pick(&[0, 1, 2, 8, 9, 10, 11, 12, 13, 14])
+        } else if self.bits == 64 {
             self.rng.pick(&[0, 1, 2, 8, 9, 10, 11, 12, 13, 14, 15])
         } else {
             self.rng.pick(&[0, 1, 2])
@@ -146,6 +153,17 @@ impl Gen<'_> {
 
     /// One random instruction (or a short fixed sequence).
     fn one(&mut self) {
+        if self.inline_only {
+            match self.rng.below(100) {
+                0..=39 => self.alu(),
+                40..=59 => self.mov(),
+                60..=69 => self.unary(),
+                70..=79 => self.lea(),
+                80..=89 => self.base_move(),
+                _ => self.stack(),
+            }
+            return;
+        }
         match self.rng.below(100) {
             0..=24 => self.alu(),
             25..=36 => self.mov(),
@@ -587,8 +605,14 @@ fn program(setup: Setup, seed: u64) -> Vec<u8> {
     let bits = setup.bits();
     let mut a = CodeAssembler::new(bits).unwrap();
     let mut rng = Rng(seed | 1);
-    let turns = 1 + rng.below(12) as u32;
-    let len = 4 + rng.below(40);
+    // Some 64-bit programs count their loop in R15 with one of the tails below, and some of
+    // those use only inline forms: their loop is then one block that jumps to its own entry
+    // (a self-loop on host registers, counted with DEC/JZ at its top when its flags are dead
+    // there), run for more turns.
+    let r15_tail = (bits == 64 && rng.chance(40)).then(|| rng.below(6));
+    let inline_only = r15_tail.is_some() && rng.chance(50);
+    let turns = if inline_only { 1 + rng.below(300) } else { 1 + rng.below(12) } as u32;
+    let len = if inline_only { 2 + rng.below(12) } else { 4 + rng.below(40) };
     // Starting values: the bases near page ends of the data area, RSP near one too.
     let near_end = |rng: &mut Rng| DATA + 0x1000 * (1 + rng.below(DATA_PAGES - 2)) + rng.range(-48, 48) as u64;
     let bases: Vec<u64> = BASES.iter().map(|_| near_end(&mut rng)).collect();
@@ -604,7 +628,9 @@ fn program(setup: Setup, seed: u64) -> Vec<u8> {
             a.mov(R32[r], v as u32).unwrap();
         }
     }
-    if bits == 64 {
+    if r15_tail.is_some() {
+        a.mov(r15d, turns).unwrap();
+    } else if bits == 64 {
         a.mov(dword_ptr(COUNTER), turns).unwrap();
     } else {
         a.mov(dword_ptr(COUNTER as u32), turns).unwrap();
@@ -616,11 +642,11 @@ fn program(setup: Setup, seed: u64) -> Vec<u8> {
     }
     a.mov(esp, stack_top as u32).unwrap();
     {
-        let mut g = Gen { a: &mut a, rng: Rng(rng.next() | 1), bits };
+        let mut g = Gen { a: &mut a, rng: Rng(rng.next() | 1), bits, r15_counter: r15_tail.is_some(), inline_only };
         // Forward branches: a Jcc (or JMP) over the next 1-3 instructions.
         let mut pending: Vec<(CodeLabel, u64)> = Vec::new();
         for i in 0..len {
-            if g.rng.chance(12) {
+            if !inline_only && g.rng.chance(12) {
                 let l = g.a.create_label();
                 let c = g.rng.below(5);
                 match c {
@@ -645,12 +671,42 @@ fn program(setup: Setup, seed: u64) -> Vec<u8> {
             g.a.set_label(&mut l).unwrap();
         }
     }
-    if bits == 64 {
-        a.dec(dword_ptr(COUNTER)).unwrap();
-    } else {
-        a.dec(dword_ptr(COUNTER as u32)).unwrap();
+    match r15_tail {
+        Some(0) => {
+            a.dec(r15).unwrap();
+            a.jnz(top).unwrap();
+        }
+        Some(1) => {
+            a.sub(r15, 1).unwrap();
+            a.jnz(top).unwrap();
+        }
+        Some(2) => {
+            a.add(r15d, -1).unwrap();
+            a.jne(top).unwrap();
+        }
+        Some(3) => {
+            a.dec(r15).unwrap();
+            a.test(r15, r15).unwrap();
+            a.jnz(top).unwrap();
+        }
+        Some(4) => {
+            a.lea(r15, r15 - 1).unwrap();
+            a.cmp(r15, 0).unwrap();
+            a.jne(top).unwrap();
+        }
+        Some(_) => {
+            a.sub(r15d, 1).unwrap();
+            a.ja(top).unwrap();
+        }
+        None => {
+            if bits == 64 {
+                a.dec(dword_ptr(COUNTER)).unwrap();
+            } else {
+                a.dec(dword_ptr(COUNTER as u32)).unwrap();
+            }
+            a.jne(top).unwrap();
+        }
     }
-    a.jne(top).unwrap();
     // The end was reached (HLT itself faults at CPL 3).
     if bits == 64 {
         a.mov(dword_ptr(COUNTER + 4), 1).unwrap();
