@@ -168,7 +168,8 @@ impl DecodeCache {
     /// moves to a new generation, so its entries (and those of the 15 other pages sharing the
     /// bank, which are simply decoded again) no longer match. A page that mixes code and data
     /// therefore costs a re-decode per write, not a scan of the cache. When the 16-bit
-    /// generation wraps, the bank's tags are cleared so no old entry can match again.
+    /// generation wraps, the bank's tags (and the straddlers on its pages) are cleared so no old
+    /// entry can match again.
     pub(crate) fn invalidate_page(&mut self, page_addr: u64) {
         let bank = Self::bank(page_addr);
         let next = (self.bank_gen[bank] + GEN_ONE) & GEN_MASK;
@@ -177,6 +178,12 @@ impl DecodeCache {
             let first = bank << 12;
             for e in &mut self.tags[first..first + 0x1000] {
                 e.0 = 0;
+            }
+            // The straddlers carry generations too: one of this bank would match again.
+            for st in self.straddlers.iter_mut() {
+                if Self::bank(st.b1) == bank || Self::bank(st.b2) == bank {
+                    st.bitness = 0;
+                }
             }
         }
     }
@@ -850,5 +857,38 @@ impl ExecutionEngine for Interpreter {
     fn stats_text(&self) -> Option<String> {
         let (hits, misses) = self.decode_stats();
         Some(format!("decode cache hits: {hits}\ndecode cache misses: {misses}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A straddler decoded from a page whose bank then went through 65,536 invalidations (its
+    /// generation wrapped back to the one it carries) must not match again: the wrap clears it,
+    /// as it clears the bank's tags.
+    #[test]
+    fn test_generation_wrap_clears_straddlers_of_the_bank() {
+        let mut c = DecodeCache::new();
+        let (b1, b2) = (0x3FFE, 0x7000);
+        let slot = DecodeCache::straddler_slot(0x3FFE);
+        c.straddlers[slot] = Straddler {
+            lin: 0x3FFE,
+            rip: 0x3FFE,
+            bitness: 32,
+            b1,
+            b2,
+            gen1: c.gen_bits(b1),
+            gen2: c.gen_bits(b2),
+            decoded: Decoded { instr: Instruction::default(), fast: Fast::default() },
+        };
+        let other = DecodeCache::straddler_slot(0x5FFE);
+        c.straddlers[other] = Straddler { lin: 0x5FFE, rip: 0x5FFE, b1: 0x5FFE, b2: 0x6000, ..c.straddlers[slot] };
+        for _ in 0..0x1_0000 {
+            c.invalidate_page(b1 & PAGE_MASK);
+        }
+        assert_eq!(c.gen_bits(b1), c.straddlers[slot].gen1, "the generation wrapped to the straddler's");
+        assert_eq!(c.straddlers[slot].bitness, 0, "the wrap cleared the straddler");
+        assert_eq!(c.straddlers[other].bitness, 32, "a straddler of other banks stays");
     }
 }
