@@ -4,8 +4,9 @@
 //! instructions, SSE2 integer and move forms) mixed with helper-served ones (CMPXCHG, XADD, XCHG, LAHF/SAHF, PUSHF), on 8- to
 //! 64-bit operands, with memory operands off a few base registers that start near page ends
 //! (so the JIT's probe groups form, straddle pages and miss), forward branches inside the body
-//! and a loop around it (in some 64-bit programs counted in R15 and made only of inline forms,
-//! so that it becomes a self-loop block).
+//! calls of subroutines (direct and through a register), stores that rewrite instructions of
+//! the body (self-modifying code) and a loop around it (in some 64-bit programs counted in R15
+//! and made only of inline forms, so that it becomes a self-loop block).
 //!
 //! Random bytes (jit/tests/hostile_lockstep.rs) rarely reach such sequences: the probe group
 //! whose last member called the lazy-flags helper (a host SIGSEGV on one Linux run in a
@@ -27,6 +28,7 @@ mod common;
 use common::*;
 use cpu::{CpuState, ExecutionEngine, Interpreter, RamBus, RunExit};
 use iced_x86::code_asm::*;
+use iced_x86::BlockEncoderOptions;
 
 /// xorshift64*.
 struct Rng(u64);
@@ -599,9 +601,30 @@ impl Gen<'_> {
     }
 }
 
-/// The program for `seed`: setup, a body of random instructions with forward branches, a loop
+/// The program for `seed`: setup, a body of random instructions with forward branches, calls
+/// of a few subroutines (direct and through a register) and stores into its own code, a loop
 /// of `turns` around it (the base registers and RSP are set again at the top of each turn).
+///
+/// The self-modifying stores rewrite the 32-bit immediate of an `ADD reg, imm32` in the body
+/// (before or after the store, so in the running block or in one to come): the program is
+/// assembled twice, the first time to learn where those immediates are.
 fn program(setup: Setup, seed: u64) -> Vec<u8> {
+    let (first, addrs) = program_pass(setup, seed, None);
+    let (code, again) = program_pass(setup, seed, Some(&addrs));
+    assert_eq!((code.len(), &again), (first.len(), &addrs), "both passes lay the program out alike");
+    code
+}
+
+/// Where the patchable immediates and the subroutines are.
+#[derive(Debug, PartialEq)]
+struct Layout {
+    imms: Vec<u64>,
+    subs: Vec<u64>,
+}
+
+/// One pass of [`program`]: the code and its [`Layout`] (`known`: the first pass's, which the
+/// stores and 32-bit indirect calls use; None: placeholders of the same length).
+fn program_pass(setup: Setup, seed: u64, known: Option<&Layout>) -> (Vec<u8>, Layout) {
     let bits = setup.bits();
     let mut a = CodeAssembler::new(bits).unwrap();
     let mut rng = Rng(seed | 1);
@@ -641,8 +664,15 @@ fn program(setup: Setup, seed: u64) -> Vec<u8> {
         a.mov(R32[b], bases[i] as u32).unwrap();
     }
     a.mov(esp, stack_top as u32).unwrap();
+    // Patchable immediates (label after each) and subroutines.
+    let n_patch = if inline_only { 0 } else { rng.below(3) as usize };
+    let n_subs = if inline_only { 0 } else { rng.below(3) as usize };
+    let mut patch_after: Vec<CodeLabel> = (0..n_patch).map(|_| a.create_label()).collect();
+    let mut subs: Vec<CodeLabel> = (0..n_subs).map(|_| a.create_label()).collect();
+    let sub_seed = rng.next() | 1;
     {
         let mut g = Gen { a: &mut a, rng: Rng(rng.next() | 1), bits, r15_counter: r15_tail.is_some(), inline_only };
+        let mut placed = 0;
         // Forward branches: a Jcc (or JMP) over the next 1-3 instructions.
         let mut pending: Vec<(CodeLabel, u64)> = Vec::new();
         for i in 0..len {
@@ -659,7 +689,49 @@ fn program(setup: Setup, seed: u64) -> Vec<u8> {
                 .unwrap();
                 pending.push((l, i + 1 + g.rng.below(3)));
             }
-            g.one();
+            match g.rng.below(100) {
+                // A patchable ADD (imm32 kept out of the imm8 range, so its encoding is fixed).
+                0..=3 if placed < n_patch => {
+                    let r = g.data_reg();
+                    let imm = (g.rng.next() as u32 | 0x0100_0000) as i32;
+                    if bits == 64 {
+                        g.a.add(R64[r], imm).unwrap();
+                    } else {
+                        g.a.add(R32[r], imm).unwrap();
+                    }
+                    g.a.set_label(&mut patch_after[placed]).unwrap();
+                    g.a.nop().unwrap();
+                    placed += 1;
+                }
+                // A store of a new immediate into one of them (placed or to come).
+                4..=7 if n_patch > 0 => {
+                    let j = g.rng.below(n_patch as u64) as usize;
+                    let at = known.map_or(CODE, |l| l.imms[j]);
+                    let v = g.rng.next() as u32;
+                    if bits == 64 {
+                        g.a.mov(dword_ptr(at), v).unwrap();
+                    } else {
+                        g.a.mov(dword_ptr(at as u32), v).unwrap();
+                    }
+                }
+                // A call of a subroutine, direct or through a data register.
+                8..=11 if n_subs > 0 => {
+                    let k = g.rng.below(n_subs as u64) as usize;
+                    if g.rng.chance(50) {
+                        g.a.call(subs[k]).unwrap();
+                    } else {
+                        let r = g.data_reg();
+                        if bits == 64 {
+                            g.a.lea(R64[r], ptr(subs[k])).unwrap();
+                            g.a.call(R64[r]).unwrap();
+                        } else {
+                            g.a.mov(R32[r], known.map_or(CODE, |l| l.subs[k]) as u32).unwrap();
+                            g.a.call(R32[r]).unwrap();
+                        }
+                    }
+                }
+                _ => g.one(),
+            }
             while let Some(p) = pending.iter().position(|&(_, at)| at <= i + 1) {
                 let (mut l, _) = pending.remove(p);
                 g.a.nop().unwrap();
@@ -669,6 +741,13 @@ fn program(setup: Setup, seed: u64) -> Vec<u8> {
         for (mut l, _) in pending.drain(..) {
             g.a.nop().unwrap();
             g.a.set_label(&mut l).unwrap();
+        }
+        // Patchable immediates the body did not reach: placed here.
+        while placed < n_patch {
+            g.a.add(eax, 0x0100_0001).unwrap();
+            g.a.set_label(&mut patch_after[placed]).unwrap();
+            g.a.nop().unwrap();
+            placed += 1;
         }
     }
     match r15_tail {
@@ -714,7 +793,26 @@ fn program(setup: Setup, seed: u64) -> Vec<u8> {
         a.mov(dword_ptr(COUNTER as u32 + 4), 1).unwrap();
     }
     a.hlt().unwrap();
-    a.assemble(CODE).unwrap()
+    // The subroutines: a few instructions that leave RSP as they found it, then RET.
+    let mut g = Gen { a: &mut a, rng: Rng(sub_seed), bits, r15_counter: r15_tail.is_some(), inline_only: true };
+    for l in subs.iter_mut() {
+        g.a.set_label(l).unwrap();
+        for _ in 0..1 + g.rng.below(6) {
+            match g.rng.below(4) {
+                0 => g.alu(),
+                1 => g.mov(),
+                2 => g.unary(),
+                _ => g.base_move(),
+            }
+        }
+        g.a.ret().unwrap();
+    }
+    let r = a.assemble_options(CODE, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS).unwrap();
+    let layout = Layout {
+        imms: patch_after.iter().map(|l| r.label_ip(l).unwrap() - 4).collect(),
+        subs: subs.iter().map(|l| r.label_ip(l).unwrap()).collect(),
+    };
+    (r.inner.code_buffer, layout)
 }
 
 /// Page tables mapping the first 1 MiB one to one except the data pages, which are mapped in
@@ -768,8 +866,9 @@ fn run_one(
     (e, c, bus)
 }
 
-/// Instructions run before each program's end (the longest program runs about 6,000).
-const BUDGET: u64 = 200_000;
+/// Instructions a program may run (the longest that reach their end run about 7,000; one that
+/// overwrote a return address may loop).
+const BUDGET: u64 = 20_000;
 
 /// Where a failing program first diverges: the smallest budget after which the JIT (one run,
 /// blocks of at most `k` instructions, for the `k` that diverges first) and the interpreter
@@ -816,7 +915,7 @@ fn env_u64(name: &str) -> Option<u64> {
 fn fuzz(setup: Setup) {
     let programs = env_u64("FERRO_FUZZ_PROGRAMS").unwrap_or(300);
     let seed = env_u64("FERRO_FUZZ_SEED").unwrap_or(0xF0_22ED_5EED) ^ (setup as u64) << 48;
-    let (mut ended, mut insns) = (0u64, 0u64);
+    let (mut ended, mut insns, mut early) = (0u64, 0u64, Vec::new());
     for k in 0..programs {
         if env_u64("FERRO_FUZZ_ONLY").is_some_and(|o| o != k) {
             continue;
@@ -853,10 +952,17 @@ fn fuzz(setup: Setup) {
         }
         let mut end = [0u8; 4];
         b0.mem.read(base::GuestPhysAddr(COUNTER + 4), &mut end).unwrap();
-        ended += u64::from(u32::from_le_bytes(end) == 1);
+        if u32::from_le_bytes(end) == 1 {
+            ended += 1;
+        } else if early.len() < 5 {
+            early.push((k, e0, c0.rip));
+        }
         insns += c0.icount;
     }
-    println!("{setup:?}: {programs} programs identical, {ended} ran to their end, {insns} instructions (interpreter)");
+    println!(
+        "{setup:?}: {programs} programs identical, {ended} ran to their end (the first that did not: {early:x?}), \
+         {insns} instructions (interpreter)"
+    );
     // The programs must mostly run to the end (not fault early), or they test little.
     assert!(ended * 10 >= programs * 9, "{setup:?}: only {ended} of {programs} programs reached their end");
 }
