@@ -121,8 +121,9 @@ pub struct RunArgs {
     /// comparison (0: at every block boundary).
     #[arg(long, value_name = "N", default_value = "0")]
     lockstep_slice: u64,
-    /// Print engine statistics at exit (blocks translated, cache flushes, SMC invalidations,
-    /// helper calls per 1000 guest instructions).
+    /// Print the RTC base at the start (with it, `--rtc-base` repeats the run exactly) and
+    /// engine statistics at exit (blocks translated, cache flushes, SMC invalidations, helper
+    /// calls per 1000 guest instructions).
     #[arg(long)]
     stats: bool,
     #[command(flatten)]
@@ -376,6 +377,10 @@ pub fn run(a: RunArgs) -> anyhow::Result<i32> {
         }
         Ok(m)
     };
+    if a.stats {
+        // First, so that even a run that dies can be repeated (the guest's path depends on it).
+        eprintln!("ferrovisor: rtc base: {host_time} (--rtc-base {host_time} repeats this run)");
+    }
     let start = Instant::now();
     let (exit, n) = match a.engine {
         Engine::Interp | Engine::Jit => {

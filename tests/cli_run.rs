@@ -236,5 +236,17 @@ fn test_cli_run_rtc_base_fixes_the_guest_clock() {
         let out = ferrovisor(&["run", "-q", "--rtc-base", bad]);
         assert_eq!(out.status.code(), Some(2), "{bad}");
     }
+    // `--stats` names the base, given or the host's time, so that any run can be repeated.
+    let img = read_cmos(0);
+    let stats_base = |extra: &[&str]| {
+        let mut args = vec!["run", "-q", "--stats", "--flat", img.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let err = String::from_utf8_lossy(&ferrovisor(&args).stderr).into_owned();
+        let line = err.lines().find(|l| l.contains("rtc base: ")).unwrap_or_else(|| panic!("no base in: {err}"));
+        line.split("rtc base: ").nth(1).and_then(|r| r.split(' ').next()).unwrap().parse::<i64>().unwrap()
+    };
+    assert_eq!(stats_base(&["--rtc-base", "2024-02-29T13:47:38"]), 1709214458);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert!((stats_base(&[]) - now).abs() < 60, "the default base is the host's time");
     std::fs::remove_dir_all(&dir).ok();
 }
