@@ -184,9 +184,22 @@ fn test_qmp_wire_negotiation_and_error_forms() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// A port that was free a moment ago (the listener is closed before the port is used).
+/// A port that was free a moment ago (the listener is closed before the port is used), below
+/// Linux's ephemeral range (32768 and up): a port the kernel handed out for `:0` can be handed
+/// out again at once, to the test's own connecting socket among others, which then connects
+/// to itself (TCP simultaneous open) before the server listens. (Seen once: the greeting read
+/// failed with "connection reset by peer".)
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    let mut x = u64::from(std::process::id())
+        ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    for _ in 0..1000 {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let port = 20000 + (x >> 33) as u16 % 12000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000..32000");
 }
 
 /// QEMU's other spelling: `--qmp tcp:127.0.0.1:PORT,server,wait=off`. A non-loopback address is
@@ -207,7 +220,9 @@ fn test_qmp_over_loopback_tcp() {
     let t = Instant::now();
     let s = loop {
         match std::net::TcpStream::connect(("127.0.0.1", port)) {
-            Ok(s) => break s,
+            // Not a socket connected to itself (see `free_port`).
+            Ok(s) if s.local_addr().ok() != s.peer_addr().ok() => break s,
+            Ok(_) => std::thread::sleep(Duration::from_millis(20)),
             Err(_) => {
                 assert!(t.elapsed() < Duration::from_secs(20), "the QMP port never opened");
                 std::thread::sleep(Duration::from_millis(20));
