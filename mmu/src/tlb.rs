@@ -34,12 +34,8 @@
 
 use crate::PAGE_MASK;
 
-/// Number of entries per privilege class (direct-mapped by linear page number). 4096: with
-/// 1024, busybox's hot data page (0x5eb000, read by awk's and sort's inner loops) lost its
-/// entry to another page a multiple of 4 MiB away on nearly every access: 17 M slow paths in
-/// the Linux workload (helper calls 54.2 M -> 36.5 M, time -14%). 16384 gained nothing more
-/// measurable.
-pub const TLB_ENTRIES: usize = 4096;
+/// Number of entries per privilege class (direct-mapped by linear page number).
+pub const TLB_ENTRIES: usize = 1024;
 /// Tag flag: the entry holds nothing.
 pub const TLB_INVALID: u64 = 1;
 /// Tag flag: the translation is known but this access kind must take the slow path.
