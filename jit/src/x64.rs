@@ -60,6 +60,9 @@ pub(crate) struct HelperTable {
     found: u64,
     /// The run's end (the dispatcher's `end`).
     end: u64,
+    /// `[r14 + ENV]`: the helper environment, for the helpers' second argument (R13 holds the
+    /// soft TLB's entries).
+    env: *mut u8,
     /// The dispatcher's cache, statistics and profile (set before each block entry).
     cache: *mut CodeCache,
     stats: *mut JitStats,
@@ -1185,7 +1188,12 @@ macro_rules! mi64 { ($o:tt, $ops:expr, $v:expr) => { dynasm!($ops ; .arch x64 ; 
 macro_rules! mi32 { ($o:tt, $ops:expr, $v:expr) => { dynasm!($ops ; .arch x64 ; $o DWORD [rax], $v) }; }
 
 const RFLAGS: i32 = offsets::RFLAGS as i32;
-const TLB: i32 = offsets::TLB as i32;
+/// The soft TLB's entry pointer (`SoftTlb::sets`, its first field), loaded into R13 by every
+/// block's prologue.
+pub(crate) const TLB_SETS: i32 = offsets::TLB as i32;
+const _: () = assert!(core::mem::offset_of!(mmu::SoftTlb, sets) == 0);
+/// The helper environment's slot in the helper table.
+pub(crate) const ENV: i32 = core::mem::offset_of!(HelperTable, env) as i32;
 // A TLB entry's byte offset, ((addr >> 12) & (entries - 1)) * 32, is (addr >> 7) & TLB_IDX_MASK.
 const _: () = assert!(mmu::TLB_ENTRIES.is_power_of_two() && mmu::TLB_ENTRIES <= 1 << 20);
 const _: () = assert!(core::mem::size_of::<mmu::TlbEntry>() == 32);
@@ -1194,10 +1202,10 @@ const TLB_IDX_MASK: i32 = ((mmu::TLB_ENTRIES - 1) << 5) as i32;
 /// Byte offset of the user set (CPL 3) from the supervisor set.
 const TLB_USER_SET: i32 = (mmu::TLB_ENTRIES * 32) as i32;
 
-/// `CpuState` offsets (from the entry's byte offset) of the tag an access compares and of the
-/// addend, for a data access of the given kind and privilege class.
+/// Offsets from R13 (the TLB's entries) plus the entry's byte offset of the tag an access
+/// compares and of the addend, for a data access of the given kind and privilege class.
 fn tlb_fields(write: bool, user: bool) -> (i32, i32) {
-    let set = TLB + if user { TLB_USER_SET } else { 0 };
+    let set = if user { TLB_USER_SET } else { 0 };
     (set + if write { 8 } else { 0 }, set + 24)
 }
 const LAZY_MASK: i32 = offsets::LAZY_MASK as i32;
@@ -1597,7 +1605,7 @@ impl Emitter<'_> {
         dynasm!(self.ops
             ; .arch x64
             ; mov rdi, r12
-            ; mov rsi, r13
+            ; mov rsi, QWORD [r14 + ENV]
             ; call QWORD [r14]
             ; test eax, eax
             ; jnz =>hexit
@@ -1669,9 +1677,9 @@ impl Emitter<'_> {
             ; and ecx, TLB_IDX_MASK
             ; lea rdx, [rax + size - 1]
             ; and rdx, -4096
-            ; cmp rdx, QWORD [r12 + rcx + tag]
+            ; cmp rdx, QWORD [r13 + rcx + tag]
             ; jne =>slow
-            ; add rax, QWORD [r12 + rcx + addend]
+            ; add rax, QWORD [r13 + rcx + addend]
         );
     }
 
@@ -1705,9 +1713,9 @@ impl Emitter<'_> {
             ; shr ecx, 7
             ; and ecx, TLB_IDX_MASK
             ; and rdx, -4096
-            ; cmp rdx, QWORD [r12 + rcx + tag]
+            ; cmp rdx, QWORD [r13 + rcx + tag]
             ; jne =>entry
-            ; mov r10, QWORD [r12 + rcx + addend]
+            ; mov r10, QWORD [r13 + rcx + addend]
         );
         if add {
             dynasm!(self.ops ; .arch x64 ; add rax, r10);
@@ -1857,7 +1865,7 @@ impl Emitter<'_> {
         dynasm!(self.ops
             ; .arch x64
             ; mov rdi, r12
-            ; mov rsi, r13
+            ; mov rsi, QWORD [r14 + ENV]
             ; call QWORD [r14]
             ; test eax, eax
             ; jnz =>hexit
@@ -2087,7 +2095,7 @@ impl Emitter<'_> {
         dynasm!(self.ops
             ; .arch x64
             ; mov rdi, r12
-            ; mov rsi, r13
+            ; mov rsi, QWORD [r14 + ENV]
             ; call QWORD [r14]
             ; test eax, eax
             ; jnz =>hexit
@@ -3035,7 +3043,7 @@ fn stop_flags(plan: &[Option<Inline>]) -> Option<StopFlags> {
 /// ```text
 /// push r12..r14, r15, rbx, rbp; sub rsp, 8   ; one frame for every block (chains jump
 ///                                             ; between bodies); rsp 16-aligned for calls
-/// r12 = cpu; r13 = env; r14 = helpers
+/// r12 = cpu; r13 = the soft TLB's entries; r14 = helpers (the helper environment at [r14 + ENV])
 /// body: if icount + n > budget_end: return NO_BUDGET
 /// (self-loop: see `FastLoop`)
 /// per instruction, inline:  host code on guest registers in host registers (see `regcache`:
@@ -3159,7 +3167,7 @@ fn emit_block(
         ; push rbp
         ; sub rsp, 8
         ; mov r12, rdi
-        ; mov r13, rsi
+        ; mov r13, QWORD [rdi + TLB_SETS]
         ; mov r14, rdx
     );
     let body_off = ops.offset();
@@ -3310,6 +3318,10 @@ unsafe fn enter_block(code: *const u8, cpu: &mut CpuState, env: &mut HelperEnv<'
     // `BlockFn` signature (sysv64: three pointer arguments, u32 result; it saves and restores
     // the callee-saved registers it uses and keeps the stack aligned for its calls).
     let f: BlockFn = unsafe { std::mem::transmute::<*const u8, BlockFn>(code) };
+    // Generated code passes the environment to the helpers from the table (R13 holds the
+    // TLB's entries instead): the same pointer as the argument.
+    let env: *mut HelperEnv<'_> = env;
+    table.env = env.cast();
     // SAFETY: the pointers come from exclusive borrows valid for the call; the block only
     // passes them on to `helper_step`, whose contract they meet.
     unsafe { f(cpu, env, table) }
@@ -3458,6 +3470,7 @@ pub(crate) fn run(t: &mut Translator, cpu: &mut CpuState, bus: &mut dyn CpuBus, 
         misses: 0,
         found: 0,
         end,
+        env: std::ptr::null_mut(),
         cache: std::ptr::null_mut(),
         stats: std::ptr::null_mut(),
         profile: std::ptr::null_mut(),

@@ -104,7 +104,7 @@ const MODE_KEY: i32 = offset_of!(CpuState, mode_key) as i32;
 const CPL: i32 = offset_of!(CpuState, cpl) as i32;
 const IRQ_PENDING: i32 = offsets::IRQ_PENDING as i32;
 const RIP: i32 = offsets::RIP as i32;
-const TLB: i32 = offsets::TLB as i32;
+const ENV: i32 = super::ENV;
 const MEM_BASE: i32 = HelperEnv::MEM_BASE as i32;
 /// Mode key bit 7: flat segments (CS base 0) or 64-bit mode.
 const FLAT: i32 = 1 << 7;
@@ -148,11 +148,12 @@ pub(crate) fn emit_stub(ops: &mut Assembler) -> usize {
         ; =>sup
         ; mov r8, rcx
         ; and r8, -4096
-        ; cmp r8, QWORD [r12 + rdx + TLB + 16]
+        ; cmp r8, QWORD [r13 + rdx + 16]
         ; jne =>miss
         // The addend is a host address: less the host base, the backing offset.
-        ; add rcx, QWORD [r12 + rdx + TLB + 24]
-        ; sub rcx, QWORD [r13 + MEM_BASE]
+        ; add rcx, QWORD [r13 + rdx + 24]
+        ; mov r8, QWORD [r14 + ENV]
+        ; sub rcx, QWORD [r8 + MEM_BASE]
         // rcx = backing offset; the jump-cache slot as `jc_index` computes it.
         ; mov rdx, rcx
         ; shr rdx, 12
@@ -171,7 +172,7 @@ pub(crate) fn emit_stub(ops: &mut Assembler) -> usize {
         ; jmp QWORD [rdx + 16]
         ; =>miss
         ; mov rdi, r12
-        ; mov rsi, r13
+        ; mov rsi, QWORD [r14 + ENV]
         ; mov rdx, r14
         ; call QWORD [r14 + LOOKUP]
         ; test rax, rax
