@@ -138,7 +138,7 @@ impl Translator {
             block_step: false,
             lookup: true,
             #[cfg(target_arch = "x86_64")]
-            clobber: x64::clobber_from_env(),
+            clobber: x64::clobber::from_env(),
             #[cfg(not(target_arch = "x86_64"))]
             clobber: false,
         }

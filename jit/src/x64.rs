@@ -18,7 +18,7 @@ use iced_x86::{
 use mmu::{TlbAccess, PAGE_MASK, PAGE_SIZE};
 use std::collections::HashMap;
 
-mod clobber;
+pub(crate) mod clobber;
 mod codebuf;
 mod ext;
 mod lookup;
@@ -1190,10 +1190,10 @@ macro_rules! mi32 { ($o:tt, $ops:expr, $v:expr) => { dynasm!($ops ; .arch x64 ; 
 const RFLAGS: i32 = offsets::RFLAGS as i32;
 /// The soft TLB's entry pointer (`SoftTlb::sets`, its first field), loaded into R13 by every
 /// block's prologue.
-pub(crate) const TLB_SETS: i32 = offsets::TLB as i32;
+const TLB_SETS: i32 = offsets::TLB as i32;
 const _: () = assert!(core::mem::offset_of!(mmu::SoftTlb, sets) == 0);
 /// The helper environment's slot in the helper table.
-pub(crate) const ENV: i32 = core::mem::offset_of!(HelperTable, env) as i32;
+const ENV: i32 = core::mem::offset_of!(HelperTable, env) as i32;
 // A TLB entry's byte offset, ((addr >> 12) & (entries - 1)) * 32, is (addr >> 7) & TLB_IDX_MASK.
 const _: () = assert!(mmu::TLB_ENTRIES.is_power_of_two() && mmu::TLB_ENTRIES <= 1 << 20);
 const _: () = assert!(core::mem::size_of::<mmu::TlbEntry>() == 32);
@@ -3426,12 +3426,6 @@ fn block_for(
     stats.blocks_translated += 1;
     cache.jc_fill(key, &blk);
     Ok((Found { entry: blk.entry, body: blk.body }, b))
-}
-
-/// Whether `FERRO_JIT_CLOBBER=1` asks for the helper-call check (see
-/// [`Translator::set_clobber_calls`]).
-pub(crate) fn clobber_from_env() -> bool {
-    clobber::from_env()
 }
 
 /// The dispatcher: runs blocks (or single interpreted instructions) until the budget is used up

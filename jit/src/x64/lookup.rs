@@ -41,7 +41,7 @@
 // dynasm's dynamic registers expand to `.into()` calls.
 #![allow(clippy::useless_conversion)]
 
-use super::{block_for, emit_epilogue, gate, Assembler, CodeCache, HelperTable, TLB_IDX_MASK, TLB_USER_SET};
+use super::{block_for, emit_epilogue, gate, Assembler, CodeCache, HelperTable, ENV, TLB_IDX_MASK, TLB_USER_SET};
 use crate::profile::Profile;
 use crate::JitStats;
 use cpu::helpers::{exit, offsets, HelperEnv};
@@ -104,7 +104,6 @@ const MODE_KEY: i32 = offset_of!(CpuState, mode_key) as i32;
 const CPL: i32 = offset_of!(CpuState, cpl) as i32;
 const IRQ_PENDING: i32 = offsets::IRQ_PENDING as i32;
 const RIP: i32 = offsets::RIP as i32;
-const ENV: i32 = super::ENV;
 const MEM_BASE: i32 = HelperEnv::MEM_BASE as i32;
 /// Mode key bit 7: flat segments (CS base 0) or 64-bit mode.
 const FLAT: i32 = 1 << 7;
